@@ -1,0 +1,1 @@
+"""The memory pipeline, one module per stage in the order data flows."""

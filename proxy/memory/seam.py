@@ -1,0 +1,72 @@
+"""Where the memory pipeline meets the chat route.
+
+The route authenticates, validates and resolves the model, then asks the hooks to prepare the
+call (retrieve, budget, inject) and, once the response has gone to the client, hands them the
+finished exchange (extract, sanitize, consolidate, write: queued, never delaying the response).
+`NoMemory` is the pass-through used when memory is disabled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from proxy.policy import ModelRoute, Policy
+
+
+class MemoryUnavailable(Exception):
+    """Memory failed and the tenant's policy says fail-closed: the call must not go through."""
+
+
+@dataclass
+class CallContext:
+    """One chat call as the route sees it, after auth and validation."""
+
+    request_id: str
+    policy: Policy
+    model_alias: str
+    route: ModelRoute
+    body: dict[str, Any]  # the parsed request body exactly as the client sent it
+    user_id: str | None
+    session_id: str | None
+    mode_header: str | None  # X-Memento-Mode as sent, validated by the hooks
+    stream: bool
+    trace_id: str | None = None  # hex ids of the request's root span, for linking later work
+    span_id: str | None = None
+
+
+@dataclass
+class PreparedCall:
+    """What to send upstream, plus state the hooks want back after the response."""
+
+    body: dict[str, Any]
+    injected_count: int = 0
+    changed: bool = False  # False: the route may relay the client's original bytes
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class MemoryHooks(Protocol):
+    async def before_call(self, ctx: CallContext) -> PreparedCall:
+        """Retrieve, budget and inject. Raises MemoryUnavailable only when fail-closed."""
+        ...
+
+    async def after_call(
+        self, ctx: CallContext, prepared: PreparedCall, response: dict[str, Any]
+    ) -> None:
+        """Queue the finished exchange (a chat.completion-shaped dict, streamed ones assembled).
+
+        Called after the response has been sent; must only enqueue durably and return.
+        """
+        ...
+
+
+class NoMemory:
+    """Pass-through hooks: nothing retrieved, nothing learned."""
+
+    async def before_call(self, ctx: CallContext) -> PreparedCall:
+        return PreparedCall(body=ctx.body)
+
+    async def after_call(
+        self, ctx: CallContext, prepared: PreparedCall, response: dict[str, Any]
+    ) -> None:
+        return None

@@ -1,0 +1,259 @@
+"""The tenant policy: what one `policies/<tenant>.yaml` may say, with safe defaults.
+
+`policies/default.yaml` is deep-merged under every tenant file before validation, so a tenant file
+only states what differs. Every field is documented for operators in `policies/README.md`; the
+JSON Schema in `policies/policy.schema.json` is generated from these models
+(`memento-proxy policy schema`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
+TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+MemoryMode = Literal["off", "read", "write", "full"]
+MemoryKind = Literal["fact", "preference", "case", "lesson"]
+SourceRole = Literal["user", "assistant", "tool", "system", "import", "guard", "admin"]
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors, so a typo in a policy file is reported instead of ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelRoute(Strict):
+    """One model alias a tenant may call, and where it really goes."""
+
+    model: str = Field(description="Any litellm model string, e.g. openai/gpt-4o-mini, echo.")
+    api_key: str | None = Field(
+        default=None, description="Provider key reference: env:NAME reads the server environment."
+    )
+    api_base: str | None = None
+    api_version: str | None = None
+    passthrough: bool | None = Field(
+        default=None,
+        description="Relay OpenAI-compatible upstreams byte for byte; None decides from the model.",
+    )
+    timeout_s: float = Field(default=600.0, gt=0)
+    context_window: int | None = Field(
+        default=None, gt=0, description="Overrides litellm's model info for the token budget."
+    )
+    extra_headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_is_a_reference(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("env:"):
+            raise ValueError(
+                "api_key must reference the server environment as env:VARIABLE_NAME; "
+                "never write a provider key into a policy file"
+            )
+        return value
+
+
+class Limits(Strict):
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class RetrievalSettings(Strict):
+    k1: int = Field(default=30, ge=1, le=500, description="Candidates per retriever (BM25, vector).")
+    rrf_k: int = Field(default=60, ge=1)
+    k2_cases: int = Field(default=4, ge=0, le=20)
+    tau_trust: float = Field(default=0.5, ge=0, le=1)
+    delta_sim: float | None = Field(
+        default=None, description="Minimum cosine for cases; None calibrates per embedder."
+    )
+    q_min: float = Field(default=-0.6, ge=-1, le=1)
+    epsilon: float = Field(default=0.0, ge=0, le=1)
+    dedup_cos: float = Field(default=0.92, gt=0, le=1)
+    deadline_ms: int = Field(default=250, ge=1, description="Retrieval deadline on the hot path.")
+    query_context_turns: int = Field(default=2, ge=0, le=20)
+
+
+class ScoringSettings(Strict):
+    lambda_: dict[MemoryKind, float] = Field(
+        default_factory=lambda: {"case": 0.5, "fact": 0.15, "preference": 0.15, "lesson": 0.0},
+        alias="lambda",
+    )
+    beta_recency: float = 0.2
+    recency_days: float = Field(default=30.0, gt=0)
+    eta_trust: float = 0.5
+    z_clip: float = Field(default=3.0, gt=0)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class BudgetSettings(Strict):
+    max_tokens: int = Field(default=1200, ge=0, description="Tokens the memory block may use.")
+    fact_share: float = Field(default=0.6, ge=0, le=1)
+    case_share: float = Field(default=0.3, ge=0, le=1)
+    lesson_share: float = Field(default=0.1, ge=0, le=1)
+    reserve_output_tokens: int = Field(
+        default=1024, ge=0, description="Kept free for the answer when the caller sets no max_tokens."
+    )
+
+
+class ProvenanceCredit(Strict):
+    enabled: bool = False
+    gamma_lambda: float = 0.5
+    max_depth: int = 2
+
+
+class FeedbackSettings(Strict):
+    alpha_case: float = Field(default=0.3, gt=0, le=1)
+    alpha_fact: float = Field(default=0.1, gt=0, le=1)
+    q0: float = 0.0
+    provenance_credit: ProvenanceCredit = Field(default_factory=ProvenanceCredit)
+
+
+class ExtractionSettings(Strict):
+    model: str | None = Field(
+        default=None,
+        description="Model alias (from models) or litellm string for LLM extraction; "
+        "None uses the deterministic first-person extractor.",
+    )
+    cases: bool = True
+    max_candidates: int = Field(default=20, ge=0)
+
+
+class ConsolidationSettings(Strict):
+    llm: bool = False
+    model: str | None = None
+    dup_cos: float = Field(default=0.95, gt=0, le=1)
+    same_topic_cos: float = Field(default=0.75, gt=0, le=1)
+
+
+class MemoryPolicy(Strict):
+    enabled: bool = True
+    default_mode: MemoryMode = "full"
+    allowed_modes: list[MemoryMode] = Field(default_factory=lambda: ["off", "read", "write", "full"])
+    anonymous: Literal["off", "tenant"] = Field(
+        default="off",
+        description="Requests without a user id: off = pass-through, tenant = tenant-shared memory.",
+    )
+    shared_kinds: list[MemoryKind] = Field(
+        default_factory=list, description="Kinds retrieved tenant-wide in addition to the user's."
+    )
+    fail_closed: bool = False
+    ttl_days: float | None = Field(default=None, gt=0, description="Expiry for new memories.")
+    workers: int = Field(default=2, ge=1, le=32)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    extraction: ExtractionSettings = Field(default_factory=ExtractionSettings)
+    consolidation: ConsolidationSettings = Field(default_factory=ConsolidationSettings)
+
+
+class DBSCANSettings(Strict):
+    eps: float = 0.5
+    min_samples: int = 2
+
+
+class SessionBurst(Strict):
+    cos: float = 0.9
+    count: int = 3
+
+
+class RateLimits(Strict):
+    per_session: int = Field(default=20, ge=0)
+    per_day: int = Field(default=100, ge=0)
+
+
+class SanitizerPolicy(Strict):
+    base_trust: dict[str, float] = Field(
+        default_factory=lambda: {"import": 0.9, "user": 0.8, "assistant": 0.6, "tool": 0.3}
+    )
+    w_heur: float = 0.6
+    w_clf: float = 0.3
+    active_min: float = Field(default=0.6, ge=0, le=1)
+    quarantine_min: float = Field(default=0.3, ge=0, le=1)
+    pii: Literal["redact", "reject", "allow"] = "redact"
+    judge_model: str | None = None
+    mad_k: float = 3.0
+    max_fact_chars: int = 400
+    dup_cos: float = 0.95
+    case_key_cos: float = 0.85
+    lesson_cos_write: float = 0.85
+    lesson_cos_read: float = 0.8
+    dbscan: DBSCANSettings = Field(default_factory=DBSCANSettings)
+    session_burst: SessionBurst = Field(default_factory=SessionBurst)
+    rate: RateLimits = Field(default_factory=RateLimits)
+    quarantine_ttl_days: float = 30.0
+    shared_min_trust: float = 0.8
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> SanitizerPolicy:
+        if self.quarantine_min > self.active_min:
+            raise ValueError("quarantine_min must not exceed active_min")
+        return self
+
+
+class GuardPolicy(Strict):
+    num_lessons: int = Field(default=4, ge=0)
+    llm_consensus: bool = False
+    model: str | None = None
+
+
+class TracingPolicy(Strict):
+    content: Literal["off", "redacted", "full"] = "off"
+    retention_days: float = Field(default=7.0, gt=0)
+    max_traces: int = Field(default=100_000, ge=100)
+
+
+class LoggingPolicy(Strict):
+    log_content: bool = Field(
+        default=False, description="Log memory and message text; off keeps logs to ids and counts."
+    )
+
+
+class Policy(Strict):
+    """A tenant's whole policy, after `default.yaml` has been merged under its file."""
+
+    tenant: str
+    keys: list[str] = Field(default_factory=list)
+    models: dict[str, ModelRoute] = Field(default_factory=dict)
+    limits: Limits = Field(default_factory=Limits)
+    memory: MemoryPolicy = Field(default_factory=MemoryPolicy)
+    sanitizer: SanitizerPolicy = Field(default_factory=SanitizerPolicy)
+    guard: GuardPolicy = Field(default_factory=GuardPolicy)
+    tracing: TracingPolicy = Field(default_factory=TracingPolicy)
+    logging: LoggingPolicy = Field(default_factory=LoggingPolicy)
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant_id(cls, value: str) -> str:
+        if not TENANT_ID.match(value):
+            raise ValueError(
+                "tenant must be lowercase letters, digits, '-' or '_' (at most 63 characters)"
+            )
+        return value
+
+    @field_validator("keys")
+    @classmethod
+    def _hashed_keys(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            if not KEY_HASH.match(key):
+                raise ValueError(
+                    "each key must be sha256:<64 lowercase hex digits>; "
+                    "`memento-proxy keys hash <key>` prints it"
+                )
+        return keys
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Merge `override` onto `base`: mappings merge key by key, anything else replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,159 @@
+"""The storage seam: small protocols the proxy codes against.
+
+`storage.open_store(data_dir, embedder)` returns the embedded implementation (SQLite through
+aiosqlite as the source of truth, LanceDB as the derived hybrid index). A PostgreSQL / object
+storage implementation would satisfy the same protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from storage.records import (
+    MemoryKind,
+    MemoryRecord,
+    MemoryStatus,
+    NewMemory,
+    QueuedJob,
+    RequestLog,
+    Scope,
+    SearchHit,
+    SpanRow,
+)
+
+
+class Embedder(Protocol):
+    """Turns texts into unit-length vectors. Implementations run CPU work off the event loop."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dimensions(self) -> int: ...
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+
+class MemoryStore(Protocol):
+    """Memory records, scoped. Reads never cross tenants; `scope.user_id=None` is tenant-shared."""
+
+    embedder: Embedder
+
+    async def add(self, scope: Scope, memories: Sequence[NewMemory]) -> list[MemoryRecord]:
+        """Write new records (one transaction; index update via the durable outbox)."""
+        ...
+
+    async def get(self, scope: Scope, memory_id: str) -> MemoryRecord | None:
+        """One record of this tenant and user (or tenant-shared when user_id is None)."""
+        ...
+
+    async def get_many(self, tenant_id: str, memory_ids: Sequence[str]) -> list[MemoryRecord]:
+        """Records by id within one tenant (the request log's injected ids, for feedback)."""
+        ...
+
+    async def list(
+        self,
+        scope: Scope,
+        *,
+        kinds: Sequence[MemoryKind] | None = None,
+        statuses: Sequence[MemoryStatus] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        all_users: bool = False,
+    ) -> list[MemoryRecord]:
+        """Newest first. `all_users=True` lists every user of the tenant (admin views)."""
+        ...
+
+    async def update(self, scope: Scope, memory_id: str, **changes: Any) -> MemoryRecord | None:
+        """Change fields (text, fields, metadata, trust, trust_reasons, status, q counters,
+        last_used_at, expires_at…). Text changes re-embed and re-index. Returns the new row."""
+        ...
+
+    async def supersede(
+        self, scope: Scope, old_id: str, new: NewMemory, *, at: float | None = None
+    ) -> MemoryRecord:
+        """Write `new` as the next version of `old_id`: old gets status superseded, valid_to and
+        superseded_by; new gets supersedes, version+1 and valid_from."""
+        ...
+
+    async def delete(self, scope: Scope, memory_id: str, *, actor: str) -> bool:
+        """Erase the content from SQLite and the index; leave an audit entry without content."""
+        ...
+
+    async def delete_user(self, tenant_id: str, user_id: str, *, actor: str) -> int:
+        """Erase every record of one user; returns how many."""
+        ...
+
+    async def search(
+        self,
+        scope: Scope,
+        *,
+        query_text: str,
+        query_vector: Sequence[float] | None,
+        k: int = 30,
+        kinds: Sequence[MemoryKind] | None = None,
+        statuses: Sequence[MemoryStatus] = ("active",),
+        include_shared: bool = False,
+        now: float | None = None,
+        with_vectors: bool = False,
+    ) -> list[SearchHit]:
+        """Hybrid candidates: top-k by BM25 ∪ top-k by vector, unexpired, with raw scores.
+
+        Scope: the user's records; plus tenant-shared records when `include_shared`.
+        """
+        ...
+
+    async def vectors(self, tenant_id: str, memory_ids: Sequence[str]) -> dict[str, list[float]]:
+        """Stored vectors of records in one tenant (consensus checks)."""
+        ...
+
+    async def audit(self, tenant_id: str, limit: int = 100) -> list[dict[str, Any]]: ...
+
+
+class RequestStore(Protocol):
+    """Which memories each request used, and the feedback it received."""
+
+    async def log_request(self, entry: RequestLog) -> None: ...
+
+    async def get_request(self, tenant_id: str, request_id: str) -> RequestLog | None: ...
+
+    async def set_request(self, tenant_id: str, request_id: str, **changes: Any) -> None: ...
+
+    async def record_feedback(
+        self, tenant_id: str, request_id: str, source: str, reward: float, comment: str | None
+    ) -> float | None:
+        """Store one reward per (request, source); return the reward it replaced, if any."""
+        ...
+
+
+class WriteQueue(Protocol):
+    """Durable write-path queue in SQLite: survives crashes, restarts and shutdowns."""
+
+    async def enqueue(self, tenant_id: str, kind: str, payload: dict[str, Any]) -> int: ...
+
+    async def claim(self, worker: str, limit: int = 1) -> list[QueuedJob]:
+        """Take queued jobs (and jobs whose claim lease expired after a crash)."""
+        ...
+
+    async def complete(self, job_id: int) -> None: ...
+
+    async def fail(self, job_id: int, error: str, *, retry_in_s: float | None) -> None: ...
+
+    async def pending(self) -> int: ...
+
+
+class SpanStore(Protocol):
+    """Finished spans, kept for inspection with bounded retention."""
+
+    async def write_spans(self, spans: Sequence[SpanRow]) -> None: ...
+
+    async def list_traces(
+        self, tenant_id: str, *, limit: int = 50, user_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first: request_id, trace_id, user, model, start, duration, status, counts."""
+        ...
+
+    async def get_trace(self, tenant_id: str, request_id: str) -> list[SpanRow]: ...
+
+    async def prune_spans(self, tenant_id: str, *, older_than: float, keep_max: int) -> int: ...
