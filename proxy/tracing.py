@@ -1,10 +1,54 @@
-"""OpenTelemetry set-up and the content-capture rule every stage follows."""
+"""OpenTelemetry set-up and the content-capture rule every stage follows.
+
+Stages create spans with the plain API (`opentelemetry.trace.get_tracer("memento.proxy")`).
+`setup_tracing`, called from the app's lifespan, makes those spans land in the local span store
+(batched, in the batch processor's own thread, never on the request path) and, when
+`OTEL_EXPORTER_OTLP_ENDPOINT` is set, in any OTLP collector as well. Retention follows each
+tenant's `tracing` policy.
+
+OpenTelemetry allows one global tracer provider per process, yet a process may host several apps
+(tests do). So the global provider gets one router, and each app registers its own processors
+with it: a span belongs to the app whose event loop started it (or whose trace it continues).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
+import os
 import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
+from opentelemetry.sdk.trace import (
+    ReadableSpan,
+    Span,
+    SpanProcessor,
+    SynchronousMultiSpanProcessor,
+    TracerProvider,
+)
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from proxy.policy import TracingPolicy
+from storage.api import SpanStore
+from storage.records import SpanRow
+
+log = logging.getLogger("memento.tracing")
+
+TRACER_NAME = "memento.proxy"
+OTLP_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
+PRUNE_INTERVAL_S = 600.0
+# Spans no tenant ever claimed (started outside any request) are kept as long as the default.
+UNRESOLVED_RETENTION_S = TracingPolicy().retention_days * 86400
 
 _SECRETISH = re.compile(r"\b(sk-[A-Za-z0-9_-]{8,}|[A-Za-z0-9_-]{32,})\b")
 _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b")
@@ -20,3 +64,321 @@ def content_attr(policy: TracingPolicy, text: str) -> str | None:
     redacted = _SECRETISH.sub("[secret]", text)
     redacted = _EMAIL.sub("[email]", redacted)
     return _DIGITS.sub("#", redacted)
+
+
+def json_attr(value: Any) -> str:
+    """Structured decisions (scores and their parts, verdicts) as one JSON span attribute."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
+def span_ids(span: trace.Span) -> tuple[str, str]:
+    """Hex trace id and span id of a span, as carried in `CallContext` and queued jobs."""
+    ctx = span.get_span_context()
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+
+def request_link(
+    trace_id: str | None, span_id: str | None, request_id: str | None = None
+) -> list[Link]:
+    """A link from later work (the write path) to the request whose exchange it learns from."""
+    if not trace_id or not span_id:
+        return []
+    try:
+        ctx = SpanContext(
+            trace_id=int(trace_id, 16),
+            span_id=int(span_id, 16),
+            is_remote=True,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        )
+    except ValueError:
+        return []
+    attributes = {"memento.request_id": request_id} if request_id else None
+    return [Link(ctx, attributes)]
+
+
+def span_row(span: ReadableSpan) -> SpanRow:
+    """A finished span as the span store keeps it."""
+    ctx = span.get_span_context()
+    attrs = dict(span.attributes or {})
+    status = span.status.status_code.name.lower()
+    if span.status.description:
+        status = f"{status}: {span.status.description}"
+    return SpanRow(
+        trace_id=format(ctx.trace_id, "032x") if ctx else "",
+        span_id=format(ctx.span_id, "016x") if ctx else "",
+        parent_span_id=format(span.parent.span_id, "016x") if span.parent else None,
+        tenant_id=str(attrs.get("memento.tenant") or ""),
+        request_id=_opt_str(attrs.get("memento.request_id")),
+        user_id=_opt_str(attrs.get("enduser.id")),
+        name=span.name,
+        start_ns=span.start_time or 0,
+        end_ns=span.end_time or span.start_time or 0,
+        status=status,
+        attributes={key: _plain(value) for key, value in attrs.items()},
+        events=[
+            {
+                "name": event.name,
+                "time_ns": event.timestamp,
+                "attributes": {k: _plain(v) for k, v in (event.attributes or {}).items()},
+            }
+            for event in span.events
+        ],
+        links=[
+            {
+                "trace_id": format(link.context.trace_id, "032x"),
+                "span_id": format(link.context.span_id, "016x"),
+                "attributes": {k: _plain(v) for k, v in (link.attributes or {}).items()},
+            }
+            for link in span.links
+        ],
+    )
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+class SQLiteSpanExporter(SpanExporter):
+    """Writes batches of finished spans into the span store.
+
+    Called from the batch processor's thread; the store is async, so each batch runs on the
+    app's event loop and this thread waits for it (back-pressure, and `force_flush` means the
+    spans are in SQLite when it returns).
+    """
+
+    def __init__(
+        self, store: SpanStore, loop: asyncio.AbstractEventLoop, *, timeout_s: float = 30.0
+    ) -> None:
+        self._store = store
+        self._loop = loop
+        self._timeout_s = timeout_s
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        rows = [span_row(span) for span in spans]
+        if self._loop.is_closed():
+            log.warning("span store loop is closed; dropped %d spans", len(rows))
+            return SpanExportResult.FAILURE
+        future = asyncio.run_coroutine_threadsafe(self._store.write_spans(rows), self._loop)
+        if _running_loop() is self._loop:
+            return SpanExportResult.SUCCESS  # called on the loop itself: waiting would deadlock
+        try:
+            future.result(timeout=self._timeout_s)
+        except FutureTimeout:
+            log.warning("writing %d spans took over %.0f s; dropped", len(rows), self._timeout_s)
+            return SpanExportResult.FAILURE
+        except Exception:
+            log.exception("writing %d spans to the span store failed", len(rows))
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class _SpanRouter(SpanProcessor):
+    """The one processor on the global provider: hands each span to the app it belongs to."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_loop: dict[asyncio.AbstractEventLoop, SpanProcessor] = {}
+        self._by_trace: dict[int, SpanProcessor] = {}  # while the trace's local root is open
+        self._open: dict[int, SpanProcessor] = {}  # span id -> app, from start to end
+
+    def register(self, loop: asyncio.AbstractEventLoop, processor: SpanProcessor) -> None:
+        with self._lock:
+            self._by_loop[loop] = processor
+
+    def unregister(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            processor = self._by_loop.pop(loop, None)
+            for table in (self._by_trace, self._open):
+                for key in [k for k, v in table.items() if v is processor]:
+                    del table[key]
+
+    def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
+        ctx = span.get_span_context()
+        if ctx is None:
+            return
+        loop = _running_loop()
+        with self._lock:
+            processor = (self._by_loop.get(loop) if loop else None) or self._by_trace.get(
+                ctx.trace_id
+            )
+            if processor is None and len(self._by_loop) == 1:
+                processor = next(iter(self._by_loop.values()))
+            if processor is None:
+                return
+            self._open[ctx.span_id] = processor
+            if span.parent is None or span.parent.is_remote:
+                self._by_trace[ctx.trace_id] = processor
+        processor.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        ctx = span.get_span_context()
+        if ctx is None:
+            return
+        with self._lock:
+            processor = self._open.pop(ctx.span_id, None)
+            if span.parent is None or span.parent.is_remote:
+                self._by_trace.pop(ctx.trace_id, None)
+        if processor is not None:
+            processor.on_end(span)
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+_router_lock = threading.Lock()
+_router: _SpanRouter | None = None
+
+
+def _global_router() -> _SpanRouter:
+    """Install the router on the global tracer provider once per process."""
+    global _router
+    with _router_lock:
+        if _router is None:
+            router = _SpanRouter()
+            current = trace.get_tracer_provider()
+            if isinstance(current, TracerProvider):
+                current.add_span_processor(router)  # someone set an SDK provider first: join it
+            else:
+                from proxy import __version__
+
+                resource = Resource.create(
+                    {SERVICE_NAME: "memento-proxy", SERVICE_VERSION: __version__}
+                )
+                provider = TracerProvider(resource=resource)
+                provider.add_span_processor(router)
+                trace.set_tracer_provider(provider)
+            _router = router
+        return _router
+
+
+RetentionLookup = Callable[[str], TracingPolicy | None]
+
+
+class TracingHandle:
+    """One app's tracing: its processors, its span store, its retention task."""
+
+    def __init__(
+        self,
+        store: SpanStore,
+        loop: asyncio.AbstractEventLoop,
+        processors: SynchronousMultiSpanProcessor,
+        retention: RetentionLookup,
+        prune_interval_s: float,
+    ) -> None:
+        self.store = store
+        self.otlp_endpoint: str | None = None
+        self._loop = loop
+        self._processors = processors
+        self._retention = retention
+        self._prune_task = loop.create_task(self._prune_forever(prune_interval_s))
+        self._closed = False
+
+    def add_span_processor(self, processor: SpanProcessor) -> None:
+        """Send this app's spans to one more processor (an in-memory exporter in tests)."""
+        self._processors.add_span_processor(processor)
+
+    async def flush(self) -> None:
+        """Export every finished span now; when this returns they are in the span store."""
+        await asyncio.to_thread(self._processors.force_flush)
+
+    async def prune(self, *, now: float | None = None) -> int:
+        """Apply each tenant's retention (age and count) once; returns spans deleted."""
+        at = time.time() if now is None else now
+        deleted = 0
+        for tenant_id in await self.store.tenants():
+            policy = self._retention(tenant_id) or TracingPolicy()
+            deleted += await self.store.prune_spans(
+                tenant_id,
+                older_than=at - policy.retention_days * 86400,
+                keep_max=policy.max_traces,
+            )
+        deleted += await self.store.prune_unresolved(older_than=at - UNRESOLVED_RETENTION_S)
+        return deleted
+
+    async def _prune_forever(self, interval_s: float) -> None:
+        while True:
+            try:
+                deleted = await self.prune()
+                if deleted:
+                    log.info("trace retention deleted %d spans", deleted)
+            except Exception:
+                log.exception("trace retention failed; retrying in %.0f s", interval_s)
+            await asyncio.sleep(interval_s)
+
+    async def shutdown(self) -> None:
+        """Flush and stop exporting; the caller closes the span store afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        self._prune_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._prune_task
+        await asyncio.to_thread(self._processors.shutdown)
+        _global_router().unregister(self._loop)
+
+
+def setup_tracing(
+    settings: object,
+    span_store: SpanStore,
+    *,
+    retention: RetentionLookup | None = None,
+    otlp_endpoint: str | None = None,
+    prune_interval_s: float = PRUNE_INTERVAL_S,
+    schedule_delay_ms: int = 500,
+) -> TracingHandle:
+    """Route this app's spans to `span_store` (and OTLP when configured). Call inside the app's
+    running event loop (its lifespan); `await handle.shutdown()` before closing the store.
+
+    `retention(tenant_id)` returns that tenant's `TracingPolicy` (defaults when None);
+    `otlp_endpoint` defaults to the standard `OTEL_EXPORTER_OTLP_ENDPOINT` variable.
+    """
+    del settings  # process settings hold nothing tracing-specific yet; kept for the seam
+    loop = asyncio.get_running_loop()
+    processors = SynchronousMultiSpanProcessor()  # type: ignore[no-untyped-call]
+    processors.add_span_processor(
+        BatchSpanProcessor(
+            SQLiteSpanExporter(span_store, loop),
+            max_queue_size=65536,
+            max_export_batch_size=1024,
+            schedule_delay_millis=schedule_delay_ms,
+        )
+    )
+    endpoint = otlp_endpoint or os.environ.get(OTLP_ENDPOINT_ENV) or None
+    if endpoint:
+        processors.add_span_processor(BatchSpanProcessor(_otlp_exporter(endpoint)))
+    handle = TracingHandle(
+        span_store, loop, processors, retention or (lambda _tenant: None), prune_interval_s
+    )
+    handle.otlp_endpoint = endpoint
+    _global_router().register(loop, processors)
+    return handle
+
+
+def _otlp_exporter(endpoint: str) -> SpanExporter:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    # The variable names the collector's base URL; traces go to its /v1/traces path.
+    url = endpoint.rstrip("/")
+    if not url.endswith("/v1/traces"):
+        url += "/v1/traces"
+    return OTLPSpanExporter(endpoint=url)

@@ -1,0 +1,311 @@
+"""Finished spans in their own SQLite file, so trace writes never contend with memory writes.
+
+Each span is stored with the tenant, request and user it belongs to. Only some spans carry those
+as attributes (the request's root span, and write-path spans started later with a link to it);
+the others inherit them when they are written: from a span of the same trace that has them, or
+else from the trace their root links to. Reads always filter by tenant.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from storage.records import SpanRow
+
+REQUEST_SPAN = "memento.request"
+TRACES_FILE = "traces.db"
+
+_SCHEMA_VERSION = 1
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS spans (
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    parent_span_id TEXT,
+    tenant_id TEXT NOT NULL DEFAULT '',
+    request_id TEXT,
+    user_id TEXT,
+    name TEXT NOT NULL,
+    start_ns INTEGER NOT NULL,
+    end_ns INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    attributes TEXT NOT NULL,
+    events TEXT NOT NULL,
+    links TEXT NOT NULL,
+    linked_trace_id TEXT,
+    PRIMARY KEY (trace_id, span_id)
+);
+CREATE INDEX IF NOT EXISTS spans_by_request ON spans (tenant_id, request_id, start_ns);
+CREATE INDEX IF NOT EXISTS spans_request_roots ON spans (tenant_id, start_ns)
+    WHERE name = '{REQUEST_SPAN}';
+CREATE INDEX IF NOT EXISTS spans_by_link ON spans (linked_trace_id)
+    WHERE linked_trace_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS spans_unresolved ON spans (start_ns) WHERE tenant_id = '';
+"""
+
+_COLUMNS = (
+    "trace_id, span_id, parent_span_id, tenant_id, request_id, user_id, name, start_ns, end_ns,"
+    " status, attributes, events, links"
+)
+
+# Spans whose attributes the request list summarises (memory ids injected, memories written).
+_SUMMARY_SPANS = ("memento.inject", "memento.write")
+
+
+class SQLiteSpanStore:
+    """The embedded `SpanStore`: one aiosqlite connection to `traces.db` in WAL mode."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: Path) -> SQLiteSpanStore:
+        """Open (creating if needed) the span database at `path`."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path)
+        db.row_factory = aiosqlite.Row
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA busy_timeout=5000")
+        version = await _user_version(db)
+        if version > _SCHEMA_VERSION:
+            await db.close()
+            raise RuntimeError(
+                f"{path} was written by a newer memento-proxy (span schema {version}); "
+                "upgrade memento-proxy or point --data-dir elsewhere"
+            )
+        await db.executescript(_SCHEMA)
+        await db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        await db.commit()
+        return cls(db, path)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def write_spans(self, spans: Sequence[SpanRow]) -> None:
+        """Insert a batch (one transaction), then resolve tenant/request of spans lacking them."""
+        if not spans:
+            return
+        await self._db.executemany(
+            f"INSERT OR REPLACE INTO spans ({_COLUMNS}, linked_trace_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [_to_params(span) for span in spans],
+        )
+        for trace_id in dict.fromkeys(span.trace_id for span in spans):
+            await self._resolve(trace_id)
+        await self._db.commit()
+
+    async def _resolve(self, trace_id: str) -> None:
+        """Give unresolved spans of this trace, and of traces linking to it, their owner."""
+        owner = await self._owner(trace_id)
+        if owner is None:
+            async with self._db.execute(
+                "SELECT linked_trace_id FROM spans WHERE trace_id = ? AND linked_trace_id IS NOT"
+                " NULL LIMIT 1",
+                (trace_id,),
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                return
+            owner = await self._owner(row[0])
+            if owner is None:
+                return
+        await self._assign(owner, "trace_id = ?", trace_id)
+        async with self._db.execute(
+            "SELECT DISTINCT trace_id FROM spans WHERE linked_trace_id = ? AND tenant_id = ''",
+            (trace_id,),
+        ) as cursor:
+            linking = [row[0] for row in await cursor.fetchall()]
+        for other in linking:
+            await self._assign(owner, "trace_id = ?", other)
+
+    async def _owner(self, trace_id: str) -> tuple[str, str | None, str | None] | None:
+        async with self._db.execute(
+            "SELECT tenant_id, request_id, user_id FROM spans"
+            " WHERE trace_id = ? AND tenant_id != ''"
+            " ORDER BY request_id IS NULL, parent_span_id IS NOT NULL LIMIT 1",
+            (trace_id,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else (row[0], row[1], row[2])
+
+    async def _assign(
+        self, owner: tuple[str, str | None, str | None], where: str, value: str
+    ) -> None:
+        tenant_id, request_id, user_id = owner
+        await self._db.execute(
+            "UPDATE spans SET tenant_id = ?, request_id = coalesce(request_id, ?),"
+            f" user_id = coalesce(user_id, ?) WHERE tenant_id = '' AND {where}",
+            (tenant_id, request_id, user_id, value),
+        )
+
+    async def list_traces(
+        self, tenant_id: str, *, limit: int = 50, user_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first: request_id, trace_id, user, model, start, duration, status, counts."""
+        sql = (
+            f"SELECT {_COLUMNS} FROM spans WHERE tenant_id = ? AND name = ?"
+            + (" AND user_id = ?" if user_id is not None else "")
+            + " ORDER BY start_ns DESC LIMIT ?"
+        )
+        params: list[Any] = [tenant_id, REQUEST_SPAN]
+        if user_id is not None:
+            params.append(user_id)
+        params.append(max(0, limit))
+        async with self._db.execute(sql, params) as cursor:
+            roots = [_to_row(row) for row in await cursor.fetchall()]
+        counts = await self._counts(tenant_id, [r.request_id for r in roots if r.request_id])
+        return [_summary(root, counts.get(root.request_id or "", {})) for root in roots]
+
+    async def _counts(self, tenant_id: str, request_ids: list[str]) -> dict[str, dict[str, Any]]:
+        if not request_ids:
+            return {}
+        marks = ", ".join("?" for _ in request_ids)
+        counts: dict[str, dict[str, Any]] = {
+            rid: {"spans": 0, "errors": 0, "injected": 0, "written": 0} for rid in request_ids
+        }
+        async with self._db.execute(
+            "SELECT request_id, name, status, attributes FROM spans"
+            f" WHERE tenant_id = ? AND request_id IN ({marks})",
+            [tenant_id, *request_ids],
+        ) as cursor:
+            async for request_id, name, status, attributes in cursor:
+                entry = counts[request_id]
+                entry["spans"] += 1
+                entry["errors"] += status.startswith("error")
+                if name in _SUMMARY_SPANS:
+                    ids = json.loads(attributes).get("memento.memory.ids", [])
+                    key = "injected" if name == "memento.inject" else "written"
+                    entry[key] += len(_as_list(ids))
+        return counts
+
+    async def get_trace(self, tenant_id: str, request_id: str) -> list[SpanRow]:
+        """Every span of one request, the later write path included, in start order."""
+        async with self._db.execute(
+            f"SELECT {_COLUMNS} FROM spans WHERE tenant_id = ? AND request_id = ?"
+            " ORDER BY start_ns, end_ns DESC",
+            (tenant_id, request_id),
+        ) as cursor:
+            return [_to_row(row) for row in await cursor.fetchall()]
+
+    async def prune_spans(self, tenant_id: str, *, older_than: float, keep_max: int) -> int:
+        """Delete this tenant's spans started before `older_than` (epoch seconds), and every
+        request beyond the newest `keep_max`. Returns how many spans were deleted."""
+        deleted = await self._delete(
+            "DELETE FROM spans WHERE tenant_id = ? AND start_ns < ?",
+            (tenant_id, int(older_than * 1e9)),
+        )
+        async with self._db.execute(
+            "SELECT start_ns FROM spans WHERE tenant_id = ? AND name = ?"
+            " ORDER BY start_ns DESC LIMIT 1 OFFSET ?",
+            (tenant_id, REQUEST_SPAN, max(0, keep_max)),
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is not None:
+            deleted += await self._delete(
+                "DELETE FROM spans WHERE tenant_id = ? AND request_id IN (SELECT request_id FROM"
+                " spans WHERE tenant_id = ? AND name = ? AND start_ns <= ?)",
+                (tenant_id, tenant_id, REQUEST_SPAN, row[0]),
+            )
+        await self._db.commit()
+        return deleted
+
+    async def prune_unresolved(self, *, older_than: float) -> int:
+        """Delete spans never tied to a tenant (e.g. spans outside any request) by age."""
+        deleted = await self._delete(
+            "DELETE FROM spans WHERE tenant_id = '' AND start_ns < ?", (int(older_than * 1e9),)
+        )
+        await self._db.commit()
+        return deleted
+
+    async def tenants(self) -> list[str]:
+        """Tenants that have spans stored (what retention has to visit)."""
+        async with self._db.execute(
+            "SELECT DISTINCT tenant_id FROM spans WHERE tenant_id != ''"
+        ) as cursor:
+            return [row[0] for row in await cursor.fetchall()]
+
+    async def _delete(self, sql: str, params: Iterable[Any]) -> int:
+        async with self._db.execute(sql, tuple(params)) as cursor:
+            return max(0, cursor.rowcount)
+
+
+async def open_span_store(data_dir: Path | str) -> SQLiteSpanStore:
+    """The span store of a data directory: `<data_dir>/traces.db`."""
+    return await SQLiteSpanStore.open(Path(data_dir) / TRACES_FILE)
+
+
+async def _user_version(db: aiosqlite.Connection) -> int:
+    async with db.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def _to_params(span: SpanRow) -> tuple[Any, ...]:
+    linked = span.links[0].get("trace_id") if span.links else None
+    return (
+        span.trace_id,
+        span.span_id,
+        span.parent_span_id,
+        span.tenant_id,
+        span.request_id,
+        span.user_id,
+        span.name,
+        span.start_ns,
+        span.end_ns,
+        span.status,
+        json.dumps(span.attributes, default=str),
+        json.dumps(span.events, default=str),
+        json.dumps(span.links, default=str),
+        linked,
+    )
+
+
+def _to_row(row: aiosqlite.Row) -> SpanRow:
+    return SpanRow(
+        trace_id=row["trace_id"],
+        span_id=row["span_id"],
+        parent_span_id=row["parent_span_id"],
+        tenant_id=row["tenant_id"],
+        request_id=row["request_id"],
+        user_id=row["user_id"],
+        name=row["name"],
+        start_ns=row["start_ns"],
+        end_ns=row["end_ns"],
+        status=row["status"],
+        attributes=json.loads(row["attributes"]),
+        events=json.loads(row["events"]),
+        links=json.loads(row["links"]),
+    )
+
+
+def _summary(root: SpanRow, counts: dict[str, Any]) -> dict[str, Any]:
+    attrs = root.attributes
+    return {
+        "request_id": root.request_id,
+        "trace_id": root.trace_id,
+        "user": root.user_id,
+        "model": attrs.get("gen_ai.request.model"),
+        "start": root.start_ns / 1e9,
+        "duration_ms": round((root.end_ns - root.start_ns) / 1e6, 3),
+        "status": root.status,
+        "spans": counts.get("spans", 0),
+        "errors": counts.get("errors", 0),
+        "injected": counts.get("injected", 0),
+        "written": counts.get("written", 0),
+    }
+
+
+def _as_list(value: Any) -> list[Any]:
+    """Span attributes hold lists natively or as JSON text; accept either."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return [value] if value else []
+    return list(value) if isinstance(value, list | tuple) else []
