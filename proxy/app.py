@@ -1,0 +1,322 @@
+"""The application, assembled in one visible place: `build_app(settings)`.
+
+Routes: the OpenAI-compatible surface (`/v1/chat/completions`, `/v1/models`, `/v1/embeddings`)
+and the probes (`/healthz`, `/readyz`). The chat route authenticates, validates and resolves the
+model, hands the call to the memory hooks (`proxy.memory.seam`), calls the upstream, relays the
+answer, and only then passes the finished exchange back to the hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from proxy.auth import authenticate
+from proxy.errors import ProxyError, internal_error, model_not_found
+from proxy.memory.seam import CallContext, MemoryHooks, MemoryUnavailable, NoMemory, PreparedCall
+from proxy.policy import ModelRoute, Policy
+from proxy.settings import Settings
+from proxy.streaming import SSERelay, StreamAssembler
+from proxy.tenants import PolicyRegistry
+from proxy.tokens import encoding
+from proxy.upstream import Target, Upstreams, import_litellm, is_passthrough
+from proxy.validation import read_json_body, validate_chat, validate_embeddings
+
+log = logging.getLogger("memento.proxy")
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def request_id_of(request: Request) -> str:
+    rid: str = request.scope["state"]["request_id"]
+    return rid
+
+
+class RequestIdMiddleware:
+    """Gives every request an id (the client's `x-request-id` when it is sane) and puts it on
+    every response; turns any unexpected exception into an OpenAI-shaped 500 carrying that id."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode(
+            "latin-1"
+        )
+        request_id = given if REQUEST_ID.match(given) else f"req_{uuid.uuid4().hex}"
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode())
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error in request %s", request_id)
+            if not started:
+                await internal_error(request_id).to_response()(scope, receive, send_with_id)
+
+
+def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"Unknown route {request.method} {request.url.path}; see /v1/models."
+        return ProxyError(404, message, code="unknown_url").to_response()
+    if exc.status_code == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}."
+        return ProxyError(405, message, code="method_not_allowed").to_response()
+    return ProxyError(exc.status_code, str(exc.detail)).to_response()
+
+
+def _proxy_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProxyError)
+    return exc.to_response()
+
+
+class ChatService:
+    """The chat and embeddings routes' work, with the parts they need passed in."""
+
+    def __init__(self, upstreams: Upstreams, memory: MemoryHooks) -> None:
+        self.upstreams = upstreams
+        self.memory = memory
+        self.assemble_streams = not isinstance(memory, NoMemory)
+
+    @staticmethod
+    def resolve(policy: Policy, alias: str) -> ModelRoute:
+        route = policy.models.get(alias)
+        if route is None:
+            raise model_not_found(alias, list(policy.models))
+        return route
+
+    async def prepare(self, ctx: CallContext) -> PreparedCall:
+        try:
+            return await self.memory.before_call(ctx)
+        except MemoryUnavailable as exc:
+            raise ProxyError(
+                503,
+                f"Memory is unavailable and this tenant's policy is fail-closed ({exc}). "
+                "Retry later, or send X-Memento-Mode: off if the policy allows it.",
+                type="api_error",
+                code="memory_unavailable",
+            ) from None
+        except Exception:
+            log.exception("memory preparation failed for request %s", ctx.request_id)
+            if ctx.policy.memory.fail_closed:
+                raise ProxyError(
+                    503,
+                    "Memory failed and this tenant's policy is fail-closed. Retry later.",
+                    type="api_error",
+                    code="memory_unavailable",
+                ) from None
+            return PreparedCall(body=ctx.body)
+
+    async def finish(self, ctx: CallContext, prepared: PreparedCall, response: Any) -> None:
+        """Hand the finished exchange to the memory hooks; never raises."""
+        try:
+            if isinstance(response, dict):
+                await self.memory.after_call(ctx, prepared, response)
+        except Exception:
+            log.exception("memory after-call failed for request %s", ctx.request_id)
+
+    async def chat(self, request: Request) -> Response | SSERelay:
+        started = time.perf_counter()
+        policy = authenticate(request)
+        body = await read_json_body(request, policy.limits.max_body_bytes)
+        alias = validate_chat(body)
+        route = self.resolve(policy, alias)
+        stream = bool(body.get("stream"))
+        headers = request.headers
+        ctx = CallContext(
+            request_id=request_id_of(request),
+            policy=policy,
+            model_alias=alias,
+            route=route,
+            body=body,
+            user_id=body.get("user") or headers.get("x-memento-user"),
+            session_id=headers.get("x-memento-session"),
+            mode_header=headers.get("x-memento-mode"),
+            stream=stream,
+        )
+        prepared = await self.prepare(ctx)
+        target = Target(alias, route, policy.limits.connect_timeout_s)
+        upstream = self.upstreams.for_route(route)
+        if stream:
+            opened = await upstream.chat_stream(target, prepared.body)
+            assembler = StreamAssembler() if self.assemble_streams else None
+
+            async def on_complete() -> None:
+                _log_call(ctx, 200, started)
+                if assembler is not None:
+                    await self.finish(ctx, prepared, assembler.result())
+
+            return SSERelay(
+                opened,
+                headers=opened.headers,
+                observe=assembler.feed if assembler is not None else None,
+                on_complete=on_complete,
+            )
+        reply = await upstream.chat(target, prepared.body)
+        _log_call(ctx, reply.status, started)
+        background = None
+        if self.assemble_streams:
+            background = BackgroundTask(self.finish, ctx, prepared, reply.json())
+        return Response(reply.body, reply.status, headers=reply.headers, background=background)
+
+    async def embeddings(self, request: Request) -> Response:
+        policy = authenticate(request)
+        body = await read_json_body(request, policy.limits.max_body_bytes)
+        alias = validate_embeddings(body)
+        route = self.resolve(policy, alias)
+        target = Target(alias, route, policy.limits.connect_timeout_s)
+        reply = await self.upstreams.for_route(route).embeddings(target, body)
+        return Response(reply.body, reply.status, headers=reply.headers)
+
+
+def _log_call(ctx: CallContext, status: int, started: float) -> None:
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "request=%s tenant=%s model=%s stream=%s status=%s ms=%.1f",
+            ctx.request_id,
+            ctx.policy.tenant,
+            ctx.model_alias,
+            ctx.stream,
+            status,
+            (time.perf_counter() - started) * 1000,
+        )
+
+
+def _model_entry(alias: str, tenant: str) -> dict[str, Any]:
+    return {"id": alias, "object": "model", "created": 0, "owned_by": tenant}
+
+
+async def list_models(request: Request) -> Response:
+    policy = authenticate(request)
+    data = [_model_entry(alias, policy.tenant) for alias in policy.models]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def get_model(request: Request) -> Response:
+    policy = authenticate(request)
+    alias = request.path_params["model"]
+    if alias not in policy.models:
+        raise model_not_found(alias, list(policy.models))
+    return JSONResponse(_model_entry(alias, policy.tenant))
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    registry: PolicyRegistry = request.app.state.policies
+    tenants = registry.tenants()
+    ready = bool(tenants) and request.app.state.started
+    body = {
+        "status": "ready" if ready else "starting",
+        "tenants": len(tenants),
+        "policy_problems": len(registry.problems),
+    }
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+def _routes(registry: PolicyRegistry) -> list[ModelRoute]:
+    policies = (registry.get(tenant) for tenant in registry.tenants())
+    return [route for policy in policies if policy for route in policy.models.values()]
+
+
+def needs_litellm(registry: PolicyRegistry) -> bool:
+    """Whether any route is reached through litellm (slow to import: done before serving)."""
+    return any(r.model != "echo" and not is_passthrough(r) for r in _routes(registry))
+
+
+def uses_echo(registry: PolicyRegistry) -> bool:
+    return any(r.model == "echo" for r in _routes(registry))
+
+
+def build_app(
+    settings: Settings,
+    *,
+    registry: PolicyRegistry | None = None,
+    memory: MemoryHooks | None = None,
+    extra_routes: Sequence[BaseRoute] = (),
+) -> Starlette:
+    """The proxy as an ASGI app.
+
+    `registry` defaults to loading `settings.policies_dir` (raising PolicyFileError when a file
+    is invalid). `memory` defaults to pass-through; hooks that have `start()` / `aclose()`
+    coroutines are started and closed with the app. `extra_routes` adds surfaces such as the
+    admin, feedback and trace APIs.
+    """
+    registry = registry or PolicyRegistry.load(settings.policies_dir)
+    memory = memory or NoMemory()
+    upstreams = Upstreams(settings)
+    service = ChatService(upstreams, memory)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if needs_litellm(registry):
+            await asyncio.to_thread(import_litellm)
+        if uses_echo(registry):
+            await asyncio.to_thread(encoding)  # so the first echo call does not load it
+        start = getattr(memory, "start", None)
+        if start is not None:
+            await start()
+        watcher = None
+        if settings.policy_reload_s > 0:
+            watcher = asyncio.create_task(registry.watch(settings.policy_reload_s))
+        app.state.started = True
+        try:
+            yield
+        finally:
+            app.state.started = False
+            if watcher is not None:
+                watcher.cancel()
+            close = getattr(memory, "aclose", None)
+            if close is not None:
+                await close()
+            await upstreams.aclose()
+
+    routes: list[BaseRoute] = [
+        Route("/v1/chat/completions", service.chat, methods=["POST"]),
+        Route("/v1/embeddings", service.embeddings, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        *extra_routes,
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={ProxyError: _proxy_error, HTTPException: _http_exception},
+    )
+    app.add_middleware(RequestIdMiddleware)
+    app.state.settings = settings
+    app.state.policies = registry
+    app.state.upstreams = upstreams
+    app.state.memory = memory
+    app.state.started = False
+    return app

@@ -1,0 +1,39 @@
+"""Who is calling: the proxy key in the request names exactly one tenant."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from proxy.errors import unauthorized
+from proxy.policy import Policy
+from proxy.tenants import PolicyRegistry
+
+
+def presented_key(request: Request) -> str | None:
+    """The proxy key from `Authorization: Bearer <key>` (or Azure-style `api-key`)."""
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() == "bearer" and key.strip():
+            return key.strip()
+        return None
+    return request.headers.get("api-key") or None
+
+
+def authenticate(request: Request) -> Policy:
+    """The calling tenant's current policy; 401 in OpenAI's shape when the key is missing or
+    unknown. Other routes (admin, feedback, traces) use this too."""
+    registry: PolicyRegistry = request.app.state.policies
+    key = presented_key(request)
+    if key is None:
+        raise unauthorized(
+            "No proxy key provided. Send it as 'Authorization: Bearer <key>' "
+            "(the openai SDK does this with api_key=...)."
+        )
+    policy = registry.policy_for_key(key)
+    if policy is None:
+        raise unauthorized(
+            "Incorrect proxy key provided. Use a key listed (as its sha256 hash) in a tenant's "
+            "policy file; `memento-proxy keys hash <key>` prints the hash to add."
+        )
+    return policy

@@ -1,0 +1,131 @@
+"""The `memento-proxy` command: serve, check policies, hash keys."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import secrets
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from proxy import __version__
+from proxy.policy import Policy
+from proxy.settings import Settings
+from proxy.tenants import PolicyFileError, PolicyRegistry, hash_key
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from proxy.app import build_app
+
+    settings = Settings.from_env(
+        host=args.host, port=args.port, policies_dir=args.policies, data_dir=args.data_dir
+    )
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        app = build_app(settings)
+    except PolicyFileError as exc:
+        _print_problems(exc)
+        return 2
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        loop="auto",
+        http="auto",
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _print_problems(exc: PolicyFileError) -> None:
+    print(f"invalid policies ({len(exc.problems)} problem(s)):", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    try:
+        registry = PolicyRegistry.load(Path(args.policies))
+    except PolicyFileError as exc:
+        _print_problems(exc)
+        return 2
+    for tenant in registry.tenants():
+        policy = registry.get(tenant)
+        assert policy is not None
+        models = ", ".join(policy.models) or "no models"
+        print(f"{tenant}: {len(policy.keys)} key(s); models: {models}")
+    return 0
+
+
+def cmd_policy_schema(args: argparse.Namespace) -> int:
+    schema = Policy.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Memento Proxy tenant policy"
+    print(json.dumps(schema, indent=2))
+    return 0
+
+
+def cmd_keys_hash(args: argparse.Namespace) -> int:
+    print(hash_key(args.key))
+    return 0
+
+
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    key = f"mp-{secrets.token_urlsafe(32)}"
+    print(f"key:  {key}")
+    print(f"hash: {hash_key(key)}   (add this line under keys: in the tenant's policy file)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memento-proxy", description="OpenAI-compatible proxy that gives LLM apps memory."
+    )
+    parser.add_argument("--version", action="version", version=f"memento-proxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    serve.add_argument("--host", help="address to bind (MEMENTO_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (MEMENTO_PORT, default 4000)")
+    serve.add_argument("--policies", help="policies directory (MEMENTO_POLICIES)")
+    serve.add_argument("--data-dir", help="data directory (MEMENTO_DATA_DIR)")
+    serve.set_defaults(run=cmd_serve)
+
+    policy = commands.add_parser("policy", help="check policy files or print their schema")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    check = policy_commands.add_parser("check", help="validate a policies directory")
+    check.add_argument("policies", nargs="?", default="policies")
+    check.set_defaults(run=cmd_policy_check)
+    schema = policy_commands.add_parser("schema", help="print the policy JSON Schema")
+    schema.set_defaults(run=cmd_policy_schema)
+
+    keys = commands.add_parser("keys", help="create proxy keys and their hashes")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    hasher = key_commands.add_parser("hash", help="print the sha256:<hex> form of a key")
+    hasher.add_argument("key")
+    hasher.set_defaults(run=cmd_keys_hash)
+    new = key_commands.add_parser("new", help="generate a random key and print its hash")
+    new.set_defaults(run=cmd_keys_new)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run: Command = args.run
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""The built-in `echo` model: a local responder that needs no provider key.
+
+It answers with a short description of what it received, so a newcomer's first request works
+offline and anyone can see exactly what the proxy sent upstream, memory block included.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+from proxy.errors import ProxyError
+from proxy.streaming import DONE, UpstreamStream, sse_event
+from proxy.tokens import count_tokens
+from proxy.upstream import Target, UpstreamReply
+
+MEMORY_MARKERS = ("memento", "memory", "memories")
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+def describe_request(body: dict[str, Any]) -> str:
+    """What the echo model says: message counts by role, the last user turn, any memory block."""
+    messages = [m for m in body.get("messages", []) if isinstance(m, dict)]
+    roles = Counter(str(m.get("role")) for m in messages)
+    counts = ", ".join(f"{n} {role}" for role, n in roles.items())
+    lines = [f"echo: received {len(messages)} message(s) ({counts})."]
+    tools = body.get("tools")
+    if isinstance(tools, list) and tools:
+        lines.append(f"tools offered: {len(tools)}.")
+    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
+    if last_user is not None:
+        text = _text(last_user.get("content"))
+        lines.append(f"last user message: {text[:200]!r}")
+    for message in messages:
+        text = _text(message.get("content"))
+        if message.get("role") == "system" and any(k in text.lower() for k in MEMORY_MARKERS):
+            lines.append("memory block:\n" + text)
+    return "\n".join(lines)
+
+
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    messages = body.get("messages", [])
+    return sum(count_tokens(_text(m.get("content"))) + 4 for m in messages if isinstance(m, dict))
+
+
+class EchoUpstream:
+    """Answers locally, in the same shapes an OpenAI upstream would."""
+
+    def _answer(self, body: dict[str, Any]) -> tuple[str, dict[str, int], str, int]:
+        text = describe_request(body)
+        prompt = _prompt_tokens(body)
+        completion = count_tokens(text)
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        return text, usage, f"chatcmpl-echo-{uuid.uuid4().hex[:24]}", int(time.time())
+
+    async def chat(self, target: Target, body: dict[str, Any]) -> UpstreamReply:
+        text, usage, call_id, created = self._answer(body)
+        n = body.get("n") or 1
+        completion = {
+            "id": call_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": "echo",
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+                for i in range(n)
+            ],
+            "usage": usage,
+        }
+        return UpstreamReply(
+            200, json.dumps(completion).encode(), {"content-type": "application/json"}
+        )
+
+    async def chat_stream(self, target: Target, body: dict[str, Any]) -> UpstreamStream:
+        text, usage, call_id, created = self._answer(body)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            return sse_event(
+                {
+                    "id": call_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": "echo",
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                    **({"usage": None} if include_usage else {}),
+                }
+            )
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield chunk({"role": "assistant", "content": ""})
+            words = text.split(" ")
+            for i, word in enumerate(words):
+                yield chunk({"content": word if i == len(words) - 1 else word + " "})
+            yield chunk({}, "stop")
+            if include_usage:
+                yield sse_event(
+                    {
+                        "id": call_id,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": "echo",
+                        "choices": [],
+                        "usage": usage,
+                    }
+                )
+            yield DONE
+
+        async def close() -> None:
+            return None
+
+        return UpstreamStream(chunks(), close)
+
+    async def embeddings(self, target: Target, body: dict[str, Any]) -> UpstreamReply:
+        raise ProxyError(
+            400,
+            f"Model '{target.alias}' is the built-in echo responder and has no embeddings; "
+            "point an alias at an embedding model to use /v1/embeddings.",
+            param="model",
+            code="model_not_supported",
+        )

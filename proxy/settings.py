@@ -1,0 +1,61 @@
+"""Process settings: where policies and data live, how to listen, how to reach upstreams.
+
+One home for configuration an operator changes per process: the environment (`MEMENTO_*`),
+overridden by command-line flags. Tenant behaviour lives in the policy files instead.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"MEMENTO_{name}", default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 4000
+    policies_dir: Path = Path("policies")
+    data_dir: Path = Path("data")
+    log_level: str = "info"
+    # How often policy files are checked for changes (seconds; 0 disables hot reload).
+    policy_reload_s: float = 1.0
+    # Shared connection pool to OpenAI-compatible upstreams.
+    upstream_max_connections: int = 512
+    upstream_keepalive: int = 128
+    # Bytes accepted before a tenant is known (the tenant's own limit applies after auth).
+    max_body_bytes: int = 32 * 1024 * 1024
+    access_log: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Settings from `MEMENTO_*` variables; keyword overrides (e.g. CLI flags) win."""
+        base = cls(
+            host=_env("HOST", cls.host),
+            port=int(_env("PORT", str(cls.port))),
+            policies_dir=Path(_env("POLICIES", str(cls.policies_dir))),
+            data_dir=Path(_env("DATA_DIR", str(cls.data_dir))),
+            log_level=_env("LOG_LEVEL", cls.log_level),
+            policy_reload_s=float(_env("POLICY_RELOAD_S", str(cls.policy_reload_s))),
+            upstream_max_connections=int(
+                _env("UPSTREAM_MAX_CONNECTIONS", str(cls.upstream_max_connections))
+            ),
+            upstream_keepalive=int(_env("UPSTREAM_KEEPALIVE", str(cls.upstream_keepalive))),
+            max_body_bytes=int(_env("MAX_BODY_BYTES", str(cls.max_body_bytes))),
+            access_log=_env("ACCESS_LOG", "0").lower() in {"1", "true", "yes"},
+        )
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        for key in ("policies_dir", "data_dir"):
+            if key in given:
+                given[key] = Path(given[key])
+        return replace(base, **given)

@@ -1,0 +1,166 @@
+"""Server-sent events: relaying an upstream stream to the client, and reassembling it.
+
+`SSERelay` is an ASGI response that forwards upstream chunks as they arrive, stops (and closes the
+upstream call) the moment the client disconnects, and reports whether the stream completed.
+`StreamAssembler` rebuilds a chat.completion dict from the chunks it sees, for the memory
+pipeline's after-call stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from starlette.types import Message, Receive, Scope, Send
+
+log = logging.getLogger("memento.proxy")
+
+DONE = b"data: [DONE]\n\n"
+
+
+def sse_event(payload: Mapping[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+@dataclass
+class UpstreamStream:
+    """An open streaming response from an upstream: SSE bytes, and how to close it early."""
+
+    chunks: AsyncIterator[bytes]
+    close: Callable[[], Awaitable[None]]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class StreamAssembler:
+    """Rebuilds a chat.completion from `chat.completion.chunk` events, fed raw SSE bytes."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._meta: dict[str, Any] = {}
+        self._choices: dict[int, dict[str, Any]] = {}
+        self._usage: dict[str, Any] | None = None
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            line = line.strip()
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]" or not payload:
+                continue
+            try:
+                chunk = json.loads(payload)
+            except ValueError:
+                continue
+            if isinstance(chunk, dict):
+                self._absorb(chunk)
+
+    def _absorb(self, chunk: dict[str, Any]) -> None:
+        for key in ("id", "created", "model", "system_fingerprint"):
+            if chunk.get(key) is not None:
+                self._meta.setdefault(key, chunk[key])
+        if chunk.get("usage"):
+            self._usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            index = choice.get("index", 0)
+            message = self._choices.setdefault(
+                index, {"index": index, "message": {"role": "assistant"}, "finish_reason": None}
+            )
+            delta = choice.get("delta") or {}
+            target = message["message"]
+            if delta.get("role"):
+                target["role"] = delta["role"]
+            if delta.get("content"):
+                target["content"] = target.get("content", "") + delta["content"]
+            for call in delta.get("tool_calls") or []:
+                calls = target.setdefault("tool_calls", [])
+                position = call.get("index", len(calls))
+                while len(calls) <= position:
+                    calls.append(
+                        {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+                    )
+                slot = calls[position]
+                if call.get("id"):
+                    slot["id"] = call["id"]
+                function = call.get("function") or {}
+                slot["function"]["name"] += function.get("name") or ""
+                slot["function"]["arguments"] += function.get("arguments") or ""
+            if choice.get("finish_reason"):
+                message["finish_reason"] = choice["finish_reason"]
+
+    def result(self) -> dict[str, Any]:
+        """The assembled response, shaped like a non-streamed chat.completion."""
+        completion: dict[str, Any] = {"object": "chat.completion", **self._meta}
+        completion["choices"] = [self._choices[i] for i in sorted(self._choices)]
+        for choice in completion["choices"]:
+            choice["message"].setdefault("content", None)
+        if self._usage is not None:
+            completion["usage"] = self._usage
+        return completion
+
+
+class SSERelay:
+    """ASGI response relaying an upstream stream; a client disconnect cancels the upstream call."""
+
+    def __init__(
+        self,
+        stream: UpstreamStream,
+        *,
+        headers: Mapping[str, str],
+        observe: Callable[[bytes], None] | None = None,
+        on_complete: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.stream = stream
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        self.observe = observe
+        self.on_complete = on_complete
+        self.completed = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as group:
+
+            async def watch_disconnect() -> None:
+                while True:
+                    message: Message = await receive()
+                    if message["type"] == "http.disconnect":
+                        group.cancel_scope.cancel()
+                        return
+
+            group.start_soon(watch_disconnect)
+            try:
+                await self._relay(send)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.stream.close()
+            group.cancel_scope.cancel()
+        if not self.completed:
+            log.info("client disconnected mid-stream; upstream call cancelled")
+        elif self.on_complete is not None:
+            await self.on_complete()
+
+    async def _relay(self, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-cache"),
+                    (b"x-accel-buffering", b"no"),
+                    *self.headers,
+                ],
+            }
+        )
+        observe = self.observe
+        async for chunk in self.stream.chunks:
+            if observe is not None:
+                observe(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self.completed = True

@@ -1,0 +1,268 @@
+"""Tenants from policy files: loading, validation, key look-up and hot reload.
+
+`policies/default.yaml` is merged under every `policies/<tenant>.yaml`. At start-up every problem
+is reported with file, field and reason; while running, a changed file is re-read and an invalid
+edit is reported while the last good version of that tenant keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from proxy.policy import Policy, deep_merge
+
+log = logging.getLogger("memento.policies")
+
+DEFAULTS_FILE = "default.yaml"
+POLICY_SUFFIXES = (".yaml", ".yml")
+
+
+def hash_key(key: str) -> str:
+    """The form a proxy key takes in a policy file: `sha256:<hex digest>`."""
+    return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class PolicyProblem:
+    """Why one policy file (or one field of it) was refused."""
+
+    file: str
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.field}" if self.field else self.file
+        return f"{where}: {self.reason}"
+
+
+class PolicyFileError(Exception):
+    """One or more policy files are invalid."""
+
+    def __init__(self, problems: list[PolicyProblem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A policy file's mapping; empty files are `{}`. Raises PolicyFileError with the line."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = f"not valid YAML: {getattr(exc, 'problem', None) or exc}"
+        raise PolicyFileError([PolicyProblem(path.name, where, reason)]) from None
+    except OSError as exc:
+        raise PolicyFileError([PolicyProblem(path.name, "", f"cannot read: {exc}")]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PolicyFileError(
+            [PolicyProblem(path.name, "", "must be a mapping of fields (tenant, keys, models…)")]
+        )
+    return data
+
+
+def _validation_problems(file: str, error: ValidationError) -> list[PolicyProblem]:
+    problems = []
+    for item in error.errors():
+        loc = ".".join(str(part) for part in item["loc"])
+        reason = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            reason = "unknown field (check the spelling against policies/README.md)"
+        problems.append(PolicyProblem(file, loc, reason))
+    return problems
+
+
+def validate_defaults(path: Path) -> dict[str, Any]:
+    """default.yaml as a mapping, checked to be a valid partial policy."""
+    data = read_yaml(path)
+    for reserved in ("tenant", "keys"):
+        if reserved in data:
+            raise PolicyFileError(
+                [PolicyProblem(path.name, reserved, "belongs in a tenant file, not in defaults")]
+            )
+    try:
+        Policy.model_validate(deep_merge(data, {"tenant": "default-check"}))
+    except ValidationError as exc:
+        raise PolicyFileError(_validation_problems(path.name, exc)) from None
+    return data
+
+
+def load_policy(path: Path, defaults: dict[str, Any]) -> Policy:
+    """One tenant's policy: its file merged over the defaults, validated."""
+    data = read_yaml(path)
+    tenant = data.setdefault("tenant", path.stem)
+    if tenant != path.stem:
+        raise PolicyFileError(
+            [
+                PolicyProblem(
+                    path.name,
+                    "tenant",
+                    f"'{tenant}' does not match the file name; name the file {tenant}.yaml "
+                    f"or set tenant: {path.stem}",
+                )
+            ]
+        )
+    try:
+        return Policy.model_validate(deep_merge(defaults, data))
+    except ValidationError as exc:
+        raise PolicyFileError(_validation_problems(path.name, exc)) from None
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """Everything a request reads, swapped in one assignment so readers never see a mix."""
+
+    policies: dict[str, Policy] = field(default_factory=dict)
+    by_key: dict[str, str] = field(default_factory=dict)  # "sha256:…" → tenant
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+class PolicyRegistry:
+    """The tenants of one policies directory, kept current while the server runs."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._snapshot = _Snapshot()
+        self._defaults: dict[str, Any] = {}
+        self._stamps: dict[Path, tuple[int, int]] = {}
+        self._problems: dict[str, list[PolicyProblem]] = {}
+
+    @classmethod
+    def load(cls, directory: Path) -> PolicyRegistry:
+        """Load every file; raise PolicyFileError listing all problems if any file is invalid."""
+        registry = cls(directory)
+        if not directory.is_dir():
+            raise PolicyFileError(
+                [PolicyProblem(str(directory), "", "policies directory does not exist")]
+            )
+        registry.refresh()
+        problems = registry.problems
+        if problems:
+            raise PolicyFileError(problems)
+        if not registry._snapshot.policies:
+            raise PolicyFileError(
+                [PolicyProblem(str(directory), "", "no tenant policy files (<tenant>.yaml) found")]
+            )
+        return registry
+
+    @property
+    def problems(self) -> list[PolicyProblem]:
+        return [p for file in sorted(self._problems) for p in self._problems[file]]
+
+    def tenants(self) -> list[str]:
+        return sorted(self._snapshot.policies)
+
+    def get(self, tenant: str) -> Policy | None:
+        return self._snapshot.policies.get(tenant)
+
+    def policy_for_key(self, key: str) -> Policy | None:
+        """The policy of the tenant owning this proxy key, or None."""
+        tenant = self._snapshot.by_key.get(hash_key(key))
+        return None if tenant is None else self._snapshot.policies.get(tenant)
+
+    def _policy_files(self) -> list[Path]:
+        return sorted(
+            p
+            for p in self.directory.iterdir()
+            if p.suffix in POLICY_SUFFIXES and p.is_file() and not p.name.startswith(".")
+        )
+
+    def refresh(self) -> bool:
+        """Re-read changed, new and removed files. Returns True when anything changed.
+
+        A file that fails validation keeps its last good version (if any) and its problems are
+        logged and kept in `problems` until a good edit replaces them.
+        """
+        try:
+            files = {p: _stamp(p) for p in self._policy_files()}
+        except OSError as exc:
+            log.error("cannot list policies directory %s: %s", self.directory, exc)
+            return False
+        if files == self._stamps:
+            return False
+        changed = {p for p, s in files.items() if self._stamps.get(p) != s}
+        removed = set(self._stamps) - set(files)
+        self._stamps = files
+
+        defaults_path = self.directory / DEFAULTS_FILE
+        reload_all = defaults_path in changed or defaults_path in removed
+        if defaults_path in changed:
+            try:
+                self._defaults = validate_defaults(defaults_path)
+                self._problems.pop(DEFAULTS_FILE, None)
+            except PolicyFileError as exc:
+                self._report(DEFAULTS_FILE, exc.problems)
+                reload_all = False  # the old defaults stay; tenants built on them stay too
+        elif defaults_path in removed:
+            self._defaults = {}
+            self._problems.pop(DEFAULTS_FILE, None)
+
+        tenant_files = [p for p in files if p.name != DEFAULTS_FILE]
+        to_load = tenant_files if reload_all else [p for p in tenant_files if p in changed]
+        policies = dict(self._snapshot.policies)
+        for path in removed:
+            if path.name != DEFAULTS_FILE:
+                policies.pop(path.stem, None)
+                self._problems.pop(path.name, None)
+                log.info("tenant %s removed (file deleted)", path.stem)
+        for path in to_load:
+            try:
+                policy = load_policy(path, self._defaults)
+            except PolicyFileError as exc:
+                self._report(path.name, exc.problems)
+                continue
+            clash = self._key_clash(policy, policies)
+            if clash:
+                self._report(path.name, [clash])
+                continue
+            policies[policy.tenant] = policy
+            self._problems.pop(path.name, None)
+            log.info("tenant %s loaded from %s", policy.tenant, path.name)
+        self._snapshot = _Snapshot(policies, self._index_keys(policies.values()))
+        return True
+
+    @staticmethod
+    def _key_clash(policy: Policy, policies: dict[str, Policy]) -> PolicyProblem | None:
+        for other in policies.values():
+            if other.tenant != policy.tenant and set(other.keys) & set(policy.keys):
+                return PolicyProblem(
+                    f"{policy.tenant}.yaml",
+                    "keys",
+                    f"a key is already used by tenant '{other.tenant}'; "
+                    "every proxy key belongs to exactly one tenant",
+                )
+        return None
+
+    @staticmethod
+    def _index_keys(policies: Iterable[Policy]) -> dict[str, str]:
+        return {key: policy.tenant for policy in policies for key in policy.keys}
+
+    def _report(self, file: str, problems: list[PolicyProblem]) -> None:
+        self._problems[file] = problems
+        kept = " (the last good version keeps serving)" if self._snapshot.policies else ""
+        for problem in problems:
+            log.error("invalid policy %s%s", problem, kept)
+
+    async def watch(self, interval_s: float) -> None:
+        """Poll for changed files until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await asyncio.to_thread(self.refresh)
+            except Exception:
+                log.exception("policy reload failed; the current policies keep serving")

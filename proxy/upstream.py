@@ -1,0 +1,400 @@
+"""Calling the real model: direct relay for OpenAI-compatible upstreams, litellm for the rest.
+
+An alias whose provider already speaks the OpenAI API (`openai/…`, `hosted_vllm/…`, or any model
+with `passthrough: true`) is forwarded over one shared HTTP connection pool and its response
+bytes are relayed unchanged; only the `model` field of the request is rewritten to the upstream's
+name. Everything else (Azure, Anthropic, Ollama's native API, Bedrock…) goes through litellm,
+which translates. The built-in `echo` model answers locally. Provider keys come from the server's
+environment, never from the client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+
+from proxy.errors import ProxyError
+from proxy.policy import ModelRoute
+from proxy.settings import Settings
+from proxy.streaming import DONE, UpstreamStream, sse_event
+from proxy.tokens import use_bundled_tiktoken
+
+log = logging.getLogger("memento.upstream")
+
+# Providers whose API is OpenAI's own, and where they live when the route names no api_base.
+OPENAI_COMPATIBLE = {"openai": "https://api.openai.com/v1", "hosted_vllm": None}
+# Upstream response headers a client may act on; everything else stays behind.
+RELAYED_HEADERS = ("retry-after", "retry-after-ms", "openai-processing-ms")
+RELAYED_PREFIXES = ("x-ratelimit-",)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one call goes: the tenant's alias, its route, and the tenant's connect timeout."""
+
+    alias: str
+    route: ModelRoute
+    connect_timeout_s: float = 10.0
+
+
+@dataclass
+class UpstreamReply:
+    """A complete (non-streamed) upstream response, ready to relay."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Upstream(Protocol):
+    """One way of reaching models. Failures raise ProxyError in OpenAI's shape."""
+
+    async def chat(self, target: Target, body: dict[str, Any]) -> UpstreamReply: ...
+
+    async def chat_stream(self, target: Target, body: dict[str, Any]) -> UpstreamStream:
+        """Open the stream; errors before the first byte raise, later ones become SSE errors."""
+        ...
+
+    async def embeddings(self, target: Target, body: dict[str, Any]) -> UpstreamReply: ...
+
+
+def provider_of(model: str) -> tuple[str, str]:
+    """Split a litellm model string into (provider, model name); no prefix gives ("", model)."""
+    provider, sep, name = model.partition("/")
+    return (provider, name) if sep else ("", model)
+
+
+def is_passthrough(route: ModelRoute) -> bool:
+    """Whether calls for this route can skip litellm and be relayed byte for byte."""
+    if route.passthrough is not None:
+        return route.passthrough
+    provider, _ = provider_of(route.model)
+    if provider not in OPENAI_COMPATIBLE:
+        return False
+    return route.api_base is not None or OPENAI_COMPATIBLE[provider] is not None
+
+
+def resolve_api_key(alias: str, route: ModelRoute) -> str | None:
+    """The provider key named by `env:VAR` in the policy, read from the server environment."""
+    if route.api_key is None:
+        return None
+    name = route.api_key.removeprefix("env:")
+    value = os.environ.get(name)
+    if not value:
+        raise ProxyError(
+            500,
+            f"The server has no provider key for model '{alias}': the operator must set the "
+            f"environment variable {name} (named by api_key in the tenant's policy).",
+            type="api_error",
+            code="provider_key_missing",
+        )
+    return value
+
+
+def relayed_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {
+        name: value
+        for name, value in headers.items()
+        if name in RELAYED_HEADERS or name.startswith(RELAYED_PREFIXES)
+    }
+
+
+def upstream_error(
+    alias: str, status: int, payload: Any, headers: Mapping[str, str] | None = None
+) -> ProxyError:
+    """Map an upstream failure to what the client should see.
+
+    Statuses that describe the request or the upstream's capacity (400, 404, 409, 413, 422, 429,
+    503) are kept; the upstream refusing the server's credentials (401/403) and other 5xx are
+    502, since neither is the client's doing.
+    """
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict):
+        message = str(error.get("message") or f"HTTP {status}")
+        err_type, param, code = error.get("type"), error.get("param"), error.get("code")
+    else:
+        text = payload if isinstance(payload, str) else json.dumps(payload)
+        message, err_type, param, code = (text[:500] or f"HTTP {status}"), None, None, None
+    relayed = relayed_headers(headers or {})
+    if status in (401, 403):
+        return ProxyError(
+            502,
+            f"The upstream for model '{alias}' refused the server's provider credentials "
+            f"(HTTP {status}: {message}). The operator must check the api_key in the policy.",
+            type="upstream_error",
+            code="upstream_auth_failed",
+        )
+    if status in (400, 404, 409, 413, 422, 429, 503):
+        default_type = "rate_limit_error" if status == 429 else "invalid_request_error"
+        if status == 503:
+            default_type = "api_error"
+        return ProxyError(
+            status,
+            message,
+            type=str(err_type or default_type),
+            param=None if param is None else str(param),
+            code=None if code is None else str(code),
+            headers=relayed,
+        )
+    return ProxyError(
+        502,
+        f"The upstream for model '{alias}' failed (HTTP {status}): {message}",
+        type="upstream_error",
+        code="upstream_error",
+        headers=relayed,
+    )
+
+
+def unreachable(alias: str, exc: Exception) -> ProxyError:
+    if isinstance(exc, httpx.TimeoutException) or type(exc).__name__ == "Timeout":
+        return ProxyError(
+            504,
+            f"The upstream for model '{alias}' did not answer in time ({type(exc).__name__}).",
+            type="upstream_error",
+            code="upstream_timeout",
+        )
+    return ProxyError(
+        502,
+        f"The upstream for model '{alias}' could not be reached ({type(exc).__name__}: {exc}).",
+        type="upstream_error",
+        code="upstream_unreachable",
+    )
+
+
+class OpenAICompatible:
+    """Direct relay to upstreams that speak the OpenAI API, over one shared connection pool."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    def _request(self, target: Target, path: str, body: dict[str, Any]) -> httpx.Request:
+        route = target.route
+        provider, name = provider_of(route.model)
+        base = route.api_base or OPENAI_COMPATIBLE.get(provider)
+        if base is None:
+            raise ProxyError(
+                500,
+                f"Model '{target.alias}' has no api_base; the operator must set one in the policy.",
+                type="api_error",
+                code="route_misconfigured",
+            )
+        payload = dict(body)
+        payload["model"] = name
+        headers = {"content-type": "application/json", **route.extra_headers}
+        key = resolve_api_key(target.alias, route)
+        if key is not None:
+            headers["authorization"] = f"Bearer {key}"
+        timeout = httpx.Timeout(route.timeout_s, connect=target.connect_timeout_s)
+        return self.client.build_request(
+            "POST",
+            base.rstrip("/") + path,
+            content=json.dumps(payload, separators=(",", ":")).encode(),
+            headers=headers,
+            timeout=timeout,
+        )
+
+    async def _send(self, target: Target, request: httpx.Request) -> httpx.Response:
+        try:
+            return await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise unreachable(target.alias, exc) from None
+
+    async def _complete(self, target: Target, path: str, body: dict[str, Any]) -> UpstreamReply:
+        response = await self._send(target, self._request(target, path, body))
+        try:
+            content = await response.aread()
+        except httpx.HTTPError as exc:
+            raise unreachable(target.alias, exc) from None
+        finally:
+            await response.aclose()
+        if response.status_code >= 400:
+            raise upstream_error(
+                target.alias, response.status_code, _decode(content), response.headers
+            )
+        headers = relayed_headers(response.headers)
+        headers["content-type"] = response.headers.get("content-type", "application/json")
+        return UpstreamReply(response.status_code, content, headers)
+
+    async def chat(self, target: Target, body: dict[str, Any]) -> UpstreamReply:
+        return await self._complete(target, "/chat/completions", body)
+
+    async def embeddings(self, target: Target, body: dict[str, Any]) -> UpstreamReply:
+        return await self._complete(target, "/embeddings", body)
+
+    async def chat_stream(self, target: Target, body: dict[str, Any]) -> UpstreamStream:
+        response = await self._send(target, self._request(target, "/chat/completions", body))
+        if response.status_code >= 400:
+            try:
+                content = await response.aread()
+            finally:
+                await response.aclose()
+            raise upstream_error(
+                target.alias, response.status_code, _decode(content), response.headers
+            )
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for part in response.aiter_raw():
+                    yield part
+            except httpx.HTTPError as exc:
+                yield sse_event(unreachable(target.alias, exc).body())
+
+        return UpstreamStream(chunks(), response.aclose, relayed_headers(response.headers))
+
+
+def _decode(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except ValueError:
+        return content.decode("utf-8", "replace")
+
+
+_litellm: Any = None
+
+
+def import_litellm() -> Any:
+    """litellm, configured to work offline (bundled cost map and tokenizers) and quietly."""
+    global _litellm
+    if _litellm is None:
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        os.environ.setdefault("LITELLM_TELEMETRY", "False")
+        use_bundled_tiktoken()
+        import litellm
+
+        litellm.telemetry = False
+        litellm.suppress_debug_info = True
+        litellm.turn_off_message_logging = True
+        logging.getLogger("LiteLLM").setLevel(logging.WARNING)
+        _litellm = litellm
+    return _litellm
+
+
+# Request fields litellm would consume itself instead of sending; they travel in extra_body.
+_LITELLM_RESERVED = ("metadata",)
+
+
+class LiteLLMUpstream:
+    """Providers that need translation, through litellm."""
+
+    def _kwargs(self, target: Target, body: dict[str, Any]) -> dict[str, Any]:
+        route = target.route
+        kwargs = {k: v for k, v in body.items() if k != "model"}
+        extra_body = dict(kwargs.pop("extra_body", None) or {})
+        for name in _LITELLM_RESERVED:
+            if name in kwargs:
+                extra_body[name] = kwargs.pop(name)
+        if extra_body:
+            kwargs["extra_body"] = extra_body
+        kwargs["model"] = route.model
+        kwargs["timeout"] = route.timeout_s
+        api_key = resolve_api_key(target.alias, route)
+        for name, value in (
+            ("api_key", api_key),
+            ("api_base", route.api_base),
+            ("api_version", route.api_version),
+        ):
+            if value is not None:
+                kwargs[name] = value
+        if route.extra_headers:
+            kwargs["extra_headers"] = dict(route.extra_headers)
+        return kwargs
+
+    def _error(self, target: Target, exc: Exception) -> ProxyError:
+        litellm = import_litellm()
+        if isinstance(exc, litellm.Timeout):
+            return unreachable(target.alias, exc)
+        if isinstance(exc, litellm.APIConnectionError):
+            return unreachable(target.alias, exc)
+        status = getattr(exc, "status_code", None)
+        if isinstance(status, int):
+            response = getattr(exc, "response", None)
+            headers = dict(getattr(response, "headers", None) or {})
+            message = str(getattr(exc, "message", exc))
+            return upstream_error(target.alias, status, {"error": {"message": message}}, headers)
+        log.error("litellm call for %s failed: %s", target.alias, type(exc).__name__)
+        return unreachable(target.alias, exc)
+
+    async def chat(self, target: Target, body: dict[str, Any]) -> UpstreamReply:
+        litellm = import_litellm()
+        kwargs = self._kwargs(target, body)
+        try:
+            response = await litellm.acompletion(**kwargs)
+        except ProxyError:
+            raise
+        except Exception as exc:
+            raise self._error(target, exc) from None
+        return UpstreamReply(200, _dump(response), {"content-type": "application/json"})
+
+    async def chat_stream(self, target: Target, body: dict[str, Any]) -> UpstreamStream:
+        litellm = import_litellm()
+        kwargs = self._kwargs(target, body)
+        try:
+            stream = await litellm.acompletion(**kwargs)
+        except ProxyError:
+            raise
+        except Exception as exc:
+            raise self._error(target, exc) from None
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in stream:
+                    yield b"data: " + _dump(chunk) + b"\n\n"
+            except Exception as exc:
+                yield sse_event(self._error(target, exc).body())
+            yield DONE
+
+        async def close() -> None:
+            closer = getattr(stream, "aclose", None)
+            if closer is not None:
+                await closer()
+
+        return UpstreamStream(chunks(), close)
+
+    async def embeddings(self, target: Target, body: dict[str, Any]) -> UpstreamReply:
+        litellm = import_litellm()
+        kwargs = self._kwargs(target, body)
+        try:
+            response = await litellm.aembedding(**kwargs)
+        except ProxyError:
+            raise
+        except Exception as exc:
+            raise self._error(target, exc) from None
+        return UpstreamReply(200, _dump(response), {"content-type": "application/json"})
+
+
+def _dump(response: Any) -> bytes:
+    data = response.model_dump(exclude_none=True) if hasattr(response, "model_dump") else response
+    return json.dumps(data, separators=(",", ":"), default=str).encode()
+
+
+class Upstreams:
+    """Picks how each route is reached, and owns the shared connection pool."""
+
+    def __init__(self, settings: Settings) -> None:
+        from proxy.echo import EchoUpstream
+
+        limits = httpx.Limits(
+            max_connections=settings.upstream_max_connections,
+            max_keepalive_connections=settings.upstream_keepalive,
+        )
+        self.client = httpx.AsyncClient(limits=limits, timeout=600.0, trust_env=False)
+        self.direct = OpenAICompatible(self.client)
+        self.translated = LiteLLMUpstream()
+        self.echo = EchoUpstream()
+
+    def for_route(self, route: ModelRoute) -> Upstream:
+        if route.model == "echo":
+            return self.echo
+        return self.direct if is_passthrough(route) else self.translated
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
