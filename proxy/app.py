@@ -29,12 +29,16 @@ from proxy.auth import authenticate
 from proxy.errors import ProxyError, internal_error, model_not_found
 from proxy.memory.seam import CallContext, MemoryHooks, MemoryUnavailable, NoMemory, PreparedCall
 from proxy.policy import ModelRoute, Policy
+from proxy.routes.traces import routes as trace_routes
 from proxy.settings import Settings
 from proxy.streaming import SSERelay, StreamAssembler
 from proxy.tenants import PolicyRegistry
 from proxy.tokens import encoding
+from proxy.tracing import retention_from, setup_tracing
+from proxy.ui.pages import routes as ui_routes
 from proxy.upstream import Target, Upstreams, import_litellm, is_passthrough
 from proxy.validation import read_json_body, validate_chat, validate_embeddings
+from storage.spans import open_span_store
 
 log = logging.getLogger("memento.proxy")
 
@@ -281,6 +285,9 @@ def build_app(
             await asyncio.to_thread(import_litellm)
         if uses_echo(registry):
             await asyncio.to_thread(encoding)  # so the first echo call does not load it
+        span_store = await open_span_store(settings.data_dir)
+        tracing = setup_tracing(settings, span_store, retention=retention_from(registry))
+        app.state.span_store, app.state.tracing = span_store, tracing
         start = getattr(memory, "start", None)
         if start is not None:
             await start()
@@ -298,6 +305,8 @@ def build_app(
             if close is not None:
                 await close()
             await upstreams.aclose()
+            await tracing.shutdown()  # after the memory worker drained: its spans are kept
+            await span_store.close()
 
     routes: list[BaseRoute] = [
         Route("/v1/chat/completions", service.chat, methods=["POST"]),
@@ -306,6 +315,8 @@ def build_app(
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        *trace_routes(),
+        *ui_routes(),
         *extra_routes,
     ]
     app = Starlette(

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -38,7 +38,7 @@ from opentelemetry.sdk.trace import (
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Link, SpanContext, TraceFlags
 
-from proxy.policy import TracingPolicy
+from proxy.policy import Policy, TracingPolicy
 from storage.api import SpanStore
 from storage.records import SpanRow
 
@@ -382,3 +382,17 @@ def _otlp_exporter(endpoint: str) -> SpanExporter:
     if not url.endswith("/v1/traces"):
         url += "/v1/traces"
     return OTLPSpanExporter(endpoint=url)
+
+
+class _PolicySource(Protocol):
+    def get(self, tenant: str) -> Policy | None: ...
+
+
+def retention_from(policies: _PolicySource) -> RetentionLookup:
+    """Each tenant's current tracing policy from the (hot-reloaded) policy registry."""
+
+    def lookup(tenant_id: str) -> TracingPolicy | None:
+        policy = policies.get(tenant_id)
+        return None if policy is None else policy.tracing
+
+    return lookup

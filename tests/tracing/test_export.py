@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Collector
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -24,6 +23,7 @@ from proxy.tracing import (
     span_ids,
 )
 from storage.spans import SQLiteSpanStore, open_span_store
+from tests.tracing.collector import Collector
 
 tracer = trace.get_tracer("memento.proxy")
 

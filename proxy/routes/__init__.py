@@ -1,0 +1,1 @@
+"""HTTP routes beyond the chat surface in proxy/app.py (traces, admin, memories, feedback)."""

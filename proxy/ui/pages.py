@@ -1,0 +1,236 @@
+"""The trace pages at `/ui/`: recent requests, and one request's timeline of stages.
+
+Server-rendered HTML (Jinja2, autoescaped) with no scripts. The page is tenant-scoped like the
+API: a login form takes the tenant's proxy key and keeps it in an HttpOnly, SameSite=Strict
+cookie limited to `/ui`, so the key never appears in a URL, a log line or page script; every
+page re-checks it against the current policies, so removing a key from a policy file logs the
+browser out. What a page shows is exactly what `GET /v1/traces[/{id}]` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from proxy.errors import ProxyError
+from proxy.policy import Policy
+from proxy.routes.traces import parse_limit, span_store_of, trace_document
+from proxy.tenants import PolicyRegistry
+
+COOKIE = "memento_ui_key"
+COOKIE_PATH = "/ui"
+SESSION_S = 8 * 3600
+MAX_FORM_BYTES = 4096
+_HERE = Path(__file__).parent
+_STYLE = _HERE / "static" / "style.css"
+
+SECURITY_HEADERS = {
+    "content-security-policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+    "x-frame-options": "DENY",
+}
+
+_env = Environment(
+    loader=FileSystemLoader(_HERE / "templates"),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_env.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False)
+_env.filters["utc"] = lambda epoch: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+
+
+def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    html = _env.get_template(name).render(**context)
+    return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+
+
+def ui_policy(request: Request) -> Policy | None:
+    """The tenant whose key is in the UI cookie, if that key is still valid."""
+    key = request.cookies.get(COOKIE)
+    if not key:
+        return None
+    registry: PolicyRegistry = request.app.state.policies
+    return registry.policy_for_key(key)
+
+
+def same_origin(request: Request) -> bool:
+    """Form posts must come from our own pages (defence against cross-site login/logout)."""
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":
+        return request.headers.get("sec-fetch-site") in (None, "same-origin", "none")
+    return origin == f"{request.url.scheme}://{request.url.netloc}"
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise ProxyError(413, f"The form is larger than {MAX_FORM_BYTES} bytes.")
+    fields = parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+    return {name: values[0] for name, values in fields.items()}
+
+
+async def index(request: Request) -> Response:
+    policy = ui_policy(request)
+    if policy is None:
+        return render("login.html", error=None)
+    user = request.query_params.get("user") or None
+    try:
+        limit = parse_limit(request.query_params.get("limit"))
+    except ProxyError as exc:
+        return render("error.html", status=400, tenant=policy.tenant, message=exc.message)
+    traces = await span_store_of(request).list_traces(policy.tenant, limit=limit, user_id=user)
+    return render("list.html", tenant=policy.tenant, traces=traces, user=user or "", limit=limit)
+
+
+async def request_page(request: Request) -> Response:
+    policy = ui_policy(request)
+    if policy is None:
+        return RedirectResponse("/ui/", status_code=303, headers=SECURITY_HEADERS)
+    request_id = request.path_params["request_id"]
+    rows = await span_store_of(request).get_trace(policy.tenant, request_id)
+    if not rows:
+        message = f"No trace for request id '{request_id}' in tenant {policy.tenant}."
+        return render("error.html", status=404, tenant=policy.tenant, message=message)
+    doc = trace_document(request_id, rows)
+    return render(
+        "request.html",
+        tenant=policy.tenant,
+        trace=doc,
+        memory=injected_memory(doc),
+        verdicts=verdicts(doc),
+        bars=timeline_bars(doc),
+        content_policy=policy.tracing.content,
+    )
+
+
+async def login(request: Request) -> Response:
+    if not same_origin(request):
+        return render("login.html", status=403, error="Log in from this page.")
+    key = (await read_form(request)).get("key", "").strip()
+    registry: PolicyRegistry = request.app.state.policies
+    if not key or registry.policy_for_key(key) is None:
+        error = "That key belongs to no tenant. Use a proxy key listed in a tenant's policy file."
+        return render("login.html", status=401, error=error)
+    response = RedirectResponse("/ui/", status_code=303, headers=SECURITY_HEADERS)
+    response.set_cookie(
+        COOKIE,
+        key,
+        max_age=SESSION_S,
+        path=COOKIE_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+async def logout(request: Request) -> Response:
+    response = RedirectResponse("/ui/", status_code=303, headers=SECURITY_HEADERS)
+    if same_origin(request):
+        response.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")
+    return response
+
+
+async def style(request: Request) -> Response:
+    return FileResponse(_STYLE, media_type="text/css", headers={"cache-control": "max-age=300"})
+
+
+async def ui_root(request: Request) -> Response:
+    return RedirectResponse("/ui/", status_code=308)
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/ui", ui_root, methods=["GET"]),
+        Route("/ui/", index, methods=["GET"]),
+        Route("/ui/login", login, methods=["POST"]),
+        Route("/ui/logout", logout, methods=["POST"]),
+        Route("/ui/requests/{request_id}", request_page, methods=["GET"]),
+        Route("/ui/static/style.css", style, methods=["GET"]),
+    ]
+
+
+def injected_memory(doc: dict[str, Any]) -> dict[str, Any]:
+    """What went into the prompt: the memory block (when captured), ids and their scores."""
+    block: str | None = None
+    ids: list[Any] = []
+    scores: Any = None
+    budget: dict[str, Any] = {}
+    for span in doc["spans"]:
+        if span["phase"] != "request":
+            continue
+        attrs = span["attributes"]
+        if span["name"] == "memento.inject":
+            ids = _as_list(attrs.get("memento.memory.ids", ids))
+            block = attrs.get("memento.inject.block") or next(
+                (v for v in attrs.values() if isinstance(v, str) and "<memory" in v), None
+            )
+        if span["name"] == "memento.retrieve" and scores is None:
+            scores = attrs.get("memento.memory.scores")
+        if "memento.memory.scores" in attrs and span["name"] == "memento.inject":
+            scores = attrs["memento.memory.scores"]
+        budget.update({k: v for k, v in attrs.items() if k.startswith("memento.budget.")})
+    return {"block": block, "ids": ids, "scores": score_rows(scores, ids), "budget": budget}
+
+
+def score_rows(scores: Any, injected: list[Any]) -> list[dict[str, Any]]:
+    """Scores as table rows: `{id, injected, score..., parts...}` from a mapping or a list."""
+    rows: list[dict[str, Any]] = []
+    if isinstance(scores, dict):
+        for memory_id, value in scores.items():
+            parts = value if isinstance(value, dict) else {"score": value}
+            rows.append({"id": memory_id, **parts})
+    elif isinstance(scores, list):
+        rows = [dict(item) for item in scores if isinstance(item, dict)]
+    chosen = {str(x) for x in injected}
+    for row in rows:
+        row_id = str(row.get("id") or row.get("memory_id") or "")
+        row["injected"] = "yes" if row_id in chosen else ""
+    return rows
+
+
+def verdicts(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The write path's decisions on each extracted candidate (from `memento.verdicts`)."""
+    found: list[dict[str, Any]] = []
+    for span in doc["spans"]:
+        value = span["attributes"].get("memento.verdicts")
+        if isinstance(value, list):
+            found.extend(
+                {"stage": span["name"], **item} for item in value if isinstance(item, dict)
+            )
+        elif isinstance(value, dict):
+            found.append({"stage": span["name"], **value})
+    return found
+
+
+def timeline_bars(doc: dict[str, Any], width: float = 300.0) -> list[dict[str, float]]:
+    """Each span's bar as x and width in a `width`-unit SVG, scaled to the whole timeline."""
+    spans = doc["spans"]
+    end = max((s["offset_ms"] + s["duration_ms"] for s in spans), default=0.0) or 1.0
+    return [
+        {
+            "x": round(width * max(0.0, s["offset_ms"]) / end, 2),
+            "w": round(max(1.0, width * s["duration_ms"] / end), 2),
+        }
+        for s in spans
+    ]
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
