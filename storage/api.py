@@ -7,6 +7,7 @@ storage implementation would satisfy the same protocols.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -97,18 +98,20 @@ class MemoryStore(Protocol):
         include_shared: bool = False,
         now: float | None = None,
         with_vectors: bool = False,
-    ) -> list[SearchHit]:
+    ) -> builtins.list[SearchHit]:
         """Hybrid candidates: top-k by BM25 ∪ top-k by vector, unexpired, with raw scores.
 
         Scope: the user's records; plus tenant-shared records when `include_shared`.
         """
         ...
 
-    async def vectors(self, tenant_id: str, memory_ids: Sequence[str]) -> dict[str, list[float]]:
+    async def vectors(
+        self, tenant_id: str, memory_ids: Sequence[str]
+    ) -> dict[str, builtins.list[float]]:
         """Stored vectors of records in one tenant (consensus checks)."""
         ...
 
-    async def audit(self, tenant_id: str, limit: int = 100) -> list[dict[str, Any]]: ...
+    async def audit(self, tenant_id: str, limit: int = 100) -> builtins.list[dict[str, Any]]: ...
 
 
 class RequestStore(Protocol):

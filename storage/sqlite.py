@@ -1,0 +1,1026 @@
+"""SQLite, the source of truth: memories, their edit history, audit, requests, feedback, the
+write queue and the index outbox, through aiosqlite in WAL mode.
+
+One writer connection (writes are serialised by an asyncio lock, each write one transaction) and
+one reader connection, so reads on the request path never wait behind a write. Every memory
+query filters by tenant in SQL; the scope is part of each WHERE clause, not a later check.
+
+The schema is versioned with `PRAGMA user_version`; `MIGRATIONS` upgrades an older file in place
+at open, and a file from a newer release is refused with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from storage.records import (
+    MEMORY_KINDS,
+    MEMORY_STATUSES,
+    MemoryKind,
+    MemoryRecord,
+    MemoryStatus,
+    QueuedJob,
+    RequestLog,
+    Scope,
+)
+
+
+class SchemaTooNewError(RuntimeError):
+    """The database was written by a newer release than this one."""
+
+
+_KINDS_SQL = ", ".join(f"'{kind}'" for kind in MEMORY_KINDS)
+_STATUSES_SQL = ", ".join(f"'{status}'" for status in MEMORY_STATUSES)
+
+# Each entry upgrades the schema from version i to i+1. Never edit a released entry: append.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: memories, audit, requests, feedback, write queue, index outbox.
+    f"""
+    CREATE TABLE memories (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL,
+        user_id TEXT,
+        session_id TEXT,
+        agent_id TEXT,
+        kind TEXT NOT NULL CHECK (kind IN ({_KINDS_SQL})),
+        text TEXT NOT NULL,
+        key_text TEXT NOT NULL DEFAULT '',
+        fields TEXT NOT NULL DEFAULT '{{}}',
+        metadata TEXT NOT NULL DEFAULT '{{}}',
+        keywords TEXT NOT NULL DEFAULT '[]',
+        tags TEXT NOT NULL DEFAULT '[]',
+        source_role TEXT NOT NULL,
+        source_request_id TEXT,
+        trace_id TEXT,
+        trust REAL NOT NULL,
+        trust_reasons TEXT NOT NULL DEFAULT '[]',
+        status TEXT NOT NULL CHECK (status IN ({_STATUSES_SQL})),
+        version INTEGER NOT NULL DEFAULT 1,
+        supersedes TEXT,
+        superseded_by TEXT,
+        q REAL NOT NULL DEFAULT 0,
+        q_visits INTEGER NOT NULL DEFAULT 0,
+        reward_ma REAL NOT NULL DEFAULT 0,
+        last_reward REAL,
+        n_pos INTEGER NOT NULL DEFAULT 0,
+        n_neg INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        last_used_at REAL,
+        valid_from REAL NOT NULL,
+        valid_to REAL,
+        expires_at REAL,
+        embedding_model TEXT,
+        embedding BLOB,
+        derived_from_ids TEXT NOT NULL DEFAULT '[]',
+        evidence TEXT NOT NULL DEFAULT '[]',
+        model TEXT
+    );
+    CREATE INDEX memories_scope ON memories (tenant_id, user_id, created_at);
+    CREATE INDEX memories_tenant_status ON memories (tenant_id, status);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        tenant_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        memory_id TEXT,
+        user_id TEXT,
+        detail TEXT NOT NULL DEFAULT '{{}}'
+    );
+    CREATE INDEX audit_tenant ON audit (tenant_id, id);
+    CREATE TABLE requests (
+        tenant_id TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        user_id TEXT,
+        session_id TEXT,
+        trace_id TEXT,
+        model TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        injected TEXT NOT NULL DEFAULT '[]',
+        written_case_id TEXT,
+        reward REAL,
+        status TEXT NOT NULL DEFAULT 'ok',
+        PRIMARY KEY (tenant_id, request_id)
+    );
+    CREATE TABLE feedback (
+        tenant_id TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        source TEXT NOT NULL,
+        reward REAL NOT NULL,
+        comment TEXT,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (tenant_id, request_id, source)
+    );
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        tenant_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        available_at REAL NOT NULL,
+        claimed_by TEXT,
+        lease_until REAL,
+        last_error TEXT
+    );
+    CREATE INDEX jobs_ready ON jobs (state, available_at);
+    CREATE TABLE index_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        memory_id TEXT NOT NULL,
+        enqueued_at REAL NOT NULL
+    );
+    """,
+    # 2: edit history of in-place text changes, store metadata (which embedder built the
+    # index), requests by user.
+    """
+    CREATE TABLE memory_versions (
+        memory_id TEXT NOT NULL,
+        tenant_id TEXT NOT NULL,
+        changed_at REAL NOT NULL,
+        text TEXT NOT NULL,
+        key_text TEXT NOT NULL,
+        embedding_model TEXT
+    );
+    CREATE INDEX memory_versions_memory ON memory_versions (tenant_id, memory_id);
+    CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE INDEX requests_user ON requests (tenant_id, user_id, created_at);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_JSON_COLUMNS = frozenset(
+    {
+        "fields",
+        "metadata",
+        "keywords",
+        "tags",
+        "trust_reasons",
+        "derived_from_ids",
+        "evidence",
+    }
+)
+_RECORD_COLUMNS = (
+    "id",
+    "tenant_id",
+    "user_id",
+    "session_id",
+    "agent_id",
+    "kind",
+    "text",
+    "key_text",
+    "fields",
+    "metadata",
+    "keywords",
+    "tags",
+    "source_role",
+    "source_request_id",
+    "trace_id",
+    "trust",
+    "trust_reasons",
+    "status",
+    "version",
+    "supersedes",
+    "superseded_by",
+    "q",
+    "q_visits",
+    "reward_ma",
+    "last_reward",
+    "n_pos",
+    "n_neg",
+    "created_at",
+    "updated_at",
+    "last_used_at",
+    "valid_from",
+    "valid_to",
+    "expires_at",
+    "embedding_model",
+    "derived_from_ids",
+    "evidence",
+    "model",
+)
+_SELECT_RECORD = ", ".join(_RECORD_COLUMNS)
+
+# What `update` may change. Identity, scope and creation time never change.
+UPDATABLE_FIELDS = frozenset(
+    {
+        "kind",
+        "text",
+        "key_text",
+        "fields",
+        "metadata",
+        "keywords",
+        "tags",
+        "session_id",
+        "agent_id",
+        "source_role",
+        "trust",
+        "trust_reasons",
+        "status",
+        "supersedes",
+        "superseded_by",
+        "q",
+        "q_visits",
+        "reward_ma",
+        "last_reward",
+        "n_pos",
+        "n_neg",
+        "last_used_at",
+        "valid_from",
+        "valid_to",
+        "expires_at",
+        "derived_from_ids",
+        "evidence",
+        "model",
+        "trace_id",
+    }
+)
+# Changes to these touch the index row (scope filter, status filter, BM25 text, vector).
+INDEXED_FIELDS = frozenset({"kind", "text", "key_text", "keywords", "tags", "status", "expires_at"})
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _record_from_row(row: Sequence[Any]) -> MemoryRecord:
+    values = dict(zip(_RECORD_COLUMNS, row, strict=True))
+    for column in _JSON_COLUMNS:
+        values[column] = json.loads(values[column])
+    return MemoryRecord(**values)
+
+
+def _record_values(record: MemoryRecord) -> list[Any]:
+    values: list[Any] = []
+    for column in _RECORD_COLUMNS:
+        value = getattr(record, column)
+        values.append(_dumps(value) if column in _JSON_COLUMNS else value)
+    return values
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+def _user_clause(user_id: str | None) -> tuple[str, list[Any]]:
+    if user_id is None:
+        return "user_id IS NULL", []
+    return "user_id = ?", [user_id]
+
+
+@dataclass(frozen=True)
+class IndexSource:
+    """What the index keeps of one record: scope, filters, BM25 text and vector."""
+
+    id: str
+    tenant_id: str
+    user_id: str | None
+    kind: MemoryKind
+    status: MemoryStatus
+    expires_at: float | None
+    search_text: str
+    embed_text: str
+    embedding: bytes | None
+    embedding_model: str | None
+
+
+def search_text_of(key_text: str, text: str, keywords: Iterable[str], tags: Iterable[str]) -> str:
+    """The BM25 document: what is matched (key text, else the text) plus keywords and tags."""
+    return " ".join([key_text or text, *keywords, *tags])
+
+
+def embedding_input(key_text: str, text: str) -> str:
+    """What the vector represents: the key text (a case's request, a fact itself)."""
+    return key_text or text
+
+
+class SQLiteDatabase:
+    """The relational half of the embedded store. Implements RequestStore and WriteQueue."""
+
+    def __init__(
+        self,
+        path: Path,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        *,
+        lease_s: float,
+    ) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._write_lock = asyncio.Lock()
+        self._lease_s = lease_s
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        lease_s: float = 120.0,
+        migrations: Sequence[str] = MIGRATIONS,
+    ) -> SQLiteDatabase:
+        """Open (creating and migrating) the database file at `path`.
+
+        `migrations` exists for tests that build an older schema; callers use the default.
+        """
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await writer.execute("PRAGMA journal_mode = WAL")
+            # FULL: an acknowledged write survives a power cut, not only a process crash.
+            await writer.execute("PRAGMA synchronous = FULL")
+            # Deleted content is overwritten on disk, not left in free pages.
+            await writer.execute("PRAGMA secure_delete = ON")
+            await writer.execute("PRAGMA busy_timeout = 5000")
+            await _migrate(writer, path, migrations)
+        except BaseException:
+            await writer.close()
+            raise
+        reader = await aiosqlite.connect(path, isolation_level=None)
+        await reader.execute("PRAGMA busy_timeout = 5000")
+        await reader.execute("PRAGMA query_only = ON")
+        return cls(path, writer, reader, lease_s=lease_s)
+
+    async def close(self) -> None:
+        async with self._write_lock:
+            await self._reader.close()
+            await self._writer.close()
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write_lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            await self._writer.execute("COMMIT")
+
+    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        async with self._reader.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> str | None:
+        rows = await self._fetchall("SELECT value FROM store_meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO store_meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    async def count_memories(self) -> int:
+        rows = await self._fetchall("SELECT count(*) FROM memories WHERE status != 'deleted'")
+        return int(rows[0][0])
+
+    # -- memories ----------------------------------------------------------------------------
+
+    async def insert_memories(
+        self, records: Sequence[MemoryRecord], embeddings: Sequence[bytes | None], *, actor: str
+    ) -> None:
+        """Insert records, their audit entries and index outbox entries in one transaction."""
+        columns = ", ".join((*_RECORD_COLUMNS, "embedding"))
+        sql = f"INSERT INTO memories ({columns}) VALUES ({_placeholders(len(_RECORD_COLUMNS) + 1)})"
+        now = time.time()
+        async with self._transaction() as db:
+            await db.executemany(
+                sql,
+                [
+                    [*_record_values(record), embedding]
+                    for record, embedding in zip(records, embeddings, strict=True)
+                ],
+            )
+            await self._audit_many(db, records, "add", actor, now)
+            await db.executemany(
+                "INSERT INTO index_outbox (memory_id, enqueued_at) VALUES (?, ?)",
+                [(record.id, now) for record in records],
+            )
+
+    async def _audit_many(
+        self,
+        db: aiosqlite.Connection,
+        records: Sequence[MemoryRecord],
+        action: str,
+        actor: str,
+        at: float,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        await db.executemany(
+            "INSERT INTO audit (tenant_id, at, actor, action, memory_id, user_id, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    record.tenant_id,
+                    at,
+                    actor,
+                    action,
+                    record.id,
+                    record.user_id,
+                    _dumps(
+                        {
+                            "kind": record.kind,
+                            "status": record.status,
+                            "source_role": record.source_role,
+                            "version": record.version,
+                            **(extra or {}),
+                        }
+                    ),
+                )
+                for record in records
+            ],
+        )
+
+    async def get_memory(self, scope: Scope, memory_id: str) -> MemoryRecord | None:
+        clause, params = _user_clause(scope.user_id)
+        rows = await self._fetchall(
+            f"SELECT {_SELECT_RECORD} FROM memories "
+            f"WHERE id = ? AND tenant_id = ? AND {clause} AND status != 'deleted'",
+            (memory_id, scope.tenant_id, *params),
+        )
+        return _record_from_row(rows[0]) if rows else None
+
+    async def get_many(self, tenant_id: str, memory_ids: Sequence[str]) -> list[MemoryRecord]:
+        found: dict[str, MemoryRecord] = {}
+        ids = list(dict.fromkeys(memory_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = await self._fetchall(
+                f"SELECT {_SELECT_RECORD} FROM memories WHERE tenant_id = ? "
+                f"AND id IN ({_placeholders(len(chunk))}) AND status != 'deleted'",
+                (tenant_id, *chunk),
+            )
+            for row in rows:
+                record = _record_from_row(row)
+                found[record.id] = record
+        return [found[memory_id] for memory_id in ids if memory_id in found]
+
+    async def get_many_with_vectors(
+        self, tenant_id: str, memory_ids: Sequence[str]
+    ) -> dict[str, tuple[MemoryRecord, bytes | None]]:
+        """Records and their stored vectors, by id, within one tenant (the search hot path)."""
+        if not memory_ids:
+            return {}
+        rows = await self._fetchall(
+            f"SELECT {_SELECT_RECORD}, embedding FROM memories WHERE tenant_id = ? "
+            f"AND id IN ({_placeholders(len(memory_ids))})",
+            (tenant_id, *memory_ids),
+        )
+        return {row[0]: (_record_from_row(row[:-1]), row[-1]) for row in rows}
+
+    async def list_memories(
+        self,
+        scope: Scope,
+        *,
+        kinds: Sequence[MemoryKind] | None,
+        statuses: Sequence[MemoryStatus] | None,
+        limit: int,
+        offset: int,
+        all_users: bool,
+    ) -> list[MemoryRecord]:
+        where = ["tenant_id = ?"]
+        params: list[Any] = [scope.tenant_id]
+        if not all_users:
+            clause, user_params = _user_clause(scope.user_id)
+            where.append(clause)
+            params.extend(user_params)
+        if kinds:
+            where.append(f"kind IN ({_placeholders(len(kinds))})")
+            params.extend(kinds)
+        if statuses:
+            where.append(f"status IN ({_placeholders(len(statuses))})")
+            params.extend(statuses)
+        else:
+            where.append("status != 'deleted'")
+        rows = await self._fetchall(
+            f"SELECT {_SELECT_RECORD} FROM memories WHERE {' AND '.join(where)} "
+            "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+            (*params, max(0, limit), max(0, offset)),
+        )
+        return [_record_from_row(row) for row in rows]
+
+    async def update_memory(
+        self,
+        scope: Scope,
+        memory_id: str,
+        changes: dict[str, Any],
+        *,
+        embedding: bytes | None,
+        embedding_model: str | None,
+        actor: str,
+    ) -> MemoryRecord | None:
+        """Apply `changes` (already validated) to one record of `scope`, in one transaction.
+
+        A text change keeps the previous text in `memory_versions` and stores the new vector.
+        """
+        clause, params = _user_clause(scope.user_id)
+        now = time.time()
+        async with self._transaction() as db:
+            async with db.execute(
+                f"SELECT {_SELECT_RECORD} FROM memories "
+                f"WHERE id = ? AND tenant_id = ? AND {clause} AND status != 'deleted'",
+                (memory_id, scope.tenant_id, *params),
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                return None
+            before = _record_from_row(row)
+            assignments = dict(changes)
+            assignments["updated_at"] = changes.get("updated_at", now)
+            text_changed = "text" in changes or "key_text" in changes
+            if text_changed:
+                await db.execute(
+                    "INSERT INTO memory_versions (memory_id, tenant_id, changed_at, text, "
+                    "key_text, embedding_model) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        memory_id,
+                        scope.tenant_id,
+                        now,
+                        before.text,
+                        before.key_text,
+                        before.embedding_model,
+                    ),
+                )
+                if embedding is not None:
+                    assignments["embedding"] = embedding
+                    assignments["embedding_model"] = embedding_model
+            sets = ", ".join(f"{column} = ?" for column in assignments)
+            values = [
+                _dumps(value) if column in _JSON_COLUMNS else value
+                for column, value in assignments.items()
+            ]
+            await db.execute(
+                f"UPDATE memories SET {sets} WHERE id = ? AND tenant_id = ?",
+                (*values, memory_id, scope.tenant_id),
+            )
+            if INDEXED_FIELDS & changes.keys():
+                await db.execute(
+                    "INSERT INTO index_outbox (memory_id, enqueued_at) VALUES (?, ?)",
+                    (memory_id, now),
+                )
+            # Utility and usage counters change on every request; they are not audited.
+            audited = sorted(
+                changes.keys()
+                - {"q", "q_visits", "reward_ma", "last_reward", "n_pos", "n_neg", "last_used_at"}
+            )
+            if audited:
+                await self._audit_many(
+                    db, [before], "update", actor, now, {"changed": audited, **_status_of(changes)}
+                )
+            async with db.execute(
+                f"SELECT {_SELECT_RECORD} FROM memories WHERE id = ?", (memory_id,)
+            ) as cursor:
+                after = await cursor.fetchone()
+        return _record_from_row(after) if after is not None else None
+
+    async def supersede(
+        self,
+        scope: Scope,
+        old_id: str,
+        new: MemoryRecord,
+        embedding: bytes | None,
+        *,
+        at: float,
+        actor: str,
+    ) -> MemoryRecord:
+        """Write `new` as the next version of `old_id` in one transaction."""
+        clause, params = _user_clause(scope.user_id)
+        async with self._transaction() as db:
+            async with db.execute(
+                f"SELECT version, status FROM memories WHERE id = ? AND tenant_id = ? AND {clause}",
+                (old_id, scope.tenant_id, *params),
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None or row[1] == "deleted":
+                raise KeyError(f"memory {old_id!r} not found in this scope")
+            if row[1] == "superseded":
+                raise ValueError(f"memory {old_id!r} is already superseded; supersede its latest")
+            new.version = int(row[0]) + 1
+            new.supersedes = old_id
+            new.valid_from = at
+            columns = ", ".join((*_RECORD_COLUMNS, "embedding"))
+            await db.execute(
+                f"INSERT INTO memories ({columns}) "
+                f"VALUES ({_placeholders(len(_RECORD_COLUMNS) + 1)})",
+                [*_record_values(new), embedding],
+            )
+            await db.execute(
+                "UPDATE memories SET status = 'superseded', valid_to = ?, superseded_by = ?, "
+                "updated_at = ? WHERE id = ? AND tenant_id = ?",
+                (at, new.id, at, old_id, scope.tenant_id),
+            )
+            await db.executemany(
+                "INSERT INTO index_outbox (memory_id, enqueued_at) VALUES (?, ?)",
+                [(old_id, at), (new.id, at)],
+            )
+            await self._audit_many(db, [new], "supersede", actor, at, {"supersedes": old_id})
+        return new
+
+    async def delete_memory(self, scope: Scope, memory_id: str, *, actor: str) -> bool:
+        """Erase one record's content, keeping a content-free tombstone for the version chain."""
+        clause, params = _user_clause(scope.user_id)
+        now = time.time()
+        async with self._transaction() as db:
+            async with db.execute(
+                f"SELECT kind, version FROM memories "
+                f"WHERE id = ? AND tenant_id = ? AND {clause} AND status != 'deleted'",
+                (memory_id, scope.tenant_id, *params),
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                return False
+            await db.execute(
+                "UPDATE memories SET status = 'deleted', text = '', key_text = '', "
+                "fields = '{}', metadata = '{}', keywords = '[]', tags = '[]', "
+                "trust_reasons = '[]', evidence = '[]', embedding = NULL, updated_at = ? "
+                "WHERE id = ? AND tenant_id = ?",
+                (now, memory_id, scope.tenant_id),
+            )
+            await db.execute(
+                "DELETE FROM memory_versions WHERE tenant_id = ? AND memory_id = ?",
+                (scope.tenant_id, memory_id),
+            )
+            await db.execute(
+                "INSERT INTO index_outbox (memory_id, enqueued_at) VALUES (?, ?)",
+                (memory_id, now),
+            )
+            await db.execute(
+                "INSERT INTO audit (tenant_id, at, actor, action, memory_id, user_id, detail) "
+                "VALUES (?, ?, ?, 'delete', ?, ?, ?)",
+                (
+                    scope.tenant_id,
+                    now,
+                    actor,
+                    memory_id,
+                    scope.user_id,
+                    _dumps({"kind": row[0], "version": row[1]}),
+                ),
+            )
+        return True
+
+    async def delete_user(self, tenant_id: str, user_id: str, *, actor: str) -> int:
+        """Erase every record of one user (rows and edit history); returns how many."""
+        now = time.time()
+        async with self._transaction() as db:
+            async with db.execute(
+                "SELECT id, status FROM memories WHERE tenant_id = ? AND user_id = ?",
+                (tenant_id, user_id),
+            ) as cursor:
+                rows = list(await cursor.fetchall())
+            ids = [row[0] for row in rows]
+            live = sum(1 for row in rows if row[1] != "deleted")
+            await db.execute(
+                "DELETE FROM memory_versions WHERE tenant_id = ? AND memory_id IN "
+                "(SELECT id FROM memories WHERE tenant_id = ? AND user_id = ?)",
+                (tenant_id, tenant_id, user_id),
+            )
+            await db.execute(
+                "DELETE FROM memories WHERE tenant_id = ? AND user_id = ?", (tenant_id, user_id)
+            )
+            await db.executemany(
+                "INSERT INTO index_outbox (memory_id, enqueued_at) VALUES (?, ?)",
+                [(memory_id, now) for memory_id in ids],
+            )
+            await db.execute(
+                "INSERT INTO audit (tenant_id, at, actor, action, memory_id, user_id, detail) "
+                "VALUES (?, ?, ?, 'delete_user', NULL, ?, ?)",
+                (tenant_id, now, actor, user_id, _dumps({"count": live})),
+            )
+        return live
+
+    async def vectors(self, tenant_id: str, memory_ids: Sequence[str]) -> dict[str, bytes]:
+        if not memory_ids:
+            return {}
+        rows = await self._fetchall(
+            f"SELECT id, embedding FROM memories WHERE tenant_id = ? "
+            f"AND id IN ({_placeholders(len(memory_ids))}) AND embedding IS NOT NULL",
+            (tenant_id, *memory_ids),
+        )
+        return {row[0]: row[1] for row in rows}
+
+    async def audit(self, tenant_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        rows = await self._fetchall(
+            "SELECT id, at, actor, action, memory_id, user_id, detail FROM audit "
+            "WHERE tenant_id = ? ORDER BY id DESC LIMIT ?",
+            (tenant_id, max(0, limit)),
+        )
+        return [
+            {
+                "id": row[0],
+                "tenant_id": tenant_id,
+                "at": row[1],
+                "actor": row[2],
+                "action": row[3],
+                "memory_id": row[4],
+                "user_id": row[5],
+                "detail": json.loads(row[6]),
+            }
+            for row in rows
+        ]
+
+    # -- index outbox ------------------------------------------------------------------------
+
+    async def outbox_batch(self, limit: int = 2000) -> tuple[int, list[str]]:
+        """The oldest pending index changes: (highest sequence number, distinct memory ids)."""
+        rows = await self._fetchall(
+            "SELECT seq, memory_id FROM index_outbox ORDER BY seq LIMIT ?", (limit,)
+        )
+        if not rows:
+            return 0, []
+        return int(rows[-1][0]), list(dict.fromkeys(row[1] for row in rows))
+
+    async def outbox_ack(self, up_to_seq: int) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM index_outbox WHERE seq <= ?", (up_to_seq,))
+
+    async def outbox_clear(self) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM index_outbox")
+
+    async def outbox_pending(self) -> int:
+        rows = await self._fetchall("SELECT count(*) FROM index_outbox")
+        return int(rows[0][0])
+
+    _INDEX_SOURCE_COLUMNS = (
+        "id, tenant_id, user_id, kind, status, expires_at, text, key_text, keywords, tags, "
+        "embedding, embedding_model"
+    )
+
+    @staticmethod
+    def _index_source(row: Sequence[Any]) -> IndexSource:
+        return IndexSource(
+            id=row[0],
+            tenant_id=row[1],
+            user_id=row[2],
+            kind=row[3],
+            status=row[4],
+            expires_at=row[5],
+            search_text=search_text_of(row[7], row[6], json.loads(row[8]), json.loads(row[9])),
+            embed_text=embedding_input(row[7], row[6]),
+            embedding=row[10],
+            embedding_model=row[11],
+        )
+
+    async def index_sources(self, memory_ids: Sequence[str]) -> dict[str, IndexSource]:
+        """Current state of these records for the index; absent ids were erased."""
+        found: dict[str, IndexSource] = {}
+        for start in range(0, len(memory_ids), 500):
+            chunk = memory_ids[start : start + 500]
+            rows = await self._fetchall(
+                f"SELECT {self._INDEX_SOURCE_COLUMNS} FROM memories "
+                f"WHERE id IN ({_placeholders(len(chunk))})",
+                chunk,
+            )
+            for row in rows:
+                found[row[0]] = self._index_source(row)
+        return found
+
+    async def iter_index_sources(self, batch: int = 1000) -> AsyncIterator[list[IndexSource]]:
+        """Every live record, in batches, for rebuilding the index."""
+        last = ""
+        while True:
+            rows = await self._fetchall(
+                f"SELECT {self._INDEX_SOURCE_COLUMNS} FROM memories "
+                "WHERE id > ? AND status != 'deleted' ORDER BY id LIMIT ?",
+                (last, batch),
+            )
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield [self._index_source(row) for row in rows]
+
+    async def set_embeddings(self, items: Sequence[tuple[str, bytes]], model_id: str) -> None:
+        async with self._transaction() as db:
+            await db.executemany(
+                "UPDATE memories SET embedding = ?, embedding_model = ? WHERE id = ?",
+                [(blob, model_id, memory_id) for memory_id, blob in items],
+            )
+
+    # -- requests and feedback (RequestStore) --------------------------------------------------
+
+    async def log_request(self, entry: RequestLog) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO requests (tenant_id, request_id, user_id, session_id, trace_id, "
+                "model, created_at, injected, written_case_id, reward, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (tenant_id, request_id) DO UPDATE SET user_id = excluded.user_id, "
+                "session_id = excluded.session_id, trace_id = excluded.trace_id, "
+                "model = excluded.model, injected = excluded.injected, "
+                "written_case_id = excluded.written_case_id, reward = excluded.reward, "
+                "status = excluded.status",
+                (
+                    entry.tenant_id,
+                    entry.request_id,
+                    entry.user_id,
+                    entry.session_id,
+                    entry.trace_id,
+                    entry.model,
+                    entry.created_at,
+                    _dumps(entry.injected),
+                    entry.written_case_id,
+                    entry.reward,
+                    entry.status,
+                ),
+            )
+
+    async def get_request(self, tenant_id: str, request_id: str) -> RequestLog | None:
+        rows = await self._fetchall(
+            "SELECT request_id, tenant_id, user_id, session_id, trace_id, model, created_at, "
+            "injected, written_case_id, reward, status FROM requests "
+            "WHERE tenant_id = ? AND request_id = ?",
+            (tenant_id, request_id),
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return RequestLog(
+            request_id=row[0],
+            tenant_id=row[1],
+            user_id=row[2],
+            session_id=row[3],
+            trace_id=row[4],
+            model=row[5],
+            created_at=row[6],
+            injected=json.loads(row[7]),
+            written_case_id=row[8],
+            reward=row[9],
+            status=row[10],
+        )
+
+    _REQUEST_FIELDS = frozenset(
+        {
+            "user_id",
+            "session_id",
+            "trace_id",
+            "model",
+            "injected",
+            "written_case_id",
+            "reward",
+            "status",
+        }
+    )
+
+    async def set_request(self, tenant_id: str, request_id: str, **changes: Any) -> None:
+        unknown = changes.keys() - self._REQUEST_FIELDS
+        if unknown:
+            raise ValueError(
+                f"cannot set {sorted(unknown)} on a request; settable: "
+                f"{sorted(self._REQUEST_FIELDS)}"
+            )
+        if not changes:
+            return
+        sets = ", ".join(f"{column} = ?" for column in changes)
+        values = [
+            _dumps(value) if column == "injected" else value for column, value in changes.items()
+        ]
+        async with self._transaction() as db:
+            await db.execute(
+                f"UPDATE requests SET {sets} WHERE tenant_id = ? AND request_id = ?",
+                (*values, tenant_id, request_id),
+            )
+
+    async def record_feedback(
+        self, tenant_id: str, request_id: str, source: str, reward: float, comment: str | None
+    ) -> float | None:
+        async with self._transaction() as db:
+            async with db.execute(
+                "SELECT reward FROM feedback WHERE tenant_id = ? AND request_id = ? AND source = ?",
+                (tenant_id, request_id, source),
+            ) as cursor:
+                row = await cursor.fetchone()
+            await db.execute(
+                "INSERT INTO feedback (tenant_id, request_id, source, reward, comment, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, request_id, source) DO UPDATE "
+                "SET reward = excluded.reward, comment = excluded.comment, "
+                "created_at = excluded.created_at",
+                (tenant_id, request_id, source, reward, comment, time.time()),
+            )
+        return float(row[0]) if row is not None else None
+
+    # -- write queue (WriteQueue) --------------------------------------------------------------
+
+    async def enqueue(self, tenant_id: str, kind: str, payload: dict[str, Any]) -> int:
+        now = time.time()
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "INSERT INTO jobs (tenant_id, kind, payload, state, created_at, available_at) "
+                "VALUES (?, ?, ?, 'queued', ?, ?)",
+                (tenant_id, kind, _dumps(payload), now, now),
+            )
+            job_id = cursor.lastrowid
+        assert job_id is not None
+        return int(job_id)
+
+    async def claim(self, worker: str, limit: int = 1) -> list[QueuedJob]:
+        now = time.time()
+        async with (
+            self._transaction() as db,
+            db.execute(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, claimed_by = ?, "
+                "lease_until = ? WHERE id IN (SELECT id FROM jobs WHERE "
+                "(state = 'queued' AND available_at <= ?) "
+                "OR (state = 'running' AND lease_until < ?) ORDER BY id LIMIT ?) "
+                "RETURNING id, tenant_id, kind, payload, state, attempts, created_at, "
+                "available_at, last_error",
+                (worker, now + self._lease_s, now, now, max(0, limit)),
+            ) as cursor,
+        ):
+            rows = list(await cursor.fetchall())
+        jobs = [
+            QueuedJob(
+                id=row[0],
+                tenant_id=row[1],
+                kind=row[2],
+                payload=json.loads(row[3]),
+                state=row[4],
+                attempts=row[5],
+                created_at=row[6],
+                available_at=row[7],
+                last_error=row[8],
+            )
+            for row in rows
+        ]
+        return sorted(jobs, key=lambda job: job.id)
+
+    async def complete(self, job_id: int) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET state = 'done', lease_until = NULL WHERE id = ?", (job_id,)
+            )
+
+    async def fail(self, job_id: int, error: str, *, retry_in_s: float | None) -> None:
+        async with self._transaction() as db:
+            if retry_in_s is None:
+                await db.execute(
+                    "UPDATE jobs SET state = 'failed', last_error = ?, lease_until = NULL "
+                    "WHERE id = ?",
+                    (error, job_id),
+                )
+            else:
+                await db.execute(
+                    "UPDATE jobs SET state = 'queued', last_error = ?, lease_until = NULL, "
+                    "available_at = ? WHERE id = ?",
+                    (error, time.time() + retry_in_s, job_id),
+                )
+
+    async def pending(self) -> int:
+        rows = await self._fetchall(
+            "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')"
+        )
+        return int(rows[0][0])
+
+    async def prune_jobs(self, older_than: float) -> int:
+        """Forget finished jobs (done) created before `older_than`; failed ones stay."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM jobs WHERE state = 'done' AND created_at < ?", (older_than,)
+            )
+            return int(cursor.rowcount)
+
+
+def _status_of(changes: dict[str, Any]) -> dict[str, Any]:
+    return {"status": changes["status"]} if "status" in changes else {}
+
+
+async def _migrate(db: aiosqlite.Connection, path: Path, migrations: Sequence[str]) -> None:
+    async with db.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    current = int(row[0]) if row else 0
+    latest = len(migrations)
+    if current > latest:
+        raise SchemaTooNewError(
+            f"{path} has schema version {current}, but this memento-proxy only knows up to "
+            f"version {latest}. Upgrade memento-proxy, or point MEMENTO_DATA_DIR at another "
+            "folder; the file was left untouched."
+        )
+    for version in range(current, latest):
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(migrations[version]):
+                await db.execute(statement)
+            await db.execute(f"PRAGMA user_version = {version + 1}")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        await db.execute("COMMIT")
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (our scripts hold no ';' inside literals)."""
+    return [statement.strip() for statement in script.split(";") if statement.strip()]

@@ -1,0 +1,564 @@
+"""The embedded store: SQLite (truth) + LanceDB (derived index) + an embedder, as one object that
+satisfies MemoryStore, RequestStore and WriteQueue.
+
+A write commits to SQLite together with an outbox entry, then the outbox is drained into the
+index. A crash in between loses nothing: the outbox is replayed when the store opens. Searches
+take ids from the index but records from SQLite, and re-check scope, status and expiry there, so
+a stale index can hide a record for a moment but never show one it should not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, get_args
+
+import numpy as np
+
+from storage.api import Embedder
+from storage.index import (
+    IndexHit,
+    IndexRow,
+    MaintenanceSettings,
+    MemoryIndex,
+    gather_searches,
+    scope_filter,
+    scope_key,
+)
+from storage.records import (
+    MEMORY_KINDS,
+    MEMORY_STATUSES,
+    MemoryKind,
+    MemoryRecord,
+    MemoryStatus,
+    NewMemory,
+    QueuedJob,
+    RequestLog,
+    Scope,
+    SearchHit,
+    SourceRole,
+)
+from storage.sqlite import (
+    UPDATABLE_FIELDS,
+    IndexSource,
+    SQLiteDatabase,
+    embedding_input,
+)
+
+log = logging.getLogger("memento.storage")
+
+DB_FILE = "memento.db"
+INDEX_DIR = "index"
+_EMBEDDER_META = "index_embedder"
+
+
+class EmbedderMismatchError(RuntimeError):
+    """The stored vectors were made by another embedder than the configured one."""
+
+
+def _blob(vector: Sequence[float]) -> bytes:
+    return np.asarray(vector, dtype=np.float32).tobytes()
+
+
+def _unblob(blob: bytes) -> np.ndarray[Any, np.dtype[np.float32]]:
+    return np.frombuffer(blob, dtype=np.float32)
+
+
+def _validate_new(memory: NewMemory) -> None:
+    if memory.kind not in MEMORY_KINDS:
+        raise ValueError(f"kind must be one of {MEMORY_KINDS}, got {memory.kind!r}")
+    if memory.status not in MEMORY_STATUSES or memory.status == "deleted":
+        raise ValueError(
+            f"a new memory's status must be active, quarantined, rejected or "
+            f"superseded, got {memory.status!r}"
+        )
+    if memory.source_role not in get_args(SourceRole):
+        raise ValueError(f"source_role must be one of {get_args(SourceRole)}")
+    if not memory.text.strip():
+        raise ValueError("a memory needs a non-empty text")
+
+
+class EmbeddedStore:
+    """MemoryStore + RequestStore + WriteQueue over one data folder."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        db: SQLiteDatabase,
+        index: MemoryIndex,
+        embedder: Embedder,
+        *,
+        maintenance_interval_s: float,
+    ) -> None:
+        self.data_dir = data_dir
+        self.db = db
+        self.index = index
+        self.embedder = embedder
+        self._index_lock = asyncio.Lock()
+        self._maintenance_interval_s = maintenance_interval_s
+        self._maintenance_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._index_dirty = True
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Replay the outbox (changes committed but not yet indexed) and start maintenance."""
+        await self.sync_index()
+        if self._maintenance_interval_s > 0:
+            self._maintenance_task = asyncio.create_task(
+                self._maintenance_loop(), name="memento-index-maintenance"
+            )
+
+    async def close(self) -> None:
+        if self._maintenance_task is not None:
+            self._maintenance_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance_task
+            self._maintenance_task = None
+        try:
+            await self.sync_index()
+        finally:
+            await self.db.close()
+
+    async def _maintenance_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._maintenance_interval_s)
+            self._wake.clear()
+            try:
+                await self.maintain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("index maintenance failed; it will be retried")
+
+    async def maintain(self) -> dict[str, Any]:
+        """One maintenance pass: replay the outbox, then fold, compact and prune the index."""
+        await self.sync_index()
+        done: dict[str, Any] = {}
+        if self._index_dirty:
+            async with self._index_lock:
+                self._index_dirty = False
+                done = await self.index.maintain()
+            log.info("index maintenance: %s", done)
+        await self.db.prune_jobs(older_than=time.time() - 86_400)
+        return done
+
+    def request_maintenance(self) -> None:
+        """Run maintenance soon (after an erasure, so old index versions are pruned)."""
+        self._wake.set()
+
+    # -- the index outbox ----------------------------------------------------------------------
+
+    def _index_row(self, source: IndexSource) -> IndexRow | None:
+        if source.status == "deleted" or source.embedding is None:
+            return None
+        if source.embedding_model != self.embedder.model_id:
+            return None  # made by another embedder: `reindex` re-embeds it
+        return IndexRow(
+            id=source.id,
+            tenant_id=source.tenant_id,
+            user_id=source.user_id,
+            kind=source.kind,
+            status=source.status,
+            expires_at=source.expires_at,
+            search_text=source.search_text,
+            vector=_unblob(source.embedding),
+        )
+
+    async def sync_index(self) -> int:
+        """Apply pending outbox entries to the index; returns how many records it touched.
+
+        Concurrent writers batch naturally: whoever holds the lock applies everything pending.
+        On an index error the entries stay and are retried by maintenance.
+        """
+        touched = 0
+        async with self._index_lock:
+            while True:
+                up_to, ids = await self.db.outbox_batch()
+                if not ids:
+                    return touched
+                sources = await self.db.index_sources(ids)
+                rows: list[IndexRow] = []
+                for memory_id in ids:
+                    source = sources.get(memory_id)
+                    row = self._index_row(source) if source is not None else None
+                    if row is not None:
+                        rows.append(row)
+                gone = [memory_id for memory_id in ids if memory_id not in {r.id for r in rows}]
+                try:
+                    await self.index.remove(gone)
+                    await self.index.upsert(rows)
+                except Exception:
+                    log.exception("index update failed; %d changes stay in the outbox", len(ids))
+                    return touched
+                await self.db.outbox_ack(up_to)
+                self._index_dirty = True
+                touched += len(ids)
+
+    async def _embed(self, texts: Sequence[str]) -> list[bytes]:
+        if not texts:
+            return []
+        vectors = await self.embedder.embed(list(texts))
+        return [_blob(vector) for vector in vectors]
+
+    # -- MemoryStore ---------------------------------------------------------------------------
+
+    def _new_record(self, scope: Scope, memory: NewMemory, now: float) -> MemoryRecord:
+        created = memory.created_at if memory.created_at is not None else now
+        return MemoryRecord(
+            id=uuid.uuid4().hex,
+            tenant_id=scope.tenant_id,
+            user_id=scope.user_id,
+            session_id=scope.session_id,
+            agent_id=scope.agent_id,
+            kind=memory.kind,
+            text=memory.text,
+            key_text=memory.key_text,
+            fields=dict(memory.fields),
+            metadata=dict(memory.metadata),
+            keywords=list(memory.keywords),
+            tags=list(memory.tags),
+            source_role=memory.source_role,
+            source_request_id=memory.source_request_id,
+            trace_id=memory.trace_id,
+            trust=float(memory.trust),
+            trust_reasons=list(memory.trust_reasons),
+            status=memory.status,
+            version=1,
+            supersedes=None,
+            superseded_by=None,
+            q=float(memory.q),
+            q_visits=0,
+            reward_ma=0.0,
+            last_reward=None,
+            n_pos=0,
+            n_neg=0,
+            created_at=created,
+            updated_at=now,
+            last_used_at=None,
+            valid_from=memory.valid_from if memory.valid_from is not None else created,
+            valid_to=None,
+            expires_at=memory.expires_at,
+            embedding_model=self.embedder.model_id,
+            derived_from_ids=list(memory.derived_from_ids),
+            evidence=list(memory.evidence),
+            model=memory.model,
+        )
+
+    async def add(self, scope: Scope, memories: Sequence[NewMemory]) -> list[MemoryRecord]:
+        """Write new records in one transaction; they are searchable when this returns."""
+        if not memories:
+            return []
+        for memory in memories:
+            _validate_new(memory)
+        now = time.time()
+        records = [self._new_record(scope, memory, now) for memory in memories]
+        blobs = await self._embed([embedding_input(r.key_text, r.text) for r in records])
+        await self.db.insert_memories(records, blobs, actor=f"write:{records[0].source_role}")
+        await self.sync_index()
+        return records
+
+    async def get(self, scope: Scope, memory_id: str) -> MemoryRecord | None:
+        return await self.db.get_memory(scope, memory_id)
+
+    async def get_many(self, tenant_id: str, memory_ids: Sequence[str]) -> list[MemoryRecord]:
+        return await self.db.get_many(tenant_id, memory_ids)
+
+    async def update(self, scope: Scope, memory_id: str, **changes: Any) -> MemoryRecord | None:
+        unknown = changes.keys() - UPDATABLE_FIELDS
+        if unknown:
+            raise ValueError(
+                f"cannot update {sorted(unknown)}; updatable fields: {sorted(UPDATABLE_FIELDS)}"
+            )
+        if "kind" in changes and changes["kind"] not in MEMORY_KINDS:
+            raise ValueError(f"kind must be one of {MEMORY_KINDS}")
+        if "status" in changes and changes["status"] not in MEMORY_STATUSES:
+            raise ValueError(f"status must be one of {MEMORY_STATUSES}")
+        if changes.get("status") == "deleted":
+            raise ValueError("use delete() to delete a memory: it erases the content")
+        if not changes:
+            return await self.get(scope, memory_id)
+        embedding: bytes | None = None
+        if "text" in changes or "key_text" in changes:
+            current = await self.get(scope, memory_id)
+            if current is None:
+                return None
+            text = changes.get("text", current.text)
+            if not str(text).strip():
+                raise ValueError("a memory needs a non-empty text")
+            key_text = changes.get("key_text", current.key_text)
+            (embedding,) = await self._embed([embedding_input(key_text, text)])
+        record = await self.db.update_memory(
+            scope,
+            memory_id,
+            changes,
+            embedding=embedding,
+            embedding_model=self.embedder.model_id,
+            actor="update",
+        )
+        if record is not None:
+            await self.sync_index()
+        return record
+
+    async def supersede(
+        self, scope: Scope, old_id: str, new: NewMemory, *, at: float | None = None
+    ) -> MemoryRecord:
+        _validate_new(new)
+        at = time.time() if at is None else at
+        record = self._new_record(scope, new, at)
+        (blob,) = await self._embed([embedding_input(record.key_text, record.text)])
+        written = await self.db.supersede(scope, old_id, record, blob, at=at, actor="supersede")
+        await self.sync_index()
+        return written
+
+    async def delete(self, scope: Scope, memory_id: str, *, actor: str) -> bool:
+        deleted = await self.db.delete_memory(scope, memory_id, actor=actor)
+        if deleted:
+            await self.sync_index()
+            self.request_maintenance()
+        return deleted
+
+    async def delete_user(self, tenant_id: str, user_id: str, *, actor: str) -> int:
+        count = await self.db.delete_user(tenant_id, user_id, actor=actor)
+        await self.sync_index()
+        self.request_maintenance()
+        return count
+
+    async def search(
+        self,
+        scope: Scope,
+        *,
+        query_text: str,
+        query_vector: Sequence[float] | None,
+        k: int = 30,
+        kinds: Sequence[MemoryKind] | None = None,
+        statuses: Sequence[MemoryStatus] = ("active",),
+        include_shared: bool = False,
+        now: float | None = None,
+        with_vectors: bool = False,
+    ) -> list[SearchHit]:
+        """Top-k by BM25 ∪ top-k by vector within the scope, checked against SQLite."""
+        if k <= 0:
+            return []
+        now = time.time() if now is None else now
+        users: list[str | None] = [scope.user_id]
+        if include_shared and scope.user_id is not None:
+            users.append(None)
+        where = scope_filter(
+            [scope_key(scope.tenant_id, user) for user in users],
+            kinds=kinds,
+            statuses=statuses,
+            now=now,
+        )
+        query = self._query_vector(query_vector)
+        vector_hits, text_hits = await gather_searches(
+            self.index, vector=query, text=query_text, where=where, k=k
+        )
+        vector_rank = {hit.id: rank for rank, hit in enumerate(vector_hits)}
+        text_rank = {hit.id: rank for rank, hit in enumerate(text_hits)}
+        by_id: dict[str, IndexHit] = {hit.id: hit for hit in (*text_hits, *vector_hits)}
+        ordered = list(dict.fromkeys([*vector_rank, *text_rank]))
+        fetched = await self.db.get_many_with_vectors(scope.tenant_id, ordered)
+        hits: list[SearchHit] = []
+        for memory_id in ordered:
+            found = fetched.get(memory_id)
+            if found is None:
+                continue
+            record, blob = found
+            if not _visible(record, scope.tenant_id, users, kinds, statuses, now):
+                continue
+            vector = _unblob(blob) if blob is not None else by_id[memory_id].vector
+            bm25 = text_rank.get(memory_id)
+            hits.append(
+                SearchHit(
+                    record=record,
+                    bm25_score=text_hits[bm25].score if bm25 is not None else None,
+                    bm25_rank=bm25,
+                    cosine=float(np.dot(vector, query)) if query is not None else None,
+                    vector_rank=vector_rank.get(memory_id),
+                    vector=vector.tolist() if with_vectors else None,
+                )
+            )
+        return hits
+
+    def _query_vector(
+        self, vector: Sequence[float] | None
+    ) -> np.ndarray[Any, np.dtype[np.float32]] | None:
+        if vector is None:
+            return None
+        query = np.asarray(vector, dtype=np.float32)
+        if query.shape != (self.index.dimensions,):
+            raise ValueError(
+                f"query vector has shape {query.shape}, the index holds "
+                f"{self.index.dimensions}-dimensional vectors of {self.embedder.model_id}"
+            )
+        norm = float(np.linalg.norm(query))
+        if not math.isfinite(norm) or norm == 0:
+            raise ValueError("query vector must be finite and non-zero")
+        normalized: np.ndarray[Any, np.dtype[np.float32]] = query / norm
+        return normalized
+
+    async def vectors(self, tenant_id: str, memory_ids: Sequence[str]) -> dict[str, list[float]]:
+        blobs = await self.db.vectors(tenant_id, memory_ids)
+        return {memory_id: _unblob(blob).tolist() for memory_id, blob in blobs.items()}
+
+    async def audit(self, tenant_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        return await self.db.audit(tenant_id, limit)
+
+    # -- RequestStore --------------------------------------------------------------------------
+
+    async def log_request(self, entry: RequestLog) -> None:
+        await self.db.log_request(entry)
+
+    async def get_request(self, tenant_id: str, request_id: str) -> RequestLog | None:
+        return await self.db.get_request(tenant_id, request_id)
+
+    async def set_request(self, tenant_id: str, request_id: str, **changes: Any) -> None:
+        await self.db.set_request(tenant_id, request_id, **changes)
+
+    async def record_feedback(
+        self, tenant_id: str, request_id: str, source: str, reward: float, comment: str | None
+    ) -> float | None:
+        return await self.db.record_feedback(tenant_id, request_id, source, reward, comment)
+
+    # -- WriteQueue ----------------------------------------------------------------------------
+
+    async def enqueue(self, tenant_id: str, kind: str, payload: dict[str, Any]) -> int:
+        return await self.db.enqueue(tenant_id, kind, payload)
+
+    async def claim(self, worker: str, limit: int = 1) -> list[QueuedJob]:
+        return await self.db.claim(worker, limit)
+
+    async def complete(self, job_id: int) -> None:
+        await self.db.complete(job_id)
+
+    async def fail(self, job_id: int, error: str, *, retry_in_s: float | None) -> None:
+        await self.db.fail(job_id, error, retry_in_s=retry_in_s)
+
+    async def pending(self) -> int:
+        return await self.db.pending()
+
+    # -- reindex -------------------------------------------------------------------------------
+
+    async def reindex(self, *, batch: int = 512) -> dict[str, Any]:
+        """Rebuild the index from SQLite; re-embed records made by another embedder."""
+        started = time.perf_counter()
+        records = reembedded = 0
+        async with self._index_lock:
+            await self.db.outbox_clear()
+            await self.index.reset()
+            async for sources in self.db.iter_index_sources(batch):
+                stale = [
+                    s
+                    for s in sources
+                    if s.embedding is None or s.embedding_model != self.embedder.model_id
+                ]
+                if stale:
+                    blobs = await self._embed([s.embed_text for s in stale])
+                    await self.db.set_embeddings(
+                        [(s.id, blob) for s, blob in zip(stale, blobs, strict=True)],
+                        self.embedder.model_id,
+                    )
+                    fresh = await self.db.index_sources([s.id for s in stale])
+                    sources = [fresh.get(s.id, s) for s in sources]
+                    reembedded += len(stale)
+                rows = [row for row in map(self._index_row, sources) if row is not None]
+                await self.index.append(rows)
+                records += len(rows)
+            await self.index.maintain()
+            await self.db.set_meta(_EMBEDDER_META, _embedder_tag(self.embedder))
+            self._index_dirty = False
+        return {
+            "records": records,
+            "reembedded": reembedded,
+            "embedder": self.embedder.model_id,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+
+    # `list` comes last: inside the class body its name would shadow the builtin type.
+    async def list(
+        self,
+        scope: Scope,
+        *,
+        kinds: Sequence[MemoryKind] | None = None,
+        statuses: Sequence[MemoryStatus] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        all_users: bool = False,
+    ) -> list[MemoryRecord]:
+        return await self.db.list_memories(
+            scope, kinds=kinds, statuses=statuses, limit=limit, offset=offset, all_users=all_users
+        )
+
+
+def _visible(
+    record: MemoryRecord,
+    tenant_id: str,
+    users: Sequence[str | None],
+    kinds: Sequence[MemoryKind] | None,
+    statuses: Sequence[MemoryStatus],
+    now: float,
+) -> bool:
+    """SQLite's word on whether a record the index returned may be shown in this search."""
+    if record.tenant_id != tenant_id or record.user_id not in users:
+        return False
+    if kinds and record.kind not in kinds:
+        return False
+    if statuses and record.status not in statuses:
+        return False
+    return record.expires_at is None or record.expires_at > now
+
+
+def _embedder_tag(embedder: Embedder) -> str:
+    return f"{embedder.model_id}|{embedder.dimensions}"
+
+
+async def open_embedded_store(
+    data_dir: str | Path,
+    embedder: Embedder,
+    *,
+    check_embedder: bool = True,
+    maintenance_interval_s: float = 30.0,
+    maintenance: MaintenanceSettings | None = None,
+    lease_s: float = 120.0,
+) -> EmbeddedStore:
+    """Open (creating, migrating, replaying the outbox) the store in `data_dir`.
+
+    With `check_embedder`, a store whose vectors come from another embedder is refused with a
+    message that says to run `memento-proxy reindex`; the reindex command passes False.
+    """
+    folder = Path(data_dir)
+    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+    db = await SQLiteDatabase.open(folder / DB_FILE, lease_s=lease_s)
+    try:
+        if not embedder.dimensions:
+            raise ValueError(f"embedder {embedder.model_id!r} does not know its dimensions yet")
+        tag = _embedder_tag(embedder)
+        stored = await db.get_meta(_EMBEDDER_META)
+        index = await MemoryIndex.open(folder / INDEX_DIR, embedder.dimensions, maintenance)
+        if stored != tag:
+            if stored is None or await db.count_memories() == 0:
+                await db.set_meta(_EMBEDDER_META, tag)
+            elif check_embedder:
+                stored_model = stored.rsplit("|", 1)[0]
+                raise EmbedderMismatchError(
+                    f"the memories in {folder} were embedded with {stored_model!r}, but the "
+                    f"configured embedder is {embedder.model_id!r}. Run `memento-proxy reindex` "
+                    "to re-embed them, or configure the previous embedder again."
+                )
+        store = EmbeddedStore(
+            folder, db, index, embedder, maintenance_interval_s=maintenance_interval_s
+        )
+        await store.start()
+    except BaseException:
+        await db.close()
+        raise
+    return store
