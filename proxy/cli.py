@@ -14,6 +14,7 @@ from proxy import __version__
 from proxy.policy import Policy
 from proxy.settings import Settings
 from proxy.tenants import PolicyFileError, PolicyRegistry, hash_key
+from proxy.ui import terminal as trace_command
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     hasher.set_defaults(run=cmd_keys_hash)
     new = key_commands.add_parser("new", help="generate a random key and print its hash")
     new.set_defaults(run=cmd_keys_new)
+    trace_command.register(commands)
     return parser
 
 

@@ -301,6 +301,12 @@ class TracingHandle:
         """Export every finished span now; when this returns they are in the span store."""
         await asyncio.to_thread(self._processors.force_flush)
 
+    def force_flush(self) -> bool:
+        """`flush` for callers on another thread (never call it on the app's event loop)."""
+        if _running_loop() is self._loop:
+            raise RuntimeError("force_flush would block the app's event loop; await flush()")
+        return bool(self._processors.force_flush())
+
     async def prune(self, *, now: float | None = None) -> int:
         """Apply each tenant's retention (age and count) once; returns spans deleted."""
         at = time.time() if now is None else now

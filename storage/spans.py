@@ -223,6 +223,16 @@ class SQLiteSpanStore:
         await self._db.commit()
         return deleted
 
+    async def request_tenants(self, request_id: str) -> list[str]:
+        """Tenants with spans for this request id (operator look-up; ids may repeat across
+        tenants because clients can send their own x-request-id)."""
+        async with self._db.execute(
+            "SELECT DISTINCT tenant_id FROM spans WHERE request_id = ? AND tenant_id != ''"
+            " ORDER BY tenant_id",
+            (request_id,),
+        ) as cursor:
+            return [row[0] for row in await cursor.fetchall()]
+
     async def tenants(self) -> list[str]:
         """Tenants that have spans stored (what retention has to visit)."""
         async with self._db.execute(

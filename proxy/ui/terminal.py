@@ -1,0 +1,111 @@
+"""`memento-proxy trace <request_id>`: one request's trace as a tree in the terminal.
+
+Reads the span store of the same data directory `serve` uses (`--data-dir` or
+`MEMENTO_DATA_DIR`) and prints what `GET /v1/traces/{request_id}` returns, as a tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from typing import Any, TextIO
+
+from proxy.routes.traces import trace_document
+from proxy.settings import Settings
+from storage.spans import TRACES_FILE, open_span_store
+
+# Shown in the heading already; repeating them on every span is noise.
+_IDENTITY = ("memento.tenant", "memento.request_id", "enduser.id")
+_MAX_VALUE = 300
+
+
+def register(commands: Any) -> None:
+    """Add the `trace` subcommand to the CLI's subparsers."""
+    trace = commands.add_parser("trace", help="print one request's trace as a tree")
+    trace.add_argument("request_id", help="the x-request-id of the call")
+    trace.add_argument("--data-dir", help="data directory (MEMENTO_DATA_DIR, default ./data)")
+    trace.add_argument("--tenant", help="only this tenant's spans (when ids repeat)")
+    trace.add_argument("--json", action="store_true", help="print the JSON the API returns")
+    trace.add_argument("--full", action="store_true", help="do not shorten long values")
+    trace.set_defaults(run=cmd_trace)
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(data_dir=args.data_dir)
+    if not (settings.data_dir / TRACES_FILE).exists():
+        print(
+            f"no traces in {settings.data_dir} (no {TRACES_FILE}); pass the --data-dir that "
+            "`memento-proxy serve` uses",
+            file=sys.stderr,
+        )
+        return 2
+    docs = asyncio.run(_load(settings, args.request_id, args.tenant))
+    if not docs:
+        where = f" of tenant {args.tenant}" if args.tenant else ""
+        print(f"no trace for request id {args.request_id!r}{where}", file=sys.stderr)
+        return 1
+    if args.json:
+        payload = [{"tenant": tenant_id, **doc} for tenant_id, doc in docs]
+        print(json.dumps(payload if len(payload) > 1 else payload[0], indent=2, ensure_ascii=False))
+        return 0
+    for tenant_id, doc in docs:
+        print_tree(tenant_id, doc, sys.stdout, full=args.full)
+    return 0
+
+
+async def _load(
+    settings: Settings, request_id: str, tenant: str | None
+) -> list[tuple[str, dict[str, Any]]]:
+    store = await open_span_store(settings.data_dir)
+    try:
+        tenants = [tenant] if tenant else await store.request_tenants(request_id)
+        docs = []
+        for tenant_id in tenants:
+            rows = await store.get_trace(tenant_id, request_id)
+            if rows:
+                docs.append((tenant_id, trace_document(request_id, rows)))
+        return docs
+    finally:
+        await store.close()
+
+
+def print_tree(tenant: str, doc: dict[str, Any], out: TextIO, *, full: bool = False) -> None:
+    """The heading, then each span indented under its parent with its decisions."""
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(doc["start"]))
+    out.write(
+        f"request {doc['request_id']}  tenant {tenant}  user {doc['user'] or '-'}  "
+        f"model {doc['model'] or '-'}  {started}  {doc['duration_ms']:.1f} ms  {doc['status']}\n"
+        f"trace {doc['trace_id']}\n"
+    )
+    later_shown = False
+    for span in doc["spans"]:
+        if span["phase"] == "write" and span["depth"] == 0 and not later_shown:
+            out.write("-- later, linked to the request (write path) --\n")
+            later_shown = True
+        indent = "  " * span["depth"]
+        status = "" if span["status"] == "unset" else f"  [{span['status']}]"
+        out.write(
+            f"{indent}{span['name']}  +{span['offset_ms']:.1f} ms  "
+            f"{span['duration_ms']:.1f} ms{status}\n"
+        )
+        for key, value in sorted(span["attributes"].items()):
+            if key not in _IDENTITY:
+                out.write(_field(f"{indent}    ", key, value, full))
+        for event in span["events"]:
+            attrs = (
+                json.dumps(event["attributes"], ensure_ascii=False) if event["attributes"] else ""
+            )
+            out.write(f"{indent}    event {event['name']} +{event['offset_ms']:.1f} ms {attrs}\n")
+
+
+def _field(indent: str, key: str, value: Any, full: bool) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    if not full and len(text) > _MAX_VALUE:
+        text = text[:_MAX_VALUE] + f"… ({len(text)} chars; --full shows all)"
+    if "\n" in text:
+        body = "\n".join(f"{indent}  | {line}" for line in text.splitlines())
+        return f"{indent}{key}:\n{body}\n"
+    return f"{indent}{key} = {text}\n"
