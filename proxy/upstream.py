@@ -278,8 +278,10 @@ def import_litellm() -> Any:
     return _litellm
 
 
-# Request fields litellm would consume itself instead of sending; they travel in extra_body.
+# Request fields litellm would consume itself (metadata) or drop for models outside its catalogue
+# (user, on OpenAI-compatible providers) instead of sending; they travel in extra_body.
 _LITELLM_RESERVED = ("metadata",)
+_LITELLM_DROPPED_FOR_OPENAI = ("user",)
 
 
 class LiteLLMUpstream:
@@ -289,7 +291,10 @@ class LiteLLMUpstream:
         route = target.route
         kwargs = {k: v for k, v in body.items() if k != "model"}
         extra_body = dict(kwargs.pop("extra_body", None) or {})
-        for name in _LITELLM_RESERVED:
+        moved = _LITELLM_RESERVED
+        if provider_of(route.model)[0] in OPENAI_COMPATIBLE:
+            moved += _LITELLM_DROPPED_FOR_OPENAI
+        for name in moved:
             if name in kwargs:
                 extra_body[name] = kwargs.pop(name)
         if extra_body:

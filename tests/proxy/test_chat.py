@@ -1,0 +1,458 @@
+"""End to end: the official openai SDK → the real proxy → the scripted upstream, and back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.harness import RunningProxy, write_tenant
+from tests.scripted_upstream import Reply, ScriptedUpstream
+
+KEY = "acme-proxy-key"
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+TOOL_CALLS = [
+    {
+        "id": "call_abc123",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'},
+    }
+]
+
+
+@pytest.fixture
+def proxy(
+    upstream: ScriptedUpstream,
+    policies_dir: Path,
+    start_proxy: Callable[..., RunningProxy],
+    monkeypatch: pytest.MonkeyPatch,
+) -> RunningProxy:
+    monkeypatch.setenv("SCRIPTED_UPSTREAM_KEY", "sk-server-side-secret")
+    write_tenant(
+        policies_dir,
+        "acme",
+        KEY,
+        {
+            "fast": {
+                "model": "openai/upstream-model",
+                "api_base": upstream.url,
+                "api_key": "env:SCRIPTED_UPSTREAM_KEY",
+            },
+            "translated": {
+                "model": "openai/translated-model",
+                "api_base": upstream.url,
+                "api_key": "env:SCRIPTED_UPSTREAM_KEY",
+                "passthrough": False,
+            },
+            "embedder": {"model": "openai/embed-model", "api_base": upstream.url},
+            "echo": {"model": "echo"},
+            "slow": {"model": "openai/slow", "api_base": upstream.url, "timeout_s": 0.3},
+            "nowhere": {"model": "openai/x", "api_base": "http://127.0.0.1:9/v1"},
+        },
+    )
+    write_tenant(policies_dir, "other", "other-key", {"echo": {"model": "echo"}})
+    return start_proxy(policies_dir)
+
+
+@pytest.fixture
+def client(proxy: RunningProxy) -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy.base_url + "/v1", api_key=KEY, max_retries=0)
+
+
+@pytest.fixture
+def aclient(proxy: RunningProxy) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=proxy.base_url + "/v1", api_key=KEY, max_retries=0)
+
+
+def test_every_parameter_reaches_the_upstream_unchanged(
+    client: openai.OpenAI, upstream: ScriptedUpstream
+) -> None:
+    params: dict[str, Any] = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Weather in Paris?"},
+        ],
+        "tools": TOOLS,
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "response_format": {"type": "json_object"},
+        "temperature": 0.25,
+        "top_p": 0.9,
+        "n": 2,
+        "stop": ["\n\n", "END"],
+        "seed": 42,
+        "max_tokens": 77,
+        "max_completion_tokens": 88,
+        "logprobs": True,
+        "top_logprobs": 3,
+        "user": "user-17",
+        "metadata": {"project": "alpha"},
+        "presence_penalty": 0.1,
+        "frequency_penalty": 0.2,
+        "logit_bias": {"50256": -100},
+        "parallel_tool_calls": False,
+    }
+    client.chat.completions.create(model="fast", **params, extra_body={"custom_field": [1, 2]})
+    received = upstream.last()
+    assert received.path == "/v1/chat/completions"
+    sent = received.json
+    assert sent.pop("model") == "upstream-model"
+    assert sent.pop("custom_field") == [1, 2]
+    assert sent == params
+
+
+def test_provider_key_is_the_servers_and_the_client_key_never_leaves(
+    client: openai.OpenAI, upstream: ScriptedUpstream
+) -> None:
+    client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi"}])
+    headers = upstream.last().headers
+    assert headers["authorization"] == "Bearer sk-server-side-secret"
+    assert KEY not in json.dumps(headers)
+
+
+def test_non_streamed_answer_and_request_id(
+    client: openai.OpenAI, upstream: ScriptedUpstream
+) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="fast", messages=[{"role": "user", "content": "ping"}]
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "scripted reply to: ping"
+    assert completion.usage is not None and completion.usage.total_tokens == 12
+    assert raw.headers["x-request-id"].startswith("req_")
+
+    mine = client.chat.completions.with_raw_response.create(
+        model="fast",
+        messages=[{"role": "user", "content": "ping"}],
+        extra_headers={"x-request-id": "trace-me-42"},
+    )
+    assert mine.headers["x-request-id"] == "trace-me-42"
+
+
+@pytest.mark.parametrize("model", ["fast", "translated"])
+def test_tool_calls_come_back_unchanged(
+    client: openai.OpenAI, upstream: ScriptedUpstream, model: str
+) -> None:
+    upstream.script(Reply(tool_calls=TOOL_CALLS))
+    completion = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Weather?"}], tools=TOOLS
+    )
+    calls = completion.choices[0].message.tool_calls
+    assert calls is not None
+    assert [c.model_dump(exclude_none=True) for c in calls] == TOOL_CALLS
+    assert completion.choices[0].finish_reason == "tool_calls"
+    assert upstream.last().json["tools"] == TOOLS
+
+
+@pytest.mark.parametrize("model", ["fast", "translated"])
+def test_streamed_tool_calls_come_back_unchanged(
+    client: openai.OpenAI, upstream: ScriptedUpstream, model: str
+) -> None:
+    upstream.script(Reply(tool_calls=TOOL_CALLS))
+    stream = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Weather?"}], tools=TOOLS, stream=True
+    )
+    name, arguments, call_id, finish = "", "", None, None
+    for chunk in stream:
+        for choice in chunk.choices:
+            for call in choice.delta.tool_calls or []:
+                call_id = call.id or call_id
+                name += (call.function and call.function.name) or ""
+                arguments += (call.function and call.function.arguments) or ""
+            finish = choice.finish_reason or finish
+    assert (call_id, name, arguments) == (
+        "call_abc123",
+        "get_weather",
+        TOOL_CALLS[0]["function"]["arguments"],
+    )
+    assert finish == "tool_calls"
+
+
+@pytest.mark.parametrize("model", ["fast", "translated", "echo"])
+def test_streaming_with_usage(
+    client: openai.OpenAI, upstream: ScriptedUpstream, model: str
+) -> None:
+    upstream.script(Reply(content="one two three four", chunk_count=4))
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "count"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    usage = [c.usage for c in chunks if c.usage is not None]
+    assert len(usage) == 1 and usage[0].total_tokens > 0
+    assert chunks[-1].usage is not None  # usage comes last, after the content
+    if model == "echo":
+        assert text.startswith("echo: received 1 message(s) (1 user)")
+    else:
+        assert text == "one two three four"
+        assert upstream.last().json["stream_options"] == {"include_usage": True}
+
+
+def test_raw_stream_ends_with_done(proxy: RunningProxy, upstream: ScriptedUpstream) -> None:
+    body = {"model": "fast", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    with httpx.stream(
+        "POST",
+        proxy.base_url + "/v1/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {KEY}"},
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-request-id"]
+        events = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert all(json.loads(e[6:])["object"] == "chat.completion.chunk" for e in events[:-1])
+
+
+async def test_async_client_streams_and_not(
+    aclient: openai.AsyncOpenAI, upstream: ScriptedUpstream
+) -> None:
+    completion = await aclient.chat.completions.create(
+        model="fast", messages=[{"role": "user", "content": "async"}]
+    )
+    assert completion.choices[0].message.content == "scripted reply to: async"
+    stream = await aclient.chat.completions.create(
+        model="translated", messages=[{"role": "user", "content": "async stream"}], stream=True
+    )
+    pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+    assert "".join(pieces) == "scripted reply to: async stream"
+
+
+def test_litellm_path_forwards_parameters(
+    client: openai.OpenAI, upstream: ScriptedUpstream
+) -> None:
+    client.chat.completions.create(
+        model="translated",
+        messages=[{"role": "user", "content": "hi"}],
+        temperature=0.3,
+        seed=7,
+        max_tokens=50,
+        stop=["END"],
+        user="u-1",
+        metadata={"k": "v"},
+    )
+    sent = upstream.last().json
+    assert sent["model"] == "translated-model"
+    assert upstream.last().headers["authorization"] == "Bearer sk-server-side-secret"
+    for name, value in {
+        "temperature": 0.3,
+        "seed": 7,
+        "max_tokens": 50,
+        "stop": ["END"],
+        "user": "u-1",
+        "metadata": {"k": "v"},
+    }.items():
+        assert sent[name] == value, name
+
+
+def test_embeddings_are_forwarded(client: openai.OpenAI, upstream: ScriptedUpstream) -> None:
+    result = client.embeddings.create(model="embedder", input=["alpha", "beta"])
+    assert [d.embedding for d in result.data] == [[5.0, 0.5, -0.5], [4.0, 0.5, -0.5]]
+    received = upstream.last()
+    assert received.path == "/v1/embeddings"
+    assert received.json["model"] == "embed-model"
+    assert received.json["input"] == ["alpha", "beta"]
+
+
+def test_models_lists_only_this_tenants_aliases(proxy: RunningProxy) -> None:
+    acme = openai.OpenAI(base_url=proxy.base_url + "/v1", api_key=KEY)
+    other = openai.OpenAI(base_url=proxy.base_url + "/v1", api_key="other-key")
+    assert {m.id for m in acme.models.list()} == {
+        "fast",
+        "translated",
+        "embedder",
+        "echo",
+        "slow",
+        "nowhere",
+    }
+    assert [m.id for m in other.models.list()] == ["echo"]
+    assert acme.models.retrieve("fast").id == "fast"
+    with pytest.raises(openai.NotFoundError):
+        other.models.retrieve("fast")
+
+
+def test_echo_describes_what_it_received(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model="echo",
+        messages=[
+            {"role": "system", "content": "Be kind."},
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "second"},
+        ],
+    )
+    text = completion.choices[0].message.content or ""
+    assert text.startswith("echo: received 4 message(s) (1 system, 2 user, 1 assistant).")
+    assert "'second'" in text
+
+
+def test_unknown_or_missing_key_is_401(proxy: RunningProxy) -> None:
+    bad = openai.OpenAI(base_url=proxy.base_url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        bad.chat.completions.create(model="echo", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 401
+    assert "memento-proxy keys hash" in caught.value.message
+    response = httpx.get(proxy.base_url + "/v1/models")
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_model_not_allowed_is_404(client: openai.OpenAI, upstream: ScriptedUpstream) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    body = caught.value.body
+    assert isinstance(body, dict) and body["code"] == "model_not_found"
+    assert "fast" in caught.value.message
+    assert upstream.received == []
+
+
+def test_rate_limit_stays_429_with_retry_after(
+    client: openai.OpenAI, upstream: ScriptedUpstream
+) -> None:
+    upstream.script(
+        Reply(
+            status=429,
+            headers={"retry-after": "7"},
+            error={
+                "message": "slow down",
+                "type": "requests",
+                "param": None,
+                "code": "rate_limit_exceeded",
+            },
+        )
+    )
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.response.headers["retry-after"] == "7"
+    assert caught.value.message.endswith("slow down")
+    assert caught.value.code == "rate_limit_exceeded"
+    assert caught.value.response.headers["x-request-id"]
+
+
+def test_rate_limit_on_the_litellm_path(client: openai.OpenAI, upstream: ScriptedUpstream) -> None:
+    upstream.script(*[Reply(status=429, headers={"retry-after": "3"})] * 3)
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(
+            model="translated", messages=[{"role": "user", "content": "x"}]
+        )
+    assert caught.value.status_code == 429
+
+
+def test_upstream_errors_keep_meaningful_status(
+    client: openai.OpenAI, upstream: ScriptedUpstream
+) -> None:
+    upstream.script(
+        Reply(
+            status=400,
+            error={
+                "message": "bad tools",
+                "type": "invalid_request_error",
+                "param": "tools",
+                "code": None,
+            },
+        )
+    )
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "x"}])
+    assert bad.value.param == "tools"
+
+    upstream.script(Reply(status=401))
+    with pytest.raises(openai.APIStatusError) as auth:
+        client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "x"}])
+    assert auth.value.status_code == 502  # the server's credentials, not the client's
+    assert "api_key" in auth.value.message
+
+    upstream.script(Reply(status=500))
+    with pytest.raises(openai.InternalServerError) as server:
+        client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "x"}])
+    assert server.value.status_code == 502
+    assert "'fast'" in server.value.message
+
+
+def test_upstream_timeout_is_504(client: openai.OpenAI, upstream: ScriptedUpstream) -> None:
+    upstream.script(Reply(delay_s=2.0))
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="slow", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 504
+    body = caught.value.body
+    assert isinstance(body, dict) and body["code"] == "upstream_timeout"
+
+
+def test_unreachable_upstream_is_502(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="nowhere", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 502
+    with pytest.raises(openai.APIStatusError) as streamed:
+        client.chat.completions.create(
+            model="nowhere", messages=[{"role": "user", "content": "x"}], stream=True
+        )
+    assert streamed.value.status_code == 502
+
+
+def test_upstream_dropping_the_connection_is_502(
+    client: openai.OpenAI, upstream: ScriptedUpstream
+) -> None:
+    upstream.script(Reply(drop=True))
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 502
+
+
+def test_missing_provider_key_names_the_variable(
+    client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SCRIPTED_UPSTREAM_KEY")
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "x"}])
+    assert "SCRIPTED_UPSTREAM_KEY" in caught.value.message
+    assert "Traceback" not in caught.value.response.text
+
+
+@pytest.mark.parametrize("model", ["fast", "translated"])
+def test_client_disconnect_mid_stream_cancels_the_upstream_call(
+    proxy: RunningProxy, upstream: ScriptedUpstream, model: str
+) -> None:
+    upstream.script(Reply(hang=True))
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "long"}]}
+    with httpx.stream(
+        "POST",
+        proxy.base_url + "/v1/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {KEY}"},
+        timeout=30,
+    ) as response:
+        first = next(response.iter_lines())
+        assert first.startswith("data: ")
+    # The client hung up; the proxy must hang up on the upstream (which waits for exactly that).
+    wait_until(lambda: upstream.disconnects == 1)
+    assert upstream.completed_streams == 0
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    """Poll until `condition` holds; fails (not a timing assertion: a liveness bound)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition never became true")
+        time.sleep(0.02)
