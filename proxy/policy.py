@@ -180,6 +180,9 @@ class SanitizerPolicy(Strict):
     mad_k: float = 3.0
     max_fact_chars: int = 400
     dup_cos: float = 0.95
+    topic_cos: float = Field(
+        default=0.75, gt=0, le=1, description="Cosine at which two facts are on the same subject."
+    )
     case_key_cos: float = 0.85
     lesson_cos_write: float = 0.85
     lesson_cos_read: float = 0.8

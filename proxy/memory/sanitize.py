@@ -1,17 +1,42 @@
 """Sanitize: give every candidate memory a trust score and a verdict before anything is written.
 
-This is the stage's interface with its conservative default (the source's prior trust only);
-the trust-scored signals of MEMORY-DESIGN.md replace the body of `Sanitizer.assess`.
+Trust starts at the source's prior (policy `sanitizer.base_trust`, lowered to the least trusted
+role among the candidate's evidence) and is fused from independent signals (proxy/memory/signals):
+
+    h     = 1 − Π (1 − s_i)            over the text signals: instructions, exfiltration,
+                                       obfuscation, secrets, session, length
+    trust = clip(prior − w_heur · h + consensus + lessons + judge, 0, 1)
+
+A noisy-OR keeps one weak cue ("always", a bare link) below the quarantine line while two
+independent cues, or one strong one, cross it. With the defaults (user prior 0.8, w_heur 0.6,
+active_min 0.6) a user's statement is quarantined once h ≥ 1/3 and rejected once h ≥ 5/6 or on
+any hard rule. Every contribution is a `Reason` whose deltas sum to the trust score.
+
+`assess` never writes the candidates. Unless `dry_run`, rejections that content signals caused are
+distilled into lessons (proxy/memory/lessons.py), so later variants are caught faster.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+from proxy.memory import lessons as lesson_memory
 from proxy.memory.candidates import Candidate, Reason, TrustVerdict, Verdict
+from proxy.memory.signals import Hit, consensus, exfiltration, instructions, obfuscation, session
+from proxy.memory.signals import judge as llm_judge
+from proxy.memory.signals import secrets as secret_signal
+from proxy.memory.signals import source as source_signal
 from proxy.policy import SanitizerPolicy
 from storage.api import MemoryStore
-from storage.records import Scope
+from storage.records import MemoryKind, Scope
+
+log = logging.getLogger("memento.sanitize")
+
+NEIGHBOURS = 5  # MEMORY-DESIGN.md: top-5 active neighbours for the consensus check
+LENGTH_SCORE = 0.15
+CONTENT_SIGNALS = frozenset({"instructions", "exfiltration", "obfuscation", "session", "lessons"})
 
 
 def verdict_for(trust: float, policy: SanitizerPolicy, *, hard: bool = False) -> Verdict:
@@ -23,21 +48,193 @@ def verdict_for(trust: float, policy: SanitizerPolicy, *, hard: bool = False) ->
     return "accept"
 
 
+def text_hits(candidate: Candidate, policy: SanitizerPolicy) -> tuple[list[Hit], str]:
+    """The signals that need nothing but the text; returns the hits and the text to store."""
+    scan = secret_signal.scan(candidate.text, policy.pii)
+    hits = [
+        *instructions.detect(candidate.text),
+        *exfiltration.detect(candidate.text),
+        *obfuscation.detect(candidate.text),
+        *scan.hits,
+    ]
+    if candidate.kind in ("fact", "preference") and len(candidate.text) > policy.max_fact_chars:
+        hits.append(
+            Hit(
+                "length",
+                LENGTH_SCORE,
+                f"{len(candidate.text)} chars for a "
+                f"{candidate.kind} (limit {policy.max_fact_chars})",
+            )
+        )
+    return hits, scan.text
+
+
+def fuse(
+    prior_hits: Sequence[Hit],
+    prior: float,
+    hits: Sequence[Hit],
+    adjustments: Sequence[Reason],
+    policy: SanitizerPolicy,
+) -> tuple[float, list[Reason], bool]:
+    """Combine the prior, the text signals (noisy-OR) and the additive adjustments."""
+    reasons = [Reason(h.signal, h.score, h.detail) for h in prior_hits]
+    survive = 1.0  # Π (1 − s_i) so far
+    for hit in sorted(hits, key=lambda h: h.score, reverse=True):
+        before = 1.0 - survive
+        survive *= 1.0 - min(1.0, max(0.0, hit.score))
+        delta = -policy.w_heur * ((1.0 - survive) - before)
+        reasons.append(Reason(hit.signal, delta, hit.detail, hit.hard))
+    raw = prior - policy.w_heur * (1.0 - survive) + sum(a.delta for a in adjustments)
+    reasons.extend(adjustments)
+    trust = min(1.0, max(0.0, raw))
+    hard = any(h.hard for h in hits)
+    return trust, reasons, hard
+
+
+@dataclass
+class _Pending:
+    """One candidate's state while its signals are gathered."""
+
+    candidate: Candidate
+    prior: float
+    prior_hits: list[Hit]
+    hits: list[Hit]
+    text: str
+    adjustments: list[Reason] = field(default_factory=list)
+    vector: list[float] | None = None
+
+
 class Sanitizer:
-    """Decides accept / quarantine / reject for candidates of one scope."""
+    """Decides accept / quarantine / reject for candidates of one scope.
+
+    Without a store only the text signals and the source prior run (dry runs in tests and the
+    offline benchmark); with one, consensus, lessons and session signals join in.
+    """
 
     def __init__(self, store: MemoryStore | None = None) -> None:
         self.store = store
 
     async def assess(
-        self, scope: Scope, candidates: Sequence[Candidate], policy: SanitizerPolicy
+        self,
+        scope: Scope,
+        candidates: Sequence[Candidate],
+        policy: SanitizerPolicy,
+        *,
+        dry_run: bool = False,
     ) -> list[TrustVerdict]:
-        """One verdict per candidate, in order. Never writes anything."""
-        verdicts = []
+        """One verdict per candidate, in order. Never writes the candidates; unless `dry_run`,
+        records a lesson for each rejection that content signals caused."""
+        pending = []
         for candidate in candidates:
-            prior = policy.base_trust.get(candidate.source_role, 0.0)
-            reasons = [Reason("source_prior", prior, candidate.source_role)]
-            verdicts.append(
-                TrustVerdict(verdict_for(prior, policy), prior, reasons, candidate.text)
+            prior, prior_hits = source_signal.prior(candidate, policy.base_trust)
+            hits, text = text_hits(candidate, policy)
+            pending.append(_Pending(candidate, prior, prior_hits, hits, text))
+
+        if self.store is not None and pending:
+            await self._memory_signals(self.store, scope, pending, policy)
+
+        verdicts = []
+        for item in pending:
+            trust, reasons, hard = fuse(
+                item.prior_hits, item.prior, item.hits, item.adjustments, policy
             )
+            verdict = verdict_for(trust, policy, hard=hard)
+            if verdict == "quarantine" and policy.judge_model:
+                opinion = await llm_judge.judge(policy.judge_model, item.candidate.text)
+                reasons.append(opinion)
+                trust = min(max(item.prior, trust), max(0.0, trust + opinion.delta))
+                verdict = verdict_for(trust, policy, hard=hard)
+            verdicts.append(TrustVerdict(verdict, round(trust, 4), reasons, item.text))
+
+        if not dry_run and self.store is not None:
+            await self._distil_lessons(self.store, scope, pending, verdicts)
         return verdicts
+
+    async def _memory_signals(
+        self, store: MemoryStore, scope: Scope, pending: list[_Pending], policy: SanitizerPolicy
+    ) -> None:
+        """Consensus, lessons and session signals: they need the scope's memories."""
+        vectors = await store.embedder.embed([item.candidate.text for item in pending])
+        for item, vector in zip(pending, vectors, strict=True):
+            item.vector = vector
+
+        known = await lesson_memory.load_lessons(store, scope.tenant_id)
+        session_vectors, session_writes = await self._session_history(store, scope)
+        batch_vectors = [*session_vectors, *(item.vector or [] for item in pending)]
+
+        for index, item in enumerate(pending):
+            candidate, vector = item.candidate, item.vector or []
+            item.adjustments.extend(lesson_memory.match(known, candidate.text, vector, policy))
+            neighbours = await self._neighbours(store, scope, candidate, vector)
+            if candidate.kind == "case":
+                item.adjustments.extend(consensus.case_consensus(vector, neighbours, policy))
+            elif candidate.kind in ("fact", "preference"):
+                item.adjustments.extend(consensus.fact_consensus(candidate, neighbours, policy))
+
+            user_text = " ".join(e.span for e in candidate.evidence if e.role == "user")
+            if candidate.source_role != "user" and (
+                bridge := session.bridging_claim(candidate.text, user_text)
+            ):
+                item.hits.append(bridge)
+            if scope.session_id is not None:
+                position = len(session_vectors) + index
+                if hit := session.burst(
+                    batch_vectors[: position + 1],
+                    position,
+                    policy.session_burst.cos,
+                    policy.session_burst.count,
+                ):
+                    item.hits.append(hit)
+                if hit := session.over_rate(session_writes + index, policy.rate.per_session):
+                    item.hits.append(hit)
+
+    async def _neighbours(
+        self, store: MemoryStore, scope: Scope, candidate: Candidate, vector: Sequence[float]
+    ) -> list[consensus.Neighbour]:
+        kinds: list[MemoryKind] = ["case"] if candidate.kind == "case" else ["fact", "preference"]
+        hits = await store.search(
+            scope,
+            query_text=candidate.key_text or candidate.text,
+            query_vector=vector,
+            k=NEIGHBOURS,
+            kinds=kinds,
+            include_shared=True,
+            with_vectors=True,
+        )
+        ranked = sorted(hits, key=lambda h: h.cosine or 0.0, reverse=True)[:NEIGHBOURS]
+        return [consensus.Neighbour(h.record, h.cosine or 0.0, h.vector) for h in ranked]
+
+    async def _session_history(
+        self, store: MemoryStore, scope: Scope
+    ) -> tuple[list[list[float]], int]:
+        """Vectors of this session's earlier writes (any status), and how many there were."""
+        if scope.session_id is None or scope.user_id is None:
+            return [], 0
+        records = await store.list(scope, statuses=["active", "quarantined", "rejected"], limit=200)
+        mine = [r for r in records if r.session_id == scope.session_id and r.kind != "lesson"]
+        if not mine:
+            return [], 0
+        vectors = await store.vectors(scope.tenant_id, [r.id for r in mine])
+        return [vectors[r.id] for r in mine if r.id in vectors], len(mine)
+
+    async def _distil_lessons(
+        self,
+        store: MemoryStore,
+        scope: Scope,
+        pending: Sequence[_Pending],
+        verdicts: Sequence[TrustVerdict],
+    ) -> None:
+        for item, verdict in zip(pending, verdicts, strict=True):
+            if verdict.verdict != "reject" or not _content_driven(verdict.reasons):
+                continue
+            try:
+                await lesson_memory.record_lesson(
+                    store, scope, item.candidate.text, verdict.reasons, origin="sanitizer"
+                )
+            except Exception:  # a lesson is a bonus; losing one must not fail the write path
+                log.exception("could not record a lesson for a rejected candidate")
+
+
+def _content_driven(reasons: Sequence[Reason]) -> bool:
+    """A rejection caused by what the text says (not only by its source or a redaction)."""
+    return any(r.signal in CONTENT_SIGNALS and (r.hard or r.delta <= -0.1) for r in reasons)

@@ -1,0 +1,78 @@
+"""Exfiltration and action payloads: what the memory would make the model emit or do.
+
+A link or an address in a memory is not wrong in itself ("my blog is example.org"); it becomes a
+payload when the text also asks for it to be sent, visited, shown or linked, when it is a
+markdown image (rendered by the client, it leaks whatever its URL carries), or when the memory
+carries code or shell commands to run.
+"""
+
+from __future__ import annotations
+
+import re
+
+from proxy.memory.signals import Hit, normalize, snippet
+
+_URL = re.compile(
+    r"\b(?:https?|ftp|file|data|javascript)://[^\s)\]>\"']+|\bwww\.[a-z0-9-]+\.[a-z]{2,}[^\s)\]>\"']*|"
+    r"\b[a-z0-9-]+\.(?:com|net|org|io|xyz|ru|cn|info|biz|top|site|online|app|dev|ly|me|co)"
+    r"(?:/[^\s)\]>\"']*)?\b"
+)
+_EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
+_MD_IMAGE = re.compile(r"!\[[^\]]*\]\(\s*[^)\s]+")
+_HTML_ACTIVE = re.compile(r"<\s*(?:img|script|iframe|object|embed|link|meta|form)\b[^>]*>?")
+_TEMPLATED_URL = re.compile(r"[?&][\w-]+=(?:\{|\[|<|\$|%7b)")
+_SEND_VERB = re.compile(
+    r"\b(?:send|sends|sent|forward|email|e-mail|mail|post|upload|submit|transmit|exfiltrate|cc|"
+    r"bcc|copy|share|report|notify|contact|reach out|write to|redirect|direct (?:users|them|people)"
+    r"|visit|go to|click|open|download|install|link|linking|pointing|points to|include|append|"
+    r"add|embed|insert|integrate|recommend|suggest|promote|join|sign up|subscribe|register|"
+    r"check out|navigate)\b"
+)
+_CODE_FENCE = re.compile(r"```|<code>|<pre>")
+_COMMAND = re.compile(
+    r"\b(?:(?:curl|wget)\s+(?:-|['\"]?(?:https?|ftp)://|\$)|(?:nc|netcat)\s+-|powershell|bash -c|"
+    r"sh -c|chmod \+x|sudo \w+|rm -rf|dd if=|mkfs|"
+    r"nohup|crontab|base64 -d|eval\(|exec\(|os\.system|os\.remove|os\.rename|subprocess|"
+    r"shutil\.|requests\.(?:get|post)|urllib|socket\.|smtplib|paramiko|ftplib|import os|"
+    r"__import__|invoke-expression|iex\b|/etc/passwd|/bin/sh|/dev/sd[a-z])"
+)
+
+
+def detect(text: str) -> list[Hit]:
+    """Score payloads the memory would carry into a later answer."""
+    norm = normalize(text)
+    hits: list[Hit] = []
+    action = _SEND_VERB.search(norm)
+
+    if match := _MD_IMAGE.search(norm):
+        hits.append(
+            Hit("exfiltration", 1.0, f"markdown image: {snippet(match.group())}", hard=True)
+        )
+    if match := _HTML_ACTIVE.search(norm):
+        hits.append(Hit("exfiltration", 0.7, f"active html: {snippet(match.group(), 24)}"))
+    if match := _TEMPLATED_URL.search(norm):
+        hits.append(Hit("exfiltration", 0.8, f"templated url parameter: {snippet(match.group())}"))
+
+    urls = _URL.findall(norm)
+    emails = _EMAIL.findall(norm)
+    targets = [*(_host(url) for url in urls), *emails]
+    if targets:
+        detail = ", ".join(sorted(set(targets))[:3])
+        if action is not None:
+            hits.append(Hit("exfiltration", 0.55, f"{action.group()} → {snippet(detail)}"))
+        else:
+            hits.append(Hit("exfiltration", 0.15, f"address: {snippet(detail)}"))
+
+    command = _COMMAND.search(norm)
+    fence = _CODE_FENCE.search(norm)
+    if command is not None:
+        score = 0.8 if fence or action else 0.6
+        hits.append(Hit("exfiltration", score, f"command: {snippet(command.group())}"))
+    elif fence is not None:
+        hits.append(Hit("exfiltration", 0.3, "code block"))
+    return hits
+
+
+def _host(url: str) -> str:
+    url = re.sub(r"^[a-z]+://", "", url)
+    return url.split("/", 1)[0].split("?", 1)[0]

@@ -1,0 +1,263 @@
+"""Instruction-bearing content: text that tells the assistant what to do instead of saying
+something about the user.
+
+A memory is data about a person ("I am vegan", "prefers short answers"). An attack that wants to
+persist has to smuggle in a directive: an imperative aimed at the assistant, a reference to the
+assistant's own output, a persistence marker ("from now on"), a role or system-prompt marker, a
+context trigger ("when asked about banks, say…"), or an attempt to override or reveal the
+instructions. Each is scored separately; trigger words on their own ("always", "ignore",
+"system") score low or nothing, so ordinary sentences that contain them stay trusted.
+"""
+
+from __future__ import annotations
+
+import re
+
+from proxy.memory.signals import Hit, clauses, normalize, snippet
+
+_INSTRUCTION_NOUNS = (
+    r"(?:instructions?|prompts?|rules?|directions?|directives?|guidelines?|commands?|context|"
+    r"constraints?|programming|guardrails?|restrictions?|policies|policy|safeguards?|"
+    r"filters?|orders?|training|text|input|inputs|content|messages?|words|everything)"
+)
+_OVERRIDE = re.compile(
+    r"\b(?:ignore|disregard|forget|override|bypass|neglect|abandon|discard|set aside|"
+    r"stop following|do not follow|don't follow)\b(?:\s+[\w'-]+){0,4}?\s+"
+    r"(?:previous|prior|above|preceding|earlier|former|all|any|your|the|these|those|initial|"
+    r"original|system|existing|old|given)\b(?:\s+[\w'-]+){0,3}?\s+" + _INSTRUCTION_NOUNS + r"\b|"
+    r"\b(?:ignore|disregard|forget|override|bypass) (?:all )?(?:instructions|prompts|rules|"
+    r"guidelines)\b"
+)
+_REVEAL = re.compile(
+    r"\b(?:reveal|print|show|repeat|output|display|tell me|give me|leak|disclose|share|"
+    r"write out|spell out|recite|dump|what (?:is|are|was|were))\b(?:\s+[\w'-]+){0,4}?\s+"
+    r"(?:(?:the |your )?system (?:prompt|message|instructions?)|"
+    r"your (?:\w+ )?(?:instructions|prompt|rules|guidelines|programming|directives)|"
+    r"(?:the |your )?(?:initial|original|hidden|secret|pre-?)[ -]?(?:prompt|instructions)|"
+    r"(?:the )?access code|(?:the |your )?(?:secret )?password)\b"
+)
+_META_INSTRUCTION = re.compile(
+    r"\b(?:new|real|updated|actual|true|secret|hidden|additional|special|admin|developer|"
+    r"system|override) (?:instructions?|rules|prompt|directives?|orders)\s*:|"
+    r"(?:^|[\n.!?]\s*)(?:instructions?|directive|note to (?:the )?(?:ai|assistant|model))\s*:|"
+    r"\b(?:real|new|actual) instructions? (?:start|begin|follow)"
+)
+_INSTRUCTION_OBJECT = re.compile(
+    r"\b(?:your|previous|prior|above|preceding|initial|original|system|hidden|secret|"
+    r"out of date|earlier|these|those|all (?:the |your |prior |previous )?)\s+(?:[\w-]+\s+)?"
+    r"(?:instructions|prompt|directives|programming|system message)\b|"
+    r"\bthe (?:above|preceding|previous|prior) (?:words|text|lines|message|content|input)\b|"
+    r"\b(?:format|list|summari[sz]e|repeat|rewrite|translate|encode|return|output|print) "
+    r"(?:all |the |your )?(?:rules|instructions)\b"
+)
+_DELIMITER = re.compile(
+    r"(?:%%%|===|---|###|\*\*\*|<<<|>>>|\]\]\]|\}\}\})\s*(?:end|begin|start|stop)\b|"
+    r"\b(?:end|begin|start) (?:of )?(?:user input|out of date instructions|instructions|system "
+    r"prompt|prompt|access code|message|conversation|context)\b(?:\s*(?:%%%|===|---|###|\*\*\*))"
+)
+_CHAT_TEMPLATE = re.compile(
+    r"<\|?(?:im_start|im_end|system|assistant|endoftext)\|?>|\[/?inst\]|<<sys>>|"
+    r"###\s*(?:instruction|system|response)|</?system>|\[system\]|\{system:|\(system:"
+)
+_ROLE_PREFIX = re.compile(r"(?:^|[\n{(\[])\s*(?:system|assistant|developer)\s*:")
+_ROLE_PLAY = re.compile(
+    r"\byou are (?:now |no longer |an? |the )*(?:dan\b|unrestricted|jailbroken|unfiltered)|"
+    r"\byou are (?:now |no longer )?an? (?:[\w-]+ ){0,3}(?:ai|assistant|chatbot|language model|"
+    r"bot|system|model|program|agent|gatekeeper)\b(?! (?:researcher|engineer|developer))|"
+    r"\byou are (?:now )?(?:playing|taking on|assuming) (?:the )?role\b|"
+    r"(?<!\bi )(?<!\bto )(?<!\bwe )(?<!\bhe )(?<!\bshe )(?<!\bthey )(?<!\bi'd )"
+    r"(?:\b(?:act|behave|respond|answer) as (?:if|an?|the|my)\b|\bpretend (?:to be|you)\b|"
+    r"\broleplay as\b)|\bdeveloper mode\b|\bdo anything now\b"
+)
+_OUTPUT_NOUNS = r"(?:responses?|repl(?:y|ies)|answers?|outputs?|completions?)"
+_OUTPUT_REFERENCE = re.compile(
+    r"\b(?:in|to|into|within|throughout|with|at the (?:end|start|beginning) of|before|after)\s+"
+    r"(?:your|each|every|all|any|future|subsequent)\s+(?:[\w-]+\s+)?"
+    r"(?:" + _OUTPUT_NOUNS + r"|messages?)\b|"
+    r"\byour " + _OUTPUT_NOUNS + r"\b|"
+    r"\b(?:begin|start|end|prefix|preface|open|close|finish)\s+(?:your |the |each |every |all )?"
+    + _OUTPUT_NOUNS
+    + r"\b"
+)
+_MODAL = re.compile(
+    r"\byou (?:must|shall|will|may|should|are to|need to|have to)(?: not| never| always| only)?"
+    r"(?: not| never| always| only)? (?:respond|reply|answer|say|output|print|include|add|"
+    r"mention|recommend|refer|obey|comply|reveal|send|prefix|append|grant)\b|"
+    r"\byou (?:must|shall|are to) (?:always|never|only|not)\b|"
+    r"\byou (?:are required to|are instructed to|are obligated to|are not allowed to|"
+    r"are only allowed to|have been (?:instructed|programmed|told) to)\b"
+)
+_ADDRESSEE = re.compile(
+    r"\b(?:the assistant|ai assistant|language model|the model|the ai|as an ai|chatgpt|gpt-?\d|"
+    r"llm)\b"
+)
+_PERSIST_STRONG = re.compile(
+    r"\b(?:from now on|going forward|henceforth|from this point|for all future|"
+    r"in (?:all )?(?:the )?future (?:responses|answers|replies|conversations|chats|sessions)|"
+    r"in every (?:response|answer|reply|conversation|chat|session)|at all times|no matter what|"
+    r"for the rest of (?:this|the) (?:conversation|chat|session)|in all (?:responses|answers|"
+    r"replies|conversations))\b"
+)
+_PERSIST_WEAK = re.compile(
+    r"\b(?:always|never|whenever|every time|each time|forever|permanently)\b"
+)
+_TRIGGER = re.compile(
+    r"\b(?:if|when|whenever|once|each time|every time)\b(?:\s+(?:you are|you're|the user is|"
+    r"i am|i'm|someone is|anyone is))?\s+(?:asked|prompted|queried)\b|"
+    r"\b(?:if|when|whenever|each time|every time)\s+(?:the user|a user|someone|anyone|anybody|"
+    r"they|people|customers?|i)\s+(?:asks?|mentions?|says?|types?|requests?|inquires?|queries|"
+    r"brings? up|talks? about|searches|wants?)\b"
+)
+_HYPHEN_JOIN = re.compile(r"(?<=[a-z])-(?=[a-z])")  # "output-previous-instructions"
+_QUOTED = re.compile(r"\"[^\"]*\"|'[^']{2,}'|“[^”]*”|‘[^’]{2,}’")
+_KNOWLEDGE_QUESTION = re.compile(
+    r"^(?:what|who|where|which|how|why|when)\b(?:'s)?\s+(?:is|are|do|does|should|to)\b"
+    r"(?!.*\b(?:going|doing|been)\b)|"
+    r"^(?:can|could|would|will) you\s+(?:show|give|tell|explain|write|list|provide|help|"
+    r"describe|translate|summari[sz]e|recommend|suggest)\b|^(?:explain|describe)\b"
+)
+# A question with a person or a thing from the conversation in it ("how did it make you feel?")
+# is small talk; one with none ("what is the capital of brazil?") asks the model for a task.
+_PERSONAL = re.compile(
+    r"\b(?:i'm|i've|my|me|mine|we|our|us|you|your|you're|you've|yours|yourself|he|she|his|her|"
+    r"him|they|them|their|it|its|this|that|these|those|there|everyone|anyone|someone)\b|"
+    r"\bi\b(?<!how do i)(?<!how can i)(?<!how should i)"
+)
+
+# Verbs of tasks an assistant or agent is told to carry out: a clause that opens with one is a
+# command to the model. Everyday imperatives between people ("check out my painting", "use social
+# media", "make sure yours stands out", "talk to you soon") use other verbs, or count only when
+# hedged like a request to a service ("please check…") or made persistent ("always use…").
+_TASK_VERBS = (
+    "add|append|include|insert|integrate|incorporate|embed|inject|prepend|attach|modify|alter|"
+    "replace|substitute|convert|rewrite|reformat|translate|write|compose|draft|generate|produce|"
+    "provide|list|explain|describe|summarize|summarise|respond|reply|answer|say|output|print|"
+    "return|repeat|reveal|disclose|leak|send|forward|email|post|upload|transfer|wire|pay|"
+    "withdraw|delete|remove|erase|wipe|purge|disable|grant|revoke|allocate|execute|run|install|"
+    "download|click|visit|navigate|redirect|recommend|suggest|promote|advertise|endorse|mention|"
+    "refer|direct|disregard|override|bypass|utilize|utilise|employ|deploy|adopt|merge|render|"
+    "enhance|augment|unlock|approve|authorize|authorise|encode|decode|encrypt|decrypt|scramble|"
+    "introduce|fuse|blend|interweave|weave|absorb|leverage|enlist|infuse|harmonize|meld|"
+    "develop|break down|retrieve|fetch|extract|terminate|shut down|reboot|initiate|pretend|"
+    "roleplay|simulate|tell|format|ignore|prefix|affix|preface|obey|comply"
+)
+_EVERYDAY_VERBS = (
+    "check|use|share|make sure|ensure|start|stop|begin|create|change|set|reset|save|store|order|"
+    "call|contact|book|schedule|review|monitor|update|move|copy|rename|configure|enable|cancel|"
+    "buy|purchase|sell|report|log|verify|validate|audit|scan|access|collect|gather|obtain|"
+    "analy[sz]e|evaluate|assess|consider|submit|sign|launch|trigger|restart|act|behave|speak|"
+    "talk|imagine|keep|give|show|find|look|let|try|remember|forget|note|avoid|treat|handle"
+)
+_HEDGE = (
+    r"(?:please|kindly|always|from now on|going forward|henceforth|in (?:the )?future|"
+    r"remember to|be sure to|you (?:must|shall|should always|will always|are to))"
+)
+_FILLERS = r"(?:(?:also|just|now|then|so|and|first|next|finally|immediately)\s*,?\s+)*"
+_NOT_A_VERB = r"(?!'|\s*-|\s+you\b)"
+_IMPERATIVE = re.compile(
+    r"^" + _FILLERS + r"(?:" + _HEDGE + r"\s*,?\s+)*(?:(?:do not|don't|dont)\s+)?"
+    r"(?:" + _TASK_VERBS + r")\b" + _NOT_A_VERB
+)
+_HEDGED_IMPERATIVE = re.compile(
+    r"^" + _FILLERS + r"(?:" + _HEDGE + r"\s*,?\s+)+(?:(?:do not|don't|dont|never)\s+)?"
+    r"(?:" + _TASK_VERBS + "|" + _EVERYDAY_VERBS + r")\b" + _NOT_A_VERB
+)
+# "Please" or "kindly" before a verb is a request to whoever reads the text; in a memory, that
+# reader is the model.
+_PLEASE = re.compile(
+    r"\b(?:please|kindly),?\s+(?!(?:no|yes|thank|thanks|god|lord|sir|madam|"
+    r"mom|dad)\b)[a-z][a-z'-]+\b[^.!?;]*"
+)
+_SOCIAL_TELL = re.compile(
+    r"^" + _FILLERS + r"(?:please )?tell (?:me|us)\b(?! (?:your|the) (?:system|prompt|"
+    r"instructions|password|secret|access))"
+)
+
+
+def detect(text: str) -> list[Hit]:
+    """Score the ways `text` tries to instruct the assistant."""
+    norm = _HYPHEN_JOIN.sub(" ", normalize(text))
+    hits: list[Hit] = []
+
+    if match := _OVERRIDE.search(norm):
+        hits.append(Hit("instructions", 1.0, f"override: {snippet(match.group())}", hard=True))
+    if match := _REVEAL.search(norm):
+        hits.append(Hit("instructions", 0.6, f"reveal: {snippet(match.group())}"))
+    if match := _CHAT_TEMPLATE.search(norm):
+        hits.append(Hit("instructions", 0.8, f"chat template marker: {snippet(match.group())}"))
+    elif match := _ROLE_PREFIX.search(norm):
+        hits.append(Hit("instructions", 0.6, f"role marker: {snippet(match.group())}"))
+    if match := _INSTRUCTION_OBJECT.search(norm):
+        hits.append(
+            Hit(
+                "instructions",
+                0.45,
+                f"refers to the model's instructions: {snippet(match.group())}",
+            )
+        )
+    if match := _DELIMITER.search(norm):
+        hits.append(Hit("instructions", 0.5, f"fake delimiter: {snippet(match.group())}"))
+    if match := _META_INSTRUCTION.search(norm):
+        hits.append(Hit("instructions", 0.5, f"instruction header: {snippet(match.group())}"))
+    if match := _ROLE_PLAY.search(norm):
+        hits.append(Hit("instructions", 0.45, f"role assignment: {snippet(match.group())}"))
+
+    directive = 0.0
+    imperative, hedged = _first_imperative(norm)
+    if imperative is not None:
+        directive = 0.45 if hedged else 0.4
+        hits.append(Hit("instructions", directive, f"imperative: {snippet(imperative)}"))
+    if match := _OUTPUT_REFERENCE.search(norm):
+        directive = max(directive, 0.45)
+        hits.append(
+            Hit("instructions", 0.45, f"refers to the assistant's output: {snippet(match.group())}")
+        )
+    if match := _MODAL.search(norm):
+        directive = max(directive, 0.35)
+        hits.append(
+            Hit("instructions", 0.35, f"obligation on the assistant: {snippet(match.group())}")
+        )
+    if match := _ADDRESSEE.search(norm):
+        hits.append(Hit("instructions", 0.15, f"addresses the model: {snippet(match.group())}"))
+    if match := _TRIGGER.search(norm):
+        score = 0.6 if directive else 0.4
+        hits.append(Hit("instructions", score, f"context trigger: {snippet(match.group())}"))
+
+    strong = _PERSIST_STRONG.search(norm)
+    weak = _PERSIST_WEAK.search(norm)
+    if strong and directive:
+        hits.append(Hit("instructions", 0.7, f"persistent directive: {snippet(strong.group())}"))
+    elif strong:
+        hits.append(Hit("instructions", 0.25, f"persistence marker: {snippet(strong.group())}"))
+    elif weak and directive:
+        hits.append(Hit("instructions", 0.55, f"persistent directive: {snippet(weak.group())}"))
+
+    if not directive and (question := _knowledge_question(norm)) is not None:
+        hits.append(Hit("instructions", 0.35, f"task request: {snippet(question)}"))
+    return hits
+
+
+def _first_imperative(norm: str) -> tuple[str | None, bool]:
+    """The first clause that commands the model, and whether it is hedged ("please", "always")."""
+    for clause in clauses(norm):
+        for part in (clause, *clause.split(", ")[1:]):
+            if _SOCIAL_TELL.match(part):
+                continue
+            if _HEDGED_IMPERATIVE.match(part):
+                return part, True
+            if _IMPERATIVE.match(part):
+                return part, False
+    if match := _PLEASE.search(norm):
+        return match.group(), True
+    return None, False
+
+
+def _knowledge_question(norm: str) -> str | None:
+    """A request for the assistant to answer or produce something, with no person in it: a
+    memory does not ask questions, and one that does makes the model answer it later."""
+    for clause in clauses(_QUOTED.sub("x", norm)):
+        if len(clause.split()) < 4 or _PERSONAL.search(clause):
+            continue
+        if _KNOWLEDGE_QUESTION.match(clause) and (clause.endswith("?") or clause.endswith(".")):
+            return clause
+    return None

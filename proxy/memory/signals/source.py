@@ -1,0 +1,28 @@
+"""The source's prior trust: who wrote the words a candidate memory rests on.
+
+The prior is the policy's `base_trust` for the candidate's source role, lowered to the least
+trusted role among its evidence spans: a "user fact" whose words were really quoted from a tool
+result or a retrieved page is only as trustworthy as that page. System text and tool output never
+become active facts: their prior (0.3 by default) sits in the quarantine band, so a reviewer sees
+them before they can be injected (MEMORY-DESIGN.md, source gating).
+"""
+
+from __future__ import annotations
+
+from proxy.memory.candidates import Candidate
+from proxy.memory.signals import Hit
+
+
+def prior(candidate: Candidate, base_trust: dict[str, float]) -> tuple[float, list[Hit]]:
+    """The starting trust and the reasons for it."""
+    role = candidate.source_role
+    trust = base_trust.get(role, 0.0)
+    hits = [Hit("source_prior", trust, role)]
+    for evidence in candidate.evidence:
+        evidence_trust = base_trust.get(evidence.role, 0.0)
+        if evidence_trust < trust:
+            hits.append(
+                Hit("source_prior", evidence_trust - trust, f"evidence quoted from {evidence.role}")
+            )
+            trust = evidence_trust
+    return trust, hits
