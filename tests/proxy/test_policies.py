@@ -1,0 +1,179 @@
+"""Policy files: loading, defaults, validation errors with file/field/reason, hot reload."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from proxy.tenants import PolicyFileError, PolicyRegistry, hash_key
+from tests.harness import RunningProxy, write_tenant
+
+ECHO = {"echo": {"model": "echo"}}
+
+
+def problems_of(directory: Path) -> list[str]:
+    with pytest.raises(PolicyFileError) as caught:
+        PolicyRegistry.load(directory)
+    return [str(p) for p in caught.value.problems]
+
+
+def test_defaults_merge_under_tenant_files(policies_dir: Path) -> None:
+    (policies_dir / "default.yaml").write_text(
+        "limits: {max_body_bytes: 1000}\nmemory: {retrieval: {k1: 12}, fail_closed: true}\n"
+    )
+    write_tenant(policies_dir, "acme", "k1", ECHO, memory={"retrieval": {"k2_cases": 2}})
+    registry = PolicyRegistry.load(policies_dir)
+    policy = registry.get("acme")
+    assert policy is not None
+    assert policy.limits.max_body_bytes == 1000
+    assert (policy.memory.retrieval.k1, policy.memory.retrieval.k2_cases) == (12, 2)
+    assert policy.memory.fail_closed is True
+    assert registry.policy_for_key("k1") is policy
+    assert registry.policy_for_key("k2") is None
+
+
+def test_keys_are_stored_hashed() -> None:
+    assert hash_key("abc") == (
+        "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    )
+
+
+def test_invalid_files_report_file_field_and_reason(policies_dir: Path) -> None:
+    write_tenant(policies_dir, "good", "k-good", ECHO)
+    (policies_dir / "typo.yaml").write_text(
+        "tenant: typo\nmodels:\n  m: {model: echo, tiemout_s: 3}\n"
+    )
+    (policies_dir / "badkey.yaml").write_text("keys: [plaintext-key]\n")
+    (policies_dir / "secret.yaml").write_text(
+        "models:\n  m: {model: openai/gpt-4o, api_key: sk-live-123}\n"
+    )
+    (policies_dir / "wrongname.yaml").write_text("tenant: someone-else\n")
+    (policies_dir / "broken.yaml").write_text("models: [unclosed\n")
+    (policies_dir / "range.yaml").write_text("memory: {retrieval: {k1: 0}}\n")
+    problems = problems_of(policies_dir)
+    text = "\n".join(problems)
+    assert "typo.yaml: models.m.tiemout_s: unknown field" in text
+    assert "badkey.yaml: keys: each key must be sha256:" in text
+    assert "secret.yaml: models.m.api_key: api_key must reference the server environment" in text
+    assert "wrongname.yaml: tenant: 'someone-else' does not match the file name" in text
+    assert "broken.yaml: line 2" in text and "not valid YAML" in text
+    assert "range.yaml: memory.retrieval.k1: Input should be greater than or equal to 1" in text
+    assert not any(p.startswith("good.yaml") for p in problems)
+
+
+def test_a_key_belongs_to_one_tenant(policies_dir: Path) -> None:
+    write_tenant(policies_dir, "a", "shared-key", ECHO)
+    write_tenant(policies_dir, "b", "shared-key", ECHO)
+    assert any("already used by tenant 'a'" in p for p in problems_of(policies_dir))
+
+
+def test_defaults_may_not_declare_keys(policies_dir: Path) -> None:
+    (policies_dir / "default.yaml").write_text(f"keys: ['{hash_key('x')}']\n")
+    write_tenant(policies_dir, "a", "k", ECHO)
+    assert any(
+        "default.yaml: keys: belongs in a tenant file" in p for p in problems_of(policies_dir)
+    )
+
+
+def test_empty_directory_is_an_error(policies_dir: Path) -> None:
+    assert any("no tenant policy files" in p for p in problems_of(policies_dir))
+
+
+def _models(proxy: RunningProxy, key: str) -> set[str]:
+    response = httpx.get(proxy.base_url + "/v1/models", headers={"authorization": f"Bearer {key}"})
+    if response.status_code != 200:
+        return set()
+    return {m["id"] for m in response.json()["data"]}
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition never became true")
+        time.sleep(0.02)
+
+
+def test_hot_reload_keeps_the_last_good_version_on_an_invalid_edit(
+    policies_dir: Path, start_proxy: Callable[..., RunningProxy], caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_tenant(policies_dir, "acme", "key-1", ECHO)
+    proxy = start_proxy(policies_dir)
+    assert _models(proxy, "key-1") == {"echo"}
+
+    # A valid edit is picked up: a new alias, a rotated key.
+    write_tenant(policies_dir, "acme", "key-2", {**ECHO, "echo2": {"model": "echo"}})
+    wait_until(lambda: _models(proxy, "key-2") == {"echo", "echo2"})
+    assert _models(proxy, "key-1") == set()
+
+    # An invalid edit is reported; the last good version keeps serving.
+    path.write_text(path.read_text() + "unknown_section: {x: 1}\n")
+    registry: PolicyRegistry = proxy.app.state.policies
+    wait_until(lambda: bool(registry.problems))
+    assert [str(p) for p in registry.problems] == [
+        "acme.yaml: unknown_section: unknown field (check the spelling against policies/README.md)"
+    ]
+    assert _models(proxy, "key-2") == {"echo", "echo2"}
+    ready = httpx.get(proxy.base_url + "/readyz").json()
+    assert ready == {"status": "ready", "tenants": 1, "policy_problems": 1}
+    assert "invalid policy acme.yaml: unknown_section" in caplog.text
+
+    # Fixing the file clears the problem; a new tenant file adds a tenant, deleting removes it.
+    write_tenant(policies_dir, "acme", "key-3", ECHO)
+    write_tenant(policies_dir, "beta", "key-b", ECHO)
+    wait_until(lambda: _models(proxy, "key-3") == {"echo"} and _models(proxy, "key-b") == {"echo"})
+    assert registry.problems == []
+    (policies_dir / "beta.yaml").unlink()
+    wait_until(lambda: _models(proxy, "key-b") == set())
+    client = openai.OpenAI(base_url=proxy.base_url + "/v1", api_key="key-3")
+    assert (
+        client.chat.completions.create(
+            model="echo", messages=[{"role": "user", "content": "still here"}]
+        )
+        .choices[0]
+        .message.content
+    )
+
+
+def test_cli_policy_check_and_keys(policies_dir: Path) -> None:
+    write_tenant(policies_dir, "acme", "k", ECHO)
+    ok = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "policy", "check", str(policies_dir)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == "acme: 1 key(s); models: echo"
+
+    (policies_dir / "bad.yaml").write_text("models: {m: {}}\n")
+    bad = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "policy", "check", str(policies_dir)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "bad.yaml: models.m.model: Field required" in bad.stderr
+
+    hashed = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "keys", "hash", "abc"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert hashed.stdout.strip() == hash_key("abc")
+
+
+def test_shipped_policies_are_valid() -> None:
+    registry = PolicyRegistry.load(Path(__file__).parents[2] / "policies")
+    demo = registry.get("demo")
+    assert demo is not None and "echo" in demo.models
+    assert registry.policy_for_key("memento-demo-key") is demo
