@@ -50,6 +50,8 @@ _env = Environment(
     lstrip_blocks=True,
 )
 _env.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False)
+# OpenTelemetry's "unset" status means nothing went wrong.
+_env.filters["status"] = lambda status: "ok" if status == "unset" else status
 _env.filters["utc"] = lambda epoch: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
 
 
@@ -178,7 +180,7 @@ def injected_memory(doc: dict[str, Any]) -> dict[str, Any]:
         attrs = span["attributes"]
         if span["name"] == "memento.inject":
             ids = _as_list(attrs.get("memento.memory.ids", ids))
-            block = attrs.get("memento.inject.block") or next(
+            block = attrs.get("memento.memory.block") or next(
                 (v for v in attrs.values() if isinstance(v, str) and "<memory" in v), None
             )
         if span["name"] == "memento.retrieve" and scores is None:
