@@ -29,6 +29,7 @@ from proxy.auth import authenticate
 from proxy.errors import ProxyError, internal_error, model_not_found
 from proxy.memory.seam import CallContext, MemoryHooks, MemoryUnavailable, NoMemory, PreparedCall
 from proxy.policy import ModelRoute, Policy
+from proxy.routes.admin import routes as admin_routes
 from proxy.routes.traces import routes as trace_routes
 from proxy.settings import Settings
 from proxy.streaming import SSERelay, StreamAssembler
@@ -315,6 +316,7 @@ def build_app(
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        *admin_routes(),  # before any /v1/memories/{id} route: fixed paths must win
         *trace_routes(),
         *ui_routes(),
         *extra_routes,

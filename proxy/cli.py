@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from proxy import __version__
+from proxy import __version__, sanitize_cli
 from proxy.policy import Policy
 from proxy.settings import Settings
 from proxy.tenants import PolicyFileError, PolicyRegistry, hash_key
@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     new = key_commands.add_parser("new", help="generate a random key and print its hash")
     new.set_defaults(run=cmd_keys_new)
     trace_command.register(commands)
+    sanitize_cli.register(commands)
     return parser
 
 

@@ -15,8 +15,10 @@ existed stops being injected at once.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
@@ -29,6 +31,7 @@ from storage.records import MemoryRecord, NewMemory, Scope, SearchHit
 log = logging.getLogger("memento.lessons")
 
 MAX_LESSONS = 1000  # newest first; older lessons age out of the comparison set
+_LESSON_ID = re.compile(r"\blesson ([\w-]+)")
 
 
 @dataclass(frozen=True)
@@ -176,3 +179,101 @@ async def guard(
         else:
             kept.append(hit)
     return kept, dropped
+
+
+Decision = Literal["approve", "reject"]
+
+
+class ReviewError(Exception):
+    """A review that cannot be applied; the message says why and what to do."""
+
+    def __init__(self, message: str, *, code: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+async def review(
+    store: MemoryStore,
+    tenant_id: str,
+    memory_id: str,
+    decision: Decision,
+    policy: SanitizerPolicy,
+    *,
+    actor: str,
+    note: str | None = None,
+) -> MemoryRecord:
+    """Apply a reviewer's decision to a quarantined memory; both decisions teach the lessons.
+
+    Approve: the memory becomes active (trust raised to the accept line) and the lessons it was
+    matched against are retired, since a person judged that pattern benign. Reject: the memory
+    is rejected (never injected) and distilled into a lesson, so its variants are caught later.
+    """
+    found = await store.get_many(tenant_id, [memory_id])
+    record = found[0] if found else None
+    if record is None or record.kind == "lesson":
+        raise ReviewError(
+            f"No memory '{memory_id}' in this tenant; list reviewable ones with "
+            "GET /v1/memories/quarantine.",
+            code="memory_not_found",
+            status=404,
+        )
+    if record.status != "quarantined":
+        raise ReviewError(
+            f"Memory '{memory_id}' is {record.status}, not quarantined; only quarantined "
+            "memories can be approved or rejected.",
+            code="not_quarantined",
+        )
+    detail = f"{decision}d by {actor}" + (f": {note[:200]}" if note else "")
+    if decision == "approve":
+        trust = max(record.trust, policy.active_min)
+        reasons = [*record.trust_reasons, Reason("review", trust - record.trust, detail).as_dict()]
+        updated = await store.update(
+            record.scope, memory_id, status="active", trust=trust, trust_reasons=reasons
+        )
+        await _retire_matched_lessons(store, tenant_id, record, actor)
+    else:
+        reasons = [*record.trust_reasons, Reason("review", -record.trust, detail).as_dict()]
+        updated = await store.update(
+            record.scope, memory_id, status="rejected", trust=0.0, trust_reasons=reasons
+        )
+        flagged = [_reason_of(r) for r in record.trust_reasons]
+        await record_lesson(
+            store,
+            record.scope,
+            record.key_text or record.text,
+            [*flagged, Reason("review", -1.0, "rejected by a reviewer")],
+            origin="review",
+            about_ids=[memory_id],
+        )
+    if updated is None:  # deleted between the read and the write
+        raise ReviewError(f"Memory '{memory_id}' was deleted.", code="memory_not_found", status=404)
+    return updated
+
+
+async def _retire_matched_lessons(
+    store: MemoryStore, tenant_id: str, record: MemoryRecord, actor: str
+) -> None:
+    ids = [
+        match.group(1)
+        for reason in record.trust_reasons
+        if reason.get("signal") == "lessons"
+        for match in _LESSON_ID.finditer(str(reason.get("detail", "")))
+    ]
+    for lesson in await store.get_many(tenant_id, ids) if ids else []:
+        if lesson.kind == "lesson" and lesson.status == "active":
+            await store.update(
+                lesson.scope,
+                lesson.id,
+                status="rejected",
+                fields={**lesson.fields, "retired_by": actor, "retired_for": record.id},
+            )
+
+
+def _reason_of(data: dict[str, Any]) -> Reason:
+    return Reason(
+        str(data.get("signal", "")),
+        float(data.get("delta", 0.0)),
+        str(data.get("detail", "")),
+        bool(data.get("hard", False)),
+    )

@@ -1,0 +1,222 @@
+"""Sanitizer admin surface, scoped to the caller's tenant.
+
+- `POST /v1/memories/check`: dry run. Each candidate gets the verdict, trust and reasons the
+  write path would give it now (same signals, same store, same policy); nothing is written, no
+  lesson is recorded.
+- `GET /v1/memories/quarantine`: quarantined memories awaiting review (`?user=&limit=&offset=`).
+- `POST /v1/memories/quarantine/{memory_id}/approve` and `/reject` (optional body
+  `{"note": "..."}`): a reviewer's decision, which also teaches the lessons.
+"""
+
+from __future__ import annotations
+
+from typing import Any, get_args
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from proxy.auth import authenticate
+from proxy.errors import ProxyError, bad_request
+from proxy.memory import lessons
+from proxy.memory.candidates import Candidate, TrustVerdict
+from proxy.memory.sanitize import Sanitizer
+from proxy.validation import read_json_body
+from storage.api import MemoryStore
+from storage.records import MemoryKind, MemoryRecord, Scope
+
+MAX_CANDIDATES = 1000
+MAX_TEXT_CHARS = 32_000
+CHECK_SOURCES = ("user", "assistant", "tool", "import")
+MAX_LIST_LIMIT = 500
+
+
+def memory_store_of(request: Request) -> MemoryStore | None:
+    """The memory store the write path uses, when memory is running in this process."""
+    state = request.app.state
+    store: MemoryStore | None = getattr(state, "memory_store", None)
+    if store is None:
+        store = getattr(getattr(state, "memory", None), "store", None)
+    return store
+
+
+def require_store(request: Request) -> MemoryStore:
+    store = memory_store_of(request)
+    if store is None:
+        raise ProxyError(
+            503,
+            "Memory is not running in this proxy process, so there is no quarantine to review; "
+            "start the proxy with memory enabled and retry.",
+            type="api_error",
+            code="memory_unavailable",
+        )
+    return store
+
+
+def parse_candidates(body: Any) -> tuple[str | None, str | None, list[Candidate]]:
+    """Validate a check request: `{"user", "session"?, "candidates": [{text, source, kind?}]}`."""
+    if not isinstance(body, dict):
+        raise bad_request("The body must be a JSON object with a 'candidates' list.")
+    user = _optional_str(body, "user")
+    session = _optional_str(body, "session")
+    items = body.get("candidates")
+    if not isinstance(items, list) or not items:
+        raise bad_request(
+            '\'candidates\' must be a non-empty list of {"text": ..., "source": ...} objects.',
+            param="candidates",
+        )
+    if len(items) > MAX_CANDIDATES:
+        raise bad_request(
+            f"At most {MAX_CANDIDATES} candidates per request; got {len(items)}. Split the batch.",
+            param="candidates",
+        )
+    candidates = []
+    for index, item in enumerate(items):
+        param = f"candidates[{index}]"
+        if not isinstance(item, dict):
+            raise bad_request(f"{param} must be an object with 'text' and 'source'.", param=param)
+        text = item.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise bad_request(f"{param}.text must be a non-empty string.", param=f"{param}.text")
+        if len(text) > MAX_TEXT_CHARS:
+            raise bad_request(
+                f"{param}.text has {len(text)} characters; the limit is {MAX_TEXT_CHARS}.",
+                param=f"{param}.text",
+            )
+        source = item.get("source", "user")
+        if source not in CHECK_SOURCES:
+            raise bad_request(
+                f"{param}.source must be one of {', '.join(CHECK_SOURCES)}; got {source!r}.",
+                param=f"{param}.source",
+            )
+        kind = item.get("kind", "fact")
+        if kind not in get_args(MemoryKind) or kind == "lesson":
+            raise bad_request(
+                f"{param}.kind must be fact, preference or case; got {kind!r}.",
+                param=f"{param}.kind",
+            )
+        candidates.append(Candidate(kind=kind, text=text, source_role=source))
+    return user, session, candidates
+
+
+def verdict_json(verdict: TrustVerdict) -> dict[str, Any]:
+    return {
+        "verdict": verdict.verdict,
+        "trust": verdict.trust,
+        "reasons": verdict.reasons_as_dicts(),
+        "text": verdict.text,
+    }
+
+
+async def check(request: Request) -> Response:
+    policy = authenticate(request)
+    if request.headers.get("content-length") == "0":
+        raise bad_request(
+            'The body is empty. Send {"user": "...", "candidates": [{"text": "...", '
+            '"source": "user"}]}.'
+        )
+    body = await read_json_body(request, policy.limits.max_body_bytes)
+    user, session, candidates = parse_candidates(body)
+    scope = Scope(policy.tenant, user, session)
+    verdicts = await Sanitizer(memory_store_of(request)).assess(
+        scope, candidates, policy.sanitizer, dry_run=True
+    )
+    return JSONResponse({"object": "list", "data": [verdict_json(v) for v in verdicts]})
+
+
+def record_json(record: MemoryRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "object": "memory",
+        "user": record.user_id,
+        "session": record.session_id,
+        "kind": record.kind,
+        "text": record.text,
+        "source": record.source_role,
+        "status": record.status,
+        "trust": record.trust,
+        "reasons": record.trust_reasons,
+        "created_at": record.created_at,
+        "source_request_id": record.source_request_id,
+    }
+
+
+async def list_quarantine(request: Request) -> Response:
+    policy = authenticate(request)
+    store = require_store(request)
+    user = request.query_params.get("user") or None
+    limit = _int_param(request, "limit", 100, 1, MAX_LIST_LIMIT)
+    offset = _int_param(request, "offset", 0, 0, 1_000_000)
+    records = await store.list(
+        Scope(policy.tenant, user),
+        kinds=["fact", "preference", "case"],
+        statuses=["quarantined"],
+        limit=limit,
+        offset=offset,
+        all_users=user is None,
+    )
+    return JSONResponse({"object": "list", "data": [record_json(r) for r in records]})
+
+
+async def approve(request: Request) -> Response:
+    return await _review(request, "approve")
+
+
+async def reject(request: Request) -> Response:
+    return await _review(request, "reject")
+
+
+async def _review(request: Request, decision: lessons.Decision) -> Response:
+    policy = authenticate(request)
+    store = require_store(request)
+    note = None
+    if request.headers.get("content-length", "0") != "0":
+        body = await read_json_body(request, policy.limits.max_body_bytes)
+        note = _optional_str(body, "note") if isinstance(body, dict) else None
+    try:
+        record = await lessons.review(
+            store,
+            policy.tenant,
+            request.path_params["memory_id"],
+            decision,
+            policy.sanitizer,
+            actor="admin-api",
+            note=note,
+        )
+    except lessons.ReviewError as error:
+        raise ProxyError(error.status, str(error), param="memory_id", code=error.code) from error
+    return JSONResponse(record_json(record))
+
+
+def _optional_str(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 256:
+        raise bad_request(f"'{name}' must be a string of at most 256 characters.", param=name)
+    return value
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise bad_request(
+            f"{name} must be a whole number from {low} to {high}; got {raw!r}.", param=name
+        )
+    return value
+
+
+def routes() -> list[Route]:
+    """Register before any `/v1/memories/{id}` route so these fixed paths win."""
+    return [
+        Route("/v1/memories/check", check, methods=["POST"]),
+        Route("/v1/memories/quarantine", list_quarantine, methods=["GET"]),
+        Route("/v1/memories/quarantine/{memory_id}/approve", approve, methods=["POST"]),
+        Route("/v1/memories/quarantine/{memory_id}/reject", reject, methods=["POST"]),
+    ]
