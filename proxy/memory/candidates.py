@@ -47,8 +47,12 @@ class Reason:
     hard: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {"signal": self.signal, "delta": round(self.delta, 4), "detail": self.detail,
-                "hard": self.hard}
+        return {
+            "signal": self.signal,
+            "delta": round(self.delta, 4),
+            "detail": self.detail,
+            "hard": self.hard,
+        }
 
 
 @dataclass

@@ -36,7 +36,10 @@ def memory_store_of(request: Request) -> MemoryStore | None:
     state = request.app.state
     store: MemoryStore | None = getattr(state, "memory_store", None)
     if store is None:
-        store = getattr(getattr(state, "memory", None), "store", None)
+        try:
+            store = getattr(getattr(state, "memory", None), "store", None)
+        except RuntimeError:  # the pipeline exists but has not opened its store yet
+            return None
     return store
 
 

@@ -20,8 +20,9 @@ _BRIDGE = re.compile(
     r"(?:known|referred to|stored|saved|filed|listed|recorded|kept|mapped|renamed|registered|"
     r"called|identified|treated|handled|interpreted|read)\s+(?:as|under|to|with|in)\s+"
     r"([\w' -]{2,40})|"
-    r"\b(?:refer to|look up|use|check|see|consult)\s+([\w' -]{2,40}?)\s+"
+    r"\b(?:refer to|look up|consult|redirect to)\s+([\w' -]{2,40}?)\s+"
     r"(?:for|instead of|when asked about|in place of)\b|"
+    r"\b(?:use|check|see)\s+([\w' -]{2,40}?)\s+(?:instead of|in place of|when asked about)\b|"
     r"\b(?:means|stands for|is the same as|is an alias (?:for|of)|"
     r"should be (?:treated|read|interpreted|answered) as)\s+([\w' -]{2,40})"
 )
