@@ -27,9 +27,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.auth import authenticate
 from proxy.errors import ProxyError, internal_error, model_not_found
+from proxy.memory.pipeline import MemoryPipeline
 from proxy.memory.seam import CallContext, MemoryHooks, MemoryUnavailable, NoMemory, PreparedCall
 from proxy.policy import ModelRoute, Policy
 from proxy.routes.admin import routes as admin_routes
+from proxy.routes.feedback import feedback_routes
+from proxy.routes.memories import memory_routes
 from proxy.routes.traces import routes as trace_routes
 from proxy.settings import Settings
 from proxy.streaming import SSERelay, StreamAssembler
@@ -127,6 +130,8 @@ class ChatService:
                 type="api_error",
                 code="memory_unavailable",
             ) from None
+        except ProxyError:
+            raise  # the request itself is wrong (e.g. an unknown X-Memento-Mode)
         except Exception:
             log.exception("memory preparation failed for request %s", ctx.request_id)
             if ctx.policy.memory.fail_closed:
@@ -271,13 +276,14 @@ def build_app(
     """The proxy as an ASGI app.
 
     `registry` defaults to loading `settings.policies_dir` (raising PolicyFileError when a file
-    is invalid). `memory` defaults to pass-through; hooks that have `start()` / `aclose()`
-    coroutines are started and closed with the app. `extra_routes` adds surfaces such as the
+    is invalid). `memory` defaults to the memory pipeline over `settings.data_dir` (pass
+    `NoMemory()` for a plain proxy); hooks that have `start()` / `aclose()` coroutines are
+    started and closed with the app. `extra_routes` adds surfaces such as the
     admin, feedback and trace APIs.
     """
     registry = registry or PolicyRegistry.load(settings.policies_dir)
-    memory = memory or NoMemory()
     upstreams = Upstreams(settings)
+    memory = memory or MemoryPipeline(registry, upstreams, data_dir=settings.data_dir)
     service = ChatService(upstreams, memory)
 
     @asynccontextmanager
@@ -317,6 +323,8 @@ def build_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *admin_routes(),  # before any /v1/memories/{id} route: fixed paths must win
+        *memory_routes(),
+        *feedback_routes(),
         *trace_routes(),
         *ui_routes(),
         *extra_routes,

@@ -1,0 +1,177 @@
+"""Budget: how many tokens the memory block may use, and which memories fit in them.
+
+Tokens are counted with tiktoken in the model's own encoding (o200k for the GPT-4o and later
+families, cl100k otherwise). The block gets the policy's memory budget, and never more than what is
+left of the model's context window (litellm's model info, or the route's override) after the
+caller's messages, tools and `max_tokens`. Memories are taken whole, greedily by value per token,
+within per-kind shares (facts and preferences, cases, lessons) and at most k2 cases; whatever
+share a kind leaves unused is then open to the others.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from proxy.memory.inject import block_overhead_text, render_block, render_line
+from proxy.memory.query import message_text
+from proxy.memory.retrieve import ScoredMemory
+from proxy.policy import BudgetSettings, ModelRoute
+from proxy.tokens import encoding
+
+# Families tokenized with o200k_base; everything else (GPT-4, GPT-3.5, unknown models) cl100k.
+_O200K_PREFIXES = (
+    "gpt-4o",
+    "chatgpt-4o",
+    "gpt-4.1",
+    "gpt-4.5",
+    "gpt-5",
+    "gpt-oss",
+    "o1",
+    "o3",
+    "o4",
+)
+_PER_MESSAGE_TOKENS = 4  # role and separators, as OpenAI counts chat messages
+_REPLY_PRIMING_TOKENS = 3
+
+
+def encoding_name_for(model: str) -> str:
+    """The tiktoken encoding of a model string such as `openai/gpt-4o-mini` or `gpt-4`."""
+    name = model.rsplit("/", 1)[-1].lower()
+    if name.startswith(_O200K_PREFIXES):
+        return "o200k_base"
+    return "cl100k_base"
+
+
+def count_tokens(text: str, encoding_name: str) -> int:
+    return len(encoding(encoding_name).encode(text, disallowed_special=()))
+
+
+def prompt_tokens(body: dict[str, Any], encoding_name: str) -> int:
+    """Tokens the caller's own request takes: messages, tool calls and tool definitions."""
+    total = _REPLY_PRIMING_TOKENS
+    for message in body.get("messages") or []:
+        if not isinstance(message, dict):
+            continue
+        total += _PER_MESSAGE_TOKENS + count_tokens(message_text(message), encoding_name)
+        if message.get("tool_calls"):
+            total += count_tokens(json.dumps(message["tool_calls"]), encoding_name)
+    for key in ("tools", "functions", "response_format"):
+        if body.get(key):
+            total += count_tokens(json.dumps(body[key]), encoding_name)
+    return total
+
+
+@lru_cache(maxsize=256)
+def litellm_context_window(model: str) -> int | None:
+    """The model's input window from litellm's bundled model info; None when unknown."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    try:
+        info = litellm.get_model_info(model)
+    except Exception:  # litellm raises a bare Exception for models it does not know
+        return None
+    window = info.get("max_input_tokens") or info.get("max_tokens")
+    return int(window) if window else None
+
+
+def context_window(route: ModelRoute) -> int | None:
+    return route.context_window or litellm_context_window(route.model)
+
+
+def available_tokens(
+    body: dict[str, Any], route: ModelRoute, settings: BudgetSettings, encoding_name: str
+) -> int:
+    """Tokens the memory block may use for this request (0 when nothing fits)."""
+    budget = settings.max_tokens
+    window = context_window(route)
+    if window is not None:
+        requested = body.get("max_completion_tokens") or body.get("max_tokens")
+        output = int(requested) if isinstance(requested, int) else settings.reserve_output_tokens
+        budget = min(budget, window - prompt_tokens(body, encoding_name) - output)
+    return max(0, budget)
+
+
+@dataclass
+class BudgetPlan:
+    """The memories that fit, in injection order, and what was left out and why."""
+
+    selected: list[ScoredMemory]
+    dropped: list[tuple[ScoredMemory, str]] = field(default_factory=list)
+    used_tokens: int = 0
+    available_tokens: int = 0
+
+
+def fit_to_budget(
+    ranked: Sequence[ScoredMemory],
+    available: int,
+    settings: BudgetSettings,
+    *,
+    k2_cases: int,
+    encoding_name: str,
+) -> BudgetPlan:
+    """Choose whole memories for `available` tokens: shares first, then any room left over.
+
+    The block's fixed text (fence, preamble, every section heading) is reserved first, so the
+    rendered block never exceeds `available`. Selection is greedy by exp(score) per token;
+    the selected memories keep their ranking order.
+    """
+    overhead = count_tokens(block_overhead_text(), encoding_name)
+    room = available - overhead
+    if room <= 0 or not ranked:
+        reason = "no_room" if ranked else ""
+        return BudgetPlan([], [(item, reason) for item in ranked], 0, max(0, available))
+    costs = {id(item): count_tokens(render_line(item), encoding_name) + 1 for item in ranked}
+    order = sorted(ranked, key=lambda item: math.exp(item.score) / costs[id(item)], reverse=True)
+    shares = {
+        "about": settings.fact_share * room,
+        "case": settings.case_share * room,
+        "lesson": settings.lesson_share * room,
+    }
+    spent = {group: 0 for group in shares}
+    chosen: set[int] = set()
+    cases = 0
+    used = 0
+    for respect_shares in (True, False):
+        for item in order:
+            if id(item) in chosen:
+                continue
+            group = _group(item)
+            cost = costs[id(item)]
+            if group == "case" and cases >= k2_cases:
+                continue
+            if used + cost > room:
+                continue
+            if respect_shares and spent[group] + cost > shares[group]:
+                continue
+            chosen.add(id(item))
+            spent[group] += cost
+            used += cost
+            cases += group == "case"
+    selected = [item for item in ranked if id(item) in chosen]
+    dropped = [
+        (item, _drop_reason(item, cases, k2_cases)) for item in ranked if id(item) not in chosen
+    ]
+    # Tokens of joined text are not always the sum of the parts: measure the real block.
+    used = count_tokens(render_block(selected), encoding_name) if selected else 0
+    while selected and used > available:
+        dropped.append((selected.pop(), "budget"))
+        used = count_tokens(render_block(selected), encoding_name) if selected else 0
+    return BudgetPlan(selected, dropped, used, available)
+
+
+def _group(item: ScoredMemory) -> str:
+    kind = item.record.kind
+    return "about" if kind in ("fact", "preference") else kind
+
+
+def _drop_reason(item: ScoredMemory, cases: int, k2_cases: int) -> str:
+    if _group(item) == "case" and cases >= k2_cases:
+        return "k2_cases"
+    return "budget"

@@ -1,0 +1,193 @@
+"""Learn: feedback on a request moves the utility Q of every memory it injected.
+
+    Q ← Q + α·(r − Q)        (γ = 0: a reward is about this request only)
+
+with α per kind (cases learn fast, facts slowly: an answer can be bad for reasons that are not
+the fact's fault). One reward counts per (request, source): a repeated report replaces the earlier
+one by reversing its update exactly, so retries never stack. The case the request itself wrote
+records the outcome and starts at Q = 0.3·r. Negative feedback also halves the trust of injected
+memories that were already doubtful, and quarantines them when it falls below 0.3; positive
+feedback never raises trust (a reward must not launder a poisoned memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.policy import FeedbackSettings
+from storage.api import MemoryStore, RequestStore
+from storage.records import MemoryRecord, RequestLog
+
+CASE_INITIAL_Q_WEIGHT = 0.3  # a case's own outcome sets Q = 0.3·r (MEMORY-DESIGN.md)
+DOUBTFUL_TRUST = 0.7
+QUARANTINE_TRUST = 0.3
+NEGATIVE_REWARD = -0.5
+
+
+class InvalidFeedback(ValueError):
+    """The feedback body cannot be read; the message says what to send instead."""
+
+
+def reward_from(body: dict[str, Any]) -> float:
+    """The reward in [−1, 1] from a feedback body.
+
+    `reward` is taken as given in [−1, 1] (or "up"/"down"); `score` is a 0..1 rating, mapped to
+    2·score − 1. Exactly one of them must be present.
+    """
+    has_reward, has_score = "reward" in body, "score" in body
+    if has_reward == has_score:
+        raise InvalidFeedback(
+            'Send exactly one of \'reward\' (a number in [-1, 1], or "up" / "down") '
+            "and 'score' (a number in [0, 1])."
+        )
+    if has_score:
+        score = body["score"]
+        if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1:
+            raise InvalidFeedback("'score' must be a number in [0, 1].")
+        return 2.0 * float(score) - 1.0
+    reward = body["reward"]
+    if reward in ("up", "down"):
+        return 1.0 if reward == "up" else -1.0
+    if isinstance(reward, bool) or not isinstance(reward, int | float) or not -1 <= reward <= 1:
+        raise InvalidFeedback(
+            '\'reward\' must be a number in [-1, 1] or "up" / "down"; '
+            "send a 0..1 rating as 'score'."
+        )
+    return float(reward)
+
+
+def q_update(q: float, reward: float, alpha: float) -> float:
+    return q + alpha * (reward - q)
+
+
+def q_revert(q: float, reward: float, alpha: float) -> float:
+    """The Q before `q_update(·, reward, alpha)` produced `q`."""
+    return (q - alpha * reward) / (1.0 - alpha) if alpha < 1.0 else 0.0
+
+
+@dataclass
+class FeedbackResult:
+    request_id: str
+    reward: float
+    replaced: float | None
+    updated: list[dict[str, Any]] = field(default_factory=list)
+    case_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "object": "memory.feedback",
+            "request_id": self.request_id,
+            "reward": self.reward,
+            "replaced": self.replaced,
+            "updated": self.updated,
+            "case_id": self.case_id,
+        }
+
+
+class Learner:
+    """Applies feedback; one at a time per process, so concurrent rewards never lose updates."""
+
+    def __init__(self, memories: MemoryStore, requests: RequestStore) -> None:
+        self.memories = memories
+        self.requests = requests
+        self._lock = asyncio.Lock()
+
+    async def apply(
+        self,
+        tenant_id: str,
+        request_id: str,
+        reward: float,
+        settings: FeedbackSettings,
+        *,
+        comment: str | None = None,
+        source: str = "api",
+    ) -> FeedbackResult | None:
+        """Record the reward and update Q; None when the tenant has no such request."""
+        async with self._lock:
+            entry = await self.requests.get_request(tenant_id, request_id)
+            if entry is None:
+                return None
+            previous = await self.requests.record_feedback(
+                tenant_id, request_id, source, reward, comment
+            )
+            result = FeedbackResult(request_id, reward, previous)
+            if previous is not None and abs(previous - reward) < 1e-12:
+                return result  # the same report again: nothing changes
+            await self.requests.set_request(tenant_id, request_id, reward=reward)
+            ids = [str(item["memory_id"]) for item in entry.injected if "memory_id" in item]
+            records = await self.memories.get_many(tenant_id, ids)
+            for record in records:
+                if record.kind == "lesson" or record.id == entry.written_case_id:
+                    continue
+                changes = utility_changes(record, reward, previous, settings)
+                await self.memories.update(record.scope, record.id, **changes)
+                result.updated.append({"memory_id": record.id, "q": round(changes["q"], 4)})
+            result.case_id = await self._record_outcome(entry, reward)
+            return result
+
+    async def _record_outcome(self, entry: RequestLog, reward: float) -> str | None:
+        """The request's own case takes the outcome; a case not written yet reads it later."""
+        if entry.written_case_id is None:
+            return None
+        records = await self.memories.get_many(entry.tenant_id, [entry.written_case_id])
+        if not records:
+            return None
+        case = records[0]
+        await self.memories.update(case.scope, case.id, **case_outcome_changes(case, reward))
+        return case.id
+
+
+def utility_changes(
+    record: MemoryRecord, reward: float, previous: float | None, settings: FeedbackSettings
+) -> dict[str, Any]:
+    """The Q, counters and trust of one injected memory after a reward (replacing `previous`)."""
+    alpha = settings.alpha_case if record.kind == "case" else settings.alpha_fact
+    q, reward_ma = record.q, record.reward_ma
+    n_pos, n_neg, visits = record.n_pos, record.n_neg, record.q_visits
+    if previous is not None:
+        q = q_revert(q, previous, alpha)
+        reward_ma = q_revert(reward_ma, previous, alpha)
+        n_pos -= previous > 0
+        n_neg -= previous < 0
+    else:
+        visits += 1
+    changes: dict[str, Any] = {
+        "q": max(-1.0, min(1.0, q_update(q, reward, alpha))),
+        "reward_ma": q_update(reward_ma, reward, alpha),
+        "last_reward": reward,
+        "q_visits": visits,
+        "n_pos": max(0, n_pos + (reward > 0)),
+        "n_neg": max(0, n_neg + (reward < 0)),
+    }
+    doubtful = record.trust < DOUBTFUL_TRUST or any(
+        reason.get("delta", 0) < 0 for reason in record.trust_reasons
+    )
+    if reward <= NEGATIVE_REWARD and doubtful:
+        trust = record.trust * 0.5
+        changes["trust"] = trust
+        changes["trust_reasons"] = [
+            *record.trust_reasons,
+            {"signal": "negative_feedback", "delta": round(trust - record.trust, 4), "hard": False},
+        ]
+        if trust < QUARANTINE_TRUST:
+            changes["status"] = "quarantined"
+    return changes
+
+
+def case_outcome_changes(case: MemoryRecord, reward: float) -> dict[str, Any]:
+    """A case's own outcome: its reward, and Q initialised to 0.3·r."""
+    return {
+        "fields": {
+            **case.fields,
+            "outcome": "worked" if reward > 0 else "failed",
+            "reward": reward,
+        },
+        "q": CASE_INITIAL_Q_WEIGHT * reward,
+        "last_reward": reward,
+    }
+
+
+def _outcome(reward: float) -> str:
+    return "worked" if reward > 0 else "failed" if reward < 0 else "neutral"

@@ -1,0 +1,122 @@
+"""The write-path worker pool: durable jobs from the SQLite queue, processed off the request path.
+
+Jobs survive crashes and restarts in the queue (a claimed job whose lease runs out is claimed
+again); a failing job is retried with backoff and given up after `max_attempts`, its error kept.
+Shutdown drains: workers keep going until the queue is empty or the drain timeout passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+
+from storage.api import WriteQueue
+from storage.records import QueuedJob
+
+log = logging.getLogger("memento.worker")
+
+JobHandler = Callable[[QueuedJob], Awaitable[None]]
+
+
+class WritePool:
+    """`workers` asyncio tasks claiming jobs one at a time and running `handler` on each."""
+
+    def __init__(
+        self,
+        queue: WriteQueue,
+        handler: JobHandler,
+        *,
+        workers: int = 2,
+        idle_poll_s: float = 0.5,
+        max_attempts: int = 5,
+        backoff_s: float = 2.0,
+    ) -> None:
+        self.queue = queue
+        self.handler = handler
+        self.workers = workers
+        self.idle_poll_s = idle_poll_s
+        self.max_attempts = max_attempts
+        self.backoff_s = backoff_s
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._draining = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._name = f"worker-{os.getpid()}"
+
+    def start(self) -> None:
+        for number in range(self.workers):
+            task = asyncio.create_task(self._run(f"{self._name}-{number}"), name="memento-writer")
+            self._tasks.append(task)
+
+    def notify(self) -> None:
+        """A job was queued: wake an idle worker now instead of at its next poll."""
+        self._wake.set()
+
+    async def stop(self, drain_timeout_s: float = 10.0) -> None:
+        """Finish queued work (up to the timeout), then stop every worker."""
+        self._draining = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(self._drained(), timeout=drain_timeout_s)
+        except TimeoutError:
+            log.warning(
+                "write queue not drained within %.1fs; it resumes at next start", drain_timeout_s
+            )
+        self._stopping = True
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    async def _drained(self) -> None:
+        while await self.queue.pending() > 0:
+            self._wake.set()
+            await asyncio.sleep(0.05)
+
+    async def _run(self, name: str) -> None:
+        while not self._stopping:
+            try:
+                jobs = await self.queue.claim(name, 1)
+            except Exception:
+                log.exception("claiming a job failed")
+                jobs = []
+            if not jobs:
+                await self._idle()
+                continue
+            for job in jobs:
+                await self._process(job)
+
+    async def _idle(self) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                self._wake.wait(), timeout=0.05 if self._draining else self.idle_poll_s
+            )
+
+    async def _process(self, job: QueuedJob) -> None:
+        try:
+            await self.handler(job)
+        except asyncio.CancelledError:
+            raise  # the lease expires and the job is claimed again after a restart
+        except Exception as exc:
+            give_up = job.attempts >= self.max_attempts
+            retry = None if give_up else self.backoff_s * 2 ** (job.attempts - 1)
+            log.warning(
+                "job %s failed (attempt %s/%s): %s",
+                job.id,
+                job.attempts,
+                self.max_attempts,
+                type(exc).__name__,
+            )
+            with contextlib.suppress(Exception):
+                await self.queue.fail(
+                    job.id, f"{type(exc).__name__}: {exc}"[:500], retry_in_s=retry
+                )
+            return
+        await self.queue.complete(job.id)

@@ -1,0 +1,344 @@
+"""The memory API, tenant-authenticated: list, search, get, create, update, delete, export, import.
+
+`POST /v1/memories` stores a record as given (source `import`, still sanitized: the verdict sets
+its status); `created_at` keeps an imported record's original date. `POST /v1/memories/search`
+ranks exactly as the hot path does, scores included. `DELETE /v1/users/{user}/memories` erases all
+of one user's content. Export and import use JSONL, one memory per line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from proxy.auth import authenticate
+from proxy.errors import ProxyError, bad_request
+from proxy.memory.candidates import Candidate
+from proxy.memory.pipeline import MemoryPipeline, Store
+from proxy.memory.retrieve import retrieve
+from proxy.memory.sanitize import Sanitizer
+from proxy.policy import Policy
+from proxy.validation import read_json_body
+from storage.records import (
+    MEMORY_KINDS,
+    MEMORY_STATUSES,
+    MemoryKind,
+    MemoryRecord,
+    MemoryStatus,
+    NewMemory,
+    Scope,
+)
+
+MAX_LIST = 1000
+MAX_TEXT = 8000
+_STATUS_FOR_VERDICT: dict[str, MemoryStatus] = {
+    "accept": "active",
+    "quarantine": "quarantined",
+    "reject": "rejected",
+}
+_PATCHABLE = {"text", "key_text", "metadata", "fields", "tags", "keywords", "expires_at", "kind"}
+_PATCH_STATUSES = ("active", "quarantined", "rejected")
+
+
+def pipeline_of(request: Request) -> MemoryPipeline:
+    memory = request.app.state.memory
+    if not isinstance(memory, MemoryPipeline):
+        raise ProxyError(
+            503,
+            "Memory is not enabled on this proxy; start it with a data directory.",
+            type="api_error",
+            code="memory_disabled",
+        )
+    return memory
+
+
+def memory_json(record: MemoryRecord) -> dict[str, Any]:
+    return {"object": "memory", **dataclasses.asdict(record)}
+
+
+def not_found(memory_id: str) -> ProxyError:
+    return ProxyError(
+        404,
+        f"No memory {memory_id!r} for this key's tenant; list them with GET /v1/memories.",
+        code="memory_not_found",
+    )
+
+
+def _user(value: Any, *, field: str = "user") -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > 256:
+        raise bad_request(f"'{field}' must be a non-empty string (at most 256 characters).")
+    return value.strip()
+
+
+def _kind(value: Any) -> MemoryKind:
+    if value not in MEMORY_KINDS:
+        raise bad_request(f"'kind' must be one of {', '.join(MEMORY_KINDS)}.", param="kind")
+    kind: MemoryKind = value
+    return kind
+
+
+def _text(value: Any, field: str = "text") -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise bad_request(f"'{field}' must be a non-empty string.", param=field)
+    if len(value) > MAX_TEXT:
+        raise bad_request(f"'{field}' is longer than {MAX_TEXT} characters.", param=field)
+    return value.strip()
+
+
+def _object(value: Any, field: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise bad_request(f"'{field}' must be a JSON object.", param=field)
+    return value
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"'{name}' must be an integer.", param=name) from None
+    if not low <= value <= high:
+        raise bad_request(f"'{name}' must be between {low} and {high}.", param=name)
+    return value
+
+
+async def create_memory(
+    store: Store, policy: Policy, item: dict[str, Any], *, source: str = "import"
+) -> MemoryRecord:
+    """Sanitize one API/import record and store it as given, with the verdict's status."""
+    if not isinstance(item, dict):
+        raise bad_request("Each memory must be a JSON object with 'kind' and 'text'.")
+    kind = _kind(item.get("kind"))
+    text = _text(item.get("text"))
+    user = _user(item.get("user"))
+    created_at = item.get("created_at")
+    if created_at is not None and (
+        isinstance(created_at, bool) or not isinstance(created_at, int | float)
+    ):
+        raise bad_request("'created_at' must be epoch seconds (a number).", param="created_at")
+    key_text = item.get("key_text")
+    candidate = Candidate(
+        kind=kind,
+        text=text,
+        source_role="import",
+        key_text=_text(key_text, "key_text") if key_text is not None else "",
+        fields=_object(item.get("fields"), "fields"),
+        metadata=_object(item.get("metadata"), "metadata"),
+        created_at=float(created_at) if created_at is not None else None,
+    )
+    scope = Scope(policy.tenant, user)
+    (verdict,) = await Sanitizer(store).assess(scope, [candidate], policy.sanitizer)
+    memory = NewMemory(
+        kind=kind,
+        text=verdict.text,
+        key_text=candidate.key_text or verdict.text,
+        fields=candidate.fields,
+        metadata=candidate.metadata,
+        source_role="import",
+        trust=verdict.trust,
+        trust_reasons=verdict.reasons_as_dicts(),
+        status=_STATUS_FOR_VERDICT[verdict.verdict],
+        q=policy.memory.feedback.q0,
+        created_at=candidate.created_at,
+        valid_from=candidate.created_at,
+        tags=[str(tag) for tag in item.get("tags") or []],
+        keywords=[str(word) for word in item.get("keywords") or []],
+    )
+    (record,) = await store.add(scope, [memory])
+    return record
+
+
+async def list_memories(request: Request) -> Response:
+    policy = authenticate(request)
+    store = pipeline_of(request).store
+    user = _user(request.query_params.get("user"))
+    kind = request.query_params.get("kind")
+    status = request.query_params.get("status")
+    kinds = [_kind(kind)] if kind is not None else None
+    statuses: list[MemoryStatus] | None = None
+    if status is not None:
+        if status not in MEMORY_STATUSES:
+            message = f"'status' must be one of {', '.join(MEMORY_STATUSES)}."
+            raise bad_request(message, param="status")
+        statuses = [status]
+    records = await store.list(
+        Scope(policy.tenant, user),
+        kinds=kinds,
+        statuses=statuses,
+        limit=_int_param(request, "limit", 100, 1, MAX_LIST),
+        offset=_int_param(request, "offset", 0, 0, 10**9),
+        all_users=user is None,
+    )
+    return JSONResponse({"object": "list", "data": [memory_json(r) for r in records]})
+
+
+async def post_memory(request: Request) -> Response:
+    policy = authenticate(request)
+    store = pipeline_of(request).store
+    body = await read_json_body(request, policy.limits.max_body_bytes)
+    record = await create_memory(store, policy, body)
+    return JSONResponse(memory_json(record), status_code=201)
+
+
+async def _find(request: Request, policy: Policy) -> MemoryRecord:
+    memory_id = request.path_params["memory_id"]
+    found = await pipeline_of(request).store.get_many(policy.tenant, [memory_id])
+    if not found or found[0].status == "deleted":
+        raise not_found(memory_id)
+    return found[0]
+
+
+async def get_memory(request: Request) -> Response:
+    policy = authenticate(request)
+    return JSONResponse(memory_json(await _find(request, policy)))
+
+
+async def patch_memory(request: Request) -> Response:
+    policy = authenticate(request)
+    store = pipeline_of(request).store
+    record = await _find(request, policy)
+    body = await read_json_body(request, policy.limits.max_body_bytes)
+    if not isinstance(body, dict):
+        raise bad_request("The body must be a JSON object of fields to change.")
+    unknown = set(body) - _PATCHABLE - {"status"}
+    if unknown:
+        allowed = ", ".join(sorted(_PATCHABLE | {"status"}))
+        raise bad_request(f"Cannot change {', '.join(sorted(unknown))}; changeable: {allowed}.")
+    changes: dict[str, Any] = dict(body)
+    if "kind" in changes:
+        _kind(changes["kind"])
+    if "status" in changes and changes["status"] not in _PATCH_STATUSES:
+        raise bad_request(f"'status' may be set to {', '.join(_PATCH_STATUSES)}.", param="status")
+    if "text" in changes:
+        text = _text(changes["text"])
+        candidate = Candidate(kind=record.kind, text=text, source_role="import")
+        (verdict,) = await Sanitizer(store).assess(record.scope, [candidate], policy.sanitizer)
+        changes["text"] = verdict.text
+        changes["trust"] = verdict.trust
+        changes["trust_reasons"] = verdict.reasons_as_dicts()
+        if verdict.verdict != "accept":
+            changes["status"] = _STATUS_FOR_VERDICT[verdict.verdict]
+    updated = await store.update(record.scope, record.id, **changes)
+    if updated is None:
+        raise not_found(record.id)
+    return JSONResponse(memory_json(updated))
+
+
+async def delete_memory(request: Request) -> Response:
+    policy = authenticate(request)
+    record = await _find(request, policy)
+    await pipeline_of(request).store.delete(record.scope, record.id, actor="api")
+    return JSONResponse({"object": "memory.deleted", "id": record.id, "deleted": True})
+
+
+async def delete_user_memories(request: Request) -> Response:
+    policy = authenticate(request)
+    user = _user(request.path_params["user"])
+    assert user is not None
+    count = await pipeline_of(request).store.delete_user(policy.tenant, user, actor="api")
+    return JSONResponse({"object": "user.memories.deleted", "user": user, "deleted": count})
+
+
+async def search_memories(request: Request) -> Response:
+    policy = authenticate(request)
+    store = pipeline_of(request).store
+    body = await read_json_body(request, policy.limits.max_body_bytes)
+    if not isinstance(body, dict):
+        raise bad_request('Send {"user", "query", "limit"}.')
+    user = _user(body.get("user"))
+    query = _text(body.get("query"), "query")
+    limit = body.get("limit", 10)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 200:
+        raise bad_request("'limit' must be an integer from 1 to 200.", param="limit")
+    started = time.perf_counter()
+    ranked = await retrieve(
+        store,
+        Scope(policy.tenant, user),
+        query,
+        policy.memory,
+        include_shared=user is not None and bool(policy.memory.shared_kinds),
+        limit=limit,
+    )
+    data = [{**memory_json(item.record), "scores": item.parts()} for item in ranked]
+    took_ms = round((time.perf_counter() - started) * 1000, 2)
+    return JSONResponse({"object": "list", "data": data, "took_ms": took_ms})
+
+
+async def export_memories(request: Request) -> Response:
+    policy = authenticate(request)
+    store = pipeline_of(request).store
+    user = _user(request.query_params.get("user"))
+
+    async def lines() -> AsyncIterator[bytes]:
+        offset, page = 0, 500
+        while True:
+            records = await store.list(
+                Scope(policy.tenant, user), limit=page, offset=offset, all_users=user is None
+            )
+            for record in records:
+                if record.status != "deleted":
+                    yield (
+                        json.dumps(dataclasses.asdict(record), ensure_ascii=False) + "\n"
+                    ).encode()
+            if len(records) < page:
+                return
+            offset += page
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+async def import_memories(request: Request) -> Response:
+    policy = authenticate(request)
+    store = pipeline_of(request).store
+    raw = await request.body()
+    if len(raw) > policy.limits.max_body_bytes:
+        raise ProxyError(413, "The import is larger than this tenant's limits.max_body_bytes.")
+    counts = {"active": 0, "quarantined": 0, "rejected": 0}
+    ids = []
+    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            raise bad_request(
+                f"Line {number} is not JSON; send one memory object per line."
+            ) from None
+        if isinstance(item, dict) and "user" not in item and "user_id" in item:
+            item = {**item, "user": item["user_id"]}
+        try:
+            record = await create_memory(store, policy, item)
+        except ProxyError as exc:
+            raise bad_request(f"Line {number}: {exc.message}") from None
+        counts[record.status] = counts.get(record.status, 0) + 1
+        ids.append(record.id)
+    return JSONResponse(
+        {"object": "memory.import", "imported": len(ids), "statuses": counts, "ids": ids}
+    )
+
+
+def memory_routes() -> list[BaseRoute]:
+    return [
+        Route("/v1/memories", list_memories, methods=["GET"]),
+        Route("/v1/memories", post_memory, methods=["POST"]),
+        Route("/v1/memories/search", search_memories, methods=["POST"]),
+        Route("/v1/memories/export", export_memories, methods=["GET"]),
+        Route("/v1/memories/import", import_memories, methods=["POST"]),
+        Route("/v1/memories/{memory_id}", get_memory, methods=["GET"]),
+        Route("/v1/memories/{memory_id}", patch_memory, methods=["PATCH"]),
+        Route("/v1/memories/{memory_id}", delete_memory, methods=["DELETE"]),
+        Route("/v1/users/{user}/memories", delete_user_memories, methods=["DELETE"]),
+    ]

@@ -1,0 +1,79 @@
+"""Fixtures for the memory tests: a proxy with memory on, two tenants, a scripted upstream."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.harness import RunningProxy, write_tenant
+from tests.scripted_upstream import ScriptedUpstream
+
+KEY = "memory-tenant-key"
+OTHER_KEY = "other-tenant-key"
+
+
+def models(upstream: ScriptedUpstream, **extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        "gpt-4o-mini": {"model": "openai/gpt-4o-mini", "api_base": upstream.url},
+        "echo": {"model": "echo"},
+        **extra,
+    }
+
+
+@pytest.fixture
+def memory_proxy(
+    upstream: ScriptedUpstream, policies_dir: Path, start_proxy: Callable[..., RunningProxy]
+) -> Callable[..., RunningProxy]:
+    """`memory_proxy(memory={...policy memory section...}, models={...})` starts the proxy."""
+
+    def start(
+        memory: dict[str, Any] | None = None,
+        extra_models: dict[str, dict[str, Any]] | None = None,
+        **settings: Any,
+    ) -> RunningProxy:
+        tenant_models = models(upstream, **(extra_models or {}))
+        write_tenant(policies_dir, "acme", KEY, tenant_models, memory=memory or {})
+        write_tenant(policies_dir, "globex", OTHER_KEY, tenant_models, memory=memory or {})
+        return start_proxy(policies_dir, **settings)
+
+    return start
+
+
+def client_for(proxy: RunningProxy, key: str = KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy.base_url + "/v1", api_key=key, max_retries=0)
+
+
+def api(proxy: RunningProxy, key: str = KEY) -> httpx.Client:
+    return httpx.Client(
+        base_url=proxy.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+    )
+
+
+def wait_for_memories(
+    proxy: RunningProxy, user: str, count: int, *, key: str = KEY, timeout_s: float = 30
+) -> list[dict[str, Any]]:
+    """Poll the memory API until the user has at least `count` active memories (the write path
+    runs in the background)."""
+    deadline = time.monotonic() + timeout_s
+    with api(proxy, key) as http:
+        while True:
+            data = http.get("/v1/memories", params={"user": user, "status": "active"}).json()
+            memories: list[dict[str, Any]] = data["data"]
+            if len(memories) >= count or time.monotonic() > deadline:
+                return memories
+            time.sleep(0.1)
+
+
+def memory_block(body: dict[str, Any]) -> str | None:
+    """The memory block the upstream received, if any."""
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        if message.get("role") == "system" and isinstance(content, str) and "<memory" in content:
+            return content
+    return None
