@@ -22,7 +22,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Protocol
 
 from opentelemetry import context as otel_context
@@ -143,35 +142,16 @@ def _plain(value: Any) -> Any:
 
 
 class SQLiteSpanExporter(SpanExporter):
-    """Writes batches of finished spans into the span store.
+    """Writes batches of finished spans into the span store, in the batch processor's thread."""
 
-    Called from the batch processor's thread; the store is async, so each batch runs on the
-    app's event loop and this thread waits for it (back-pressure, and `force_flush` means the
-    spans are in SQLite when it returns).
-    """
-
-    def __init__(
-        self, store: SpanStore, loop: asyncio.AbstractEventLoop, *, timeout_s: float = 30.0
-    ) -> None:
+    def __init__(self, store: SpanStore) -> None:
         self._store = store
-        self._loop = loop
-        self._timeout_s = timeout_s
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        rows = [span_row(span) for span in spans]
-        if self._loop.is_closed():
-            log.warning("span store loop is closed; dropped %d spans", len(rows))
-            return SpanExportResult.FAILURE
-        future = asyncio.run_coroutine_threadsafe(self._store.write_spans(rows), self._loop)
-        if _running_loop() is self._loop:
-            return SpanExportResult.SUCCESS  # called on the loop itself: waiting would deadlock
         try:
-            future.result(timeout=self._timeout_s)
-        except FutureTimeout:
-            log.warning("writing %d spans took over %.0f s; dropped", len(rows), self._timeout_s)
-            return SpanExportResult.FAILURE
+            self._store.write_spans_blocking([span_row(span) for span in spans])
         except Exception:
-            log.exception("writing %d spans to the span store failed", len(rows))
+            log.exception("writing %d spans to the span store failed", len(spans))
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
 
@@ -197,19 +177,26 @@ class _SpanRouter(SpanProcessor):
         self._by_loop: dict[asyncio.AbstractEventLoop, SpanProcessor] = {}
         self._by_trace: dict[int, SpanProcessor] = {}  # while the trace's local root is open
         self._open: dict[int, SpanProcessor] = {}  # span id -> app, from start to end
+        self._sole: SpanProcessor | None = None  # the only app, when there is just one
 
     def register(self, loop: asyncio.AbstractEventLoop, processor: SpanProcessor) -> None:
         with self._lock:
             self._by_loop[loop] = processor
+            self._sole = processor if len(self._by_loop) == 1 else None
 
     def unregister(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
             processor = self._by_loop.pop(loop, None)
+            self._sole = next(iter(self._by_loop.values())) if len(self._by_loop) == 1 else None
             for table in (self._by_trace, self._open):
                 for key in [k for k, v in table.items() if v is processor]:
                     del table[key]
 
     def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
+        sole = self._sole
+        if sole is not None:  # one app in the process (production): no bookkeeping per span
+            sole.on_start(span, parent_context)
+            return
         ctx = span.get_span_context()
         if ctx is None:
             return
@@ -218,8 +205,6 @@ class _SpanRouter(SpanProcessor):
             processor = (self._by_loop.get(loop) if loop else None) or self._by_trace.get(
                 ctx.trace_id
             )
-            if processor is None and len(self._by_loop) == 1:
-                processor = next(iter(self._by_loop.values()))
             if processor is None:
                 return
             self._open[ctx.span_id] = processor
@@ -228,12 +213,20 @@ class _SpanRouter(SpanProcessor):
         processor.on_start(span, parent_context)
 
     def on_end(self, span: ReadableSpan) -> None:
+        sole = self._sole
+        if sole is not None and not self._open:
+            sole.on_end(span)
+            return
         ctx = span.get_span_context()
         if ctx is None:
             return
+        root = span.parent is None or span.parent.is_remote
         with self._lock:
             processor = self._open.pop(ctx.span_id, None)
-            if span.parent is None or span.parent.is_remote:
+            if processor is None:  # started while one app was alone: the loop still tells
+                loop = _running_loop()
+                processor = (self._by_loop.get(loop) if loop else None) or self._sole
+            if root:
                 self._by_trace.pop(ctx.trace_id, None)
         if processor is not None:
             processor.on_end(span)
@@ -363,7 +356,7 @@ def setup_tracing(
     processors = SynchronousMultiSpanProcessor()  # type: ignore[no-untyped-call]
     processors.add_span_processor(
         BatchSpanProcessor(
-            SQLiteSpanExporter(span_store, loop),
+            SQLiteSpanExporter(span_store),
             max_queue_size=65536,
             max_export_batch_size=1024,
             schedule_delay_millis=schedule_delay_ms,

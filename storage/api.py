@@ -151,6 +151,10 @@ class SpanStore(Protocol):
 
     async def write_spans(self, spans: Sequence[SpanRow]) -> None: ...
 
+    def write_spans_blocking(self, spans: Sequence[SpanRow]) -> None:
+        """`write_spans` for an exporter thread: blocks that thread, never the event loop."""
+        ...
+
     async def list_traces(
         self, tenant_id: str, *, limit: int = 50, user_id: str | None = None
     ) -> list[dict[str, Any]]:

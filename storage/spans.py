@@ -8,7 +8,10 @@ else from the trace their root links to. Reads always filter by tenant.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,10 +60,16 @@ _SUMMARY_SPANS = ("memento.inject", "memento.write")
 
 
 class SQLiteSpanStore:
-    """The embedded `SpanStore`: one aiosqlite connection to `traces.db` in WAL mode."""
+    """The embedded `SpanStore` on `traces.db` in WAL mode.
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    Writes come from the exporter's thread on their own blocking connection (so they never
+    wait for, or hold up, the event loop); reads and retention use an aiosqlite connection.
+    """
+
+    def __init__(self, db: aiosqlite.Connection, writer: sqlite3.Connection, path: Path) -> None:
         self._db = db
+        self._writer = writer
+        self._write_lock = threading.Lock()
         self.path = path
 
     @classmethod
@@ -82,67 +91,33 @@ class SQLiteSpanStore:
         await db.executescript(_SCHEMA)
         await db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         await db.commit()
-        return cls(db, path)
+        writer = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        writer.execute("PRAGMA synchronous=NORMAL")
+        writer.execute("PRAGMA busy_timeout=5000")
+        return cls(db, writer, path)
 
     async def close(self) -> None:
+        with self._write_lock:
+            self._writer.close()
         await self._db.close()
 
     async def write_spans(self, spans: Sequence[SpanRow]) -> None:
-        """Insert a batch (one transaction), then resolve tenant/request of spans lacking them."""
+        """Insert a batch (one transaction) and resolve who owns spans that lack a tenant."""
+        await asyncio.to_thread(self.write_spans_blocking, spans)
+
+    def write_spans_blocking(self, spans: Sequence[SpanRow]) -> None:
+        """`write_spans` for the exporter's own thread (never call it on the event loop)."""
         if not spans:
             return
-        await self._db.executemany(
-            f"INSERT OR REPLACE INTO spans ({_COLUMNS}, linked_trace_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [_to_params(span) for span in spans],
-        )
-        for trace_id in dict.fromkeys(span.trace_id for span in spans):
-            await self._resolve(trace_id)
-        await self._db.commit()
-
-    async def _resolve(self, trace_id: str) -> None:
-        """Give unresolved spans of this trace, and of traces linking to it, their owner."""
-        owner = await self._owner(trace_id)
-        if owner is None:
-            async with self._db.execute(
-                "SELECT linked_trace_id FROM spans WHERE trace_id = ? AND linked_trace_id IS NOT"
-                " NULL LIMIT 1",
-                (trace_id,),
-            ) as cursor:
-                row = await cursor.fetchone()
-            if row is None:
-                return
-            owner = await self._owner(row[0])
-            if owner is None:
-                return
-        await self._assign(owner, "trace_id = ?", trace_id)
-        async with self._db.execute(
-            "SELECT DISTINCT trace_id FROM spans WHERE linked_trace_id = ? AND tenant_id = ''",
-            (trace_id,),
-        ) as cursor:
-            linking = [row[0] for row in await cursor.fetchall()]
-        for other in linking:
-            await self._assign(owner, "trace_id = ?", other)
-
-    async def _owner(self, trace_id: str) -> tuple[str, str | None, str | None] | None:
-        async with self._db.execute(
-            "SELECT tenant_id, request_id, user_id FROM spans"
-            " WHERE trace_id = ? AND tenant_id != ''"
-            " ORDER BY request_id IS NULL, parent_span_id IS NOT NULL LIMIT 1",
-            (trace_id,),
-        ) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else (row[0], row[1], row[2])
-
-    async def _assign(
-        self, owner: tuple[str, str | None, str | None], where: str, value: str
-    ) -> None:
-        tenant_id, request_id, user_id = owner
-        await self._db.execute(
-            "UPDATE spans SET tenant_id = ?, request_id = coalesce(request_id, ?),"
-            f" user_id = coalesce(user_id, ?) WHERE tenant_id = '' AND {where}",
-            (tenant_id, request_id, user_id, value),
-        )
+        with self._write_lock:
+            db = self._writer
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                _insert_resolved(db, spans)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     async def list_traces(
         self, tenant_id: str, *, limit: int = 50, user_id: str | None = None
@@ -250,6 +225,91 @@ async def open_span_store(data_dir: Path | str) -> SQLiteSpanStore:
     return await SQLiteSpanStore.open(Path(data_dir) / TRACES_FILE)
 
 
+Owner = tuple[str, str | None, str | None]  # tenant, request id, user id
+_OWNER_SQL = (
+    "SELECT tenant_id, request_id, user_id FROM spans WHERE trace_id = ? AND tenant_id != ''"
+    " ORDER BY request_id IS NULL, parent_span_id IS NOT NULL LIMIT 1"
+)
+
+
+def _insert_resolved(db: sqlite3.Connection, spans: Sequence[SpanRow]) -> None:
+    """Insert a batch, giving each span without a tenant the owner of its trace (or of the
+    trace it links to), from this batch when possible, else from what is stored. Then claim
+    spans stored earlier that were waiting for an owner arriving in this batch.
+
+    A few statements per batch: the exporter shares the GIL with the event loop, and every
+    statement is a chance to wait for it.
+    """
+    owners: dict[str, Owner] = {}
+    for span in sorted(spans, key=lambda s: (s.request_id is None, s.parent_span_id is not None)):
+        if span.tenant_id and span.trace_id not in owners:
+            owners[span.trace_id] = (span.tenant_id, span.request_id, span.user_id)
+    found_in_batch = set(owners)  # traces whose owner is known now: claim their waiting spans
+    stored: dict[str, Owner | None] = {}
+
+    def owner_of(trace_id: str) -> Owner | None:
+        if trace_id in owners:
+            return owners[trace_id]
+        if trace_id not in stored:
+            row = db.execute(_OWNER_SQL, (trace_id,)).fetchone()
+            stored[trace_id] = None if row is None else (row[0], row[1], row[2])
+        return stored[trace_id]
+
+    links = {s.trace_id: _linked_trace(s) for s in spans if _linked_trace(s)}
+    params = []
+    for span in spans:
+        row = _to_params(span)
+        if not span.tenant_id:
+            linked = links.get(span.trace_id)
+            owner = owner_of(span.trace_id) or (owner_of(linked) if linked else None)
+            if owner is not None:
+                owners.setdefault(span.trace_id, owner)
+                found_in_batch.add(span.trace_id)
+                tenant_id, request_id, user_id = owner
+                row = (
+                    *row[:3],
+                    tenant_id,
+                    span.request_id or request_id,
+                    span.user_id or user_id,
+                    *row[6:],
+                )
+        params.append(row)
+    db.executemany(
+        f"INSERT OR REPLACE INTO spans ({_COLUMNS}, linked_trace_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        params,
+    )
+    if found_in_batch:
+        _claim_waiting(db, {t: owners[t] for t in found_in_batch})
+
+
+def _claim_waiting(db: sqlite3.Connection, owners: dict[str, Owner]) -> None:
+    """Spans stored before their owner arrived: same trace, or a trace linking to it."""
+    marks = ", ".join("?" for _ in owners)
+    same = db.execute(
+        "SELECT DISTINCT trace_id, trace_id FROM spans"
+        f" WHERE tenant_id = '' AND trace_id IN ({marks})",
+        list(owners),
+    ).fetchall()
+    linking = db.execute(
+        "SELECT DISTINCT trace_id, linked_trace_id FROM spans"
+        f" WHERE tenant_id = '' AND linked_trace_id IN ({marks})",
+        list(owners),
+    ).fetchall()
+    for trace_id, owner_trace in [*same, *linking]:
+        tenant_id, request_id, user_id = owners[owner_trace]
+        db.execute(
+            "UPDATE spans SET tenant_id = ?, request_id = coalesce(request_id, ?),"
+            " user_id = coalesce(user_id, ?) WHERE trace_id = ? AND tenant_id = ''",
+            (tenant_id, request_id, user_id, trace_id),
+        )
+
+
+def _linked_trace(span: SpanRow) -> str | None:
+    linked = span.links[0].get("trace_id") if span.links else None
+    return str(linked) if linked else None
+
+
 async def _user_version(db: aiosqlite.Connection) -> int:
     async with db.execute("PRAGMA user_version") as cursor:
         row = await cursor.fetchone()
@@ -257,7 +317,6 @@ async def _user_version(db: aiosqlite.Connection) -> int:
 
 
 def _to_params(span: SpanRow) -> tuple[Any, ...]:
-    linked = span.links[0].get("trace_id") if span.links else None
     return (
         span.trace_id,
         span.span_id,
@@ -272,7 +331,7 @@ def _to_params(span: SpanRow) -> tuple[Any, ...]:
         json.dumps(span.attributes, default=str),
         json.dumps(span.events, default=str),
         json.dumps(span.links, default=str),
-        linked,
+        _linked_trace(span),
     )
 
 

@@ -118,14 +118,16 @@ async def test_request_and_linked_write_path_reach_memory_and_sqlite(
     assert listed[0]["written"] == 1
 
 
-async def test_export_is_batched_off_the_caller(
-    tracing: TracingHandle, store: SQLiteSpanStore
-) -> None:
-    traced_request("acme", "req-late", "bob")
-    # Nothing is written synchronously when a span ends: the batch processor's thread does it.
-    assert await store.get_trace("acme", "req-late") == []
-    await tracing.flush()
-    assert len(await store.get_trace("acme", "req-late")) == 4
+async def test_export_is_batched_off_the_caller(store: SQLiteSpanStore) -> None:
+    handle = setup_tracing(object(), store, schedule_delay_ms=60_000)
+    try:
+        traced_request("acme", "req-late", "bob")
+        # Ending a span only queues it: the batch processor writes when its batch is due.
+        assert await store.get_trace("acme", "req-late") == []
+        await handle.flush()
+        assert len(await store.get_trace("acme", "req-late")) == 4
+    finally:
+        await handle.shutdown()
 
 
 async def test_each_app_gets_only_its_own_spans(tmp_path: Path, store: SQLiteSpanStore) -> None:
