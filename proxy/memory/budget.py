@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from proxy.memory.inject import block_overhead_text, render_block, render_line
+from proxy.memory.inject import (
+    SECTION_TITLES,
+    block_frame_text,
+    render_block,
+    render_line,
+    section_of,
+)
 from proxy.memory.query import message_text
 from proxy.memory.retrieve import ScoredMemory
 from proxy.policy import BudgetSettings, ModelRoute
@@ -118,12 +124,12 @@ def fit_to_budget(
 ) -> BudgetPlan:
     """Choose whole memories for `available` tokens: shares first, then any room left over.
 
-    The block's fixed text (fence, preamble, every section heading) is reserved first, so the
-    rendered block never exceeds `available`. Selection is greedy by exp(score) per token;
+    The block's frame (fence and preamble) is reserved first, and a section's heading is paid
+    for with its first memory; the rendered block is measured at the end, so it never
+    exceeds `available`. Selection is greedy by exp(score) per token;
     the selected memories keep their ranking order.
     """
-    overhead = count_tokens(block_overhead_text(), encoding_name)
-    room = available - overhead
+    room = available - count_tokens(block_frame_text(), encoding_name)
     if room <= 0 or not ranked:
         reason = "no_room" if ranked else ""
         return BudgetPlan([], [(item, reason) for item in ranked], 0, max(0, available))
@@ -134,7 +140,11 @@ def fit_to_budget(
         "case": settings.case_share * room,
         "lesson": settings.lesson_share * room,
     }
+    headings = {
+        section: count_tokens(title, encoding_name) + 1 for section, title in SECTION_TITLES.items()
+    }
     spent = {group: 0 for group in shares}
+    opened: set[str] = set()
     chosen: set[int] = set()
     cases = 0
     used = 0
@@ -142,8 +152,8 @@ def fit_to_budget(
         for item in order:
             if id(item) in chosen:
                 continue
-            group = _group(item)
-            cost = costs[id(item)]
+            group, section = _group(item), section_of(item)
+            cost = costs[id(item)] + (0 if section in opened else headings[section])
             if group == "case" and cases >= k2_cases:
                 continue
             if used + cost > room:
@@ -151,6 +161,7 @@ def fit_to_budget(
             if respect_shares and spent[group] + cost > shares[group]:
                 continue
             chosen.add(id(item))
+            opened.add(section)
             spent[group] += cost
             used += cost
             cases += group == "case"

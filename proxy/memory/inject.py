@@ -58,9 +58,9 @@ def render_line(item: ScoredMemory) -> str:
     return f"- [{short_id(record.id)}] ({record.kind}, {when}) {text}"
 
 
-def block_overhead_text() -> str:
-    """The block with every section heading and no memories: what the budget reserves first."""
-    return "\n".join([_OPEN, _PREAMBLE, *SECTION_TITLES.values(), _CLOSE])
+def block_frame_text() -> str:
+    """The block without sections: fence and preamble, what every block costs."""
+    return "\n".join([_OPEN, _PREAMBLE, _CLOSE])
 
 
 def render_block(items: list[ScoredMemory]) -> str:

@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 
+from proxy.policy import deep_merge
 from tests.harness import RunningProxy, write_tenant
 from tests.scripted_upstream import ScriptedUpstream
 
@@ -38,8 +39,11 @@ def memory_proxy(
         **settings: Any,
     ) -> RunningProxy:
         tenant_models = models(upstream, **(extra_models or {}))
-        write_tenant(policies_dir, "acme", KEY, tenant_models, memory=memory or {})
-        write_tenant(policies_dir, "globex", OTHER_KEY, tenant_models, memory=memory or {})
+        # Tests share two CPU cores with everything else: a generous retrieval deadline keeps
+        # them about behaviour (the deadline itself is tested on its own, speed in bench/).
+        section = deep_merge({"retrieval": {"deadline_ms": 20_000}}, memory or {})
+        write_tenant(policies_dir, "acme", KEY, tenant_models, memory=section)
+        write_tenant(policies_dir, "globex", OTHER_KEY, tenant_models, memory=section)
         return start_proxy(policies_dir, **settings)
 
     return start

@@ -96,7 +96,9 @@ def test_recalled_memory_is_not_learned_again(
     proxy = memory_proxy()
     client = client_for(proxy)
     client.chat.completions.create(
-        model="echo", messages=[{"role": "user", "content": "My favorite color is teal."}], user="dan"
+        model="echo",
+        messages=[{"role": "user", "content": "My favorite color is teal."}],
+        user="dan",
     )
     assert len(wait_for_memories(proxy, "dan", 1)) == 1
     for _ in range(2):

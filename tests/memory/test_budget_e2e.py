@@ -1,0 +1,88 @@
+"""The memory block never exceeds the policy's budget nor the model's context window."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from proxy.memory.budget import count_tokens, prompt_tokens
+from tests.harness import RunningProxy
+from tests.memory.conftest import api, client_for, memory_block
+from tests.scripted_upstream import ScriptedUpstream
+
+FACTS = [
+    f"The user's {thing} is {value}."
+    for thing, value in [
+        ("favorite food", "ramen with extra egg and spring onions"),
+        ("favorite city", "Kyoto in autumn when the maples turn red"),
+        ("favorite book", "The Left Hand of Darkness by Ursula K. Le Guin"),
+        ("favorite sport", "bouldering at the climbing gym on Tuesdays"),
+        ("favorite drink", "jasmine green tea without sugar"),
+        ("favorite film", "Spirited Away, watched every winter"),
+        ("favorite band", "Radiohead, especially the album In Rainbows"),
+        ("favorite season", "late autumn with cold clear mornings"),
+        ("favorite dessert", "cheesecake with a blueberry topping"),
+        ("favorite holiday", "a week of hiking in the Dolomites"),
+        ("favorite app", "a plain text editor with vim keys"),
+        ("favorite animal", "the red panda at the city zoo"),
+    ]
+]
+
+
+def seed(proxy: RunningProxy, user: str) -> None:
+    with api(proxy) as http:
+        for text in FACTS:
+            created = http.post("/v1/memories", json={"user": user, "kind": "fact", "text": text})
+            assert created.status_code == 201, created.text
+            assert created.json()["status"] == "active"
+
+
+def test_block_stays_within_the_policy_budget(
+    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
+) -> None:
+    proxy = memory_proxy(memory={"budget": {"max_tokens": 90}})
+    seed(proxy, "gina")
+    response = client_for(proxy).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "What are my favorite things?"}],
+        user="gina",
+    )
+    block = memory_block(upstream.last().json)
+    assert block is not None
+    used = count_tokens(block, "o200k_base")  # gpt-4o-mini's encoding
+    assert used <= 90
+    injected = block.count("\n- [")
+    assert 1 <= injected < len(FACTS)  # some fit, not all
+    header = response.headers.get("x-memento-memories")
+    assert header is None or int(header) == injected
+
+
+def test_block_respects_the_context_window(
+    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
+) -> None:
+    window = 700
+    proxy = memory_proxy(
+        memory={"budget": {"max_tokens": 5000}},
+        extra_models={
+            "small": {
+                "model": "openai/gpt-4o-mini",
+                "api_base": upstream.url,
+                "context_window": window,
+            }
+        },
+    )
+    seed(proxy, "hank")
+    question = "Tell me about my favorite things. " + "Please be thorough. " * 60
+    messages = [{"role": "user", "content": question}]
+    client = client_for(proxy)
+    client.chat.completions.create(model="small", messages=messages, user="hank", max_tokens=200)
+    sent = upstream.last().json
+    block = memory_block(sent)
+    assert block is not None
+    own = prompt_tokens({"messages": messages}, "o200k_base")
+    assert own + count_tokens(block, "o200k_base") + 4 + 200 <= window
+
+    # No room left at all: the call goes through unchanged, without a block.
+    client.chat.completions.create(model="small", messages=messages, user="hank", max_tokens=480)
+    sent = upstream.last().json
+    assert memory_block(sent) is None
+    assert sent["messages"] == messages
