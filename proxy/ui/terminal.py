@@ -75,9 +75,10 @@ async def _load(
 def print_tree(tenant: str, doc: dict[str, Any], out: TextIO, *, full: bool = False) -> None:
     """The heading, then each span indented under its parent with its decisions."""
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(doc["start"]))
+    status = "ok" if doc["status"] == "unset" else doc["status"]  # OpenTelemetry's "no error"
     out.write(
         f"request {doc['request_id']}  tenant {tenant}  user {doc['user'] or '-'}  "
-        f"model {doc['model'] or '-'}  {started}  {doc['duration_ms']:.1f} ms  {doc['status']}\n"
+        f"model {doc['model'] or '-'}  {started}  {doc['duration_ms']:.1f} ms  {status}\n"
         f"trace {doc['trace_id']}\n"
     )
     later_shown = False
