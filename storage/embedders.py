@@ -187,6 +187,8 @@ class LiteLLMEmbedder:
             await self.embed(["dimension probe"])
 
     async def _embed_batch(self, texts: list[str]) -> list[list[float]]:
+        # The model cost map ships with litellm; never fetch it at run time.
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         import litellm
 
         try:

@@ -671,6 +671,7 @@ class SQLiteDatabase:
                     _dumps({"kind": row[0], "version": row[1]}),
                 ),
             )
+        await self._forget_wal()
         return True
 
     async def delete_user(self, tenant_id: str, user_id: str, *, actor: str) -> int:
@@ -701,7 +702,18 @@ class SQLiteDatabase:
                 "VALUES (?, ?, ?, 'delete_user', NULL, ?, ?)",
                 (tenant_id, now, actor, user_id, _dumps({"count": live})),
             )
+        await self._forget_wal()
         return live
+
+    async def _forget_wal(self) -> None:
+        """Checkpoint and truncate the WAL so erased content leaves the disk now.
+
+        secure_delete zeroes freed space in the database file, but the WAL still holds the old
+        page images until a checkpoint. A busy reader can delay the truncation; the next
+        erasure or the automatic checkpoint completes it.
+        """
+        async with self._write_lock:
+            await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def vectors(self, tenant_id: str, memory_ids: Sequence[str]) -> dict[str, bytes]:
         if not memory_ids:

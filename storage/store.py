@@ -129,8 +129,11 @@ class EmbeddedStore:
 
     async def _maintenance_loop(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the event fires, and close() would then wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._maintenance_interval_s)
+                async with asyncio.timeout(self._maintenance_interval_s):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.maintain()

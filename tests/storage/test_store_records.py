@@ -1,0 +1,237 @@
+"""MemoryStore behaviour on the real SQLite + LanceDB + local embedder."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from storage import EmbeddedStore
+from storage.records import NewMemory, RequestLog, Scope
+
+ALICE = Scope("acme", "alice", session_id="s1")
+BOB = Scope("acme", "bob")
+SHARED = Scope("acme")
+
+
+async def _vector(store: EmbeddedStore, text: str) -> list[float]:
+    return (await store.embedder.embed([text]))[0]
+
+
+async def test_add_get_list_round_trip(store: EmbeddedStore) -> None:
+    written = await store.add(
+        ALICE,
+        [
+            NewMemory(
+                kind="case",
+                text="Use pandas.read_parquet with engine=pyarrow",
+                key_text="how do I read a parquet file",
+                fields={"outcome": "worked"},
+                metadata={"app": "notebook"},
+                keywords=["parquet"],
+                tags=["python"],
+                source_role="assistant",
+                source_request_id="req-1",
+                trust=0.6,
+                trust_reasons=[{"signal": "source", "delta": 0.6}],
+                evidence=[{"role": "assistant", "span": "read_parquet"}],
+                derived_from_ids=["m0"],
+                model="gpt-test",
+            ),
+            NewMemory(kind="fact", text="I live in Lisbon", status="quarantined"),
+        ],
+    )
+    case, fact = written
+    got = await store.get(ALICE, case.id)
+    assert got == case
+    assert got is not None and got.scope == ALICE
+    assert got.embedding_model == store.embedder.model_id
+    assert (got.version, got.supersedes, got.q_visits) == (1, None, 0)
+    assert await store.get(BOB, case.id) is None
+    assert await store.get(SHARED, case.id) is None
+    assert await store.get(Scope("other", "alice"), case.id) is None
+    listed = await store.list(ALICE)
+    assert {r.id for r in listed} == {case.id, fact.id}
+    assert [r.id for r in await store.list(ALICE, statuses=["quarantined"])] == [fact.id]
+    assert [r.id for r in await store.list(ALICE, kinds=["case"])] == [case.id]
+    assert await store.list(BOB) == []
+    assert {r.id for r in await store.list(BOB, all_users=True)} == {case.id, fact.id}
+    assert [r.id for r in await store.get_many("acme", [fact.id, "nope", case.id])] == [
+        fact.id,
+        case.id,
+    ]
+    assert await store.get_many("other", [fact.id, case.id]) == []
+
+
+async def test_search_returns_both_retrievers_with_scores(store: EmbeddedStore) -> None:
+    hiking, food, club = await store.add(
+        ALICE,
+        [
+            NewMemory(kind="fact", text="I like hiking in the Alps"),
+            NewMemory(kind="preference", text="I prefer vegetarian food"),
+            NewMemory(kind="fact", text="Bob's hiking club meets on Fridays", status="rejected"),
+        ],
+    )
+    (shared,) = await store.add(SHARED, [NewMemory(kind="fact", text="Office hiking trip in May")])
+    query = await _vector(store, "mountain walks")
+    hits = await store.search(ALICE, query_text="hiking", query_vector=query, with_vectors=True)
+    by_id = {hit.record.id: hit for hit in hits}
+    assert set(by_id) == {hiking.id, food.id}  # rejected and shared records stay out
+    assert by_id[hiking.id].bm25_rank == 0 and by_id[hiking.id].bm25_score is not None
+    assert by_id[food.id].bm25_rank is None and by_id[food.id].bm25_score is None
+    assert by_id[hiking.id].vector_rank == 0
+    cosines = {memory_id: hit.cosine for memory_id, hit in by_id.items()}
+    assert cosines[hiking.id] is not None and cosines[food.id] is not None
+    assert cosines[hiking.id] > cosines[food.id]
+    stored = await store.vectors("acme", [hiking.id])
+    assert by_id[hiking.id].vector == pytest.approx(stored[hiking.id], abs=1e-6)
+
+    with_shared = await store.search(
+        ALICE, query_text="hiking", query_vector=query, include_shared=True
+    )
+    assert shared.id in {hit.record.id for hit in with_shared}
+    rejected = await store.search(
+        ALICE, query_text="club", query_vector=None, statuses=["rejected"]
+    )
+    assert [hit.record.id for hit in rejected] == [club.id]
+    assert rejected[0].cosine is None
+    only_prefs = await store.search(
+        ALICE, query_text="hiking", query_vector=query, kinds=["preference"]
+    )
+    assert [hit.record.id for hit in only_prefs] == [food.id]
+
+
+async def test_search_skips_expired_records(store: EmbeddedStore) -> None:
+    now = time.time()
+    old, fresh = await store.add(
+        ALICE,
+        [
+            NewMemory(kind="fact", text="I am in Paris this week", expires_at=now - 1),
+            NewMemory(kind="fact", text="I am in Paris next month", expires_at=now + 3600),
+        ],
+    )
+    hits = await store.search(ALICE, query_text="Paris", query_vector=None)
+    assert [hit.record.id for hit in hits] == [fresh.id]
+    earlier = await store.search(ALICE, query_text="Paris", query_vector=None, now=now - 10)
+    assert {hit.record.id for hit in earlier} == {old.id, fresh.id}
+
+
+async def test_update_re_embeds_and_reindexes(store: EmbeddedStore) -> None:
+    (record,) = await store.add(ALICE, [NewMemory(kind="fact", text="I drive a red bicycle")])
+    before = (await store.vectors("acme", [record.id]))[record.id]
+    updated = await store.update(
+        ALICE, record.id, text="I play the cello", trust=0.9, q=0.4, q_visits=2
+    )
+    assert updated is not None
+    assert (updated.text, updated.trust, updated.q, updated.q_visits) == (
+        "I play the cello",
+        0.9,
+        0.4,
+        2,
+    )
+    after = (await store.vectors("acme", [record.id]))[record.id]
+    assert after != before
+    assert await store.search(ALICE, query_text="bicycle", query_vector=None) == []
+    assert [h.record.id for h in await store.search(ALICE, query_text="cello", query_vector=None)]
+    assert await store.update(BOB, record.id, text="stolen") is None
+    quarantined = await store.update(ALICE, record.id, status="quarantined")
+    assert quarantined is not None and quarantined.status == "quarantined"
+    assert await store.search(ALICE, query_text="cello", query_vector=None) == []
+    with pytest.raises(ValueError, match="tenant_id"):
+        await store.update(ALICE, record.id, tenant_id="other")
+    with pytest.raises(ValueError, match="delete"):
+        await store.update(ALICE, record.id, status="deleted")
+
+
+async def test_supersede_builds_the_version_chain(store: EmbeddedStore) -> None:
+    (old,) = await store.add(ALICE, [NewMemory(kind="preference", text="I like tea")])
+    new = await store.supersede(ALICE, old.id, NewMemory(kind="preference", text="I like coffee"))
+    previous = await store.get(ALICE, old.id)
+    assert previous is not None
+    assert (previous.status, previous.superseded_by) == ("superseded", new.id)
+    assert previous.valid_to == new.valid_from
+    assert (new.version, new.supersedes, new.status) == (2, old.id, "active")
+    hits = await store.search(ALICE, query_text="like", query_vector=None)
+    assert [hit.record.id for hit in hits] == [new.id]
+    with pytest.raises(ValueError, match="already superseded"):
+        await store.supersede(ALICE, old.id, NewMemory(kind="preference", text="I like juice"))
+    with pytest.raises(KeyError):
+        await store.supersede(BOB, new.id, NewMemory(kind="preference", text="I like juice"))
+
+
+def _raw_files(data_dir: Path) -> bytes:
+    return b"".join(path.read_bytes() for path in data_dir.glob("memento.db*") if path.is_file())
+
+
+async def test_delete_erases_content_and_leaves_an_audit_entry(store: EmbeddedStore) -> None:
+    secret = "zebracorn-4471 passport number"
+    (record,) = await store.add(ALICE, [NewMemory(kind="fact", text=secret, keywords=["zk"])])
+    await store.update(ALICE, record.id, text=secret + " renewed")
+    (keep,) = await store.add(ALICE, [NewMemory(kind="fact", text="I keep bees")])
+    assert not await store.delete(BOB, record.id, actor="bob")
+    assert await store.delete(ALICE, record.id, actor="alice")
+    assert await store.get(ALICE, record.id) is None
+    assert await store.search(ALICE, query_text="zebracorn", query_vector=None) == []
+    assert await store.vectors("acme", [record.id]) == {}
+    assert record.id not in {r.id for r in await store.list(ALICE)}
+    assert [r.id for r in await store.list(ALICE)] == [keep.id]
+    assert b"zebracorn" not in _raw_files(store.data_dir)
+    assert await store.index.count() == 1
+    entries = await store.audit("acme")
+    deletion = next(entry for entry in entries if entry["action"] == "delete")
+    assert (deletion["memory_id"], deletion["actor"]) == (record.id, "alice")
+    assert "zebracorn" not in repr(entries)
+    assert not await store.delete(ALICE, record.id, actor="alice")  # already gone
+
+
+async def test_delete_user_erases_every_record_of_that_user(store: EmbeddedStore) -> None:
+    await store.add(ALICE, [NewMemory(kind="fact", text=f"alice-secret-{i}") for i in range(3)])
+    (bobs,) = await store.add(BOB, [NewMemory(kind="fact", text="bob keeps bees")])
+    (shared,) = await store.add(SHARED, [NewMemory(kind="fact", text="office closes at six")])
+    assert await store.delete_user("acme", "alice", actor="admin") == 3
+    assert await store.list(ALICE) == []
+    assert {r.id for r in await store.list(ALICE, all_users=True)} == {bobs.id, shared.id}
+    assert await store.search(ALICE, query_text="secret", query_vector=None) == []
+    assert await store.index.count() == 2
+    assert b"alice-secret" not in _raw_files(store.data_dir)
+    entry = (await store.audit("acme", limit=1))[0]
+    assert (entry["action"], entry["user_id"], entry["detail"]) == (
+        "delete_user",
+        "alice",
+        {"count": 3},
+    )
+
+
+async def test_requests_and_feedback(store: EmbeddedStore) -> None:
+    entry = RequestLog(
+        request_id="req-9",
+        tenant_id="acme",
+        user_id="alice",
+        session_id=None,
+        trace_id="ab" * 16,
+        model="echo",
+        created_at=time.time(),
+        injected=[{"memory_id": "m1", "score": 0.7}],
+    )
+    await store.log_request(entry)
+    assert await store.get_request("acme", "req-9") == entry
+    assert await store.get_request("other", "req-9") is None
+    await store.set_request("acme", "req-9", written_case_id="m2", reward=0.5)
+    got = await store.get_request("acme", "req-9")
+    assert got is not None and (got.written_case_id, got.reward) == ("m2", 0.5)
+    with pytest.raises(ValueError, match="created_at"):
+        await store.set_request("acme", "req-9", created_at=0.0)
+    assert await store.record_feedback("acme", "req-9", "api", 1.0, "great") is None
+    assert await store.record_feedback("acme", "req-9", "api", -1.0, None) == 1.0
+    assert await store.record_feedback("acme", "req-9", "implicit", 0.2, None) is None
+    assert await store.record_feedback("other", "req-9", "api", 0.3, None) is None
+
+
+async def test_wal_mode_and_schema_version(store: EmbeddedStore) -> None:
+    with sqlite3.connect(store.data_dir / "memento.db") as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        from storage.sqlite import SCHEMA_VERSION
+
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
