@@ -76,7 +76,7 @@ class MemoryPipeline:
         data_dir: Path | None = None,
         store: Store | None = None,
         embedder: str | None = None,
-        workers: int = 2,
+        workers: int | None = None,
     ) -> None:
         if store is None and data_dir is None:
             raise ValueError("give the pipeline a store or a data_dir to open one in")
@@ -86,7 +86,8 @@ class MemoryPipeline:
         self._embedder_spec = embedder or os.environ.get("MEMENTO_EMBEDDER", "local")
         self._store = store
         self._owns_store = store is None
-        self._workers = workers
+        # Write-path workers of this process (MEMENTO_MEMORY_WORKERS; 0 only queues).
+        self._workers = workers if workers is not None else _env_int("MEMENTO_MEMORY_WORKERS", 2)
         self._pool: WritePool | None = None
         self._learner: Learner | None = None
         self._pending_logs: set[asyncio.Task[None]] = set()
@@ -502,6 +503,16 @@ def _mark_failed(span: Span, reason: str, exc: BaseException) -> None:
     span.set_attribute("memento.memory.error", reason)
     with contextlib.suppress(Exception):
         span.record_exception(exc)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        return max(0, int(raw))
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
 
 
 _EMBEDDERS: dict[str, Embedder] = {}

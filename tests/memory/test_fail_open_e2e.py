@@ -1,0 +1,75 @@
+"""When memory fails, the call still goes through (fail-open) unless the policy is fail-closed."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+
+import openai
+import pytest
+
+from tests.harness import RunningProxy
+from tests.memory.conftest import api, client_for, memory_block
+from tests.scripted_upstream import ScriptedUpstream
+
+ASK = [{"role": "user", "content": "What is my favourite drink?"}]
+
+
+def seed(proxy: RunningProxy) -> None:
+    with api(proxy) as http:
+        created = http.post(
+            "/v1/memories",
+            json={
+                "user": "lee",
+                "kind": "preference",
+                "text": "The user's favourite drink is mate.",
+            },
+        )
+        assert created.status_code == 201
+
+
+def test_store_down_fails_open(
+    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
+) -> None:
+    proxy = memory_proxy()
+    seed(proxy)
+    client = client_for(proxy)
+    client.chat.completions.create(model="gpt-4o-mini", messages=ASK, user="lee")
+    assert memory_block(upstream.last().json) is not None  # memory works...
+
+    shutil.rmtree(proxy.settings.data_dir / "index")  # ...until the index disappears
+    response = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=ASK, user="lee"
+    )
+    assert response.http_response.status_code == 200
+    assert response.parse().choices[0].message.content
+    sent = upstream.last().json
+    assert memory_block(sent) is None
+    assert sent["messages"] == ASK
+    assert response.headers.get("x-memento-memories", "0") == "0"
+
+
+def test_retrieval_deadline_fails_open(
+    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
+) -> None:
+    proxy = memory_proxy(memory={"retrieval": {"deadline_ms": 1}})
+    seed(proxy)
+    response = client_for(proxy).chat.completions.create(
+        model="gpt-4o-mini", messages=ASK, user="lee"
+    )
+    assert response.choices[0].message.content
+    assert memory_block(upstream.last().json) is None
+
+
+def test_fail_closed_policy_refuses_the_call(
+    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
+) -> None:
+    proxy = memory_proxy(memory={"fail_closed": True, "retrieval": {"deadline_ms": 1}})
+    seed(proxy)
+    received = len(upstream.received)
+    with pytest.raises(openai.APIStatusError) as raised:
+        client_for(proxy).chat.completions.create(model="gpt-4o-mini", messages=ASK, user="lee")
+    assert raised.value.status_code == 503
+    assert raised.value.body["code"] == "memory_unavailable"  # type: ignore[index]
+    assert "fail-closed" in raised.value.message
+    assert len(upstream.received) == received  # nothing went upstream
