@@ -73,6 +73,17 @@ def load_locomo_turns() -> list[str]:
     return turns
 
 
+def load_locomo_observations() -> list[str]:
+    """LoCoMo's generated per-session facts: what an LLM extractor writes as memories."""
+    conversations = json.loads((DATA / "locomo" / "locomo10_dev.json").read_text("utf-8"))
+    facts = []
+    for conversation in conversations:
+        for session in conversation.get("observation", {}).values():
+            for speaker_facts in session.values():
+                facts.extend(str(fact[0]) for fact in speaker_facts if fact)
+    return facts
+
+
 def load_bipia_contexts() -> list[str]:
     contexts = []
     for task in ("email", "table", "code"):
@@ -86,6 +97,7 @@ def load_benign() -> dict[str, list[str]]:
     return {
         "msc_persona_facts": _texts(_jsonl(DATA / "msc_personas" / "msc_persona_facts_dev.jsonl")),
         "locomo_turns": load_locomo_turns(),
+        "locomo_observations": load_locomo_observations(),
         "notinject": _texts(_jsonl(DATA / "notinject" / "notinject_dev.jsonl")),
         "wildguard_benign": _texts(
             _jsonl(DATA / "wildguard_benign" / "wildguard_benign_dev.jsonl")
@@ -141,6 +153,60 @@ def roc_auc(positives: list[float], negatives: list[float]) -> float:
 def tpr_at_fpr(positives: list[float], negatives: list[float], fpr: float) -> float:
     cut = sorted(negatives, reverse=True)[int(len(negatives) * fpr)]
     return sum(1 for s in positives if s > cut) / len(positives)
+
+
+async def store_experiment(attacks: list[str], facts: list[str]) -> dict[str, Any]:
+    """With a real store: the time of a 500-candidate batch with every signal on (in a fresh
+    scope, where nothing needs embedding, and once lessons exist, where all 500 are embedded), and
+    whether lessons learned from half of the memory-shaped attacks catch the other half (with
+    the text rules' contribution removed, so only the lesson signal can flag them)."""
+    import tempfile
+
+    from storage import open_store
+    from storage.embedders import load_embedder
+
+    embedder = await load_embedder("local")
+    with tempfile.TemporaryDirectory() as tmp:
+        store = await open_store(Path(tmp) / "data", embedder)
+        try:
+            sanitizer = Sanitizer(store)
+            policy = SanitizerPolicy()
+            scope = Scope("bench", "victim")
+            batch = [Candidate("fact", t, "user") for t in facts[:400] + attacks[:100]]
+            started = time.perf_counter()
+            await sanitizer.assess(scope, batch, policy, dry_run=True)
+            batch_seconds = time.perf_counter() - started
+
+            learn, probe = attacks[0::2][:150], attacks[1::2][:150]
+            await sanitizer.assess(scope, [Candidate("fact", t, "user") for t in learn], policy)
+            lessons = await store.list(Scope("bench"), kinds=["lesson"], limit=1000)
+            blind = policy.model_copy(update={"w_heur": 0.0})  # lessons only
+            probe_verdicts = await sanitizer.assess(
+                Scope("bench", "other"),
+                [Candidate("fact", t, "user") for t in probe],
+                blind,
+                dry_run=True,
+            )
+            started = time.perf_counter()
+            await sanitizer.assess(scope, batch, policy, dry_run=True)
+            populated_seconds = time.perf_counter() - started
+            benign_verdicts = await sanitizer.assess(
+                Scope("bench", "other"),
+                [Candidate("fact", t, "user") for t in facts[-500:]],
+                blind,
+                dry_run=True,
+            )
+        finally:
+            await store.close()
+    return {
+        "batch_500_seconds_fresh_scope": batch_seconds,
+        "batch_500_seconds_with_lessons": populated_seconds,
+        "lessons_recorded": len(lessons),
+        "lesson_only_tpr_on_unseen_attacks": sum(v.verdict != "accept" for v in probe_verdicts)
+        / len(probe_verdicts),
+        "lesson_only_false_drop_on_benign": sum(v.verdict != "accept" for v in benign_verdicts)
+        / len(benign_verdicts),
+    }
 
 
 def _row(name: str, results: list[tuple[str, float]]) -> dict[str, Any]:
@@ -219,6 +285,16 @@ def main() -> None:
             f"{row['set']:<24}{row['n']:>6}{row['flagged']:>10.2%}{row['quarantined']:>10.2%}"
             f"{row['rejected']:>10.2%}"
         )
+    shaped_texts = memory_shaped(
+        [t for texts in attacks.values() for t in texts], facts, random.Random(SEED + 1)
+    )
+    random.Random(SEED + 2).shuffle(shaped_texts)
+    summary.update(asyncio.run(store_experiment(shaped_texts, facts)))
+    observations = suspicion["benign:locomo_observations"]
+    summary["locomo_observation_drop"] = sum(
+        1 for s in observations if s > 1 - policy.active_min + 1e-9
+    ) / len(observations)
+
     print()
     for key, value in summary.items():
         print(f"{key:<40}{value:>10.4f}")

@@ -22,6 +22,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from proxy.memory import lessons as lesson_memory
 from proxy.memory.candidates import Candidate, Reason, TrustVerdict, Verdict
 from proxy.memory.signals import Hit, consensus, exfiltration, instructions, obfuscation, session
@@ -30,11 +32,13 @@ from proxy.memory.signals import secrets as secret_signal
 from proxy.memory.signals import source as source_signal
 from proxy.policy import SanitizerPolicy
 from storage.api import MemoryStore
-from storage.records import MemoryKind, Scope
+from storage.records import MemoryKind, MemoryRecord, Scope
 
 log = logging.getLogger("memento.sanitize")
 
 NEIGHBOURS = 5  # MEMORY-DESIGN.md: top-5 active neighbours for the consensus check
+EMBED_CHARS = 2000  # the embedder reads ~256 tokens; longer text only costs tokenizing time
+SCAN_LIMIT = 5000  # above this many memories in a scope, neighbours come from the index instead
 LENGTH_SCORE = 0.15
 CONTENT_SIGNALS = frozenset({"instructions", "exfiltration", "obfuscation", "session", "lessons"})
 
@@ -153,30 +157,44 @@ class Sanitizer:
     async def _memory_signals(
         self, store: MemoryStore, scope: Scope, pending: list[_Pending], policy: SanitizerPolicy
     ) -> None:
-        """Consensus, lessons and session signals: they need the scope's memories."""
-        vectors = await store.embedder.embed([item.candidate.text for item in pending])
-        for item, vector in zip(pending, vectors, strict=True):
-            item.vector = vector
+        """Consensus, lessons and session signals: they need the scope's memories.
 
+        Candidates are embedded only when there is something to compare them with, and the
+        scope's memories are compared in one matrix product rather than one search each, so a
+        batch of hundreds stays cheap.
+        """
         known = await lesson_memory.load_lessons(store, scope.tenant_id)
+        existing = await self._scope_memories(store, scope)
         session_vectors, session_writes = await self._session_history(store, scope)
-        batch_vectors = [*session_vectors, *(item.vector or [] for item in pending)]
+        in_session = scope.session_id is not None and scope.user_id is not None
+        if not (known or existing or existing is None or in_session):
+            self._text_only_session_signals(scope, pending, policy, session_writes)
+            return
 
-        for index, item in enumerate(pending):
-            candidate, vector = item.candidate, item.vector or []
+        # A hard rule already rejects: no memory signal can change that, so skip the embedding.
+        open_items = [item for item in pending if not any(h.hard for h in item.hits)]
+        vectors = await store.embedder.embed(
+            [item.candidate.text[:EMBED_CHARS] for item in open_items]
+        )
+        for item, vector in zip(open_items, vectors, strict=True):
+            item.vector = vector
+        batch_vectors = [*session_vectors, *vectors]
+        nearest = _nearest(existing, vectors) if existing and vectors else None
+
+        for index, item in enumerate(open_items):
+            candidate, vector = item.candidate, vectors[index]
             item.adjustments.extend(lesson_memory.match(known, candidate.text, vector, policy))
-            neighbours = await self._neighbours(store, scope, candidate, vector)
+            if existing is None:
+                neighbours = await self._search_neighbours(store, scope, candidate, vector)
+            else:
+                neighbours = nearest[index] if nearest is not None else []
+                kinds = ("case",) if candidate.kind == "case" else ("fact", "preference")
+                neighbours = [n for n in neighbours if n.record.kind in kinds][:NEIGHBOURS]
             if candidate.kind == "case":
                 item.adjustments.extend(consensus.case_consensus(vector, neighbours, policy))
             elif candidate.kind in ("fact", "preference"):
                 item.adjustments.extend(consensus.fact_consensus(candidate, neighbours, policy))
-
-            user_text = " ".join(e.span for e in candidate.evidence if e.role == "user")
-            if candidate.source_role != "user" and (
-                bridge := session.bridging_claim(candidate.text, user_text)
-            ):
-                item.hits.append(bridge)
-            if scope.session_id is not None:
+            if in_session:
                 position = len(session_vectors) + index
                 if hit := session.burst(
                     batch_vectors[: position + 1],
@@ -185,10 +203,44 @@ class Sanitizer:
                     policy.session_burst.count,
                 ):
                     item.hits.append(hit)
-                if hit := session.over_rate(session_writes + index, policy.rate.per_session):
-                    item.hits.append(hit)
+        self._text_only_session_signals(scope, pending, policy, session_writes)
 
-    async def _neighbours(
+    @staticmethod
+    def _text_only_session_signals(
+        scope: Scope, pending: list[_Pending], policy: SanitizerPolicy, session_writes: int
+    ) -> None:
+        for index, item in enumerate(pending):
+            candidate = item.candidate
+            user_text = " ".join(e.span for e in candidate.evidence if e.role == "user")
+            if candidate.source_role != "user" and (
+                bridge := session.bridging_claim(candidate.text, user_text)
+            ):
+                item.hits.append(bridge)
+            in_session = scope.session_id is not None and scope.user_id is not None
+            if in_session and (
+                hit := session.over_rate(session_writes + index, policy.rate.per_session)
+            ):
+                item.hits.append(hit)
+
+    async def _scope_memories(
+        self, store: MemoryStore, scope: Scope
+    ) -> list[tuple[MemoryRecord, list[float]]] | None:
+        """The scope's active memories (the user's and tenant-shared) with their vectors, or
+        None when there are too many to compare in memory (then each candidate searches)."""
+        kinds: list[MemoryKind] = ["fact", "preference", "case"]
+        scopes = [scope.shared()] if scope.user_id is None else [scope, scope.shared()]
+        records: list[MemoryRecord] = []
+        for each in scopes:
+            found = await store.list(each, kinds=kinds, statuses=["active"], limit=SCAN_LIMIT)
+            if len(found) >= SCAN_LIMIT:
+                return None
+            records.extend(found)
+        if not records:
+            return []
+        vectors = await store.vectors(scope.tenant_id, [r.id for r in records])
+        return [(r, vectors[r.id]) for r in records if r.id in vectors]
+
+    async def _search_neighbours(
         self, store: MemoryStore, scope: Scope, candidate: Candidate, vector: Sequence[float]
     ) -> list[consensus.Neighbour]:
         kinds: list[MemoryKind] = ["case"] if candidate.kind == "case" else ["fact", "preference"]
@@ -238,3 +290,24 @@ class Sanitizer:
 def _content_driven(reasons: Sequence[Reason]) -> bool:
     """A rejection caused by what the text says (not only by its source or a redaction)."""
     return any(r.signal in CONTENT_SIGNALS and (r.hard or r.delta <= -0.1) for r in reasons)
+
+
+def _nearest(
+    existing: Sequence[tuple[MemoryRecord, list[float]]], vectors: Sequence[Sequence[float]]
+) -> list[list[consensus.Neighbour]]:
+    """For each candidate vector, the existing memories by cosine, best first (top 3×k, so a
+    kind filter still leaves k)."""
+    matrix = np.asarray([v for _, v in existing], dtype=np.float32)
+    queries = np.asarray(vectors, dtype=np.float32)
+    similarity = queries @ matrix.T
+    keep = min(len(existing), NEIGHBOURS * 3)
+    result = []
+    for row in similarity:
+        order = np.argsort(-row)[:keep]
+        result.append(
+            [
+                consensus.Neighbour(existing[i][0], float(row[i]), existing[i][1])
+                for i in order.tolist()
+            ]
+        )
+    return result

@@ -16,15 +16,29 @@ import re
 from proxy.memory.signals import Hit, clauses, normalize, snippet
 
 _INSTRUCTION_NOUNS = (
-    r"(?:instructions?|prompts?|rules?|directions?|directives?|guidelines?|commands?|context|"
+    r"(?:instructions?|prompts?|rules?|directions?|directives?|guidelines?|commands?|"
     r"constraints?|programming|guardrails?|restrictions?|policies|policy|safeguards?|"
-    r"filters?|orders?|training|text|input|inputs|content|messages?|words|everything)"
+    r"filters?|training)"
 )
-_OVERRIDE = re.compile(
+# Generic nouns ("text", "input") only count with a determiner that points back at earlier
+# context: "ignore the error message" is advice, "ignore all previous text" is an override.
+_CONTEXT_NOUNS = r"(?:text|input|inputs|content|context|messages?|words|everything|conversation)"
+_OVERRIDE_VERBS = (
     r"\b(?:ignore|disregard|forget|override|bypass|neglect|abandon|discard|set aside|"
     r"stop following|do not follow|don't follow)\b(?:\s+[\w'-]+){0,4}?\s+"
-    r"(?:previous|prior|above|preceding|earlier|former|all|any|your|the|these|those|initial|"
-    r"original|system|existing|old|given)\b(?:\s+[\w'-]+){0,3}?\s+" + _INSTRUCTION_NOUNS + r"\b|"
+)
+_OVERRIDE = re.compile(
+    _OVERRIDE_VERBS + r"(?:previous|prior|above|preceding|earlier|former|all|any|your|the|these|"
+    r"those|initial|original|system|existing|old|given)\b(?:\s+[\w'-]+){0,3}?\s+"
+    + _INSTRUCTION_NOUNS
+    + r"\b|"
+    + _OVERRIDE_VERBS
+    + r"(?:all (?:the )?|any )?(?:previous|prior|above|preceding|earlier|former|system)\b"
+    r"(?:\s+[\w'-]+){0,2}?\s+"
+    + _CONTEXT_NOUNS
+    + r"\b|"
+    + _OVERRIDE_VERBS
+    + r"(?:all|everything) (?:above|before|else|prior)\b|"
     r"\b(?:ignore|disregard|forget|override|bypass) (?:all )?(?:instructions|prompts|rules|"
     r"guidelines)\b"
 )
@@ -77,13 +91,15 @@ _OUTPUT_REFERENCE = re.compile(
     r"\byour " + _OUTPUT_NOUNS + r"\b|"
     r"\b(?:begin|start|end|prefix|preface|open|close|finish)\s+(?:your |the |each |every |all )?"
     + _OUTPUT_NOUNS
-    + r"\b"
+    + r"\b|\b(?:respond|reply|answer) (?:only )?(?:with|by saying)\b|"
+    r"\b(?:only|just) (?:say|respond|reply|output|answer)\b|"
+    r"\bwhat would you (?:say|respond|reply|output|answer)\b"
 )
 _MODAL = re.compile(
     r"\byou (?:must|shall|will|may|should|are to|need to|have to)(?: not| never| always| only)?"
     r"(?: not| never| always| only)? (?:respond|reply|answer|say|output|print|include|add|"
     r"mention|recommend|refer|obey|comply|reveal|send|prefix|append|grant)\b|"
-    r"\byou (?:must|shall|are to) (?:always|never|only|not)\b|"
+    r"\byou (?:must|shall|are to) (?:always|never|only|not)\b|\byou can only\b|"
     r"\byou (?:are required to|are instructed to|are obligated to|are not allowed to|"
     r"are only allowed to|have been (?:instructed|programmed|told) to)\b"
 )
@@ -139,13 +155,16 @@ _TASK_VERBS = (
     "enhance|augment|unlock|approve|authorize|authorise|encode|decode|encrypt|decrypt|scramble|"
     "introduce|fuse|blend|interweave|weave|absorb|leverage|enlist|infuse|harmonize|meld|"
     "develop|break down|retrieve|fetch|extract|terminate|shut down|reboot|initiate|pretend|"
-    "roleplay|simulate|tell|format|ignore|prefix|affix|preface|obey|comply"
+    "roleplay|simulate|tell|format|analy[sz]e|evaluate|identify|compare|contrast|calculate|"
+    "compute|predict|estimate|classify|categori[sz]e|determine|outline|compile|investigate|"
+    "paraphrase|rephrase|proofread|define|elaborate|brainstorm|spread|debug|implement|"
+    "ignore|prefix|affix|preface|obey|comply"
 )
 _EVERYDAY_VERBS = (
     "check|use|share|make sure|ensure|start|stop|begin|create|change|set|reset|save|store|order|"
     "call|contact|book|schedule|review|monitor|update|move|copy|rename|configure|enable|cancel|"
     "buy|purchase|sell|report|log|verify|validate|audit|scan|access|collect|gather|obtain|"
-    "analy[sz]e|evaluate|assess|consider|submit|sign|launch|trigger|restart|act|behave|speak|"
+    "assess|consider|submit|sign|launch|trigger|restart|act|behave|speak|"
     "talk|imagine|keep|give|show|find|look|let|try|remember|forget|note|avoid|treat|handle"
 )
 _HEDGE = (

@@ -31,7 +31,7 @@ _HIDDEN_HTML = re.compile(
 _WORD = re.compile(r"\w+", re.UNICODE)
 _TOKEN = re.compile(r"\S+")
 _VOWELS = set("aeiouy")
-_URLISH = re.compile(r"https?://|www\.|[A-Za-z0-9+/]{60,}={0,2}")
+_URLISH = re.compile(r"https?://|www\.")
 
 
 def detect(text: str) -> list[Hit]:
