@@ -170,12 +170,14 @@ class ChatService:
             mode_header=headers.get("x-memento-mode"),
             stream=stream,
         )
-        prepared = await self.prepare(ctx)
+        # A tenant without memory skips the hooks entirely: a plain pass-through proxy.
+        with_memory = self.assemble_streams and policy.memory.enabled
+        prepared = await self.prepare(ctx) if with_memory else PreparedCall(body=body)
         target = Target(alias, route, policy.limits.connect_timeout_s)
         upstream = self.upstreams.for_route(route)
         if stream:
             opened = await upstream.chat_stream(target, prepared.body)
-            assembler = StreamAssembler() if self.assemble_streams else None
+            assembler = StreamAssembler() if with_memory else None
 
             async def on_complete() -> None:
                 _log_call(ctx, 200, started)
@@ -191,7 +193,7 @@ class ChatService:
         reply = await upstream.chat(target, prepared.body)
         _log_call(ctx, reply.status, started)
         background = None
-        if self.assemble_streams:
+        if with_memory:
             background = BackgroundTask(self.finish, ctx, prepared, reply.json())
         return Response(reply.body, reply.status, headers=reply.headers, background=background)
 

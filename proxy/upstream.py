@@ -280,7 +280,7 @@ def import_litellm() -> Any:
 
 # Request fields litellm would consume itself (metadata) or drop for models outside its catalogue
 # (user, on OpenAI-compatible providers) instead of sending; they travel in extra_body.
-_LITELLM_RESERVED = ("metadata",)
+_LITELLM_RESERVED: tuple[str, ...] = ("metadata",)
 _LITELLM_DROPPED_FOR_OPENAI = ("user",)
 
 
@@ -302,6 +302,8 @@ class LiteLLMUpstream:
         kwargs["model"] = route.model
         kwargs["timeout"] = route.timeout_s
         api_key = resolve_api_key(target.alias, route)
+        if api_key is None and route.api_base and provider_of(route.model)[0] in OPENAI_COMPATIBLE:
+            api_key = "no-key"  # local OpenAI-compatible servers need none; litellm insists
         for name, value in (
             ("api_key", api_key),
             ("api_base", route.api_base),

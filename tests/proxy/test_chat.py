@@ -11,8 +11,10 @@ import httpx
 import openai
 import pytest
 
+from proxy.memory.seam import NoMemory
 from tests.harness import RunningProxy, write_tenant
 from tests.scripted_upstream import Reply, ScriptedUpstream
+from tests.test_support import wait_until
 
 KEY = "acme-proxy-key"
 TOOLS = [
@@ -69,7 +71,7 @@ def proxy(
         },
     )
     write_tenant(policies_dir, "other", "other-key", {"echo": {"model": "echo"}})
-    return start_proxy(policies_dir)
+    return start_proxy(policies_dir, memory=NoMemory())  # the core alone: memory has its own tests
 
 
 @pytest.fixture
@@ -445,14 +447,3 @@ def test_client_disconnect_mid_stream_cancels_the_upstream_call(
     # The client hung up; the proxy must hang up on the upstream (which waits for exactly that).
     wait_until(lambda: upstream.disconnects == 1)
     assert upstream.completed_streams == 0
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    """Poll until `condition` holds; fails (not a timing assertion: a liveness bound)."""
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition never became true")
-        time.sleep(0.02)

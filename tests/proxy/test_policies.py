@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,8 +11,10 @@ import httpx
 import openai
 import pytest
 
+from proxy.memory.seam import NoMemory
 from proxy.tenants import PolicyFileError, PolicyRegistry, hash_key
 from tests.harness import RunningProxy, write_tenant
+from tests.test_support import wait_until
 
 ECHO = {"echo": {"model": "echo"}}
 
@@ -93,19 +94,11 @@ def _models(proxy: RunningProxy, key: str) -> set[str]:
     return {m["id"] for m in response.json()["data"]}
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition never became true")
-        time.sleep(0.02)
-
-
 def test_hot_reload_keeps_the_last_good_version_on_an_invalid_edit(
     policies_dir: Path, start_proxy: Callable[..., RunningProxy], caplog: pytest.LogCaptureFixture
 ) -> None:
     path = write_tenant(policies_dir, "acme", "key-1", ECHO)
-    proxy = start_proxy(policies_dir)
+    proxy = start_proxy(policies_dir, memory=NoMemory())  # the core alone: memory has its own tests
     assert _models(proxy, "key-1") == {"echo"}
 
     # A valid edit is picked up: a new alias, a rotated key.

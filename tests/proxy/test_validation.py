@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from proxy.memory.seam import NoMemory
 from tests.harness import RunningProxy, write_tenant
 from tests.scripted_upstream import ScriptedUpstream
 
@@ -28,7 +29,7 @@ def proxy(
         {"fast": {"model": "openai/m", "api_base": upstream.url}, "echo": {"model": "echo"}},
         limits={"max_body_bytes": 2000},
     )
-    return start_proxy(policies_dir)
+    return start_proxy(policies_dir, memory=NoMemory())  # the core alone: memory has its own tests
 
 
 def post(

@@ -1,0 +1,439 @@
+"""Proxy overhead: added latency, time to first byte, throughput, start-up time and RSS.
+
+The scripted upstream (tests/scripted_upstream.py) runs in its own process and is measured
+called directly, through Memento Proxy (pass-through and litellm paths), and through LiteLLM
+Proxy when it is installed in its own environment (`make bench-env`), at concurrency 1, 8 and
+32, streaming and not. Every server is a separate process started the way an operator would
+start it; the load generator (aiohttp) runs here. `BENCH_SCALE` (default 1.0) scales request
+counts. Results: a table on stdout and bench/results/overhead.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "overhead.json"
+LITELLM_BIN = Path(
+    os.environ.get("LITELLM_PROXY_BIN", ROOT / "bench" / ".venv-litellm" / "bin" / "litellm")
+)
+SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
+CONCURRENCY = (1, 8, 32)
+REQUESTS = {1: 400, 8: 1200, 32: 2400}
+WARMUP = 60
+PROXY_KEY = "bench-proxy-key"
+MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Summarise the plot of a short story about a lighthouse keeper."},
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def rss_mb(pid: int) -> float:
+    process = psutil.Process(pid)
+    total = process.memory_info().rss
+    for child in process.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += child.memory_info().rss
+    return total / 2**20
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    url: str  # chat completions URL
+    model: str
+    headers: dict[str, str]
+    startup_s: float = 0.0
+    idle_rss_mb: float = 0.0
+    rss_after_mb: float = 0.0
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise RuntimeError(f"{url} not ready after {timeout_s}s")
+
+
+def spawn(
+    name: str, argv: list[str], ready_url: str, env: dict[str, str], log: Path
+) -> tuple[subprocess.Popen[bytes], float]:
+    started = time.perf_counter()
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            argv, env={**os.environ, **env}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
+    wait_ready(ready_url, process)
+    return process, time.perf_counter() - started
+
+
+def start_upstream(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process, _ = spawn(
+        "upstream",
+        [sys.executable, "-m", "tests.scripted_upstream", "--port", str(port)],
+        f"http://127.0.0.1:{port}/v1/models",
+        {},
+        tmp / "upstream.log",
+    )
+    return process, f"http://127.0.0.1:{port}/v1"
+
+
+def start_memento(upstream: str, tmp: Path) -> Server:
+    import hashlib
+
+    policies = tmp / "policies"
+    policies.mkdir()
+    policy = {
+        "tenant": "bench",
+        "keys": ["sha256:" + hashlib.sha256(PROXY_KEY.encode()).hexdigest()],
+        "models": {
+            "bench": {"model": "openai/bench-model", "api_base": upstream},
+            "bench-litellm": {
+                "model": "openai/bench-model",
+                "api_base": upstream,
+                "passthrough": False,
+            },
+        },
+        "memory": {"enabled": False},
+    }
+    (policies / "bench.yaml").write_text(yaml.safe_dump(policy))
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "proxy.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--policies",
+        str(policies),
+        "--data-dir",
+        str(tmp / "data"),
+    ]
+    process, startup = spawn(
+        "memento", argv, f"http://127.0.0.1:{port}/readyz", {}, tmp / "memento.log"
+    )
+    server = Server(
+        "memento",
+        process,
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        "bench",
+        {"authorization": f"Bearer {PROXY_KEY}"},
+        startup,
+    )
+    time.sleep(1.0)
+    server.idle_rss_mb = rss_mb(process.pid)
+    return server
+
+
+def start_litellm(upstream: str, tmp: Path) -> Server | None:
+    if not LITELLM_BIN.exists():
+        print(f"LiteLLM Proxy not installed at {LITELLM_BIN} (run `make bench-env`); skipped")
+        return None
+    config = {
+        "model_list": [
+            {
+                "model_name": "bench",
+                "litellm_params": {
+                    "model": "openai/bench-model",
+                    "api_base": upstream,
+                    "api_key": "sk-bench",
+                },
+            }
+        ],
+        "litellm_settings": {"telemetry": False, "set_verbose": False},
+    }
+    path = tmp / "litellm.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    env = {
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_TELEMETRY": "False",
+        "LITELLM_LOG": "ERROR",
+    }
+    argv = [
+        str(LITELLM_BIN),
+        "--config",
+        str(path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num_workers",
+        "1",
+    ]
+    process, startup = spawn(
+        "litellm", argv, f"http://127.0.0.1:{port}/health/liveliness", env, tmp / "litellm.log"
+    )
+    server = Server(
+        "litellm-proxy",
+        process,
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        "bench",
+        {"authorization": "Bearer sk-bench"},
+        startup,
+    )
+    time.sleep(1.0)
+    server.idle_rss_mb = rss_mb(process.pid)
+    return server
+
+
+@dataclass
+class Run:
+    target: str
+    stream: bool
+    concurrency: int
+    requests: int
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    ttfb_p50_ms: float
+    ttfb_p99_ms: float
+    rps: float
+    rss_mb: float = 0.0
+    added_p50_ms: float | None = None
+    added_p99_ms: float | None = None
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def load(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    payload: bytes,
+    concurrency: int,
+    total: int,
+) -> tuple[list[float], list[float], float, int]:
+    latencies: list[float] = []
+    ttfbs: list[float] = []
+    errors = 0
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining, errors
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            async with session.post(url, data=payload, headers=headers) as response:
+                first = await response.content.readany()
+                ttfb = time.perf_counter() - started
+                async for _ in response.content.iter_any():
+                    pass
+                done = time.perf_counter() - started
+                if response.status != 200 or not first:
+                    errors += 1
+                    continue
+            latencies.append(done * 1000)
+            ttfbs.append(ttfb * 1000)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, ttfbs, time.perf_counter() - began, errors
+
+
+async def measure(targets: list[tuple[str, str, str, dict[str, str], int | None]]) -> list[Run]:
+    runs: list[Run] = []
+    connector = aiohttp.TCPConnector(limit=256, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for stream in (False, True):
+            for concurrency in CONCURRENCY:
+                total = max(50, int(REQUESTS[concurrency] * SCALE))
+                for name, url, model, headers, pid in targets:
+                    body: dict[str, Any] = {"model": model, "messages": MESSAGES, "stream": stream}
+                    payload = json.dumps(body).encode()
+                    base = {"content-type": "application/json", **headers}
+                    await load(session, url, base, payload, concurrency, WARMUP)
+                    lat, ttfb, wall, errors = await load(
+                        session, url, base, payload, concurrency, total
+                    )
+                    run = Run(
+                        name,
+                        stream,
+                        concurrency,
+                        total,
+                        errors,
+                        percentile(lat, 0.5),
+                        percentile(lat, 0.99),
+                        percentile(ttfb, 0.5),
+                        percentile(ttfb, 0.99),
+                        len(lat) / wall,
+                        rss_mb(pid) if pid else 0.0,
+                    )
+                    runs.append(run)
+                    print(
+                        f"  {name:16} stream={stream!s:5} c={concurrency:<2} "
+                        f"p50={run.p50_ms:.2f}ms rps={run.rps:.0f}",
+                        flush=True,
+                    )
+    direct = {(r.stream, r.concurrency): r for r in runs if r.target == "direct"}
+    for run in runs:
+        if run.target != "direct":
+            base_run = direct[(run.stream, run.concurrency)]
+            run.added_p50_ms = run.p50_ms - base_run.p50_ms
+            run.added_p99_ms = run.p99_ms - base_run.p99_ms
+    return runs
+
+
+def table(runs: list[Run], servers: list[Server]) -> str:
+    head = (
+        f"{'target':16} {'mode':6} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'+p50':>7} "
+        f"{'+p99':>7} {'ttfb50':>7} {'ttfb99':>7} {'rps':>7} {'rss MB':>7} {'err':>4}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in runs:
+        added50 = "" if r.added_p50_ms is None else f"{r.added_p50_ms:+.2f}"
+        added99 = "" if r.added_p99_ms is None else f"{r.added_p99_ms:+.2f}"
+        lines.append(
+            f"{r.target:16} {'stream' if r.stream else 'json':6} {r.concurrency:>4} "
+            f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {added50:>7} {added99:>7} "
+            f"{r.ttfb_p50_ms:>7.2f} {r.ttfb_p99_ms:>7.2f} {r.rps:>7.0f} {r.rss_mb:>7.1f} "
+            f"{r.errors:>4}"
+        )
+    lines.append("")
+    lines.append(f"{'server':16} {'start-up s':>10} {'idle RSS MB':>12} {'RSS after MB':>13}")
+    for s in servers:
+        lines.append(
+            f"{s.name:16} {s.startup_s:>10.2f} {s.idle_rss_mb:>12.1f} {s.rss_after_mb:>13.1f}"
+        )
+    return "\n".join(lines)
+
+
+def verdicts(runs: list[Run]) -> dict[str, Any]:
+    def pick(target: str, stream: bool, concurrency: int) -> Run | None:
+        return next(
+            (
+                r
+                for r in runs
+                if (r.target, r.stream, r.concurrency) == (target, stream, concurrency)
+            ),
+            None,
+        )
+
+    c1 = pick("memento", False, 1)
+    result: dict[str, Any] = {}
+    if c1 is not None and c1.added_p50_ms is not None and c1.added_p99_ms is not None:
+        result["added_p50_under_2ms"] = c1.added_p50_ms < 2.0
+        result["added_p99_under_5ms"] = c1.added_p99_ms < 5.0
+    for stream in (False, True):
+        ours, theirs = pick("memento", stream, 32), pick("litellm-proxy", stream, 32)
+        if ours is not None and theirs is not None:
+            key = f"c32_{'stream' if stream else 'json'}_rps_ratio_vs_litellm_proxy"
+            result[key] = round(ours.rps / theirs.rps, 2)
+    return result
+
+
+def main() -> None:
+    servers: list[Server] = []
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as name:
+        tmp = Path(name)
+        upstream_process, upstream = start_upstream(tmp)
+        try:
+            memento = start_memento(upstream, tmp)
+            servers.append(memento)
+            litellm = start_litellm(upstream, tmp)
+            if litellm is not None:
+                servers.append(litellm)
+            targets: list[tuple[str, str, str, dict[str, str], int | None]] = [
+                ("direct", f"{upstream}/chat/completions", "bench-model", {}, None),
+                ("memento", memento.url, "bench", memento.headers, memento.process.pid),
+                (
+                    "memento-litellm",
+                    memento.url,
+                    "bench-litellm",
+                    memento.headers,
+                    memento.process.pid,
+                ),
+            ]
+            if litellm is not None:
+                targets.append(
+                    ("litellm-proxy", litellm.url, "bench", litellm.headers, litellm.process.pid)
+                )
+            runs = asyncio.run(measure(targets))
+            for server in servers:
+                server.rss_after_mb = rss_mb(server.process.pid)
+        finally:
+            for server in servers:
+                server.stop()
+            upstream_process.terminate()
+            upstream_process.wait(timeout=15)
+    print()
+    print(table(runs, servers))
+    summary = verdicts(runs)
+    print()
+    print(json.dumps(summary, indent=2))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "load_avg_at_end": os.getloadavg(),
+                },
+                "scale": SCALE,
+                "servers": [
+                    {
+                        k: v
+                        for k, v in asdict(s).items()
+                        if k in ("name", "startup_s", "idle_rss_mb", "rss_after_mb")
+                    }
+                    for s in servers
+                ],
+                "runs": [asdict(r) for r in runs],
+                "verdicts": summary,
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
