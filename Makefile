@@ -8,7 +8,7 @@ PORT   ?= 4000
 POLICIES ?= ./policies
 DATA_DIR ?= ./data
 
-.PHONY: run test lint typecheck pytest bench install clean
+.PHONY: run test lint typecheck pytest bench bench-env install clean
 
 # pip (not uv/poetry): the CPU build of torch pinned in requirements.lock lies on this disk and
 # only pip looks there. The lock pins every package exactly, so an install is reproducible.
@@ -34,7 +34,19 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-bench: $(STAMP)
+# LiteLLM Proxy, the overhead benchmark's point of comparison, in an environment of its own.
+# 1.106.12 is the newest release whose `proxy` extra resolves from the registries reachable here
+# (later ones need litellm-proxy packages that are not published); never 1.82.7 or 1.82.8.
+LITELLM_BENCH_VENV := bench/.venv-litellm
+LITELLM_PROXY_VERSION ?= 1.106.12
+$(LITELLM_BENCH_VENV)/bin/litellm:
+	test -x $(LITELLM_BENCH_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_BENCH_VENV)
+	$(LITELLM_BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		'litellm[proxy]==$(LITELLM_PROXY_VERSION)'
+
+bench-env: $(LITELLM_BENCH_VENV)/bin/litellm
+
+bench: $(STAMP) bench-env
 	$(BIN)/python -m bench
 
 clean:

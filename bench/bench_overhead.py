@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import platform
+import secrets
 import socket
 import subprocess
 import sys
@@ -38,6 +39,8 @@ CONCURRENCY = (1, 8, 32)
 REQUESTS = {1: 400, 8: 1200, 32: 2400}
 WARMUP = 60
 PROXY_KEY = "bench-proxy-key"
+# LiteLLM Proxy refuses to start without a strong master key; both proxies authenticate each call.
+LITELLM_MASTER_KEY = "sk-" + secrets.token_hex(32)
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "Summarise the plot of a short story about a lighthouse keeper."},
@@ -184,6 +187,7 @@ def start_litellm(upstream: str, tmp: Path) -> Server | None:
             }
         ],
         "litellm_settings": {"telemetry": False, "set_verbose": False},
+        "general_settings": {"master_key": LITELLM_MASTER_KEY},
     }
     path = tmp / "litellm.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -212,7 +216,7 @@ def start_litellm(upstream: str, tmp: Path) -> Server | None:
         process,
         f"http://127.0.0.1:{port}/v1/chat/completions",
         "bench",
-        {"authorization": "Bearer sk-bench"},
+        {"authorization": f"Bearer {LITELLM_MASTER_KEY}"},
         startup,
     )
     time.sleep(1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -10,13 +11,16 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from pydantic import BaseModel
 
 from proxy.memory.seam import NoMemory
+from proxy.policy import ModelRoute, Policy
 from proxy.tenants import PolicyFileError, PolicyRegistry, hash_key
 from tests.harness import RunningProxy, write_tenant
 from tests.test_support import wait_until
 
 ECHO = {"echo": {"model": "echo"}}
+POLICIES = Path(__file__).parents[2] / "policies"
 
 
 def problems_of(directory: Path) -> list[str]:
@@ -166,7 +170,40 @@ def test_cli_policy_check_and_keys(policies_dir: Path) -> None:
 
 
 def test_shipped_policies_are_valid() -> None:
-    registry = PolicyRegistry.load(Path(__file__).parents[2] / "policies")
+    registry = PolicyRegistry.load(POLICIES)
     demo = registry.get("demo")
     assert demo is not None and "echo" in demo.models
     assert registry.policy_for_key("memento-demo-key") is demo
+
+
+def _field_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    paths = []
+    for name, info in model.model_fields.items():
+        key = prefix + (info.alias or name)
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths += _field_paths(annotation, key + ".")
+        elif key == "models":
+            paths += _field_paths(ModelRoute, "models.<alias>.")
+        else:
+            paths.append(key)
+    return paths
+
+
+def test_policies_readme_documents_every_field() -> None:
+    readme = (POLICIES / "README.md").read_text()
+    missing = [path for path in _field_paths(Policy) if f"`{path}`" not in readme]
+    assert missing == [], f"policies/README.md lacks: {', '.join(missing)}"
+
+
+def test_committed_schema_is_current() -> None:
+    generated = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "policy", "schema"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    committed = (POLICIES / "policy.schema.json").read_text()
+    assert json.loads(committed) == json.loads(generated), (
+        "regenerate: memento-proxy policy schema > policies/policy.schema.json"
+    )
