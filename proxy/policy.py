@@ -63,7 +63,9 @@ class Limits(Strict):
 
 
 class RetrievalSettings(Strict):
-    k1: int = Field(default=30, ge=1, le=500, description="Candidates per retriever (BM25, vector).")
+    k1: int = Field(
+        default=30, ge=1, le=500, description="Candidates per retriever (BM25, vector)."
+    )
     rrf_k: int = Field(default=60, ge=1)
     k2_cases: int = Field(default=4, ge=0, le=20)
     tau_trust: float = Field(default=0.5, ge=0, le=1)
@@ -96,7 +98,9 @@ class BudgetSettings(Strict):
     case_share: float = Field(default=0.3, ge=0, le=1)
     lesson_share: float = Field(default=0.1, ge=0, le=1)
     reserve_output_tokens: int = Field(
-        default=1024, ge=0, description="Kept free for the answer when the caller sets no max_tokens."
+        default=1024,
+        ge=0,
+        description="Kept free for the answer when the caller sets no max_tokens.",
     )
 
 
@@ -133,10 +137,14 @@ class ConsolidationSettings(Strict):
 class MemoryPolicy(Strict):
     enabled: bool = True
     default_mode: MemoryMode = "full"
-    allowed_modes: list[MemoryMode] = Field(default_factory=lambda: ["off", "read", "write", "full"])
+    allowed_modes: list[MemoryMode] = Field(
+        default_factory=lambda: ["off", "read", "write", "full"]
+    )
     anonymous: Literal["off", "tenant"] = Field(
         default="off",
-        description="Requests without a user id: off = pass-through, tenant = tenant-shared memory.",
+        description=(
+            "Requests without a user id: off = pass-through, tenant = tenant-shared memory."
+        ),
     )
     shared_kinds: list[MemoryKind] = Field(
         default_factory=list, description="Kinds retrieved tenant-wide in addition to the user's."
