@@ -206,8 +206,9 @@ async def review(
     """Apply a reviewer's decision to a quarantined memory; both decisions teach the lessons.
 
     Approve: the memory becomes active (trust raised to the accept line) and the lessons it was
-    matched against are retired, since a person judged that pattern benign. Reject: the memory
-    is rejected (never injected) and distilled into a lesson, so its variants are caught later.
+    matched against are retired, since a person judged that pattern benign. Reject (also of an
+    active memory that turned out harmful): the memory is rejected, so it is never injected
+    again from the next request on, and distilled into a lesson, so its variants are caught.
     """
     found = await store.get_many(tenant_id, [memory_id])
     record = found[0] if found else None
@@ -218,10 +219,11 @@ async def review(
             code="memory_not_found",
             status=404,
         )
-    if record.status != "quarantined":
+    reviewable = ("quarantined",) if decision == "approve" else ("quarantined", "active")
+    if record.status not in reviewable:
         raise ReviewError(
-            f"Memory '{memory_id}' is {record.status}, not quarantined; only quarantined "
-            "memories can be approved or rejected.",
+            f"Memory '{memory_id}' is {record.status}; only quarantined memories can be "
+            "approved, and only quarantined or active ones rejected.",
             code="not_quarantined",
         )
     detail = f"{decision}d by {actor}" + (f": {note[:200]}" if note else "")

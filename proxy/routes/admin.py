@@ -5,7 +5,8 @@
   lesson is recorded.
 - `GET /v1/memories/quarantine`: quarantined memories awaiting review (`?user=&limit=&offset=`).
 - `POST /v1/memories/quarantine/{memory_id}/approve` and `/reject` (optional body
-  `{"note": "..."}`): a reviewer's decision, which also teaches the lessons.
+  `{"note": "..."}`): a reviewer's decision, which also teaches the lessons. Reject also takes
+  an active memory that turned out harmful: it stops being injected at once.
 """
 
 from __future__ import annotations
