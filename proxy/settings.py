@@ -27,7 +27,7 @@ class Settings:
     policy_reload_s: float = 1.0
     # Shared connection pool to OpenAI-compatible upstreams.
     upstream_max_connections: int = 512
-    upstream_keepalive: int = 128
+    upstream_keepalive_s: float = 30.0  # idle upstream connections are closed after this
     # Bytes accepted before a tenant is known (the tenant's own limit applies after auth).
     max_body_bytes: int = 32 * 1024 * 1024
     access_log: bool = False
@@ -46,7 +46,7 @@ class Settings:
             upstream_max_connections=int(
                 _env("UPSTREAM_MAX_CONNECTIONS", str(cls.upstream_max_connections))
             ),
-            upstream_keepalive=int(_env("UPSTREAM_KEEPALIVE", str(cls.upstream_keepalive))),
+            upstream_keepalive_s=float(_env("UPSTREAM_KEEPALIVE_S", str(cls.upstream_keepalive_s))),
             max_body_bytes=int(_env("MAX_BODY_BYTES", str(cls.max_body_bytes))),
             access_log=_env("ACCESS_LOG", "0").lower() in {"1", "true", "yes"},
         )
