@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from proxy.memory.candidates import Reason
+from proxy.memory.signals import clauses, exfiltration, instructions, normalize, obfuscation
 from proxy.memory.signals import lessons as lesson_signal
 from proxy.policy import SanitizerPolicy
 from storage.api import MemoryStore
@@ -31,6 +32,10 @@ from storage.records import MemoryRecord, NewMemory, Scope, SearchHit
 log = logging.getLogger("memento.lessons")
 
 MAX_LESSONS = 1000  # newest first; older lessons age out of the comparison set
+OFFENDING_SCORE = 0.35  # a clause this suspicious on its own is the part a lesson remembers
+SWEEP_K = 20
+_ANNOUNCING = ("override", "instruction header", "fake delimiter", "chat template", "role marker")
+_CONTENT_FLAGS = frozenset({"instructions", "exfiltration", "obfuscation", "session", "lessons"})
 _LESSON_ID = re.compile(r"\blesson ([\w-]+)")
 
 
@@ -105,6 +110,27 @@ def lesson_text(reasons: Sequence[Reason], origin: str) -> str:
     )
 
 
+def offending_part(content: str) -> str:
+    """The clauses of refused content that carry the attack (what the lesson should match), so
+    a benign fact an attack was spliced into ("I like hiking") never resembles the lesson, while
+    a variant of the attack with another fact around it does. An override or an instruction
+    header announces a payload, so what follows it belongs to the attack too. The whole content
+    when no clause stands out on its own (a combination, or a reviewer's call)."""
+    norm = normalize(content)
+    parts: list[str] = []
+    announced = False
+    for clause in clauses(norm):
+        hits = [
+            hit
+            for detect in (instructions.detect, exfiltration.detect, obfuscation.detect)
+            for hit in detect(clause)
+        ]
+        if announced or any(hit.hard or hit.score >= OFFENDING_SCORE for hit in hits):
+            parts.append(clause)
+        announced = announced or any(hit.detail.startswith(_ANNOUNCING) for hit in hits)
+    return " ".join(parts) if parts else norm
+
+
 async def record_lesson(
     store: MemoryStore,
     scope: Scope,
@@ -113,20 +139,27 @@ async def record_lesson(
     *,
     origin: str,
     about_ids: Sequence[str] = (),
+    sweep_cos: float | None = None,
 ) -> MemoryRecord | None:
-    """Distil refused `content` into a lesson, unless an existing lesson already covers it."""
+    """Distil refused `content` into a lesson, unless an existing lesson already covers it.
+
+    With `sweep_cos`, memories of the scope (and tenant-shared ones) that already carry a flag
+    and resemble the new lesson at that cosine are quarantined at once: a memory whose trust
+    fell stops being injected from the next request on.
+    """
+    pattern = offending_part(content)
+    fingerprint = lesson_signal.shingles(pattern)
     existing = await load_lessons(store, scope.tenant_id)
     if any(
-        lesson_signal.containment(lesson_signal.shingles(content), set(known.fingerprint)) >= 0.9
-        and lesson_signal.containment(set(known.fingerprint), lesson_signal.shingles(content))
-        >= 0.9
+        lesson_signal.containment(fingerprint, set(known.fingerprint)) >= 0.9
+        and lesson_signal.containment(set(known.fingerprint), fingerprint) >= 0.9
         for known in existing
     ):
         return None
     lesson = NewMemory(
         kind="lesson",
         text=lesson_text(reasons, origin),
-        key_text=content,
+        key_text=pattern,
         fields={
             "origin": origin,
             "about_ids": list(about_ids),
@@ -140,7 +173,41 @@ async def record_lesson(
     )
     [record] = await store.add(scope.shared(), [lesson])
     log.info("lesson %s recorded (%s) for tenant %s", record.id, origin, scope.tenant_id)
+    if sweep_cos is not None and scope.user_id is not None:
+        await _sweep(store, scope, record, sweep_cos, exclude=set(about_ids))
     return record
+
+
+async def _sweep(
+    store: MemoryStore, scope: Scope, lesson: MemoryRecord, cos: float, *, exclude: set[str]
+) -> None:
+    """Quarantine flagged active memories that resemble a new lesson."""
+    [vector] = await store.embedder.embed([lesson.key_text])
+    hits = await store.search(
+        Scope(scope.tenant_id, scope.user_id),
+        query_text=lesson.key_text,
+        query_vector=vector,
+        k=SWEEP_K,
+        kinds=["fact", "preference", "case"],
+        include_shared=True,
+    )
+    for hit in hits:
+        record = hit.record
+        flagged = any(
+            r.get("signal") in _CONTENT_FLAGS and float(r.get("delta", 0.0)) < 0
+            for r in record.trust_reasons
+        )
+        if record.id in exclude or (hit.cosine or 0.0) < cos or not flagged:
+            continue
+        reason = Reason("lessons", -record.trust / 2, f"resembles new lesson {lesson.id}")
+        await store.update(
+            record.scope,
+            record.id,
+            status="quarantined",
+            trust=record.trust / 2,
+            trust_reasons=[*record.trust_reasons, reason.as_dict()],
+        )
+        log.info("memory %s quarantined: it resembles new lesson %s", record.id, lesson.id)
 
 
 @dataclass(frozen=True)
@@ -243,10 +310,11 @@ async def review(
         await record_lesson(
             store,
             record.scope,
-            record.key_text or record.text,
+            record.text,
             [*flagged, Reason("review", -1.0, "rejected by a reviewer")],
             origin="review",
             about_ids=[memory_id],
+            sweep_cos=policy.lesson_cos_read,
         )
     if updated is None:  # deleted between the read and the write
         raise ReviewError(f"Memory '{memory_id}' was deleted.", code="memory_not_found", status=404)

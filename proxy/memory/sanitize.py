@@ -151,7 +151,7 @@ class Sanitizer:
             verdicts.append(TrustVerdict(verdict, round(trust, 4), reasons, item.text))
 
         if not dry_run and self.store is not None:
-            await self._distil_lessons(self.store, scope, pending, verdicts)
+            await self._distil_lessons(self.store, scope, pending, verdicts, policy)
         return verdicts
 
     async def _memory_signals(
@@ -275,13 +275,19 @@ class Sanitizer:
         scope: Scope,
         pending: Sequence[_Pending],
         verdicts: Sequence[TrustVerdict],
+        policy: SanitizerPolicy,
     ) -> None:
         for item, verdict in zip(pending, verdicts, strict=True):
             if verdict.verdict != "reject" or not _content_driven(verdict.reasons):
                 continue
             try:
                 await lesson_memory.record_lesson(
-                    store, scope, item.candidate.text, verdict.reasons, origin="sanitizer"
+                    store,
+                    scope,
+                    item.candidate.text,
+                    verdict.reasons,
+                    origin="sanitizer",
+                    sweep_cos=policy.lesson_cos_read,
                 )
             except Exception:  # a lesson is a bonus; losing one must not fail the write path
                 log.exception("could not record a lesson for a rejected candidate")
