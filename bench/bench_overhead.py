@@ -38,6 +38,8 @@ SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
 CONCURRENCY = (1, 8, 32)
 REQUESTS = {1: 400, 8: 1200, 32: 2400}
 WARMUP = 60
+# Each measured run stops at its request count or after this long, whichever comes first.
+RUN_SECONDS = float(os.environ.get("BENCH_RUN_SECONDS", "15"))
 PROXY_KEY = "bench-proxy-key"
 # LiteLLM Proxy refuses to start without a strong master key; both proxies authenticate each call.
 LITELLM_MASTER_KEY = "sk-" + secrets.token_hex(32)
@@ -259,10 +261,11 @@ async def load(
     ttfbs: list[float] = []
     errors = 0
     remaining = total
+    deadline = time.perf_counter() + RUN_SECONDS
 
     async def worker() -> None:
         nonlocal remaining, errors
-        while remaining > 0:
+        while remaining > 0 and time.perf_counter() < deadline:
             remaining -= 1
             started = time.perf_counter()
             async with session.post(url, data=payload, headers=headers) as response:
@@ -301,7 +304,7 @@ async def measure(targets: list[tuple[str, str, str, dict[str, str], int | None]
                         name,
                         stream,
                         concurrency,
-                        total,
+                        len(lat) + errors,
                         errors,
                         percentile(lat, 0.5),
                         percentile(lat, 0.99),
@@ -424,9 +427,10 @@ def main() -> None:
                 "scale": SCALE,
                 "servers": [
                     {
-                        k: v
-                        for k, v in asdict(s).items()
-                        if k in ("name", "startup_s", "idle_rss_mb", "rss_after_mb")
+                        "name": s.name,
+                        "startup_s": s.startup_s,
+                        "idle_rss_mb": s.idle_rss_mb,
+                        "rss_after_mb": s.rss_after_mb,
                     }
                     for s in servers
                 ],

@@ -79,9 +79,17 @@ class RetrievalSettings(Strict):
     query_context_turns: int = Field(default=2, ge=0, le=20)
 
 
+def _default_lambda() -> dict[MemoryKind, float]:
+    return {"case": 0.5, "fact": 0.15, "preference": 0.15, "lesson": 0.0}
+
+
+def _all_modes() -> list[MemoryMode]:
+    return ["off", "read", "write", "full"]
+
+
 class ScoringSettings(Strict):
     lambda_: dict[MemoryKind, float] = Field(
-        default_factory=lambda: {"case": 0.5, "fact": 0.15, "preference": 0.15, "lesson": 0.0},
+        default_factory=_default_lambda,
         alias="lambda",
     )
     beta_recency: float = 0.2
@@ -137,9 +145,7 @@ class ConsolidationSettings(Strict):
 class MemoryPolicy(Strict):
     enabled: bool = True
     default_mode: MemoryMode = "full"
-    allowed_modes: list[MemoryMode] = Field(
-        default_factory=lambda: ["off", "read", "write", "full"]
-    )
+    allowed_modes: list[MemoryMode] = Field(default_factory=_all_modes)
     anonymous: Literal["off", "tenant"] = Field(
         default="off",
         description=(
