@@ -1,0 +1,115 @@
+"""Schema migrations (empty and previous version), newer schemas refused, embedder switches."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from storage import EmbedderMismatchError, open_store
+from storage.embedders import LiteLLMEmbedder, LocalEmbedder
+from storage.records import NewMemory, Scope
+from storage.sqlite import MIGRATIONS, SCHEMA_VERSION, SchemaTooNewError, SQLiteDatabase
+from storage.store import open_embedded_store
+from tests.scripted_upstream import ScriptedUpstream
+
+SCOPE = Scope("acme", "alice")
+
+
+def _tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as raw:
+        return {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+async def test_empty_database_migrates_to_latest(tmp_path: Path) -> None:
+    path = tmp_path / "memento.db"
+    db = await SQLiteDatabase.open(path)
+    await db.close()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    expected = {"memories", "audit", "requests", "feedback", "jobs", "index_outbox"}
+    assert expected | {"memory_versions", "store_meta"} <= _tables(path)
+
+
+async def test_previous_version_upgrades_in_place(
+    tmp_path: Path, local_embedder: LocalEmbedder
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / "memento.db"
+    old = await SQLiteDatabase.open(path, migrations=MIGRATIONS[: SCHEMA_VERSION - 1])
+    await old.close()
+    assert "memory_versions" not in _tables(path)
+    # A row as the previous release wrote it: no vector yet, no store metadata.
+    now = time.time()
+    with sqlite3.connect(path) as raw:
+        raw.execute(
+            "INSERT INTO memories (id, tenant_id, user_id, kind, text, source_role, trust, "
+            "status, created_at, updated_at, valid_from) "
+            "VALUES ('m-old', 'acme', 'alice', 'fact', 'I grow tomatoes', 'user', 0.8, "
+            "'active', ?, ?, ?)",
+            (now, now, now),
+        )
+        raw.execute("INSERT INTO index_outbox (memory_id, enqueued_at) VALUES ('m-old', ?)", (now,))
+    store = await open_store(data, local_embedder)
+    try:
+        with sqlite3.connect(path) as raw:
+            assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        record = await store.get(SCOPE, "m-old")
+        assert record is not None and record.text == "I grow tomatoes"
+        # The new version's feature works on the old row: the edit history keeps the old text.
+        await store.update(SCOPE, "m-old", text="I grow peppers")
+        with sqlite3.connect(path) as raw:
+            history = raw.execute("SELECT text FROM memory_versions").fetchall()
+        assert history == [("I grow tomatoes",)]
+        hits = await store.search(SCOPE, query_text="peppers", query_vector=None)
+        assert [hit.record.id for hit in hits] == ["m-old"]
+    finally:
+        await store.close()
+
+
+async def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "memento.db"
+    with sqlite3.connect(path) as raw:
+        raw.execute("CREATE TABLE future (x)")
+        raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(SchemaTooNewError, match="Upgrade memento-proxy"):
+        await SQLiteDatabase.open(path)
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+    assert _tables(path) == {"future"}
+
+
+async def test_switching_embedder_requires_reindex(
+    tmp_path: Path, local_embedder: LocalEmbedder, upstream: ScriptedUpstream
+) -> None:
+    data = tmp_path / "data"
+    store = await open_store(data, local_embedder)
+    written = await store.add(
+        SCOPE, [NewMemory(kind="fact", text=t) for t in ("I sail", "I knit scarves")]
+    )
+    await store.close()
+
+    remote = LiteLLMEmbedder("openai/stub-embedding", api_base=upstream.url, api_key="test-key")
+    await remote.probe()
+    assert remote.dimensions == 3
+    with pytest.raises(EmbedderMismatchError, match="memento-proxy reindex"):
+        await open_store(data, remote)
+
+    store = await open_embedded_store(data, remote, check_embedder=False)
+    try:
+        report = await store.reindex()
+        assert (report["records"], report["reembedded"]) == (2, 2)
+        records = await store.get_many("acme", [r.id for r in written])
+        assert {r.embedding_model for r in records} == {"openai/stub-embedding"}
+        vectors = await store.vectors("acme", [r.id for r in written])
+        assert {len(v) for v in vectors.values()} == {3}
+        query = (await remote.embed(["I sail"]))[0]
+        hits = await store.search(SCOPE, query_text="scarves", query_vector=query)
+        assert {hit.record.id for hit in hits} == {r.id for r in written}
+    finally:
+        await store.close()
+    reopened = await open_store(data, remote)  # the new embedder is now the recorded one
+    await reopened.close()
