@@ -9,6 +9,7 @@ answer, and only then passes the finished exchange back to the hooks.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from opentelemetry import trace
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
@@ -38,13 +40,24 @@ from proxy.settings import Settings
 from proxy.streaming import SSERelay, StreamAssembler
 from proxy.tenants import PolicyRegistry
 from proxy.tokens import encoding
-from proxy.tracing import retention_from, setup_tracing
+from proxy.tracing import (
+    EndSpansAfter,
+    record_failure,
+    record_first_token,
+    record_response,
+    retention_from,
+    setup_tracing,
+    span_ids,
+    start_request_span,
+    start_upstream_span,
+)
 from proxy.ui.pages import routes as ui_routes
 from proxy.upstream import Target, Upstreams, import_litellm, is_passthrough
 from proxy.validation import read_json_body, validate_chat, validate_embeddings
 from storage.spans import open_span_store
 
 log = logging.getLogger("memento.proxy")
+_tracer = trace.get_tracer("memento.proxy")
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -151,9 +164,28 @@ class ChatService:
         except Exception:
             log.exception("memory after-call failed for request %s", ctx.request_id)
 
-    async def chat(self, request: Request) -> Response | SSERelay:
+    async def chat(self, request: Request) -> Response | EndSpansAfter:
+        """The call inside its `memento.request` span (ended after a stream, for streams)."""
+        root = start_request_span(request_id_of(request))
+        try:
+            with trace.use_span(
+                root, end_on_exit=False, record_exception=False, set_status_on_exception=False
+            ):
+                response = await self._chat(request, root)
+        except BaseException as exc:
+            record_failure(root, exc)
+            root.end()
+            raise
+        if isinstance(response, Response):
+            root.set_attribute("http.response.status_code", response.status_code)
+            root.end()
+        return response
+
+    async def _chat(self, request: Request, root: trace.Span) -> Response | EndSpansAfter:
         started = time.perf_counter()
-        policy = authenticate(request)
+        with _tracer.start_as_current_span("memento.auth"):
+            policy = authenticate(request)
+        root.set_attribute("memento.tenant", policy.tenant)
         body = await read_json_body(request, policy.limits.max_body_bytes)
         alias = validate_chat(body)
         route = self.resolve(policy, alias)
@@ -170,31 +202,58 @@ class ChatService:
             mode_header=headers.get("x-memento-mode"),
             stream=stream,
         )
+        ctx.trace_id, ctx.span_id = span_ids(root)
+        root.set_attribute("gen_ai.request.model", alias)
+        if ctx.user_id:
+            root.set_attribute("enduser.id", str(ctx.user_id))
+        if ctx.session_id:
+            root.set_attribute("memento.session_id", ctx.session_id)
         # A tenant without memory skips the hooks entirely: a plain pass-through proxy.
         with_memory = self.assemble_streams and policy.memory.enabled
         prepared = await self.prepare(ctx) if with_memory else PreparedCall(body=body)
         target = Target(alias, route, policy.limits.connect_timeout_s)
         upstream = self.upstreams.for_route(route)
+        span = start_upstream_span(alias, route.model, is_passthrough(route))
+        upstream_started = time.monotonic_ns()
         if stream:
-            opened = await upstream.chat_stream(target, prepared.body)
+            try:
+                with trace.use_span(span, end_on_exit=False):
+                    opened = await upstream.chat_stream(target, prepared.body)
+            except BaseException as exc:
+                record_failure(span, exc)
+                span.end()
+                raise
             assembler = StreamAssembler() if with_memory else None
+            first_chunk = [True]
+
+            def observe(chunk: bytes) -> None:
+                if first_chunk:
+                    first_chunk.clear()
+                    record_first_token(span, upstream_started)
+                if assembler is not None:
+                    assembler.feed(chunk)
 
             async def on_complete() -> None:
                 _log_call(ctx, 200, started)
                 if assembler is not None:
-                    await self.finish(ctx, prepared, assembler.result())
+                    answer = assembler.result()
+                    record_response(span, answer)
+                    await self.finish(ctx, prepared, answer)
 
-            return SSERelay(
-                opened,
-                headers=opened.headers,
-                observe=assembler.feed if assembler is not None else None,
-                on_complete=on_complete,
+            relay = SSERelay(
+                opened, headers=opened.headers, observe=observe, on_complete=on_complete
             )
-        reply = await upstream.chat(target, prepared.body)
+            return EndSpansAfter(relay, span, root)
+        with trace.use_span(span, end_on_exit=True):
+            reply = await upstream.chat(target, prepared.body)
+            record_first_token(span, upstream_started)
+            span.set_attribute("http.response.status_code", reply.status)
+            answer = _json_or_none(reply.body)
+            record_response(span, answer)
         _log_call(ctx, reply.status, started)
         background = None
         if with_memory:
-            background = BackgroundTask(self.finish, ctx, prepared, reply.json())
+            background = BackgroundTask(self.finish, ctx, prepared, answer)
         return Response(reply.body, reply.status, headers=reply.headers, background=background)
 
     async def embeddings(self, request: Request) -> Response:
@@ -205,6 +264,13 @@ class ChatService:
         target = Target(alias, route, policy.limits.connect_timeout_s)
         reply = await self.upstreams.for_route(route).embeddings(target, body)
         return Response(reply.body, reply.status, headers=reply.headers)
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
 
 
 def _log_call(ctx: CallContext, status: int, started: float) -> None:

@@ -395,3 +395,88 @@ def retention_from(policies: _PolicySource) -> RetentionLookup:
         return None if policy is None else policy.tracing
 
     return lookup
+
+
+# -- the request's own spans (used by the chat route) -------------------------------------------
+
+_tracer = trace.get_tracer(TRACER_NAME)
+
+
+def start_request_span(request_id: str) -> trace.Span:
+    """The root span of one call; its trace id is what later write-path work links to."""
+    return _tracer.start_span(
+        "memento.request",
+        kind=trace.SpanKind.SERVER,
+        attributes={"memento.request_id": request_id},
+    )
+
+
+def start_upstream_span(alias: str, model: str, passthrough: bool) -> trace.Span:
+    """The upstream call, named by GenAI conventions (gen_ai.system, gen_ai.request.model)."""
+    system = model.split("/", 1)[0] if "/" in model else ("openai" if passthrough else model)
+    return _tracer.start_span(
+        "memento.upstream",
+        kind=trace.SpanKind.CLIENT,
+        attributes={
+            "gen_ai.operation.name": "chat",
+            "gen_ai.system": system,
+            "gen_ai.request.model": model,
+            "memento.model_alias": alias,
+        },
+    )
+
+
+def record_response(span: trace.Span, response: Any) -> None:
+    """Usage and response model of a chat.completion dict (streams: the assembled one)."""
+    if not isinstance(response, dict):
+        return
+    if isinstance(response.get("model"), str):
+        span.set_attribute("gen_ai.response.model", response["model"])
+    usage = response.get("usage")
+    if isinstance(usage, dict):
+        for source, name in (
+            ("prompt_tokens", "gen_ai.usage.input_tokens"),
+            ("completion_tokens", "gen_ai.usage.output_tokens"),
+        ):
+            if isinstance(usage.get(source), int):
+                span.set_attribute(name, usage[source])
+    reasons = [c.get("finish_reason") for c in response.get("choices") or [] if isinstance(c, dict)]
+    if reasons and all(isinstance(r, str) for r in reasons):
+        span.set_attribute("gen_ai.response.finish_reasons", reasons)
+
+
+def record_first_token(span: trace.Span, started_ns: int) -> None:
+    """Time to first token (streams: the first chunk; whole answers: the answer)."""
+    ttft_ms = round((time.monotonic_ns() - started_ns) / 1e6, 3)
+    span.set_attribute("memento.ttft_ms", ttft_ms)
+    span.add_event("first_token", {"memento.ttft_ms": ttft_ms})
+
+
+def record_failure(span: trace.Span, exc: BaseException) -> None:
+    """Mark a span failed without recording message text a client sent (no content)."""
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        span.set_attribute("http.response.status_code", status)
+        if status < 500:
+            return  # the caller's mistake, reported to them; the proxy did not fail
+    span.set_attribute("error.type", type(exc).__name__)
+    span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+
+
+class EndSpansAfter:
+    """An ASGI response that ends spans once the wrapped (streamed) response is finished."""
+
+    def __init__(self, response: Any, *spans: trace.Span) -> None:
+        self.response = response
+        self.spans = spans
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await self.response(scope, receive, send)
+        except BaseException as exc:
+            for span in self.spans:
+                record_failure(span, exc)
+            raise
+        finally:
+            for span in self.spans:
+                span.end()
