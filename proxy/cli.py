@@ -10,7 +10,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from proxy import __version__, sanitize_cli
+from proxy import __version__, reindex_cli, sanitize_cli
+from proxy.memory import cli as memories_command
 from proxy.policy import Policy
 from proxy.settings import Settings
 from proxy.tenants import PolicyFileError, PolicyRegistry, hash_key
@@ -121,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     new.set_defaults(run=cmd_keys_new)
     trace_command.register(commands)
     sanitize_cli.register(commands)
+    reindex_cli.register(commands)
+    memories_command.register(commands)
     return parser
 
 
