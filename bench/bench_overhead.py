@@ -56,6 +56,17 @@ def free_port() -> int:
         return port
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its children: cost per request, unlike
+    latency, barely moves when other work shares the machine."""
+    total = 0.0
+    for process in (psutil.Process(pid), *psutil.Process(pid).children(recursive=True)):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 def rss_mb(pid: int) -> float:
     process = psutil.Process(pid)
     total = process.memory_info().rss
@@ -239,6 +250,7 @@ class Run:
     ttfb_p99_ms: float
     rps: float
     rss_mb: float = 0.0
+    cpu_ms_per_request: float = 0.0
     added_p50_ms: float | None = None
     added_p99_ms: float | None = None
 
@@ -297,6 +309,7 @@ async def measure(targets: list[tuple[str, str, str, dict[str, str], int | None]
                     payload = json.dumps(body).encode()
                     base = {"content-type": "application/json", **headers}
                     await load(session, url, base, payload, concurrency, WARMUP)
+                    cpu_before = cpu_s(pid) if pid else 0.0
                     lat, ttfb, wall, errors = await load(
                         session, url, base, payload, concurrency, total
                     )
@@ -312,6 +325,7 @@ async def measure(targets: list[tuple[str, str, str, dict[str, str], int | None]
                         percentile(ttfb, 0.99),
                         len(lat) / wall,
                         rss_mb(pid) if pid else 0.0,
+                        (cpu_s(pid) - cpu_before) * 1000 / max(1, len(lat)) if pid else 0.0,
                     )
                     runs.append(run)
                     print(
@@ -331,7 +345,8 @@ async def measure(targets: list[tuple[str, str, str, dict[str, str], int | None]
 def table(runs: list[Run], servers: list[Server]) -> str:
     head = (
         f"{'target':16} {'mode':6} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'+p50':>7} "
-        f"{'+p99':>7} {'ttfb50':>7} {'ttfb99':>7} {'rps':>7} {'rss MB':>7} {'err':>4}"
+        f"{'+p99':>7} {'ttfb50':>7} {'ttfb99':>7} {'rps':>7} {'cpu/req':>7} {'rss MB':>7} "
+        f"{'err':>4}"
     )
     lines = [head, "-" * len(head)]
     for r in runs:
@@ -340,7 +355,8 @@ def table(runs: list[Run], servers: list[Server]) -> str:
         lines.append(
             f"{r.target:16} {'stream' if r.stream else 'json':6} {r.concurrency:>4} "
             f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {added50:>7} {added99:>7} "
-            f"{r.ttfb_p50_ms:>7.2f} {r.ttfb_p99_ms:>7.2f} {r.rps:>7.0f} {r.rss_mb:>7.1f} "
+            f"{r.ttfb_p50_ms:>7.2f} {r.ttfb_p99_ms:>7.2f} {r.rps:>7.0f} "
+            f"{r.cpu_ms_per_request:>7.2f} {r.rss_mb:>7.1f} "
             f"{r.errors:>4}"
         )
     lines.append("")
@@ -373,6 +389,10 @@ def verdicts(runs: list[Run]) -> dict[str, Any]:
         if ours is not None and theirs is not None:
             key = f"c32_{'stream' if stream else 'json'}_rps_ratio_vs_litellm_proxy"
             result[key] = round(ours.rps / theirs.rps, 2)
+            cpu_key = (
+                f"c32_{'stream' if stream else 'json'}_cpu_per_request_ratio_litellm_over_ours"
+            )
+            result[cpu_key] = round(theirs.cpu_ms_per_request / ours.cpu_ms_per_request, 2)
     return result
 
 
@@ -388,7 +408,7 @@ def main() -> None:
             if litellm is not None:
                 servers.append(litellm)
             targets: list[tuple[str, str, str, dict[str, str], int | None]] = [
-                ("direct", f"{upstream}/chat/completions", "bench-model", {}, None),
+                ("direct", f"{upstream}/chat/completions", "bench-model", {}, upstream_process.pid),
                 ("memento", memento.url, "bench", memento.headers, memento.process.pid),
                 (
                     "memento-litellm",

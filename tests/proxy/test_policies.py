@@ -207,3 +207,27 @@ def test_committed_schema_is_current() -> None:
     assert json.loads(committed) == json.loads(generated), (
         "regenerate: memento-proxy policy schema > policies/policy.schema.json"
     )
+
+
+def test_serve_refuses_to_start_on_invalid_policies(policies_dir: Path, tmp_path: Path) -> None:
+    (policies_dir / "acme.yaml").write_text("tenant: acme\nkeys: [not-a-hash]\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "proxy.cli",
+            "serve",
+            "--port",
+            "0",
+            "--policies",
+            str(policies_dir),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "acme.yaml: keys: each key must be sha256:" in result.stderr
