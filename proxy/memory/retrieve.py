@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from proxy.policy import MemoryPolicy
+from proxy.policy import MemoryPolicy, RetrievalSettings
 from storage.api import MemoryStore
 from storage.records import MemoryKind, MemoryRecord, Scope, SearchHit
 
@@ -31,7 +31,7 @@ DEFAULT_CASE_MIN_COSINE = 0.1
 
 # Floors for the spread used by the z-scores. Without one, two candidates whose fused relevance
 # differs by one rank would always be ±1σ apart, and utility could never outrank relevance.
-_REL_STD_FLOOR = 0.05  # in units of the best possible fused relevance
+_REL_STD_FLOOR = 0.25  # in units of the best fused relevance; one rank apart at the top is ~0.14
 _Q_STD_FLOOR = 0.05
 _DAY_S = 86_400.0
 
@@ -75,12 +75,13 @@ class ScoredMemory:
         }
 
 
-def fused_relevance(hit: SearchHit, rrf_k: int) -> float:
-    """Reciprocal rank fusion of the BM25 and vector ranks: Σ 1/(k + rank), ranks from 1."""
+def fused_relevance(hit: SearchHit, settings: RetrievalSettings) -> float:
+    """Weighted reciprocal rank fusion: Σ w/(k + rank) over BM25 and vector, ranks from 1."""
     rel = 0.0
-    for rank in (hit.bm25_rank, hit.vector_rank):
-        if rank is not None:
-            rel += 1.0 / (rrf_k + rank + 1)
+    if hit.bm25_rank is not None:
+        rel += settings.bm25_weight / (settings.rrf_k + hit.bm25_rank + 1)
+    if hit.vector_rank is not None:
+        rel += settings.vector_weight / (settings.rrf_k + hit.vector_rank + 1)
     return rel
 
 
@@ -120,8 +121,8 @@ def rank_hits(
     kept = [hit for hit in hits if passes_gate(hit, policy, now)]
     if not kept:
         return []
-    best_rel = 2.0 / (settings.rrf_k + 1)
-    rels = [fused_relevance(hit, settings.rrf_k) / best_rel for hit in kept]
+    best_rel = (settings.bm25_weight + settings.vector_weight) / (settings.rrf_k + 1) or 1.0
+    rels = [fused_relevance(hit, settings) / best_rel for hit in kept]
     qs = [hit.record.q for hit in kept]
     z_rels = _zscores(rels, _REL_STD_FLOOR, scoring.z_clip)
     z_qs = _zscores(qs, _Q_STD_FLOOR, scoring.z_clip)
