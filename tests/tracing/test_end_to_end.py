@@ -1,0 +1,412 @@
+"""Traces of real calls through the real proxy: spans, the JSON API, tenant isolation, the CLI
+and OTLP export. The client is the official openai SDK."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from proxy.cli import main as cli_main
+from proxy.tracing import TracingHandle
+from tests.harness import RunningProxy, write_tenant
+from tests.scripted_upstream import Reply, ScriptedUpstream
+from tests.tracing.collector import Collector
+
+KEY_A = "key-acme-0123456789"
+KEY_B = "key-globex-0123456789"
+ECHO = {"echo": {"model": "echo"}}
+# A loaded test machine can miss the default 250 ms retrieval deadline on a first call.
+PATIENT = {"retrieval": {"deadline_ms": 30000}}
+
+
+@dataclass
+class Traced:
+    proxy: RunningProxy
+    spans: InMemorySpanExporter
+
+    @property
+    def tracing(self) -> TracingHandle:
+        handle: TracingHandle = self.proxy.app.state.tracing
+        return handle
+
+    def chat(self, key: str, text: str, *, user: str | None = None) -> str:
+        """One chat call with the openai SDK; returns the request id the proxy assigned."""
+        client = openai.OpenAI(api_key=key, base_url=f"{self.proxy.base_url}/v1", max_retries=0)
+        extra: dict[str, Any] = {"user": user} if user else {}
+        raw = client.chat.completions.with_raw_response.create(
+            model="echo", messages=[{"role": "user", "content": text}], **extra
+        )
+        raw.parse()
+        request_id = raw.headers["x-request-id"]
+        assert request_id
+        return request_id
+
+    def get(self, path: str, key: str | None, **params: Any) -> httpx.Response:
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        return httpx.get(f"{self.proxy.base_url}{path}", headers=headers, params=params)
+
+
+@pytest.fixture
+def traced(policies_dir: Path, start_proxy: Callable[..., RunningProxy]) -> Iterator[Traced]:
+    write_tenant(policies_dir, "acme", KEY_A, ECHO, tracing={"content": "full"}, memory=PATIENT)
+    write_tenant(policies_dir, "globex", KEY_B, ECHO, memory=PATIENT)
+    proxy = start_proxy(policies_dir)
+    memory = InMemorySpanExporter()
+    proxy.app.state.tracing.add_span_processor(SimpleSpanProcessor(memory))
+    yield Traced(proxy, memory)
+
+
+def test_request_spans_and_attributes(traced: Traced) -> None:
+    request_id = traced.chat(KEY_A, "hello there", user="alice")
+
+    spans = traced.spans.get_finished_spans()
+    roots = [
+        s
+        for s in spans
+        if s.name == "memento.request"
+        and s.attributes is not None
+        and s.attributes.get("memento.request_id") == request_id
+    ]
+    assert len(roots) == 1
+    root = roots[0]
+    assert root.attributes is not None
+    assert root.attributes["memento.tenant"] == "acme"
+    assert root.attributes["enduser.id"] == "alice"
+    assert root.attributes["gen_ai.request.model"] == "echo"
+    children = {
+        s.name: s
+        for s in spans
+        if s.parent is not None and s.context.trace_id == root.context.trace_id
+    }
+    assert {"memento.auth", "memento.upstream"} <= set(children)
+    upstream = children["memento.upstream"]
+    assert upstream.attributes is not None
+    assert upstream.attributes["gen_ai.request.model"] == "echo"
+    assert upstream.attributes["gen_ai.usage.input_tokens"] > 0
+    assert upstream.attributes["gen_ai.usage.output_tokens"] > 0
+
+
+def remember(traced: Traced, key: str, user: str, text: str) -> str:
+    """Store a memory through the memory API; returns its id."""
+    response = httpx.post(
+        f"{traced.proxy.base_url}/v1/memories",
+        headers={"authorization": f"Bearer {key}"},
+        json={"kind": "fact", "text": text, "user": user},
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "active"
+    memory_id: str = response.json()["id"]
+    return memory_id
+
+
+def trace_with(traced: Traced, key: str, request_id: str, span_name: str) -> dict[str, Any]:
+    """The request's trace once `span_name` is in it (the write path runs after the response)."""
+    deadline = time.monotonic() + 60
+    while True:
+        assert traced.tracing.force_flush()
+        response = traced.get(f"/v1/traces/{request_id}", key)
+        if response.status_code == 200:
+            doc: dict[str, Any] = response.json()
+            if any(s["name"] == span_name for s in doc["spans"]):
+                return doc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{span_name} never reached the trace of {request_id}")
+        time.sleep(0.1)
+
+
+def test_retrieval_and_injection_are_traced_with_scores(traced: Traced) -> None:
+    memory_id = remember(traced, KEY_A, "alice", "I live in Lisbon and work as a baker.")
+    request_id = traced.chat(KEY_A, "Where do I live?", user="alice")
+    doc = trace_with(traced, KEY_A, request_id, "memento.inject")
+
+    by_name = {s["name"]: s for s in doc["spans"] if s["phase"] == "request"}
+    assert {"memento.retrieve", "memento.budget", "memento.inject"} <= set(by_name)
+    for stage in ("memento.retrieve", "memento.budget", "memento.inject"):
+        assert by_name[stage]["depth"] == 1, f"{stage} is not a child of the request span"
+    retrieve = by_name["memento.retrieve"]["attributes"]
+    assert memory_id in retrieve["memento.memory.scores"]
+    inject = by_name["memento.inject"]["attributes"]
+    assert inject["memento.memory.ids"] == [memory_id]
+    # acme captures content in full: the injected block itself is in the trace.
+    assert "I live in Lisbon" in inject["memento.memory.block"]
+    assert by_name["memento.budget"]["attributes"]["memento.budget.used"] > 0
+    listed = traced.get("/v1/traces", KEY_A, user="alice").json()["data"]
+    assert listed[0]["request_id"] == request_id
+    assert listed[0]["injected"] == 1
+
+
+def test_content_stays_out_of_traces_when_the_policy_says_off(traced: Traced) -> None:
+    remember(traced, KEY_B, "bob", "My locker code is 4417 and I live in Porto.")
+    request_id = traced.chat(KEY_B, "Where do I live?", user="bob")
+    doc = trace_with(traced, KEY_B, request_id, "memento.inject")
+
+    stored = json.dumps(doc)
+    assert "Porto" not in stored and "4417" not in stored
+    inject = next(s for s in doc["spans"] if s["name"] == "memento.inject")
+    assert len(inject["attributes"]["memento.memory.ids"]) == 1
+
+
+def test_write_path_spans_are_linked_to_the_request(traced: Traced) -> None:
+    request_id = traced.chat(
+        KEY_A, "I am allergic to peanuts and I prefer window seats.", user="erin"
+    )
+    doc = trace_with(traced, KEY_A, request_id, "memento.write")
+
+    request_trace = doc["trace_id"]
+    later = [s for s in doc["spans"] if s["phase"] == "write"]
+    names = {s["name"] for s in later}
+    assert {"memento.extract", "memento.sanitize", "memento.write"} <= names
+    for span in later:
+        assert span["trace_id"] != request_trace
+        if span["depth"] == 0:
+            assert [link["trace_id"] for link in span["links"]] == [request_trace]
+    verdicts = next(s for s in later if s["name"] == "memento.sanitize")["attributes"]
+    assert verdicts["memento.verdicts"], "the sanitizer's verdicts are recorded"
+    assert all("trust" in v for v in verdicts["memento.verdicts"])
+    assert (
+        next(
+            t
+            for t in traced.get("/v1/traces", KEY_A).json()["data"]
+            if t["request_id"] == request_id
+        )["written"]
+        >= 1
+    )
+
+    # In the in-memory exporter too: a separate trace whose link points at the request span.
+    root = next(
+        s
+        for s in traced.spans.get_finished_spans()
+        if s.name == "memento.request"
+        and s.attributes is not None
+        and s.attributes.get("memento.request_id") == request_id
+    )
+    extract = next(
+        s
+        for s in traced.spans.get_finished_spans()
+        if s.name == "memento.extract"
+        and s.attributes is not None
+        and s.attributes.get("memento.request_id") == request_id
+    )
+    assert extract.context.trace_id != root.context.trace_id
+    assert [(ln.context.trace_id, ln.context.span_id) for ln in extract.links] == [
+        (root.context.trace_id, root.context.span_id)
+    ]
+
+
+def test_trace_api_returns_the_stored_request(traced: Traced) -> None:
+    request_id = traced.chat(KEY_A, "what do you know about me?", user="alice")
+    other = traced.chat(KEY_A, "second call", user="bob")
+    assert traced.tracing.force_flush()
+
+    listed = traced.get("/v1/traces", KEY_A)
+    assert listed.status_code == 200
+    ids = [t["request_id"] for t in listed.json()["data"]]
+    assert ids[:2] == [other, request_id]
+
+    for_alice = traced.get("/v1/traces", KEY_A, user="alice").json()["data"]
+    assert [t["request_id"] for t in for_alice] == [request_id]
+    assert for_alice[0]["model"] == "echo"
+    assert traced.get("/v1/traces", KEY_A, limit=1).json()["data"][0]["request_id"] == other
+
+    doc = traced.get(f"/v1/traces/{request_id}", KEY_A).json()
+    assert doc["request_id"] == request_id
+    assert doc["user"] == "alice"
+    names = [s["name"] for s in doc["spans"]]
+    assert names[0] == "memento.request"
+    assert {"memento.auth", "memento.upstream"} <= set(names)
+    by_name = {s["name"]: s for s in doc["spans"]}
+    assert by_name["memento.upstream"]["depth"] >= 1
+    assert by_name["memento.upstream"]["attributes"]["gen_ai.usage.output_tokens"] > 0
+
+
+def test_trace_api_errors_say_what_to_fix(traced: Traced) -> None:
+    bad_limit = traced.get("/v1/traces", KEY_A, limit="lots")
+    assert bad_limit.status_code == 400
+    assert bad_limit.json()["error"]["param"] == "limit"
+
+    missing = traced.get("/v1/traces/req_does_not_exist", KEY_A)
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "trace_not_found"
+
+    anonymous = traced.get("/v1/traces", None)
+    assert anonymous.status_code == 401
+    assert set(anonymous.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_tenant_cannot_read_another_tenants_traces(traced: Traced) -> None:
+    mine = traced.chat(KEY_A, "acme secret plans", user="alice")
+    theirs = traced.chat(KEY_B, "globex stuff", user="alice")
+    assert traced.tracing.force_flush()
+
+    b_list = [t["request_id"] for t in traced.get("/v1/traces", KEY_B).json()["data"]]
+    assert b_list == [theirs]
+    assert traced.get(f"/v1/traces/{mine}", KEY_B).status_code == 404
+    assert traced.get(f"/v1/traces/{theirs}", KEY_A).status_code == 404
+    assert traced.get(f"/v1/traces/{mine}", KEY_A).status_code == 200
+
+    # The page: B's browser session sees neither A's request in the list nor its timeline.
+    with httpx.Client(base_url=traced.proxy.base_url) as browser:
+        login = browser.post("/ui/login", data={"key": KEY_B})
+        assert login.status_code == 303
+        page = browser.get("/ui/")
+        assert theirs in page.text
+        assert mine not in page.text
+        timeline = browser.get(f"/ui/requests/{mine}")
+        assert timeline.status_code == 404
+        assert "acme secret plans" not in timeline.text
+
+
+def test_a_client_chosen_request_id_never_crosses_tenants(traced: Traced) -> None:
+    """Clients may send their own x-request-id; reusing another tenant's id reveals nothing."""
+    shared_id = "req-chosen-by-client"
+    for key in (KEY_A, KEY_B):
+        response = httpx.post(
+            f"{traced.proxy.base_url}/v1/chat/completions",
+            headers={"authorization": f"Bearer {key}", "x-request-id": shared_id},
+            json={"model": "echo", "messages": [{"role": "user", "content": key}]},
+        )
+        assert response.headers["x-request-id"] == shared_id
+    assert traced.tracing.force_flush()
+
+    for key, tenant in ((KEY_A, "acme"), (KEY_B, "globex")):
+        doc = traced.get(f"/v1/traces/{shared_id}", key).json()
+        trace_ids = {s["trace_id"] for s in doc["spans"] if s["phase"] == "request"}
+        assert len(trace_ids) == 1, f"{tenant} sees spans of two requests"
+
+
+def test_ui_requires_a_valid_key(traced: Traced) -> None:
+    with httpx.Client(base_url=traced.proxy.base_url) as browser:
+        page = browser.get("/ui/")
+        assert page.status_code == 200
+        assert 'name="key"' in page.text
+        assert "default-src 'none'" in page.headers["content-security-policy"]
+
+        wrong = browser.post("/ui/login", data={"key": "not-a-key"})
+        assert wrong.status_code == 401
+        assert "memento_ui_key" not in browser.cookies
+
+        cross_site = browser.post(
+            "/ui/login", data={"key": KEY_A}, headers={"origin": "https://evil.example"}
+        )
+        assert cross_site.status_code == 403
+
+        ok = browser.post("/ui/login", data={"key": KEY_A})
+        assert ok.status_code == 303
+        cookie = ok.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/ui" in cookie
+        assert browser.get("/ui/").status_code == 200
+
+        browser.post("/ui/logout")
+        assert 'name="key"' in browser.get("/ui/").text
+
+
+def test_cli_prints_the_trace_tree(traced: Traced) -> None:
+    request_id = traced.chat(KEY_A, "tree please", user="carol")
+    assert traced.tracing.force_flush()
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        status = cli_main(["trace", request_id, "--data-dir", str(traced.proxy.settings.data_dir)])
+    assert status == 0
+    text = out.getvalue()
+    lines = text.splitlines()
+    assert lines[0].startswith(f"request {request_id}  tenant acme  user carol  model echo")
+    request_line = next(line for line in lines if line.startswith("memento.request "))
+    upstream_line = next(line for line in lines if line.strip().startswith("memento.upstream "))
+    assert lines.index(request_line) < lines.index(upstream_line)
+    assert upstream_line.startswith("  ")  # a child of the request span
+    assert "gen_ai.usage.output_tokens = " in text
+
+    missing = cli_main(["trace", "req_nope", "--data-dir", str(traced.proxy.settings.data_dir)])
+    assert missing == 1
+
+
+def test_otlp_export_from_the_proxy(
+    otlp_collector: Collector,  # first: torn down after the proxy has flushed its last spans
+    policies_dir: Path,
+    start_proxy: Callable[..., RunningProxy],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    write_tenant(policies_dir, "acme", KEY_A, ECHO)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_collector.url)
+    proxy = start_proxy(policies_dir)
+    traced = Traced(proxy, InMemorySpanExporter())
+    request_id = traced.chat(KEY_A, "to the collector", user="dana")
+    assert traced.tracing.force_flush()
+    received = _spans_of(otlp_collector, request_id)
+
+    assert received["memento.request"].attributes["memento.tenant"] == "acme"
+    assert received["memento.request"].resource["service.name"] == "memento-proxy"
+    assert "memento.upstream" in received
+    root_trace = received["memento.request"].trace_id
+    assert received["memento.upstream"].trace_id == root_trace
+    assert traced.tracing.otlp_endpoint == otlp_collector.url
+
+
+def _spans_of(collector: Collector, request_id: str) -> dict[str, Any]:
+    roots = [
+        s
+        for s in collector.spans
+        if s.name == "memento.request" and s.attributes.get("memento.request_id") == request_id
+    ]
+    assert len(roots) == 1
+    trace_id = roots[0].trace_id
+    return {s.name: s for s in collector.spans if s.trace_id == trace_id}
+
+
+def test_a_streamed_call_is_traced_until_its_last_chunk(
+    upstream: ScriptedUpstream, policies_dir: Path, start_proxy: Callable[..., RunningProxy]
+) -> None:
+    models = {"fast": {"model": "openai/upstream-model", "api_base": upstream.url}}
+    write_tenant(policies_dir, "acme", KEY_A, models, memory={"enabled": False})
+    proxy = start_proxy(policies_dir)
+    memory = InMemorySpanExporter()
+    proxy.app.state.tracing.add_span_processor(SimpleSpanProcessor(memory))
+    upstream.script(Reply(content="one two three four", chunk_count=4))
+
+    client = openai.OpenAI(api_key=KEY_A, base_url=f"{proxy.base_url}/v1", max_retries=0)
+    with client.chat.completions.with_streaming_response.create(
+        model="fast",
+        messages=[{"role": "user", "content": "count"}],
+        stream=True,
+        stream_options={"include_usage": True},
+        user="frank",
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        text = "".join(
+            chunk.choices[0].delta.content or "" for chunk in response.parse() if chunk.choices
+        )
+    assert text == "one two three four"
+    assert proxy.app.state.tracing.force_flush()
+
+    spans = memory.get_finished_spans()
+    root = next(
+        s
+        for s in spans
+        if s.name == "memento.request"
+        and s.attributes is not None
+        and s.attributes.get("memento.request_id") == request_id
+    )
+    call = next(
+        s for s in spans if s.name == "memento.upstream" and s.parent == root.get_span_context()
+    )
+    assert call.attributes is not None
+    assert call.attributes["gen_ai.system"] == "openai"
+    assert call.attributes["gen_ai.request.model"] == "openai/upstream-model"
+    assert call.attributes["memento.ttft_ms"] >= 0
+    assert [e.name for e in call.events] == ["first_token"]
+    assert call.end_time is not None and root.end_time is not None
+    assert call.end_time <= root.end_time
+    assert root.attributes is not None and root.attributes["enduser.id"] == "frank"
