@@ -111,6 +111,7 @@ class MemoryIndex:
         self.settings = settings
         self._schema = self.schema(dimensions)
         self._vector_indexed = False
+        self.created = False  # True when open() found no usable table and made an empty one
 
     @staticmethod
     def schema(dimensions: int) -> pa.Schema:
@@ -146,6 +147,7 @@ class MemoryIndex:
         index = cls(db, table, dimensions, settings or MaintenanceSettings())
         if table is None:
             await index._create_empty()
+            index.created = True
         await index._refresh_index_state()
         return index
 

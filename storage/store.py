@@ -560,6 +560,10 @@ async def open_embedded_store(
         store = EmbeddedStore(
             folder, db, index, embedder, maintenance_interval_s=maintenance_interval_s
         )
+        if index.created and stored == tag and await db.count_memories():
+            # The index folder was lost; it is derived data, so rebuild it from SQLite.
+            log.warning("search index missing in %s; rebuilding it from SQLite", folder)
+            await store.reindex()
         await store.start()
     except BaseException:
         await db.close()

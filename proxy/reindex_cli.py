@@ -1,0 +1,54 @@
+"""`memento-proxy reindex`: rebuild the LanceDB index from SQLite, the source of truth.
+
+Run it after switching embedders (MEMENTO_EMBEDDER): records made by another embedder are
+re-embedded and the store remembers the new one. Also repairs a damaged or deleted index folder.
+Stop the proxy first: the rebuild replaces the index it is serving from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+from typing import Any
+
+from proxy.settings import Settings
+
+
+def register(commands: Any) -> None:
+    """Add the `reindex` subcommand to the CLI's subparsers."""
+    reindex = commands.add_parser(
+        "reindex",
+        help="rebuild the search index from SQLite (re-embeds after an embedder change)",
+        description=__doc__,
+    )
+    reindex.add_argument("--data-dir", help="data directory (MEMENTO_DATA_DIR, default ./data)")
+    reindex.add_argument(
+        "--embedder",
+        help="embedder to (re-)embed with: local or a litellm model (MEMENTO_EMBEDDER)",
+    )
+    reindex.set_defaults(run=cmd_reindex)
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    report = asyncio.run(_reindex(args.data_dir, args.embedder))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+async def _reindex(data_dir: str | None, embedder_spec: str | None) -> dict[str, Any]:
+    from storage.embedders import load_embedder
+    from storage.store import open_embedded_store
+
+    settings = Settings.from_env(data_dir=data_dir)
+    spec = embedder_spec or os.environ.get("MEMENTO_EMBEDDER", "local")
+    embedder = await load_embedder(spec)
+    store = await open_embedded_store(
+        settings.data_dir, embedder, check_embedder=False, maintenance_interval_s=0
+    )
+    try:
+        report = await store.reindex()
+    finally:
+        await store.close()
+    return {"data_dir": str(settings.data_dir), **report}
