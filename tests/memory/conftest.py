@@ -81,3 +81,20 @@ def memory_block(body: dict[str, Any]) -> str | None:
         if message.get("role") == "system" and isinstance(content, str) and "<memory" in content:
             return content
     return None
+
+
+def wait_for_trace(
+    proxy: RunningProxy, request_id: str, span_names: set[str], *, timeout_s: float = 30
+) -> dict[str, Any]:
+    """Poll the trace API until the request's trace holds every span named (batched export)."""
+    deadline = time.monotonic() + timeout_s
+    with api(proxy) as http:
+        while True:
+            response = http.get(f"/v1/traces/{request_id}")
+            if response.status_code == 200:
+                trace: dict[str, Any] = response.json()
+                if span_names <= {span["name"] for span in trace["spans"]}:
+                    return trace
+            if time.monotonic() > deadline:
+                raise AssertionError(f"trace of {request_id} lacks {span_names}: {response.text}")
+            time.sleep(0.2)

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from tests.harness import RunningProxy
-from tests.memory.conftest import api, client_for, memory_block
+from tests.memory.conftest import api, client_for, memory_block, wait_for_trace
 from tests.scripted_upstream import ScriptedUpstream
 
 ASK = [{"role": "user", "content": "What is my favourite drink?"}]
@@ -47,6 +47,10 @@ def test_store_down_fails_open(
     assert memory_block(sent) is None
     assert sent["messages"] == ASK
     assert response.headers.get("x-memento-memories", "0") == "0"
+    trace = wait_for_trace(proxy, response.headers["x-request-id"], {"memento.retrieve"})
+    retrieve = next(span for span in trace["spans"] if span["name"] == "memento.retrieve")
+    assert retrieve["attributes"]["memento.memory.error"].startswith("memory unavailable")
+    assert retrieve["attributes"]["memento.memory.fail_open"] is True
 
 
 def test_retrieval_deadline_fails_open(
@@ -54,11 +58,14 @@ def test_retrieval_deadline_fails_open(
 ) -> None:
     proxy = memory_proxy(memory={"retrieval": {"deadline_ms": 1}})
     seed(proxy)
-    response = client_for(proxy).chat.completions.create(
+    response = client_for(proxy).chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=ASK, user="lee"
     )
-    assert response.choices[0].message.content
+    assert response.parse().choices[0].message.content
     assert memory_block(upstream.last().json) is None
+    trace = wait_for_trace(proxy, response.headers["x-request-id"], {"memento.retrieve"})
+    retrieve = next(span for span in trace["spans"] if span["name"] == "memento.retrieve")
+    assert retrieve["attributes"]["memento.memory.error"] == "memory unavailable: deadline exceeded"
 
 
 def test_fail_closed_policy_refuses_the_call(

@@ -14,6 +14,7 @@ from tests.memory.conftest import (
     client_for,
     memory_block,
     wait_for_memories,
+    wait_for_trace,
 )
 from tests.scripted_upstream import ScriptedUpstream
 
@@ -23,11 +24,11 @@ def test_fact_stated_once_is_injected_later_for_that_user_only(
 ) -> None:
     proxy = memory_proxy()
     client = client_for(proxy)
-    client.chat.completions.create(
+    first_id = client.chat.completions.with_raw_response.create(
         model="gpt-4o-mini",
         messages=[{"role": "user", "content": "Hi! I am allergic to peanuts."}],
         user="alice",
-    )
+    ).headers["x-request-id"]
     memories = wait_for_memories(proxy, "alice", 1)
     assert any("allergic to peanuts" in m["text"] for m in memories)
     first = upstream.last().json
@@ -49,6 +50,18 @@ def test_fact_stated_once_is_injected_later_for_that_user_only(
     assert sent["messages"][-1] == {"role": "user", "content": "Suggest a snack for my allergy."}
     assert response.headers.get("x-memento-memories", "1") == "1"  # TODO core header
     assert response.headers["x-request-id"]
+    trace = wait_for_trace(
+        proxy,
+        response.headers["x-request-id"],
+        {"memento.request", "memento.retrieve", "memento.budget", "memento.inject"},
+    )
+    spans = {span["name"]: span for span in trace["spans"]}
+    assert spans["memento.inject"]["attributes"]["memento.memory.injected"] == 1
+    assert spans["memento.budget"]["attributes"]["memento.budget.used"] > 0
+    assert memories[0]["id"] in spans["memento.retrieve"]["attributes"]["memento.memory.scores"]
+    learned = wait_for_trace(proxy, first_id, {"memento.extract", "memento.write"})
+    write_spans = [s for s in learned["spans"] if s["phase"] == "write"]
+    assert {s["name"] for s in write_spans} >= {"memento.extract", "memento.sanitize"}
 
     # Another user of the same tenant, and the same user name in another tenant: nothing.
     client.chat.completions.create(
