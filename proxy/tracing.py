@@ -45,6 +45,7 @@ log = logging.getLogger("memento.tracing")
 
 TRACER_NAME = "memento.proxy"
 OTLP_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
+OTLP_TRACES_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 PRUNE_INTERVAL_S = 600.0
 # Spans no tenant ever claimed (started outside any request) are kept as long as the default.
 UNRESOLVED_RETENTION_S = TracingPolicy().retention_days * 86400
@@ -279,7 +280,7 @@ class TracingHandle:
         prune_interval_s: float,
     ) -> None:
         self.store = store
-        self.otlp_endpoint: str | None = None
+        self.otlp_traces_url: str | None = None
         self._loop = loop
         self._processors = processors
         self._retention = retention
@@ -349,7 +350,8 @@ def setup_tracing(
     running event loop (its lifespan); `await handle.shutdown()` before closing the store.
 
     `retention(tenant_id)` returns that tenant's `TracingPolicy` (defaults when None);
-    `otlp_endpoint` defaults to the standard `OTEL_EXPORTER_OTLP_ENDPOINT` variable.
+    `otlp_endpoint` (a collector's base URL) defaults to the standard OTEL_EXPORTER_OTLP_*
+    variables (see `otlp_traces_url`).
     """
     del settings  # process settings hold nothing tracing-specific yet; kept for the seam
     loop = asyncio.get_running_loop()
@@ -362,24 +364,45 @@ def setup_tracing(
             schedule_delay_millis=schedule_delay_ms,
         )
     )
-    endpoint = otlp_endpoint or os.environ.get(OTLP_ENDPOINT_ENV) or None
+    endpoint = otlp_traces_url(otlp_endpoint)
     if endpoint:
         processors.add_span_processor(BatchSpanProcessor(_otlp_exporter(endpoint)))
+        log.info("exporting traces over OTLP to %s", endpoint)
     handle = TracingHandle(
         span_store, loop, processors, retention or (lambda _tenant: None), prune_interval_s
     )
-    handle.otlp_endpoint = endpoint
+    handle.otlp_traces_url = endpoint
     _global_router().register(loop, processors)
     return handle
 
 
-def _otlp_exporter(endpoint: str) -> SpanExporter:
+def otlp_traces_url(explicit: str | None = None) -> str | None:
+    """Where OTLP/HTTP traces go: an explicit URL, else the standard variables
+    (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as a full URL, or `OTEL_EXPORTER_OTLP_ENDPOINT`, the
+    collector's base URL, plus `/v1/traces`). None when nothing is configured."""
+    if explicit:
+        base = explicit
+    elif os.environ.get(OTLP_TRACES_ENDPOINT_ENV):
+        return os.environ[OTLP_TRACES_ENDPOINT_ENV]
+    else:
+        base = os.environ.get(OTLP_ENDPOINT_ENV, "")
+    if not base:
+        return None
+    url = base.rstrip("/")
+    return url if url.endswith("/v1/traces") else f"{url}/v1/traces"
+
+
+def _otlp_exporter(url: str) -> SpanExporter:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    # The variable names the collector's base URL; traces go to its /v1/traces path.
-    url = endpoint.rstrip("/")
-    if not url.endswith("/v1/traces"):
-        url += "/v1/traces"
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    if protocol != "http/protobuf":
+        log.warning(
+            "OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported; exporting OTLP over "
+            "http/protobuf to %s (collectors listen for it on port 4318)",
+            protocol,
+            url,
+        )
     return OTLPSpanExporter(endpoint=url)
 
 

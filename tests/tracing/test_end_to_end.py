@@ -352,7 +352,7 @@ def test_otlp_export_from_the_proxy(
     assert "memento.upstream" in received
     root_trace = received["memento.request"].trace_id
     assert received["memento.upstream"].trace_id == root_trace
-    assert traced.tracing.otlp_endpoint == otlp_collector.url
+    assert traced.tracing.otlp_traces_url == f"{otlp_collector.url}/v1/traces"
 
 
 def _spans_of(collector: Collector, request_id: str) -> dict[str, Any]:
