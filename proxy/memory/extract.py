@@ -98,6 +98,9 @@ _HYPOTHETICAL = re.compile(r"^\s*(if|suppose|imagine|what if|would|should|could|
 _REMEMBER = re.compile(
     r"^(?:please\s+)?(?:remember|note|keep in mind|don't forget)\s+(?:that\s+)?(?P<x>.+)$", re.I
 )
+_FORGET = re.compile(
+    r"^(?:please\s+)?(?:forget|don't remember|stop remembering)\s+(?:that\s+)?(?P<x>.+)$", re.I
+)
 _MY_SLOT = re.compile(
     r"^(?:also,?\s+|and\s+)?my\s+(?P<slot>(?:favou?rite\s+)?[a-z][a-z' -]{0,40}?)\s+"
     r"(?:is|are)\s+(?:now\s+)?(?P<val>.+)$",
@@ -195,6 +198,12 @@ def statement_candidate(sentence: str, turn: Turn) -> Candidate | None:
             evidence=evidence,
         )
 
+    if match := _FORGET.match(body):
+        inner = match.group("x")
+        forgotten = statement_candidate(inner, turn) or make("fact", third_person(inner))
+        forgotten.evidence = evidence
+        forgotten.fields["retract"] = True
+        return forgotten
     if match := _REMEMBER.match(body):
         inner = match.group("x")
         nested = statement_candidate(inner, turn)

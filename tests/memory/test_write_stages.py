@@ -54,6 +54,16 @@ def test_rules_extract_first_person_statements_with_verbatim_evidence() -> None:
     assert case.fields["approach"] == "Try a lentil curry tonight."
 
 
+def test_forget_request_becomes_a_retraction() -> None:
+    exchange = build_exchange(
+        [{"role": "user", "content": "Please forget that I live in Berlin."}], answer("Done."), []
+    )
+    (found,) = extract_with_rules(exchange, ExtractionSettings())
+    assert found.text == "The user lives in Berlin."
+    assert found.fields["retract"] is True
+    assert verify_evidence(found, exchange)
+
+
 def test_statement_only_turn_makes_no_case() -> None:
     exchange = build_exchange(
         [{"role": "user", "content": "I prefer window seats."}], answer("Noted!"), []
