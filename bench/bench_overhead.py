@@ -35,6 +35,7 @@ LITELLM_BIN = Path(
     os.environ.get("LITELLM_PROXY_BIN", ROOT / "bench" / ".venv-litellm" / "bin" / "litellm")
 )
 SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
+LOAD_AT_START = os.getloadavg()
 CONCURRENCY = (1, 8, 32)
 REQUESTS = {1: 400, 8: 1200, 32: 2400}
 WARMUP = 60
@@ -136,10 +137,12 @@ def start_upstream(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     return process, f"http://127.0.0.1:{port}/v1"
 
 
-def start_memento(upstream: str, tmp: Path) -> Server:
+def start_memento(
+    upstream: str, tmp: Path, name: str = "memento", env: dict[str, str] | None = None
+) -> Server:
     import hashlib
 
-    policies = tmp / "policies"
+    policies = tmp / f"policies-{name}"
     policies.mkdir()
     policy = {
         "tenant": "bench",
@@ -166,13 +169,13 @@ def start_memento(upstream: str, tmp: Path) -> Server:
         "--policies",
         str(policies),
         "--data-dir",
-        str(tmp / "data"),
+        str(tmp / f"data-{name}"),
     ]
     process, startup = spawn(
-        "memento", argv, f"http://127.0.0.1:{port}/readyz", {}, tmp / "memento.log"
+        name, argv, f"http://127.0.0.1:{port}/readyz", env or {}, tmp / f"{name}.log"
     )
     server = Server(
-        "memento",
+        name,
         process,
         f"http://127.0.0.1:{port}/v1/chat/completions",
         "bench",
@@ -404,12 +407,24 @@ def main() -> None:
         try:
             memento = start_memento(upstream, tmp)
             servers.append(memento)
+            # The same proxy with OpenTelemetry off: how much of the overhead is tracing.
+            untraced = start_memento(
+                upstream, tmp, "memento-no-otel", {"OTEL_SDK_DISABLED": "true"}
+            )
+            servers.append(untraced)
             litellm = start_litellm(upstream, tmp)
             if litellm is not None:
                 servers.append(litellm)
             targets: list[tuple[str, str, str, dict[str, str], int | None]] = [
                 ("direct", f"{upstream}/chat/completions", "bench-model", {}, upstream_process.pid),
                 ("memento", memento.url, "bench", memento.headers, memento.process.pid),
+                (
+                    "memento-no-otel",
+                    untraced.url,
+                    "bench",
+                    untraced.headers,
+                    untraced.process.pid,
+                ),
                 (
                     "memento-litellm",
                     memento.url,
@@ -443,6 +458,7 @@ def main() -> None:
                     "cpus": os.cpu_count(),
                     "python": platform.python_version(),
                     "load_avg_at_end": os.getloadavg(),
+                    "load_avg_at_start": LOAD_AT_START,
                 },
                 "scale": SCALE,
                 "servers": [
