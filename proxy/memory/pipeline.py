@@ -120,10 +120,14 @@ class MemoryPipeline:
         self._pool = WritePool(self.store, self.learn_from_exchange, workers=self._workers)
         self._pool.start()
 
-    async def aclose(self, drain_timeout_s: float = 10.0) -> None:
-        """Drain the write queue (bounded), stop the workers, close the store."""
+    async def flush_request_logs(self) -> None:
+        """Wait until every request logged so far is stored (feedback can find it)."""
         if self._pending_logs:
             await asyncio.gather(*self._pending_logs, return_exceptions=True)
+
+    async def aclose(self, drain_timeout_s: float = 10.0) -> None:
+        """Drain the write queue (bounded), stop the workers, close the store."""
+        await self.flush_request_logs()
         if self._pool is not None:
             await self._pool.stop(drain_timeout_s)
             self._pool = None
