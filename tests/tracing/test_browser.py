@@ -50,6 +50,7 @@ def chat(proxy: RunningProxy, key: str, text: str, user: str) -> str:
         f"{proxy.base_url}/v1/chat/completions",
         headers={"authorization": f"Bearer {key}"},
         json={"model": "echo", "user": user, "messages": [{"role": "user", "content": text}]},
+        timeout=120,  # a first call on a cold, busy machine loads models and tokenizers
     )
     assert response.status_code == 200, response.text
     return response.headers["x-request-id"]
@@ -65,6 +66,7 @@ def test_list_then_one_request_timeline(
         f"{proxy.base_url}/v1/memories",
         headers={"authorization": f"Bearer {KEY_A}"},
         json={"kind": "fact", "text": "I live in Lisbon and keep bees.", "user": "alice"},
+        timeout=120,
     )
     assert remembered.status_code == 201, remembered.text
     memory_id = remembered.json()["id"]

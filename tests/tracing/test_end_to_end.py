@@ -55,7 +55,9 @@ class Traced:
 
     def get(self, path: str, key: str | None, **params: Any) -> httpx.Response:
         headers = {"authorization": f"Bearer {key}"} if key else {}
-        return httpx.get(f"{self.proxy.base_url}{path}", headers=headers, params=params)
+        return httpx.get(
+            f"{self.proxy.base_url}{path}", headers=headers, params=params, timeout=120
+        )
 
 
 @pytest.fixture
@@ -104,6 +106,7 @@ def remember(traced: Traced, key: str, user: str, text: str) -> str:
         f"{traced.proxy.base_url}/v1/memories",
         headers={"authorization": f"Bearer {key}"},
         json={"kind": "fact", "text": text, "user": user},
+        timeout=120,
     )
     assert response.status_code == 201, response.text
     assert response.json()["status"] == "active"
@@ -257,7 +260,7 @@ def test_a_tenant_cannot_read_another_tenants_traces(traced: Traced) -> None:
     assert traced.get(f"/v1/traces/{mine}", KEY_A).status_code == 200
 
     # The page: B's browser session sees neither A's request in the list nor its timeline.
-    with httpx.Client(base_url=traced.proxy.base_url) as browser:
+    with httpx.Client(base_url=traced.proxy.base_url, timeout=120) as browser:
         login = browser.post("/ui/login", data={"key": KEY_B})
         assert login.status_code == 303
         page = browser.get("/ui/")
@@ -276,6 +279,7 @@ def test_a_client_chosen_request_id_never_crosses_tenants(traced: Traced) -> Non
             f"{traced.proxy.base_url}/v1/chat/completions",
             headers={"authorization": f"Bearer {key}", "x-request-id": shared_id},
             json={"model": "echo", "messages": [{"role": "user", "content": key}]},
+            timeout=120,
         )
         assert response.headers["x-request-id"] == shared_id
     assert traced.tracing.force_flush()
@@ -287,7 +291,7 @@ def test_a_client_chosen_request_id_never_crosses_tenants(traced: Traced) -> Non
 
 
 def test_ui_requires_a_valid_key(traced: Traced) -> None:
-    with httpx.Client(base_url=traced.proxy.base_url) as browser:
+    with httpx.Client(base_url=traced.proxy.base_url, timeout=120) as browser:
         page = browser.get("/ui/")
         assert page.status_code == 200
         assert 'name="key"' in page.text
