@@ -44,6 +44,7 @@ from proxy.tracing import (
     EndSpansAfter,
     record_failure,
     record_first_token,
+    record_http_status,
     record_response,
     retention_from,
     setup_tracing,
@@ -177,7 +178,7 @@ class ChatService:
             root.end()
             raise
         if isinstance(response, Response):
-            root.set_attribute("http.response.status_code", response.status_code)
+            record_http_status(root, response.status_code)
             root.end()
         return response
 
@@ -247,7 +248,7 @@ class ChatService:
         with trace.use_span(span, end_on_exit=True):
             reply = await upstream.chat(target, prepared.body)
             record_first_token(span, upstream_started)
-            span.set_attribute("http.response.status_code", reply.status)
+            record_http_status(span, reply.status)
             answer = _json_or_none(reply.body)
             record_response(span, answer)
         _log_call(ctx, reply.status, started)

@@ -475,13 +475,19 @@ def record_first_token(span: trace.Span, started_ns: int) -> None:
     span.add_event("first_token", {"memento.ttft_ms": ttft_ms})
 
 
+def record_http_status(span: trace.Span, status: int) -> None:
+    """The HTTP status a span ended with; 5xx marks it failed (4xx is the caller's mistake)."""
+    span.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        span.set_status(trace.Status(trace.StatusCode.ERROR, f"HTTP {status}"))
+
+
 def record_failure(span: trace.Span, exc: BaseException) -> None:
     """Mark a span failed without recording message text a client sent (no content)."""
     status = getattr(exc, "status", None)
     if isinstance(status, int):
-        span.set_attribute("http.response.status_code", status)
-        if status < 500:
-            return  # the caller's mistake, reported to them; the proxy did not fail
+        record_http_status(span, status)
+        return
     span.set_attribute("error.type", type(exc).__name__)
     span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
 

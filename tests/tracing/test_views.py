@@ -6,7 +6,7 @@ import io
 import json
 
 from proxy.routes.traces import trace_document
-from proxy.ui.pages import injected_memory, timeline_bars, verdicts
+from proxy.ui.pages import injected_memory, render, timeline_bars, verdicts
 from proxy.ui.terminal import print_tree
 from storage.records import SpanRow
 
@@ -127,3 +127,43 @@ def test_terminal_tree() -> None:
     assert "        | - [12345678] (fact) I live in Lisbon" in lines
     later = lines.index("-- later, linked to the request (write path) --")
     assert lines[later + 1] == "memento.sanitize  +50.0 ms  1.0 ms"
+
+
+def test_the_page_escapes_everything_a_trace_carries() -> None:
+    hostile = "<script>alert(1)</script>"
+    rows = [
+        row("memento.request", "r1", ms=5, attributes={"gen_ai.request.model": hostile}),
+        row(
+            "memento.inject",
+            "i1",
+            parent="r1",
+            attributes={
+                "memento.memory.ids": [hostile],
+                "memento.memory.block": f"<memory>{hostile}</memory>",
+            },
+        ),
+        row(
+            "memento.sanitize",
+            "s1",
+            trace_id=WRITE_TRACE,
+            start_ms=9,
+            attributes={
+                "memento.verdicts": json.dumps([{"verdict": "reject", "reasons": [hostile]}]),
+            },
+        ),
+    ]
+    doc = trace_document("req-1", rows)
+    response = render(
+        "request.html",
+        tenant="acme",
+        trace=doc,
+        memory=injected_memory(doc),
+        verdicts=verdicts(doc),
+        bars=timeline_bars(doc),
+        content_policy="full",
+    )
+    html = bytes(response.body).decode()
+    assert hostile not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "script-src" not in response.headers["content-security-policy"]  # none allowed
+    assert response.headers["x-frame-options"] == "DENY"
