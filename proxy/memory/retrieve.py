@@ -12,6 +12,7 @@ collapse to the best-ranked one so the block is not filled with the same thing s
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -19,8 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from opentelemetry import trace
 
-from proxy.policy import MemoryPolicy, RetrievalSettings
+from proxy.memory import lessons
+from proxy.policy import MemoryPolicy, RetrievalSettings, SanitizerPolicy
 from storage.api import MemoryStore
 from storage.records import MemoryKind, MemoryRecord, Scope, SearchHit
 
@@ -173,11 +176,16 @@ async def retrieve(
     query: str,
     policy: MemoryPolicy,
     *,
+    guard_policy: SanitizerPolicy | None = None,
     include_shared: bool = False,
     limit: int | None = None,
     now: float | None = None,
 ) -> list[ScoredMemory]:
-    """Embed the query, fetch hybrid candidates in scope, and rank them; best first."""
+    """Embed the query, fetch hybrid candidates in scope, and rank them; best first.
+
+    With `guard_policy`, candidates that resemble a known attack lesson are dropped first (the
+    read-time guard); the current span records what was dropped and why.
+    """
     if not query.strip():
         return []
     vectors = await store.embedder.embed([query])
@@ -195,6 +203,11 @@ async def retrieve(
     if include_shared:
         shared_kinds = set(policy.shared_kinds)
         hits = [hit for hit in hits if _in_scope(hit, shared_kinds)]
+    if guard_policy is not None and hits:
+        hits, drops = await lessons.guard(store, scope.tenant_id, hits, guard_policy)
+        guarded = [[d.hit.record.id, d.reason] for d in drops if d.hit.record.kind != "lesson"]
+        if guarded:
+            trace.get_current_span().set_attribute("memento.guard.dropped", json.dumps(guarded))
     ranked = rank_hits(hits, policy, now=now)
     return ranked if limit is None else ranked[:limit]
 

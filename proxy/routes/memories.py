@@ -269,6 +269,7 @@ async def search_memories(request: Request) -> Response:
         Scope(policy.tenant, user),
         query,
         policy.memory,
+        guard_policy=policy.sanitizer,
         include_shared=user is not None and bool(policy.memory.shared_kinds),
         limit=limit,
     )
