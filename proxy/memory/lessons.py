@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -347,3 +348,29 @@ def _reason_of(data: dict[str, Any]) -> Reason:
         str(data.get("detail", "")),
         bool(data.get("hard", False)),
     )
+
+
+async def expire_quarantine(
+    store: MemoryStore,
+    records: Sequence[MemoryRecord],
+    policy: SanitizerPolicy,
+    *,
+    now: float | None = None,
+) -> list[MemoryRecord]:
+    """Move quarantined memories older than `quarantine_ttl_days` to rejected (unreviewed
+    quarantine expires, MEMORY-DESIGN.md §6); return the ones still waiting for review."""
+    cutoff = (now if now is not None else time.time()) - policy.quarantine_ttl_days * 86_400
+    waiting = []
+    for record in records:
+        if record.status != "quarantined" or record.created_at >= cutoff:
+            waiting.append(record)
+            continue
+        reason = Reason("review", -record.trust, "expired unreviewed in quarantine")
+        await store.update(
+            record.scope,
+            record.id,
+            status="rejected",
+            trust=0.0,
+            trust_reasons=[*record.trust_reasons, reason.as_dict()],
+        )
+    return waiting

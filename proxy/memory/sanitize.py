@@ -19,6 +19,7 @@ distilled into lessons (proxy/memory/lessons.py), so later variants are caught f
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -38,7 +39,8 @@ log = logging.getLogger("memento.sanitize")
 
 NEIGHBOURS = 5  # MEMORY-DESIGN.md: top-5 active neighbours for the consensus check
 EMBED_CHARS = 2000  # the embedder reads ~256 tokens; longer text only costs tokenizing time
-SCAN_LIMIT = 5000  # above this many memories in a scope, neighbours come from the index instead
+SCAN_LIMIT = 5000
+DAY_S = 86_400.0  # above this many memories in a scope, neighbours come from the index instead
 LENGTH_SCORE = 0.15
 CONTENT_SIGNALS = frozenset({"instructions", "exfiltration", "obfuscation", "session", "lessons"})
 
@@ -166,9 +168,10 @@ class Sanitizer:
         known = await lesson_memory.load_lessons(store, scope.tenant_id)
         existing = await self._scope_memories(store, scope)
         session_vectors, session_writes = await self._session_history(store, scope)
+        writes_today = await self._writes_today(store, scope, policy)
         in_session = scope.session_id is not None and scope.user_id is not None
         if not (known or existing or existing is None or in_session):
-            self._text_only_session_signals(scope, pending, policy, session_writes)
+            self._text_only_session_signals(scope, pending, policy, session_writes, writes_today)
             return
 
         # A hard rule already rejects: no memory signal can change that, so skip the embedding.
@@ -203,11 +206,15 @@ class Sanitizer:
                     policy.session_burst.count,
                 ):
                     item.hits.append(hit)
-        self._text_only_session_signals(scope, pending, policy, session_writes)
+        self._text_only_session_signals(scope, pending, policy, session_writes, writes_today)
 
     @staticmethod
     def _text_only_session_signals(
-        scope: Scope, pending: list[_Pending], policy: SanitizerPolicy, session_writes: int
+        scope: Scope,
+        pending: list[_Pending],
+        policy: SanitizerPolicy,
+        session_writes: int,
+        writes_today: int,
     ) -> None:
         for index, item in enumerate(pending):
             candidate = item.candidate
@@ -220,6 +227,8 @@ class Sanitizer:
             if in_session and (
                 hit := session.over_rate(session_writes + index, policy.rate.per_session)
             ):
+                item.hits.append(hit)
+            if hit := session.over_daily_rate(writes_today + index, policy.rate.per_day):
                 item.hits.append(hit)
 
     async def _scope_memories(
@@ -255,6 +264,18 @@ class Sanitizer:
         )
         ranked = sorted(hits, key=lambda h: h.cosine or 0.0, reverse=True)[:NEIGHBOURS]
         return [consensus.Neighbour(h.record, h.cosine or 0.0, h.vector) for h in ranked]
+
+    async def _writes_today(self, store: MemoryStore, scope: Scope, policy: SanitizerPolicy) -> int:
+        """How many memories this user wrote in the last 24 hours (up to the daily limit)."""
+        if scope.user_id is None or not policy.rate.per_day:
+            return 0
+        records = await store.list(
+            Scope(scope.tenant_id, scope.user_id),
+            statuses=["active", "quarantined", "rejected", "superseded"],
+            limit=policy.rate.per_day,
+        )
+        since = time.time() - DAY_S
+        return sum(1 for r in records if r.created_at >= since and r.kind != "lesson")
 
     async def _session_history(
         self, store: MemoryStore, scope: Scope

@@ -159,6 +159,7 @@ async def list_quarantine(request: Request) -> Response:
         offset=offset,
         all_users=user is None,
     )
+    records = await lessons.expire_quarantine(store, records, policy.sanitizer)
     return JSONResponse({"object": "list", "data": [record_json(r) for r in records]})
 
 

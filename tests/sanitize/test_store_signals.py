@@ -3,6 +3,8 @@ the read-time guard and the session burst detector."""
 
 from __future__ import annotations
 
+import time
+
 from proxy.memory import lessons
 from proxy.memory.candidates import Candidate
 from proxy.memory.sanitize import Sanitizer
@@ -186,3 +188,32 @@ async def test_a_new_lesson_quarantines_flagged_lookalikes_at_once(
     assert after[lookalike.id].status == "quarantined"  # flagged before, and now like a lesson
     assert after[lookalike.id].trust_reasons[-1]["signal"] == "lessons"
     assert after[plain.id].status == "active"  # never flagged: a lookalike alone is not enough
+
+
+async def test_unreviewed_quarantine_expires_to_rejected(memory_store: EmbeddedStore) -> None:
+    old = time.time() - 31 * 86_400
+    [stale, fresh] = await memory_store.add(
+        ALICE,
+        [
+            NewMemory("fact", "I like sailing.", status="quarantined", trust=0.4, created_at=old),
+            NewMemory("fact", "I like rowing.", status="quarantined", trust=0.4),
+        ],
+    )
+    waiting = await lessons.expire_quarantine(memory_store, [stale, fresh], POLICY)
+    assert [r.id for r in waiting] == [fresh.id]
+    [expired] = await memory_store.get_many("acme", [stale.id])
+    assert expired.status == "rejected"
+
+
+async def test_daily_write_limit_per_user(memory_store: EmbeddedStore) -> None:
+    await memory_store.add(ALICE, [NewMemory("fact", f"I own {n} bicycles.") for n in range(3)])
+    strict = SanitizerPolicy(rate={"per_session": 20, "per_day": 3})
+    [verdict] = await Sanitizer(memory_store).assess(
+        ALICE, [Candidate("fact", "I like tea.", "user")], strict, dry_run=True
+    )
+    assert verdict.verdict == "quarantine"
+    assert any("today" in r.detail for r in verdict.reasons)
+    [other] = await Sanitizer(memory_store).assess(
+        Scope("acme", "bob"), [Candidate("fact", "I like tea.", "user")], strict, dry_run=True
+    )
+    assert other.verdict == "accept"

@@ -58,3 +58,12 @@ def over_rate(session_writes: int, per_session: int) -> Hit | None:
             "session", 0.5, f"session already wrote {session_writes} memories (limit {per_session})"
         )
     return None
+
+
+def over_daily_rate(writes_today: int, per_day: int) -> Hit | None:
+    """More memory writes by one user in 24 hours than the policy allows."""
+    if per_day and writes_today >= per_day:
+        return Hit(
+            "session", 0.5, f"user already wrote {writes_today} memories today (limit {per_day})"
+        )
+    return None
