@@ -12,7 +12,7 @@ import asyncio
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,32 +171,46 @@ class SQLiteSpanStore:
     async def prune_spans(self, tenant_id: str, *, older_than: float, keep_max: int) -> int:
         """Delete this tenant's spans started before `older_than` (epoch seconds), and every
         request beyond the newest `keep_max`. Returns how many spans were deleted."""
-        deleted = await self._delete(
-            "DELETE FROM spans WHERE tenant_id = ? AND start_ns < ?",
-            (tenant_id, int(older_than * 1e9)),
+        return await asyncio.to_thread(self._prune_blocking, tenant_id, older_than, keep_max)
+
+    def _prune_blocking(self, tenant_id: str, older_than: float, keep_max: int) -> int:
+        deleted = self._delete_in_chunks(
+            "tenant_id = ? AND start_ns < ?", (tenant_id, int(older_than * 1e9))
         )
-        async with self._db.execute(
-            "SELECT start_ns FROM spans WHERE tenant_id = ? AND name = ?"
-            " ORDER BY start_ns DESC LIMIT 1 OFFSET ?",
-            (tenant_id, REQUEST_SPAN, max(0, keep_max)),
-        ) as cursor:
-            row = await cursor.fetchone()
+        with self._write_lock:
+            row = self._writer.execute(
+                "SELECT start_ns FROM spans WHERE tenant_id = ? AND name = ?"
+                " ORDER BY start_ns DESC LIMIT 1 OFFSET ?",
+                (tenant_id, REQUEST_SPAN, max(0, keep_max)),
+            ).fetchone()
         if row is not None:
-            deleted += await self._delete(
-                "DELETE FROM spans WHERE tenant_id = ? AND request_id IN (SELECT request_id FROM"
-                " spans WHERE tenant_id = ? AND name = ? AND start_ns <= ?)",
+            deleted += self._delete_in_chunks(
+                "tenant_id = ? AND request_id IN (SELECT request_id FROM spans"
+                " WHERE tenant_id = ? AND name = ? AND start_ns <= ?)",
                 (tenant_id, tenant_id, REQUEST_SPAN, row[0]),
             )
-        await self._db.commit()
         return deleted
 
     async def prune_unresolved(self, *, older_than: float) -> int:
         """Delete spans never tied to a tenant (e.g. spans outside any request) by age."""
-        deleted = await self._delete(
-            "DELETE FROM spans WHERE tenant_id = '' AND start_ns < ?", (int(older_than * 1e9),)
+        return await asyncio.to_thread(
+            self._delete_in_chunks, "tenant_id = '' AND start_ns < ?", (int(older_than * 1e9),)
         )
-        await self._db.commit()
-        return deleted
+
+    def _delete_in_chunks(self, where: str, params: tuple[Any, ...], chunk: int = 5000) -> int:
+        """Delete in short transactions so span writes never wait long behind retention."""
+        deleted = 0
+        while True:
+            with self._write_lock:
+                cursor = self._writer.execute(
+                    f"DELETE FROM spans WHERE rowid IN (SELECT rowid FROM spans WHERE {where}"
+                    f" LIMIT {int(chunk)})",
+                    params,
+                )
+                count = max(0, cursor.rowcount)
+            deleted += count
+            if count < chunk:
+                return deleted
 
     async def request_tenants(self, request_id: str) -> list[str]:
         """Tenants with spans for this request id (operator look-up; ids may repeat across
@@ -214,10 +228,6 @@ class SQLiteSpanStore:
             "SELECT DISTINCT tenant_id FROM spans WHERE tenant_id != ''"
         ) as cursor:
             return [row[0] for row in await cursor.fetchall()]
-
-    async def _delete(self, sql: str, params: Iterable[Any]) -> int:
-        async with self._db.execute(sql, tuple(params)) as cursor:
-            return max(0, cursor.rowcount)
 
 
 async def open_span_store(data_dir: Path | str) -> SQLiteSpanStore:
