@@ -316,6 +316,21 @@ def test_ui_requires_a_valid_key(traced: Traced) -> None:
         assert 'name="key"' in browser.get("/ui/").text
 
 
+def test_removing_a_key_from_the_policy_ends_its_page_session(
+    traced: Traced, policies_dir: Path
+) -> None:
+    with httpx.Client(base_url=traced.proxy.base_url, timeout=120) as browser:
+        assert browser.post("/ui/login", data={"key": KEY_B}).status_code == 303
+        assert "tenant <strong>globex</strong>" in browser.get("/ui/").text
+
+        write_tenant(policies_dir, "globex", "a-new-key-for-globex", ECHO, memory=PATIENT)
+        deadline = time.monotonic() + 30
+        while 'name="key"' not in browser.get("/ui/").text:  # hot reload picks the edit up
+            assert time.monotonic() < deadline, "the revoked key still opens the page"
+            time.sleep(0.1)
+        assert traced.get("/v1/traces", KEY_B).status_code == 401
+
+
 def test_cli_prints_the_trace_tree(traced: Traced) -> None:
     request_id = traced.chat(KEY_A, "tree please", user="carol")
     assert traced.tracing.force_flush()
