@@ -116,6 +116,7 @@ async def request_page(request: Request) -> Response:
         trace=doc,
         memory=injected_memory(doc),
         verdicts=verdicts(doc),
+        decisions=verdicts(doc, "memento.decisions"),
         bars=timeline_bars(doc),
         content_policy=policy.tracing.content,
     )
@@ -204,14 +205,20 @@ def score_rows(scores: Any, injected: list[Any]) -> list[dict[str, Any]]:
     for row in rows:
         row_id = str(row.get("id") or row.get("memory_id") or "")
         row["injected"] = "yes" if row_id in chosen else ""
-    return rows
+    return sorted(rows, key=_score_key)
 
 
-def verdicts(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The write path's decisions on each extracted candidate (from `memento.verdicts`)."""
+def _score_key(row: dict[str, Any]) -> float:
+    score = row.get("score")
+    return -float(score) if isinstance(score, int | float) else 0.0
+
+
+def verdicts(doc: dict[str, Any], attribute: str = "memento.verdicts") -> list[dict[str, Any]]:
+    """The write path's decisions on each extracted candidate: the sanitizer's verdicts
+    (`memento.verdicts`), or consolidation's operations (`memento.decisions`)."""
     found: list[dict[str, Any]] = []
     for span in doc["spans"]:
-        value = span["attributes"].get("memento.verdicts")
+        value = span["attributes"].get(attribute)
         if isinstance(value, list):
             found.extend(
                 {"stage": span["name"], **item} for item in value if isinstance(item, dict)

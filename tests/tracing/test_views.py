@@ -73,7 +73,7 @@ ROWS = [
         start_ms=1,
         attributes={
             "memento.memory.scores": json.dumps(
-                {"mem_12345678": {"score": 1.5, "rrf": 0.03}, "mem_other": {"score": -0.2}}
+                {"mem_other": {"score": -0.2}, "mem_12345678": {"score": 1.5, "rrf": 0.03}}
             ),
         },
     ),
@@ -105,7 +105,7 @@ def test_injected_memory_scores_and_verdicts_for_the_page() -> None:
     memory = injected_memory(doc)
     assert memory["ids"] == ["mem_12345678"]
     assert memory["block"] == BLOCK
-    assert memory["scores"] == [
+    assert memory["scores"] == [  # best first
         {"id": "mem_12345678", "score": 1.5, "rrf": 0.03, "injected": "yes"},
         {"id": "mem_other", "score": -0.2, "injected": ""},
     ]
@@ -167,3 +167,18 @@ def test_the_page_escapes_everything_a_trace_carries() -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "script-src" not in response.headers["content-security-policy"]  # none allowed
     assert response.headers["x-frame-options"] == "DENY"
+
+
+def test_consolidation_decisions_are_listed_apart_from_verdicts() -> None:
+    decided = row(
+        "memento.write",
+        "w1",
+        trace_id=WRITE_TRACE,
+        start_ms=60,
+        attributes={"memento.decisions": json.dumps([{"operation": "UPDATE", "target": "m1"}])},
+    )
+    doc = trace_document("req-1", [*ROWS, decided])
+    assert verdicts(doc, "memento.decisions") == [
+        {"stage": "memento.write", "operation": "UPDATE", "target": "m1"}
+    ]
+    assert [v["stage"] for v in verdicts(doc)] == ["memento.sanitize"]
