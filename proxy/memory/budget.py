@@ -58,6 +58,12 @@ def count_tokens(text: str, encoding_name: str) -> int:
     return len(encoding(encoding_name).encode(text, disallowed_special=()))
 
 
+@lru_cache(maxsize=16_384)
+def _line_tokens(line: str, encoding_name: str) -> int:
+    """Tokens of one rendered memory line; the same memories come back request after request."""
+    return count_tokens(line, encoding_name) + 1  # + the newline that joins it
+
+
 def prompt_tokens(body: dict[str, Any], encoding_name: str) -> int:
     """Tokens the caller's own request takes: messages, tool calls and tool definitions."""
     total = _REPLY_PRIMING_TOKENS
@@ -133,7 +139,7 @@ def fit_to_budget(
     if room <= 0 or not ranked:
         reason = "no_room" if ranked else ""
         return BudgetPlan([], [(item, reason) for item in ranked], 0, max(0, available))
-    costs = {id(item): count_tokens(render_line(item), encoding_name) + 1 for item in ranked}
+    costs = {id(item): _line_tokens(render_line(item), encoding_name) for item in ranked}
     order = sorted(ranked, key=lambda item: math.exp(item.score) / costs[id(item)], reverse=True)
     shares = {
         "about": settings.fact_share * room,

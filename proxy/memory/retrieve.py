@@ -154,19 +154,24 @@ def rank_hits(
 def collapse_near_duplicates(scored: list[ScoredMemory], threshold: float) -> list[ScoredMemory]:
     """Keep the best of each group of near-identical memories (same text or cosine ≥ threshold)."""
     kept: list[ScoredMemory] = []
-    kept_vectors: list[np.ndarray] = []
     seen_texts: set[str] = set()
+    dims = next((len(item.vector) for item in scored if item.vector is not None), 0)
+    kept_units = np.empty((len(scored), dims), dtype=np.float32)  # rows of kept vectors
+    count = 0
     for item in scored:
         text = " ".join(item.record.text.lower().split())
         if text in seen_texts:
             continue
-        unit = unit_vector(item.vector) if item.vector is not None else None
-        if unit is not None and kept_vectors and _max_cosine(kept_vectors, unit) >= threshold:
-            continue
+        unit = None
+        if item.vector is not None and len(item.vector) == dims:
+            unit = unit_vector(item.vector)
+            if count and float(np.max(kept_units[:count] @ unit)) >= threshold:
+                continue
         seen_texts.add(text)
         kept.append(item)
         if unit is not None:
-            kept_vectors.append(unit)
+            kept_units[count] = unit
+            count += 1
     return kept
 
 
@@ -230,10 +235,6 @@ def unit_vector(vector: Sequence[float]) -> np.ndarray:
     array = np.asarray(vector, dtype=np.float32)
     norm = float(np.linalg.norm(array))
     return array / norm if norm else array
-
-
-def _max_cosine(units: list[np.ndarray], unit: np.ndarray) -> float:
-    return float(np.max(np.stack(units) @ unit))
 
 
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:
