@@ -30,7 +30,8 @@ PATIENT = {"retrieval": {"deadline_ms": 30000}}
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists() and shutil.which("chromium") is None:
+    executable = str(CHROMIUM) if CHROMIUM.exists() else shutil.which("chromium")
+    if executable is None:
         pytest.skip(
             "Chromium is not installed and could not be installed by `make test` (needs root): "
             "run `apt-get install -y chromium chromium-driver` to run the page test"
@@ -39,7 +40,7 @@ def browser() -> Iterator[Any]:
 
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS
+            executable_path=executable, headless=True, args=CHROMIUM_FLAGS
         )
         yield chromium
         chromium.close()
