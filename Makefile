@@ -8,7 +8,9 @@ PORT   ?= 4000
 POLICIES ?= ./policies
 DATA_DIR ?= ./data
 
-.PHONY: run test lint typecheck pytest bench bench-env install clean
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: run test lint typecheck pytest bench bench-env install clean chromium
 
 # pip (not uv/poetry): the CPU build of torch pinned in requirements.lock lies on this disk and
 # only pip looks there. The lock pins every package exactly, so an install is reproducible.
@@ -29,7 +31,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# The trace page test drives Debian's Chromium: install it when missing and we are root.
+chromium:
+	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || echo "Chromium is missing and cannot be installed here (not root): the page test will be skipped"
+
+pytest: $(STAMP) chromium
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test: lint typecheck pytest
