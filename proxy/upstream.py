@@ -171,6 +171,21 @@ def unreachable(alias: str, exc: Exception) -> ProxyError:
     )
 
 
+def stream_broken(alias: str, exc: Exception) -> ProxyError:
+    """An upstream failure after the stream began: sent as a final SSE `error` event, which the
+    openai SDKs raise as APIError (the HTTP status has already gone out as 200)."""
+    if isinstance(exc, TimeoutError) or type(exc).__name__ == "Timeout":
+        message = f"The upstream for model '{alias}' stopped sending mid-stream (timed out)."
+        return ProxyError(504, message, type="upstream_error", code="upstream_timeout")
+    return ProxyError(
+        502,
+        f"The upstream for model '{alias}' broke off the stream ({type(exc).__name__}). "
+        "The answer is incomplete; retry the request.",
+        type="upstream_error",
+        code="upstream_stream_broken",
+    )
+
+
 class OpenAICompatible:
     """Direct relay to upstreams that speak the OpenAI API, over one shared connection pool.
 
@@ -272,7 +287,7 @@ class OpenAICompatible:
                     yield part
                 finished = True
             except (aiohttp.ClientError, TimeoutError) as exc:
-                yield sse_event(unreachable(target.alias, exc).body())
+                yield sse_event(stream_broken(target.alias, exc).body())
 
         async def close() -> None:
             # A finished stream gives its connection back to the pool; an abandoned one is
@@ -390,7 +405,8 @@ class LiteLLMUpstream:
                 async for chunk in stream:
                     yield b"data: " + _dump(chunk) + b"\n\n"
             except Exception as exc:
-                yield sse_event(self._error(target, exc).body())
+                yield sse_event(stream_broken(target.alias, exc).body())
+                return
             yield DONE
 
         async def close() -> None:

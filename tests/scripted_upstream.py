@@ -39,6 +39,7 @@ class Reply:
     chunk_delay_s: float = 0.0  # between streamed chunks
     chunk_count: int = 3  # content pieces when streaming
     hang: bool = False  # streaming: after the first chunk, wait until the client goes away
+    cut_after: int | None = None  # streaming: drop the connection after this many events
     drop: bool = False  # close the connection without answering
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
@@ -239,6 +240,8 @@ class ScriptedUpstream:
             for i, event in enumerate(events):
                 payload = b"data: " + json.dumps(event).encode() + b"\n\n"
                 await send({"type": "http.response.body", "body": payload, "more_body": True})
+                if reply.cut_after is not None and i + 1 >= reply.cut_after:
+                    raise ConnectionAbortedError("scripted cut mid-stream")
                 if reply.hang and i == 0:
                     while (await receive())["type"] != "http.disconnect":
                         pass

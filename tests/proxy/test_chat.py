@@ -447,3 +447,17 @@ def test_client_disconnect_mid_stream_cancels_the_upstream_call(
     # The client hung up; the proxy must hang up on the upstream (which waits for exactly that).
     wait_until(lambda: upstream.disconnects == 1)
     assert upstream.completed_streams == 0
+
+
+@pytest.mark.parametrize("model", ["fast", "translated"])
+def test_upstream_breaking_off_a_stream_raises_in_the_sdk(
+    client: openai.OpenAI, upstream: ScriptedUpstream, model: str
+) -> None:
+    upstream.script(Reply(content="a long answer that never ends", chunk_count=6, cut_after=2))
+    stream = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "go"}], stream=True
+    )
+    with pytest.raises(openai.APIError) as caught:
+        for _ in stream:
+            pass
+    assert "broke off the stream" in caught.value.message
