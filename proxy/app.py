@@ -327,7 +327,11 @@ def _routes(registry: PolicyRegistry) -> list[ModelRoute]:
 
 
 def needs_litellm(registry: PolicyRegistry) -> bool:
-    """Whether any route is reached through litellm (slow to import: done before serving)."""
+    """Whether litellm will be used (slow to import: done before serving): a route reached
+    through it, or a tenant with memory, whose token budget reads litellm's model info."""
+    policies = (registry.get(tenant) for tenant in registry.tenants())
+    if any(policy.memory.enabled for policy in policies if policy):
+        return True
     return any(r.model != "echo" and not is_passthrough(r) for r in _routes(registry))
 
 
