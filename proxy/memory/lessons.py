@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+from weakref import WeakKeyDictionary
 
 import numpy as np
 
@@ -47,8 +48,82 @@ class Lesson:
     fingerprint: frozenset[str]
 
 
-async def load_lessons(store: MemoryStore, tenant_id: str) -> list[Lesson]:
+class LessonBook:
+    """A tenant's active lessons, ready to match: pattern vectors stacked in one matrix and an
+    index from fingerprint trigram to lesson, so a check costs one matrix product."""
+
+    def __init__(self, lessons: Sequence[Lesson], dimensions: int | None = None) -> None:
+        self.lessons = list(lessons)
+        width = dimensions or next((len(x.vector) for x in self.lessons if x.vector is not None), 0)
+        self.matrix = np.zeros((len(self.lessons), width), dtype=np.float32)
+        self.has_vector = np.zeros(len(self.lessons), dtype=bool)
+        self.by_trigram: dict[str, list[int]] = {}
+        for row, lesson in enumerate(self.lessons):
+            if lesson.vector is not None and len(lesson.vector) == width:
+                self.matrix[row] = lesson.vector
+                self.has_vector[row] = True
+            for trigram in lesson.fingerprint:
+                self.by_trigram.setdefault(trigram, []).append(row)
+
+    def __len__(self) -> int:
+        return len(self.lessons)
+
+    def matches(
+        self, text: str, vector: Sequence[float] | None, cos_threshold: float
+    ) -> list[lesson_signal.LessonMatch]:
+        """Every lesson the text resembles, by embedding or by fingerprint."""
+        if not self.lessons:
+            return []
+        cosines: np.ndarray | None = None
+        if vector is not None and len(vector) == self.matrix.shape[1] and self.matrix.size:
+            cosines = self.matrix @ np.asarray(vector, dtype=np.float32)
+        fingerprint = lesson_signal.shingles(text)
+        shared: dict[int, int] = {}
+        for trigram in fingerprint:
+            for row in self.by_trigram.get(trigram, ()):
+                shared[row] = shared.get(row, 0) + 1
+        rows = set(shared)
+        if cosines is not None:
+            rows.update(np.flatnonzero((cosines >= cos_threshold) & self.has_vector).tolist())
+        found = []
+        for row in sorted(rows):
+            lesson = self.lessons[row]
+            cosine = float(cosines[row]) if cosines is not None and self.has_vector[row] else None
+            overlap = shared.get(row, 0) / max(len(lesson.fingerprint), 1)
+            if lesson_signal.is_match(cosine, overlap, cos_threshold):
+                found.append(lesson_signal.LessonMatch(lesson.record.id, cosine, overlap))
+        return found
+
+
+# Lessons are read on the hot path (the read-time guard), so each store keeps its tenants'
+# lessons, checked on every use against the newest active lesson (one indexed row): a lesson
+# added by anyone, in any process, is seen at once. Whoever retires a lesson in this process
+# forgets the entry; other changes to older lessons are picked up within CACHE_TTL_S.
+CACHE_TTL_S = 5.0
+_Stamp = tuple[str, float] | None
+_cache: WeakKeyDictionary[Any, dict[str, tuple[float, _Stamp, LessonBook]]] = WeakKeyDictionary()
+
+
+def forget_lessons(store: MemoryStore, tenant_id: str) -> None:
+    """Drop the cached lessons of a tenant (after a lesson was added or retired)."""
+    _cache.get(store, {}).pop(tenant_id, None)
+
+
+async def load_lessons(store: MemoryStore, tenant_id: str, *, fresh: bool = False) -> LessonBook:
     """The tenant's active lessons with their pattern vectors and lexical fingerprints."""
+    per_store = _cache.setdefault(store, {})
+    cached = per_store.get(tenant_id)
+    now = time.monotonic()
+    newest = await store.list(Scope(tenant_id), kinds=["lesson"], statuses=["active"], limit=1)
+    stamp: _Stamp = (newest[0].id, newest[0].updated_at) if newest else None
+    if cached is not None and not fresh and now - cached[0] < CACHE_TTL_S and cached[1] == stamp:
+        return cached[2]
+    book = LessonBook(await _read_lessons(store, tenant_id), store.embedder.dimensions)
+    per_store[tenant_id] = (now, stamp, book)
+    return book
+
+
+async def _read_lessons(store: MemoryStore, tenant_id: str) -> list[Lesson]:
     records = await store.list(
         Scope(tenant_id), kinds=["lesson"], statuses=["active"], limit=MAX_LESSONS
     )
@@ -69,30 +144,11 @@ async def load_lessons(store: MemoryStore, tenant_id: str) -> list[Lesson]:
     return lessons
 
 
-def matches(
-    lessons: Sequence[Lesson], text: str, vector: Sequence[float] | None, cos_threshold: float
-) -> list[lesson_signal.LessonMatch]:
-    """Every lesson the text resembles, by embedding or by fingerprint."""
-    if not lessons:
-        return []
-    fingerprint = lesson_signal.shingles(text)
-    query = np.asarray(vector, dtype=np.float32) if vector is not None and len(vector) else None
-    found = []
-    for lesson in lessons:
-        cosine = None
-        if query is not None and lesson.vector is not None and lesson.vector.shape == query.shape:
-            cosine = float(lesson.vector @ query)
-        overlap = lesson_signal.containment(fingerprint, set(lesson.fingerprint))
-        if lesson_signal.is_match(cosine, overlap, cos_threshold):
-            found.append(lesson_signal.LessonMatch(lesson.record.id, cosine, overlap))
-    return found
-
-
 def match(
-    lessons: Sequence[Lesson], text: str, vector: Sequence[float] | None, policy: SanitizerPolicy
+    book: LessonBook, text: str, vector: Sequence[float] | None, policy: SanitizerPolicy
 ) -> list[Reason]:
     """Write-time check: the trust penalty for resembling a known attack."""
-    return lesson_signal.lesson_reasons(matches(lessons, text, vector, policy.lesson_cos_write))
+    return lesson_signal.lesson_reasons(book.matches(text, vector, policy.lesson_cos_write))
 
 
 def lesson_text(reasons: Sequence[Reason], origin: str) -> str:
@@ -150,11 +206,11 @@ async def record_lesson(
     """
     pattern = offending_part(content)
     fingerprint = lesson_signal.shingles(pattern)
-    existing = await load_lessons(store, scope.tenant_id)
+    existing = await load_lessons(store, scope.tenant_id, fresh=True)
     if any(
         lesson_signal.containment(fingerprint, set(known.fingerprint)) >= 0.9
         and lesson_signal.containment(set(known.fingerprint), fingerprint) >= 0.9
-        for known in existing
+        for known in existing.lessons
     ):
         return None
     lesson = NewMemory(
@@ -173,6 +229,7 @@ async def record_lesson(
         status="active",
     )
     [record] = await store.add(scope.shared(), [lesson])
+    forget_lessons(store, scope.tenant_id)
     log.info("lesson %s recorded (%s) for tenant %s", record.id, origin, scope.tenant_id)
     if sweep_cos is not None and scope.user_id is not None:
         await _sweep(store, scope, record, sweep_cos, exclude=set(about_ids))
@@ -232,15 +289,17 @@ async def guard(
             dropped.append(GuardDrop(hit, f"status {hit.record.status}"))
         else:
             candidates.append(hit)
-    lessons = await load_lessons(store, tenant_id) if candidates else []
+    if not candidates:
+        return kept, dropped
+    lessons = await load_lessons(store, tenant_id)
     if not lessons:
-        return [*kept, *candidates], dropped
+        return candidates, dropped
     missing = [h.record.id for h in candidates if h.vector is None]
     stored = await store.vectors(tenant_id, missing) if missing else {}
     for hit in candidates:
         vector = hit.vector if hit.vector is not None else stored.get(hit.record.id)
-        found = matches(
-            lessons, hit.record.key_text or hit.record.text, vector, policy.lesson_cos_read
+        found = lessons.matches(
+            hit.record.key_text or hit.record.text, vector, policy.lesson_cos_read
         )
         if found:
             dropped.append(GuardDrop(hit, f"resembles lesson {found[0].lesson_id}"))
@@ -339,6 +398,7 @@ async def _retire_matched_lessons(
                 status="rejected",
                 fields={**lesson.fields, "retired_by": actor, "retired_for": record.id},
             )
+    forget_lessons(store, tenant_id)
 
 
 def _reason_of(data: dict[str, Any]) -> Reason:
