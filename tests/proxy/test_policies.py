@@ -13,6 +13,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
+import proxy
 from proxy.memory.seam import NoMemory
 from proxy.policy import ModelRoute, Policy
 from proxy.tenants import PolicyFileError, PolicyRegistry, hash_key
@@ -167,6 +168,11 @@ def test_cli_policy_check_and_keys(policies_dir: Path) -> None:
         check=True,
     )
     assert hashed.stdout.strip() == hash_key("abc")
+
+    version = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "--version"], capture_output=True, text=True, check=True
+    )
+    assert version.stdout.strip() == f"memento-proxy {proxy.__version__}"
 
 
 def test_shipped_policies_are_valid() -> None:
