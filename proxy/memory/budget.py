@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -29,6 +28,7 @@ from proxy.memory.query import message_text
 from proxy.memory.retrieve import ScoredMemory
 from proxy.policy import BudgetSettings, ModelRoute
 from proxy.tokens import encoding
+from proxy.upstream import import_litellm
 
 # Families tokenized with o200k_base; everything else (GPT-4, GPT-3.5, unknown models) cl100k.
 _O200K_PREFIXES = (
@@ -82,11 +82,8 @@ def prompt_tokens(body: dict[str, Any], encoding_name: str) -> int:
 @lru_cache(maxsize=256)
 def litellm_context_window(model: str) -> int | None:
     """The model's input window from litellm's bundled model info; None when unknown."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import litellm
-
     try:
-        info = litellm.get_model_info(model)
+        info = import_litellm().get_model_info(model)
     except Exception:  # litellm raises a bare Exception for models it does not know
         return None
     window = info.get("max_input_tokens") or info.get("max_tokens")
