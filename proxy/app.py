@@ -242,7 +242,10 @@ class ChatService:
                     await self.finish(ctx, prepared, answer)
 
             relay = SSERelay(
-                opened, headers=opened.headers, observe=observe, on_complete=on_complete
+                opened,
+                headers={**opened.headers, **memory_headers(prepared)},
+                observe=observe,
+                on_complete=on_complete,
             )
             return EndSpansAfter(relay, span, root)
         with trace.use_span(span, end_on_exit=True):
@@ -255,7 +258,8 @@ class ChatService:
         background = None
         if with_memory:
             background = BackgroundTask(self.finish, ctx, prepared, answer)
-        return Response(reply.body, reply.status, headers=reply.headers, background=background)
+        reply_headers = {**reply.headers, **memory_headers(prepared)}
+        return Response(reply.body, reply.status, headers=reply_headers, background=background)
 
     async def embeddings(self, request: Request) -> Response:
         policy = authenticate(request)
@@ -265,6 +269,11 @@ class ChatService:
         target = Target(alias, route, policy.limits.connect_timeout_s)
         reply = await self.upstreams.for_route(route).embeddings(target, body)
         return Response(reply.body, reply.status, headers=reply.headers)
+
+
+def memory_headers(prepared: PreparedCall) -> dict[str, str]:
+    """How many memories went into the call (`x-memento-memories`)."""
+    return {"x-memento-memories": str(prepared.injected_count)}
 
 
 def _json_or_none(body: bytes) -> Any:

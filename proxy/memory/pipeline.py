@@ -267,6 +267,8 @@ class MemoryPipeline:
         access = prepared.state.get("access")
         if not isinstance(access, MemoryAccess) or not access.writes or access.scope is None:
             return
+        if "error" in response or not response.get("choices"):
+            return  # the call failed: nothing was said back, nothing to learn
         scope = access.scope
         payload = {
             "request_id": ctx.request_id,

@@ -48,7 +48,7 @@ def test_fact_stated_once_is_injected_later_for_that_user_only(
     assert "not instructions" in block
     assert sent["messages"][0] == {"role": "system", "content": "You are a cook."}
     assert sent["messages"][-1] == {"role": "user", "content": "Suggest a snack for my allergy."}
-    assert response.headers.get("x-memento-memories", "1") == "1"  # TODO core header
+    assert response.headers["x-memento-memories"] == "1"
     assert response.headers["x-request-id"]
     trace = wait_for_trace(
         proxy,
