@@ -58,12 +58,14 @@ class LessonBook:
         self.matrix = np.zeros((len(self.lessons), width), dtype=np.float32)
         self.has_vector = np.zeros(len(self.lessons), dtype=bool)
         self.by_trigram: dict[str, list[int]] = {}
+        self.words: set[str] = set()
         for row, lesson in enumerate(self.lessons):
             if lesson.vector is not None and len(lesson.vector) == width:
                 self.matrix[row] = lesson.vector
                 self.has_vector[row] = True
             for trigram in lesson.fingerprint:
                 self.by_trigram.setdefault(trigram, []).append(row)
+            self.words |= lesson_signal.content_words(lesson.record.key_text or lesson.record.text)
 
     def __len__(self) -> int:
         return len(self.lessons)

@@ -29,6 +29,7 @@ from proxy.memory import lessons as lesson_memory
 from proxy.memory.candidates import Candidate, Reason, TrustVerdict, Verdict
 from proxy.memory.signals import Hit, consensus, exfiltration, instructions, obfuscation, session
 from proxy.memory.signals import judge as llm_judge
+from proxy.memory.signals import lessons as lesson_signal
 from proxy.memory.signals import secrets as secret_signal
 from proxy.memory.signals import source as source_signal
 from proxy.policy import SanitizerPolicy
@@ -38,7 +39,7 @@ from storage.records import MemoryKind, MemoryRecord, Scope
 log = logging.getLogger("memento.sanitize")
 
 NEIGHBOURS = 5  # MEMORY-DESIGN.md: top-5 active neighbours for the consensus check
-EMBED_CHARS = 2000  # the embedder reads ~256 tokens; longer text only costs tokenizing time
+EMBED_CHARS = 1000  # ~200 tokens: enough to place a memory; attack essays cost less
 SCAN_LIMIT = 5000
 DAY_S = 86_400.0  # above this many memories in a scope, neighbours come from the index instead
 LENGTH_SCORE = 0.15
@@ -176,6 +177,17 @@ class Sanitizer:
 
         # A hard rule already rejects: no memory signal can change that, so skip the embedding.
         open_items = [item for item in pending if not any(h.hard for h in item.hits)]
+        if existing is not None and not in_session:
+            # Outside a session, a vector only matters if the candidate can resemble a lesson or
+            # a memory of the scope, which needs at least one distinctive word in common.
+            vocabulary = known.words | {
+                word for record, _ in existing for word in lesson_signal.content_words(record.text)
+            }
+            open_items = [
+                item
+                for item in open_items
+                if _could_resemble(lesson_signal.content_words(item.candidate.text), vocabulary)
+            ]
         vectors = await store.embedder.embed(
             [item.candidate.text[:EMBED_CHARS] for item in open_items]
         )
@@ -338,3 +350,10 @@ def _nearest(
             ]
         )
     return result
+
+
+def _could_resemble(words: set[str], vocabulary: set[str]) -> bool:
+    """Whether a candidate shares enough distinctive words with the known texts to come near
+    one in embedding space: two words, or one when the candidate has only one or two."""
+    shared = len(words & vocabulary)
+    return shared >= 2 or (shared == 1 and len(words) <= 2)

@@ -34,6 +34,91 @@ def shingles(text: str, size: int = 3) -> set[str]:
     return {" ".join(words[i : i + size]) for i in range(len(words) - size + 1)}
 
 
+# Words too common to make two texts alike on their own.
+_STOPWORDS = frozenset(
+    [
+        "about",
+        "after",
+        "again",
+        "also",
+        "always",
+        "because",
+        "been",
+        "before",
+        "being",
+        "could",
+        "does",
+        "doing",
+        "down",
+        "during",
+        "each",
+        "every",
+        "from",
+        "have",
+        "having",
+        "here",
+        "into",
+        "just",
+        "like",
+        "more",
+        "most",
+        "much",
+        "must",
+        "never",
+        "only",
+        "other",
+        "over",
+        "same",
+        "should",
+        "some",
+        "such",
+        "than",
+        "that",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "through",
+        "under",
+        "until",
+        "very",
+        "want",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "will",
+        "with",
+        "would",
+        "your",
+        "yours",
+        "user",
+        "users",
+        "really",
+        "things",
+        "thing",
+        "know",
+        "make",
+        "made",
+        "good",
+        "well",
+        "time",
+    ]
+)
+_CONTENT_WORD = re.compile(r"[a-z][a-z'-]{3,}")
+
+
+def content_words(text: str) -> set[str]:
+    """Distinctive words of a text (4+ letters, not a stopword)."""
+    return {w for w in _CONTENT_WORD.findall(normalize(text)) if w not in _STOPWORDS}
+
+
 def containment(candidate: set[str], pattern: set[str]) -> float:
     """Share of the lesson's fingerprint found in the candidate (a spliced replay scores 1)."""
     if not pattern:
