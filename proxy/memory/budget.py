@@ -91,7 +91,10 @@ def litellm_context_window(model: str) -> int | None:
 
 
 def context_window(route: ModelRoute) -> int | None:
-    return route.context_window or litellm_context_window(route.model)
+    """The route's override, else litellm's model info (the built-in echo model has none)."""
+    if route.context_window or route.model == "echo":
+        return route.context_window
+    return litellm_context_window(route.model)
 
 
 def available_tokens(

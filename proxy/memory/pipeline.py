@@ -24,7 +24,12 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from proxy.errors import bad_request
-from proxy.memory.budget import available_tokens, encoding_name_for, fit_to_budget
+from proxy.memory.budget import (
+    available_tokens,
+    context_window,
+    encoding_name_for,
+    fit_to_budget,
+)
 from proxy.memory.candidates import Candidate, TrustVerdict
 from proxy.memory.consolidate import Decision, Neighbour, decide, decide_with_model
 from proxy.memory.extract import (
@@ -113,12 +118,23 @@ class MemoryPipeline:
             embedder = await shared_embedder(self._embedder_spec)
             self._store = await open_store(self._data_dir, embedder)
         await asyncio.to_thread(_warm_tokenizers)
+        await asyncio.to_thread(self._warm_context_windows)
         # The first encode and the first index query are slow; pay for them before serving.
         warm_scope = Scope("memento-warm-up", "memento-warm-up")
         vectors = await self.store.embedder.embed(["warm up"])
         await self.store.search(warm_scope, query_text="warm up", query_vector=vectors[0], k=1)
         self._pool = WritePool(self.store, self.learn_from_exchange, workers=self._workers)
         self._pool.start()
+
+    def _warm_context_windows(self) -> None:
+        """Look up every route's context window now: the first look-up imports litellm, which
+        must not happen on the event loop in the middle of a request."""
+        tenants = getattr(self.policies, "tenants", None)
+        for tenant in tenants() if callable(tenants) else []:
+            policy = self.policies.get(tenant)
+            for route in policy.models.values() if policy else []:
+                if route.model != "echo":
+                    context_window(route)
 
     async def flush_request_logs(self) -> None:
         """Wait until every request logged so far is stored (feedback can find it)."""
