@@ -209,6 +209,32 @@ async def store_experiment(attacks: list[str], facts: list[str]) -> dict[str, An
     }
 
 
+def check_endpoint_seconds(texts: list[str]) -> float:
+    """Wall time of one `POST /v1/memories/check` with these candidates, through the real proxy
+    (memory on, a fresh tenant) on loopback."""
+    import tempfile
+
+    import httpx
+
+    from tests.harness import RunningProxy, write_tenant
+
+    with tempfile.TemporaryDirectory() as tmp:
+        policies = Path(tmp) / "policies"
+        write_tenant(policies, "bench", "bench-key", {"echo": {"model": "echo"}})
+        with RunningProxy(policies, Path(tmp) / "data") as proxy:
+            body = {"user": "u", "candidates": [{"text": t, "source": "user"} for t in texts]}
+            with httpx.Client(base_url=proxy.base_url, timeout=300) as http:
+                headers = {"Authorization": "Bearer bench-key"}
+                http.post(
+                    "/v1/memories/check",
+                    json={**body, "candidates": body["candidates"][:1]},
+                    headers=headers,
+                ).raise_for_status()  # warm-up
+                started = time.perf_counter()
+                http.post("/v1/memories/check", json=body, headers=headers).raise_for_status()
+                return time.perf_counter() - started
+
+
 def _row(name: str, results: list[tuple[str, float]]) -> dict[str, Any]:
     n = len(results)
     quarantined = sum(1 for v, _ in results if v == "quarantine")
@@ -290,6 +316,7 @@ def main() -> None:
     )
     random.Random(SEED + 2).shuffle(shaped_texts)
     summary.update(asyncio.run(store_experiment(shaped_texts, facts)))
+    summary["check_endpoint_500_seconds"] = check_endpoint_seconds(facts[:400] + shaped_texts[:100])
     observations = suspicion["benign:locomo_observations"]
     summary["locomo_observation_drop"] = sum(
         1 for s in observations if s > 1 - policy.active_min + 1e-9
