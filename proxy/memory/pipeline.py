@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,13 +51,25 @@ from proxy.policy import ModelRoute, Policy
 from proxy.tracing import content_attr, json_attr, request_link
 from proxy.upstream import Target, Upstreams
 from storage.api import Embedder, MemoryStore, RequestStore, WriteQueue
-from storage.records import MemoryKind, MemoryRecord, NewMemory, QueuedJob, RequestLog, Scope
+from storage.records import (
+    MemoryKind,
+    MemoryRecord,
+    MemoryStatus,
+    NewMemory,
+    QueuedJob,
+    RequestLog,
+    Scope,
+)
 
 log = logging.getLogger("memento.memory")
 tracer = trace.get_tracer("memento.memory")
 
 EXCHANGE_JOB = "exchange"
-_STATUS_FOR_VERDICT = {"accept": "active", "quarantine": "quarantined", "reject": "rejected"}
+_STATUS_FOR_VERDICT: dict[str, MemoryStatus] = {
+    "accept": "active",
+    "quarantine": "quarantined",
+    "reject": "rejected",
+}
 _NEIGHBOURS = 5
 
 
@@ -327,6 +340,7 @@ class MemoryPipeline:
             span.set_attribute("memento.candidates.proposed", len(proposed))
             span.set_attribute("memento.candidates.verified", len(candidates))
             span.set_attribute("memento.candidates.kinds", [c.kind for c in candidates])
+        await self._mark_used(scope, [str(i["id"]) for i in injected if "id" in i])
         if not candidates:
             return
         with tracer.start_as_current_span(
@@ -349,12 +363,18 @@ class MemoryPipeline:
             )
         meta = _WriteMeta(
             request_id=request_id,
-            trace_id=payload.get("trace_id"),
+            trace_id=str(payload["trace_id"]) if payload.get("trace_id") else None,
             model=str(payload.get("model") or "") or None,
             derived_from=[str(i["id"]) for i in injected if "id" in i],
             created_at=float(payload.get("created_at") or time.time()),
         )
         await self._consolidate_and_write(scope, policy, candidates, verdicts, meta, links, attrs)
+
+    async def _mark_used(self, scope: Scope, memory_ids: list[str]) -> None:
+        """Recency counts from the last time a memory was injected (off the request path)."""
+        now = time.time()
+        for record in await self.store.get_many(scope.tenant_id, memory_ids):
+            await self.store.update(record.scope, record.id, last_used_at=now)
 
     async def _extract(self, exchange: Exchange, policy: Policy, model: str) -> list[Candidate]:
         settings = policy.memory.extraction
@@ -465,23 +485,15 @@ class MemoryPipeline:
             await self.store.update(case.scope, case.id, **case_outcome_changes(case, entry.reward))
 
 
+@dataclass(frozen=True)
 class _WriteMeta:
-    __slots__ = ("created_at", "derived_from", "model", "request_id", "trace_id")
+    """Provenance every record written from one exchange carries."""
 
-    def __init__(
-        self,
-        *,
-        request_id: str,
-        trace_id: Any,
-        model: str | None,
-        derived_from: list[str],
-        created_at: float,
-    ) -> None:
-        self.request_id = request_id
-        self.trace_id = str(trace_id) if trace_id else None
-        self.model = model
-        self.derived_from = derived_from
-        self.created_at = created_at
+    request_id: str
+    trace_id: str | None
+    model: str | None
+    derived_from: list[str]
+    created_at: float
 
 
 def _new_memory(
@@ -499,7 +511,7 @@ def _new_memory(
         trace_id=meta.trace_id,
         trust=verdict.trust,
         trust_reasons=verdict.reasons_as_dicts(),
-        status=_STATUS_FOR_VERDICT[verdict.verdict],  # type: ignore[arg-type]
+        status=_STATUS_FOR_VERDICT[verdict.verdict],
         q=policy.memory.feedback.q0,
         created_at=candidate.created_at,
         expires_at=meta.created_at + ttl * 86_400 if ttl else None,
