@@ -174,8 +174,18 @@ def third_person(text: str) -> str:
     return text
 
 
+_CLAUSE = re.compile(r"(?:,|;)?\s+(?:and|but)\s+(?=(?:I|I'm|I've|my|My)\b)|;\s+")
+
+
 def sentences(text: str) -> list[str]:
-    return [part.strip() for part in _SENTENCE_END.split(text) if part and part.strip()]
+    """Sentences, and first-person clauses joined by "and" / "but" / ";" ("I'm vegan and I live
+    in Oslo" is two statements). Each piece is verbatim text of the turn."""
+    pieces = []
+    for sentence in _SENTENCE_END.split(text):
+        for clause in _CLAUSE.split(sentence or ""):
+            if clause and clause.strip():
+                pieces.append(clause.strip())
+    return pieces
 
 
 def statement_candidate(sentence: str, turn: Turn) -> Candidate | None:

@@ -54,6 +54,21 @@ def test_rules_extract_first_person_statements_with_verbatim_evidence() -> None:
     assert case.fields["approach"] == "Try a lentil curry tonight."
 
 
+def test_joined_first_person_clauses_are_separate_statements() -> None:
+    exchange = build_exchange(
+        [{"role": "user", "content": "I'm a vegetarian and I live in Lisbon; my dog is Rex."}],
+        answer("Noted."),
+        [],
+    )
+    found = extract_with_rules(exchange, ExtractionSettings())
+    assert [c.text for c in found] == [
+        "The user is a vegetarian.",
+        "The user lives in Lisbon.",
+        "The user's dog is Rex.",
+    ]
+    assert all(verify_evidence(c, exchange) for c in found)
+
+
 def test_forget_request_becomes_a_retraction() -> None:
     exchange = build_exchange(
         [{"role": "user", "content": "Please forget that I live in Berlin."}], answer("Done."), []
