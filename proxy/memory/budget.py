@@ -132,15 +132,19 @@ def fit_to_budget(
 
     The block's frame (fence and preamble) is reserved first, and a section's heading is paid
     for with its first memory; the rendered block is measured at the end, so it never
-    exceeds `available`. Selection is greedy by exp(score) per token;
-    the selected memories keep their ranking order.
+    exceeds `available`. Only the k2 best-scored cases compete (the cap is on the best, not
+    the shortest); selection is greedy by exp(score) per token, and the selected memories keep
+    their ranking order.
     """
     room = available - count_tokens(block_frame_text(), encoding_name)
     if room <= 0 or not ranked:
         reason = "no_room" if ranked else ""
         return BudgetPlan([], [(item, reason) for item in ranked], 0, max(0, available))
-    costs = {id(item): _line_tokens(render_line(item), encoding_name) for item in ranked}
-    order = sorted(ranked, key=lambda item: math.exp(item.score) / costs[id(item)], reverse=True)
+    best_cases = [item for item in ranked if _group(item) == "case"][:k2_cases]
+    over_k2 = {id(item) for item in ranked if _group(item) == "case"} - {id(i) for i in best_cases}
+    competing = [item for item in ranked if id(item) not in over_k2]
+    costs = {id(item): _line_tokens(render_line(item), encoding_name) for item in competing}
+    order = sorted(competing, key=lambda item: math.exp(item.score) / costs[id(item)], reverse=True)
     shares = {
         "about": settings.fact_share * room,
         "case": settings.case_share * room,
@@ -152,7 +156,6 @@ def fit_to_budget(
     spent = {group: 0 for group in shares}
     opened: set[str] = set()
     chosen: set[int] = set()
-    cases = 0
     used = 0
     for respect_shares in (True, False):
         for item in order:
@@ -160,8 +163,6 @@ def fit_to_budget(
                 continue
             group, section = _group(item), section_of(item)
             cost = costs[id(item)] + (0 if section in opened else headings[section])
-            if group == "case" and cases >= k2_cases:
-                continue
             if used + cost > room:
                 continue
             if respect_shares and spent[group] + cost > shares[group]:
@@ -170,10 +171,11 @@ def fit_to_budget(
             opened.add(section)
             spent[group] += cost
             used += cost
-            cases += group == "case"
     selected = [item for item in ranked if id(item) in chosen]
     dropped = [
-        (item, _drop_reason(item, cases, k2_cases)) for item in ranked if id(item) not in chosen
+        (item, "k2_cases" if id(item) in over_k2 else "budget")
+        for item in ranked
+        if id(item) not in chosen
     ]
     # Tokens of joined text are not always the sum of the parts: measure the real block.
     used = count_tokens(render_block(selected), encoding_name) if selected else 0
@@ -186,9 +188,3 @@ def fit_to_budget(
 def _group(item: ScoredMemory) -> str:
     kind = item.record.kind
     return "about" if kind in ("fact", "preference") else kind
-
-
-def _drop_reason(item: ScoredMemory, cases: int, k2_cases: int) -> str:
-    if _group(item) == "case" and cases >= k2_cases:
-        return "k2_cases"
-    return "budget"

@@ -209,3 +209,19 @@ def test_block_is_fenced_reference_data_and_can_be_stripped_again() -> None:
     assert strip_memory_blocks(injected["messages"]) == body["messages"]
     echoed = {"role": "assistant", "content": "You said: " + block + " ok"}
     assert strip_memory_blocks([echoed]) == [{"role": "assistant", "content": "You said:  ok"}]
+
+
+def test_k2_keeps_the_best_cases_not_the_shortest() -> None:
+    long_best = hit(
+        record(
+            "best", "Request: plan a trip → Answer: " + "took the night train, " * 8, kind="case"
+        ),
+        0,
+        0,
+    )
+    short_worse = hit(record("short", "Request: plan a trip → flew", kind="case"), 3, 3)
+    ranked = rank_hits([long_best, short_worse], MemoryPolicy())
+    assert ranked[0].record.id == "best"
+    plan = fit_to_budget(ranked, 2000, BudgetSettings(), k2_cases=1, encoding_name="cl100k_base")
+    assert [i.record.id for i in plan.selected] == ["best"]
+    assert [(i.record.id, reason) for i, reason in plan.dropped] == [("short", "k2_cases")]
