@@ -483,6 +483,51 @@ class SQLiteDatabase:
         )
         return {row[0]: (_record_from_row(row[:-1]), row[-1]) for row in rows}
 
+    @staticmethod
+    def _users_clause(users: Sequence[str | None]) -> tuple[str, list[Any]]:
+        named = [user for user in users if user is not None]
+        parts = []
+        if named:
+            parts.append(f"user_id IN ({_placeholders(len(named))})")
+        if None in users:
+            parts.append("user_id IS NULL")
+        return "(" + " OR ".join(parts or ["0"]) + ")", named
+
+    async def count_scope(self, tenant_id: str, users: Sequence[str | None]) -> int:
+        """Records (any status) of these users of one tenant; None is the tenant-shared scope."""
+        clause, params = self._users_clause(users)
+        rows = await self._fetchall(
+            f"SELECT count(*) FROM memories WHERE tenant_id = ? AND {clause}",
+            (tenant_id, *params),
+        )
+        return int(rows[0][0])
+
+    async def scope_vectors(
+        self,
+        tenant_id: str,
+        users: Sequence[str | None],
+        *,
+        kinds: Sequence[MemoryKind] | None,
+        statuses: Sequence[MemoryStatus],
+        now: float,
+        embedding_model: str,
+    ) -> tuple[list[str], list[bytes]]:
+        """Ids and vectors of one scope's searchable records (exact search in small scopes)."""
+        clause, params = self._users_clause(users)
+        where = ["tenant_id = ?", clause, "embedding_model = ?", "embedding IS NOT NULL"]
+        where.append("(expires_at IS NULL OR expires_at > ?)")
+        values: list[Any] = [tenant_id, *params, embedding_model, now]
+        if kinds:
+            where.append(f"kind IN ({_placeholders(len(kinds))})")
+            values.extend(kinds)
+        if statuses:
+            where.append(f"status IN ({_placeholders(len(statuses))})")
+            values.extend(statuses)
+        rows = await self._fetchall(
+            f"SELECT id, embedding FROM memories WHERE {' AND '.join(where)}", values
+        )
+        return [row[0] for row in rows], [row[1] for row in rows]
+
     async def list_memories(
         self,
         scope: Scope,

@@ -56,14 +56,25 @@ log = logging.getLogger("memento.storage")
 DB_FILE = "memento.db"
 INDEX_DIR = "index"
 _EMBEDDER_META = "index_embedder"
+# Scope sizes (exact or ANN vector search) are re-counted at most this often.
+SCOPE_SIZE_TTL_S = 30.0
 
 
 class EmbedderMismatchError(RuntimeError):
     """The stored vectors were made by another embedder than the configured one."""
 
 
-def _blob(vector: Sequence[float]) -> bytes:
+def _blob(vector: Sequence[float] | np.ndarray[Any, np.dtype[np.float32]]) -> bytes:
     return np.asarray(vector, dtype=np.float32).tobytes()
+
+
+def _normalized(vector: Sequence[float]) -> np.ndarray[Any, np.dtype[np.float32]]:
+    array = np.asarray(vector, dtype=np.float32)
+    norm = float(np.linalg.norm(array))
+    if not math.isfinite(norm) or norm == 0:
+        raise ValueError("vectors must be finite and non-zero")
+    unit: np.ndarray[Any, np.dtype[np.float32]] = array / norm
+    return unit
 
 
 def _unblob(blob: bytes) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -105,6 +116,7 @@ class EmbeddedStore:
         self._maintenance_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._index_dirty = True
+        self._scope_sizes: dict[tuple[str, tuple[str | None, ...]], tuple[int, float]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -256,15 +268,35 @@ class EmbeddedStore:
             model=memory.model,
         )
 
-    async def add(self, scope: Scope, memories: Sequence[NewMemory]) -> list[MemoryRecord]:
-        """Write new records in one transaction; they are searchable when this returns."""
+    async def add(
+        self,
+        scope: Scope,
+        memories: Sequence[NewMemory],
+        *,
+        vectors: Sequence[Sequence[float]] | None = None,
+    ) -> list[MemoryRecord]:
+        """Write new records in one transaction; they are searchable when this returns.
+
+        `vectors` (optional) are the records' embeddings by this store's embedder, for imports
+        that carry them; without it the records are embedded here.
+        """
         if not memories:
             return []
         for memory in memories:
             _validate_new(memory)
         now = time.time()
         records = [self._new_record(scope, memory, now) for memory in memories]
-        blobs = await self._embed([embedding_input(r.key_text, r.text) for r in records])
+        if vectors is not None:
+            if len(vectors) != len(records) or any(
+                len(vector) != self.index.dimensions for vector in vectors
+            ):
+                raise ValueError(
+                    f"need one {self.index.dimensions}-dimensional vector per memory "
+                    f"(made by {self.embedder.model_id})"
+                )
+            blobs = [_blob(_normalized(vector)) for vector in vectors]
+        else:
+            blobs = await self._embed([embedding_input(r.key_text, r.text) for r in records])
         await self.db.insert_memories(records, blobs, actor=f"write:{records[0].source_role}")
         await self.sync_index()
         return records
@@ -348,7 +380,12 @@ class EmbeddedStore:
         now: float | None = None,
         with_vectors: bool = False,
     ) -> list[SearchHit]:
-        """Top-k by BM25 ∪ top-k by vector within the scope, checked against SQLite."""
+        """Top-k by BM25 ∪ top-k by vector within the scope, checked against SQLite.
+
+        Vector search is exact unless the scope is large and the table has an ANN index:
+        small scopes are scored here from their stored vectors (an IVF probe could miss a
+        small scope's rows), large ones go through the index.
+        """
         if k <= 0:
             return []
         now = time.time() if now is None else now
@@ -356,29 +393,31 @@ class EmbeddedStore:
         if include_shared and scope.user_id is not None:
             users.append(None)
         where = scope_filter(
-            [scope_key(scope.tenant_id, user) for user in users],
-            kinds=kinds,
-            statuses=statuses,
-            now=now,
+            [scope_key(scope.tenant_id, user) for user in users], kinds=kinds, statuses=statuses
         )
         query = self._query_vector(query_vector)
-        vector_hits, text_hits = await gather_searches(
-            self.index, vector=query, text=query_text, where=where, k=k
-        )
+        if query is not None and await self._use_exact_search(scope.tenant_id, users):
+            vector_search = self._exact_vector_search(
+                scope.tenant_id, users, query, k, kinds=kinds, statuses=statuses, now=now
+            )
+            vector_hits, text_hits = await asyncio.gather(
+                vector_search, self.index.search_text(query_text, where, k)
+            )
+        else:
+            vector_hits, text_hits = await gather_searches(
+                self.index, vector=query, text=query_text, where=where, k=k
+            )
         vector_rank = {hit.id: rank for rank, hit in enumerate(vector_hits)}
         text_rank = {hit.id: rank for rank, hit in enumerate(text_hits)}
         by_id: dict[str, IndexHit] = {hit.id: hit for hit in (*text_hits, *vector_hits)}
         ordered = list(dict.fromkeys([*vector_rank, *text_rank]))
-        fetched = await self.db.get_many_with_vectors(scope.tenant_id, ordered)
+        records = {r.id: r for r in await self.db.get_many(scope.tenant_id, ordered)}
         hits: list[SearchHit] = []
         for memory_id in ordered:
-            found = fetched.get(memory_id)
-            if found is None:
+            record = records.get(memory_id)
+            if record is None or not _visible(record, scope.tenant_id, users, kinds, statuses, now):
                 continue
-            record, blob = found
-            if not _visible(record, scope.tenant_id, users, kinds, statuses, now):
-                continue
-            vector = _unblob(blob) if blob is not None else by_id[memory_id].vector
+            vector = by_id[memory_id].vector
             bm25 = text_rank.get(memory_id)
             hits.append(
                 SearchHit(
@@ -391,6 +430,43 @@ class EmbeddedStore:
                 )
             )
         return hits
+
+    async def _use_exact_search(self, tenant_id: str, users: Sequence[str | None]) -> bool:
+        if not self.index.vector_indexed:
+            return False  # the index's own search is a flat, exact one
+        key = (tenant_id, tuple(users))
+        cached = self._scope_sizes.get(key)
+        if cached is None or cached[1] < time.monotonic():
+            size = await self.db.count_scope(tenant_id, users)
+            cached = (size, time.monotonic() + SCOPE_SIZE_TTL_S)
+            self._scope_sizes[key] = cached
+        return cached[0] <= self.index.settings.exact_search_max_rows
+
+    async def _exact_vector_search(
+        self,
+        tenant_id: str,
+        users: Sequence[str | None],
+        query: np.ndarray[Any, np.dtype[np.float32]],
+        k: int,
+        *,
+        kinds: Sequence[MemoryKind] | None,
+        statuses: Sequence[MemoryStatus],
+        now: float,
+    ) -> list[IndexHit]:
+        ids, blobs = await self.db.scope_vectors(
+            tenant_id,
+            users,
+            kinds=kinds,
+            statuses=statuses,
+            now=now,
+            embedding_model=self.embedder.model_id,
+        )
+        if not ids:
+            return []
+        matrix = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), -1)
+        scores = matrix @ query
+        top = np.argsort(-scores)[:k]
+        return [IndexHit(id=ids[i], score=float(-scores[i]), vector=matrix[i]) for i in top]
 
     def _query_vector(
         self, vector: Sequence[float] | None

@@ -1,0 +1,276 @@
+"""Storage: scope-filtered hybrid search latency, insert throughput, index build, embedding.
+
+One store (real SQLite + LanceDB) grows through 1k, 10k and 100k memories per tenant with 10
+tenants (10k, 100k, 1M rows). At each size: background maintenance is run once and timed (the
+index build: full-text fold-in, compaction, and the ANN index once the table is big enough),
+then `store.search` (vector + BM25 for one user's scope including the tenant-shared records,
+k=30, checked against SQLite) is timed over distinct queries: p50/p99.
+
+Bulk rows carry synthetic topic-clustered vectors and texts (embedding a million texts with
+MiniLM would take hours on this machine); the insert path is otherwise the real one
+(`store.add` with vectors: SQLite transaction, outbox, index upsert). Embedding latency and
+end-to-end insert throughput with real embedding are measured with the local model.
+
+`BENCH_STORAGE_SIZES` (default "1000,10000,100000") picks the per-tenant sizes; `BENCH_SCALE`
+scales query counts. Results: a table on stdout and bench/results/storage.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from storage import EmbeddedStore
+from storage.embedders import LocalEmbedder
+from storage.records import NewMemory, Scope
+from storage.store import open_embedded_store
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "storage.json"
+SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
+SIZES = [int(n) for n in os.environ.get("BENCH_STORAGE_SIZES", "1000,10000,100000").split(",")]
+TENANTS = 10
+QUERIES = max(20, int(300 * SCALE))
+LOAD_BATCH = 5_000
+TOPICS = 400
+DIM = 384
+SHARED_EVERY = 10  # one memory in ten is tenant-shared; the rest belong to the searched user
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+class Corpus:
+    """Topic-clustered synthetic memories: words and vectors of a record share its topic."""
+
+    def __init__(self, seed: int = 7) -> None:
+        self.rng = np.random.default_rng(seed)
+        syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa", "qui", "dro"]
+        vocab: set[str] = set()
+        while len(vocab) < 6_000:
+            parts = self.rng.choice(syllables, size=int(self.rng.integers(2, 5)))
+            vocab.add("".join(parts))
+        self.vocab = np.asarray(sorted(vocab))
+        self.topic_matrix = np.stack(
+            [self.rng.choice(len(self.vocab), size=40, replace=False) for _ in range(TOPICS)]
+        )
+        centers = self.rng.standard_normal((TOPICS, DIM)).astype(np.float32)
+        self.centers = centers / np.linalg.norm(centers, axis=1, keepdims=True)
+        zipf = 1.0 / np.arange(1, len(self.vocab) + 1)
+        self.background = zipf / zipf.sum()
+
+    def _vectors(self, topics: np.ndarray[Any, Any], noise: float) -> np.ndarray[Any, Any]:
+        vectors = self.centers[topics] + noise * self.rng.standard_normal(
+            (len(topics), DIM)
+        ).astype(np.float32) / np.sqrt(DIM)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def memories(self, count: int) -> tuple[list[str], np.ndarray[Any, Any]]:
+        topics = self.rng.integers(0, TOPICS, size=count)
+        own = self.topic_matrix[topics[:, None], self.rng.integers(0, 40, size=(count, 4))]
+        common = self.rng.choice(len(self.vocab), size=(count, 6), p=self.background)
+        words = self.vocab[np.concatenate([own, common], axis=1)]
+        texts = [" ".join(row) for row in words.tolist()]
+        return texts, self._vectors(topics, noise=0.9)
+
+    def queries(self, count: int) -> list[tuple[str, list[float]]]:
+        topics = self.rng.integers(0, TOPICS, size=count)
+        vectors = self._vectors(topics, noise=0.9)
+        own = self.topic_matrix[topics[:, None], self.rng.integers(0, 40, size=(count, 2))]
+        common = self.rng.choice(len(self.vocab), size=(count, 1), p=self.background)
+        words = self.vocab[np.concatenate([own, common], axis=1)]
+        return [
+            (" ".join(row), vector.tolist())
+            for row, vector in zip(words.tolist(), vectors, strict=True)
+        ]
+
+
+def _user_scope(tenant: int) -> Scope:
+    return Scope(f"tenant{tenant}", "user0")
+
+
+async def _load(store: EmbeddedStore, corpus: Corpus, per_tenant: int) -> float:
+    """Grow every tenant by `per_tenant` memories through `store.add`; returns seconds."""
+    started = time.perf_counter()
+    for tenant in range(TENANTS):
+        remaining = per_tenant
+        while remaining > 0:
+            count = min(LOAD_BATCH, remaining)
+            texts, vectors = corpus.memories(count)
+            shared = [i for i in range(count) if i % SHARED_EVERY == 0]
+            own = [i for i in range(count) if i % SHARED_EVERY != 0]
+            for scope, idx in ((_user_scope(tenant), own), (Scope(f"tenant{tenant}"), shared)):
+                await store.add(
+                    scope,
+                    [NewMemory(kind="fact", text=texts[i]) for i in idx],
+                    vectors=vectors[idx],
+                )
+            remaining -= count
+    return time.perf_counter() - started
+
+
+async def _search_latencies(
+    store: EmbeddedStore, queries: list[tuple[str, list[float]]]
+) -> dict[str, float]:
+    hybrid: list[float] = []
+    vector_only: list[float] = []
+    text_only: list[float] = []
+    found: list[int] = []
+    for n, (text, vector) in enumerate(queries):
+        scope = _user_scope(n % TENANTS)
+        for bucket, query_text, query_vector in (
+            (hybrid, text, vector),
+            (vector_only, "", vector),
+            (text_only, text, None),
+        ):
+            started = time.perf_counter()
+            hits = await store.search(
+                scope,
+                query_text=query_text,
+                query_vector=query_vector,
+                k=30,
+                include_shared=True,
+            )
+            bucket.append((time.perf_counter() - started) * 1000)
+            if bucket is hybrid:
+                found.append(len(hits))
+    return {
+        "hybrid_p50_ms": _percentile(hybrid, 50),
+        "hybrid_p99_ms": _percentile(hybrid, 99),
+        "vector_p50_ms": _percentile(vector_only, 50),
+        "bm25_p50_ms": _percentile(text_only, 50),
+        "hits_mean": statistics.fmean(found),
+    }
+
+
+async def _embedding(embedder: LocalEmbedder) -> dict[str, float]:
+    await embedder.embed(["warm up the model"])
+    single = []
+    for i in range(int(40 * SCALE) or 10):
+        started = time.perf_counter()
+        await embedder.embed([f"what did I say about my trip number {i} to the mountains?"])
+        single.append((time.perf_counter() - started) * 1000)
+    batch = []
+    for run in range(5):
+        texts = [f"memory {run}-{i}: I prefer window seats on long flights" for i in range(64)]
+        started = time.perf_counter()
+        await embedder.embed(texts)
+        batch.append((time.perf_counter() - started) * 1000)
+    return {
+        "embed_1_p50_ms": _percentile(single, 50),
+        "embed_1_p99_ms": _percentile(single, 99),
+        "embed_64_p50_ms": _percentile(batch, 50),
+    }
+
+
+async def _insert_with_embedding(store: EmbeddedStore) -> dict[str, float]:
+    scope = Scope("insert-bench", "user0")
+    total = 512
+    started = time.perf_counter()
+    for start in range(0, total, 64):
+        await store.add(
+            scope,
+            [
+                NewMemory(kind="fact", text=f"I visited city {start + i} last year")
+                for i in range(64)
+            ],
+        )
+    batched = total / (time.perf_counter() - started)
+    single = []
+    for i in range(20):
+        t0 = time.perf_counter()
+        await store.add(scope, [NewMemory(kind="fact", text=f"My locker number is {i}")])
+        single.append((time.perf_counter() - t0) * 1000)
+    return {"insert_embedded_per_s": batched, "insert_one_p50_ms": _percentile(single, 50)}
+
+
+async def run() -> dict[str, Any]:
+    embedder = LocalEmbedder(cache_size=0)
+    await embedder.load()
+    corpus = Corpus()
+    results: dict[str, Any] = {"sizes": []}
+    results["embedding"] = await _embedding(embedder)
+    with tempfile.TemporaryDirectory(prefix="bench-storage-") as folder:
+        store = await open_embedded_store(Path(folder), embedder, maintenance_interval_s=0)
+        try:
+            results["insert"] = await _insert_with_embedding(store)
+            loaded = 0
+            for per_tenant in SIZES:
+                grow = per_tenant - loaded
+                load_s = await _load(store, corpus, grow)
+                loaded = per_tenant
+                started = time.perf_counter()
+                await store.maintain()
+                build_s = time.perf_counter() - started
+                queries = corpus.queries(QUERIES)
+                await _search_latencies(store, queries[:10])  # warm caches
+                latencies = await _search_latencies(store, queries)
+                row = {
+                    "per_tenant": per_tenant,
+                    "total_rows": await store.index.count(),
+                    "bulk_insert_per_s": grow * TENANTS / load_s,
+                    "index_build_s": build_s,
+                    **latencies,
+                }
+                results["sizes"].append(row)
+                _print_row(row)
+        finally:
+            await store.close()
+    return results
+
+
+def _print_row(row: dict[str, Any]) -> None:
+    print(
+        f"  {row['per_tenant']:>7} /tenant  rows {row['total_rows']:>8}  "
+        f"hybrid p50 {row['hybrid_p50_ms']:6.2f} ms p99 {row['hybrid_p99_ms']:7.2f} ms  "
+        f"(vector p50 {row['vector_p50_ms']:.2f}, bm25 p50 {row['bm25_p50_ms']:.2f})  "
+        f"bulk insert {row['bulk_insert_per_s']:8.0f}/s  index build {row['index_build_s']:.1f} s",
+        flush=True,
+    )
+
+
+def main() -> None:
+    faulthandler.dump_traceback_later(900, exit=False)  # say where it is if it ever stalls
+    results = asyncio.run(run())
+    results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
+    results["tenants"] = TENANTS
+    results["queries_per_size"] = QUERIES
+    print()
+    print(
+        "| memories / tenant | rows | hybrid p50 ms | hybrid p99 ms | vector p50 | bm25 p50 "
+        "| bulk insert /s | index build s |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for row in results["sizes"]:
+        print(
+            f"| {row['per_tenant']:,} | {row['total_rows']:,} | {row['hybrid_p50_ms']:.2f} | "
+            f"{row['hybrid_p99_ms']:.2f} | {row['vector_p50_ms']:.2f} | {row['bm25_p50_ms']:.2f} "
+            f"| {row['bulk_insert_per_s']:,.0f} | {row['index_build_s']:.1f} |"
+        )
+    emb, ins = results["embedding"], results["insert"]
+    print()
+    print(
+        f"embedding (local MiniLM): 1 text p50 {emb['embed_1_p50_ms']:.1f} ms "
+        f"(p99 {emb['embed_1_p99_ms']:.1f}), batch of 64 p50 {emb['embed_64_p50_ms']:.0f} ms"
+    )
+    print(
+        f"insert with embedding: {ins['insert_embedded_per_s']:.0f} memories/s in adds of 64; "
+        f"one-memory add p50 {ins['insert_one_p50_ms']:.1f} ms"
+    )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
