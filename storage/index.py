@@ -3,11 +3,12 @@
 One table holds every tenant's rows; `scope_key` (tenant and user, unambiguously encoded) has a
 bitmap index so a scope-filtered search touches only that scope's rows, and the filter is applied
 before the search (prefilter), never after. The index never holds more than search needs: ids,
-scope, kind, status, expiry, the BM25 text and the vector. Content of record comes from SQLite.
+scope, kind, status, expiry, the BM25 text and the vector. Record content comes from SQLite.
 
-Everything here can be rebuilt from SQLite (`rebuild`). Maintenance (folding new rows into the
-full-text and vector indexes, compaction, pruning old versions so erased content leaves the disk)
-runs in the background, called by the store, never on the request path.
+Everything here can be rebuilt from SQLite (`EmbeddedStore.reindex`). Maintenance (folding new
+rows into the full-text and vector indexes, building the IVF index once the table is large,
+compaction, dropping expired rows, pruning old versions so erased content leaves the disk) runs
+in the background, called by the store, never on the request path.
 """
 
 from __future__ import annotations

@@ -470,19 +470,6 @@ class SQLiteDatabase:
                 found[record.id] = record
         return [found[memory_id] for memory_id in ids if memory_id in found]
 
-    async def get_many_with_vectors(
-        self, tenant_id: str, memory_ids: Sequence[str]
-    ) -> dict[str, tuple[MemoryRecord, bytes | None]]:
-        """Records and their stored vectors, by id, within one tenant (the search hot path)."""
-        if not memory_ids:
-            return {}
-        rows = await self._fetchall(
-            f"SELECT {_SELECT_RECORD}, embedding FROM memories WHERE tenant_id = ? "
-            f"AND id IN ({_placeholders(len(memory_ids))})",
-            (tenant_id, *memory_ids),
-        )
-        return {row[0]: (_record_from_row(row[:-1]), row[-1]) for row in rows}
-
     @staticmethod
     def _users_clause(users: Sequence[str | None]) -> tuple[str, list[Any]]:
         named = [user for user in users if user is not None]
