@@ -15,6 +15,11 @@ import re
 
 from proxy.memory.signals import Hit, clauses, normalize, snippet
 
+# One clear directive aimed at the assistant. With the default priors and weight it puts a
+# user's statement at 0.8 - 0.6 * 0.45 = 0.53: well inside the quarantine band, not on its edge,
+# so an operator moving the accept line by 0.05 either way keeps the same decisions.
+DIRECTIVE = 0.45
+
 _INSTRUCTION_NOUNS = (
     r"(?:instructions?|prompts?|rules?|directions?|directives?|guidelines?|commands?|"
     r"constraints?|programming|guardrails?|restrictions?|policies|policy|safeguards?|"
@@ -158,7 +163,8 @@ _TASK_VERBS = (
     "roleplay|simulate|tell|format|analy[sz]e|evaluate|identify|compare|contrast|calculate|"
     "compute|predict|estimate|classify|categori[sz]e|determine|outline|compile|investigate|"
     "paraphrase|rephrase|proofread|define|elaborate|brainstorm|spread|debug|implement|"
-    "ignore|prefix|affix|preface|obey|comply"
+    "ignore|prefix|affix|preface|obey|comply|research|look up|search for|claim|assert|insist|"
+    "convince|persuade|urge|encourage|inform|notify|warn"
 )
 _EVERYDAY_VERBS = (
     "check|use|share|make sure|ensure|start|stop|begin|create|change|set|reset|save|store|order|"
@@ -187,9 +193,11 @@ _PLEASE = re.compile(
     r"\b(?:please|kindly),?\s+(?!(?:no|yes|thank|thanks|god|lord|sir|madam|"
     r"mom|dad)\b)[a-z][a-z'-]+\b[^.!?;]*"
 )
+# "Tell me more", "tell me about it", "tell me how it went": conversation, not a task.
 _SOCIAL_TELL = re.compile(
-    r"^" + _FILLERS + r"(?:please )?tell (?:me|us)\b(?! (?:your|the) (?:system|prompt|"
-    r"instructions|password|secret|access))"
+    r"^" + _FILLERS + r"(?:please )?tell (?:me|us)\b,?\s*(?:more|about (?:it|that|this|them|him|"
+    r"her|your(?!self)\b(?! (?:system|prompt|instructions|password|secret|access)))|how|what|"
+    r"when|where|why|if|everything|all about|$)"
 )
 
 
@@ -210,7 +218,7 @@ def detect(text: str) -> list[Hit]:
         hits.append(
             Hit(
                 "instructions",
-                0.45,
+                DIRECTIVE + 0.05,
                 f"refers to the model's instructions: {snippet(match.group())}",
             )
         )
@@ -219,27 +227,33 @@ def detect(text: str) -> list[Hit]:
     if match := _META_INSTRUCTION.search(norm):
         hits.append(Hit("instructions", 0.5, f"instruction header: {snippet(match.group())}"))
     if match := _ROLE_PLAY.search(norm):
-        hits.append(Hit("instructions", 0.45, f"role assignment: {snippet(match.group())}"))
+        hits.append(
+            Hit("instructions", DIRECTIVE + 0.05, f"role assignment: {snippet(match.group())}")
+        )
 
     directive = 0.0
     imperative, hedged = _first_imperative(norm)
     if imperative is not None:
-        directive = 0.45 if hedged else 0.4
+        directive = DIRECTIVE + 0.05 if hedged else DIRECTIVE
         hits.append(Hit("instructions", directive, f"imperative: {snippet(imperative)}"))
     if match := _OUTPUT_REFERENCE.search(norm):
-        directive = max(directive, 0.45)
+        directive = max(directive, DIRECTIVE + 0.05)
         hits.append(
-            Hit("instructions", 0.45, f"refers to the assistant's output: {snippet(match.group())}")
+            Hit(
+                "instructions",
+                DIRECTIVE + 0.05,
+                f"refers to the assistant's output: {snippet(match.group())}",
+            )
         )
     if match := _MODAL.search(norm):
-        directive = max(directive, 0.35)
+        directive = max(directive, DIRECTIVE)
         hits.append(
-            Hit("instructions", 0.35, f"obligation on the assistant: {snippet(match.group())}")
+            Hit("instructions", DIRECTIVE, f"obligation on the assistant: {snippet(match.group())}")
         )
     if match := _ADDRESSEE.search(norm):
         hits.append(Hit("instructions", 0.15, f"addresses the model: {snippet(match.group())}"))
     if match := _TRIGGER.search(norm):
-        score = 0.6 if directive else 0.4
+        score = 0.6 if directive else DIRECTIVE
         hits.append(Hit("instructions", score, f"context trigger: {snippet(match.group())}"))
 
     strong = _PERSIST_STRONG.search(norm)
@@ -252,7 +266,7 @@ def detect(text: str) -> list[Hit]:
         hits.append(Hit("instructions", 0.55, f"persistent directive: {snippet(weak.group())}"))
 
     if not directive and (question := _knowledge_question(norm)) is not None:
-        hits.append(Hit("instructions", 0.35, f"task request: {snippet(question)}"))
+        hits.append(Hit("instructions", DIRECTIVE - 0.05, f"task request: {snippet(question)}"))
     return hits
 
 
