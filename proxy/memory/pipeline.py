@@ -47,7 +47,7 @@ from proxy.memory.retrieve import ScoredMemory, retrieve
 from proxy.memory.sanitize import Sanitizer
 from proxy.memory.seam import CallContext, MemoryUnavailable, PreparedCall
 from proxy.memory.worker import WritePool
-from proxy.policy import ModelRoute, Policy
+from proxy.policy import ModelRoute, Policy, TracingPolicy
 from proxy.tracing import content_attr, json_attr, request_link
 from proxy.upstream import Target, Upstreams
 from storage.api import Embedder, MemoryStore, RequestStore, WriteQueue
@@ -355,7 +355,7 @@ class MemoryPipeline:
                             "kind": c.kind,
                             "verdict": v.verdict,
                             "trust": round(v.trust, 3),
-                            "reasons": v.reasons_as_dicts(),
+                            "reasons": _traced_reasons(v, policy.tracing),
                         }
                         for c, v in zip(candidates, verdicts, strict=True)
                     ]
@@ -568,3 +568,13 @@ def _warm_tokenizers() -> None:
 
     for name in ("cl100k_base", "o200k_base"):
         encoding(name)
+
+
+def _traced_reasons(verdict: TrustVerdict, tracing: TracingPolicy) -> list[dict[str, Any]]:
+    """A verdict's reasons for a span: a reason's detail quotes the matched text, so it follows
+    the tenant's content-capture rule like any other memory content."""
+    reasons = []
+    for reason in verdict.reasons_as_dicts():
+        detail = content_attr(tracing, str(reason.pop("detail", "")))
+        reasons.append(reason if detail is None else {**reason, "detail": detail})
+    return reasons
