@@ -365,7 +365,13 @@ def build_app(
     """
     registry = registry or PolicyRegistry.load(settings.policies_dir)
     upstreams = Upstreams(settings)
-    memory = memory or MemoryPipeline(registry, upstreams, data_dir=settings.data_dir)
+    memory = memory or MemoryPipeline(
+        registry,
+        upstreams,
+        data_dir=settings.data_dir,
+        embedder=settings.embedder,
+        workers=settings.memory_workers,
+    )
     service = ChatService(upstreams, memory)
 
     @asynccontextmanager

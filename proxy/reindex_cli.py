@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 from typing import Any
 
 from proxy.settings import Settings
@@ -42,7 +41,7 @@ async def _reindex(data_dir: str | None, embedder_spec: str | None) -> dict[str,
     from storage.store import open_embedded_store
 
     settings = Settings.from_env(data_dir=data_dir)
-    spec = embedder_spec or os.environ.get("MEMENTO_EMBEDDER", "local")
+    spec = embedder_spec or settings.embedder
     embedder = await load_embedder(spec)
     store = await open_embedded_store(
         settings.data_dir, embedder, check_embedder=False, maintenance_interval_s=0

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -119,7 +118,7 @@ async def _open_store(data_dir: str | None, *, lazy: bool = False) -> Any:
     from storage.embedders import LocalEmbedder, load_embedder
 
     settings = Settings.from_env(data_dir=data_dir)
-    spec = os.environ.get("MEMENTO_EMBEDDER", "local")
+    spec = settings.embedder
     embedder = LocalEmbedder() if lazy and spec == "local" else await load_embedder(spec)
     return await open_store(settings.data_dir, embedder)
 

@@ -16,6 +16,15 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"MEMENTO_{name}", default)
 
 
+def _whole_number(name: str, default: int) -> int:
+    raw = _env(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise ValueError(f"MEMENTO_{name} must be a whole number, got {raw!r}")
+    return int(raw)
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -31,6 +40,10 @@ class Settings:
     # Bytes accepted before a tenant is known (the tenant's own limit applies after auth).
     max_body_bytes: int = 32 * 1024 * 1024
     access_log: bool = False
+    # Embedder for memory vectors: `local` (all-MiniLM-L6-v2, offline) or a litellm model name.
+    embedder: str = "local"
+    # Write-path workers of this process (0 only queues: another process drains the queue).
+    memory_workers: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -49,6 +62,8 @@ class Settings:
             upstream_keepalive_s=float(_env("UPSTREAM_KEEPALIVE_S", str(cls.upstream_keepalive_s))),
             max_body_bytes=int(_env("MAX_BODY_BYTES", str(cls.max_body_bytes))),
             access_log=_env("ACCESS_LOG", "0").lower() in {"1", "true", "yes"},
+            embedder=_env("EMBEDDER", cls.embedder),
+            memory_workers=_whole_number("MEMORY_WORKERS", cls.memory_workers),
         )
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,19 +92,18 @@ class MemoryPipeline:
         *,
         data_dir: Path | None = None,
         store: Store | None = None,
-        embedder: str | None = None,
-        workers: int | None = None,
+        embedder: str = "local",
+        workers: int = 2,
     ) -> None:
         if store is None and data_dir is None:
             raise ValueError("give the pipeline a store or a data_dir to open one in")
         self.policies = policies
         self.upstreams = upstreams
         self._data_dir = data_dir
-        self._embedder_spec = embedder or os.environ.get("MEMENTO_EMBEDDER", "local")
+        self._embedder_spec = embedder
         self._store = store
         self._owns_store = store is None
-        # Write-path workers of this process (MEMENTO_MEMORY_WORKERS; 0 only queues).
-        self._workers = workers if workers is not None else _env_int("MEMENTO_MEMORY_WORKERS", 2)
+        self._workers = workers  # write-path workers of this process; 0 only queues
         self._pool: WritePool | None = None
         self._learner: Learner | None = None
         self._pending_logs: set[asyncio.Task[None]] = set()
@@ -538,16 +536,6 @@ def _mark_failed(span: Span, reason: str, exc: BaseException) -> None:
     span.set_attribute("memento.memory.error", reason)
     with contextlib.suppress(Exception):
         span.record_exception(exc)
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        return max(0, int(raw))
-    except ValueError:
-        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
 
 
 _EMBEDDERS: dict[str, Embedder] = {}
