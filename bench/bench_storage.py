@@ -241,7 +241,7 @@ def _print_row(row: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    faulthandler.dump_traceback_later(900, exit=False)  # say where it is if it ever stalls
+    faulthandler.dump_traceback_later(3600, exit=False)  # say where it is if it ever stalls
     results = asyncio.run(run())
     results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
     results["tenants"] = TENANTS
