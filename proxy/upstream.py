@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -379,26 +379,23 @@ class LiteLLMUpstream:
         log.error("litellm call for %s failed: %s", target.alias, type(exc).__name__)
         return unreachable(target.alias, exc)
 
-    async def chat(self, target: Target, body: dict[str, Any]) -> UpstreamReply:
-        litellm = import_litellm()
-        kwargs = self._kwargs(target, body)
+    async def _call(
+        self, target: Target, call: Callable[..., Awaitable[Any]], body: dict[str, Any]
+    ) -> Any:
+        """One litellm call for `target`, its failures mapped to OpenAI-shaped errors."""
         try:
-            response = await litellm.acompletion(**kwargs)
+            return await call(**self._kwargs(target, body))
         except ProxyError:
             raise
         except Exception as exc:
             raise self._error(target, exc) from None
+
+    async def chat(self, target: Target, body: dict[str, Any]) -> UpstreamReply:
+        response = await self._call(target, import_litellm().acompletion, body)
         return UpstreamReply(200, _dump(response), {"content-type": "application/json"})
 
     async def chat_stream(self, target: Target, body: dict[str, Any]) -> UpstreamStream:
-        litellm = import_litellm()
-        kwargs = self._kwargs(target, body)
-        try:
-            stream = await litellm.acompletion(**kwargs)
-        except ProxyError:
-            raise
-        except Exception as exc:
-            raise self._error(target, exc) from None
+        stream = await self._call(target, import_litellm().acompletion, body)
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
@@ -417,14 +414,7 @@ class LiteLLMUpstream:
         return UpstreamStream(chunks(), close)
 
     async def embeddings(self, target: Target, body: dict[str, Any]) -> UpstreamReply:
-        litellm = import_litellm()
-        kwargs = self._kwargs(target, body)
-        try:
-            response = await litellm.aembedding(**kwargs)
-        except ProxyError:
-            raise
-        except Exception as exc:
-            raise self._error(target, exc) from None
+        response = await self._call(target, import_litellm().aembedding, body)
         return UpstreamReply(200, _dump(response), {"content-type": "application/json"})
 
 
