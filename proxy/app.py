@@ -9,6 +9,7 @@ answer, and only then passes the finished exchange back to the hooks.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import re
@@ -389,6 +390,11 @@ def build_app(
         watcher = None
         if settings.policy_reload_s > 0:
             watcher = asyncio.create_task(registry.watch(settings.policy_reload_s))
+        # Everything loaded so far (litellm, torch, the model) lives as long as the process:
+        # moving it out of the collector's generations keeps full collections short, which
+        # per-request allocations (spans, bodies) would otherwise trigger over the whole heap.
+        gc.collect()
+        gc.freeze()
         app.state.started = True
         try:
             yield
