@@ -98,6 +98,24 @@ def fuse(
     return trust, reasons, hard
 
 
+def shared_scope_gate(candidate: Candidate, trust: float, policy: SanitizerPolicy) -> Reason | None:
+    """Why an accepted candidate may still not enter the tenant-shared scope, if it may not.
+
+    Shared memory reaches every user of the tenant, which is the route MINJA-style attacks
+    need, so it takes more than an ordinary accept: trust of at least `shared_min_trust` and a
+    source other than the assistant's own output.
+    """
+    if candidate.source_role == "assistant":
+        return Reason("shared_scope", 0.0, "assistant-derived memory is not shared tenant-wide")
+    if trust < policy.shared_min_trust:
+        return Reason(
+            "shared_scope",
+            0.0,
+            f"trust {trust:.2f} is below shared_min_trust {policy.shared_min_trust:.2f}",
+        )
+    return None
+
+
 @dataclass
 class _Pending:
     """One candidate's state while its signals are gathered."""
@@ -151,6 +169,11 @@ class Sanitizer:
                 reasons.append(opinion)
                 trust = min(max(item.prior, trust), max(0.0, trust + opinion.delta))
                 verdict = verdict_for(trust, policy, hard=hard)
+            if verdict == "accept" and scope.user_id is None:
+                gate = shared_scope_gate(item.candidate, trust, policy)
+                if gate is not None:
+                    reasons.append(gate)
+                    verdict = "quarantine"
             verdicts.append(TrustVerdict(verdict, round(trust, 4), reasons, item.text))
 
         if not dry_run and self.store is not None:
