@@ -1,11 +1,19 @@
-"""Persistence for Memento Proxy: SQLite (source of truth) and LanceDB (derived hybrid index)."""
+"""Persistence for Memento Proxy: SQLite (source of truth) and LanceDB (derived hybrid index).
+
+The store is imported on first use: LanceDB takes seconds to import, and importing the record
+types or the protocols (as `--version`, the policy tools and the proxy's modules do) needs none
+of it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from storage.api import Embedder
-from storage.store import EmbeddedStore, EmbedderMismatchError, open_embedded_store
+
+if TYPE_CHECKING:
+    from storage.store import EmbeddedStore, EmbedderMismatchError
 
 __all__ = ["EmbeddedStore", "EmbedderMismatchError", "open_store"]
 
@@ -16,4 +24,14 @@ async def open_store(data_dir: str | Path, embedder: Embedder) -> EmbeddedStore:
     One object implements MemoryStore, RequestStore and WriteQueue; `await store.close()` at
     shutdown. Schema migrations run and the index outbox is replayed before it returns.
     """
+    from storage.store import open_embedded_store
+
     return await open_embedded_store(data_dir, embedder)
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("EmbeddedStore", "EmbedderMismatchError"):
+        from storage import store
+
+        return getattr(store, name)
+    raise AttributeError(f"module 'storage' has no attribute {name!r}")
