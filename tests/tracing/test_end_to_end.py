@@ -422,16 +422,24 @@ def test_a_streamed_call_is_traced_until_its_last_chunk(
             chunk.choices[0].delta.content or "" for chunk in response.parse() if chunk.choices
         )
     assert text == "one two three four"
-    assert proxy.app.state.tracing.force_flush()
 
-    spans = memory.get_finished_spans()
-    root = next(
-        s
-        for s in spans
-        if s.name == "memento.request"
-        and s.attributes is not None
-        and s.attributes.get("memento.request_id") == request_id
-    )
+    # The server ends the request span just after sending the last chunk, which the client
+    # may have read already: wait for it rather than race it.
+    deadline = time.monotonic() + 30
+    while True:
+        spans = memory.get_finished_spans()
+        roots = [
+            s
+            for s in spans
+            if s.name == "memento.request"
+            and s.attributes is not None
+            and s.attributes.get("memento.request_id") == request_id
+        ]
+        if roots or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert roots, "the streamed request's span never ended"
+    root = roots[0]
     call = next(
         s for s in spans if s.name == "memento.upstream" and s.parent == root.get_span_context()
     )
