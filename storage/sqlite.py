@@ -461,7 +461,9 @@ class SQLiteDatabase:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             rows = await self._fetchall(
-                f"SELECT {_SELECT_RECORD} FROM memories WHERE tenant_id = ? "
+                # `+tenant_id`: look the ids up by primary key. Without the `+` SQLite picks
+                # the (tenant_id, status) index and walks the whole tenant (12 ms at 10k rows).
+                f"SELECT {_SELECT_RECORD} FROM memories WHERE +tenant_id = ? "
                 f"AND id IN ({_placeholders(len(chunk))}) AND status != 'deleted'",
                 (tenant_id, *chunk),
             )
@@ -751,7 +753,7 @@ class SQLiteDatabase:
         if not memory_ids:
             return {}
         rows = await self._fetchall(
-            f"SELECT id, embedding FROM memories WHERE tenant_id = ? "
+            f"SELECT id, embedding FROM memories WHERE +tenant_id = ? "  # by primary key
             f"AND id IN ({_placeholders(len(memory_ids))}) AND embedding IS NOT NULL",
             (tenant_id, *memory_ids),
         )
