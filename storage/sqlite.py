@@ -482,6 +482,21 @@ class SQLiteDatabase:
             parts.append("user_id IS NULL")
         return "(" + " OR ".join(parts or ["0"]) + ")", named
 
+    @staticmethod
+    def _scope_clause(tenant_id: str, users: Sequence[str | None]) -> tuple[str, list[Any]]:
+        """`tenant_id` repeated inside each branch of the OR, so SQLite answers every branch
+        from the (tenant_id, user_id, ...) index instead of walking the whole tenant."""
+        named = [user for user in users if user is not None]
+        parts: list[str] = []
+        params: list[Any] = []
+        if named:
+            parts.append(f"(tenant_id = ? AND user_id IN ({_placeholders(len(named))}))")
+            params.extend([tenant_id, *named])
+        if None in users:
+            parts.append("(tenant_id = ? AND user_id IS NULL)")
+            params.append(tenant_id)
+        return "(" + " OR ".join(parts or ["0"]) + ")", params
+
     async def count_scope(self, tenant_id: str, users: Sequence[str | None]) -> int:
         """Records (any status) of these users of one tenant; None is the tenant-shared scope."""
         clause, params = self._users_clause(users)
@@ -502,15 +517,17 @@ class SQLiteDatabase:
         embedding_model: str,
     ) -> tuple[list[str], list[bytes]]:
         """Ids and vectors of one scope's searchable records (exact search in small scopes)."""
-        clause, params = self._users_clause(users)
-        where = ["tenant_id = ?", clause, "embedding_model = ?", "embedding IS NOT NULL"]
+        clause, params = self._scope_clause(tenant_id, users)
+        where = [clause, "embedding_model = ?", "embedding IS NOT NULL"]
         where.append("(expires_at IS NULL OR expires_at > ?)")
-        values: list[Any] = [tenant_id, *params, embedding_model, now]
+        values: list[Any] = [*params, embedding_model, now]
         if kinds:
             where.append(f"kind IN ({_placeholders(len(kinds))})")
             values.extend(kinds)
         if statuses:
-            where.append(f"status IN ({_placeholders(len(statuses))})")
+            # `+status`: not the (tenant_id, status) index, which walks the whole tenant
+            # (85-100 ms for a 10k-row scope in a 100k-row tenant, 20 ms by the scope index).
+            where.append(f"+status IN ({_placeholders(len(statuses))})")
             values.extend(statuses)
         rows = await self._fetchall(
             f"SELECT id, embedding FROM memories WHERE {' AND '.join(where)}", values
