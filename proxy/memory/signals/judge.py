@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 from proxy.memory.candidates import Reason
+from proxy.upstream import import_litellm
 
 log = logging.getLogger("memento.sanitize")
 
@@ -47,8 +48,9 @@ _SCHEMA: dict[str, Any] = {
 
 async def judge(model: str, text: str) -> Reason:
     """Ask the judge model; return its trust adjustment as a reason."""
-    import litellm  # imported here: only tenants with a judge pay for loading it
-
+    # Through the one offline-configured import (bundled cost map, no telemetry), on first use:
+    # only tenants with a judge pay for loading litellm.
+    litellm = import_litellm()
     try:
         response = await litellm.acompletion(
             model=model,
