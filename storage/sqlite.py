@@ -278,6 +278,17 @@ def _user_clause(user_id: str | None) -> tuple[str, list[Any]]:
     return "user_id = ?", [user_id]
 
 
+def _live_record_query(columns: str, scope: Scope, memory_id: str) -> tuple[str, tuple[Any, ...]]:
+    """The scoped look-up every read and read-modify-write of one record starts from: `columns`
+    of the record `memory_id` in `scope`, unless it was deleted."""
+    clause, params = _user_clause(scope.user_id)
+    return (
+        f"SELECT {columns} FROM memories "
+        f"WHERE id = ? AND tenant_id = ? AND {clause} AND status != 'deleted'",
+        (memory_id, scope.tenant_id, *params),
+    )
+
+
 @dataclass(frozen=True)
 class IndexSource:
     """What the index keeps of one record: scope, filters, BM25 text and vector."""
@@ -447,12 +458,7 @@ class SQLiteDatabase:
         )
 
     async def get_memory(self, scope: Scope, memory_id: str) -> MemoryRecord | None:
-        clause, params = _user_clause(scope.user_id)
-        rows = await self._fetchall(
-            f"SELECT {_SELECT_RECORD} FROM memories "
-            f"WHERE id = ? AND tenant_id = ? AND {clause} AND status != 'deleted'",
-            (memory_id, scope.tenant_id, *params),
-        )
+        rows = await self._fetchall(*_live_record_query(_SELECT_RECORD, scope, memory_id))
         return _record_from_row(rows[0]) if rows else None
 
     async def get_many(self, tenant_id: str, memory_ids: Sequence[str]) -> list[MemoryRecord]:
@@ -579,14 +585,9 @@ class SQLiteDatabase:
 
         A text change keeps the previous text in `memory_versions` and stores the new vector.
         """
-        clause, params = _user_clause(scope.user_id)
         now = time.time()
         async with self._transaction() as db:
-            async with db.execute(
-                f"SELECT {_SELECT_RECORD} FROM memories "
-                f"WHERE id = ? AND tenant_id = ? AND {clause} AND status != 'deleted'",
-                (memory_id, scope.tenant_id, *params),
-            ) as cursor:
+            async with db.execute(*_live_record_query(_SELECT_RECORD, scope, memory_id)) as cursor:
                 row = await cursor.fetchone()
             if row is None:
                 return None
@@ -650,14 +651,10 @@ class SQLiteDatabase:
         actor: str,
     ) -> MemoryRecord:
         """Write `new` as the next version of `old_id` in one transaction."""
-        clause, params = _user_clause(scope.user_id)
         async with self._transaction() as db:
-            async with db.execute(
-                f"SELECT version, status FROM memories WHERE id = ? AND tenant_id = ? AND {clause}",
-                (old_id, scope.tenant_id, *params),
-            ) as cursor:
+            async with db.execute(*_live_record_query("version, status", scope, old_id)) as cursor:
                 row = await cursor.fetchone()
-            if row is None or row[1] == "deleted":
+            if row is None:
                 raise KeyError(f"memory {old_id!r} not found in this scope")
             if row[1] == "superseded":
                 raise ValueError(f"memory {old_id!r} is already superseded; supersede its latest")
@@ -684,14 +681,9 @@ class SQLiteDatabase:
 
     async def delete_memory(self, scope: Scope, memory_id: str, *, actor: str) -> bool:
         """Erase one record's content, keeping a content-free tombstone for the version chain."""
-        clause, params = _user_clause(scope.user_id)
         now = time.time()
         async with self._transaction() as db:
-            async with db.execute(
-                f"SELECT kind, version FROM memories "
-                f"WHERE id = ? AND tenant_id = ? AND {clause} AND status != 'deleted'",
-                (memory_id, scope.tenant_id, *params),
-            ) as cursor:
+            async with db.execute(*_live_record_query("kind, version", scope, memory_id)) as cursor:
                 row = await cursor.fetchone()
             if row is None:
                 return False
