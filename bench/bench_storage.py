@@ -2,9 +2,12 @@
 
 One store (real SQLite + LanceDB) grows through 1k, 10k and 100k memories per tenant with 10
 tenants (10k, 100k, 1M rows). At each size: background maintenance is run once and timed (the
-index build: full-text fold-in, compaction, and the ANN index once the table is big enough),
+index build: full-text fold-in, compaction, and the ANN index of each tenant's table once it
+is big enough),
 then `store.search` (vector + BM25 for one user's scope including the tenant-shared records,
-k=30, checked against SQLite) is timed over distinct queries: p50/p99.
+k=30, checked against SQLite) is timed over distinct queries: p50/p99. Recall is measured too:
+for every query, the vector candidates `store.search` returned against the exact top 30 by
+numpy over that scope's vectors (an ANN index trades recall for speed; this says how much).
 
 Bulk rows carry synthetic topic-clustered vectors and texts (embedding a million texts with
 MiniLM would take hours on this machine); the insert path is otherwise the real one
@@ -25,8 +28,9 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -74,7 +78,8 @@ class Corpus:
         vectors = self.centers[topics] + noise * self.rng.standard_normal(
             (len(topics), DIM)
         ).astype(np.float32) / np.sqrt(DIM)
-        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        unit: np.ndarray[Any, Any] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        return unit
 
     def memories(self, count: int) -> tuple[list[str], np.ndarray[Any, Any]]:
         topics = self.rng.integers(0, TOPICS, size=count)
@@ -100,7 +105,34 @@ def _user_scope(tenant: int) -> Scope:
     return Scope(f"tenant{tenant}", "user0")
 
 
-async def _load(store: EmbeddedStore, corpus: Corpus, per_tenant: int) -> float:
+class SearchedScopes:
+    """Ids and vectors of every searched scope (one user's plus the tenant-shared records),
+    by tenant, for the exact top-k that recall is measured against."""
+
+    def __init__(self) -> None:
+        self._ids: dict[int, list[str]] = {}
+        self._parts: dict[int, list[np.ndarray[Any, Any]]] = {}
+        self._matrix: dict[int, np.ndarray[Any, Any]] = {}
+
+    def add(self, tenant: int, ids: list[str], vectors: np.ndarray[Any, Any]) -> None:
+        self._ids.setdefault(tenant, []).extend(ids)
+        self._parts.setdefault(tenant, []).append(vectors.astype(np.float32))
+        self._matrix.pop(tenant, None)
+
+    def exact_top(self, tenant: int, query: list[float], k: int) -> set[str]:
+        matrix = self._matrix.get(tenant)
+        if matrix is None:
+            matrix = self._matrix[tenant] = np.concatenate(self._parts[tenant])
+            self._parts[tenant] = [matrix]
+        scores = matrix @ np.asarray(query, dtype=np.float32)
+        top = np.argpartition(-scores, k)[:k] if len(scores) > k else np.arange(len(scores))
+        ids = self._ids[tenant]
+        return {ids[i] for i in top}
+
+
+async def _load(
+    store: EmbeddedStore, corpus: Corpus, per_tenant: int, scopes: SearchedScopes
+) -> float:
     """Grow every tenant by `per_tenant` memories through `store.add`; returns seconds."""
     started = time.perf_counter()
     for tenant in range(TENANTS):
@@ -111,22 +143,25 @@ async def _load(store: EmbeddedStore, corpus: Corpus, per_tenant: int) -> float:
             shared = [i for i in range(count) if i % SHARED_EVERY == 0]
             own = [i for i in range(count) if i % SHARED_EVERY != 0]
             for scope, idx in ((_user_scope(tenant), own), (Scope(f"tenant{tenant}"), shared)):
-                await store.add(
+                records = await store.add(
                     scope,
                     [NewMemory(kind="fact", text=texts[i]) for i in idx],
-                    vectors=vectors[idx],
+                    # The store takes any rows of floats; an array spares a million tolist()s.
+                    vectors=cast(Sequence[Sequence[float]], vectors[idx]),
                 )
+                scopes.add(tenant, [record.id for record in records], vectors[idx])
             remaining -= count
     return time.perf_counter() - started
 
 
 async def _search_latencies(
-    store: EmbeddedStore, queries: list[tuple[str, list[float]]]
+    store: EmbeddedStore, queries: list[tuple[str, list[float]]], scopes: SearchedScopes
 ) -> dict[str, float]:
     hybrid: list[float] = []
     vector_only: list[float] = []
     text_only: list[float] = []
     found: list[int] = []
+    recall: list[float] = []
     for n, (text, vector) in enumerate(queries):
         scope = _user_scope(n % TENANTS)
         for bucket, query_text, query_vector in (
@@ -145,12 +180,17 @@ async def _search_latencies(
             bucket.append((time.perf_counter() - started) * 1000)
             if bucket is hybrid:
                 found.append(len(hits))
+                candidates = {hit.record.id for hit in hits if hit.vector_rank is not None}
+                exact = scopes.exact_top(n % TENANTS, vector, 30)
+                recall.append(len(candidates & exact) / len(exact))
     return {
         "hybrid_p50_ms": _percentile(hybrid, 50),
         "hybrid_p99_ms": _percentile(hybrid, 99),
         "vector_p50_ms": _percentile(vector_only, 50),
         "bm25_p50_ms": _percentile(text_only, 50),
         "hits_mean": statistics.fmean(found),
+        "vector_recall_at_30": statistics.fmean(recall),
+        "vector_recall_at_30_min": min(recall),
     }
 
 
@@ -206,16 +246,17 @@ async def run() -> dict[str, Any]:
         try:
             results["insert"] = await _insert_with_embedding(store)
             loaded = 0
+            scopes = SearchedScopes()
             for per_tenant in SIZES:
                 grow = per_tenant - loaded
-                load_s = await _load(store, corpus, grow)
+                load_s = await _load(store, corpus, grow, scopes)
                 loaded = per_tenant
                 started = time.perf_counter()
                 await store.maintain()
                 build_s = time.perf_counter() - started
                 queries = corpus.queries(QUERIES)
-                await _search_latencies(store, queries[:10])  # warm caches
-                latencies = await _search_latencies(store, queries)
+                await _search_latencies(store, queries[:10], scopes)  # warm caches
+                latencies = await _search_latencies(store, queries, scopes)
                 row = {
                     "per_tenant": per_tenant,
                     "total_rows": await store.index.count(),
@@ -235,6 +276,7 @@ def _print_row(row: dict[str, Any]) -> None:
         f"  {row['per_tenant']:>7} /tenant  rows {row['total_rows']:>8}  "
         f"hybrid p50 {row['hybrid_p50_ms']:6.2f} ms p99 {row['hybrid_p99_ms']:7.2f} ms  "
         f"(vector p50 {row['vector_p50_ms']:.2f}, bm25 p50 {row['bm25_p50_ms']:.2f})  "
+        f"recall@30 {row['vector_recall_at_30']:.3f} (min {row['vector_recall_at_30_min']:.2f})  "
         f"bulk insert {row['bulk_insert_per_s']:8.0f}/s  index build {row['index_build_s']:.1f} s",
         flush=True,
     )
@@ -249,13 +291,14 @@ def main() -> None:
     print()
     print(
         "| memories / tenant | rows | hybrid p50 ms | hybrid p99 ms | vector p50 | bm25 p50 "
-        "| bulk insert /s | index build s |"
+        "| vector recall@30 (min) | bulk insert /s | index build s |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in results["sizes"]:
         print(
             f"| {row['per_tenant']:,} | {row['total_rows']:,} | {row['hybrid_p50_ms']:.2f} | "
             f"{row['hybrid_p99_ms']:.2f} | {row['vector_p50_ms']:.2f} | {row['bm25_p50_ms']:.2f} "
+            f"| {row['vector_recall_at_30']:.3f} ({row['vector_recall_at_30_min']:.2f}) "
             f"| {row['bulk_insert_per_s']:,.0f} | {row['index_build_s']:.1f} |"
         )
     emb, ins = results["embedding"], results["insert"]

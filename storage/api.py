@@ -91,17 +91,19 @@ class MemoryStore(Protocol):
         scope: Scope,
         *,
         query_text: str,
-        query_vector: Sequence[float] | None,
+        query_vector: Sequence[float] | None = None,
         k: int = 30,
         kinds: Sequence[MemoryKind] | None = None,
         statuses: Sequence[MemoryStatus] = ("active",),
         include_shared: bool = False,
         now: float | None = None,
         with_vectors: bool = False,
+        embed_query: bool = False,
     ) -> builtins.list[SearchHit]:
         """Hybrid candidates: top-k by BM25 ∪ top-k by vector, unexpired, with raw scores.
 
-        Scope: the user's records; plus tenant-shared records when `include_shared`.
+        Scope: the user's records; plus tenant-shared records when `include_shared`. With
+        `embed_query` and no `query_vector`, the store embeds `query_text` with its own embedder.
         """
         ...
 

@@ -6,8 +6,14 @@ These types are the contract between `storage/` and the proxy. Every store call 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import numpy as np
+
+# A stored vector as search returns it: a numpy row (no copy into a Python list on the hot path).
+Vector = Sequence[float] | np.ndarray[Any, np.dtype[np.float32]]
 
 MemoryKind = Literal["fact", "preference", "case", "lesson"]
 MemoryStatus = Literal["active", "quarantined", "rejected", "superseded", "deleted"]
@@ -130,7 +136,7 @@ class SearchHit:
     bm25_rank: int | None
     cosine: float | None
     vector_rank: int | None
-    vector: list[float] | None = None
+    vector: Vector | None = None
 
 
 @dataclass

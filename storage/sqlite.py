@@ -253,10 +253,15 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+_EMPTY_JSON: dict[str, type[list[Any]] | type[dict[str, Any]]] = {"[]": list, "{}": dict}
+
+
 def _record_from_row(row: Sequence[Any]) -> MemoryRecord:
     values = dict(zip(_RECORD_COLUMNS, row, strict=True))
     for column in _JSON_COLUMNS:
-        values[column] = json.loads(values[column])
+        raw = values[column]
+        empty = _EMPTY_JSON.get(raw)  # most of these columns are empty: skip the parser
+        values[column] = empty() if empty is not None else json.loads(raw)
     return MemoryRecord(**values)
 
 
@@ -462,20 +467,40 @@ class SQLiteDatabase:
         return _record_from_row(rows[0]) if rows else None
 
     async def get_many(self, tenant_id: str, memory_ids: Sequence[str]) -> list[MemoryRecord]:
-        found: dict[str, MemoryRecord] = {}
+        return [record for record, _ in await self._get_many(tenant_id, memory_ids, "NULL")]
+
+    async def get_many_with_vectors(
+        self, tenant_id: str, memory_ids: Sequence[str], *, embedding_model: str
+    ) -> list[tuple[MemoryRecord, bytes | None]]:
+        """Records and their vectors (None when made by another embedding model), in order."""
+        return await self._get_many(
+            tenant_id,
+            memory_ids,
+            "CASE WHEN embedding_model = ? THEN embedding END",
+            (embedding_model,),
+        )
+
+    async def _get_many(
+        self,
+        tenant_id: str,
+        memory_ids: Sequence[str],
+        extra_column: str,
+        extra_params: Sequence[Any] = (),
+    ) -> list[tuple[MemoryRecord, Any]]:
+        found: dict[str, tuple[MemoryRecord, Any]] = {}
         ids = list(dict.fromkeys(memory_ids))
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             rows = await self._fetchall(
                 # `+tenant_id`: look the ids up by primary key. Without the `+` SQLite picks
                 # the (tenant_id, status) index and walks the whole tenant (12 ms at 10k rows).
-                f"SELECT {_SELECT_RECORD} FROM memories WHERE +tenant_id = ? "
+                f"SELECT {_SELECT_RECORD}, {extra_column} FROM memories WHERE +tenant_id = ? "
                 f"AND id IN ({_placeholders(len(chunk))}) AND status != 'deleted'",
-                (tenant_id, *chunk),
+                (*extra_params, tenant_id, *chunk),
             )
             for row in rows:
-                record = _record_from_row(row)
-                found[record.id] = record
+                record = _record_from_row(row[:-1])
+                found[record.id] = (record, row[-1])
         return [found[memory_id] for memory_id in ids if memory_id in found]
 
     @staticmethod
@@ -503,42 +528,24 @@ class SQLiteDatabase:
             params.append(tenant_id)
         return "(" + " OR ".join(parts or ["0"]) + ")", params
 
-    async def count_scope(self, tenant_id: str, users: Sequence[str | None]) -> int:
-        """Records (any status) of these users of one tenant; None is the tenant-shared scope."""
-        clause, params = self._users_clause(users)
-        rows = await self._fetchall(
-            f"SELECT count(*) FROM memories WHERE tenant_id = ? AND {clause}",
-            (tenant_id, *params),
-        )
+    async def count_scope(self, tenant_id: str, user_id: str | None) -> int:
+        """Records (any status) of one user of a tenant; None is the tenant-shared scope."""
+        clause, params = self._scope_clause(tenant_id, [user_id])
+        rows = await self._fetchall(f"SELECT count(*) FROM memories WHERE {clause}", params)
         return int(rows[0][0])
 
-    async def scope_vectors(
-        self,
-        tenant_id: str,
-        users: Sequence[str | None],
-        *,
-        kinds: Sequence[MemoryKind] | None,
-        statuses: Sequence[MemoryStatus],
-        now: float,
-        embedding_model: str,
-    ) -> tuple[list[str], list[bytes]]:
-        """Ids and vectors of one scope's searchable records (exact search in small scopes)."""
-        clause, params = self._scope_clause(tenant_id, users)
-        where = [clause, "embedding_model = ?", "embedding IS NOT NULL"]
-        where.append("(expires_at IS NULL OR expires_at > ?)")
-        values: list[Any] = [*params, embedding_model, now]
-        if kinds:
-            where.append(f"kind IN ({_placeholders(len(kinds))})")
-            values.extend(kinds)
-        if statuses:
-            # `+status`: not the (tenant_id, status) index, which walks the whole tenant
-            # (85-100 ms for a 10k-row scope in a 100k-row tenant, 20 ms by the scope index).
-            where.append(f"+status IN ({_placeholders(len(statuses))})")
-            values.extend(statuses)
+    async def scope_index_rows(
+        self, tenant_id: str, user_id: str | None, *, embedding_model: str
+    ) -> list[tuple[str, MemoryKind, MemoryStatus, float | None, bytes]]:
+        """Id, kind, status, expiry and vector of every record of one scope that the index holds
+        (any status but deleted, embedded by `embedding_model`): a scope's in-memory copy."""
+        clause, params = self._scope_clause(tenant_id, [user_id])
         rows = await self._fetchall(
-            f"SELECT id, embedding FROM memories WHERE {' AND '.join(where)}", values
+            f"SELECT id, kind, status, expires_at, embedding FROM memories WHERE {clause} "
+            "AND embedding_model = ? AND embedding IS NOT NULL AND +status != 'deleted'",
+            [*params, embedding_model],
         )
-        return [row[0] for row in rows], [row[1] for row in rows]
+        return [(row[0], row[1], row[2], row[3], row[4]) for row in rows]
 
     async def list_memories(
         self,

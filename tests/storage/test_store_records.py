@@ -13,6 +13,7 @@ from storage.embedders import LocalEmbedder
 from storage.index import MaintenanceSettings
 from storage.records import NewMemory, RequestLog, Scope
 from storage.store import open_embedded_store
+from storage.vector_cache import VectorCacheSettings
 
 ALICE = Scope("acme", "alice", session_id="s1")
 BOB = Scope("acme", "bob")
@@ -243,11 +244,13 @@ async def test_wal_mode_and_schema_version(store: EmbeddedStore) -> None:
 async def test_small_scopes_search_exactly_once_an_ann_index_exists(
     tmp_path: Path, local_embedder: LocalEmbedder
 ) -> None:
-    settings = MaintenanceSettings(
-        vector_index_min_rows=60, rows_per_partition=10, nprobes=8, exact_search_max_rows=20
-    )
+    settings = MaintenanceSettings(vector_index_min_rows=60, rows_per_partition=10, nprobes=8)
     store = await open_embedded_store(
-        tmp_path, local_embedder, maintenance=settings, maintenance_interval_s=0
+        tmp_path,
+        local_embedder,
+        maintenance=settings,
+        vector_cache=VectorCacheSettings(max_rows=20),
+        maintenance_interval_s=0,
     )
     try:
         crowd = Scope("acme", "crowd")
@@ -261,7 +264,7 @@ async def test_small_scopes_search_exactly_once_an_ann_index_exists(
         hits = await store.search(ALICE, query_text="", query_vector=query)
         assert {hit.record.id for hit in hits} == {r.id for r in mine}
         assert sorted(hit.vector_rank for hit in hits if hit.vector_rank is not None) == [0, 1, 2]
-        # 80 records: past exact_search_max_rows, so this one goes through the IVF index.
+        # 80 records: more than the vector cache takes, so this one goes through the IVF index.
         crowd_hits = await store.search(crowd, query_text="", query_vector=query, k=5)
         assert len(crowd_hits) == 5
         assert {hit.record.user_id for hit in crowd_hits} == {"crowd"}

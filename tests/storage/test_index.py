@@ -1,0 +1,133 @@
+"""The LanceDB index on its own: one table per tenant, removal, reopening, maintenance."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+
+from storage import EmbeddedStore
+from storage.index import (
+    IndexRow,
+    MaintenanceSettings,
+    MemoryIndex,
+    scope_filter,
+    scope_key,
+    table_name,
+)
+from storage.records import NewMemory, Scope
+
+DIM = 8
+ODD_TENANTS = ["acme", "Acme", "../../etc", "it's; DROP TABLE x", "ünïcødé 租户", "a" * 300]
+
+
+def _rows(tenant_id: str, user_id: str | None, count: int, seed: int = 0) -> list[IndexRow]:
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((count, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return [
+        IndexRow(
+            id=f"{tenant_id}/{user_id}/{i}",
+            tenant_id=tenant_id,
+            user_id=user_id,
+            kind="fact",
+            status="active",
+            expires_at=None,
+            search_text=f"harbour violin note {i}",
+            vector=vectors[i],
+        )
+        for i in range(count)
+    ]
+
+
+def _where(tenant_id: str, user_id: str | None) -> str:
+    return scope_filter([scope_key(tenant_id, user_id)], kinds=None, statuses=["active"])
+
+
+def test_table_names_are_safe_and_distinct_for_any_tenant_id() -> None:
+    names = [table_name(tenant) for tenant in ODD_TENANTS]
+    assert len(set(names)) == len(names)
+    assert all(re.fullmatch(r"[a-z0-9_]{1,64}", name) for name in names)
+
+
+async def test_a_search_sees_only_its_own_tenants_table(tmp_path: Path) -> None:
+    index = await MemoryIndex.open(tmp_path, DIM)
+    for n, tenant in enumerate(ODD_TENANTS):
+        await index.upsert(_rows(tenant, "ann", 5, seed=n))
+    for tenant in ODD_TENANTS:
+        assert await index.count(tenant) == 5
+        where = _where(tenant, "ann")
+        vector_hits = await index.search_vector(tenant, np.ones(DIM, np.float32), where, 30)
+        text_hits = await index.search_text(tenant, "harbour", where, 30)
+        assert len(vector_hits) == len(text_hits) == 5
+        assert {hit.id.rsplit("/", 2)[0] for hit in (*vector_hits, *text_hits)} == {tenant}
+    # Even a filter naming another tenant's scope finds nothing: its rows are not in this table.
+    other = await index.search_text("acme", "harbour", _where("Acme", "ann"), 30)
+    assert other == []
+    assert await index.search_text("nobody", "harbour", _where("nobody", "ann"), 30) == []
+    assert await index.count() == 5 * len(ODD_TENANTS)
+
+
+async def test_remove_by_tenant_and_without_one(tmp_path: Path) -> None:
+    index = await MemoryIndex.open(tmp_path, DIM)
+    acme, globex = _rows("acme", "ann", 4), _rows("globex", "ann", 4)
+    await index.append([*acme, *globex])
+    await index.remove("acme", [acme[0].id, globex[0].id])  # globex's id is not acme's
+    assert await index.count("acme") == 3
+    assert await index.count("globex") == 4
+    # Tenant unknown (the record is gone from SQLite): every table is looked at.
+    await index.remove(None, [acme[1].id, globex[1].id])
+    assert await index.count("acme") == 2
+    assert await index.count("globex") == 3
+
+
+async def test_reopening_keeps_the_tables_and_an_old_layout_is_replaced(tmp_path: Path) -> None:
+    index = await MemoryIndex.open(tmp_path / "index", DIM)
+    assert index.created
+    await index.append(_rows("acme", "ann", 3))
+    reopened = await MemoryIndex.open(tmp_path / "index", DIM)
+    assert not reopened.created
+    assert await reopened.count("acme") == 3
+    assert reopened.needs_maintenance  # a previous process may have left rows unfolded
+    # Another vector size: emptied, and reported so the store rebuilds it from SQLite.
+    resized = await MemoryIndex.open(tmp_path / "index", DIM * 2)
+    assert resized.created
+    assert await resized.count() == 0
+
+    # The one-table layout this replaced: no layout file, a single "memories" table.
+    old = tmp_path / "old"
+    db = await lancedb.connect_async(str(old))
+    await db.create_table("memories", schema=pa.schema([pa.field("id", pa.string())]))
+    upgraded = await MemoryIndex.open(old, DIM)
+    assert upgraded.created
+    assert "memories" not in (await db.list_tables()).tables
+
+
+async def test_maintenance_builds_a_vector_index_per_large_table(tmp_path: Path) -> None:
+    settings = MaintenanceSettings(vector_index_min_rows=300, rows_per_partition=50, nprobes=4)
+    index = await MemoryIndex.open(tmp_path, DIM, settings)
+    await index.append([*_rows("big", "ann", 400), *_rows("small", "ann", 20)])
+    done = await index.maintain()
+    assert done[table_name("big")]["vector_index"] == 400
+    assert "vector_index" not in done[table_name("small")]
+    assert index.vector_indexed
+    query = np.ones(DIM, np.float32)
+    hits = await index.search_vector("big", query, _where("big", "ann"), 10)
+    assert len(hits) == 10
+    assert await index.unindexed_rows() == 0
+    # Still listed: erased content is pruned only from versions older than prune_older_than.
+    assert index.needs_maintenance
+
+
+async def test_erasing_a_user_removes_their_rows_from_the_index(store: EmbeddedStore) -> None:
+    ann, bob = Scope("acme", "ann"), Scope("acme", "bob")
+    await store.add(ann, [NewMemory(kind="fact", text=f"ann note {i}") for i in range(3)])
+    await store.add(bob, [NewMemory(kind="fact", text="bob note")])
+    await store.add(Scope("globex", "ann"), [NewMemory(kind="fact", text="other tenant")])
+    assert await store.index.count("acme") == 4
+    await store.delete_user("acme", "ann", actor="test")  # SQLite keeps no row to name the tenant
+    assert await store.index.count("acme") == 1
+    assert await store.index.count("globex") == 1
