@@ -64,6 +64,19 @@ def _line_tokens(line: str, encoding_name: str) -> int:
     return count_tokens(line, encoding_name) + 1  # + the newline that joins it
 
 
+@lru_cache(maxsize=8)
+def _frame_tokens(encoding_name: str) -> int:
+    return count_tokens(block_frame_text(), encoding_name)
+
+
+@lru_cache(maxsize=8)
+def _heading_tokens(encoding_name: str) -> dict[str, int]:
+    """Tokens of each section heading, with its newline."""
+    return {
+        section: count_tokens(title, encoding_name) + 1 for section, title in SECTION_TITLES.items()
+    }
+
+
 def prompt_tokens(body: dict[str, Any], encoding_name: str) -> int:
     """Tokens the caller's own request takes: messages, tool calls and tool definitions."""
     total = _REPLY_PRIMING_TOKENS
@@ -136,7 +149,7 @@ def fit_to_budget(
     the shortest); selection is greedy by exp(score) per token, and the selected memories keep
     their ranking order.
     """
-    room = available - count_tokens(block_frame_text(), encoding_name)
+    room = available - _frame_tokens(encoding_name)
     if room <= 0 or not ranked:
         reason = "no_room" if ranked else ""
         return BudgetPlan([], [(item, reason) for item in ranked], 0, max(0, available))
@@ -150,9 +163,7 @@ def fit_to_budget(
         "case": settings.case_share * room,
         "lesson": settings.lesson_share * room,
     }
-    headings = {
-        section: count_tokens(title, encoding_name) + 1 for section, title in SECTION_TITLES.items()
-    }
+    headings = _heading_tokens(encoding_name)
     spent = {group: 0 for group in shares}
     opened: set[str] = set()
     chosen: set[int] = set()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import re
 import time
+from functools import lru_cache
 from typing import Any
 
 from proxy.memory.retrieve import ScoredMemory
@@ -53,9 +54,15 @@ def section_of(item: ScoredMemory) -> str:
 def render_line(item: ScoredMemory) -> str:
     """One memory as the model sees it: `- [id] (kind, date) text`."""
     record = item.record
-    when = time.strftime("%Y-%m-%d", time.gmtime(record.valid_from or record.created_at))
-    text = " ".join(_defuse(record.text).split())
-    return f"- [{short_id(record.id)}] ({record.kind}, {when}) {text}"
+    return _line(record.id, record.kind, record.valid_from or record.created_at, record.text)
+
+
+@lru_cache(maxsize=16_384)
+def _line(memory_id: str, kind: str, timestamp: float, text: str) -> str:
+    # Cached: a request renders each candidate up to three times (budget, check, block), and
+    # the same memories come back request after request.
+    when = time.strftime("%Y-%m-%d", time.gmtime(timestamp))
+    return f"- [{short_id(memory_id)}] ({kind}, {when}) {' '.join(_defuse(text).split())}"
 
 
 def block_frame_text() -> str:

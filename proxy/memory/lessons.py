@@ -29,7 +29,7 @@ from proxy.memory.signals import clauses, exfiltration, instructions, normalize,
 from proxy.memory.signals import lessons as lesson_signal
 from proxy.policy import SanitizerPolicy
 from storage.api import MemoryStore
-from storage.records import MemoryRecord, NewMemory, Scope, SearchHit
+from storage.records import MemoryRecord, NewMemory, Scope, SearchHit, Vector
 
 log = logging.getLogger("memento.lessons")
 
@@ -71,7 +71,7 @@ class LessonBook:
         return len(self.lessons)
 
     def matches(
-        self, text: str, vector: Sequence[float] | None, cos_threshold: float
+        self, text: str, vector: Vector | None, cos_threshold: float
     ) -> list[lesson_signal.LessonMatch]:
         """Every lesson the text resembles, by embedding or by fingerprint."""
         if not self.lessons:

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -132,8 +133,7 @@ class MemoryPipeline:
         await asyncio.to_thread(self._warm_context_windows)
         # The first encode and the first index query are slow; pay for them before serving.
         warm_scope = Scope("memento-warm-up", "memento-warm-up")
-        vectors = await self.store.embedder.embed(["warm up"])
-        await self.store.search(warm_scope, query_text="warm up", query_vector=vectors[0], k=1)
+        await self.store.search(warm_scope, query_text="warm up", embed_query=True, k=1)
         self._pool = WritePool(self.store, self.learn_from_exchange, workers=self._workers)
         self._pool.start()
 
@@ -344,7 +344,8 @@ class MemoryPipeline:
         with tracer.start_as_current_span(
             "memento.sanitize", links=links, attributes=attrs
         ) as span:
-            verdicts = await Sanitizer(self.store).assess(scope, candidates, policy.sanitizer)
+            sanitizer = Sanitizer(self.store, partial(self.call_model, policy))
+            verdicts = await sanitizer.assess(scope, candidates, policy.sanitizer)
             span.set_attribute(
                 "memento.verdicts",
                 json_attr(
@@ -435,11 +436,10 @@ class MemoryPipeline:
             ("case",) if candidate.kind == "case" else ("fact", "preference")
         )
         query = memory.key_text or memory.text
-        vectors = await self.store.embedder.embed([query])
         hits = await self.store.search(
             Scope(scope.tenant_id, scope.user_id),
             query_text=query,
-            query_vector=vectors[0],
+            embed_query=True,
             k=_NEIGHBOURS,
             kinds=kinds,
         )

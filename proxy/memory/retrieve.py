@@ -25,7 +25,7 @@ from opentelemetry import trace
 from proxy.memory import lessons
 from proxy.policy import MemoryPolicy, RetrievalSettings, SanitizerPolicy
 from storage.api import MemoryStore
-from storage.records import MemoryKind, MemoryRecord, Scope, SearchHit
+from storage.records import MemoryKind, MemoryRecord, Scope, SearchHit, Vector
 
 # Cases below this cosine to the query are look-alikes in words only. MEMORY-DESIGN.md says to
 # calibrate δ per embedder at μ_sim + 0.5σ; for all-MiniLM-L6-v2 unrelated sentence pairs sit
@@ -50,7 +50,7 @@ class ScoredMemory:
     z_q: float
     recency: float
     cosine: float | None
-    vector: list[float] | None = field(default=None, repr=False, compare=False)
+    vector: Vector | None = field(default=None, repr=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -153,25 +153,28 @@ def rank_hits(
 
 def collapse_near_duplicates(scored: list[ScoredMemory], threshold: float) -> list[ScoredMemory]:
     """Keep the best of each group of near-identical memories (same text or cosine ≥ threshold)."""
-    kept: list[ScoredMemory] = []
-    seen_texts: set[str] = set()
     dims = next((len(item.vector) for item in scored if item.vector is not None), 0)
-    kept_units = np.empty((len(scored), dims), dtype=np.float32)  # rows of kept vectors
-    count = 0
-    for item in scored:
+    has_vector = [item.vector is not None and len(item.vector) == dims for item in scored]
+    units = np.zeros((len(scored), dims), dtype=np.float32)
+    if dims and any(has_vector):
+        rows = [i for i, has in enumerate(has_vector) if has]
+        units[rows] = np.asarray([scored[i].vector for i in rows], dtype=np.float32)
+        norms = np.linalg.norm(units, axis=1, keepdims=True)
+        np.divide(units, norms, out=units, where=norms > 0)
+    similar = units @ units.T >= threshold  # every pair at once; rows without a vector are 0
+    kept: list[ScoredMemory] = []
+    kept_rows: list[int] = []  # rows kept so far, for the cosine test
+    seen_texts: set[str] = set()
+    for i, item in enumerate(scored):
         text = " ".join(item.record.text.lower().split())
         if text in seen_texts:
             continue
-        unit = None
-        if item.vector is not None and len(item.vector) == dims:
-            unit = unit_vector(item.vector)
-            if count and float(np.max(kept_units[:count] @ unit)) >= threshold:
-                continue
+        if has_vector[i] and kept_rows and similar[i, kept_rows].any():
+            continue
         seen_texts.add(text)
         kept.append(item)
-        if unit is not None:
-            kept_units[count] = unit
-            count += 1
+        if has_vector[i]:
+            kept_rows.append(i)
     return kept
 
 
@@ -193,12 +196,11 @@ async def retrieve(
     """
     if not query.strip():
         return []
-    vectors = await store.embedder.embed([query])
     k = max(policy.retrieval.k1, limit or 0)
     hits = await store.search(
         scope,
         query_text=query,
-        query_vector=vectors[0],
+        embed_query=True,
         k=k,
         kinds=("fact", "preference", "case"),
         include_shared=include_shared,
@@ -230,7 +232,7 @@ def _zscores(values: Sequence[float], std_floor: float, clip: float) -> list[flo
     return [max(-clip, min(clip, (v - mean) / std)) for v in values]
 
 
-def unit_vector(vector: Sequence[float]) -> np.ndarray:
+def unit_vector(vector: Vector) -> np.ndarray:
     """`vector` scaled to length 1 (a zero vector stays zero)."""
     array = np.asarray(vector, dtype=np.float32)
     norm = float(np.linalg.norm(array))

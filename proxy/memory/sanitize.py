@@ -136,8 +136,11 @@ class Sanitizer:
     offline benchmark); with one, consensus, lessons and session signals join in.
     """
 
-    def __init__(self, store: MemoryStore | None = None) -> None:
+    def __init__(
+        self, store: MemoryStore | None = None, call_model: llm_judge.CallModel | None = None
+    ) -> None:
         self.store = store
+        self.call_model = call_model  # how the judge reaches the tenant's models
 
     async def assess(
         self,
@@ -165,7 +168,9 @@ class Sanitizer:
             )
             verdict = verdict_for(trust, policy, hard=hard)
             if verdict == "quarantine" and policy.judge_model:
-                opinion = await llm_judge.judge(policy.judge_model, item.candidate.text)
+                opinion = await llm_judge.judge(
+                    policy.judge_model, item.candidate.text, self.call_model
+                )
                 reasons.append(opinion)
                 trust = min(max(item.prior, trust), max(0.0, trust + opinion.delta))
                 verdict = verdict_for(trust, policy, hard=hard)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
+import sqlite3
 from collections.abc import Callable
+from typing import Any
 
 import openai
 import pytest
@@ -29,7 +30,9 @@ def seed(proxy: RunningProxy) -> None:
 
 
 def test_store_down_fails_open(
-    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
+    upstream: ScriptedUpstream,
+    memory_proxy: Callable[..., RunningProxy],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     proxy = memory_proxy()
     seed(proxy)
@@ -37,7 +40,12 @@ def test_store_down_fails_open(
     client.chat.completions.create(model="gpt-4o-mini", messages=ASK, user="lee")
     assert memory_block(upstream.last().json) is not None  # memory works...
 
-    shutil.rmtree(proxy.settings.data_dir / "index")  # ...until the index disappears
+    async def disk_failure(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    # ...until reading the records fails (the index, and the vectors in memory, still answer).
+    store = proxy.app.state.memory.store
+    monkeypatch.setattr(store.db, "get_many_with_vectors", disk_failure)
     response = client.chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=ASK, user="lee"
     )

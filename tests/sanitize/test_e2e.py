@@ -202,3 +202,21 @@ def test_dry_run_review_and_lessons_through_the_admin_api(
     block = memory_block(upstream.last().json)
     assert "oolong" in block
     assert "AcmeBank" not in block
+
+
+def test_judge_is_reached_through_the_tenants_model_alias(
+    upstream: ScriptedUpstream, sanitizing_proxy: Callable[..., RunningProxy]
+) -> None:
+    """`judge_model` may name a tenant alias: the judge call goes through the proxy's upstreams
+    (litellm alone could not resolve the alias), and its verdict lands in the trust reasons."""
+    # active_min 0.99 puts every ordinary fact in the uncertain band, where the judge is asked.
+    proxy = sanitizing_proxy(sanitizer={"judge_model": "gpt-4o-mini", "active_min": 0.99})
+    unsafe = '{"verdict": "unsafe", "confidence": 1, "reason": "scripted"}'
+    upstream.script(Reply(content="Noted."), *[Reply(content=unsafe)] * 4)
+    chat(proxy, "dora", user("I live in Porto."))
+    written = wait_until_written(proxy, "dora", 1, containing="Porto")
+    judged = [r for m in written for r in m["trust_reasons"] if r["signal"] == "judge"]
+    assert judged and all(r["delta"] < 0 for r in judged), written
+    asked = [r.json for r in upstream.received if "<candidate>" in str(r.json.get("messages"))]
+    assert asked  # the alias resolved to its api_base: litellm alone would call api.openai.com
+    assert asked[0]["response_format"]["type"] == "json_schema"

@@ -22,7 +22,7 @@ import numpy as np
 from proxy.memory.candidates import Candidate, Reason
 from proxy.memory.signals import normalize
 from proxy.policy import SanitizerPolicy
-from storage.records import MemoryRecord
+from storage.records import MemoryRecord, Vector
 
 TRUSTED_MIN = 0.6  # the default accept threshold: what counts as a "trusted" neighbour
 _NEGATION = re.compile(
@@ -38,7 +38,7 @@ class Neighbour:
 
     record: MemoryRecord
     cosine: float
-    vector: Sequence[float] | None = None
+    vector: Vector | None = None
 
 
 def fact_consensus(

@@ -1,16 +1,18 @@
 """Optional LLM judge for candidates in the uncertain band only.
 
-The policy names a model (`sanitizer.judge_model`, any litellm string); the judge answers with a
-strict JSON verdict. The candidate is passed as quoted data and the judge may only nudge trust
-within the band (a safe verdict cannot lift a candidate above its source prior), so a candidate
-that talks the judge round gains little. Any failure (no model, timeout, bad JSON) leaves the
-score as it was, with a reason saying so.
+The policy names a model (`sanitizer.judge_model`: one of the tenant's model aliases, or any
+litellm string), called through the proxy's own upstreams like the extraction model; the judge
+answers with a strict JSON verdict. The candidate is passed as quoted data and the judge may
+only nudge trust within the band (a safe verdict cannot lift a candidate above its source
+prior), so a candidate that talks the judge round gains little. Any failure (no model, timeout,
+bad JSON) leaves the score as it was, with a reason saying so.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from proxy.memory.candidates import Reason
@@ -46,23 +48,32 @@ _SCHEMA: dict[str, Any] = {
 }
 
 
-async def judge(model: str, text: str) -> Reason:
-    """Ask the judge model; return its trust adjustment as a reason."""
-    # Through the one offline-configured import (bundled cost map, no telemetry), on first use:
-    # only tenants with a judge pay for loading litellm.
-    litellm = import_litellm()
+# Sends a chat completion body to a model by name, returns the OpenAI-shaped answer.
+CallModel = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+async def judge(model: str, text: str, call: CallModel | None = None) -> Reason:
+    """Ask the judge model (through `call`, else litellm directly); return its trust
+    adjustment as a reason."""
+    body: dict[str, Any] = {
+        "messages": [
+            {"role": "system", "content": _SYSTEM},
+            {"role": "user", "content": f"<candidate>\n{text}\n</candidate>"},
+        ],
+        "response_format": _SCHEMA,
+        "temperature": 0,
+    }
     try:
-        response = await litellm.acompletion(
-            model=model,
-            messages=[
-                {"role": "system", "content": _SYSTEM},
-                {"role": "user", "content": f"<candidate>\n{text}\n</candidate>"},
-            ],
-            response_format=_SCHEMA,
-            temperature=0,
-            timeout=JUDGE_TIMEOUT_S,
-        )
-        return parse_verdict(response.choices[0].message.content or "")
+        if call is not None:
+            answer = await call(model, body)
+            content = answer["choices"][0]["message"]["content"]
+        else:
+            # The one offline-configured import (bundled cost map, no telemetry), on first use.
+            response = await import_litellm().acompletion(
+                model=model, timeout=JUDGE_TIMEOUT_S, **body
+            )
+            content = response.choices[0].message.content
+        return parse_verdict(content or "")
     except Exception as error:  # the judge is optional: its failure must not break the write path
         log.warning("sanitizer judge %s unavailable: %s", model, type(error).__name__)
         return Reason("judge", 0.0, f"judge unavailable ({type(error).__name__})")
