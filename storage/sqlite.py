@@ -156,8 +156,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE INDEX requests_user ON requests (tenant_id, user_id, created_at);
     """,
+    # 3: the outbox names each change's tenant, so the index can drop an erased record from
+    # its tenant's table without looking through every tenant's (NULL in older entries).
+    """
+    ALTER TABLE index_outbox ADD COLUMN tenant_id TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+_OUTBOX_INSERT = "INSERT INTO index_outbox (memory_id, tenant_id, enqueued_at) VALUES (?, ?, ?)"
 
 _JSON_COLUMNS = frozenset(
     {
@@ -424,8 +430,8 @@ class SQLiteDatabase:
             )
             await self._audit_many(db, records, "add", actor, now)
             await db.executemany(
-                "INSERT INTO index_outbox (memory_id, enqueued_at) VALUES (?, ?)",
-                [(record.id, now) for record in records],
+                _OUTBOX_INSERT,
+                [(record.id, record.tenant_id, now) for record in records],
             )
 
     async def _audit_many(
@@ -628,10 +634,7 @@ class SQLiteDatabase:
                 (*values, memory_id, scope.tenant_id),
             )
             if INDEXED_FIELDS & changes.keys():
-                await db.execute(
-                    "INSERT INTO index_outbox (memory_id, enqueued_at) VALUES (?, ?)",
-                    (memory_id, now),
-                )
+                await db.execute(_OUTBOX_INSERT, (memory_id, scope.tenant_id, now))
             # Utility and usage counters change on every request; they are not audited.
             audited = sorted(
                 changes.keys()
@@ -680,8 +683,8 @@ class SQLiteDatabase:
                 (at, new.id, at, old_id, scope.tenant_id),
             )
             await db.executemany(
-                "INSERT INTO index_outbox (memory_id, enqueued_at) VALUES (?, ?)",
-                [(old_id, at), (new.id, at)],
+                _OUTBOX_INSERT,
+                [(old_id, scope.tenant_id, at), (new.id, scope.tenant_id, at)],
             )
             await self._audit_many(db, [new], "supersede", actor, at, {"supersedes": old_id})
         return new
@@ -705,10 +708,7 @@ class SQLiteDatabase:
                 "DELETE FROM memory_versions WHERE tenant_id = ? AND memory_id = ?",
                 (scope.tenant_id, memory_id),
             )
-            await db.execute(
-                "INSERT INTO index_outbox (memory_id, enqueued_at) VALUES (?, ?)",
-                (memory_id, now),
-            )
+            await db.execute(_OUTBOX_INSERT, (memory_id, scope.tenant_id, now))
             await db.execute(
                 "INSERT INTO audit (tenant_id, at, actor, action, memory_id, user_id, detail) "
                 "VALUES (?, ?, ?, 'delete', ?, ?, ?)",
@@ -744,8 +744,8 @@ class SQLiteDatabase:
                 "DELETE FROM memories WHERE tenant_id = ? AND user_id = ?", (tenant_id, user_id)
             )
             await db.executemany(
-                "INSERT INTO index_outbox (memory_id, enqueued_at) VALUES (?, ?)",
-                [(memory_id, now) for memory_id in ids],
+                _OUTBOX_INSERT,
+                [(memory_id, tenant_id, now) for memory_id in ids],
             )
             await db.execute(
                 "INSERT INTO audit (tenant_id, at, actor, action, memory_id, user_id, detail) "
@@ -797,14 +797,15 @@ class SQLiteDatabase:
 
     # -- index outbox ------------------------------------------------------------------------
 
-    async def outbox_batch(self, limit: int = 2000) -> tuple[int, list[str]]:
-        """The oldest pending index changes: (highest sequence number, distinct memory ids)."""
+    async def outbox_batch(self, limit: int = 2000) -> tuple[int, dict[str, str | None]]:
+        """The oldest pending index changes: the highest sequence number, and each distinct
+        memory id with its tenant (None in entries written before schema version 3)."""
         rows = await self._fetchall(
-            "SELECT seq, memory_id FROM index_outbox ORDER BY seq LIMIT ?", (limit,)
+            "SELECT seq, memory_id, tenant_id FROM index_outbox ORDER BY seq LIMIT ?", (limit,)
         )
         if not rows:
-            return 0, []
-        return int(rows[-1][0]), list(dict.fromkeys(row[1] for row in rows))
+            return 0, {}
+        return int(rows[-1][0]), {row[1]: row[2] for row in rows}
 
     async def outbox_ack(self, up_to_seq: int) -> None:
         async with self._transaction() as db:

@@ -197,9 +197,10 @@ class EmbeddedStore:
         touched = 0
         async with self._index_lock:
             while True:
-                up_to, ids = await self.db.outbox_batch()
-                if not ids:
+                up_to, tenants = await self.db.outbox_batch()
+                if not tenants:
                     return touched
+                ids = list(tenants)
                 sources = await self.db.index_sources(ids)
                 rows: list[IndexRow] = []
                 for memory_id in ids:
@@ -213,7 +214,7 @@ class EmbeddedStore:
                 # again, after an index error, changes nothing).
                 self.vector_cache.apply(rows, gone)
                 try:
-                    for tenant_id, gone_ids in _by_tenant(gone, sources).items():
+                    for tenant_id, gone_ids in _by_tenant(gone, sources, tenants).items():
                         await self.index.remove(tenant_id, gone_ids)
                     await self.index.upsert(rows)
                 except Exception:
@@ -648,14 +649,18 @@ def _visible(
 
 
 def _by_tenant(
-    memory_ids: Sequence[str], sources: dict[str, IndexSource]
+    memory_ids: Sequence[str],
+    sources: dict[str, IndexSource],
+    outbox_tenants: dict[str, str | None],
 ) -> dict[str | None, list[str]]:
-    """Ids leaving the index, by tenant; None for records SQLite no longer has (erased users),
-    whose tenant is unknown, so the index looks for them in every tenant's table."""
+    """Ids leaving the index, by tenant: the record's, else the outbox entry's (an erased
+    record). None only for erasures queued before the outbox named tenants: the index then
+    looks for them in every tenant's table."""
     grouped: dict[str | None, list[str]] = {}
     for memory_id in memory_ids:
         source = sources.get(memory_id)
-        grouped.setdefault(source.tenant_id if source is not None else None, []).append(memory_id)
+        tenant = source.tenant_id if source is not None else outbox_tenants.get(memory_id)
+        grouped.setdefault(tenant, []).append(memory_id)
     return grouped
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import lancedb
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from storage import EmbeddedStore
 from storage.index import (
@@ -122,7 +124,17 @@ async def test_maintenance_builds_a_vector_index_per_large_table(tmp_path: Path)
     assert index.needs_maintenance
 
 
-async def test_erasing_a_user_removes_their_rows_from_the_index(store: EmbeddedStore) -> None:
+async def test_erasing_a_user_removes_their_rows_from_the_index(
+    store: EmbeddedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    removals: list[str | None] = []
+    remove = store.index.remove
+
+    async def recording_remove(tenant_id: str | None, memory_ids: Sequence[str]) -> None:
+        removals.append(tenant_id)
+        await remove(tenant_id, memory_ids)
+
+    monkeypatch.setattr(store.index, "remove", recording_remove)
     ann, bob = Scope("acme", "ann"), Scope("acme", "bob")
     await store.add(ann, [NewMemory(kind="fact", text=f"ann note {i}") for i in range(3)])
     await store.add(bob, [NewMemory(kind="fact", text="bob note")])
@@ -131,3 +143,4 @@ async def test_erasing_a_user_removes_their_rows_from_the_index(store: EmbeddedS
     await store.delete_user("acme", "ann", actor="test")  # SQLite keeps no row to name the tenant
     assert await store.index.count("acme") == 1
     assert await store.index.count("globex") == 1
+    assert removals == ["acme"]  # the outbox named the tenant: no other table was searched

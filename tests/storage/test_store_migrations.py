@@ -33,16 +33,18 @@ async def test_empty_database_migrates_to_latest(tmp_path: Path) -> None:
     assert expected | {"memory_versions", "store_meta"} <= _tables(path)
 
 
-async def test_previous_version_upgrades_in_place(
-    tmp_path: Path, local_embedder: LocalEmbedder
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION))
+async def test_older_versions_upgrade_in_place(
+    tmp_path: Path, local_embedder: LocalEmbedder, version: int
 ) -> None:
     data = tmp_path / "data"
     data.mkdir()
     path = data / "memento.db"
-    old = await SQLiteDatabase.open(path, migrations=MIGRATIONS[: SCHEMA_VERSION - 1])
+    old = await SQLiteDatabase.open(path, migrations=MIGRATIONS[:version])
     await old.close()
-    assert "memory_versions" not in _tables(path)
-    # A row as the previous release wrote it: no vector yet, no store metadata.
+    assert ("memory_versions" in _tables(path)) == (version >= 2)
+    # A row as an older release wrote it: no vector yet, no store metadata, and an outbox
+    # entry without a tenant.
     now = time.time()
     with sqlite3.connect(path) as raw:
         raw.execute(
