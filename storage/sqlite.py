@@ -510,16 +510,6 @@ class SQLiteDatabase:
         return [found[memory_id] for memory_id in ids if memory_id in found]
 
     @staticmethod
-    def _users_clause(users: Sequence[str | None]) -> tuple[str, list[Any]]:
-        named = [user for user in users if user is not None]
-        parts = []
-        if named:
-            parts.append(f"user_id IN ({_placeholders(len(named))})")
-        if None in users:
-            parts.append("user_id IS NULL")
-        return "(" + " OR ".join(parts or ["0"]) + ")", named
-
-    @staticmethod
     def _scope_clause(tenant_id: str, users: Sequence[str | None]) -> tuple[str, list[Any]]:
         """`tenant_id` repeated inside each branch of the OR, so SQLite answers every branch
         from the (tenant_id, user_id, ...) index instead of walking the whole tenant."""

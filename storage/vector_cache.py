@@ -1,7 +1,7 @@
 """Exact vector search for small and medium scopes, from vectors held in memory.
 
 On a CPU without AVX2, LanceDB's flat search costs ~12 ms over 10k rows and an IVF probe can
-miss a small scope's rows, while numpy scores 10k 384-dimensional vectors in ~0.4 ms (both
+miss a small scope's rows, while numpy scores 10k 384-dimensional vectors in ~1.4 ms (both
 measured on the 2-core dev box). So each scope (one tenant's user, or its shared records) of up
 to `max_rows` records keeps its vectors and filter columns in memory: loaded from SQLite on its
 first search and kept current by the same outbox rows the LanceDB index receives. Scopes used
@@ -32,7 +32,7 @@ ScopeKey = tuple[str, str | None]  # (tenant_id, user_id); None is the tenant-sh
 
 @dataclass(frozen=True)
 class VectorCacheSettings:
-    # 10k vectors of 384 floats are 15 MB and score in ~0.4 ms; at 100k (8.6 ms) the ANN
+    # 10k vectors of 384 floats are 15 MB and score in ~1.4 ms; at 100k (~13 ms) the ANN
     # index is the faster path.
     max_rows: int = 20_000
     max_bytes: int = 256 << 20
@@ -184,13 +184,9 @@ class VectorCache:
             if key is not None and key in self._scopes:
                 self._scopes[key].remove(memory_id)
         for row in rows:
-            key = (row.tenant_id, row.user_id)
-            previous = self._owner.get(row.id)
-            if previous is not None and previous != key and previous in self._scopes:
-                self._scopes[previous].remove(row.id)  # scopes never change today; be safe
+            key = (row.tenant_id, row.user_id)  # a record never changes scope
             scope = self._scopes.get(key)
             if scope is None:
-                self._owner.pop(row.id, None)
                 continue
             if len(scope) >= self.settings.max_rows and row.id not in self._owner:
                 self.drop(key)  # grew past what exact search is for: the index takes over

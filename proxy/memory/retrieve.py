@@ -232,18 +232,6 @@ def _zscores(values: Sequence[float], std_floor: float, clip: float) -> list[flo
     return [max(-clip, min(clip, (v - mean) / std)) for v in values]
 
 
-def unit_vector(vector: Vector) -> np.ndarray:
-    """`vector` scaled to length 1 (a zero vector stays zero)."""
-    array = np.asarray(vector, dtype=np.float32)
-    norm = float(np.linalg.norm(array))
-    return array / norm if norm else array
-
-
-def cosine(a: Sequence[float], b: Sequence[float]) -> float:
-    """Cosine similarity of two vectors."""
-    return float(unit_vector(a) @ unit_vector(b))
-
-
 def _explore(scored: list[ScoredMemory], epsilon: float, rng: random.Random) -> None:
     """ε-greedy: now and then lift a lower-ranked candidate to the top so it can earn a reward."""
     if rng.random() < epsilon:
