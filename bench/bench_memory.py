@@ -126,8 +126,8 @@ async def bench_hot_path(sizes: tuple[int, ...] = (1_000, 10_000)) -> list[dict[
                     "requests": len(timings),
                     "p50_ms": round(statistics.median(timings), 2),
                     "p99_ms": round(_percentile(timings, 0.99), 2),
-                    # The same model on a similar text, alone: inside before_call the BM25
-                    # search overlaps it, so the two do not simply add up.
+                    # The same model on a similar text, alone: before_call embeds its query
+                    # first, then searches, so this is part of p50_ms.
                     "embed_p50_ms": round(statistics.median(embed_ms), 2),
                     "mean_injected": round(statistics.mean(injected), 2),
                     "load_s": round(load_s, 1),

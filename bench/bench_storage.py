@@ -8,6 +8,11 @@ then `store.search` (vector + BM25 for one user's scope including the tenant-sha
 k=30, checked against SQLite) is timed over distinct queries: p50/p99. Recall is measured too:
 for every query, the vector candidates `store.search` returned against the exact top 30 by
 numpy over that scope's vectors (an ANN index trades recall for speed; this says how much).
+Beside it, the floor LanceDB itself sets, on one tenant's table through its own connection:
+the round trip of an indexed point lookup (what any LanceDB query costs from Python), and for
+the same BM25 and IVF queries the store runs, round trip against the time LanceDB reports
+spending in execution (`analyze_plan`); the difference is planning and the hand-offs between
+its runtime and asyncio.
 
 Bulk rows carry synthetic topic-clustered vectors and texts (embedding a million texts with
 MiniLM would take hours on this machine); the insert path is otherwise the real one
@@ -25,6 +30,7 @@ import faulthandler
 import json
 import os
 import platform
+import re
 import statistics
 import tempfile
 import time
@@ -32,12 +38,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
+import lancedb
 import numpy as np
 
 from storage import EmbeddedStore
 from storage.embedders import LocalEmbedder
+from storage.index import MaintenanceSettings, scope_filter, scope_key, table_name
 from storage.records import NewMemory, Scope
-from storage.store import open_embedded_store
+from storage.store import INDEX_DIR, open_embedded_store
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "storage.json"
@@ -119,6 +127,9 @@ class SearchedScopes:
         self._parts.setdefault(tenant, []).append(vectors.astype(np.float32))
         self._matrix.pop(tenant, None)
 
+    def first_id(self, tenant: int) -> str:
+        return self._ids[tenant][0]
+
     def exact_top(self, tenant: int, query: list[float], k: int) -> set[str]:
         matrix = self._matrix.get(tenant)
         if matrix is None:
@@ -194,6 +205,73 @@ async def _search_latencies(
     }
 
 
+def _plan_elapsed_ms(plan: str) -> float | None:
+    """The execution time on the first line of an `analyze_plan` report."""
+    found = re.search(r"elapsed=([0-9.]+)(ns|µs|us|ms|s)\b", plan)
+    if found is None:
+        return None
+    scale = {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1e3}[found.group(2)]
+    return float(found.group(1)) * scale
+
+
+async def _lancedb_floor(
+    folder: Path, queries: list[tuple[str, list[float]]], some_id: str
+) -> dict[str, float | None]:
+    """Round trips of LanceDB queries on tenant 0's table, and their execution time inside
+    LanceDB for the store's BM25 and vector queries (same filter, k and probe count)."""
+    db = await lancedb.connect_async(folder / INDEX_DIR)
+    table = await db.open_table(table_name(_user_scope(0).tenant_id))
+    keys = [scope_key("tenant0", "user0"), scope_key("tenant0", None)]
+    where = scope_filter(keys, kinds=None, statuses=["active"])
+    indexed = {index.name for index in await table.list_indices()}
+    nprobes = MaintenanceSettings().nprobes
+
+    def text_query(text: str) -> Any:
+        return (
+            table.query()
+            .nearest_to_text(text, columns="search_text")
+            .where(where)
+            .select(["id", "_score"])
+            .limit(30)
+        )
+
+    def vector_query(vector: list[float]) -> Any:
+        query = (
+            table.query()
+            .nearest_to(np.asarray(vector, dtype=np.float32))
+            .distance_type("dot")
+            .where(where)
+            .select(["id", "_distance"])
+            .limit(30)
+        )
+        return query.nprobes(nprobes) if "vector_idx" in indexed else query
+
+    def point_query(_: Any) -> Any:
+        return table.query().where(f"id = '{some_id}'").select(["id"]).limit(1)
+
+    measured: dict[str, float | None] = {}
+    for name, make, pick in (
+        ("point", point_query, lambda q: q),
+        ("bm25", text_query, lambda q: q[0]),
+        ("vector", vector_query, lambda q: q[1]),
+    ):
+        round_trips, executions = [], []
+        for query in queries:
+            started = time.perf_counter()
+            await make(pick(query)).to_arrow()
+            round_trips.append((time.perf_counter() - started) * 1000)
+            if name != "point":
+                elapsed = _plan_elapsed_ms(await make(pick(query)).analyze_plan())
+                if elapsed is not None:
+                    executions.append(elapsed)
+        measured[f"lancedb_{name}_p50_ms"] = _percentile(round_trips, 50)
+        if name != "point":
+            measured[f"lancedb_{name}_exec_p50_ms"] = (
+                _percentile(executions, 50) if executions else None
+            )
+    return measured
+
+
 async def _embedding(embedder: LocalEmbedder) -> dict[str, float]:
     await embedder.embed(["warm up the model"])
     single = []
@@ -257,12 +335,14 @@ async def run() -> dict[str, Any]:
                 queries = corpus.queries(QUERIES)
                 await _search_latencies(store, queries[:10], scopes)  # warm caches
                 latencies = await _search_latencies(store, queries, scopes)
+                floor = await _lancedb_floor(Path(folder), queries[:100], scopes.first_id(0))
                 row = {
                     "per_tenant": per_tenant,
                     "total_rows": await store.index.count(),
                     "bulk_insert_per_s": grow * TENANTS / load_s,
                     "index_build_s": build_s,
                     **latencies,
+                    **floor,
                 }
                 results["sizes"].append(row)
                 _print_row(row)
@@ -280,6 +360,17 @@ def _print_row(row: dict[str, Any]) -> None:
         f"bulk insert {row['bulk_insert_per_s']:8.0f}/s  index build {row['index_build_s']:.1f} s",
         flush=True,
     )
+    print(
+        f"           LanceDB alone: point lookup {row['lancedb_point_p50_ms']:.2f} ms; bm25 "
+        f"{row['lancedb_bm25_p50_ms']:.2f} ms ({_ms(row['lancedb_bm25_exec_p50_ms'])} executing); "
+        f"vector {row['lancedb_vector_p50_ms']:.2f} ms "
+        f"({_ms(row['lancedb_vector_exec_p50_ms'])} executing)",
+        flush=True,
+    )
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} ms"
 
 
 def main() -> None:
@@ -300,6 +391,16 @@ def main() -> None:
             f"{row['hybrid_p99_ms']:.2f} | {row['vector_p50_ms']:.2f} | {row['bm25_p50_ms']:.2f} "
             f"| {row['vector_recall_at_30']:.3f} ({row['vector_recall_at_30_min']:.2f}) "
             f"| {row['bulk_insert_per_s']:,.0f} | {row['index_build_s']:.1f} |"
+        )
+    print()
+    print("LanceDB alone, tenant 0's table, same queries: round trip (executing, per analyze_plan)")
+    print("| memories / tenant | point lookup ms | bm25 ms | vector ms |")
+    print("|---|---|---|---|")
+    for row in results["sizes"]:
+        print(
+            f"| {row['per_tenant']:,} | {row['lancedb_point_p50_ms']:.2f} "
+            f"| {row['lancedb_bm25_p50_ms']:.2f} ({_ms(row['lancedb_bm25_exec_p50_ms'])}) "
+            f"| {row['lancedb_vector_p50_ms']:.2f} ({_ms(row['lancedb_vector_exec_p50_ms'])}) |"
         )
     emb, ins = results["embedding"], results["insert"]
     print()

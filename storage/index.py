@@ -108,7 +108,7 @@ class IndexHit:
 class MaintenanceSettings:
     """When the background maintenance builds indexes; process-level, not per tenant.
 
-    Row counts are per tenant table. Measured on the 2-core dev box (no AVX2), one tenant of
+    Row counts are per tenant table. Measured on the 2-core dev box (AVX2), one tenant of
     100k rows, k=30, scope filter covering the table: a flat LanceDB search took ~90 ms; IVF_FLAT
     with 250-row partitions and 30 probes ~8 ms, built in ~7 s, at recall@30 against exact
     search of 1.0 for queries near the data's topics and ~0.92 for random ones. Larger

@@ -1,8 +1,8 @@
 """Exact vector search for small and medium scopes, from vectors held in memory.
 
-On a CPU without AVX2, LanceDB's flat search costs ~12 ms over 10k rows and an IVF probe can
-miss a small scope's rows, while numpy scores 10k 384-dimensional vectors in ~1.4 ms (both
-measured on the 2-core dev box). So each scope (one tenant's user, or its shared records) of up
+LanceDB's flat search costs ~12 ms over 10k rows and an IVF probe can miss a small scope's
+rows, while numpy scores 10k 384-dimensional vectors in ~1.4 ms (both measured on the 2-core
+dev box). So each scope (one tenant's user, or its shared records) of up
 to `max_rows` records keeps its vectors and filter columns in memory: loaded from SQLite on its
 first search and kept current by the same outbox rows the LanceDB index receives. Scopes used
 least recently are dropped once the cache holds more than `max_bytes`.
