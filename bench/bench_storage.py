@@ -43,7 +43,7 @@ import numpy as np
 
 from storage import EmbeddedStore
 from storage.embedders import LocalEmbedder
-from storage.index import MaintenanceSettings, scope_filter, scope_key, table_name
+from storage.index import MaintenanceSettings, scope_filter, scope_key, sql_literal, table_name
 from storage.records import NewMemory, Scope
 from storage.store import INDEX_DIR, open_embedded_store
 
@@ -247,7 +247,7 @@ async def _lancedb_floor(
         return query.nprobes(nprobes) if "vector_idx" in indexed else query
 
     def point_query(_: Any) -> Any:
-        return table.query().where(f"id = '{some_id}'").select(["id"]).limit(1)
+        return table.query().where(f"id = {sql_literal(some_id)}").select(["id"]).limit(1)
 
     measured: dict[str, float | None] = {}
     for name, make, pick in (

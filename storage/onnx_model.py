@@ -1,11 +1,11 @@
 """The local embedding model as an ONNX graph, exported once from the package's own weights.
 
-ONNX Runtime runs all-MiniLM-L6-v2 about twice as fast as torch (8 ms
-against 17 ms for a 17-token query on one thread, measured on the 2-core dev box) and gives the
-same vectors (cosine ≥ 0.99999 to sentence-transformers; a test holds it to that). No ONNX file
-ships with the model package, so the graph is exported from the installed weights with torch, in a
-child process so the server never imports torch, into a cache folder keyed by a digest of the
-weights and the exporter's version. Nothing is downloaded.
+ONNX Runtime runs all-MiniLM-L6-v2 about twice as fast as torch (8 ms against 17 ms for a
+17-token query on one thread, measured on the 2-core dev box) and gives the same vectors (cosine
+≥ 0.99999 to sentence-transformers; a test holds it to that). No ONNX file ships with the model
+package, so the graph is exported from the installed weights with torch, in a child process so
+the server never imports torch, into a cache folder keyed by a digest of the weights and the
+exporter's version. Nothing is downloaded.
 
     python -m storage.onnx_model [CACHE_DIR]   # export ahead of time (a container build does)
 """
