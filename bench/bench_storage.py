@@ -43,7 +43,15 @@ import numpy as np
 
 from storage import EmbeddedStore
 from storage.embedders import LocalEmbedder
-from storage.index import MaintenanceSettings, scope_filter, scope_key, sql_literal, table_name
+from storage.index import (
+    MaintenanceSettings,
+    scope_filter,
+    scope_key,
+    sql_literal,
+    table_name,
+    text_query,
+    vector_query,
+)
 from storage.records import NewMemory, Scope
 from storage.store import INDEX_DIR, open_embedded_store
 
@@ -224,27 +232,7 @@ async def _lancedb_floor(
     keys = [scope_key("tenant0", "user0"), scope_key("tenant0", None)]
     where = scope_filter(keys, kinds=None, statuses=["active"])
     indexed = {index.name for index in await table.list_indices()}
-    nprobes = MaintenanceSettings().nprobes
-
-    def text_query(text: str) -> Any:
-        return (
-            table.query()
-            .nearest_to_text(text, columns="search_text")
-            .where(where)
-            .select(["id", "_score"])
-            .limit(30)
-        )
-
-    def vector_query(vector: list[float]) -> Any:
-        query = (
-            table.query()
-            .nearest_to(np.asarray(vector, dtype=np.float32))
-            .distance_type("dot")
-            .where(where)
-            .select(["id", "_distance"])
-            .limit(30)
-        )
-        return query.nprobes(nprobes) if "vector_idx" in indexed else query
+    nprobes = MaintenanceSettings().nprobes if "vector_idx" in indexed else None
 
     def point_query(_: Any) -> Any:
         return table.query().where(f"id = {sql_literal(some_id)}").select(["id"]).limit(1)
@@ -252,8 +240,8 @@ async def _lancedb_floor(
     measured: dict[str, float | None] = {}
     for name, make, pick in (
         ("point", point_query, lambda q: q),
-        ("bm25", text_query, lambda q: q[0]),
-        ("vector", vector_query, lambda q: q[1]),
+        ("bm25", lambda text: text_query(table, text, where, 30), lambda q: q[0]),
+        ("vector", lambda vector: vector_query(table, vector, where, 30, nprobes), lambda q: q[1]),
     ):
         round_trips, executions = [], []
         for query in queries:

@@ -295,35 +295,15 @@ class MemoryIndex:
         table = self._tables.get(name)
         if table is None:
             return []
-        query = (
-            table.query()
-            .nearest_to(np.asarray(vector, dtype=np.float32))
-            .distance_type("dot")
-            .where(where)
-            .select(["id", "_distance"])  # not the vector: reading it costs ~1 ms
-            .limit(k)
-        )
-        if name in self._vector_indexed:
-            # A fixed probe count. Leaving the maximum open (more probes only "if not enough
-            # results") made LanceDB probe 200 partitions instead of 30 under a filter that
-            # matched 90% of the table (~24 ms instead of ~3). Small scopes, which a probe
-            # could cut short, are searched exactly by the store's vector cache.
-            query = query.nprobes(self.settings.nprobes)
-        result: pa.Table = await query.to_arrow()
+        nprobes = self.settings.nprobes if name in self._vector_indexed else None
+        result: pa.Table = await vector_query(table, vector, where, k, nprobes).to_arrow()
         return _hits(result, "_distance")
 
     async def search_text(self, tenant_id: str, text: str, where: str, k: int) -> list[IndexHit]:
         table = self._tables.get(table_name(tenant_id))
         if table is None or not text.strip():
             return []
-        query = (
-            table.query()
-            .nearest_to_text(text, columns="search_text")
-            .where(where)
-            .select(["id", "_score"])
-            .limit(k)
-        )
-        result: pa.Table = await query.to_arrow()
+        result: pa.Table = await text_query(table, text, where, k).to_arrow()
         return _hits(result, "_score")
 
     @property
@@ -411,6 +391,42 @@ class MemoryIndex:
             stats = await table.index_stats("search_text_idx")
             total += int(stats.num_unindexed_rows) if stats is not None else 0
         return total
+
+
+def vector_query(
+    table: Any,
+    vector: Sequence[float] | np.ndarray[Any, np.dtype[np.float32]],
+    where: str,
+    k: int,
+    nprobes: int | None,
+) -> Any:
+    """The store's vector query on one tenant's table; `nprobes` once it has an IVF index."""
+    query = (
+        table.query()
+        .nearest_to(np.asarray(vector, dtype=np.float32))
+        .distance_type("dot")
+        .where(where)
+        .select(["id", "_distance"])  # not the vector: reading it costs ~1 ms
+        .limit(k)
+    )
+    if nprobes is not None:
+        # A fixed probe count. Leaving the maximum open (more probes only "if not enough
+        # results") made LanceDB probe 200 partitions instead of 30 under a filter that
+        # matched 90% of the table (~24 ms instead of ~3). Small scopes, which a probe
+        # could cut short, are searched exactly by the store's vector cache.
+        query = query.nprobes(nprobes)
+    return query
+
+
+def text_query(table: Any, text: str, where: str, k: int) -> Any:
+    """The store's BM25 query on one tenant's table."""
+    return (
+        table.query()
+        .nearest_to_text(text, columns="search_text")
+        .where(where)
+        .select(["id", "_score"])
+        .limit(k)
+    )
 
 
 async def _ensure_scalar_indexes(table: Any) -> None:
