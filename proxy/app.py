@@ -2,8 +2,9 @@
 
 Routes: the OpenAI-compatible surface (`/v1/chat/completions`, `/v1/models`, `/v1/embeddings`)
 and the probes (`/healthz`, `/readyz`). The chat route authenticates, validates and resolves the
-model, hands the call to the memory hooks (`proxy.memory.seam`), calls the upstream, relays the
-answer, and only then passes the finished exchange back to the hooks.
+model, hands the call to the memory hooks (`proxy.memory.seam`), calls the upstream, passes the
+finished exchange back to the hooks to queue durably, and only then completes the answer (a
+stream's final event waits for it): an exchange the client was answered for survives a crash.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import Any
 
 from opentelemetry import trace
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -239,7 +239,10 @@ class ChatService:
                 _log_call(ctx, 200, started)
                 if assembler is not None:
                     answer = assembler.result()
-                    record_response(span, answer)
+                    if "error" in answer:
+                        span.set_attribute("memento.stream.incomplete", answer["error"])
+                    else:
+                        record_response(span, answer)
                     await self.finish(ctx, prepared, answer)
 
             relay = SSERelay(
@@ -256,11 +259,10 @@ class ChatService:
             answer = _json_or_none(reply.body)
             record_response(span, answer)
         _log_call(ctx, reply.status, started)
-        background = None
         if with_memory:
-            background = BackgroundTask(self.finish, ctx, prepared, answer)
+            await self.finish(ctx, prepared, answer)
         reply_headers = {**reply.headers, **memory_headers(prepared)}
-        return Response(reply.body, reply.status, headers=reply_headers, background=background)
+        return Response(reply.body, reply.status, headers=reply_headers)
 
     async def embeddings(self, request: Request) -> Response:
         policy = authenticate(request)

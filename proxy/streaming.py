@@ -1,9 +1,13 @@
 """Server-sent events: relaying an upstream stream to the client, and reassembling it.
 
 `SSERelay` is an ASGI response that forwards upstream chunks as they arrive, stops (and closes the
-upstream call) the moment the client disconnects, and reports whether the stream completed.
+upstream call) the moment the client disconnects, and runs `on_complete` when the upstream has
+finished but before the client receives the stream's final `data: [DONE]` event, so whatever
+`on_complete` stores is durable by the time the client has the whole answer. Only the bytes that
+are (or may begin) that final event are held back; everything before it flows at once.
 `StreamAssembler` rebuilds a chat.completion dict from the chunks it sees, for the memory
-pipeline's after-call stage.
+pipeline's after-call stage; a stream that never reached `[DONE]`, or carried an error event,
+assembles to a dict with an `error` key, which is not learned from.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from starlette.types import Message, Receive, Scope, Send
 log = logging.getLogger("memento.proxy")
 
 DONE = b"data: [DONE]\n\n"
+_DONE_EVENT = b"data: [DONE]"
 
 
 def sse_event(payload: Mapping[str, Any]) -> bytes:
@@ -43,6 +48,8 @@ class StreamAssembler:
         self._meta: dict[str, Any] = {}
         self._choices: dict[int, dict[str, Any]] = {}
         self._usage: dict[str, Any] | None = None
+        self._done = False
+        self._error: str | None = None
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
@@ -52,13 +59,18 @@ class StreamAssembler:
             if not line.startswith(b"data:"):
                 continue
             payload = line[5:].strip()
-            if payload == b"[DONE]" or not payload:
+            if payload == b"[DONE]":
+                self._done = True
                 continue
             try:
-                chunk = json.loads(payload)
+                chunk = json.loads(payload) if payload else None
             except ValueError:
                 continue
-            if isinstance(chunk, dict):
+            if isinstance(chunk, dict) and "error" in chunk:
+                error = chunk["error"]
+                message = error.get("message") if isinstance(error, dict) else error
+                self._error = str(message or "the stream carried an error event")
+            elif isinstance(chunk, dict):
                 self._absorb(chunk)
 
     def _absorb(self, chunk: dict[str, Any]) -> None:
@@ -95,8 +107,11 @@ class StreamAssembler:
                 message["finish_reason"] = choice["finish_reason"]
 
     def result(self) -> dict[str, Any]:
-        """The assembled response, shaped like a non-streamed chat.completion."""
+        """The assembled response, shaped like a non-streamed chat.completion; with an `error`
+        key when the stream broke (an error event, or no `[DONE]`)."""
         completion: dict[str, Any] = {"object": "chat.completion", **self._meta}
+        if self._error is not None or not self._done:
+            completion["error"] = self._error or "the stream ended before [DONE]"
         completion["choices"] = [self._choices[i] for i in sorted(self._choices)]
         for choice in completion["choices"]:
             choice["message"].setdefault("content", None)
@@ -141,8 +156,6 @@ class SSERelay:
             group.cancel_scope.cancel()
         if not self.completed:
             log.info("client disconnected mid-stream; upstream call cancelled")
-        elif self.on_complete is not None:
-            await self.on_complete()
 
     async def _relay(self, send: Send) -> None:
         await send(
@@ -158,9 +171,27 @@ class SSERelay:
             }
         )
         observe = self.observe
+        held = b""  # the final event, or bytes that may begin it, not yet sent
         async for chunk in self.stream.chunks:
             if observe is not None:
                 observe(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            ready, held = _hold_final_event(held + chunk)
+            if ready:
+                await send({"type": "http.response.body", "body": ready, "more_body": True})
+        if self.on_complete is not None:
+            with anyio.CancelScope(shield=True):  # what it stores must not be cut half-way
+                await self.on_complete()
+        await send({"type": "http.response.body", "body": held, "more_body": False})
         self.completed = True
+
+
+def _hold_final_event(data: bytes) -> tuple[bytes, bytes]:
+    """Split relayed bytes into what can go now and what is held: everything from the final
+    `data: [DONE]` event on, or a tail that may be the start of it (at most a few bytes)."""
+    done_at = data.find(_DONE_EVENT)
+    if done_at >= 0:
+        return data[:done_at], data[done_at:]
+    for size in range(min(len(_DONE_EVENT) - 1, len(data)), 0, -1):
+        if _DONE_EVENT.startswith(data[-size:]):
+            return data[:-size], data[-size:]
+    return data, b""

@@ -2,8 +2,12 @@
 write queue and the index outbox, through aiosqlite in WAL mode.
 
 One writer connection (writes are serialised by an asyncio lock, each write one transaction) and
-one reader connection, so reads on the request path never wait behind a write. Every memory
-query filters by tenant in SQL; the scope is part of each WHERE clause, not a later check.
+one reader connection, so reads on the request path never wait behind a write. The small writes
+every chat call makes (its request log and its queued exchange) are group-committed: those that
+arrive while a transaction is running share the next one, so under load a thousand calls cost a
+few fsyncs, not a thousand, and each caller still returns only once its own write is durable.
+Every memory query filters by tenant in SQL; the scope is part of each WHERE clause, not a later
+check.
 
 The schema is versioned with `PRAGMA user_version`; `MIGRATIONS` upgrades an older file in place
 at open, and a file from a newer release is refused with a message that says what to do.
@@ -14,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -342,6 +347,8 @@ class SQLiteDatabase:
         self._reader = reader
         self._write_lock = asyncio.Lock()
         self._lease_s = lease_s
+        self._group: list[tuple[_GroupedWrite, asyncio.Future[Any]]] = []
+        self._group_task: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -374,6 +381,8 @@ class SQLiteDatabase:
         return cls(path, writer, reader, lease_s=lease_s)
 
     async def close(self) -> None:
+        if self._group_task is not None:
+            await asyncio.shield(self._group_task)
         async with self._write_lock:
             await self._reader.close()
             await self._writer.close()
@@ -388,6 +397,40 @@ class SQLiteDatabase:
                 await self._writer.execute("ROLLBACK")
                 raise
             await self._writer.execute("COMMIT")
+
+    async def _grouped(self, write: _GroupedWrite) -> Any:
+        """Run `write` in the next group commit; return its result once that commit is durable.
+
+        A write that fails is rolled back to its own savepoint and raises for its caller alone;
+        a commit that fails (a full disk) raises for every write in the group. Cancelling the
+        caller does not cancel the write: it was accepted, so it is committed.
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._group.append((write, future))
+        if self._group_task is None:
+            self._group_task = asyncio.create_task(self._commit_groups(), name="sqlite-group")
+        return await asyncio.shield(future)
+
+    async def _commit_groups(self) -> None:
+        try:
+            while self._group:
+                group, self._group = self._group, []
+                results: list[tuple[bool, Any]] = []
+                try:
+                    async with self._transaction() as db:
+                        for write, _ in group:
+                            results.append(await _in_savepoint(db, write))
+                except Exception as exc:
+                    for _, future in group:
+                        future.set_exception(exc)
+                    continue
+                for (ok, value), (_, future) in zip(results, group, strict=True):
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+        finally:
+            self._group_task = None
 
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         async with self._reader.execute(sql, params) as cursor:
@@ -867,30 +910,7 @@ class SQLiteDatabase:
     # -- requests and feedback (RequestStore) --------------------------------------------------
 
     async def log_request(self, entry: RequestLog) -> None:
-        async with self._transaction() as db:
-            await db.execute(
-                "INSERT INTO requests (tenant_id, request_id, user_id, session_id, trace_id, "
-                "model, created_at, injected, written_case_id, reward, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (tenant_id, request_id) DO UPDATE SET user_id = excluded.user_id, "
-                "session_id = excluded.session_id, trace_id = excluded.trace_id, "
-                "model = excluded.model, injected = excluded.injected, "
-                "written_case_id = excluded.written_case_id, reward = excluded.reward, "
-                "status = excluded.status",
-                (
-                    entry.tenant_id,
-                    entry.request_id,
-                    entry.user_id,
-                    entry.session_id,
-                    entry.trace_id,
-                    entry.model,
-                    entry.created_at,
-                    _dumps(entry.injected),
-                    entry.written_case_id,
-                    entry.reward,
-                    entry.status,
-                ),
-            )
+        await self._grouped(partial(_insert_request, entry))
 
     async def get_request(self, tenant_id: str, request_id: str) -> RequestLog | None:
         rows = await self._fetchall(
@@ -969,16 +989,7 @@ class SQLiteDatabase:
     # -- write queue (WriteQueue) --------------------------------------------------------------
 
     async def enqueue(self, tenant_id: str, kind: str, payload: dict[str, Any]) -> int:
-        now = time.time()
-        async with self._transaction() as db:
-            cursor = await db.execute(
-                "INSERT INTO jobs (tenant_id, kind, payload, state, created_at, available_at) "
-                "VALUES (?, ?, ?, 'queued', ?, ?)",
-                (tenant_id, kind, _dumps(payload), now, now),
-            )
-            job_id = cursor.lastrowid
-        assert job_id is not None
-        return int(job_id)
+        return int(await self._grouped(partial(_insert_job, tenant_id, kind, _dumps(payload))))
 
     async def claim(self, worker: str, limit: int = 1) -> list[QueuedJob]:
         now = time.time()
@@ -1045,6 +1056,59 @@ class SQLiteDatabase:
                 "DELETE FROM jobs WHERE state = 'done' AND created_at < ?", (older_than,)
             )
             return int(cursor.rowcount)
+
+
+async def _insert_request(entry: RequestLog, db: aiosqlite.Connection) -> None:
+    await db.execute(
+        "INSERT INTO requests (tenant_id, request_id, user_id, session_id, trace_id, "
+        "model, created_at, injected, written_case_id, reward, status) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (tenant_id, request_id) DO UPDATE SET user_id = excluded.user_id, "
+        "session_id = excluded.session_id, trace_id = excluded.trace_id, "
+        "model = excluded.model, injected = excluded.injected, "
+        "written_case_id = excluded.written_case_id, reward = excluded.reward, "
+        "status = excluded.status",
+        (
+            entry.tenant_id,
+            entry.request_id,
+            entry.user_id,
+            entry.session_id,
+            entry.trace_id,
+            entry.model,
+            entry.created_at,
+            _dumps(entry.injected),
+            entry.written_case_id,
+            entry.reward,
+            entry.status,
+        ),
+    )
+
+
+async def _insert_job(tenant_id: str, kind: str, payload: str, db: aiosqlite.Connection) -> int:
+    now = time.time()
+    cursor = await db.execute(
+        "INSERT INTO jobs (tenant_id, kind, payload, state, created_at, available_at) "
+        "VALUES (?, ?, ?, 'queued', ?, ?)",
+        (tenant_id, kind, payload, now, now),
+    )
+    assert cursor.lastrowid is not None
+    return int(cursor.lastrowid)
+
+
+_GroupedWrite = Callable[[aiosqlite.Connection], Awaitable[Any]]
+
+
+async def _in_savepoint(db: aiosqlite.Connection, write: _GroupedWrite) -> tuple[bool, Any]:
+    """Run one grouped write; on failure undo it alone and return (False, the exception)."""
+    await db.execute("SAVEPOINT grouped_write")
+    try:
+        value = await write(db)
+    except Exception as exc:
+        await db.execute("ROLLBACK TO grouped_write")
+        await db.execute("RELEASE grouped_write")
+        return False, exc
+    await db.execute("RELEASE grouped_write")
+    return True, value
 
 
 def _status_of(changes: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,10 @@ the policy is fail-closed, and the span says why. The request and the memories i
 logged for feedback.
 
 Write path (`after_call` only enqueues; a worker runs `learn_from_exchange`): extract → verify
-evidence → sanitize → consolidate → write, each a span linked to the request's trace.
+evidence → sanitize → consolidate → write, each a span linked to the request's trace. The chat
+route awaits `after_call` before the client has the whole answer, so an answered exchange is in the
+durable queue (group-committed with other calls' writes) and its request log can be found by
+feedback the moment the client reads the response.
 """
 
 from __future__ import annotations
@@ -180,12 +183,12 @@ class MemoryPipeline:
         if access.scope is None or access.mode == "off":
             return PreparedCall(body=ctx.body, state=state)
         if not access.reads:
-            self._log_request(ctx, access.scope, [])
+            state["logged"] = self._log_request(ctx, access.scope, [])
             return PreparedCall(body=ctx.body, state=state)
         policy = ctx.policy
         ranked = await self._retrieve_in_time(ctx, access)
         if ranked is None:
-            self._log_request(ctx, access.scope, [], status="memory_failed")
+            state["logged"] = self._log_request(ctx, access.scope, [], status="memory_failed")
             return PreparedCall(body=ctx.body, state=state)
         with tracer.start_as_current_span("memento.budget") as span:
             encoding_name = encoding_name_for(ctx.route.model)
@@ -204,7 +207,7 @@ class MemoryPipeline:
                 "memento.budget.dropped_ids", json_attr([[i.record.id, r] for i, r in plan.dropped])
             )
         if not plan.selected:
-            self._log_request(ctx, access.scope, [])
+            state["logged"] = self._log_request(ctx, access.scope, [])
             return PreparedCall(body=ctx.body, state=state)
         with tracer.start_as_current_span("memento.inject") as span:
             block = render_block(plan.selected)
@@ -216,7 +219,7 @@ class MemoryPipeline:
                 span.set_attribute("memento.memory.block", captured)
         injected = [_injected_entry(rank, item) for rank, item in enumerate(plan.selected)]
         state["injected"] = [{"id": i.record.id, "text": i.record.text} for i in plan.selected]
-        self._log_request(ctx, access.scope, injected)
+        state["logged"] = self._log_request(ctx, access.scope, injected)
         return PreparedCall(body=body, injected_count=len(plan.selected), changed=True, state=state)
 
     async def _retrieve_in_time(
@@ -263,8 +266,9 @@ class MemoryPipeline:
 
     def _log_request(
         self, ctx: CallContext, scope: Scope, injected: list[dict[str, Any]], status: str = "ok"
-    ) -> None:
-        """Record the request (off the critical path; feedback and traces join on it)."""
+    ) -> asyncio.Task[None]:
+        """Start recording the request (feedback and traces join on it) while the call goes
+        upstream; `after_call` waits for it before the client has the answer."""
         entry = RequestLog(
             request_id=ctx.request_id,
             tenant_id=scope.tenant_id,
@@ -279,6 +283,7 @@ class MemoryPipeline:
         task = asyncio.create_task(self._write_log(entry))
         self._pending_logs.add(task)
         task.add_done_callback(self._pending_logs.discard)
+        return task
 
     async def _write_log(self, entry: RequestLog) -> None:
         try:
@@ -291,11 +296,14 @@ class MemoryPipeline:
     async def after_call(
         self, ctx: CallContext, prepared: PreparedCall, response: dict[str, Any]
     ) -> None:
+        logged = prepared.state.get("logged")
+        if isinstance(logged, asyncio.Task):
+            await asyncio.shield(logged)  # feedback sent right after the answer must find it
         access = prepared.state.get("access")
         if not isinstance(access, MemoryAccess) or not access.writes or access.scope is None:
             return
         if "error" in response or not response.get("choices"):
-            return  # the call failed: nothing was said back, nothing to learn
+            return  # the call failed or the stream broke: only complete exchanges teach
         scope = access.scope
         payload = {
             "request_id": ctx.request_id,

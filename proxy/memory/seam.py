@@ -1,8 +1,9 @@
 """Where the memory pipeline meets the chat route.
 
 The route authenticates, validates and resolves the model, then asks the hooks to prepare the
-call (retrieve, budget, inject) and, once the response has gone to the client, hands them the
-finished exchange (extract, sanitize, consolidate, write: queued, never delaying the response).
+call (retrieve, budget, inject) and, once the upstream has answered and before the client has the
+whole answer, hands them the finished exchange to queue durably (extract, sanitize, consolidate
+and write run later, off the request path).
 `NoMemory` is the pass-through used when memory is disabled.
 """
 
@@ -53,9 +54,11 @@ class MemoryHooks(Protocol):
     async def after_call(
         self, ctx: CallContext, prepared: PreparedCall, response: dict[str, Any]
     ) -> None:
-        """Queue the finished exchange (a chat.completion-shaped dict, streamed ones assembled).
+        """Queue the finished exchange (a chat.completion-shaped dict, streamed ones assembled;
+        one with an `error` key, such as a stream that broke, is not learned from).
 
-        Called after the response has been sent; must only enqueue durably and return.
+        Called before the client has the complete answer (a stream's final event is held until
+        this returns), so an answered exchange is never lost: enqueue durably and return.
         """
         ...
 

@@ -54,3 +54,35 @@ async def test_queue_survives_restart(tmp_path: Path, local_embedder: LocalEmbed
         assert (job.id, job.payload) == (job_id, {"n": 1})
     finally:
         await store.close()
+
+
+async def test_concurrent_writes_share_commits_and_are_each_durable(
+    tmp_path: Path, local_embedder: LocalEmbedder
+) -> None:
+    """Writes that arrive together are group-committed, and every caller gets its own row back."""
+    store = await open_embedded_store(tmp_path, local_embedder)
+    commits = 0
+    real_execute = store.db._writer.execute
+
+    async def counting_execute(sql: str, *args: object) -> object:
+        nonlocal commits
+        commits += sql == "COMMIT"
+        return await real_execute(sql, *args)
+
+    store.db._writer.execute = counting_execute  # type: ignore[method-assign]
+    try:
+        ids = await asyncio.gather(
+            *(store.enqueue("acme", "exchange", {"n": n}) for n in range(200))
+        )
+        assert len(set(ids)) == 200
+        assert commits < 20  # 200 writes, a handful of commits
+    finally:
+        store.db._writer.execute = real_execute  # type: ignore[method-assign]
+        await store.close()
+    store = await open_embedded_store(tmp_path, local_embedder)
+    try:
+        jobs = await store.claim("w1", limit=500)
+        assert sorted(job.payload["n"] for job in jobs) == list(range(200))
+        assert {job.id for job in jobs} == set(ids)
+    finally:
+        await store.close()
