@@ -29,7 +29,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.auth import authenticate
-from proxy.errors import ProxyError, internal_error, model_not_found
+from proxy.errors import ProxyError, insufficient_storage, internal_error, model_not_found
 from proxy.memory.pipeline import MemoryPipeline
 from proxy.memory.seam import CallContext, MemoryHooks, MemoryUnavailable, NoMemory, PreparedCall
 from proxy.policy import ModelRoute, Policy
@@ -56,6 +56,7 @@ from proxy.tracing import (
 from proxy.ui.pages import routes as ui_routes
 from proxy.upstream import Target, Upstreams, import_litellm, is_passthrough
 from proxy.validation import read_json_body, validate_chat, validate_embeddings
+from storage.api import StorageFull
 from storage.spans import open_span_store
 
 log = logging.getLogger("memento.proxy")
@@ -117,6 +118,11 @@ def _http_exception(request: Request, exc: Exception) -> Response:
 def _proxy_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProxyError)
     return exc.to_response()
+
+
+def _storage_full(request: Request, exc: Exception) -> Response:
+    log.error("request %s: storage full: %s", request_id_of(request), exc)
+    return insufficient_storage().to_response()
 
 
 class ChatService:
@@ -428,7 +434,11 @@ def build_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={ProxyError: _proxy_error, HTTPException: _http_exception},
+        exception_handlers={
+            ProxyError: _proxy_error,
+            HTTPException: _http_exception,
+            StorageFull: _storage_full,
+        },
     )
     app.add_middleware(RequestIdMiddleware)
     app.state.settings = settings

@@ -82,3 +82,14 @@ def internal_error(request_id: str) -> ProxyError:
         type="api_error",
         code="internal_error",
     )
+
+
+def insufficient_storage() -> ProxyError:
+    """A write the server could not keep (its disk is full): nothing was written."""
+    return ProxyError(
+        507,
+        "The proxy's storage is full, so this write was not made. Nothing was written; retry "
+        "once the operator has freed space (GET /readyz says when writes work again).",
+        type="api_error",
+        code="insufficient_storage",
+    )

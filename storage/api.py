@@ -24,6 +24,11 @@ from storage.records import (
 )
 
 
+class StorageFull(RuntimeError):
+    """The disk has no room for a write, which was not made. Reads go on working, and writes
+    succeed again as soon as space is freed, without a restart."""
+
+
 class Embedder(Protocol):
     """Turns texts into unit-length vectors. Implementations run CPU work off the event loop."""
 

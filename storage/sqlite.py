@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from typing import Any
 
 import aiosqlite
 
+from storage.api import StorageFull
 from storage.records import (
     MEMORY_KINDS,
     MEMORY_STATUSES,
@@ -389,14 +391,22 @@ class SQLiteDatabase:
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction. Anything that fails, the COMMIT included (a full disk fails
+        there), rolls it back, so the connection is ready for the next write."""
         async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
             try:
-                yield self._writer
-            except BaseException:
-                await self._writer.execute("ROLLBACK")
+                await self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._writer
+                    await self._writer.execute("COMMIT")
+                except BaseException:
+                    if self._writer.in_transaction:
+                        await self._writer.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL:
+                    raise StorageFull(f"{self.path}: {exc}") from exc
                 raise
-            await self._writer.execute("COMMIT")
 
     async def _grouped(self, write: _GroupedWrite) -> Any:
         """Run `write` in the next group commit; return its result once that commit is durable.

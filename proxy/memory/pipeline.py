@@ -28,6 +28,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from proxy.errors import bad_request
+from proxy.memory.backlog import HeldJob, QueueBacklog
 from proxy.memory.budget import (
     available_tokens,
     context_window,
@@ -109,6 +110,7 @@ class MemoryPipeline:
         self._owns_store = store is None
         self._workers = workers  # write-path workers of this process; 0 only queues
         self._pool: WritePool | None = None
+        self._backlog: QueueBacklog | None = None
         self._learner: Learner | None = None
         self._pending_logs: set[asyncio.Task[None]] = set()
 
@@ -117,6 +119,13 @@ class MemoryPipeline:
         if self._store is None:
             raise RuntimeError("the memory pipeline is not started")
         return self._store
+
+    @property
+    def backlog(self) -> QueueBacklog:
+        """Answered exchanges waiting in memory for the queue to accept writes again."""
+        if self._backlog is None:
+            self._backlog = QueueBacklog(self.store)
+        return self._backlog
 
     @property
     def learner(self) -> Learner:
@@ -158,6 +167,8 @@ class MemoryPipeline:
     async def aclose(self, drain_timeout_s: float = 10.0) -> None:
         """Drain the write queue (bounded), stop the workers, close the store."""
         await self.flush_request_logs()
+        if self._backlog is not None:
+            await self._backlog.aclose()
         if self._pool is not None:
             await self._pool.stop(drain_timeout_s)
             self._pool = None
@@ -317,7 +328,13 @@ class MemoryPipeline:
             "span_id": ctx.span_id,
             "created_at": time.time(),
         }
-        await self.store.enqueue(scope.tenant_id, EXCHANGE_JOB, payload)
+        try:
+            await self.store.enqueue(scope.tenant_id, EXCHANGE_JOB, payload)
+        except Exception as exc:  # the answer still goes out; the exchange waits in memory
+            log.warning("queueing request %s failed, held in memory: %s", ctx.request_id, exc)
+            trace.get_current_span().set_attribute("memento.memory.exchange_held", True)
+            self.backlog.hold(HeldJob(scope.tenant_id, EXCHANGE_JOB, payload), exc)
+            return
         if self._pool is not None:
             self._pool.notify()
 
