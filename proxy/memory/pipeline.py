@@ -267,6 +267,7 @@ class MemoryPipeline:
         """Record the request (off the critical path; feedback and traces join on it)."""
         entry = RequestLog(
             request_id=ctx.request_id,
+            client_request_id=ctx.client_request_id,
             tenant_id=scope.tenant_id,
             user_id=scope.user_id,
             session_id=scope.session_id,
