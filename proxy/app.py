@@ -82,7 +82,7 @@ def new_request_id() -> str:
     return f"req_{uuid.uuid4().hex}"
 
 
-def client_request_id(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+def client_request_id_from(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
     """The client's own id for the call: `x-client-request-id`, else `x-request-id` (what many
     clients send), when it is 1-128 characters of letters, digits and `._:-`; else None."""
     sent = dict(headers)
@@ -111,7 +111,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = new_request_id()
-        client_id = client_request_id(scope["headers"])
+        client_id = client_request_id_from(scope["headers"])
         state = scope.setdefault("state", {})
         state["request_id"], state["client_request_id"] = request_id, client_id
         headers = [(b"x-request-id", request_id.encode())]
