@@ -62,17 +62,47 @@ from storage.spans import open_span_store
 log = logging.getLogger("memento.proxy")
 _tracer = trace.get_tracer("memento.proxy")
 
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# What a client may send as its own id: echoed back and searchable, never used as ours.
+CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+CLIENT_REQUEST_ID_HEADERS = (b"x-client-request-id", b"x-request-id")
 
 
 def request_id_of(request: Request) -> str:
+    """The proxy's own id of this call (`x-request-id` on the response): unique, ours."""
     rid: str = request.scope["state"]["request_id"]
     return rid
 
 
+def client_request_id_of(request: Request) -> str | None:
+    """The client's correlation id of this call, if it sent a sane one."""
+    cid: str | None = request.scope["state"].get("client_request_id")
+    return cid
+
+
+def new_request_id() -> str:
+    return f"req_{uuid.uuid4().hex}"
+
+
+def client_request_id_from(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """The client's own id for the call: `x-client-request-id`, else `x-request-id` (what many
+    clients send), when it is 1-128 characters of letters, digits and `._:-`; else None."""
+    sent = dict(headers)
+    for name in CLIENT_REQUEST_ID_HEADERS:
+        given = sent.get(name, b"").decode("latin-1")
+        if CLIENT_REQUEST_ID.match(given):
+            return given
+    return None
+
+
 class RequestIdMiddleware:
-    """Gives every request an id (the client's `x-request-id` when it is sane) and puts it on
-    every response; turns any unexpected exception into an OpenAI-shaped 500 carrying that id."""
+    """Gives every request the proxy's own unique id and puts it on every response
+    (`x-request-id`); keeps a client's id as a correlation id, echoed in
+    `x-client-request-id`; turns any unexpected exception into an OpenAI-shaped 500 carrying
+    the proxy's id.
+
+    A client's id is never the request's id: two calls may send the same one (a reused id, two
+    users of one app), and the request log, feedback and traces must never merge them.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -81,19 +111,20 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode(
-            "latin-1"
-        )
-        request_id = given if REQUEST_ID.match(given) else f"req_{uuid.uuid4().hex}"
-        scope.setdefault("state", {})["request_id"] = request_id
-        header = (b"x-request-id", request_id.encode())
+        request_id = new_request_id()
+        client_id = client_request_id_from(scope["headers"])
+        state = scope.setdefault("state", {})
+        state["request_id"], state["client_request_id"] = request_id, client_id
+        headers = [(b"x-request-id", request_id.encode())]
+        if client_id is not None:
+            headers.append((b"x-client-request-id", client_id.encode()))
         started = False
 
         async def send_with_id(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                message["headers"] = [*message.get("headers", []), header]
+                message["headers"] = [*message.get("headers", []), *headers]
             await send(message)
 
         try:
@@ -174,7 +205,7 @@ class ChatService:
 
     async def chat(self, request: Request) -> Response | EndSpansAfter:
         """The call inside its `memento.request` span (ended after a stream, for streams)."""
-        root = start_request_span(request_id_of(request))
+        root = start_request_span(request_id_of(request), client_request_id_of(request))
         try:
             with trace.use_span(
                 root, end_on_exit=False, record_exception=False, set_status_on_exception=False
@@ -201,6 +232,7 @@ class ChatService:
         headers = request.headers
         ctx = CallContext(
             request_id=request_id_of(request),
+            client_request_id=client_request_id_of(request),
             policy=policy,
             model_alias=alias,
             route=route,

@@ -40,6 +40,7 @@ from opentelemetry.trace import Link, SpanContext, TraceFlags
 from proxy.policy import Policy, TracingPolicy
 from storage.api import SpanStore
 from storage.records import SpanRow
+from storage.spans import CLIENT_REQUEST_ID_ATTR
 
 log = logging.getLogger("memento.tracing")
 
@@ -425,13 +426,13 @@ def retention_from(policies: _PolicySource) -> RetentionLookup:
 _tracer = trace.get_tracer(TRACER_NAME)
 
 
-def start_request_span(request_id: str) -> trace.Span:
-    """The root span of one call; its trace id is what later write-path work links to."""
-    return _tracer.start_span(
-        "memento.request",
-        kind=trace.SpanKind.SERVER,
-        attributes={"memento.request_id": request_id},
-    )
+def start_request_span(request_id: str, client_request_id: str | None = None) -> trace.Span:
+    """The root span of one call; its trace id is what later write-path work links to. The
+    client's own id, when it sent one, is an attribute to search by, never the request's id."""
+    attributes = {"memento.request_id": request_id}
+    if client_request_id is not None:
+        attributes[CLIENT_REQUEST_ID_ATTR] = client_request_id
+    return _tracer.start_span("memento.request", kind=trace.SpanKind.SERVER, attributes=attributes)
 
 
 def start_upstream_span(alias: str, model: str, passthrough: bool) -> trace.Span:

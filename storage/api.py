@@ -124,9 +124,17 @@ class MemoryStore(Protocol):
 class RequestStore(Protocol):
     """Which memories each request used, and the feedback it received."""
 
-    async def log_request(self, entry: RequestLog) -> None: ...
+    async def log_request(self, entry: RequestLog) -> None:
+        """Log one call; an id the tenant already logged is refused, never merged."""
+        ...
 
-    async def get_request(self, tenant_id: str, request_id: str) -> RequestLog | None: ...
+    async def get_request(self, tenant_id: str, request_id: str) -> RequestLog | None:
+        """The call with this proxy request id (the response's x-request-id)."""
+        ...
+
+    async def requests_by_client_id(self, tenant_id: str, client_request_id: str) -> list[str]:
+        """Proxy request ids of the calls a client sent this id of its own with."""
+        ...
 
     async def set_request(self, tenant_id: str, request_id: str, **changes: Any) -> None: ...
 
@@ -163,9 +171,15 @@ class SpanStore(Protocol):
         ...
 
     async def list_traces(
-        self, tenant_id: str, *, limit: int = 50, user_id: str | None = None
+        self,
+        tenant_id: str,
+        *,
+        limit: int = 50,
+        user_id: str | None = None,
+        client_request_id: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Newest first: request_id, trace_id, user, model, start, duration, status, counts."""
+        """Newest first: request_id, client_request_id, trace_id, user, model, start,
+        duration, status, counts; only those a client sent `client_request_id` with, if given."""
         ...
 
     async def get_trace(self, tenant_id: str, request_id: str) -> list[SpanRow]: ...

@@ -141,7 +141,11 @@ class SearchHit:
 
 @dataclass
 class RequestLog:
-    """One proxied call: what the feedback endpoint and traces join on."""
+    """One proxied call: what the feedback endpoint and traces join on.
+
+    `request_id` is the proxy's own id, unique per tenant; `client_request_id` is whatever id the
+    client sent, which any number of calls may share.
+    """
 
     request_id: str
     tenant_id: str
@@ -154,6 +158,7 @@ class RequestLog:
     written_case_id: str | None = None
     reward: float | None = None
     status: str = "ok"
+    client_request_id: str | None = None  # the client's own id for the call, if it sent one
 
 
 @dataclass

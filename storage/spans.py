@@ -21,7 +21,10 @@ import aiosqlite
 from storage.records import SpanRow
 
 REQUEST_SPAN = "memento.request"
+CLIENT_REQUEST_ID_ATTR = "memento.client_request_id"  # on the request span, when a client sent one
 TRACES_FILE = "traces.db"
+# The same expression in the index and in every query, so SQLite uses the index.
+_CLIENT_ID_SQL = f"json_extract(attributes, '$.\"{CLIENT_REQUEST_ID_ATTR}\"')"
 
 _SCHEMA_VERSION = 1
 _SCHEMA = f"""
@@ -44,6 +47,8 @@ CREATE TABLE IF NOT EXISTS spans (
 );
 CREATE INDEX IF NOT EXISTS spans_by_request ON spans (tenant_id, request_id, start_ns);
 CREATE INDEX IF NOT EXISTS spans_request_roots ON spans (tenant_id, start_ns)
+    WHERE name = '{REQUEST_SPAN}';
+CREATE INDEX IF NOT EXISTS spans_by_client_request ON spans ({_CLIENT_ID_SQL})
     WHERE name = '{REQUEST_SPAN}';
 CREATE INDEX IF NOT EXISTS spans_by_link ON spans (linked_trace_id)
     WHERE linked_trace_id IS NOT NULL;
@@ -120,17 +125,27 @@ class SQLiteSpanStore:
             db.execute("COMMIT")
 
     async def list_traces(
-        self, tenant_id: str, *, limit: int = 50, user_id: str | None = None
+        self,
+        tenant_id: str,
+        *,
+        limit: int = 50,
+        user_id: str | None = None,
+        client_request_id: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Newest first: request_id, trace_id, user, model, start, duration, status, counts."""
-        sql = (
-            f"SELECT {_COLUMNS} FROM spans WHERE tenant_id = ? AND name = ?"
-            + (" AND user_id = ?" if user_id is not None else "")
-            + " ORDER BY start_ns DESC LIMIT ?"
-        )
+        """Newest first: request_id, client_request_id, trace_id, user, model, start, duration,
+        status, counts. `client_request_id` keeps the requests a client sent that id with."""
+        where = ["tenant_id = ?", "name = ?"]
         params: list[Any] = [tenant_id, REQUEST_SPAN]
+        if client_request_id is not None:
+            # A client's id names few requests: find them by it, not by the tenant's newest.
+            where[0] = "+tenant_id = ?"
+            where.append(f"{_CLIENT_ID_SQL} = ?")
+            params.append(client_request_id)
         if user_id is not None:
+            where.append("user_id = ?")
             params.append(user_id)
+        sql = f"SELECT {_COLUMNS} FROM spans WHERE {' AND '.join(where)}"
+        sql += " ORDER BY start_ns DESC LIMIT ?"
         params.append(max(0, limit))
         async with self._db.execute(sql, params) as cursor:
             roots = [_to_row(row) for row in await cursor.fetchall()]
@@ -213,14 +228,25 @@ class SQLiteSpanStore:
                 return deleted
 
     async def request_tenants(self, request_id: str) -> list[str]:
-        """Tenants with spans for this request id (operator look-up; ids may repeat across
-        tenants because clients can send their own x-request-id)."""
+        """Tenants with spans for this request id (operator look-up across tenants; the
+        proxy's ids are unique, but a file may hold traces from releases that took the
+        client's x-request-id as the request's id)."""
         async with self._db.execute(
             "SELECT DISTINCT tenant_id FROM spans WHERE request_id = ? AND tenant_id != ''"
             " ORDER BY tenant_id",
             (request_id,),
         ) as cursor:
             return [row[0] for row in await cursor.fetchall()]
+
+    async def client_requests(self, client_request_id: str) -> list[tuple[str, str]]:
+        """(tenant, request id) of every request a client sent this id with, in every tenant,
+        oldest first (operator look-up: `memento-proxy trace` given a client's id)."""
+        async with self._db.execute(
+            f"SELECT tenant_id, request_id FROM spans WHERE name = ? AND {_CLIENT_ID_SQL} = ?"
+            " AND tenant_id != '' AND request_id IS NOT NULL ORDER BY start_ns",
+            (REQUEST_SPAN, client_request_id),
+        ) as cursor:
+            return [(row[0], row[1]) for row in await cursor.fetchall()]
 
     async def tenants(self) -> list[str]:
         """Tenants that have spans stored (what retention has to visit)."""
@@ -367,6 +393,7 @@ def _summary(root: SpanRow, counts: dict[str, Any]) -> dict[str, Any]:
     attrs = root.attributes
     return {
         "request_id": root.request_id,
+        "client_request_id": attrs.get(CLIENT_REQUEST_ID_ATTR),
         "trace_id": root.trace_id,
         "user": root.user_id,
         "model": attrs.get("gen_ai.request.model"),

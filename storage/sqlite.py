@@ -45,6 +45,11 @@ class SchemaTooNewError(RuntimeError):
     """The database was written by a newer release than this one."""
 
 
+class DuplicateRequestError(ValueError):
+    """A request id already logged for the tenant: one call's log is never merged into
+    another's, so a second entry under the same id is refused."""
+
+
 _KINDS_SQL = ", ".join(f"'{kind}'" for kind in MEMORY_KINDS)
 _STATUSES_SQL = ", ".join(f"'{status}'" for status in MEMORY_STATUSES)
 
@@ -168,6 +173,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE index_outbox ADD COLUMN tenant_id TEXT;
     """,
+    # 4: the id a client sent with a call, kept apart from the proxy's own request id (any
+    # number of calls may share it), and found by it.
+    """
+    ALTER TABLE requests ADD COLUMN client_request_id TEXT;
+    CREATE INDEX requests_client ON requests (tenant_id, client_request_id)
+        WHERE client_request_id IS NOT NULL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _OUTBOX_INSERT = "INSERT INTO index_outbox (memory_id, tenant_id, enqueued_at) VALUES (?, ?, ?)"
@@ -223,6 +235,21 @@ _RECORD_COLUMNS = (
     "model",
 )
 _SELECT_RECORD = ", ".join(_RECORD_COLUMNS)
+_REQUEST_COLUMN_NAMES = (
+    "request_id",
+    "tenant_id",
+    "user_id",
+    "session_id",
+    "trace_id",
+    "model",
+    "created_at",
+    "injected",
+    "written_case_id",
+    "reward",
+    "status",
+    "client_request_id",
+)
+_REQUEST_COLUMNS = ", ".join(_REQUEST_COLUMN_NAMES)
 
 # What `update` may change. Identity, scope and creation time never change.
 UPDATABLE_FIELDS = frozenset(
@@ -920,31 +947,33 @@ class SQLiteDatabase:
     # -- requests and feedback (RequestStore) --------------------------------------------------
 
     async def log_request(self, entry: RequestLog) -> None:
-        await self._grouped(partial(_insert_request, entry))
+        """Log one call. Raises DuplicateRequestError when the tenant already has a request
+        with this id: the entry belongs to another call, and merging them would let one
+        call's feedback move the memories of the other."""
+        try:
+            await self._grouped(partial(_insert_request, entry))
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateRequestError(
+                f"request {entry.request_id!r} of tenant {entry.tenant_id!r} is already logged; "
+                "request ids must be unique per tenant"
+            ) from exc
 
     async def get_request(self, tenant_id: str, request_id: str) -> RequestLog | None:
         rows = await self._fetchall(
-            "SELECT request_id, tenant_id, user_id, session_id, trace_id, model, created_at, "
-            "injected, written_case_id, reward, status FROM requests "
-            "WHERE tenant_id = ? AND request_id = ?",
+            f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE tenant_id = ? AND request_id = ?",
             (tenant_id, request_id),
         )
-        if not rows:
-            return None
-        row = rows[0]
-        return RequestLog(
-            request_id=row[0],
-            tenant_id=row[1],
-            user_id=row[2],
-            session_id=row[3],
-            trace_id=row[4],
-            model=row[5],
-            created_at=row[6],
-            injected=json.loads(row[7]),
-            written_case_id=row[8],
-            reward=row[9],
-            status=row[10],
+        return _request_from_row(rows[0]) if rows else None
+
+    async def requests_by_client_id(self, tenant_id: str, client_request_id: str) -> list[str]:
+        """Ids of the tenant's logged requests a client sent `client_request_id` with, oldest
+        first (a client's id may name any number of calls)."""
+        rows = await self._fetchall(
+            "SELECT request_id FROM requests WHERE tenant_id = ? AND client_request_id = ? "
+            "ORDER BY created_at",
+            (tenant_id, client_request_id),
         )
+        return [str(row[0]) for row in rows]
 
     _REQUEST_FIELDS = frozenset(
         {
@@ -1068,19 +1097,19 @@ class SQLiteDatabase:
             return int(cursor.rowcount)
 
 
+def _request_from_row(row: Sequence[Any]) -> RequestLog:
+    values = dict(zip(_REQUEST_COLUMN_NAMES, row, strict=True))
+    values["injected"] = json.loads(values["injected"])
+    return RequestLog(**values)
+
+
 async def _insert_request(entry: RequestLog, db: aiosqlite.Connection) -> None:
     await db.execute(
-        "INSERT INTO requests (tenant_id, request_id, user_id, session_id, trace_id, "
-        "model, created_at, injected, written_case_id, reward, status) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (tenant_id, request_id) DO UPDATE SET user_id = excluded.user_id, "
-        "session_id = excluded.session_id, trace_id = excluded.trace_id, "
-        "model = excluded.model, injected = excluded.injected, "
-        "written_case_id = excluded.written_case_id, reward = excluded.reward, "
-        "status = excluded.status",
+        f"INSERT INTO requests ({_REQUEST_COLUMNS}) "
+        f"VALUES ({_placeholders(len(_REQUEST_COLUMN_NAMES))})",
         (
-            entry.tenant_id,
             entry.request_id,
+            entry.tenant_id,
             entry.user_id,
             entry.session_id,
             entry.trace_id,
@@ -1090,6 +1119,7 @@ async def _insert_request(entry: RequestLog, db: aiosqlite.Connection) -> None:
             entry.written_case_id,
             entry.reward,
             entry.status,
+            entry.client_request_id,
         ),
     )
 

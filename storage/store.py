@@ -555,6 +555,9 @@ class EmbeddedStore:
     async def set_request(self, tenant_id: str, request_id: str, **changes: Any) -> None:
         await self.db.set_request(tenant_id, request_id, **changes)
 
+    async def requests_by_client_id(self, tenant_id: str, client_request_id: str) -> list[str]:
+        return await self.db.requests_by_client_id(tenant_id, client_request_id)
+
     async def record_feedback(
         self, tenant_id: str, request_id: str, source: str, reward: float, comment: str | None
     ) -> float | None:

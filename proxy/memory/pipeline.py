@@ -282,6 +282,7 @@ class MemoryPipeline:
         upstream; `after_call` waits for it before the client has the answer."""
         entry = RequestLog(
             request_id=ctx.request_id,
+            client_request_id=ctx.client_request_id,
             tenant_id=scope.tenant_id,
             user_id=scope.user_id,
             session_id=scope.session_id,

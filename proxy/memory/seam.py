@@ -34,6 +34,7 @@ class CallContext:
     stream: bool
     trace_id: str | None = None  # hex ids of the request's root span, for linking later work
     span_id: str | None = None
+    client_request_id: str | None = None  # the client's own id: a correlation id, not ours
 
 
 @dataclass

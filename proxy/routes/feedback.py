@@ -3,6 +3,11 @@
 The reward updates the utility Q of every memory injected into that request (and the outcome of
 the case the request wrote). One reward counts per request: sending it again replaces it.
 Unknown request ids, and those of another tenant, are 404.
+
+`request_id` is the proxy's own id of the call, the `x-request-id` of its response. An id the
+client chose (sent as `x-client-request-id` or `x-request-id`) is refused with a 400 saying so,
+even when it names a single call: any number of calls may share it, including calls made without
+memory that left no request log, so resolving it could reward the wrong user's memories.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from proxy.errors import ProxyError, bad_request
 from proxy.memory.learn import InvalidFeedback, reward_from
 from proxy.routes.memories import pipeline_of
 from proxy.validation import read_json_body
+from storage.api import RequestStore
 
 MAX_COMMENT = 2000
 
@@ -43,6 +49,7 @@ async def post_feedback(request: Request) -> Response:
         policy.tenant, request_id, reward, policy.memory.feedback, comment=comment
     )
     if result is None:
+        await refuse_client_request_id(pipeline.store, policy.tenant, request_id)
         raise ProxyError(
             404,
             f"No request {request_id!r} for this key's tenant. Use the x-request-id of a chat "
@@ -51,6 +58,21 @@ async def post_feedback(request: Request) -> Response:
             code="request_not_found",
         )
     return JSONResponse(result.as_dict())
+
+
+async def refuse_client_request_id(requests: RequestStore, tenant_id: str, given: str) -> None:
+    """A 400 when `given` is not a request id but an id a client sent with its calls."""
+    named = await requests.requests_by_client_id(tenant_id, given)
+    if named:
+        calls = "1 call" if len(named) == 1 else f"{len(named)} calls"
+        raise bad_request(
+            f"{given!r} is a client request id (sent with {calls} as x-client-request-id or "
+            "x-request-id), not the proxy's id of a call. Send the x-request-id header of the "
+            "chat response you are rating (it starts with req_); GET "
+            "/v1/traces?client_request_id=... lists the calls sent with a client id.",
+            param="request_id",
+            code="client_request_id_given",
+        )
 
 
 def feedback_routes() -> list[BaseRoute]:

@@ -1,5 +1,9 @@
 """The trace API: `GET /v1/traces` and `GET /v1/traces/{request_id}`, scoped to the caller's tenant.
 
+A trace is named by the proxy's request id (the response's `x-request-id`); the id a client sent
+(`x-client-request-id`) is an attribute of the request span, searched with
+`GET /v1/traces?client_request_id=...`, which lists every call sent with it.
+
 `trace_document` turns one request's stored spans into the shape every view shares: this JSON,
 the `/ui/` page and `memento-proxy trace`. The spans form a tree in display order: the request's
 own trace first, then the later write-path traces linked to it.
@@ -19,7 +23,7 @@ from proxy.auth import authenticate
 from proxy.errors import ProxyError, bad_request
 from storage.api import SpanStore
 from storage.records import SpanRow
-from storage.spans import REQUEST_SPAN
+from storage.spans import CLIENT_REQUEST_ID_ATTR, REQUEST_SPAN
 
 MAX_LIST_LIMIT = 500
 DEFAULT_LIST_LIMIT = 50
@@ -58,7 +62,8 @@ def trace_not_found(request_id: str) -> ProxyError:
         404,
         f"No trace for request id '{request_id}' in this tenant. Request ids come from the "
         "x-request-id response header; traces appear within a second or two and are kept for "
-        "the policy's tracing.retention_days.",
+        "the policy's tracing.retention_days. An id your client sent (x-client-request-id) "
+        "is searched with GET /v1/traces?client_request_id=ID.",
         param="request_id",
         code="trace_not_found",
     )
@@ -68,7 +73,10 @@ async def list_traces(request: Request) -> Response:
     policy = authenticate(request)
     limit = parse_limit(request.query_params.get("limit"))
     user = request.query_params.get("user") or None
-    data = await span_store_of(request).list_traces(policy.tenant, limit=limit, user_id=user)
+    client_id = request.query_params.get("client_request_id") or None
+    data = await span_store_of(request).list_traces(
+        policy.tenant, limit=limit, user_id=user, client_request_id=client_id
+    )
     return JSONResponse({"object": "list", "data": data})
 
 
@@ -96,6 +104,7 @@ def trace_document(request_id: str, rows: Sequence[SpanRow]) -> dict[str, Any]:
     return {
         "object": "trace",
         "request_id": request_id,
+        "client_request_id": root.attributes.get(CLIENT_REQUEST_ID_ATTR),
         "trace_id": root.trace_id,
         "user": root.user_id,
         "model": root.attributes.get("gen_ai.request.model"),

@@ -92,12 +92,22 @@ async def index(request: Request) -> Response:
     if policy is None:
         return render("login.html", error=None)
     user = request.query_params.get("user") or None
+    client_id = request.query_params.get("client_request_id") or None
     try:
         limit = parse_limit(request.query_params.get("limit"))
     except ProxyError as exc:
         return render("error.html", status=400, tenant=policy.tenant, message=exc.message)
-    traces = await span_store_of(request).list_traces(policy.tenant, limit=limit, user_id=user)
-    return render("list.html", tenant=policy.tenant, traces=traces, user=user or "", limit=limit)
+    traces = await span_store_of(request).list_traces(
+        policy.tenant, limit=limit, user_id=user, client_request_id=client_id
+    )
+    return render(
+        "list.html",
+        tenant=policy.tenant,
+        traces=traces,
+        user=user or "",
+        client_request_id=client_id or "",
+        limit=limit,
+    )
 
 
 async def request_page(request: Request) -> Response:

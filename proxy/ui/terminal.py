@@ -1,7 +1,9 @@
-"""`memento-proxy trace <request_id>`: one request's trace as a tree in the terminal.
+"""`memento-proxy trace <id>`: one request's trace as a tree in the terminal.
 
 Reads the span store of the same data directory `serve` uses (`--data-dir` or
-`MEMENTO_DATA_DIR`) and prints what `GET /v1/traces/{request_id}` returns, as a tree.
+`MEMENTO_DATA_DIR`) and prints what `GET /v1/traces/{request_id}` returns, as a tree. The id is
+the proxy's request id (the response's `x-request-id`) or, failing that, an id a client sent
+(`x-client-request-id`): every request sent with it is printed, oldest first.
 """
 
 from __future__ import annotations
@@ -15,17 +17,20 @@ from typing import Any, TextIO
 
 from proxy.routes.traces import trace_document
 from proxy.settings import Settings
-from storage.spans import TRACES_FILE, open_span_store
+from storage.spans import TRACES_FILE, SQLiteSpanStore, open_span_store
 
 # Shown in the heading already; repeating them on every span is noise.
-_IDENTITY = ("memento.tenant", "memento.request_id", "enduser.id")
+_IDENTITY = ("memento.tenant", "memento.request_id", "memento.client_request_id", "enduser.id")
 _MAX_VALUE = 300
 
 
 def register(commands: Any) -> None:
     """Add the `trace` subcommand to the CLI's subparsers."""
     trace = commands.add_parser("trace", help="print one request's trace as a tree")
-    trace.add_argument("request_id", help="the x-request-id of the call")
+    trace.add_argument(
+        "request_id",
+        help="the x-request-id of the call, or an x-client-request-id it was sent with",
+    )
     trace.add_argument("--data-dir", help="data directory (MEMENTO_DATA_DIR, default ./data)")
     trace.add_argument("--tenant", help="only this tenant's spans (when ids repeat)")
     trace.add_argument("--json", action="store_true", help="print the JSON the API returns")
@@ -45,8 +50,13 @@ def cmd_trace(args: argparse.Namespace) -> int:
     docs = asyncio.run(_load(settings, args.request_id, args.tenant))
     if not docs:
         where = f" of tenant {args.tenant}" if args.tenant else ""
-        print(f"no trace for request id {args.request_id!r}{where}", file=sys.stderr)
+        print(
+            f"no trace for request id or client request id {args.request_id!r}{where}",
+            file=sys.stderr,
+        )
         return 1
+    if docs[0][1]["request_id"] != args.request_id and not args.json:
+        print(f"client request id {args.request_id} names {len(docs)} request(s):")
     if args.json:
         payload = [{"tenant": tenant_id, **doc} for tenant_id, doc in docs]
         print(json.dumps(payload if len(payload) > 1 else payload[0], indent=2, ensure_ascii=False))
@@ -57,19 +67,32 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 async def _load(
-    settings: Settings, request_id: str, tenant: str | None
+    settings: Settings, given: str, tenant: str | None
 ) -> list[tuple[str, dict[str, Any]]]:
+    """The traces `given` names: the request with that id, else every request a client sent
+    it with (in `tenant` only, when given)."""
     store = await open_span_store(settings.data_dir)
     try:
-        tenants = [tenant] if tenant else await store.request_tenants(request_id)
-        docs = []
-        for tenant_id in tenants:
-            rows = await store.get_trace(tenant_id, request_id)
-            if rows:
-                docs.append((tenant_id, trace_document(request_id, rows)))
-        return docs
+        tenants = [tenant] if tenant else await store.request_tenants(given)
+        named = [(tenant_id, given) for tenant_id in tenants]
+        docs = await _documents(store, named)
+        if docs:
+            return docs
+        sent_with = await store.client_requests(given)
+        return await _documents(store, [(t, rid) for t, rid in sent_with if tenant in (None, t)])
     finally:
         await store.close()
+
+
+async def _documents(
+    store: SQLiteSpanStore, requests: list[tuple[str, str]]
+) -> list[tuple[str, dict[str, Any]]]:
+    docs = []
+    for tenant_id, request_id in requests:
+        rows = await store.get_trace(tenant_id, request_id)
+        if rows:
+            docs.append((tenant_id, trace_document(request_id, rows)))
+    return docs
 
 
 def print_tree(tenant: str, doc: dict[str, Any], out: TextIO, *, full: bool = False) -> None:
@@ -79,7 +102,9 @@ def print_tree(tenant: str, doc: dict[str, Any], out: TextIO, *, full: bool = Fa
     out.write(
         f"request {doc['request_id']}  tenant {tenant}  user {doc['user'] or '-'}  "
         f"model {doc['model'] or '-'}  {started}  {doc['duration_ms']:.1f} ms  {status}\n"
-        f"trace {doc['trace_id']}\n"
+        f"trace {doc['trace_id']}"
+        + (f"  client request id {doc['client_request_id']}" if doc["client_request_id"] else "")
+        + "\n"
     )
     later_shown = False
     for span in doc["spans"]:

@@ -7,9 +7,10 @@ import time
 from collections.abc import Callable
 
 import httpx
+import openai
 
 from tests.harness import RunningProxy
-from tests.memory.conftest import OTHER_KEY, api, client_for, memory_block
+from tests.memory.conftest import OTHER_KEY, api, client_for, memory_block, wait_for_trace
 from tests.scripted_upstream import ScriptedUpstream
 
 QUESTION = "How should I book a table for dinner on Friday?"
@@ -104,3 +105,79 @@ def test_feedback_is_idempotent_and_tenant_scoped(
         foreign = other.post("/v1/memory/feedback", json={"request_id": request_id, "reward": 1})
         assert foreign.status_code == 404
         assert other.get(f"/v1/memories/{memory_id}").status_code == 404
+
+
+def test_a_reused_client_request_id_never_moves_another_users_memories(
+    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
+) -> None:
+    """Carol and Dave (one tenant) send the same x-request-id: each call still gets its own
+    request id, Carol's rewards reach only her memories, and the two traces stay apart."""
+    shared = "shared-rid-0001"
+    proxy = memory_proxy(memory={"default_mode": "read"})
+    client = client_for(proxy)
+
+    def call(user: str, key_client: openai.OpenAI = client) -> tuple[str, list[str]]:
+        raw = key_client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": QUESTION}],
+            user=user,
+            extra_headers={"x-request-id": shared},
+        )
+        assert raw.headers["x-client-request-id"] == shared  # echoed, never adopted
+        assert raw.headers["x-request-id"].startswith("req_")
+        return raw.headers["x-request-id"], injected_ids(memory_block(upstream.last().json))
+
+    with api(proxy) as http:
+        mine = {}
+        for user in ("carol", "dave"):
+            created = http.post(
+                "/v1/memories", json={"user": user, "kind": "case", "text": HELPFUL}
+            )
+            mine[user] = created.json()["id"]
+
+        carol_request, carol_shown = call("carol")
+        assert carol_shown == [mine["carol"][-8:]]
+        assert feedback(http, carol_request, 1.0).status_code == 200
+        dave_request, dave_shown = call("dave")
+        assert dave_shown == [mine["dave"][-8:]] and dave_request != carol_request
+        again = feedback(http, carol_request, -1.0).json()
+        assert again["replaced"] == 1.0
+        assert [u["memory_id"] for u in again["updated"]] == [mine["carol"]]
+
+        carol, dave = (http.get(f"/v1/memories/{mine[u]}").json() for u in ("carol", "dave"))
+        assert abs(carol["q"] + 0.3) < 1e-9  # the +1 reversed, then −1 applied
+        assert (dave["q"], dave["n_pos"], dave["n_neg"]) == (0.0, 0, 0)
+
+        # The client's id names two calls: feedback refuses it and says what to send.
+        by_client = http.post("/v1/memory/feedback", json={"request_id": shared, "reward": 1})
+        assert by_client.status_code == 400
+        error = by_client.json()["error"]
+        assert error["code"] == "client_request_id_given" and "x-request-id" in error["message"]
+        assert http.get(f"/v1/memories/{mine['dave']}").json()["q"] == 0.0
+
+        # One trace per call, each with its own user; the client's id finds both.
+        for request_id, user in ((carol_request, "carol"), (dave_request, "dave")):
+            trace = wait_for_trace(proxy, request_id, {"memento.inject"})
+            roots = [s for s in trace["spans"] if s["name"] == "memento.request"]
+            assert len(roots) == 1 and trace["user"] == user
+            assert trace["client_request_id"] == shared
+        listed = http.get("/v1/traces", params={"client_request_id": shared}).json()["data"]
+        assert [(t["request_id"], t["user"]) for t in listed] == [
+            (dave_request, "dave"),
+            (carol_request, "carol"),
+        ]
+
+    # Another tenant using the same client id sees only its own call, and vice versa.
+    other_request, _ = call("erin", client_for(proxy, OTHER_KEY))
+    with api(proxy, OTHER_KEY) as other:
+        for _ in range(100):  # spans are exported in batches
+            theirs = other.get("/v1/traces", params={"client_request_id": shared}).json()["data"]
+            if theirs:
+                break
+            time.sleep(0.1)
+        assert [t["request_id"] for t in theirs] == [other_request]
+        refused = other.post("/v1/memory/feedback", json={"request_id": carol_request, "reward": 1})
+        assert refused.status_code == 404
+    with api(proxy) as http:
+        listed = http.get("/v1/traces", params={"client_request_id": shared}).json()["data"]
+        assert {t["request_id"] for t in listed} == {carol_request, dave_request}

@@ -140,12 +140,22 @@ def test_non_streamed_answer_and_request_id(
     assert completion.usage is not None and completion.usage.total_tokens == 12
     assert raw.headers["x-request-id"].startswith("req_")
 
-    mine = client.chat.completions.with_raw_response.create(
+    # A client's own id is echoed as a correlation id; the request id stays the proxy's.
+    for header in ("x-request-id", "x-client-request-id"):
+        mine = client.chat.completions.with_raw_response.create(
+            model="fast",
+            messages=[{"role": "user", "content": "ping"}],
+            extra_headers={header: "trace-me-42"},
+        )
+        assert mine.headers["x-client-request-id"] == "trace-me-42"
+        assert mine.headers["x-request-id"].startswith("req_")
+        assert mine.headers["x-request-id"] != raw.headers["x-request-id"]
+    insane = client.chat.completions.with_raw_response.create(
         model="fast",
         messages=[{"role": "user", "content": "ping"}],
-        extra_headers={"x-request-id": "trace-me-42"},
+        extra_headers={"x-request-id": "no spaces; please"},
     )
-    assert mine.headers["x-request-id"] == "trace-me-42"
+    assert "x-client-request-id" not in insane.headers
 
 
 @pytest.mark.parametrize("model", ["fast", "translated"])

@@ -71,8 +71,8 @@ def test_hooks_see_the_call_and_the_injected_block_reaches_upstream(
         extra_headers={"x-memento-session": "s-9", "x-memento-mode": "read", "x-request-id": "r1"},
     )
     ctx = hooks.contexts[-1]
-    assert (ctx.request_id, ctx.user_id, ctx.session_id, ctx.mode_header) == (
-        "r1",
+    assert ctx.request_id.startswith("req_") and ctx.client_request_id == "r1"
+    assert (ctx.user_id, ctx.session_id, ctx.mode_header) == (
         "u-1",
         "s-9",
         "read",

@@ -10,8 +10,14 @@ import pytest
 
 from storage import EmbedderMismatchError, open_store
 from storage.embedders import LiteLLMEmbedder, LocalEmbedder
-from storage.records import NewMemory, Scope
-from storage.sqlite import MIGRATIONS, SCHEMA_VERSION, SchemaTooNewError, SQLiteDatabase
+from storage.records import NewMemory, RequestLog, Scope
+from storage.sqlite import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    DuplicateRequestError,
+    SchemaTooNewError,
+    SQLiteDatabase,
+)
 from storage.store import open_embedded_store
 from tests.scripted_upstream import ScriptedUpstream
 
@@ -70,6 +76,46 @@ async def test_older_versions_upgrade_in_place(
         assert [hit.record.id for hit in hits] == ["m-old"]
     finally:
         await store.close()
+
+
+async def test_requests_logged_before_client_ids_upgrade(tmp_path: Path) -> None:
+    """Version 4 keeps a client's id beside the request's own: older rows read back without
+    one, and the old upsert is gone (a second entry under a logged id is refused)."""
+    path = tmp_path / "memento.db"
+    old = await SQLiteDatabase.open(path, migrations=MIGRATIONS[:3])
+    await old.close()
+    with sqlite3.connect(path) as raw:
+        raw.execute(
+            "INSERT INTO requests (tenant_id, request_id, user_id, model, created_at, injected) "
+            "VALUES ('acme', 'shared-rid-0001', 'carol', 'echo', 1.0, '[{\"memory_id\": \"m1\"}]')"
+        )
+    db = await SQLiteDatabase.open(path)
+    try:
+        entry = await db.get_request("acme", "shared-rid-0001")
+        assert entry is not None
+        assert (entry.user_id, entry.injected, entry.client_request_id) == (
+            "carol",
+            [{"memory_id": "m1"}],
+            None,
+        )
+        newer = RequestLog(
+            request_id="req_new",
+            tenant_id="acme",
+            user_id="dave",
+            session_id=None,
+            trace_id=None,
+            model="echo",
+            created_at=2.0,
+            client_request_id="shared-rid-0001",
+        )
+        await db.log_request(newer)
+        assert await db.get_request("acme", "req_new") == newer
+        assert await db.requests_by_client_id("acme", "shared-rid-0001") == ["req_new"]
+        with pytest.raises(DuplicateRequestError):
+            await db.log_request(RequestLog(**{**vars(newer), "request_id": "shared-rid-0001"}))
+        assert (await db.get_request("acme", "shared-rid-0001")) == entry
+    finally:
+        await db.close()
 
 
 async def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from storage import EmbeddedStore
 from storage.embedders import LocalEmbedder
 from storage.index import MaintenanceSettings
 from storage.records import NewMemory, RequestLog, Scope
+from storage.sqlite import DuplicateRequestError
 from storage.store import open_embedded_store
 from storage.vector_cache import VectorCacheSettings
 
@@ -231,6 +232,44 @@ async def test_requests_and_feedback(store: EmbeddedStore) -> None:
     assert await store.record_feedback("acme", "req-9", "api", -1.0, None) == 1.0
     assert await store.record_feedback("acme", "req-9", "implicit", 0.2, None) is None
     assert await store.record_feedback("other", "req-9", "api", 0.3, None) is None
+
+
+async def test_a_logged_request_is_never_merged_with_another(store: EmbeddedStore) -> None:
+    """Two calls under one id must not share a log: the second entry is refused, and the
+    first call's user, memories and trace stay as they were."""
+    carol = RequestLog(
+        request_id="req-1",
+        tenant_id="acme",
+        user_id="carol",
+        session_id=None,
+        trace_id="c" * 32,
+        model="echo",
+        created_at=time.time(),
+        injected=[{"memory_id": "m-carol"}],
+        client_request_id="shared-rid-0001",
+    )
+    dave = RequestLog(
+        request_id="req-1",
+        tenant_id="acme",
+        user_id="dave",
+        session_id=None,
+        trace_id="d" * 32,
+        model="echo",
+        created_at=time.time(),
+        injected=[{"memory_id": "m-dave"}],
+        client_request_id="shared-rid-0001",
+    )
+    await store.log_request(carol)
+    with pytest.raises(DuplicateRequestError, match="req-1"):
+        await store.log_request(dave)
+    assert await store.get_request("acme", "req-1") == carol
+    await store.log_request(RequestLog(**{**vars(dave), "request_id": "req-2"}))
+    await store.log_request(
+        RequestLog(**{**vars(dave), "request_id": "req-3", "tenant_id": "globex"})
+    )
+    assert await store.requests_by_client_id("acme", "shared-rid-0001") == ["req-1", "req-2"]
+    assert await store.requests_by_client_id("globex", "shared-rid-0001") == ["req-3"]
+    assert await store.requests_by_client_id("acme", "req-1") == []
 
 
 async def test_wal_mode_and_schema_version(store: EmbeddedStore) -> None:

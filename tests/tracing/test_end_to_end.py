@@ -285,23 +285,63 @@ def test_a_tenant_cannot_read_another_tenants_traces(traced: Traced) -> None:
         assert "acme secret plans" not in timeline.text
 
 
-def test_a_client_chosen_request_id_never_crosses_tenants(traced: Traced) -> None:
-    """Clients may send their own x-request-id; reusing another tenant's id reveals nothing."""
+def test_a_client_chosen_request_id_is_a_correlation_id(traced: Traced) -> None:
+    """Clients may send their own id (x-request-id or x-client-request-id): each call still
+    gets the proxy's own id and its own trace; the client's id finds the calls sent with it,
+    within the caller's tenant only (the CLI, an operator's tool, looks in every tenant)."""
     shared_id = "req-chosen-by-client"
-    for key in (KEY_A, KEY_B):
+    sent = [(KEY_A, "x-request-id"), (KEY_A, "x-client-request-id"), (KEY_B, "x-request-id")]
+    ids: dict[str, list[str]] = {KEY_A: [], KEY_B: []}
+    for key, header in sent:
         response = httpx.post(
             f"{traced.proxy.base_url}/v1/chat/completions",
-            headers={"authorization": f"Bearer {key}", "x-request-id": shared_id},
+            headers={"authorization": f"Bearer {key}", header: shared_id},
             json={"model": "echo", "messages": [{"role": "user", "content": key}]},
             timeout=120,
         )
-        assert response.headers["x-request-id"] == shared_id
+        assert response.headers["x-client-request-id"] == shared_id
+        assert response.headers["x-request-id"].startswith("req_")
+        ids[key].append(response.headers["x-request-id"])
+    assert len({*ids[KEY_A], *ids[KEY_B]}) == 3
     assert traced.tracing.force_flush()
 
-    for key, tenant in ((KEY_A, "acme"), (KEY_B, "globex")):
-        doc = traced.get(f"/v1/traces/{shared_id}", key).json()
-        trace_ids = {s["trace_id"] for s in doc["spans"] if s["phase"] == "request"}
-        assert len(trace_ids) == 1, f"{tenant} sees spans of two requests"
+    for key in (KEY_A, KEY_B):
+        assert traced.get(f"/v1/traces/{shared_id}", key).status_code == 404
+        listed = traced.get("/v1/traces", key, client_request_id=shared_id).json()["data"]
+        assert [t["request_id"] for t in listed] == ids[key][::-1]  # newest first
+        assert {t["client_request_id"] for t in listed} == {shared_id}
+        for request_id in ids[key]:
+            doc = traced.get(f"/v1/traces/{request_id}", key).json()
+            roots = [s for s in doc["spans"] if s["name"] == "memento.request"]
+            assert len(roots) == 1 and doc["client_request_id"] == shared_id
+
+    unrelated = traced.chat(KEY_A, "no client id")
+    assert traced.tracing.force_flush()
+    with httpx.Client(base_url=traced.proxy.base_url, timeout=120) as browser:
+        assert browser.post("/ui/login", data={"key": KEY_A}).status_code == 303
+        assert unrelated in browser.get("/ui/").text
+        page = browser.get("/ui/", params={"client_request_id": shared_id}).text
+        assert all(request_id in page for request_id in ids[KEY_A])
+        assert unrelated not in page and ids[KEY_B][0] not in page
+        assert shared_id in browser.get(f"/ui/requests/{ids[KEY_A][0]}").text
+
+    def cli_trace(*args: str) -> list[str]:
+        out = io.StringIO()
+        with redirect_stdout(out):
+            assert (
+                cli_main(["trace", *args, "--data-dir", str(traced.proxy.settings.data_dir)]) == 0
+            )
+        return out.getvalue().splitlines()
+
+    def headings(lines: list[str]) -> list[str]:
+        return [line.split()[1] for line in lines if line.startswith("request ")]
+
+    every = cli_trace(shared_id)
+    assert every[0] == f"client request id {shared_id} names 3 request(s):"
+    assert headings(every) == [*ids[KEY_A], *ids[KEY_B]]  # oldest first
+    assert f"client request id {shared_id}" in every[2]  # under each heading
+    assert headings(cli_trace(shared_id, "--tenant", "globex")) == ids[KEY_B]
+    assert headings(cli_trace(ids[KEY_A][1])) == [ids[KEY_A][1]]  # the proxy's id: one request
 
 
 def test_ui_requires_a_valid_key(traced: Traced) -> None:
