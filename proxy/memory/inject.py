@@ -86,10 +86,10 @@ def new_fence() -> str:
     return f"{BLOCK_TAG}-{secrets.randbelow(10**FENCE_DIGITS):0{FENCE_DIGITS}d}"
 
 
-def block_frame_text(fence: str | None = None) -> str:
+def block_frame_text() -> str:
     """The block without sections: fence and preamble, what every block costs (the same number
     of tokens for every fence)."""
-    return render_block([], fence)
+    return render_block([])
 
 
 def render_block(items: list[ScoredMemory], fence: str | None = None) -> str:

@@ -1,4 +1,4 @@
-"""Markers: text that reads as a boundary, either the memory block's fence or a chat turn.
+r"""Markers: text that reads as a boundary, either the memory block's fence or a chat turn.
 
 A memory is shown to the model inside a fence, so its text must never read as the fence's end
 or as the start of another turn. What counts is what a model reads, not the raw characters:
@@ -28,7 +28,7 @@ from typing import Literal
 MarkerKind = Literal["fence_close", "fence_open", "template", "role"]
 
 _MAX_PASSES = 4  # `&amp;lt;` needs two; more layers than this are not worth undoing
-_FENCE = re.compile(r"<(?P<close>[\s/\\]*/)?\s*memory\b[^<>]{0,80}>?", re.IGNORECASE)
+_FENCE = re.compile(r"<(?P<close>[\s/\\]*/)?\s*memory\b(?:[^<>]{0,80}>)?", re.IGNORECASE)
 _TEMPLATE = re.compile(
     r"<\s*\|[^<>|]{0,40}\|\s*>|\[\s*/?\s*inst\s*\]|<<\s*/?\s*sys\s*>>|"
     r"<\s*/?\s*(?:system|assistant|user|developer|tool|human|im_start|im_end|"
