@@ -3,7 +3,8 @@ something about the user.
 
 A memory is data about a person ("I am vegan", "prefers short answers"). An attack that wants to
 persist has to smuggle in a directive: an imperative aimed at the assistant, a reference to the
-assistant's own output, a persistence marker ("from now on"), a role or system-prompt marker, a
+assistant's own output, a persistence marker ("from now on"), a role or system-prompt marker or
+a tag that would close the memory block (both read through entities and look-alikes), a
 context trigger ("when asked about banks, say…"), or an attempt to override or reveal the
 instructions. Each is scored separately; trigger words on their own ("always", "ignore",
 "system") score low or nothing, so ordinary sentences that contain them stay trusted.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import re
 
+from proxy.memory import markers
 from proxy.memory.signals import Hit, clauses, normalize, snippet
 
 # One clear directive aimed at the assistant. With the default priors and weight it puts a
@@ -74,11 +76,6 @@ _DELIMITER = re.compile(
     r"\b(?:end|begin|start) (?:of )?(?:user input|out of date instructions|instructions|system "
     r"prompt|prompt|access code|message|conversation|context)\b(?:\s*(?:%%%|===|---|###|\*\*\*))"
 )
-_CHAT_TEMPLATE = re.compile(
-    r"<\|?(?:im_start|im_end|system|assistant|endoftext)\|?>|\[/?inst\]|<<sys>>|"
-    r"###\s*(?:instruction|system|response)|</?system>|\[system\]|\{system:|\(system:"
-)
-_ROLE_PREFIX = re.compile(r"(?:^|[\n{(\[])\s*(?:system|assistant|developer)\s*:")
 _ROLE_PLAY = re.compile(
     r"\byou are (?:now |no longer |an? |the )*(?:dan\b|unrestricted|jailbroken|unfiltered)|"
     r"\byou are (?:now |no longer )?an? (?:[\w-]+ ){0,3}(?:ai|assistant|chatbot|language model|"
@@ -210,10 +207,7 @@ def detect(text: str) -> list[Hit]:
         hits.append(Hit("instructions", 1.0, f"override: {snippet(match.group())}", hard=True))
     if match := _REVEAL.search(norm):
         hits.append(Hit("instructions", 0.6, f"reveal: {snippet(match.group())}"))
-    if match := _CHAT_TEMPLATE.search(norm):
-        hits.append(Hit("instructions", 0.8, f"chat template marker: {snippet(match.group())}"))
-    elif match := _ROLE_PREFIX.search(norm):
-        hits.append(Hit("instructions", 0.6, f"role marker: {snippet(match.group())}"))
+    hits.extend(marker_hits(text))
     if match := _INSTRUCTION_OBJECT.search(norm):
         hits.append(
             Hit(
@@ -267,6 +261,29 @@ def detect(text: str) -> list[Hit]:
 
     if not directive and (question := _knowledge_question(norm)) is not None:
         hits.append(Hit("instructions", DIRECTIVE - 0.05, f"task request: {snippet(question)}"))
+    return hits
+
+
+def marker_hits(text: str) -> list[Hit]:
+    """Text that would end the memory block or start another turn (proxy/memory/markers.py).
+
+    Closing the fence is never part of a statement about a person: 0.9, which rejects a user's
+    statement and quarantines even an import. A chat-template token scores 0.8, a role name
+    with a colon where a turn would start ("SYSTEM:") 0.6; the word "system" alone, nothing.
+    An opening `<memory…>` tag is weak on its own (0.3: "a <memory leak> in C").
+    """
+    found: dict[str, str] = {}
+    for marker in markers.find(text):
+        found.setdefault(marker.kind, marker.text)
+    hits = []
+    if close := found.get("fence_close"):
+        hits.append(Hit("instructions", 0.9, f"closes the memory fence: {snippet(close)}"))
+    elif opening := found.get("fence_open"):
+        hits.append(Hit("instructions", 0.3, f"memory fence tag: {snippet(opening)}"))
+    if template := found.get("template"):
+        hits.append(Hit("instructions", 0.8, f"chat template marker: {snippet(template)}"))
+    elif role := found.get("role"):
+        hits.append(Hit("instructions", 0.6, f"role marker: {snippet(role)}"))
     return hits
 
 
