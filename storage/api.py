@@ -132,6 +132,10 @@ class MemoryStore(Protocol):
         """Keep the outcome of an import that wrote nothing."""
         ...
 
+    async def import_outcome(self, tenant_id: str, import_id: str) -> dict[str, Any] | None:
+        """The kept outcome of one import (completed, refused or cancelled), if any."""
+        ...
+
     async def existing_ids(self, memory_ids: Sequence[str]) -> dict[str, str]:
         """Which ids are taken, in any tenant or status: id → tenant (ids are global)."""
         ...

@@ -476,6 +476,15 @@ class SQLiteDatabase:
             (tenant_id, now, IMPORT_ACTION, _dumps(outcome)),
         )
 
+    async def import_outcome(self, tenant_id: str, import_id: str) -> dict[str, Any] | None:
+        """The kept outcome of one import of this tenant, if there is one."""
+        rows = await self._fetchall(
+            "SELECT detail FROM audit WHERE tenant_id = ? AND action = ? "
+            "AND json_extract(detail, '$.id') = ? ORDER BY id DESC LIMIT 1",
+            (tenant_id, IMPORT_ACTION, import_id),
+        )
+        return dict(json.loads(rows[0][0])) if rows else None
+
     async def existing_ids(self, memory_ids: Sequence[str]) -> dict[str, str]:
         """Which of these ids are taken, in any tenant and any status: id → tenant."""
         found: dict[str, str] = {}

@@ -324,6 +324,9 @@ class EmbeddedStore:
         """Keep the outcome of an import that wrote nothing (refused or cancelled)."""
         await self.db.record_import(tenant_id, outcome)
 
+    async def import_outcome(self, tenant_id: str, import_id: str) -> dict[str, Any] | None:
+        return await self.db.import_outcome(tenant_id, import_id)
+
     async def existing_ids(self, memory_ids: Sequence[str]) -> dict[str, str]:
         return await self.db.existing_ids(memory_ids)
 

@@ -87,8 +87,7 @@ async def import_memories(request: Request) -> Response:
     try:
         raw = await read_body(request, policy.limits.max_body_bytes)
     except ClientDisconnect:
-        await _cancelled(store, policy, outcome, "the client disconnected while sending the file")
-        return Response(status_code=400)
+        return await _cancelled(store, policy, outcome, "while sending the file")
     try:
         lines = parse_lines(raw, policy)
     except ProxyError as exc:
@@ -96,29 +95,35 @@ async def import_memories(request: Request) -> Response:
         await store.record_import(policy.tenant, outcome)
         raise
     outcome["lines"] = len(lines)
-    to_write, skipped = await _plan(store, policy.tenant, lines)
-    records: list[MemoryRecord] = []
-    for line in to_write:
+    try:
+        to_write, skipped = await _plan(store, policy.tenant, lines)
+        records: list[MemoryRecord] = []
+        for line in to_write:
+            if await request.is_disconnected():
+                where = f"after {len(records)} of {len(to_write)} lines were checked"
+                return await _cancelled(store, policy, outcome, where)
+            records.append(await _assessed(store, policy, line))
         if await request.is_disconnected():
-            message = f"the client disconnected after {len(records)} of {len(to_write)} lines"
-            await _cancelled(store, policy, outcome, message)
-            return Response(status_code=400)
-        records.append(await _assessed(store, policy, line))
-    statuses: dict[str, int] = {}
-    for record in records:
-        statuses[record.status] = statuses.get(record.status, 0) + 1
-    outcome.update(
-        status="completed",
-        imported=len(records),
-        skipped=len(skipped),
-        statuses=statuses,
-        ids=[record.id for record in records],
-        skipped_lines=skipped,
-    )
-    if await request.is_disconnected():
-        await _cancelled(store, policy, outcome, "the client disconnected before the write")
-        return Response(status_code=400)
-    await store.import_records(policy.tenant, records, outcome)
+            return await _cancelled(store, policy, outcome, "before the write")
+        statuses: dict[str, int] = {}
+        for record in records:
+            statuses[record.status] = statuses.get(record.status, 0) + 1
+        outcome.update(
+            status="completed",
+            imported=len(records),
+            skipped=len(skipped),
+            statuses=statuses,
+            ids=[record.id for record in records],
+            skipped_lines=skipped,
+        )
+        await store.import_records(policy.tenant, records, outcome)
+    except Exception as exc:
+        # The transaction did not commit: nothing was written, and the outcome says so.
+        outcome.update(status="failed", message=f"Import failed ({exc}); nothing was written.")
+        for written in ("imported", "ids", "statuses"):
+            outcome.pop(written, None)
+        await store.record_import(policy.tenant, outcome)
+        raise
     return JSONResponse(outcome)
 
 
@@ -135,12 +140,9 @@ async def list_imports(request: Request) -> Response:
 async def import_outcome(request: Request) -> Response:
     policy = authenticate(request)
     import_id = request.path_params["import_id"]
-    # An outcome is written once, so the newest entries are where a client polling for a
-    # recent import finds it.
-    entries = await pipeline_of(request).store.audit(policy.tenant, 10_000, action=IMPORT_ACTION)
-    for entry in entries:
-        if entry["detail"].get("id") == import_id:
-            return JSONResponse(entry["detail"])
+    outcome = await pipeline_of(request).store.import_outcome(policy.tenant, import_id)
+    if outcome is not None:
+        return JSONResponse(outcome)
     raise ProxyError(
         404,
         f"No import {import_id!r} for this key's tenant; list them with GET /v1/memories/imports.",
@@ -148,14 +150,16 @@ async def import_outcome(request: Request) -> Response:
     )
 
 
-async def _cancelled(store: Store, policy: Policy, outcome: dict[str, Any], why: str) -> None:
+async def _cancelled(store: Store, policy: Policy, outcome: dict[str, Any], when: str) -> Response:
+    """Stop an import whose client has gone: nothing is written, the outcome is kept."""
     outcome.update(
         status="cancelled",
-        message=f"Import cancelled: {why}. Nothing was written; send the file again.",
+        message=f"Import cancelled: the client disconnected {when}. Nothing was written; "
+        "send the file again.",
         imported=0,
     )
-    outcome.pop("ids", None)
     await store.record_import(policy.tenant, outcome)
+    return Response(status_code=499)  # "client closed request": nobody is there to read it
 
 
 def parse_lines(raw: bytes, policy: Policy) -> list[ImportLine]:
