@@ -4,9 +4,10 @@ The body is read as it arrives and refused (413) past the tenant's `limits.max_b
 line is then checked before anything is written: one that is not UTF-8, not JSON, or has a wrong
 field refuses the whole import with a 400 that names the line. Each good line is then
 
-- skipped when its id is already stored in this tenant (importing an export again changes
-  nothing), when a memory of the same scope has exactly its kind, text and key text (a file from
-  elsewhere, imported twice), or when an earlier id-less line of the file is the same memory;
+- skipped when its id is already in this tenant (importing an export again changes nothing;
+  a memory deleted by id keeps its id, so an old export does not bring it back), when a
+  memory of the same scope has exactly its kind, text and key text (a file from elsewhere,
+  imported twice), or when an earlier id-less line of the file is the same memory;
 - otherwise written as exported: its id (a new one only if another tenant holds it), version
   links, validity and expiry times, Q and its counts, evidence and provenance, after the
   sanitizer has assessed it again, with the memory's own versions left out of consensus. Trust
@@ -312,7 +313,7 @@ async def _plan(
             seen_ids.add(line.exported_id)
             owner = taken.get(line.exported_id)
             if owner == tenant_id:
-                skipped.append(_skip(line, "already stored"))
+                skipped.append(_skip(line, "its id is in this tenant already (stored or deleted)"))
                 continue
             if owner is not None:
                 renamed[line.exported_id] = record.id = uuid.uuid4().hex
