@@ -278,3 +278,28 @@ def test_an_import_whose_client_disconnects_is_stopped_and_reported(
         assert "Nothing was written" in outcome["message"]
         assert http.get(f"/v1/memories/imports/{outcome['id']}").json() == outcome
         assert _memories(http, "fay") == []
+
+
+def test_an_import_never_makes_a_memory_more_servable_or_brings_back_a_deleted_one(
+    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
+) -> None:
+    proxy = memory_proxy()
+    with api(proxy) as http:
+        kept = http.post(
+            "/v1/memories", json={"user": "gus", "kind": "fact", "text": "The user fences."}
+        ).json()
+        gone = http.post(
+            "/v1/memories", json={"user": "gus", "kind": "fact", "text": "The user juggles."}
+        ).json()
+        exported = http.get("/v1/memories/export", params={"user": "gus"}).content
+        http.delete(f"/v1/memories/{gone['id']}")
+        again = http.post("/v1/memories/import", content=exported).json()
+        assert again["imported"] == 0
+        assert {s["id"] for s in again["skipped_lines"]} == {kept["id"], gone["id"]}
+        assert http.get(f"/v1/memories/{gone['id']}").status_code == 404
+
+        held = {"user": "gus", "kind": "fact", "text": "The user rides.", "status": "quarantined"}
+        written = http.post("/v1/memories/import", content=json.dumps(held)).json()
+        assert written["statuses"] == {"quarantined": 1}
+        (record,) = [m for m in _memories(http, "gus") if m["text"] == "The user rides."]
+        assert record["status"] == "quarantined"
