@@ -22,8 +22,9 @@ _BOOL_FIELDS = ("stream", "logprobs", "parallel_tool_calls", "store")
 _OBJECT_FIELDS = ("stream_options", "response_format", "metadata", "logit_bias")
 
 
-async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
-    """The request body as a JSON object, refusing bodies over `limit` bytes (413)."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw request body, read as it arrives and refused (413) as soon as it passes `limit`
+    bytes: a chunked upload larger than the limit is never held in memory whole."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
@@ -34,7 +35,12 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
         if size > limit:
             raise _too_large(limit)
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
+    """The request body as a JSON object, refusing bodies over `limit` bytes (413)."""
+    raw = await read_body(request, limit)
     if not raw.strip():
         raise bad_request(
             "The request body is empty. Send a JSON object, e.g. "

@@ -73,7 +73,9 @@ class MemoryStore(Protocol):
 
     async def update(self, scope: Scope, memory_id: str, **changes: Any) -> MemoryRecord | None:
         """Change fields (text, fields, metadata, trust, trust_reasons, status, q counters,
-        last_used_at, expires_at…). Text changes re-embed and re-index. Returns the new row."""
+        last_used_at, expires_at…). A text change is a new version (`version` + 1, the old text
+        kept in the edit history); the key text follows the text unless `key_text` is given too,
+        and the record is re-embedded and re-indexed. Returns the new row."""
         ...
 
     async def supersede(
@@ -118,7 +120,36 @@ class MemoryStore(Protocol):
         """Stored vectors of records in one tenant (consensus checks)."""
         ...
 
-    async def audit(self, tenant_id: str, limit: int = 100) -> builtins.list[dict[str, Any]]: ...
+    async def audit(
+        self, tenant_id: str, limit: int = 100, *, action: str | None = None
+    ) -> builtins.list[dict[str, Any]]:
+        """Audit entries of one tenant, newest first (only those of `action` when given)."""
+        ...
+
+    async def import_records(
+        self, tenant_id: str, records: Sequence[MemoryRecord], outcome: dict[str, Any]
+    ) -> None:
+        """Write complete records (ids, versions, times, Q kept; embedded here) and the
+        import's outcome in one transaction."""
+        ...
+
+    async def record_import(self, tenant_id: str, outcome: dict[str, Any]) -> None:
+        """Keep the outcome of an import that wrote nothing."""
+        ...
+
+    async def import_outcome(self, tenant_id: str, import_id: str) -> dict[str, Any] | None:
+        """The kept outcome of one import (completed, refused or cancelled), if any."""
+        ...
+
+    async def existing_ids(self, memory_ids: Sequence[str]) -> dict[str, str]:
+        """Which ids are taken, in any tenant or status: id → tenant (ids are global)."""
+        ...
+
+    async def same_content(
+        self, scope: Scope, kind: MemoryKind, text: str, key_text: str
+    ) -> str | None:
+        """A stored record of the scope with exactly this kind, text and key text, if any."""
+        ...
 
 
 class RequestStore(Protocol):

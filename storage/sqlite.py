@@ -183,6 +183,8 @@ MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _OUTBOX_INSERT = "INSERT INTO index_outbox (memory_id, tenant_id, enqueued_at) VALUES (?, ?, ?)"
+# The audit action of one import's outcome (what was written, skipped, refused or cancelled).
+IMPORT_ACTION = "import_run"
 
 _JSON_COLUMNS = frozenset(
     {
@@ -497,22 +499,96 @@ class SQLiteDatabase:
         self, records: Sequence[MemoryRecord], embeddings: Sequence[bytes | None], *, actor: str
     ) -> None:
         """Insert records, their audit entries and index outbox entries in one transaction."""
-        columns = ", ".join((*_RECORD_COLUMNS, "embedding"))
-        sql = f"INSERT INTO memories ({columns}) VALUES ({_placeholders(len(_RECORD_COLUMNS) + 1)})"
         now = time.time()
         async with self._transaction() as db:
-            await db.executemany(
-                sql,
-                [
-                    [*_record_values(record), embedding]
-                    for record, embedding in zip(records, embeddings, strict=True)
-                ],
-            )
+            await self._insert(db, records, embeddings, now)
             await self._audit_many(db, records, "add", actor, now)
-            await db.executemany(
-                _OUTBOX_INSERT,
-                [(record.id, record.tenant_id, now) for record in records],
+
+    async def import_memories(
+        self,
+        tenant_id: str,
+        records: Sequence[MemoryRecord],
+        embeddings: Sequence[bytes | None],
+        outcome: dict[str, Any],
+    ) -> None:
+        """Insert imported records (ids, versions and counters as given) together with the
+        import's outcome, in one transaction: either all of it is written or none."""
+        now = time.time()
+        extra = {"import_id": outcome.get("id")}
+        async with self._transaction() as db:
+            await self._insert(db, records, embeddings, now)
+            await self._audit_many(db, records, "import", "import", now, extra)
+            await self._audit_import(db, tenant_id, outcome, now)
+
+    async def record_import(self, tenant_id: str, outcome: dict[str, Any]) -> None:
+        """The outcome of an import that wrote nothing (refused or cancelled)."""
+        async with self._transaction() as db:
+            await self._audit_import(db, tenant_id, outcome, time.time())
+
+    @staticmethod
+    async def _insert(
+        db: aiosqlite.Connection,
+        records: Sequence[MemoryRecord],
+        embeddings: Sequence[bytes | None],
+        now: float,
+    ) -> None:
+        columns = ", ".join((*_RECORD_COLUMNS, "embedding"))
+        sql = f"INSERT INTO memories ({columns}) VALUES ({_placeholders(len(_RECORD_COLUMNS) + 1)})"
+        await db.executemany(
+            sql,
+            [
+                [*_record_values(record), embedding]
+                for record, embedding in zip(records, embeddings, strict=True)
+            ],
+        )
+        await db.executemany(
+            _OUTBOX_INSERT,
+            [(record.id, record.tenant_id, now) for record in records],
+        )
+
+    @staticmethod
+    async def _audit_import(
+        db: aiosqlite.Connection, tenant_id: str, outcome: dict[str, Any], now: float
+    ) -> None:
+        await db.execute(
+            "INSERT INTO audit (tenant_id, at, actor, action, memory_id, user_id, detail) "
+            "VALUES (?, ?, 'import', ?, NULL, NULL, ?)",
+            (tenant_id, now, IMPORT_ACTION, _dumps(outcome)),
+        )
+
+    async def import_outcome(self, tenant_id: str, import_id: str) -> dict[str, Any] | None:
+        """The kept outcome of one import of this tenant, if there is one."""
+        rows = await self._fetchall(
+            "SELECT detail FROM audit WHERE tenant_id = ? AND action = ? "
+            "AND json_extract(detail, '$.id') = ? ORDER BY id DESC LIMIT 1",
+            (tenant_id, IMPORT_ACTION, import_id),
+        )
+        return dict(json.loads(rows[0][0])) if rows else None
+
+    async def existing_ids(self, memory_ids: Sequence[str]) -> dict[str, str]:
+        """Which of these ids are taken, in any tenant and any status: id → tenant."""
+        found: dict[str, str] = {}
+        ids = list(dict.fromkeys(memory_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = await self._fetchall(
+                f"SELECT id, tenant_id FROM memories WHERE id IN ({_placeholders(len(chunk))})",
+                chunk,
             )
+            found.update({row[0]: row[1] for row in rows})
+        return found
+
+    async def same_content(
+        self, scope: Scope, kind: MemoryKind, text: str, key_text: str
+    ) -> str | None:
+        """The id of a stored record (not erased) of this scope with exactly this content."""
+        clause, params = _user_clause(scope.user_id)
+        rows = await self._fetchall(
+            f"SELECT id FROM memories WHERE tenant_id = ? AND {clause} AND kind = ? AND text = ? "
+            "AND key_text = ? AND status != 'deleted' LIMIT 1",
+            (scope.tenant_id, *params, kind, text, key_text),
+        )
+        return str(rows[0][0]) if rows else None
 
     async def _audit_many(
         self,
@@ -666,7 +742,8 @@ class SQLiteDatabase:
     ) -> MemoryRecord | None:
         """Apply `changes` (already validated) to one record of `scope`, in one transaction.
 
-        A text change keeps the previous text in `memory_versions` and stores the new vector.
+        A text change is a new version: the previous text goes to `memory_versions`, `version`
+        counts up, and the new vector and an outbox entry (the index row) are stored with it.
         """
         now = time.time()
         async with self._transaction() as db:
@@ -694,6 +771,7 @@ class SQLiteDatabase:
                 if embedding is not None:
                     assignments["embedding"] = embedding
                     assignments["embedding_model"] = embedding_model
+                assignments["version"] = before.version + 1
             sets = ", ".join(f"{column} = ?" for column in assignments)
             values = [
                 _dumps(value) if column in _JSON_COLUMNS else value
@@ -845,11 +923,15 @@ class SQLiteDatabase:
         )
         return {row[0]: row[1] for row in rows}
 
-    async def audit(self, tenant_id: str, limit: int = 100) -> list[dict[str, Any]]:
+    async def audit(
+        self, tenant_id: str, limit: int = 100, *, action: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The tenant's audit entries, newest first; only those of `action` when given."""
+        where, params = ("AND action = ?", [action]) if action is not None else ("", [])
         rows = await self._fetchall(
             "SELECT id, at, actor, action, memory_id, user_id, detail FROM audit "
-            "WHERE tenant_id = ? ORDER BY id DESC LIMIT ?",
-            (tenant_id, max(0, limit)),
+            f"WHERE tenant_id = ? {where} ORDER BY id DESC LIMIT ?",
+            (tenant_id, *params, max(0, limit)),
         )
         return [
             {

@@ -306,6 +306,35 @@ class EmbeddedStore:
         await self.sync_index()
         return records
 
+    async def import_records(
+        self, tenant_id: str, records: Sequence[MemoryRecord], outcome: dict[str, Any]
+    ) -> None:
+        """Write complete records as an import gives them (ids, version links, times, Q and
+        its counts kept) and the import's `outcome`, in one transaction. The vectors are made
+        here, from each record's key text, by this store's embedder."""
+        for record in records:
+            if record.tenant_id != tenant_id:
+                raise ValueError("every imported record must belong to the importing tenant")
+            record.embedding_model = self.embedder.model_id
+        blobs = await self._embed([embedding_input(r.key_text, r.text) for r in records])
+        await self.db.import_memories(tenant_id, records, blobs, outcome)
+        await self.sync_index()
+
+    async def record_import(self, tenant_id: str, outcome: dict[str, Any]) -> None:
+        """Keep the outcome of an import that wrote nothing (refused or cancelled)."""
+        await self.db.record_import(tenant_id, outcome)
+
+    async def import_outcome(self, tenant_id: str, import_id: str) -> dict[str, Any] | None:
+        return await self.db.import_outcome(tenant_id, import_id)
+
+    async def existing_ids(self, memory_ids: Sequence[str]) -> dict[str, str]:
+        return await self.db.existing_ids(memory_ids)
+
+    async def same_content(
+        self, scope: Scope, kind: MemoryKind, text: str, key_text: str
+    ) -> str | None:
+        return await self.db.same_content(scope, kind, text, key_text)
+
     async def get(self, scope: Scope, memory_id: str) -> MemoryRecord | None:
         return await self.db.get_memory(scope, memory_id)
 
@@ -334,6 +363,10 @@ class EmbeddedStore:
             text = changes.get("text", current.text)
             if not str(text).strip():
                 raise ValueError("a memory needs a non-empty text")
+            if "text" in changes and "key_text" not in changes:
+                # The key is what search matches and what the vector is made of: a new text
+                # with the old key would keep being found by what it no longer says.
+                changes = {**changes, "key_text": text}
             key_text = changes.get("key_text", current.key_text)
             (embedding,) = await self._embed([embedding_input(key_text, text)])
         record = await self.db.update_memory(
@@ -541,8 +574,10 @@ class EmbeddedStore:
         blobs = await self.db.vectors(tenant_id, memory_ids)
         return {memory_id: _unblob(blob).tolist() for memory_id, blob in blobs.items()}
 
-    async def audit(self, tenant_id: str, limit: int = 100) -> list[dict[str, Any]]:
-        return await self.db.audit(tenant_id, limit)
+    async def audit(
+        self, tenant_id: str, limit: int = 100, *, action: str | None = None
+    ) -> list[dict[str, Any]]:
+        return await self.db.audit(tenant_id, limit, action=action)
 
     # -- RequestStore --------------------------------------------------------------------------
 

@@ -31,6 +31,9 @@ class Candidate:
     metadata: dict[str, Any] = field(default_factory=dict)
     evidence: list[Evidence] = field(default_factory=list)
     created_at: float | None = None
+    # Ids of the memory this candidate is (an edit or an import of it) and of its other
+    # versions: consensus never counts the memory as a witness for itself.
+    same_as: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

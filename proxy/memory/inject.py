@@ -77,7 +77,11 @@ def render_line(item: ScoredMemory) -> str:
 def _line(memory_id: str, kind: str, timestamp: float, text: str) -> str:
     # Cached: a request renders each candidate up to three times (budget, check, block), and
     # the same memories come back request after request.
-    when = time.strftime("%Y-%m-%d", time.gmtime(timestamp))
+    try:
+        when = time.strftime("%Y-%m-%d", time.gmtime(timestamp))
+    except (OverflowError, OSError, ValueError):
+        # The API refuses such dates; a row stored before it did must not cost the user memory.
+        when = "undated"
     return f"- [{short_id(memory_id)}] ({kind}, {when}) {' '.join(markers.defuse(text).split())}"
 
 

@@ -232,7 +232,8 @@ class Sanitizer:
             else:
                 neighbours = nearest[index] if nearest is not None else []
                 kinds = ("case",) if candidate.kind == "case" else ("fact", "preference")
-                neighbours = [n for n in neighbours if n.record.kind in kinds][:NEIGHBOURS]
+                neighbours = [n for n in neighbours if n.record.kind in kinds]
+            neighbours = consensus.independent(candidate, neighbours)[:NEIGHBOURS]
             if candidate.kind == "case":
                 item.adjustments.extend(consensus.case_consensus(vector, neighbours, policy))
             elif candidate.kind in ("fact", "preference"):

@@ -1,9 +1,11 @@
 """The memory API, tenant-authenticated: list, search, get, create, update, delete, export, import.
 
 `POST /v1/memories` stores a record as given (source `import`, still sanitized: the verdict sets
-its status); `created_at` keeps an imported record's original date. `POST /v1/memories/search`
-ranks exactly as the hot path does, scores included. `DELETE /v1/users/{user}/memories` erases all
-of one user's content. Export and import use JSONL, one memory per line.
+its status); `created_at` keeps an imported record's original date. A PATCH of the text is a new
+version of the memory: sanitized again, and its key text (unless sent too), vector and index row
+follow the new text. `POST /v1/memories/search` ranks exactly as the hot path does, scores
+included. `DELETE /v1/users/{user}/memories` erases all of one user's content. Export and import
+use JSONL, one memory per line (import: proxy/routes/memory_import.py).
 """
 
 from __future__ import annotations
@@ -21,46 +23,31 @@ from starlette.routing import BaseRoute, Route
 from proxy.auth import authenticate
 from proxy.errors import ProxyError, bad_request
 from proxy.memory.candidates import Candidate
-from proxy.memory.pipeline import MemoryPipeline, Store
+from proxy.memory.pipeline import Store
 from proxy.memory.retrieve import retrieve
 from proxy.memory.sanitize import Sanitizer
 from proxy.policy import Policy
-from proxy.validation import read_json_body
-from storage.records import (
-    MEMORY_KINDS,
-    MEMORY_STATUSES,
-    MemoryKind,
-    MemoryRecord,
-    MemoryStatus,
-    NewMemory,
-    Scope,
+from proxy.routes.memory_fields import (
+    STATUS_FOR_VERDICT,
+    check_json_values,
+    kind_field,
+    memory_json,
+    object_field,
+    pipeline_of,
+    strings_field,
+    text_field,
+    timestamp_field,
+    user_field,
 )
+from proxy.routes.memory_import import import_memories, import_outcome, list_imports
+from proxy.validation import read_json_body
+from storage.records import MEMORY_STATUSES, MemoryRecord, MemoryStatus, NewMemory, Scope
+
+__all__ = ["memory_routes", "pipeline_of"]
 
 MAX_LIST = 1000
-MAX_TEXT = 8000
-_STATUS_FOR_VERDICT: dict[str, MemoryStatus] = {
-    "accept": "active",
-    "quarantine": "quarantined",
-    "reject": "rejected",
-}
 _PATCHABLE = {"text", "key_text", "metadata", "fields", "tags", "keywords", "expires_at", "kind"}
 _PATCH_STATUSES = ("active", "quarantined", "rejected")
-
-
-def pipeline_of(request: Request) -> MemoryPipeline:
-    memory = request.app.state.memory
-    if not isinstance(memory, MemoryPipeline):
-        raise ProxyError(
-            503,
-            "Memory is not enabled on this proxy; start it with a data directory.",
-            type="api_error",
-            code="memory_disabled",
-        )
-    return memory
-
-
-def memory_json(record: MemoryRecord) -> dict[str, Any]:
-    return {"object": "memory", **dataclasses.asdict(record)}
 
 
 def not_found(memory_id: str) -> ProxyError:
@@ -69,37 +56,6 @@ def not_found(memory_id: str) -> ProxyError:
         f"No memory {memory_id!r} for this key's tenant; list them with GET /v1/memories.",
         code="memory_not_found",
     )
-
-
-def _user(value: Any, *, field: str = "user") -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip() or len(value) > 256:
-        raise bad_request(f"'{field}' must be a non-empty string (at most 256 characters).")
-    return value.strip()
-
-
-def _kind(value: Any) -> MemoryKind:
-    if value not in MEMORY_KINDS:
-        raise bad_request(f"'kind' must be one of {', '.join(MEMORY_KINDS)}.", param="kind")
-    kind: MemoryKind = value
-    return kind
-
-
-def _text(value: Any, field: str = "text") -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise bad_request(f"'{field}' must be a non-empty string.", param=field)
-    if len(value) > MAX_TEXT:
-        raise bad_request(f"'{field}' is longer than {MAX_TEXT} characters.", param=field)
-    return value.strip()
-
-
-def _object(value: Any, field: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise bad_request(f"'{field}' must be a JSON object.", param=field)
-    return value
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -121,23 +77,20 @@ async def create_memory(
     """Sanitize one API/import record and store it as given, with the verdict's status."""
     if not isinstance(item, dict):
         raise bad_request("Each memory must be a JSON object with 'kind' and 'text'.")
-    kind = _kind(item.get("kind"))
-    text = _text(item.get("text"))
-    user = _user(item.get("user"))
-    created_at = item.get("created_at")
-    if created_at is not None and (
-        isinstance(created_at, bool) or not isinstance(created_at, int | float)
-    ):
-        raise bad_request("'created_at' must be epoch seconds (a number).", param="created_at")
+    check_json_values(item)
+    kind = kind_field(item.get("kind"))
+    text = text_field(item.get("text"))
+    user = user_field(item.get("user"))
+    created_at = timestamp_field(item.get("created_at"), "created_at")
     key_text = item.get("key_text")
     candidate = Candidate(
         kind=kind,
         text=text,
         source_role="import",
-        key_text=_text(key_text, "key_text") if key_text is not None else "",
-        fields=_object(item.get("fields"), "fields"),
-        metadata=_object(item.get("metadata"), "metadata"),
-        created_at=float(created_at) if created_at is not None else None,
+        key_text=text_field(key_text, "key_text") if key_text is not None else "",
+        fields=object_field(item.get("fields"), "fields"),
+        metadata=object_field(item.get("metadata"), "metadata"),
+        created_at=created_at,
     )
     scope = Scope(policy.tenant, user)
     (verdict,) = await Sanitizer(store).assess(scope, [candidate], policy.sanitizer)
@@ -150,7 +103,7 @@ async def create_memory(
         source_role="import",
         trust=verdict.trust,
         trust_reasons=verdict.reasons_as_dicts(),
-        status=_STATUS_FOR_VERDICT[verdict.verdict],
+        status=STATUS_FOR_VERDICT[verdict.verdict],
         q=policy.memory.feedback.q0,
         created_at=candidate.created_at,
         valid_from=candidate.created_at,
@@ -164,10 +117,10 @@ async def create_memory(
 async def list_memories(request: Request) -> Response:
     policy = authenticate(request)
     store = pipeline_of(request).store
-    user = _user(request.query_params.get("user"))
+    user = user_field(request.query_params.get("user"))
     kind = request.query_params.get("kind")
     status = request.query_params.get("status")
-    kinds = [_kind(kind)] if kind is not None else None
+    kinds = [kind_field(kind)] if kind is not None else None
     statuses: list[MemoryStatus] | None = None
     if status is not None:
         if status not in MEMORY_STATUSES:
@@ -217,20 +170,39 @@ async def patch_memory(request: Request) -> Response:
     if unknown:
         allowed = ", ".join(sorted(_PATCHABLE | {"status"}))
         raise bad_request(f"Cannot change {', '.join(sorted(unknown))}; changeable: {allowed}.")
+    check_json_values(body)
     changes: dict[str, Any] = dict(body)
     if "kind" in changes:
-        _kind(changes["kind"])
+        kind_field(changes["kind"])
     if "status" in changes and changes["status"] not in _PATCH_STATUSES:
         raise bad_request(f"'status' may be set to {', '.join(_PATCH_STATUSES)}.", param="status")
+    if "expires_at" in changes:
+        changes["expires_at"] = timestamp_field(changes["expires_at"], "expires_at")
+    for name in ("fields", "metadata"):
+        if name in changes:
+            changes[name] = object_field(changes[name], name)
+    for name in ("tags", "keywords"):
+        if name in changes:
+            changes[name] = strings_field(changes[name], name)
+    if "key_text" in changes:
+        changes["key_text"] = text_field(changes["key_text"], "key_text")
     if "text" in changes:
-        text = _text(changes["text"])
-        candidate = Candidate(kind=record.kind, text=text, source_role="import")
+        # A new text is a new version: the store re-derives the key text (unless one is sent
+        # too), the vector and the index row from it. The record itself is no witness for it.
+        text = text_field(changes["text"])
+        candidate = Candidate(
+            kind=changes.get("kind", record.kind),
+            text=text,
+            source_role="import",
+            key_text=changes.get("key_text", ""),
+            same_as=frozenset({record.id}),
+        )
         (verdict,) = await Sanitizer(store).assess(record.scope, [candidate], policy.sanitizer)
         changes["text"] = verdict.text
         changes["trust"] = verdict.trust
         changes["trust_reasons"] = verdict.reasons_as_dicts()
         if verdict.verdict != "accept":
-            changes["status"] = _STATUS_FOR_VERDICT[verdict.verdict]
+            changes["status"] = STATUS_FOR_VERDICT[verdict.verdict]
     updated = await store.update(record.scope, record.id, **changes)
     if updated is None:
         raise not_found(record.id)
@@ -246,7 +218,7 @@ async def delete_memory(request: Request) -> Response:
 
 async def delete_user_memories(request: Request) -> Response:
     policy = authenticate(request)
-    user = _user(request.path_params["user"])
+    user = user_field(request.path_params["user"])
     assert user is not None
     count = await pipeline_of(request).store.delete_user(policy.tenant, user, actor="api")
     return JSONResponse({"object": "user.memories.deleted", "user": user, "deleted": count})
@@ -258,8 +230,8 @@ async def search_memories(request: Request) -> Response:
     body = await read_json_body(request, policy.limits.max_body_bytes)
     if not isinstance(body, dict):
         raise bad_request('Send {"user", "query", "limit"}.')
-    user = _user(body.get("user"))
-    query = _text(body.get("query"), "query")
+    user = user_field(body.get("user"))
+    query = text_field(body.get("query"), "query")
     limit = body.get("limit", 10)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 200:
         raise bad_request("'limit' must be an integer from 1 to 200.", param="limit")
@@ -281,7 +253,7 @@ async def search_memories(request: Request) -> Response:
 async def export_memories(request: Request) -> Response:
     policy = authenticate(request)
     store = pipeline_of(request).store
-    user = _user(request.query_params.get("user"))
+    user = user_field(request.query_params.get("user"))
 
     async def lines() -> AsyncIterator[bytes]:
         offset, page = 0, 500
@@ -301,36 +273,6 @@ async def export_memories(request: Request) -> Response:
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
-async def import_memories(request: Request) -> Response:
-    policy = authenticate(request)
-    store = pipeline_of(request).store
-    raw = await request.body()
-    if len(raw) > policy.limits.max_body_bytes:
-        raise ProxyError(413, "The import is larger than this tenant's limits.max_body_bytes.")
-    counts = {"active": 0, "quarantined": 0, "rejected": 0}
-    ids = []
-    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:
-            raise bad_request(
-                f"Line {number} is not JSON; send one memory object per line."
-            ) from None
-        if isinstance(item, dict) and "user" not in item and "user_id" in item:
-            item = {**item, "user": item["user_id"]}
-        try:
-            record = await create_memory(store, policy, item)
-        except ProxyError as exc:
-            raise bad_request(f"Line {number}: {exc.message}") from None
-        counts[record.status] = counts.get(record.status, 0) + 1
-        ids.append(record.id)
-    return JSONResponse(
-        {"object": "memory.import", "imported": len(ids), "statuses": counts, "ids": ids}
-    )
-
-
 def memory_routes() -> list[BaseRoute]:
     return [
         Route("/v1/memories", list_memories, methods=["GET"]),
@@ -338,6 +280,8 @@ def memory_routes() -> list[BaseRoute]:
         Route("/v1/memories/search", search_memories, methods=["POST"]),
         Route("/v1/memories/export", export_memories, methods=["GET"]),
         Route("/v1/memories/import", import_memories, methods=["POST"]),
+        Route("/v1/memories/imports", list_imports, methods=["GET"]),
+        Route("/v1/memories/imports/{import_id}", import_outcome, methods=["GET"]),
         Route("/v1/memories/{memory_id}", get_memory, methods=["GET"]),
         Route("/v1/memories/{memory_id}", patch_memory, methods=["PATCH"]),
         Route("/v1/memories/{memory_id}", delete_memory, methods=["DELETE"]),

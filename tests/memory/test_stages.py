@@ -287,3 +287,12 @@ def test_k2_keeps_the_best_cases_not_the_shortest() -> None:
     plan = fit_to_budget(ranked, 2000, BudgetSettings(), k2_cases=1, encoding_name="cl100k_base")
     assert [i.record.id for i in plan.selected] == ["best"]
     assert [(i.record.id, reason) for i, reason in plan.dropped] == [("short", "k2_cases")]
+
+
+def test_a_date_out_of_range_renders_undated_instead_of_failing_the_block() -> None:
+    # The API refuses such dates now; a row stored before it did must not cost the user memory.
+    (item,) = rank_hits(
+        [hit(record("mem_0000dddd", "The user keeps bees.", valid_from=1e308), 0, 0)],
+        MemoryPolicy(),
+    )
+    assert "[0000dddd] (fact, undated) The user keeps bees." in render_block([item])

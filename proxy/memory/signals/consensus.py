@@ -9,6 +9,10 @@ memories at once, or contradicting them from a less trusted source, costs trust.
 Cases: among past cases for the same request, the candidate's answer should sit with the majority.
 A lone dissenter (noise under DBSCAN over answer embeddings, A-MemGuard's eps 0.5 and
 min_samples 2) loses trust; agreeing with the majority earns a small bonus.
+
+A memory is never a witness for itself: neighbours that are the candidate's own record, one of
+its versions, or a verbatim copy of its text (an earlier import of the same memory) are left out
+before either check (`independent`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,21 @@ class Neighbour:
     record: MemoryRecord
     cosine: float
     vector: Vector | None = None
+
+
+def independent(candidate: Candidate, neighbours: Sequence[Neighbour]) -> list[Neighbour]:
+    """The neighbours that are other memories: not the candidate itself, not one of its
+    versions (`candidate.same_as`), not a copy with the same text."""
+    same = candidate.same_as
+    text = normalize(candidate.text)
+    return [
+        n
+        for n in neighbours
+        if n.record.id not in same
+        and n.record.supersedes not in same
+        and n.record.superseded_by not in same
+        and normalize(n.record.text) != text
+    ]
 
 
 def fact_consensus(

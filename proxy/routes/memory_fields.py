@@ -1,0 +1,139 @@
+"""What the memory routes share: the store behind the proxy, and checks of the fields a client
+sends, each refusing a bad value with a 400 that names the field and says what to send.
+
+Values are checked at the door, before anything is stored: a timestamp that is not a finite
+number of epoch seconds within years 1970-9999, or a number that JSON cannot carry back out
+(NaN, ±Infinity), would otherwise be written and break every later read of the scope.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from starlette.requests import Request
+
+from proxy.errors import ProxyError, bad_request
+from proxy.memory.pipeline import MemoryPipeline
+from storage.records import MEMORY_KINDS, MemoryKind, MemoryRecord, MemoryStatus
+
+MAX_TEXT = 8000
+MAX_TIMESTAMP = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last second a date can show
+STATUS_FOR_VERDICT: dict[str, MemoryStatus] = {
+    "accept": "active",
+    "quarantine": "quarantined",
+    "reject": "rejected",
+}
+
+
+def pipeline_of(request: Request) -> MemoryPipeline:
+    memory = request.app.state.memory
+    if not isinstance(memory, MemoryPipeline):
+        raise ProxyError(
+            503,
+            "Memory is not enabled on this proxy; start it with a data directory.",
+            type="api_error",
+            code="memory_disabled",
+        )
+    return memory
+
+
+def memory_json(record: MemoryRecord) -> dict[str, Any]:
+    return {"object": "memory", **dataclasses.asdict(record)}
+
+
+def user_field(value: Any, *, field: str = "user") -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > 256:
+        raise bad_request(f"'{field}' must be a non-empty string (at most 256 characters).")
+    return value.strip()
+
+
+def kind_field(value: Any) -> MemoryKind:
+    if value not in MEMORY_KINDS:
+        raise bad_request(f"'kind' must be one of {', '.join(MEMORY_KINDS)}.", param="kind")
+    kind: MemoryKind = value
+    return kind
+
+
+def text_field(value: Any, field: str = "text") -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise bad_request(f"'{field}' must be a non-empty string.", param=field)
+    if len(value) > MAX_TEXT:
+        raise bad_request(f"'{field}' is longer than {MAX_TEXT} characters.", param=field)
+    return value.strip()
+
+
+def object_field(value: Any, field: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise bad_request(f"'{field}' must be a JSON object.", param=field)
+    return value
+
+
+def strings_field(value: Any, field: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise bad_request(f"'{field}' must be a list of strings.", param=field)
+    return list(value)
+
+
+def number_field(value: Any, field: str, low: float, high: float) -> float | None:
+    """A finite number within [low, high], or None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise bad_request(f"'{field}' must be a number.", param=field)
+    if not (math.isfinite(value) and low <= value <= high):
+        raise bad_request(f"'{field}' must be a number from {low:g} to {high:g}.", param=field)
+    return float(value)
+
+
+def timestamp_field(value: Any, field: str) -> float | None:
+    """Epoch seconds (a finite number from 0 to the end of year 9999), or None when absent."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 <= value <= MAX_TIMESTAMP
+    ):
+        raise bad_request(
+            f"'{field}' must be epoch seconds: a number from 0 to {MAX_TIMESTAMP:.0f} "
+            "(1970 to the end of year 9999).",
+            param=field,
+        )
+    return float(value)
+
+
+def check_json_values(value: Any) -> None:
+    """Refuse what JSON parsed but cannot be stored and returned: NaN and ±Infinity (also a
+    literal such as 1e999), and strings with lone surrogates (not UTF-8)."""
+    try:
+        _check(value, "")
+    except RecursionError:
+        raise bad_request("The memory is nested too deeply.") from None
+
+
+def _check(value: Any, path: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise bad_request(f"'{path}' must be a finite number (JSON has no NaN or Infinity).")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad_request(
+                f"'{path}' holds a lone UTF-16 surrogate (\\ud800-\\udfff); send valid UTF-8 text."
+            ) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check(key, path)
+            _check(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check(item, f"{path}[{index}]")

@@ -1,0 +1,379 @@
+"""Import: JSONL memories into the key's tenant, whole or not at all, and idempotent.
+
+The body is read as it arrives and refused (413) past the tenant's `limits.max_body_bytes`. Every
+line is then checked before anything is written: one that is not UTF-8, not JSON, or has a wrong
+field refuses the whole import with a 400 that names the line. Each good line is then
+
+- skipped when its id is already in this tenant (importing an export again changes nothing;
+  a memory deleted by id keeps its id, so an old export does not bring it back), when a
+  memory of the same scope has exactly its kind, text and key text (a file from elsewhere,
+  imported twice), or when an earlier id-less line of the file is the same memory;
+- otherwise written as exported: its id (a new one only if another tenant holds it), version
+  links, validity and expiry times, Q and its counts, evidence and provenance, after the
+  sanitizer has assessed it again, with the memory's own versions left out of consensus. Trust
+  is min(exported, assessed) and the status the stricter of the exported one and the verdict's.
+
+All written lines go into one transaction together with the import's outcome. A client that
+disconnects before that transaction stops the import: nothing is written. Every outcome
+(completed, refused, cancelled) is kept and listed newest first at `GET /v1/memories/imports`
+(one: `GET /v1/memories/imports/{id}`), so a client that lost its connection can learn what
+happened; sending the same file again is always safe.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any, get_args
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from proxy.auth import authenticate
+from proxy.errors import ProxyError, bad_request
+from proxy.memory.candidates import Candidate, Reason
+from proxy.memory.pipeline import Store
+from proxy.memory.sanitize import Sanitizer
+from proxy.policy import Policy
+from proxy.routes.memory_fields import (
+    MAX_TEXT,
+    STATUS_FOR_VERDICT,
+    check_json_values,
+    kind_field,
+    number_field,
+    object_field,
+    pipeline_of,
+    strings_field,
+    text_field,
+    timestamp_field,
+    user_field,
+)
+from proxy.validation import read_body
+from storage.records import MemoryRecord, MemoryStatus, Scope, SourceRole
+from storage.sqlite import IMPORT_ACTION
+
+MAX_IMPORTS_LISTED = 100
+_IMPORT_STATUSES: tuple[MemoryStatus, ...] = ("active", "quarantined", "rejected", "superseded")
+# Which of two statuses is stricter: an import never makes a memory more servable than it was.
+_STRICTNESS: dict[MemoryStatus, int] = {
+    "active": 0,
+    "quarantined": 1,
+    "superseded": 2,
+    "rejected": 3,
+    "deleted": 4,
+}
+
+
+@dataclass
+class ImportLine:
+    """One checked line: the record to write (before assessment) and what the file said."""
+
+    number: int
+    record: MemoryRecord
+    exported_id: str | None
+    exported_trust: float | None
+    exported_status: MemoryStatus | None
+
+
+async def import_memories(request: Request) -> Response:
+    policy = authenticate(request)
+    store = pipeline_of(request).store
+    outcome: dict[str, Any] = {
+        "object": "memory.import",
+        "id": "imp_" + uuid.uuid4().hex,
+        "created_at": time.time(),
+    }
+    try:
+        raw = await read_body(request, policy.limits.max_body_bytes)
+    except ClientDisconnect:
+        return await _cancelled(store, policy, outcome, "while sending the file")
+    try:
+        lines = parse_lines(raw, policy)
+    except ProxyError as exc:
+        outcome.update(status="refused", message=exc.message, imported=0)
+        await store.record_import(policy.tenant, outcome)
+        raise
+    outcome["lines"] = len(lines)
+    try:
+        to_write, skipped = await _plan(store, policy.tenant, lines)
+        records: list[MemoryRecord] = []
+        for line in to_write:
+            if await request.is_disconnected():
+                where = f"after {len(records)} of {len(to_write)} lines were checked"
+                return await _cancelled(store, policy, outcome, where)
+            records.append(await _assessed(store, policy, line))
+        if await request.is_disconnected():
+            return await _cancelled(store, policy, outcome, "before the write")
+        statuses: dict[str, int] = {}
+        for record in records:
+            statuses[record.status] = statuses.get(record.status, 0) + 1
+        outcome.update(
+            status="completed",
+            imported=len(records),
+            skipped=len(skipped),
+            statuses=statuses,
+            ids=[record.id for record in records],
+            skipped_lines=skipped,
+        )
+        await store.import_records(policy.tenant, records, outcome)
+    except Exception as exc:
+        # The transaction did not commit: nothing was written, and the outcome says so.
+        outcome.update(status="failed", message=f"Import failed ({exc}); nothing was written.")
+        for written in ("imported", "ids", "statuses"):
+            outcome.pop(written, None)
+        await store.record_import(policy.tenant, outcome)
+        raise
+    return JSONResponse(outcome)
+
+
+async def list_imports(request: Request) -> Response:
+    """The tenant's imports, newest first, with what each wrote, skipped, refused or why it
+    stopped."""
+    policy = authenticate(request)
+    entries = await pipeline_of(request).store.audit(
+        policy.tenant, MAX_IMPORTS_LISTED, action=IMPORT_ACTION
+    )
+    return JSONResponse({"object": "list", "data": [entry["detail"] for entry in entries]})
+
+
+async def import_outcome(request: Request) -> Response:
+    policy = authenticate(request)
+    import_id = request.path_params["import_id"]
+    outcome = await pipeline_of(request).store.import_outcome(policy.tenant, import_id)
+    if outcome is not None:
+        return JSONResponse(outcome)
+    raise ProxyError(
+        404,
+        f"No import {import_id!r} for this key's tenant; list them with GET /v1/memories/imports.",
+        code="import_not_found",
+    )
+
+
+async def _cancelled(store: Store, policy: Policy, outcome: dict[str, Any], when: str) -> Response:
+    """Stop an import whose client has gone: nothing is written, the outcome is kept."""
+    outcome.update(
+        status="cancelled",
+        message=f"Import cancelled: the client disconnected {when}. Nothing was written; "
+        "send the file again.",
+        imported=0,
+    )
+    await store.record_import(policy.tenant, outcome)
+    return Response(status_code=499)  # "client closed request": nobody is there to read it
+
+
+def parse_lines(raw: bytes, policy: Policy) -> list[ImportLine]:
+    """Every non-empty line as a checked record; the first bad line refuses the whole file."""
+    lines = []
+    now = time.time()
+    for number, data in enumerate(raw.split(b"\n"), 1):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _line_error(
+                number, f"is not valid UTF-8 (byte {exc.start + 1} of the line)"
+            ) from None
+        if not text.strip():
+            continue
+        try:
+            item = json.loads(text, parse_constant=_no_constant)
+        except (ValueError, RecursionError) as exc:
+            raise _line_error(
+                number, f"is not JSON ({exc}); send one memory object per line"
+            ) from None
+        try:
+            lines.append(_checked_line(number, item, policy, now))
+        except ProxyError as exc:
+            raise _line_error(number, exc.message) from None
+    return lines
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _line_error(number: int, problem: str) -> ProxyError:
+    return bad_request(f"Line {number}: {problem}. Nothing was imported.")
+
+
+def _checked_line(number: int, item: Any, policy: Policy, now: float) -> ImportLine:
+    if not isinstance(item, dict):
+        raise bad_request("each line must be a JSON object with 'kind' and 'text'")
+    check_json_values(item)
+    user = user_field(item.get("user", item.get("user_id")))
+    text = text_field(item.get("text"))
+    key_text = item.get("key_text")
+    if key_text is not None and not (isinstance(key_text, str) and len(key_text) <= MAX_TEXT):
+        raise bad_request(f"'key_text' must be a string of at most {MAX_TEXT} characters")
+    status = item.get("status")
+    if status is not None and status not in _IMPORT_STATUSES:
+        raise bad_request(f"'status' must be one of {', '.join(_IMPORT_STATUSES)}")
+    role = item.get("source_role", "import")
+    if role not in get_args(SourceRole):
+        raise bad_request(f"'source_role' must be one of {', '.join(get_args(SourceRole))}")
+    created_at = _or(timestamp_field(item.get("created_at"), "created_at"), now)
+    valid_from = timestamp_field(item.get("valid_from"), "valid_from")
+    exported_id = _id_field(item.get("id"), "id")
+    feedback = policy.memory.feedback
+    record = MemoryRecord(
+        id=exported_id or uuid.uuid4().hex,
+        tenant_id=policy.tenant,
+        user_id=user,
+        session_id=_id_field(item.get("session_id"), "session_id"),
+        agent_id=_id_field(item.get("agent_id"), "agent_id"),
+        kind=kind_field(item.get("kind")),
+        text=text,
+        key_text=key_text.strip() if isinstance(key_text, str) and key_text.strip() else text,
+        fields=object_field(item.get("fields"), "fields"),
+        metadata=object_field(item.get("metadata"), "metadata"),
+        keywords=strings_field(item.get("keywords"), "keywords"),
+        tags=strings_field(item.get("tags"), "tags"),
+        source_role=role,
+        source_request_id=_id_field(item.get("source_request_id"), "source_request_id"),
+        trace_id=_id_field(item.get("trace_id"), "trace_id"),
+        trust=0.0,  # set by the assessment
+        trust_reasons=[],  # the assessment's
+        status=status or "active",
+        version=_count_field(item.get("version"), "version", low=1) or 1,
+        supersedes=_id_field(item.get("supersedes"), "supersedes"),
+        superseded_by=_id_field(item.get("superseded_by"), "superseded_by"),
+        q=_or(number_field(item.get("q"), "q", -1, 1), feedback.q0),
+        q_visits=_count_field(item.get("q_visits"), "q_visits"),
+        reward_ma=_or(number_field(item.get("reward_ma"), "reward_ma", -1, 1), 0.0),
+        last_reward=number_field(item.get("last_reward"), "last_reward", -1, 1),
+        n_pos=_count_field(item.get("n_pos"), "n_pos"),
+        n_neg=_count_field(item.get("n_neg"), "n_neg"),
+        created_at=created_at,
+        updated_at=now,
+        last_used_at=timestamp_field(item.get("last_used_at"), "last_used_at"),
+        valid_from=valid_from if valid_from is not None else created_at,
+        valid_to=timestamp_field(item.get("valid_to"), "valid_to"),
+        expires_at=timestamp_field(item.get("expires_at"), "expires_at"),
+        embedding_model=None,
+        derived_from_ids=strings_field(item.get("derived_from_ids"), "derived_from_ids"),
+        evidence=_objects_field(item.get("evidence"), "evidence"),
+        model=_id_field(item.get("model"), "model"),
+    )
+    return ImportLine(
+        number=number,
+        record=record,
+        exported_id=exported_id,
+        exported_trust=number_field(item.get("trust"), "trust", 0, 1),
+        exported_status=status,
+    )
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def _id_field(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise bad_request(f"'{field}' must be a non-empty string of at most 256 characters")
+    return value
+
+
+def _count_field(value: Any, field: str, *, low: int = 0) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 2**53:
+        raise bad_request(f"'{field}' must be a whole number of at least {low}")
+    return value
+
+
+def _objects_field(value: Any, field: str) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise bad_request(f"'{field}' must be a list of JSON objects")
+    return list(value)
+
+
+async def _plan(
+    store: Store, tenant_id: str, lines: list[ImportLine]
+) -> tuple[list[ImportLine], list[dict[str, Any]]]:
+    """Which lines to write and which to skip (and why); ids another tenant holds are renewed,
+    with the file's links to them."""
+    taken = await store.existing_ids([line.exported_id for line in lines if line.exported_id])
+    renamed: dict[str, str] = {}
+    seen_ids: set[str] = set()
+    seen_content: set[tuple[str | None, str, str, str]] = set()
+    to_write: list[ImportLine] = []
+    skipped: list[dict[str, Any]] = []
+    for line in lines:
+        record = line.record
+        content = (record.user_id, record.kind, record.text, record.key_text)
+        if line.exported_id is not None:
+            if line.exported_id in seen_ids:
+                skipped.append(_skip(line, "repeats an earlier line of this file"))
+                continue
+            seen_ids.add(line.exported_id)
+            owner = taken.get(line.exported_id)
+            if owner == tenant_id:
+                skipped.append(_skip(line, "its id is in this tenant already (stored or deleted)"))
+                continue
+            if owner is not None:
+                renamed[line.exported_id] = record.id = uuid.uuid4().hex
+        elif content in seen_content:
+            skipped.append(_skip(line, "repeats an earlier line of this file"))
+            continue
+        seen_content.add(content)
+        same = await store.same_content(record.scope, record.kind, record.text, record.key_text)
+        if same is not None:
+            skipped.append(_skip(line, f"same content as memory {same}"))
+            continue
+        to_write.append(line)
+    for line in to_write:
+        record = line.record
+        record.supersedes = renamed.get(record.supersedes or "", record.supersedes)
+        record.superseded_by = renamed.get(record.superseded_by or "", record.superseded_by)
+        record.derived_from_ids = [renamed.get(i, i) for i in record.derived_from_ids]
+    return to_write, skipped
+
+
+def _skip(line: ImportLine, reason: str) -> dict[str, Any]:
+    return {"line": line.number, "id": line.exported_id, "reason": reason}
+
+
+async def _assessed(store: Store, policy: Policy, line: ImportLine) -> MemoryRecord:
+    """The line's record as it will be written: sanitized text, trust no higher than
+    exported, status no more servable than exported."""
+    record = line.record
+    candidate = Candidate(
+        kind=record.kind,
+        text=record.text,
+        source_role="import",
+        key_text=record.key_text,
+        fields=record.fields,
+        metadata=record.metadata,
+        created_at=record.created_at,
+        same_as=frozenset(
+            i for i in (line.exported_id, record.supersedes, record.superseded_by) if i
+        ),
+    )
+    scope = Scope(policy.tenant, record.user_id)
+    (verdict,) = await Sanitizer(store).assess(scope, [candidate], policy.sanitizer)
+    trust, reasons = verdict.trust, verdict.reasons_as_dicts()
+    if line.exported_trust is not None and line.exported_trust < trust:
+        cap = Reason(
+            "import", line.exported_trust - trust, "trust kept at the exported value, not raised"
+        )
+        trust, reasons = line.exported_trust, [*reasons, cap.as_dict()]
+    status = STATUS_FOR_VERDICT[verdict.verdict]
+    if line.exported_status is not None and (
+        _STRICTNESS[line.exported_status] > _STRICTNESS[status]
+    ):
+        status = line.exported_status
+    text = verdict.text
+    key_text = text if record.key_text == record.text else record.key_text
+    return replace(
+        record,
+        text=text,
+        key_text=key_text,
+        trust=trust,
+        trust_reasons=reasons,
+        status=status,
+    )
