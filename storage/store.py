@@ -23,7 +23,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, get_args
 
@@ -66,6 +66,7 @@ log = logging.getLogger("memento.storage")
 DB_FILE = "memento.db"
 INDEX_DIR = "index"
 REBUILD_LOCK_FILE = "reindex.lock"
+WRITER_LOCK_FILE = "index.lock"
 _EMBEDDER_META = "index_embedder"
 # Sizes of scopes too large for the vector cache are re-counted at most this often.
 SCOPE_SIZE_TTL_S = 30.0
@@ -145,7 +146,11 @@ class EmbeddedStore:
         self.db = db
         self.index = index
         self.embedder = embedder
+        # In this process, one writer of the index at a time; across processes, the lock file
+        # as well (`_index_writer`): two processes applying the same outbox entries at once
+        # could commit a stale upsert after a deletion and bring an erased row back.
         self._index_lock = asyncio.Lock()
+        self._writer_lock_file = open(data_dir / WRITER_LOCK_FILE, "a+")  # noqa: SIM115
         self._maintenance_interval_s = maintenance_interval_s
         self._maintenance_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -154,7 +159,7 @@ class EmbeddedStore:
         # Outbox entries up to this sequence number are applied to this process's index
         # generation (they stay in the outbox while a rebuild in some process needs them).
         self._outbox_after = 0
-        self._repair_wanted = False  # a search failed: maintenance rebuilds the index
+        self._repair_wanted = False  # the index failed: the next maintenance pass rebuilds it
         # Open problems of the index, by component; mirrored to the attached health.
         self.problems: dict[str, str] = {}
         self._health: HealthReporter | None = None
@@ -180,6 +185,20 @@ class EmbeddedStore:
             if self._health is not None:
                 self._health.clear(component)
 
+    @contextlib.asynccontextmanager
+    async def _index_writer(self) -> AsyncIterator[None]:
+        """Exclusive right to write the index: this process's lock, then the folder's."""
+        async with self._index_lock:
+            handle = self._writer_lock_file
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # another process is writing: wait for it off the loop
+                await asyncio.to_thread(fcntl.flock, handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -199,6 +218,7 @@ class EmbeddedStore:
         try:
             await self.sync_index()
         finally:
+            self._writer_lock_file.close()
             await self.db.close()
 
     async def _maintenance_loop(self) -> None:
@@ -225,12 +245,15 @@ class EmbeddedStore:
         await self._forget_dead_rebuild()
         done: dict[str, Any] = {}
         if self.index.needs_maintenance:  # some tenant's table changed
-            async with self._index_lock:
+            async with self._index_writer():
                 try:
                     done = await self.index.maintain()
                 except Exception as exc:
                     if not await self._follow_generation():
-                        self._report("index.maintenance", f"index maintenance failed: {exc}")
+                        self._report(
+                            "index.maintenance", f"index maintenance failed, rebuilding: {exc}"
+                        )
+                        self._repair_wanted = True  # at the next pass
                         raise
             log.info("index maintenance: %s", done)
         self._clear("index.maintenance")
@@ -238,13 +261,13 @@ class EmbeddedStore:
         return done
 
     async def _repair(self) -> None:
-        """Rebuild the index from SQLite after a search found it broken."""
+        """Rebuild the index from SQLite after a search or maintenance found it broken."""
         self._repair_wanted = False
         try:
             report = await self.reindex()
         except ReindexRunningError:
             return  # another process's rebuild replaces the broken generation anyway
-        log.warning("index rebuilt from SQLite after a failed search: %s", report)
+        log.warning("index rebuilt from SQLite after it failed: %s", report)
         self._clear("index.search")
 
     async def _forget_dead_rebuild(self) -> None:
@@ -286,7 +309,7 @@ class EmbeddedStore:
         stay and are retried by maintenance.
         """
         touched = 0
-        async with self._index_lock:
+        async with self._index_writer():
             await self._follow_generation()
             while True:
                 up_to, tenants = await self.db.outbox_batch(self._outbox_after)
@@ -555,12 +578,13 @@ class EmbeddedStore:
             finally:
                 text_search.cancel()  # only matters when something above failed
 
+        searched = self.index
         try:
             vector_hits, text_hits = await search_index()
         except Exception as exc:
             async with self._index_lock:
-                rebuilt = await self._follow_generation()
-            if not rebuilt:
+                await self._follow_generation()
+            if self.index is searched:  # not a generation dropped under this search
                 self._report("index.search", f"search failed, rebuilding the index: {exc}")
                 self._repair_wanted = True
                 self._wake.set()
