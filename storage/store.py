@@ -795,7 +795,8 @@ class EmbeddedStore:
             except BaseException:
                 await self.db.end_index_build()
                 raise
-        dropped = await fresh.drop_other_generations()
+        async with self._index_writer():  # no process is writing the tables being dropped
+            dropped = await fresh.drop_other_generations()
         return {
             "records": records,
             "reembedded": reembedded,

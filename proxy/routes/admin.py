@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -233,7 +233,7 @@ async def list_jobs(request: Request) -> Response:
         raise bad_request(
             f"state must be one of {', '.join(states)}; got {raw_state!r}.", param="state"
         )
-    state: JobState | None = raw_state  # type: ignore[assignment]  # checked just above
+    state = cast("JobState | None", raw_state)
     limit = _int_param(request, "limit", 100, 1, MAX_LIST_LIMIT)
     jobs = await store.list_jobs(policy.tenant, state=state, limit=limit)
     return JSONResponse({"object": "list", "data": [job_json(job) for job in jobs]})
