@@ -13,10 +13,10 @@ Everything here can be rebuilt from SQLite (`EmbeddedStore.reindex`). A rebuild 
 *generation* of tables beside the one being served (generation g's tables are named `g<g>_`
 plus the usual name; generation 0 has no prefix), so a search never sees a half-built table; the
 store switches its pointer in SQLite once the new generation is complete, and the old one is
-dropped after. Maintenance (folding new
-rows into the full-text and vector indexes, building a table's IVF index once it is large,
-compaction, dropping expired rows, pruning old versions so erased content leaves the disk) runs
-in the background over the tables that changed, called by the store, never on the request path.
+dropped after. Maintenance (folding new rows into the full-text and vector indexes, building a
+table's IVF index once it is large, compaction, dropping expired rows, pruning old versions so
+erased content leaves the disk) runs in the background over the tables that changed, called by
+the store, never on the request path.
 """
 
 from __future__ import annotations
