@@ -30,9 +30,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.auth import authenticate
 from proxy.errors import ProxyError, insufficient_storage, internal_error, model_not_found
+from proxy.health import Health, watch_store
 from proxy.memory.pipeline import MemoryPipeline
 from proxy.memory.seam import CallContext, MemoryHooks, MemoryUnavailable, NoMemory, PreparedCall
 from proxy.policy import ModelRoute, Policy
+from proxy.routes.admin import memory_store_of
 from proxy.routes.admin import routes as admin_routes
 from proxy.routes.feedback import feedback_routes
 from proxy.routes.memories import memory_routes
@@ -56,7 +58,7 @@ from proxy.tracing import (
 from proxy.ui.pages import routes as ui_routes
 from proxy.upstream import Target, Upstreams, import_litellm, is_passthrough
 from proxy.validation import read_json_body, validate_chat, validate_embeddings
-from storage.api import StorageFull
+from storage.api import JobAdmin, StorageFull
 from storage.spans import open_span_store
 
 log = logging.getLogger("memento.proxy")
@@ -360,15 +362,26 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Ready once started with tenants and while no component reports a problem (the index,
+    say); the body lists the problems and counts write jobs given up (`failed_jobs`)."""
     registry: PolicyRegistry = request.app.state.policies
+    health: Health = request.app.state.health
     tenants = registry.tenants()
-    ready = bool(tenants) and request.app.state.started
-    body = {
-        "status": "ready" if ready else "starting",
+    started = bool(tenants) and request.app.state.started
+    problems = health.problems()
+    status = "starting" if not started else "unhealthy" if problems else "ready"
+    body: dict[str, Any] = {
+        "status": status,
         "tenants": len(tenants),
         "policy_problems": len(registry.problems),
+        "problems": [
+            {"component": p.component, "message": p.message, "since": p.since} for p in problems
+        ],
     }
-    return JSONResponse(body, status_code=200 if ready else 503)
+    store = memory_store_of(request)
+    if isinstance(store, JobAdmin):
+        body["failed_jobs"] = await store.count_jobs("failed")
+    return JSONResponse(body, status_code=200 if status == "ready" else 503)
 
 
 def _routes(registry: PolicyRegistry) -> list[ModelRoute]:
@@ -427,6 +440,7 @@ def build_app(
         start = getattr(memory, "start", None)
         if start is not None:
             await start()
+        watch_store(memory, app.state.health)
         watcher = None
         if settings.policy_reload_s > 0:
             watcher = asyncio.create_task(registry.watch(settings.policy_reload_s))
@@ -478,4 +492,5 @@ def build_app(
     app.state.upstreams = upstreams
     app.state.memory = memory
     app.state.started = False
+    app.state.health = Health()
     return app

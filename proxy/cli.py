@@ -1,4 +1,4 @@
-"""The `memento-proxy` command: serve, check policies, hash keys."""
+"""The `memento-proxy` command: serve, check policies, hash keys, and the tools registered below."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from proxy import __version__, reindex_cli, sanitize_cli
+from proxy import __version__, jobs_cli, reindex_cli, sanitize_cli
 from proxy.memory import cli as memories_command
 from proxy.policy import Policy
 from proxy.settings import Settings
@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     sanitize_cli.register(commands)
     reindex_cli.register(commands)
     memories_command.register(commands)
+    jobs_cli.register(commands)
     return parser
 
 

@@ -1,8 +1,13 @@
 """`memento-proxy reindex`: rebuild the LanceDB index from SQLite, the source of truth.
 
+Safe while the proxy serves the same data folder: the new index is built beside the served one
+and replaces it only once complete (the proxy follows at its next index write or search). Only
+one rebuild runs at a time; a second one exits with status 1 and says so. Also repairs a damaged
+or deleted index.
+
 Run it after switching embedders (MEMENTO_EMBEDDER): records made by another embedder are
-re-embedded and the store remembers the new one. Also repairs a damaged or deleted index folder.
-Stop the proxy first: the rebuild replaces the index it is serving from.
+re-embedded and the store remembers the new one. A proxy still running with the old embedder
+reports the mismatch on /readyz; restart it with the new one.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from typing import Any
 
 from proxy.settings import Settings
@@ -31,7 +37,13 @@ def register(commands: Any) -> None:
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
-    report = asyncio.run(_reindex(args.data_dir, args.embedder))
+    from storage.store import ReindexRunningError
+
+    try:
+        report = asyncio.run(_reindex(args.data_dir, args.embedder))
+    except ReindexRunningError as exc:
+        print(f"memento-proxy reindex: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(report, indent=2))
     return 0
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from storage.records import (
+    JobState,
     MemoryKind,
     MemoryRecord,
     MemoryStatus,
@@ -190,6 +191,29 @@ class WriteQueue(Protocol):
     async def fail(self, job_id: int, error: str, *, retry_in_s: float | None) -> None: ...
 
     async def pending(self) -> int: ...
+
+
+@runtime_checkable
+class JobAdmin(Protocol):
+    """The write queue as an operator sees it: jobs by tenant and state, failed ones retried."""
+
+    async def list_jobs(
+        self, tenant_id: str, *, state: JobState | None = None, limit: int = 100
+    ) -> list[QueuedJob]: ...
+
+    async def retry_job(self, tenant_id: str, job_id: int) -> QueuedJob | None:
+        """Queue a failed job again; None when the tenant has no failed job of that id."""
+        ...
+
+    async def count_jobs(self, state: JobState) -> int: ...
+
+
+class HealthReporter(Protocol):
+    """Where a component reports a problem by name, and clears it once it recovered."""
+
+    def report(self, component: str, message: str) -> None: ...
+
+    def clear(self, component: str) -> None: ...
 
 
 class SpanStore(Protocol):

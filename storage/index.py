@@ -9,10 +9,14 @@ and posting lists nine tenths of which it then filtered away). Within a table, `
 before the search (prefilter), never after. The index holds only what search needs: ids, scope,
 kind, status, expiry, the BM25 text and the vector. Record content comes from SQLite.
 
-Everything here can be rebuilt from SQLite (`EmbeddedStore.reindex`). Maintenance (folding new
-rows into the full-text and vector indexes, building a table's IVF index once it is large,
-compaction, dropping expired rows, pruning old versions so erased content leaves the disk) runs
-in the background over the tables that changed, called by the store, never on the request path.
+Everything here can be rebuilt from SQLite (`EmbeddedStore.reindex`). A rebuild writes a new
+*generation* of tables beside the one being served (generation g's tables are named `g<g>_`
+plus the usual name; generation 0 has no prefix), so a search never sees a half-built table; the
+store switches its pointer in SQLite once the new generation is complete, and the old one is
+dropped after. Maintenance (folding new rows into the full-text and vector indexes, building a
+table's IVF index once it is large, compaction, dropping expired rows, pruning old versions so
+erased content leaves the disk) runs in the background over the tables that changed, called by
+the store, never on the request path.
 """
 
 from __future__ import annotations
@@ -45,10 +49,22 @@ LAYOUT = "table-per-tenant/1"
 TABLE_PREFIX = "tenant_"
 
 
-def table_name(tenant_id: str) -> str:
-    """The LanceDB table of one tenant: a hash, so any tenant id gives a safe, fixed-length
-    name (table names allow only [A-Za-z0-9_.-]); the rows carry the tenant id in clear."""
-    return TABLE_PREFIX + hashlib.sha256(tenant_id.encode("utf-8")).hexdigest()[:32]
+def table_name(tenant_id: str, generation: int = 0) -> str:
+    """The LanceDB table of one tenant in one generation of the index: a hash, so any tenant
+    id gives a safe, fixed-length name (table names allow only [A-Za-z0-9_.-]); the rows carry
+    the tenant id in clear."""
+    name = TABLE_PREFIX + hashlib.sha256(tenant_id.encode("utf-8")).hexdigest()[:32]
+    return f"g{generation}_{name}" if generation else name
+
+
+def generation_of(name: str) -> int | None:
+    """The generation a table belongs to, or None for a name that is not a tenant table."""
+    if name.startswith(TABLE_PREFIX):
+        return 0
+    prefix, _, rest = name.partition("_")
+    if prefix[:1] == "g" and prefix[1:].isdigit() and rest.startswith(TABLE_PREFIX):
+        return int(prefix[1:])
+    return None
 
 
 def scope_key(tenant_id: str, user_id: str | None) -> str:
@@ -141,8 +157,11 @@ class MemoryIndex:
         db: lancedb.AsyncConnection,
         dimensions: int,
         settings: MaintenanceSettings,
+        generation: int = 0,
     ) -> None:
         self._db = db
+        self._path = path
+        self.generation = generation
         self.dimensions = dimensions
         self.settings = settings
         self._schema = self.schema(dimensions)
@@ -152,7 +171,8 @@ class MemoryIndex:
         self._changed: dict[str, float] = {}
         self.created = False  # True when open() found no usable index and made an empty one
         self._layout_file = path / LAYOUT_FILE
-        self._ann_file = path / "vector_index.json"  # rows each table's IVF was trained on
+        # Rows each table's IVF was trained on; one file per generation, as each has its writer.
+        self._ann_file = path / _ann_file_name(generation)
 
     @staticmethod
     def schema(dimensions: int) -> pa.Schema:
@@ -174,12 +194,19 @@ class MemoryIndex:
 
     @classmethod
     async def open(
-        cls, path: Path, dimensions: int, settings: MaintenanceSettings | None = None
+        cls,
+        path: Path,
+        dimensions: int,
+        settings: MaintenanceSettings | None = None,
+        *,
+        generation: int = 0,
     ) -> MemoryIndex:
-        """Open the index under `path`, emptying it if it is missing, of another layout or of
-        another vector size (`created` is then True: the caller rebuilds it from SQLite)."""
+        """Open generation `generation` of the index under `path`, emptying the folder if it
+        is missing, of another layout or of another vector size (`created` is then True: the
+        caller rebuilds it from SQLite). Older generations' tables are dropped; newer ones are
+        a rebuild under way in some process and are left alone."""
         db = await lancedb.connect_async(str(path))
-        index = cls(path, db, dimensions, settings or MaintenanceSettings())
+        index = cls(path, db, dimensions, settings or MaintenanceSettings(), generation)
         try:
             layout = json.loads(await asyncio.to_thread(index._layout_file.read_text))
         except (OSError, ValueError):
@@ -189,14 +216,49 @@ class MemoryIndex:
             index.created = True
             return index
         for name in await _table_names(db):
-            if name.startswith(TABLE_PREFIX):
+            if generation_of(name) == generation:
                 table = await db.open_table(name)
                 index._tables[name] = table
                 if "vector_idx" in {config.name for config in await table.list_indices()}:
                     index._vector_indexed.add(name)
                 # Rows written by a previous process may never have been folded in.
                 index._changed[name] = time.monotonic()
+        await index.drop_other_generations(older_only=True)
         return index
+
+    async def new_generation(self, generation: int) -> MemoryIndex:
+        """An empty generation `generation` beside this one, on the same connection, for a
+        rebuild to fill; tables a failed earlier rebuild left under that number are dropped."""
+        for name in await _table_names(self._db):
+            if generation_of(name) == generation:
+                await self._db.drop_table(name)
+        fresh = MemoryIndex(self._path, self._db, self.dimensions, self.settings, generation)
+        await asyncio.to_thread(fresh._ann_file.unlink, missing_ok=True)
+        return fresh
+
+    async def drop_other_generations(self, *, older_only: bool = False) -> list[str]:
+        """Drop the tables of every other generation (with `older_only`, of older ones), once
+        this generation is the one served. Best effort: a table another process is still
+        writing can refuse to go (it goes at the next open), which is logged, not raised."""
+        dropped = []
+        for name in await _table_names(self._db):
+            generation = generation_of(name)
+            if generation is None or generation == self.generation:
+                continue
+            if older_only and generation > self.generation:
+                continue
+            try:
+                await self._db.drop_table(name)
+            except Exception as exc:
+                log.warning(
+                    "could not drop index table %s of generation %s: %s", name, generation, exc
+                )
+                continue
+            dropped.append(name)
+            await asyncio.to_thread(
+                (self._path / _ann_file_name(generation)).unlink, missing_ok=True
+            )
+        return dropped
 
     async def reset(self) -> None:
         """Drop every table (before a rebuild from SQLite)."""
@@ -207,12 +269,13 @@ class MemoryIndex:
         await asyncio.to_thread(self._write_layout)
 
     def _write_layout(self) -> None:
-        self._ann_file.unlink(missing_ok=True)
+        for ann_file in self._path.glob("vector_index*.json"):
+            ann_file.unlink(missing_ok=True)
         self._layout_file.parent.mkdir(parents=True, exist_ok=True)
         self._layout_file.write_text(json.dumps(self._layout()))
 
     async def _table_for_write(self, tenant_id: str) -> Any:
-        name = table_name(tenant_id)
+        name = table_name(tenant_id, self.generation)
         table = self._tables.get(name)
         if table is None:
             # exist_ok: a table whose creation failed before its indexes were made is reused.
@@ -267,7 +330,8 @@ class MemoryIndex:
         if tenant_id is None:
             names = list(self._tables)
         else:
-            names = [table_name(tenant_id)] if table_name(tenant_id) in self._tables else []
+            name = table_name(tenant_id, self.generation)
+            names = [name] if name in self._tables else []
         for start in range(0, len(memory_ids), 1000):
             where = f"id IN ({_sql_list(memory_ids[start : start + 1000])})"
             for name in names:
@@ -280,7 +344,7 @@ class MemoryIndex:
     async def count(self, tenant_id: str | None = None) -> int:
         """Rows in one tenant's table, or in all of them."""
         if tenant_id is not None:
-            table = self._tables.get(table_name(tenant_id))
+            table = self._tables.get(table_name(tenant_id, self.generation))
             return int(await table.count_rows()) if table is not None else 0
         return sum([int(await table.count_rows()) for table in self._tables.values()])
 
@@ -291,7 +355,7 @@ class MemoryIndex:
         where: str,
         k: int,
     ) -> list[IndexHit]:
-        name = table_name(tenant_id)
+        name = table_name(tenant_id, self.generation)
         table = self._tables.get(name)
         if table is None:
             return []
@@ -300,7 +364,7 @@ class MemoryIndex:
         return _hits(result, "_distance")
 
     async def search_text(self, tenant_id: str, text: str, where: str, k: int) -> list[IndexHit]:
-        table = self._tables.get(table_name(tenant_id))
+        table = self._tables.get(table_name(tenant_id, self.generation))
         if table is None or not text.strip():
             return []
         result: pa.Table = await text_query(table, text, where, k).to_arrow()
@@ -440,6 +504,10 @@ async def _ensure_scalar_indexes(table: Any) -> None:
         await table.create_index("id", config=BTree())
     if "search_text_idx" not in existing:
         await table.create_index("search_text", config=FTS(with_position=False))
+
+
+def _ann_file_name(generation: int) -> str:
+    return f"vector_index.g{generation}.json" if generation else "vector_index.json"
 
 
 def _by_tenant(rows: Sequence[IndexRow]) -> dict[str, list[IndexRow]]:

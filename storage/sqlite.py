@@ -32,6 +32,7 @@ from storage.api import StorageFull
 from storage.records import (
     MEMORY_KINDS,
     MEMORY_STATUSES,
+    JobState,
     MemoryKind,
     MemoryRecord,
     MemoryStatus,
@@ -182,6 +183,15 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+# store_meta keys of the index: the generation served, and (while a rebuild runs) the outbox
+# sequence number the rebuild started after.
+INDEX_GENERATION_META = "index_generation"
+INDEX_BUILD_META = "index_build_from"
+_META_UPSERT = (
+    "INSERT INTO store_meta (key, value) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+_META_INT = "SELECT CAST(value AS INTEGER) FROM store_meta WHERE key = ?"
 _OUTBOX_INSERT = "INSERT INTO index_outbox (memory_id, tenant_id, enqueued_at) VALUES (?, ?, ?)"
 # The audit action of one import's outcome (what was written, skipped, refused or cancelled).
 IMPORT_ACTION = "import_run"
@@ -483,11 +493,7 @@ class SQLiteDatabase:
 
     async def set_meta(self, key: str, value: str) -> None:
         async with self._transaction() as db:
-            await db.execute(
-                "INSERT INTO store_meta (key, value) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            )
+            await db.execute(_META_UPSERT, (key, value))
 
     async def count_memories(self) -> int:
         rows = await self._fetchall("SELECT count(*) FROM memories WHERE status != 'deleted'")
@@ -949,23 +955,66 @@ class SQLiteDatabase:
 
     # -- index outbox ------------------------------------------------------------------------
 
-    async def outbox_batch(self, limit: int = 2000) -> tuple[int, dict[str, str | None]]:
-        """The oldest pending index changes: the highest sequence number, and each distinct
-        memory id with its tenant (None in entries written before schema version 3)."""
+    async def outbox_batch(
+        self, after_seq: int = 0, limit: int = 2000
+    ) -> tuple[int, dict[str, str | None]]:
+        """The oldest pending index changes after `after_seq`: the highest sequence number, and
+        each distinct memory id with its tenant (None in entries written before schema 3)."""
         rows = await self._fetchall(
-            "SELECT seq, memory_id, tenant_id FROM index_outbox ORDER BY seq LIMIT ?", (limit,)
+            "SELECT seq, memory_id, tenant_id FROM index_outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
         )
         if not rows:
             return 0, {}
         return int(rows[-1][0]), {row[1]: row[2] for row in rows}
 
-    async def outbox_ack(self, up_to_seq: int) -> None:
-        async with self._transaction() as db:
-            await db.execute("DELETE FROM index_outbox WHERE seq <= ?", (up_to_seq,))
+    async def outbox_ack(self, up_to_seq: int, generation: int) -> None:
+        """Forget the entries up to `up_to_seq`, applied to index generation `generation`.
 
-    async def outbox_clear(self) -> None:
+        Only if that generation is still the one served (else the entries are for its
+        successor to apply too), and, while a rebuild runs, only those it started after (it
+        applies the later ones to its new generation before switching to it).
+        """
         async with self._transaction() as db:
-            await db.execute("DELETE FROM index_outbox")
+            await db.execute(
+                "DELETE FROM index_outbox WHERE seq <= ? "
+                f"AND ? = COALESCE(({_META_INT}), 0) "
+                f"AND seq <= COALESCE(({_META_INT}), seq)",
+                (up_to_seq, generation, INDEX_GENERATION_META, INDEX_BUILD_META),
+            )
+
+    async def begin_index_build(self) -> int:
+        """Mark a rebuild as started; returns the outbox sequence number it starts after."""
+        async with self._transaction() as db:
+            async with db.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'index_outbox'"
+            ) as cursor:
+                row = await cursor.fetchone()
+            started_after = int(row[0]) if row is not None else 0
+            await db.execute(_META_UPSERT, (INDEX_BUILD_META, str(started_after)))
+        return started_after
+
+    async def end_index_build(self) -> None:
+        """Forget the rebuild marker of a rebuild that failed or died."""
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM store_meta WHERE key = ?", (INDEX_BUILD_META,))
+
+    async def switch_index_generation(
+        self, generation: int, applied_up_to: int, meta: dict[str, str]
+    ) -> None:
+        """Serve index generation `generation` from now on, in one transaction: the pointer,
+        `meta` (which embedder built it), the rebuild marker gone, and the outbox entries the
+        new generation already holds (up to `applied_up_to`) forgotten."""
+        async with self._transaction() as db:
+            for key, value in {INDEX_GENERATION_META: str(generation), **meta}.items():
+                await db.execute(_META_UPSERT, (key, value))
+            await db.execute("DELETE FROM store_meta WHERE key = ?", (INDEX_BUILD_META,))
+            await db.execute("DELETE FROM index_outbox WHERE seq <= ?", (applied_up_to,))
+
+    async def index_generation(self) -> int:
+        """The index generation searches and writes go to."""
+        value = await self.get_meta(INDEX_GENERATION_META)
+        return int(value) if value is not None else 0
 
     async def outbox_pending(self) -> int:
         rows = await self._fetchall("SELECT count(*) FROM index_outbox")
@@ -1121,27 +1170,12 @@ class SQLiteDatabase:
                 "lease_until = ? WHERE id IN (SELECT id FROM jobs WHERE "
                 "(state = 'queued' AND available_at <= ?) "
                 "OR (state = 'running' AND lease_until < ?) ORDER BY id LIMIT ?) "
-                "RETURNING id, tenant_id, kind, payload, state, attempts, created_at, "
-                "available_at, last_error",
+                f"RETURNING {_JOB_COLUMNS}",
                 (worker, now + self._lease_s, now, now, max(0, limit)),
             ) as cursor,
         ):
             rows = list(await cursor.fetchall())
-        jobs = [
-            QueuedJob(
-                id=row[0],
-                tenant_id=row[1],
-                kind=row[2],
-                payload=json.loads(row[3]),
-                state=row[4],
-                attempts=row[5],
-                created_at=row[6],
-                available_at=row[7],
-                last_error=row[8],
-            )
-            for row in rows
-        ]
-        return sorted(jobs, key=lambda job: job.id)
+        return sorted(map(_job_from_row, rows), key=lambda job: job.id)
 
     async def complete(self, job_id: int) -> None:
         async with self._transaction() as db:
@@ -1168,6 +1202,40 @@ class SQLiteDatabase:
         rows = await self._fetchall(
             "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')"
         )
+        return int(rows[0][0])
+
+    async def list_jobs(
+        self, tenant_id: str, *, state: JobState | None = None, limit: int = 100
+    ) -> list[QueuedJob]:
+        """One tenant's jobs, newest first (`state` narrows them, e.g. to the failed ones)."""
+        where, params = "tenant_id = ?", [tenant_id]
+        if state is not None:
+            where, params = where + " AND state = ?", [*params, state]
+        rows = await self._fetchall(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where} ORDER BY id DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [_job_from_row(row) for row in rows]
+
+    async def retry_job(self, tenant_id: str, job_id: int) -> QueuedJob | None:
+        """Queue a failed job of this tenant again, with a fresh count of attempts; its last
+        error stays until it runs. None when the tenant has no failed job of that id."""
+        async with (
+            self._transaction() as db,
+            db.execute(
+                "UPDATE jobs SET state = 'queued', attempts = 0, available_at = ?, "
+                "claimed_by = NULL, lease_until = NULL "
+                "WHERE id = ? AND tenant_id = ? AND state = 'failed' "
+                f"RETURNING {_JOB_COLUMNS}",
+                (time.time(), job_id, tenant_id),
+            ) as cursor,
+        ):
+            row = await cursor.fetchone()
+        return _job_from_row(row) if row is not None else None
+
+    async def count_jobs(self, state: JobState) -> int:
+        """Jobs in `state` across every tenant (for the readiness probe)."""
+        rows = await self._fetchall("SELECT count(*) FROM jobs WHERE state = ?", (state,))
         return int(rows[0][0])
 
     async def prune_jobs(self, older_than: float) -> int:
@@ -1231,6 +1299,23 @@ async def _in_savepoint(db: aiosqlite.Connection, write: _GroupedWrite) -> tuple
         return False, exc
     await db.execute("RELEASE grouped_write")
     return True, value
+
+
+_JOB_COLUMNS = "id, tenant_id, kind, payload, state, attempts, created_at, available_at, last_error"
+
+
+def _job_from_row(row: Sequence[Any]) -> QueuedJob:
+    return QueuedJob(
+        id=row[0],
+        tenant_id=row[1],
+        kind=row[2],
+        payload=json.loads(row[3]),
+        state=row[4],
+        attempts=row[5],
+        created_at=row[6],
+        available_at=row[7],
+        last_error=row[8],
+    )
 
 
 def _status_of(changes: dict[str, Any]) -> dict[str, Any]:

@@ -5,23 +5,31 @@ A write commits to SQLite together with an outbox entry, then the outbox is drai
 index. A crash in between loses nothing: the outbox is replayed when the store opens. Searches
 take ids from the index but records from SQLite, and re-check scope, status and expiry there, so
 a stale index can hide a record for a moment but never show one it should not.
+
+`reindex` may run while other processes serve the same folder: it builds a new generation of
+the index beside the served one (an exclusive lock file makes it the only rebuild), applies the
+outbox entries written meanwhile (which no process forgets while a rebuild runs), then switches
+the generation pointer in SQLite in one transaction and drops the old tables. Every process
+follows the pointer on its next index write or failed search. A search that fails otherwise
+reports a problem (`problems`, and the attached health) and has maintenance rebuild the index.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, get_args
 
 import numpy as np
 
-from storage.api import Embedder
+from storage.api import Embedder, HealthReporter
 from storage.index import (
     IndexHit,
     IndexRow,
@@ -33,6 +41,7 @@ from storage.index import (
 from storage.records import (
     MEMORY_KINDS,
     MEMORY_STATUSES,
+    JobState,
     MemoryKind,
     MemoryRecord,
     MemoryStatus,
@@ -44,6 +53,7 @@ from storage.records import (
     SourceRole,
 )
 from storage.sqlite import (
+    INDEX_BUILD_META,
     UPDATABLE_FIELDS,
     IndexSource,
     SQLiteDatabase,
@@ -55,6 +65,8 @@ log = logging.getLogger("memento.storage")
 
 DB_FILE = "memento.db"
 INDEX_DIR = "index"
+REBUILD_LOCK_FILE = "reindex.lock"
+WRITER_LOCK_FILE = "index.lock"
 _EMBEDDER_META = "index_embedder"
 # Sizes of scopes too large for the vector cache are re-counted at most this often.
 SCOPE_SIZE_TTL_S = 30.0
@@ -62,6 +74,28 @@ SCOPE_SIZE_TTL_S = 30.0
 
 class EmbedderMismatchError(RuntimeError):
     """The stored vectors were made by another embedder than the configured one."""
+
+
+class ReindexRunningError(RuntimeError):
+    """Another process is already rebuilding this folder's index."""
+
+
+@contextlib.contextmanager
+def _rebuild_lock(folder: Path) -> Iterator[None]:
+    """Held for a whole rebuild. A lock on an open file, so it goes with the process that
+    holds it, however that process ends."""
+    with open(folder / REBUILD_LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ReindexRunningError(
+                f"another process is rebuilding the index in {folder}; wait for it to finish "
+                "(its new index is served as soon as it is complete)"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _blob(vector: Sequence[float] | np.ndarray[Any, np.dtype[np.float32]]) -> bytes:
@@ -96,7 +130,7 @@ def _validate_new(memory: NewMemory) -> None:
 
 
 class EmbeddedStore:
-    """MemoryStore + RequestStore + WriteQueue over one data folder."""
+    """MemoryStore + RequestStore + WriteQueue + JobAdmin over one data folder."""
 
     def __init__(
         self,
@@ -112,12 +146,58 @@ class EmbeddedStore:
         self.db = db
         self.index = index
         self.embedder = embedder
+        # In this process, one writer of the index at a time; across processes, the lock file
+        # as well (`_index_writer`): two processes applying the same outbox entries at once
+        # could commit a stale upsert after a deletion and bring an erased row back.
         self._index_lock = asyncio.Lock()
+        self._writer_lock_file = open(data_dir / WRITER_LOCK_FILE, "a+")  # noqa: SIM115
         self._maintenance_interval_s = maintenance_interval_s
         self._maintenance_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.vector_cache = VectorCache(index.dimensions, vector_cache)
         self._scope_sizes: dict[tuple[str, str | None], tuple[int, float]] = {}
+        # Outbox entries up to this sequence number are applied to this process's index
+        # generation (they stay in the outbox while a rebuild in some process needs them).
+        self._outbox_after = 0
+        self._repair_wanted = False  # the index failed: the next maintenance pass rebuilds it
+        # Open problems of the index, by component; mirrored to the attached health.
+        self.problems: dict[str, str] = {}
+        self._health: HealthReporter | None = None
+
+    # -- health --------------------------------------------------------------------------------
+
+    def attach_health(self, health: HealthReporter) -> None:
+        """Report the index's problems (and their recovery) to `health` from now on."""
+        self._health = health
+        for component, message in self.problems.items():
+            health.report(component, message)
+
+    def _report(self, component: str, message: str) -> None:
+        if self.problems.get(component) != message:
+            log.error("%s: %s", component, message)
+        self.problems[component] = message
+        if self._health is not None:
+            self._health.report(component, message)
+
+    def _clear(self, component: str) -> None:
+        if self.problems.pop(component, None) is not None:
+            log.warning("%s: recovered", component)
+            if self._health is not None:
+                self._health.clear(component)
+
+    @contextlib.asynccontextmanager
+    async def _index_writer(self) -> AsyncIterator[None]:
+        """Exclusive right to write the index: this process's lock, then the folder's."""
+        async with self._index_lock:
+            handle = self._writer_lock_file
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # another process is writing: wait for it off the loop
+                await asyncio.to_thread(fcntl.flock, handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -138,6 +218,7 @@ class EmbeddedStore:
         try:
             await self.sync_index()
         finally:
+            self._writer_lock_file.close()
             await self.db.close()
 
     async def _maintenance_loop(self) -> None:
@@ -156,15 +237,47 @@ class EmbeddedStore:
                 log.exception("index maintenance failed; it will be retried")
 
     async def maintain(self) -> dict[str, Any]:
-        """One maintenance pass: replay the outbox, then fold, compact and prune the index."""
+        """One maintenance pass: replay the outbox (following a rebuilt index), rebuild the
+        index if a search found it broken, then fold, compact and prune it."""
         await self.sync_index()
+        if self._repair_wanted:
+            await self._repair()
+        await self._forget_dead_rebuild()
         done: dict[str, Any] = {}
         if self.index.needs_maintenance:  # some tenant's table changed
-            async with self._index_lock:
-                done = await self.index.maintain()
+            async with self._index_writer():
+                try:
+                    done = await self.index.maintain()
+                except Exception as exc:
+                    if not await self._follow_generation():
+                        self._report(
+                            "index.maintenance", f"index maintenance failed, rebuilding: {exc}"
+                        )
+                        self._repair_wanted = True  # at the next pass
+                        raise
             log.info("index maintenance: %s", done)
+        self._clear("index.maintenance")
         await self.db.prune_jobs(older_than=time.time() - 86_400)
         return done
+
+    async def _repair(self) -> None:
+        """Rebuild the index from SQLite after a search or maintenance found it broken."""
+        self._repair_wanted = False
+        try:
+            report = await self.reindex()
+        except ReindexRunningError:
+            return  # another process's rebuild replaces the broken generation anyway
+        log.warning("index rebuilt from SQLite after it failed: %s", report)
+        self._clear("index.search")
+
+    async def _forget_dead_rebuild(self) -> None:
+        """A rebuild that died (its process killed) leaves its marker, which keeps the outbox
+        from being emptied; the lock it held is free then, and the marker can go."""
+        if await self.db.get_meta(INDEX_BUILD_META) is None:
+            return
+        with contextlib.suppress(ReindexRunningError), _rebuild_lock(self.data_dir):
+            log.warning("an index rebuild in %s ended without finishing", self.data_dir)
+            await self.db.end_index_build()
 
     def request_maintenance(self) -> None:
         """Run maintenance soon (after an erasure, so old index versions are pruned)."""
@@ -192,36 +305,80 @@ class EmbeddedStore:
         """Apply pending outbox entries to the index; returns how many records it touched.
 
         Concurrent writers batch naturally: whoever holds the lock applies everything pending.
-        On an index error the entries stay and are retried by maintenance.
+        A rebuilt index (a new generation) is followed first. On an index error the entries
+        stay and are retried by maintenance.
         """
         touched = 0
-        async with self._index_lock:
+        async with self._index_writer():
+            await self._follow_generation()
             while True:
-                up_to, tenants = await self.db.outbox_batch()
+                up_to, tenants = await self.db.outbox_batch(self._outbox_after)
                 if not tenants:
+                    self._clear("index.update")
                     return touched
-                ids = list(tenants)
-                sources = await self.db.index_sources(ids)
-                rows: list[IndexRow] = []
-                for memory_id in ids:
-                    source = sources.get(memory_id)
-                    row = self._index_row(source) if source is not None else None
-                    if row is not None:
-                        rows.append(row)
-                gone = [memory_id for memory_id in ids if memory_id not in {r.id for r in rows}]
-                # The in-memory vectors first: instant, and what small scopes search, so a
-                # new memory is found without waiting for LanceDB's write (applying a batch
-                # again, after an index error, changes nothing).
-                self.vector_cache.apply(rows, gone)
                 try:
-                    for tenant_id, gone_ids in _by_tenant(gone, sources, tenants).items():
-                        await self.index.remove(tenant_id, gone_ids)
-                    await self.index.upsert(rows)
-                except Exception:
-                    log.exception("index update failed; %d changes stay in the outbox", len(ids))
+                    await self._apply(self.index, tenants, to_cache=True)
+                except Exception as exc:
+                    if await self._follow_generation():
+                        continue  # rebuilt meanwhile: apply to the new generation
+                    log.exception(
+                        "index update failed; %d changes stay in the outbox", len(tenants)
+                    )
+                    self._report("index.update", f"index update failed: {exc}")
                     return touched
-                await self.db.outbox_ack(up_to)
-                touched += len(ids)
+                await self.db.outbox_ack(up_to, self.index.generation)
+                self._outbox_after = up_to
+                touched += len(tenants)
+
+    async def _apply(
+        self, index: MemoryIndex, tenants: dict[str, str | None], *, to_cache: bool
+    ) -> None:
+        """Bring `index` (and with `to_cache` the in-memory vectors) up to SQLite's current
+        state of these records: upsert the live ones, remove the others."""
+        ids = list(tenants)
+        sources = await self.db.index_sources(ids)
+        rows: list[IndexRow] = []
+        for memory_id in ids:
+            source = sources.get(memory_id)
+            row = self._index_row(source) if source is not None else None
+            if row is not None:
+                rows.append(row)
+        kept = {row.id for row in rows}
+        gone = [memory_id for memory_id in ids if memory_id not in kept]
+        if to_cache:
+            # The in-memory vectors first: instant, and what small scopes search, so a new
+            # memory is found without waiting for LanceDB's write (applying a batch again,
+            # after an index error, changes nothing).
+            self.vector_cache.apply(rows, gone)
+        for tenant_id, gone_ids in _by_tenant(gone, sources, tenants).items():
+            await index.remove(tenant_id, gone_ids)
+        await index.upsert(rows)
+
+    async def _follow_generation(self) -> bool:
+        """Switch to the index generation SQLite points at, if another one than this
+        process's (a rebuild finished). The caller holds the index lock. True if it switched."""
+        generation = await self.db.index_generation()
+        if generation == self.index.generation:
+            return False
+        built_by = await self.db.get_meta(_EMBEDDER_META)
+        if built_by is not None and built_by != _embedder_tag(self.embedder):
+            self._report(
+                "index.embedder",
+                f"the index was rebuilt with embedder {built_by.rsplit('|', 1)[0]!r}, but this "
+                f"process embeds with {self.embedder.model_id!r}: restart it with that "
+                "embedder (MEMENTO_EMBEDDER)",
+            )
+            return False
+        self.index = await MemoryIndex.open(
+            self.data_dir / INDEX_DIR,
+            self.index.dimensions,
+            self.index.settings,
+            generation=generation,
+        )
+        self.vector_cache.clear()  # the rebuild may have re-embedded records
+        self._outbox_after = 0  # entries the old generation took may not be in the new one
+        log.info("serving index generation %d", generation)
+        return True
 
     async def _embed(self, texts: Sequence[str]) -> list[bytes]:
         if not texts:
@@ -441,16 +598,33 @@ class EmbeddedStore:
         if query_vector is None and embed_query and query_text.strip():
             query_vector = (await self.embedder.embed([query_text]))[0]
         query = self._query_vector(query_vector)
-        text_search = asyncio.ensure_future(
-            self.index.search_text(scope.tenant_id, query_text, where, k)
-        )
-        try:
-            vector_hits = await self._vector_search(
-                scope.tenant_id, users, where, query, k, kinds=kinds, statuses=statuses, now=now
+
+        async def search_index() -> tuple[list[IndexHit], list[IndexHit]]:
+            text_search = asyncio.ensure_future(
+                self.index.search_text(scope.tenant_id, query_text, where, k)
             )
-            text_hits = await text_search
-        finally:
-            text_search.cancel()  # only matters when something above failed
+            try:
+                vector_hits = await self._vector_search(
+                    scope.tenant_id, users, where, query, k, kinds=kinds, statuses=statuses, now=now
+                )
+                return vector_hits, await text_search
+            finally:
+                text_search.cancel()  # only matters when something above failed
+
+        searched = self.index
+        try:
+            vector_hits, text_hits = await search_index()
+        except Exception as exc:
+            async with self._index_lock:
+                await self._follow_generation()
+            if self.index is searched:  # not a generation dropped under this search
+                self._report("index.search", f"search failed, rebuilding the index: {exc}")
+                self._repair_wanted = True
+                self._wake.set()
+                raise
+            vector_hits, text_hits = await search_index()  # once more, on the new generation
+        if "index.search" in self.problems:
+            self._clear("index.search")
         vector_rank = {hit.id: rank for rank, hit in enumerate(vector_hits)}
         text_rank = {hit.id: rank for rank, hit in enumerate(text_hits)}
         ordered = list(dict.fromkeys([*vector_rank, *text_rank]))
@@ -615,42 +789,93 @@ class EmbeddedStore:
     async def pending(self) -> int:
         return await self.db.pending()
 
+    # -- JobAdmin ------------------------------------------------------------------------------
+
+    async def list_jobs(
+        self, tenant_id: str, *, state: JobState | None = None, limit: int = 100
+    ) -> list[QueuedJob]:
+        return await self.db.list_jobs(tenant_id, state=state, limit=limit)
+
+    async def retry_job(self, tenant_id: str, job_id: int) -> QueuedJob | None:
+        return await self.db.retry_job(tenant_id, job_id)
+
+    async def count_jobs(self, state: JobState) -> int:
+        return await self.db.count_jobs(state)
+
     # -- reindex -------------------------------------------------------------------------------
 
     async def reindex(self, *, batch: int = 512) -> dict[str, Any]:
-        """Rebuild the index from SQLite; re-embed records made by another embedder."""
+        """Rebuild the index from SQLite as a new generation, re-embedding records made by
+        another embedder, and serve it once complete; safe while other processes serve.
+
+        Raises ReindexRunningError when another process is rebuilding already.
+        """
         started = time.perf_counter()
-        records = reembedded = 0
-        async with self._index_lock:
-            await self.db.outbox_clear()
-            await self.index.reset()
-            self.vector_cache.clear()  # scopes reload from SQLite, with the new vectors
-            async for sources in self.db.iter_index_sources(batch):
-                stale = [
-                    s
-                    for s in sources
-                    if s.embedding is None or s.embedding_model != self.embedder.model_id
-                ]
-                if stale:
-                    blobs = await self._embed([s.embed_text for s in stale])
-                    await self.db.set_embeddings(
-                        [(s.id, blob) for s, blob in zip(stale, blobs, strict=True)],
-                        self.embedder.model_id,
+        with _rebuild_lock(self.data_dir):
+            async with self._index_lock:
+                await self._follow_generation()
+            started_after = await self.db.begin_index_build()
+            try:
+                fresh = await self.index.new_generation(self.index.generation + 1)
+                records, reembedded = await self._fill(fresh, batch)
+                await fresh.maintain()
+                # The changes written meanwhile, most of them outside the lock, the last ones
+                # inside it, where the switch cannot miss one of this process's writes.
+                applied = await self._catch_up(fresh, started_after)
+                async with self._index_lock:
+                    applied = await self._catch_up(fresh, applied)
+                    await self.db.switch_index_generation(
+                        fresh.generation, applied, {_EMBEDDER_META: _embedder_tag(self.embedder)}
                     )
-                    fresh = await self.db.index_sources([s.id for s in stale])
-                    sources = [fresh.get(s.id, s) for s in sources]
-                    reembedded += len(stale)
-                rows = [row for row in map(self._index_row, sources) if row is not None]
-                await self.index.append(rows)
-                records += len(rows)
-            await self.index.maintain()
-            await self.db.set_meta(_EMBEDDER_META, _embedder_tag(self.embedder))
+                    self.index = fresh
+                    self.vector_cache.clear()  # scopes reload from SQLite, with the new vectors
+                    self._outbox_after = 0
+            except BaseException:
+                await self.db.end_index_build()
+                raise
+        async with self._index_writer():  # no process is writing the tables being dropped
+            dropped = await fresh.drop_other_generations()
         return {
             "records": records,
             "reembedded": reembedded,
             "embedder": self.embedder.model_id,
+            "generation": fresh.generation,
+            "dropped_tables": len(dropped),
             "seconds": round(time.perf_counter() - started, 3),
         }
+
+    async def _fill(self, index: MemoryIndex, batch: int) -> tuple[int, int]:
+        """Every live record into `index`; returns (records, re-embedded)."""
+        records = reembedded = 0
+        async for sources in self.db.iter_index_sources(batch):
+            stale = [
+                s
+                for s in sources
+                if s.embedding is None or s.embedding_model != self.embedder.model_id
+            ]
+            if stale:
+                blobs = await self._embed([s.embed_text for s in stale])
+                await self.db.set_embeddings(
+                    [(s.id, blob) for s, blob in zip(stale, blobs, strict=True)],
+                    self.embedder.model_id,
+                )
+                fresh = await self.db.index_sources([s.id for s in stale])
+                sources = [fresh.get(s.id, s) for s in sources]
+                reembedded += len(stale)
+            rows = [row for row in map(self._index_row, sources) if row is not None]
+            await index.append(rows)
+            records += len(rows)
+        return records, reembedded
+
+    async def _catch_up(self, index: MemoryIndex, after: int) -> int:
+        """Apply the outbox entries after sequence number `after` to `index`; returns the last
+        one applied."""
+        while True:
+            up_to, tenants = await self.db.outbox_batch(after)
+            if not tenants:
+                return after
+            await self._apply(index, tenants, to_cache=False)
+            after = up_to
 
     # `list` comes last: inside the class body its name would shadow the builtin type.
     async def list(
@@ -729,7 +954,12 @@ async def open_embedded_store(
             raise ValueError(f"embedder {embedder.model_id!r} does not know its dimensions yet")
         tag = _embedder_tag(embedder)
         stored = await db.get_meta(_EMBEDDER_META)
-        index = await MemoryIndex.open(folder / INDEX_DIR, embedder.dimensions, maintenance)
+        index = await MemoryIndex.open(
+            folder / INDEX_DIR,
+            embedder.dimensions,
+            maintenance,
+            generation=await db.index_generation(),
+        )
         if stored != tag:
             if stored is None or await db.count_memories() == 0:
                 await db.set_meta(_EMBEDDER_META, tag)

@@ -71,14 +71,18 @@ def register(commands: Any) -> None:
     load.set_defaults(run=_import)
 
 
-def _client(args: argparse.Namespace) -> httpx.Client:
+def client(args: argparse.Namespace) -> httpx.Client:
+    """An HTTP client for the proxy at `args.url`, with the tenant key `args.key`."""
     if not args.key:
-        raise SystemExit("memento-proxy memories: give the tenant key with --key or MEMENTO_KEY")
+        raise SystemExit(
+            f"memento-proxy {args.command}: give the tenant key with --key or MEMENTO_KEY"
+        )
     headers = {"Authorization": f"Bearer {args.key}"}
     return httpx.Client(base_url=args.url, headers=headers, timeout=60, trust_env=False)
 
 
-def _show(response: httpx.Response) -> int:
+def show(response: httpx.Response) -> int:
+    """Print a reply's JSON (or its error on stderr); the command's exit status."""
     try:
         body = response.json()
     except ValueError:
@@ -103,7 +107,7 @@ def _line(memory: dict[str, Any]) -> str:
 
 def _print_list(response: httpx.Response) -> int:
     if response.status_code >= 400:
-        return _show(response)
+        return show(response)
     for memory in response.json()["data"]:
         print(_line(memory))
     return 0
@@ -111,43 +115,43 @@ def _print_list(response: httpx.Response) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     params = {k: v for k, v in vars(args).items() if k in ("user", "kind", "status") and v}
-    with _client(args) as http:
+    with client(args) as http:
         return _print_list(http.get("/v1/memories", params={**params, "limit": args.limit}))
 
 
 def _search(args: argparse.Namespace) -> int:
     body = {"user": args.user, "query": args.query, "limit": args.limit}
-    with _client(args) as http:
+    with client(args) as http:
         return _print_list(http.post("/v1/memories/search", json=body))
 
 
 def _add(args: argparse.Namespace) -> int:
     body = {"user": args.user, "kind": args.kind, "text": args.text}
-    with _client(args) as http:
-        return _show(http.post("/v1/memories", json=body))
+    with client(args) as http:
+        return show(http.post("/v1/memories", json=body))
 
 
 def _get(args: argparse.Namespace) -> int:
-    with _client(args) as http:
-        return _show(http.get(f"/v1/memories/{args.memory_id}"))
+    with client(args) as http:
+        return show(http.get(f"/v1/memories/{args.memory_id}"))
 
 
 def _delete(args: argparse.Namespace) -> int:
-    with _client(args) as http:
-        return _show(http.delete(f"/v1/memories/{args.memory_id}"))
+    with client(args) as http:
+        return show(http.delete(f"/v1/memories/{args.memory_id}"))
 
 
 def _forget_user(args: argparse.Namespace) -> int:
-    with _client(args) as http:
-        return _show(http.delete(f"/v1/users/{args.user}/memories"))
+    with client(args) as http:
+        return show(http.delete(f"/v1/users/{args.user}/memories"))
 
 
 def _export(args: argparse.Namespace) -> int:
     params = {"user": args.user} if args.user else {}
-    with _client(args) as http, http.stream("GET", "/v1/memories/export", params=params) as reply:
+    with client(args) as http, http.stream("GET", "/v1/memories/export", params=params) as reply:
         if reply.status_code >= 400:
             reply.read()
-            return _show(reply)
+            return show(reply)
         for chunk in reply.iter_text():
             sys.stdout.write(chunk)
     return 0
@@ -155,5 +159,5 @@ def _export(args: argparse.Namespace) -> int:
 
 def _import(args: argparse.Namespace) -> int:
     data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-    with _client(args) as http:
-        return _show(http.post("/v1/memories/import", content=data))
+    with client(args) as http:
+        return show(http.post("/v1/memories/import", content=data))

@@ -1,7 +1,9 @@
 """The write-path worker pool: durable jobs from the SQLite queue, processed off the request path.
 
 Jobs survive crashes and restarts in the queue (a claimed job whose lease runs out is claimed
-again); a failing job is retried with backoff and given up after `max_attempts`, its error kept.
+again); a failing job is retried with backoff and given up after `max_attempts`: it stays in the
+queue as `failed` with its error, logged at ERROR, counted on `/readyz`, listed by
+`GET /v1/memories/jobs?state=failed` and queued again by `POST /v1/memories/jobs/{id}/retry`.
 Shutdown drains: workers keep going until the queue is empty or the drain timeout passes.
 """
 
@@ -107,12 +109,17 @@ class WritePool:
         except Exception as exc:
             give_up = job.attempts >= self.max_attempts
             retry = None if give_up else self.backoff_s * 2 ** (job.attempts - 1)
-            log.warning(
-                "job %s failed (attempt %s/%s): %s",
+            log.log(
+                logging.ERROR if give_up else logging.WARNING,
+                "job %s of tenant %s failed (attempt %s/%s)%s: %s",
                 job.id,
+                job.tenant_id,
                 job.attempts,
                 self.max_attempts,
-                type(exc).__name__,
+                "; given up, kept as failed (retry: POST /v1/memories/jobs/ID/retry)"
+                if give_up
+                else "",
+                f"{type(exc).__name__}: {exc}"[:300],
             )
             with contextlib.suppress(Exception):
                 await self.queue.fail(

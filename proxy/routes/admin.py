@@ -7,11 +7,16 @@
 - `POST /v1/memories/quarantine/{memory_id}/approve` and `/reject` (optional body
   `{"note": "..."}`): a reviewer's decision, which also teaches the lessons. Reject also takes
   an active memory that turned out harmful: it stops being injected at once.
+- `GET /v1/memories/jobs?state=failed`: the tenant's write-path jobs, newest first (`state` is
+  queued, running, done or failed; `limit`). A job that failed `max_attempts` times stays as
+  `failed` with its last error.
+- `POST /v1/memories/jobs/{job_id}/retry`: queue a failed job again, with a fresh count of
+  attempts (after the cause is fixed: an upstream back, an index rebuilt).
 """
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,8 +28,8 @@ from proxy.memory import lessons
 from proxy.memory.candidates import Candidate, TrustVerdict
 from proxy.memory.sanitize import Sanitizer
 from proxy.validation import read_json_body
-from storage.api import MemoryStore
-from storage.records import MemoryKind, MemoryRecord, Scope
+from storage.api import JobAdmin, MemoryStore
+from storage.records import JobState, MemoryKind, MemoryRecord, QueuedJob, Scope
 
 MAX_CANDIDATES = 1000
 MAX_TEXT_CHARS = 32_000
@@ -193,6 +198,63 @@ async def _review(request: Request, decision: lessons.Decision) -> Response:
     return JSONResponse(record_json(record))
 
 
+def job_json(job: QueuedJob) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "object": "memory.job",
+        "kind": job.kind,
+        "state": job.state,
+        "attempts": job.attempts,
+        "created_at": job.created_at,
+        "available_at": job.available_at,
+        "last_error": job.last_error,
+        "request_id": job.payload.get("request_id"),
+    }
+
+
+def _job_admin(request: Request) -> JobAdmin:
+    store = require_store(request)
+    if not isinstance(store, JobAdmin):
+        raise ProxyError(
+            501,
+            "This proxy's store keeps no inspectable write queue.",
+            type="api_error",
+            code="jobs_unavailable",
+        )
+    return store
+
+
+async def list_jobs(request: Request) -> Response:
+    policy = authenticate(request)
+    store = _job_admin(request)
+    raw_state = request.query_params.get("state") or None
+    states = get_args(JobState)
+    if raw_state is not None and raw_state not in states:
+        raise bad_request(
+            f"state must be one of {', '.join(states)}; got {raw_state!r}.", param="state"
+        )
+    state = cast("JobState | None", raw_state)
+    limit = _int_param(request, "limit", 100, 1, MAX_LIST_LIMIT)
+    jobs = await store.list_jobs(policy.tenant, state=state, limit=limit)
+    return JSONResponse({"object": "list", "data": [job_json(job) for job in jobs]})
+
+
+async def retry_job(request: Request) -> Response:
+    policy = authenticate(request)
+    store = _job_admin(request)
+    raw_id = request.path_params["job_id"]
+    job = await store.retry_job(policy.tenant, int(raw_id)) if raw_id.isdigit() else None
+    if job is None:
+        raise ProxyError(
+            404,
+            f"No failed job {raw_id!r} for this key's tenant; list them with "
+            "GET /v1/memories/jobs?state=failed.",
+            param="job_id",
+            code="job_not_found",
+        )
+    return JSONResponse(job_json(job))  # an idle worker claims it at its next poll
+
+
 def _optional_str(body: dict[str, Any], name: str) -> str | None:
     value = body.get(name)
     if value is None or value == "":
@@ -224,4 +286,6 @@ def routes() -> list[Route]:
         Route("/v1/memories/quarantine", list_quarantine, methods=["GET"]),
         Route("/v1/memories/quarantine/{memory_id}/approve", approve, methods=["POST"]),
         Route("/v1/memories/quarantine/{memory_id}/reject", reject, methods=["POST"]),
+        Route("/v1/memories/jobs", list_jobs, methods=["GET"]),
+        Route("/v1/memories/jobs/{job_id}/retry", retry_job, methods=["POST"]),
     ]

@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
+from proxy.memory.worker import WritePool
 from storage.embedders import LocalEmbedder
+from storage.records import QueuedJob
 from storage.store import open_embedded_store
 
 
@@ -85,4 +89,44 @@ async def test_concurrent_writes_share_commits_and_are_each_durable(
         assert sorted(job.payload["n"] for job in jobs) == list(range(200))
         assert {job.id for job in jobs} == set(ids)
     finally:
+        await store.close()
+
+
+async def test_a_given_up_job_stays_failed_listed_and_can_be_retried(
+    tmp_path: Path, local_embedder: LocalEmbedder, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await open_embedded_store(tmp_path, local_embedder)
+    runs: list[int] = []
+    upstream_down = True
+
+    async def learn(job: QueuedJob) -> None:
+        runs.append(job.id)
+        if upstream_down:
+            raise ConnectionError("upstream refused the connection")
+
+    pool = WritePool(store, learn, workers=1, idle_poll_s=0.01, max_attempts=2, backoff_s=0)
+    pool.start()
+    try:
+        job_id = await store.enqueue("acme", "exchange", {"request_id": "r1"})
+        await store.enqueue("globex", "exchange", {"request_id": "r2"})
+        while await store.pending():
+            await asyncio.sleep(0.01)
+        (failed,) = await store.list_jobs("acme", state="failed")
+        assert (failed.id, failed.attempts) == (job_id, 2)
+        assert failed.last_error == "ConnectionError: upstream refused the connection"
+        assert await store.count_jobs("failed") == 2
+        given_up = [r for r in caplog.records if r.levelname == "ERROR" and "given up" in r.message]
+        assert len(given_up) == 2
+        # Another tenant cannot retry it; a job that did not fail cannot be retried.
+        assert await store.retry_job("globex", job_id) is None
+        upstream_down = False
+        retried = await store.retry_job("acme", job_id)
+        assert retried is not None and (retried.state, retried.attempts) == ("queued", 0)
+        while await store.pending():
+            await asyncio.sleep(0.01)
+        assert [job.state for job in await store.list_jobs("acme")] == ["done"]
+        assert await store.retry_job("acme", job_id) is None
+        assert runs.count(job_id) == 3
+    finally:
+        await pool.stop()
         await store.close()
