@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.auth import authenticate
 from proxy.errors import ProxyError, insufficient_storage, internal_error, model_not_found
-from proxy.health import Health, watch_store
+from proxy.health import Health, watch_memory
 from proxy.memory.pipeline import MemoryPipeline
 from proxy.memory.seam import CallContext, MemoryHooks, MemoryUnavailable, NoMemory, PreparedCall
 from proxy.policy import ModelRoute, Policy
@@ -440,7 +440,7 @@ def build_app(
         start = getattr(memory, "start", None)
         if start is not None:
             await start()
-        watch_store(memory, app.state.health)
+        watch_memory(memory, app.state.health)
         watcher = None
         if settings.policy_reload_s > 0:
             watcher = asyncio.create_task(registry.watch(settings.policy_reload_s))

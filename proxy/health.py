@@ -40,12 +40,14 @@ class Health:
         return sorted(self._problems.values(), key=lambda problem: problem.component)
 
 
-def watch_store(memory: Any, health: Health) -> None:
-    """Have the memory hooks' store, once started, report its index problems to `health`."""
+def watch_memory(memory: Any, health: Health) -> None:
+    """Have the memory hooks, once started, report to `health`: their store's problems (the
+    index, a full disk) and exchanges waiting for the write queue."""
     try:
-        store = getattr(memory, "store", None)
+        parts = [getattr(memory, "store", None), getattr(memory, "backlog", None)]
     except RuntimeError:  # memory that was never started has no store
         return
-    attach = getattr(store, "attach_health", None)
-    if attach is not None:
-        attach(health)
+    for part in parts:
+        attach = getattr(part, "attach_health", None)
+        if attach is not None:
+            attach(health)

@@ -16,11 +16,12 @@ at open, and a file from a newer release is refused with a message that says wha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 
 import aiosqlite
 
-from storage.api import StorageFull
+from storage.api import HealthReporter, StorageFull
 from storage.records import (
     MEMORY_KINDS,
     MEMORY_STATUSES,
@@ -40,6 +41,10 @@ from storage.records import (
     RequestLog,
     Scope,
 )
+
+log = logging.getLogger("memento.storage")
+
+STORAGE_COMPONENT = "storage"  # the name a full disk is reported under
 
 
 class SchemaTooNewError(RuntimeError):
@@ -390,6 +395,9 @@ class SQLiteDatabase:
         self._lease_s = lease_s
         self._group: list[tuple[_GroupedWrite, asyncio.Future[Any]]] = []
         self._group_task: asyncio.Task[None] | None = None
+        self._health: HealthReporter | None = None
+        self._full: str | None = None  # why the last write failed for want of space
+        self._probe: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -422,13 +430,15 @@ class SQLiteDatabase:
         return cls(path, writer, reader, lease_s=lease_s)
 
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         if self._group_task is not None:
             await asyncio.shield(self._group_task)
         async with self._write_lock:
             await self._reader.close()
             await self._writer.close()
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction. Anything that fails, the COMMIT included (a full disk fails
         there), rolls it back, so the connection is ready for the next write."""
@@ -444,8 +454,41 @@ class SQLiteDatabase:
                     raise
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL:
+                    self._report_full(f"{self.path}: {exc}")
                     raise StorageFull(f"{self.path}: {exc}") from exc
                 raise
+            if self._full is not None:
+                self._clear_full()
+
+    # -- a full disk ---------------------------------------------------------------------------
+
+    def attach_health(self, health: HealthReporter) -> None:
+        """Report a full disk (and its end) to `health` from now on."""
+        self._health = health
+        if self._full is not None:
+            health.report(STORAGE_COMPONENT, self._full)
+
+    def _report_full(self, reason: str) -> None:
+        if self._full is None:
+            log.error("the database refuses writes: %s", reason)
+        self._full = f"writes fail, the disk is full ({reason})"
+        if self._health is not None:
+            self._health.report(STORAGE_COMPONENT, self._full)
+        if self._probe is None or self._probe.done():
+            # Nothing may write for a while: probe, so recovery does not wait for a client.
+            self._probe = asyncio.create_task(self._probe_until_writable(), name="sqlite-probe")
+
+    def _clear_full(self) -> None:
+        self._full = None
+        log.warning("the database accepts writes again")
+        if self._health is not None:
+            self._health.clear(STORAGE_COMPONENT)
+
+    async def _probe_until_writable(self, interval_s: float = 1.0) -> None:
+        while self._full is not None:
+            await asyncio.sleep(interval_s)
+            with contextlib.suppress(StorageFull):
+                await self.set_meta("write_probe", str(time.time()))
 
     async def _grouped(self, write: _GroupedWrite) -> Any:
         """Run `write` in the next group commit; return its result once that commit is durable.

@@ -169,6 +169,7 @@ class EmbeddedStore:
     def attach_health(self, health: HealthReporter) -> None:
         """Report the index's problems (and their recovery) to `health` from now on."""
         self._health = health
+        self.db.attach_health(health)
         for component, message in self.problems.items():
             health.report(component, message)
 

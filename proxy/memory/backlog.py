@@ -15,19 +15,13 @@ import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from storage.api import WriteQueue
+from storage.api import HealthReporter, WriteQueue
 
 log = logging.getLogger("memento.memory")
 
 COMPONENT = "memory-queue"
-
-
-class ProblemReporter(Protocol):
-    def report(self, component: str, message: str) -> None: ...
-
-    def clear(self, component: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -45,10 +39,16 @@ class QueueBacklog:
         self.limit = limit
         self.retry_s = retry_s
         self.dropped = 0
-        self.reporter: ProblemReporter | None = None
+        self.reporter: HealthReporter | None = None
         self._held: deque[HeldJob] = deque()
         self._last_error = ""
         self._task: asyncio.Task[None] | None = None
+
+    def attach_health(self, reporter: HealthReporter) -> None:
+        """Report waiting exchanges to `reporter` from now on."""
+        self.reporter = reporter
+        if self._held:
+            self._report()
 
     def __len__(self) -> int:
         return len(self._held)

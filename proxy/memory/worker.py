@@ -15,7 +15,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 
-from storage.api import WriteQueue
+from storage.api import StorageFull, WriteQueue
 from storage.records import QueuedJob
 
 log = logging.getLogger("memento.worker")
@@ -85,6 +85,8 @@ class WritePool:
         while not self._stopping:
             try:
                 jobs = await self.queue.claim(name, 1)
+            except StorageFull:  # reported on /readyz by the store; claiming resumes with space
+                jobs = []
             except Exception:
                 log.exception("claiming a job failed")
                 jobs = []
