@@ -25,7 +25,7 @@ from proxy.memory.pipeline import MemoryPipeline, Store
 from proxy.memory.retrieve import retrieve
 from proxy.memory.sanitize import Sanitizer
 from proxy.policy import Policy
-from proxy.validation import read_json_body
+from proxy.validation import parse_json, read_json_body, user_id
 from storage.records import (
     MEMORY_KINDS,
     MEMORY_STATUSES,
@@ -69,14 +69,6 @@ def not_found(memory_id: str) -> ProxyError:
         f"No memory {memory_id!r} for this key's tenant; list them with GET /v1/memories.",
         code="memory_not_found",
     )
-
-
-def _user(value: Any, *, field: str = "user") -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip() or len(value) > 256:
-        raise bad_request(f"'{field}' must be a non-empty string (at most 256 characters).")
-    return value.strip()
 
 
 def _kind(value: Any) -> MemoryKind:
@@ -123,7 +115,7 @@ async def create_memory(
         raise bad_request("Each memory must be a JSON object with 'kind' and 'text'.")
     kind = _kind(item.get("kind"))
     text = _text(item.get("text"))
-    user = _user(item.get("user"))
+    user = user_id(item.get("user"))
     created_at = item.get("created_at")
     if created_at is not None and (
         isinstance(created_at, bool) or not isinstance(created_at, int | float)
@@ -164,7 +156,7 @@ async def create_memory(
 async def list_memories(request: Request) -> Response:
     policy = authenticate(request)
     store = pipeline_of(request).store
-    user = _user(request.query_params.get("user"))
+    user = user_id(request.query_params.get("user"))
     kind = request.query_params.get("kind")
     status = request.query_params.get("status")
     kinds = [_kind(kind)] if kind is not None else None
@@ -246,7 +238,7 @@ async def delete_memory(request: Request) -> Response:
 
 async def delete_user_memories(request: Request) -> Response:
     policy = authenticate(request)
-    user = _user(request.path_params["user"])
+    user = user_id(request.path_params["user"])
     assert user is not None
     count = await pipeline_of(request).store.delete_user(policy.tenant, user, actor="api")
     return JSONResponse({"object": "user.memories.deleted", "user": user, "deleted": count})
@@ -258,7 +250,7 @@ async def search_memories(request: Request) -> Response:
     body = await read_json_body(request, policy.limits.max_body_bytes)
     if not isinstance(body, dict):
         raise bad_request('Send {"user", "query", "limit"}.')
-    user = _user(body.get("user"))
+    user = user_id(body.get("user"))
     query = _text(body.get("query"), "query")
     limit = body.get("limit", 10)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 200:
@@ -281,7 +273,7 @@ async def search_memories(request: Request) -> Response:
 async def export_memories(request: Request) -> Response:
     policy = authenticate(request)
     store = pipeline_of(request).store
-    user = _user(request.query_params.get("user"))
+    user = user_id(request.query_params.get("user"))
 
     async def lines() -> AsyncIterator[bytes]:
         offset, page = 0, 500
@@ -312,12 +304,7 @@ async def import_memories(request: Request) -> Response:
     for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:
-            raise bad_request(
-                f"Line {number} is not JSON; send one memory object per line."
-            ) from None
+        item = parse_json(line, what=f"Line {number}", hint="Send one memory object per line.")
         if isinstance(item, dict) and "user" not in item and "user_id" in item:
             item = {**item, "user": item["user_id"]}
         try:
@@ -341,5 +328,5 @@ def memory_routes() -> list[BaseRoute]:
         Route("/v1/memories/{memory_id}", get_memory, methods=["GET"]),
         Route("/v1/memories/{memory_id}", patch_memory, methods=["PATCH"]),
         Route("/v1/memories/{memory_id}", delete_memory, methods=["DELETE"]),
-        Route("/v1/users/{user}/memories", delete_user_memories, methods=["DELETE"]),
+        Route("/v1/users/{user:path}/memories", delete_user_memories, methods=["DELETE"]),
     ]
