@@ -21,21 +21,38 @@ from proxy.settings import Settings
 log = logging.getLogger("memento.proxy")
 
 
+class HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a head that is over the limit."""
+
+
 class BoundedHeadProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, refusing request heads over `max_head_bytes` with 431."""
 
     max_head_bytes = Settings.max_header_bytes
-    _in_head = True  # from the end of one request (or the connection's start) to the next head
-    _head_bytes = 0
+    _in_head = False  # from the first byte of a request until its headers are complete
+    _head_bytes = 0  # of the request line and the headers parsed so far
+    _read_bytes = 0  # of the reads since the request began that ended inside its head
+    _refused = False
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_bytes = self._read_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._head_bytes += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4  # ": " and CRLF
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._head_bytes = 0
+        if self._head_bytes > self.max_head_bytes:
+            self._refused = True
+            raise HeadTooLarge  # stops the parser; uvicorn then calls send_400_response
         super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        self._in_head = True
 
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
@@ -43,13 +60,18 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().data_received(data)
         if not self._in_head or self.transport.is_closing():
             return
-        # Counted per read: a read that also ends the previous request counts whole, which
-        # errs by less than one read and only for pipelined requests.
-        self._head_bytes += len(data)
-        if self._head_bytes > self.max_head_bytes:
-            self._refuse_head()
+        # A header still arriving is gathered inside httptools, unseen: count the reads
+        # instead. A read that also ended the previous request counts whole, which errs by
+        # less than one read, and only for pipelined requests.
+        self._read_bytes += len(data)
+        if self._read_bytes > self.max_head_bytes:
+            self._refused = True
+            self.send_400_response("")
 
-    def _refuse_head(self) -> None:
+    def send_400_response(self, msg: str) -> None:
+        if not self._refused:
+            super().send_400_response(msg)
+            return
         error = ProxyError(
             431,
             f"The request line and headers exceed {self.max_head_bytes} bytes. Send fewer or "
