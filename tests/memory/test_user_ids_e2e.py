@@ -9,8 +9,9 @@ from urllib.parse import quote
 
 import pytest
 
+from proxy.cli import main as cli_main
 from tests.harness import RunningProxy
-from tests.memory.conftest import api, client_for, wait_for_memories
+from tests.memory.conftest import KEY, api, client_for, wait_for_memories
 from tests.scripted_upstream import ScriptedUpstream
 
 # The longest id there is, with what a path would otherwise cut or mangle ('/', '%', space, ø).
@@ -19,15 +20,21 @@ SURROGATE = '"\\ud800"'  # JSON text that decodes to a lone surrogate
 
 
 def test_every_user_id_chat_accepts_can_be_erased(
-    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
+    upstream: ScriptedUpstream,
+    memory_proxy: Callable[..., RunningProxy],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     proxy = memory_proxy()
-    client_for(proxy).chat.completions.create(
-        model="gpt-4o-mini",
-        messages=[{"role": "user", "content": "Hi! I am allergic to peanuts."}],
-        user=LONGEST_ID,
-    )
-    assert wait_for_memories(proxy, LONGEST_ID, 1)
+    for user in (LONGEST_ID, "who?#x"):
+        client_for(proxy).chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "Hi! I am allergic to peanuts."}],
+            user=user,
+        )
+        assert wait_for_memories(proxy, user, 1)
+    forget = ["memories", "--url", proxy.base_url, "--key", KEY, "forget-user", "who?#x"]
+    assert cli_main(forget) == 0
+    assert '"deleted": 1' in capsys.readouterr().out
     with api(proxy) as http:
         erased = http.delete(f"/v1/users/{quote(LONGEST_ID, safe='')}/memories")
         assert erased.status_code == 200, erased.text
