@@ -109,27 +109,31 @@ def _check_text(text: str) -> None:
 
 
 def _check_tree(value: Any, depth: int) -> None:
-    if isinstance(value, str):
+    """Walk the strings and containers of a parsed JSON value (numbers cost one type check)."""
+    if type(value) is str:
         _check_text(value)
-    elif isinstance(value, dict):
-        if depth > MAX_JSON_DEPTH:
-            raise _BadTree(too_deep=True)
-        for key, item in value.items():
-            try:
+        return
+    if type(value) is not dict and type(value) is not list:
+        return
+    if depth > MAX_JSON_DEPTH:
+        raise _BadTree(too_deep=True)
+    pairs = value.items() if type(value) is dict else enumerate(value)
+    key: str | int = ""
+    try:
+        for key, item in pairs:
+            if type(key) is str:
                 _check_text(key)
+            kind = type(item)
+            if kind is str:
+                _check_text(item)
+            elif kind is dict or kind is list:
                 _check_tree(item, depth + 1)
-            except _BadTree as bad:
-                bad.path.append(f".{key}" if key.isidentifier() else f"[{json.dumps(key)}]")
-                raise
-    elif isinstance(value, list):
-        if depth > MAX_JSON_DEPTH:
-            raise _BadTree(too_deep=True)
-        for index, item in enumerate(value):
-            try:
-                _check_tree(item, depth + 1)
-            except _BadTree as bad:
-                bad.path.append(f"[{index}]")
-                raise
+    except _BadTree as bad:
+        if isinstance(key, int):
+            bad.path.append(f"[{key}]")
+        else:
+            bad.path.append(f".{key}" if key.isidentifier() else f"[{json.dumps(key)}]")
+        raise
 
 
 def _too_deep(what: str, where: str) -> ProxyError:
