@@ -3,9 +3,9 @@
 uvicorn's httptools protocol sets no limit on a request's head (its request line and headers).
 httptools gathers a header value chunk by chunk, copying all of it at each chunk, on the event
 loop: one unauthenticated 100 MB header held every other request up for seconds and grew the
-process by hundreds of MB. `BoundedHeadProtocol` counts a head's bytes as they arrive and, past
-`Settings.max_header_bytes`, answers 431 and closes the connection, so a head costs at most the
-limit plus one read from the socket.
+process by about as much as the header. `BoundedHeadProtocol` counts a head's bytes as they
+arrive and, past `Settings.max_header_bytes`, answers 431 and closes the connection, so a head
+costs at most the limit plus one read from the socket. `memento-proxy serve` uses it.
 """
 
 from __future__ import annotations
