@@ -57,7 +57,7 @@ from proxy.tracing import (
 )
 from proxy.ui.pages import routes as ui_routes
 from proxy.upstream import Target, Upstreams, import_litellm, is_passthrough
-from proxy.validation import read_json_body, validate_chat, validate_embeddings
+from proxy.validation import chat_user_id, read_json_body, validate_chat, validate_embeddings
 from storage.api import JobAdmin, StorageFull
 from storage.spans import open_span_store
 
@@ -239,7 +239,7 @@ class ChatService:
             model_alias=alias,
             route=route,
             body=body,
-            user_id=body.get("user") or headers.get("x-memento-user"),
+            user_id=chat_user_id(body, headers),
             session_id=headers.get("x-memento-session"),
             mode_header=headers.get("x-memento-mode"),
             stream=stream,

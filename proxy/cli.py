@@ -24,6 +24,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.app import build_app
+    from proxy.server import http_protocol
 
     settings = Settings.from_env(
         host=args.host, port=args.port, policies_dir=args.policies, data_dir=args.data_dir
@@ -45,7 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         access_log=settings.access_log,
         loop="auto",
-        http="auto",
+        http=http_protocol(settings),
         timeout_graceful_shutdown=10,
     )
     return 0

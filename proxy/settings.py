@@ -39,6 +39,8 @@ class Settings:
     upstream_keepalive_s: float = 30.0  # idle upstream connections are closed after this
     # Bytes accepted before a tenant is known (the tenant's own limit applies after auth).
     max_body_bytes: int = 32 * 1024 * 1024
+    # Bytes of a request's line and headers; more is refused with 431 before anything else.
+    max_header_bytes: int = 64 * 1024
     access_log: bool = False
     # Embedder for memory vectors: `local` (all-MiniLM-L6-v2, offline) or a litellm model name.
     embedder: str = "local"
@@ -61,6 +63,7 @@ class Settings:
             ),
             upstream_keepalive_s=float(_env("UPSTREAM_KEEPALIVE_S", str(cls.upstream_keepalive_s))),
             max_body_bytes=int(_env("MAX_BODY_BYTES", str(cls.max_body_bytes))),
+            max_header_bytes=_whole_number("MAX_HEADER_BYTES", cls.max_header_bytes),
             access_log=_env("ACCESS_LOG", "0").lower() in {"1", "true", "yes"},
             embedder=_env("EMBEDDER", cls.embedder),
             memory_workers=_whole_number("MEMORY_WORKERS", cls.memory_workers),

@@ -155,6 +155,30 @@ def upstream_error(
     )
 
 
+def unexpected_content(
+    alias: str, response: aiohttp.ClientResponse, expected: str, content: bytes
+) -> ProxyError:
+    """A success status whose body is not the API's (an HTML login or error page from a
+    gateway in front of the model, say): relaying it would hand the client something no
+    OpenAI SDK can parse, so it is the upstream's failure."""
+    got = response.headers.get("content-type") or "no content-type"
+    quoted = content[:_QUOTED_BYTES].decode("utf-8", "replace").strip()
+    return ProxyError(
+        502,
+        f"The upstream for model '{alias}' answered HTTP {response.status} with {got} instead "
+        f"of {expected}; check the route's api_base. It began: {quoted!r}",
+        type="upstream_error",
+        code="upstream_bad_response",
+    )
+
+
+def _is_json(media_type: str) -> bool:
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+_QUOTED_BYTES = 200
+
+
 def unreachable(alias: str, exc: Exception) -> ProxyError:
     if isinstance(exc, TimeoutError) or type(exc).__name__ == "Timeout":
         return ProxyError(
@@ -258,6 +282,8 @@ class OpenAICompatible:
             response.release()
         if response.status >= 400:
             raise upstream_error(target.alias, response.status, _decode(content), response.headers)
+        if not _is_json(response.content_type):
+            raise unexpected_content(target.alias, response, "application/json", content)
         headers = relayed_headers(response.headers)
         headers["content-type"] = response.headers.get("content-type", "application/json")
         return UpstreamReply(response.status, content, headers)
@@ -278,6 +304,14 @@ class OpenAICompatible:
             finally:
                 response.release()
             raise upstream_error(target.alias, response.status, _decode(content), response.headers)
+        if response.content_type != "text/event-stream":
+            try:
+                start = await response.content.read(_QUOTED_BYTES)
+            except (aiohttp.ClientError, TimeoutError):
+                start = b""
+            finally:
+                response.close()  # what follows is not a stream worth reading to its end
+            raise unexpected_content(target.alias, response, "text/event-stream", start)
         finished = False
 
         async def chunks() -> AsyncIterator[bytes]:

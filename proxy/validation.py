@@ -3,13 +3,23 @@
 Only the shape the proxy itself relies on is checked, plus the common OpenAI fields whose wrong
 type would otherwise come back as an obscure upstream error. Everything else is the upstream's to
 judge and reaches it unchanged.
+
+Every JSON body is also held to what any later stage can handle: at most `MAX_JSON_DEPTH` nested
+objects and arrays, and text that is valid Unicode (JSON's `\\ud800` escapes can spell lone
+surrogates, which no UTF-8 encoder accepts: they would fail later, in storage or in tracing).
+
+User ids follow one rule everywhere (`user_id`): at most `MAX_USER_ID_CHARS` characters, never
+blank, surrounding whitespace ignored. On chat the body's `user` and the `X-Memento-User` header
+name the same user when both are given; a conflict is refused rather than resolved silently.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
+from starlette.datastructures import Headers
 from starlette.requests import Request
 
 from proxy.errors import ProxyError, bad_request
@@ -20,6 +30,11 @@ _NUMBER_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty
 _INTEGER_FIELDS = ("n", "max_tokens", "max_completion_tokens", "seed", "top_logprobs")
 _BOOL_FIELDS = ("stream", "logprobs", "parallel_tool_calls", "store")
 _OBJECT_FIELDS = ("stream_options", "response_format", "metadata", "logit_bias")
+
+MAX_JSON_DEPTH = 64  # nested objects and arrays; real requests use well under ten
+MAX_USER_ID_CHARS = 256
+MAX_CHOICES = 128  # `n`: OpenAI's own upper bound
+USER_HEADER = "x-memento-user"
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -46,18 +61,107 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
             "The request body is empty. Send a JSON object, e.g. "
             '{"model": "...", "messages": [{"role": "user", "content": "Hi"}]}.'
         )
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise bad_request(
-            f"The request body is not valid JSON ({exc}). Send a JSON object with "
-            "Content-Type: application/json."
-        ) from None
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise bad_request(
             f"The request body must be a JSON object, not a JSON {type(body).__name__}."
         )
     return body
+
+
+def parse_json(
+    raw: bytes | str,
+    *,
+    what: str = "The request body",
+    hint: str = "Send a JSON object with Content-Type: application/json.",
+) -> Any:
+    """A JSON document held to `MAX_JSON_DEPTH`, valid Unicode and finite numbers (JSON has no
+    NaN or Infinity, and a literal such as 1e999 would become one); 400 otherwise. `what` names
+    the document in messages, `hint` says how to send valid JSON."""
+    try:
+        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise _too_deep(what, "") from None
+    except ValueError as exc:
+        raise bad_request(f"{what} is not valid JSON ({exc}). {hint}") from None
+    try:
+        _check_tree(value, 1)
+    except _BadTree as bad:
+        where = "".join(reversed(bad.path))
+        if bad.too_deep:
+            raise _too_deep(what, where) from None
+        raise bad_request(
+            f"{what} has text that is not valid Unicode at {where.lstrip('.') or 'its top level'}: "
+            "a lone surrogate (an unpaired \\ud800-\\udfff escape or byte sequence). Send "
+            "text as UTF-8, with surrogate escapes only in high-low pairs.",
+            param=where.lstrip(".") or None,
+            code="invalid_unicode",
+        ) from None
+    return value
+
+
+class _BadTree(Exception):
+    """Where in a JSON value it breaks a rule (path built on the way out), and which rule."""
+
+    def __init__(self, too_deep: bool) -> None:
+        self.too_deep = too_deep
+        self.path: list[str] = []
+
+
+def _check_text(text: str) -> None:
+    if not text.isascii():  # constant time; only non-ASCII text can hold a surrogate
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _BadTree(too_deep=False) from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(literal: str) -> float:
+    number = float(literal)
+    if not math.isfinite(number):
+        raise ValueError(f"{literal} is too large for a number")
+    return number
+
+
+def _check_tree(value: Any, depth: int) -> None:
+    """Walk the strings and containers of a parsed JSON value (numbers cost one type check)."""
+    if type(value) is str:
+        _check_text(value)
+        return
+    if type(value) is not dict and type(value) is not list:
+        return
+    if depth > MAX_JSON_DEPTH:
+        raise _BadTree(too_deep=True)
+    pairs = value.items() if type(value) is dict else enumerate(value)
+    key: str | int = ""
+    try:
+        for key, item in pairs:
+            if type(key) is str:
+                _check_text(key)
+            kind = type(item)
+            if kind is str:
+                _check_text(item)
+            elif kind is dict or kind is list:
+                _check_tree(item, depth + 1)
+    except _BadTree as bad:
+        if isinstance(key, int):
+            bad.path.append(f"[{key}]")
+        else:
+            bad.path.append(f".{key}" if key.isidentifier() else f"[{json.dumps(key)}]")
+        raise
+
+
+def _too_deep(what: str, where: str) -> ProxyError:
+    at = f" (at {where.lstrip('.')})" if where else ""
+    return bad_request(
+        f"{what} nests JSON objects and arrays more than {MAX_JSON_DEPTH} levels "
+        f"deep{at}. Flatten the structure.",
+        code="json_too_deep",
+    )
 
 
 def _too_large(limit: int) -> ProxyError:
@@ -106,6 +210,13 @@ def _check_common_fields(body: dict[str, Any]) -> None:
             _expect(body, name, isinstance(body[name], dict), "an object")
     if body.get("user") is not None:
         _expect(body, "user", isinstance(body["user"], str), "a string")
+    n = body.get("n")
+    if n is not None and not 1 <= n <= MAX_CHOICES:
+        raise bad_request(
+            f"'n' must be from 1 to {MAX_CHOICES} (choices to generate), got {n}.",
+            param="n",
+            code="invalid_value",
+        )
     if body.get("stop") is not None:
         stop = body["stop"]
         _expect(
@@ -198,3 +309,65 @@ def validate_embeddings(body: dict[str, Any]) -> str:
         body, "input", isinstance(value, str | list) and value != [], "a string or a non-empty list"
     )
     return model
+
+
+def user_id(value: Any, *, param: str = "user") -> str | None:
+    """A user id given as `param` (None when absent): a string of at most
+    `MAX_USER_ID_CHARS` characters with something other than whitespace, which it is stripped
+    of. The one rule for every route that scopes, stores or erases memories by user."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise bad_request(
+            f"'{param}' must be a string (a user id), got {_type_name(value)}.",
+            param=param,
+            code="invalid_type",
+        )
+    user = value.strip()
+    if not user:
+        raise bad_request(
+            f"'{param}' is blank. Send a user id, or leave it out for a call without a user.",
+            param=param,
+            code="invalid_user",
+        )
+    if len(user) > MAX_USER_ID_CHARS:
+        raise bad_request(
+            f"'{param}' is {len(user)} characters long; user ids have at most {MAX_USER_ID_CHARS}.",
+            param=param,
+            code="invalid_user",
+        )
+    return user
+
+
+def chat_user_id(body: dict[str, Any], headers: Headers) -> str | None:
+    """Who a chat call is for: the body's `user` and the `X-Memento-User` header, which must
+    agree when both are given (each held to `user_id`'s rule)."""
+    from_body = user_id(body.get("user"))
+    raw_header = headers.getlist(USER_HEADER)
+    if len(raw_header) > 1:
+        raise bad_request(
+            "Send X-Memento-User once: the request has it more than once.",
+            param=USER_HEADER,
+            code="invalid_user",
+        )
+    from_header = user_id(_utf8_header(raw_header[0]), param=USER_HEADER) if raw_header else None
+    if from_body is not None and from_header is not None and from_body != from_header:
+        raise bad_request(
+            f"The body's 'user' ({from_body!r}) and the X-Memento-User header ({from_header!r}) "
+            "name different users. Send one of them, or the same id in both.",
+            param="user",
+            code="conflicting_user",
+        )
+    return from_body if from_body is not None else from_header
+
+
+def _utf8_header(value: str) -> str:
+    """A header value as the UTF-8 text the client sent (Starlette decodes it as Latin-1)."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_request(
+            "The X-Memento-User header is not valid UTF-8. Send the user id as UTF-8 text.",
+            param=USER_HEADER,
+            code="invalid_unicode",
+        ) from None

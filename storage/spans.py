@@ -4,12 +4,18 @@ Each span is stored with the tenant, request and user it belongs to. Only some s
 as attributes (the request's root span, and write-path spans started later with a link to it);
 the others inherit them when they are written: from a span of the same trace that has them, or
 else from the trace their root links to. Reads always filter by tenant.
+
+Text is stored as valid UTF-8 whatever a span carries: a lone surrogate (which Python strings
+can hold and UTF-8 cannot encode) becomes U+FFFD in that span alone, instead of failing the
+batch it was written in, and with it other requests' and other tenants' spans.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -276,6 +282,7 @@ def _insert_resolved(db: sqlite3.Connection, spans: Sequence[SpanRow]) -> None:
     A few statements per batch: the exporter shares the GIL with the event loop, and every
     statement is a chance to wait for it.
     """
+    spans = [_storable_row(span) for span in spans]
     owners: dict[str, Owner] = {}
     for span in sorted(spans, key=lambda s: (s.request_id is None, s.parent_span_id is not None)):
         if span.tenant_id and span.trace_id not in owners:
@@ -352,6 +359,41 @@ async def _user_version(db: aiosqlite.Connection) -> int:
     return int(row[0]) if row is not None else 0
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _storable(text: str) -> str:
+    """`text` with any lone surrogate replaced by U+FFFD, so that it encodes as UTF-8."""
+    if text.isascii():  # constant time: the common case costs nothing
+        return text
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def _storable_row(span: SpanRow) -> SpanRow:
+    """The span with the text its owner is resolved from made storable (the JSON columns are
+    made storable as they are encoded)."""
+
+    def text(value: str | None) -> str | None:
+        return None if value is None else _storable(value)
+
+    fields = (span.tenant_id, span.request_id, span.user_id, span.name, span.status)
+    if all(value is None or value.isascii() for value in fields):
+        return span
+    return dataclasses.replace(
+        span,
+        tenant_id=_storable(span.tenant_id),
+        request_id=text(span.request_id),
+        user_id=text(span.user_id),
+        name=_storable(span.name),
+        status=_storable(span.status),
+    )
+
+
+def _storable_json(value: Any) -> str:
+    # Unescaped (ensure_ascii=False), a surrogate stays one character that _storable can find.
+    return _storable(json.dumps(value, default=str, ensure_ascii=False))
+
+
 def _to_params(span: SpanRow) -> tuple[Any, ...]:
     return (
         span.trace_id,
@@ -364,9 +406,9 @@ def _to_params(span: SpanRow) -> tuple[Any, ...]:
         span.start_ns,
         span.end_ns,
         span.status,
-        json.dumps(span.attributes, default=str),
-        json.dumps(span.events, default=str),
-        json.dumps(span.links, default=str),
+        _storable_json(span.attributes),
+        _storable_json(span.events),
+        _storable_json(span.links),
         _linked_trace(span),
     )
 

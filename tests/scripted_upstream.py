@@ -43,6 +43,8 @@ class Reply:
     drop: bool = False  # close the connection without answering
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
+    raw: bytes | None = None  # send these bytes as the body (with `status`), whatever was asked
+    content_type: str = "application/json"  # of a `raw` body
 
 
 @dataclass
@@ -133,7 +135,9 @@ class ScriptedUpstream:
         if reply.drop:
             raise ConnectionAbortedError("scripted drop")  # uvicorn closes without a response
         path = scope["path"].removeprefix("/v1")
-        if reply.status >= 400:
+        if reply.raw is not None:
+            await _send_raw(send, reply.status, reply.raw, reply.content_type)
+        elif reply.status >= 400:
             error = reply.error or {
                 "message": f"scripted error {reply.status}",
                 "type": "scripted",
@@ -293,6 +297,15 @@ async def _send_json(send: Any, status: int, payload: Any, headers: dict[str, st
         }
     )
     await send({"type": "http.response.body", "body": data})
+
+
+async def _send_raw(send: Any, status: int, body: bytes, content_type: str) -> None:
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _embeddings(body: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -143,7 +144,8 @@ def _delete(args: argparse.Namespace) -> int:
 
 def _forget_user(args: argparse.Namespace) -> int:
     with client(args) as http:
-        return show(http.delete(f"/v1/users/{args.user}/memories"))
+        # Any user id is one path segment: '/', '?', '#' and '%' included.
+        return show(http.delete(f"/v1/users/{quote(args.user, safe='')}/memories"))
 
 
 def _export(args: argparse.Namespace) -> int:

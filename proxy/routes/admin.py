@@ -27,7 +27,7 @@ from proxy.errors import ProxyError, bad_request
 from proxy.memory import lessons
 from proxy.memory.candidates import Candidate, TrustVerdict
 from proxy.memory.sanitize import Sanitizer
-from proxy.validation import read_json_body
+from proxy.validation import read_json_body, user_id
 from storage.api import JobAdmin, MemoryStore
 from storage.records import JobState, MemoryKind, MemoryRecord, QueuedJob, Scope
 
@@ -66,7 +66,7 @@ def parse_candidates(body: Any) -> tuple[str | None, str | None, list[Candidate]
     """Validate a check request: `{"user", "session"?, "candidates": [{text, source, kind?}]}`."""
     if not isinstance(body, dict):
         raise bad_request("The body must be a JSON object with a 'candidates' list.")
-    user = _optional_str(body, "user")
+    user = user_id(body.get("user"))
     session = _optional_str(body, "session")
     items = body.get("candidates")
     if not isinstance(items, list) or not items:
@@ -153,7 +153,7 @@ def record_json(record: MemoryRecord) -> dict[str, Any]:
 async def list_quarantine(request: Request) -> Response:
     policy = authenticate(request)
     store = require_store(request)
-    user = request.query_params.get("user") or None
+    user = user_id(request.query_params.get("user"))
     limit = _int_param(request, "limit", 100, 1, MAX_LIST_LIMIT)
     offset = _int_param(request, "offset", 0, 0, 1_000_000)
     records = await store.list(

@@ -29,7 +29,6 @@ from proxy.memory.sanitize import Sanitizer
 from proxy.policy import Policy
 from proxy.routes.memory_fields import (
     STATUS_FOR_VERDICT,
-    check_json_values,
     kind_field,
     memory_json,
     object_field,
@@ -37,10 +36,9 @@ from proxy.routes.memory_fields import (
     strings_field,
     text_field,
     timestamp_field,
-    user_field,
 )
 from proxy.routes.memory_import import import_memories, import_outcome, list_imports
-from proxy.validation import read_json_body
+from proxy.validation import read_json_body, user_id
 from storage.records import MEMORY_STATUSES, MemoryRecord, MemoryStatus, NewMemory, Scope
 
 __all__ = ["memory_routes", "pipeline_of"]
@@ -77,10 +75,9 @@ async def create_memory(
     """Sanitize one API/import record and store it as given, with the verdict's status."""
     if not isinstance(item, dict):
         raise bad_request("Each memory must be a JSON object with 'kind' and 'text'.")
-    check_json_values(item)
     kind = kind_field(item.get("kind"))
     text = text_field(item.get("text"))
-    user = user_field(item.get("user"))
+    user = user_id(item.get("user"))
     created_at = timestamp_field(item.get("created_at"), "created_at")
     key_text = item.get("key_text")
     candidate = Candidate(
@@ -117,7 +114,7 @@ async def create_memory(
 async def list_memories(request: Request) -> Response:
     policy = authenticate(request)
     store = pipeline_of(request).store
-    user = user_field(request.query_params.get("user"))
+    user = user_id(request.query_params.get("user"))
     kind = request.query_params.get("kind")
     status = request.query_params.get("status")
     kinds = [kind_field(kind)] if kind is not None else None
@@ -170,7 +167,6 @@ async def patch_memory(request: Request) -> Response:
     if unknown:
         allowed = ", ".join(sorted(_PATCHABLE | {"status"}))
         raise bad_request(f"Cannot change {', '.join(sorted(unknown))}; changeable: {allowed}.")
-    check_json_values(body)
     changes: dict[str, Any] = dict(body)
     if "kind" in changes:
         kind_field(changes["kind"])
@@ -218,7 +214,7 @@ async def delete_memory(request: Request) -> Response:
 
 async def delete_user_memories(request: Request) -> Response:
     policy = authenticate(request)
-    user = user_field(request.path_params["user"])
+    user = user_id(request.path_params["user"])
     assert user is not None
     count = await pipeline_of(request).store.delete_user(policy.tenant, user, actor="api")
     return JSONResponse({"object": "user.memories.deleted", "user": user, "deleted": count})
@@ -230,7 +226,7 @@ async def search_memories(request: Request) -> Response:
     body = await read_json_body(request, policy.limits.max_body_bytes)
     if not isinstance(body, dict):
         raise bad_request('Send {"user", "query", "limit"}.')
-    user = user_field(body.get("user"))
+    user = user_id(body.get("user"))
     query = text_field(body.get("query"), "query")
     limit = body.get("limit", 10)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 200:
@@ -253,7 +249,7 @@ async def search_memories(request: Request) -> Response:
 async def export_memories(request: Request) -> Response:
     policy = authenticate(request)
     store = pipeline_of(request).store
-    user = user_field(request.query_params.get("user"))
+    user = user_id(request.query_params.get("user"))
 
     async def lines() -> AsyncIterator[bytes]:
         offset, page = 0, 500
@@ -285,5 +281,5 @@ def memory_routes() -> list[BaseRoute]:
         Route("/v1/memories/{memory_id}", get_memory, methods=["GET"]),
         Route("/v1/memories/{memory_id}", patch_memory, methods=["PATCH"]),
         Route("/v1/memories/{memory_id}", delete_memory, methods=["DELETE"]),
-        Route("/v1/users/{user}/memories", delete_user_memories, methods=["DELETE"]),
+        Route("/v1/users/{user:path}/memories", delete_user_memories, methods=["DELETE"]),
     ]

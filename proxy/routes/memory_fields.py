@@ -43,14 +43,6 @@ def memory_json(record: MemoryRecord) -> dict[str, Any]:
     return {"object": "memory", **dataclasses.asdict(record)}
 
 
-def user_field(value: Any, *, field: str = "user") -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip() or len(value) > 256:
-        raise bad_request(f"'{field}' must be a non-empty string (at most 256 characters).")
-    return value.strip()
-
-
 def kind_field(value: Any) -> MemoryKind:
     if value not in MEMORY_KINDS:
         raise bad_request(f"'kind' must be one of {', '.join(MEMORY_KINDS)}.", param="kind")
@@ -109,31 +101,3 @@ def timestamp_field(value: Any, field: str) -> float | None:
             param=field,
         )
     return float(value)
-
-
-def check_json_values(value: Any) -> None:
-    """Refuse what JSON parsed but cannot be stored and returned: NaN and ±Infinity (also a
-    literal such as 1e999), and strings with lone surrogates (not UTF-8)."""
-    try:
-        _check(value, "")
-    except RecursionError:
-        raise bad_request("The memory is nested too deeply.") from None
-
-
-def _check(value: Any, path: str) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise bad_request(f"'{path}' must be a finite number (JSON has no NaN or Infinity).")
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise bad_request(
-                f"'{path}' holds a lone UTF-16 surrogate (\\ud800-\\udfff); send valid UTF-8 text."
-            ) from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check(key, path)
-            _check(item, f"{path}.{key}" if path else key)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _check(item, f"{path}[{index}]")

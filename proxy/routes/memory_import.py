@@ -22,7 +22,6 @@ happened; sending the same file again is always safe.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -40,7 +39,6 @@ from proxy.policy import Policy
 from proxy.routes.memory_fields import (
     MAX_TEXT,
     STATUS_FOR_VERDICT,
-    check_json_values,
     kind_field,
     number_field,
     object_field,
@@ -48,9 +46,8 @@ from proxy.routes.memory_fields import (
     strings_field,
     text_field,
     timestamp_field,
-    user_field,
 )
-from proxy.validation import read_body
+from proxy.validation import parse_json, read_body, user_id
 from storage.records import MemoryRecord, MemoryStatus, Scope, SourceRole
 from storage.sqlite import IMPORT_ACTION
 
@@ -177,20 +174,14 @@ def parse_lines(raw: bytes, policy: Policy) -> list[ImportLine]:
         if not text.strip():
             continue
         try:
-            item = json.loads(text, parse_constant=_no_constant)
-        except (ValueError, RecursionError) as exc:
-            raise _line_error(
-                number, f"is not JSON ({exc}); send one memory object per line"
-            ) from None
+            item = parse_json(text, what=f"Line {number}", hint="Send one memory object per line.")
+        except ProxyError as exc:
+            raise bad_request(f"{exc.message} Nothing was imported.", param=exc.param) from None
         try:
             lines.append(_checked_line(number, item, policy, now))
         except ProxyError as exc:
             raise _line_error(number, exc.message) from None
     return lines
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def _line_error(number: int, problem: str) -> ProxyError:
@@ -200,8 +191,7 @@ def _line_error(number: int, problem: str) -> ProxyError:
 def _checked_line(number: int, item: Any, policy: Policy, now: float) -> ImportLine:
     if not isinstance(item, dict):
         raise bad_request("each line must be a JSON object with 'kind' and 'text'")
-    check_json_values(item)
-    user = user_field(item.get("user", item.get("user_id")))
+    user = user_id(item.get("user", item.get("user_id")))
     text = text_field(item.get("text"))
     key_text = item.get("key_text")
     if key_text is not None and not (isinstance(key_text, str) and len(key_text) <= MAX_TEXT):

@@ -400,6 +400,27 @@ def test_upstream_errors_keep_meaningful_status(
     assert "'fast'" in server.value.message
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_upstream_answering_200_with_a_web_page_is_502(
+    proxy: RunningProxy, upstream: ScriptedUpstream, stream: bool
+) -> None:
+    """A gateway's login or error page in front of the model is not an answer to relay."""
+    page = b"<html><body>Please sign in</body></html>"
+    upstream.script(Reply(raw=page, content_type="text/html; charset=utf-8"))
+    response = httpx.post(
+        proxy.base_url + "/v1/chat/completions",
+        json={"model": "fast", "messages": [{"role": "user", "content": "x"}], "stream": stream},
+        headers={"authorization": f"Bearer {KEY}"},
+    )
+    assert response.status_code == 502
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["type"] == "upstream_error" and error["code"] == "upstream_bad_response"
+    wanted = "text/event-stream" if stream else "application/json"
+    assert f"with text/html; charset=utf-8 instead of {wanted}" in error["message"]
+    assert "Please sign in" in error["message"]
+
+
 def test_upstream_timeout_is_504(client: openai.OpenAI, upstream: ScriptedUpstream) -> None:
     upstream.script(Reply(delay_s=2.0))
     with pytest.raises(openai.APIStatusError) as caught:

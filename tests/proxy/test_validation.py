@@ -16,6 +16,8 @@ from tests.scripted_upstream import ScriptedUpstream
 
 KEY = "raw-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
+ROOMY_KEY = "roomy-key"  # a tenant with the default body limit
+ROOMY = {"authorization": f"Bearer {ROOMY_KEY}"}
 
 
 @pytest.fixture
@@ -29,6 +31,7 @@ def proxy(
         {"fast": {"model": "openai/m", "api_base": upstream.url}, "echo": {"model": "echo"}},
         limits={"max_body_bytes": 2000},
     )
+    write_tenant(policies_dir, "roomy", ROOMY_KEY, {"echo": {"model": "echo"}})
     return start_proxy(policies_dir, memory=NoMemory())  # the core alone: memory has its own tests
 
 
@@ -77,10 +80,23 @@ def chat(**fields: Any) -> str:
         (chat(tools={"a": 1}), "tools", "a list of tool objects"),
         (chat(user=7), "user", "'user' must be a string"),
         (chat(stream_options=[]), "stream_options", "must be an object"),
+        (chat(n=0), "n", "'n' must be from 1 to 128"),
+        (chat(n=300_000), "n", "'n' must be from 1 to 128 (choices to generate), got 300000"),
+        (chat(user="   "), "user", "'user' is blank"),
+        (chat(user=""), "user", "'user' is blank"),
+        (chat(user="u" * 257), "user", "'user' is 257 characters long; user ids have at most 256"),
+        ('{"model": "fast", "user": "\\ud800", "messages": []}', "user", "lone surrogate"),
+        (chat(messages=[{"role": "user", "content": "\ud83d"}]), "messages[0].content", "lone"),
+        (chat(metadata={"\udfff": "x"}), 'metadata["\\udfff"]', "not valid Unicode"),
+        (b'{"model": "fast", "user": "\xed\xa0\x80"}', "user", "lone surrogate"),
     ],
 )
 def test_malformed_requests_are_400_with_a_fix(
-    proxy: RunningProxy, upstream: ScriptedUpstream, content: str, param: str | None, says: str
+    proxy: RunningProxy,
+    upstream: ScriptedUpstream,
+    content: str | bytes,
+    param: str | None,
+    says: str,
 ) -> None:
     response = post(proxy, content)
     assert response.status_code == 400
@@ -130,3 +146,82 @@ def test_probes(proxy: RunningProxy) -> None:
     assert httpx.get(proxy.base_url + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(proxy.base_url + "/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+def nested(depth: int) -> str:
+    """A chat body whose `metadata` holds arrays nested so that the body is `depth` deep."""
+    inner = "[" * (depth - 2) + "]" * (depth - 2)
+    head = '{"model": "echo", "messages": [{"role": "user", "content": "hi"}], "metadata": {"x": '
+    return head + inner + "}}"
+
+
+@pytest.mark.parametrize("depth", [65, 1000, 100_000])
+def test_json_nested_too_deep_is_400(proxy: RunningProxy, depth: int) -> None:
+    response = post(proxy, nested(depth), headers=ROOMY)
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["code"] == "json_too_deep"
+    assert "more than 64 levels deep" in error["message"]
+
+
+def test_json_nested_to_the_limit_is_served(proxy: RunningProxy) -> None:
+    response = post(proxy, nested(64), headers=ROOMY)
+    assert response.status_code == 200, response.text
+
+
+def test_echo_serves_up_to_128_choices(proxy: RunningProxy) -> None:
+    body = json.loads(chat(model="echo", n=128))
+    response = httpx.post(proxy.base_url + "/v1/chat/completions", json=body, headers=AUTH)
+    assert response.status_code == 200
+    assert len(response.json()["choices"]) == 128
+
+
+@pytest.mark.parametrize(
+    ("body_user", "header", "code", "says"),
+    [
+        ("alice", "bob", "conflicting_user", "'alice') and the X-Memento-User header ('bob')"),
+        (None, "", "invalid_user", "'x-memento-user' is blank"),
+        ("   ", "alice", "invalid_user", "'user' is blank"),
+        (None, "h" * 257, "invalid_user", "'x-memento-user' is 257 characters long"),
+    ],
+)
+def test_user_header_and_body_must_agree_and_be_valid(
+    proxy: RunningProxy,
+    upstream: ScriptedUpstream,
+    body_user: str | None,
+    header: str,
+    code: str,
+    says: str,
+) -> None:
+    body = chat(user=body_user if body_user is not None else ...)
+    response = post(proxy, body, headers={**AUTH, "x-memento-user": header})
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["code"] == code
+    assert says in error["message"]
+    assert upstream.received == []
+
+
+def test_user_header_must_be_utf8_and_sent_once(proxy: RunningProxy) -> None:
+    url = proxy.base_url + "/v1/chat/completions"
+    auth = [(b"authorization", f"Bearer {KEY}".encode())]
+    latin1 = httpx.post(url, content=chat(), headers=[*auth, (b"x-memento-user", b"b\xf8b")])
+    assert latin1.status_code == 400 and error_of(latin1)["code"] == "invalid_unicode"
+    twice = [*auth, (b"x-memento-user", b"a"), (b"x-memento-user", b"b")]
+    repeated = httpx.post(url, content=chat(), headers=twice)
+    assert repeated.status_code == 400 and "more than once" in error_of(repeated)["message"]
+
+
+def test_the_same_user_in_body_and_header_is_served(
+    proxy: RunningProxy, upstream: ScriptedUpstream
+) -> None:
+    response = httpx.post(
+        proxy.base_url + "/v1/chat/completions",
+        content=chat(user=" bj\u00f8rn"),
+        headers=[
+            (b"authorization", f"Bearer {KEY}".encode()),
+            (b"x-memento-user", "bj\u00f8rn".encode()),
+        ],
+    )
+    assert response.status_code == 200, response.text
+    assert upstream.last().json["user"] == " bj\u00f8rn"  # the body reaches the upstream unchanged

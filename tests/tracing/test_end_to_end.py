@@ -491,3 +491,21 @@ def test_a_streamed_call_is_traced_until_its_last_chunk(
     assert call.end_time is not None and root.end_time is not None
     assert call.end_time <= root.end_time
     assert root.attributes is not None and root.attributes["enduser.id"] == "frank"
+
+
+def test_a_lone_surrogate_in_one_request_costs_no_other_trace(traced: Traced) -> None:
+    """Tenant A's calls and tenant B's bad one end up in the same export batch."""
+    ids = [traced.chat(KEY_A, f"call {i}", user="alice") for i in range(10)]
+    body = '{"model": "echo", "user": "\\ud800", "messages": [{"role": "user", "content": "x"}]}'
+    bad = httpx.post(
+        f"{traced.proxy.base_url}/v1/chat/completions",
+        content=body,
+        headers={"authorization": f"Bearer {KEY_B}"},
+    )
+    assert bad.status_code == 400
+    assert bad.json()["error"]["code"] == "invalid_unicode"
+    assert traced.tracing.force_flush()
+    listed = traced.get("/v1/traces", KEY_A, limit=20).json()["data"]
+    assert sorted(t["request_id"] for t in listed) == sorted(ids)
+    (refused,) = traced.get("/v1/traces", KEY_B).json()["data"]
+    assert refused["request_id"] == bad.headers["x-request-id"]

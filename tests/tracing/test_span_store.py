@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -192,3 +193,27 @@ async def test_reopening_keeps_spans(tmp_path: Path) -> None:
         assert (tmp_path / "traces.db").exists()
     finally:
         await again.close()
+
+
+async def test_a_span_with_a_lone_surrogate_costs_no_other_span(store: SQLiteSpanStore) -> None:
+    """Python text can hold lone surrogates, UTF-8 cannot: that span is repaired, and the batch
+    it arrived in (other requests, other tenants) is stored whole."""
+    batch = [
+        row
+        for i in range(10)
+        for row in request_spans(format(i + 1, "032x"), "acme", f"req-{i}", user="alice")
+    ]
+    bad = request_spans("f" * 32, "globex", "req-bad", user="\ud800mallory")
+    bad[0].attributes["memento.note"] = "\udfff"
+    bad[0].events.append({"name": "e\ud800", "time_ns": 1, "attributes": {"k": "\ud83d"}})
+    await store.write_spans([*batch[:15], *bad, *batch[15:]])
+
+    assert len(await store.list_traces("acme")) == 10
+    (listed,) = await store.list_traces("globex")
+    assert listed["user"] == "\ufffdmallory"
+    rows = await store.get_trace("globex", "req-bad")
+    assert len(rows) == 3 and {row.user_id for row in rows} == {"\ufffdmallory"}
+    auth = next(row for row in rows if row.name == "memento.auth")
+    assert auth.attributes["memento.note"] == "\ufffd"
+    assert auth.events == [{"name": "e\ufffd", "time_ns": 1, "attributes": {"k": "\ufffd"}}]
+    assert json.dumps([row.attributes for row in rows], ensure_ascii=False).encode()
