@@ -435,7 +435,9 @@ def build_app(
         if uses_echo(registry):
             await asyncio.to_thread(encoding)  # so the first echo call does not load it
         span_store = await open_span_store(settings.data_dir)
-        tracing = setup_tracing(settings, span_store, retention=retention_from(registry))
+        tracing = setup_tracing(
+            settings, span_store, retention=retention_from(registry), health=app.state.health
+        )
         app.state.span_store, app.state.tracing = span_store, tracing
         start = getattr(memory, "start", None)
         if start is not None:

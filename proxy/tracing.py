@@ -19,8 +19,10 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -38,7 +40,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from proxy.policy import Policy, TracingPolicy
-from storage.api import SpanStore
+from storage.api import HealthReporter, SpanStore
 from storage.records import SpanRow
 from storage.spans import CLIENT_REQUEST_ID_ATTR
 
@@ -48,6 +50,7 @@ TRACER_NAME = "memento.proxy"
 OTLP_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
 OTLP_TRACES_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 PRUNE_INTERVAL_S = 600.0
+TRACES_COMPONENT = "traces"  # the name a span store that cannot write is reported under
 # Spans no tenant ever claimed (started outside any request) are kept as long as the default.
 UNRESOLVED_RETENTION_S = TracingPolicy().retention_days * 86400
 
@@ -144,18 +147,54 @@ def _plain(value: Any) -> Any:
 
 
 class SQLiteSpanExporter(SpanExporter):
-    """Writes batches of finished spans into the span store, in the batch processor's thread."""
+    """Writes batches of finished spans into the span store, in the batch processor's thread.
 
-    def __init__(self, store: SpanStore) -> None:
+    When the store cannot write for a while (a full disk, a locked file) the spans wait in
+    memory, up to `hold_limit` (oldest dropped first, and counted), and go with the next batch
+    that can be written; meanwhile `health` hears of it, so `/readyz` says why.
+    """
+
+    def __init__(
+        self,
+        store: SpanStore,
+        *,
+        health: HealthReporter | None = None,
+        hold_limit: int = 50_000,
+    ) -> None:
         self._store = store
+        self._health = health
+        self._held: deque[SpanRow] = deque(maxlen=hold_limit)
+        self._dropped = 0
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        rows = [*self._held, *(span_row(span) for span in spans)]
         try:
-            self._store.write_spans_blocking([span_row(span) for span in spans])
-        except Exception:
-            log.exception("writing %d spans to the span store failed", len(spans))
+            self._store.write_spans_blocking(rows)
+        except sqlite3.OperationalError as exc:  # no room, or locked: keep them for later
+            self._hold(rows, exc)
             return SpanExportResult.FAILURE
+        except Exception:
+            log.exception("writing %d spans to the span store failed", len(rows))
+            self._held.clear()
+            return SpanExportResult.FAILURE
+        if self._held:
+            log.warning("the span store writes again: %d held spans written", len(self._held))
+            self._held.clear()
+            if self._health is not None:
+                self._health.clear(TRACES_COMPONENT)
         return SpanExportResult.SUCCESS
+
+    def _hold(self, rows: list[SpanRow], exc: Exception) -> None:
+        if not self._held:
+            log.error("the span store refuses writes (%s): holding spans in memory", exc)
+        overflow = max(0, len(rows) - (self._held.maxlen or 0))
+        self._dropped += overflow
+        self._held.clear()
+        self._held.extend(rows)
+        if self._health is not None:
+            message = f"{len(self._held)} spans held in memory, the span store refuses writes"
+            dropped = f"; {self._dropped} dropped since start" if self._dropped else ""
+            self._health.report(TRACES_COMPONENT, f"{message} ({exc}){dropped}")
 
     def shutdown(self) -> None:
         return None
@@ -346,20 +385,21 @@ def setup_tracing(
     otlp_endpoint: str | None = None,
     prune_interval_s: float = PRUNE_INTERVAL_S,
     schedule_delay_ms: int = 500,
+    health: HealthReporter | None = None,
 ) -> TracingHandle:
     """Route this app's spans to `span_store` (and OTLP when configured). Call inside the app's
     running event loop (its lifespan); `await handle.shutdown()` before closing the store.
 
     `retention(tenant_id)` returns that tenant's `TracingPolicy` (defaults when None);
     `otlp_endpoint` (a collector's base URL) defaults to the standard OTEL_EXPORTER_OTLP_*
-    variables (see `otlp_traces_url`).
+    variables (see `otlp_traces_url`); `health` hears when spans cannot be stored.
     """
     del settings  # process settings hold nothing tracing-specific yet; kept for the seam
     loop = asyncio.get_running_loop()
     processors = SynchronousMultiSpanProcessor()  # type: ignore[no-untyped-call]
     processors.add_span_processor(
         BatchSpanProcessor(
-            SQLiteSpanExporter(span_store),
+            SQLiteSpanExporter(span_store, health=health),
             max_queue_size=65536,
             max_export_batch_size=1024,
             schedule_delay_millis=schedule_delay_ms,

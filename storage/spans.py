@@ -125,10 +125,11 @@ class SQLiteSpanStore:
             db.execute("BEGIN IMMEDIATE")
             try:
                 _insert_resolved(db, spans)
+                db.execute("COMMIT")  # a full disk fails here: roll back, ready for the next
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
 
     async def list_traces(
         self,

@@ -1,5 +1,5 @@
-"""A full disk: writes that cannot be kept say so (507), chats keep their exchanges, `/readyz`
-says not ready, and everything recovers once space is freed, without a restart.
+"""A full disk: writes that cannot be kept say so (507), chats keep their exchanges and their
+traces, `/readyz` says not ready, and everything recovers once space is freed, without a restart.
 
 The data folder lives on a small tmpfs the test mounts, and the disk is filled with a file, as an
 operator's disk fills up; it needs root (CI runs as root).
@@ -73,6 +73,7 @@ def test_full_disk_is_loud_keeps_exchanges_and_recovers(
         assert refused.json()["error"]["code"] == "insufficient_storage"
 
         users = [f"user-{n}" for n in range(5)]
+        answered = []
         for user in users:
             chat = http.post(
                 "/v1/chat/completions",
@@ -83,6 +84,7 @@ def test_full_disk_is_loud_keeps_exchanges_and_recovers(
                 },
             )
             assert chat.status_code == 200, chat.text
+            answered.append(chat.headers["x-request-id"])
         ready = http.get("/readyz")
         assert ready.status_code == 503
         problems = " ".join(p["message"] for p in ready.json()["problems"])
@@ -100,5 +102,10 @@ def test_full_disk_is_loud_keeps_exchanges_and_recovers(
         for user in users:  # every held exchange was queued and learned from
             facts = [m["text"] for m in wait_for_memories(proxy, user, 1, timeout_s=120)]
             assert "The user is a beekeeper." in facts
+        for request_id in answered:  # spans that could not be written waited, and are kept
+            deadline = time.monotonic() + 30
+            while http.get(f"/v1/traces/{request_id}").status_code != 200:
+                assert time.monotonic() < deadline, f"trace {request_id} lost"
+                time.sleep(0.2)
         listed = http.get("/v1/memories", params={"user": "ana"}).json()["data"]
         assert {m["text"] for m in listed} >= {"The user grows tomatoes.", "The user rows boats."}

@@ -14,8 +14,10 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from proxy.health import Health
 from proxy.policy import TracingPolicy
 from proxy.tracing import (
+    TRACES_COMPONENT,
     TracingHandle,
     json_attr,
     request_link,
@@ -126,6 +128,33 @@ async def test_export_is_batched_off_the_caller(store: SQLiteSpanStore) -> None:
         assert await store.get_trace("acme", "req-late") == []
         await handle.flush()
         assert len(await store.get_trace("acme", "req-late")) == 4
+    finally:
+        await handle.shutdown()
+
+
+async def test_spans_wait_while_the_store_is_full_and_are_kept_when_it_has_room(
+    store: SQLiteSpanStore,
+) -> None:
+    health = Health()
+    handle = setup_tracing(object(), store, schedule_delay_ms=60_000, health=health)
+    writer = store._writer
+    (pages,) = writer.execute("PRAGMA page_count").fetchone()
+    try:
+        writer.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own "disk is full"
+        for number in range(20):
+            traced_request("acme", f"req-full-{number}", "ann")
+        await handle.flush()
+        assert await store.get_trace("acme", "req-full-0") == []
+        (problem,) = health.problems()
+        assert problem.component == TRACES_COMPONENT and "80 spans held" in problem.message
+
+        writer.execute("PRAGMA max_page_count = 1073741823")  # room again
+        traced_request("acme", "req-after", "ann")
+        await handle.flush()
+        for number in range(20):
+            assert len(await store.get_trace("acme", f"req-full-{number}")) == 4
+        assert len(await store.get_trace("acme", "req-after")) == 4
+        assert health.problems() == []
     finally:
         await handle.shutdown()
 
