@@ -139,7 +139,8 @@ class PolicyRegistry:
         self.directory = directory
         self._snapshot = _Snapshot()
         self._defaults: dict[str, Any] = {}
-        self._stamps: dict[Path, tuple[int, int]] = {}
+        self._stamps: dict[Path, tuple[int, int]] = {}  # of the files as last loaded
+        self._seen: dict[Path, tuple[int, int]] = {}  # of the files at the last poll
         self._problems: dict[str, list[PolicyProblem]] = {}
 
     @classmethod
@@ -150,7 +151,7 @@ class PolicyRegistry:
             raise PolicyFileError(
                 [PolicyProblem(str(directory), "", "policies directory does not exist")]
             )
-        registry.refresh()
+        registry.refresh(settled_only=False)
         problems = registry.problems
         if problems:
             raise PolicyFileError(problems)
@@ -182,17 +183,27 @@ class PolicyRegistry:
             if p.suffix in POLICY_SUFFIXES and p.is_file() and not p.name.startswith(".")
         )
 
-    def refresh(self) -> bool:
+    def refresh(self, *, settled_only: bool = True) -> bool:
         """Re-read changed, new and removed files. Returns True when anything changed.
 
         A file that fails validation keeps its last good version (if any) and its problems are
-        logged and kept in `problems` until a good edit replaces them.
+        logged and kept in `problems` until a good edit replaces them. With `settled_only`, a
+        file is read only once it looks the same as at the previous poll: an editor that
+        rewrites a file in place leaves it half-written for a moment, and a half-written policy
+        can be valid (a file cut after `tenant:` is a tenant without keys).
         """
         try:
             files = {p: _stamp(p) for p in self._policy_files()}
         except OSError as exc:
             log.error("cannot list policies directory %s: %s", self.directory, exc)
             return False
+        seen, self._seen = self._seen, files
+        if settled_only:
+            files = {
+                path: stamp if stamp == seen.get(path) else self._stamps[path]
+                for path, stamp in files.items()
+                if stamp == seen.get(path) or path in self._stamps
+            }
         if files == self._stamps:
             return False
         changed = {p for p, s in files.items() if self._stamps.get(p) != s}

@@ -99,6 +99,20 @@ def _models(proxy: RunningProxy, key: str) -> set[str]:
     return {m["id"] for m in response.json()["data"]}
 
 
+def test_a_file_caught_half_written_is_not_loaded(policies_dir: Path) -> None:
+    path = write_tenant(policies_dir, "acme", "key-1", ECHO)
+    registry = PolicyRegistry.load(policies_dir)
+    full = path.read_text()
+    path.write_text("tenant: acme\n")  # an editor rewriting in place, caught mid-write
+    registry.refresh()
+    assert registry.policy_for_key("key-1") is not None  # a keyless tenant was not loaded
+    path.write_text(full.replace("echo", "echo2", 1) + "# saved\n")
+    registry.refresh()  # changed again since the last poll: still not read
+    assert registry.get("acme") is not None and set(registry.get("acme").models) == {"echo"}
+    registry.refresh()  # unchanged for one poll: read
+    assert set(registry.get("acme").models) == {"echo2"}
+
+
 def test_hot_reload_keeps_the_last_good_version_on_an_invalid_edit(
     policies_dir: Path, start_proxy: Callable[..., RunningProxy], caplog: pytest.LogCaptureFixture
 ) -> None:
