@@ -493,9 +493,9 @@ class SQLiteDatabase:
     async def _grouped(self, write: _GroupedWrite) -> Any:
         """Run `write` in the next group commit; return its result once that commit is durable.
 
-        A write that fails is rolled back to its own savepoint and raises for its caller alone;
-        a commit that fails (a full disk) raises for every write in the group. Cancelling the
-        caller does not cancel the write: it was accepted, so it is committed.
+        A write that fails raises for its caller alone (the group is rolled back and the others
+        committed one by one); a commit that fails (a full disk) raises for every write in it.
+        Cancelling the caller does not cancel the write: it was accepted, so it is committed.
         """
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._group.append((write, future))
@@ -507,22 +507,32 @@ class SQLiteDatabase:
         try:
             while self._group:
                 group, self._group = self._group, []
-                results: list[tuple[bool, Any]] = []
                 try:
                     async with self._transaction() as db:
-                        for write, _ in group:
-                            results.append(await _in_savepoint(db, write))
-                except Exception as exc:
+                        results = [await write(db) for write, _ in group]
+                except StorageFull as exc:
                     for _, future in group:
                         future.set_exception(exc)
                     continue
-                for (ok, value), (_, future) in zip(results, group, strict=True):
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(value)
+                except Exception:
+                    # One write failed (a duplicate, say): give each its own transaction, so
+                    # the others are kept and only that caller hears of it.
+                    for write, future in group:
+                        await self._commit_alone(write, future)
+                    continue
+                for value, (_, future) in zip(results, group, strict=True):
+                    future.set_result(value)
         finally:
             self._group_task = None
+
+    async def _commit_alone(self, write: _GroupedWrite, future: asyncio.Future[Any]) -> None:
+        try:
+            async with self._transaction() as db:
+                value = await write(db)
+        except Exception as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(value)
 
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         async with self._reader.execute(sql, params) as cursor:
@@ -1329,19 +1339,6 @@ async def _insert_job(tenant_id: str, kind: str, payload: str, db: aiosqlite.Con
 
 
 _GroupedWrite = Callable[[aiosqlite.Connection], Awaitable[Any]]
-
-
-async def _in_savepoint(db: aiosqlite.Connection, write: _GroupedWrite) -> tuple[bool, Any]:
-    """Run one grouped write; on failure undo it alone and return (False, the exception)."""
-    await db.execute("SAVEPOINT grouped_write")
-    try:
-        value = await write(db)
-    except Exception as exc:
-        await db.execute("ROLLBACK TO grouped_write")
-        await db.execute("RELEASE grouped_write")
-        return False, exc
-    await db.execute("RELEASE grouped_write")
-    return True, value
 
 
 _JOB_COLUMNS = "id, tenant_id, kind, payload, state, attempts, created_at, available_at, last_error"

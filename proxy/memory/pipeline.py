@@ -308,15 +308,21 @@ class MemoryPipeline:
     async def after_call(
         self, ctx: CallContext, prepared: PreparedCall, response: dict[str, Any]
     ) -> None:
+        access = prepared.state.get("access")
+        learns = isinstance(access, MemoryAccess) and access.writes and access.scope is not None
+        # Only complete exchanges teach: not a failed call, nor a stream that broke off.
+        if learns and "error" not in response and response.get("choices"):
+            assert isinstance(access, MemoryAccess) and access.scope is not None
+            await self._queue_exchange(ctx, access.scope, prepared, response)
         logged = prepared.state.get("logged")
         if isinstance(logged, asyncio.Task):
-            await asyncio.shield(logged)  # feedback sent right after the answer must find it
-        access = prepared.state.get("access")
-        if not isinstance(access, MemoryAccess) or not access.writes or access.scope is None:
-            return
-        if "error" in response or not response.get("choices"):
-            return  # the call failed or the stream broke: only complete exchanges teach
-        scope = access.scope
+            # Feedback sent the moment the answer arrives must find the request. Its log was
+            # submitted before the exchange, so they usually share one group commit.
+            await asyncio.shield(logged)
+
+    async def _queue_exchange(
+        self, ctx: CallContext, scope: Scope, prepared: PreparedCall, response: dict[str, Any]
+    ) -> None:
         payload = {
             "request_id": ctx.request_id,
             "user_id": scope.user_id,
