@@ -1,16 +1,22 @@
-"""Run the real proxy on a loopback port, and write tenant policy files, for end-to-end tests.
+"""Run the real proxy on a loopback port (in a thread, or as `memento-proxy serve` in a process of
+its own for kill -9 and server-level tests), and write tenant policy files, for end-to-end tests.
 
 Used through the fixtures in tests/conftest.py; importable (`tests.harness`) for benchmarks.
 """
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 import yaml
 from starlette.applications import Starlette
@@ -69,3 +75,62 @@ class RunningProxy:
     def __exit__(self, *exc: object) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=15)
+
+
+def free_port() -> int:
+    """A loopback port free right now (closed again before the server binds it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """`python -m proxy.cli serve` in a subprocess on a free loopback port, ready on enter;
+    `kill()` sends SIGKILL, exit stops it (SIGTERM) if it still runs. `env` adds MEMENTO_*
+    settings (for instance MEMENTO_MEMORY_WORKERS="0" to leave queued work queued)."""
+
+    def __init__(self, policies: Path, data_dir: Path, **env: str) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._command = [sys.executable, "-m", "proxy.cli", "serve", "--host", "127.0.0.1"]
+        self._command += ["--port", str(self.port), "--policies", str(policies)]
+        self._command += ["--data-dir", str(data_dir)]
+        self._env = {**os.environ, "MEMENTO_LOG_LEVEL": "warning", **env}
+        self.process: subprocess.Popen[bytes] | None = None
+        # A file, not a pipe: a pipe nobody reads would stall the server once it is full.
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in __exit__)
+
+    def __enter__(self) -> ServerProcess:
+        self.process = subprocess.Popen(
+            self._command, env=self._env, stdout=subprocess.DEVNULL, stderr=self._log
+        )
+        deadline = time.monotonic() + 120
+        while True:
+            if self.process.poll() is not None:
+                self._log.seek(0)
+                stderr = self._log.read().decode(errors="replace")
+                raise RuntimeError(f"the proxy subprocess exited: {stderr}")
+            try:
+                if httpx.get(self.base_url + "/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the proxy subprocess did not become ready in 120 s")
+            time.sleep(0.2)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+        self._log.close()

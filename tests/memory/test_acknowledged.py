@@ -9,12 +9,7 @@ finds its request.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +19,7 @@ import httpx
 import pytest
 
 from storage.store import DB_FILE
-from tests.harness import RunningProxy, write_tenant
+from tests.harness import RunningProxy, ServerProcess, write_tenant
 from tests.memory.conftest import KEY, api, client_for
 from tests.scripted_upstream import Reply, ScriptedUpstream
 
@@ -50,18 +45,13 @@ def test_every_answered_exchange_survives_kill_9_under_load(
 ) -> None:
     write_tenant(policies_dir, "acme", KEY, {"echo": {"model": "echo"}}, memory={})
     data_dir = tmp_path / "data"
-    port = free_port()
-    env = {**os.environ, "MEMENTO_MEMORY_WORKERS": "0", "MEMENTO_LOG_LEVEL": "warning"}
-    command = [sys.executable, "-m", "proxy.cli", "serve", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--policies", str(policies_dir), "--data-dir", str(data_dir)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
+    server = ServerProcess(policies_dir, data_dir, MEMENTO_MEMORY_WORKERS="0")
     answered: list[str] = []
     stop = threading.Event()
 
     def client(number: int) -> None:
         headers = {"Authorization": f"Bearer {KEY}"}
-        with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+        with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as http:
             turn = 0
             while not stop.is_set():
                 turn += 1
@@ -77,24 +67,19 @@ def test_every_answered_exchange_survives_kill_9_under_load(
                 if response.status_code == 200 and complete:
                     answered.append(response.headers["x-request-id"])
 
-    try:
-        wait_ready(process, base)
+    with server:
         threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + 60
-        while len(answered) < 150 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        process.send_signal(signal.SIGKILL)  # mid-load: requests are in flight
-        process.wait(timeout=30)
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
-    finally:
-        stop.set()
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
+        try:
+            deadline = time.monotonic() + 60
+            while len(answered) < 150 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            server.kill()  # mid-load: requests are in flight
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=60)
     assert len(answered) >= 150, "the load did not get going"
     queued = set(queued_request_ids(data_dir))
     lost = [request_id for request_id in answered if request_id not in queued]
@@ -151,22 +136,3 @@ def test_a_broken_stream_teaches_nothing(
     assert complete.headers["x-request-id"] in queued
     assert broken_id not in queued
     assert client_for(proxy)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(process: subprocess.Popen[bytes], base: str) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-        try:
-            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the proxy subprocess did not become ready"
-        time.sleep(0.2)

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
+import openai
 import pytest
 
 from proxy.memory.worker import WritePool
@@ -20,17 +15,9 @@ from storage import open_store
 from storage.embedders import LocalEmbedder
 from storage.records import QueuedJob
 from storage.store import DB_FILE, open_embedded_store
-from tests.harness import RunningProxy, write_tenant
+from tests.harness import RunningProxy, ServerProcess, write_tenant
 from tests.memory.conftest import KEY, client_for, models, wait_for_memories
 from tests.scripted_upstream import ScriptedUpstream
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _queued_jobs(data_dir: Path) -> int:
@@ -53,49 +40,15 @@ def test_killed_proxy_resumes_its_queue_after_restart(
 ) -> None:
     write_tenant(policies_dir, "acme", KEY, models(upstream))
     data_dir = tmp_path / "data"  # the directory start_proxy uses too
-    port = _free_port()
-    env = {**os.environ, "MEMENTO_MEMORY_WORKERS": "0", "MEMENTO_LOG_LEVEL": "warning"}
-    command = [
-        sys.executable,
-        "-m",
-        "proxy.cli",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--policies",
-        str(policies_dir),
-        "--data-dir",
-        str(data_dir),
-    ]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-            try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the proxy subprocess did not become ready"
-            time.sleep(0.2)
-        import openai
-
-        client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0)
+    with ServerProcess(policies_dir, data_dir, MEMENTO_MEMORY_WORKERS="0") as server:
+        client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=KEY, max_retries=0)
         client.chat.completions.create(
             model="gpt-4o-mini",
             messages=[{"role": "user", "content": "I am a marine biologist."}],
             user="kim",
         )
-        while _queued_jobs(data_dir) < 1:
-            assert time.monotonic() < deadline, "the exchange was never queued"
-            time.sleep(0.05)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
+        assert _queued_jobs(data_dir) == 1  # queued before the client had the answer
+        server.kill()
 
     proxy = start_proxy(policies_dir)  # same data dir, workers on
     memories = wait_for_memories(proxy, "kim", 1)

@@ -7,28 +7,17 @@ since no HTTP library will send a 100 MB header.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.harness import write_tenant
+from tests.harness import ServerProcess, write_tenant
 
 KEY = "server-key"
 LIMIT = 64 * 1024  # Settings.max_header_bytes
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _rss_kb(pid: int) -> int:
@@ -44,26 +33,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]
     tmp_path = tmp_path_factory.mktemp("served")
     policies_dir = tmp_path / "policies"
     write_tenant(policies_dir, "acme", KEY, {"echo": {"model": "echo"}}, memory={"enabled": False})
-    port = _free_port()
-    env = {**os.environ, "MEMENTO_MEMORY_WORKERS": "0", "MEMENTO_LOG_LEVEL": "warning"}
-    command = [sys.executable, "-m", "proxy.cli", "serve", "--port", str(port)]
-    command += ["--policies", str(policies_dir), "--data-dir", str(tmp_path / "data")]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the proxy subprocess did not become ready"
-            time.sleep(0.2)
-        yield port, process.pid
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+    with ServerProcess(policies_dir, tmp_path / "data", MEMENTO_MEMORY_WORKERS="0") as server:
+        yield server.port, server.pid
 
 
 def _reply(sock: socket.socket) -> bytes:
