@@ -691,7 +691,9 @@ async def open_embedded_store(
             raise ValueError(f"embedder {embedder.model_id!r} does not know its dimensions yet")
         tag = _embedder_tag(embedder)
         stored = await db.get_meta(_EMBEDDER_META)
-        index = await MemoryIndex.open(folder / INDEX_DIR, embedder.dimensions, maintenance)
+        index = await MemoryIndex.open(
+            folder / INDEX_DIR, embedder.dimensions, maintenance or MaintenanceSettings.from_env()
+        )
         if stored != tag:
             if stored is None or await db.count_memories() == 0:
                 await db.set_meta(_EMBEDDER_META, tag)
