@@ -25,6 +25,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -122,7 +123,8 @@ class IndexHit:
 
 @dataclass
 class MaintenanceSettings:
-    """When the background maintenance builds indexes; process-level, not per tenant.
+    """When the background maintenance builds indexes, and how much LanceDB may cache;
+    process-level, not per tenant.
 
     Row counts are per tenant table. Measured on the 2-core dev box (AVX2), one tenant of
     100k rows, k=30, scope filter covering the table: a flat LanceDB search took ~90 ms; IVF_FLAT
@@ -146,6 +148,32 @@ class MaintenanceSettings:
     # first use, and searches round-robin over 10 tenants of 100k took ~25 ms instead of ~8 ms
     # until every partition had been touched.
     prewarm_indexes: bool = True
+    # LanceDB's caches (its defaults: 6 GiB of indexes, 1 GiB of metadata). Every write commits
+    # a new table version, and the version's manifest and file metadata enter the metadata
+    # cache; every maintenance pass gives the table's indexes new ids, loaded into the index
+    # cache anew. Entries of superseded versions are never read again but stay until the
+    # cache is full: RSS rose ~150 KB per memory written and was never given back. The bounds
+    # below make LanceDB evict them. The index cache must hold the indexes searches use (the
+    # prewarmed ones: ~1.6 KB per row); the metadata cache only the current versions' files.
+    index_cache_bytes: int = 1 << 30
+    metadata_cache_bytes: int = 64 << 20
+
+    @classmethod
+    def from_env(cls) -> MaintenanceSettings:
+        """MEMENTO_INDEX_CACHE_MB and MEMENTO_INDEX_METADATA_CACHE_MB."""
+        return cls(
+            index_cache_bytes=_megabytes("INDEX_CACHE_MB", cls.index_cache_bytes),
+            metadata_cache_bytes=_megabytes("INDEX_METADATA_CACHE_MB", cls.metadata_cache_bytes),
+        )
+
+
+def _megabytes(name: str, default_bytes: int) -> int:
+    raw = os.environ.get(f"MEMENTO_{name}", "").strip()
+    if not raw:
+        return default_bytes
+    if not raw.isdigit() or int(raw) == 0:
+        raise ValueError(f"MEMENTO_{name} must be a whole number of megabytes, got {raw!r}")
+    return int(raw) << 20
 
 
 class MemoryIndex:
@@ -158,10 +186,12 @@ class MemoryIndex:
         dimensions: int,
         settings: MaintenanceSettings,
         generation: int = 0,
+        session: lancedb.Session | None = None,
     ) -> None:
         self._db = db
         self._path = path
         self.generation = generation
+        self._session = session  # the caches `db` was opened with
         self.dimensions = dimensions
         self.settings = settings
         self._schema = self.schema(dimensions)
@@ -205,8 +235,13 @@ class MemoryIndex:
         is missing, of another layout or of another vector size (`created` is then True: the
         caller rebuilds it from SQLite). Older generations' tables are dropped; newer ones are
         a rebuild under way in some process and are left alone."""
-        db = await lancedb.connect_async(str(path))
-        index = cls(path, db, dimensions, settings or MaintenanceSettings(), generation)
+        settings = settings or MaintenanceSettings()
+        session = lancedb.Session(
+            index_cache_size_bytes=settings.index_cache_bytes,
+            metadata_cache_size_bytes=settings.metadata_cache_bytes,
+        )
+        db = await lancedb.connect_async(str(path), session=session)
+        index = cls(path, db, dimensions, settings, generation, session)
         try:
             layout = json.loads(await asyncio.to_thread(index._layout_file.read_text))
         except (OSError, ValueError):
@@ -341,6 +376,11 @@ class MemoryIndex:
                 await table.delete(where)
                 self._changed[name] = time.monotonic()
 
+    @property
+    def cache_bytes(self) -> int:
+        """What LanceDB holds in its index and metadata caches for this index, in bytes."""
+        return int(self._session.size_bytes) if self._session is not None else 0
+
     async def count(self, tenant_id: str | None = None) -> int:
         """Rows in one tenant's table, or in all of them."""
         if tenant_id is not None:
@@ -406,9 +446,14 @@ class MemoryIndex:
         stats = await table.optimize(cleanup_older_than=self.settings.prune_older_than)
         done["optimize"] = str(stats)
         if self.settings.prewarm_indexes:
-            if name in self._vector_indexed:
-                await table.prewarm_index("vector_idx")
-            await table.prewarm_index("search_text_idx")
+            try:
+                if name in self._vector_indexed:
+                    await table.prewarm_index("vector_idx")
+                await table.prewarm_index("search_text_idx")
+            except RuntimeError as exc:  # LanceDB refuses when the index cache is too small
+                log.warning(
+                    "indexes of %s not prewarmed (raise MEMENTO_INDEX_CACHE_MB): %s", name, exc
+                )
         return done
 
     async def _vector_index_stale(self, name: str, rows: int) -> bool:

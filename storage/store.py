@@ -958,7 +958,7 @@ async def open_embedded_store(
         index = await MemoryIndex.open(
             folder / INDEX_DIR,
             embedder.dimensions,
-            maintenance,
+            maintenance or MaintenanceSettings.from_env(),
             generation=await db.index_generation(),
         )
         if stored != tag:

@@ -144,3 +144,26 @@ async def test_erasing_a_user_removes_their_rows_from_the_index(
     assert await store.index.count("acme") == 1
     assert await store.index.count("globex") == 1
     assert removals == ["acme"]  # the outbox named the tenant: no other table was searched
+
+
+@pytest.mark.asyncio(loop_scope="function")
+async def test_lancedb_caches_stay_within_their_bounds_as_writes_add_versions(
+    tmp_path: Path,
+) -> None:
+    # Each upsert commits a table version whose manifest (listing every fragment so far) and
+    # file metadata enter LanceDB's metadata cache; unbounded, 300 single-row writes cached
+    # ~20 MB of versions nothing reads again.
+    settings = MaintenanceSettings(index_cache_bytes=2 << 20, metadata_cache_bytes=2 << 20)
+    index = await MemoryIndex.open(tmp_path, DIM, settings)
+    rng = np.random.default_rng(7)
+    for number in range(300):
+        vector = rng.standard_normal(DIM).astype(np.float32)
+        await index.upsert(
+            [
+                IndexRow(
+                    f"m{number}", "acme", "kim", "fact", "active", None, f"fact {number}", vector
+                )
+            ]
+        )
+    assert await index.count("acme") == 300
+    assert index.cache_bytes <= 4 << 20
