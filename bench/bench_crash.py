@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -23,45 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
-from proxy.tenants import hash_key
 from storage.store import DB_FILE
+from tests.harness import ServerProcess, write_tenant
 
 RESULTS = Path(__file__).parent / "results" / "crash.json"
 KEY = "bench-crash-key"
 CLIENTS = 32
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _serve(root: Path) -> tuple[subprocess.Popen[bytes], str]:
-    policies = root / "policies"
-    policies.mkdir()
-    tenant = {"tenant": "bench", "keys": [hash_key(KEY)], "models": {"echo": {"model": "echo"}}}
-    (policies / "bench.yaml").write_text(yaml.safe_dump({**tenant, "memory": {}}))
-    port = _free_port()
-    command = [sys.executable, "-m", "proxy.cli", "serve", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--policies", str(policies), "--data-dir", str(root / "data")]
-    env = {**os.environ, "MEMENTO_LOG_LEVEL": "error"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("the proxy exited during start-up")
-        try:
-            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                return process, base
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("the proxy did not become ready in 180 s")
 
 
 def _queued(data_dir: Path) -> set[str]:
@@ -73,50 +37,58 @@ def _queued(data_dir: Path) -> set[str]:
 def run(stream: bool, seconds: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-crash-") as folder:
         root = Path(folder)
-        process, base = _serve(root)
-        answered: list[str] = []
-        stop = threading.Event()
+        write_tenant(root / "policies", "bench", KEY, {"echo": {"model": "echo"}}, memory={})
+        with ServerProcess(root / "policies", root / "data", MEMENTO_LOG_LEVEL="error") as server:
+            answered = load_then_kill(server, stream, seconds)
+        queued = _queued(root / "data")
+    return {
+        "mode": "streamed" if stream else "non-streamed",
+        "clients": CLIENTS,
+        "seconds": seconds,
+        "answered": len(answered),
+        "queued": len(queued),
+        "lost": sum(1 for request_id in answered if request_id not in queued),
+    }
 
-        def client(number: int) -> None:
-            headers = {"Authorization": f"Bearer {KEY}"}
-            with httpx.Client(base_url=base, headers=headers, timeout=60) as http:
-                turn = 0
-                while not stop.is_set():
-                    turn += 1
-                    body = {
-                        "model": "echo",
-                        "user": f"user-{number}",
-                        "stream": stream,
-                        "messages": [{"role": "user", "content": f"I am on turn {turn}."}],
-                    }
-                    try:
-                        with http.stream("POST", "/v1/chat/completions", json=body) as reply:
-                            content = reply.read()
-                    except httpx.TransportError:
-                        continue
-                    complete = content.rstrip().endswith(b"[DONE]") if stream else True
-                    if reply.status_code == 200 and complete:
-                        answered.append(reply.headers["x-request-id"])
 
-        threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
-        for thread in threads:
-            thread.start()
+def load_then_kill(server: ServerProcess, stream: bool, seconds: float) -> list[str]:
+    """Chat from CLIENTS threads for `seconds`, then SIGKILL the server; the ids of the calls
+    whose client had the complete answer."""
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def client(number: int) -> None:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        with httpx.Client(base_url=server.base_url, headers=headers, timeout=60) as http:
+            turn = 0
+            while not stop.is_set():
+                turn += 1
+                body = {
+                    "model": "echo",
+                    "user": f"user-{number}",
+                    "stream": stream,
+                    "messages": [{"role": "user", "content": f"I am on turn {turn}."}],
+                }
+                try:
+                    with http.stream("POST", "/v1/chat/completions", json=body) as reply:
+                        content = reply.read()
+                except httpx.TransportError:
+                    continue  # in flight when the server died: never answered
+                complete = content.rstrip().endswith(b"[DONE]") if stream else True
+                if reply.status_code == 200 and complete:
+                    answered.append(reply.headers["x-request-id"])
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    try:
         time.sleep(seconds)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=60)
+        server.kill()
+    finally:
         stop.set()
         for thread in threads:
             thread.join(timeout=120)
-        queued = _queued(root / "data")
-        lost = sum(1 for request_id in answered if request_id not in queued)
-        return {
-            "mode": "streamed" if stream else "non-streamed",
-            "clients": CLIENTS,
-            "seconds": seconds,
-            "answered": len(answered),
-            "queued": len(queued),
-            "lost": lost,
-        }
+    return answered
 
 
 def main() -> None:
