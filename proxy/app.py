@@ -57,7 +57,13 @@ from proxy.tracing import (
 )
 from proxy.ui.pages import routes as ui_routes
 from proxy.upstream import Target, Upstreams, import_litellm, is_passthrough
-from proxy.validation import chat_user_id, read_json_body, validate_chat, validate_embeddings
+from proxy.validation import (
+    chat_session_id,
+    chat_user_id,
+    read_json_body,
+    validate_chat,
+    validate_embeddings,
+)
 from storage.api import JobAdmin, StorageFull
 from storage.spans import open_span_store
 
@@ -240,7 +246,7 @@ class ChatService:
             route=route,
             body=body,
             user_id=chat_user_id(body, headers),
-            session_id=headers.get("x-memento-session"),
+            session_id=chat_session_id(headers),
             mode_header=headers.get("x-memento-mode"),
             stream=stream,
         )
@@ -322,7 +328,7 @@ def memory_headers(prepared: PreparedCall) -> dict[str, str]:
 def _json_or_none(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past what Python parses
         return None
 
 

@@ -35,6 +35,7 @@ MAX_JSON_DEPTH = 64  # nested objects and arrays; real requests use well under t
 MAX_USER_ID_CHARS = 256
 MAX_CHOICES = 128  # `n`: OpenAI's own upper bound
 USER_HEADER = "x-memento-user"
+SESSION_HEADER = "x-memento-session"
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -361,13 +362,28 @@ def chat_user_id(body: dict[str, Any], headers: Headers) -> str | None:
     return from_body if from_body is not None else from_header
 
 
-def _utf8_header(value: str) -> str:
+def chat_session_id(headers: Headers) -> str | None:
+    """The conversation a chat call belongs to (`X-Memento-Session`), held to the same rule as
+    user ids: it is stored with every memory the call writes."""
+    raw = headers.getlist(SESSION_HEADER)
+    if len(raw) > 1:
+        raise bad_request(
+            "Send X-Memento-Session once: the request has it more than once.",
+            param=SESSION_HEADER,
+            code="invalid_session",
+        )
+    if not raw:
+        return None
+    return user_id(_utf8_header(raw[0], SESSION_HEADER), param=SESSION_HEADER)
+
+
+def _utf8_header(value: str, name: str = USER_HEADER) -> str:
     """A header value as the UTF-8 text the client sent (Starlette decodes it as Latin-1)."""
     try:
         return value.encode("latin-1").decode("utf-8")
     except UnicodeDecodeError:
         raise bad_request(
-            "The X-Memento-User header is not valid UTF-8. Send the user id as UTF-8 text.",
-            param=USER_HEADER,
+            f"The {name} header is not valid UTF-8. Send the id as UTF-8 text.",
+            param=name,
             code="invalid_unicode",
         ) from None

@@ -128,3 +128,20 @@ def test_a_surrogate_on_an_import_line_is_400_naming_the_line(
         response = http.post("/v1/memories/import", content=lines)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["message"].startswith("Line 2 has text that is not valid")
+
+
+def test_a_session_id_is_held_to_the_user_id_rule(
+    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
+) -> None:
+    proxy = memory_proxy()
+    body = {"model": "echo", "user": "sam", "messages": [{"role": "user", "content": "Hi"}]}
+    with api(proxy) as http:
+        ok = http.post("/v1/chat/completions", json=body, headers={"X-Memento-Session": "s-1"})
+        assert ok.status_code == 200, ok.text
+        for bad, says in (("s" * 257, "at most 256"), ("", "blank")):
+            refused = http.post(
+                "/v1/chat/completions", json=body, headers={"X-Memento-Session": bad}
+            )
+            assert refused.status_code == 400
+            error = refused.json()["error"]
+            assert error["param"] == "x-memento-session" and says in error["message"]
