@@ -29,7 +29,13 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.auth import authenticate
-from proxy.errors import ProxyError, insufficient_storage, internal_error, model_not_found
+from proxy.errors import (
+    ProxyError,
+    index_unavailable,
+    insufficient_storage,
+    internal_error,
+    model_not_found,
+)
 from proxy.health import Health, watch_memory
 from proxy.memory.pipeline import MemoryPipeline
 from proxy.memory.seam import CallContext, MemoryHooks, MemoryUnavailable, NoMemory, PreparedCall
@@ -64,7 +70,7 @@ from proxy.validation import (
     validate_chat,
     validate_embeddings,
 )
-from storage.api import JobAdmin, StorageFull
+from storage.api import IndexUnavailable, JobAdmin, StorageFull
 from storage.spans import open_span_store
 
 log = logging.getLogger("memento.proxy")
@@ -157,6 +163,11 @@ def _http_exception(request: Request, exc: Exception) -> Response:
 def _proxy_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProxyError)
     return exc.to_response()
+
+
+def _index_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("request %s: %s", request_id_of(request), exc)
+    return index_unavailable().to_response()
 
 
 def _storage_full(request: Request, exc: Exception) -> Response:
@@ -492,6 +503,7 @@ def build_app(
             ProxyError: _proxy_error,
             HTTPException: _http_exception,
             StorageFull: _storage_full,
+            IndexUnavailable: _index_unavailable,
         },
     )
     app.add_middleware(RequestIdMiddleware)

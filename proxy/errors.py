@@ -93,3 +93,15 @@ def insufficient_storage() -> ProxyError:
         type="api_error",
         code="insufficient_storage",
     )
+
+
+def index_unavailable() -> ProxyError:
+    """A memory search the derived index could not answer while it is rebuilt."""
+    return ProxyError(
+        503,
+        "The memory search index failed and is being rebuilt from the database; retry in a few "
+        "seconds (GET /readyz says when it is back). Chats go on meanwhile, without memory.",
+        type="api_error",
+        code="index_unavailable",
+        headers={"retry-after": "5"},
+    )

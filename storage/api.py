@@ -30,6 +30,11 @@ class StorageFull(RuntimeError):
     succeed again as soon as space is freed, without a restart."""
 
 
+class IndexUnavailable(RuntimeError):
+    """A search failed in the derived index; the store rebuilds it from SQLite by itself, so the
+    same search succeeds again once that is done."""
+
+
 class Embedder(Protocol):
     """Turns texts into unit-length vectors. Implementations run CPU work off the event loop."""
 

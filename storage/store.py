@@ -29,7 +29,7 @@ from typing import Any, get_args
 
 import numpy as np
 
-from storage.api import Embedder, HealthReporter
+from storage.api import Embedder, HealthReporter, IndexUnavailable
 from storage.index import (
     IndexHit,
     IndexRow,
@@ -622,7 +622,7 @@ class EmbeddedStore:
                 self._report("index.search", f"search failed, rebuilding the index: {exc}")
                 self._repair_wanted = True
                 self._wake.set()
-                raise
+                raise IndexUnavailable(f"the search index failed ({type(exc).__name__})") from exc
             vector_hits, text_hits = await search_index()  # once more, on the new generation
         if "index.search" in self.problems:
             self._clear("index.search")

@@ -135,7 +135,8 @@ def test_a_broken_index_shows_on_readyz_and_is_rebuilt_without_a_restart(
         # As if another process were rebuilding: the proxy's own repair waits for it.
         fcntl.flock(rebuild_lock, fcntl.LOCK_EX)
         broken = http.post("/v1/memories/search", json={"user": "alice", "query": "stamps"})
-        assert broken.status_code == 500
+        assert broken.status_code == 503
+        assert broken.json()["error"]["code"] == "index_unavailable"
         ready = http.get("/readyz")
         assert ready.status_code == 503
         (problem,) = ready.json()["problems"]
