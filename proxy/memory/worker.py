@@ -109,7 +109,8 @@ class WritePool:
         except asyncio.CancelledError:
             raise  # the lease expires and the job is claimed again after a restart
         except Exception as exc:
-            give_up = job.attempts >= self.max_attempts
+            # A full disk is the store's problem, not the job's: never a reason to give up.
+            give_up = job.attempts >= self.max_attempts and not isinstance(exc, StorageFull)
             retry = None if give_up else self.backoff_s * 2 ** (job.attempts - 1)
             log.log(
                 logging.ERROR if give_up else logging.WARNING,
