@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from proxy.memory.worker import WritePool
+from storage.api import StorageFull
 from storage.embedders import LocalEmbedder
 from storage.records import QueuedJob
 from storage.store import open_embedded_store
@@ -127,6 +128,30 @@ async def test_a_given_up_job_stays_failed_listed_and_can_be_retried(
         assert [job.state for job in await store.list_jobs("acme")] == ["done"]
         assert await store.retry_job("acme", job_id) is None
         assert runs.count(job_id) == 3
+    finally:
+        await pool.stop()
+        await store.close()
+
+
+async def test_a_job_failing_on_a_full_disk_is_never_given_up(
+    tmp_path: Path, local_embedder: LocalEmbedder
+) -> None:
+    store = await open_embedded_store(tmp_path, local_embedder)
+    attempts: list[int] = []
+
+    async def learn(job: QueuedJob) -> None:
+        attempts.append(job.attempts)
+        if len(attempts) <= 3:
+            raise StorageFull("database or disk is full")
+
+    pool = WritePool(store, learn, workers=1, idle_poll_s=0.01, max_attempts=2, backoff_s=0)
+    pool.start()
+    try:
+        job_id = await store.enqueue("acme", "exchange", {"request_id": "r1"})
+        while await store.pending():
+            await asyncio.sleep(0.01)
+        assert attempts == [1, 2, 3, 4]
+        assert [(job.id, job.state) for job in await store.list_jobs("acme")] == [(job_id, "done")]
     finally:
         await pool.stop()
         await store.close()
