@@ -24,7 +24,7 @@ from starlette.types import Message, Receive, Scope, Send
 log = logging.getLogger("memento.proxy")
 
 DONE = b"data: [DONE]\n\n"
-_DONE_EVENT = b"data: [DONE]"
+_DONE_EVENT = DONE.rstrip()  # what `_hold_final_event` looks for, whatever line ending follows
 
 
 def sse_event(payload: Mapping[str, Any]) -> bytes:

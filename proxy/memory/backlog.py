@@ -50,9 +50,6 @@ class QueueBacklog:
         if self._held:
             self._report()
 
-    def __len__(self) -> int:
-        return len(self._held)
-
     def hold(self, job: HeldJob, error: BaseException) -> None:
         """Keep `job`, which the queue just refused with `error`, and keep offering it."""
         if len(self._held) >= self.limit:

@@ -309,11 +309,10 @@ class MemoryPipeline:
         self, ctx: CallContext, prepared: PreparedCall, response: dict[str, Any]
     ) -> None:
         access = prepared.state.get("access")
-        learns = isinstance(access, MemoryAccess) and access.writes and access.scope is not None
+        scope = access.scope if isinstance(access, MemoryAccess) and access.writes else None
         # Only complete exchanges teach: not a failed call, nor a stream that broke off.
-        if learns and "error" not in response and response.get("choices"):
-            assert isinstance(access, MemoryAccess) and access.scope is not None
-            await self._queue_exchange(ctx, access.scope, prepared, response)
+        if scope is not None and "error" not in response and response.get("choices"):
+            await self._queue_exchange(ctx, scope, prepared, response)
         logged = prepared.state.get("logged")
         if isinstance(logged, asyncio.Task):
             # Feedback sent the moment the answer arrives must find the request. Its log was
