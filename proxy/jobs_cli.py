@@ -10,19 +10,18 @@ MEMENTO_KEY) at `--url` (MEMENTO_URL, default http://127.0.0.1:4000).
 from __future__ import annotations
 
 import argparse
-import os
-from typing import Any
+from typing import Any, get_args
 
-from proxy.memory.cli import DEFAULT_URL, client, show
+from proxy.memory.cli import add_server_arguments, client, show
+from storage.records import JobState
 
-STATES = ("queued", "running", "done", "failed")
+STATES = get_args(JobState)
 
 
 def register(commands: Any) -> None:
     """Add the `jobs` command to the CLI's subparsers."""
     jobs = commands.add_parser("jobs", help="list write-path jobs and retry failed ones")
-    jobs.add_argument("--url", default=os.environ.get("MEMENTO_URL", DEFAULT_URL))
-    jobs.add_argument("--key", default=os.environ.get("MEMENTO_KEY"), help="tenant key")
+    add_server_arguments(jobs)
     sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
 
     listing = sub.add_parser("list", help="newest first")

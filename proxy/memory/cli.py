@@ -28,11 +28,16 @@ import httpx
 DEFAULT_URL = "http://127.0.0.1:4000"
 
 
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--url` and `--key`: the running proxy a command talks to, and the tenant key it uses."""
+    parser.add_argument("--url", default=os.environ.get("MEMENTO_URL", DEFAULT_URL))
+    parser.add_argument("--key", default=os.environ.get("MEMENTO_KEY"), help="tenant key")
+
+
 def register(commands: Any) -> None:
     """Add the `memories` command to the CLI's subparsers."""
     memories = commands.add_parser("memories", help="list, search, add and delete memories")
-    memories.add_argument("--url", default=os.environ.get("MEMENTO_URL", DEFAULT_URL))
-    memories.add_argument("--key", default=os.environ.get("MEMENTO_KEY"), help="tenant key")
+    add_server_arguments(memories)
     sub = memories.add_subparsers(dest="memories_command", required=True, metavar="ACTION")
 
     listing = sub.add_parser("list", help="newest first")
