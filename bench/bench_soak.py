@@ -20,8 +20,6 @@ import os
 import platform
 import random
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,8 +28,7 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.bench_overhead import free_port, wait_ready
-from tests.harness import write_tenant
+from tests.harness import ServerProcess, write_tenant
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "soak.json"
@@ -186,24 +183,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as name:
         tmp = Path(name)
         write_tenant(tmp / "policies", "bench", KEY, {"echo": {"model": "echo"}}, memory={})
-        port = free_port()
-        argv = [sys.executable, "-m", "proxy.cli", "serve", "--port", str(port)]
-        argv += ["--policies", str(tmp / "policies"), "--data-dir", str(tmp / "data")]
-        env = {**os.environ, "MEMENTO_LOG_LEVEL": "warning"}
-        with (tmp / "server.log").open("wb") as log:
-            server = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=log)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            wait_ready(base + "/readyz", server)
+        with ServerProcess(tmp / "policies", tmp / "data") as server:
             result = asyncio.run(
-                soak(base, psutil.Process(server.pid), tmp / "data" / "memento.db")
+                soak(server.base_url, psutil.Process(server.pid), tmp / "data" / "memento.db")
             )
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
     print(f"{'t s':>7} {'RSS MB':>8} {'queue':>6} {'answered':>9}")
     for row in result["samples"]:
         print(f"{row['t_s']:>7} {row['rss_mb']:>8} {row['queued']:>6} {row['answered']:>9}")
