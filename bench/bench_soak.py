@@ -5,7 +5,8 @@ The real server (`memento-proxy serve`) runs in a subprocess with memory on and 
 states first-person facts, so every answered exchange queues a write job that stores memories.
 Every few seconds: the server's RSS and the queue depth (the jobs table, read-only). After the
 load stops the queue is left to drain (bounded), then the answered exchanges are compared with
-the exchange jobs processed: every 200 must have been queued and processed, none lost.
+the exchange jobs processed: every 200 must have been queued and processed, none lost. RSS
+growth is reported per processed exchange, for the first and the second half of them.
 
 `BENCH_SOAK_S` sets the load's length (default 180 s), `BENCH_SOAK_DRAIN_S` the longest wait for
 the queue (default 3600 s; the wait also ends when no job finishes for two minutes). Results: a
@@ -95,6 +96,22 @@ def memory_count(db_path: Path) -> int:
     return int(count)
 
 
+def growth_per_exchange(samples: list[dict[str, float]]) -> dict[str, float | None]:
+    """RSS growth per processed exchange, over the first and the second half of the exchanges
+    processed: a process that keeps something per write grows in both halves alike; one whose
+    caches and allocator have reached their working size is flat in the second."""
+    total = samples[-1]["processed"]
+    half = next((row for row in samples if row["processed"] >= total / 2), None)
+
+    def slope(start: dict[str, float], end: dict[str, float]) -> float | None:
+        done = end["processed"] - start["processed"]
+        return round((end["rss_mb"] - start["rss_mb"]) * 1024 / done, 1) if done else None
+
+    if half is None or not total:
+        return {"first_half": None, "second_half": None}
+    return {"first_half": slope(samples[0], half), "second_half": slope(half, samples[-1])}
+
+
 async def soak(base: str, process: psutil.Process, db_path: Path) -> dict[str, Any]:
     answered = errors = sent = 0
     error_kinds: dict[str, int] = {}
@@ -109,6 +126,7 @@ async def soak(base: str, process: psutil.Process, db_path: Path) -> dict[str, A
                 "t_s": round(time.monotonic() - began, 1),
                 "rss_mb": round(process.memory_info().rss / 2**20, 1),
                 "queued": counts.get("queued", 0) + counts.get("running", 0),
+                "processed": counts.get("done", 0),
                 "answered": answered,
             }
         )
@@ -175,6 +193,7 @@ async def soak(base: str, process: psutil.Process, db_path: Path) -> dict[str, A
         and sum(counts.values()) == answered,
         "rss_start_mb": samples[0]["rss_mb"],
         "rss_end_mb": samples[-1]["rss_mb"],
+        "rss_kb_per_exchange": growth_per_exchange(samples),
         "samples": samples,
     }
 
@@ -187,14 +206,22 @@ def main() -> None:
             result = asyncio.run(
                 soak(server.base_url, psutil.Process(server.pid), tmp / "data" / "memento.db")
             )
-    print(f"{'t s':>7} {'RSS MB':>8} {'queue':>6} {'answered':>9}")
+    print(f"{'t s':>7} {'RSS MB':>8} {'queue':>6} {'processed':>9} {'answered':>9}")
     for row in result["samples"]:
-        print(f"{row['t_s']:>7} {row['rss_mb']:>8} {row['queued']:>6} {row['answered']:>9}")
+        print(
+            f"{row['t_s']:>7} {row['rss_mb']:>8} {row['queued']:>6} {row['processed']:>9}"
+            f" {row['answered']:>9}"
+        )
     print()
     for key in ("duration_s", "answered", "errors", "drain_s", "exchange_jobs", "memories"):
         print(f"{key:22} {result[key]}")
     print(f"{'every_answer_processed':22} {result['every_answer_processed']}")
     print(f"{'rss start -> end MB':22} {result['rss_start_mb']} -> {result['rss_end_mb']}")
+    growth = result["rss_kb_per_exchange"]
+    print(
+        f"{'rss KB per exchange':22} first half {growth['first_half']},"
+        f" second half {growth['second_half']}"
+    )
     result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

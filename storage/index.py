@@ -157,6 +157,12 @@ class MaintenanceSettings:
     # prewarmed ones: ~1.6 KB per row); the metadata cache only the current versions' files.
     index_cache_bytes: int = 1 << 30
     metadata_cache_bytes: int = 64 << 20
+    # Bounds alone let superseded entries fill the caches before any is evicted: at the
+    # defaults RSS climbed ~120 KB per exchange for a 20-minute soak. So once the caches hold
+    # this much more than they did after the last fresh start, and at least twice as much,
+    # maintenance reopens the tables in a new, empty Session and prewarms only what is current.
+    # Doubling keeps the reopen's cost (re-reading manifests, reloading indexes) amortised.
+    recycle_after_bytes: int = 64 << 20
 
     @classmethod
     def from_env(cls) -> MaintenanceSettings:
@@ -192,6 +198,7 @@ class MemoryIndex:
         self._path = path
         self.generation = generation
         self._session = session  # the caches `db` was opened with
+        self._session_floor = 0  # what they held after the last recycle (`_recycle_session`)
         self.dimensions = dimensions
         self.settings = settings
         self._schema = self.schema(dimensions)
@@ -236,11 +243,7 @@ class MemoryIndex:
         caller rebuilds it from SQLite). Older generations' tables are dropped; newer ones are
         a rebuild under way in some process and are left alone."""
         settings = settings or MaintenanceSettings()
-        session = lancedb.Session(
-            index_cache_size_bytes=settings.index_cache_bytes,
-            metadata_cache_size_bytes=settings.metadata_cache_bytes,
-        )
-        db = await lancedb.connect_async(str(path), session=session)
+        session, db = await _connect(path, settings)
         index = cls(path, db, dimensions, settings, generation, session)
         try:
             layout = json.loads(await asyncio.to_thread(index._layout_file.read_text))
@@ -267,7 +270,9 @@ class MemoryIndex:
         for name in await _table_names(self._db):
             if generation_of(name) == generation:
                 await self._db.drop_table(name)
-        fresh = MemoryIndex(self._path, self._db, self.dimensions, self.settings, generation)
+        fresh = MemoryIndex(
+            self._path, self._db, self.dimensions, self.settings, generation, self._session
+        )
         await asyncio.to_thread(fresh._ann_file.unlink, missing_ok=True)
         return fresh
 
@@ -430,7 +435,25 @@ class MemoryIndex:
                 self._changed.get(name) == changed_at
             ):
                 del self._changed[name]
+        if self._session is not None and self._session.size_bytes > max(
+            self._session_floor + self.settings.recycle_after_bytes, 2 * self._session_floor
+        ):
+            done["caches_recycled_bytes"] = int(self._session.size_bytes)
+            await self._recycle_session()
         return done
+
+    async def _recycle_session(self) -> None:
+        """Reopen every table in a new Session, so the cache entries of superseded table
+        versions and index ids go with the old one. Called under the store's writer lock: no
+        write is in flight on the old handles, so the new ones see every committed version.
+        Searches already running finish on the old handles, which keep the old Session alive
+        until then."""
+        session, db = await _connect(self._path, self.settings)
+        tables = {name: await db.open_table(name) for name in self._tables}
+        for name, table in tables.items():
+            await self._prewarm(name, table)
+        self._db, self._session, self._tables = db, session, tables
+        self._session_floor = int(session.size_bytes)
 
     async def _maintain_table(self, name: str) -> dict[str, Any]:
         table = self._tables[name]
@@ -445,16 +468,18 @@ class MemoryIndex:
         await table.delete(f"expires_at IS NOT NULL AND expires_at <= {time.time()!r}")
         stats = await table.optimize(cleanup_older_than=self.settings.prune_older_than)
         done["optimize"] = str(stats)
-        if self.settings.prewarm_indexes:
-            try:
-                if name in self._vector_indexed:
-                    await table.prewarm_index("vector_idx")
-                await table.prewarm_index("search_text_idx")
-            except RuntimeError as exc:  # LanceDB refuses when the index cache is too small
-                log.warning(
-                    "indexes of %s not prewarmed (raise MEMENTO_INDEX_CACHE_MB): %s", name, exc
-                )
+        await self._prewarm(name, table)
         return done
+
+    async def _prewarm(self, name: str, table: Any) -> None:
+        if not self.settings.prewarm_indexes:
+            return
+        try:
+            if name in self._vector_indexed:
+                await table.prewarm_index("vector_idx")
+            await table.prewarm_index("search_text_idx")
+        except RuntimeError as exc:  # LanceDB refuses when the index cache is too small
+            log.warning("indexes of %s not prewarmed (raise MEMENTO_INDEX_CACHE_MB): %s", name, exc)
 
     async def _vector_index_stale(self, name: str, rows: int) -> bool:
         """No IVF index yet, or the table has doubled since it was trained (its partitions
@@ -549,6 +574,16 @@ async def _ensure_scalar_indexes(table: Any) -> None:
         await table.create_index("id", config=BTree())
     if "search_text_idx" not in existing:
         await table.create_index("search_text", config=FTS(with_position=False))
+
+
+async def _connect(
+    path: Path, settings: MaintenanceSettings
+) -> tuple[lancedb.Session, lancedb.AsyncConnection]:
+    session = lancedb.Session(
+        index_cache_size_bytes=settings.index_cache_bytes,
+        metadata_cache_size_bytes=settings.metadata_cache_bytes,
+    )
+    return session, await lancedb.connect_async(str(path), session=session)
 
 
 def _ann_file_name(generation: int) -> str:

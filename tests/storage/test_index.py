@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import lancedb
@@ -167,3 +168,30 @@ async def test_lancedb_caches_stay_within_their_bounds_as_writes_add_versions(
         )
     assert await index.count("acme") == 300
     assert index.cache_bytes <= 4 << 20
+
+
+async def test_maintenance_recycles_caches_full_of_superseded_versions(tmp_path: Path) -> None:
+    # Within their bounds the caches still fill with entries of versions and index ids that
+    # maintenance superseded; once they hold recycle_after_bytes more than after the last fresh
+    # start, maintenance reopens the tables in a new Session holding only what is current.
+    settings = MaintenanceSettings(recycle_after_bytes=256 << 10)
+    index = await MemoryIndex.open(tmp_path, DIM, settings)
+    first = await index.maintain()
+    assert "caches_recycled_bytes" not in first
+    recycled = []
+    for batch in range(12):
+        for number, row in enumerate(_rows("acme", "kim", 20, seed=batch)):
+            await index.upsert([replace(row, id=f"m{batch}-{number}")])
+        done = await index.maintain()
+        if "caches_recycled_bytes" in done:
+            recycled.append((done["caches_recycled_bytes"], index.cache_bytes))
+    assert recycled, "the caches grew past the slack and were never recycled"
+    assert all(after < before for before, after in recycled)
+    # The reopened tables see every committed row, and take new writes.
+    assert await index.count("acme") == 240
+    probe = _rows("acme", "kim", 1, seed=99)[0]
+    hits = await index.search_vector("acme", probe.vector, _where("acme", "kim"), 240)
+    assert len(hits) == 240
+    assert await index.search_text("acme", "harbour violin", _where("acme", "kim"), 5)
+    await index.upsert([replace(probe, id="after-recycle")])
+    assert await index.count("acme") == 241
