@@ -88,7 +88,7 @@ async def _memories(request: Request, policy: Policy, store: MemoryStore) -> Res
         "user": user or "",
         "q": query,
         "kind": kind or "",
-        "status": status or "",
+        "status_filter": status or "",
         "kinds": MEMORY_KINDS,
         "statuses": MEMORY_STATUSES,
         "offset": offset,
