@@ -443,14 +443,23 @@ class MemoryPipeline:
             for candidate, verdict in zip(candidates, verdicts, strict=True):
                 memory = _new_memory(candidate, verdict, policy, meta)
                 if verdict.verdict != "accept":
+                    (added,) = await self.store.add(scope, [memory])
                     decisions.append(
-                        {"kind": candidate.kind, "operation": "ADD", "status": memory.status}
+                        {
+                            "kind": candidate.kind,
+                            "operation": "ADD",
+                            "status": memory.status,
+                            "memory_id": added.id,
+                        }
                     )
-                    written.extend(await self.store.add(scope, [memory]))
+                    written.append(added)
                     continue
                 decision = await self._decide(scope, policy, candidate, memory)
-                decisions.append({"kind": candidate.kind, **decision.as_dict()})
                 record = await self._apply(scope, decision, memory)
+                memory_id = record.id if record is not None else None
+                decisions.append(
+                    {"kind": candidate.kind, **decision.as_dict(), "memory_id": memory_id}
+                )
                 if record is not None:
                     written.append(record)
         with tracer.start_as_current_span("memento.write", links=links, attributes=attrs) as span:

@@ -8,6 +8,10 @@ supersession and (for cases) a minimum cosine and utility. Phase B ranks them by
 
 with z-scores over the current candidates, so no per-corpus calibration is needed. Near-duplicates
 collapse to the best-ranked one so the block is not filled with the same thing said twice.
+
+Each candidate keeps its four weighted terms (`ScoreTerms`), which add up to its score, and the
+retrieve span records every candidate left out and why (`Exclusion`), so the trace can answer
+"why this memory, and why not that one?" without re-deriving the formula.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from opentelemetry import trace
@@ -37,6 +42,60 @@ DEFAULT_CASE_MIN_COSINE = 0.1
 _REL_STD_FLOOR = 0.25  # in units of the best fused relevance; one rank apart at the top is ~0.14
 _Q_STD_FLOOR = 0.05
 _DAY_S = 86_400.0
+_TRACED_EXCLUSIONS = 20  # as many as the pipeline traces scores for
+
+
+@dataclass(frozen=True)
+class ScoreTerms:
+    """A score's four weighted terms; they add up to the score."""
+
+    relevance: float  # (1 − λ_kind)·ẑ(rel)
+    utility: float  # λ_kind·ẑ_clip(Q)
+    recency: float  # β·recency
+    trust: float  # η·(trust − 0.5)
+
+    @property
+    def total(self) -> float:
+        return self.relevance + self.utility + self.recency + self.trust
+
+    def rounded(self, digits: int = 3) -> dict[str, float]:
+        """The terms rounded so that they still add up to the rounded total exactly: the term
+        that rounding moved most absorbs the difference (at most a unit or two of the last
+        digit)."""
+        exact = {
+            "relevance": self.relevance,
+            "utility": self.utility,
+            "recency": self.recency,
+            "trust": self.trust,
+        }
+        shown = {name: round(value, digits) for name, value in exact.items()}
+        gap = round(round(self.total, digits) - sum(shown.values()), digits)
+        if gap:
+            name = max(exact, key=lambda n: abs(exact[n] - shown[n]))
+            shown[name] = round(shown[name] + gap, digits)
+        return shown
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """A search hit left out before budgeting, and why: `reason` is one word (trust, relevance,
+    utility, duplicate, lesson, inactive, expired), `detail` a sentence with the numbers."""
+
+    record: MemoryRecord
+    reason: str
+    detail: str
+    duplicate_of: str | None = None  # the id of the memory kept in its place
+
+    def as_dict(self) -> dict[str, Any]:
+        record = self.record
+        entry = {
+            "id": record.id,
+            "kind": record.kind,
+            "date": record.valid_from or record.created_at,
+            "reason": self.reason,
+            "detail": self.detail,
+        }
+        return entry if self.duplicate_of is None else {**entry, "duplicate_of": self.duplicate_of}
 
 
 @dataclass(frozen=True)
@@ -44,13 +103,17 @@ class ScoredMemory:
     """A candidate after ranking, with each part of its score (kept in the request's trace)."""
 
     record: MemoryRecord
-    score: float
+    terms: ScoreTerms
     rel: float
     z_rel: float
     z_q: float
     recency: float
     cosine: float | None
     vector: Vector | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def score(self) -> float:
+        return self.terms.total
 
     @property
     def label(self) -> str:
@@ -64,10 +127,15 @@ class ScoredMemory:
             return "failed"
         return "unrated"
 
-    def parts(self) -> dict[str, float | None]:
-        """The score's components, rounded for traces and the request log."""
+    def parts(self) -> dict[str, Any]:
+        """The score, its weighted `terms` (which add up to it) and the raw signals behind them,
+        rounded for traces and the request log; with the memory's kind and date (as the model
+        sees them) so a trace can say what each candidate was."""
         return {
-            "score": round(self.score, 4),
+            "score": round(self.score, 3),
+            "terms": self.terms.rounded(3),
+            "kind": self.record.kind,
+            "date": self.record.valid_from or self.record.created_at,
             "rel": round(self.rel, 5),
             "z_rel": round(self.z_rel, 3),
             "z_q": round(self.z_q, 3),
@@ -90,25 +158,47 @@ def fused_relevance(hit: SearchHit, settings: RetrievalSettings) -> float:
 
 def passes_gate(hit: SearchHit, policy: MemoryPolicy, now: float) -> bool:
     """Phase A's hard filters: only active, trusted, current records; cases also by similarity."""
+    return gate_exclusion(hit, policy, now) is None
+
+
+def gate_exclusion(hit: SearchHit, policy: MemoryPolicy, now: float) -> Exclusion | None:
+    """Why Phase A's hard filters leave `hit` out, or None when it passes them."""
     record = hit.record
     settings = policy.retrieval
     if record.status != "active" or record.superseded_by is not None:
-        return False
+        state = "superseded" if record.superseded_by is not None else record.status
+        return Exclusion(record, "inactive", f"the memory is {state}, not active")
     if record.kind == "lesson":
-        return False  # lessons guard the injected set; they are not recalled as memories
+        # Lessons guard the injected set; they are not recalled as memories.
+        return Exclusion(record, "lesson", "lessons guard the block; they are not recalled")
     if record.trust < settings.tau_trust:
-        return False
-    if record.valid_to is not None and record.valid_to <= now:
-        return False
-    if record.expires_at is not None and record.expires_at <= now:
-        return False
+        floor = settings.tau_trust
+        detail = f"trust {record.trust:.2f} is below the floor retrieval.tau_trust {floor:g}"
+        return Exclusion(record, "trust", detail)
+    ended = [t for t in (record.valid_to, record.expires_at) if t is not None and t <= now]
+    if ended:
+        return Exclusion(record, "expired", "the memory's validity or time to live has ended")
     if record.kind == "case":
         min_cos = settings.delta_sim if settings.delta_sim is not None else DEFAULT_CASE_MIN_COSINE
         if hit.cosine is None or hit.cosine < min_cos:
-            return False
+            cosine = "no vector" if hit.cosine is None else f"cosine {hit.cosine:.2f}"
+            detail = (
+                f"a past case with {cosine} to the request, below the relevance gate {min_cos:g}"
+            )
+            return Exclusion(record, "relevance", detail)
         if record.q < settings.q_min:
-            return False
-    return True
+            q_min = settings.q_min
+            detail = f"a past case with utility q {record.q:.2f}, below retrieval.q_min {q_min:g}"
+            return Exclusion(record, "utility", detail)
+    return None
+
+
+@dataclass
+class Ranking:
+    """Candidates best first, and the hits left out by the gate or as near-duplicates."""
+
+    ranked: list[ScoredMemory]
+    excluded: list[Exclusion] = field(default_factory=list)
 
 
 def rank_hits(
@@ -119,11 +209,29 @@ def rank_hits(
     rng: random.Random | None = None,
 ) -> list[ScoredMemory]:
     """Gate, score, order and de-duplicate search hits; best first."""
+    return rank_candidates(hits, policy, now=now, rng=rng).ranked
+
+
+def rank_candidates(
+    hits: Sequence[SearchHit],
+    policy: MemoryPolicy,
+    *,
+    now: float | None = None,
+    rng: random.Random | None = None,
+) -> Ranking:
+    """`rank_hits`, also saying which hits were left out and why."""
     now = time.time() if now is None else now
     settings, scoring = policy.retrieval, policy.scoring
-    kept = [hit for hit in hits if passes_gate(hit, policy, now)]
+    kept: list[SearchHit] = []
+    excluded: list[Exclusion] = []
+    for hit in hits:
+        exclusion = gate_exclusion(hit, policy, now)
+        if exclusion is None:
+            kept.append(hit)
+        else:
+            excluded.append(exclusion)
     if not kept:
-        return []
+        return Ranking([], excluded)
     best_rel = (settings.bm25_weight + settings.vector_weight) / (settings.rrf_k + 1) or 1.0
     rels = [fused_relevance(hit, settings) / best_rel for hit in kept]
     qs = [hit.record.q for hit in kept]
@@ -138,21 +246,25 @@ def rank_hits(
             seen = record.last_used_at or record.updated_at
             age_days = max(0.0, now - seen) / _DAY_S
             recency = math.exp(-age_days / scoring.recency_days)
-        score = (
-            (1 - lam) * z_rel
-            + lam * z_q
-            + scoring.beta_recency * recency
-            + scoring.eta_trust * (record.trust - 0.5)
+        terms = ScoreTerms(
+            relevance=(1 - lam) * z_rel,
+            utility=lam * z_q,
+            recency=scoring.beta_recency * recency,
+            trust=scoring.eta_trust * (record.trust - 0.5),
         )
-        scored.append(ScoredMemory(record, score, rel, z_rel, z_q, recency, hit.cosine, hit.vector))
+        scored.append(ScoredMemory(record, terms, rel, z_rel, z_q, recency, hit.cosine, hit.vector))
     scored.sort(key=lambda item: item.score, reverse=True)
     if settings.epsilon > 0 and len(scored) > 1:
         _explore(scored, settings.epsilon, rng or random.Random())
-    return collapse_near_duplicates(scored, settings.dedup_cos)
+    ranked, duplicates = collapse_near_duplicates(scored, settings.dedup_cos)
+    return Ranking(ranked, excluded + duplicates)
 
 
-def collapse_near_duplicates(scored: list[ScoredMemory], threshold: float) -> list[ScoredMemory]:
-    """Keep the best of each group of near-identical memories (same text or cosine ≥ threshold)."""
+def collapse_near_duplicates(
+    scored: list[ScoredMemory], threshold: float
+) -> tuple[list[ScoredMemory], list[Exclusion]]:
+    """Keep the best of each group of near-identical memories (same text or cosine ≥ threshold);
+    the others come back as exclusions naming the memory they repeat."""
     dims = next((len(item.vector) for item in scored if item.vector is not None), 0)
     has_vector = [item.vector is not None and len(item.vector) == dims for item in scored]
     units = np.zeros((len(scored), dims), dtype=np.float32)
@@ -161,21 +273,32 @@ def collapse_near_duplicates(scored: list[ScoredMemory], threshold: float) -> li
         units[rows] = np.asarray([scored[i].vector for i in rows], dtype=np.float32)
         norms = np.linalg.norm(units, axis=1, keepdims=True)
         np.divide(units, norms, out=units, where=norms > 0)
-    similar = units @ units.T >= threshold  # every pair at once; rows without a vector are 0
+    similarity = units @ units.T  # every pair at once; rows without a vector are 0
     kept: list[ScoredMemory] = []
     kept_rows: list[int] = []  # rows kept so far, for the cosine test
-    seen_texts: set[str] = set()
+    kept_texts: dict[str, str] = {}  # normalized text → id of the memory kept with it
+    duplicates: list[Exclusion] = []
     for i, item in enumerate(scored):
         text = " ".join(item.record.text.lower().split())
-        if text in seen_texts:
+        if text in kept_texts:
+            detail = "the same text as a memory that ranked higher"
+            duplicates.append(Exclusion(item.record, "duplicate", detail, kept_texts[text]))
             continue
-        if has_vector[i] and kept_rows and similar[i, kept_rows].any():
-            continue
-        seen_texts.add(text)
+        if has_vector[i] and kept_rows:
+            best = max(kept_rows, key=lambda row: similarity[i, row])
+            if similarity[i, best] >= threshold:
+                detail = (
+                    f"cosine {similarity[i, best]:.2f} to a memory that ranked higher "
+                    f"(retrieval.dedup_cos {threshold:g})"
+                )
+                same = scored[best].record.id
+                duplicates.append(Exclusion(item.record, "duplicate", detail, same))
+                continue
+        kept_texts[text] = item.record.id
         kept.append(item)
         if has_vector[i]:
             kept_rows.append(i)
-    return kept
+    return kept, duplicates
 
 
 async def retrieve(
@@ -210,12 +333,23 @@ async def retrieve(
     if include_shared:
         shared_kinds = set(policy.shared_kinds)
         hits = [hit for hit in hits if _in_scope(hit, shared_kinds)]
+    excluded: list[Exclusion] = []
     if guard_policy is not None and hits:
         hits, drops = await lessons.guard(store, scope.tenant_id, hits, guard_policy)
-        guarded = [[d.hit.record.id, d.reason] for d in drops if d.hit.record.kind != "lesson"]
+        guarded = [d for d in drops if d.hit.record.kind != "lesson"]
         if guarded:
-            trace.get_current_span().set_attribute("memento.guard.dropped", json.dumps(guarded))
-    ranked = rank_hits(hits, policy, now=now)
+            trace.get_current_span().set_attribute(
+                "memento.guard.dropped", json.dumps([[d.hit.record.id, d.reason] for d in guarded])
+            )
+        excluded = [Exclusion(d.hit.record, "lesson", d.reason) for d in guarded]
+    ranking = rank_candidates(hits, policy, now=now)
+    excluded.extend(ranking.excluded)
+    if excluded:
+        trace.get_current_span().set_attribute(
+            "memento.memory.excluded",
+            json.dumps([e.as_dict() for e in excluded[:_TRACED_EXCLUSIONS]]),
+        )
+    ranked = ranking.ranked
     return ranked if limit is None else ranked[:limit]
 
 

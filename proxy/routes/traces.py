@@ -6,7 +6,10 @@ A trace is named by the proxy's request id (the response's `x-request-id`); the 
 
 `trace_document` turns one request's stored spans into the shape every view shares: this JSON,
 the `/ui/` page and `memento-proxy trace`. The spans form a tree in display order: the request's
-own trace first, then the later write-path traces linked to it.
+own trace first, then the later write-path traces linked to it. `memory` says for every
+candidate whether it was injected and why (not), `writes` each write-path verdict as a sentence
+(proxy/ui/explain.py). When the tenant's `tracing.content` allows, `with_memory_texts` adds each
+memory's text, from the memory store, under the same rule as text in spans.
 """
 
 from __future__ import annotations
@@ -21,7 +24,11 @@ from starlette.routing import Route
 
 from proxy.auth import authenticate
 from proxy.errors import ProxyError, bad_request
-from storage.api import SpanStore
+from proxy.memory.pipeline import MemoryPipeline
+from proxy.policy import TracingPolicy
+from proxy.tracing import content_attr
+from proxy.ui.explain import explain_memory, explain_writes
+from storage.api import MemoryStore, SpanStore
 from storage.records import SpanRow
 from storage.spans import CLIENT_REQUEST_ID_ATTR, REQUEST_SPAN
 
@@ -86,7 +93,41 @@ async def get_trace(request: Request) -> Response:
     rows = await span_store_of(request).get_trace(policy.tenant, request_id)
     if not rows:
         raise trace_not_found(request_id)
-    return JSONResponse(trace_document(request_id, rows))
+    doc = trace_document(request_id, rows)
+    await with_memory_texts(doc, memory_store_of(request), policy.tenant, policy.tracing)
+    return JSONResponse(doc)
+
+
+def memory_store_of(request: Request) -> MemoryStore | None:
+    """The memory store behind this proxy, if memory is running in it."""
+    memory = getattr(request.app.state, "memory", None)
+    if not isinstance(memory, MemoryPipeline):
+        return None
+    try:
+        return memory.store
+    except RuntimeError:  # not started yet
+        return None
+
+
+async def with_memory_texts(
+    doc: dict[str, Any], store: MemoryStore | None, tenant_id: str, tracing: TracingPolicy
+) -> None:
+    """Add each candidate's and each written memory's text, as `tracing.content` allows it
+    (nothing when off, masked when redacted); a memory erased since has none."""
+    entries = [*doc["memory"]["candidates"], *(w for w in doc["writes"] if w["memory_id"])]
+    for entry in entries:
+        entry["text"] = None
+    if tracing.content == "off" or store is None or not entries:
+        return
+    ids = list({str(entry.get("id") or entry.get("memory_id")) for entry in entries})
+    texts = {
+        record.id: record.text
+        for record in await store.get_many(tenant_id, ids)
+        if record.status != "deleted"
+    }
+    for entry in entries:
+        text = texts.get(str(entry.get("id") or entry.get("memory_id")))
+        entry["text"] = None if text is None else content_attr(tracing, text)
 
 
 def routes() -> list[Route]:
@@ -101,6 +142,7 @@ def trace_document(request_id: str, rows: Sequence[SpanRow]) -> dict[str, Any]:
     ordered = _tree_order(rows)
     root = next((row for row, _ in ordered if row.name == REQUEST_SPAN), ordered[0][0])
     origin = root.start_ns
+    spans = [_span_entry(row, depth, origin, root.trace_id) for row, depth in ordered]
     return {
         "object": "trace",
         "request_id": request_id,
@@ -111,7 +153,9 @@ def trace_document(request_id: str, rows: Sequence[SpanRow]) -> dict[str, Any]:
         "start": origin / 1e9,
         "duration_ms": _ms(root.end_ns - root.start_ns),
         "status": root.status,
-        "spans": [_span_entry(row, depth, origin, root.trace_id) for row, depth in ordered],
+        "memory": explain_memory(spans),
+        "writes": explain_writes(spans),
+        "spans": spans,
     }
 
 

@@ -21,8 +21,15 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from proxy.errors import ProxyError
+from proxy.memory.inject import short_id
 from proxy.policy import Policy
-from proxy.routes.traces import parse_limit, span_store_of, trace_document
+from proxy.routes.traces import (
+    memory_store_of,
+    parse_limit,
+    span_store_of,
+    trace_document,
+    with_memory_texts,
+)
 from proxy.tenants import PolicyRegistry
 
 COOKIE = "memento_ui_key"
@@ -53,6 +60,13 @@ _env.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=
 # OpenTelemetry's "unset" status means nothing went wrong.
 _env.filters["status"] = lambda status: "ok" if status == "unset" else status
 _env.filters["utc"] = lambda epoch: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+_env.filters["day"] = lambda epoch: (
+    time.strftime("%Y-%m-%d", time.gmtime(epoch)) if isinstance(epoch, int | float) else "—"
+)
+_env.filters["short"] = short_id
+_env.filters["signed"] = lambda value: (
+    f"{value:+.3f}".replace("-", "−") if isinstance(value, int | float) else "—"
+)
 
 
 def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -120,13 +134,12 @@ async def request_page(request: Request) -> Response:
         message = f"No trace for request id '{request_id}' in tenant {policy.tenant}."
         return render("error.html", status=404, tenant=policy.tenant, message=message)
     doc = trace_document(request_id, rows)
+    await with_memory_texts(doc, memory_store_of(request), policy.tenant, policy.tracing)
     return render(
         "request.html",
         tenant=policy.tenant,
         trace=doc,
-        memory=injected_memory(doc),
-        verdicts=verdicts(doc),
-        decisions=verdicts(doc, "memento.decisions"),
+        block=memory_block(doc),
         bars=timeline_bars(doc),
         content_policy=policy.tracing.content,
     )
@@ -169,7 +182,10 @@ async def ui_root(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
+    from proxy.ui import memory_pages  # it builds on this module's login and rendering
+
     return [
+        *memory_pages.routes(),
         Route("/ui", ui_root, methods=["GET"]),
         Route("/ui/", index, methods=["GET"]),
         Route("/ui/login", login, methods=["POST"]),
@@ -179,63 +195,13 @@ def routes() -> list[Route]:
     ]
 
 
-def injected_memory(doc: dict[str, Any]) -> dict[str, Any]:
-    """What went into the prompt: the memory block (when captured), ids and their scores."""
-    block: str | None = None
-    ids: list[Any] = []
-    scores: Any = None
-    budget: dict[str, Any] = {}
+def memory_block(doc: dict[str, Any]) -> str | None:
+    """The memory block exactly as the model saw it, when the policy let the trace keep it."""
     for span in doc["spans"]:
-        if span["phase"] != "request":
-            continue
-        attrs = span["attributes"]
-        if span["name"] == "memento.inject":
-            ids = _as_list(attrs.get("memento.memory.ids", ids))
-            block = attrs.get("memento.memory.block") or next(
-                (v for v in attrs.values() if isinstance(v, str) and "<memory" in v), None
-            )
-        if span["name"] == "memento.retrieve" and scores is None:
-            scores = attrs.get("memento.memory.scores")
-        if "memento.memory.scores" in attrs and span["name"] == "memento.inject":
-            scores = attrs["memento.memory.scores"]
-        budget.update({k: v for k, v in attrs.items() if k.startswith("memento.budget.")})
-    return {"block": block, "ids": ids, "scores": score_rows(scores, ids), "budget": budget}
-
-
-def score_rows(scores: Any, injected: list[Any]) -> list[dict[str, Any]]:
-    """Scores as table rows: `{id, injected, score..., parts...}` from a mapping or a list."""
-    rows: list[dict[str, Any]] = []
-    if isinstance(scores, dict):
-        for memory_id, value in scores.items():
-            parts = value if isinstance(value, dict) else {"score": value}
-            rows.append({"id": memory_id, **parts})
-    elif isinstance(scores, list):
-        rows = [dict(item) for item in scores if isinstance(item, dict)]
-    chosen = {str(x) for x in injected}
-    for row in rows:
-        row_id = str(row.get("id") or row.get("memory_id") or "")
-        row["injected"] = "yes" if row_id in chosen else ""
-    return sorted(rows, key=_score_key)
-
-
-def _score_key(row: dict[str, Any]) -> float:
-    score = row.get("score")
-    return -float(score) if isinstance(score, int | float) else 0.0
-
-
-def verdicts(doc: dict[str, Any], attribute: str = "memento.verdicts") -> list[dict[str, Any]]:
-    """The write path's decisions on each extracted candidate: the sanitizer's verdicts
-    (`memento.verdicts`), or consolidation's operations (`memento.decisions`)."""
-    found: list[dict[str, Any]] = []
-    for span in doc["spans"]:
-        value = span["attributes"].get(attribute)
-        if isinstance(value, list):
-            found.extend(
-                {"stage": span["name"], **item} for item in value if isinstance(item, dict)
-            )
-        elif isinstance(value, dict):
-            found.append({"stage": span["name"], **value})
-    return found
+        if span["phase"] == "request" and span["name"] == "memento.inject":
+            block = span["attributes"].get("memento.memory.block")
+            return block if isinstance(block, str) else None
+    return None
 
 
 def timeline_bars(doc: dict[str, Any], width: float = 300.0) -> list[dict[str, float]]:
@@ -249,7 +215,3 @@ def timeline_bars(doc: dict[str, Any], width: float = 300.0) -> list[dict[str, f
         }
         for s in spans
     ]
-
-
-def _as_list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list | tuple) else [value]

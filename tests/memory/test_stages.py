@@ -10,7 +10,7 @@ from proxy.memory import markers
 from proxy.memory.budget import count_tokens, encoding_name_for, fit_to_budget
 from proxy.memory.inject import inject_block, render_block, strip_memory_blocks
 from proxy.memory.query import InvalidMemoryMode, build_query, resolve_access, resolve_mode
-from proxy.memory.retrieve import rank_hits
+from proxy.memory.retrieve import rank_candidates, rank_hits
 from proxy.policy import BudgetSettings, MemoryPolicy, Policy
 from tests.memory.records import hit, record
 
@@ -86,6 +86,34 @@ def test_ranking_gates_status_trust_supersession_and_failed_cases() -> None:
         hit(record("lesson", "avoid x", kind="lesson"), 6, 6),
     ]
     assert [s.record.id for s in rank_hits(hits, settings)] == ["ok"]
+
+
+def test_ranking_says_why_each_hit_was_left_out_and_what_each_score_is_made_of() -> None:
+    hits = [
+        hit(record("ok", "The user likes tea."), 0, 0),
+        hit(record("same", "The user  likes TEA."), 1, 1),
+        hit(record("quarantined", "x", status="quarantined"), 2, 2),
+        hit(record("low-trust", "y", trust=0.2), 3, 3),
+        hit(record("bad-case", "c", kind="case", q=-0.9), 4, 4),
+        hit(record("far-case", "d", kind="case"), 5, 5, cosine=0.01),
+        hit(record("other", "The user keeps bees.", q=0.4), 6, 6),
+    ]
+    ranking = rank_candidates(hits, MemoryPolicy())
+    reasons = {e.record.id: (e.reason, e.duplicate_of) for e in ranking.excluded}
+    assert reasons == {
+        "same": ("duplicate", "ok"),
+        "quarantined": ("inactive", None),
+        "low-trust": ("trust", None),
+        "bad-case": ("utility", None),
+        "far-case": ("relevance", None),
+    }
+    details = {e.record.id: e.detail for e in ranking.excluded}
+    assert details["low-trust"] == "trust 0.20 is below the floor retrieval.tau_trust 0.5"
+    assert [s.record.id for s in ranking.ranked] == ["ok", "other"]
+    for item in ranking.ranked:
+        parts = item.parts()
+        assert sum(parts["terms"].values()) == pytest.approx(parts["score"], abs=1e-9)
+        assert item.terms.total == item.score
 
 
 def test_utility_outranks_a_small_relevance_gap_between_look_alikes() -> None:

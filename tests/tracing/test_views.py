@@ -6,7 +6,8 @@ import io
 import json
 
 from proxy.routes.traces import trace_document
-from proxy.ui.pages import injected_memory, render, timeline_bars, verdicts
+from proxy.ui.explain import explain_memory, explain_writes
+from proxy.ui.pages import memory_block, render, timeline_bars
 from proxy.ui.terminal import print_tree
 from storage.records import SpanRow
 
@@ -102,17 +103,194 @@ def test_tree_order_depths_and_phases() -> None:
 
 def test_injected_memory_scores_and_verdicts_for_the_page() -> None:
     doc = trace_document("req-1", ROWS)
-    memory = injected_memory(doc)
-    assert memory["ids"] == ["mem_12345678"]
-    assert memory["block"] == BLOCK
-    assert memory["scores"] == [  # best first
-        {"id": "mem_12345678", "score": 1.5, "rrf": 0.03, "injected": "yes"},
-        {"id": "mem_other", "score": -0.2, "injected": ""},
+    assert memory_block(doc) == BLOCK
+    memory = doc["memory"]
+    assert memory["injected_ids"] == ["mem_12345678"]
+    # Best first; an old trace without the score's terms still lists its candidates.
+    assert [(c["short_id"], c["score"], c["injected"]) for c in memory["candidates"]] == [
+        ("12345678", 1.5, True),
+        ("em_other", -0.2, False),
     ]
-    assert verdicts(doc) == [{"stage": "memento.sanitize", "verdict": "accept", "trust": 0.8}]
+    assert doc["writes"][0]["sentence"] == "Accepted: a memory with trust 0.80."
     bars = timeline_bars(doc)
     assert bars[0] == {"x": 0.0, "w": 117.65}  # the request: 20 of 51 ms
     assert bars[-1]["x"] == 294.12
+
+
+def retrieval_spans(**budget: object) -> list[dict[str, object]]:
+    """A request's memory stages as recorded: three ranked candidates, two left out earlier."""
+    scores = {
+        "a" * 24 + "11111111": {
+            "score": 1.2,
+            "terms": {"relevance": 0.85, "utility": 0.15, "recency": 0.1, "trust": 0.1},
+            "kind": "fact",
+            "date": 1_700_000_000.0,
+            "rel": 1.0,
+            "z_rel": 1.0,
+            "z_q": 1.0,
+            "q": 0.2,
+            "recency": 0.5,
+            "trust": 0.9,
+            "cosine": 0.6,
+        },
+        "b" * 24 + "22222222": {
+            "score": -0.45,
+            "terms": {"relevance": -0.5, "utility": 0.0, "recency": 0.0, "trust": 0.05},
+            "kind": "preference",
+            "date": 1_700_000_000.0,
+        },
+        "c" * 24 + "33333333": {
+            "score": -0.9,
+            "terms": {"relevance": -1.0, "utility": 0.0, "recency": 0.0, "trust": 0.1},
+            "kind": "case",
+            "date": 1_700_000_000.0,
+        },
+    }
+    excluded = [
+        {
+            "id": "d" * 24 + "44444444",
+            "kind": "fact",
+            "date": 1_700_000_000.0,
+            "reason": "duplicate",
+            "detail": "cosine 0.97 to a memory that ranked higher (retrieval.dedup_cos 0.92)",
+            "duplicate_of": "a" * 24 + "11111111",
+        },
+        {
+            "id": "e" * 24 + "55555555",
+            "kind": "fact",
+            "date": 1_700_000_000.0,
+            "reason": "lesson",
+            "detail": "resembles lesson abc",
+        },
+    ]
+    rows = [
+        row("memento.request", "r1", ms=20),
+        row(
+            "memento.retrieve",
+            "q1",
+            parent="r1",
+            attributes={
+                "memento.memory.scores": json.dumps(scores),
+                "memento.memory.excluded": json.dumps(excluded),
+            },
+        ),
+        row(
+            "memento.budget",
+            "b1",
+            parent="r1",
+            start_ms=2,
+            attributes={
+                "memento.budget.available": 117,
+                "memento.budget.used": 95,
+                "memento.budget.dropped": 2,
+                "memento.budget.dropped_ids": json.dumps(
+                    [["b" * 24 + "22222222", "budget"], ["c" * 24 + "33333333", "k2_cases"]]
+                ),
+                **budget,
+            },
+        ),
+        row(
+            "memento.inject",
+            "i1",
+            parent="r1",
+            start_ms=3,
+            attributes={"memento.memory.ids": ["a" * 24 + "11111111"]},
+        ),
+    ]
+    return trace_document("req-1", rows)["spans"]
+
+
+def test_every_candidate_says_whether_it_was_injected_and_why_not() -> None:
+    memory = explain_memory(retrieval_spans())
+    rows = {c["short_id"]: c for c in memory["candidates"]}
+    assert rows["11111111"]["injected"] and rows["11111111"]["reason"] == "injected"
+    assert rows["11111111"]["why"] == (
+        "ranked 1 of 3 and fitted in the memory budget (95 of 117 tokens used)"
+    )
+    # A negative score is not a reason to leave a memory out, and is not shown as one.
+    assert (rows["22222222"]["injected"], rows["22222222"]["reason"]) == (False, "budget")
+    assert "117-token memory budget" in rows["22222222"]["why"]
+    assert rows["33333333"]["reason"] == "case limit"
+    assert rows["44444444"]["reason"] == "duplicate"
+    assert rows["44444444"]["duplicate_of_short"] == "11111111"
+    assert rows["55555555"]["reason"] == "resembles an attack lesson"
+    for candidate in memory["candidates"]:
+        if candidate["terms"]:
+            assert round(sum(candidate["terms"].values()), 3) == candidate["score"]
+    assert memory["legend"].startswith("score = relevance + utility + recency + trust.")
+
+
+def test_the_page_shows_short_ids_linked_named_parts_and_reasons() -> None:
+    rows = [
+        row("memento.request", "r1", ms=5),
+        *[
+            row(s["name"], s["span_id"], parent="r1", attributes=s["attributes"])
+            for s in retrieval_spans()[1:]
+        ],
+    ]
+    doc = trace_document("req-1", rows)
+    html = bytes(
+        render(
+            "request.html",
+            tenant="acme",
+            trace=doc,
+            block=None,
+            bars=timeline_bars(doc),
+            content_policy="off",
+        ).body
+    ).decode()
+    full = "a" * 24 + "11111111"
+    assert f'href="/ui/memories/{full}"' in html
+    assert ">11111111</code>" in html and f">{full}</code>" not in html
+    assert "score = relevance + utility + recency + trust." in html
+    assert "+0.850" in html and "−0.500" in html  # terms signed, with a true minus sign
+    assert "<strong>budget</strong>" in html and "<strong>duplicate</strong>" in html
+
+
+def test_a_write_reads_as_a_sentence_with_its_signals() -> None:
+    sanitize = {
+        "name": "memento.sanitize",
+        "attributes": {
+            "memento.verdicts": [
+                {
+                    "kind": "fact",
+                    "verdict": "quarantine",
+                    "trust": 0.42,
+                    "reasons": [
+                        {"signal": "source_prior", "delta": 0.8, "detail": "", "hard": False},
+                        {"signal": "instructions", "delta": -0.38, "detail": "", "hard": False},
+                    ],
+                },
+                {"kind": "preference", "verdict": "accept", "trust": 0.8, "reasons": []},
+            ]
+        },
+    }
+    write = {
+        "name": "memento.write",
+        "attributes": {
+            "memento.decisions": [
+                {"kind": "fact", "operation": "ADD", "status": "quarantined", "memory_id": "m1"},
+                {
+                    "kind": "preference",
+                    "operation": "UPDATE",
+                    "target": "old-00000001",
+                    "reason": "changed preference",
+                    "memory_id": "new-00000002",
+                },
+            ]
+        },
+    }
+    held, updated = explain_writes([sanitize, write])
+    assert held["sentence"] == (
+        "Quarantined (held for review, not used until released): a fact with trust 0.42."
+    )
+    assert held["outcome"] == "Written as a new memory with status quarantined."
+    assert [(s["signal"], s["delta"]) for s in held["signals"]] == [
+        ("source_prior", 0.8),
+        ("instructions", -0.38),
+    ]
+    assert updated["outcome"].startswith("Written as the new version of an existing memory")
+    assert (updated["memory_short_id"], updated["target_short_id"]) == ("00000002", "00000001")
 
 
 def test_terminal_tree() -> None:
@@ -157,8 +335,7 @@ def test_the_page_escapes_everything_a_trace_carries() -> None:
         "request.html",
         tenant="acme",
         trace=doc,
-        memory=injected_memory(doc),
-        verdicts=verdicts(doc),
+        block=memory_block(doc),
         bars=timeline_bars(doc),
         content_policy="full",
     )
@@ -167,18 +344,3 @@ def test_the_page_escapes_everything_a_trace_carries() -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "script-src" not in response.headers["content-security-policy"]  # none allowed
     assert response.headers["x-frame-options"] == "DENY"
-
-
-def test_consolidation_decisions_are_listed_apart_from_verdicts() -> None:
-    decided = row(
-        "memento.write",
-        "w1",
-        trace_id=WRITE_TRACE,
-        start_ms=60,
-        attributes={"memento.decisions": json.dumps([{"operation": "UPDATE", "target": "m1"}])},
-    )
-    doc = trace_document("req-1", [*ROWS, decided])
-    assert verdicts(doc, "memento.decisions") == [
-        {"stage": "memento.write", "operation": "UPDATE", "target": "m1"}
-    ]
-    assert [v["stage"] for v in verdicts(doc)] == ["memento.sanitize"]

@@ -1,0 +1,247 @@
+"""The memory pages at `/ui/memories` and `/ui/quarantine`: the tenant's memory browser.
+
+A list per user (or all users), paginated; a search that ranks as the hot path does; one memory
+with its trust signals, its versions and the request that wrote it; and the quarantine review,
+whose Release and Reject buttons do what `POST /v1/memories/quarantine/{id}/approve|reject` do.
+Same login as the trace pages, and no more than the memory API shows to the same key: memory
+text is shown here (the API returns it), while the trace pages follow `tracing.content`. Each
+page links to its JSON twin under `/v1/`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from proxy.errors import ProxyError
+from proxy.memory import lessons
+from proxy.memory.retrieve import retrieve
+from proxy.policy import Policy
+from proxy.routes.traces import memory_store_of
+from proxy.ui.pages import SECURITY_HEADERS, read_form, render, same_origin, ui_policy
+from proxy.validation import user_id
+from storage.api import MemoryStore
+from storage.records import MEMORY_KINDS, MEMORY_STATUSES, MemoryRecord, Scope
+
+PAGE_SIZE = 50
+SEARCH_LIMIT = 20
+MAX_VERSIONS = 50  # a supersession chain is walked at most this far each way
+
+
+class PageProblem(Exception):
+    """A request the page cannot answer: shown as the error page with this status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def memories_page(request: Request) -> Response:
+    return await _guarded(request, _memories)
+
+
+async def memory_page(request: Request) -> Response:
+    return await _guarded(request, _memory)
+
+
+async def quarantine_page(request: Request) -> Response:
+    return await _guarded(request, _quarantine)
+
+
+async def review_action(request: Request) -> Response:
+    return await _guarded(request, _review)
+
+
+async def _guarded(request: Request, view: Any) -> Response:
+    policy = ui_policy(request)
+    if policy is None:
+        return RedirectResponse("/ui/", status_code=303, headers=SECURITY_HEADERS)
+    store = memory_store_of(request)
+    try:
+        if store is None:
+            raise PageProblem(503, "Memory is not running in this proxy process.")
+        response: Response = await view(request, policy, store)
+        return response
+    except (PageProblem, ProxyError) as problem:
+        message = problem.message
+        return render("error.html", status=problem.status, tenant=policy.tenant, message=message)
+
+
+async def _memories(request: Request, policy: Policy, store: MemoryStore) -> Response:
+    params = request.query_params
+    user = user_id(params.get("user") or None)
+    query = (params.get("q") or "").strip()
+    kind = params.get("kind") or None
+    status = params.get("status") or None
+    if kind is not None and kind not in MEMORY_KINDS:
+        raise PageProblem(400, f"Kind must be one of {', '.join(MEMORY_KINDS)}.")
+    if status is not None and status not in MEMORY_STATUSES:
+        raise PageProblem(400, f"Status must be one of {', '.join(MEMORY_STATUSES)}.")
+    offset = _offset(params.get("offset"))
+    context: dict[str, Any] = {
+        "tenant": policy.tenant,
+        "user": user or "",
+        "q": query,
+        "kind": kind or "",
+        "status_filter": status or "",
+        "kinds": MEMORY_KINDS,
+        "statuses": MEMORY_STATUSES,
+        "offset": offset,
+    }
+    if query:
+        if user is None:
+            context["problem"] = "Search needs a user: memories are searched one user at a time."
+            return render("memories.html", **context, rows=[], searched=True)
+        ranked = await retrieve(
+            store,
+            Scope(policy.tenant, user),
+            query,
+            policy.memory,
+            guard_policy=policy.sanitizer,
+            include_shared=bool(policy.memory.shared_kinds),
+            limit=SEARCH_LIMIT,
+        )
+        rows = [{"record": item.record, "score": item.score} for item in ranked]
+        return render("memories.html", **context, rows=rows, searched=True)
+    records = await store.list(
+        Scope(policy.tenant, user),
+        kinds=[kind] if kind else None,
+        statuses=[status] if status else None,
+        limit=PAGE_SIZE + 1,
+        offset=offset,
+        all_users=user is None,
+    )
+    records = [r for r in records if r.status != "deleted"]
+    query_of = {"user": user, "kind": kind, "status": status}
+    context["json_url"] = _url("/v1/memories", **query_of, limit=PAGE_SIZE, offset=offset)
+    context["next_url"] = (
+        _url("/ui/memories", **query_of, offset=offset + PAGE_SIZE)
+        if len(records) > PAGE_SIZE
+        else None
+    )
+    context["previous_url"] = (
+        _url("/ui/memories", **query_of, offset=max(0, offset - PAGE_SIZE)) if offset else None
+    )
+    rows = [{"record": record, "score": None} for record in records[:PAGE_SIZE]]
+    return render("memories.html", **context, rows=rows, searched=False)
+
+
+async def _memory(request: Request, policy: Policy, store: MemoryStore) -> Response:
+    memory_id = request.path_params["memory_id"]
+    record = await _find(store, policy.tenant, memory_id)
+    if record is None:
+        raise PageProblem(404, f"No memory '{memory_id}' in tenant {policy.tenant}.")
+    return render(
+        "memory.html",
+        tenant=policy.tenant,
+        memory=record,
+        versions=await versions(store, record),
+        trust_total=round(sum(float(r.get("delta", 0.0)) for r in record.trust_reasons), 3),
+    )
+
+
+async def versions(store: MemoryStore, record: MemoryRecord) -> list[MemoryRecord]:
+    """Every version of a memory, oldest first: the records it supersedes and that supersede
+    it (consolidation's UPDATE, an edit of a preference), erased ones left out."""
+    older: list[MemoryRecord] = []
+    current = record
+    while current.supersedes and len(older) < MAX_VERSIONS:
+        previous = await _find(store, record.tenant_id, current.supersedes)
+        if previous is None:
+            break
+        older.append(previous)
+        current = previous
+    newer: list[MemoryRecord] = []
+    current = record
+    while current.superseded_by and len(newer) < MAX_VERSIONS:
+        following = await _find(store, record.tenant_id, current.superseded_by)
+        if following is None:
+            break
+        newer.append(following)
+        current = following
+    return [*reversed(older), record, *newer]
+
+
+async def _quarantine(request: Request, policy: Policy, store: MemoryStore) -> Response:
+    user = user_id(request.query_params.get("user") or None)
+    offset = _offset(request.query_params.get("offset"))
+    records = await store.list(
+        Scope(policy.tenant, user),
+        kinds=["fact", "preference", "case"],
+        statuses=["quarantined"],
+        limit=PAGE_SIZE + 1,
+        offset=offset,
+        all_users=user is None,
+    )
+    records = await lessons.expire_quarantine(store, records, policy.sanitizer)
+    return render(
+        "quarantine.html",
+        tenant=policy.tenant,
+        user=user or "",
+        records=records[:PAGE_SIZE],
+        reviewed=request.query_params.get("reviewed") or "",
+        json_url=_url("/v1/memories/quarantine", user=user, limit=PAGE_SIZE, offset=offset),
+        next_url=(
+            _url("/ui/quarantine", user=user, offset=offset + PAGE_SIZE)
+            if len(records) > PAGE_SIZE
+            else None
+        ),
+    )
+
+
+async def _review(request: Request, policy: Policy, store: MemoryStore) -> Response:
+    if not same_origin(request):
+        raise PageProblem(403, "Review memories from the quarantine page of this proxy.")
+    decision = request.path_params["decision"]
+    if decision not in ("approve", "reject"):
+        raise PageProblem(404, "A quarantined memory is approved or rejected.")
+    memory_id = request.path_params["memory_id"]
+    form = await read_form(request)
+    try:
+        await lessons.review(
+            store,
+            policy.tenant,
+            memory_id,
+            "approve" if decision == "approve" else "reject",
+            policy.sanitizer,
+            actor="admin-ui",
+            note=form.get("note") or None,
+        )
+    except lessons.ReviewError as error:
+        raise PageProblem(error.status, str(error)) from error
+    back = _url("/ui/quarantine", user=form.get("user") or None, reviewed=f"{decision}:{memory_id}")
+    return RedirectResponse(back, status_code=303, headers=SECURITY_HEADERS)
+
+
+async def _find(store: MemoryStore, tenant_id: str, memory_id: str) -> MemoryRecord | None:
+    found = await store.get_many(tenant_id, [memory_id])
+    if not found or found[0].status == "deleted":
+        return None
+    return found[0]
+
+
+def _offset(raw: str | None) -> int:
+    if not raw:
+        return 0
+    if not raw.isdigit():
+        raise PageProblem(400, f"offset must be a whole number; got {raw!r}.")
+    return int(raw)
+
+
+def _url(path: str, **params: Any) -> str:
+    query = urlencode({k: v for k, v in params.items() if v not in (None, "", 0)})
+    return f"{path}?{query}" if query else path
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/ui/memories", memories_page, methods=["GET"]),
+        Route("/ui/memories/{memory_id}", memory_page, methods=["GET"]),
+        Route("/ui/quarantine", quarantine_page, methods=["GET"]),
+        Route("/ui/quarantine/{memory_id}/{decision}", review_action, methods=["POST"]),
+    ]
