@@ -163,7 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: Command = args.run
     name = " ".join(_command_words(args))
     try:
-        return run(args)
+        status = run(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return status
     except CommandError as error:
         print(f"memento-proxy {name}: {error.message}", file=sys.stderr)
         return error.status
