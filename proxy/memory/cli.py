@@ -187,7 +187,8 @@ def _forget_user(args: argparse.Namespace) -> int:
     if wants_json(args):
         print_json(reply)
     else:
-        print(f"deleted {reply.get('deleted')} memories of user {args.user}")
+        count = reply.get("deleted")
+        print(f"deleted {count} {'memory' if count == 1 else 'memories'} of user {args.user}")
     return 0
 
 
