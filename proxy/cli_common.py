@@ -67,8 +67,8 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url",
         default=argparse.SUPPRESS,
-        help="the proxy's address (MEMENTO_URL; default http://MEMENTO_HOST:MEMENTO_PORT, "
-        "i.e. http://127.0.0.1:4000)",
+        help="the proxy's address, with or without /v1 (MEMENTO_URL; default "
+        "http://MEMENTO_HOST:MEMENTO_PORT, i.e. http://127.0.0.1:4000)",
     )
     parser.add_argument(
         "--key",
@@ -103,7 +103,8 @@ def server_url(args: argparse.Namespace) -> str:
     """--url, else MEMENTO_URL, else where `memento-proxy serve` listens by the same settings."""
     given = getattr(args, "url", None) or os.environ.get("MEMENTO_URL")
     if given:
-        return str(given).rstrip("/")
+        # The base URL an OpenAI SDK is given (…/v1) names the same proxy.
+        return str(given).rstrip("/").removesuffix("/v1")
     settings = settings_from_env()
     host = settings.host
     if host in ("0.0.0.0", "::", ""):  # noqa: S104 (listening everywhere: this machine answers)
@@ -257,7 +258,7 @@ def when(epoch: float | None) -> str:
     """A timestamp as people read it (UTC, to the minute)."""
     if epoch is None:
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(epoch))
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
 
 
 def print_fields(pairs: Sequence[tuple[str, Any]]) -> None:

@@ -42,7 +42,7 @@ def register(commands: Any) -> None:
 
     listing = sub.add_parser("list", help="newest first")
     listing.add_argument("--state", choices=STATES)
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (50)")
     listing.set_defaults(run=_list)
 
     retry = sub.add_parser("retry", help="queue a failed job again")

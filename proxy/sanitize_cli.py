@@ -21,6 +21,18 @@ from typing import Any
 
 from proxy.cli_common import add_data_dir_option, add_json_option
 
+SANITIZE = """\
+Dry-run the sanitizer, as POST /v1/memories/check does: one JSON object per input line
+({"text": ..., "source": "user" | "assistant" | "tool" | "import", "kind"?: ..., "id"?: ...}),
+one verdict per candidate, in order; nothing is written. --tenant uses the tenant's policy;
+--data-dir adds the tenant's stored memories and lessons (consensus, lessons), as on the write
+path. A table by default; --json prints {"object": "list", "data": [verdict, ...]}."""
+
+QUARANTINE = """\
+Review the quarantined memories of a data folder (--data-dir, MEMENTO_DATA_DIR, default ./data:
+the one `serve` uses), which must exist: reading creates nothing. A table or text by default;
+--json prints the API's shapes."""
+
 
 def _lazy(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
@@ -37,7 +49,7 @@ def register(commands: Any) -> None:
     sanitize = commands.add_parser(
         "sanitize",
         help="dry-run the sanitizer on a JSONL file of candidate memories",
-        description=__doc__,
+        description=SANITIZE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sanitize.add_argument(
@@ -53,7 +65,7 @@ def register(commands: Any) -> None:
     quarantine = commands.add_parser(
         "quarantine",
         help="review quarantined memories (in a data folder)",
-        description=__doc__,
+        description=QUARANTINE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = quarantine.add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
@@ -61,7 +73,7 @@ def register(commands: Any) -> None:
     _common(listing, tenant_required=True)
     add_data_dir_option(listing)
     listing.add_argument("--user", help="only this user's memories")
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (100)")
     listing.set_defaults(run=_lazy("cmd_quarantine_list"))
     for decision in ("approve", "reject"):
         action = actions.add_parser(decision, help=f"{decision} a quarantined memory")

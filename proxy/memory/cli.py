@@ -65,11 +65,11 @@ def register(commands: Any) -> None:
     listing.add_argument("--user", help="only this user's memories (default: every user's)")
     listing.add_argument("--kind", choices=MEMORY_KINDS)
     listing.add_argument("--status", choices=MEMORY_STATUSES)
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (50)")
 
     search = action("search", _search, "rank as the chat path would, with scores")
     search.add_argument("--user", required=True)
-    search.add_argument("--limit", type=int, default=10)
+    search.add_argument("--limit", type=int, default=10, help="at most this many (10)")
     search.add_argument("query")
 
     add = action("add", _add, "store one memory (sanitized first, with source import)")

@@ -152,6 +152,9 @@ def test_memories_and_jobs_against_a_running_proxy(proxy: RunningProxy, tmp_path
 
     listed = as_json(run_cli("memories", "list", "--user", "sam", "--json", *server))
     assert [m["id"] for m in listed["data"]] == [added["id"]]
+    # The base URL an OpenAI SDK is given names the same proxy.
+    sdk_url = ["--url", proxy.base_url + "/v1/", "--key", KEY]
+    assert as_json(run_cli("memories", "list", "--user", "sam", "--json", *sdk_url)) == listed
     found = as_json(run_cli("memories", "search", "--user", "sam", "music", "--json", *server))
     assert found["data"][0]["id"] == added["id"] and "score" in found["data"][0]["scores"]
     searched = run_cli("memories", "search", "--user", "sam", "music", *server)
