@@ -3,7 +3,8 @@
 Safe while the proxy serves the same data folder: the new index is built beside the served one
 and replaces it only once complete (the proxy follows at its next index write or search). Only
 one rebuild runs at a time; a second one exits with status 1 and says so. Also repairs a damaged
-or deleted index.
+or deleted index. A data folder without a database is refused (exit 3): there is nothing to
+rebuild from, and a rebuild must not create an empty store where the proxy's data was expected.
 
 Run it after switching embedders (MEMENTO_EMBEDDER): records made by another embedder are
 re-embedded and the store remembers the new one. A proxy still running with the old embedder
@@ -14,11 +15,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import sys
+from pathlib import Path
 from typing import Any
 
-from proxy.settings import Settings
+from proxy.cli_common import (
+    CommandError,
+    add_data_dir_option,
+    add_json_option,
+    data_folder,
+    print_json,
+    settings_from_env,
+    wants_json,
+)
 
 
 def register(commands: Any) -> None:
@@ -27,39 +35,47 @@ def register(commands: Any) -> None:
         "reindex",
         help="rebuild the search index from SQLite (re-embeds after an embedder change)",
         description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    reindex.add_argument("--data-dir", help="data directory (MEMENTO_DATA_DIR, default ./data)")
+    add_data_dir_option(reindex)
     reindex.add_argument(
         "--embedder",
         help="embedder to (re-)embed with: local or a litellm model (MEMENTO_EMBEDDER)",
     )
+    add_json_option(reindex)
     reindex.set_defaults(run=cmd_reindex)
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
-    from storage.store import ReindexRunningError
+    from storage.store import DB_FILE, ReindexRunningError
 
+    folder = data_folder(args, DB_FILE)
     try:
-        report = asyncio.run(_reindex(args.data_dir, args.embedder))
+        report = asyncio.run(_reindex(folder, args.embedder))
     except ReindexRunningError as exc:
-        print(f"memento-proxy reindex: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(report, indent=2))
+        raise CommandError(str(exc)) from None
+    if wants_json(args):
+        print_json(report)
+    else:
+        print(
+            f"rebuilt the index of {report['data_dir']}: {report['records']} memories "
+            f"({report['reembedded']} re-embedded with {report['embedder']}), generation "
+            f"{report['generation']}, in {report['seconds']:.1f} s"
+        )
     return 0
 
 
-async def _reindex(data_dir: str | None, embedder_spec: str | None) -> dict[str, Any]:
+async def _reindex(folder: Path, embedder_spec: str | None) -> dict[str, Any]:
     from storage.embedders import load_embedder
     from storage.store import open_embedded_store
 
-    settings = Settings.from_env(data_dir=data_dir)
-    spec = embedder_spec or settings.embedder
+    spec = embedder_spec or settings_from_env().embedder
     embedder = await load_embedder(spec)
     store = await open_embedded_store(
-        settings.data_dir, embedder, check_embedder=False, maintenance_interval_s=0
+        folder, embedder, check_embedder=False, maintenance_interval_s=0
     )
     try:
         report = await store.reindex()
     finally:
         await store.close()
-    return {"data_dir": str(settings.data_dir), **report}
+    return {"data_dir": str(folder), **report}

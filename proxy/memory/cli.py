@@ -1,170 +1,223 @@
 """`memento-proxy memories …`: the memory API from the shell, against a running proxy.
 
-Every command speaks to the proxy's `/v1/memories` API with a tenant key (`--key` or
-MEMENTO_KEY) at `--url` (MEMENTO_URL, default http://127.0.0.1:4000), so the shell sees exactly
-what an application sees and the tenant boundary holds.
+Every action speaks to the proxy's `/v1/memories` API with a tenant key (`--key` or MEMENTO_KEY)
+at `--url` (MEMENTO_URL, else http://MEMENTO_HOST:MEMENTO_PORT), so the shell sees exactly what an
+application sees and the tenant boundary holds. Both options go before or after the action.
+Output is a table or readable text; `--json` prints the API's reply instead.
 
     memento-proxy memories list --user alice [--kind fact] [--status active]
     memento-proxy memories search --user alice "what does she drink?"
     memento-proxy memories add --user alice --kind preference "Prefers green tea."
     memento-proxy memories get ID | delete ID
     memento-proxy memories forget-user alice
-    memento-proxy memories export [--user alice] > alice.jsonl
+    memento-proxy memories export [--user alice] > alice.jsonl    # JSONL, the import format
     memento-proxy memories import alice.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-import httpx
+from proxy.cli_common import (
+    ProxyClient,
+    add_json_option,
+    add_server_options,
+    print_fields,
+    print_json,
+    print_table,
+    read_input,
+    reasons_text,
+    shorten,
+    wants_json,
+    when,
+)
+from storage.records import MEMORY_KINDS, MEMORY_STATUSES
 
-DEFAULT_URL = "http://127.0.0.1:4000"
-
-
-def add_server_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--url` and `--key`: the running proxy a command talks to, and the tenant key it uses."""
-    parser.add_argument("--url", default=os.environ.get("MEMENTO_URL", DEFAULT_URL))
-    parser.add_argument("--key", default=os.environ.get("MEMENTO_KEY"), help="tenant key")
+Action = Callable[[argparse.Namespace], int]
 
 
 def register(commands: Any) -> None:
     """Add the `memories` command to the CLI's subparsers."""
-    memories = commands.add_parser("memories", help="list, search, add and delete memories")
-    add_server_arguments(memories)
+    memories = commands.add_parser(
+        "memories",
+        help="list, search, add and delete memories (through a running proxy)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_server_options(memories)
     sub = memories.add_subparsers(dest="memories_command", required=True, metavar="ACTION")
 
-    listing = sub.add_parser("list", help="newest first")
-    listing.add_argument("--user")
-    listing.add_argument("--kind", choices=["fact", "preference", "case", "lesson"])
-    listing.add_argument("--status")
-    listing.add_argument("--limit", type=int, default=50)
-    listing.set_defaults(run=_list)
+    def action(
+        name: str, run: Action, summary: str, *, json: bool = True
+    ) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=summary)
+        add_server_options(parser)
+        if json:
+            add_json_option(parser)
+        parser.set_defaults(run=run)
+        return parser
 
-    search = sub.add_parser("search", help="rank as the hot path would, with scores")
+    listing = action("list", _list, "newest first")
+    listing.add_argument("--user", help="only this user's memories (default: every user's)")
+    listing.add_argument("--kind", choices=MEMORY_KINDS)
+    listing.add_argument("--status", choices=MEMORY_STATUSES)
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (50)")
+
+    search = action("search", _search, "rank as the chat path would, with scores")
     search.add_argument("--user", required=True)
-    search.add_argument("--limit", type=int, default=10)
+    search.add_argument("--limit", type=int, default=10, help="at most this many (10)")
     search.add_argument("query")
-    search.set_defaults(run=_search)
 
-    add = sub.add_parser("add", help="store one memory (sanitized, source import)")
-    add.add_argument("--user")
-    add.add_argument("--kind", default="fact", choices=["fact", "preference", "case"])
+    add = action("add", _add, "store one memory (sanitized first, with source import)")
+    add.add_argument("--user", help="whose memory (default: shared by the tenant)")
+    add.add_argument("--kind", required=True, choices=MEMORY_KINDS)
     add.add_argument("text")
-    add.set_defaults(run=_add)
 
-    for name, run in (("get", _get), ("delete", _delete)):
-        one = sub.add_parser(name, help=f"{name} one memory by id")
-        one.add_argument("memory_id")
-        one.set_defaults(run=run)
+    one = action("get", _get, "show one memory by id")
+    one.add_argument("memory_id")
+    gone = action("delete", _delete, "delete one memory by id")
+    gone.add_argument("memory_id")
 
-    forget = sub.add_parser("forget-user", help="erase every memory of one user")
+    forget = action("forget-user", _forget_user, "erase every memory of one user")
     forget.add_argument("user")
-    forget.set_defaults(run=_forget_user)
 
-    export = sub.add_parser("export", help="JSONL to stdout")
+    export = action("export", _export, "every memory as JSONL on stdout", json=False)
     export.add_argument("--user")
-    export.set_defaults(run=_export)
 
-    load = sub.add_parser("import", help="JSONL file (or - for stdin), one memory per line")
+    load = action("import", _import, "a JSONL file (- for stdin), one memory per line")
     load.add_argument("file")
-    load.set_defaults(run=_import)
 
 
-def client(args: argparse.Namespace) -> httpx.Client:
-    """An HTTP client for the proxy at `args.url`, with the tenant key `args.key`."""
-    if not args.key:
-        raise SystemExit(
-            f"memento-proxy {args.command}: give the tenant key with --key or MEMENTO_KEY"
-        )
-    headers = {"Authorization": f"Bearer {args.key}"}
-    return httpx.Client(base_url=args.url, headers=headers, timeout=60, trust_env=False)
+def memory_rows(memories: list[dict[str, Any]]) -> None:
+    """Memories as a table: full ids (for get and delete), then what a person scans for."""
+    scored = any("scores" in memory for memory in memories)
+    headings = ["ID", "KIND", "STATUS", "USER", "TRUST", *(["SCORE"] if scored else [])]
+    rows = []
+    for memory in memories:
+        row = [
+            memory.get("id"),
+            memory.get("kind"),
+            memory.get("status"),
+            memory.get("user_id") or "(shared)",
+            memory.get("trust"),
+        ]
+        if scored:
+            row.append((memory.get("scores") or {}).get("score"))
+        rows.append([*row, shorten(str(memory.get("text", "")))])
+    print_table([*headings, "TEXT"], rows)
 
 
-def show(response: httpx.Response) -> int:
-    """Print a reply's JSON (or its error on stderr); the command's exit status."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = {"error": {"message": response.text}}
-    if response.status_code >= 400:
-        message = body.get("error", {}).get("message", response.text)
-        print(f"error {response.status_code}: {message}", file=sys.stderr)
-        return 1
-    print(json.dumps(body, indent=2, ensure_ascii=False))
+def _print_list(reply: dict[str, Any], args: argparse.Namespace, empty: str) -> int:
+    if wants_json(args):
+        print_json(reply)
+        return 0
+    data = reply.get("data") or []
+    if not data:
+        print(empty, file=sys.stderr)
+        return 0
+    memory_rows(data)
+    if reply.get("has_more"):
+        print("(more: raise --limit to see them)", file=sys.stderr)
     return 0
 
 
-def _line(memory: dict[str, Any]) -> str:
-    scores = memory.get("scores")
-    score = f" score={scores['score']:+.3f}" if scores else ""
-    user = memory.get("user_id") or "(shared)"
-    return (
-        f"{memory['id']}  {memory['kind']:<10} {memory['status']:<11} {user:<12} "
-        f"q={memory['q']:+.2f} trust={memory['trust']:.2f}{score}  {memory['text']}"
+def _print_memory(memory: dict[str, Any], args: argparse.Namespace) -> int:
+    if wants_json(args):
+        print_json(memory)
+        return 0
+    print_fields(
+        [
+            ("id", memory.get("id")),
+            ("kind", memory.get("kind")),
+            ("status", memory.get("status")),
+            ("user", memory.get("user_id") or "(shared by the tenant)"),
+            ("source", memory.get("source_role")),
+            ("trust", memory.get("trust")),
+            ("reasons", reasons_text(memory.get("trust_reasons"))),
+            ("created", when(memory.get("created_at"))),
+            ("version", memory.get("version")),
+            ("text", memory.get("text")),
+        ]
     )
-
-
-def _print_list(response: httpx.Response) -> int:
-    if response.status_code >= 400:
-        return show(response)
-    for memory in response.json()["data"]:
-        print(_line(memory))
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
     params = {k: v for k, v in vars(args).items() if k in ("user", "kind", "status") and v}
-    with client(args) as http:
-        return _print_list(http.get("/v1/memories", params={**params, "limit": args.limit}))
+    with ProxyClient(args) as api:
+        reply = api.call("GET", "/v1/memories", params={**params, "limit": args.limit})
+    return _print_list(reply, args, "no memories")
 
 
 def _search(args: argparse.Namespace) -> int:
     body = {"user": args.user, "query": args.query, "limit": args.limit}
-    with client(args) as http:
-        return _print_list(http.post("/v1/memories/search", json=body))
+    with ProxyClient(args) as api:
+        reply = api.call("POST", "/v1/memories/search", json=body)
+    return _print_list(reply, args, "nothing found")
 
 
 def _add(args: argparse.Namespace) -> int:
     body = {"user": args.user, "kind": args.kind, "text": args.text}
-    with client(args) as http:
-        return show(http.post("/v1/memories", json=body))
+    with ProxyClient(args) as api:
+        return _print_memory(api.call("POST", "/v1/memories", json=body), args)
 
 
 def _get(args: argparse.Namespace) -> int:
-    with client(args) as http:
-        return show(http.get(f"/v1/memories/{args.memory_id}"))
+    with ProxyClient(args) as api:
+        return _print_memory(api.call("GET", f"/v1/memories/{_segment(args.memory_id)}"), args)
 
 
 def _delete(args: argparse.Namespace) -> int:
-    with client(args) as http:
-        return show(http.delete(f"/v1/memories/{args.memory_id}"))
+    with ProxyClient(args) as api:
+        reply = api.call("DELETE", f"/v1/memories/{_segment(args.memory_id)}")
+    if wants_json(args):
+        print_json(reply)
+    else:
+        print(f"deleted {reply.get('id', args.memory_id)}")
+    return 0
 
 
 def _forget_user(args: argparse.Namespace) -> int:
-    with client(args) as http:
-        # Any user id is one path segment: '/', '?', '#' and '%' included.
-        return show(http.delete(f"/v1/users/{quote(args.user, safe='')}/memories"))
+    with ProxyClient(args) as api:
+        reply = api.call("DELETE", f"/v1/users/{_segment(args.user)}/memories")
+    if wants_json(args):
+        print_json(reply)
+    else:
+        count = reply.get("deleted")
+        print(f"deleted {count} {'memory' if count == 1 else 'memories'} of user {args.user}")
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     params = {"user": args.user} if args.user else {}
-    with client(args) as http, http.stream("GET", "/v1/memories/export", params=params) as reply:
-        if reply.status_code >= 400:
-            reply.read()
-            return show(reply)
-        for chunk in reply.iter_text():
-            sys.stdout.write(chunk)
+    with ProxyClient(args) as api, api.lines("/v1/memories/export", params=params) as lines:
+        for line in lines:
+            print(line)
     return 0
 
 
 def _import(args: argparse.Namespace) -> int:
-    data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-    with client(args) as http:
-        return show(http.post("/v1/memories/import", content=data))
+    data = read_input(args.file)
+    with ProxyClient(args) as api:
+        outcome = api.call("POST", "/v1/memories/import", content=data)
+    if wants_json(args):
+        print_json(outcome)
+        return 0
+    statuses = ", ".join(f"{n} {status}" for status, n in (outcome.get("statuses") or {}).items())
+    print(
+        f"imported {outcome.get('imported', 0)} of {outcome.get('lines', 0)} lines"
+        + (f" ({statuses})" if statuses else "")
+        + f", skipped {outcome.get('skipped', 0)}; import {outcome.get('id')}"
+    )
+    for skipped in outcome.get("skipped_lines") or []:
+        print(f"  line {skipped.get('line')}: skipped, {skipped.get('reason')}")
+    return 0
+
+
+def _segment(value: str) -> str:
+    """Any id is one path segment: '/', '?', '#' and '%' included."""
+    return quote(value, safe="")

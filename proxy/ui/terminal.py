@@ -1,9 +1,10 @@
 """`memento-proxy trace <id>`: one request's trace as a tree in the terminal.
 
-Reads the span store of the same data directory `serve` uses (`--data-dir` or
-`MEMENTO_DATA_DIR`) and prints what `GET /v1/traces/{request_id}` returns, as a tree. The id is
+Reads the span store of the same data folder `serve` uses (`--data-dir`, MEMENTO_DATA_DIR,
+default ./data) and prints what `GET /v1/traces/{request_id}` returns, as a tree. The id is
 the proxy's request id (the response's `x-request-id`) or, failing that, an id a client sent
-(`x-client-request-id`): every request sent with it is printed, oldest first.
+(`x-client-request-id`): every request sent with it is printed, oldest first. `--json` prints
+`{"object": "list", "data": [trace, ...]}`, each trace as the API returns it plus its tenant.
 """
 
 from __future__ import annotations
@@ -13,10 +14,18 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
+from proxy.cli_common import (
+    CommandError,
+    add_data_dir_option,
+    add_json_option,
+    data_folder,
+    print_json,
+    wants_json,
+)
 from proxy.routes.traces import trace_document
-from proxy.settings import Settings
 from storage.spans import TRACES_FILE, SQLiteSpanStore, open_span_store
 
 # Shown in the heading already; repeating them on every span is noise.
@@ -31,47 +40,35 @@ def register(commands: Any) -> None:
         "request_id",
         help="the x-request-id of the call, or an x-client-request-id it was sent with",
     )
-    trace.add_argument("--data-dir", help="data directory (MEMENTO_DATA_DIR, default ./data)")
+    add_data_dir_option(trace)
     trace.add_argument("--tenant", help="only this tenant's spans (when ids repeat)")
-    trace.add_argument("--json", action="store_true", help="print the JSON the API returns")
+    add_json_option(trace)
     trace.add_argument("--full", action="store_true", help="do not shorten long values")
     trace.set_defaults(run=cmd_trace)
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    settings = Settings.from_env(data_dir=args.data_dir)
-    if not (settings.data_dir / TRACES_FILE).exists():
-        print(
-            f"no traces in {settings.data_dir} (no {TRACES_FILE}); pass the --data-dir that "
-            "`memento-proxy serve` uses",
-            file=sys.stderr,
-        )
-        return 2
-    docs = asyncio.run(_load(settings, args.request_id, args.tenant))
+    folder = data_folder(args, TRACES_FILE)
+    docs = asyncio.run(_load(folder, args.request_id, args.tenant))
     if not docs:
         where = f" of tenant {args.tenant}" if args.tenant else ""
-        print(
-            f"no trace for request id or client request id {args.request_id!r}{where}",
-            file=sys.stderr,
+        raise CommandError(
+            f"no trace for request id or client request id {args.request_id!r}{where} in {folder}"
         )
-        return 1
-    if docs[0][1]["request_id"] != args.request_id and not args.json:
-        print(f"client request id {args.request_id} names {len(docs)} request(s):")
-    if args.json:
-        payload = [{"tenant": tenant_id, **doc} for tenant_id, doc in docs]
-        print(json.dumps(payload if len(payload) > 1 else payload[0], indent=2, ensure_ascii=False))
+    if wants_json(args):
+        print_json({"object": "list", "data": [{"tenant": t, **doc} for t, doc in docs]})
         return 0
+    if docs[0][1]["request_id"] != args.request_id:
+        print(f"client request id {args.request_id} names {len(docs)} request(s):")
     for tenant_id, doc in docs:
         print_tree(tenant_id, doc, sys.stdout, full=args.full)
     return 0
 
 
-async def _load(
-    settings: Settings, given: str, tenant: str | None
-) -> list[tuple[str, dict[str, Any]]]:
+async def _load(folder: Path, given: str, tenant: str | None) -> list[tuple[str, dict[str, Any]]]:
     """The traces `given` names: the request with that id, else every request a client sent
     it with (in `tenant` only, when given)."""
-    store = await open_span_store(settings.data_dir)
+    store = await open_span_store(folder)
     try:
         tenants = [tenant] if tenant else await store.request_tenants(given)
         named = [(tenant_id, given) for tenant_id in tenants]

@@ -35,7 +35,7 @@ FACTS = [f"Alice keeps {n} stamps from country number {n} in album {n % 7}" for 
 def _reindex(data_dir: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "MEMENTO_EMBEDDER": "local", "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "reindex", "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "proxy.cli", "reindex", "--json", "--data-dir", str(data_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -181,10 +181,12 @@ def test_failed_jobs_are_listed_counted_and_retried(
         bad = http.get("/v1/memories/jobs", params={"state": "broken"})
         assert bad.status_code == 400
         assert bad.json()["error"]["param"] == "state"
-    code = cli_main(["jobs", "--url", proxy.base_url, "--key", KEY, "retry", str(job_id)])
+    code = cli_main(["jobs", "--url", proxy.base_url, "--key", KEY, "retry", str(job_id), "--json"])
     assert code == 0
     assert json.loads(capsys.readouterr().out)["state"] == "queued"
-    code = cli_main(["jobs", "--url", proxy.base_url, "--key", KEY, "list", "--state", "queued"])
+    code = cli_main(
+        ["jobs", "--url", proxy.base_url, "--key", KEY, "list", "--state", "queued", "--json"]
+    )
     assert code == 0
     assert [job["id"] for job in json.loads(capsys.readouterr().out)["data"]] == [job_id]
     with api(proxy) as http:

@@ -31,9 +31,9 @@ def test_sanitize_answers_a_jsonl_batch_in_order(tmp_path: Path) -> None:
     path = tmp_path / "candidates.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    done = cli("sanitize", str(path))
+    done = cli("sanitize", str(path), "--json")
     assert done.returncode == 0, done.stderr
-    results = [json.loads(line) for line in done.stdout.splitlines()]
+    results = json.loads(done.stdout)["data"]
     assert [r["id"] for r in results] == list(range(300))
     flagged = {r["id"]: r["verdict"] for r in results if r["verdict"] != "accept"}
     assert set(flagged) == {42, 77}
@@ -75,9 +75,10 @@ def test_quarantine_list_and_reject_from_the_shell(
         str(data),
         "--policies",
         str(tmp_path / "none"),
+        "--json",
     )
     assert listed.returncode == 0, listed.stderr
-    assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == [memory_id]
+    assert [record["id"] for record in json.loads(listed.stdout)["data"]] == [memory_id]
 
     rejected = cli(
         "quarantine",
@@ -89,6 +90,7 @@ def test_quarantine_list_and_reject_from_the_shell(
         str(data),
         "--note",
         "advert",
+        "--json",
     )
     assert rejected.returncode == 0, rejected.stderr
     assert json.loads(rejected.stdout)["status"] == "rejected"

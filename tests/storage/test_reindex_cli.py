@@ -24,7 +24,7 @@ async def test_reindex_command_rebuilds_the_index(
     await store.close()
 
     done = subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "reindex", "--data-dir", str(data)],
+        [sys.executable, "-m", "proxy.cli", "reindex", "--json", "--data-dir", str(data)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -32,7 +32,7 @@ async def test_reindex_command_rebuilds_the_index(
         env={"MEMENTO_EMBEDDER": "local", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
         cwd=Path(__file__).resolve().parents[2],
     )
-    report = json.loads(done.stdout[done.stdout.index("{") :])
+    report = json.loads(done.stdout)
     assert (report["records"], report["reembedded"]) == (1, 0)
 
     store = await open_store(data, local_embedder)
