@@ -25,7 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 OPSET = 17
@@ -214,15 +214,12 @@ def export(model_dir: Path, target: Path) -> None:
             )
         _fuse_transformer_ops(graph, model.config.num_attention_heads, model.config.hidden_size)
         shutil.copyfile(model_dir / TOKENIZER_FILE, temp / TOKENIZER_FILE)
-        manifest = {"model": MODEL_NAME, "export_version": EXPORT_VERSION, **spec.__dict__}
+        manifest = {"model": MODEL_NAME, "export_version": EXPORT_VERSION, **asdict(spec)}
         (temp / SPEC_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         temp.chmod(0o755)  # mkdtemp makes it private; other users may serve from this cache
-        shutil.rmtree(target, ignore_errors=True)  # left incomplete by an older export
-        try:
+        if not _is_current_bundle(target):  # else another process exported it meanwhile
+            shutil.rmtree(target, ignore_errors=True)  # left incomplete by an older export
             os.replace(temp, target)
-        except OSError:
-            if not _is_current_bundle(target):  # else another process exported it meanwhile
-                raise
         for stale in _exports(target.parent):
             if stale != target:  # made from other weights or by an older export
                 if stale.is_dir():
