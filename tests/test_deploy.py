@@ -110,6 +110,20 @@ def test_the_image_exports_in_a_build_stage_and_serves_without_it() -> None:
     assert "MEMENTO_MODEL_CACHE=/app/models" in " ".join(runtime)
 
 
+def test_the_build_context_holds_what_the_image_copies() -> None:
+    """The ignore file keeps virtualenvs, data and deploy/.env out of the build context; every
+    COPY source must still be let in."""
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    allowed = {line[1:] for line in ignore if line.startswith("!")}
+    assert "*" in ignore and not any(path.startswith("deploy") for path in allowed)
+    for stage in _stages(DEPLOY / "Dockerfile"):
+        for line in stage:
+            parts = line.split()
+            if parts[0] == "COPY" and not parts[1].startswith("--from="):
+                for source in parts[1:-1]:
+                    assert source in allowed, f"{source} is left out of the build context"
+
+
 def _policy_files(source: Path) -> list[Path]:
     if source.is_file():
         return [source]
