@@ -252,3 +252,22 @@ def test_serve_refuses_to_start_on_invalid_policies(policies_dir: Path, tmp_path
     )
     assert result.returncode == 2
     assert "acme.yaml: keys: each key must be sha256:" in result.stderr
+
+
+def test_unquoted_yaml_off_means_off(policies_dir: Path) -> None:
+    # YAML 1.1 reads a bare `off` as false; every field whose values include 'off' takes it.
+    (policies_dir / "acme.yaml").write_text(
+        "models: {echo: {model: echo}}\n"
+        "memory: {default_mode: off, allowed_modes: [off, read], anonymous: off}\n"
+        "tracing: {content: off}\n"
+    )
+    policy = PolicyRegistry.load(policies_dir).get("acme")
+    assert policy is not None
+    assert policy.memory.default_mode == "off"
+    assert policy.memory.allowed_modes == ["off", "read"]
+    assert policy.memory.anonymous == "off"
+    assert policy.tracing.content == "off"
+    (policies_dir / "acme.yaml").write_text("memory: {allowed_modes: [on]}\n")
+    assert problems_of(policies_dir) == [
+        "acme.yaml: memory.allowed_modes.0: Input should be 'off', 'read', 'write' or 'full'"
+    ]
