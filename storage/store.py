@@ -793,9 +793,14 @@ class EmbeddedStore:
     # -- JobAdmin ------------------------------------------------------------------------------
 
     async def list_jobs(
-        self, tenant_id: str, *, state: JobState | None = None, limit: int = 100
+        self,
+        tenant_id: str,
+        *,
+        state: JobState | None = None,
+        limit: int = 100,
+        after: int | None = None,
     ) -> list[QueuedJob]:
-        return await self.db.list_jobs(tenant_id, state=state, limit=limit)
+        return await self.db.list_jobs(tenant_id, state=state, limit=limit, after=after)
 
     async def retry_job(self, tenant_id: str, job_id: int) -> QueuedJob | None:
         return await self.db.retry_job(tenant_id, job_id)
@@ -888,9 +893,16 @@ class EmbeddedStore:
         limit: int = 100,
         offset: int = 0,
         all_users: bool = False,
+        after: str | None = None,
     ) -> list[MemoryRecord]:
         return await self.db.list_memories(
-            scope, kinds=kinds, statuses=statuses, limit=limit, offset=offset, all_users=all_users
+            scope,
+            kinds=kinds,
+            statuses=statuses,
+            limit=limit,
+            offset=offset,
+            all_users=all_users,
+            after=after,
         )
 
 
