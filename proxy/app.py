@@ -435,6 +435,8 @@ def build_app(
     admin, feedback and trace APIs.
     """
     registry = registry or PolicyRegistry.load(settings.policies_dir)
+    for warning in registry.warnings:
+        log.warning("policy %s", warning)
     upstreams = Upstreams(settings)
     memory = memory or MemoryPipeline(
         registry,

@@ -10,6 +10,7 @@ environment, never from the client.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -83,19 +84,57 @@ def is_passthrough(route: ModelRoute) -> bool:
     return route.api_base is not None or OPENAI_COMPATIBLE[provider] is not None
 
 
+def misconfigured(alias: str, problem: str) -> ProxyError:
+    """A call the server's own configuration makes impossible: not the client's doing, and
+    only the operator can fix it."""
+    return ProxyError(
+        500,
+        f"The server's route for model '{alias}' is misconfigured: {problem}. The operator must "
+        "fix it (`memento-proxy policy check` lists such problems).",
+        type="server_error",
+        code="upstream_misconfigured",
+    )
+
+
+def route_problem(route: ModelRoute) -> str | None:
+    """Why no call for this route can work, found without calling anyone; None if one can."""
+    if route.model == "echo":
+        return None
+    if is_passthrough(route):
+        provider, _ = provider_of(route.model)
+        if route.api_base is None and OPENAI_COMPATIBLE.get(provider) is None:
+            return f"'{route.model}' is relayed directly (passthrough) but has no api_base"
+        return None
+    return _unknown_provider(route.model, route.api_base)
+
+
+@functools.lru_cache(maxsize=1024)
+def _unknown_provider(model: str, api_base: str | None) -> str | None:
+    """litellm's own offline look-up of the provider, the first thing it does on every call."""
+    try:
+        import_litellm().get_llm_provider(model=model, api_base=api_base)
+    except Exception:
+        return (
+            f"litellm knows no provider for '{model}'; write it as <provider>/<model>, e.g. "
+            "openai/gpt-4o-mini, anthropic/claude-3-5-haiku-latest or ollama/llama3"
+        )
+    return None
+
+
+def key_variable(route: ModelRoute) -> str | None:
+    """The environment variable the route's `api_key: env:NAME` names, if any."""
+    return None if route.api_key is None else route.api_key.removeprefix("env:")
+
+
 def resolve_api_key(alias: str, route: ModelRoute) -> str | None:
     """The provider key named by `env:VAR` in the policy, read from the server environment."""
-    if route.api_key is None:
+    name = key_variable(route)
+    if name is None:
         return None
-    name = route.api_key.removeprefix("env:")
     value = os.environ.get(name)
     if not value:
-        raise ProxyError(
-            500,
-            f"The server has no provider key for model '{alias}': the operator must set the "
-            f"environment variable {name} (named by api_key in the tenant's policy).",
-            type="api_error",
-            code="provider_key_missing",
+        raise misconfigured(
+            alias, f"the environment variable {name}, named by its api_key, is not set"
         )
     return value
 
@@ -247,12 +286,7 @@ class OpenAICompatible:
         provider, name = provider_of(route.model)
         base = route.api_base or OPENAI_COMPATIBLE.get(provider)
         if base is None:
-            raise ProxyError(
-                500,
-                f"Model '{target.alias}' has no api_base; the operator must set one in the policy.",
-                type="api_error",
-                code="route_misconfigured",
-            )
+            raise misconfigured(target.alias, "it has no api_base")
         payload = dict(body)
         payload["model"] = name
         headers = {"content-type": "application/json", **route.extra_headers}
@@ -372,6 +406,9 @@ class LiteLLMUpstream:
 
     def _kwargs(self, target: Target, body: dict[str, Any]) -> dict[str, Any]:
         route = target.route
+        problem = route_problem(route)
+        if problem is not None:
+            raise misconfigured(target.alias, problem)
         kwargs = {k: v for k, v in body.items() if k != "model"}
         extra_body = dict(kwargs.pop("extra_body", None) or {})
         moved = _LITELLM_RESERVED

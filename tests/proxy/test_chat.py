@@ -450,14 +450,18 @@ def test_upstream_dropping_the_connection_is_502(
     assert caught.value.status_code == 502
 
 
-def test_missing_provider_key_names_the_variable(
-    client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("model", ["fast", "translated"])
+def test_missing_provider_key_is_the_servers_misconfiguration(
+    client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch, upstream: ScriptedUpstream, model: str
 ) -> None:
     monkeypatch.delenv("SCRIPTED_UPSTREAM_KEY")
     with pytest.raises(openai.InternalServerError) as caught:
-        client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "x"}])
-    assert "SCRIPTED_UPSTREAM_KEY" in caught.value.message
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 500
+    assert caught.value.type == "server_error" and caught.value.code == "upstream_misconfigured"
+    assert "SCRIPTED_UPSTREAM_KEY" in caught.value.message and "operator" in caught.value.message
     assert "Traceback" not in caught.value.response.text
+    assert upstream.received == []
 
 
 @pytest.mark.parametrize("model", ["fast", "translated"])
