@@ -146,6 +146,13 @@ class MemoryStore(Protocol):
         """Keep the outcome of an import that wrote nothing."""
         ...
 
+    async def imports(
+        self, tenant_id: str, limit: int, *, after: str | None = None
+    ) -> builtins.list[dict[str, Any]]:
+        """The kept outcomes of the tenant's imports, newest first; `after` starts past the
+        import of that id (a page cursor)."""
+        ...
+
     async def import_outcome(self, tenant_id: str, import_id: str) -> dict[str, Any] | None:
         """The kept outcome of one import (completed, refused or cancelled), if any."""
         ...

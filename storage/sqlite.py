@@ -615,6 +615,25 @@ class SQLiteDatabase:
             (tenant_id, now, IMPORT_ACTION, _dumps(outcome)),
         )
 
+    async def imports(
+        self, tenant_id: str, limit: int, *, after: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The kept outcomes of the tenant's imports, newest first; `after` starts past the
+        import of that id."""
+        where, params = "", []
+        if after is not None:
+            where = (
+                "AND id < (SELECT max(id) FROM audit WHERE tenant_id = ? AND action = ? "
+                "AND json_extract(detail, '$.id') = ?)"
+            )
+            params = [tenant_id, IMPORT_ACTION, after]
+        rows = await self._fetchall(
+            f"SELECT detail FROM audit WHERE tenant_id = ? AND action = ? {where} "
+            "ORDER BY id DESC LIMIT ?",
+            (tenant_id, IMPORT_ACTION, *params, max(0, limit)),
+        )
+        return [dict(json.loads(row[0])) for row in rows]
+
     async def import_outcome(self, tenant_id: str, import_id: str) -> dict[str, Any] | None:
         """The kept outcome of one import of this tenant, if there is one."""
         rows = await self._fetchall(

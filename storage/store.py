@@ -482,6 +482,11 @@ class EmbeddedStore:
         """Keep the outcome of an import that wrote nothing (refused or cancelled)."""
         await self.db.record_import(tenant_id, outcome)
 
+    async def imports(
+        self, tenant_id: str, limit: int, *, after: str | None = None
+    ) -> list[dict[str, Any]]:
+        return await self.db.imports(tenant_id, limit, after=after)
+
     async def import_outcome(self, tenant_id: str, import_id: str) -> dict[str, Any] | None:
         return await self.db.import_outcome(tenant_id, import_id)
 

@@ -3,6 +3,7 @@ says what it misses, and dates as epoch seconds or ISO 8601."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -176,3 +177,21 @@ def test_dates_are_epoch_seconds_or_iso_8601(
             assert refused.status_code == 400, bad
             error = refused.json()["error"]
             assert error["param"] == "created_at" and "ISO 8601" in error["message"]
+
+
+def test_imports_list_pages_by_cursor(
+    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
+) -> None:
+    proxy = memory_proxy()
+    with api(proxy) as http:
+        made = []
+        for n in range(3):
+            line = {"user": "olga", "kind": "fact", "text": f"The user speaks {n + 2} languages."}
+            outcome = http.post("/v1/memories/import", content=json.dumps(line) + "\n")
+            assert outcome.status_code == 200, outcome.text
+            made.append(outcome.json()["id"])
+        pages = walk(http, "/v1/memories/imports", limit=2)
+        assert [len(p["data"]) for p in pages] == [2, 1]
+        assert [o["id"] for p in pages for o in p["data"]] == made[::-1]
+        unknown = http.get("/v1/memories/imports", params={"after": "imp_nope"})
+        assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "after"
