@@ -438,6 +438,8 @@ def build_app(
     registry = registry or PolicyRegistry.load(
         settings.policies_dir, refused_keys=refused_keys(settings.host)
     )
+    for warning in registry.warnings:
+        log.warning("policy %s", warning)
     upstreams = Upstreams(settings)
     memory = memory or MemoryPipeline(
         registry,

@@ -89,6 +89,8 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         assert policy is not None
         models = ", ".join(policy.models) or "no models"
         print(f"{tenant}: {len(policy.keys)} key(s); models: {models}")
+    for warning in registry.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

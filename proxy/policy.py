@@ -9,9 +9,16 @@ JSON Schema in `policies/policy.schema.json` is generated from these models
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -19,6 +26,16 @@ TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MemoryMode = Literal["off", "read", "write", "full"]
 MemoryKind = Literal["fact", "preference", "case", "lesson"]
 SourceRole = Literal["user", "assistant", "tool", "system", "import", "guard", "admin"]
+
+
+def _yaml_off(value: Any) -> Any:
+    """YAML 1.1 (PyYAML) reads an unquoted `off` as the boolean false; where a field's values
+    include 'off', false can only mean that."""
+    return "off" if value is False else value
+
+
+# For every field whose values include 'off': `mode: off` in a policy file means 'off'.
+YamlOff = BeforeValidator(_yaml_off)
 
 
 class Strict(BaseModel):
@@ -153,9 +170,9 @@ class ConsolidationSettings(Strict):
 
 class MemoryPolicy(Strict):
     enabled: bool = True
-    default_mode: MemoryMode = "full"
-    allowed_modes: list[MemoryMode] = Field(default_factory=_all_modes)
-    anonymous: Literal["off", "tenant"] = Field(
+    default_mode: Annotated[MemoryMode, YamlOff] = "full"
+    allowed_modes: list[Annotated[MemoryMode, YamlOff]] = Field(default_factory=_all_modes)
+    anonymous: Annotated[Literal["off", "tenant"], YamlOff] = Field(
         default="off",
         description=(
             "Requests without a user id: off = pass-through, tenant = tenant-shared memory."
@@ -229,7 +246,7 @@ class GuardPolicy(Strict):
 
 
 class TracingPolicy(Strict):
-    content: Literal["off", "redacted", "full"] = "off"
+    content: Annotated[Literal["off", "redacted", "full"], YamlOff] = "off"
     retention_days: float = Field(default=7.0, gt=0)
     max_traces: int = Field(default=100_000, ge=100)
 

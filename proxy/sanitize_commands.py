@@ -38,7 +38,8 @@ from proxy.memory import lessons
 from proxy.memory.candidates import Candidate
 from proxy.memory.sanitize import Sanitizer
 from proxy.policy import SanitizerPolicy
-from proxy.routes.admin import parse_candidates, record_json, verdict_json
+from proxy.routes.admin import parse_candidates, verdict_json
+from proxy.routes.memory_fields import memory_json
 from proxy.tenants import PolicyFileError, PolicyRegistry
 from storage.records import Scope
 from storage.store import DB_FILE
@@ -194,7 +195,7 @@ async def _list(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
         )
         policy = sanitizer_policy(args, required=False)
         records = await lessons.expire_quarantine(store, records, policy)
-        return [record_json(r) for r in records]
+        return [memory_json(r) for r in records]
     finally:
         await store.close()
 
@@ -222,6 +223,6 @@ async def _review(
         record = await lessons.review(
             store, args.tenant, args.memory_id, args.decision, policy, actor="cli", note=args.note
         )
-        return record_json(record)
+        return memory_json(record)
     finally:
         await store.close()

@@ -1,8 +1,12 @@
 """Tenants from policy files: loading, validation, key look-up and hot reload.
 
-`policies/default.yaml` is merged under every `policies/<tenant>.yaml`. At start-up every problem
-is reported with file, field and reason; while running, a changed file is re-read and an invalid
-edit is reported while the last good version of that tenant keeps serving.
+`policies/default.yaml` is merged under every `policies/<tenant>.yaml`. Besides the schema, every
+model a tenant names is checked as far as it can be without calling it: a provider litellm does
+not know is a problem (no call could work); a provider key whose environment variable is unset
+is a warning (the server may get it later). At start-up every problem is reported once, with
+file, field and reason, by whoever loads (`PolicyRegistry.load` raises them, and its `warnings`
+say the rest); while running, a changed file is re-read, its problems and warnings are logged,
+and an invalid edit leaves the last good version of that tenant serving.
 
 Keys published with the project (the demo tenant's) are for trying it on one machine: a server
 that listens beyond loopback refuses a policy listing one, as it refuses any invalid policy.
@@ -14,6 +18,7 @@ import asyncio
 import hashlib
 import ipaddress
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +27,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from proxy.policy import Policy, deep_merge
+from proxy.policy import ModelRoute, Policy, deep_merge
+from proxy.upstream import key_variable, route_problem
 
 log = logging.getLogger("memento.policies")
 
@@ -136,9 +142,46 @@ def load_policy(path: Path, defaults: dict[str, Any]) -> Policy:
             ]
         )
     try:
-        return Policy.model_validate(deep_merge(defaults, data))
+        policy = Policy.model_validate(deep_merge(defaults, data))
     except ValidationError as exc:
         raise PolicyFileError(_validation_problems(path.name, exc)) from None
+    problems = [
+        PolicyProblem(path.name, where, problem)
+        for where, route in _model_references(policy)
+        if (problem := route_problem(route)) is not None
+    ]
+    if problems:
+        raise PolicyFileError(problems)
+    return policy
+
+
+def _model_references(policy: Policy) -> list[tuple[str, ModelRoute]]:
+    """Every model the policy names, with its field: the routes, and the models the memory
+    pipeline calls by alias or litellm string."""
+    named = [(f"models.{alias}.model", route) for alias, route in policy.models.items()]
+    for where, name in (
+        ("memory.extraction.model", policy.memory.extraction.model),
+        ("memory.consolidation.model", policy.memory.consolidation.model),
+        ("guard.model", policy.guard.model),
+        ("sanitizer.judge_model", policy.sanitizer.judge_model),
+    ):
+        if name is not None and name not in policy.models:
+            named.append((where, ModelRoute(model=name)))
+    return named
+
+
+def policy_warnings(file: str, policy: Policy) -> list[PolicyProblem]:
+    """What is wrong now but may be right by the time a call comes: unset provider keys."""
+    warnings = []
+    for alias, route in policy.models.items():
+        name = key_variable(route)
+        if name is not None and not os.environ.get(name):
+            reason = (
+                f"the environment variable {name} is not set; calls to '{alias}' answer 500 "
+                "upstream_misconfigured until the server runs with it"
+            )
+            warnings.append(PolicyProblem(file, f"models.{alias}.api_key", reason))
+    return warnings
 
 
 @dataclass(frozen=True)
@@ -165,13 +208,19 @@ class PolicyRegistry:
         self._stamps: dict[Path, tuple[int, int]] = {}  # of the files as last loaded
         self._seen: dict[Path, tuple[int, int]] = {}  # of the files at the last poll
         self._problems: dict[str, list[PolicyProblem]] = {}
+        self._warnings: dict[str, list[PolicyProblem]] = {}
+        self._loaded = False  # until then, problems and warnings go to the caller of load()
 
     @classmethod
     def load(
         cls, directory: Path, *, refused_keys: Mapping[str, str] | None = None
     ) -> PolicyRegistry:
         """Load every file; raise PolicyFileError listing all problems if any file is invalid.
-        A policy listing one of `refused_keys` (hash → key, see `refused_keys()`) is invalid."""
+        A policy listing one of `refused_keys` (hash → key, see `refused_keys()`) is invalid.
+
+        Nothing is logged: the caller reports the problems raised and the `warnings` (each
+        once); later reloads log their own.
+        """
         registry = cls(directory, refused_keys=refused_keys)
         if not directory.is_dir():
             raise PolicyFileError(
@@ -185,11 +234,17 @@ class PolicyRegistry:
             raise PolicyFileError(
                 [PolicyProblem(str(directory), "", "no tenant policy files (<tenant>.yaml) found")]
             )
+        registry._loaded = True
         return registry
 
     @property
     def problems(self) -> list[PolicyProblem]:
         return [p for file in sorted(self._problems) for p in self._problems[file]]
+
+    @property
+    def warnings(self) -> list[PolicyProblem]:
+        """Of the files serving now: what may fail at call time (see `policy_warnings`)."""
+        return [w for file in sorted(self._warnings) for w in self._warnings[file]]
 
     def tenants(self) -> list[str]:
         return sorted(self._snapshot.policies)
@@ -256,6 +311,7 @@ class PolicyRegistry:
             if path.name != DEFAULTS_FILE:
                 policies.pop(path.stem, None)
                 self._problems.pop(path.name, None)
+                self._warnings.pop(path.name, None)
                 log.info("tenant %s removed (file deleted)", path.stem)
         for path in to_load:
             try:
@@ -269,7 +325,11 @@ class PolicyRegistry:
                 continue
             policies[policy.tenant] = policy
             self._problems.pop(path.name, None)
-            log.info("tenant %s loaded from %s", policy.tenant, path.name)
+            self._warnings[path.name] = policy_warnings(path.name, policy)
+            if self._loaded:
+                log.info("tenant %s loaded from %s", policy.tenant, path.name)
+                for warning in self._warnings[path.name]:
+                    log.warning("policy %s", warning)
         self._snapshot = _Snapshot(policies, self._index_keys(policies.values()))
         return True
 
@@ -304,6 +364,8 @@ class PolicyRegistry:
 
     def _report(self, file: str, problems: list[PolicyProblem]) -> None:
         self._problems[file] = problems
+        if not self._loaded:
+            return
         kept = " (the last good version keeps serving)" if self._snapshot.policies else ""
         for problem in problems:
             log.error("invalid policy %s%s", problem, kept)

@@ -4,15 +4,20 @@ An alias whose provider already speaks the OpenAI API (`openai/…`, `hosted_vll
 with `passthrough: true`) is forwarded over one shared HTTP connection pool and its response
 bytes are relayed unchanged; only the `model` field of the request is rewritten to the upstream's
 name. Everything else (Azure, Anthropic, Ollama's native API, Bedrock…) goes through litellm,
-which translates. The built-in `echo` model answers locally. Provider keys come from the server's
-environment, never from the client.
+which translates; what comes back through litellm is made to read like the direct relay's:
+errors carry the provider's message and fields without litellm's wrapping, and responses lose
+the fields litellm adds. The built-in `echo` model answers locally. Provider keys come from the
+server's environment, never from the client; a route that cannot work as configured answers 500
+`upstream_misconfigured`, a message for the operator.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -83,19 +88,57 @@ def is_passthrough(route: ModelRoute) -> bool:
     return route.api_base is not None or OPENAI_COMPATIBLE[provider] is not None
 
 
+def misconfigured(alias: str, problem: str) -> ProxyError:
+    """A call the server's own configuration makes impossible: not the client's doing, and
+    only the operator can fix it."""
+    return ProxyError(
+        500,
+        f"The server's route for model '{alias}' is misconfigured: {problem}. The operator must "
+        "fix it (`memento-proxy policy check` lists such problems).",
+        type="server_error",
+        code="upstream_misconfigured",
+    )
+
+
+def route_problem(route: ModelRoute) -> str | None:
+    """Why no call for this route can work, found without calling anyone; None if one can."""
+    if route.model == "echo":
+        return None
+    if is_passthrough(route):
+        provider, _ = provider_of(route.model)
+        if route.api_base is None and OPENAI_COMPATIBLE.get(provider) is None:
+            return f"'{route.model}' is relayed directly (passthrough) but has no api_base"
+        return None
+    return _unknown_provider(route.model, route.api_base)
+
+
+@functools.lru_cache(maxsize=1024)
+def _unknown_provider(model: str, api_base: str | None) -> str | None:
+    """litellm's own offline look-up of the provider, the first thing it does on every call."""
+    try:
+        import_litellm().get_llm_provider(model=model, api_base=api_base)
+    except Exception:
+        return (
+            f"litellm knows no provider for '{model}'; write it as <provider>/<model>, e.g. "
+            "openai/gpt-4o-mini, anthropic/claude-3-5-haiku-latest or ollama/llama3"
+        )
+    return None
+
+
+def key_variable(route: ModelRoute) -> str | None:
+    """The environment variable the route's `api_key: env:NAME` names, if any."""
+    return None if route.api_key is None else route.api_key.removeprefix("env:")
+
+
 def resolve_api_key(alias: str, route: ModelRoute) -> str | None:
     """The provider key named by `env:VAR` in the policy, read from the server environment."""
-    if route.api_key is None:
+    name = key_variable(route)
+    if name is None:
         return None
-    name = route.api_key.removeprefix("env:")
     value = os.environ.get(name)
     if not value:
-        raise ProxyError(
-            500,
-            f"The server has no provider key for model '{alias}': the operator must set the "
-            f"environment variable {name} (named by api_key in the tenant's policy).",
-            type="api_error",
-            code="provider_key_missing",
+        raise misconfigured(
+            alias, f"the environment variable {name}, named by its api_key, is not set"
         )
     return value
 
@@ -115,8 +158,9 @@ def upstream_error(
     """Map an upstream failure to what the client should see.
 
     Statuses that describe the request or the upstream's capacity (400, 404, 409, 413, 422, 429,
-    503) are kept; the upstream refusing the server's credentials (401/403) and other 5xx are
-    502, since neither is the client's doing.
+    503) are kept, with the upstream's message (a 429's as "upstream rate limit: …", since the
+    limit is the provider's, not this proxy's); the upstream refusing the server's credentials
+    (401/403) and other 5xx are 502, since neither is the client's doing.
     """
     error = payload.get("error") if isinstance(payload, dict) else None
     if isinstance(error, dict):
@@ -138,6 +182,8 @@ def upstream_error(
         default_type = "rate_limit_error" if status == 429 else "invalid_request_error"
         if status == 503:
             default_type = "api_error"
+        if status == 429:
+            message = f"upstream rate limit: {message}"
         return ProxyError(
             status,
             message,
@@ -179,7 +225,8 @@ def _is_json(media_type: str) -> bool:
 _QUOTED_BYTES = 200
 
 
-def unreachable(alias: str, exc: Exception) -> ProxyError:
+def unreachable(alias: str, exc: Exception, detail: str | None = None) -> ProxyError:
+    """The upstream did not answer; `detail` says why (default: the exception)."""
     if isinstance(exc, TimeoutError) or type(exc).__name__ == "Timeout":
         return ProxyError(
             504,
@@ -189,7 +236,8 @@ def unreachable(alias: str, exc: Exception) -> ProxyError:
         )
     return ProxyError(
         502,
-        f"The upstream for model '{alias}' could not be reached ({type(exc).__name__}: {exc}).",
+        f"The upstream for model '{alias}' could not be reached "
+        f"({detail or f'{type(exc).__name__}: {exc}'}).",
         type="upstream_error",
         code="upstream_unreachable",
     )
@@ -247,12 +295,7 @@ class OpenAICompatible:
         provider, name = provider_of(route.model)
         base = route.api_base or OPENAI_COMPATIBLE.get(provider)
         if base is None:
-            raise ProxyError(
-                500,
-                f"Model '{target.alias}' has no api_base; the operator must set one in the policy.",
-                type="api_error",
-                code="route_misconfigured",
-            )
+            raise misconfigured(target.alias, "it has no api_base")
         payload = dict(body)
         payload["model"] = name
         headers = {"content-type": "application/json", **route.extra_headers}
@@ -372,6 +415,9 @@ class LiteLLMUpstream:
 
     def _kwargs(self, target: Target, body: dict[str, Any]) -> dict[str, Any]:
         route = target.route
+        problem = route_problem(route)
+        if problem is not None:
+            raise misconfigured(target.alias, problem)
         kwargs = {k: v for k, v in body.items() if k != "model"}
         extra_body = dict(kwargs.pop("extra_body", None) or {})
         moved = _LITELLM_RESERVED
@@ -399,19 +445,21 @@ class LiteLLMUpstream:
         return kwargs
 
     def _error(self, target: Target, exc: Exception) -> ProxyError:
+        """litellm's exception as this proxy's own error: the provider's message and error
+        fields, none of litellm's wrapping ("litellm.RateLimitError: … OpenAIException - ")."""
         litellm = import_litellm()
         if isinstance(exc, litellm.Timeout):
             return unreachable(target.alias, exc)
+        error = provider_error(exc)
         if isinstance(exc, litellm.APIConnectionError):
-            return unreachable(target.alias, exc)
+            return unreachable(target.alias, exc, error["message"])
         status = getattr(exc, "status_code", None)
         if isinstance(status, int):
             response = getattr(exc, "response", None)
             headers = dict(getattr(response, "headers", None) or {})
-            message = str(getattr(exc, "message", exc))
-            return upstream_error(target.alias, status, {"error": {"message": message}}, headers)
+            return upstream_error(target.alias, status, {"error": error}, headers)
         log.error("litellm call for %s failed: %s", target.alias, type(exc).__name__)
-        return unreachable(target.alias, exc)
+        return unreachable(target.alias, exc, error["message"])
 
     async def _call(
         self, target: Target, call: Callable[..., Awaitable[Any]], body: dict[str, Any]
@@ -452,9 +500,38 @@ class LiteLLMUpstream:
         return UpstreamReply(200, _dump(response), {"content-type": "application/json"})
 
 
+def provider_error(exc: Exception) -> dict[str, Any]:
+    """The upstream's error object behind a litellm exception: its own fields when it sent
+    OpenAI's error shape, its text when it sent text, else litellm's message without litellm's
+    prefixes."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("message"), str) and body["message"]:
+        fields = ("message", "type", "param", "code")
+        return {name: body[name] for name in fields if isinstance(body.get(name), str)}
+    if isinstance(body, str) and body.strip():
+        return {"message": body.strip()[:_QUOTED_BYTES]}
+    text = str(getattr(exc, "message", None) or exc)
+    return {"message": _LITELLM_PREFIXES.sub("", text, count=1).strip() or type(exc).__name__}
+
+
+# "litellm.RateLimitError: RateLimitError: OpenAIException - slow down" → "slow down"
+_LITELLM_PREFIXES = re.compile(r"^(?:litellm\.\w+:\s*)?(?:\w+Error:\s*)?(?:\w+Exception\s*-\s*)?")
+# Fields litellm adds to OpenAI's response objects (choices, messages, deltas, tool calls).
+_LITELLM_ONLY_FIELDS = frozenset({"provider_specific_fields"})
+
+
+def _openai_shape(data: Any) -> Any:
+    """`data` without the fields litellm adds, at any depth."""
+    if isinstance(data, dict):
+        return {k: _openai_shape(v) for k, v in data.items() if k not in _LITELLM_ONLY_FIELDS}
+    if isinstance(data, list):
+        return [_openai_shape(item) for item in data]
+    return data
+
+
 def _dump(response: Any) -> bytes:
     data = response.model_dump(exclude_none=True) if hasattr(response, "model_dump") else response
-    return json.dumps(data, separators=(",", ":"), default=str).encode()
+    return json.dumps(_openai_shape(data), separators=(",", ":"), default=str).encode()
 
 
 class Upstreams:

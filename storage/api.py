@@ -73,8 +73,11 @@ class MemoryStore(Protocol):
         limit: int = 100,
         offset: int = 0,
         all_users: bool = False,
+        after: str | None = None,
     ) -> list[MemoryRecord]:
-        """Newest first. `all_users=True` lists every user of the tenant (admin views)."""
+        """Newest first (by `created_at`, then id). `all_users=True` lists every user of the
+        tenant (admin views); `after` starts past that memory of the tenant (a page cursor,
+        stable while memories are added)."""
         ...
 
     async def update(self, scope: Scope, memory_id: str, **changes: Any) -> MemoryRecord | None:
@@ -143,6 +146,13 @@ class MemoryStore(Protocol):
         """Keep the outcome of an import that wrote nothing."""
         ...
 
+    async def imports(
+        self, tenant_id: str, limit: int, *, after: str | None = None
+    ) -> builtins.list[dict[str, Any]]:
+        """The kept outcomes of the tenant's imports, newest first; `after` starts past the
+        import of that id (a page cursor)."""
+        ...
+
     async def import_outcome(self, tenant_id: str, import_id: str) -> dict[str, Any] | None:
         """The kept outcome of one import (completed, refused or cancelled), if any."""
         ...
@@ -203,8 +213,15 @@ class JobAdmin(Protocol):
     """The write queue as an operator sees it: jobs by tenant and state, failed ones retried."""
 
     async def list_jobs(
-        self, tenant_id: str, *, state: JobState | None = None, limit: int = 100
-    ) -> list[QueuedJob]: ...
+        self,
+        tenant_id: str,
+        *,
+        state: JobState | None = None,
+        limit: int = 100,
+        after: int | None = None,
+    ) -> list[QueuedJob]:
+        """Newest first; `after` starts past that job id (a page cursor)."""
+        ...
 
     async def retry_job(self, tenant_id: str, job_id: int) -> QueuedJob | None:
         """Queue a failed job again; None when the tenant has no failed job of that id."""

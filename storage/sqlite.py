@@ -615,6 +615,25 @@ class SQLiteDatabase:
             (tenant_id, now, IMPORT_ACTION, _dumps(outcome)),
         )
 
+    async def imports(
+        self, tenant_id: str, limit: int, *, after: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The kept outcomes of the tenant's imports, newest first; `after` starts past the
+        import of that id."""
+        where, params = "", []
+        if after is not None:
+            where = (
+                "AND id < (SELECT max(id) FROM audit WHERE tenant_id = ? AND action = ? "
+                "AND json_extract(detail, '$.id') = ?)"
+            )
+            params = [tenant_id, IMPORT_ACTION, after]
+        rows = await self._fetchall(
+            f"SELECT detail FROM audit WHERE tenant_id = ? AND action = ? {where} "
+            "ORDER BY id DESC LIMIT ?",
+            (tenant_id, IMPORT_ACTION, *params, max(0, limit)),
+        )
+        return [dict(json.loads(row[0])) for row in rows]
+
     async def import_outcome(self, tenant_id: str, import_id: str) -> dict[str, Any] | None:
         """The kept outcome of one import of this tenant, if there is one."""
         rows = await self._fetchall(
@@ -767,9 +786,17 @@ class SQLiteDatabase:
         limit: int,
         offset: int,
         all_users: bool,
+        after: str | None = None,
     ) -> list[MemoryRecord]:
         where = ["tenant_id = ?"]
         params: list[Any] = [scope.tenant_id]
+        if after is not None:
+            # Keyset: strictly past the cursor in (created_at, id) order, whatever was added.
+            where.append(
+                "(created_at, id) < (SELECT created_at, id FROM memories "
+                "WHERE tenant_id = ? AND id = ?)"
+            )
+            params.extend([scope.tenant_id, after])
         if not all_users:
             clause, user_params = _user_clause(scope.user_id)
             where.append(clause)
@@ -1258,14 +1285,25 @@ class SQLiteDatabase:
         return int(rows[0][0])
 
     async def list_jobs(
-        self, tenant_id: str, *, state: JobState | None = None, limit: int = 100
+        self,
+        tenant_id: str,
+        *,
+        state: JobState | None = None,
+        limit: int = 100,
+        after: int | None = None,
     ) -> list[QueuedJob]:
-        """One tenant's jobs, newest first (`state` narrows them, e.g. to the failed ones)."""
-        where, params = "tenant_id = ?", [tenant_id]
+        """One tenant's jobs, newest first (`state` narrows them, e.g. to the failed ones;
+        `after` starts past that job id)."""
+        where = ["tenant_id = ?"]
+        params: list[Any] = [tenant_id]
         if state is not None:
-            where, params = where + " AND state = ?", [*params, state]
+            where.append("state = ?")
+            params.append(state)
+        if after is not None:
+            where.append("id < ?")
+            params.append(after)
         rows = await self._fetchall(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where} ORDER BY id DESC LIMIT ?",
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
             [*params, limit],
         )
         return [_job_from_row(row) for row in rows]

@@ -482,6 +482,11 @@ class EmbeddedStore:
         """Keep the outcome of an import that wrote nothing (refused or cancelled)."""
         await self.db.record_import(tenant_id, outcome)
 
+    async def imports(
+        self, tenant_id: str, limit: int, *, after: str | None = None
+    ) -> list[dict[str, Any]]:
+        return await self.db.imports(tenant_id, limit, after=after)
+
     async def import_outcome(self, tenant_id: str, import_id: str) -> dict[str, Any] | None:
         return await self.db.import_outcome(tenant_id, import_id)
 
@@ -793,9 +798,14 @@ class EmbeddedStore:
     # -- JobAdmin ------------------------------------------------------------------------------
 
     async def list_jobs(
-        self, tenant_id: str, *, state: JobState | None = None, limit: int = 100
+        self,
+        tenant_id: str,
+        *,
+        state: JobState | None = None,
+        limit: int = 100,
+        after: int | None = None,
     ) -> list[QueuedJob]:
-        return await self.db.list_jobs(tenant_id, state=state, limit=limit)
+        return await self.db.list_jobs(tenant_id, state=state, limit=limit, after=after)
 
     async def retry_job(self, tenant_id: str, job_id: int) -> QueuedJob | None:
         return await self.db.retry_job(tenant_id, job_id)
@@ -888,9 +898,16 @@ class EmbeddedStore:
         limit: int = 100,
         offset: int = 0,
         all_users: bool = False,
+        after: str | None = None,
     ) -> list[MemoryRecord]:
         return await self.db.list_memories(
-            scope, kinds=kinds, statuses=statuses, limit=limit, offset=offset, all_users=all_users
+            scope,
+            kinds=kinds,
+            statuses=statuses,
+            limit=limit,
+            offset=offset,
+            all_users=all_users,
+            after=after,
         )
 
 

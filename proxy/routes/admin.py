@@ -3,13 +3,14 @@
 - `POST /v1/memories/check`: dry run. Each candidate gets the verdict, trust and reasons the
   write path would give it now (same signals, same store, same policy); nothing is written, no
   lesson is recorded.
-- `GET /v1/memories/quarantine`: quarantined memories awaiting review (`?user=&limit=&offset=`).
+- `GET /v1/memories/quarantine`: quarantined memories awaiting review (`?user=&limit=&after=`),
+  a page of the same items as `GET /v1/memories`.
 - `POST /v1/memories/quarantine/{memory_id}/approve` and `/reject` (optional body
   `{"note": "..."}`): a reviewer's decision, which also teaches the lessons. Reject also takes
   an active memory that turned out harmful: it stops being injected at once.
-- `GET /v1/memories/jobs?state=failed`: the tenant's write-path jobs, newest first (`state` is
-  queued, running, done or failed; `limit`). A job that failed `max_attempts` times stays as
-  `failed` with its last error.
+- `GET /v1/memories/jobs?state=failed`: a page of the tenant's write-path jobs, newest first
+  (`state` is queued, running, done or failed; `limit`, `after`). A job that failed
+  `max_attempts` times stays as `failed` with its last error.
 - `POST /v1/memories/jobs/{job_id}/retry`: queue a failed job again, with a fresh count of
   attempts (after the cause is fixed: an upstream back, an index rebuilt).
 """
@@ -27,14 +28,15 @@ from proxy.errors import ProxyError, bad_request
 from proxy.memory import lessons
 from proxy.memory.candidates import Candidate, TrustVerdict
 from proxy.memory.sanitize import Sanitizer
+from proxy.routes.memory_fields import memory_cursor, memory_json
+from proxy.routes.pagination import page_json, page_request
 from proxy.validation import read_json_body, user_id
 from storage.api import JobAdmin, MemoryStore
-from storage.records import JobState, MemoryKind, MemoryRecord, QueuedJob, Scope
+from storage.records import JobState, MemoryKind, QueuedJob, Scope
 
 MAX_CANDIDATES = 1000
 MAX_TEXT_CHARS = 32_000
 CHECK_SOURCES = ("user", "assistant", "tool", "import")
-MAX_LIST_LIMIT = 500
 
 
 def memory_store_of(request: Request) -> MemoryStore | None:
@@ -133,39 +135,26 @@ async def check(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": [verdict_json(v) for v in verdicts]})
 
 
-def record_json(record: MemoryRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "object": "memory",
-        "user": record.user_id,
-        "session": record.session_id,
-        "kind": record.kind,
-        "text": record.text,
-        "source": record.source_role,
-        "status": record.status,
-        "trust": record.trust,
-        "reasons": record.trust_reasons,
-        "created_at": record.created_at,
-        "source_request_id": record.source_request_id,
-    }
-
-
 async def list_quarantine(request: Request) -> Response:
+    """A page of quarantined memories, in the shape and order of `GET /v1/memories`."""
     policy = authenticate(request)
     store = require_store(request)
     user = user_id(request.query_params.get("user"))
-    limit = _int_param(request, "limit", 100, 1, MAX_LIST_LIMIT)
-    offset = _int_param(request, "offset", 0, 0, 1_000_000)
-    records = await store.list(
-        Scope(policy.tenant, user),
-        kinds=["fact", "preference", "case"],
-        statuses=["quarantined"],
-        limit=limit,
-        offset=offset,
-        all_users=user is None,
-    )
-    records = await lessons.expire_quarantine(store, records, policy.sanitizer)
-    return JSONResponse({"object": "list", "data": [record_json(r) for r in records]})
+    page = page_request(request)
+    after = await memory_cursor(store, policy.tenant, page.after)
+    while True:
+        records = await store.list(
+            Scope(policy.tenant, user),
+            kinds=["fact", "preference", "case"],
+            statuses=["quarantined"],
+            limit=page.fetch,
+            all_users=user is None,
+            after=after,
+        )
+        waiting = await lessons.expire_quarantine(store, records, policy.sanitizer)
+        if len(waiting) == len(records):  # none expired: the page is whole
+            break
+    return JSONResponse(page_json([memory_json(r) for r in waiting], page))
 
 
 async def approve(request: Request) -> Response:
@@ -195,7 +184,7 @@ async def _review(request: Request, decision: lessons.Decision) -> Response:
         )
     except lessons.ReviewError as error:
         raise ProxyError(error.status, str(error), param="memory_id", code=error.code) from error
-    return JSONResponse(record_json(record))
+    return JSONResponse(memory_json(record))
 
 
 def job_json(job: QueuedJob) -> dict[str, Any]:
@@ -234,9 +223,15 @@ async def list_jobs(request: Request) -> Response:
             f"state must be one of {', '.join(states)}; got {raw_state!r}.", param="state"
         )
     state = cast("JobState | None", raw_state)
-    limit = _int_param(request, "limit", 100, 1, MAX_LIST_LIMIT)
-    jobs = await store.list_jobs(policy.tenant, state=state, limit=limit)
-    return JSONResponse({"object": "list", "data": [job_json(job) for job in jobs]})
+    page = page_request(request)
+    if page.after is not None and not page.after.isdigit():
+        raise bad_request(
+            f"'after' must be a job id (the last_id of a previous page); got {page.after!r}.",
+            param="after",
+        )
+    after = int(page.after) if page.after is not None else None
+    jobs = await store.list_jobs(policy.tenant, state=state, limit=page.fetch, after=after)
+    return JSONResponse(page_json([job_json(job) for job in jobs], page))
 
 
 async def retry_job(request: Request) -> Response:
@@ -261,21 +256,6 @@ def _optional_str(body: dict[str, Any], name: str) -> str | None:
         return None
     if not isinstance(value, str) or len(value) > 256:
         raise bad_request(f"'{name}' must be a string of at most 256 characters.", param=name)
-    return value
-
-
-def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise bad_request(
-            f"{name} must be a whole number from {low} to {high}; got {raw!r}.", param=name
-        )
     return value
 
 

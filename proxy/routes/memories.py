@@ -3,9 +3,12 @@
 `POST /v1/memories` stores a record as given (source `import`, still sanitized: the verdict sets
 its status); `created_at` keeps an imported record's original date. A PATCH of the text is a new
 version of the memory: sanitized again, and its key text (unless sent too), vector and index row
-follow the new text. `POST /v1/memories/search` ranks exactly as the hot path does, scores
-included. `DELETE /v1/users/{user}/memories` erases all of one user's content. Export and import
-use JSONL, one memory per line (import: proxy/routes/memory_import.py).
+follow the new text. `GET /v1/memories` answers cursor pages (proxy/routes/pagination.py).
+`POST /v1/memories/search` ranks exactly as the hot path does, scores included, in the scope a
+chat call with that user reads (no user: the tenant-shared scope, if the policy gives anonymous
+calls memory; else a 400 naming `user`). `DELETE /v1/users/{user}/memories` erases all of one
+user's content. Export and import use JSONL, one memory per line (import:
+proxy/routes/memory_import.py).
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from proxy.auth import authenticate
 from proxy.errors import ProxyError, bad_request
 from proxy.memory.candidates import Candidate
 from proxy.memory.pipeline import Store
+from proxy.memory.query import resolve_access
 from proxy.memory.retrieve import retrieve
 from proxy.memory.sanitize import Sanitizer
 from proxy.policy import Policy
 from proxy.routes.memory_fields import (
     STATUS_FOR_VERDICT,
     kind_field,
+    memory_cursor,
     memory_json,
     object_field,
     pipeline_of,
@@ -38,12 +43,12 @@ from proxy.routes.memory_fields import (
     timestamp_field,
 )
 from proxy.routes.memory_import import import_memories, import_outcome, list_imports
+from proxy.routes.pagination import page_json, page_request
 from proxy.validation import read_json_body, user_id
 from storage.records import MEMORY_STATUSES, MemoryRecord, MemoryStatus, NewMemory, Scope
 
 __all__ = ["memory_routes", "pipeline_of"]
 
-MAX_LIST = 1000
 _PATCHABLE = {"text", "key_text", "metadata", "fields", "tags", "keywords", "expires_at", "kind"}
 _PATCH_STATUSES = ("active", "quarantined", "rejected")
 
@@ -54,19 +59,6 @@ def not_found(memory_id: str) -> ProxyError:
         f"No memory {memory_id!r} for this key's tenant; list them with GET /v1/memories.",
         code="memory_not_found",
     )
-
-
-def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad_request(f"'{name}' must be an integer.", param=name) from None
-    if not low <= value <= high:
-        raise bad_request(f"'{name}' must be between {low} and {high}.", param=name)
-    return value
 
 
 async def create_memory(
@@ -124,15 +116,16 @@ async def list_memories(request: Request) -> Response:
             message = f"'status' must be one of {', '.join(MEMORY_STATUSES)}."
             raise bad_request(message, param="status")
         statuses = [status]
+    page = page_request(request)
     records = await store.list(
         Scope(policy.tenant, user),
         kinds=kinds,
         statuses=statuses,
-        limit=_int_param(request, "limit", 100, 1, MAX_LIST),
-        offset=_int_param(request, "offset", 0, 0, 10**9),
+        limit=page.fetch,
         all_users=user is None,
+        after=await memory_cursor(store, policy.tenant, page.after),
     )
-    return JSONResponse({"object": "list", "data": [memory_json(r) for r in records]})
+    return JSONResponse(page_json([memory_json(r) for r in records], page))
 
 
 async def post_memory(request: Request) -> Response:
@@ -226,19 +219,30 @@ async def search_memories(request: Request) -> Response:
     body = await read_json_body(request, policy.limits.max_body_bytes)
     if not isinstance(body, dict):
         raise bad_request('Send {"user", "query", "limit"}.')
-    user = user_id(body.get("user"))
     query = text_field(body.get("query"), "query")
     limit = body.get("limit", 10)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 200:
         raise bad_request("'limit' must be an integer from 1 to 200.", param="limit")
+    # The scope a chat call with this user would read: without a user, the tenant-shared
+    # memories when the policy gives anonymous calls memory, else nothing to search.
+    access = resolve_access(
+        policy, user_id=user_id(body.get("user")), session_id=None, mode_header=None
+    )
+    if access.scope is None:
+        raise bad_request(
+            "'user' is required: memories belong to a user, and this tenant's policy gives "
+            "calls without a user no memory (memory.anonymous: off). Send the user whose "
+            "memories to search.",
+            param="user",
+        )
     started = time.perf_counter()
     ranked = await retrieve(
         store,
-        Scope(policy.tenant, user),
+        access.scope,
         query,
         policy.memory,
         guard_policy=policy.sanitizer,
-        include_shared=user is not None and bool(policy.memory.shared_kinds),
+        include_shared=access.include_shared,
         limit=limit,
     )
     data = [{**memory_json(item.record), "scores": item.parts()} for item in ranked]
@@ -252,10 +256,11 @@ async def export_memories(request: Request) -> Response:
     user = user_id(request.query_params.get("user"))
 
     async def lines() -> AsyncIterator[bytes]:
-        offset, page = 0, 500
+        after, page = None, 500
         while True:
+            # By cursor, not offset: a memory written meanwhile shifts no page.
             records = await store.list(
-                Scope(policy.tenant, user), limit=page, offset=offset, all_users=user is None
+                Scope(policy.tenant, user), limit=page, all_users=user is None, after=after
             )
             for record in records:
                 if record.status != "deleted":
@@ -264,7 +269,7 @@ async def export_memories(request: Request) -> Response:
                     ).encode()
             if len(records) < page:
                 return
-            offset += page
+            after = records[-1].id
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 

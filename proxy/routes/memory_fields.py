@@ -2,7 +2,8 @@
 sends, each refusing a bad value with a 400 that names the field and says what to send.
 
 Values are checked at the door, before anything is stored: a timestamp that is not a finite
-number of epoch seconds within years 1970-9999, or a number that JSON cannot carry back out
+number of epoch seconds (or an ISO 8601 date-time, stored as epoch seconds) within years
+1970-9999, or a number that JSON cannot carry back out
 (NaN, ±Infinity), would otherwise be written and break every later read of the scope.
 """
 
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
 
 from proxy.errors import ProxyError, bad_request
 from proxy.memory.pipeline import MemoryPipeline
+from storage.api import MemoryStore
 from storage.records import MEMORY_KINDS, MemoryKind, MemoryRecord, MemoryStatus
 
 MAX_TEXT = 8000
@@ -41,6 +44,16 @@ def pipeline_of(request: Request) -> MemoryPipeline:
 
 def memory_json(record: MemoryRecord) -> dict[str, Any]:
     return {"object": "memory", **dataclasses.asdict(record)}
+
+
+async def memory_cursor(store: MemoryStore, tenant_id: str, after: str | None) -> str | None:
+    """A list's `after`, checked to name a memory of this tenant (else a 400 saying so)."""
+    if after is not None and not await store.get_many(tenant_id, [after]):
+        raise bad_request(
+            f"'after' must be the last_id of a previous page; this tenant has no memory {after!r}.",
+            param="after",
+        )
+    return after
 
 
 def kind_field(value: Any) -> MemoryKind:
@@ -86,9 +99,13 @@ def number_field(value: Any, field: str, low: float, high: float) -> float | Non
 
 
 def timestamp_field(value: Any, field: str) -> float | None:
-    """Epoch seconds (a finite number from 0 to the end of year 9999), or None when absent."""
+    """Epoch seconds, from a number or an ISO 8601 string (a date, or a date and time with
+    or without an offset; without one it is UTC), from 1970 to the end of year 9999; None when
+    absent."""
     if value is None:
         return None
+    if isinstance(value, str):
+        value = _iso_seconds(value)
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
@@ -96,8 +113,22 @@ def timestamp_field(value: Any, field: str) -> float | None:
         or not 0 <= value <= MAX_TIMESTAMP
     ):
         raise bad_request(
-            f"'{field}' must be epoch seconds: a number from 0 to {MAX_TIMESTAMP:.0f} "
-            "(1970 to the end of year 9999).",
+            f"'{field}' must be epoch seconds (a number from 0 to {MAX_TIMESTAMP:.0f}) or an "
+            "ISO 8601 date-time such as 2024-05-01T12:00:00Z, from 1970 to the end of year 9999.",
             param=field,
         )
     return float(value)
+
+
+def _iso_seconds(text: str) -> float | None:
+    """The epoch seconds an ISO 8601 string names (naive = UTC), or None if it names none."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        return moment.timestamp()
+    except (OverflowError, ValueError):  # offsets that push it past year 1 or 9999
+        return None

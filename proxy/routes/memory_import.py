@@ -15,9 +15,9 @@ field refuses the whole import with a 400 that names the line. Each good line is
 
 All written lines go into one transaction together with the import's outcome. A client that
 disconnects before that transaction stops the import: nothing is written. Every outcome
-(completed, refused, cancelled) is kept and listed newest first at `GET /v1/memories/imports`
-(one: `GET /v1/memories/imports/{id}`), so a client that lost its connection can learn what
-happened; sending the same file again is always safe.
+(completed, refused, cancelled) is kept and listed newest first, a page at a time, at
+`GET /v1/memories/imports` (one: `GET /v1/memories/imports/{id}`), so a client that lost its
+connection can learn what happened; sending the same file again is always safe.
 """
 
 from __future__ import annotations
@@ -47,11 +47,10 @@ from proxy.routes.memory_fields import (
     text_field,
     timestamp_field,
 )
+from proxy.routes.pagination import page_json, page_request
 from proxy.validation import parse_json, read_body, user_id
 from storage.records import MemoryRecord, MemoryStatus, Scope, SourceRole
-from storage.sqlite import IMPORT_ACTION
 
-MAX_IMPORTS_LISTED = 100
 _IMPORT_STATUSES: tuple[MemoryStatus, ...] = ("active", "quarantined", "rejected", "superseded")
 # Which of two statuses is stricter: an import never makes a memory more servable than it was.
 _STRICTNESS: dict[MemoryStatus, int] = {
@@ -126,13 +125,19 @@ async def import_memories(request: Request) -> Response:
 
 
 async def list_imports(request: Request) -> Response:
-    """The tenant's imports, newest first, with what each wrote, skipped, refused or why it
-    stopped."""
+    """A page of the tenant's imports, newest first, with what each wrote, skipped, refused or
+    why it stopped."""
     policy = authenticate(request)
-    entries = await pipeline_of(request).store.audit(
-        policy.tenant, MAX_IMPORTS_LISTED, action=IMPORT_ACTION
-    )
-    return JSONResponse({"object": "list", "data": [entry["detail"] for entry in entries]})
+    store = pipeline_of(request).store
+    page = page_request(request)
+    if page.after is not None and await store.import_outcome(policy.tenant, page.after) is None:
+        raise bad_request(
+            f"'after' must be the last_id of a previous page; this tenant has no import "
+            f"{page.after!r}.",
+            param="after",
+        )
+    outcomes = await store.imports(policy.tenant, page.fetch, after=page.after)
+    return JSONResponse(page_json(outcomes, page))
 
 
 async def import_outcome(request: Request) -> Response:

@@ -68,6 +68,11 @@ def proxy(
             "echo": {"model": "echo"},
             "slow": {"model": "openai/slow", "api_base": upstream.url, "timeout_s": 0.3},
             "nowhere": {"model": "openai/x", "api_base": "http://127.0.0.1:9/v1"},
+            "translated-nowhere": {
+                "model": "openai/x",
+                "api_base": "http://127.0.0.1:9/v1",
+                "passthrough": False,
+            },
         },
     )
     write_tenant(policies_dir, "other", "other-key", {"echo": {"model": "echo"}})
@@ -295,6 +300,7 @@ def test_models_lists_only_this_tenants_aliases(proxy: RunningProxy) -> None:
         "echo",
         "slow",
         "nowhere",
+        "translated-nowhere",
     }
     assert [m.id for m in other.models.list()] == ["echo"]
     assert acme.models.retrieve("fast").id == "fast"
@@ -337,36 +343,104 @@ def test_model_not_allowed_is_404(client: openai.OpenAI, upstream: ScriptedUpstr
     assert upstream.received == []
 
 
+@pytest.mark.parametrize("model", ["fast", "translated"])
 def test_rate_limit_stays_429_with_retry_after(
-    client: openai.OpenAI, upstream: ScriptedUpstream
+    client: openai.OpenAI, upstream: ScriptedUpstream, model: str
 ) -> None:
-    upstream.script(
-        Reply(
-            status=429,
-            headers={"retry-after": "7"},
-            error={
-                "message": "slow down",
-                "type": "requests",
-                "param": None,
-                "code": "rate_limit_exceeded",
-            },
-        )
+    rate_limited = Reply(
+        status=429,
+        headers={"retry-after": "7"},
+        error={
+            "message": "slow down",
+            "type": "requests",
+            "param": None,
+            "code": "rate_limit_exceeded",
+        },
     )
+    upstream.script(*[rate_limited] * 3)  # litellm may retry
     with pytest.raises(openai.RateLimitError) as caught:
-        client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 429
     assert caught.value.response.headers["retry-after"] == "7"
-    assert caught.value.message.endswith("slow down")
-    assert caught.value.code == "rate_limit_exceeded"
+    # The proxy's own words on either route: no litellm class names or provider prefixes.
+    assert caught.value.body == {
+        "message": "upstream rate limit: slow down",
+        "type": "requests",
+        "param": None,
+        "code": "rate_limit_exceeded",
+    }
     assert caught.value.response.headers["x-request-id"]
 
 
-def test_rate_limit_on_the_litellm_path(client: openai.OpenAI, upstream: ScriptedUpstream) -> None:
-    upstream.script(*[Reply(status=429, headers={"retry-after": "3"})] * 3)
-    with pytest.raises(openai.RateLimitError) as caught:
+def test_litellm_route_relays_the_upstreams_error_fields(
+    client: openai.OpenAI, upstream: ScriptedUpstream
+) -> None:
+    bad_tools = {"message": "bad tools", "type": "invalid_request_error", "param": "tools"}
+    upstream.script(Reply(status=400, error={**bad_tools, "code": None}))
+    with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(
             model="translated", messages=[{"role": "user", "content": "x"}]
         )
-    assert caught.value.status_code == 429
+    assert caught.value.body == {**bad_tools, "code": None}
+    # Not OpenAI's error shape: litellm's message, without its wrapping.
+    upstream.script(*[Reply(status=429, raw=b"slow down", content_type="text/plain")] * 3)
+    with pytest.raises(openai.RateLimitError) as limited:
+        client.chat.completions.create(
+            model="translated", messages=[{"role": "user", "content": "x"}]
+        )
+    assert limited.value.status_code == 429
+    assert limited.value.body == {
+        "message": "upstream rate limit: slow down",
+        "type": "rate_limit_error",
+        "param": None,
+        "code": None,
+    }
+
+
+def _sse(*chunks: dict[str, Any]) -> bytes:
+    events = [b"data: " + json.dumps(chunk).encode() + b"\n\n" for chunk in chunks]
+    return b"".join(events) + b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_litellm_route_answers_in_openais_shape(
+    proxy: RunningProxy, upstream: ScriptedUpstream, stream: bool
+) -> None:
+    """litellm moves fields it does not know into `provider_specific_fields` (and passes an
+    upstream's own, e.g. a LiteLLM server's, through): none of them reach the client."""
+    head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    if stream:
+        delta = {"role": "assistant", "content": "Hi", "provider_specific_fields": {"x": 1}}
+        done = {"index": 0, "delta": {}, "finish_reason": "stop"}
+        raw = _sse({**head, "choices": [{"index": 0, "delta": delta}]}, {**head, "choices": [done]})
+        upstream.script(Reply(raw=raw, content_type="text/event-stream"))
+    else:
+        message = {"role": "assistant", "content": "Hi", "vendor_note": "x"}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        body = {**head, "object": "chat.completion", "choices": [choice]}
+        upstream.script(Reply(raw=json.dumps(body).encode()))
+    response = httpx.post(
+        proxy.base_url + "/v1/chat/completions",
+        json={
+            "model": "translated",
+            "messages": [{"role": "user", "content": "x"}],
+            "stream": stream,
+        },
+        headers={"authorization": f"Bearer {KEY}"},
+    )
+    assert response.status_code == 200, response.text
+    assert "provider_specific_fields" not in response.text
+    if stream:
+        events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        text = "".join(
+            choice["delta"].get("content") or ""
+            for event in events[:-1]
+            for choice in json.loads(event)["choices"]
+        )
+        assert text == "Hi"
+    else:
+        assert response.json()["choices"][0]["message"] == {"role": "assistant", "content": "Hi"}
 
 
 def test_upstream_errors_keep_meaningful_status(
@@ -430,13 +504,15 @@ def test_upstream_timeout_is_504(client: openai.OpenAI, upstream: ScriptedUpstre
     assert isinstance(body, dict) and body["code"] == "upstream_timeout"
 
 
-def test_unreachable_upstream_is_502(client: openai.OpenAI) -> None:
+@pytest.mark.parametrize("model", ["nowhere", "translated-nowhere"])
+def test_unreachable_upstream_is_502(client: openai.OpenAI, model: str) -> None:
     with pytest.raises(openai.APIStatusError) as caught:
-        client.chat.completions.create(model="nowhere", messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
     assert caught.value.status_code == 502
+    assert "litellm" not in caught.value.message and "Exception" not in caught.value.message
     with pytest.raises(openai.APIStatusError) as streamed:
         client.chat.completions.create(
-            model="nowhere", messages=[{"role": "user", "content": "x"}], stream=True
+            model=model, messages=[{"role": "user", "content": "x"}], stream=True
         )
     assert streamed.value.status_code == 502
 
@@ -450,14 +526,18 @@ def test_upstream_dropping_the_connection_is_502(
     assert caught.value.status_code == 502
 
 
-def test_missing_provider_key_names_the_variable(
-    client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("model", ["fast", "translated"])
+def test_missing_provider_key_is_the_servers_misconfiguration(
+    client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch, upstream: ScriptedUpstream, model: str
 ) -> None:
     monkeypatch.delenv("SCRIPTED_UPSTREAM_KEY")
     with pytest.raises(openai.InternalServerError) as caught:
-        client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "x"}])
-    assert "SCRIPTED_UPSTREAM_KEY" in caught.value.message
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 500
+    assert caught.value.type == "server_error" and caught.value.code == "upstream_misconfigured"
+    assert "SCRIPTED_UPSTREAM_KEY" in caught.value.message and "operator" in caught.value.message
     assert "Traceback" not in caught.value.response.text
+    assert upstream.received == []
 
 
 @pytest.mark.parametrize("model", ["fast", "translated"])

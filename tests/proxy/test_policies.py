@@ -252,3 +252,79 @@ def test_serve_refuses_to_start_on_invalid_policies(policies_dir: Path, tmp_path
     )
     assert result.returncode == 2
     assert "acme.yaml: keys: each key must be sha256:" in result.stderr
+
+
+def test_unquoted_yaml_off_means_off(policies_dir: Path) -> None:
+    # YAML 1.1 reads a bare `off` as false; every field whose values include 'off' takes it.
+    (policies_dir / "acme.yaml").write_text(
+        "models: {echo: {model: echo}}\n"
+        "memory: {default_mode: off, allowed_modes: [off, read], anonymous: off}\n"
+        "tracing: {content: off}\n"
+    )
+    policy = PolicyRegistry.load(policies_dir).get("acme")
+    assert policy is not None
+    assert policy.memory.default_mode == "off"
+    assert policy.memory.allowed_modes == ["off", "read"]
+    assert policy.memory.anonymous == "off"
+    assert policy.tracing.content == "off"
+    (policies_dir / "acme.yaml").write_text("memory: {allowed_modes: [on]}\n")
+    assert problems_of(policies_dir) == [
+        "acme.yaml: memory.allowed_modes.0: Input should be 'off', 'read', 'write' or 'full'"
+    ]
+
+
+def test_models_no_call_could_reach_are_refused(policies_dir: Path) -> None:
+    write_tenant(
+        policies_dir,
+        "acme",
+        "k",
+        {
+            "dead": {"model": "notaprovider/dead"},
+            "bare": {"model": "llama3"},
+            "relayed": {"model": "notaprovider/x", "passthrough": True},
+            "fine": {"model": "anthropic/claude-3-5-haiku-latest"},
+            "local": {"model": "notaprovider/x", "passthrough": True, "api_base": "http://h/v1"},
+        },
+        memory={"extraction": {"model": "nope/extractor"}},
+    )
+    assert problems_of(policies_dir) == [
+        "acme.yaml: models.dead.model: litellm knows no provider for 'notaprovider/dead'; write "
+        "it as <provider>/<model>, e.g. openai/gpt-4o-mini, anthropic/claude-3-5-haiku-latest "
+        "or ollama/llama3",
+        "acme.yaml: models.bare.model: litellm knows no provider for 'llama3'; write it as "
+        "<provider>/<model>, e.g. openai/gpt-4o-mini, anthropic/claude-3-5-haiku-latest or "
+        "ollama/llama3",
+        "acme.yaml: models.relayed.model: 'notaprovider/x' is relayed directly (passthrough) but "
+        "has no api_base",
+        "acme.yaml: memory.extraction.model: litellm knows no provider for 'nope/extractor'; "
+        "write it as <provider>/<model>, e.g. openai/gpt-4o-mini, "
+        "anthropic/claude-3-5-haiku-latest or ollama/llama3",
+    ]
+
+
+def test_policy_check_prints_each_problem_once_and_warns_of_unset_keys(
+    policies_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FAKE_KEY", raising=False)
+    keyed = {"k": {"model": "anthropic/claude-3-5-haiku-latest", "api_key": "env:FAKE_KEY"}}
+    write_tenant(policies_dir, "acme", "k1", keyed)
+
+    def check() -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "proxy.cli", "policy", "check", str(policies_dir)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    warned = check()
+    assert warned.returncode == 0, warned.stderr
+    assert warned.stderr.splitlines() == [
+        "warning: acme.yaml: models.k.api_key: the environment variable FAKE_KEY is not set; "
+        "calls to 'k' answer 500 upstream_misconfigured until the server runs with it"
+    ]
+    write_tenant(policies_dir, "bad", "k2", {"dead": {"model": "notaprovider/dead"}})
+    (policies_dir / "off.yaml").write_text("memory: {default_mode: of}\n")
+    failed = check()
+    assert failed.returncode == 2
+    lines = failed.stderr.splitlines()
+    assert lines[0] == "invalid policies (2 problem(s)):"
+    assert len(lines) == 3 and len(set(lines)) == 3, failed.stderr  # each once
+    assert "bad.yaml: models.dead.model: litellm knows no provider" in lines[1]
+    assert lines[2].startswith("  off.yaml: memory.default_mode: Input should be")

@@ -1,0 +1,67 @@
+"""List pages in OpenAI's shape: `{"object": "list", "data", "has_more", "first_id", "last_id"}`.
+
+A list route reads `limit` (1 to MAX_LIMIT, default DEFAULT_LIMIT) and `after` (the `last_id`
+of the page before) from the query. The store is asked for one item more than `limit`: whether
+it came back is `has_more`. Pages follow the list's order by a cursor, not a count, so a page is
+never shifted by items added meanwhile; `offset` is refused with a message saying so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+
+from proxy.errors import bad_request
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """What a client asked of a list: at most `limit` items, starting past `after`."""
+
+    limit: int
+    after: str | None
+
+    @property
+    def fetch(self) -> int:
+        """How many to ask the store for: one more says whether there is a next page."""
+        return self.limit + 1
+
+
+def page_request(request: Request) -> PageRequest:
+    """`limit` and `after` from the query, each refused with a 400 that says what to send."""
+    params = request.query_params
+    if "offset" in params:
+        raise bad_request(
+            "'offset' is not supported: pass after=<last_id of the previous page> instead.",
+            param="offset",
+        )
+    raw = params.get("limit")
+    limit = DEFAULT_LIMIT
+    if raw not in (None, ""):
+        limit = int(raw) if raw.isdigit() else 0
+        if not 1 <= limit <= MAX_LIMIT:
+            raise bad_request(
+                f"'limit' must be a whole number from 1 to {MAX_LIMIT}; got {raw!r}. Page "
+                "through longer lists with after=<last_id>.",
+                param="limit",
+            )
+    after = params.get("after") or None
+    return PageRequest(limit, after)
+
+
+def page_json(items: Sequence[dict[str, Any]], page: PageRequest) -> dict[str, Any]:
+    """The page of `items` (fetched with `page.fetch`), with its cursor fields."""
+    data = list(items[: page.limit])
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": len(items) > page.limit,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }
