@@ -12,6 +12,7 @@ A job is finished when a worker's attempt at it ends: learned, or failed (a retr
 later, too late to wait for). Jobs another process queued, or queued before a restart, are not
 known here and not waited for; a job of ours that another process's worker took is found out
 after one wait that timed out (the pipeline asks the queue and forgets the jobs it finished).
+At most `limit` jobs are remembered: past it the oldest is let go (its waiters go on).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ _REMEMBERED_EARLY = 1024
 class PendingWrites:
     """Exchange jobs queued by this process and not finished by its workers, by user."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
         self._done: dict[int, asyncio.Event] = {}
         self._owner: dict[int, UserKey] = {}
         self._by_user: dict[UserKey, set[int]] = {}
@@ -65,6 +67,8 @@ class PendingWrites:
         self._done[job_id] = asyncio.Event()
         self._owner[job_id] = key
         self._by_user.setdefault(key, set()).add(job_id)
+        if len(self._done) > self.limit:  # e.g. jobs another process's workers took
+            self.finish(next(iter(self._done)))
 
     def finish(self, job_id: int) -> None:
         """A worker's attempt at `job_id` ended: release whoever waits for it."""
