@@ -54,7 +54,8 @@ def wait_for_extraction_request(upstream: ScriptedUpstream, count: int) -> None:
 def test_back_to_back_calls_see_the_previous_calls_memory(
     memory_proxy: Callable[..., RunningProxy],
 ) -> None:
-    proxy = memory_proxy()
+    # A patient wait keeps the test about behaviour on two busy cores (speed: docs/memory.md).
+    proxy = memory_proxy(memory={"retrieval": {"wait_for_writes_ms": 20000}})
     for user in ("alice", "bruno", "chen"):
         chat(proxy, user, "I live in Lisbon and I prefer tea.")
         second = chat(proxy, user, "What should I drink in the morning?")
@@ -67,11 +68,12 @@ def test_the_next_call_waits_for_a_slow_extraction(
     upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
 ) -> None:
     proxy = memory_proxy(
-        memory={"extraction": {"model": "extractor"}}, extra_models=with_extractor(upstream)
+        memory={"extraction": {"model": "extractor"}, "retrieval": {"wait_for_writes_ms": 20000}},
+        extra_models=with_extractor(upstream),
     )
     fact = "My cat is called Pixel."
     # The chat answer, then an extraction that takes a while, then the second chat answer.
-    upstream.script(Reply(), Reply(content=extraction(fact).content, delay_s=0.5), Reply())
+    upstream.script(Reply(), Reply(content=extraction(fact).content, delay_s=2), Reply())
     chat(proxy, "dana", fact, model="gpt-4o-mini")
     second = chat(proxy, "dana", "What is my cat called?", model="gpt-4o-mini")
 
@@ -129,9 +131,10 @@ def test_another_users_pending_write_does_not_hold_this_user_up(
     block = memory_block(upstream.last().json)
     assert block is not None and "Rex" in block and "Pixel" not in block
     attributes = retrieve_span(proxy, second.headers["x-request-id"])
-    assert attributes["memento.memory.pending_writes"] == 1  # gus's own, not fern's
-    assert attributes["memento.memory.wait_timed_out"] is False
-    with api(proxy) as http:  # fern's exchange is still being learned
+    # At most gus's own exchange (a free worker may have learned it already), never fern's.
+    assert attributes["memento.memory.pending_writes"] <= 1
+    assert attributes.get("memento.memory.wait_timed_out", False) is False
+    with api(proxy) as http:  # fern's exchange is still being learned: gus did not wait for it
         assert http.get("/v1/memories", params={"user": "fern"}).json()["data"] == []
 
 
