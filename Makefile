@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-HOST   ?= 127.0.0.1
-PORT   ?= 4000
-POLICIES ?= ./policies
-DATA_DIR ?= ./data
+# `make run PORT=8080 DATA_DIR=/tmp/memento` (also HOST, POLICIES): a variable given on make's
+# command line becomes the server's flag. Without it the server's own settings apply:
+# `MEMENTO_PORT=8080 make run`, else 127.0.0.1:4000 with ./policies and ./data (proxy/settings.py).
+serve_flag = $(if $(filter command line,$(origin $(1))),$(2) '$($(1))')
+SERVE_FLAGS = $(strip $(call serve_flag,HOST,--host) $(call serve_flag,PORT,--port) \
+	$(call serve_flag,POLICIES,--policies) $(call serve_flag,DATA_DIR,--data-dir))
 
 CHROMIUM ?= /usr/bin/chromium
 
@@ -22,7 +24,7 @@ $(STAMP): pyproject.toml requirements.lock
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/memento-proxy serve --host $(HOST) --port $(PORT) --policies $(POLICIES) --data-dir $(DATA_DIR)
+	$(BIN)/memento-proxy serve $(SERVE_FLAGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check proxy storage tests bench

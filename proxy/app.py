@@ -332,8 +332,13 @@ class ChatService:
 
 
 def memory_headers(prepared: PreparedCall) -> dict[str, str]:
-    """How many memories went into the call (`x-memento-memories`)."""
-    return {"x-memento-memories": str(prepared.injected_count)}
+    """How many memories went into the call (`x-memento-memories`), and how many of the user's
+    earlier exchanges were still being learned, so their memories could not be (sent only then:
+    `x-memento-unlearned-writes`)."""
+    headers = {"x-memento-memories": str(prepared.injected_count)}
+    if prepared.unlearned_writes:
+        headers["x-memento-unlearned-writes"] = str(prepared.unlearned_writes)
+    return headers
 
 
 def _json_or_none(body: bytes) -> Any:

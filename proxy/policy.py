@@ -102,6 +102,13 @@ class RetrievalSettings(Strict):
     epsilon: float = Field(default=0.0, ge=0, le=1)
     dedup_cos: float = Field(default=0.92, gt=0, le=1)
     deadline_ms: int = Field(default=250, ge=1, description="Retrieval deadline on the hot path.")
+    wait_for_writes_ms: int = Field(
+        default=2000,
+        ge=0,
+        le=30_000,
+        description="Before retrieval, wait up to this long for the user's earlier exchanges "
+        "to be learned (read your writes); 0 does not wait.",
+    )
     query_context_turns: int = Field(default=2, ge=0, le=20)
 
 

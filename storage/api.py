@@ -197,8 +197,11 @@ class WriteQueue(Protocol):
 
     async def enqueue(self, tenant_id: str, kind: str, payload: dict[str, Any]) -> int: ...
 
-    async def claim(self, worker: str, limit: int = 1) -> list[QueuedJob]:
-        """Take queued jobs (and jobs whose claim lease expired after a crash)."""
+    async def claim(
+        self, worker: str, limit: int = 1, *, first: Sequence[int] = ()
+    ) -> list[QueuedJob]:
+        """Take queued jobs (and jobs whose claim lease expired after a crash), oldest first;
+        those of `first` (ids a request is waiting for) ahead of the others when claimable."""
         ...
 
     async def complete(self, job_id: int) -> None: ...
@@ -206,6 +209,10 @@ class WriteQueue(Protocol):
     async def fail(self, job_id: int, error: str, *, retry_in_s: float | None) -> None: ...
 
     async def pending(self) -> int: ...
+
+    async def unfinished(self, job_ids: Sequence[int]) -> set[int]:
+        """Those of `job_ids` (at most 100) still queued or running."""
+        ...
 
 
 @runtime_checkable

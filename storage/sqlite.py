@@ -1241,20 +1241,15 @@ class SQLiteDatabase:
     async def enqueue(self, tenant_id: str, kind: str, payload: dict[str, Any]) -> int:
         return int(await self._grouped(partial(_insert_job, tenant_id, kind, _dumps(payload))))
 
-    async def claim(self, worker: str, limit: int = 1) -> list[QueuedJob]:
-        now = time.time()
-        async with (
-            self._transaction() as db,
-            db.execute(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1, claimed_by = ?, "
-                "lease_until = ? WHERE id IN (SELECT id FROM jobs WHERE "
-                "(state = 'queued' AND available_at <= ?) "
-                "OR (state = 'running' AND lease_until < ?) ORDER BY id LIMIT ?) "
-                f"RETURNING {_JOB_COLUMNS}",
-                (worker, now + self._lease_s, now, now, max(0, limit)),
-            ) as cursor,
-        ):
-            rows = list(await cursor.fetchall())
+    async def claim(
+        self, worker: str, limit: int = 1, *, first: Sequence[int] = ()
+    ) -> list[QueuedJob]:
+        lease = (time.time(), self._lease_s)
+        async with self._transaction() as db:
+            # Jobs someone waits for go ahead of older ones, when they are claimable at all.
+            rows = await _claim_rows(db, worker, lease, limit, only=first) if first else []
+            if len(rows) < limit:
+                rows += await _claim_rows(db, worker, lease, limit - len(rows))
         return sorted(map(_job_from_row, rows), key=lambda job: job.id)
 
     async def complete(self, job_id: int) -> None:
@@ -1283,6 +1278,17 @@ class SQLiteDatabase:
             "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')"
         )
         return int(rows[0][0])
+
+    async def unfinished(self, job_ids: Sequence[int]) -> set[int]:
+        wanted = list(job_ids)[:_MAX_FIRST]
+        if not wanted:
+            return set()
+        rows = await self._fetchall(
+            f"SELECT id FROM jobs WHERE id IN ({_placeholders(len(wanted))}) "
+            "AND state IN ('queued', 'running')",
+            wanted,
+        )
+        return {int(row[0]) for row in rows}
 
     async def list_jobs(
         self,
@@ -1374,6 +1380,32 @@ async def _insert_job(tenant_id: str, kind: str, payload: str, db: aiosqlite.Con
     )
     assert cursor.lastrowid is not None
     return int(cursor.lastrowid)
+
+
+_MAX_FIRST = 100  # ids a claim may be asked to prefer (bounded: they are SQL parameters)
+
+
+async def _claim_rows(
+    db: aiosqlite.Connection,
+    worker: str,
+    lease: tuple[float, float],
+    limit: int,
+    *,
+    only: Sequence[int] = (),
+) -> list[Any]:
+    """Lease up to `limit` claimable jobs (of `only`, when given), oldest first: queued and due,
+    or running with an expired lease (their worker died). `lease` is (now, lease seconds)."""
+    now, lease_s = lease
+    wanted = list(only)[:_MAX_FIRST]
+    narrowed = f"id IN ({_placeholders(len(wanted))}) AND " if wanted else ""
+    async with db.execute(
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, claimed_by = ?, "
+        f"lease_until = ? WHERE id IN (SELECT id FROM jobs WHERE {narrowed}"
+        "((state = 'queued' AND available_at <= ?) OR (state = 'running' AND lease_until < ?)) "
+        f"ORDER BY id LIMIT ?) RETURNING {_JOB_COLUMNS}",
+        (worker, now + lease_s, *wanted, now, now, max(0, limit)),
+    ) as cursor:
+        return list(await cursor.fetchall())
 
 
 _GroupedWrite = Callable[[aiosqlite.Connection], Awaitable[Any]]

@@ -783,8 +783,10 @@ class EmbeddedStore:
     async def enqueue(self, tenant_id: str, kind: str, payload: dict[str, Any]) -> int:
         return await self.db.enqueue(tenant_id, kind, payload)
 
-    async def claim(self, worker: str, limit: int = 1) -> list[QueuedJob]:
-        return await self.db.claim(worker, limit)
+    async def claim(
+        self, worker: str, limit: int = 1, *, first: Sequence[int] = ()
+    ) -> list[QueuedJob]:
+        return await self.db.claim(worker, limit, first=first)
 
     async def complete(self, job_id: int) -> None:
         await self.db.complete(job_id)
@@ -794,6 +796,9 @@ class EmbeddedStore:
 
     async def pending(self) -> int:
         return await self.db.pending()
+
+    async def unfinished(self, job_ids: Sequence[int]) -> set[int]:
+        return await self.db.unfinished(job_ids)
 
     # -- JobAdmin ------------------------------------------------------------------------------
 

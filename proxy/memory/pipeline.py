@@ -1,9 +1,10 @@
 """The memory pipeline wired to storage: the `MemoryHooks` the chat route calls.
 
-Hot path (`before_call`, inside the request span): query → retrieve → budget → inject, bounded by
-the policy's retrieval deadline; on failure the call goes through without memory (fail-open) unless
-the policy is fail-closed, and the span says why. The request and the memories it injected are
-logged for feedback.
+Hot path (`before_call`, inside the request span): wait for the user's earlier exchanges to be
+learned (`pending.py`, bounded by `memory.retrieval.wait_for_writes_ms`), then query → retrieve →
+budget → inject, bounded by the policy's retrieval deadline; on failure the call goes through
+without memory (fail-open) unless the policy is fail-closed, and the span says why. The request
+and the memories it injected are logged for feedback.
 
 Write path (`after_call` only enqueues; a worker runs `learn_from_exchange`): extract → verify
 evidence → sanitize → consolidate → write, each a span linked to the request's trace. The chat
@@ -46,6 +47,7 @@ from proxy.memory.extract import (
 )
 from proxy.memory.inject import inject_block, render_block
 from proxy.memory.learn import Learner, case_outcome_changes
+from proxy.memory.pending import NO_WAIT, PendingWrites, WriteWait
 from proxy.memory.query import InvalidMemoryMode, MemoryAccess, build_query, resolve_access
 from proxy.memory.retrieve import ScoredMemory, retrieve
 from proxy.memory.sanitize import Sanitizer
@@ -110,6 +112,7 @@ class MemoryPipeline:
         self._owns_store = store is None
         self._workers = workers  # write-path workers of this process; 0 only queues
         self._pool: WritePool | None = None
+        self._pending = PendingWrites()  # exchanges queued here, not yet learned, by user
         self._backlog: QueueBacklog | None = None
         self._learner: Learner | None = None
         self._pending_logs: set[asyncio.Task[None]] = set()
@@ -146,7 +149,9 @@ class MemoryPipeline:
         # The first encode and the first index query are slow; pay for them before serving.
         warm_scope = Scope("memento-warm-up", "memento-warm-up")
         await self.store.search(warm_scope, query_text="warm up", embed_query=True, k=1)
-        self._pool = WritePool(self.store, self.learn_from_exchange, workers=self._workers)
+        self._pool = WritePool(
+            self.store, self.learn_from_exchange, workers=self._workers, pending=self._pending
+        )
         self._pool.start()
 
     def _warm_context_windows(self) -> None:
@@ -197,10 +202,11 @@ class MemoryPipeline:
             state["logged"] = self._log_request(ctx, access.scope, [])
             return PreparedCall(body=ctx.body, state=state)
         policy = ctx.policy
-        ranked = await self._retrieve_in_time(ctx, access)
+        ranked, waited = await self._retrieve_in_time(ctx, access)
+        unlearned = len(waited.unfinished)
         if ranked is None:
             state["logged"] = self._log_request(ctx, access.scope, [], status="memory_failed")
-            return PreparedCall(body=ctx.body, state=state)
+            return PreparedCall(body=ctx.body, unlearned_writes=unlearned, state=state)
         with tracer.start_as_current_span("memento.budget") as span:
             encoding_name = encoding_name_for(ctx.route.model)
             room = available_tokens(ctx.body, ctx.route, policy.memory.budget, encoding_name)
@@ -219,7 +225,7 @@ class MemoryPipeline:
             )
         if not plan.selected:
             state["logged"] = self._log_request(ctx, access.scope, [])
-            return PreparedCall(body=ctx.body, state=state)
+            return PreparedCall(body=ctx.body, unlearned_writes=unlearned, state=state)
         with tracer.start_as_current_span("memento.inject") as span:
             block = render_block(plan.selected)
             body = inject_block(ctx.body, block)
@@ -231,49 +237,95 @@ class MemoryPipeline:
         injected = [_injected_entry(rank, item) for rank, item in enumerate(plan.selected)]
         state["injected"] = [{"id": i.record.id, "text": i.record.text} for i in plan.selected]
         state["logged"] = self._log_request(ctx, access.scope, injected)
-        return PreparedCall(body=body, injected_count=len(plan.selected), changed=True, state=state)
+        return PreparedCall(
+            body=body,
+            injected_count=len(plan.selected),
+            unlearned_writes=unlearned,
+            changed=True,
+            state=state,
+        )
 
     async def _retrieve_in_time(
         self, ctx: CallContext, access: MemoryAccess
-    ) -> list[ScoredMemory] | None:
-        """Ranked candidates, or None when memory failed and the policy allows going on."""
-        policy = ctx.policy
+    ) -> tuple[list[ScoredMemory] | None, WriteWait]:
+        """Ranked candidates (None when memory failed and the policy allows going on), after
+        waiting for the user's earlier exchanges to be learned; and what was waited for."""
         assert access.scope is not None
         with tracer.start_as_current_span("memento.retrieve") as span:
-            query = build_query(
-                ctx.body.get("messages") or [], policy.memory.retrieval.query_context_turns
+            waited = await self._wait_for_writes(ctx, access.scope)
+            span.set_attribute("memento.memory.pending_writes", waited.pending)
+            if waited.pending:
+                span.set_attribute("memento.memory.waited_ms", waited.waited_ms)
+                span.set_attribute("memento.memory.unlearned_writes", len(waited.unfinished))
+                span.set_attribute("memento.memory.wait_timed_out", waited.timed_out)
+            return await self._retrieve(ctx, access, span), waited
+
+    async def _wait_for_writes(self, ctx: CallContext, scope: Scope) -> WriteWait:
+        """Read your writes: wait (bounded by the policy) for the user's exchanges queued so far.
+        A wait that runs out is not an error: retrieval goes on with what is already learned."""
+        timeout_ms = ctx.policy.memory.retrieval.wait_for_writes_ms
+        if not timeout_ms:
+            return NO_WAIT
+        waited = await self._pending.wait(scope, timeout_ms / 1000)
+        if waited.timed_out:
+            log.info(
+                "request %s retrieves without %d earlier exchanges still being learned after "
+                "%.0f ms",
+                ctx.request_id,
+                len(waited.unfinished),
+                waited.waited_ms,
             )
-            captured = content_attr(policy.tracing, query)
-            if captured is not None:
-                span.set_attribute("memento.query", captured)
-            try:
-                ranked = await asyncio.wait_for(
-                    retrieve(
-                        self.store,
-                        access.scope,
-                        query,
-                        policy.memory,
-                        guard_policy=policy.sanitizer,
-                        include_shared=access.include_shared,
-                    ),
-                    timeout=policy.memory.retrieval.deadline_ms / 1000,
-                )
-            except Exception as exc:  # store down, index error, deadline: fail open or closed
-                reason = (
-                    "deadline exceeded" if isinstance(exc, TimeoutError) else type(exc).__name__
-                )
-                _mark_failed(span, f"memory unavailable: {reason}", exc)
-                log.warning("memory retrieval failed for request %s: %s", ctx.request_id, reason)
-                if policy.memory.fail_closed:
-                    raise MemoryUnavailable(f"retrieval failed: {reason}") from exc
-                span.set_attribute("memento.memory.fail_open", True)
-                return None
-            span.set_attribute("memento.memory.candidates", len(ranked))
-            span.set_attribute(
-                "memento.memory.scores",
-                json_attr({item.record.id: item.parts() for item in ranked[:20]}),
+            await self._forget_finished_elsewhere(waited.unfinished)
+        return waited
+
+    async def _forget_finished_elsewhere(self, job_ids: Sequence[int]) -> None:
+        """Jobs another process's worker finished are never signalled here: ask the queue."""
+        try:
+            still = await self.store.unfinished(job_ids)
+        except Exception:  # the next wait asks again
+            log.exception("could not look up the state of jobs %s", list(job_ids))
+            return
+        for job_id in set(job_ids) - still:
+            self._pending.finish(job_id)
+
+    async def _retrieve(
+        self, ctx: CallContext, access: MemoryAccess, span: Span
+    ) -> list[ScoredMemory] | None:
+        """Ranked candidates within the retrieval deadline, or None (fail-open)."""
+        policy = ctx.policy
+        assert access.scope is not None
+        query = build_query(
+            ctx.body.get("messages") or [], policy.memory.retrieval.query_context_turns
+        )
+        captured = content_attr(policy.tracing, query)
+        if captured is not None:
+            span.set_attribute("memento.query", captured)
+        try:
+            ranked = await asyncio.wait_for(
+                retrieve(
+                    self.store,
+                    access.scope,
+                    query,
+                    policy.memory,
+                    guard_policy=policy.sanitizer,
+                    include_shared=access.include_shared,
+                ),
+                timeout=policy.memory.retrieval.deadline_ms / 1000,
             )
-            return ranked
+        except Exception as exc:  # store down, index error, deadline: fail open or closed
+            reason = "deadline exceeded" if isinstance(exc, TimeoutError) else type(exc).__name__
+            _mark_failed(span, f"memory unavailable: {reason}", exc)
+            log.warning("memory retrieval failed for request %s: %s", ctx.request_id, reason)
+            if policy.memory.fail_closed:
+                raise MemoryUnavailable(f"retrieval failed: {reason}") from exc
+            span.set_attribute("memento.memory.fail_open", True)
+            return None
+        span.set_attribute("memento.memory.candidates", len(ranked))
+        span.set_attribute(
+            "memento.memory.scores",
+            json_attr({item.record.id: item.parts() for item in ranked[:20]}),
+        )
+        return ranked
 
     def _log_request(
         self, ctx: CallContext, scope: Scope, injected: list[dict[str, Any]], status: str = "ok"
@@ -335,13 +387,14 @@ class MemoryPipeline:
             "created_at": time.time(),
         }
         try:
-            await self.store.enqueue(scope.tenant_id, EXCHANGE_JOB, payload)
+            job_id = await self.store.enqueue(scope.tenant_id, EXCHANGE_JOB, payload)
         except Exception as exc:  # the answer still goes out; the exchange waits in memory
             log.warning("queueing request %s failed, held in memory: %s", ctx.request_id, exc)
             trace.get_current_span().set_attribute("memento.memory.exchange_held", True)
             self.backlog.hold(HeldJob(scope.tenant_id, EXCHANGE_JOB, payload), exc)
             return
-        if self._pool is not None:
+        if self._pool is not None and self._workers > 0:
+            self._pending.add(scope, job_id)  # the user's next call waits for it
             self._pool.notify()
 
     async def learn_from_exchange(self, job: QueuedJob) -> None:

@@ -43,6 +43,8 @@ class PreparedCall:
 
     body: dict[str, Any]
     injected_count: int = 0
+    # The user's earlier exchanges still being learned when retrieval ran (the wait ran out).
+    unlearned_writes: int = 0
     changed: bool = False  # False: the route may relay the client's original bytes
     state: dict[str, Any] = field(default_factory=dict)
 

@@ -5,6 +5,8 @@ again); a failing job is retried with backoff and given up after `max_attempts`:
 queue as `failed` with its error, logged at ERROR, counted on `/readyz`, listed by
 `GET /v1/memories/jobs?state=failed` and queued again by `POST /v1/memories/jobs/{id}/retry`.
 Shutdown drains: workers keep going until the queue is empty or the drain timeout passes.
+Jobs a request is waiting for (`pending.py`) are claimed before older ones, and the request is
+released as soon as the attempt at its job ends.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 
+from proxy.memory.pending import PendingWrites
 from storage.api import StorageFull, WriteQueue
 from storage.records import QueuedJob
 
@@ -35,6 +38,7 @@ class WritePool:
         idle_poll_s: float = 0.5,
         max_attempts: int = 5,
         backoff_s: float = 2.0,
+        pending: PendingWrites | None = None,
     ) -> None:
         self.queue = queue
         self.handler = handler
@@ -42,6 +46,7 @@ class WritePool:
         self.idle_poll_s = idle_poll_s
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
+        self.pending = pending or PendingWrites()
         self._wake = asyncio.Event()
         self._stopping = False
         self._draining = False
@@ -84,7 +89,7 @@ class WritePool:
     async def _run(self, name: str) -> None:
         while not self._stopping:
             try:
-                jobs = await self.queue.claim(name, 1)
+                jobs = await self.queue.claim(name, 1, first=self.pending.awaited())
             except StorageFull:  # reported on /readyz by the store; claiming resumes with space
                 jobs = []
             except Exception:
@@ -94,7 +99,10 @@ class WritePool:
                 await self._idle()
                 continue
             for job in jobs:
-                await self._process(job)
+                try:
+                    await self._process(job)
+                finally:
+                    self.pending.finish(job.id)
 
     async def _idle(self) -> None:
         self._wake.clear()

@@ -61,6 +61,28 @@ async def test_queue_survives_restart(tmp_path: Path, local_embedder: LocalEmbed
         await store.close()
 
 
+async def test_jobs_someone_waits_for_are_claimed_first_when_claimable(
+    tmp_path: Path, local_embedder: LocalEmbedder
+) -> None:
+    store = await open_embedded_store(tmp_path, local_embedder)
+    try:
+        oldest, middle, newest = [
+            await store.enqueue("acme", "exchange", {"n": n}) for n in range(3)
+        ]
+        await store.fail(middle, "upstream 429", retry_in_s=60)  # waiting out its backoff
+        (job,) = await store.claim("w1", first=[middle, newest])
+        assert job.id == newest  # ahead of the older one; the backed-off one is not due
+        (job,) = await store.claim("w1", first=[middle, newest])
+        assert job.id == oldest  # nothing of `first` is claimable: oldest first, as always
+        assert await store.claim("w1", first=[middle]) == []
+        assert await store.unfinished([oldest, middle, newest]) == {oldest, middle, newest}
+        await store.complete(newest)
+        await store.fail(oldest, "bad payload", retry_in_s=None)
+        assert await store.unfinished([oldest, middle, newest]) == {middle}
+    finally:
+        await store.close()
+
+
 async def test_concurrent_writes_share_commits_and_are_each_durable(
     tmp_path: Path, local_embedder: LocalEmbedder
 ) -> None:

@@ -1,0 +1,116 @@
+"""Read your writes: a user's next call sees what their previous call taught.
+
+An exchange is queued durably before its answer completes, and a worker learns from it afterwards
+(`worker.py`). A client that sends its next turn at once would be retrieved for before that
+learning is done. So this process remembers, per (tenant, user), the exchange jobs it queued that
+its workers have not finished; before retrieval a call waits for the ones queued before it
+arrived (not later ones, never another user's), up to `memory.retrieval.wait_for_writes_ms`, then
+retrieves whatever is there. A job somebody waits for is claimed ahead of the rest of the queue,
+so a user does not wait behind every other user's exchanges.
+
+A job is finished when a worker's attempt at it ends: learned, or failed (a retry comes seconds
+later, too late to wait for). Jobs another process queued, or queued before a restart, are not
+known here and not waited for; a job of ours that another process's worker took is found out
+after one wait that timed out (the pipeline asks the queue and forgets the jobs it finished).
+At most `limit` jobs are remembered: past it the oldest is let go (its waiters go on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+
+from storage.records import Scope
+
+UserKey = tuple[str, str]  # (tenant, user)
+
+
+@dataclass(frozen=True)
+class WriteWait:
+    """What a call waited for before retrieval."""
+
+    pending: int  # the user's exchanges queued earlier and not yet learned when the call came
+    unfinished: tuple[int, ...]  # the jobs of those still not finished when the wait ended
+    waited_ms: float
+
+    @property
+    def timed_out(self) -> bool:
+        return bool(self.unfinished)
+
+
+NO_WAIT = WriteWait(pending=0, unfinished=(), waited_ms=0.0)
+_REMEMBERED_EARLY = 1024
+
+
+class PendingWrites:
+    """Exchange jobs queued by this process and not finished by its workers, by user."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self._done: dict[int, asyncio.Event] = {}
+        self._owner: dict[int, UserKey] = {}
+        self._by_user: dict[UserKey, set[int]] = {}
+        self._awaited: Counter[int] = Counter()
+        # Jobs finished before `add` saw them (a worker can be that quick): never add those.
+        self._finished_early: deque[int] = deque(maxlen=_REMEMBERED_EARLY)
+
+    def add(self, scope: Scope, job_id: int) -> None:
+        """Job `job_id` holds an exchange of `scope`'s user (anonymous calls have none)."""
+        if scope.user_id is None:
+            return
+        if job_id in self._finished_early:
+            return
+        key = (scope.tenant_id, scope.user_id)
+        self._done[job_id] = asyncio.Event()
+        self._owner[job_id] = key
+        self._by_user.setdefault(key, set()).add(job_id)
+        if len(self._done) > self.limit:  # e.g. jobs another process's workers took
+            self.finish(next(iter(self._done)))
+
+    def finish(self, job_id: int) -> None:
+        """A worker's attempt at `job_id` ended: release whoever waits for it."""
+        done = self._done.pop(job_id, None)
+        if done is None:
+            self._finished_early.append(job_id)
+            return
+        done.set()
+        key = self._owner.pop(job_id)
+        jobs = self._by_user[key]
+        jobs.discard(job_id)
+        if not jobs:
+            del self._by_user[key]
+
+    def awaited(self) -> list[int]:
+        """Jobs some call is waiting for, oldest first: the workers take these next."""
+        return sorted(self._awaited)
+
+    async def wait(self, scope: Scope, timeout_s: float) -> WriteWait:
+        """Wait until the user's jobs queued so far are finished, at most `timeout_s`."""
+        if scope.user_id is None:
+            return NO_WAIT
+        jobs = sorted(self._by_user.get((scope.tenant_id, scope.user_id), ()))
+        if not jobs:
+            return NO_WAIT
+        events = [self._done[job] for job in jobs]
+        started = time.perf_counter()
+        self._awaited.update(jobs)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    for event in events:
+                        await event.wait()
+        finally:
+            for job in jobs:
+                self._awaited[job] -= 1
+                if self._awaited[job] <= 0:
+                    del self._awaited[job]
+        return WriteWait(
+            pending=len(jobs),
+            unfinished=tuple(
+                job for job, event in zip(jobs, events, strict=True) if not event.is_set()
+            ),
+            waited_ms=round((time.perf_counter() - started) * 1000, 1),
+        )

@@ -1,0 +1,52 @@
+"""The read-your-writes ledger on its own: who waits for which jobs, and for how long."""
+
+from __future__ import annotations
+
+import asyncio
+
+from proxy.memory.pending import PendingWrites
+from storage.records import Scope
+
+ALICE = Scope("acme", "alice")
+BOB = Scope("acme", "bob")
+
+
+async def test_a_call_waits_for_its_users_earlier_jobs_only() -> None:
+    pending = PendingWrites()
+    pending.add(ALICE, 1)
+    pending.add(BOB, 2)
+    waiting = asyncio.create_task(pending.wait(ALICE, timeout_s=30))
+    await asyncio.sleep(0)
+    assert pending.awaited() == [1]  # the workers take alice's job next
+    pending.add(ALICE, 3)  # queued after the call arrived: not waited for
+    pending.finish(1)
+    waited = await waiting
+    assert (waited.pending, waited.unfinished, waited.timed_out) == (1, (), False)
+    assert pending.awaited() == []
+    assert (await pending.wait(BOB, timeout_s=0.01)).unfinished == (2,)
+
+
+async def test_a_wait_that_runs_out_names_the_unfinished_jobs() -> None:
+    pending = PendingWrites()
+    pending.add(ALICE, 1)
+    pending.add(ALICE, 2)
+    pending.finish(1)
+    waited = await pending.wait(ALICE, timeout_s=0.01)
+    assert (waited.pending, waited.unfinished, waited.timed_out) == (1, (2,), True)
+
+
+async def test_nothing_to_wait_for() -> None:
+    pending = PendingWrites()
+    pending.finish(7)  # a worker finished job 7 before the pipeline could note it
+    pending.add(ALICE, 7)
+    pending.add(Scope("acme", None), 8)  # anonymous calls have no one to read their writes
+    assert (await pending.wait(ALICE, timeout_s=30)).pending == 0
+    assert (await pending.wait(Scope("acme", None), timeout_s=30)).pending == 0
+
+
+async def test_past_its_limit_the_oldest_job_is_let_go() -> None:
+    pending = PendingWrites(limit=2)
+    for job in (1, 2, 3):
+        pending.add(ALICE, job)
+    waited = await pending.wait(ALICE, timeout_s=0.01)
+    assert waited.unfinished == (2, 3)

@@ -1,0 +1,171 @@
+"""Read your writes: a user's next call sees what the previous call taught, waiting (boundedly)
+for that user's queued exchange, never for another user's; the trace and a header say so."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from proxy.memory.pipeline import EXCHANGE_JOB, shared_embedder
+from storage.store import open_embedded_store
+from tests.harness import RunningProxy
+from tests.memory.conftest import api, client_for, memory_block, wait_for_trace
+from tests.scripted_upstream import Reply, ScriptedUpstream
+
+
+def extraction(fact: str) -> Reply:
+    """The extraction model's answer: one fact, quoted verbatim from the user's turn."""
+    memories = [{"kind": "fact", "text": f"The user said: {fact}", "evidence": fact}]
+    return Reply(content=json.dumps({"memories": memories, "case": None}))
+
+
+def with_extractor(upstream: ScriptedUpstream) -> dict[str, dict[str, Any]]:
+    return {"extractor": {"model": "openai/extractor-model", "api_base": upstream.url}}
+
+
+def chat(proxy: RunningProxy, user: str, text: str, model: str = "echo") -> httpx.Response:
+    """One chat call through the official SDK; its raw HTTP response (headers and body)."""
+    raw = client_for(proxy).chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": text}], user=user
+    )
+    return raw.http_response
+
+
+def retrieve_span(proxy: RunningProxy, request_id: str) -> dict[str, Any]:
+    trace = wait_for_trace(proxy, request_id, {"memento.retrieve"})
+    span: dict[str, Any] = next(s for s in trace["spans"] if s["name"] == "memento.retrieve")
+    return span["attributes"]
+
+
+def wait_for_extraction_request(upstream: ScriptedUpstream, count: int) -> None:
+    """Until the extraction model has been asked `count` times (the worker has begun)."""
+    deadline = time.monotonic() + 30
+    while sum(r.json.get("model") == "extractor-model" for r in upstream.received) < count:
+        assert time.monotonic() < deadline, "the worker never asked the extraction model"
+        time.sleep(0.02)
+
+
+def test_back_to_back_calls_see_the_previous_calls_memory(
+    memory_proxy: Callable[..., RunningProxy],
+) -> None:
+    # A patient wait keeps the test about behaviour on two busy cores (speed: docs/memory.md).
+    proxy = memory_proxy(memory={"retrieval": {"wait_for_writes_ms": 20000}})
+    for user in ("alice", "bruno", "chen"):
+        chat(proxy, user, "I live in Lisbon and I prefer tea.")
+        second = chat(proxy, user, "What should I drink in the morning?")
+        assert int(second.headers["x-memento-memories"]) >= 1, user
+        assert "The user prefers tea." in second.json()["choices"][0]["message"]["content"]
+        assert "x-memento-unlearned-writes" not in second.headers
+
+
+def test_the_next_call_waits_for_a_slow_extraction(
+    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
+) -> None:
+    proxy = memory_proxy(
+        memory={"extraction": {"model": "extractor"}, "retrieval": {"wait_for_writes_ms": 20000}},
+        extra_models=with_extractor(upstream),
+    )
+    fact = "My cat is called Pixel."
+    # The chat answer, then an extraction that takes a while, then the second chat answer.
+    upstream.script(Reply(), Reply(content=extraction(fact).content, delay_s=2), Reply())
+    chat(proxy, "dana", fact, model="gpt-4o-mini")
+    second = chat(proxy, "dana", "What is my cat called?", model="gpt-4o-mini")
+
+    block = memory_block(upstream.last().json)
+    assert block is not None and "Pixel" in block
+    assert second.headers["x-memento-memories"] == "1"
+    attributes = retrieve_span(proxy, second.headers["x-request-id"])
+    assert attributes["memento.memory.pending_writes"] == 1
+    assert attributes["memento.memory.wait_timed_out"] is False
+    assert attributes["memento.memory.unlearned_writes"] == 0
+
+
+def test_the_wait_is_bounded_when_the_write_path_hangs(
+    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
+) -> None:
+    proxy = memory_proxy(
+        memory={"extraction": {"model": "extractor"}, "retrieval": {"wait_for_writes_ms": 300}},
+        extra_models=with_extractor(upstream),
+    )
+    fact = "My cat is called Pixel."
+    upstream.script(Reply(), Reply(content=extraction(fact).content, delay_s=8), Reply())
+    chat(proxy, "erin", fact, model="gpt-4o-mini")
+    wait_for_extraction_request(upstream, 1)
+    second = chat(proxy, "erin", "What is my cat called?", model="gpt-4o-mini")
+
+    # Answered without the memory while the extraction still hangs, and it says so.
+    assert second.status_code == 200
+    assert second.headers["x-memento-memories"] == "0"
+    assert second.headers["x-memento-unlearned-writes"] == "1"
+    with api(proxy) as http:
+        assert http.get("/v1/memories", params={"user": "erin"}).json()["data"] == []
+    attributes = retrieve_span(proxy, second.headers["x-request-id"])
+    assert attributes["memento.memory.pending_writes"] == 1
+    assert attributes["memento.memory.wait_timed_out"] is True
+    assert attributes["memento.memory.unlearned_writes"] == 1
+    assert attributes["memento.memory.waited_ms"] > 0
+
+
+def test_another_users_pending_write_does_not_hold_this_user_up(
+    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
+) -> None:
+    proxy = memory_proxy(
+        memory={"extraction": {"model": "extractor"}, "retrieval": {"wait_for_writes_ms": 20000}},
+        extra_models=with_extractor(upstream),
+    )
+    slow, quick = "My cat is called Pixel.", "My dog is called Rex."
+    upstream.script(Reply(), Reply(content=extraction(slow).content, delay_s=8))
+    chat(proxy, "fern", slow, model="gpt-4o-mini")
+    wait_for_extraction_request(upstream, 1)  # fern's exchange is now stuck in the worker
+
+    upstream.script(Reply(), extraction(quick), Reply())
+    chat(proxy, "gus", quick, model="gpt-4o-mini")
+    second = chat(proxy, "gus", "What is my dog called?", model="gpt-4o-mini")
+
+    block = memory_block(upstream.last().json)
+    assert block is not None and "Rex" in block and "Pixel" not in block
+    attributes = retrieve_span(proxy, second.headers["x-request-id"])
+    # At most gus's own exchange (a free worker may have learned it already), never fern's.
+    assert attributes["memento.memory.pending_writes"] <= 1
+    assert attributes.get("memento.memory.wait_timed_out", False) is False
+    with api(proxy) as http:  # fern's exchange is still being learned: gus did not wait for it
+        assert http.get("/v1/memories", params={"user": "fern"}).json()["data"] == []
+
+
+def test_a_waiting_user_is_served_ahead_of_a_long_queue(
+    tmp_path: Path, memory_proxy: Callable[..., RunningProxy]
+) -> None:
+    """500 other users' exchanges wait in the queue (from before a restart); a user's own
+    exchange is learned ahead of them, so their next call need not wait for all 500."""
+    backlog = 500
+
+    async def fill_queue() -> None:
+        store = await open_embedded_store(tmp_path / "data", await shared_embedder("local"))
+        try:
+            for number in range(backlog):
+                turn = {"role": "user", "content": f"I am user number {number}."}
+                payload = {
+                    "request_id": f"req_backlog_{number}",
+                    "user_id": f"user-{number}",
+                    "messages": [turn],
+                    "response": {"choices": [{"message": {"role": "assistant", "content": "ok"}}]},
+                }
+                await store.enqueue("acme", EXCHANGE_JOB, payload)
+        finally:
+            await store.close()
+
+    asyncio.run(fill_queue())
+    proxy = memory_proxy(memory={"retrieval": {"wait_for_writes_ms": 30000}})
+    chat(proxy, "hana", "I live in Lisbon and I prefer tea.")
+    second = chat(proxy, "hana", "What should I drink in the morning?")
+
+    assert int(second.headers["x-memento-memories"]) >= 1
+    with api(proxy) as http:  # most of the backlog is still queued: hana did not wait behind it
+        queued = http.get("/v1/memories/jobs", params={"state": "queued", "limit": 100}).json()
+    assert len(queued["data"]) >= 50, queued
