@@ -5,7 +5,8 @@ with its trust signals, its versions and the request that wrote it; and the quar
 whose Release and Reject buttons do what `POST /v1/memories/quarantine/{id}/approve|reject` do.
 Same login as the trace pages, and no more than the memory API shows to the same key: memory
 text is shown here (the API returns it), while the trace pages follow `tracing.content`. Each
-page links to its JSON twin under `/v1/`.
+page names its JSON twin under `/v1/`; a memory's page also answers it itself with
+`?format=json`, under the page's login.
 """
 
 from __future__ import annotations
@@ -21,8 +22,16 @@ from proxy.errors import ProxyError
 from proxy.memory import lessons
 from proxy.memory.retrieve import retrieve
 from proxy.policy import Policy
+from proxy.routes.memory_fields import memory_json
 from proxy.routes.traces import memory_store_of
-from proxy.ui.pages import SECURITY_HEADERS, read_form, render, same_origin, ui_policy
+from proxy.ui.pages import (
+    SECURITY_HEADERS,
+    json_twin,
+    read_form,
+    render,
+    same_origin,
+    ui_policy,
+)
 from proxy.validation import user_id
 from storage.api import MemoryStore
 from storage.records import MEMORY_KINDS, MEMORY_STATUSES, MemoryRecord, Scope
@@ -136,6 +145,8 @@ async def _memory(request: Request, policy: Policy, store: MemoryStore) -> Respo
     record = await _find(store, policy.tenant, memory_id)
     if record is None:
         raise PageProblem(404, f"No memory '{memory_id}' in tenant {policy.tenant}.")
+    if (twin := json_twin(request, memory_json(record))) is not None:
+        return twin
     return render(
         "memory.html",
         tenant=policy.tenant,

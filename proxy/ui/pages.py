@@ -17,7 +17,13 @@ from urllib.parse import parse_qs
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import Route
 
 from proxy.errors import ProxyError
@@ -72,6 +78,14 @@ _env.filters["signed"] = lambda value: (
 def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
     html = _env.get_template(name).render(**context)
     return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+
+
+def json_twin(request: Request, document: dict[str, Any]) -> Response | None:
+    """With `?format=json`, a page answers the JSON its `/v1/` twin gives for the same thing,
+    under the page's login: a link a browser can follow, where `/v1/` wants a Bearer key."""
+    if request.query_params.get("format") != "json":
+        return None
+    return JSONResponse(document, headers=SECURITY_HEADERS)
 
 
 def ui_policy(request: Request) -> Policy | None:
@@ -135,6 +149,8 @@ async def request_page(request: Request) -> Response:
         return render("error.html", status=404, tenant=policy.tenant, message=message)
     doc = trace_document(request_id, rows)
     await with_memory_texts(doc, memory_store_of(request), policy.tenant, policy.tracing)
+    if (twin := json_twin(request, doc)) is not None:
+        return twin
     return render(
         "request.html",
         tenant=policy.tenant,

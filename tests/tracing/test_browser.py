@@ -132,6 +132,17 @@ def test_list_then_one_request_timeline(
         page.click("table.timeline summary:text-is('memento.inject')")
         assert page.locator("table.timeline details[open] table.attributes").is_visible()
 
+        # The JSON twin opens under the page's login and is what the API answers a key.
+        twin = page.locator("a.json-twin").get_attribute("href")
+        followed = page.request.get(f"{proxy.base_url}/ui/requests/{mine}{twin}")
+        assert followed.status == 200
+        expected = httpx.get(
+            f"{proxy.base_url}/v1/traces/{mine}",
+            headers={"authorization": f"Bearer {KEY_A}"},
+            timeout=120,
+        ).json()
+        assert followed.json() == expected
+
         # Another tenant's request is not reachable by URL either.
         response = page.goto(f"{proxy.base_url}/ui/requests/{theirs}")
         assert response is not None and response.status == 404
@@ -227,7 +238,13 @@ def test_why_this_memory_then_its_page_versions_and_quarantine_review(
         versions.nth(0).locator("a.memory-link").click()
         page.wait_for_selector("#versions")
         assert page.inner_text("blockquote.memory-text") == coffee["text"]
-        assert page.locator("a.json-twin").get_attribute("href") == f"/v1/memories/{coffee['id']}"
+        # Its JSON twin is a link the logged-in browser can follow (the /v1/ route wants a
+        # Bearer key): the same document the API answers.
+        twin = page.locator("a.json-twin").get_attribute("href")
+        assert twin == "?format=json"
+        followed = page.request.get(f"{proxy.base_url}/ui/memories/{coffee['id']}{twin}")
+        assert followed.status == 200
+        assert followed.json() == api.get(f"/v1/memories/{coffee['id']}").json()
 
         # The list and the search find it by user.
         page.goto(f"{proxy.base_url}/ui/memories?user=alice")
