@@ -22,6 +22,7 @@ from storage.records import (
     Scope,
     SearchHit,
     SpanRow,
+    TextEdit,
 )
 
 
@@ -62,6 +63,10 @@ class MemoryStore(Protocol):
 
     async def get_many(self, tenant_id: str, memory_ids: Sequence[str]) -> list[MemoryRecord]:
         """Records by id within one tenant (the request log's injected ids, for feedback)."""
+        ...
+
+    async def edits(self, tenant_id: str, memory_id: str) -> list[TextEdit]:
+        """The texts one memory had before its in-place edits, oldest first."""
         ...
 
     async def list(

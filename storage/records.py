@@ -123,6 +123,15 @@ class MemoryRecord:
 
 
 @dataclass(frozen=True)
+class TextEdit:
+    """A text a memory had until an in-place edit (`PATCH`, a re-stated preference) replaced it
+    at `replaced_at`; the memory keeps its id and counts its `version` up."""
+
+    text: str
+    replaced_at: float
+
+
+@dataclass(frozen=True)
 class SearchHit:
     """One candidate from the hybrid index, with the raw scores of each retriever.
 

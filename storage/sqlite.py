@@ -40,6 +40,7 @@ from storage.records import (
     QueuedJob,
     RequestLog,
     Scope,
+    TextEdit,
 )
 
 log = logging.getLogger("memento.storage")
@@ -708,6 +709,14 @@ class SQLiteDatabase:
 
     async def get_many(self, tenant_id: str, memory_ids: Sequence[str]) -> list[MemoryRecord]:
         return [record for record, _ in await self._get_many(tenant_id, memory_ids, "NULL")]
+
+    async def edits(self, tenant_id: str, memory_id: str) -> list[TextEdit]:
+        rows = await self._fetchall(
+            "SELECT text, changed_at FROM memory_versions WHERE tenant_id = ? AND memory_id = ? "
+            "ORDER BY changed_at, rowid",
+            (tenant_id, memory_id),
+        )
+        return [TextEdit(text=str(text), replaced_at=float(at)) for text, at in rows]
 
     async def get_many_with_vectors(
         self, tenant_id: str, memory_ids: Sequence[str], *, embedding_model: str

@@ -51,6 +51,7 @@ from storage.records import (
     Scope,
     SearchHit,
     SourceRole,
+    TextEdit,
 )
 from storage.sqlite import (
     INDEX_BUILD_META,
@@ -503,6 +504,9 @@ class EmbeddedStore:
 
     async def get_many(self, tenant_id: str, memory_ids: Sequence[str]) -> list[MemoryRecord]:
         return await self.db.get_many(tenant_id, memory_ids)
+
+    async def edits(self, tenant_id: str, memory_id: str) -> list[TextEdit]:
+        return await self.db.edits(tenant_id, memory_id)
 
     async def update(self, scope: Scope, memory_id: str, **changes: Any) -> MemoryRecord | None:
         unknown = changes.keys() - UPDATABLE_FIELDS

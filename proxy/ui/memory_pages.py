@@ -152,6 +152,7 @@ async def _memory(request: Request, policy: Policy, store: MemoryStore) -> Respo
         tenant=policy.tenant,
         memory=record,
         versions=await versions(store, record),
+        edits=await store.edits(policy.tenant, record.id),
         trust_total=round(sum(float(r.get("delta", 0.0)) for r in record.trust_reasons), 3),
     )
 

@@ -511,3 +511,26 @@ def test_a_lone_surrogate_in_one_request_costs_no_other_trace(traced: Traced) ->
     assert sorted(t["request_id"] for t in listed) == sorted(ids)
     (refused,) = traced.get("/v1/traces", KEY_B).json()["data"]
     assert refused["request_id"] == bad.headers["x-request-id"]
+
+
+def test_a_memory_page_lists_the_texts_its_edits_replaced(traced: Traced) -> None:
+    memory_id = remember(traced, KEY_A, "alice", "The user is allergic to peanuts.")
+    patched = httpx.patch(
+        f"{traced.proxy.base_url}/v1/memories/{memory_id}",
+        headers={"authorization": f"Bearer {KEY_A}"},
+        json={"text": "The user owns a golden retriever named Biscuit."},
+        timeout=120,
+    )
+    assert patched.status_code == 200, patched.text
+    with httpx.Client(base_url=traced.proxy.base_url, timeout=120) as browser:
+        assert browser.post("/ui/login", data={"key": KEY_A}).status_code == 303
+        page = browser.get(f"/ui/memories/{memory_id}")
+        assert page.status_code == 200
+        edits = page.text.split('<table class="edits">', 1)[1].split("</table>", 1)[0]
+        assert "The user is allergic to peanuts." in edits
+        assert "golden retriever" not in edits
+        # Another tenant's session cannot read the page, nor its history.
+        assert browser.post("/ui/login", data={"key": KEY_B}).status_code == 303
+        other = browser.get(f"/ui/memories/{memory_id}")
+        assert other.status_code == 404
+        assert "peanuts" not in other.text
