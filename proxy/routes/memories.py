@@ -1,11 +1,13 @@
 """The memory API, tenant-authenticated: list, search, get, create, update, delete, export, import.
 
 `POST /v1/memories` stores a record as given (source `import`, still sanitized: the verdict sets
-its status); `created_at` keeps an imported record's original date. A PATCH of the text is a new
-version of the memory: sanitized again, and its key text (unless sent too), vector and index row
-follow the new text. `POST /v1/memories/search` ranks exactly as the hot path does, scores
-included. `DELETE /v1/users/{user}/memories` erases all of one user's content. Export and import
-use JSONL, one memory per line (import: proxy/routes/memory_import.py).
+its status); `created_at` keeps an imported record's original date. Kind `lesson` is refused
+there and in PATCH: lessons are the defence's own memory of attacks, made only by the sanitizer
+and the quarantine review. A PATCH of the text is a new version of the memory: sanitized again,
+and its key text (unless sent too), vector and index row follow the new text. `POST
+/v1/memories/search` ranks exactly as the hot path does, scores included. `DELETE
+/v1/users/{user}/memories` erases all of one user's content. Export and import use JSONL, one
+memory per line (import: proxy/routes/memory_import.py).
 """
 
 from __future__ import annotations
@@ -39,7 +41,14 @@ from proxy.routes.memory_fields import (
 )
 from proxy.routes.memory_import import import_memories, import_outcome, list_imports
 from proxy.validation import read_json_body, user_id
-from storage.records import MEMORY_STATUSES, MemoryRecord, MemoryStatus, NewMemory, Scope
+from storage.records import (
+    MEMORY_STATUSES,
+    MemoryKind,
+    MemoryRecord,
+    MemoryStatus,
+    NewMemory,
+    Scope,
+)
 
 __all__ = ["memory_routes", "pipeline_of"]
 
@@ -69,13 +78,27 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     return value
 
 
+LESSON_MESSAGE = (
+    "Lessons are the sanitizer's own memory of attacks and cannot be written or edited through "
+    "the API; they come from rejected memories and quarantine reviews "
+    "(POST /v1/memories/quarantine/{id}/reject). Use kind fact, preference or case."
+)
+
+
+def client_kind(value: Any) -> MemoryKind:
+    """A kind a client may write: any but `lesson`, which only the defence writes."""
+    if value == "lesson":
+        raise bad_request(LESSON_MESSAGE, param="kind")
+    return kind_field(value)
+
+
 async def create_memory(
     store: Store, policy: Policy, item: dict[str, Any], *, source: str = "import"
 ) -> MemoryRecord:
     """Sanitize one API/import record and store it as given, with the verdict's status."""
     if not isinstance(item, dict):
         raise bad_request("Each memory must be a JSON object with 'kind' and 'text'.")
-    kind = kind_field(item.get("kind"))
+    kind = client_kind(item.get("kind"))
     text = text_field(item.get("text"))
     user = user_id(item.get("user"))
     created_at = timestamp_field(item.get("created_at"), "created_at")
@@ -168,8 +191,10 @@ async def patch_memory(request: Request) -> Response:
         allowed = ", ".join(sorted(_PATCHABLE | {"status"}))
         raise bad_request(f"Cannot change {', '.join(sorted(unknown))}; changeable: {allowed}.")
     changes: dict[str, Any] = dict(body)
+    if record.kind == "lesson":
+        raise bad_request(LESSON_MESSAGE, param="kind")
     if "kind" in changes:
-        kind_field(changes["kind"])
+        client_kind(changes["kind"])
     if "status" in changes and changes["status"] not in _PATCH_STATUSES:
         raise bad_request(f"'status' may be set to {', '.join(_PATCH_STATUSES)}.", param="status")
     if "expires_at" in changes:
