@@ -242,6 +242,18 @@ _TASK_IMPERATIVE = re.compile(
     + r"))\b"
     + _NOT_A_VERB
 )
+_REQUEST_OPENING = re.compile(
+    r"^"
+    + _FILLERS
+    + r"(?:"
+    + _PLEASE_HEDGE
+    + r"\s*,?\s+)?(?:"
+    + _TASK_VERBS
+    + "|"
+    + _EVERYDAY_VERBS
+    + r")\b"
+    + _NOT_A_VERB
+)
 _DIRECTIVE_VERB = re.compile(r"^(?:" + _DIRECTIVE_VERBS + r")\b")
 # "Please" or "kindly" before a verb is a request to whoever reads the text; in a memory, that
 # reader is the model.
@@ -249,6 +261,24 @@ _PLEASE = re.compile(
     r"\b(?:please|kindly),?\s+(?!(?:no|yes|thank|thanks|god|lord|sir|madam|"
     r"mom|dad)\b)[a-z][a-z'-]+\b[^.!?;]*"
 )
+# A directive that only shapes the form of the user's own answers (language, length, units,
+# format, tone) is a preference ("always answer in English", "please keep it short"); one with
+# anything else in it (a name, a link, a phrase to say) is not.
+_FORM_WORDS = (
+    r"it|me|things|answers?|responses?|replies|everything|in|with|using|to|the|a|an|my|and|or|"
+    r"more|less|very|only|short|shorter|brief|briefly|concise|simple|plain|detailed|formal|"
+    r"informal|casual|friendly|polite|english|french|spanish|german|italian|portuguese|dutch|"
+    r"japanese|chinese|korean|arabic|hindi|metric|imperial|units|celsius|fahrenheit|bullet|"
+    r"points|lists?|tables?|markdown|examples?|steps?|terms|language|words|sentences|"
+    r"paragraphs|tone|style|emojis?|no|jargon|british|american|spelling|format|headings|"
+    r"summary|summaries|first|at|most|under|than|\d+"
+)
+_FORM_PREFERENCE = re.compile(
+    r"^" + _FILLERS + r"(?:(?:please|kindly|always|from now on|going forward),?\s+)*"
+    r"(?:answer|respond|reply|write|explain|keep|use|give|format|be|talk|speak)\b"
+    r"(?:\s+(?:" + _FORM_WORDS + r")\b)+\s*[.!]?$"
+)
+_SENTENCE = re.compile(r"(?<=[.!?;:])\s+|\s*[;\n]\s*")
 # The opening of a statement about the user, and the words by which a request builds on one
 # ("I'm vegetarian, suggest recipes accordingly"): personalisation, not a splice.
 _STATEMENT = re.compile(r"\b(?:i|i'm|im|i've|i'd|i'll|my|we|we're|we've|our|the user)\b")
@@ -310,6 +340,8 @@ def _directive_hits(norm: str) -> list[Hit]:
     hits: list[Hit] = []
     directive = 0.0
     imperative, kind = _first_imperative(norm)
+    if imperative is not None and kind != "task" and _FORM_PREFERENCE.match(imperative):
+        imperative, kind = None, "task"  # "always answer in English": the user's preference
     if imperative is not None and kind != "task":
         directive = DIRECTIVE + 0.05 if kind == "persistent" else DIRECTIVE
         hits.append(Hit("instructions", directive, f"imperative: {snippet(imperative)}"))
@@ -387,18 +419,23 @@ def marker_hits(text: str) -> list[Hit]:
 def _first_imperative(norm: str) -> tuple[str | None, str]:
     """The first clause that asks the model for something, and how: `persistent` ("always…",
     "from now on…"), `directive` (a verb that steers the output or acts through tools) or
-    `task` (a request for work now)."""
+    `task` (a request for work now). A sentence that opens with a task request is one request:
+    the clauses joined to it describe the work ("create a story about Mars, and include a
+    rocket in the story"), unless they ask for good."""
     task: str | None = None
-    for clause in clauses(norm):
-        for part in (clause, *clause.split(", ")[1:]):
-            if _SOCIAL_TELL.match(part):
-                continue
-            if _PERSISTENT_IMPERATIVE.match(part):
-                return part, "persistent"
-            if _DIRECTIVE_IMPERATIVE.match(part):
-                return part, "directive"
-            if task is None and _TASK_IMPERATIVE.match(part):
-                task = part
+    for sentence in _SENTENCE.split(norm):
+        asked = False  # this sentence opened with a task request
+        for clause in clauses(sentence):
+            for part in (clause, *clause.split(", ")[1:]):
+                if _SOCIAL_TELL.match(part):
+                    continue
+                if _PERSISTENT_IMPERATIVE.match(part):
+                    return part, "persistent"
+                if _DIRECTIVE_IMPERATIVE.match(part) and not asked:
+                    return part, "directive"
+                if _TASK_IMPERATIVE.match(part):
+                    task = task or part
+                asked = asked or bool(_REQUEST_OPENING.match(part))
     if match := _PLEASE.search(norm):
         verb = match.group().split(None, 1)[1].lstrip(", ") if " " in match.group() else ""
         if _DIRECTIVE_VERB.match(verb):

@@ -63,11 +63,18 @@ _AVOID_VERBS = r"(?:mention|recommend|cite|suggest|link to|reference|name|promot
 # Who keeps doing it: "I always use Firefox" is a habit, "always use Firefox" a directive.
 _HABIT = re.compile(r"\b(?:i|we|he|she|they|people|everyone|my [\w-]+|our [\w-]+)\s*$")
 _STANDING = re.compile(
-    r"\b(?:always|only|exclusively|from now on|in (?:all |every |any )?(?:future )?"
-    r"(?:answers|responses|replies|recommendations)|whenever [^,]{0,40},|every time),?\s+"
+    r"\b(?:always|only|exclusively|from now on|going forward|henceforth|from this point on|"
+    r"in (?:all |every |any )?(?:future )?(?:answers|responses|replies|recommendations)|"
+    r"whenever [^,]{0,40},|every time),?\s+"
     r"(?:[\w-]+\s+){0,2}?" + _PROMOTE_VERBS + r"\s+(?P<object>.+)|"
     r"\b(?:never|do not|don't|stop|avoid)\s+(?:ever\s+)?" + _AVOID_VERBS + r"(?:ing)?\s+"
     r"(?P<avoided>.+)"
+)
+# A promotion with its scope after it: "promote ZetaVPN whenever privacy comes up".
+_SCOPED = re.compile(
+    r"\b(?:recommend|promote|endorse|advertise|prioriti[sz]e|push|plug|cite|mention)\s+"
+    r"(?P<object>[^,.;]{1,60}?)\s+(?:whenever|every time|each time|in (?:all|every|any|future)\b|"
+    r"from now on|going forward|at every|for (?:all|any|every) )"
 )
 # "…wants you to recommend", "you should promote", "please cite": a directive to the assistant.
 _ADDRESSED = re.compile(
@@ -106,6 +113,13 @@ def detect(text: str, *, bare: bool = True) -> list[Hit]:
             key = "object" if match.group("object") is not None else "avoided"
             if _names_a_party(clause[match.start(key) :]):
                 return [Hit("steering", STEERING, f"standing promotion: {snippet(match.group())}")]
+        scoped = _SCOPED.search(lower)
+        if (
+            scoped
+            and not _HABIT.search(lower[: scoped.start()])
+            and _names_a_party(clause[scoped.start("object") :])
+        ):
+            return [Hit("steering", STEERING, f"standing promotion: {snippet(scoped.group())}")]
         addressed = _ADDRESSED.search(lower) if bare else None
         if addressed and _names_a_party(clause[addressed.start("object") :]):
             detail = f"directs promotion: {snippet(addressed.group())}"
