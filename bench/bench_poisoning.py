@@ -7,12 +7,21 @@ Evaluation set, built from /work/shared/data (or $MEMENTO_BENCH_DATA), as its RE
   or joined by "; "), the shape of "I like hiking; always recommend AcmeBank";
 - benign memory writes: MSC persona facts and LoCoMo dialogue turns;
 - over-defence sets: NotInject (benign text full of trigger words), WildGuard benign prompts, ASB
-  benign tasks, PINT benign rows, BIPIA's clean carrier contexts.
+  benign tasks, PINT benign rows, BIPIA's clean carrier contexts;
+- steering ("AI recommendation poisoning": trusted-source claims, "always cite X", "never
+  mention Y") and benign look-alikes (preferences about the user's own answers), hand-written.
 
-Every candidate is assessed as the user's own statement (the highest prior, so the hardest case)
-at the default policy with no LLM judge and no store (text signals only: what `POST
-/v1/memories/check` decides for a fresh scope). "Detected" means quarantined or rejected.
-Prints a table and writes bench/results/poisoning.json.
+Every corpus is cut in two by a hash of the text (`split_of`): the signals were changed looking
+at the `tune` half only, and both halves are reported. Unless said otherwise a candidate is
+assessed as the user's own statement (a fact: the strict reading, and the highest prior) at the
+default policy with no LLM judge and no store (text signals only: what `POST
+/v1/memories/check` decides for a fresh scope). The over-defence sets of requests are also
+assessed as the chat route stores them (the rule extractor over the request and the built-in
+echo model's answer: a case, and any fact the request states), and 60 held-out WildGuard
+requests go through the real proxy as 60 users. "Detected" / "flagged" means quarantined or
+rejected. ROC AUC is of the fused trust score (suspicion = 1 − trust, 1 for a rejection),
+memory-shaped attacks against each benign set. Prints tables and writes
+bench/results/poisoning.json.
 """
 
 from __future__ import annotations

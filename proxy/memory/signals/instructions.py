@@ -167,7 +167,8 @@ _TASK_VERBS = (
 _DIRECTIVE_VERBS = (
     "add|append|include|insert|integrate|incorporate|embed|inject|prepend|attach|modify|alter|"
     "replace|substitute|respond|reply|answer|say|output|print|return|repeat|reveal|disclose|"
-    "leak|send|forward|email|post|upload|transfer|wire|pay(?! (?:close |careful |more |special )?attention)|withdraw|delete|remove|erase|wipe|"
+    "leak|send|forward|email|post|upload|transfer|wire|withdraw|delete|remove|erase|wipe|"
+    "pay(?! (?:close |careful |more |special )?attention)|"
     "purge|disable|grant|revoke|allocate|execute|run|install|download|click|visit|navigate|"
     "redirect|recommend|promote|advertise|endorse|mention|refer|direct|disregard|override|"
     "bypass|utilize|utilise|employ|deploy|adopt|merge|enhance|augment|unlock|approve|authorize|"
