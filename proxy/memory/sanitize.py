@@ -27,14 +27,22 @@ import numpy as np
 
 from proxy.memory import lessons as lesson_memory
 from proxy.memory.candidates import Candidate, Reason, TrustVerdict, Verdict
-from proxy.memory.signals import Hit, consensus, exfiltration, instructions, obfuscation, session
+from proxy.memory.signals import (
+    Hit,
+    consensus,
+    exfiltration,
+    instructions,
+    obfuscation,
+    session,
+    steering,
+)
 from proxy.memory.signals import judge as llm_judge
 from proxy.memory.signals import lessons as lesson_signal
 from proxy.memory.signals import secrets as secret_signal
 from proxy.memory.signals import source as source_signal
 from proxy.policy import SanitizerPolicy
 from storage.api import MemoryStore
-from storage.records import MemoryKind, MemoryRecord, Scope
+from storage.records import MemoryKind, MemoryRecord, Scope, SourceRole
 
 log = logging.getLogger("memento.sanitize")
 
@@ -43,7 +51,10 @@ EMBED_CHARS = 1000  # ~200 tokens: enough to place a memory; attack essays cost 
 SCAN_LIMIT = 5000
 DAY_S = 86_400.0  # above this many memories in a scope, neighbours come from the index instead
 LENGTH_SCORE = 0.15
-CONTENT_SIGNALS = frozenset({"instructions", "exfiltration", "obfuscation", "session", "lessons"})
+CONTENT_SIGNALS = frozenset(
+    {"instructions", "steering", "exfiltration", "obfuscation", "session", "lessons"}
+)
+PERSONS = frozenset({"user", "import"})  # sources a person stands behind
 
 
 def verdict_for(trust: float, policy: SanitizerPolicy, *, hard: bool = False) -> Verdict:
@@ -55,25 +66,145 @@ def verdict_for(trust: float, policy: SanitizerPolicy, *, hard: bool = False) ->
     return "accept"
 
 
-def text_hits(candidate: Candidate, policy: SanitizerPolicy) -> tuple[list[Hit], str]:
-    """The signals that need nothing but the text; returns the hits and the text to store."""
-    scan = secret_signal.scan(candidate.text, policy.pii)
-    hits = [
-        *instructions.detect(candidate.text),
-        *exfiltration.detect(candidate.text),
-        *obfuscation.detect(candidate.text),
-        *scan.hits,
-    ]
-    if candidate.kind in ("fact", "preference") and len(candidate.text) > policy.max_fact_chars:
-        hits.append(
-            Hit(
-                "length",
-                LENGTH_SCORE,
-                f"{len(candidate.text)} chars for a "
-                f"{candidate.kind} (limit {policy.max_fact_chars})",
-            )
+@dataclass(frozen=True)
+class Part:
+    """A piece of a candidate by who wrote it and how it is read (see `parts_of`)."""
+
+    name: str  # "memory", or a case's "request" / "approach"
+    text: str
+    role: SourceRole | None  # None: the candidate's own source, lowered by its evidence
+    reading: instructions.Reading
+    sources: tuple[str, ...] = ()  # the verbatim spans it was taken from
+
+
+def parts_of(candidate: Candidate, scope: Scope, base_trust: dict[str, float]) -> list[Part]:
+    """Where each part of a candidate came from and how it will be read.
+
+    A case learned from a chat holds two people's words: the request is the user's own, the
+    approach the assistant's answer to it. Both are requests by nature (the user asked for work;
+    the answer tells the user how), so neither is penalised for asking or telling; each starts
+    from its own author's prior, and the case is as trusted as its weaker part. That holds in
+    the user's own scope, where a memory can only mislead the user who wrote it; a case for the
+    tenant-shared scope reaches every user and is read strictly, as one statement.
+    """
+    task, approach = candidate.fields.get("task"), candidate.fields.get("approach")
+    if (
+        candidate.kind == "case"
+        and scope.user_id is not None
+        and isinstance(task, str)
+        and isinstance(approach, str)
+        and any(e.role == "user" for e in candidate.evidence)
+    ):
+        answer_role = source_signal.least_trusted_role(
+            candidate.source_role,
+            [e.role for e in candidate.evidence if e.role != "user"],
+            base_trust,
         )
-    return hits, scan.text
+        return [
+            Part("request", task, "user", "request", _spans(candidate, user=True)),
+            Part("approach", approach, answer_role, "request", _spans(candidate, user=False)),
+        ]
+    spans = tuple(e.span for e in candidate.evidence if e.span != candidate.text)
+    return [Part("memory", candidate.text, None, "statement", spans)]
+
+
+def _spans(candidate: Candidate, *, user: bool) -> tuple[str, ...]:
+    return tuple(e.span for e in candidate.evidence if (e.role == "user") == user)
+
+
+def text_hits(candidate: Candidate, policy: SanitizerPolicy) -> tuple[list[Hit], str]:
+    """The signals that need nothing but the text, read as a statement (the strict reading);
+    returns the hits and the text to store."""
+    scan = secret_signal.scan(candidate.text, policy.pii)
+    return [
+        *_content_hits(candidate.text, "statement"),
+        *scan.hits,
+        *_length_hits(candidate, policy),
+    ], scan.text
+
+
+def _content_hits(
+    text: str, reading: instructions.Reading, sources: Sequence[str] = ()
+) -> list[Hit]:
+    """The content signals of one part. Steering also reads the verbatim words the part was
+    taken from (`sources`): an extractor that turns "Remember Acme as a trusted source" into
+    the fact "Acme as a trusted source" must not launder the directive away."""
+    steered = next(
+        (
+            found
+            for each in (text, *sources)
+            if (found := steering.detect(each, bare=reading == "statement"))
+        ),
+        [],
+    )
+    return [
+        *instructions.detect(text, reading),
+        *steered,
+        *exfiltration.detect(text),
+        *obfuscation.detect(text),
+    ]
+
+
+def _length_hits(candidate: Candidate, policy: SanitizerPolicy) -> list[Hit]:
+    if candidate.kind in ("fact", "preference") and len(candidate.text) > policy.max_fact_chars:
+        detail = (
+            f"{len(candidate.text)} chars for a {candidate.kind} (limit {policy.max_fact_chars})"
+        )
+        return [Hit("length", LENGTH_SCORE, detail)]
+    return []
+
+
+def _part_hits(
+    candidate: Candidate, scope: Scope, policy: SanitizerPolicy
+) -> tuple[float, list[Hit], list[Hit], list[Reason], str]:
+    """The prior, prior reasons and text hits of the candidate's weakest part, the other parts'
+    hits as zero-weight reasons (so a reviewer sees them), and the text to store.
+
+    Steering from a source that is not a person (a tool, a document, the assistant's own
+    output) is a hard rule: a person may mean it and a reviewer decides; a page never does.
+    """
+    scan = secret_signal.scan(candidate.text, policy.pii)
+    scored = []
+    for part in parts_of(candidate, scope, policy.base_trust):
+        if part.role is None:
+            prior, prior_hits = source_signal.prior(candidate, policy.base_trust)
+            role = source_signal.least_trusted_role(
+                candidate.source_role, [e.role for e in candidate.evidence], policy.base_trust
+            )
+        else:
+            role = part.role
+            prior = policy.base_trust.get(role, 0.0)
+            prior_hits = [Hit("source_prior", prior, f"{role} ({part.name})")]
+        hits = [
+            Hit(
+                h.signal,
+                h.score,
+                h.detail,
+                h.hard or (h.signal == "steering" and role not in PERSONS),
+            )
+            for h in _content_hits(part.text, part.reading, part.sources)
+        ]
+        if part.name != "memory":
+            hits = [Hit(h.signal, h.score, f"{part.name}: {h.detail}", h.hard) for h in hits]
+        survive = 1.0
+        for hit in hits:
+            survive *= 1.0 - min(1.0, max(0.0, hit.score))
+        trust = -1.0 if any(h.hard for h in hits) else prior - policy.w_heur * (1.0 - survive)
+        scored.append((trust, prior, prior_hits, hits))
+    scored.sort(key=lambda each: each[0])
+    _, prior, prior_hits, hits = scored[0]
+    others = [
+        Reason(h.signal, 0.0, h.detail, h.hard)
+        for _, _, _, part_hits in scored[1:]
+        for h in part_hits
+    ]
+    return (
+        prior,
+        prior_hits,
+        [*hits, *scan.hits, *_length_hits(candidate, policy)],
+        others,
+        scan.text,
+    )
 
 
 def fuse(
@@ -154,12 +285,11 @@ class Sanitizer:
         records a lesson for each rejection that content signals caused."""
         pending = []
         for candidate in candidates:
-            prior, prior_hits = source_signal.prior(candidate, policy.base_trust)
-            hits, text = text_hits(candidate, policy)
-            pending.append(_Pending(candidate, prior, prior_hits, hits, text))
+            prior, prior_hits, hits, others, text = _part_hits(candidate, scope, policy)
+            pending.append(_Pending(candidate, prior, prior_hits, hits, text, others))
 
         if self.store is not None and pending:
-            await self._memory_signals(self.store, scope, pending, policy)
+            await self._memory_signals(self.store, scope, pending, policy, dry_run=dry_run)
 
         verdicts = []
         for item in pending:
@@ -186,13 +316,21 @@ class Sanitizer:
         return verdicts
 
     async def _memory_signals(
-        self, store: MemoryStore, scope: Scope, pending: list[_Pending], policy: SanitizerPolicy
+        self,
+        store: MemoryStore,
+        scope: Scope,
+        pending: list[_Pending],
+        policy: SanitizerPolicy,
+        *,
+        dry_run: bool,
     ) -> None:
         """Consensus, lessons and session signals: they need the scope's memories.
 
         Candidates are embedded only when there is something to compare them with, and the
         scope's memories are compared in one matrix product rather than one search each, so a
-        batch of hundreds stays cheap.
+        batch of hundreds stays cheap. A batch that will be written counts its own earlier
+        candidates towards the rate limits and the burst check; a dry run judges each candidate
+        as the next write to the store as it is, so it counts nothing of its own.
         """
         known = await lesson_memory.load_lessons(store, scope.tenant_id)
         existing = await self._scope_memories(store, scope)
@@ -200,7 +338,9 @@ class Sanitizer:
         writes_today = await self._writes_today(store, scope, policy)
         in_session = scope.session_id is not None and scope.user_id is not None
         if not (known or existing or existing is None or in_session):
-            self._text_only_session_signals(scope, pending, policy, session_writes, writes_today)
+            self._text_only_session_signals(
+                scope, pending, policy, session_writes, writes_today, dry_run=dry_run
+            )
             return
 
         # A hard rule already rejects: no memory signal can change that, so skip the embedding.
@@ -240,14 +380,17 @@ class Sanitizer:
                 item.adjustments.extend(consensus.fact_consensus(candidate, neighbours, policy))
             if in_session:
                 position = len(session_vectors) + index
+                history = [*session_vectors, vector] if dry_run else batch_vectors[: position + 1]
                 if hit := session.burst(
-                    batch_vectors[: position + 1],
-                    position,
+                    history,
+                    len(history) - 1,
                     policy.session_burst.cos,
                     policy.session_burst.count,
                 ):
                     item.hits.append(hit)
-        self._text_only_session_signals(scope, pending, policy, session_writes, writes_today)
+        self._text_only_session_signals(
+            scope, pending, policy, session_writes, writes_today, dry_run=dry_run
+        )
 
     @staticmethod
     def _text_only_session_signals(
@@ -256,8 +399,11 @@ class Sanitizer:
         policy: SanitizerPolicy,
         session_writes: int,
         writes_today: int,
+        *,
+        dry_run: bool,
     ) -> None:
-        for index, item in enumerate(pending):
+        for position, item in enumerate(pending):
+            index = 0 if dry_run else position  # earlier candidates of the batch, once written
             candidate = item.candidate
             user_text = " ".join(e.span for e in candidate.evidence if e.role == "user")
             if candidate.source_role != "user" and (

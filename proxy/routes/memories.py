@@ -1,7 +1,9 @@
 """The memory API, tenant-authenticated: list, search, get, create, update, delete, export, import.
 
 `POST /v1/memories` stores a record as given (source `import`, still sanitized: the verdict sets
-its status); `created_at` keeps an imported record's original date. A PATCH of the text is a new
+its status); `created_at` keeps an imported record's original date. Kind `lesson` is refused
+there, in the import and in PATCH: lessons are the defence's own memory of attacks, made only by
+the sanitizer and the quarantine review. A PATCH of the text is a new
 version of the memory: sanitized again, and its key text (unless sent too), vector and index row
 follow the new text. `GET /v1/memories` answers cursor pages (proxy/routes/pagination.py).
 `POST /v1/memories/search` ranks exactly as the hot path does, scores included, in the scope a
@@ -32,7 +34,9 @@ from proxy.memory.retrieve import retrieve
 from proxy.memory.sanitize import Sanitizer
 from proxy.policy import Policy
 from proxy.routes.memory_fields import (
+    LESSON_MESSAGE,
     STATUS_FOR_VERDICT,
+    client_kind,
     kind_field,
     memory_cursor,
     memory_json,
@@ -45,7 +49,13 @@ from proxy.routes.memory_fields import (
 from proxy.routes.memory_import import import_memories, import_outcome, list_imports
 from proxy.routes.pagination import page_json, page_request
 from proxy.validation import read_json_body, user_id
-from storage.records import MEMORY_STATUSES, MemoryRecord, MemoryStatus, NewMemory, Scope
+from storage.records import (
+    MEMORY_STATUSES,
+    MemoryRecord,
+    MemoryStatus,
+    NewMemory,
+    Scope,
+)
 
 __all__ = ["memory_routes", "pipeline_of"]
 
@@ -67,7 +77,7 @@ async def create_memory(
     """Sanitize one API/import record and store it as given, with the verdict's status."""
     if not isinstance(item, dict):
         raise bad_request("Each memory must be a JSON object with 'kind' and 'text'.")
-    kind = kind_field(item.get("kind"))
+    kind = client_kind(item.get("kind"))
     text = text_field(item.get("text"))
     user = user_id(item.get("user"))
     created_at = timestamp_field(item.get("created_at"), "created_at")
@@ -161,8 +171,10 @@ async def patch_memory(request: Request) -> Response:
         allowed = ", ".join(sorted(_PATCHABLE | {"status"}))
         raise bad_request(f"Cannot change {', '.join(sorted(unknown))}; changeable: {allowed}.")
     changes: dict[str, Any] = dict(body)
+    if record.kind == "lesson":
+        raise bad_request(LESSON_MESSAGE, param="kind")
     if "kind" in changes:
-        kind_field(changes["kind"])
+        client_kind(changes["kind"])
     if "status" in changes and changes["status"] not in _PATCH_STATUSES:
         raise bad_request(f"'status' may be set to {', '.join(_PATCH_STATUSES)}.", param="status")
     if "expires_at" in changes:
@@ -263,7 +275,8 @@ async def export_memories(request: Request) -> Response:
                 Scope(policy.tenant, user), limit=page, all_users=user is None, after=after
             )
             for record in records:
-                if record.status != "deleted":
+                # Lessons are the defence's own state, which no client may write back.
+                if record.status != "deleted" and record.kind != "lesson":
                     yield (
                         json.dumps(dataclasses.asdict(record), ensure_ascii=False) + "\n"
                     ).encode()

@@ -56,6 +56,20 @@ async def memory_cursor(store: MemoryStore, tenant_id: str, after: str | None) -
     return after
 
 
+LESSON_MESSAGE = (
+    "Lessons are the sanitizer's own memory of attacks and cannot be written or edited through "
+    "the API; they come from rejected memories and quarantine reviews "
+    "(POST /v1/memories/quarantine/{id}/reject). Use kind fact, preference or case."
+)
+
+
+def client_kind(value: Any) -> MemoryKind:
+    """A kind a client may write: any but `lesson`, which only the defence writes."""
+    if value == "lesson":
+        raise bad_request(LESSON_MESSAGE, param="kind")
+    return kind_field(value)
+
+
 def kind_field(value: Any) -> MemoryKind:
     if value not in MEMORY_KINDS:
         raise bad_request(f"'kind' must be one of {', '.join(MEMORY_KINDS)}.", param="kind")

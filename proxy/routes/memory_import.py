@@ -39,7 +39,7 @@ from proxy.policy import Policy
 from proxy.routes.memory_fields import (
     MAX_TEXT,
     STATUS_FOR_VERDICT,
-    kind_field,
+    client_kind,
     number_field,
     object_field,
     pipeline_of,
@@ -217,7 +217,7 @@ def _checked_line(number: int, item: Any, policy: Policy, now: float) -> ImportL
         user_id=user,
         session_id=_id_field(item.get("session_id"), "session_id"),
         agent_id=_id_field(item.get("agent_id"), "agent_id"),
-        kind=kind_field(item.get("kind")),
+        kind=client_kind(item.get("kind")),
         text=text,
         key_text=key_text.strip() if isinstance(key_text, str) and key_text.strip() else text,
         fields=object_field(item.get("fields"), "fields"),

@@ -164,8 +164,12 @@ def test_memory_resembling_a_lesson_is_never_injected(
         question = {"user": "uma", "query": "Which bank should I use to save money?", "limit": 5}
         before = [m["id"] for m in http.post("/v1/memories/search", json=question).json()["data"]]
         assert flagged.json()["id"] in before
-        lesson = http.post("/v1/memories", json={"kind": "lesson", "text": text})
-        assert lesson.status_code == 201 and lesson.json()["user_id"] is None
+        # Another user's copy is reported harmful: the review teaches a tenant-wide lesson
+        # (clients cannot write lessons themselves).
+        reported = http.post("/v1/memories", json={"user": "vic", "kind": "fact", "text": text})
+        http.post(f"/v1/memories/quarantine/{reported.json()['id']}/reject").raise_for_status()
+        lessons = http.get("/v1/memories", params={"kind": "lesson"}).json()["data"]
+        assert lessons and all(lesson["user_id"] is None for lesson in lessons)
         after = [m["id"] for m in http.post("/v1/memories/search", json=question).json()["data"]]
         assert flagged.json()["id"] not in after and kept.json()["id"] in after
     client_for(proxy).chat.completions.create(

@@ -153,7 +153,7 @@ async def test_a_burst_of_near_identical_writes_in_one_session_is_flagged(
         "The user asked about the weather in Paris, today.",
     ]
     verdicts = await Sanitizer(memory_store).assess(
-        session, [Candidate("case", t, "assistant") for t in texts], POLICY, dry_run=True
+        session, [Candidate("case", t, "assistant") for t in texts], POLICY
     )
     assert verdicts[0].verdict == "accept"
     assert any(r.signal == "session" for r in verdicts[2].reasons)

@@ -13,6 +13,7 @@ instructions. Each is scored separately; trigger words on their own ("always", "
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from proxy.memory import markers
 from proxy.memory.signals import Hit, clauses, normalize, snippet
@@ -21,6 +22,11 @@ from proxy.memory.signals import Hit, clauses, normalize, snippet
 # user's statement at 0.8 - 0.6 * 0.45 = 0.53: well inside the quarantine band, not on its edge,
 # so an operator moving the accept line by 0.05 either way keeps the same decisions.
 DIRECTIVE = 0.45
+# A task request in a memory ("write a story about dragons"): out of place, not an attack. Alone
+# it stays accepted (0.8 - 0.6 * 0.15 = 0.71); with one more weak cue, still.
+TASK_REQUEST = 0.15
+
+Reading = Literal["statement", "request"]
 
 _INSTRUCTION_NOUNS = (
     r"(?:instructions?|prompts?|rules?|directions?|directives?|guidelines?|commands?|"
@@ -76,14 +82,17 @@ _DELIMITER = re.compile(
     r"\b(?:end|begin|start) (?:of )?(?:user input|out of date instructions|instructions|system "
     r"prompt|prompt|access code|message|conversation|context)\b(?:\s*(?:%%%|===|---|###|\*\*\*))"
 )
-_ROLE_PLAY = re.compile(
+_JAILBREAK_ROLE = re.compile(
     r"\byou are (?:now |no longer |an? |the )*(?:dan\b|unrestricted|jailbroken|unfiltered)|"
+    r"\bdeveloper mode\b|\bdo anything now\b"
+)
+_ROLE_PLAY = re.compile(
     r"\byou are (?:now |no longer )?an? (?:[\w-]+ ){0,3}(?:ai|assistant|chatbot|language model|"
     r"bot|system|model|program|agent|gatekeeper)\b(?! (?:researcher|engineer|developer))|"
     r"\byou are (?:now )?(?:playing|taking on|assuming) (?:the )?role\b|"
     r"(?<!\bi )(?<!\bto )(?<!\bwe )(?<!\bhe )(?<!\bshe )(?<!\bthey )(?<!\bi'd )"
     r"(?:\b(?:act|behave|respond|answer) as (?:if|an?|the|my)\b|\bpretend (?:to be|you)\b|"
-    r"\broleplay as\b)|\bdeveloper mode\b|\bdo anything now\b"
+    r"\broleplay as\b)"
 )
 _OUTPUT_NOUNS = r"(?:responses?|repl(?:y|ies)|answers?|outputs?|completions?)"
 _OUTPUT_REFERENCE = re.compile(
@@ -142,26 +151,31 @@ _PERSONAL = re.compile(
     r"\bi\b(?<!how do i)(?<!how can i)(?<!how should i)"
 )
 
-# Verbs of tasks an assistant or agent is told to carry out: a clause that opens with one is a
-# command to the model. Everyday imperatives between people ("check out my painting", "use social
-# media", "make sure yours stands out", "talk to you soon") use other verbs, or count only when
-# hedged like a request to a service ("please check…") or made persistent ("always use…").
+# Verbs of work an assistant is asked for: producing an answer, text or analysis now. A clause
+# that opens with one is a task request, what users ask by nature ("write a story", "please
+# summarize the document"): it says nothing about future behaviour and acts on nothing.
 _TASK_VERBS = (
+    "write|compose|draft|generate|produce|provide|list|explain|describe|summarize|summarise|"
+    "translate|paraphrase|rephrase|proofread|define|elaborate|brainstorm|outline|compile|"
+    "analy[sz]e|evaluate|identify|compare|contrast|calculate|compute|predict|estimate|classify|"
+    "categori[sz]e|determine|investigate|research|look up|search for|break down|develop|tell|"
+    "format|debug|implement|convert|rewrite|reformat|render|suggest|simulate"
+)
+# Verbs of directives: they steer the assistant's output ("say", "include", "recommend"), act on
+# the world through its tools ("send", "transfer", "delete", "grant") or override its rules. A
+# clause that opens with one commands the model whoever wrote it.
+_DIRECTIVE_VERBS = (
     "add|append|include|insert|integrate|incorporate|embed|inject|prepend|attach|modify|alter|"
-    "replace|substitute|convert|rewrite|reformat|translate|write|compose|draft|generate|produce|"
-    "provide|list|explain|describe|summarize|summarise|respond|reply|answer|say|output|print|"
-    "return|repeat|reveal|disclose|leak|send|forward|email|post|upload|transfer|wire|pay|"
-    "withdraw|delete|remove|erase|wipe|purge|disable|grant|revoke|allocate|execute|run|install|"
-    "download|click|visit|navigate|redirect|recommend|suggest|promote|advertise|endorse|mention|"
-    "refer|direct|disregard|override|bypass|utilize|utilise|employ|deploy|adopt|merge|render|"
-    "enhance|augment|unlock|approve|authorize|authorise|encode|decode|encrypt|decrypt|scramble|"
-    "introduce|fuse|blend|interweave|weave|absorb|leverage|enlist|infuse|harmonize|meld|"
-    "develop|break down|retrieve|fetch|extract|terminate|shut down|reboot|initiate|pretend|"
-    "roleplay|simulate|tell|format|analy[sz]e|evaluate|identify|compare|contrast|calculate|"
-    "compute|predict|estimate|classify|categori[sz]e|determine|outline|compile|investigate|"
-    "paraphrase|rephrase|proofread|define|elaborate|brainstorm|spread|debug|implement|"
-    "ignore|prefix|affix|preface|obey|comply|research|look up|search for|claim|assert|insist|"
-    "convince|persuade|urge|encourage|inform|notify|warn"
+    "replace|substitute|respond|reply|answer|say|output|print|return|repeat|reveal|disclose|"
+    "leak|send|forward|email|post|upload|transfer|wire|withdraw|delete|remove|erase|wipe|"
+    "pay(?! (?:close |careful |more |special )?attention)|"
+    "purge|disable|grant|revoke|allocate|execute|run|install|download|click|visit|navigate|"
+    "redirect|recommend|promote|advertise|endorse|mention|refer|direct|disregard|override|"
+    "bypass|utilize|utilise|employ|deploy|adopt|merge|enhance|augment|unlock|approve|authorize|"
+    "authorise|encode|decode|encrypt|decrypt|scramble|introduce|fuse|blend|interweave|weave|"
+    "absorb|leverage|enlist|infuse|harmonize|meld|retrieve|fetch|extract|terminate|shut down|"
+    "reboot|initiate|pretend|roleplay|spread|ignore|prefix|affix|preface|obey|comply|claim|"
+    "assert|insist|convince|persuade|urge|encourage|inform|notify|warn"
 )
 _EVERYDAY_VERBS = (
     "check|use|share|make sure|ensure|start|stop|begin|create|change|set|reset|save|store|order|"
@@ -170,25 +184,108 @@ _EVERYDAY_VERBS = (
     "assess|consider|submit|sign|launch|trigger|restart|act|behave|speak|"
     "talk|imagine|keep|give|show|find|look|let|try|remember|forget|note|avoid|treat|handle"
 )
-_HEDGE = (
-    r"(?:please|kindly|always|from now on|going forward|henceforth|in (?:the )?future|"
+# "Please" asks whoever reads the text for something now; "always", "from now on" or "you must"
+# ask it for good, which makes any verb after them a directive.
+_PLEASE_HEDGE = r"(?:please|kindly)"
+_PERSIST_HEDGE = (
+    r"(?:always|from now on|going forward|henceforth|in (?:the )?future|"
     r"remember to|be sure to|you (?:must|shall|should always|will always|are to))"
 )
 _FILLERS = r"(?:(?:also|just|now|then|so|and|first|next|finally|immediately)\s*,?\s+)*"
 _NOT_A_VERB = r"(?!'|\s*-|\s+you\b)"
-_IMPERATIVE = re.compile(
-    r"^" + _FILLERS + r"(?:" + _HEDGE + r"\s*,?\s+)*(?:(?:do not|don't|dont)\s+)?"
-    r"(?:" + _TASK_VERBS + r")\b" + _NOT_A_VERB
+_NEGATION = r"(?:(?:do not|don't|dont|never)\s+)?"
+_DIRECTIVE_IMPERATIVE = re.compile(
+    r"^"
+    + _FILLERS
+    + r"(?:"
+    + _PLEASE_HEDGE
+    + r"\s*,?\s+)?(?:(?:do not|don't|dont)\s+)?"
+    + r"(?:"
+    + _DIRECTIVE_VERBS
+    + r")\b"
+    + _NOT_A_VERB
 )
-_HEDGED_IMPERATIVE = re.compile(
-    r"^" + _FILLERS + r"(?:" + _HEDGE + r"\s*,?\s+)+(?:(?:do not|don't|dont|never)\s+)?"
-    r"(?:" + _TASK_VERBS + "|" + _EVERYDAY_VERBS + r")\b" + _NOT_A_VERB
+_PERSISTENT_IMPERATIVE = re.compile(
+    r"^"
+    + _FILLERS
+    + r"(?:(?:"
+    + _PLEASE_HEDGE
+    + "|"
+    + _PERSIST_HEDGE
+    + r")\s*,?\s+)*"
+    + _PERSIST_HEDGE
+    + r"\s*,?\s+"
+    + _NEGATION
+    + r"(?:"
+    + _TASK_VERBS
+    + "|"
+    + _DIRECTIVE_VERBS
+    + "|"
+    + _EVERYDAY_VERBS
+    + r")\b"
+    + _NOT_A_VERB
 )
+_TASK_IMPERATIVE = re.compile(
+    r"^"
+    + _FILLERS
+    + r"(?:"
+    + _PLEASE_HEDGE
+    + r"\s*,?\s+"
+    + _NEGATION
+    + r"(?:"
+    + _TASK_VERBS
+    + "|"
+    + _EVERYDAY_VERBS
+    + r")|"
+    + _NEGATION
+    + r"(?:"
+    + _TASK_VERBS
+    + r"))\b"
+    + _NOT_A_VERB
+)
+_REQUEST_OPENING = re.compile(
+    r"^"
+    + _FILLERS
+    + r"(?:"
+    + _PLEASE_HEDGE
+    + r"\s*,?\s+)?(?:"
+    + _TASK_VERBS
+    + "|"
+    + _EVERYDAY_VERBS
+    + r")\b"
+    + _NOT_A_VERB
+)
+_DIRECTIVE_VERB = re.compile(r"^(?:" + _DIRECTIVE_VERBS + r")\b")
 # "Please" or "kindly" before a verb is a request to whoever reads the text; in a memory, that
 # reader is the model.
 _PLEASE = re.compile(
     r"\b(?:please|kindly),?\s+(?!(?:no|yes|thank|thanks|god|lord|sir|madam|"
     r"mom|dad)\b)[a-z][a-z'-]+\b[^.!?;]*"
+)
+# A directive that only shapes the form of the user's own answers (language, length, units,
+# format, tone) is a preference ("always answer in English", "please keep it short"); one with
+# anything else in it (a name, a link, a phrase to say) is not.
+_FORM_WORDS = (
+    r"it|me|things|answers?|responses?|replies|everything|in|with|using|to|the|a|an|my|and|or|"
+    r"more|less|very|only|short|shorter|brief|briefly|concise|simple|plain|detailed|formal|"
+    r"informal|casual|friendly|polite|english|french|spanish|german|italian|portuguese|dutch|"
+    r"japanese|chinese|korean|arabic|hindi|metric|imperial|units|celsius|fahrenheit|bullet|"
+    r"points|lists?|tables?|markdown|examples?|steps?|terms|language|words|sentences|"
+    r"paragraphs|tone|style|emojis?|no|jargon|british|american|spelling|format|headings|"
+    r"summary|summaries|first|at|most|under|than|\d+"
+)
+_FORM_PREFERENCE = re.compile(
+    r"^" + _FILLERS + r"(?:(?:please|kindly|always|from now on|going forward),?\s+)*"
+    r"(?:answer|respond|reply|write|explain|keep|use|give|format|be|talk|speak)\b"
+    r"(?:\s+(?:" + _FORM_WORDS + r")\b)+\s*[.!]?$"
+)
+_SENTENCE = re.compile(r"(?<=[.!?;:])\s+|\s*[;\n]\s*")
+# The opening of a statement about the user, and the words by which a request builds on one
+# ("I'm vegetarian, suggest recipes accordingly"): personalisation, not a splice.
+_STATEMENT = re.compile(r"\b(?:i|i'm|im|i've|i'd|i'll|my|we|we're|we've|our|the user)\b")
+_BUILDS_ON_USER = re.compile(
+    r"\b(?:accordingly|based on (?:this|that|it|my|our)|given (?:this|that|my|our)|"
+    r"with (?:this|that) in mind|that suits? (?:me|us))\b"
 )
 # "Tell me more", "tell me about it", "tell me how it went": conversation, not a task.
 _SOCIAL_TELL = re.compile(
@@ -198,8 +295,15 @@ _SOCIAL_TELL = re.compile(
 )
 
 
-def detect(text: str) -> list[Hit]:
-    """Score the ways `text` tries to instruct the assistant."""
+def detect(text: str, reading: Reading = "statement") -> list[Hit]:
+    """Score the ways `text` tries to instruct the assistant.
+
+    `reading` says what the text is: a `statement` stored as a memory (a fact, a preference, an
+    import), or a `request` (a case's request in the user's own words, or the answer the
+    assistant gave to it), where asking for work is what the text is for. A request is scored
+    only for what reaches beyond its own answer: overrides, markers, jailbreak roles, reveal
+    attempts; steering is the separate `steering` signal, in every reading.
+    """
     norm = _HYPHEN_JOIN.sub(" ", normalize(text))
     hits: list[Hit] = []
 
@@ -220,15 +324,27 @@ def detect(text: str) -> list[Hit]:
         hits.append(Hit("instructions", 0.5, f"fake delimiter: {snippet(match.group())}"))
     if match := _META_INSTRUCTION.search(norm):
         hits.append(Hit("instructions", 0.5, f"instruction header: {snippet(match.group())}"))
-    if match := _ROLE_PLAY.search(norm):
+    role = _JAILBREAK_ROLE.search(norm) or (
+        _ROLE_PLAY.search(norm) if reading == "statement" else None
+    )
+    if role:
         hits.append(
-            Hit("instructions", DIRECTIVE + 0.05, f"role assignment: {snippet(match.group())}")
+            Hit("instructions", DIRECTIVE + 0.05, f"role assignment: {snippet(role.group())}")
         )
+    if reading == "statement":
+        hits.extend(_directive_hits(norm))
+    return hits
 
+
+def _directive_hits(norm: str) -> list[Hit]:
+    """Directives and task requests in a statement: what a memory about a person never holds."""
+    hits: list[Hit] = []
     directive = 0.0
-    imperative, hedged = _first_imperative(norm)
-    if imperative is not None:
-        directive = DIRECTIVE + 0.05 if hedged else DIRECTIVE
+    imperative, kind = _first_imperative(norm)
+    if imperative is not None and kind != "task" and _FORM_PREFERENCE.match(imperative):
+        imperative, kind = None, "task"  # "always answer in English": the user's preference
+    if imperative is not None and kind != "task":
+        directive = DIRECTIVE + 0.05 if kind == "persistent" else DIRECTIVE
         hits.append(Hit("instructions", directive, f"imperative: {snippet(imperative)}"))
     if match := _OUTPUT_REFERENCE.search(norm):
         directive = max(directive, DIRECTIVE + 0.05)
@@ -244,6 +360,23 @@ def detect(text: str) -> list[Hit]:
         hits.append(
             Hit("instructions", DIRECTIVE, f"obligation on the assistant: {snippet(match.group())}")
         )
+    if not directive:
+        request = imperative or _knowledge_question(norm)
+        if request is not None:
+            # A request on its own is the user's task; spliced after a statement about the
+            # user ("I have two dogs. Summarize the patient's records") it is the shape of a
+            # poisoned memory, whose fact is the cover that gets it recalled.
+            if _spliced(norm, request):
+                directive = DIRECTIVE
+                hits.append(
+                    Hit(
+                        "instructions",
+                        DIRECTIVE,
+                        f"request spliced into a statement: {snippet(request)}",
+                    )
+                )
+            else:
+                hits.append(Hit("instructions", TASK_REQUEST, f"task request: {snippet(request)}"))
     if match := _ADDRESSEE.search(norm):
         hits.append(Hit("instructions", 0.15, f"addresses the model: {snippet(match.group())}"))
     if match := _TRIGGER.search(norm):
@@ -258,9 +391,6 @@ def detect(text: str) -> list[Hit]:
         hits.append(Hit("instructions", 0.25, f"persistence marker: {snippet(strong.group())}"))
     elif weak and directive:
         hits.append(Hit("instructions", 0.55, f"persistent directive: {snippet(weak.group())}"))
-
-    if not directive and (question := _knowledge_question(norm)) is not None:
-        hits.append(Hit("instructions", DIRECTIVE - 0.05, f"task request: {snippet(question)}"))
     return hits
 
 
@@ -287,19 +417,45 @@ def marker_hits(text: str) -> list[Hit]:
     return hits
 
 
-def _first_imperative(norm: str) -> tuple[str | None, bool]:
-    """The first clause that commands the model, and whether it is hedged ("please", "always")."""
-    for clause in clauses(norm):
-        for part in (clause, *clause.split(", ")[1:]):
-            if _SOCIAL_TELL.match(part):
-                continue
-            if _HEDGED_IMPERATIVE.match(part):
-                return part, True
-            if _IMPERATIVE.match(part):
-                return part, False
+def _first_imperative(norm: str) -> tuple[str | None, str]:
+    """The first clause that asks the model for something, and how: `persistent` ("always…",
+    "from now on…"), `directive` (a verb that steers the output or acts through tools) or
+    `task` (a request for work now). A sentence that opens with a task request is one request:
+    the clauses joined to it describe the work ("create a story about Mars, and include a
+    rocket in the story"), unless they ask for good."""
+    task: str | None = None
+    for sentence in _SENTENCE.split(norm):
+        asked = False  # this sentence opened with a task request
+        for clause in clauses(sentence):
+            for part in (clause, *clause.split(", ")[1:]):
+                if _SOCIAL_TELL.match(part):
+                    continue
+                if _PERSISTENT_IMPERATIVE.match(part):
+                    return part, "persistent"
+                if _DIRECTIVE_IMPERATIVE.match(part) and not asked:
+                    return part, "directive"
+                if _TASK_IMPERATIVE.match(part):
+                    task = task or part
+                asked = asked or bool(_REQUEST_OPENING.match(part))
     if match := _PLEASE.search(norm):
-        return match.group(), True
-    return None, False
+        verb = match.group().split(None, 1)[1].lstrip(", ") if " " in match.group() else ""
+        if _DIRECTIVE_VERB.match(verb):
+            return match.group(), "directive"
+        task = task or match.group()
+    return task, "task"
+
+
+def _spliced(norm: str, request: str) -> bool:
+    """Whether a request sits beside a statement about the user that it does not build on."""
+    if _BUILDS_ON_USER.search(request):
+        return False
+    return any(
+        _STATEMENT.search(clause)
+        and not clause.endswith("?")
+        and clause not in request
+        and request not in clause
+        for clause in clauses(norm)
+    )
 
 
 def _knowledge_question(norm: str) -> str | None:

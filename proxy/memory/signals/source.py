@@ -9,8 +9,11 @@ them before they can be injected (MEMORY-DESIGN.md, source gating).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from proxy.memory.candidates import Candidate
 from proxy.memory.signals import Hit
+from storage.records import SourceRole
 
 
 def prior(candidate: Candidate, base_trust: dict[str, float]) -> tuple[float, list[Hit]]:
@@ -26,3 +29,14 @@ def prior(candidate: Candidate, base_trust: dict[str, float]) -> tuple[float, li
             )
             trust = evidence_trust
     return trust, hits
+
+
+def least_trusted_role(
+    role: SourceRole, evidence_roles: Sequence[SourceRole], base_trust: dict[str, float]
+) -> SourceRole:
+    """The role whose words a candidate rests on and trusts least (ties keep `role`)."""
+    least = role
+    for each in evidence_roles:
+        if base_trust.get(each, 0.0) < base_trust.get(least, 0.0):
+            least = each
+    return least
