@@ -13,15 +13,23 @@ later, too late to wait for). Jobs another process queued, or queued before a re
 known here and not waited for; a job of ours that another process's worker took is found out
 after one wait that timed out (the pipeline asks the queue and forgets the jobs it finished).
 At most `limit` jobs are remembered: past it the oldest is let go (its waiters go on).
+
+A call whose messages already hold an earlier exchange's answer (a chat app or an agent loop
+sends the conversation so far with every turn) has that exchange in its context: what it taught
+would add nothing the model does not see, so that job is not waited for. The wait is for the
+calls that start afresh, a new conversation or a client that sends only its latest turn.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections import Counter, deque
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from storage.records import Scope
 
@@ -42,6 +50,26 @@ class WriteWait:
 
 
 NO_WAIT = WriteWait(pending=0, unfinished=(), waited_ms=0.0)
+
+
+def answer_key(text: Any) -> str | None:
+    """What identifies an exchange by its answer, or None for an answer without text."""
+    if not isinstance(text, str) or not text.strip():
+        return None
+    return hashlib.blake2b(text.strip().encode("utf-8"), digest_size=16).hexdigest()
+
+
+def answers_in(messages: Iterable[Any]) -> set[str]:
+    """The keys of the assistant answers a request's messages carry (its context)."""
+    keys = set()
+    for message in messages:
+        if isinstance(message, dict) and message.get("role") == "assistant":
+            key = answer_key(message.get("content"))
+            if key is not None:
+                keys.add(key)
+    return keys
+
+
 _REMEMBERED_EARLY = 1024
 
 
@@ -52,13 +80,15 @@ class PendingWrites:
         self.limit = limit
         self._done: dict[int, asyncio.Event] = {}
         self._owner: dict[int, UserKey] = {}
+        self._answer: dict[int, str] = {}  # job -> its exchange's `answer_key`
         self._by_user: dict[UserKey, set[int]] = {}
         self._awaited: Counter[int] = Counter()
         # Jobs finished before `add` saw them (a worker can be that quick): never add those.
         self._finished_early: deque[int] = deque(maxlen=_REMEMBERED_EARLY)
 
-    def add(self, scope: Scope, job_id: int) -> None:
-        """Job `job_id` holds an exchange of `scope`'s user (anonymous calls have none)."""
+    def add(self, scope: Scope, job_id: int, answer: str | None = None) -> None:
+        """Job `job_id` holds an exchange of `scope`'s user (anonymous calls have none) whose
+        answer has `answer_key` `answer`."""
         if scope.user_id is None:
             return
         if job_id in self._finished_early:
@@ -66,6 +96,8 @@ class PendingWrites:
         key = (scope.tenant_id, scope.user_id)
         self._done[job_id] = asyncio.Event()
         self._owner[job_id] = key
+        if answer is not None:
+            self._answer[job_id] = answer
         self._by_user.setdefault(key, set()).add(job_id)
         if len(self._done) > self.limit:  # e.g. jobs another process's workers took
             self.finish(next(iter(self._done)))
@@ -77,6 +109,7 @@ class PendingWrites:
             self._finished_early.append(job_id)
             return
         done.set()
+        self._answer.pop(job_id, None)
         key = self._owner.pop(job_id)
         jobs = self._by_user[key]
         jobs.discard(job_id)
@@ -87,11 +120,18 @@ class PendingWrites:
         """Jobs some call is waiting for, oldest first: the workers take these next."""
         return sorted(self._awaited)
 
-    async def wait(self, scope: Scope, timeout_s: float) -> WriteWait:
-        """Wait until the user's jobs queued so far are finished, at most `timeout_s`."""
+    async def wait(
+        self, scope: Scope, timeout_s: float, in_context: Collection[str] = ()
+    ) -> WriteWait:
+        """Wait until the user's jobs queued so far are finished, at most `timeout_s`; not for
+        those whose answer is `in_context` (the `answers_in` the call's messages)."""
         if scope.user_id is None:
             return NO_WAIT
-        jobs = sorted(self._by_user.get((scope.tenant_id, scope.user_id), ()))
+        jobs = sorted(
+            job
+            for job in self._by_user.get((scope.tenant_id, scope.user_id), ())
+            if self._answer.get(job) not in in_context
+        )
         if not jobs:
             return NO_WAIT
         events = [self._done[job] for job in jobs]

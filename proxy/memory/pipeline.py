@@ -47,7 +47,7 @@ from proxy.memory.extract import (
 )
 from proxy.memory.inject import inject_block, render_block
 from proxy.memory.learn import Learner, case_outcome_changes
-from proxy.memory.pending import NO_WAIT, PendingWrites, WriteWait
+from proxy.memory.pending import NO_WAIT, PendingWrites, WriteWait, answer_key, answers_in
 from proxy.memory.query import InvalidMemoryMode, MemoryAccess, build_query, resolve_access
 from proxy.memory.retrieve import ScoredMemory, retrieve
 from proxy.memory.sanitize import Sanitizer
@@ -266,7 +266,8 @@ class MemoryPipeline:
         timeout_ms = ctx.policy.memory.retrieval.wait_for_writes_ms
         if not timeout_ms:
             return NO_WAIT
-        waited = await self._pending.wait(scope, timeout_ms / 1000)
+        in_context = answers_in(ctx.body.get("messages") or [])
+        waited = await self._pending.wait(scope, timeout_ms / 1000, in_context)
         if waited.timed_out:
             log.info(
                 "request %s retrieves without %d earlier exchanges still being learned after "
@@ -374,13 +375,14 @@ class MemoryPipeline:
     async def _queue_exchange(
         self, ctx: CallContext, scope: Scope, prepared: PreparedCall, response: dict[str, Any]
     ) -> None:
+        answer = _answer_message(response)
         payload = {
             "request_id": ctx.request_id,
             "user_id": scope.user_id,
             "session_id": scope.session_id,
             "model": ctx.model_alias,
             "messages": ctx.body.get("messages") or [],
-            "response": {"choices": [{"message": _answer_message(response)}]},
+            "response": {"choices": [{"message": answer}]},
             "injected": prepared.state.get("injected", []),
             "trace_id": ctx.trace_id,
             "span_id": ctx.span_id,
@@ -394,7 +396,8 @@ class MemoryPipeline:
             self.backlog.hold(HeldJob(scope.tenant_id, EXCHANGE_JOB, payload), exc)
             return
         if self._pool is not None and self._workers > 0:
-            self._pending.add(scope, job_id)  # the user's next call waits for it
+            # The user's next call waits for it, unless that call carries this answer.
+            self._pending.add(scope, job_id, answer_key(answer["content"]))
             self._pool.notify()
 
     async def learn_from_exchange(self, job: QueuedJob) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy.memory.pending import PendingWrites
+from proxy.memory.pending import PendingWrites, answer_key, answers_in
 from storage.records import Scope
 
 ALICE = Scope("acme", "alice")
@@ -50,3 +50,18 @@ async def test_past_its_limit_the_oldest_job_is_let_go() -> None:
         pending.add(ALICE, job)
     waited = await pending.wait(ALICE, timeout_s=0.01)
     assert waited.unfinished == (2, 3)
+
+
+async def test_an_exchange_already_in_the_calls_context_is_not_waited_for() -> None:
+    pending = PendingWrites()
+    pending.add(ALICE, 1, answer_key("Pixel is a lovely name for a cat."))
+    pending.add(ALICE, 2, answer_key("Lisbon has good tea."))
+    pending.add(ALICE, 3)  # an answer without text (tool calls): always waited for
+    history = [
+        {"role": "user", "content": "My cat is called Pixel."},
+        {"role": "assistant", "content": "  Pixel is a lovely name for a cat.\n"},
+        {"role": "user", "content": "What should I feed him?"},
+    ]
+    waited = await pending.wait(ALICE, timeout_s=0.01, in_context=answers_in(history))
+    assert (waited.pending, waited.unfinished) == (2, (2, 3))
+    assert answers_in([{"role": "user", "content": "Lisbon has good tea."}]) == set()

@@ -112,6 +112,39 @@ def test_the_wait_is_bounded_when_the_write_path_hangs(
     assert attributes["memento.memory.waited_ms"] > 0
 
 
+def test_a_conversation_that_carries_the_last_answer_does_not_wait_for_it(
+    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
+) -> None:
+    # A chat app or an agent loop sends the conversation so far: the exchange being learned is
+    # in the call's own context, so the call goes on at once even while its learning hangs.
+    proxy = memory_proxy(
+        memory={"extraction": {"model": "extractor"}, "retrieval": {"wait_for_writes_ms": 20000}},
+        extra_models=with_extractor(upstream),
+    )
+    fact = "My cat is called Pixel."
+    upstream.script(
+        Reply(content="What a lovely name."),
+        Reply(content=extraction(fact).content, delay_s=8),
+        Reply(),
+    )
+    chat(proxy, "ivo", fact, model="gpt-4o-mini")
+    wait_for_extraction_request(upstream, 1)
+    raw = client_for(proxy).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=[
+            {"role": "user", "content": fact},
+            {"role": "assistant", "content": "What a lovely name."},
+            {"role": "user", "content": "What should I feed him?"},
+        ],
+        user="ivo",
+    )
+    second = raw.http_response
+    assert second.status_code == 200
+    assert "x-memento-unlearned-writes" not in second.headers
+    attributes = retrieve_span(proxy, second.headers["x-request-id"])
+    assert attributes["memento.memory.pending_writes"] == 0
+
+
 def test_another_users_pending_write_does_not_hold_this_user_up(
     upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
 ) -> None:
