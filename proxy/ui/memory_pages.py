@@ -160,23 +160,22 @@ async def _memory(request: Request, policy: Policy, store: MemoryStore) -> Respo
 async def versions(store: MemoryStore, record: MemoryRecord) -> list[MemoryRecord]:
     """Every version of a memory, oldest first: the records it supersedes and that supersede
     it (consolidation's UPDATE, an edit of a preference), erased ones left out."""
-    older: list[MemoryRecord] = []
-    current = record
-    while current.supersedes and len(older) < MAX_VERSIONS:
-        previous = await _find(store, record.tenant_id, current.supersedes)
-        if previous is None:
-            break
-        older.append(previous)
-        current = previous
-    newer: list[MemoryRecord] = []
-    current = record
-    while current.superseded_by and len(newer) < MAX_VERSIONS:
-        following = await _find(store, record.tenant_id, current.superseded_by)
-        if following is None:
-            break
-        newer.append(following)
-        current = following
+    older = await _chain(store, record, "supersedes")
+    newer = await _chain(store, record, "superseded_by")
     return [*reversed(older), record, *newer]
+
+
+async def _chain(store: MemoryStore, record: MemoryRecord, link: str) -> list[MemoryRecord]:
+    """The records reached from `record` by following `link`, at most MAX_VERSIONS of them."""
+    chain: list[MemoryRecord] = []
+    current = record
+    while (next_id := getattr(current, link)) and len(chain) < MAX_VERSIONS:
+        found = await _find(store, record.tenant_id, next_id)
+        if found is None:
+            break
+        chain.append(found)
+        current = found
+    return chain
 
 
 async def _quarantine(request: Request, policy: Policy, store: MemoryStore) -> Response:
