@@ -567,3 +567,17 @@ def test_a_later_memories_page_names_a_json_twin_the_api_answers(traced: Traced)
                 for chunk in page.text.split('<a class="memory-link" href="/ui/memories/')[1:]
             ]
             assert [m["id"] for m in answer.json()["data"]] == shown
+
+
+def test_the_pages_say_where_a_memory_came_from_in_english(traced: Traced) -> None:
+    # The memory page read "from a assistant message" for every case.
+    traced.chat(KEY_A, "How do I boil an egg?", user="dora")
+    with httpx.Client(base_url=traced.proxy.base_url, timeout=120) as browser:
+        assert browser.post("/ui/login", data={"key": KEY_A}).status_code == 303
+        for _ in range(100):
+            listed = traced.get("/v1/memories", KEY_A, user="dora", kind="case").json()["data"]
+            if listed:
+                break
+            time.sleep(0.1)
+        page = browser.get(f"/ui/memories/{listed[0]['id']}").text
+        assert "from an assistant message" in page and "from a assistant" not in page
