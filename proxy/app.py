@@ -424,6 +424,17 @@ def uses_echo(registry: PolicyRegistry) -> bool:
     return any(r.model == "echo" for r in _routes(registry))
 
 
+async def _close_quietly(memory: Any, upstreams: Upstreams, tracing: Any, span_store: Any) -> None:
+    """Close what a failed start-up had opened; a failure here must not hide the first one."""
+    close = getattr(memory, "aclose", None)
+    steps = [close] if close is not None else []
+    for step in (*steps, upstreams.aclose, tracing.shutdown, span_store.close):
+        try:
+            await step()
+        except Exception:
+            log.exception("while stopping after a failed start-up")
+
+
 def build_app(
     settings: Settings,
     *,
@@ -467,8 +478,14 @@ def build_app(
         )
         app.state.span_store, app.state.tracing = span_store, tracing
         start = getattr(memory, "start", None)
-        if start is not None:
-            await start()
+        try:
+            if start is not None:
+                await start()
+        except BaseException:
+            # Start-up failed (a bad MEMENTO_* value, an embedder that cannot load): stop what
+            # already runs, or its threads keep the process alive after uvicorn gives up.
+            await _close_quietly(memory, upstreams, tracing, span_store)
+            raise
         watch_memory(memory, app.state.health)
         watcher = None
         if settings.policy_reload_s > 0:

@@ -12,10 +12,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from proxy import __version__, jobs_cli, reindex_cli, sanitize_cli
-from proxy.cli_common import EXIT_BROKEN_PIPE, CommandError, add_json_option, print_json, wants_json
+from proxy.cli_common import (
+    EXIT_BROKEN_PIPE,
+    CommandError,
+    add_json_option,
+    print_json,
+    settings_from_env,
+    wants_json,
+)
 from proxy.memory import cli as memories_command
 from proxy.policy import Policy
-from proxy.settings import Settings
 from proxy.tenants import PolicyFileError, PolicyRegistry, hash_key
 from proxy.ui import terminal as trace_command
 
@@ -38,7 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from proxy.app import build_app
     from proxy.server import http_protocol
 
-    settings = Settings.from_env(
+    settings = settings_from_env(
         host=args.host, port=args.port, policies_dir=args.policies, data_dir=args.data_dir
     )
     logging.basicConfig(

@@ -25,6 +25,22 @@ def _whole_number(name: str, default: int) -> int:
     return int(raw)
 
 
+def _seconds(name: str, default: float) -> float:
+    raw = _env(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"MEMENTO_{name} must be a number of seconds (0 or more), got {raw!r}")
+    return value
+
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -53,16 +69,16 @@ class Settings:
         """Settings from `MEMENTO_*` variables; keyword overrides (e.g. CLI flags) win."""
         base = cls(
             host=_env("HOST", cls.host),
-            port=int(_env("PORT", str(cls.port))),
+            port=_whole_number("PORT", cls.port),
             policies_dir=Path(_env("POLICIES", str(cls.policies_dir))),
             data_dir=Path(_env("DATA_DIR", str(cls.data_dir))),
-            log_level=_env("LOG_LEVEL", cls.log_level),
-            policy_reload_s=float(_env("POLICY_RELOAD_S", str(cls.policy_reload_s))),
-            upstream_max_connections=int(
-                _env("UPSTREAM_MAX_CONNECTIONS", str(cls.upstream_max_connections))
+            log_level=_env("LOG_LEVEL", cls.log_level).strip().lower() or cls.log_level,
+            policy_reload_s=_seconds("POLICY_RELOAD_S", cls.policy_reload_s),
+            upstream_max_connections=_whole_number(
+                "UPSTREAM_MAX_CONNECTIONS", cls.upstream_max_connections
             ),
-            upstream_keepalive_s=float(_env("UPSTREAM_KEEPALIVE_S", str(cls.upstream_keepalive_s))),
-            max_body_bytes=int(_env("MAX_BODY_BYTES", str(cls.max_body_bytes))),
+            upstream_keepalive_s=_seconds("UPSTREAM_KEEPALIVE_S", cls.upstream_keepalive_s),
+            max_body_bytes=_whole_number("MAX_BODY_BYTES", cls.max_body_bytes),
             max_header_bytes=_whole_number("MAX_HEADER_BYTES", cls.max_header_bytes),
             access_log=_env("ACCESS_LOG", "0").lower() in {"1", "true", "yes"},
             embedder=_env("EMBEDDER", cls.embedder),
@@ -76,4 +92,12 @@ class Settings:
         for key in ("policies_dir", "data_dir"):
             if key in given:
                 given[key] = Path(given[key])
-        return replace(base, **given)
+        settings = replace(base, **given)
+        if not 0 <= settings.port <= 65535:
+            raise ValueError(f"the port must be from 0 to 65535, got {settings.port}")
+        if settings.log_level not in LOG_LEVELS:
+            raise ValueError(
+                f"MEMENTO_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
+                f"got {settings.log_level!r}"
+            )
+        return settings

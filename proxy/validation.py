@@ -312,30 +312,32 @@ def validate_embeddings(body: dict[str, Any]) -> str:
     return model
 
 
-def user_id(value: Any, *, param: str = "user") -> str | None:
+def user_id(value: Any, *, param: str = "user", what: str = "user") -> str | None:
     """A user id given as `param` (None when absent): a string of at most
     `MAX_USER_ID_CHARS` characters with something other than whitespace, which it is stripped
-    of. The one rule for every route that scopes, stores or erases memories by user."""
+    of. The one rule for every route that scopes, stores or erases memories by user (and for
+    session ids, `what="session"`, so their errors speak of sessions)."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise bad_request(
-            f"'{param}' must be a string (a user id), got {_type_name(value)}.",
+            f"'{param}' must be a string (a {what} id), got {_type_name(value)}.",
             param=param,
             code="invalid_type",
         )
     user = value.strip()
     if not user:
         raise bad_request(
-            f"'{param}' is blank. Send a user id, or leave it out for a call without a user.",
+            f"'{param}' is blank. Send a {what} id, or leave it out for a call without a {what}.",
             param=param,
-            code="invalid_user",
+            code=f"invalid_{what}",
         )
     if len(user) > MAX_USER_ID_CHARS:
         raise bad_request(
-            f"'{param}' is {len(user)} characters long; user ids have at most {MAX_USER_ID_CHARS}.",
+            f"'{param}' is {len(user)} characters long; {what} ids have at most "
+            f"{MAX_USER_ID_CHARS}.",
             param=param,
-            code="invalid_user",
+            code=f"invalid_{what}",
         )
     return user
 
@@ -374,7 +376,7 @@ def chat_session_id(headers: Headers) -> str | None:
         )
     if not raw:
         return None
-    return user_id(_utf8_header(raw[0], SESSION_HEADER), param=SESSION_HEADER)
+    return user_id(_utf8_header(raw[0], SESSION_HEADER), param=SESSION_HEADER, what="session")
 
 
 def _utf8_header(value: str, name: str = USER_HEADER) -> str:

@@ -35,6 +35,7 @@ from proxy.cli_common import (
     wants_json,
     when,
 )
+from proxy.routes.memory_fields import CLIENT_KINDS
 from storage.records import MEMORY_KINDS, MEMORY_STATUSES
 
 Action = Callable[[argparse.Namespace], int]
@@ -74,7 +75,7 @@ def register(commands: Any) -> None:
 
     add = action("add", _add, "store one memory (sanitized first, with source import)")
     add.add_argument("--user", help="whose memory (default: shared by the tenant)")
-    add.add_argument("--kind", required=True, choices=MEMORY_KINDS)
+    add.add_argument("--kind", required=True, choices=CLIENT_KINDS)  # lessons: the sanitizer's
     add.add_argument("text")
 
     one = action("get", _get, "show one memory by id")

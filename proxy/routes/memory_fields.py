@@ -56,6 +56,8 @@ async def memory_cursor(store: MemoryStore, tenant_id: str, after: str | None) -
     return after
 
 
+# The kinds a client may write (`lesson` is the sanitizer's own).
+CLIENT_KINDS: tuple[MemoryKind, ...] = ("fact", "preference", "case")
 LESSON_MESSAGE = (
     "Lessons are the sanitizer's own memory of attacks and cannot be written or edited through "
     "the API; they come from rejected memories and quarantine reviews "
@@ -67,6 +69,8 @@ def client_kind(value: Any) -> MemoryKind:
     """A kind a client may write: any but `lesson`, which only the defence writes."""
     if value == "lesson":
         raise bad_request(LESSON_MESSAGE, param="kind")
+    if value not in CLIENT_KINDS:
+        raise bad_request(f"'kind' must be one of {', '.join(CLIENT_KINDS)}.", param="kind")
     return kind_field(value)
 
 

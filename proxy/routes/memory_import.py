@@ -185,12 +185,13 @@ def parse_lines(raw: bytes, policy: Policy) -> list[ImportLine]:
         try:
             lines.append(_checked_line(number, item, policy, now))
         except ProxyError as exc:
-            raise _line_error(number, exc.message) from None
+            raise _line_error(number, exc.message, exc.param) from None
     return lines
 
 
-def _line_error(number: int, problem: str) -> ProxyError:
-    return bad_request(f"Line {number}: {problem}. Nothing was imported.")
+def _line_error(number: int, problem: str, param: str | None = None) -> ProxyError:
+    # Field messages end with their own full stop ("'kind' must be one of …."): one is enough.
+    return bad_request(f"Line {number}: {problem.rstrip('.')}. Nothing was imported.", param=param)
 
 
 def _checked_line(number: int, item: Any, policy: Policy, now: float) -> ImportLine:

@@ -11,6 +11,7 @@ page names its JSON twin under `/v1/`; a memory's page also answers it itself wi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -34,7 +35,14 @@ from proxy.ui.pages import (
 )
 from proxy.validation import user_id
 from storage.api import MemoryStore
-from storage.records import MEMORY_KINDS, MEMORY_STATUSES, MemoryRecord, Scope
+from storage.records import (
+    MEMORY_KINDS,
+    MEMORY_STATUSES,
+    MemoryKind,
+    MemoryRecord,
+    MemoryStatus,
+    Scope,
+)
 
 PAGE_SIZE = 50
 SEARCH_LIMIT = 20
@@ -127,7 +135,15 @@ async def _memories(request: Request, policy: Policy, store: MemoryStore) -> Res
     )
     records = [r for r in records if r.status != "deleted"]
     query_of = {"user": user, "kind": kind, "status": status}
-    context["json_url"] = _url("/v1/memories", **query_of, limit=PAGE_SIZE, offset=offset)
+    after = await _cursor(
+        store,
+        Scope(policy.tenant, user),
+        offset,
+        kinds=[kind] if kind else None,
+        statuses=[status] if status else None,
+        all_users=user is None,
+    )
+    context["json_url"] = _url("/v1/memories", **query_of, limit=PAGE_SIZE, after=after)
     context["next_url"] = (
         _url("/ui/memories", **query_of, offset=offset + PAGE_SIZE)
         if len(records) > PAGE_SIZE
@@ -190,13 +206,21 @@ async def _quarantine(request: Request, policy: Policy, store: MemoryStore) -> R
         all_users=user is None,
     )
     records = await lessons.expire_quarantine(store, records, policy.sanitizer)
+    after = await _cursor(
+        store,
+        Scope(policy.tenant, user),
+        offset,
+        kinds=["fact", "preference", "case"],
+        statuses=["quarantined"],
+        all_users=user is None,
+    )
     return render(
         "quarantine.html",
         tenant=policy.tenant,
         user=user or "",
         records=records[:PAGE_SIZE],
         reviewed=request.query_params.get("reviewed") or "",
-        json_url=_url("/v1/memories/quarantine", user=user, limit=PAGE_SIZE, offset=offset),
+        json_url=_url("/v1/memories/quarantine", user=user, limit=PAGE_SIZE, after=after),
         next_url=(
             _url("/ui/quarantine", user=user, offset=offset + PAGE_SIZE)
             if len(records) > PAGE_SIZE
@@ -242,6 +266,25 @@ def _offset(raw: str | None) -> int:
     if not raw.isdigit():
         raise PageProblem(400, f"offset must be a whole number; got {raw!r}.")
     return int(raw)
+
+
+async def _cursor(
+    store: MemoryStore,
+    scope: Scope,
+    offset: int,
+    *,
+    kinds: Sequence[MemoryKind] | None,
+    statuses: Sequence[MemoryStatus] | None,
+    all_users: bool,
+) -> str | None:
+    """The id just before this page, as the `/v1/` lists' `after=` wants it: the API pages
+    by cursor and refuses `offset`, so a twin link carrying the page's offset was a 400."""
+    if offset <= 0:
+        return None
+    before = await store.list(
+        scope, kinds=kinds, statuses=statuses, limit=1, offset=offset - 1, all_users=all_users
+    )
+    return before[0].id if before else None
 
 
 def _url(path: str, **params: Any) -> str:

@@ -70,6 +70,14 @@ _env.filters["day"] = lambda epoch: (
     time.strftime("%Y-%m-%d", time.gmtime(epoch)) if isinstance(epoch, int | float) else "—"
 )
 _env.filters["short"] = short_id
+# Where a memory came from, as the pages say it ("from an assistant message", not "a assistant").
+_SOURCES = {
+    "user": "a user message",
+    "assistant": "an assistant message",
+    "tool": "a tool result",
+    "import": "an import",
+}
+_env.filters["source"] = lambda role: _SOURCES.get(role, f"a {role} message")
 _env.filters["signed"] = lambda value: (
     f"{value:+.3f}".replace("-", "−") if isinstance(value, int | float) else "—"
 )

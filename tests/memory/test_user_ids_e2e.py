@@ -145,3 +145,5 @@ def test_a_session_id_is_held_to_the_user_id_rule(
             assert refused.status_code == 400
             error = refused.json()["error"]
             assert error["param"] == "x-memento-session" and says in error["message"]
+            # It speaks of sessions: a blank session was told to "send a user id".
+            assert "user" not in error["message"] and error["code"] == "invalid_session"

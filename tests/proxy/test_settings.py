@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from proxy.settings import Settings
+from tests.harness import write_tenant
 
 
 def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,3 +43,56 @@ def test_a_bad_worker_count_names_the_variable(monkeypatch: pytest.MonkeyPatch) 
 def test_unknown_overrides_are_refused() -> None:
     with pytest.raises(TypeError, match="unknown settings: colour"):
         Settings.from_env(colour="blue")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("MEMENTO_PORT", "abc", "MEMENTO_PORT must be a whole number, got 'abc'"),
+        ("MEMENTO_PORT", "70000", "the port must be from 0 to 65535, got 70000"),
+        ("MEMENTO_POLICY_RELOAD_S", "soon", "MEMENTO_POLICY_RELOAD_S must be a number of seconds"),
+        ("MEMENTO_UPSTREAM_KEEPALIVE_S", "nan", "MEMENTO_UPSTREAM_KEEPALIVE_S must be a number"),
+        ("MEMENTO_MAX_BODY_BYTES", "4MB", "MEMENTO_MAX_BODY_BYTES must be a whole number"),
+        ("MEMENTO_LOG_LEVEL", "loud", "MEMENTO_LOG_LEVEL must be one of critical, error"),
+    ],
+)
+def test_a_bad_value_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env()
+
+
+def test_serve_reports_a_bad_setting_in_one_line(tmp_path: Path) -> None:
+    # `serve` read the environment without the other commands' check: a traceback, exit 1.
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "serve", "--data-dir", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "MEMENTO_PORT": "abc"},
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "memento-proxy serve: bad setting: MEMENTO_PORT must be a whole number, got 'abc'\n"
+    )
+
+
+def test_serve_exits_when_start_up_fails(policies_dir: Path, tmp_path: Path) -> None:
+    # A failure while the memory pipeline starts left the tracing threads running, so the
+    # process hung after uvicorn's "Application startup failed. Exiting."
+    write_tenant(policies_dir, "acme", "key-acme-0123456789", {"echo": {"model": "echo"}})
+    command = [sys.executable, "-m", "proxy.cli", "serve", "--port", "0"]
+    command += ["--policies", str(policies_dir), "--data-dir", str(tmp_path / "data")]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "MEMENTO_VECTOR_CACHE_MB": "lots"},
+    )
+    assert result.returncode != 0
+    assert "Application startup failed" in result.stderr

@@ -534,3 +534,50 @@ def test_a_memory_page_lists_the_texts_its_edits_replaced(traced: Traced) -> Non
         other = browser.get(f"/ui/memories/{memory_id}")
         assert other.status_code == 404
         assert "peanuts" not in other.text
+
+
+def test_a_later_memories_page_names_a_json_twin_the_api_answers(traced: Traced) -> None:
+    lines = "\n".join(
+        json.dumps({"user": "pager", "kind": "fact", "text": f"The user owns shed item {i}."})
+        for i in range(55)
+    )
+    imported = httpx.post(
+        f"{traced.proxy.base_url}/v1/memories/import",
+        headers={"authorization": f"Bearer {KEY_A}"},
+        content=lines.encode(),
+        timeout=120,
+    )
+    assert imported.status_code == 200, imported.text
+    with httpx.Client(base_url=traced.proxy.base_url, timeout=120) as browser:
+        assert browser.post("/ui/login", data={"key": KEY_A}).status_code == 303
+        for path in ("/ui/memories?user=pager", "/ui/memories?user=pager&offset=50"):
+            page = browser.get(path)
+            assert page.status_code == 200
+            twin = page.text.split('class="json-twin" href="', 1)[1].split('"', 1)[0]
+            twin = twin.replace("&amp;", "&")
+            assert "offset" not in twin  # the API pages by cursor and refuses offset
+            answer = httpx.get(
+                f"{traced.proxy.base_url}{twin}",
+                headers={"authorization": f"Bearer {KEY_A}"},
+                timeout=120,
+            )
+            assert answer.status_code == 200, answer.text
+            shown = [
+                chunk.split('"', 1)[0]
+                for chunk in page.text.split('<a class="memory-link" href="/ui/memories/')[1:]
+            ]
+            assert [m["id"] for m in answer.json()["data"]] == shown
+
+
+def test_the_pages_say_where_a_memory_came_from_in_english(traced: Traced) -> None:
+    # The memory page read "from a assistant message" for every case.
+    traced.chat(KEY_A, "How do I boil an egg?", user="dora")
+    with httpx.Client(base_url=traced.proxy.base_url, timeout=120) as browser:
+        assert browser.post("/ui/login", data={"key": KEY_A}).status_code == 303
+        for _ in range(100):
+            listed = traced.get("/v1/memories", KEY_A, user="dora", kind="case").json()["data"]
+            if listed:
+                break
+            time.sleep(0.1)
+        page = browser.get(f"/ui/memories/{listed[0]['id']}").text
+        assert "from an assistant message" in page and "from a assistant" not in page
