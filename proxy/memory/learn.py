@@ -46,7 +46,8 @@ def reward_from(body: dict[str, Any]) -> float:
         score = body["score"]
         if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1:
             raise InvalidFeedback("'score' must be a number in [0, 1].")
-        return 2.0 * float(score) - 1.0
+        # Rounded so a 0.8 reads back as a reward of 0.6, not 0.6000000000000001.
+        return round(2.0 * float(score) - 1.0, 12)
     reward = body["reward"]
     if reward in ("up", "down"):
         return 1.0 if reward == "up" else -1.0

@@ -228,6 +228,7 @@ def test_consolidation_rules() -> None:
 def test_reward_mapping() -> None:
     assert reward_from({"reward": -0.5}) == -0.5
     assert reward_from({"score": 0.75}) == 0.5
+    assert repr(reward_from({"score": 0.8})) == "0.6"
     assert reward_from({"reward": "up"}) == 1.0
     for bad in ({"reward": 2}, {"score": -0.1}, {}, {"reward": 1, "score": 1}, {"reward": True}):
         with pytest.raises(InvalidFeedback):
