@@ -5,8 +5,8 @@ with its trust signals, its versions and the request that wrote it; and the quar
 whose Release and Reject buttons do what `POST /v1/memories/quarantine/{id}/approve|reject` do.
 Same login as the trace pages, and no more than the memory API shows to the same key: memory
 text is shown here (the API returns it), while the trace pages follow `tracing.content`. Each
-page names its JSON twin under `/v1/`; a memory's page also answers it itself with
-`?format=json`, under the page's login.
+page names its JSON twin under `/v1/` and answers it itself with `?format=json` (the lists but
+the search), under the page's login.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from proxy.memory import lessons
 from proxy.memory.retrieve import retrieve
 from proxy.policy import Policy
 from proxy.routes.memory_fields import memory_json
+from proxy.routes.pagination import PageRequest, page_json
 from proxy.routes.traces import memory_store_of
 from proxy.ui.pages import (
     SECURITY_HEADERS,
@@ -144,6 +145,10 @@ async def _memories(request: Request, policy: Policy, store: MemoryStore) -> Res
         all_users=user is None,
     )
     context["json_url"] = _url("/v1/memories", **query_of, limit=PAGE_SIZE, after=after)
+    context["twin_url"] = _url("/ui/memories", **query_of, offset=offset, format="json")
+    page = PageRequest(PAGE_SIZE, after)
+    if (twin := json_twin(request, page_json([memory_json(r) for r in records], page))) is not None:
+        return twin
     context["next_url"] = (
         _url("/ui/memories", **query_of, offset=offset + PAGE_SIZE)
         if len(records) > PAGE_SIZE
@@ -214,6 +219,9 @@ async def _quarantine(request: Request, policy: Policy, store: MemoryStore) -> R
         statuses=["quarantined"],
         all_users=user is None,
     )
+    page = PageRequest(PAGE_SIZE, after)
+    if (twin := json_twin(request, page_json([memory_json(r) for r in records], page))) is not None:
+        return twin
     return render(
         "quarantine.html",
         tenant=policy.tenant,
@@ -221,6 +229,7 @@ async def _quarantine(request: Request, policy: Policy, store: MemoryStore) -> R
         records=records[:PAGE_SIZE],
         reviewed=request.query_params.get("reviewed") or "",
         json_url=_url("/v1/memories/quarantine", user=user, limit=PAGE_SIZE, after=after),
+        twin_url=_url("/ui/quarantine", user=user, offset=offset, format="json"),
         next_url=(
             _url("/ui/quarantine", user=user, offset=offset + PAGE_SIZE)
             if len(records) > PAGE_SIZE

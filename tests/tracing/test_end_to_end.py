@@ -553,11 +553,11 @@ def test_a_later_memories_page_names_a_json_twin_the_api_answers(traced: Traced)
         for path in ("/ui/memories?user=pager", "/ui/memories?user=pager&offset=50"):
             page = browser.get(path)
             assert page.status_code == 200
-            twin = page.text.split('class="json-twin" href="', 1)[1].split('"', 1)[0]
-            twin = twin.replace("&amp;", "&")
-            assert "offset" not in twin  # the API pages by cursor and refuses offset
+            api_twin = page.text.split('<code class="api-twin">GET ', 1)[1].split("<", 1)[0]
+            api_twin = api_twin.replace("&amp;", "&")
+            assert "offset" not in api_twin  # the API pages by cursor and refuses offset
             answer = httpx.get(
-                f"{traced.proxy.base_url}{twin}",
+                f"{traced.proxy.base_url}{api_twin}",
                 headers={"authorization": f"Bearer {KEY_A}"},
                 timeout=120,
             )
@@ -567,6 +567,19 @@ def test_a_later_memories_page_names_a_json_twin_the_api_answers(traced: Traced)
                 for chunk in page.text.split('<a class="memory-link" href="/ui/memories/')[1:]
             ]
             assert [m["id"] for m in answer.json()["data"]] == shown
+            # The page's own JSON link answers the same page under the browser's login.
+            link = page.text.split('class="json-twin" href="', 1)[1].split('"', 1)[0]
+            followed = browser.get(link.replace("&amp;", "&"))
+            assert followed.status_code == 200
+            assert followed.json() == answer.json()
+        held = browser.get("/ui/quarantine?user=pager&format=json")
+        api_held = httpx.get(
+            f"{traced.proxy.base_url}/v1/memories/quarantine",
+            params={"user": "pager", "limit": 50},
+            headers={"authorization": f"Bearer {KEY_A}"},
+            timeout=120,
+        )
+        assert held.json() == api_held.json()
 
 
 def test_the_pages_say_where_a_memory_came_from_in_english(traced: Traced) -> None:
