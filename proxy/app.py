@@ -61,6 +61,7 @@ from proxy.tracing import (
     start_request_span,
     start_upstream_span,
 )
+from proxy.ui.pages import page_not_found
 from proxy.ui.pages import routes as ui_routes
 from proxy.upstream import Target, Upstreams, import_litellm, is_passthrough
 from proxy.validation import (
@@ -151,6 +152,8 @@ class RequestIdMiddleware:
 
 def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 404 and f"{request.url.path}/".startswith("/ui/"):
+        return page_not_found(request)
     if exc.status_code == 404:
         message = f"Unknown route {request.method} {request.url.path}; see /v1/models."
         return ProxyError(404, message, code="unknown_url").to_response()

@@ -169,12 +169,23 @@ async def request_page(request: Request) -> Response:
     )
 
 
+def page_not_found(request: Request) -> Response:
+    """An unknown address under /ui: an HTML page saying so, as the other pages' errors."""
+    policy = ui_policy(request)
+    message = f"There is no page at {request.url.path}."
+    return render(
+        "error.html", status=404, tenant=policy.tenant if policy else None, message=message
+    )
+
+
 async def login(request: Request) -> Response:
     if not same_origin(request):
         return render("login.html", status=403, error="Log in from this page.")
     key = (await read_form(request)).get("key", "").strip()
     registry: PolicyRegistry = request.app.state.policies
-    if not key or registry.policy_for_key(key) is None:
+    if not key:
+        return render("login.html", status=400, error="Enter a proxy key to log in.")
+    if registry.policy_for_key(key) is None:
         error = "That key belongs to no tenant. Use a proxy key listed in a tenant's policy file."
         return render("login.html", status=401, error=error)
     response = RedirectResponse("/ui/", status_code=303, headers=SECURITY_HEADERS)

@@ -356,6 +356,17 @@ def test_ui_requires_a_valid_key(traced: Traced) -> None:
         wrong = browser.post("/ui/login", data={"key": "not-a-key"})
         assert wrong.status_code == 401
         assert "memento_ui_key" not in browser.cookies
+        blank = browser.post("/ui/login", data={"key": "  "})
+        assert blank.status_code == 400
+        assert "Enter a proxy key" in blank.text
+
+        # An unknown page is an HTML page too; an unknown API route stays OpenAI's JSON error.
+        missing = browser.get("/ui/no-such-page")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"].startswith("text/html")
+        assert "There is no page at /ui/no-such-page." in missing.text
+        api_missing = browser.get("/v1/no-such-route")
+        assert api_missing.json()["error"]["code"] == "unknown_url"
 
         cross_site = browser.post(
             "/ui/login", data={"key": KEY_A}, headers={"origin": "https://evil.example"}
