@@ -27,7 +27,7 @@ import contextlib
 import hashlib
 import time
 from collections import Counter, deque
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,18 +120,16 @@ class PendingWrites:
         """Jobs some call is waiting for, oldest first: the workers take these next."""
         return sorted(self._awaited)
 
-    async def wait(
-        self, scope: Scope, timeout_s: float, in_context: Collection[str] = ()
-    ) -> WriteWait:
+    async def wait(self, scope: Scope, timeout_s: float, messages: Iterable[Any] = ()) -> WriteWait:
         """Wait until the user's jobs queued so far are finished, at most `timeout_s`; not for
-        those whose answer is `in_context` (the `answers_in` the call's messages)."""
+        those whose answer the call's `messages` carry (`answers_in`)."""
         if scope.user_id is None:
             return NO_WAIT
-        jobs = sorted(
-            job
-            for job in self._by_user.get((scope.tenant_id, scope.user_id), ())
-            if self._answer.get(job) not in in_context
-        )
+        queued = self._by_user.get((scope.tenant_id, scope.user_id))
+        if not queued:
+            return NO_WAIT  # the usual case: nothing to wait for, and no history to read
+        in_context = answers_in(messages)
+        jobs = sorted(job for job in queued if self._answer.get(job) not in in_context)
         if not jobs:
             return NO_WAIT
         events = [self._done[job] for job in jobs]

@@ -47,7 +47,7 @@ from proxy.memory.extract import (
 )
 from proxy.memory.inject import inject_block, render_block
 from proxy.memory.learn import Learner, case_outcome_changes
-from proxy.memory.pending import NO_WAIT, PendingWrites, WriteWait, answer_key, answers_in
+from proxy.memory.pending import NO_WAIT, PendingWrites, WriteWait, answer_key
 from proxy.memory.query import InvalidMemoryMode, MemoryAccess, build_query, resolve_access
 from proxy.memory.retrieve import ScoredMemory, retrieve
 from proxy.memory.sanitize import Sanitizer
@@ -266,8 +266,8 @@ class MemoryPipeline:
         timeout_ms = ctx.policy.memory.retrieval.wait_for_writes_ms
         if not timeout_ms:
             return NO_WAIT
-        in_context = answers_in(ctx.body.get("messages") or [])
-        waited = await self._pending.wait(scope, timeout_ms / 1000, in_context)
+        messages = ctx.body.get("messages") or []
+        waited = await self._pending.wait(scope, timeout_ms / 1000, messages)
         if waited.timed_out:
             log.info(
                 "request %s retrieves without %d earlier exchanges still being learned after "

@@ -62,6 +62,6 @@ async def test_an_exchange_already_in_the_calls_context_is_not_waited_for() -> N
         {"role": "assistant", "content": "  Pixel is a lovely name for a cat.\n"},
         {"role": "user", "content": "What should I feed him?"},
     ]
-    waited = await pending.wait(ALICE, timeout_s=0.01, in_context=answers_in(history))
+    waited = await pending.wait(ALICE, timeout_s=0.01, messages=history)
     assert (waited.pending, waited.unfinished) == (2, (2, 3))
     assert answers_in([{"role": "user", "content": "Lisbon has good tea."}]) == set()
