@@ -346,14 +346,7 @@ def chat_user_id(body: dict[str, Any], headers: Headers) -> str | None:
     """Who a chat call is for: the body's `user` and the `X-Memento-User` header, which must
     agree when both are given (each held to `user_id`'s rule)."""
     from_body = user_id(body.get("user"))
-    raw_header = headers.getlist(USER_HEADER)
-    if len(raw_header) > 1:
-        raise bad_request(
-            "Send X-Memento-User once: the request has it more than once.",
-            param=USER_HEADER,
-            code="invalid_user",
-        )
-    from_header = user_id(_utf8_header(raw_header[0]), param=USER_HEADER) if raw_header else None
+    from_header = user_id(_id_header(headers, USER_HEADER, "user"), param=USER_HEADER)
     if from_body is not None and from_header is not None and from_body != from_header:
         raise bad_request(
             f"The body's 'user' ({from_body!r}) and the X-Memento-User header ({from_header!r}) "
@@ -367,22 +360,25 @@ def chat_user_id(body: dict[str, Any], headers: Headers) -> str | None:
 def chat_session_id(headers: Headers) -> str | None:
     """The conversation a chat call belongs to (`X-Memento-Session`), held to the same rule as
     user ids: it is stored with every memory the call writes."""
-    raw = headers.getlist(SESSION_HEADER)
-    if len(raw) > 1:
+    raw = _id_header(headers, SESSION_HEADER, "session")
+    return user_id(raw, param=SESSION_HEADER, what="session")
+
+
+def _id_header(headers: Headers, name: str, what: str) -> str | None:
+    """The one value of id header `name` as the UTF-8 text the client sent (Starlette decodes
+    headers as Latin-1), None when absent; sent twice, or not UTF-8, it is a 400."""
+    values = headers.getlist(name)
+    if len(values) > 1:
+        shown = "-".join(part.capitalize() for part in name.split("-"))  # X-Memento-User
         raise bad_request(
-            "Send X-Memento-Session once: the request has it more than once.",
-            param=SESSION_HEADER,
-            code="invalid_session",
+            f"Send {shown} once: the request has it more than once.",
+            param=name,
+            code=f"invalid_{what}",
         )
-    if not raw:
+    if not values:
         return None
-    return user_id(_utf8_header(raw[0], SESSION_HEADER), param=SESSION_HEADER, what="session")
-
-
-def _utf8_header(value: str, name: str = USER_HEADER) -> str:
-    """A header value as the UTF-8 text the client sent (Starlette decodes it as Latin-1)."""
     try:
-        return value.encode("latin-1").decode("utf-8")
+        return values[0].encode("latin-1").decode("utf-8")
     except UnicodeDecodeError:
         raise bad_request(
             f"The {name} header is not valid UTF-8. Send the id as UTF-8 text.",
