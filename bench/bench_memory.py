@@ -39,7 +39,7 @@ CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from proxy.memory.budget import count_tokens, fit_to_budget  # noqa: E402
+from proxy.memory.budget import fit_to_budget  # noqa: E402
 from proxy.memory.inject import render_block  # noqa: E402
 from proxy.memory.learn import Learner  # noqa: E402
 from proxy.memory.pipeline import MemoryPipeline, shared_embedder  # noqa: E402
@@ -47,6 +47,7 @@ from proxy.memory.retrieve import retrieve  # noqa: E402
 from proxy.memory.seam import CallContext  # noqa: E402
 from proxy.policy import ModelRoute, Policy  # noqa: E402
 from proxy.settings import Settings  # noqa: E402
+from proxy.tokens import count_tokens  # noqa: E402
 from proxy.upstream import Upstreams  # noqa: E402
 from storage import open_store  # noqa: E402
 from storage.records import NewMemory, Scope  # noqa: E402

@@ -37,6 +37,7 @@ from proxy.errors import (
     model_not_found,
 )
 from proxy.health import Health, watch_memory
+from proxy.llm import import_litellm
 from proxy.memory.pipeline import MemoryPipeline
 from proxy.memory.seam import CallContext, MemoryHooks, MemoryUnavailable, NoMemory, PreparedCall
 from proxy.policy import ModelRoute, Policy
@@ -63,7 +64,7 @@ from proxy.tracing import (
 )
 from proxy.ui.pages import page_not_found
 from proxy.ui.pages import routes as ui_routes
-from proxy.upstream import Target, Upstreams, import_litellm, is_passthrough
+from proxy.upstream import Target, Upstreams, is_passthrough
 from proxy.validation import (
     chat_session_id,
     chat_user_id,

@@ -20,12 +20,12 @@ from pydantic import (
     model_validator,
 )
 
+from storage.records import MemoryKind
+
 KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 MemoryMode = Literal["off", "read", "write", "full"]
-MemoryKind = Literal["fact", "preference", "case", "lesson"]
-SourceRole = Literal["user", "assistant", "tool", "system", "import", "guard", "admin"]
 
 
 def _yaml_off(value: Any) -> Any:

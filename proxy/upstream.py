@@ -25,10 +25,10 @@ from typing import Any, Protocol
 import aiohttp
 
 from proxy.errors import ProxyError
+from proxy.llm import import_litellm
 from proxy.policy import ModelRoute
 from proxy.settings import Settings
 from proxy.streaming import DONE, UpstreamStream, sse_event
-from proxy.tokens import use_bundled_tiktoken
 
 log = logging.getLogger("memento.upstream")
 
@@ -382,26 +382,6 @@ def _decode(content: bytes) -> Any:
         return json.loads(content)
     except ValueError:
         return content.decode("utf-8", "replace")
-
-
-_litellm: Any = None
-
-
-def import_litellm() -> Any:
-    """litellm, configured to work offline (bundled cost map and tokenizers) and quietly."""
-    global _litellm
-    if _litellm is None:
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        os.environ.setdefault("LITELLM_TELEMETRY", "False")
-        use_bundled_tiktoken()
-        import litellm
-
-        litellm.telemetry = False
-        litellm.suppress_debug_info = True
-        litellm.turn_off_message_logging = True
-        logging.getLogger("LiteLLM").setLevel(logging.WARNING)
-        _litellm = litellm
-    return _litellm
 
 
 # Request fields litellm would consume itself (metadata) or drop for models outside its catalogue

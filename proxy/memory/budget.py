@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from proxy.llm import import_litellm
 from proxy.memory.inject import (
     SECTION_TITLES,
     block_frame_text,
@@ -27,8 +28,7 @@ from proxy.memory.inject import (
 from proxy.memory.query import message_text
 from proxy.memory.retrieve import ScoredMemory
 from proxy.policy import BudgetSettings, ModelRoute
-from proxy.tokens import encoding
-from proxy.upstream import import_litellm
+from proxy.tokens import count_tokens
 
 # Families tokenized with o200k_base; everything else (GPT-4, GPT-3.5, unknown models) cl100k.
 _O200K_PREFIXES = (
@@ -52,10 +52,6 @@ def encoding_name_for(model: str) -> str:
     if name.startswith(_O200K_PREFIXES):
         return "o200k_base"
     return "cl100k_base"
-
-
-def count_tokens(text: str, encoding_name: str) -> int:
-    return len(encoding(encoding_name).encode(text, disallowed_special=()))
 
 
 @lru_cache(maxsize=16_384)

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.upstream import import_litellm
+from proxy.llm import import_litellm
 from tests.harness import RunningProxy, free_port, write_tenant
 
 KEY = "cli-tenant-key"

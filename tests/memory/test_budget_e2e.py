@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from proxy.memory.budget import count_tokens, prompt_tokens
+from proxy.memory.budget import prompt_tokens
+from proxy.tokens import count_tokens
 from tests.harness import RunningProxy
 from tests.memory.conftest import api, client_for, memory_block
 from tests.scripted_upstream import ScriptedUpstream

@@ -7,11 +7,12 @@ import re
 import pytest
 
 from proxy.memory import markers
-from proxy.memory.budget import count_tokens, encoding_name_for, fit_to_budget
+from proxy.memory.budget import encoding_name_for, fit_to_budget
 from proxy.memory.inject import inject_block, render_block, strip_memory_blocks
 from proxy.memory.query import InvalidMemoryMode, build_query, resolve_access, resolve_mode
 from proxy.memory.retrieve import rank_candidates, rank_hits
 from proxy.policy import BudgetSettings, MemoryPolicy, Policy
+from proxy.tokens import count_tokens
 from tests.memory.records import hit, record
 
 

@@ -15,8 +15,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from proxy.llm import import_litellm
 from proxy.memory.candidates import Reason
-from proxy.upstream import import_litellm
 
 log = logging.getLogger("memento.sanitize")
 
