@@ -62,8 +62,7 @@ from proxy.tracing import (
     start_request_span,
     start_upstream_span,
 )
-from proxy.ui.pages import page_not_found
-from proxy.ui.pages import routes as ui_routes
+from proxy.ui import memory_pages, pages
 from proxy.upstream import Target, Upstreams, is_passthrough
 from proxy.validation import (
     chat_session_id,
@@ -154,7 +153,7 @@ class RequestIdMiddleware:
 def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404 and f"{request.url.path}/".startswith("/ui/"):
-        return page_not_found(request)
+        return pages.page_not_found(request)
     if exc.status_code == 404:
         message = f"Unknown route {request.method} {request.url.path}; see /v1/models."
         return ProxyError(404, message, code="unknown_url").to_response()
@@ -524,7 +523,8 @@ def build_app(
         *memory_routes(),
         *feedback_routes(),
         *trace_routes(),
-        *ui_routes(),
+        *memory_pages.routes(),
+        *pages.routes(),
         *extra_routes,
     ]
     app = Starlette(

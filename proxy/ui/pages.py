@@ -217,10 +217,8 @@ async def ui_root(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
-    from proxy.ui import memory_pages  # it builds on this module's login and rendering
-
+    """The login, the request list and the trace pages; `memory_pages` adds the memory pages."""
     return [
-        *memory_pages.routes(),
         Route("/ui", ui_root, methods=["GET"]),
         Route("/ui/", index, methods=["GET"]),
         Route("/ui/login", login, methods=["POST"]),
