@@ -67,3 +67,25 @@ def test_relative_links_resolve(page: Path) -> None:
         ):
             broken.append(f"{link}: no heading #{anchor} in {target.relative_to(ROOT)}")
     assert not broken, f"{page.relative_to(ROOT)} has broken links:\n" + "\n".join(broken)
+
+
+_DOC_REFERENCE = re.compile(r"\bdocs/([\w-]+\.md)(?:#([\w-]+))?")
+
+
+def test_code_points_to_docs_that_exist() -> None:
+    """Comments and docstrings that send a reader to docs/ name a page and heading that exist,
+    and none sends them to a design file outside the repository."""
+    broken = []
+    for folder in ("proxy", "storage", "bench"):
+        for source in sorted((ROOT / folder).rglob("*.py")):
+            text = source.read_text(encoding="utf-8")
+            where = source.relative_to(ROOT)
+            if "MEMORY-DESIGN" in text:
+                broken.append(f"{where}: MEMORY-DESIGN.md is not in the repository")
+            for page, anchor in _DOC_REFERENCE.findall(text):
+                target = ROOT / "docs" / page
+                if not target.exists():
+                    broken.append(f"{where}: no page docs/{page}")
+                elif anchor and anchor not in anchors(target.read_text(encoding="utf-8")):
+                    broken.append(f"{where}: no heading #{anchor} in docs/{page}")
+    assert not broken, "\n".join(broken)
