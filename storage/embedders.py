@@ -91,9 +91,9 @@ class LocalEmbedder:
     def __init__(
         self, *, cache_size: int = 2048, threads: int = 1, model_cache: Path | None = None
     ) -> None:
-        # One intra-op thread by default: two make a lone query faster on an idle box (4 ms
-        # against 8), but slower as soon as anything else wants a core (19 ms against 15 with
-        # one busy thread beside it, measured on the 2-core dev box); a proxy is rarely idle.
+        # One intra-op thread by default: two make a lone query faster on an idle box, but
+        # slower as soon as anything else wants a core (figures in
+        # docs/storage.md#embedders); a proxy is rarely idle.
         self._threads = threads
         self._model_cache = model_cache
         self._session: Any = None

@@ -126,17 +126,17 @@ class MaintenanceSettings:
     """When the background maintenance builds indexes, and how much LanceDB may cache;
     process-level, not per tenant.
 
-    Row counts are per tenant table. Measured on the 2-core dev box (AVX2), one tenant of
-    100k rows, k=30, scope filter covering the table: a flat LanceDB search took ~90 ms; IVF_FLAT
-    with 250-row partitions and 30 probes ~8 ms, built in ~7 s, at recall@30 against exact
-    search of 1.0 for queries near the data's topics and ~0.92 for random ones. Larger
-    partitions were slower for the same recall (4k rows, 20 probes: ~16 ms at 0.91; 2k rows,
-    12 probes: 0.62, random queries); IVF_PQ (refine 5) and IVF_RQ were no faster at recall
-    0.56-0.68, and IVF_PQ took ~110 s to build, IVF_HNSW_SQ ~300 s.
+    Row counts are per tenant table. The index type was chosen by measuring one tenant of
+    100k rows, k=30, a scope filter covering the table: IVF_FLAT with small partitions is an
+    order of magnitude faster than a flat search and builds in seconds, at full recall@30
+    for queries near the data's topics and most of it for random ones. Larger
+    partitions were slower for the same recall; IVF_PQ (refine 5) and IVF_RQ were no
+    faster and lost recall, and they and IVF_HNSW_SQ took far longer to build (figures:
+    docs/storage.md#measured-choices).
     """
 
-    # Below this a tenant's table is searched flat (slow here: ~90 ms at 100k rows, a few ms
-    # at 5k); above it an IVF index pays off, and builds in under a second.
+    # Below this a tenant's table is searched flat (cheap while it is small, slow at 100k
+    # rows); above it an IVF index pays off, and builds quickly.
     vector_index_min_rows: int = 5_000
     # IVF_FLAT: exact distances inside the probed partitions; a query reads about
     # nprobes * rows_per_partition vectors (7.5k here) whatever the tenant's size.
@@ -144,21 +144,21 @@ class MaintenanceSettings:
     nprobes: int = 30
     prune_older_than: timedelta = timedelta(minutes=5)
     # Load a table's vector and full-text indexes into LanceDB's cache after maintaining it
-    # (~150 MB per 100k 384-dim rows, 0.5 s each here). Otherwise IVF partitions are read on
-    # first use, and searches round-robin over 10 tenants of 100k took ~25 ms instead of ~8 ms
+    # (memory, and a moment per table off the request path). Otherwise IVF partitions are read on
+    # first use, and searches round-robin over many large tenants ran several times slower
     # until every partition had been touched.
     prewarm_indexes: bool = True
     # LanceDB's caches (its defaults: 6 GiB of indexes, 1 GiB of metadata). Every write commits
     # a new table version, and the version's manifest and file metadata enter the metadata
     # cache; every maintenance pass gives the table's indexes new ids, loaded into the index
     # cache anew. Entries of superseded versions are never read again but stay until the
-    # cache is full: RSS rose ~150 KB per memory written and was never given back. The bounds
+    # cache is full: RSS rose with every memory written and was never given back. The bounds
     # below make LanceDB evict them. The index cache must hold the indexes searches use (the
     # prewarmed ones: ~1.6 KB per row); the metadata cache only the current versions' files.
     index_cache_bytes: int = 1 << 30
     metadata_cache_bytes: int = 64 << 20
     # Bounds alone let superseded entries fill the caches before any is evicted: at the
-    # defaults RSS climbed ~120 KB per exchange for a 20-minute soak. So once the caches hold
+    # defaults RSS kept climbing through a 20-minute soak. So once the caches hold
     # this much more than they did after the last fresh start, and at least twice as much,
     # maintenance reopens the tables in a new, empty Session and prewarms only what is current.
     # Doubling keeps the reopen's cost (re-reading manifests, reloading indexes) amortised.
@@ -540,13 +540,13 @@ def vector_query(
         .nearest_to(np.asarray(vector, dtype=np.float32))
         .distance_type("dot")
         .where(where)
-        .select(["id", "_distance"])  # not the vector: reading it costs ~1 ms
+        .select(["id", "_distance"])  # not the vector: nobody needs it, and reading it is slow
         .limit(k)
     )
     if nprobes is not None:
         # A fixed probe count. Leaving the maximum open (more probes only "if not enough
         # results") made LanceDB probe 200 partitions instead of 30 under a filter that
-        # matched 90% of the table (~24 ms instead of ~3). Small scopes, which a probe
+        # matched 90% of the table, several times slower. Small scopes, which a probe
         # could cut short, are searched exactly by the store's vector cache.
         query = query.nprobes(nprobes)
     return query

@@ -1,7 +1,7 @@
 """The local embedding model as an ONNX bundle, exported once from the package's own weights.
 
-ONNX Runtime runs all-MiniLM-L6-v2 about twice as fast as torch (8 ms against 17 ms for a
-17-token query on one thread, measured on the 2-core dev box) and gives the same vectors (cosine
+ONNX Runtime runs all-MiniLM-L6-v2 faster than torch, on one thread as the server runs it
+(figures: docs/storage.md#embedders), and gives the same vectors (cosine
 ≥ 0.99999 to sentence-transformers; a test holds it to that). No ONNX file ships with the model
 package, so the graph is exported from the installed weights with torch, in a child process so
 the server never imports torch. Nothing is downloaded.
@@ -231,8 +231,8 @@ def export(model_dir: Path, target: Path) -> None:
 
 
 def _fuse_transformer_ops(path: str, heads: int, hidden: int) -> None:
-    """ONNX Runtime's BERT graph fusions (bias+GELU, skip+LayerNorm): ~11% faster per query
-    here (8.6 ms against 9.6 for 22 tokens), same vectors (cosine > 0.99999)."""
+    """ONNX Runtime's BERT graph fusions (bias+GELU, skip+LayerNorm): fewer, larger kernels,
+    so a query runs faster (docs/storage.md#embedders), same vectors (cosine > 0.99999)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     optimize_model(path, model_type="bert", num_heads=heads, hidden_size=hidden).save_model_to_file(

@@ -742,7 +742,7 @@ class SQLiteDatabase:
             chunk = ids[start : start + 500]
             rows = await self._fetchall(
                 # `+tenant_id`: look the ids up by primary key. Without the `+` SQLite picks
-                # the (tenant_id, status) index and walks the whole tenant (12 ms at 10k rows).
+                # the (tenant_id, status) index and walks the whole tenant, however few the ids.
                 f"SELECT {_SELECT_RECORD}, {extra_column} FROM memories WHERE +tenant_id = ? "
                 f"AND id IN ({_placeholders(len(chunk))}) AND status != 'deleted'",
                 (*extra_params, tenant_id, *chunk),

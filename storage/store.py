@@ -602,8 +602,8 @@ class EmbeddedStore:
             [scope_key(scope.tenant_id, user) for user in users], kinds=kinds, statuses=statuses
         )
         # The query is embedded before the BM25 search starts, not during it: on two cores the
-        # two fought for the CPU and the overlap was slower (hot path at 10k memories: 29-34 ms
-        # p50 against 29-30 ms in turn). BM25 then runs on LanceDB's threads while the vector
+        # two fought for the CPU and the overlap was slower (figures in docs/storage.md).
+        # BM25 then runs on LanceDB's threads while the vector
         # search runs here.
         if query_vector is None and embed_query and query_text.strip():
             query_vector = (await self.embedder.embed([query_text]))[0]

@@ -1,8 +1,8 @@
 """Exact vector search for small and medium scopes, from vectors held in memory.
 
-LanceDB's flat search costs ~12 ms over 10k rows and an IVF probe can miss a small scope's
-rows, while numpy scores 10k 384-dimensional vectors in ~1.4 ms (both measured on the 2-core
-dev box). So each scope (one tenant's user, or its shared records) of up
+LanceDB's flat search over a scope of thousands of rows is several times slower than numpy
+scoring the same vectors in memory, and an IVF probe can miss a small scope's rows (figures:
+docs/storage.md#search). So each scope (one tenant's user, or its shared records) of up
 to `max_rows` records keeps its vectors and filter columns in memory: loaded from SQLite on its
 first search and kept current by the same outbox rows the LanceDB index receives. Scopes used
 least recently are dropped once the cache holds more than `max_bytes`.
@@ -32,8 +32,8 @@ ScopeKey = tuple[str, str | None]  # (tenant_id, user_id); None is the tenant-sh
 
 @dataclass(frozen=True)
 class VectorCacheSettings:
-    # 10k vectors of 384 floats are 15 MB and score in ~1.4 ms; at 100k (~13 ms) the ANN
-    # index is the faster path.
+    # 10k vectors of 384 floats are 15 MB; exact scoring grows with the rows, and well past
+    # this the ANN index is the faster path.
     max_rows: int = 20_000
     max_bytes: int = 256 << 20
 
@@ -122,7 +122,7 @@ class ScopeVectors:
         if statuses:
             keep &= np.isin(self._statuses[:n], [_STATUS_CODE[status] for status in statuses])
         # einsum, not `@`: BLAS would spread this over threads that the embedder and LanceDB
-        # need (5 ms instead of 1 at p50 on the busy 2-core box).
+        # need, and on a busy box waiting for them costs more than the product itself.
         scores = np.einsum("ij,j->i", self._matrix[:n], query)
         scores[~keep] = -np.inf
         picked = [i for i in _top(scores, k).tolist() if keep[i]]

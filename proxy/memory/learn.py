@@ -20,7 +20,7 @@ from proxy.policy import FeedbackSettings
 from storage.api import MemoryStore, RequestStore
 from storage.records import MemoryRecord, RequestLog
 
-CASE_INITIAL_Q_WEIGHT = 0.3  # a case's own outcome sets Q = 0.3·r (MEMORY-DESIGN.md)
+CASE_INITIAL_Q_WEIGHT = 0.3  # a case's own outcome sets Q = 0.3·r (docs/design.md#learning-rule)
 DOUBTFUL_TRUST = 0.7
 QUARANTINE_TRUST = 0.3
 NEGATIVE_REWARD = -0.5

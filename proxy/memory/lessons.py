@@ -2,7 +2,7 @@
 
 A lesson is a record of kind "lesson" in the tenant-shared scope (an attack on one user warns
 about it for every user of the tenant). Its `key_text` is the refused content, so its embedding is
-the pattern to avoid (MEMORY-DESIGN.md's `lesson_pattern_embedding`); its `text` only names the
+the pattern to avoid (docs/design.md#lessons); its `text` only names the
 rules that fired, so a lesson injected as a caution never repeats the attack. Lessons come from
 sanitizer rejections, reviewer decisions on quarantined memories, and read-time drops.
 
@@ -420,7 +420,7 @@ async def expire_quarantine(
     now: float | None = None,
 ) -> list[MemoryRecord]:
     """Move quarantined memories older than `quarantine_ttl_days` to rejected (unreviewed
-    quarantine expires, MEMORY-DESIGN.md §6); return the ones still waiting for review."""
+    quarantine expires, docs/design.md#verdicts-and-quarantine); return those still waiting."""
     cutoff = (now if now is not None else time.time()) - policy.quarantine_ttl_days * 86_400
     waiting = []
     for record in records:

@@ -1,6 +1,6 @@
 """Retrieve: hybrid candidates from storage, ranked by relevance, learned utility and trust.
 
-Two phases (MEMORY-DESIGN.md, MemRL-shaped). Phase A recalls candidates by similarity only: the
+Two phases (docs/design.md, MemRL-shaped). Phase A recalls candidates by similarity only: the
 top-k1 of BM25 and of vector search, fused by reciprocal rank fusion, gated on status, trust,
 supersession and (for cases) a minimum cosine and utility. Phase B ranks them by value:
 
@@ -32,7 +32,7 @@ from proxy.policy import MemoryPolicy, RetrievalSettings, SanitizerPolicy
 from storage.api import MemoryStore
 from storage.records import MemoryKind, MemoryRecord, Scope, SearchHit, Vector
 
-# Cases below this cosine to the query are look-alikes in words only. MEMORY-DESIGN.md says to
+# Cases below this cosine to the query are look-alikes in words only. docs/design.md says to
 # calibrate δ per embedder at μ_sim + 0.5σ; for all-MiniLM-L6-v2 unrelated sentence pairs sit
 # near μ ≈ 0.05, σ ≈ 0.1, which gives 0.1. A policy's `retrieval.delta_sim` overrides it.
 DEFAULT_CASE_MIN_COSINE = 0.1

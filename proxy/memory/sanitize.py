@@ -46,7 +46,7 @@ from storage.records import MemoryKind, MemoryRecord, Scope, SourceRole
 
 log = logging.getLogger("memento.sanitize")
 
-NEIGHBOURS = 5  # MEMORY-DESIGN.md: top-5 active neighbours for the consensus check
+NEIGHBOURS = 5  # active neighbours for the consensus check (docs/design.md#consensus)
 EMBED_CHARS = 1000  # ~200 tokens: enough to place a memory; attack essays cost less
 SCAN_LIMIT = 5000
 DAY_S = 86_400.0  # above this many memories in a scope, neighbours come from the index instead

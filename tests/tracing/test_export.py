@@ -16,8 +16,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from proxy.health import Health
 from proxy.policy import TracingPolicy
+from proxy.span_export import TRACES_COMPONENT
 from proxy.tracing import (
-    TRACES_COMPONENT,
     TracingHandle,
     json_attr,
     request_link,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from proxy.memory.candidates import Reason
 from proxy.memory.signals import normalize
 
-LESSON_PENALTY = 0.4  # MEMORY-DESIGN.md: a lesson match costs 0.4 trust
+LESSON_PENALTY = 0.4  # the trust a lesson match costs (docs/design.md#lessons)
 _WORD = re.compile(r"[a-z0-9']+")
 
 

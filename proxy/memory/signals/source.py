@@ -4,7 +4,7 @@ The prior is the policy's `base_trust` for the candidate's source role, lowered 
 trusted role among its evidence spans: a "user fact" whose words were really quoted from a tool
 result or a retrieved page is only as trustworthy as that page. System text and tool output never
 become active facts: their prior (0.3 by default) sits in the quarantine band, so a reviewer sees
-them before they can be injected (MEMORY-DESIGN.md, source gating).
+them before they can be injected (docs/design.md#source-prior).
 """
 
 from __future__ import annotations
