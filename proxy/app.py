@@ -64,7 +64,9 @@ from proxy.tracing import (
 )
 from proxy.ui.pages import page_not_found
 from proxy.ui.pages import routes as ui_routes
-from proxy.upstream import Target, Upstreams, is_passthrough
+from proxy.upstreams.base import Target
+from proxy.upstreams.registry import Upstreams
+from proxy.upstreams.routing import is_passthrough
 from proxy.validation import (
     chat_session_id,
     chat_user_id,
