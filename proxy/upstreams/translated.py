@@ -1,5 +1,4 @@
-"""Providers that need translation (Azure, Anthropic, Ollama's native API, Bedrock…), through
-litellm.
+"""Providers that need translation, through litellm: Azure, Anthropic, Ollama's native API…
 
 What comes back through litellm is made to read like the direct relay's: errors carry the
 provider's message and fields without litellm's wrapping, and responses lose the fields litellm
