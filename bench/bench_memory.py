@@ -48,7 +48,7 @@ from proxy.memory.seam import CallContext  # noqa: E402
 from proxy.policy import ModelRoute, Policy  # noqa: E402
 from proxy.settings import Settings  # noqa: E402
 from proxy.tokens import count_tokens  # noqa: E402
-from proxy.upstream import Upstreams  # noqa: E402
+from proxy.upstreams.registry import Upstreams  # noqa: E402
 from storage import open_store  # noqa: E402
 from storage.records import NewMemory, Scope  # noqa: E402
 

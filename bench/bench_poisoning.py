@@ -318,9 +318,9 @@ def _jsonl_split(rows: list[str]) -> dict[str, list[str]]:
 def case_candidates(requests: list[str]) -> list[Candidate]:
     """Each request as the chat route would learn from it: the rule extractor over the request
     and the built-in echo model's answer, evidence verified (every candidate, case or fact)."""
-    from proxy.echo import describe_request
     from proxy.memory.extract import build_exchange, extract_with_rules, verify_evidence
     from proxy.policy import ExtractionSettings
+    from proxy.upstreams.echo import describe_request
 
     candidates: list[Candidate] = []
     for request in requests:

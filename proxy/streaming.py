@@ -14,30 +14,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
 from starlette.types import Message, Receive, Scope, Send
 
+from proxy.upstreams.base import DONE, UpstreamStream
+
 log = logging.getLogger("memento.proxy")
 
-DONE = b"data: [DONE]\n\n"
 _DONE_EVENT = DONE.rstrip()  # what `_hold_final_event` looks for, whatever line ending follows
-
-
-def sse_event(payload: Mapping[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-
-
-@dataclass
-class UpstreamStream:
-    """An open streaming response from an upstream: SSE bytes, and how to close it early."""
-
-    chunks: AsyncIterator[bytes]
-    close: Callable[[], Awaitable[None]]
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 class StreamAssembler:

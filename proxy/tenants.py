@@ -28,7 +28,7 @@ import yaml
 from pydantic import ValidationError
 
 from proxy.policy import ModelRoute, Policy, deep_merge
-from proxy.upstream import key_variable, route_problem
+from proxy.upstreams.routing import key_variable, route_problem
 
 log = logging.getLogger("memento.policies")
 

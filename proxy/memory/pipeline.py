@@ -55,7 +55,8 @@ from proxy.memory.seam import CallContext, MemoryUnavailable, PreparedCall
 from proxy.memory.worker import WritePool
 from proxy.policy import ModelRoute, Policy, TracingPolicy
 from proxy.tracing import content_attr, json_attr, request_link
-from proxy.upstream import Target, Upstreams
+from proxy.upstreams.base import Target
+from proxy.upstreams.registry import Upstreams
 from storage.api import Embedder, MemoryStore, RequestStore, WriteQueue
 from storage.records import (
     MemoryKind,

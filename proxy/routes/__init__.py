@@ -1,1 +1,1 @@
-"""HTTP routes beyond the chat surface in proxy/app.py (traces, admin, memories, feedback)."""
+"""HTTP routes, assembled in proxy/app.py: chat, traces, admin, memories, feedback."""

@@ -14,9 +14,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from proxy.errors import ProxyError
-from proxy.streaming import DONE, UpstreamStream, sse_event
 from proxy.tokens import count_tokens
-from proxy.upstream import Target, UpstreamReply
+from proxy.upstreams.base import DONE, Target, UpstreamReply, UpstreamStream, sse_event
 
 MEMORY_MARKERS = ("memento", "memory", "memories")
 
