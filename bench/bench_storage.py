@@ -52,8 +52,9 @@ from storage.index import (
     text_query,
     vector_query,
 )
+from storage.index_sync import INDEX_DIR
 from storage.records import NewMemory, Scope
-from storage.store import INDEX_DIR, open_embedded_store
+from storage.store import open_embedded_store
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "storage.json"
@@ -165,7 +166,7 @@ async def _load(
             shared = [i for i in range(count) if i % SHARED_EVERY == 0]
             own = [i for i in range(count) if i % SHARED_EVERY != 0]
             for scope, idx in ((_user_scope(tenant), own), (Scope(f"tenant{tenant}"), shared)):
-                records = await store.add(
+                records = await store.memories.add(
                     scope,
                     [NewMemory(kind="fact", text=texts[i]) for i in idx],
                     # The store takes any rows of floats; an array spares a million tolist()s.
@@ -192,7 +193,7 @@ async def _search_latencies(
             (text_only, text, None),
         ):
             started = time.perf_counter()
-            hits = await store.search(
+            hits = await store.memories.search(
                 scope,
                 query_text=query_text,
                 query_vector=query_vector,
@@ -288,7 +289,7 @@ async def _insert_with_embedding(store: EmbeddedStore) -> dict[str, float]:
     total = 512
     started = time.perf_counter()
     for start in range(0, total, 64):
-        await store.add(
+        await store.memories.add(
             scope,
             [
                 NewMemory(kind="fact", text=f"I visited city {start + i} last year")
@@ -299,7 +300,7 @@ async def _insert_with_embedding(store: EmbeddedStore) -> dict[str, float]:
     single = []
     for i in range(20):
         t0 = time.perf_counter()
-        await store.add(scope, [NewMemory(kind="fact", text=f"My locker number is {i}")])
+        await store.memories.add(scope, [NewMemory(kind="fact", text=f"My locker number is {i}")])
         single.append((time.perf_counter() - t0) * 1000)
     return {"insert_embedded_per_s": batched, "insert_one_p50_ms": _percentile(single, 50)}
 
@@ -321,7 +322,7 @@ async def run() -> dict[str, Any]:
                 load_s = await _load(store, corpus, grow, scopes)
                 loaded = per_tenant
                 started = time.perf_counter()
-                await store.maintain()
+                await store.maintenance.maintain()
                 build_s = time.perf_counter() - started
                 queries = corpus.queries(QUERIES)
                 await _search_latencies(store, queries[:10], scopes)  # warm caches
@@ -329,7 +330,7 @@ async def run() -> dict[str, Any]:
                 floor = await _lancedb_floor(Path(folder), queries[:100], scopes.first_id(0))
                 row = {
                     "per_tenant": per_tenant,
-                    "total_rows": await store.index.count(),
+                    "total_rows": await store.index.index.count(),
                     "bulk_insert_per_s": grow * TENANTS / load_s,
                     "index_build_s": build_s,
                     **latencies,

@@ -41,8 +41,8 @@ from proxy.llm import import_litellm
 from proxy.memory.pipeline import MemoryPipeline
 from proxy.memory.seam import CallContext, MemoryHooks, MemoryUnavailable, NoMemory, PreparedCall
 from proxy.policy import ModelRoute, Policy
-from proxy.routes.admin import memory_store_of
 from proxy.routes.admin import routes as admin_routes
+from proxy.routes.admin import store_of
 from proxy.routes.feedback import feedback_routes
 from proxy.routes.memories import memory_routes
 from proxy.routes.traces import routes as trace_routes
@@ -72,7 +72,7 @@ from proxy.validation import (
     validate_chat,
     validate_embeddings,
 )
-from storage.api import IndexUnavailable, JobAdmin, StorageFull
+from storage.api import IndexUnavailable, StorageFull
 from storage.spans import open_span_store
 
 log = logging.getLogger("memento.proxy")
@@ -404,9 +404,9 @@ async def readyz(request: Request) -> Response:
             {"component": p.component, "message": p.message, "since": p.since} for p in problems
         ],
     }
-    store = memory_store_of(request)
-    if isinstance(store, JobAdmin):
-        body["failed_jobs"] = await store.count_jobs("failed")
+    store = store_of(request)
+    if store is not None:
+        body["failed_jobs"] = await store.queue.count_jobs("failed")
     return JSONResponse(body, status_code=200 if status == "ready" else 503)
 
 
