@@ -43,8 +43,7 @@ import numpy as np
 
 from storage import EmbeddedStore
 from storage.embedders import LocalEmbedder
-from storage.index import (
-    MaintenanceSettings,
+from storage.index_schema import (
     scope_filter,
     scope_key,
     sql_literal,
@@ -52,6 +51,7 @@ from storage.index import (
     text_query,
     vector_query,
 )
+from storage.index_settings import MaintenanceSettings
 from storage.index_sync import INDEX_DIR
 from storage.records import NewMemory, Scope
 from storage.store import open_embedded_store

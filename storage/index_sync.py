@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from storage.api import Embedder, HealthReporter
-from storage.index import IndexRow, MemoryIndex
+from storage.index import MemoryIndex
+from storage.index_schema import IndexRow
 from storage.sqlite import SQLiteDatabase
 from storage.sqlite.outbox import IndexSource
 from storage.vector_cache import VectorCache, VectorCacheSettings
@@ -122,16 +123,9 @@ class IndexSync:
             return None
         if source.embedding_model != self.embedder.model_id:
             return None  # made by another embedder: `reindex` re-embeds it
-        return IndexRow(
-            id=source.id,
-            tenant_id=source.tenant_id,
-            user_id=source.user_id,
-            kind=source.kind,
-            status=source.status,
-            expires_at=source.expires_at,
-            search_text=source.search_text,
-            vector=unblob(source.embedding),
-        )
+        scope = (source.id, source.tenant_id, source.user_id)
+        filters = (source.kind, source.status, source.expires_at)
+        return IndexRow(*scope, *filters, source.search_text, unblob(source.embedding))
 
     async def sync(self) -> int:
         """Apply pending outbox entries to the index; returns how many records it touched.

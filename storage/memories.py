@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any, get_args
 
 from storage.api import Embedder, IndexUnavailable
-from storage.index import IndexHit, scope_filter, scope_key
+from storage.index_schema import IndexHit, scope_filter, scope_key
 from storage.index_sync import IndexSync, blob, unblob
 from storage.records import (
     MEMORY_KINDS,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from storage.index import IndexHit, IndexRow
+from storage.index_schema import IndexHit, IndexRow
 from storage.index_sync import IndexSync, unblob
 from storage.records import MemoryKind, MemoryRecord, MemoryStatus
 from storage.sqlite.memories import MemoryRows

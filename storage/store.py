@@ -14,7 +14,8 @@ import logging
 from pathlib import Path
 
 from storage.api import Embedder, HealthReporter
-from storage.index import MaintenanceSettings, MemoryIndex
+from storage.index import MemoryIndex
+from storage.index_settings import MaintenanceSettings
 from storage.index_sync import EMBEDDER_META, INDEX_DIR, IndexSync, embedder_tag
 from storage.maintenance import IndexMaintenance
 from storage.memories import Memories
@@ -34,23 +35,16 @@ class EmbeddedStore:
     """`Store` over one data folder: memories, requests and the write queue as parts."""
 
     def __init__(
-        self,
-        data_dir: Path,
-        db: SQLiteDatabase,
-        index: MemoryIndex,
-        embedder: Embedder,
-        *,
-        maintenance_interval_s: float,
-        vector_cache: VectorCacheSettings | None = None,
+        self, db: SQLiteDatabase, index: IndexSync, *, maintenance_interval_s: float
     ) -> None:
-        self.data_dir = data_dir
+        self.data_dir = index.data_dir
         self.db = db
-        self.embedder = embedder
-        self.index = IndexSync(data_dir, db, index, embedder, vector_cache=vector_cache)
-        self.memories = Memories(db.connection, self.index, embedder)
+        self.embedder = index.embedder
+        self.index = index
+        self.memories = Memories(db.connection, index, index.embedder)
         self.requests = db.requests
         self.queue = db.queue
-        self.maintenance = IndexMaintenance(self.index, db, interval_s=maintenance_interval_s)
+        self.maintenance = IndexMaintenance(index, db, interval_s=maintenance_interval_s)
 
     def attach_health(self, health: HealthReporter) -> None:
         """Report the index's problems and a full disk (and their recovery) to `health`."""
@@ -110,14 +104,10 @@ async def open_embedded_store(
                     f"configured embedder is {embedder.model_id!r}. Run `memento-proxy reindex` "
                     "to re-embed them, or configure the previous embedder again."
                 )
-        store = EmbeddedStore(
-            folder,
-            db,
-            index,
-            embedder,
-            maintenance_interval_s=maintenance_interval_s,
-            vector_cache=vector_cache or VectorCacheSettings.from_env(),
+        sync = IndexSync(
+            folder, db, index, embedder, vector_cache=vector_cache or VectorCacheSettings.from_env()
         )
+        store = EmbeddedStore(db, sync, maintenance_interval_s=maintenance_interval_s)
         if index.created and stored == tag and await db.memories.count_memories():
             # The index folder was lost; it is derived data, so rebuild it from SQLite.
             log.warning("search index missing in %s; rebuilding it from SQLite", folder)

@@ -13,14 +13,9 @@ import pyarrow as pa
 import pytest
 
 from storage import EmbeddedStore
-from storage.index import (
-    IndexRow,
-    MaintenanceSettings,
-    MemoryIndex,
-    scope_filter,
-    scope_key,
-    table_name,
-)
+from storage.index import MemoryIndex
+from storage.index_schema import IndexRow, scope_filter, scope_key, table_name
+from storage.index_settings import MaintenanceSettings
 from storage.records import NewMemory, Scope
 
 DIM = 8

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from storage.embedders import LocalEmbedder
-from storage.index import generation_of, table_name
+from storage.index_schema import generation_of, table_name
 from storage.index_sync import INDEX_DIR
 from storage.maintenance import REBUILD_LOCK_FILE, ReindexRunningError
 from storage.records import NewMemory, Scope

@@ -10,7 +10,7 @@ import pytest
 
 from storage import EmbeddedStore
 from storage.embedders import LocalEmbedder
-from storage.index import MaintenanceSettings
+from storage.index_settings import MaintenanceSettings
 from storage.records import NewMemory, RequestLog, Scope
 from storage.sqlite.requests import DuplicateRequestError
 from storage.store import open_embedded_store

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from storage import EmbeddedStore
 from storage.embedders import LocalEmbedder
-from storage.index import IndexRow
+from storage.index_schema import IndexRow
 from storage.records import NewMemory, Scope
 from storage.store import open_embedded_store
 from storage.vector_cache import ScopeVectors, VectorCache, VectorCacheSettings
