@@ -9,14 +9,14 @@ and posting lists nine tenths of which it then filtered away). Within a table, `
 before the search (prefilter), never after. The index holds only what search needs: ids, scope,
 kind, status, expiry, the BM25 text and the vector. Record content comes from SQLite.
 
-Everything here can be rebuilt from SQLite (`EmbeddedStore.reindex`). A rebuild writes a new
-*generation* of tables beside the one being served (generation g's tables are named `g<g>_`
-plus the usual name; generation 0 has no prefix), so a search never sees a half-built table; the
-store switches its pointer in SQLite once the new generation is complete, and the old one is
-dropped after. Maintenance (folding new rows into the full-text and vector indexes, building a
-table's IVF index once it is large, compaction, dropping expired rows, pruning old versions so
-erased content leaves the disk) runs in the background over the tables that changed, called by
-the store, never on the request path.
+Everything here can be rebuilt from SQLite (`reindex` in `storage.maintenance`). A rebuild
+writes a new *generation* of tables beside the one being served (generation g's tables are named
+`g<g>_` plus the usual name; generation 0 has no prefix), so a search never sees a half-built
+table; the store switches its pointer in SQLite once the new generation is complete, and the old
+one is dropped after. Maintenance (folding new rows into the full-text and vector indexes,
+building a table's IVF index once it is large, compaction, dropping expired rows, pruning old
+versions so erased content leaves the disk) runs in the background over the tables that
+changed, called by the store, never on the request path.
 """
 
 from __future__ import annotations

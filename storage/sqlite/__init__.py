@@ -18,20 +18,25 @@ from storage.sqlite.connection import Connection
 from storage.sqlite.memories import MemoryRows
 from storage.sqlite.migrations import MIGRATIONS, Migration
 from storage.sqlite.outbox import IndexOutbox
-from storage.sqlite.queue import JobQueue
-from storage.sqlite.requests import Requests
+from storage.sqlite.queue import SQLiteJobQueue
+from storage.sqlite.requests import SQLiteRequestStore
 
 __all__ = ["SQLiteDatabase"]
 
 
 class SQLiteDatabase:
-    """The relational half of the embedded store: its table families over one connection."""
+    """The relational half of the embedded store: its table families over one connection.
+
+    `memories` here are the rows alone; the store's `memories` (`storage.memories.Memories`)
+    are the same rows kept in the index. A write through either adds its outbox entries in its
+    own transaction, so the index catches up with it either way.
+    """
 
     def __init__(self, connection: Connection, *, lease_s: float) -> None:
         self.connection = connection
         self.memories = MemoryRows(connection)
-        self.requests = Requests(connection)
-        self.queue = JobQueue(connection, lease_s=lease_s)
+        self.requests = SQLiteRequestStore(connection)
+        self.queue = SQLiteJobQueue(connection, lease_s=lease_s)
         self.outbox = IndexOutbox(connection)
 
     @classmethod
@@ -47,10 +52,6 @@ class SQLiteDatabase:
         `migrations` exists for tests that build an older schema; callers use the default.
         """
         return cls(await Connection.open(path, migrations), lease_s=lease_s)
-
-    @property
-    def path(self) -> Path:
-        return self.connection.path
 
     def attach_health(self, health: HealthReporter) -> None:
         """Report a full disk (and its end) to `health` from now on."""

@@ -23,7 +23,7 @@ _MAX_FIRST = 100  # ids a claim may be asked to prefer (bounded: they are SQL pa
 _JOB_COLUMNS = "id, tenant_id, kind, payload, state, attempts, created_at, available_at, last_error"
 
 
-class JobQueue:
+class SQLiteJobQueue:
     """The `jobs` table."""
 
     def __init__(self, connection: Connection, *, lease_s: float) -> None:

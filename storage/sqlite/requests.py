@@ -30,7 +30,7 @@ class DuplicateRequestError(ValueError):
     another's, so a second entry under the same id is refused."""
 
 
-class Requests:
+class SQLiteRequestStore:
     """The `requests` and `feedback` tables."""
 
     _SETTABLE = frozenset(
