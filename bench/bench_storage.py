@@ -3,11 +3,11 @@
 One store (real SQLite + LanceDB) grows through 1k, 10k and 100k memories per tenant with 10
 tenants (10k, 100k, 1M rows). At each size: background maintenance is run once and timed (the
 index build: full-text fold-in, compaction, and the ANN index of each tenant's table once it
-is big enough),
-then `store.search` (vector + BM25 for one user's scope including the tenant-shared records,
-k=30, checked against SQLite) is timed over distinct queries: p50/p99. Recall is measured too:
-for every query, the vector candidates `store.search` returned against the exact top 30 by
-numpy over that scope's vectors (an ANN index trades recall for speed; this says how much).
+is big enough), then `store.memories.search` (vector + BM25 for one user's scope including the
+tenant-shared records, k=30, checked against SQLite) is timed over distinct queries: p50/p99.
+Recall is measured too: for every query, the vector candidates `store.memories.search`
+returned against the exact top 30 by numpy over that scope's vectors (an ANN index trades
+recall for speed; this says how much).
 Beside it, the floor LanceDB itself sets, on one tenant's table through its own connection:
 the round trip of an indexed point lookup (what any LanceDB query costs from Python), and for
 the same BM25 and IVF queries the store runs, round trip against the time LanceDB reports
@@ -16,8 +16,8 @@ its runtime and asyncio.
 
 Bulk rows carry synthetic topic-clustered vectors and texts (embedding a million texts with
 MiniLM would take hours on this machine); the insert path is otherwise the real one
-(`store.add` with vectors: SQLite transaction, outbox, index upsert). Embedding latency and
-end-to-end insert throughput with real embedding are measured with the local model.
+(`store.memories.add` with vectors: SQLite transaction, outbox, index upsert). Embedding latency
+and end-to-end insert throughput with real embedding are measured with the local model.
 
 `BENCH_STORAGE_SIZES` (default "1000,10000,100000") picks the per-tenant sizes; `BENCH_SCALE`
 scales query counts. Results: a table on stdout and bench/results/storage.json.
@@ -156,7 +156,7 @@ class SearchedScopes:
 async def _load(
     store: EmbeddedStore, corpus: Corpus, per_tenant: int, scopes: SearchedScopes
 ) -> float:
-    """Grow every tenant by `per_tenant` memories through `store.add`; returns seconds."""
+    """Grow every tenant by `per_tenant` memories through `store.memories.add`; returns seconds."""
     started = time.perf_counter()
     for tenant in range(TENANTS):
         remaining = per_tenant

@@ -1,9 +1,9 @@
 """A process that writes memories until it is killed (driven by test_store_durability.py).
 
 Usage: python durability_writer.py DATA_DIR TAG MODE. MODE `add` writes batches through
-`store.add` forever, printing `BEGIN n size` before and `ACK n` after each batch. MODE `commit`
-commits one batch to SQLite (the first half of `add`) without touching the index, prints `ACK`,
-then waits to be killed, which is the crash between the SQLite commit and the index write.
+`store.memories.add` forever, printing `BEGIN n size` before and `ACK n` after each batch. MODE
+`commit` commits one batch to SQLite (the first half of `add`) without touching the index, prints
+`ACK`, then waits to be killed, which is the crash between the SQLite commit and the index write.
 """
 
 from __future__ import annotations
