@@ -14,6 +14,7 @@ from storage.records import NewMemory, RequestLog, Scope
 from storage.sqlite import SQLiteDatabase
 from storage.sqlite.migrations import MIGRATIONS, SCHEMA_VERSION, SchemaTooNewError
 from storage.sqlite.requests import DuplicateRequestError
+from storage.sqlite.rows import JSON_COLUMNS, RECORD_COLUMNS, REQUEST_COLUMN_NAMES
 from storage.store import open_embedded_store
 from tests.scripted_upstream import ScriptedUpstream
 
@@ -33,6 +34,35 @@ async def test_empty_database_migrates_to_latest(tmp_path: Path) -> None:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     expected = {"memories", "audit", "requests", "feedback", "jobs", "index_outbox"}
     assert expected | {"memory_versions", "store_meta"} <= _tables(path)
+
+
+async def test_the_tables_hold_every_field_of_the_records(tmp_path: Path) -> None:
+    """The columns read and written are the dataclasses' fields: a field added to
+    MemoryRecord or RequestLog needs a migration step that adds its column, or this fails."""
+    path = tmp_path / "memento.db"
+    await (await SQLiteDatabase.open(path)).close()
+    with sqlite3.connect(path) as raw:
+
+        def columns(table: str) -> set[str]:
+            return {row[1] for row in raw.execute(f"PRAGMA table_info({table})")}
+
+        assert columns("memories") == {*RECORD_COLUMNS, "embedding"}
+        assert columns("requests") == set(REQUEST_COLUMN_NAMES)
+    # Lists and dicts are kept as JSON text.
+    assert {
+        "fields",
+        "metadata",
+        "keywords",
+        "tags",
+        "trust_reasons",
+        "derived_from_ids",
+        "evidence",
+    } == JSON_COLUMNS
+
+
+def test_migration_steps_are_named_once() -> None:
+    names = [step.name for step in MIGRATIONS]
+    assert len(set(names)) == len(names) == SCHEMA_VERSION
 
 
 @pytest.mark.parametrize("version", range(1, SCHEMA_VERSION))
