@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from storage.records import (
     JobState,
@@ -200,7 +200,7 @@ class RequestStore(Protocol):
 
 
 class WriteQueue(Protocol):
-    """Durable write-path queue in SQLite: survives crashes, restarts and shutdowns."""
+    """The durable write-path queue: survives crashes, restarts and shutdowns."""
 
     async def enqueue(self, tenant_id: str, kind: str, payload: dict[str, Any]) -> int: ...
 
@@ -222,7 +222,6 @@ class WriteQueue(Protocol):
         ...
 
 
-@runtime_checkable
 class JobAdmin(Protocol):
     """The write queue as an operator sees it: jobs by tenant and state, failed ones retried."""
 
