@@ -93,11 +93,13 @@ async def bench_hot_path(sizes: tuple[int, ...] = (1_000, 10_000)) -> list[dict[
             started = time.perf_counter()
             for start in range(0, size, 500):
                 batch = [facts[i % len(facts)] for i in range(start, min(size, start + 500))]
-                await store.add(scope, [NewMemory(kind="fact", text=text) for text in batch])
+                await store.memories.add(
+                    scope, [NewMemory(kind="fact", text=text) for text in batch]
+                )
             load_s = time.perf_counter() - started
             # The steady state of a running proxy: background maintenance (every 30 s) has
             # folded the new rows into the full-text and vector indexes.
-            await store.maintain()
+            await store.maintenance.maintain()
             upstreams = Upstreams(Settings())
             pipeline = MemoryPipeline(_Policies(policy), upstreams, store=store, workers=0)
             route = ModelRoute(model="openai/gpt-4o-mini")
@@ -305,8 +307,10 @@ async def bench_locomo() -> dict[str, Any]:
                 for dia_id, text, when in turns
             ]
             for start in range(0, len(memories), 256):
-                await store.add(scope, memories[start : start + 256])
-            await store.maintain()  # as background maintenance would, before the questions
+                await store.memories.add(scope, memories[start : start + 256])
+            await (
+                store.maintenance.maintain()
+            )  # as background maintenance would, before the questions
             bm25 = BM25([text for _, text, _ in turns])
             ids = [dia_id for dia_id, _, _ in turns]
             for qa in conversation["qa"]:
@@ -315,7 +319,9 @@ async def bench_locomo() -> dict[str, Any]:
                     continue
                 category = int(qa["category"])
                 started = time.perf_counter()
-                ranked = await retrieve(store, scope, str(qa["question"]), policy.memory, limit=10)
+                ranked = await retrieve(
+                    store.memories, scope, str(qa["question"]), policy.memory, limit=10
+                )
                 latencies.append((time.perf_counter() - started) * 1000)
                 found = [str(item.record.metadata.get("dia_id")) for item in ranked]
                 baseline = [ids[i] for i in bm25.top(str(qa["question"]), 10)]
@@ -415,7 +421,7 @@ async def bench_learning(max_events: int = 10, distractors: int = 1) -> dict[str
         store = await open_store(folder, embedder)
         upstreams = Upstreams(Settings())
         pipeline = MemoryPipeline(_Policies(policy), upstreams, store=store, workers=0)
-        learner = Learner(store, store)
+        learner = Learner(store.memories, store.requests)
         route = ModelRoute(model="openai/gpt-4o-mini")
         for number, (question, helpful_text, misleading_text) in enumerate(SCENARIOS):
             user = f"learner-{number}"
@@ -424,7 +430,7 @@ async def bench_learning(max_events: int = 10, distractors: int = 1) -> dict[str
                 f"{misleading_text} Tried again on day {day}, same result."
                 for day in range(2, distractors + 1)
             ]
-            helpful, *_ = await store.add(
+            helpful, *_ = await store.memories.add(
                 scope,
                 [
                     NewMemory(kind="case", text=t, key_text=t, source_role="import", trust=0.9)
@@ -441,7 +447,7 @@ async def bench_learning(max_events: int = 10, distractors: int = 1) -> dict[str
                 )
                 prepared = await pipeline.before_call(ctx)
                 await pipeline.flush_request_logs()
-                ranked = await retrieve(store, scope, question, policy.memory, limit=2)
+                ranked = await retrieve(store.memories, scope, question, policy.memory, limit=2)
                 top = ranked[0].record.id if ranked else None
                 if first_before is None:
                     first_before = "helpful" if top == helpful.id else "misleading"

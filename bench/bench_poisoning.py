@@ -179,7 +179,7 @@ async def store_experiment(attacks: list[str], facts: list[str]) -> dict[str, An
     with tempfile.TemporaryDirectory() as tmp:
         store = await open_store(Path(tmp) / "data", embedder)
         try:
-            sanitizer = Sanitizer(store)
+            sanitizer = Sanitizer(store.memories)
             policy = SanitizerPolicy()
             scope = Scope("bench", "victim")
             batch = [Candidate("fact", t, "user") for t in facts[:400] + attacks[:100]]
@@ -189,7 +189,7 @@ async def store_experiment(attacks: list[str], facts: list[str]) -> dict[str, An
 
             learn, probe = attacks[0::2][:150], attacks[1::2][:150]
             await sanitizer.assess(scope, [Candidate("fact", t, "user") for t in learn], policy)
-            lessons = await store.list(Scope("bench"), kinds=["lesson"], limit=1000)
+            lessons = await store.memories.list(Scope("bench"), kinds=["lesson"], limit=1000)
             blind = policy.model_copy(update={"w_heur": 0.0})  # lessons only
             probe_verdicts = await sanitizer.assess(
                 Scope("bench", "other"),

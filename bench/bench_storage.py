@@ -3,11 +3,11 @@
 One store (real SQLite + LanceDB) grows through 1k, 10k and 100k memories per tenant with 10
 tenants (10k, 100k, 1M rows). At each size: background maintenance is run once and timed (the
 index build: full-text fold-in, compaction, and the ANN index of each tenant's table once it
-is big enough),
-then `store.search` (vector + BM25 for one user's scope including the tenant-shared records,
-k=30, checked against SQLite) is timed over distinct queries: p50/p99. Recall is measured too:
-for every query, the vector candidates `store.search` returned against the exact top 30 by
-numpy over that scope's vectors (an ANN index trades recall for speed; this says how much).
+is big enough), then `store.memories.search` (vector + BM25 for one user's scope including the
+tenant-shared records, k=30, checked against SQLite) is timed over distinct queries: p50/p99.
+Recall is measured too: for every query, the vector candidates `store.memories.search`
+returned against the exact top 30 by numpy over that scope's vectors (an ANN index trades
+recall for speed; this says how much).
 Beside it, the floor LanceDB itself sets, on one tenant's table through its own connection:
 the round trip of an indexed point lookup (what any LanceDB query costs from Python), and for
 the same BM25 and IVF queries the store runs, round trip against the time LanceDB reports
@@ -16,8 +16,8 @@ its runtime and asyncio.
 
 Bulk rows carry synthetic topic-clustered vectors and texts (embedding a million texts with
 MiniLM would take hours on this machine); the insert path is otherwise the real one
-(`store.add` with vectors: SQLite transaction, outbox, index upsert). Embedding latency and
-end-to-end insert throughput with real embedding are measured with the local model.
+(`store.memories.add` with vectors: SQLite transaction, outbox, index upsert). Embedding latency
+and end-to-end insert throughput with real embedding are measured with the local model.
 
 `BENCH_STORAGE_SIZES` (default "1000,10000,100000") picks the per-tenant sizes; `BENCH_SCALE`
 scales query counts. Results: a table on stdout and bench/results/storage.json.
@@ -43,8 +43,7 @@ import numpy as np
 
 from storage import EmbeddedStore
 from storage.embedders import LocalEmbedder
-from storage.index import (
-    MaintenanceSettings,
+from storage.index_schema import (
     scope_filter,
     scope_key,
     sql_literal,
@@ -52,8 +51,10 @@ from storage.index import (
     text_query,
     vector_query,
 )
+from storage.index_settings import MaintenanceSettings
+from storage.index_sync import INDEX_DIR
 from storage.records import NewMemory, Scope
-from storage.store import INDEX_DIR, open_embedded_store
+from storage.store import open_embedded_store
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "storage.json"
@@ -155,7 +156,7 @@ class SearchedScopes:
 async def _load(
     store: EmbeddedStore, corpus: Corpus, per_tenant: int, scopes: SearchedScopes
 ) -> float:
-    """Grow every tenant by `per_tenant` memories through `store.add`; returns seconds."""
+    """Grow every tenant by `per_tenant` memories through `store.memories.add`; returns seconds."""
     started = time.perf_counter()
     for tenant in range(TENANTS):
         remaining = per_tenant
@@ -165,7 +166,7 @@ async def _load(
             shared = [i for i in range(count) if i % SHARED_EVERY == 0]
             own = [i for i in range(count) if i % SHARED_EVERY != 0]
             for scope, idx in ((_user_scope(tenant), own), (Scope(f"tenant{tenant}"), shared)):
-                records = await store.add(
+                records = await store.memories.add(
                     scope,
                     [NewMemory(kind="fact", text=texts[i]) for i in idx],
                     # The store takes any rows of floats; an array spares a million tolist()s.
@@ -192,7 +193,7 @@ async def _search_latencies(
             (text_only, text, None),
         ):
             started = time.perf_counter()
-            hits = await store.search(
+            hits = await store.memories.search(
                 scope,
                 query_text=query_text,
                 query_vector=query_vector,
@@ -288,7 +289,7 @@ async def _insert_with_embedding(store: EmbeddedStore) -> dict[str, float]:
     total = 512
     started = time.perf_counter()
     for start in range(0, total, 64):
-        await store.add(
+        await store.memories.add(
             scope,
             [
                 NewMemory(kind="fact", text=f"I visited city {start + i} last year")
@@ -299,7 +300,7 @@ async def _insert_with_embedding(store: EmbeddedStore) -> dict[str, float]:
     single = []
     for i in range(20):
         t0 = time.perf_counter()
-        await store.add(scope, [NewMemory(kind="fact", text=f"My locker number is {i}")])
+        await store.memories.add(scope, [NewMemory(kind="fact", text=f"My locker number is {i}")])
         single.append((time.perf_counter() - t0) * 1000)
     return {"insert_embedded_per_s": batched, "insert_one_p50_ms": _percentile(single, 50)}
 
@@ -321,7 +322,7 @@ async def run() -> dict[str, Any]:
                 load_s = await _load(store, corpus, grow, scopes)
                 loaded = per_tenant
                 started = time.perf_counter()
-                await store.maintain()
+                await store.maintenance.maintain()
                 build_s = time.perf_counter() - started
                 queries = corpus.queries(QUERIES)
                 await _search_latencies(store, queries[:10], scopes)  # warm caches
@@ -329,7 +330,7 @@ async def run() -> dict[str, Any]:
                 floor = await _lancedb_floor(Path(folder), queries[:100], scopes.first_id(0))
                 row = {
                     "per_tenant": per_tenant,
-                    "total_rows": await store.index.count(),
+                    "total_rows": await store.index.index.count(),
                     "bulk_insert_per_s": grow * TENANTS / load_s,
                     "index_build_s": build_s,
                     **latencies,

@@ -30,8 +30,8 @@ from proxy.memory.pipeline import MemoryPipeline
 from proxy.memory.seam import MemoryHooks
 from proxy.policy import ModelRoute
 from proxy.request_ids import RequestIdMiddleware, request_id_of
-from proxy.routes.admin import memory_store_of
 from proxy.routes.admin import routes as admin_routes
+from proxy.routes.admin import store_of
 from proxy.routes.chat import ChatService
 from proxy.routes.feedback import feedback_routes
 from proxy.routes.memories import memory_routes
@@ -43,7 +43,7 @@ from proxy.tracing import retention_from, setup_tracing
 from proxy.ui import memory_pages, pages
 from proxy.upstreams.registry import Upstreams
 from proxy.upstreams.routing import is_passthrough
-from storage.api import IndexUnavailable, JobAdmin, StorageFull
+from storage.api import IndexUnavailable, StorageFull
 from storage.spans import open_span_store
 
 log = logging.getLogger("memento.proxy")
@@ -116,9 +116,9 @@ async def readyz(request: Request) -> Response:
             {"component": p.component, "message": p.message, "since": p.since} for p in problems
         ],
     }
-    store = memory_store_of(request)
-    if isinstance(store, JobAdmin):
-        body["failed_jobs"] = await store.count_jobs("failed")
+    store = store_of(request)
+    if store is not None:
+        body["failed_jobs"] = await store.queue.count_jobs("failed")
     return JSONResponse(body, status_code=200 if status == "ready" else 503)
 
 

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from storage.api import Store
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -44,10 +46,11 @@ def watch_memory(memory: Any, health: Health) -> None:
     """Have the memory hooks, once started, report to `health`: their store's problems (the
     index, a full disk) and exchanges waiting for the write queue."""
     try:
-        parts = [getattr(memory, "store", None), getattr(memory, "backlog", None)]
+        store: Store | None = getattr(memory, "store", None)
+        backlog = getattr(memory, "backlog", None)
     except RuntimeError:  # memory that was never started has no store
         return
-    for part in parts:
-        attach = getattr(part, "attach_health", None)
-        if attach is not None:
-            attach(health)
+    if store is not None:
+        store.attach_health(health)
+    if backlog is not None:
+        backlog.attach_health(health)

@@ -47,7 +47,8 @@ def register(commands: Any) -> None:
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
-    from storage.store import DB_FILE, ReindexRunningError
+    from storage.maintenance import ReindexRunningError
+    from storage.store import DB_FILE
 
     folder = data_folder(args, DB_FILE)
     try:
@@ -75,7 +76,7 @@ async def _reindex(folder: Path, embedder_spec: str | None) -> dict[str, Any]:
         folder, embedder, check_embedder=False, maintenance_interval_s=0
     )
     try:
-        report = await store.reindex()
+        report = await store.maintenance.reindex()
     finally:
         await store.close()
     return {"data_dir": str(folder), **report}

@@ -41,6 +41,7 @@ from proxy.policy import SanitizerPolicy
 from proxy.routes.admin import parse_candidates, verdict_json
 from proxy.routes.memory_fields import memory_json
 from proxy.tenants import PolicyFileError, PolicyRegistry
+from storage.api import Store
 from storage.records import Scope
 from storage.store import DB_FILE
 
@@ -127,7 +128,7 @@ async def _sanitize(
     store = await _open_store(folder) if folder is not None else None
     results: list[dict[str, Any]] = []
     try:
-        sanitizer = Sanitizer(store)
+        sanitizer = Sanitizer(store.memories if store is not None else None)
         for start in range(0, len(rows), BATCH):
             batch = rows[start : start + BATCH]
             verdicts = await sanitizer.assess(scope, [c for _, c in batch], policy, dry_run=True)
@@ -140,7 +141,7 @@ async def _sanitize(
     return results
 
 
-async def _open_store(folder: Path, *, lazy: bool = False) -> Any:
+async def _open_store(folder: Path, *, lazy: bool = False) -> Store:
     """The data folder's store (which `data_folder` found). `lazy`: a local embedder loads its
     model only if something needs a vector (listing and most reviews do not)."""
     from storage import open_store
@@ -186,7 +187,7 @@ def _either(record: dict[str, Any], name: str, old_name: str) -> Any:
 async def _list(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
     store = await _open_store(folder, lazy=True)
     try:
-        records = await store.list(
+        records = await store.memories.list(
             Scope(args.tenant, args.user),
             kinds=["fact", "preference", "case"],
             statuses=["quarantined"],
@@ -194,7 +195,7 @@ async def _list(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
             all_users=args.user is None,
         )
         policy = sanitizer_policy(args, required=False)
-        records = await lessons.expire_quarantine(store, records, policy)
+        records = await lessons.expire_quarantine(store.memories, records, policy)
         return [memory_json(r) for r in records]
     finally:
         await store.close()
@@ -221,7 +222,13 @@ async def _review(
     store = await _open_store(folder, lazy=True)
     try:
         record = await lessons.review(
-            store, args.tenant, args.memory_id, args.decision, policy, actor="cli", note=args.note
+            store.memories,
+            args.tenant,
+            args.memory_id,
+            args.decision,
+            policy,
+            actor="cli",
+            note=args.note,
         )
         return memory_json(record)
     finally:

@@ -21,8 +21,9 @@ __all__ = ["EmbeddedStore", "EmbedderMismatchError", "open_store"]
 async def open_store(data_dir: str | Path, embedder: Embedder) -> EmbeddedStore:
     """The embedded store in `data_dir` (SQLite file + LanceDB tables), ready to use.
 
-    One object implements MemoryStore, RequestStore and WriteQueue; `await store.close()` at
-    shutdown. Schema migrations run and the index outbox is replayed before it returns.
+    A `storage.api.Store`: its parts are `store.memories`, `store.requests`, `store.queue` and
+    `store.maintenance`; `await store.close()` at shutdown. Schema migrations run and the
+    index outbox is replayed before it returns.
     """
     from storage.store import open_embedded_store
 

@@ -1,15 +1,17 @@
-"""The storage seam: small protocols the proxy codes against.
+"""The storage seam: the protocols the proxy codes against, and all it may assume of a store.
 
-`storage.open_store(data_dir, embedder)` returns the embedded implementation (SQLite through
-aiosqlite as the source of truth, LanceDB as the derived hybrid index). A PostgreSQL / object
-storage implementation would satisfy the same protocols.
+`Store` is the whole contract: its parts (`memories`, `requests`, `queue`, `maintenance`) and
+its lifecycle (`attach_health`, `close`). `storage.open_store(data_dir, embedder)`
+returns the embedded implementation (SQLite through aiosqlite as the source of truth, LanceDB as
+the derived hybrid index); a PostgreSQL / object storage implementation would satisfy the same
+protocols. Stages that need one part take that part's protocol, not the whole store.
 """
 
 from __future__ import annotations
 
 import builtins
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from storage.records import (
     JobState,
@@ -198,7 +200,7 @@ class RequestStore(Protocol):
 
 
 class WriteQueue(Protocol):
-    """Durable write-path queue in SQLite: survives crashes, restarts and shutdowns."""
+    """The durable write-path queue: survives crashes, restarts and shutdowns."""
 
     async def enqueue(self, tenant_id: str, kind: str, payload: dict[str, Any]) -> int: ...
 
@@ -220,7 +222,6 @@ class WriteQueue(Protocol):
         ...
 
 
-@runtime_checkable
 class JobAdmin(Protocol):
     """The write queue as an operator sees it: jobs by tenant and state, failed ones retried."""
 
@@ -242,12 +243,53 @@ class JobAdmin(Protocol):
     async def count_jobs(self, state: JobState) -> int: ...
 
 
+class JobQueue(WriteQueue, JobAdmin, Protocol):
+    """The write queue, as the write path and an operator use it."""
+
+
+class IndexMaintainer(Protocol):
+    """The background upkeep of a derived search index, and its rebuild from the truth."""
+
+    async def maintain(self) -> dict[str, Any]:
+        """One maintenance pass (what the store runs by itself once started)."""
+        ...
+
+    async def reindex(self, *, batch: int = 512) -> dict[str, Any]:
+        """Rebuild the index from the source of truth; returns what was done."""
+        ...
+
+
 class HealthReporter(Protocol):
     """Where a component reports a problem by name, and clears it once it recovered."""
 
     def report(self, component: str, message: str) -> None: ...
 
     def clear(self, component: str) -> None: ...
+
+
+class Store(Protocol):
+    """A store as the app uses it: its parts, and its lifecycle.
+
+    `storage.open_store` returns one started: migrated, its index caught up, its background
+    maintenance running. `attach_health` has it report its problems (a full disk, a broken
+    index) and their end; `close` stops it and waits for its writes.
+    """
+
+    @property
+    def memories(self) -> MemoryStore: ...
+
+    @property
+    def requests(self) -> RequestStore: ...
+
+    @property
+    def queue(self) -> JobQueue: ...
+
+    @property
+    def maintenance(self) -> IndexMaintainer: ...
+
+    def attach_health(self, health: HealthReporter) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class SpanStore(Protocol):

@@ -9,28 +9,24 @@ and posting lists nine tenths of which it then filtered away). Within a table, `
 before the search (prefilter), never after. The index holds only what search needs: ids, scope,
 kind, status, expiry, the BM25 text and the vector. Record content comes from SQLite.
 
-Everything here can be rebuilt from SQLite (`EmbeddedStore.reindex`). A rebuild writes a new
-*generation* of tables beside the one being served (generation g's tables are named `g<g>_`
-plus the usual name; generation 0 has no prefix), so a search never sees a half-built table; the
-store switches its pointer in SQLite once the new generation is complete, and the old one is
-dropped after. Maintenance (folding new rows into the full-text and vector indexes, building a
-table's IVF index once it is large, compaction, dropping expired rows, pruning old versions so
-erased content leaves the disk) runs in the background over the tables that changed, called by
-the store, never on the request path.
+Everything here can be rebuilt from SQLite (`reindex` in `storage.maintenance`). A rebuild
+writes a new *generation* of tables beside the one being served (generation g's tables are named
+`g<g>_` plus the usual name; generation 0 has no prefix), so a search never sees a half-built
+table; the store switches its pointer in SQLite once the new generation is complete, and the old
+one is dropped after. Maintenance (folding new rows into the full-text and vector indexes,
+building a table's IVF index once it is large, compaction, dropping expired rows, pruning old
+versions so erased content leaves the disk) runs in the background over the tables that
+changed, called by the store, never on the request path.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
-import os
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +35,18 @@ import numpy as np
 import pyarrow as pa
 from lancedb.index import FTS, Bitmap, BTree, IvfFlat
 
-from storage.records import MemoryKind, MemoryStatus
+from storage.index_schema import (
+    IndexHit,
+    IndexRow,
+    generation_of,
+    hits_of,
+    scope_key,
+    sql_list,
+    table_name,
+    text_query,
+    vector_query,
+)
+from storage.index_settings import MaintenanceSettings
 
 log = logging.getLogger("memento.storage.index")
 
@@ -47,139 +54,6 @@ log = logging.getLogger("memento.storage.index")
 # one-table layout) is emptied and reported as `created`, and the store rebuilds it from SQLite.
 LAYOUT_FILE = "layout.json"
 LAYOUT = "table-per-tenant/1"
-TABLE_PREFIX = "tenant_"
-
-
-def table_name(tenant_id: str, generation: int = 0) -> str:
-    """The LanceDB table of one tenant in one generation of the index: a hash, so any tenant
-    id gives a safe, fixed-length name (table names allow only [A-Za-z0-9_.-]); the rows carry
-    the tenant id in clear."""
-    name = TABLE_PREFIX + hashlib.sha256(tenant_id.encode("utf-8")).hexdigest()[:32]
-    return f"g{generation}_{name}" if generation else name
-
-
-def generation_of(name: str) -> int | None:
-    """The generation a table belongs to, or None for a name that is not a tenant table."""
-    if name.startswith(TABLE_PREFIX):
-        return 0
-    prefix, _, rest = name.partition("_")
-    if prefix[:1] == "g" and prefix[1:].isdigit() and rest.startswith(TABLE_PREFIX):
-        return int(prefix[1:])
-    return None
-
-
-def scope_key(tenant_id: str, user_id: str | None) -> str:
-    """One string per (tenant, user) scope; JSON so no choice of ids can collide."""
-    return json.dumps([tenant_id, user_id], ensure_ascii=True, separators=(",", ":"))
-
-
-def sql_literal(value: str) -> str:
-    """A string literal for a LanceDB (DataFusion) filter."""
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _sql_list(values: Sequence[str]) -> str:
-    return ", ".join(sql_literal(value) for value in values)
-
-
-def scope_filter(
-    scope_keys: Sequence[str],
-    *,
-    kinds: Sequence[MemoryKind] | None,
-    statuses: Sequence[MemoryStatus],
-) -> str:
-    """The prefilter of one search: scope, kinds and statuses, each answered by a bitmap index.
-
-    Expiry is not part of it (an unindexed range test would scan the column on every query):
-    SQLite re-checks expiry on every hit, and maintenance removes expired rows from the index.
-    """
-    parts = [f"scope_key IN ({_sql_list(scope_keys)})"]
-    if kinds:
-        parts.append(f"kind IN ({_sql_list(kinds)})")
-    if statuses:
-        parts.append(f"status IN ({_sql_list(statuses)})")
-    return " AND ".join(parts)
-
-
-@dataclass(frozen=True)
-class IndexRow:
-    id: str
-    tenant_id: str
-    user_id: str | None
-    kind: str
-    status: str
-    expires_at: float | None
-    search_text: str
-    vector: np.ndarray[Any, np.dtype[np.float32]]
-
-
-@dataclass(frozen=True)
-class IndexHit:
-    """An id and its raw score; the record and its vector come from SQLite."""
-
-    id: str
-    score: float  # BM25 score for text hits, distance for vector hits
-
-
-@dataclass
-class MaintenanceSettings:
-    """When the background maintenance builds indexes, and how much LanceDB may cache;
-    process-level, not per tenant.
-
-    Row counts are per tenant table. The index type was chosen by measuring one tenant of
-    100k rows, k=30, a scope filter covering the table: IVF_FLAT with small partitions is an
-    order of magnitude faster than a flat search and builds in seconds, at full recall@30
-    for queries near the data's topics and most of it for random ones. Larger
-    partitions were slower for the same recall; IVF_PQ (refine 5) and IVF_RQ were no
-    faster and lost recall, and they and IVF_HNSW_SQ took far longer to build (figures:
-    docs/storage.md#measured-choices).
-    """
-
-    # Below this a tenant's table is searched flat (cheap while it is small, slow at 100k
-    # rows); above it an IVF index pays off, and builds quickly.
-    vector_index_min_rows: int = 5_000
-    # IVF_FLAT: exact distances inside the probed partitions; a query reads about
-    # nprobes * rows_per_partition vectors (7.5k here) whatever the tenant's size.
-    rows_per_partition: int = 250
-    nprobes: int = 30
-    prune_older_than: timedelta = timedelta(minutes=5)
-    # Load a table's vector and full-text indexes into LanceDB's cache after maintaining it
-    # (memory, and a moment per table off the request path). Otherwise IVF partitions are read on
-    # first use, and searches round-robin over many large tenants ran several times slower
-    # until every partition had been touched.
-    prewarm_indexes: bool = True
-    # LanceDB's caches (its defaults: 6 GiB of indexes, 1 GiB of metadata). Every write commits
-    # a new table version, and the version's manifest and file metadata enter the metadata
-    # cache; every maintenance pass gives the table's indexes new ids, loaded into the index
-    # cache anew. Entries of superseded versions are never read again but stay until the
-    # cache is full: RSS rose with every memory written and was never given back. The bounds
-    # below make LanceDB evict them. The index cache must hold the indexes searches use (the
-    # prewarmed ones: ~1.6 KB per row); the metadata cache only the current versions' files.
-    index_cache_bytes: int = 1 << 30
-    metadata_cache_bytes: int = 64 << 20
-    # Bounds alone let superseded entries fill the caches before any is evicted: at the
-    # defaults RSS kept climbing through a 20-minute soak. So once the caches hold
-    # this much more than they did after the last fresh start, and at least twice as much,
-    # maintenance reopens the tables in a new, empty Session and prewarms only what is current.
-    # Doubling keeps the reopen's cost (re-reading manifests, reloading indexes) amortised.
-    recycle_after_bytes: int = 64 << 20
-
-    @classmethod
-    def from_env(cls) -> MaintenanceSettings:
-        """MEMENTO_INDEX_CACHE_MB and MEMENTO_INDEX_METADATA_CACHE_MB."""
-        return cls(
-            index_cache_bytes=_megabytes("INDEX_CACHE_MB", cls.index_cache_bytes),
-            metadata_cache_bytes=_megabytes("INDEX_METADATA_CACHE_MB", cls.metadata_cache_bytes),
-        )
-
-
-def _megabytes(name: str, default_bytes: int) -> int:
-    raw = os.environ.get(f"MEMENTO_{name}", "").strip()
-    if not raw:
-        return default_bytes
-    if not raw.isdigit() or int(raw) == 0:
-        raise ValueError(f"MEMENTO_{name} must be a whole number of megabytes, got {raw!r}")
-    return int(raw) << 20
 
 
 class MemoryIndex:
@@ -373,7 +247,7 @@ class MemoryIndex:
             name = table_name(tenant_id, self.generation)
             names = [name] if name in self._tables else []
         for start in range(0, len(memory_ids), 1000):
-            where = f"id IN ({_sql_list(memory_ids[start : start + 1000])})"
+            where = f"id IN ({sql_list(memory_ids[start : start + 1000])})"
             for name in names:
                 table = self._tables[name]
                 if tenant_id is None and not await table.count_rows(where):
@@ -406,14 +280,14 @@ class MemoryIndex:
             return []
         nprobes = self.settings.nprobes if name in self._vector_indexed else None
         result: pa.Table = await vector_query(table, vector, where, k, nprobes).to_arrow()
-        return _hits(result, "_distance")
+        return hits_of(result, "_distance")
 
     async def search_text(self, tenant_id: str, text: str, where: str, k: int) -> list[IndexHit]:
         table = self._tables.get(table_name(tenant_id, self.generation))
         if table is None or not text.strip():
             return []
         result: pa.Table = await text_query(table, text, where, k).to_arrow()
-        return _hits(result, "_score")
+        return hits_of(result, "_score")
 
     @property
     def needs_maintenance(self) -> bool:
@@ -527,42 +401,6 @@ class MemoryIndex:
         return total
 
 
-def vector_query(
-    table: Any,
-    vector: Sequence[float] | np.ndarray[Any, np.dtype[np.float32]],
-    where: str,
-    k: int,
-    nprobes: int | None,
-) -> Any:
-    """The store's vector query on one tenant's table; `nprobes` once it has an IVF index."""
-    query = (
-        table.query()
-        .nearest_to(np.asarray(vector, dtype=np.float32))
-        .distance_type("dot")
-        .where(where)
-        .select(["id", "_distance"])  # not the vector: nobody needs it, and reading it is slow
-        .limit(k)
-    )
-    if nprobes is not None:
-        # A fixed probe count. Leaving the maximum open (more probes only "if not enough
-        # results") made LanceDB probe 200 partitions instead of 30 under a filter that
-        # matched 90% of the table, several times slower. Small scopes, which a probe
-        # could cut short, are searched exactly by the store's vector cache.
-        query = query.nprobes(nprobes)
-    return query
-
-
-def text_query(table: Any, text: str, where: str, k: int) -> Any:
-    """The store's BM25 query on one tenant's table."""
-    return (
-        table.query()
-        .nearest_to_text(text, columns="search_text")
-        .where(where)
-        .select(["id", "_score"])
-        .limit(k)
-    )
-
-
 async def _ensure_scalar_indexes(table: Any) -> None:
     existing = {config.name for config in await table.list_indices()}
     # No tenant_id index: a table holds one tenant. scope_key still names the tenant, so the
@@ -595,17 +433,6 @@ def _by_tenant(rows: Sequence[IndexRow]) -> dict[str, list[IndexRow]]:
     for row in rows:
         grouped[row.tenant_id].append(row)
     return grouped
-
-
-def _hits(result: pa.Table, score_column: str) -> list[IndexHit]:
-    if result.num_rows == 0:
-        return []
-    ids = result.column("id").to_pylist()
-    scores = result.column(score_column).to_pylist()
-    return [
-        IndexHit(id=memory_id, score=float(score))
-        for memory_id, score in zip(ids, scores, strict=True)
-    ]
 
 
 async def _table_names(db: lancedb.AsyncConnection) -> list[str]:

@@ -5,17 +5,14 @@ as attributes (the request's root span, and write-path spans started later with 
 the others inherit them when they are written: from a span of the same trace that has them, or
 else from the trace their root links to. Reads always filter by tenant.
 
-Text is stored as valid UTF-8 whatever a span carries: a lone surrogate (which Python strings
-can hold and UTF-8 cannot encode) becomes U+FFFD in that span alone, instead of failing the
-batch it was written in, and with it other requests' and other tenants' spans.
+Text is stored as valid UTF-8 whatever a span carries (`storage.span_rows`), so one span with a
+lone surrogate never fails the batch it was written in.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
-import re
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -25,6 +22,7 @@ from typing import Any
 import aiosqlite
 
 from storage.records import SpanRow
+from storage.span_rows import SPAN_COLUMNS, linked_trace, span_from_row, span_params, storable_row
 
 REQUEST_SPAN = "memento.request"
 CLIENT_REQUEST_ID_ATTR = "memento.client_request_id"  # on the request span, when a client sent one
@@ -60,11 +58,6 @@ CREATE INDEX IF NOT EXISTS spans_by_link ON spans (linked_trace_id)
     WHERE linked_trace_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS spans_unresolved ON spans (start_ns) WHERE tenant_id = '';
 """
-
-_COLUMNS = (
-    "trace_id, span_id, parent_span_id, tenant_id, request_id, user_id, name, start_ns, end_ns,"
-    " status, attributes, events, links"
-)
 
 # Spans whose attributes the request list summarises (memory ids injected, memories written).
 _SUMMARY_SPANS = ("memento.inject", "memento.write")
@@ -151,11 +144,11 @@ class SQLiteSpanStore:
         if user_id is not None:
             where.append("user_id = ?")
             params.append(user_id)
-        sql = f"SELECT {_COLUMNS} FROM spans WHERE {' AND '.join(where)}"
+        sql = f"SELECT {SPAN_COLUMNS} FROM spans WHERE {' AND '.join(where)}"
         sql += " ORDER BY start_ns DESC LIMIT ?"
         params.append(max(0, limit))
         async with self._db.execute(sql, params) as cursor:
-            roots = [_to_row(row) for row in await cursor.fetchall()]
+            roots = [span_from_row(row) for row in await cursor.fetchall()]
         counts = await self._counts(tenant_id, [r.request_id for r in roots if r.request_id])
         return [_summary(root, counts.get(root.request_id or "", {})) for root in roots]
 
@@ -184,11 +177,11 @@ class SQLiteSpanStore:
     async def get_trace(self, tenant_id: str, request_id: str) -> list[SpanRow]:
         """Every span of one request, the later write path included, in start order."""
         async with self._db.execute(
-            f"SELECT {_COLUMNS} FROM spans WHERE tenant_id = ? AND request_id = ?"
+            f"SELECT {SPAN_COLUMNS} FROM spans WHERE tenant_id = ? AND request_id = ?"
             " ORDER BY start_ns, end_ns DESC",
             (tenant_id, request_id),
         ) as cursor:
-            return [_to_row(row) for row in await cursor.fetchall()]
+            return [span_from_row(row) for row in await cursor.fetchall()]
 
     async def prune_spans(self, tenant_id: str, *, older_than: float, keep_max: int) -> int:
         """Delete this tenant's spans started before `older_than` (epoch seconds), and every
@@ -283,7 +276,7 @@ def _insert_resolved(db: sqlite3.Connection, spans: Sequence[SpanRow]) -> None:
     A few statements per batch: the exporter shares the GIL with the event loop, and every
     statement is a chance to wait for it.
     """
-    spans = [_storable_row(span) for span in spans]
+    spans = [storable_row(span) for span in spans]
     owners: dict[str, Owner] = {}
     for span in sorted(spans, key=lambda s: (s.request_id is None, s.parent_span_id is not None)):
         if span.tenant_id and span.trace_id not in owners:
@@ -299,10 +292,10 @@ def _insert_resolved(db: sqlite3.Connection, spans: Sequence[SpanRow]) -> None:
             stored[trace_id] = None if row is None else (row[0], row[1], row[2])
         return stored[trace_id]
 
-    links = {s.trace_id: _linked_trace(s) for s in spans if _linked_trace(s)}
+    links = {s.trace_id: linked_trace(s) for s in spans if linked_trace(s)}
     params = []
     for span in spans:
-        row = _to_params(span)
+        row = span_params(span)
         if not span.tenant_id:
             linked = links.get(span.trace_id)
             owner = owner_of(span.trace_id) or (owner_of(linked) if linked else None)
@@ -319,7 +312,7 @@ def _insert_resolved(db: sqlite3.Connection, spans: Sequence[SpanRow]) -> None:
                 )
         params.append(row)
     db.executemany(
-        f"INSERT OR REPLACE INTO spans ({_COLUMNS}, linked_trace_id)"
+        f"INSERT OR REPLACE INTO spans ({SPAN_COLUMNS}, linked_trace_id)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         params,
     )
@@ -349,87 +342,10 @@ def _claim_waiting(db: sqlite3.Connection, owners: dict[str, Owner]) -> None:
         )
 
 
-def _linked_trace(span: SpanRow) -> str | None:
-    linked = span.links[0].get("trace_id") if span.links else None
-    return str(linked) if linked else None
-
-
 async def _user_version(db: aiosqlite.Connection) -> int:
     async with db.execute("PRAGMA user_version") as cursor:
         row = await cursor.fetchone()
     return int(row[0]) if row is not None else 0
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _storable(text: str) -> str:
-    """`text` with any lone surrogate replaced by U+FFFD, so that it encodes as UTF-8."""
-    if text.isascii():  # constant time: the common case costs nothing
-        return text
-    return _SURROGATE.sub("\ufffd", text)
-
-
-def _storable_row(span: SpanRow) -> SpanRow:
-    """The span with the text its owner is resolved from made storable (the JSON columns are
-    made storable as they are encoded)."""
-
-    def text(value: str | None) -> str | None:
-        return None if value is None else _storable(value)
-
-    fields = (span.tenant_id, span.request_id, span.user_id, span.name, span.status)
-    if all(value is None or value.isascii() for value in fields):
-        return span
-    return dataclasses.replace(
-        span,
-        tenant_id=_storable(span.tenant_id),
-        request_id=text(span.request_id),
-        user_id=text(span.user_id),
-        name=_storable(span.name),
-        status=_storable(span.status),
-    )
-
-
-def _storable_json(value: Any) -> str:
-    # Unescaped (ensure_ascii=False), a surrogate stays one character that _storable can find.
-    return _storable(json.dumps(value, default=str, ensure_ascii=False))
-
-
-def _to_params(span: SpanRow) -> tuple[Any, ...]:
-    return (
-        span.trace_id,
-        span.span_id,
-        span.parent_span_id,
-        span.tenant_id,
-        span.request_id,
-        span.user_id,
-        span.name,
-        span.start_ns,
-        span.end_ns,
-        span.status,
-        _storable_json(span.attributes),
-        _storable_json(span.events),
-        _storable_json(span.links),
-        _linked_trace(span),
-    )
-
-
-def _to_row(row: aiosqlite.Row) -> SpanRow:
-    return SpanRow(
-        trace_id=row["trace_id"],
-        span_id=row["span_id"],
-        parent_span_id=row["parent_span_id"],
-        tenant_id=row["tenant_id"],
-        request_id=row["request_id"],
-        user_id=row["user_id"],
-        name=row["name"],
-        start_ns=row["start_ns"],
-        end_ns=row["end_ns"],
-        status=row["status"],
-        attributes=json.loads(row["attributes"]),
-        events=json.loads(row["events"]),
-        links=json.loads(row["links"]),
-    )
 
 
 def _summary(root: SpanRow, counts: dict[str, Any]) -> dict[str, Any]:

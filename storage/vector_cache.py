@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from storage.index import IndexHit, IndexRow
+from storage.index_schema import IndexHit, IndexRow
 from storage.records import MEMORY_KINDS, MEMORY_STATUSES, MemoryKind, MemoryStatus
 
 _KIND_CODE: dict[str, int] = {kind: code for code, kind in enumerate(MEMORY_KINDS)}

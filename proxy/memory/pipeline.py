@@ -57,7 +57,7 @@ from proxy.policy import ModelRoute, Policy, TracingPolicy
 from proxy.tracing import content_attr, json_attr, request_link
 from proxy.upstreams.base import Target
 from proxy.upstreams.registry import Upstreams
-from storage.api import Embedder, MemoryStore, RequestStore, WriteQueue
+from storage.api import Embedder, Store
 from storage.records import (
     MemoryKind,
     MemoryRecord,
@@ -78,12 +78,6 @@ _STATUS_FOR_VERDICT: dict[str, MemoryStatus] = {
     "reject": "rejected",
 }
 _NEIGHBOURS = 5
-
-
-class Store(MemoryStore, RequestStore, WriteQueue, Protocol):
-    """What the pipeline needs of storage: `storage.open_store` returns one."""
-
-    async def close(self) -> None: ...
 
 
 class PolicySource(Protocol):
@@ -128,13 +122,13 @@ class MemoryPipeline:
     def backlog(self) -> QueueBacklog:
         """Answered exchanges waiting in memory for the queue to accept writes again."""
         if self._backlog is None:
-            self._backlog = QueueBacklog(self.store)
+            self._backlog = QueueBacklog(self.store.queue)
         return self._backlog
 
     @property
     def learner(self) -> Learner:
         if self._learner is None:
-            self._learner = Learner(self.store, self.store)
+            self._learner = Learner(self.store.memories, self.store.requests)
         return self._learner
 
     async def start(self) -> None:
@@ -149,9 +143,9 @@ class MemoryPipeline:
         await asyncio.to_thread(self._warm_context_windows)
         # The first encode and the first index query are slow; pay for them before serving.
         warm_scope = Scope("memento-warm-up", "memento-warm-up")
-        await self.store.search(warm_scope, query_text="warm up", embed_query=True, k=1)
+        await self.store.memories.search(warm_scope, query_text="warm up", embed_query=True, k=1)
         self._pool = WritePool(
-            self.store, self.learn_from_exchange, workers=self._workers, pending=self._pending
+            self.store.queue, self.learn_from_exchange, workers=self._workers, pending=self._pending
         )
         self._pool.start()
 
@@ -283,7 +277,7 @@ class MemoryPipeline:
     async def _forget_finished_elsewhere(self, job_ids: Sequence[int]) -> None:
         """Jobs another process's worker finished are never signalled here: ask the queue."""
         try:
-            still = await self.store.unfinished(job_ids)
+            still = await self.store.queue.unfinished(job_ids)
         except Exception:  # the next wait asks again
             log.exception("could not look up the state of jobs %s", list(job_ids))
             return
@@ -305,7 +299,7 @@ class MemoryPipeline:
         try:
             ranked = await asyncio.wait_for(
                 retrieve(
-                    self.store,
+                    self.store.memories,
                     access.scope,
                     query,
                     policy.memory,
@@ -353,7 +347,7 @@ class MemoryPipeline:
 
     async def _write_log(self, entry: RequestLog) -> None:
         try:
-            await self.store.log_request(entry)
+            await self.store.requests.log_request(entry)
         except Exception:
             log.exception("could not log request %s", entry.request_id)
 
@@ -390,7 +384,7 @@ class MemoryPipeline:
             "created_at": time.time(),
         }
         try:
-            job_id = await self.store.enqueue(scope.tenant_id, EXCHANGE_JOB, payload)
+            job_id = await self.store.queue.enqueue(scope.tenant_id, EXCHANGE_JOB, payload)
         except Exception as exc:  # the answer still goes out; the exchange waits in memory
             log.warning("queueing request %s failed, held in memory: %s", ctx.request_id, exc)
             trace.get_current_span().set_attribute("memento.memory.exchange_held", True)
@@ -432,7 +426,7 @@ class MemoryPipeline:
         with tracer.start_as_current_span(
             "memento.sanitize", links=links, attributes=attrs
         ) as span:
-            sanitizer = Sanitizer(self.store, partial(self.call_model, policy))
+            sanitizer = Sanitizer(self.store.memories, partial(self.call_model, policy))
             verdicts = await sanitizer.assess(scope, candidates, policy.sanitizer)
             span.set_attribute(
                 "memento.verdicts",
@@ -460,8 +454,8 @@ class MemoryPipeline:
     async def _mark_used(self, scope: Scope, memory_ids: list[str]) -> None:
         """Recency counts from the last time a memory was injected (off the request path)."""
         now = time.time()
-        for record in await self.store.get_many(scope.tenant_id, memory_ids):
-            await self.store.update(record.scope, record.id, last_used_at=now)
+        for record in await self.store.memories.get_many(scope.tenant_id, memory_ids):
+            await self.store.memories.update(record.scope, record.id, last_used_at=now)
 
     async def _extract(self, exchange: Exchange, policy: Policy, model: str) -> list[Candidate]:
         settings = policy.memory.extraction
@@ -500,7 +494,7 @@ class MemoryPipeline:
             for candidate, verdict in zip(candidates, verdicts, strict=True):
                 memory = _new_memory(candidate, verdict, policy, meta)
                 if verdict.verdict != "accept":
-                    (added,) = await self.store.add(scope, [memory])
+                    (added,) = await self.store.memories.add(scope, [memory])
                     decisions.append(
                         {
                             "kind": candidate.kind,
@@ -533,7 +527,7 @@ class MemoryPipeline:
             ("case",) if candidate.kind == "case" else ("fact", "preference")
         )
         query = memory.key_text or memory.text
-        hits = await self.store.search(
+        hits = await self.store.memories.search(
             Scope(scope.tenant_id, scope.user_id),
             query_text=query,
             embed_query=True,
@@ -558,26 +552,28 @@ class MemoryPipeline:
         if decision.operation == "ADD" or target is None:
             if decision.operation in ("NOOP", "DELETE"):
                 return None
-            return (await self.store.add(scope, [memory]))[0]
+            return (await self.store.memories.add(scope, [memory]))[0]
         target_scope = target.scope
         if decision.operation == "UPDATE":
-            return await self.store.supersede(target_scope, target.id, memory)
+            return await self.store.memories.supersede(target_scope, target.id, memory)
         if decision.operation == "DELETE":
-            await self.store.delete(target_scope, target.id, actor="user:forget")
+            await self.store.memories.delete(target_scope, target.id, actor="user:forget")
             return None
         reinforced = int(target.fields.get("reinforced", 0)) + 1
         fields = {**target.fields, "reinforced": reinforced}
-        await self.store.update(target_scope, target.id, fields=fields)
+        await self.store.memories.update(target_scope, target.id, fields=fields)
         return None
 
     async def _attach_case(self, tenant_id: str, request_id: str, case: MemoryRecord) -> None:
         """Tie the case to its request; a reward that arrived first becomes its outcome."""
-        entry = await self.store.get_request(tenant_id, request_id)
+        entry = await self.store.requests.get_request(tenant_id, request_id)
         if entry is None:
             return
-        await self.store.set_request(tenant_id, request_id, written_case_id=case.id)
+        await self.store.requests.set_request(tenant_id, request_id, written_case_id=case.id)
         if entry.reward is not None:
-            await self.store.update(case.scope, case.id, **case_outcome_changes(case, entry.reward))
+            await self.store.memories.update(
+                case.scope, case.id, **case_outcome_changes(case, entry.reward)
+            )
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from proxy.memory.sanitize import Sanitizer
 from proxy.routes.memory_fields import memory_cursor, memory_json
 from proxy.routes.pagination import page_json, page_request
 from proxy.validation import read_json_body, user_id
-from storage.api import JobAdmin, MemoryStore
+from storage.api import JobAdmin, MemoryStore, Store
 from storage.records import JobState, MemoryKind, QueuedJob, Scope
 
 MAX_CANDIDATES = 1000
@@ -39,20 +39,23 @@ MAX_TEXT_CHARS = 32_000
 CHECK_SOURCES = ("user", "assistant", "tool", "import")
 
 
-def memory_store_of(request: Request) -> MemoryStore | None:
-    """The memory store the write path uses, when memory is running in this process."""
-    state = request.app.state
-    store: MemoryStore | None = getattr(state, "memory_store", None)
-    if store is None:
-        try:
-            store = getattr(getattr(state, "memory", None), "store", None)
-        except RuntimeError:  # the pipeline exists but has not opened its store yet
-            return None
+def store_of(request: Request) -> Store | None:
+    """The store the write path uses, when memory is running in this process."""
+    try:
+        store: Store | None = getattr(getattr(request.app.state, "memory", None), "store", None)
+    except RuntimeError:  # the pipeline exists but has not opened its store yet
+        return None
     return store
 
 
-def require_store(request: Request) -> MemoryStore:
-    store = memory_store_of(request)
+def memory_store_of(request: Request) -> MemoryStore | None:
+    """The memories of `store_of(request)`, if memory is running in this process."""
+    store = store_of(request)
+    return store.memories if store is not None else None
+
+
+def _running_store(request: Request) -> Store:
+    store = store_of(request)
     if store is None:
         raise ProxyError(
             503,
@@ -62,6 +65,10 @@ def require_store(request: Request) -> MemoryStore:
             code="memory_unavailable",
         )
     return store
+
+
+def require_store(request: Request) -> MemoryStore:
+    return _running_store(request).memories
 
 
 def parse_candidates(body: Any) -> tuple[str | None, str | None, list[Candidate]]:
@@ -202,15 +209,7 @@ def job_json(job: QueuedJob) -> dict[str, Any]:
 
 
 def _job_admin(request: Request) -> JobAdmin:
-    store = require_store(request)
-    if not isinstance(store, JobAdmin):
-        raise ProxyError(
-            501,
-            "This proxy's store keeps no inspectable write queue.",
-            type="api_error",
-            code="jobs_unavailable",
-        )
-    return store
+    return _running_store(request).queue
 
 
 async def list_jobs(request: Request) -> Response:

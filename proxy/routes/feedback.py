@@ -49,7 +49,7 @@ async def post_feedback(request: Request) -> Response:
         policy.tenant, request_id, reward, policy.memory.feedback, comment=comment
     )
     if result is None:
-        await refuse_client_request_id(pipeline.store, policy.tenant, request_id)
+        await refuse_client_request_id(pipeline.store.requests, policy.tenant, request_id)
         raise ProxyError(
             404,
             f"No request {request_id!r} for this key's tenant. Use the x-request-id of a chat "

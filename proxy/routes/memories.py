@@ -28,7 +28,6 @@ from starlette.routing import BaseRoute, Route
 from proxy.auth import authenticate
 from proxy.errors import ProxyError, bad_request
 from proxy.memory.candidates import Candidate
-from proxy.memory.pipeline import Store
 from proxy.memory.query import resolve_access
 from proxy.memory.retrieve import retrieve
 from proxy.memory.sanitize import Sanitizer
@@ -49,6 +48,7 @@ from proxy.routes.memory_fields import (
 from proxy.routes.memory_import import import_memories, import_outcome, list_imports
 from proxy.routes.pagination import page_json, page_request
 from proxy.validation import read_json_body, user_id
+from storage.api import MemoryStore
 from storage.records import (
     MEMORY_STATUSES,
     MemoryRecord,
@@ -72,7 +72,7 @@ def not_found(memory_id: str) -> ProxyError:
 
 
 async def create_memory(
-    store: Store, policy: Policy, item: dict[str, Any], *, source: str = "import"
+    store: MemoryStore, policy: Policy, item: dict[str, Any], *, source: str = "import"
 ) -> MemoryRecord:
     """Sanitize one API/import record and store it as given, with the verdict's status."""
     if not isinstance(item, dict):
@@ -115,7 +115,7 @@ async def create_memory(
 
 async def list_memories(request: Request) -> Response:
     policy = authenticate(request)
-    store = pipeline_of(request).store
+    store = pipeline_of(request).store.memories
     user = user_id(request.query_params.get("user"))
     kind = request.query_params.get("kind")
     status = request.query_params.get("status")
@@ -140,7 +140,7 @@ async def list_memories(request: Request) -> Response:
 
 async def post_memory(request: Request) -> Response:
     policy = authenticate(request)
-    store = pipeline_of(request).store
+    store = pipeline_of(request).store.memories
     body = await read_json_body(request, policy.limits.max_body_bytes)
     record = await create_memory(store, policy, body)
     return JSONResponse(memory_json(record), status_code=201)
@@ -148,7 +148,7 @@ async def post_memory(request: Request) -> Response:
 
 async def _find(request: Request, policy: Policy) -> MemoryRecord:
     memory_id = request.path_params["memory_id"]
-    found = await pipeline_of(request).store.get_many(policy.tenant, [memory_id])
+    found = await pipeline_of(request).store.memories.get_many(policy.tenant, [memory_id])
     if not found or found[0].status == "deleted":
         raise not_found(memory_id)
     return found[0]
@@ -161,7 +161,7 @@ async def get_memory(request: Request) -> Response:
 
 async def patch_memory(request: Request) -> Response:
     policy = authenticate(request)
-    store = pipeline_of(request).store
+    store = pipeline_of(request).store.memories
     record = await _find(request, policy)
     body = await read_json_body(request, policy.limits.max_body_bytes)
     if not isinstance(body, dict):
@@ -213,7 +213,7 @@ async def patch_memory(request: Request) -> Response:
 async def delete_memory(request: Request) -> Response:
     policy = authenticate(request)
     record = await _find(request, policy)
-    await pipeline_of(request).store.delete(record.scope, record.id, actor="api")
+    await pipeline_of(request).store.memories.delete(record.scope, record.id, actor="api")
     return JSONResponse({"object": "memory.deleted", "id": record.id, "deleted": True})
 
 
@@ -221,13 +221,13 @@ async def delete_user_memories(request: Request) -> Response:
     policy = authenticate(request)
     user = user_id(request.path_params["user"])
     assert user is not None
-    count = await pipeline_of(request).store.delete_user(policy.tenant, user, actor="api")
+    count = await pipeline_of(request).store.memories.delete_user(policy.tenant, user, actor="api")
     return JSONResponse({"object": "user.memories.deleted", "user": user, "deleted": count})
 
 
 async def search_memories(request: Request) -> Response:
     policy = authenticate(request)
-    store = pipeline_of(request).store
+    store = pipeline_of(request).store.memories
     body = await read_json_body(request, policy.limits.max_body_bytes)
     if not isinstance(body, dict):
         raise bad_request('Send {"user", "query", "limit"}.')
@@ -264,7 +264,7 @@ async def search_memories(request: Request) -> Response:
 
 async def export_memories(request: Request) -> Response:
     policy = authenticate(request)
-    store = pipeline_of(request).store
+    store = pipeline_of(request).store.memories
     user = user_id(request.query_params.get("user"))
 
     async def lines() -> AsyncIterator[bytes]:

@@ -33,7 +33,6 @@ from starlette.responses import JSONResponse, Response
 from proxy.auth import authenticate
 from proxy.errors import ProxyError, bad_request
 from proxy.memory.candidates import Candidate, Reason
-from proxy.memory.pipeline import Store
 from proxy.memory.sanitize import Sanitizer
 from proxy.policy import Policy
 from proxy.routes.memory_fields import (
@@ -49,6 +48,7 @@ from proxy.routes.memory_fields import (
 )
 from proxy.routes.pagination import page_json, page_request
 from proxy.validation import parse_json, read_body, user_id
+from storage.api import MemoryStore
 from storage.records import MemoryRecord, MemoryStatus, Scope, SourceRole
 
 _IMPORT_STATUSES: tuple[MemoryStatus, ...] = ("active", "quarantined", "rejected", "superseded")
@@ -75,7 +75,7 @@ class ImportLine:
 
 async def import_memories(request: Request) -> Response:
     policy = authenticate(request)
-    store = pipeline_of(request).store
+    store = pipeline_of(request).store.memories
     outcome: dict[str, Any] = {
         "object": "memory.import",
         "id": "imp_" + uuid.uuid4().hex,
@@ -128,7 +128,7 @@ async def list_imports(request: Request) -> Response:
     """A page of the tenant's imports, newest first, with what each wrote, skipped, refused or
     why it stopped."""
     policy = authenticate(request)
-    store = pipeline_of(request).store
+    store = pipeline_of(request).store.memories
     page = page_request(request)
     if page.after is not None and await store.import_outcome(policy.tenant, page.after) is None:
         raise bad_request(
@@ -143,7 +143,7 @@ async def list_imports(request: Request) -> Response:
 async def import_outcome(request: Request) -> Response:
     policy = authenticate(request)
     import_id = request.path_params["import_id"]
-    outcome = await pipeline_of(request).store.import_outcome(policy.tenant, import_id)
+    outcome = await pipeline_of(request).store.memories.import_outcome(policy.tenant, import_id)
     if outcome is not None:
         return JSONResponse(outcome)
     raise ProxyError(
@@ -153,7 +153,9 @@ async def import_outcome(request: Request) -> Response:
     )
 
 
-async def _cancelled(store: Store, policy: Policy, outcome: dict[str, Any], when: str) -> Response:
+async def _cancelled(
+    store: MemoryStore, policy: Policy, outcome: dict[str, Any], when: str
+) -> Response:
     """Stop an import whose client has gone: nothing is written, the outcome is kept."""
     outcome.update(
         status="cancelled",
@@ -289,7 +291,7 @@ def _objects_field(value: Any, field: str) -> list[dict[str, Any]]:
 
 
 async def _plan(
-    store: Store, tenant_id: str, lines: list[ImportLine]
+    store: MemoryStore, tenant_id: str, lines: list[ImportLine]
 ) -> tuple[list[ImportLine], list[dict[str, Any]]]:
     """Which lines to write and which to skip (and why); ids another tenant holds are renewed,
     with the file's links to them."""
@@ -334,7 +336,7 @@ def _skip(line: ImportLine, reason: str) -> dict[str, Any]:
     return {"line": line.number, "id": line.exported_id, "reason": reason}
 
 
-async def _assessed(store: Store, policy: Policy, line: ImportLine) -> MemoryRecord:
+async def _assessed(store: MemoryStore, policy: Policy, line: ImportLine) -> MemoryRecord:
     """The line's record as it will be written: sanitized text, trust no higher than
     exported, status no more servable than exported."""
     record = line.record

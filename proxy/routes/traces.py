@@ -104,7 +104,7 @@ def memory_store_of(request: Request) -> MemoryStore | None:
     if not isinstance(memory, MemoryPipeline):
         return None
     try:
-        return memory.store
+        return memory.store.memories
     except RuntimeError:  # not started yet
         return None
 

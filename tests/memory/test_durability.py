@@ -66,8 +66,8 @@ async def test_job_of_a_crashed_worker_is_claimed_again_when_its_lease_ends(
     embedder = LocalEmbedder()
     store = await open_embedded_store(tmp_path, embedder, lease_s=0.3)
     try:
-        job_id = await store.enqueue("acme", "exchange", {"n": 1})
-        (claimed,) = await store.claim("worker-that-dies", 1)
+        job_id = await store.queue.enqueue("acme", "exchange", {"n": 1})
+        (claimed,) = await store.queue.claim("worker-that-dies", 1)
         assert claimed.id == job_id  # ...and the worker dies without completing it
 
         handled: list[QueuedJob] = []
@@ -75,7 +75,7 @@ async def test_job_of_a_crashed_worker_is_claimed_again_when_its_lease_ends(
         async def handle(job: QueuedJob) -> None:
             handled.append(job)
 
-        pool = WritePool(store, handle, workers=1, idle_poll_s=0.05)
+        pool = WritePool(store.queue, handle, workers=1, idle_poll_s=0.05)
         pool.start()
         for _ in range(200):
             if handled:
@@ -84,7 +84,7 @@ async def test_job_of_a_crashed_worker_is_claimed_again_when_its_lease_ends(
         await pool.stop(drain_timeout_s=5)
         assert [job.id for job in handled] == [job_id]
         assert handled[0].attempts == 2
-        assert await store.pending() == 0
+        assert await store.queue.pending() == 0
     finally:
         await store.close()
 
@@ -93,21 +93,23 @@ async def test_job_of_a_crashed_worker_is_claimed_again_when_its_lease_ends(
 async def test_failing_job_is_retried_then_kept_as_failed(tmp_path: Path) -> None:
     store = await open_store(tmp_path, LocalEmbedder())
     try:
-        await store.enqueue("acme", "exchange", {"n": 1})
+        await store.queue.enqueue("acme", "exchange", {"n": 1})
         attempts: list[int] = []
 
         async def handle(job: QueuedJob) -> None:
             attempts.append(job.attempts)
             raise RuntimeError("extraction model unreachable")
 
-        pool = WritePool(store, handle, workers=1, idle_poll_s=0.02, max_attempts=3, backoff_s=0.01)
+        pool = WritePool(
+            store.queue, handle, workers=1, idle_poll_s=0.02, max_attempts=3, backoff_s=0.01
+        )
         pool.start()
         for _ in range(200):
-            if await store.pending() == 0:
+            if await store.queue.pending() == 0:
                 break
             await asyncio.sleep(0.05)
         await pool.stop(drain_timeout_s=1)
         assert attempts == [1, 2, 3]
-        assert await store.pending() == 0
+        assert await store.queue.pending() == 0
     finally:
         await store.close()

@@ -45,7 +45,7 @@ def test_store_down_fails_open(
 
     # ...until reading the records fails (the index, and the vectors in memory, still answer).
     store = proxy.app.state.memory.store
-    monkeypatch.setattr(store.db, "get_many_with_vectors", disk_failure)
+    monkeypatch.setattr(store.memories, "get_many_with_vectors", disk_failure)
     response = client.chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=ASK, user="lee"
     )

@@ -189,7 +189,7 @@ def test_a_waiting_user_is_served_ahead_of_a_long_queue(
                     "messages": [turn],
                     "response": {"choices": [{"message": {"role": "assistant", "content": "ok"}}]},
                 }
-                await store.enqueue("acme", EXCHANGE_JOB, payload)
+                await store.queue.enqueue("acme", EXCHANGE_JOB, payload)
         finally:
             await store.close()
 

@@ -22,9 +22,11 @@ import lancedb
 import pytest
 
 from proxy.cli import main as cli_main
-from storage.index import table_name
+from storage.index_schema import table_name
+from storage.index_sync import INDEX_DIR
+from storage.maintenance import REBUILD_LOCK_FILE
 from storage.sqlite import SQLiteDatabase
-from storage.store import DB_FILE, INDEX_DIR, REBUILD_LOCK_FILE
+from storage.store import DB_FILE
 from tests.harness import RunningProxy
 from tests.memory.conftest import KEY, OTHER_KEY, api
 
@@ -161,9 +163,9 @@ def test_failed_jobs_are_listed_counted_and_retried(
     async def a_job_given_up() -> int:
         db = await SQLiteDatabase.open(tmp_path / "data" / DB_FILE)
         try:
-            job_id = await db.enqueue("acme", "exchange", {"request_id": "req_1"})
-            await db.claim("worker-1")
-            await db.fail(job_id, "APIConnectionError: upstream down", retry_in_s=None)
+            job_id = await db.queue.enqueue("acme", "exchange", {"request_id": "req_1"})
+            await db.queue.claim("worker-1")
+            await db.queue.fail(job_id, "APIConnectionError: upstream down", retry_in_s=None)
             return job_id
         finally:
             await db.close()

@@ -1,9 +1,9 @@
 """A process that writes memories until it is killed (driven by test_store_durability.py).
 
 Usage: python durability_writer.py DATA_DIR TAG MODE. MODE `add` writes batches through
-`store.add` forever, printing `BEGIN n size` before and `ACK n` after each batch. MODE `commit`
-commits one batch to SQLite (the first half of `add`) without touching the index, prints `ACK`,
-then waits to be killed, which is the crash between the SQLite commit and the index write.
+`store.memories.add` forever, printing `BEGIN n size` before and `ACK n` after each batch. MODE
+`commit` commits one batch to SQLite (the first half of `add`) without touching the index, prints
+`ACK`, then waits to be killed, which is the crash between the SQLite commit and the index write.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from storage import open_store
 from storage.embedders import LocalEmbedder
 from storage.records import NewMemory, Scope
-from storage.sqlite import embedding_input
+from storage.sqlite.outbox import embedding_input
 
 SCOPE = Scope("durable", "writer")
 
@@ -35,10 +35,12 @@ async def main(data_dir: str, tag: str, mode: str) -> None:
     if mode == "commit":
         texts = batch_texts(tag, 0, 3)
         now = time.time()
-        records = [store._new_record(SCOPE, NewMemory(kind="fact", text=t), now) for t in texts]
+        records = [
+            store.memories._new_record(SCOPE, NewMemory(kind="fact", text=t), now) for t in texts
+        ]
         vectors = await embedder.embed([embedding_input(r.key_text, r.text) for r in records])
         blobs = [np.asarray(vector, dtype=np.float32).tobytes() for vector in vectors]
-        await store.db.insert_memories(records, blobs, actor="test")
+        await store.db.memories.insert_memories(records, blobs, actor="test")
         print("BEGIN 0 3", flush=True)
         print("ACK 0", flush=True)
         await asyncio.sleep(3600)
@@ -48,7 +50,7 @@ async def main(data_dir: str, tag: str, mode: str) -> None:
         size = rng.randint(1, 4)
         print(f"BEGIN {batch} {size}", flush=True)
         memories = [NewMemory(kind="fact", text=t) for t in batch_texts(tag, batch, size)]
-        await store.add(SCOPE, memories)
+        await store.memories.add(SCOPE, memories)
         print(f"ACK {batch}", flush=True)
         batch += 1
 

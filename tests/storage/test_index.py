@@ -13,14 +13,9 @@ import pyarrow as pa
 import pytest
 
 from storage import EmbeddedStore
-from storage.index import (
-    IndexRow,
-    MaintenanceSettings,
-    MemoryIndex,
-    scope_filter,
-    scope_key,
-    table_name,
-)
+from storage.index import MemoryIndex
+from storage.index_schema import IndexRow, scope_filter, scope_key, table_name
+from storage.index_settings import MaintenanceSettings
 from storage.records import NewMemory, Scope
 
 DIM = 8
@@ -129,21 +124,23 @@ async def test_erasing_a_user_removes_their_rows_from_the_index(
     store: EmbeddedStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     removals: list[str | None] = []
-    remove = store.index.remove
+    remove = store.index.index.remove
 
     async def recording_remove(tenant_id: str | None, memory_ids: Sequence[str]) -> None:
         removals.append(tenant_id)
         await remove(tenant_id, memory_ids)
 
-    monkeypatch.setattr(store.index, "remove", recording_remove)
+    monkeypatch.setattr(store.index.index, "remove", recording_remove)
     ann, bob = Scope("acme", "ann"), Scope("acme", "bob")
-    await store.add(ann, [NewMemory(kind="fact", text=f"ann note {i}") for i in range(3)])
-    await store.add(bob, [NewMemory(kind="fact", text="bob note")])
-    await store.add(Scope("globex", "ann"), [NewMemory(kind="fact", text="other tenant")])
-    assert await store.index.count("acme") == 4
-    await store.delete_user("acme", "ann", actor="test")  # SQLite keeps no row to name the tenant
-    assert await store.index.count("acme") == 1
-    assert await store.index.count("globex") == 1
+    await store.memories.add(ann, [NewMemory(kind="fact", text=f"ann note {i}") for i in range(3)])
+    await store.memories.add(bob, [NewMemory(kind="fact", text="bob note")])
+    await store.memories.add(Scope("globex", "ann"), [NewMemory(kind="fact", text="other tenant")])
+    assert await store.index.index.count("acme") == 4
+    await store.memories.delete_user(
+        "acme", "ann", actor="test"
+    )  # SQLite keeps no row to name the tenant
+    assert await store.index.index.count("acme") == 1
+    assert await store.index.index.count("globex") == 1
     assert removals == ["acme"]  # the outbox named the tenant: no other table was searched
 
 

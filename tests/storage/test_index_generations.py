@@ -12,16 +12,13 @@ from pathlib import Path
 import pytest
 
 from storage.embedders import LocalEmbedder
-from storage.index import generation_of, table_name
+from storage.index_schema import generation_of, table_name
+from storage.index_sync import INDEX_DIR
+from storage.maintenance import REBUILD_LOCK_FILE, ReindexRunningError
 from storage.records import NewMemory, Scope
-from storage.sqlite import INDEX_BUILD_META, SQLiteDatabase
-from storage.store import (
-    DB_FILE,
-    INDEX_DIR,
-    REBUILD_LOCK_FILE,
-    ReindexRunningError,
-    open_embedded_store,
-)
+from storage.sqlite import SQLiteDatabase
+from storage.sqlite.outbox import INDEX_BUILD_META
+from storage.store import DB_FILE, open_embedded_store
 
 SCOPE = Scope("acme", "alice")
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +39,7 @@ async def test_outbox_entries_stay_for_a_rebuild_and_for_the_next_generation(
         records = [f"m{n}" for n in range(6)]
 
         async def write(memory_id: str) -> None:
-            async with db._transaction() as conn:
+            async with db.connection.transaction() as conn:
                 await conn.execute(
                     "INSERT INTO index_outbox (memory_id, tenant_id, enqueued_at) VALUES (?, ?, 0)",
                     (memory_id, "acme"),
@@ -50,27 +47,27 @@ async def test_outbox_entries_stay_for_a_rebuild_and_for_the_next_generation(
 
         for memory_id in records[:2]:
             await write(memory_id)
-        started_after = await db.begin_index_build()
+        started_after = await db.outbox.begin_index_build()
         for memory_id in records[2:4]:
             await write(memory_id)
         # The served generation took all four, but the rebuild still needs the last two.
-        up_to, pending = await db.outbox_batch()
+        up_to, pending = await db.outbox.outbox_batch()
         assert list(pending) == records[:4]
-        await db.outbox_ack(up_to, generation=0)
-        assert list((await db.outbox_batch())[1]) == records[2:4]
-        assert list((await db.outbox_batch(after_seq=started_after))[1]) == records[2:4]
+        await db.outbox.outbox_ack(up_to, generation=0)
+        assert list((await db.outbox.outbox_batch())[1]) == records[2:4]
+        assert list((await db.outbox.outbox_batch(after_seq=started_after))[1]) == records[2:4]
         # The rebuild applied them and switches; a later write the old generation acks stays
         # for the new one.
-        applied, _ = await db.outbox_batch(after_seq=started_after)
-        await db.switch_index_generation(1, applied, {})
-        assert await db.get_meta(INDEX_BUILD_META) is None
+        applied, _ = await db.outbox.outbox_batch(after_seq=started_after)
+        await db.outbox.switch_index_generation(1, applied, {})
+        assert await db.connection.get_meta(INDEX_BUILD_META) is None
         await write(records[4])
-        up_to, pending = await db.outbox_batch()
+        up_to, pending = await db.outbox.outbox_batch()
         assert list(pending) == [records[4]]
-        await db.outbox_ack(up_to, generation=0)  # a process still on generation 0
-        assert list((await db.outbox_batch())[1]) == [records[4]]
-        await db.outbox_ack(up_to, generation=1)
-        assert (await db.outbox_batch())[1] == {}
+        await db.outbox.outbox_ack(up_to, generation=0)  # a process still on generation 0
+        assert list((await db.outbox.outbox_batch())[1]) == [records[4]]
+        await db.outbox.outbox_ack(up_to, generation=1)
+        assert (await db.outbox.outbox_batch())[1] == {}
     finally:
         await db.close()
 
@@ -80,13 +77,15 @@ async def test_reindex_builds_a_new_generation_and_drops_the_old(
 ) -> None:
     store = await open_embedded_store(tmp_path, local_embedder, maintenance_interval_s=0)
     try:
-        (record,) = await store.add(SCOPE, [NewMemory(kind="fact", text="I collect stamps")])
-        report = await store.reindex()
+        (record,) = await store.memories.add(
+            SCOPE, [NewMemory(kind="fact", text="I collect stamps")]
+        )
+        report = await store.maintenance.reindex()
         assert (report["generation"], report["records"], report["dropped_tables"]) == (1, 1, 1)
-        assert await store.db.index_generation() == 1
+        assert await store.db.outbox.index_generation() == 1
         tables = sorted(path.name for path in (tmp_path / INDEX_DIR).glob("*.lance"))
         assert tables == [table_name("acme", 1) + ".lance"]
-        hits = await store.search(SCOPE, query_text="stamps")
+        hits = await store.memories.search(SCOPE, query_text="stamps")
         assert [hit.record.id for hit in hits] == [record.id]
     finally:
         await store.close()
@@ -96,12 +95,12 @@ async def test_a_second_rebuild_is_refused_while_one_runs(
     tmp_path: Path, local_embedder: LocalEmbedder
 ) -> None:
     store = await open_embedded_store(tmp_path, local_embedder, maintenance_interval_s=0)
-    await store.add(SCOPE, [NewMemory(kind="fact", text="I collect stamps")])
+    await store.memories.add(SCOPE, [NewMemory(kind="fact", text="I collect stamps")])
     try:
         with open(tmp_path / REBUILD_LOCK_FILE, "a+") as held:  # as another rebuild would
             fcntl.flock(held, fcntl.LOCK_EX)
             with pytest.raises(ReindexRunningError, match="another process is rebuilding"):
-                await store.reindex()
+                await store.maintenance.reindex()
             done = subprocess.run(
                 [sys.executable, "-m", "proxy.cli", "reindex", "--data-dir", str(tmp_path)],
                 capture_output=True,
@@ -112,7 +111,7 @@ async def test_a_second_rebuild_is_refused_while_one_runs(
             )
             assert done.returncode == 1
             assert "another process is rebuilding the index" in done.stderr
-        assert await store.db.index_generation() == 0  # nothing was switched
+        assert await store.db.outbox.index_generation() == 0  # nothing was switched
     finally:
         await store.close()
 
@@ -122,9 +121,9 @@ async def test_the_marker_of_a_dead_rebuild_is_forgotten(
 ) -> None:
     store = await open_embedded_store(tmp_path, local_embedder, maintenance_interval_s=0)
     try:
-        await store.db.begin_index_build()  # a rebuild whose process was killed
-        await store.maintain()
-        assert await store.db.get_meta(INDEX_BUILD_META) is None
+        await store.db.outbox.begin_index_build()  # a rebuild whose process was killed
+        await store.maintenance.maintain()
+        assert await store.db.connection.get_meta(INDEX_BUILD_META) is None
     finally:
         await store.close()
 
@@ -133,8 +132,8 @@ async def test_a_broken_index_is_reported_then_rebuilt_without_a_restart(
     tmp_path: Path, local_embedder: LocalEmbedder
 ) -> None:
     store = await open_embedded_store(tmp_path, local_embedder, maintenance_interval_s=0)
-    (record,) = await store.add(SCOPE, [NewMemory(kind="fact", text="I collect stamps")])
-    await store.maintain()
+    (record,) = await store.memories.add(SCOPE, [NewMemory(kind="fact", text="I collect stamps")])
+    await store.maintenance.maintain()
     await store.close()
     # The files of the full-text index vanish (as a rebuild under a running proxy did).
     table = tmp_path / INDEX_DIR / f"{table_name('acme')}.lance"
@@ -143,12 +142,12 @@ async def test_a_broken_index_is_reported_then_rebuilt_without_a_restart(
     store = await open_embedded_store(tmp_path, local_embedder, maintenance_interval_s=0)
     try:
         with pytest.raises(RuntimeError):
-            await store.search(SCOPE, query_text="stamps")
-        assert "index.search" in store.problems
-        await store.maintain()  # what the background loop, woken by the failure, runs
-        assert store.problems == {}
-        hits = await store.search(SCOPE, query_text="stamps")
+            await store.memories.search(SCOPE, query_text="stamps")
+        assert "index.search" in store.index.problems
+        await store.maintenance.maintain()  # what the background loop, woken by the failure, runs
+        assert store.index.problems == {}
+        hits = await store.memories.search(SCOPE, query_text="stamps")
         assert [hit.record.id for hit in hits] == [record.id]
-        assert await store.db.index_generation() == 1
+        assert await store.db.outbox.index_generation() == 1
     finally:
         await store.close()

@@ -20,7 +20,7 @@ async def test_reindex_command_rebuilds_the_index(
 ) -> None:
     data = tmp_path / "data"
     store = await open_store(data, local_embedder)
-    (record,) = await store.add(SCOPE, [NewMemory(kind="fact", text="I collect stamps")])
+    (record,) = await store.memories.add(SCOPE, [NewMemory(kind="fact", text="I collect stamps")])
     await store.close()
 
     done = subprocess.run(
@@ -37,7 +37,7 @@ async def test_reindex_command_rebuilds_the_index(
 
     store = await open_store(data, local_embedder)
     try:
-        hits = await store.search(SCOPE, query_text="stamps", query_vector=None)
+        hits = await store.memories.search(SCOPE, query_text="stamps", query_vector=None)
         assert [hit.record.id for hit in hits] == [record.id]
     finally:
         await store.close()
@@ -48,12 +48,12 @@ async def test_a_lost_index_is_rebuilt_at_open(
 ) -> None:
     data = tmp_path / "data"
     store = await open_store(data, local_embedder)
-    (record,) = await store.add(SCOPE, [NewMemory(kind="fact", text="I collect stamps")])
+    (record,) = await store.memories.add(SCOPE, [NewMemory(kind="fact", text="I collect stamps")])
     await store.close()
     shutil.rmtree(data / "index")
     store = await open_store(data, local_embedder)
     try:
-        hits = await store.search(SCOPE, query_text="stamps", query_vector=None)
+        hits = await store.memories.search(SCOPE, query_text="stamps", query_vector=None)
         assert [hit.record.id for hit in hits] == [record.id]
     finally:
         await store.close()

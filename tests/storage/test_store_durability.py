@@ -83,7 +83,7 @@ async def _check_store(
 ) -> None:
     store = await open_store(data_dir, embedder)
     try:
-        stored = {r.text: r for r in await store.list(SCOPE, limit=100_000)}
+        stored = {r.text: r for r in await store.memories.list(SCOPE, limit=100_000)}
         for tag, begun, acked in runs:
             for batch, size in begun.items():
                 texts = batch_texts(tag, batch, size)
@@ -95,13 +95,15 @@ async def _check_store(
                 for text in texts:
                     if text in stored:
                         token = text.split()[1]
-                        hits = await store.search(SCOPE, query_text=token, query_vector=None)
+                        hits = await store.memories.search(
+                            SCOPE, query_text=token, query_vector=None
+                        )
                         assert [hit.record.text for hit in hits] == [text]
-        assert await store.index.count() == len(stored)
-        assert set(await store.vectors(SCOPE.tenant_id, [r.id for r in stored.values()])) == {
-            r.id for r in stored.values()
-        }
-        assert await store.db.outbox_pending() == 0
+        assert await store.index.index.count() == len(stored)
+        assert set(
+            await store.memories.vectors(SCOPE.tenant_id, [r.id for r in stored.values()])
+        ) == {r.id for r in stored.values()}
+        assert await store.db.outbox.outbox_pending() == 0
     finally:
         await store.close()
     with sqlite3.connect(data_dir / "memento.db") as raw:

@@ -58,7 +58,7 @@ async def _check(store: EmbeddedStore, rows: list[tuple[str, str | None, str, li
     for tenant, user, kind, words in rows:
         scope = Scope(f"{run}{tenant}", user)
         memory = NewMemory(kind=kind, text=" ".join(words))  # type: ignore[arg-type]
-        written.extend(await store.add(scope, [memory]))
+        written.extend(await store.memories.add(scope, [memory]))
     scopes = {Scope(f"{run}{t}", u) for t, u, _, _ in rows} | {
         Scope(f"{run}{t}", u) for t in IDS[:4] for u in (None, "a", "a'b")
     }
@@ -66,7 +66,7 @@ async def _check(store: EmbeddedStore, rows: list[tuple[str, str | None, str, li
         for include_shared in (False, True):
             for word in WORDS:
                 vector = (await store.embedder.embed([word]))[0]
-                hits = await store.search(
+                hits = await store.memories.search(
                     scope,
                     query_text=word,
                     query_vector=vector,
@@ -80,18 +80,18 @@ async def _check(store: EmbeddedStore, rows: list[tuple[str, str | None, str, li
                     if _allowed(scope, r, include_shared) and word in r.text.split()
                 }
                 assert expected <= {hit.record.id for hit in hits if hit.bm25_rank is not None}
-        listed = await store.list(scope, limit=1000)
+        listed = await store.memories.list(scope, limit=1000)
         assert {r.id for r in listed} == {r.id for r in written if _allowed(scope, r, False)}
-        tenant_wide = await store.list(scope, limit=1000, all_users=True)
+        tenant_wide = await store.memories.list(scope, limit=1000, all_users=True)
         assert {r.id for r in tenant_wide} == {
             r.id for r in written if r.tenant_id == scope.tenant_id
         }
         for record in written:
-            got = await store.get(scope, record.id)
+            got = await store.memories.get(scope, record.id)
             assert (got is not None) == _allowed(scope, record, False)
-        others = await store.get_many(scope.tenant_id, [r.id for r in written])
+        others = await store.memories.get_many(scope.tenant_id, [r.id for r in written])
         assert all(r.tenant_id == scope.tenant_id for r in others)
-        vectors = await store.vectors(scope.tenant_id, [r.id for r in written])
+        vectors = await store.memories.vectors(scope.tenant_id, [r.id for r in written])
         assert set(vectors) == {r.id for r in written if r.tenant_id == scope.tenant_id}
 
 

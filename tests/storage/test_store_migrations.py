@@ -11,13 +11,10 @@ import pytest
 from storage import EmbedderMismatchError, open_store
 from storage.embedders import LiteLLMEmbedder, LocalEmbedder
 from storage.records import NewMemory, RequestLog, Scope
-from storage.sqlite import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    DuplicateRequestError,
-    SchemaTooNewError,
-    SQLiteDatabase,
-)
+from storage.sqlite import SQLiteDatabase
+from storage.sqlite.migrations import MIGRATIONS, SCHEMA_VERSION, SchemaTooNewError
+from storage.sqlite.requests import DuplicateRequestError
+from storage.sqlite.rows import JSON_COLUMNS, RECORD_COLUMNS, REQUEST_COLUMN_NAMES
 from storage.store import open_embedded_store
 from tests.scripted_upstream import ScriptedUpstream
 
@@ -37,6 +34,35 @@ async def test_empty_database_migrates_to_latest(tmp_path: Path) -> None:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     expected = {"memories", "audit", "requests", "feedback", "jobs", "index_outbox"}
     assert expected | {"memory_versions", "store_meta"} <= _tables(path)
+
+
+async def test_the_tables_hold_every_field_of_the_records(tmp_path: Path) -> None:
+    """The columns read and written are the dataclasses' fields: a field added to
+    MemoryRecord or RequestLog needs a migration step that adds its column, or this fails."""
+    path = tmp_path / "memento.db"
+    await (await SQLiteDatabase.open(path)).close()
+    with sqlite3.connect(path) as raw:
+
+        def columns(table: str) -> set[str]:
+            return {row[1] for row in raw.execute(f"PRAGMA table_info({table})")}
+
+        assert columns("memories") == {*RECORD_COLUMNS, "embedding"}
+        assert columns("requests") == set(REQUEST_COLUMN_NAMES)
+    # Lists and dicts are kept as JSON text.
+    assert {
+        "fields",
+        "metadata",
+        "keywords",
+        "tags",
+        "trust_reasons",
+        "derived_from_ids",
+        "evidence",
+    } == JSON_COLUMNS
+
+
+def test_migration_steps_are_named_once() -> None:
+    names = [step.name for step in MIGRATIONS]
+    assert len(set(names)) == len(names) == SCHEMA_VERSION
 
 
 @pytest.mark.parametrize("version", range(1, SCHEMA_VERSION))
@@ -65,14 +91,14 @@ async def test_older_versions_upgrade_in_place(
     try:
         with sqlite3.connect(path) as raw:
             assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        record = await store.get(SCOPE, "m-old")
+        record = await store.memories.get(SCOPE, "m-old")
         assert record is not None and record.text == "I grow tomatoes"
         # The new version's feature works on the old row: the edit history keeps the old text.
-        await store.update(SCOPE, "m-old", text="I grow peppers")
+        await store.memories.update(SCOPE, "m-old", text="I grow peppers")
         with sqlite3.connect(path) as raw:
             history = raw.execute("SELECT text FROM memory_versions").fetchall()
         assert history == [("I grow tomatoes",)]
-        hits = await store.search(SCOPE, query_text="peppers", query_vector=None)
+        hits = await store.memories.search(SCOPE, query_text="peppers", query_vector=None)
         assert [hit.record.id for hit in hits] == ["m-old"]
     finally:
         await store.close()
@@ -91,7 +117,7 @@ async def test_requests_logged_before_client_ids_upgrade(tmp_path: Path) -> None
         )
     db = await SQLiteDatabase.open(path)
     try:
-        entry = await db.get_request("acme", "shared-rid-0001")
+        entry = await db.requests.get_request("acme", "shared-rid-0001")
         assert entry is not None
         assert (entry.user_id, entry.injected, entry.client_request_id) == (
             "carol",
@@ -108,12 +134,14 @@ async def test_requests_logged_before_client_ids_upgrade(tmp_path: Path) -> None
             created_at=2.0,
             client_request_id="shared-rid-0001",
         )
-        await db.log_request(newer)
-        assert await db.get_request("acme", "req_new") == newer
-        assert await db.requests_by_client_id("acme", "shared-rid-0001") == ["req_new"]
+        await db.requests.log_request(newer)
+        assert await db.requests.get_request("acme", "req_new") == newer
+        assert await db.requests.requests_by_client_id("acme", "shared-rid-0001") == ["req_new"]
         with pytest.raises(DuplicateRequestError):
-            await db.log_request(RequestLog(**{**vars(newer), "request_id": "shared-rid-0001"}))
-        assert (await db.get_request("acme", "shared-rid-0001")) == entry
+            await db.requests.log_request(
+                RequestLog(**{**vars(newer), "request_id": "shared-rid-0001"})
+            )
+        assert (await db.requests.get_request("acme", "shared-rid-0001")) == entry
     finally:
         await db.close()
 
@@ -135,7 +163,7 @@ async def test_switching_embedder_requires_reindex(
 ) -> None:
     data = tmp_path / "data"
     store = await open_store(data, local_embedder)
-    written = await store.add(
+    written = await store.memories.add(
         SCOPE, [NewMemory(kind="fact", text=t) for t in ("I sail", "I knit scarves")]
     )
     await store.close()
@@ -148,14 +176,14 @@ async def test_switching_embedder_requires_reindex(
 
     store = await open_embedded_store(data, remote, check_embedder=False)
     try:
-        report = await store.reindex()
+        report = await store.maintenance.reindex()
         assert (report["records"], report["reembedded"]) == (2, 2)
-        records = await store.get_many("acme", [r.id for r in written])
+        records = await store.memories.get_many("acme", [r.id for r in written])
         assert {r.embedding_model for r in records} == {"openai/stub-embedding"}
-        vectors = await store.vectors("acme", [r.id for r in written])
+        vectors = await store.memories.vectors("acme", [r.id for r in written])
         assert {len(v) for v in vectors.values()} == {3}
         query = (await remote.embed(["I sail"]))[0]
-        hits = await store.search(SCOPE, query_text="scarves", query_vector=query)
+        hits = await store.memories.search(SCOPE, query_text="scarves", query_vector=query)
         assert {hit.record.id for hit in hits} == {r.id for r in written}
     finally:
         await store.close()

@@ -17,32 +17,32 @@ from storage.store import open_embedded_store
 async def test_queue_lifecycle(tmp_path: Path, local_embedder: LocalEmbedder) -> None:
     store = await open_embedded_store(tmp_path, local_embedder, lease_s=0.2)
     try:
-        first = await store.enqueue("acme", "exchange", {"request_id": "r1"})
-        second = await store.enqueue("acme", "exchange", {"request_id": "r2"})
-        assert await store.pending() == 2
-        (job,) = await store.claim("w1", limit=1)
+        first = await store.queue.enqueue("acme", "exchange", {"request_id": "r1"})
+        second = await store.queue.enqueue("acme", "exchange", {"request_id": "r2"})
+        assert await store.queue.pending() == 2
+        (job,) = await store.queue.claim("w1", limit=1)
         assert (job.id, job.state, job.attempts, job.payload) == (
             first,
             "running",
             1,
             {"request_id": "r1"},
         )
-        (other,) = await store.claim("w2", limit=5)
+        (other,) = await store.queue.claim("w2", limit=5)
         assert other.id == second
-        assert await store.claim("w3") == []  # both are leased
-        await store.complete(first)
-        await store.fail(second, "upstream 429", retry_in_s=0)
-        (retried,) = await store.claim("w2")
+        assert await store.queue.claim("w3") == []  # both are leased
+        await store.queue.complete(first)
+        await store.queue.fail(second, "upstream 429", retry_in_s=0)
+        (retried,) = await store.queue.claim("w2")
         assert (retried.id, retried.attempts, retried.last_error) == (second, 2, "upstream 429")
-        await store.fail(second, "bad payload", retry_in_s=None)
-        assert await store.pending() == 0
-        assert await store.claim("w1") == []
+        await store.queue.fail(second, "bad payload", retry_in_s=None)
+        assert await store.queue.pending() == 0
+        assert await store.queue.claim("w1") == []
 
-        third = await store.enqueue("acme", "exchange", {"request_id": "r3"})
-        (crashed,) = await store.claim("dead-worker")
+        third = await store.queue.enqueue("acme", "exchange", {"request_id": "r3"})
+        (crashed,) = await store.queue.claim("dead-worker")
         assert crashed.id == third
         await asyncio.sleep(0.3)  # the dead worker's lease runs out
-        (reclaimed,) = await store.claim("w1")
+        (reclaimed,) = await store.queue.claim("w1")
         assert (reclaimed.id, reclaimed.attempts) == (third, 2)
     finally:
         await store.close()
@@ -50,12 +50,12 @@ async def test_queue_lifecycle(tmp_path: Path, local_embedder: LocalEmbedder) ->
 
 async def test_queue_survives_restart(tmp_path: Path, local_embedder: LocalEmbedder) -> None:
     store = await open_embedded_store(tmp_path, local_embedder)
-    job_id = await store.enqueue("acme", "exchange", {"n": 1})
+    job_id = await store.queue.enqueue("acme", "exchange", {"n": 1})
     await store.close()
     store = await open_embedded_store(tmp_path, local_embedder)
     try:
-        assert await store.pending() == 1
-        (job,) = await store.claim("w1")
+        assert await store.queue.pending() == 1
+        (job,) = await store.queue.claim("w1")
         assert (job.id, job.payload) == (job_id, {"n": 1})
     finally:
         await store.close()
@@ -67,18 +67,18 @@ async def test_jobs_someone_waits_for_are_claimed_first_when_claimable(
     store = await open_embedded_store(tmp_path, local_embedder)
     try:
         oldest, middle, newest = [
-            await store.enqueue("acme", "exchange", {"n": n}) for n in range(3)
+            await store.queue.enqueue("acme", "exchange", {"n": n}) for n in range(3)
         ]
-        await store.fail(middle, "upstream 429", retry_in_s=60)  # waiting out its backoff
-        (job,) = await store.claim("w1", first=[middle, newest])
+        await store.queue.fail(middle, "upstream 429", retry_in_s=60)  # waiting out its backoff
+        (job,) = await store.queue.claim("w1", first=[middle, newest])
         assert job.id == newest  # ahead of the older one; the backed-off one is not due
-        (job,) = await store.claim("w1", first=[middle, newest])
+        (job,) = await store.queue.claim("w1", first=[middle, newest])
         assert job.id == oldest  # nothing of `first` is claimable: oldest first, as always
-        assert await store.claim("w1", first=[middle]) == []
-        assert await store.unfinished([oldest, middle, newest]) == {oldest, middle, newest}
-        await store.complete(newest)
-        await store.fail(oldest, "bad payload", retry_in_s=None)
-        assert await store.unfinished([oldest, middle, newest]) == {middle}
+        assert await store.queue.claim("w1", first=[middle]) == []
+        assert await store.queue.unfinished([oldest, middle, newest]) == {oldest, middle, newest}
+        await store.queue.complete(newest)
+        await store.queue.fail(oldest, "bad payload", retry_in_s=None)
+        assert await store.queue.unfinished([oldest, middle, newest]) == {middle}
     finally:
         await store.close()
 
@@ -89,26 +89,26 @@ async def test_concurrent_writes_share_commits_and_are_each_durable(
     """Writes that arrive together are group-committed, and every caller gets its own row back."""
     store = await open_embedded_store(tmp_path, local_embedder)
     commits = 0
-    real_execute = store.db._writer.execute
+    real_execute = store.db.connection._writer.execute
 
     async def counting_execute(sql: str, *args: object) -> object:
         nonlocal commits
         commits += sql == "COMMIT"
         return await real_execute(sql, *args)
 
-    store.db._writer.execute = counting_execute  # type: ignore[method-assign]
+    store.db.connection._writer.execute = counting_execute  # type: ignore[method-assign]
     try:
         ids = await asyncio.gather(
-            *(store.enqueue("acme", "exchange", {"n": n}) for n in range(200))
+            *(store.queue.enqueue("acme", "exchange", {"n": n}) for n in range(200))
         )
         assert len(set(ids)) == 200
         assert commits < 20  # 200 writes, a handful of commits
     finally:
-        store.db._writer.execute = real_execute  # type: ignore[method-assign]
+        store.db.connection._writer.execute = real_execute  # type: ignore[method-assign]
         await store.close()
     store = await open_embedded_store(tmp_path, local_embedder)
     try:
-        jobs = await store.claim("w1", limit=500)
+        jobs = await store.queue.claim("w1", limit=500)
         assert sorted(job.payload["n"] for job in jobs) == list(range(200))
         assert {job.id for job in jobs} == set(ids)
     finally:
@@ -127,28 +127,28 @@ async def test_a_given_up_job_stays_failed_listed_and_can_be_retried(
         if upstream_down:
             raise ConnectionError("upstream refused the connection")
 
-    pool = WritePool(store, learn, workers=1, idle_poll_s=0.01, max_attempts=2, backoff_s=0)
+    pool = WritePool(store.queue, learn, workers=1, idle_poll_s=0.01, max_attempts=2, backoff_s=0)
     pool.start()
     try:
-        job_id = await store.enqueue("acme", "exchange", {"request_id": "r1"})
-        await store.enqueue("globex", "exchange", {"request_id": "r2"})
-        while await store.pending():
+        job_id = await store.queue.enqueue("acme", "exchange", {"request_id": "r1"})
+        await store.queue.enqueue("globex", "exchange", {"request_id": "r2"})
+        while await store.queue.pending():
             await asyncio.sleep(0.01)
-        (failed,) = await store.list_jobs("acme", state="failed")
+        (failed,) = await store.queue.list_jobs("acme", state="failed")
         assert (failed.id, failed.attempts) == (job_id, 2)
         assert failed.last_error == "ConnectionError: upstream refused the connection"
-        assert await store.count_jobs("failed") == 2
+        assert await store.queue.count_jobs("failed") == 2
         given_up = [r for r in caplog.records if r.levelname == "ERROR" and "given up" in r.message]
         assert len(given_up) == 2
         # Another tenant cannot retry it; a job that did not fail cannot be retried.
-        assert await store.retry_job("globex", job_id) is None
+        assert await store.queue.retry_job("globex", job_id) is None
         upstream_down = False
-        retried = await store.retry_job("acme", job_id)
+        retried = await store.queue.retry_job("acme", job_id)
         assert retried is not None and (retried.state, retried.attempts) == ("queued", 0)
-        while await store.pending():
+        while await store.queue.pending():
             await asyncio.sleep(0.01)
-        assert [job.state for job in await store.list_jobs("acme")] == ["done"]
-        assert await store.retry_job("acme", job_id) is None
+        assert [job.state for job in await store.queue.list_jobs("acme")] == ["done"]
+        assert await store.queue.retry_job("acme", job_id) is None
         assert runs.count(job_id) == 3
     finally:
         await pool.stop()
@@ -166,14 +166,16 @@ async def test_a_job_failing_on_a_full_disk_is_never_given_up(
         if len(attempts) <= 3:
             raise StorageFull("database or disk is full")
 
-    pool = WritePool(store, learn, workers=1, idle_poll_s=0.01, max_attempts=2, backoff_s=0)
+    pool = WritePool(store.queue, learn, workers=1, idle_poll_s=0.01, max_attempts=2, backoff_s=0)
     pool.start()
     try:
-        job_id = await store.enqueue("acme", "exchange", {"request_id": "r1"})
-        while await store.pending():
+        job_id = await store.queue.enqueue("acme", "exchange", {"request_id": "r1"})
+        while await store.queue.pending():
             await asyncio.sleep(0.01)
         assert attempts == [1, 2, 3, 4]
-        assert [(job.id, job.state) for job in await store.list_jobs("acme")] == [(job_id, "done")]
+        assert [(job.id, job.state) for job in await store.queue.list_jobs("acme")] == [
+            (job_id, "done")
+        ]
     finally:
         await pool.stop()
         await store.close()

@@ -10,9 +10,9 @@ import pytest
 
 from storage import EmbeddedStore
 from storage.embedders import LocalEmbedder
-from storage.index import MaintenanceSettings
+from storage.index_settings import MaintenanceSettings
 from storage.records import NewMemory, RequestLog, Scope
-from storage.sqlite import DuplicateRequestError
+from storage.sqlite.requests import DuplicateRequestError
 from storage.store import open_embedded_store
 from storage.vector_cache import VectorCacheSettings
 
@@ -26,7 +26,7 @@ async def _vector(store: EmbeddedStore, text: str) -> list[float]:
 
 
 async def test_add_get_list_round_trip(store: EmbeddedStore) -> None:
-    written = await store.add(
+    written = await store.memories.add(
         ALICE,
         [
             NewMemory(
@@ -49,29 +49,29 @@ async def test_add_get_list_round_trip(store: EmbeddedStore) -> None:
         ],
     )
     case, fact = written
-    got = await store.get(ALICE, case.id)
+    got = await store.memories.get(ALICE, case.id)
     assert got == case
     assert got is not None and got.scope == ALICE
     assert got.embedding_model == store.embedder.model_id
     assert (got.version, got.supersedes, got.q_visits) == (1, None, 0)
-    assert await store.get(BOB, case.id) is None
-    assert await store.get(SHARED, case.id) is None
-    assert await store.get(Scope("other", "alice"), case.id) is None
-    listed = await store.list(ALICE)
+    assert await store.memories.get(BOB, case.id) is None
+    assert await store.memories.get(SHARED, case.id) is None
+    assert await store.memories.get(Scope("other", "alice"), case.id) is None
+    listed = await store.memories.list(ALICE)
     assert {r.id for r in listed} == {case.id, fact.id}
-    assert [r.id for r in await store.list(ALICE, statuses=["quarantined"])] == [fact.id]
-    assert [r.id for r in await store.list(ALICE, kinds=["case"])] == [case.id]
-    assert await store.list(BOB) == []
-    assert {r.id for r in await store.list(BOB, all_users=True)} == {case.id, fact.id}
-    assert [r.id for r in await store.get_many("acme", [fact.id, "nope", case.id])] == [
+    assert [r.id for r in await store.memories.list(ALICE, statuses=["quarantined"])] == [fact.id]
+    assert [r.id for r in await store.memories.list(ALICE, kinds=["case"])] == [case.id]
+    assert await store.memories.list(BOB) == []
+    assert {r.id for r in await store.memories.list(BOB, all_users=True)} == {case.id, fact.id}
+    assert [r.id for r in await store.memories.get_many("acme", [fact.id, "nope", case.id])] == [
         fact.id,
         case.id,
     ]
-    assert await store.get_many("other", [fact.id, case.id]) == []
+    assert await store.memories.get_many("other", [fact.id, case.id]) == []
 
 
 async def test_search_returns_both_retrievers_with_scores(store: EmbeddedStore) -> None:
-    hiking, food, club = await store.add(
+    hiking, food, club = await store.memories.add(
         ALICE,
         [
             NewMemory(kind="fact", text="I like hiking in the Alps"),
@@ -79,9 +79,13 @@ async def test_search_returns_both_retrievers_with_scores(store: EmbeddedStore) 
             NewMemory(kind="fact", text="Bob's hiking club meets on Fridays", status="rejected"),
         ],
     )
-    (shared,) = await store.add(SHARED, [NewMemory(kind="fact", text="Office hiking trip in May")])
+    (shared,) = await store.memories.add(
+        SHARED, [NewMemory(kind="fact", text="Office hiking trip in May")]
+    )
     query = await _vector(store, "mountain walks")
-    hits = await store.search(ALICE, query_text="hiking", query_vector=query, with_vectors=True)
+    hits = await store.memories.search(
+        ALICE, query_text="hiking", query_vector=query, with_vectors=True
+    )
     by_id = {hit.record.id: hit for hit in hits}
     assert set(by_id) == {hiking.id, food.id}  # rejected and shared records stay out
     assert by_id[hiking.id].bm25_rank == 0 and by_id[hiking.id].bm25_score is not None
@@ -90,19 +94,19 @@ async def test_search_returns_both_retrievers_with_scores(store: EmbeddedStore) 
     cosines = {memory_id: hit.cosine for memory_id, hit in by_id.items()}
     assert cosines[hiking.id] is not None and cosines[food.id] is not None
     assert cosines[hiking.id] > cosines[food.id]
-    stored = await store.vectors("acme", [hiking.id])
+    stored = await store.memories.vectors("acme", [hiking.id])
     assert by_id[hiking.id].vector == pytest.approx(stored[hiking.id], abs=1e-6)
 
-    with_shared = await store.search(
+    with_shared = await store.memories.search(
         ALICE, query_text="hiking", query_vector=query, include_shared=True
     )
     assert shared.id in {hit.record.id for hit in with_shared}
-    rejected = await store.search(
+    rejected = await store.memories.search(
         ALICE, query_text="club", query_vector=None, statuses=["rejected"]
     )
     assert [hit.record.id for hit in rejected] == [club.id]
     assert rejected[0].cosine is None
-    only_prefs = await store.search(
+    only_prefs = await store.memories.search(
         ALICE, query_text="hiking", query_vector=query, kinds=["preference"]
     )
     assert [hit.record.id for hit in only_prefs] == [food.id]
@@ -110,23 +114,27 @@ async def test_search_returns_both_retrievers_with_scores(store: EmbeddedStore) 
 
 async def test_search_skips_expired_records(store: EmbeddedStore) -> None:
     now = time.time()
-    old, fresh = await store.add(
+    old, fresh = await store.memories.add(
         ALICE,
         [
             NewMemory(kind="fact", text="I am in Paris this week", expires_at=now - 1),
             NewMemory(kind="fact", text="I am in Paris next month", expires_at=now + 3600),
         ],
     )
-    hits = await store.search(ALICE, query_text="Paris", query_vector=None)
+    hits = await store.memories.search(ALICE, query_text="Paris", query_vector=None)
     assert [hit.record.id for hit in hits] == [fresh.id]
-    earlier = await store.search(ALICE, query_text="Paris", query_vector=None, now=now - 10)
+    earlier = await store.memories.search(
+        ALICE, query_text="Paris", query_vector=None, now=now - 10
+    )
     assert {hit.record.id for hit in earlier} == {old.id, fresh.id}
 
 
 async def test_update_re_embeds_and_reindexes(store: EmbeddedStore) -> None:
-    (record,) = await store.add(ALICE, [NewMemory(kind="fact", text="I drive a red bicycle")])
-    before = (await store.vectors("acme", [record.id]))[record.id]
-    updated = await store.update(
+    (record,) = await store.memories.add(
+        ALICE, [NewMemory(kind="fact", text="I drive a red bicycle")]
+    )
+    before = (await store.memories.vectors("acme", [record.id]))[record.id]
+    updated = await store.memories.update(
         ALICE, record.id, text="I play the cello", trust=0.9, q=0.4, q_visits=2
     )
     assert updated is not None
@@ -136,34 +144,43 @@ async def test_update_re_embeds_and_reindexes(store: EmbeddedStore) -> None:
         0.4,
         2,
     )
-    after = (await store.vectors("acme", [record.id]))[record.id]
+    after = (await store.memories.vectors("acme", [record.id]))[record.id]
     assert after != before
-    assert await store.search(ALICE, query_text="bicycle", query_vector=None) == []
-    assert [h.record.id for h in await store.search(ALICE, query_text="cello", query_vector=None)]
-    assert await store.update(BOB, record.id, text="stolen") is None
-    quarantined = await store.update(ALICE, record.id, status="quarantined")
+    assert await store.memories.search(ALICE, query_text="bicycle", query_vector=None) == []
+    assert [
+        h.record.id
+        for h in await store.memories.search(ALICE, query_text="cello", query_vector=None)
+    ]
+    assert await store.memories.update(BOB, record.id, text="stolen") is None
+    quarantined = await store.memories.update(ALICE, record.id, status="quarantined")
     assert quarantined is not None and quarantined.status == "quarantined"
-    assert await store.search(ALICE, query_text="cello", query_vector=None) == []
+    assert await store.memories.search(ALICE, query_text="cello", query_vector=None) == []
     with pytest.raises(ValueError, match="tenant_id"):
-        await store.update(ALICE, record.id, tenant_id="other")
+        await store.memories.update(ALICE, record.id, tenant_id="other")
     with pytest.raises(ValueError, match="delete"):
-        await store.update(ALICE, record.id, status="deleted")
+        await store.memories.update(ALICE, record.id, status="deleted")
 
 
 async def test_supersede_builds_the_version_chain(store: EmbeddedStore) -> None:
-    (old,) = await store.add(ALICE, [NewMemory(kind="preference", text="I like tea")])
-    new = await store.supersede(ALICE, old.id, NewMemory(kind="preference", text="I like coffee"))
-    previous = await store.get(ALICE, old.id)
+    (old,) = await store.memories.add(ALICE, [NewMemory(kind="preference", text="I like tea")])
+    new = await store.memories.supersede(
+        ALICE, old.id, NewMemory(kind="preference", text="I like coffee")
+    )
+    previous = await store.memories.get(ALICE, old.id)
     assert previous is not None
     assert (previous.status, previous.superseded_by) == ("superseded", new.id)
     assert previous.valid_to == new.valid_from
     assert (new.version, new.supersedes, new.status) == (2, old.id, "active")
-    hits = await store.search(ALICE, query_text="like", query_vector=None)
+    hits = await store.memories.search(ALICE, query_text="like", query_vector=None)
     assert [hit.record.id for hit in hits] == [new.id]
     with pytest.raises(ValueError, match="already superseded"):
-        await store.supersede(ALICE, old.id, NewMemory(kind="preference", text="I like juice"))
+        await store.memories.supersede(
+            ALICE, old.id, NewMemory(kind="preference", text="I like juice")
+        )
     with pytest.raises(KeyError):
-        await store.supersede(BOB, new.id, NewMemory(kind="preference", text="I like juice"))
+        await store.memories.supersede(
+            BOB, new.id, NewMemory(kind="preference", text="I like juice")
+        )
 
 
 def _raw_files(data_dir: Path) -> bytes:
@@ -172,36 +189,42 @@ def _raw_files(data_dir: Path) -> bytes:
 
 async def test_delete_erases_content_and_leaves_an_audit_entry(store: EmbeddedStore) -> None:
     secret = "zebracorn-4471 passport number"
-    (record,) = await store.add(ALICE, [NewMemory(kind="fact", text=secret, keywords=["zk"])])
-    await store.update(ALICE, record.id, text=secret + " renewed")
-    (keep,) = await store.add(ALICE, [NewMemory(kind="fact", text="I keep bees")])
-    assert not await store.delete(BOB, record.id, actor="bob")
-    assert await store.delete(ALICE, record.id, actor="alice")
-    assert await store.get(ALICE, record.id) is None
-    assert await store.search(ALICE, query_text="zebracorn", query_vector=None) == []
-    assert await store.vectors("acme", [record.id]) == {}
-    assert record.id not in {r.id for r in await store.list(ALICE)}
-    assert [r.id for r in await store.list(ALICE)] == [keep.id]
+    (record,) = await store.memories.add(
+        ALICE, [NewMemory(kind="fact", text=secret, keywords=["zk"])]
+    )
+    await store.memories.update(ALICE, record.id, text=secret + " renewed")
+    (keep,) = await store.memories.add(ALICE, [NewMemory(kind="fact", text="I keep bees")])
+    assert not await store.memories.delete(BOB, record.id, actor="bob")
+    assert await store.memories.delete(ALICE, record.id, actor="alice")
+    assert await store.memories.get(ALICE, record.id) is None
+    assert await store.memories.search(ALICE, query_text="zebracorn", query_vector=None) == []
+    assert await store.memories.vectors("acme", [record.id]) == {}
+    assert record.id not in {r.id for r in await store.memories.list(ALICE)}
+    assert [r.id for r in await store.memories.list(ALICE)] == [keep.id]
     assert b"zebracorn" not in _raw_files(store.data_dir)
-    assert await store.index.count() == 1
-    entries = await store.audit("acme")
+    assert await store.index.index.count() == 1
+    entries = await store.memories.audit("acme")
     deletion = next(entry for entry in entries if entry["action"] == "delete")
     assert (deletion["memory_id"], deletion["actor"]) == (record.id, "alice")
     assert "zebracorn" not in repr(entries)
-    assert not await store.delete(ALICE, record.id, actor="alice")  # already gone
+    assert not await store.memories.delete(ALICE, record.id, actor="alice")  # already gone
 
 
 async def test_delete_user_erases_every_record_of_that_user(store: EmbeddedStore) -> None:
-    await store.add(ALICE, [NewMemory(kind="fact", text=f"alice-secret-{i}") for i in range(3)])
-    (bobs,) = await store.add(BOB, [NewMemory(kind="fact", text="bob keeps bees")])
-    (shared,) = await store.add(SHARED, [NewMemory(kind="fact", text="office closes at six")])
-    assert await store.delete_user("acme", "alice", actor="admin") == 3
-    assert await store.list(ALICE) == []
-    assert {r.id for r in await store.list(ALICE, all_users=True)} == {bobs.id, shared.id}
-    assert await store.search(ALICE, query_text="secret", query_vector=None) == []
-    assert await store.index.count() == 2
+    await store.memories.add(
+        ALICE, [NewMemory(kind="fact", text=f"alice-secret-{i}") for i in range(3)]
+    )
+    (bobs,) = await store.memories.add(BOB, [NewMemory(kind="fact", text="bob keeps bees")])
+    (shared,) = await store.memories.add(
+        SHARED, [NewMemory(kind="fact", text="office closes at six")]
+    )
+    assert await store.memories.delete_user("acme", "alice", actor="admin") == 3
+    assert await store.memories.list(ALICE) == []
+    assert {r.id for r in await store.memories.list(ALICE, all_users=True)} == {bobs.id, shared.id}
+    assert await store.memories.search(ALICE, query_text="secret", query_vector=None) == []
+    assert await store.index.index.count() == 2
     assert b"alice-secret" not in _raw_files(store.data_dir)
-    entry = (await store.audit("acme", limit=1))[0]
+    entry = (await store.memories.audit("acme", limit=1))[0]
     assert (entry["action"], entry["user_id"], entry["detail"]) == (
         "delete_user",
         "alice",
@@ -220,18 +243,18 @@ async def test_requests_and_feedback(store: EmbeddedStore) -> None:
         created_at=time.time(),
         injected=[{"memory_id": "m1", "score": 0.7}],
     )
-    await store.log_request(entry)
-    assert await store.get_request("acme", "req-9") == entry
-    assert await store.get_request("other", "req-9") is None
-    await store.set_request("acme", "req-9", written_case_id="m2", reward=0.5)
-    got = await store.get_request("acme", "req-9")
+    await store.requests.log_request(entry)
+    assert await store.requests.get_request("acme", "req-9") == entry
+    assert await store.requests.get_request("other", "req-9") is None
+    await store.requests.set_request("acme", "req-9", written_case_id="m2", reward=0.5)
+    got = await store.requests.get_request("acme", "req-9")
     assert got is not None and (got.written_case_id, got.reward) == ("m2", 0.5)
     with pytest.raises(ValueError, match="created_at"):
-        await store.set_request("acme", "req-9", created_at=0.0)
-    assert await store.record_feedback("acme", "req-9", "api", 1.0, "great") is None
-    assert await store.record_feedback("acme", "req-9", "api", -1.0, None) == 1.0
-    assert await store.record_feedback("acme", "req-9", "implicit", 0.2, None) is None
-    assert await store.record_feedback("other", "req-9", "api", 0.3, None) is None
+        await store.requests.set_request("acme", "req-9", created_at=0.0)
+    assert await store.requests.record_feedback("acme", "req-9", "api", 1.0, "great") is None
+    assert await store.requests.record_feedback("acme", "req-9", "api", -1.0, None) == 1.0
+    assert await store.requests.record_feedback("acme", "req-9", "implicit", 0.2, None) is None
+    assert await store.requests.record_feedback("other", "req-9", "api", 0.3, None) is None
 
 
 async def test_a_logged_request_is_never_merged_with_another(store: EmbeddedStore) -> None:
@@ -259,23 +282,26 @@ async def test_a_logged_request_is_never_merged_with_another(store: EmbeddedStor
         injected=[{"memory_id": "m-dave"}],
         client_request_id="shared-rid-0001",
     )
-    await store.log_request(carol)
+    await store.requests.log_request(carol)
     with pytest.raises(DuplicateRequestError, match="req-1"):
-        await store.log_request(dave)
-    assert await store.get_request("acme", "req-1") == carol
-    await store.log_request(RequestLog(**{**vars(dave), "request_id": "req-2"}))
-    await store.log_request(
+        await store.requests.log_request(dave)
+    assert await store.requests.get_request("acme", "req-1") == carol
+    await store.requests.log_request(RequestLog(**{**vars(dave), "request_id": "req-2"}))
+    await store.requests.log_request(
         RequestLog(**{**vars(dave), "request_id": "req-3", "tenant_id": "globex"})
     )
-    assert await store.requests_by_client_id("acme", "shared-rid-0001") == ["req-1", "req-2"]
-    assert await store.requests_by_client_id("globex", "shared-rid-0001") == ["req-3"]
-    assert await store.requests_by_client_id("acme", "req-1") == []
+    assert await store.requests.requests_by_client_id("acme", "shared-rid-0001") == [
+        "req-1",
+        "req-2",
+    ]
+    assert await store.requests.requests_by_client_id("globex", "shared-rid-0001") == ["req-3"]
+    assert await store.requests.requests_by_client_id("acme", "req-1") == []
 
 
 async def test_wal_mode_and_schema_version(store: EmbeddedStore) -> None:
     with sqlite3.connect(store.data_dir / "memento.db") as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        from storage.sqlite import SCHEMA_VERSION
+        from storage.sqlite.migrations import SCHEMA_VERSION
 
         assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
@@ -293,18 +319,20 @@ async def test_small_scopes_search_exactly_once_an_ann_index_exists(
     )
     try:
         crowd = Scope("acme", "crowd")
-        await store.add(crowd, [NewMemory(kind="fact", text=f"crowd note {i}") for i in range(80)])
-        mine = await store.add(
+        await store.memories.add(
+            crowd, [NewMemory(kind="fact", text=f"crowd note {i}") for i in range(80)]
+        )
+        mine = await store.memories.add(
             ALICE, [NewMemory(kind="fact", text=t) for t in ("I fence", "I row", "I bake")]
         )
-        await store.maintain()
-        assert store.index.vector_indexed
+        await store.maintenance.maintain()
+        assert store.index.index.vector_indexed
         query = await _vector(store, "which sports do I do?")
-        hits = await store.search(ALICE, query_text="", query_vector=query)
+        hits = await store.memories.search(ALICE, query_text="", query_vector=query)
         assert {hit.record.id for hit in hits} == {r.id for r in mine}
         assert sorted(hit.vector_rank for hit in hits if hit.vector_rank is not None) == [0, 1, 2]
         # 80 records: more than the vector cache takes, so this one goes through the IVF index.
-        crowd_hits = await store.search(crowd, query_text="", query_vector=query, k=5)
+        crowd_hits = await store.memories.search(crowd, query_text="", query_vector=query, k=5)
         assert len(crowd_hits) == 5
         assert {hit.record.user_id for hit in crowd_hits} == {"crowd"}
     finally:

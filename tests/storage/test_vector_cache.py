@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from storage import EmbeddedStore
 from storage.embedders import LocalEmbedder
-from storage.index import IndexRow
+from storage.index_schema import IndexRow
 from storage.records import NewMemory, Scope
 from storage.store import open_embedded_store
 from storage.vector_cache import ScopeVectors, VectorCache, VectorCacheSettings
@@ -127,45 +127,51 @@ async def _apply(
     for op, user, pick, word in ops:
         scope = Scope(tenant, user)
         if op == "add" or (op == "erase" and user is None):
-            await store.add(scope, [NewMemory(kind="fact", text=f"{word} note {pick}")])
+            await store.memories.add(scope, [NewMemory(kind="fact", text=f"{word} note {pick}")])
             continue
         if op == "erase":
             assert user is not None
-            await store.delete_user(tenant, user, actor="test")
+            await store.memories.delete_user(tenant, user, actor="test")
             continue
-        live = await store.list(scope, statuses=["active", "quarantined", "rejected"])
+        live = await store.memories.list(scope, statuses=["active", "quarantined", "rejected"])
         if not live:
             continue
         target = live[pick % len(live)]
         if op == "text":
-            await store.update(scope, target.id, text=f"{word} rewritten {pick}")
+            await store.memories.update(scope, target.id, text=f"{word} rewritten {pick}")
         elif op == "kind":
-            await store.update(scope, target.id, kind="preference" if pick % 2 else "lesson")
+            await store.memories.update(
+                scope, target.id, kind="preference" if pick % 2 else "lesson"
+            )
         elif op == "status":
-            await store.update(
+            await store.memories.update(
                 scope, target.id, status=["quarantined", "rejected", "active"][pick % 3]
             )
         elif op == "supersede":
-            await store.supersede(scope, target.id, NewMemory(kind="fact", text=f"now {word}"))
+            await store.memories.supersede(
+                scope, target.id, NewMemory(kind="fact", text=f"now {word}")
+            )
         elif op == "delete":
-            await store.delete(scope, target.id, actor="test")
+            await store.memories.delete(scope, target.id, actor="test")
         elif op == "expire":
-            await store.update(scope, target.id, expires_at=time.time() - 1)
+            await store.memories.update(scope, target.id, expires_at=time.time() - 1)
 
 
 async def _check(store: EmbeddedStore, ops: list[tuple[str, str | None, int, str]]) -> None:
     tenant = uuid.uuid4().hex[:8]
-    store.vector_cache.settings = VectorCacheSettings()  # the last example may have turned it off
+    store.index.vector_cache.settings = (
+        VectorCacheSettings()
+    )  # the last example may have turned it off
     query = np.asarray((await store.embedder.embed(["a violin in the harbour"]))[0], np.float32)
     for user in USERS:  # cache every scope first, so the writes below must keep them current
-        await store.search(Scope(tenant, user), query_text="", query_vector=query.tolist())
+        await store.memories.search(Scope(tenant, user), query_text="", query_vector=query.tolist())
     await _apply(store, tenant, ops)
     for user in USERS:
-        cached = store.vector_cache.get(tenant, user)
+        cached = store.index.vector_cache.get(tenant, user)
         assert cached is not None
         truth = {
             memory_id: (kind, status, expires, np.frombuffer(blob, dtype=np.float32))
-            for memory_id, kind, status, expires, blob in await store.db.scope_index_rows(
+            for memory_id, kind, status, expires, blob in await store.db.memories.scope_index_rows(
                 tenant, user, embedding_model=store.embedder.model_id
             )
         }
@@ -178,8 +184,10 @@ async def _check(store: EmbeddedStore, ops: list[tuple[str, str | None, int, str
             scope = Scope(tenant, user)
             searches = []
             for enabled in (True, False):
-                store.vector_cache.settings = VectorCacheSettings(max_bytes=(256 << 20) * enabled)
-                hits = await store.search(
+                store.index.vector_cache.settings = VectorCacheSettings(
+                    max_bytes=(256 << 20) * enabled
+                )
+                hits = await store.memories.search(
                     scope,
                     query_text="",
                     query_vector=query.tolist(),

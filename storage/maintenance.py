@@ -1,0 +1,202 @@
+"""Index maintenance and rebuilds: the background pass, and `reindex` from SQLite.
+
+`reindex` may run while other processes serve the same folder: it builds a new generation of
+the index beside the served one (an exclusive lock file makes it the only rebuild), applies the
+outbox entries written meanwhile (which no process forgets while a rebuild runs), then switches
+the generation pointer in SQLite in one transaction and drops the old tables. A search or an
+index write that fails has the next maintenance pass rebuild the index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from storage.index import MemoryIndex
+from storage.index_sync import EMBEDDER_META, IndexSync, embedder_tag
+from storage.sqlite import SQLiteDatabase
+from storage.sqlite.outbox import INDEX_BUILD_META
+
+log = logging.getLogger("memento.storage")
+
+REBUILD_LOCK_FILE = "reindex.lock"
+
+
+class ReindexRunningError(RuntimeError):
+    """Another process is already rebuilding this folder's index."""
+
+
+@contextlib.contextmanager
+def _rebuild_lock(folder: Path) -> Iterator[None]:
+    """Held for a whole rebuild. A lock on an open file, so it goes with the process that
+    holds it, however that process ends."""
+    with open(folder / REBUILD_LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ReindexRunningError(
+                f"another process is rebuilding the index in {folder}; wait for it to finish "
+                "(its new index is served as soon as it is complete)"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class IndexMaintenance:
+    """The background maintenance of the index this process serves, and its rebuilds."""
+
+    def __init__(self, sync: IndexSync, db: SQLiteDatabase, *, interval_s: float) -> None:
+        self._sync = sync
+        self._db = db
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Run maintenance every `interval_s` (and when woken), unless the interval is 0."""
+        if self._interval_s > 0:
+            self._task = asyncio.create_task(self._loop(), name="memento-index-maintenance")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the event fires, and close() would then wait forever.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval_s):
+                    await self._sync.wake.wait()
+            self._sync.wake.clear()
+            try:
+                await self.maintain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("index maintenance failed; it will be retried")
+
+    async def maintain(self) -> dict[str, Any]:
+        """One maintenance pass: replay the outbox (following a rebuilt index), rebuild the
+        index if a search found it broken, then fold, compact and prune it."""
+        sync = self._sync
+        await sync.sync()
+        if sync.repair_wanted:
+            await self._repair()
+        await self._forget_dead_rebuild()
+        done: dict[str, Any] = {}
+        if sync.index.needs_maintenance:  # some tenant's table changed
+            async with sync.writer():
+                try:
+                    done = await sync.index.maintain()
+                except Exception as exc:
+                    if not await sync.follow_generation():
+                        sync.report(
+                            "index.maintenance", f"index maintenance failed, rebuilding: {exc}"
+                        )
+                        sync.repair_wanted = True  # at the next pass
+                        raise
+            log.info("index maintenance: %s", done)
+        sync.clear("index.maintenance")
+        await self._db.queue.prune_jobs(older_than=time.time() - 86_400)
+        return done
+
+    async def _repair(self) -> None:
+        """Rebuild the index from SQLite after a search or maintenance found it broken."""
+        self._sync.repair_wanted = False
+        try:
+            report = await self.reindex()
+        except ReindexRunningError:
+            return  # another process's rebuild replaces the broken generation anyway
+        log.warning("index rebuilt from SQLite after it failed: %s", report)
+        self._sync.clear("index.search")
+
+    async def _forget_dead_rebuild(self) -> None:
+        """A rebuild that died (its process killed) leaves its marker, which keeps the outbox
+        from being emptied; the lock it held is free then, and the marker can go."""
+        if await self._db.connection.get_meta(INDEX_BUILD_META) is None:
+            return
+        with contextlib.suppress(ReindexRunningError), _rebuild_lock(self._sync.data_dir):
+            log.warning("an index rebuild in %s ended without finishing", self._sync.data_dir)
+            await self._db.outbox.end_index_build()
+
+    async def reindex(self, *, batch: int = 512) -> dict[str, Any]:
+        """Rebuild the index from SQLite as a new generation, re-embedding records made by
+        another embedder, and serve it once complete; safe while other processes serve.
+
+        Raises ReindexRunningError when another process is rebuilding already.
+        """
+        sync, outbox = self._sync, self._db.outbox
+        started = time.perf_counter()
+        with _rebuild_lock(sync.data_dir):
+            async with sync.lock:
+                await sync.follow_generation()
+            started_after = await outbox.begin_index_build()
+            try:
+                fresh = await sync.index.new_generation(sync.index.generation + 1)
+                records, reembedded = await self._fill(fresh, batch)
+                await fresh.maintain()
+                # The changes written meanwhile, most of them outside the lock, the last ones
+                # inside it, where the switch cannot miss one of this process's writes.
+                applied = await self._catch_up(fresh, started_after)
+                async with sync.lock:
+                    applied = await self._catch_up(fresh, applied)
+                    await outbox.switch_index_generation(
+                        fresh.generation, applied, {EMBEDDER_META: embedder_tag(sync.embedder)}
+                    )
+                    sync.index = fresh
+                    sync.vector_cache.clear()  # scopes reload from SQLite, with the new vectors
+                    sync.outbox_after = 0
+            except BaseException:
+                await outbox.end_index_build()
+                raise
+        async with sync.writer():  # no process is writing the tables being dropped
+            dropped = await fresh.drop_other_generations()
+        return {
+            "records": records,
+            "reembedded": reembedded,
+            "embedder": sync.embedder.model_id,
+            "generation": fresh.generation,
+            "dropped_tables": len(dropped),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+
+    async def _fill(self, index: MemoryIndex, batch: int) -> tuple[int, int]:
+        """Every live record into `index`; returns (records, re-embedded)."""
+        model_id = self._sync.embedder.model_id
+        outbox = self._db.outbox
+        records = reembedded = 0
+        async for sources in outbox.iter_index_sources(batch):
+            stale = [s for s in sources if s.embedding is None or s.embedding_model != model_id]
+            if stale:
+                blobs = await self._sync.embed([s.embed_text for s in stale])
+                await outbox.set_embeddings(
+                    [(s.id, blob) for s, blob in zip(stale, blobs, strict=True)], model_id
+                )
+                fresh = await outbox.index_sources([s.id for s in stale])
+                sources = [fresh.get(s.id, s) for s in sources]
+                reembedded += len(stale)
+            rows = [row for row in map(self._sync.index_row, sources) if row is not None]
+            await index.append(rows)
+            records += len(rows)
+        return records, reembedded
+
+    async def _catch_up(self, index: MemoryIndex, after: int) -> int:
+        """Apply the outbox entries after sequence number `after` to `index`; returns the last
+        one applied."""
+        while True:
+            up_to, tenants = await self._db.outbox.outbox_batch(after)
+            if not tenants:
+                return after
+            await self._sync.apply(index, tenants, to_cache=False)
+            after = up_to

@@ -1,0 +1,320 @@
+"""Memory operations over both halves of the store: SQLite rows and the derived index.
+
+A write commits to SQLite together with an outbox entry, then the outbox is drained into the
+index before the call returns, so a record is searchable when `add` returns. Searches take ids
+from the index but records from SQLite, and re-check scope, status and expiry there, so a stale
+index can hide a record for a moment but never show one it should not. Reads that need only
+SQLite (`get`, `list`, `audit`...) are those of `storage.sqlite.memories.MemoryRows`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, get_args
+
+from storage.api import Embedder, IndexUnavailable
+from storage.index_schema import IndexHit, scope_filter, scope_key
+from storage.index_sync import IndexSync, blob, unblob
+from storage.records import (
+    MEMORY_KINDS,
+    MEMORY_STATUSES,
+    MemoryKind,
+    MemoryRecord,
+    MemoryStatus,
+    NewMemory,
+    Scope,
+    SearchHit,
+    SourceRole,
+)
+from storage.search import VectorSearch, normalized, query_unit_vector, visible
+from storage.sqlite.connection import Connection
+from storage.sqlite.memories import MemoryRows
+from storage.sqlite.outbox import embedding_input
+from storage.sqlite.rows import UPDATABLE_FIELDS
+
+
+def _validate_new(memory: NewMemory) -> None:
+    if memory.kind not in MEMORY_KINDS:
+        raise ValueError(f"kind must be one of {MEMORY_KINDS}, got {memory.kind!r}")
+    if memory.status not in MEMORY_STATUSES or memory.status == "deleted":
+        raise ValueError(
+            f"a new memory's status must be active, quarantined, rejected or "
+            f"superseded, got {memory.status!r}"
+        )
+    if memory.source_role not in get_args(SourceRole):
+        raise ValueError(f"source_role must be one of {get_args(SourceRole)}")
+    if not memory.text.strip():
+        raise ValueError("a memory needs a non-empty text")
+
+
+def _validate_changes(changes: dict[str, Any]) -> None:
+    unknown = changes.keys() - UPDATABLE_FIELDS
+    if unknown:
+        raise ValueError(
+            f"cannot update {sorted(unknown)}; updatable fields: {sorted(UPDATABLE_FIELDS)}"
+        )
+    if "kind" in changes and changes["kind"] not in MEMORY_KINDS:
+        raise ValueError(f"kind must be one of {MEMORY_KINDS}")
+    if "status" in changes and changes["status"] not in MEMORY_STATUSES:
+        raise ValueError(f"status must be one of {MEMORY_STATUSES}")
+    if changes.get("status") == "deleted":
+        raise ValueError("use delete() to delete a memory: it erases the content")
+
+
+class Memories(MemoryRows):
+    """The `MemoryStore` of the embedded store: SQLite's memory rows, kept in the index."""
+
+    def __init__(self, connection: Connection, sync: IndexSync, embedder: Embedder) -> None:
+        super().__init__(connection)
+        self.embedder = embedder
+        self._sync = sync
+        self._vectors = VectorSearch(sync, self)
+
+    def _new_record(self, scope: Scope, memory: NewMemory, now: float) -> MemoryRecord:
+        created = memory.created_at if memory.created_at is not None else now
+        return MemoryRecord(
+            id=uuid.uuid4().hex,
+            tenant_id=scope.tenant_id,
+            user_id=scope.user_id,
+            session_id=scope.session_id,
+            agent_id=scope.agent_id,
+            kind=memory.kind,
+            text=memory.text,
+            key_text=memory.key_text,
+            fields=dict(memory.fields),
+            metadata=dict(memory.metadata),
+            keywords=list(memory.keywords),
+            tags=list(memory.tags),
+            source_role=memory.source_role,
+            source_request_id=memory.source_request_id,
+            trace_id=memory.trace_id,
+            trust=float(memory.trust),
+            trust_reasons=list(memory.trust_reasons),
+            status=memory.status,
+            version=1,
+            supersedes=None,
+            superseded_by=None,
+            q=float(memory.q),
+            q_visits=0,
+            reward_ma=0.0,
+            last_reward=None,
+            n_pos=0,
+            n_neg=0,
+            created_at=created,
+            updated_at=now,
+            last_used_at=None,
+            valid_from=memory.valid_from if memory.valid_from is not None else created,
+            valid_to=None,
+            expires_at=memory.expires_at,
+            embedding_model=self.embedder.model_id,
+            derived_from_ids=list(memory.derived_from_ids),
+            evidence=list(memory.evidence),
+            model=memory.model,
+        )
+
+    async def add(
+        self,
+        scope: Scope,
+        memories: Sequence[NewMemory],
+        *,
+        vectors: Sequence[Sequence[float]] | None = None,
+    ) -> list[MemoryRecord]:
+        """Write new records in one transaction; they are searchable when this returns.
+
+        `vectors` (optional) are the records' embeddings by this store's embedder, for imports
+        that carry them; without it the records are embedded here.
+        """
+        if not memories:
+            return []
+        for memory in memories:
+            _validate_new(memory)
+        now = time.time()
+        records = [self._new_record(scope, memory, now) for memory in memories]
+        dimensions = self._sync.index.dimensions
+        if vectors is not None:
+            if len(vectors) != len(records) or any(len(v) != dimensions for v in vectors):
+                raise ValueError(
+                    f"need one {dimensions}-dimensional vector per memory "
+                    f"(made by {self.embedder.model_id})"
+                )
+            blobs = [blob(normalized(vector)) for vector in vectors]
+        else:
+            blobs = await self._sync.embed([embedding_input(r.key_text, r.text) for r in records])
+        await self.insert_memories(records, blobs, actor=f"write:{records[0].source_role}")
+        await self._sync.sync()
+        return records
+
+    async def import_records(
+        self, tenant_id: str, records: Sequence[MemoryRecord], outcome: dict[str, Any]
+    ) -> None:
+        """Write complete records as an import gives them (ids, version links, times, Q and
+        its counts kept) and the import's `outcome`, in one transaction. The vectors are made
+        here, from each record's key text, by this store's embedder."""
+        for record in records:
+            if record.tenant_id != tenant_id:
+                raise ValueError("every imported record must belong to the importing tenant")
+            record.embedding_model = self.embedder.model_id
+        blobs = await self._sync.embed([embedding_input(r.key_text, r.text) for r in records])
+        await self.import_memories(tenant_id, records, blobs, outcome)
+        await self._sync.sync()
+
+    async def update(self, scope: Scope, memory_id: str, **changes: Any) -> MemoryRecord | None:
+        """Change fields; a text change is a new version, re-embedded and re-indexed."""
+        _validate_changes(changes)
+        if not changes:
+            return await self.get(scope, memory_id)
+        embedding: bytes | None = None
+        if "text" in changes or "key_text" in changes:
+            current = await self.get(scope, memory_id)
+            if current is None:
+                return None
+            text = changes.get("text", current.text)
+            if not str(text).strip():
+                raise ValueError("a memory needs a non-empty text")
+            if "text" in changes and "key_text" not in changes:
+                # The key is what search matches and what the vector is made of: a new text
+                # with the old key would keep being found by what it no longer says.
+                changes = {**changes, "key_text": text}
+            key_text = changes.get("key_text", current.key_text)
+            (embedding,) = await self._sync.embed([embedding_input(key_text, text)])
+        record = await self.update_memory(
+            scope,
+            memory_id,
+            changes,
+            embedding=embedding,
+            embedding_model=self.embedder.model_id,
+            actor="update",
+        )
+        if record is not None:
+            await self._sync.sync()
+        return record
+
+    async def supersede(
+        self, scope: Scope, old_id: str, new: NewMemory, *, at: float | None = None
+    ) -> MemoryRecord:
+        _validate_new(new)
+        at = time.time() if at is None else at
+        record = self._new_record(scope, new, at)
+        (embedding,) = await self._sync.embed([embedding_input(record.key_text, record.text)])
+        written = await self.write_successor(
+            scope, old_id, record, embedding, at=at, actor="supersede"
+        )
+        await self._sync.sync()
+        return written
+
+    async def delete(self, scope: Scope, memory_id: str, *, actor: str) -> bool:
+        deleted = await self.delete_memory(scope, memory_id, actor=actor)
+        if deleted:
+            await self._sync.sync()
+            self._sync.wake.set()  # maintenance soon, so old index versions are pruned
+        return deleted
+
+    async def delete_user(self, tenant_id: str, user_id: str, *, actor: str) -> int:
+        count = await self.delete_user_memories(tenant_id, user_id, actor=actor)
+        await self._sync.sync()
+        self._sync.wake.set()
+        return count
+
+    async def vectors(self, tenant_id: str, memory_ids: Sequence[str]) -> dict[str, list[float]]:
+        blobs = await self.vector_blobs(tenant_id, memory_ids)
+        return {memory_id: unblob(data).tolist() for memory_id, data in blobs.items()}
+
+    async def search(
+        self,
+        scope: Scope,
+        *,
+        query_text: str,
+        query_vector: Sequence[float] | None = None,
+        k: int = 30,
+        kinds: Sequence[MemoryKind] | None = None,
+        statuses: Sequence[MemoryStatus] = ("active",),
+        include_shared: bool = False,
+        now: float | None = None,
+        with_vectors: bool = False,
+        embed_query: bool = False,
+    ) -> list[SearchHit]:
+        """Top-k by BM25 ∪ top-k by vector within the scope, checked against SQLite.
+
+        Vector search is exact, from the scopes' vectors in memory (`storage.vector_cache`),
+        unless a scope is too large for that; then it goes through the LanceDB index. With
+        `embed_query` and no `query_vector`, the store embeds `query_text` with its embedder.
+        """
+        if k <= 0:
+            return []
+        now = time.time() if now is None else now
+        users: list[str | None] = [scope.user_id]
+        if include_shared and scope.user_id is not None:
+            users.append(None)
+        where = scope_filter(
+            [scope_key(scope.tenant_id, user) for user in users], kinds=kinds, statuses=statuses
+        )
+        # The query is embedded before the BM25 search starts, not during it: on two cores the
+        # two fought for the CPU and the overlap was slower. BM25 then runs on LanceDB's
+        # threads while the vector search runs here.
+        if query_vector is None and embed_query and query_text.strip():
+            query_vector = (await self.embedder.embed([query_text]))[0]
+        sync = self._sync
+        query = (
+            query_unit_vector(query_vector, sync.index.dimensions, self.embedder.model_id)
+            if query_vector is not None
+            else None
+        )
+
+        async def search_index() -> tuple[list[IndexHit], list[IndexHit]]:
+            text_search = asyncio.ensure_future(
+                sync.index.search_text(scope.tenant_id, query_text, where, k)
+            )
+            try:
+                vector_hits = await self._vectors.nearest(
+                    scope.tenant_id, users, where, query, k, kinds=kinds, statuses=statuses, now=now
+                )
+                return vector_hits, await text_search
+            finally:
+                text_search.cancel()  # only matters when something above failed
+
+        searched = sync.index
+        try:
+            vector_hits, text_hits = await search_index()
+        except Exception as exc:
+            async with sync.lock:
+                await sync.follow_generation()
+            if sync.index is searched:  # not a generation dropped under this search
+                sync.report("index.search", f"search failed, rebuilding the index: {exc}")
+                sync.repair_wanted = True
+                sync.wake.set()
+                raise IndexUnavailable(f"the search index failed ({type(exc).__name__})") from exc
+            vector_hits, text_hits = await search_index()  # once more, on the new generation
+        if "index.search" in sync.problems:
+            sync.clear("index.search")
+        vector_rank = {hit.id: rank for rank, hit in enumerate(vector_hits)}
+        text_rank = {hit.id: rank for rank, hit in enumerate(text_hits)}
+        ordered = list(dict.fromkeys([*vector_rank, *text_rank]))
+        # Records and vectors from SQLite in one query: the truth, and cheaper than reading
+        # the vectors out of LanceDB with the hits.
+        found = await self.get_many_with_vectors(
+            scope.tenant_id, ordered, embedding_model=self.embedder.model_id
+        )
+        hits: list[SearchHit] = []
+        for record, data in found:
+            if not visible(record, scope.tenant_id, users, kinds, statuses, now):
+                continue
+            vector = unblob(data) if data is not None else None
+            if vector is not None and vector.shape != (sync.index.dimensions,):
+                vector = None
+            bm25 = text_rank.get(record.id)
+            hits.append(
+                SearchHit(
+                    record=record,
+                    bm25_score=text_hits[bm25].score if bm25 is not None else None,
+                    bm25_rank=bm25,
+                    cosine=float(vector @ query)
+                    if query is not None and vector is not None
+                    else None,
+                    vector_rank=vector_rank.get(record.id),
+                    vector=vector if with_vectors else None,
+                )
+            )
+        return hits

@@ -1,0 +1,150 @@
+"""The vector half of a hybrid search, and SQLite's word on which hits may be shown.
+
+Vector search is exact, from the scopes' vectors in memory (`storage.vector_cache`), unless a
+scope is too large for that; then it goes through the LanceDB index. A scope's vectors are
+loaded from SQLite on first use, under the index lock, so the copy misses no change.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from storage.index_schema import IndexHit, IndexRow
+from storage.index_sync import IndexSync, unblob
+from storage.records import MemoryKind, MemoryRecord, MemoryStatus
+from storage.sqlite.memories import MemoryRows
+from storage.vector_cache import ScopeVectors
+
+# Sizes of scopes too large for the vector cache are re-counted at most this often.
+SCOPE_SIZE_TTL_S = 30.0
+
+
+class VectorSearch:
+    """Nearest vectors within some scopes of one tenant, from memory or from the index."""
+
+    def __init__(self, sync: IndexSync, rows: MemoryRows) -> None:
+        self._sync = sync
+        self._rows = rows
+        self._scope_sizes: dict[tuple[str, str | None], tuple[int, float]] = {}
+
+    async def nearest(
+        self,
+        tenant_id: str,
+        users: Sequence[str | None],
+        where: str,
+        query: np.ndarray[Any, np.dtype[np.float32]] | None,
+        k: int,
+        *,
+        kinds: Sequence[MemoryKind] | None,
+        statuses: Sequence[MemoryStatus],
+        now: float,
+    ) -> list[IndexHit]:
+        if query is None:
+            return []
+        cached = await self._cached_scopes(tenant_id, users)
+        if cached is None:
+            return await self._sync.index.search_vector(tenant_id, query, where, k)
+        hits = [
+            hit
+            for scope in cached
+            for hit in scope.search(query, k, kinds=kinds, statuses=statuses, now=now)
+        ]
+        hits.sort(key=lambda hit: hit.score)  # distances: nearest first
+        return hits[:k]
+
+    async def _cached_scopes(
+        self, tenant_id: str, users: Sequence[str | None]
+    ) -> list[ScopeVectors] | None:
+        """The scopes' vectors in memory (loading them on first use), or None when one of them
+        is too large for exact search or the cache is off."""
+        cache = self._sync.vector_cache
+        if not cache.enabled:
+            return None
+        scopes = []
+        for user in users:
+            cached = cache.get(tenant_id, user)
+            if cached is None:
+                if await self._scope_size(tenant_id, user) > cache.settings.max_rows:
+                    return None
+                cached = await self._load_scope_vectors(tenant_id, user)
+            scopes.append(cached)
+        return scopes
+
+    async def _scope_size(self, tenant_id: str, user_id: str | None) -> int:
+        key = (tenant_id, user_id)
+        cached = self._scope_sizes.get(key)
+        if cached is None or cached[1] < time.monotonic():
+            size = await self._rows.count_scope(tenant_id, user_id)
+            cached = (size, time.monotonic() + SCOPE_SIZE_TTL_S)
+            self._scope_sizes[key] = cached
+        return cached[0]
+
+    async def _load_scope_vectors(self, tenant_id: str, user_id: str | None) -> ScopeVectors:
+        # Under the index lock: no outbox batch can be applied between the read and the cache
+        # taking it, so the copy misses no change (a batch already in it re-applies harmlessly).
+        cache = self._sync.vector_cache
+        async with self._sync.lock:
+            cached = cache.get(tenant_id, user_id)
+            if cached is None:
+                rows = await self._rows.scope_index_rows(
+                    tenant_id, user_id, embedding_model=self._sync.embedder.model_id
+                )
+                cached = cache.load(
+                    tenant_id,
+                    user_id,
+                    [
+                        IndexRow(
+                            memory_id, tenant_id, user_id, kind, status, expires, "", unblob(blob)
+                        )
+                        for memory_id, kind, status, expires, blob in rows
+                    ],
+                )
+            return cached
+
+
+def normalized(
+    vector: Sequence[float], *, what: str = "vectors"
+) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """`vector` scaled to length 1; a vector of no finite length is refused."""
+    array = np.asarray(vector, dtype=np.float32)
+    norm = float(np.linalg.norm(array))
+    if not math.isfinite(norm) or norm == 0:
+        raise ValueError(f"{what} must be finite and non-zero")
+    unit: np.ndarray[Any, np.dtype[np.float32]] = array / norm
+    return unit
+
+
+def query_unit_vector(
+    vector: Sequence[float], dimensions: int, model_id: str
+) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """A search's query vector scaled to length 1, refused unless it has `dimensions`."""
+    shape = np.shape(vector)
+    if shape != (dimensions,):
+        raise ValueError(
+            f"query vector has shape {shape}, the index holds "
+            f"{dimensions}-dimensional vectors of {model_id}"
+        )
+    return normalized(vector, what="query vector")
+
+
+def visible(
+    record: MemoryRecord,
+    tenant_id: str,
+    users: Sequence[str | None],
+    kinds: Sequence[MemoryKind] | None,
+    statuses: Sequence[MemoryStatus],
+    now: float,
+) -> bool:
+    """SQLite's word on whether a record the index returned may be shown in this search."""
+    if record.tenant_id != tenant_id or record.user_id not in users:
+        return False
+    if kinds and record.kind not in kinds:
+        return False
+    if statuses and record.status not in statuses:
+        return False
+    return record.expires_at is None or record.expires_at > now

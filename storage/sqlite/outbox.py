@@ -1,0 +1,179 @@
+"""The index outbox and what the derived index is built from.
+
+Every write that changes what the index holds (a record's scope, status, search text or vector)
+adds an outbox entry in its own transaction; the store applies pending entries to the index and
+acknowledges them here. While a rebuild runs (a new index generation built beside the served
+one), entries it may still need are kept. `store_meta` holds the generation served and, during a
+rebuild, the outbox sequence number it started after.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from storage.records import MemoryKind, MemoryStatus
+from storage.sqlite.connection import META_UPSERT, Connection
+from storage.sqlite.rows import placeholders
+
+# store_meta keys of the index: the generation served, and (while a rebuild runs) the outbox
+# sequence number the rebuild started after.
+INDEX_GENERATION_META = "index_generation"
+INDEX_BUILD_META = "index_build_from"
+_META_INT = "SELECT CAST(value AS INTEGER) FROM store_meta WHERE key = ?"
+
+
+@dataclass(frozen=True)
+class IndexSource:
+    """What the index keeps of one record: scope, filters, BM25 text and vector."""
+
+    id: str
+    tenant_id: str
+    user_id: str | None
+    kind: MemoryKind
+    status: MemoryStatus
+    expires_at: float | None
+    search_text: str
+    embed_text: str
+    embedding: bytes | None
+    embedding_model: str | None
+
+
+def search_text_of(key_text: str, text: str, keywords: Iterable[str], tags: Iterable[str]) -> str:
+    """The BM25 document: what is matched (key text, else the text) plus keywords and tags."""
+    return " ".join([key_text or text, *keywords, *tags])
+
+
+def embedding_input(key_text: str, text: str) -> str:
+    """What the vector represents: the key text (a case's request, a fact itself)."""
+    return key_text or text
+
+
+class IndexOutbox:
+    """The `index_outbox` table, the index's entries of `store_meta`, and the records' vectors
+    as the index reads them."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    async def outbox_batch(
+        self, after_seq: int = 0, limit: int = 2000
+    ) -> tuple[int, dict[str, str | None]]:
+        """The oldest pending index changes after `after_seq`: the highest sequence number, and
+        each distinct memory id with its tenant (None in entries written before schema 3)."""
+        rows = await self._connection.fetchall(
+            "SELECT seq, memory_id, tenant_id FROM index_outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        )
+        if not rows:
+            return 0, {}
+        return int(rows[-1][0]), {row[1]: row[2] for row in rows}
+
+    async def outbox_ack(self, up_to_seq: int, generation: int) -> None:
+        """Forget the entries up to `up_to_seq`, applied to index generation `generation`.
+
+        Only if that generation is still the one served (else the entries are for its
+        successor to apply too), and, while a rebuild runs, only those it started after (it
+        applies the later ones to its new generation before switching to it).
+        """
+        async with self._connection.transaction() as db:
+            await db.execute(
+                "DELETE FROM index_outbox WHERE seq <= ? "
+                f"AND ? = COALESCE(({_META_INT}), 0) "
+                f"AND seq <= COALESCE(({_META_INT}), seq)",
+                (up_to_seq, generation, INDEX_GENERATION_META, INDEX_BUILD_META),
+            )
+
+    async def begin_index_build(self) -> int:
+        """Mark a rebuild as started; returns the outbox sequence number it starts after."""
+        async with self._connection.transaction() as db:
+            async with db.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'index_outbox'"
+            ) as cursor:
+                row = await cursor.fetchone()
+            started_after = int(row[0]) if row is not None else 0
+            await db.execute(META_UPSERT, (INDEX_BUILD_META, str(started_after)))
+        return started_after
+
+    async def end_index_build(self) -> None:
+        """Forget the rebuild marker of a rebuild that failed or died."""
+        async with self._connection.transaction() as db:
+            await db.execute("DELETE FROM store_meta WHERE key = ?", (INDEX_BUILD_META,))
+
+    async def switch_index_generation(
+        self, generation: int, applied_up_to: int, meta: dict[str, str]
+    ) -> None:
+        """Serve index generation `generation` from now on, in one transaction: the pointer,
+        `meta` (which embedder built it), the rebuild marker gone, and the outbox entries the
+        new generation already holds (up to `applied_up_to`) forgotten."""
+        async with self._connection.transaction() as db:
+            for key, value in {INDEX_GENERATION_META: str(generation), **meta}.items():
+                await db.execute(META_UPSERT, (key, value))
+            await db.execute("DELETE FROM store_meta WHERE key = ?", (INDEX_BUILD_META,))
+            await db.execute("DELETE FROM index_outbox WHERE seq <= ?", (applied_up_to,))
+
+    async def index_generation(self) -> int:
+        """The index generation searches and writes go to."""
+        value = await self._connection.get_meta(INDEX_GENERATION_META)
+        return int(value) if value is not None else 0
+
+    async def outbox_pending(self) -> int:
+        rows = await self._connection.fetchall("SELECT count(*) FROM index_outbox")
+        return int(rows[0][0])
+
+    _INDEX_SOURCE_COLUMNS = (
+        "id, tenant_id, user_id, kind, status, expires_at, text, key_text, keywords, tags, "
+        "embedding, embedding_model"
+    )
+
+    @staticmethod
+    def _index_source(row: Sequence[Any]) -> IndexSource:
+        return IndexSource(
+            id=row[0],
+            tenant_id=row[1],
+            user_id=row[2],
+            kind=row[3],
+            status=row[4],
+            expires_at=row[5],
+            search_text=search_text_of(row[7], row[6], json.loads(row[8]), json.loads(row[9])),
+            embed_text=embedding_input(row[7], row[6]),
+            embedding=row[10],
+            embedding_model=row[11],
+        )
+
+    async def index_sources(self, memory_ids: Sequence[str]) -> dict[str, IndexSource]:
+        """Current state of these records for the index; absent ids were erased."""
+        found: dict[str, IndexSource] = {}
+        for start in range(0, len(memory_ids), 500):
+            chunk = memory_ids[start : start + 500]
+            rows = await self._connection.fetchall(
+                f"SELECT {self._INDEX_SOURCE_COLUMNS} FROM memories "
+                f"WHERE id IN ({placeholders(len(chunk))})",
+                chunk,
+            )
+            for row in rows:
+                found[row[0]] = self._index_source(row)
+        return found
+
+    async def iter_index_sources(self, batch: int = 1000) -> AsyncIterator[list[IndexSource]]:
+        """Every live record, in batches, for rebuilding the index."""
+        last = ""
+        while True:
+            rows = await self._connection.fetchall(
+                f"SELECT {self._INDEX_SOURCE_COLUMNS} FROM memories "
+                "WHERE id > ? AND status != 'deleted' ORDER BY id LIMIT ?",
+                (last, batch),
+            )
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield [self._index_source(row) for row in rows]
+
+    async def set_embeddings(self, items: Sequence[tuple[str, bytes]], model_id: str) -> None:
+        async with self._connection.transaction() as db:
+            await db.executemany(
+                "UPDATE memories SET embedding = ?, embedding_model = ? WHERE id = ?",
+                [(blob, model_id, memory_id) for memory_id, blob in items],
+            )

@@ -1,0 +1,187 @@
+"""The durable write queue: jobs queued by calls, claimed by workers under a lease, retried.
+
+Implements `WriteQueue` (what the write path uses) and `JobAdmin` (what an operator sees). A
+claim is a lease: a job whose worker died is claimable again once its lease expired, so a crash
+loses no job. Enqueueing is group-committed with the other small writes of concurrent calls.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import aiosqlite
+
+from storage.records import JobState, QueuedJob
+from storage.sqlite.connection import Connection
+from storage.sqlite.rows import dumps, placeholders
+
+_MAX_FIRST = 100  # ids a claim may be asked to prefer (bounded: they are SQL parameters)
+_JOB_COLUMNS = "id, tenant_id, kind, payload, state, attempts, created_at, available_at, last_error"
+
+
+class SQLiteJobQueue:
+    """The `jobs` table."""
+
+    def __init__(self, connection: Connection, *, lease_s: float) -> None:
+        self._connection = connection
+        self._lease_s = lease_s
+
+    async def enqueue(self, tenant_id: str, kind: str, payload: dict[str, Any]) -> int:
+        job = partial(_insert_job, tenant_id, kind, dumps(payload))
+        return int(await self._connection.grouped(job))
+
+    async def claim(
+        self, worker: str, limit: int = 1, *, first: Sequence[int] = ()
+    ) -> list[QueuedJob]:
+        lease = (time.time(), self._lease_s)
+        async with self._connection.transaction() as db:
+            # Jobs someone waits for go ahead of older ones, when they are claimable at all.
+            rows = await _claim_rows(db, worker, lease, limit, only=first) if first else []
+            if len(rows) < limit:
+                rows += await _claim_rows(db, worker, lease, limit - len(rows))
+        return sorted(map(_job_from_row, rows), key=lambda job: job.id)
+
+    async def complete(self, job_id: int) -> None:
+        async with self._connection.transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET state = 'done', lease_until = NULL WHERE id = ?", (job_id,)
+            )
+
+    async def fail(self, job_id: int, error: str, *, retry_in_s: float | None) -> None:
+        async with self._connection.transaction() as db:
+            if retry_in_s is None:
+                await db.execute(
+                    "UPDATE jobs SET state = 'failed', last_error = ?, lease_until = NULL "
+                    "WHERE id = ?",
+                    (error, job_id),
+                )
+            else:
+                await db.execute(
+                    "UPDATE jobs SET state = 'queued', last_error = ?, lease_until = NULL, "
+                    "available_at = ? WHERE id = ?",
+                    (error, time.time() + retry_in_s, job_id),
+                )
+
+    async def pending(self) -> int:
+        rows = await self._connection.fetchall(
+            "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')"
+        )
+        return int(rows[0][0])
+
+    async def unfinished(self, job_ids: Sequence[int]) -> set[int]:
+        wanted = list(job_ids)[:_MAX_FIRST]
+        if not wanted:
+            return set()
+        rows = await self._connection.fetchall(
+            f"SELECT id FROM jobs WHERE id IN ({placeholders(len(wanted))}) "
+            "AND state IN ('queued', 'running')",
+            wanted,
+        )
+        return {int(row[0]) for row in rows}
+
+    async def list_jobs(
+        self,
+        tenant_id: str,
+        *,
+        state: JobState | None = None,
+        limit: int = 100,
+        after: int | None = None,
+    ) -> list[QueuedJob]:
+        """One tenant's jobs, newest first (`state` narrows them, e.g. to the failed ones;
+        `after` starts past that job id)."""
+        where = ["tenant_id = ?"]
+        params: list[Any] = [tenant_id]
+        if state is not None:
+            where.append("state = ?")
+            params.append(state)
+        if after is not None:
+            where.append("id < ?")
+            params.append(after)
+        rows = await self._connection.fetchall(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [_job_from_row(row) for row in rows]
+
+    async def retry_job(self, tenant_id: str, job_id: int) -> QueuedJob | None:
+        """Queue a failed job of this tenant again, with a fresh count of attempts; its last
+        error stays until it runs. None when the tenant has no failed job of that id."""
+        async with (
+            self._connection.transaction() as db,
+            db.execute(
+                "UPDATE jobs SET state = 'queued', attempts = 0, available_at = ?, "
+                "claimed_by = NULL, lease_until = NULL "
+                "WHERE id = ? AND tenant_id = ? AND state = 'failed' "
+                f"RETURNING {_JOB_COLUMNS}",
+                (time.time(), job_id, tenant_id),
+            ) as cursor,
+        ):
+            row = await cursor.fetchone()
+        return _job_from_row(row) if row is not None else None
+
+    async def count_jobs(self, state: JobState) -> int:
+        """Jobs in `state` across every tenant (for the readiness probe)."""
+        rows = await self._connection.fetchall(
+            "SELECT count(*) FROM jobs WHERE state = ?", (state,)
+        )
+        return int(rows[0][0])
+
+    async def prune_jobs(self, older_than: float) -> int:
+        """Forget finished jobs (done) created before `older_than`; failed ones stay."""
+        async with self._connection.transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM jobs WHERE state = 'done' AND created_at < ?", (older_than,)
+            )
+            return int(cursor.rowcount)
+
+
+async def _insert_job(tenant_id: str, kind: str, payload: str, db: aiosqlite.Connection) -> int:
+    now = time.time()
+    cursor = await db.execute(
+        "INSERT INTO jobs (tenant_id, kind, payload, state, created_at, available_at) "
+        "VALUES (?, ?, ?, 'queued', ?, ?)",
+        (tenant_id, kind, payload, now, now),
+    )
+    assert cursor.lastrowid is not None
+    return int(cursor.lastrowid)
+
+
+async def _claim_rows(
+    db: aiosqlite.Connection,
+    worker: str,
+    lease: tuple[float, float],
+    limit: int,
+    *,
+    only: Sequence[int] = (),
+) -> list[Any]:
+    """Lease up to `limit` claimable jobs (of `only`, when given), oldest first: queued and due,
+    or running with an expired lease (their worker died). `lease` is (now, lease seconds)."""
+    now, lease_s = lease
+    wanted = list(only)[:_MAX_FIRST]
+    narrowed = f"id IN ({placeholders(len(wanted))}) AND " if wanted else ""
+    async with db.execute(
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, claimed_by = ?, "
+        f"lease_until = ? WHERE id IN (SELECT id FROM jobs WHERE {narrowed}"
+        "((state = 'queued' AND available_at <= ?) OR (state = 'running' AND lease_until < ?)) "
+        f"ORDER BY id LIMIT ?) RETURNING {_JOB_COLUMNS}",
+        (worker, now + lease_s, *wanted, now, now, max(0, limit)),
+    ) as cursor:
+        return list(await cursor.fetchall())
+
+
+def _job_from_row(row: Sequence[Any]) -> QueuedJob:
+    return QueuedJob(
+        id=row[0],
+        tenant_id=row[1],
+        kind=row[2],
+        payload=json.loads(row[3]),
+        state=row[4],
+        attempts=row[5],
+        created_at=row[6],
+        available_at=row[7],
+        last_error=row[8],
+    )
