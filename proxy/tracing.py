@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -39,7 +39,8 @@ from opentelemetry.sdk.trace import (
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Link, SpanContext, TraceFlags
 
-from proxy.policy import Policy, TracingPolicy
+from proxy.policy import TracingPolicy
+from proxy.policy_source import PolicySource
 from storage.api import HealthReporter, SpanStore
 from storage.records import SpanRow
 from storage.spans import CLIENT_REQUEST_ID_ATTR
@@ -447,11 +448,7 @@ def _otlp_exporter(url: str) -> SpanExporter:
     return OTLPSpanExporter(endpoint=url)
 
 
-class _PolicySource(Protocol):
-    def get(self, tenant: str) -> Policy | None: ...
-
-
-def retention_from(policies: _PolicySource) -> RetentionLookup:
+def retention_from(policies: PolicySource) -> RetentionLookup:
     """Each tenant's current tracing policy from the (hot-reloaded) policy registry."""
 
     def lookup(tenant_id: str) -> TracingPolicy | None:
