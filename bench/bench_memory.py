@@ -42,9 +42,10 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from proxy.memory.budget import fit_to_budget  # noqa: E402
 from proxy.memory.inject import render_block  # noqa: E402
 from proxy.memory.learn import Learner  # noqa: E402
-from proxy.memory.pipeline import MemoryPipeline, shared_embedder  # noqa: E402
+from proxy.memory.pipeline import MemoryPipeline  # noqa: E402
 from proxy.memory.retrieve import retrieve  # noqa: E402
 from proxy.memory.seam import CallContext  # noqa: E402
+from proxy.memory.warmup import shared_embedder  # noqa: E402
 from proxy.policy import ModelRoute, Policy  # noqa: E402
 from proxy.settings import Settings  # noqa: E402
 from proxy.tokens import count_tokens  # noqa: E402
@@ -453,7 +454,7 @@ async def bench_learning(max_events: int = 10, distractors: int = 1) -> dict[str
                     first_before = "helpful" if top == helpful.id else "misleading"
                 if top == helpful.id and events_to_first is None:
                     events_to_first = event
-                injected = [i["id"] for i in prepared.state.get("injected", [])]
+                injected = [i.id for i in prepared.state.injected]
                 shown.append("H" if helpful.id in injected else "M")
                 if event == max_events:
                     break

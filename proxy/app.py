@@ -140,11 +140,11 @@ def uses_echo(registry: PolicyRegistry) -> bool:
     return any(r.model == "echo" for r in _routes(registry))
 
 
-async def _close_quietly(memory: Any, upstreams: Upstreams, tracing: Any, span_store: Any) -> None:
+async def _close_quietly(
+    memory: MemoryHooks, upstreams: Upstreams, tracing: Any, span_store: Any
+) -> None:
     """Close what a failed start-up had opened; a failure here must not hide the first one."""
-    close = getattr(memory, "aclose", None)
-    steps = [close] if close is not None else []
-    for step in (*steps, upstreams.aclose, tracing.shutdown, span_store.close):
+    for step in (memory.aclose, upstreams.aclose, tracing.shutdown, span_store.close):
         try:
             await step()
         except Exception:
@@ -163,8 +163,7 @@ def build_app(
     `registry` defaults to loading `settings.policies_dir` (raising PolicyFileError when a file
     is invalid, or lists a published key while `settings.host` is not loopback). `memory`
     defaults to the memory pipeline over `settings.data_dir` (pass `NoMemory()` for a plain
-    proxy); hooks that have `start()` / `aclose()` coroutines are
-    started and closed with the app. `extra_routes` adds surfaces such as the
+    proxy); the hooks are started and closed with the app. `extra_routes` adds surfaces such as the
     admin, feedback and trace APIs.
     """
     registry = registry or PolicyRegistry.load(
@@ -193,10 +192,8 @@ def build_app(
             settings, span_store, retention=retention_from(registry), health=app.state.health
         )
         app.state.span_store, app.state.tracing = span_store, tracing
-        start = getattr(memory, "start", None)
         try:
-            if start is not None:
-                await start()
+            await memory.start()
         except BaseException:
             # Start-up failed (a bad MEMENTO_* value, an embedder that cannot load): stop what
             # already runs, or its threads keep the process alive after uvicorn gives up.
@@ -218,9 +215,7 @@ def build_app(
             app.state.started = False
             if watcher is not None:
                 watcher.cancel()
-            close = getattr(memory, "aclose", None)
-            if close is not None:
-                await close()
+            await memory.aclose()
             await upstreams.aclose()
             await tracing.shutdown()  # after the memory worker drained: its spans are kept
             await span_store.close()

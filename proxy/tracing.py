@@ -18,14 +18,15 @@ import os
 import re
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import SpanProcessor, SynchronousMultiSpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Link, SpanContext, TraceFlags
 
-from proxy.policy import Policy, TracingPolicy
+from proxy.policy import TracingPolicy
+from proxy.policy_source import PolicySource
 from proxy.span_export import SQLiteSpanExporter, global_router, running_loop
 from storage.api import HealthReporter, SpanStore
 from storage.spans import CLIENT_REQUEST_ID_ATTR
@@ -227,11 +228,7 @@ def _otlp_exporter(url: str) -> SpanExporter:
     return OTLPSpanExporter(endpoint=url)
 
 
-class _PolicySource(Protocol):
-    def get(self, tenant: str) -> Policy | None: ...
-
-
-def retention_from(policies: _PolicySource) -> RetentionLookup:
+def retention_from(policies: PolicySource) -> RetentionLookup:
     """Each tenant's current tracing policy from the (hot-reloaded) policy registry."""
 
     def lookup(tenant_id: str) -> TracingPolicy | None:

@@ -25,8 +25,8 @@ from proxy.memory.inject import (
     render_line,
     section_of,
 )
-from proxy.memory.query import message_text
 from proxy.memory.retrieve import ScoredMemory
+from proxy.messages import message_text
 from proxy.policy import BudgetSettings, ModelRoute
 from proxy.tokens import count_tokens
 

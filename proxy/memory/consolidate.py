@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from proxy.memory.candidates import Candidate
-from proxy.memory.extract import ChatCall, answer_text, is_single_valued
+from proxy.memory.extract import is_single_valued
+from proxy.memory.model_call import CallModel
+from proxy.messages import answer_text
 from proxy.policy import ConsolidationSettings
 from storage.records import MemoryRecord
 
@@ -35,7 +37,7 @@ CHANGE_SUPERSEDE_COS = 0.55
 
 
 @dataclass(frozen=True)
-class Neighbour:
+class ConsolidationNeighbour:
     """An existing memory near the candidate, with its cosine to the candidate."""
 
     record: MemoryRecord
@@ -43,7 +45,9 @@ class Neighbour:
 
 
 @dataclass(frozen=True)
-class Decision:
+class Consolidation:
+    """What to do with one candidate: the operation, the memory it applies to, and why."""
+
     operation: Operation
     target: MemoryRecord | None
     reason: str
@@ -54,8 +58,10 @@ class Decision:
 
 
 def decide(
-    candidate: Candidate, neighbours: Sequence[Neighbour], settings: ConsolidationSettings
-) -> Decision:
+    candidate: Candidate,
+    neighbours: Sequence[ConsolidationNeighbour],
+    settings: ConsolidationSettings,
+) -> Consolidation:
     """The rule-based decision for one candidate against its neighbours in scope."""
     if candidate.kind == "case":
         return _decide_case(candidate, neighbours, settings)
@@ -67,8 +73,8 @@ def decide(
     if candidate.fields.get("retract"):
         target = next((n for n in about if n.cosine >= settings.same_topic_cos), None)
         if target is None:
-            return Decision("NOOP", None, "nothing to forget")
-        return Decision("DELETE", target.record, "user asked to forget it")
+            return Consolidation("NOOP", None, "nothing to forget")
+        return Consolidation("DELETE", target.record, "user asked to forget it")
     text = _norm(candidate.text)
     slot = candidate.fields.get("slot")
     value = candidate.fields.get("value")
@@ -77,37 +83,39 @@ def decide(
         record = neighbour.record
         same_slot = slot is not None and record.fields.get("slot") == slot
         if _norm(record.text) == text:
-            return Decision("NOOP", record, "same text")
+            return Consolidation("NOOP", record, "same text")
         if same_slot and is_single_valued(slot):
             if value is not None and record.fields.get("value") == value:
-                return Decision("NOOP", record, f"same value for {slot}")
-            return Decision("UPDATE", record, f"new value for {slot}")
+                return Consolidation("NOOP", record, f"same value for {slot}")
+            return Consolidation("UPDATE", record, f"new value for {slot}")
         if same_slot and value is not None and record.fields.get("value") == value:
             if record.fields.get("polarity", 1) != polarity:
-                return Decision("UPDATE", record, "contradicts the stated preference")
-            return Decision("NOOP", record, "same preference")
+                return Consolidation("UPDATE", record, "contradicts the stated preference")
+            return Consolidation("NOOP", record, "same preference")
         if neighbour.cosine >= settings.dup_cos and record.fields.get("polarity", 1) == polarity:
-            return Decision("NOOP", record, f"near-duplicate (cos {neighbour.cosine:.2f})")
+            return Consolidation("NOOP", record, f"near-duplicate (cos {neighbour.cosine:.2f})")
     if candidate.fields.get("change"):
         for neighbour in about:
             same_kind = neighbour.record.kind == candidate.kind
             if same_kind and neighbour.cosine >= CHANGE_SUPERSEDE_COS:
                 slot_matches = slot is None or neighbour.record.fields.get("slot") in (slot, None)
                 if slot_matches:
-                    return Decision("UPDATE", neighbour.record, "stated change of preference")
-    return Decision("ADD", None, "new")
+                    return Consolidation("UPDATE", neighbour.record, "stated change of preference")
+    return Consolidation("ADD", None, "new")
 
 
 def _decide_case(
-    candidate: Candidate, neighbours: Sequence[Neighbour], settings: ConsolidationSettings
-) -> Decision:
+    candidate: Candidate,
+    neighbours: Sequence[ConsolidationNeighbour],
+    settings: ConsolidationSettings,
+) -> Consolidation:
     text = _norm(candidate.text)
     for neighbour in neighbours:
         if neighbour.record.kind != "case":
             continue
         if _norm(neighbour.record.text) == text or neighbour.cosine >= max(settings.dup_cos, 0.98):
-            return Decision("NOOP", neighbour.record, "same case")
-    return Decision("ADD", None, "new case")
+            return Consolidation("NOOP", neighbour.record, "same case")
+    return Consolidation("ADD", None, "new case")
 
 
 CONSOLIDATION_PROMPT = """You maintain a memory of facts about one user.
@@ -120,10 +128,11 @@ NOOP when it is already known (target_id of the memory that says it)."""
 
 async def decide_with_model(
     candidate: Candidate,
-    neighbours: Sequence[Neighbour],
+    neighbours: Sequence[ConsolidationNeighbour],
     settings: ConsolidationSettings,
-    call: ChatCall,
-) -> Decision:
+    model: str,
+    call: CallModel,
+) -> Consolidation:
     """The model's decision, checked; the rules decide when its answer cannot be used."""
     fallback = decide(candidate, neighbours, settings)
     if candidate.kind == "case" or not neighbours:
@@ -139,7 +148,7 @@ async def decide_with_model(
         "response_format": {"type": "json_object"},
     }
     try:
-        parsed = json.loads(answer_text(await call(body)))
+        parsed = json.loads(answer_text(await call(model, body)))
     except (json.JSONDecodeError, TypeError):
         return fallback
     if not isinstance(parsed, dict):
@@ -148,9 +157,9 @@ async def decide_with_model(
     target = by_id.get(str(parsed.get("target_id")))
     reason = f"model: {str(parsed.get('reason') or '')[:200]}"
     if operation == "ADD":
-        return Decision("ADD", None, reason)
+        return Consolidation("ADD", None, reason)
     if operation in ("UPDATE", "DELETE", "NOOP") and target is not None:
-        return Decision(operation, target, reason)
+        return Consolidation(operation, target, reason)
     return fallback
 
 

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, get_args
 
+from proxy.messages import message_text
 from proxy.policy import MemoryMode, Policy
 from storage.records import Scope
 
@@ -99,22 +100,6 @@ def resolve_access(
         return MemoryAccess(Scope(policy.tenant, None, session_id), mode, include_shared=False)
     shared = bool(policy.memory.shared_kinds)
     return MemoryAccess(Scope(policy.tenant, user, session_id), mode, include_shared=shared)
-
-
-def message_text(message: dict[str, Any]) -> str:
-    """The text of one chat message: a string, or the text parts of a content list."""
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, dict) and part.get("type") == "text":
-                text = part.get("text")
-                if isinstance(text, str):
-                    parts.append(text)
-        return "\n".join(parts)
-    return ""
 
 
 def build_query(messages: list[dict[str, Any]], context_turns: int) -> str:

@@ -4,14 +4,17 @@ The route authenticates, validates and resolves the model, then asks the hooks t
 call (retrieve, budget, inject) and, once the upstream has answered and before the client has the
 whole answer, hands them the finished exchange to queue durably (extract, sanitize, consolidate
 and write run later, off the request path).
-`NoMemory` is the pass-through used when memory is disabled.
+`NoMemory` is the pass-through used when memory is disabled. The app starts the hooks before
+serving and closes them after the last request.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from proxy.memory.query import MemoryAccess
 from proxy.policy import ModelRoute, Policy
 
 
@@ -37,6 +40,23 @@ class CallContext:
     client_request_id: str | None = None  # the client's own id: a correlation id, not ours
 
 
+@dataclass(frozen=True)
+class InjectedMemory:
+    """A memory the call's prompt carried; its text is cut from the answer before learning."""
+
+    id: str | None  # None only in a queued job from an older version that lacked it
+    text: str
+
+
+@dataclass
+class CallState:
+    """What the hooks keep from `before_call` for `after_call` of the same call."""
+
+    access: MemoryAccess | None = None  # None: the hooks never looked at this call
+    injected: list[InjectedMemory] = field(default_factory=list)
+    logged: asyncio.Task[None] | None = None  # the request log being written
+
+
 @dataclass
 class PreparedCall:
     """What to send upstream, plus state the hooks want back after the response."""
@@ -46,10 +66,18 @@ class PreparedCall:
     # The user's earlier exchanges still being learned when retrieval ran (the wait ran out).
     unlearned_writes: int = 0
     changed: bool = False  # False: the route may relay the client's original bytes
-    state: dict[str, Any] = field(default_factory=dict)
+    state: CallState = field(default_factory=CallState)
 
 
 class MemoryHooks(Protocol):
+    async def start(self) -> None:
+        """Get ready to serve (open storage, load models, start workers): before the first call."""
+        ...
+
+    async def aclose(self) -> None:
+        """Finish queued work (bounded) and release what `start` opened: after the last call."""
+        ...
+
     async def before_call(self, ctx: CallContext) -> PreparedCall:
         """Retrieve, budget and inject. Raises MemoryUnavailable only when fail-closed."""
         ...
@@ -68,6 +96,12 @@ class MemoryHooks(Protocol):
 
 class NoMemory:
     """Pass-through hooks: nothing retrieved, nothing learned."""
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
 
     async def before_call(self, ctx: CallContext) -> PreparedCall:
         return PreparedCall(body=ctx.body)

@@ -28,13 +28,13 @@ from starlette.routing import BaseRoute, Route
 from proxy.auth import authenticate
 from proxy.errors import ProxyError, bad_request
 from proxy.memory.candidates import Candidate
+from proxy.memory.new_memory import STATUS_FOR_VERDICT, memory_from_verdict
 from proxy.memory.query import resolve_access
 from proxy.memory.retrieve import retrieve
 from proxy.memory.sanitize import Sanitizer
 from proxy.policy import Policy
 from proxy.routes.memory_fields import (
     LESSON_MESSAGE,
-    STATUS_FOR_VERDICT,
     client_kind,
     kind_field,
     memory_cursor,
@@ -53,7 +53,6 @@ from storage.records import (
     MEMORY_STATUSES,
     MemoryRecord,
     MemoryStatus,
-    NewMemory,
     Scope,
 )
 
@@ -93,18 +92,8 @@ async def create_memory(
     )
     scope = Scope(policy.tenant, user)
     (verdict,) = await Sanitizer(store).assess(scope, [candidate], policy.sanitizer)
-    memory = NewMemory(
-        kind=kind,
-        text=verdict.text,
-        key_text=candidate.key_text or verdict.text,
-        fields=candidate.fields,
-        metadata=candidate.metadata,
-        source_role="import",
-        trust=verdict.trust,
-        trust_reasons=verdict.reasons_as_dicts(),
-        status=STATUS_FOR_VERDICT[verdict.verdict],
-        q=policy.memory.feedback.q0,
-        created_at=candidate.created_at,
+    memory = dataclasses.replace(
+        memory_from_verdict(candidate, verdict, policy),
         valid_from=candidate.created_at,
         tags=[str(tag) for tag in item.get("tags") or []],
         keywords=[str(word) for word in item.get("keywords") or []],

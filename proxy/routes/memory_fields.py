@@ -19,15 +19,10 @@ from starlette.requests import Request
 from proxy.errors import ProxyError, bad_request
 from proxy.memory.pipeline import MemoryPipeline
 from storage.api import MemoryStore
-from storage.records import MEMORY_KINDS, MemoryKind, MemoryRecord, MemoryStatus
+from storage.records import MEMORY_KINDS, MemoryKind, MemoryRecord
 
 MAX_TEXT = 8000
 MAX_TIMESTAMP = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last second a date can show
-STATUS_FOR_VERDICT: dict[str, MemoryStatus] = {
-    "accept": "active",
-    "quarantine": "quarantined",
-    "reject": "rejected",
-}
 
 
 def pipeline_of(request: Request) -> MemoryPipeline:

@@ -33,11 +33,11 @@ from starlette.responses import JSONResponse, Response
 from proxy.auth import authenticate
 from proxy.errors import ProxyError, bad_request
 from proxy.memory.candidates import Candidate, Reason
+from proxy.memory.new_memory import STATUS_FOR_VERDICT
 from proxy.memory.sanitize import Sanitizer
 from proxy.policy import Policy
 from proxy.routes.memory_fields import (
     MAX_TEXT,
-    STATUS_FOR_VERDICT,
     client_kind,
     number_field,
     object_field,

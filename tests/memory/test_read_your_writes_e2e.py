@@ -12,7 +12,8 @@ from typing import Any
 
 import httpx
 
-from proxy.memory.pipeline import EXCHANGE_JOB, shared_embedder
+from proxy.memory.exchange_job import EXCHANGE_JOB
+from proxy.memory.warmup import shared_embedder
 from storage.store import open_embedded_store
 from tests.harness import RunningProxy
 from tests.memory.conftest import api, client_for, memory_block, wait_for_trace

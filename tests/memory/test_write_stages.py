@@ -5,13 +5,9 @@ from __future__ import annotations
 import pytest
 
 from proxy.memory.candidates import Candidate, Evidence
-from proxy.memory.consolidate import Neighbour, decide
-from proxy.memory.extract import (
-    build_exchange,
-    candidates_from_model_output,
-    extract_with_rules,
-    verify_evidence,
-)
+from proxy.memory.consolidate import ConsolidationNeighbour, decide
+from proxy.memory.extract import build_exchange, extract_with_rules, verify_evidence
+from proxy.memory.extract_model import candidates_from_model_output
 from proxy.memory.learn import (
     InvalidFeedback,
     q_revert,
@@ -175,21 +171,21 @@ def test_consolidation_rules() -> None:
 
     same = decide(
         _candidate("The user likes coffee.", slot="likes", value="coffee"),
-        [Neighbour(coffee, 0.99)],
+        [ConsolidationNeighbour(coffee, 0.99)],
         settings,
     )
     assert (same.operation, same.target) == ("NOOP", coffee)
 
     tea_now = decide(
         _candidate("The user likes tea now.", slot="likes", value="tea", change=True),
-        [Neighbour(coffee, 0.65)],
+        [ConsolidationNeighbour(coffee, 0.65)],
         settings,
     )
     assert (tea_now.operation, tea_now.target) == ("UPDATE", coffee)
 
     hiking = decide(
         _candidate("The user likes hiking.", slot="likes", value="hiking"),
-        [Neighbour(coffee, 0.46)],
+        [ConsolidationNeighbour(coffee, 0.46)],
         settings,
     )
     assert hiking.operation == "ADD"  # a second liking, not a change
@@ -202,21 +198,21 @@ def test_consolidation_rules() -> None:
             polarity=-1,
             change=True,
         ),
-        [Neighbour(coffee, 0.81)],
+        [ConsolidationNeighbour(coffee, 0.81)],
         settings,
     )
     assert (negated.operation, negated.target) == ("UPDATE", coffee)
 
     moved = decide(
         _candidate("The user lives in Paris.", kind="fact", slot="lives_in"),
-        [Neighbour(berlin, 0.64)],
+        [ConsolidationNeighbour(berlin, 0.64)],
         settings,
     )
     assert (moved.operation, moved.target) == ("UPDATE", berlin)
 
     forget = decide(
         _candidate("The user lives in Berlin.", kind="fact", retract=True),
-        [Neighbour(berlin, 0.97)],
+        [ConsolidationNeighbour(berlin, 0.97)],
         settings,
     )
     assert (forget.operation, forget.target) == ("DELETE", berlin)

@@ -29,6 +29,13 @@ class RecordingHooks:
     def __init__(self) -> None:
         self.contexts: list[CallContext] = []
         self.finished: list[dict[str, Any]] = []
+        self.started = self.closed = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def aclose(self) -> None:
+        self.closed = True
 
     async def before_call(self, ctx: CallContext) -> PreparedCall:
         self.contexts.append(ctx)
@@ -115,3 +122,17 @@ def test_tenant_without_memory_bypasses_the_hooks(
     plain.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
     assert hooks.contexts == []
     assert upstream.last().json["messages"] == [{"role": "user", "content": "x"}]
+
+
+def test_the_app_starts_the_hooks_before_serving_and_closes_them_after(
+    upstream: ScriptedUpstream, policies_dir: Path, tmp_path: Path
+) -> None:
+    """`start` and `aclose` are part of the seam: any hooks get them, not only the pipeline."""
+    hooks = RecordingHooks()
+    route = {"model": "openai/m", "api_base": upstream.url}
+    write_tenant(policies_dir, "acme", KEY, {"m": route})
+    with RunningProxy(policies_dir, tmp_path / "data", memory=hooks) as proxy:
+        assert hooks.started and not hooks.closed
+        client = openai.OpenAI(base_url=proxy.base_url + "/v1", api_key=KEY, max_retries=0)
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    assert hooks.closed

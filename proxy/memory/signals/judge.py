@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from proxy.llm import import_litellm
 from proxy.memory.candidates import Reason
+from proxy.memory.model_call import CallModel, LitellmModels
+from proxy.messages import answer_text
+
+__all__ = ["CallModel", "judge", "parse_verdict"]
 
 log = logging.getLogger("memento.sanitize")
 
@@ -48,10 +50,6 @@ _SCHEMA: dict[str, Any] = {
 }
 
 
-# Sends a chat completion body to a model by name, returns the OpenAI-shaped answer.
-CallModel = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
 async def judge(model: str, text: str, call: CallModel | None = None) -> Reason:
     """Ask the judge model (through `call`, else litellm directly); return its trust
     adjustment as a reason."""
@@ -64,16 +62,8 @@ async def judge(model: str, text: str, call: CallModel | None = None) -> Reason:
         "temperature": 0,
     }
     try:
-        if call is not None:
-            answer = await call(model, body)
-            content = answer["choices"][0]["message"]["content"]
-        else:
-            # The one offline-configured import (bundled cost map, no telemetry), on first use.
-            response = await import_litellm().acompletion(
-                model=model, timeout=JUDGE_TIMEOUT_S, **body
-            )
-            content = response.choices[0].message.content
-        return parse_verdict(content or "")
+        answer = await (call or LitellmModels(JUDGE_TIMEOUT_S))(model, body)
+        return parse_verdict(answer_text(answer))
     except Exception as error:  # the judge is optional: its failure must not break the write path
         log.warning("sanitizer judge %s unavailable: %s", model, type(error).__name__)
         return Reason("judge", 0.0, f"judge unavailable ({type(error).__name__})")

@@ -1,0 +1,195 @@
+"""The read path, inside the request span: scope → query → retrieve → budget → inject.
+
+First the call's scope and mode (`query.resolve_access`); then read your writes: wait for the
+user's earlier exchanges to be learned (`pending.py`, bounded by
+`memory.retrieval.wait_for_writes_ms`); then the query is built and retrieval runs, bounded by
+the policy's retrieval deadline. On failure the call goes through without memory (fail-open)
+unless the policy is fail-closed, and the span says why. What fits the token budget is injected
+as one block. The request and the memories it injected are logged for feedback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry import trace
+
+from proxy.errors import bad_request
+from proxy.memory.budget import BudgetPlan, available_tokens, encoding_name_for, fit_to_budget
+from proxy.memory.inject import inject_block, render_block
+from proxy.memory.pending import NO_WAIT, PendingWrites, WriteWait
+from proxy.memory.query import InvalidMemoryMode, MemoryAccess, build_query, resolve_access
+from proxy.memory.request_log import RequestLogger
+from proxy.memory.retrieve import ScoredMemory, retrieve
+from proxy.memory.seam import (
+    CallContext,
+    CallState,
+    InjectedMemory,
+    MemoryUnavailable,
+    PreparedCall,
+)
+from proxy.memory.span_attrs import (
+    mark_failed,
+    record_budget,
+    record_injection,
+    record_ranked,
+    record_wait,
+    set_content,
+)
+from storage.api import Store
+from storage.records import Scope
+
+log = logging.getLogger("memento.memory")
+tracer = trace.get_tracer("memento.memory")
+
+
+class ReadPath:
+    """Prepares one chat call: the memories that fit, injected into its body."""
+
+    def __init__(self, store: Store, pending: PendingWrites, requests: RequestLogger) -> None:
+        self.store = store
+        self.pending = pending  # exchanges queued in this process, not yet learned, by user
+        self.requests = requests
+
+    async def before_call(self, ctx: CallContext) -> PreparedCall:
+        access = _access(ctx)
+        state = CallState(access)
+        if access.scope is None or access.mode == "off":
+            return PreparedCall(body=ctx.body, state=state)
+        if not access.reads:
+            state.logged = self.requests.log(ctx, access.scope, [])
+            return PreparedCall(body=ctx.body, state=state)
+        ranked, waited = await self._retrieve_in_time(ctx, access)
+        unlearned = len(waited.unfinished)
+        if ranked is None:
+            state.logged = self.requests.log(ctx, access.scope, [], status="memory_failed")
+            return PreparedCall(body=ctx.body, unlearned_writes=unlearned, state=state)
+        plan = _budget(ctx, ranked)
+        if not plan.selected:
+            state.logged = self.requests.log(ctx, access.scope, [])
+            return PreparedCall(body=ctx.body, unlearned_writes=unlearned, state=state)
+        body = _inject(ctx, plan.selected)
+        state.injected = [InjectedMemory(i.record.id, i.record.text) for i in plan.selected]
+        state.logged = self.requests.log(ctx, access.scope, plan.selected)
+        return PreparedCall(
+            body=body,
+            injected_count=len(plan.selected),
+            unlearned_writes=unlearned,
+            changed=True,
+            state=state,
+        )
+
+    async def _retrieve_in_time(
+        self, ctx: CallContext, access: MemoryAccess
+    ) -> tuple[list[ScoredMemory] | None, WriteWait]:
+        """Ranked candidates (None when memory failed and the policy allows going on), after
+        waiting for the user's earlier exchanges to be learned; and what was waited for."""
+        assert access.scope is not None
+        with tracer.start_as_current_span("memento.retrieve") as span:
+            waited = await self._wait_for_writes(ctx, access.scope)
+            record_wait(span, waited)
+            return await self._retrieve(ctx, access, span), waited
+
+    async def _wait_for_writes(self, ctx: CallContext, scope: Scope) -> WriteWait:
+        """Read your writes: wait (bounded by the policy) for the user's exchanges queued so far.
+        A wait that runs out is not an error: retrieval goes on with what is already learned."""
+        timeout_ms = ctx.policy.memory.retrieval.wait_for_writes_ms
+        if not timeout_ms:
+            return NO_WAIT
+        messages = ctx.body.get("messages") or []
+        waited = await self.pending.wait(scope, timeout_ms / 1000, messages)
+        if waited.timed_out:
+            log.info(
+                "request %s retrieves without %d earlier exchanges still being learned after "
+                "%.0f ms",
+                ctx.request_id,
+                len(waited.unfinished),
+                waited.waited_ms,
+            )
+            await self._forget_finished_elsewhere(waited.unfinished)
+        return waited
+
+    async def _forget_finished_elsewhere(self, job_ids: Sequence[int]) -> None:
+        """Jobs another process's worker finished are never signalled here: ask the queue."""
+        try:
+            still = await self.store.queue.unfinished(job_ids)
+        except Exception:  # the next wait asks again
+            log.exception("could not look up the state of jobs %s", list(job_ids))
+            return
+        for job_id in set(job_ids) - still:
+            self.pending.finish(job_id)
+
+    async def _retrieve(
+        self, ctx: CallContext, access: MemoryAccess, span: trace.Span
+    ) -> list[ScoredMemory] | None:
+        """Ranked candidates within the retrieval deadline, or None (fail-open)."""
+        policy = ctx.policy
+        assert access.scope is not None
+        query = build_query(
+            ctx.body.get("messages") or [], policy.memory.retrieval.query_context_turns
+        )
+        set_content(span, "memento.query", policy.tracing, query)
+        try:
+            ranked = await asyncio.wait_for(
+                retrieve(
+                    self.store.memories,
+                    access.scope,
+                    query,
+                    policy.memory,
+                    guard_policy=policy.sanitizer,
+                    include_shared=access.include_shared,
+                ),
+                timeout=policy.memory.retrieval.deadline_ms / 1000,
+            )
+        except Exception as exc:  # store down, index error, deadline: fail open or closed
+            reason = "deadline exceeded" if isinstance(exc, TimeoutError) else type(exc).__name__
+            mark_failed(span, f"memory unavailable: {reason}", exc)
+            log.warning("memory retrieval failed for request %s: %s", ctx.request_id, reason)
+            if policy.memory.fail_closed:
+                raise MemoryUnavailable(f"retrieval failed: {reason}") from exc
+            span.set_attribute("memento.memory.fail_open", True)
+            return None
+        record_ranked(span, ranked)
+        return ranked
+
+
+def _access(ctx: CallContext) -> MemoryAccess:
+    """The call's scope and mode; a bad `X-Memento-Mode` is the client's error."""
+    try:
+        return resolve_access(
+            ctx.policy,
+            user_id=ctx.user_id,
+            session_id=ctx.session_id,
+            mode_header=ctx.mode_header,
+        )
+    except InvalidMemoryMode as exc:
+        raise bad_request(str(exc), param="X-Memento-Mode", code="invalid_memory_mode") from None
+
+
+def _budget(ctx: CallContext, ranked: list[ScoredMemory]) -> BudgetPlan:
+    """The ranked memories that fit the room the call leaves in the model's context."""
+    budget = ctx.policy.memory.budget
+    with tracer.start_as_current_span("memento.budget") as span:
+        encoding_name = encoding_name_for(ctx.route.model)
+        room = available_tokens(ctx.body, ctx.route, budget, encoding_name)
+        plan = fit_to_budget(
+            ranked,
+            room,
+            budget,
+            k2_cases=ctx.policy.memory.retrieval.k2_cases,
+            encoding_name=encoding_name,
+        )
+        record_budget(span, plan)
+        return plan
+
+
+def _inject(ctx: CallContext, selected: list[ScoredMemory]) -> dict[str, Any]:
+    """The call's body with the selected memories as one block."""
+    with tracer.start_as_current_span("memento.inject") as span:
+        block = render_block(selected)
+        body = inject_block(ctx.body, block)
+        record_injection(span, selected, block, ctx.policy.tracing)
+        return body

@@ -1,0 +1,293 @@
+"""The write path: queue → extract → sanitize → consolidate → write.
+
+`after_call` only queues: the chat route awaits it before the client has the whole answer, so an
+answered exchange is in the durable queue (group-committed with other calls' writes), and its
+request log can be found by feedback, the moment the client reads the response. A worker
+(`worker.py`) then runs `learn_from_exchange` on each queued job: extract → verify evidence →
+sanitize → consolidate → write, each a span linked to the request's trace. Models (extraction,
+the judge, consolidation) are asked through the tenant's own routes (`model_call.TenantModels`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from opentelemetry import trace
+
+from proxy.memory.backlog import HeldJob, QueueBacklog
+from proxy.memory.candidates import Candidate, TrustVerdict
+from proxy.memory.consolidate import (
+    Consolidation,
+    ConsolidationNeighbour,
+    decide,
+    decide_with_model,
+)
+from proxy.memory.exchange_job import EXCHANGE_JOB, ExchangeJob
+from proxy.memory.extract import Exchange, build_exchange, extract_with_rules, verify_evidence
+from proxy.memory.extract_model import extract_with_model
+from proxy.memory.learn import case_outcome_changes
+from proxy.memory.model_call import CallModel, TenantModels
+from proxy.memory.new_memory import memory_from_verdict
+from proxy.memory.pending import PendingWrites, answer_key
+from proxy.memory.sanitize import Sanitizer
+from proxy.memory.seam import CallContext, CallState, PreparedCall
+from proxy.memory.span_attrs import record_extraction, record_verdicts, record_writes
+from proxy.memory.worker import WritePool
+from proxy.messages import answer_message
+from proxy.policy import Policy
+from proxy.policy_source import PolicySource
+from proxy.tracing import request_link
+from proxy.upstreams.registry import Upstreams
+from storage.api import Store
+from storage.records import MemoryKind, MemoryRecord, NewMemory, QueuedJob, Scope
+
+log = logging.getLogger("memento.memory")
+tracer = trace.get_tracer("memento.memory")
+
+_NEIGHBOURS = 5  # nearest memories a candidate is consolidated against
+
+
+class WritePath:
+    """Queues answered exchanges and, in `workers` tasks, learns memories from them."""
+
+    def __init__(
+        self,
+        store: Store,
+        policies: PolicySource,
+        upstreams: Upstreams,
+        pending: PendingWrites,
+        *,
+        workers: int = 2,
+    ) -> None:
+        self.store = store
+        self.policies = policies
+        self.upstreams = upstreams  # the tenants' models are asked through them
+        self.pending = pending  # exchanges queued here, not yet learned, by user
+        self.backlog = QueueBacklog(store.queue)  # exchanges waiting for the queue to accept writes
+        self._workers = workers  # write-path workers of this process; 0 only queues
+        self._pool: WritePool | None = None
+
+    def start(self) -> None:
+        self._pool = WritePool(
+            self.store.queue, self.learn_from_exchange, workers=self._workers, pending=self.pending
+        )
+        self._pool.start()
+
+    async def aclose(self, drain_timeout_s: float) -> None:
+        """Hand held exchanges to the queue, then drain it (bounded) and stop the workers."""
+        await self.backlog.aclose()
+        if self._pool is not None:
+            await self._pool.stop(drain_timeout_s)
+            self._pool = None
+
+    async def after_call(
+        self, ctx: CallContext, prepared: PreparedCall, response: dict[str, Any]
+    ) -> None:
+        """Queue the exchange durably, and wait for the call's request log."""
+        state = prepared.state
+        access = state.access
+        scope = access.scope if access is not None and access.writes else None
+        # Only complete exchanges teach: not a failed call, nor a stream that broke off.
+        if scope is not None and "error" not in response and response.get("choices"):
+            await self._queue_exchange(ctx, scope, state, response)
+        if state.logged is not None:
+            # Feedback sent the moment the answer arrives must find the request. Its log was
+            # submitted before the exchange, so they usually share one group commit.
+            await asyncio.shield(state.logged)
+
+    async def _queue_exchange(
+        self, ctx: CallContext, scope: Scope, state: CallState, response: dict[str, Any]
+    ) -> None:
+        answer = answer_message(response)
+        job = ExchangeJob.answered(
+            request_id=ctx.request_id,
+            user_id=scope.user_id,
+            session_id=scope.session_id,
+            model=ctx.model_alias,
+            messages=ctx.body.get("messages") or [],
+            answer=answer,
+            injected=state.injected,
+            trace_id=ctx.trace_id,
+            span_id=ctx.span_id,
+        )
+        payload = job.to_json()
+        try:
+            job_id = await self.store.queue.enqueue(scope.tenant_id, EXCHANGE_JOB, payload)
+        except Exception as exc:  # the answer still goes out; the exchange waits in memory
+            log.warning("queueing request %s failed, held in memory: %s", ctx.request_id, exc)
+            trace.get_current_span().set_attribute("memento.memory.exchange_held", True)
+            self.backlog.hold(HeldJob(scope.tenant_id, EXCHANGE_JOB, payload), exc)
+            return
+        if self._pool is not None and self._workers > 0:
+            # The user's next call waits for it, unless that call carries this answer.
+            self.pending.add(scope, job_id, answer_key(answer["content"]))
+            self._pool.notify()
+
+    async def learn_from_exchange(self, queued: QueuedJob) -> None:
+        """One queued exchange through extract → sanitize → consolidate → write."""
+        if queued.kind != EXCHANGE_JOB:
+            raise ValueError(f"unknown job kind {queued.kind!r}")
+        policy = self.policies.get(queued.tenant_id)
+        if policy is None:
+            log.info("dropping job %s: tenant %s no longer exists", queued.id, queued.tenant_id)
+            return
+        job = ExchangeJob.from_json(queued.payload)
+        scope = Scope(queued.tenant_id, job.user_id, job.session_id)
+        links = request_link(job.trace_id, job.span_id, job.request_id)
+        attrs = {"memento.request_id": job.request_id, "memento.tenant": queued.tenant_id}
+        models = TenantModels(self.upstreams, policy)
+        with tracer.start_as_current_span("memento.extract", links=links, attributes=attrs) as span:
+            exchange = build_exchange(job.messages, job.response, [i.text for i in job.injected])
+            proposed = await _extract(exchange, policy, models)
+            candidates = [c for c in proposed if verify_evidence(c, exchange)]
+            record_extraction(span, proposed, candidates)
+        await self._mark_used(scope, _injected_ids(job))
+        if not candidates:
+            return
+        with tracer.start_as_current_span(
+            "memento.sanitize", links=links, attributes=attrs
+        ) as span:
+            verdicts = await Sanitizer(self.store.memories, models).assess(
+                scope, candidates, policy.sanitizer
+            )
+            record_verdicts(span, candidates, verdicts, policy.tracing)
+        await self._consolidate_and_write(
+            scope, policy, models, job, candidates, verdicts, links, attrs
+        )
+
+    async def _mark_used(self, scope: Scope, memory_ids: list[str]) -> None:
+        """Recency counts from the last time a memory was injected (off the request path)."""
+        now = time.time()
+        for record in await self.store.memories.get_many(scope.tenant_id, memory_ids):
+            await self.store.memories.update(record.scope, record.id, last_used_at=now)
+
+    async def _consolidate_and_write(
+        self,
+        scope: Scope,
+        policy: Policy,
+        models: CallModel,
+        job: ExchangeJob,
+        candidates: Sequence[Candidate],
+        verdicts: Sequence[TrustVerdict],
+        links: list[trace.Link],
+        attrs: dict[str, str],
+    ) -> None:
+        decisions: list[dict[str, Any]] = []
+        written: list[MemoryRecord] = []
+        with tracer.start_as_current_span("memento.consolidate", links=links, attributes=attrs):
+            for candidate, verdict in zip(candidates, verdicts, strict=True):
+                memory = _new_memory(candidate, verdict, policy, job)
+                if verdict.verdict != "accept":
+                    (added,) = await self.store.memories.add(scope, [memory])
+                    decisions.append(
+                        {
+                            "kind": candidate.kind,
+                            "operation": "ADD",
+                            "status": memory.status,
+                            "memory_id": added.id,
+                        }
+                    )
+                    written.append(added)
+                    continue
+                decision = await self._consolidate(scope, policy, models, candidate, memory)
+                record = await self._apply(scope, decision, memory)
+                memory_id = record.id if record is not None else None
+                decisions.append(
+                    {"kind": candidate.kind, **decision.as_dict(), "memory_id": memory_id}
+                )
+                if record is not None:
+                    written.append(record)
+        with tracer.start_as_current_span("memento.write", links=links, attributes=attrs) as span:
+            record_writes(span, decisions, written)
+            case = next((r for r in written if r.kind == "case" and r.status == "active"), None)
+            if case is not None:
+                await self._attach_case(scope.tenant_id, job.request_id, case)
+
+    async def _consolidate(
+        self,
+        scope: Scope,
+        policy: Policy,
+        models: CallModel,
+        candidate: Candidate,
+        memory: NewMemory,
+    ) -> Consolidation:
+        """What to do with an accepted candidate, against its nearest memories of its kind."""
+        kinds: tuple[MemoryKind, ...] = (
+            ("case",) if candidate.kind == "case" else ("fact", "preference")
+        )
+        hits = await self.store.memories.search(
+            Scope(scope.tenant_id, scope.user_id),
+            query_text=memory.key_text or memory.text,
+            embed_query=True,
+            k=_NEIGHBOURS,
+            kinds=kinds,
+        )
+        neighbours = [ConsolidationNeighbour(h.record, h.cosine or 0.0) for h in hits]
+        settings = policy.memory.consolidation
+        if settings.llm and settings.model:
+            return await decide_with_model(candidate, neighbours, settings, settings.model, models)
+        return decide(candidate, neighbours, settings)
+
+    async def _apply(
+        self, scope: Scope, decision: Consolidation, memory: NewMemory
+    ) -> MemoryRecord | None:
+        """Carry out a consolidation: the record written, or None when nothing new was."""
+        target = decision.target
+        if decision.operation == "ADD" or target is None:
+            if decision.operation in ("NOOP", "DELETE"):
+                return None
+            return (await self.store.memories.add(scope, [memory]))[0]
+        target_scope = target.scope
+        if decision.operation == "UPDATE":
+            return await self.store.memories.supersede(target_scope, target.id, memory)
+        if decision.operation == "DELETE":
+            await self.store.memories.delete(target_scope, target.id, actor="user:forget")
+            return None
+        reinforced = int(target.fields.get("reinforced", 0)) + 1
+        fields = {**target.fields, "reinforced": reinforced}
+        await self.store.memories.update(target_scope, target.id, fields=fields)
+        return None
+
+    async def _attach_case(self, tenant_id: str, request_id: str, case: MemoryRecord) -> None:
+        """Tie the case to its request; a reward that arrived first becomes its outcome."""
+        entry = await self.store.requests.get_request(tenant_id, request_id)
+        if entry is None:
+            return
+        await self.store.requests.set_request(tenant_id, request_id, written_case_id=case.id)
+        if entry.reward is not None:
+            await self.store.memories.update(
+                case.scope, case.id, **case_outcome_changes(case, entry.reward)
+            )
+
+
+async def _extract(exchange: Exchange, policy: Policy, models: CallModel) -> list[Candidate]:
+    """Candidates from the policy's extraction model, or from the rules when it names none."""
+    settings = policy.memory.extraction
+    if settings.model is None:
+        return extract_with_rules(exchange, settings)
+    return await extract_with_model(exchange, settings, settings.model, models)
+
+
+def _injected_ids(job: ExchangeJob) -> list[str]:
+    return [i.id for i in job.injected if i.id is not None]
+
+
+def _new_memory(
+    candidate: Candidate, verdict: TrustVerdict, policy: Policy, job: ExchangeJob
+) -> NewMemory:
+    """The memory for a candidate of this exchange, with its provenance."""
+    ttl = policy.memory.ttl_days
+    return replace(
+        memory_from_verdict(candidate, verdict, policy),
+        source_request_id=job.request_id,
+        trace_id=job.trace_id,
+        expires_at=job.created_at + ttl * 86_400 if ttl else None,
+        derived_from_ids=_injected_ids(job),
+        evidence=[{"role": e.role, "span": e.span, "turn": e.turn} for e in candidate.evidence],
+        model=job.model or None,
+    )
