@@ -14,18 +14,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from proxy.errors import ProxyError
+from proxy.messages import message_text
 from proxy.tokens import count_tokens
 from proxy.upstreams.base import DONE, Target, UpstreamReply, UpstreamStream, sse_event
 
 MEMORY_MARKERS = ("memento", "memory", "memories")
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return ""
 
 
 def describe_request(body: dict[str, Any]) -> str:
@@ -39,10 +32,10 @@ def describe_request(body: dict[str, Any]) -> str:
         lines.append(f"tools offered: {len(tools)}.")
     last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
     if last_user is not None:
-        text = _text(last_user.get("content"))
+        text = message_text(last_user)
         lines.append(f"last user message: {text[:200]!r}")
     for message in messages:
-        text = _text(message.get("content"))
+        text = message_text(message)
         if message.get("role") == "system" and any(k in text.lower() for k in MEMORY_MARKERS):
             lines.append("memory block:\n" + text)
     return "\n".join(lines)
@@ -50,7 +43,7 @@ def describe_request(body: dict[str, Any]) -> str:
 
 def _prompt_tokens(body: dict[str, Any]) -> int:
     messages = body.get("messages", [])
-    return sum(count_tokens(_text(m.get("content"))) + 4 for m in messages if isinstance(m, dict))
+    return sum(count_tokens(message_text(m)) + 4 for m in messages if isinstance(m, dict))
 
 
 class EchoUpstream:
