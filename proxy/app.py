@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from proxy.app_state import memory_store_of
 from proxy.auth import authenticate
 from proxy.errors import (
     ProxyError,
@@ -41,7 +42,6 @@ from proxy.llm import import_litellm
 from proxy.memory.pipeline import MemoryPipeline
 from proxy.memory.seam import CallContext, MemoryHooks, MemoryUnavailable, NoMemory, PreparedCall
 from proxy.policy import ModelRoute, Policy
-from proxy.routes.admin import memory_store_of
 from proxy.routes.admin import routes as admin_routes
 from proxy.routes.feedback import feedback_routes
 from proxy.routes.memories import memory_routes

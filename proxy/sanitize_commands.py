@@ -38,8 +38,7 @@ from proxy.memory import lessons
 from proxy.memory.candidates import Candidate
 from proxy.memory.sanitize import Sanitizer
 from proxy.policy import SanitizerPolicy
-from proxy.routes.admin import parse_candidates, verdict_json
-from proxy.routes.memory_fields import memory_json
+from proxy.shapes import memory_json, parse_candidates, verdict_json
 from proxy.tenants import PolicyFileError, PolicyRegistry
 from storage.records import Scope
 from storage.store import DB_FILE

@@ -35,7 +35,7 @@ from proxy.cli_common import (
     wants_json,
     when,
 )
-from proxy.routes.memory_fields import CLIENT_KINDS
+from proxy.shapes import CLIENT_KINDS
 from storage.records import MEMORY_KINDS, MEMORY_STATUSES
 
 Action = Callable[[argparse.Namespace], int]

@@ -26,16 +26,12 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
+from proxy.app_state import memory_store_of, span_store_of
 from proxy.errors import ProxyError
 from proxy.memory.inject import short_id
 from proxy.policy import Policy
-from proxy.routes.traces import (
-    memory_store_of,
-    parse_limit,
-    span_store_of,
-    trace_document,
-    with_memory_texts,
-)
+from proxy.routes.traces import parse_limit
+from proxy.shapes import trace_document, with_memory_texts
 from proxy.tenants import PolicyRegistry
 
 COOKIE = "memento_ui_key"

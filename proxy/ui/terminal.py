@@ -25,7 +25,7 @@ from proxy.cli_common import (
     print_json,
     wants_json,
 )
-from proxy.routes.traces import trace_document
+from proxy.shapes import trace_document
 from storage.spans import TRACES_FILE, SQLiteSpanStore, open_span_store
 
 # Shown in the heading already; repeating them on every span is noise.

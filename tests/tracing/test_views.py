@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from proxy.routes.traces import trace_document
+from proxy.shapes import trace_document
 from proxy.ui.explain import explain_memory, explain_writes
 from proxy.ui.pages import memory_block, render, timeline_bars
 from proxy.ui.terminal import print_tree
