@@ -13,9 +13,17 @@ import sys
 from collections.abc import Sequence
 
 from proxy import __version__
-from proxy.cli import jobs, keys, memories, policy, quarantine, reindex, sanitize, serve, trace
 from proxy.cli.arguments import Run, register
 from proxy.cli.common import EXIT_BROKEN_PIPE, CommandError
+from proxy.cli.jobs import COMMAND as JOBS
+from proxy.cli.keys import COMMAND as KEYS
+from proxy.cli.memories import COMMAND as MEMORIES
+from proxy.cli.policy import COMMAND as POLICY
+from proxy.cli.quarantine import COMMAND as QUARANTINE
+from proxy.cli.reindex import COMMAND as REINDEX
+from proxy.cli.sanitize import COMMAND as SANITIZE
+from proxy.cli.serve import COMMAND as SERVE
+from proxy.cli.trace import COMMAND as TRACE
 
 EXIT_STATUSES = """\
 Commands that read a running proxy (memories, jobs) take --url and --key (MEMENTO_URL, else
@@ -27,7 +35,7 @@ exit status: 0 ok; 1 failed (refused, not found, a problem found); 2 usage (bad 
 key, invalid policies); 3 cannot reach the proxy or the data folder; 141 the output's reader
 went away (| head)."""
 
-GROUPS = (serve, policy, keys, trace, sanitize, quarantine, reindex, memories, jobs)
+COMMANDS = (SERVE, POLICY, KEYS, TRACE, SANITIZE, QUARANTINE, REINDEX, MEMORIES, JOBS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"memento-proxy {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    register(commands, *(group.COMMAND for group in GROUPS))
+    register(commands, *COMMANDS)
     return parser
 
 
