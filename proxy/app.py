@@ -63,7 +63,7 @@ from proxy.tracing import (
     start_upstream_span,
 )
 from proxy.ui.pages import page_not_found
-from proxy.ui.pages import routes as ui_routes
+from proxy.ui.routes import routes as ui_routes
 from proxy.upstream import Target, Upstreams, is_passthrough
 from proxy.validation import (
     chat_session_id,

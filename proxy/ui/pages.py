@@ -213,10 +213,8 @@ async def ui_root(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
-    from proxy.ui import memory_pages  # it builds on this module's login and rendering
-
+    """The trace pages and the login (the memory pages: proxy/ui/memory_pages.py)."""
     return [
-        *memory_pages.routes(),
         Route("/ui", ui_root, methods=["GET"]),
         Route("/ui/", index, methods=["GET"]),
         Route("/ui/login", login, methods=["POST"]),
