@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from proxy.app_state import store_of
 from proxy.auth import authenticate
 from proxy.errors import ProxyError, index_unavailable, insufficient_storage, model_not_found
 from proxy.health import Health, watch_memory
@@ -31,7 +32,6 @@ from proxy.memory.seam import MemoryHooks
 from proxy.policy import ModelRoute
 from proxy.request_ids import RequestIdMiddleware, request_id_of
 from proxy.routes.admin import routes as admin_routes
-from proxy.routes.admin import store_of
 from proxy.routes.chat import ChatService
 from proxy.routes.feedback import feedback_routes
 from proxy.routes.memories import memory_routes
@@ -40,7 +40,8 @@ from proxy.settings import Settings
 from proxy.tenants import PolicyRegistry, refused_keys
 from proxy.tokens import encoding
 from proxy.tracing import retention_from, setup_tracing
-from proxy.ui import memory_pages, pages
+from proxy.ui.pages import page_not_found
+from proxy.ui.routes import routes as ui_routes
 from proxy.upstreams.registry import Upstreams
 from proxy.upstreams.routing import is_passthrough
 from storage.api import IndexUnavailable, StorageFull
@@ -52,7 +53,7 @@ log = logging.getLogger("memento.proxy")
 def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404 and f"{request.url.path}/".startswith("/ui/"):
-        return pages.page_not_found(request)
+        return page_not_found(request)
     if exc.status_code == 404:
         message = f"Unknown route {request.method} {request.url.path}; see /v1/models."
         return ProxyError(404, message, code="unknown_url").to_response()
@@ -231,8 +232,7 @@ def build_app(
         *memory_routes(),
         *feedback_routes(),
         *trace_routes(),
-        *memory_pages.routes(),
-        *pages.routes(),
+        *ui_routes(),
         *extra_routes,
     ]
     app = Starlette(

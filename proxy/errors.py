@@ -59,6 +59,12 @@ def bad_request(message: str, *, param: str | None = None, code: str | None = No
     return ProxyError(400, message, param=param, code=code)
 
 
+def unavailable(message: str, *, code: str, status: int = 503) -> ProxyError:
+    """A part this proxy process does not run (memory, tracing, a job queue): the server's
+    state, not the request, is what to fix."""
+    return ProxyError(status, message, type="api_error", code=code)
+
+
 def unauthorized(message: str) -> ProxyError:
     return ProxyError(401, message, type="authentication_error", code="invalid_api_key")
 

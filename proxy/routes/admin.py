@@ -17,51 +17,39 @@
 
 from __future__ import annotations
 
-from typing import Any, cast, get_args
+from typing import cast, get_args
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from proxy.app_state import memory_store_of, store_of
 from proxy.auth import authenticate
-from proxy.errors import ProxyError, bad_request
+from proxy.errors import ProxyError, bad_request, unavailable
 from proxy.memory import lessons
-from proxy.memory.candidates import Candidate, TrustVerdict
 from proxy.memory.sanitize import Sanitizer
-from proxy.routes.memory_fields import memory_cursor, memory_json
-from proxy.routes.pagination import page_json, page_request
+from proxy.routes.memory_fields import memory_cursor
+from proxy.routes.pagination import page_request
+from proxy.shapes import (
+    job_json,
+    memory_json,
+    memory_page_json,
+    optional_str,
+    page_json,
+    parse_candidates,
+    verdict_json,
+)
 from proxy.validation import read_json_body, user_id
 from storage.api import JobAdmin, MemoryStore, Store
-from storage.records import JobState, MemoryKind, QueuedJob, Scope
-
-MAX_CANDIDATES = 1000
-MAX_TEXT_CHARS = 32_000
-CHECK_SOURCES = ("user", "assistant", "tool", "import")
-
-
-def store_of(request: Request) -> Store | None:
-    """The store the write path uses, when memory is running in this process."""
-    try:
-        store: Store | None = getattr(getattr(request.app.state, "memory", None), "store", None)
-    except RuntimeError:  # the pipeline exists but has not opened its store yet
-        return None
-    return store
-
-
-def memory_store_of(request: Request) -> MemoryStore | None:
-    """The memories of `store_of(request)`, if memory is running in this process."""
-    store = store_of(request)
-    return store.memories if store is not None else None
+from storage.records import JobState, Scope
 
 
 def _running_store(request: Request) -> Store:
     store = store_of(request)
     if store is None:
-        raise ProxyError(
-            503,
+        raise unavailable(
             "Memory is not running in this proxy process, so there is no quarantine to review; "
             "start the proxy with memory enabled and retry.",
-            type="api_error",
             code="memory_unavailable",
         )
     return store
@@ -69,61 +57,6 @@ def _running_store(request: Request) -> Store:
 
 def require_store(request: Request) -> MemoryStore:
     return _running_store(request).memories
-
-
-def parse_candidates(body: Any) -> tuple[str | None, str | None, list[Candidate]]:
-    """Validate a check request: `{"user", "session"?, "candidates": [{text, source, kind?}]}`."""
-    if not isinstance(body, dict):
-        raise bad_request("The body must be a JSON object with a 'candidates' list.")
-    user = user_id(body.get("user"))
-    session = _optional_str(body, "session")
-    items = body.get("candidates")
-    if not isinstance(items, list) or not items:
-        raise bad_request(
-            '\'candidates\' must be a non-empty list of {"text": ..., "source": ...} objects.',
-            param="candidates",
-        )
-    if len(items) > MAX_CANDIDATES:
-        raise bad_request(
-            f"At most {MAX_CANDIDATES} candidates per request; got {len(items)}. Split the batch.",
-            param="candidates",
-        )
-    candidates = []
-    for index, item in enumerate(items):
-        param = f"candidates[{index}]"
-        if not isinstance(item, dict):
-            raise bad_request(f"{param} must be an object with 'text' and 'source'.", param=param)
-        text = item.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise bad_request(f"{param}.text must be a non-empty string.", param=f"{param}.text")
-        if len(text) > MAX_TEXT_CHARS:
-            raise bad_request(
-                f"{param}.text has {len(text)} characters; the limit is {MAX_TEXT_CHARS}.",
-                param=f"{param}.text",
-            )
-        source = item.get("source", "user")
-        if source not in CHECK_SOURCES:
-            raise bad_request(
-                f"{param}.source must be one of {', '.join(CHECK_SOURCES)}; got {source!r}.",
-                param=f"{param}.source",
-            )
-        kind = item.get("kind", "fact")
-        if kind not in get_args(MemoryKind) or kind == "lesson":
-            raise bad_request(
-                f"{param}.kind must be fact, preference or case; got {kind!r}.",
-                param=f"{param}.kind",
-            )
-        candidates.append(Candidate(kind=kind, text=text, source_role=source))
-    return user, session, candidates
-
-
-def verdict_json(verdict: TrustVerdict) -> dict[str, Any]:
-    return {
-        "verdict": verdict.verdict,
-        "trust": verdict.trust,
-        "reasons": verdict.reasons_as_dicts(),
-        "text": verdict.text,
-    }
 
 
 async def check(request: Request) -> Response:
@@ -161,7 +94,7 @@ async def list_quarantine(request: Request) -> Response:
         waiting = await lessons.expire_quarantine(store, records, policy.sanitizer)
         if len(waiting) == len(records):  # none expired: the page is whole
             break
-    return JSONResponse(page_json([memory_json(r) for r in waiting], page))
+    return JSONResponse(memory_page_json(waiting, page))
 
 
 async def approve(request: Request) -> Response:
@@ -178,7 +111,7 @@ async def _review(request: Request, decision: lessons.Decision) -> Response:
     note = None
     if request.headers.get("content-length", "0") != "0":
         body = await read_json_body(request, policy.limits.max_body_bytes)
-        note = _optional_str(body, "note") if isinstance(body, dict) else None
+        note = optional_str(body, "note") if isinstance(body, dict) else None
     try:
         record = await lessons.review(
             store,
@@ -192,20 +125,6 @@ async def _review(request: Request, decision: lessons.Decision) -> Response:
     except lessons.ReviewError as error:
         raise ProxyError(error.status, str(error), param="memory_id", code=error.code) from error
     return JSONResponse(memory_json(record))
-
-
-def job_json(job: QueuedJob) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "object": "memory.job",
-        "kind": job.kind,
-        "state": job.state,
-        "attempts": job.attempts,
-        "created_at": job.created_at,
-        "available_at": job.available_at,
-        "last_error": job.last_error,
-        "request_id": job.payload.get("request_id"),
-    }
 
 
 def _job_admin(request: Request) -> JobAdmin:
@@ -247,15 +166,6 @@ async def retry_job(request: Request) -> Response:
             code="job_not_found",
         )
     return JSONResponse(job_json(job))  # an idle worker claims it at its next poll
-
-
-def _optional_str(body: dict[str, Any], name: str) -> str | None:
-    value = body.get(name)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or len(value) > 256:
-        raise bad_request(f"'{name}' must be a string of at most 256 characters.", param=name)
-    return value
 
 
 def routes() -> list[Route]:

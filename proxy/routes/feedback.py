@@ -16,10 +16,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from proxy.app_state import pipeline_of
 from proxy.auth import authenticate
 from proxy.errors import ProxyError, bad_request
 from proxy.memory.learn import InvalidFeedback, reward_from
-from proxy.routes.memories import pipeline_of
 from proxy.validation import read_json_body
 from storage.api import RequestStore
 

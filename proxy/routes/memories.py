@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from proxy.app_state import pipeline_of
 from proxy.auth import authenticate
 from proxy.errors import ProxyError, bad_request
 from proxy.memory.candidates import Candidate
@@ -38,15 +39,14 @@ from proxy.routes.memory_fields import (
     client_kind,
     kind_field,
     memory_cursor,
-    memory_json,
     object_field,
-    pipeline_of,
     strings_field,
     text_field,
     timestamp_field,
 )
 from proxy.routes.memory_import import import_memories, import_outcome, list_imports
-from proxy.routes.pagination import page_json, page_request
+from proxy.routes.pagination import page_request
+from proxy.shapes import memory_json, memory_page_json
 from proxy.validation import read_json_body, user_id
 from storage.api import MemoryStore
 from storage.records import (
@@ -56,7 +56,7 @@ from storage.records import (
     Scope,
 )
 
-__all__ = ["memory_routes", "pipeline_of"]
+__all__ = ["memory_routes"]
 
 _PATCHABLE = {"text", "key_text", "metadata", "fields", "tags", "keywords", "expires_at", "kind"}
 _PATCH_STATUSES = ("active", "quarantined", "rejected")
@@ -124,7 +124,7 @@ async def list_memories(request: Request) -> Response:
         all_users=user is None,
         after=await memory_cursor(store, policy.tenant, page.after),
     )
-    return JSONResponse(page_json([memory_json(r) for r in records], page))
+    return JSONResponse(memory_page_json(records, page))
 
 
 async def post_memory(request: Request) -> Response:

@@ -1,5 +1,5 @@
-"""What the memory routes share: the store behind the proxy, and checks of the fields a client
-sends, each refusing a bad value with a 400 that names the field and says what to send.
+"""What the memory routes share: checks of the fields a client sends, each refusing a bad value
+with a 400 that names the field and says what to send.
 
 Values are checked at the door, before anything is stored: a timestamp that is not a finite
 number of epoch seconds (or an ISO 8601 date-time, stored as epoch seconds) within years
@@ -9,36 +9,17 @@ number of epoch seconds (or an ISO 8601 date-time, stored as epoch seconds) with
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from datetime import UTC, datetime
 from typing import Any
 
-from starlette.requests import Request
-
-from proxy.errors import ProxyError, bad_request
-from proxy.memory.pipeline import MemoryPipeline
+from proxy.errors import bad_request
+from proxy.shapes import CLIENT_KINDS
 from storage.api import MemoryStore
-from storage.records import MEMORY_KINDS, MemoryKind, MemoryRecord
+from storage.records import MEMORY_KINDS, MemoryKind
 
 MAX_TEXT = 8000
 MAX_TIMESTAMP = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last second a date can show
-
-
-def pipeline_of(request: Request) -> MemoryPipeline:
-    memory = request.app.state.memory
-    if not isinstance(memory, MemoryPipeline):
-        raise ProxyError(
-            503,
-            "Memory is not enabled on this proxy; start it with a data directory.",
-            type="api_error",
-            code="memory_disabled",
-        )
-    return memory
-
-
-def memory_json(record: MemoryRecord) -> dict[str, Any]:
-    return {"object": "memory", **dataclasses.asdict(record)}
 
 
 async def memory_cursor(store: MemoryStore, tenant_id: str, after: str | None) -> str | None:
@@ -51,8 +32,6 @@ async def memory_cursor(store: MemoryStore, tenant_id: str, after: str | None) -
     return after
 
 
-# The kinds a client may write (`lesson` is the sanitizer's own).
-CLIENT_KINDS: tuple[MemoryKind, ...] = ("fact", "preference", "case")
 LESSON_MESSAGE = (
     "Lessons are the sanitizer's own memory of attacks and cannot be written or edited through "
     "the API; they come from rejected memories and quarantine reviews "

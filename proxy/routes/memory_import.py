@@ -30,6 +30,7 @@ from typing import Any, get_args
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from proxy.app_state import pipeline_of
 from proxy.auth import authenticate
 from proxy.errors import ProxyError, bad_request
 from proxy.memory.candidates import Candidate, Reason
@@ -41,12 +42,12 @@ from proxy.routes.memory_fields import (
     client_kind,
     number_field,
     object_field,
-    pipeline_of,
     strings_field,
     text_field,
     timestamp_field,
 )
-from proxy.routes.pagination import page_json, page_request
+from proxy.routes.pagination import page_request
+from proxy.shapes import page_json
 from proxy.validation import parse_json, read_body, user_id
 from storage.api import MemoryStore
 from storage.records import MemoryRecord, MemoryStatus, Scope, SourceRole

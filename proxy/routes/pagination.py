@@ -2,35 +2,20 @@
 
 A list route reads `limit` (1 to MAX_LIMIT, default DEFAULT_LIMIT) and `after` (the `last_id`
 of the page before) from the query. The store is asked for one item more than `limit`: whether
-it came back is `has_more`. Pages follow the list's order by a cursor, not a count, so a page is
-never shifted by items added meanwhile; `offset` is refused with a message saying so.
+it came back is `has_more` (the page's JSON: `page_json` in proxy/shapes.py). Pages follow the
+list's order by a cursor, not a count, so a page is never shifted by items added meanwhile;
+`offset` is refused with a message saying so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
-
 from starlette.requests import Request
 
 from proxy.errors import bad_request
+from proxy.shapes import PageRequest
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
-
-
-@dataclass(frozen=True)
-class PageRequest:
-    """What a client asked of a list: at most `limit` items, starting past `after`."""
-
-    limit: int
-    after: str | None
-
-    @property
-    def fetch(self) -> int:
-        """How many to ask the store for: one more says whether there is a next page."""
-        return self.limit + 1
 
 
 def page_request(request: Request) -> PageRequest:
@@ -53,15 +38,3 @@ def page_request(request: Request) -> PageRequest:
             )
     after = params.get("after") or None
     return PageRequest(limit, after)
-
-
-def page_json(items: Sequence[dict[str, Any]], page: PageRequest) -> dict[str, Any]:
-    """The page of `items` (fetched with `page.fetch`), with its cursor fields."""
-    data = list(items[: page.limit])
-    return {
-        "object": "list",
-        "data": data,
-        "has_more": len(items) > page.limit,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-    }

@@ -19,13 +19,12 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from proxy.app_state import memory_store_of
 from proxy.errors import ProxyError
 from proxy.memory import lessons
 from proxy.memory.retrieve import retrieve
 from proxy.policy import Policy
-from proxy.routes.memory_fields import memory_json
-from proxy.routes.pagination import PageRequest, page_json
-from proxy.routes.traces import memory_store_of
+from proxy.shapes import PageRequest, memory_json, memory_page_json
 from proxy.ui.pages import (
     SECURITY_HEADERS,
     json_twin,
@@ -147,7 +146,7 @@ async def _memories(request: Request, policy: Policy, store: MemoryStore) -> Res
     context["json_url"] = _url("/v1/memories", **query_of, limit=PAGE_SIZE, after=after)
     context["twin_url"] = _url("/ui/memories", **query_of, offset=offset, format="json")
     page = PageRequest(PAGE_SIZE, after)
-    if (twin := json_twin(request, page_json([memory_json(r) for r in records], page))) is not None:
+    if (twin := json_twin(request, memory_page_json(records, page))) is not None:
         return twin
     context["next_url"] = (
         _url("/ui/memories", **query_of, offset=offset + PAGE_SIZE)
@@ -220,7 +219,7 @@ async def _quarantine(request: Request, policy: Policy, store: MemoryStore) -> R
         all_users=user is None,
     )
     page = PageRequest(PAGE_SIZE, after)
-    if (twin := json_twin(request, page_json([memory_json(r) for r in records], page))) is not None:
+    if (twin := json_twin(request, memory_page_json(records, page))) is not None:
         return twin
     return render(
         "quarantine.html",

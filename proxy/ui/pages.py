@@ -26,16 +26,12 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
+from proxy.app_state import memory_store_of, span_store_of
 from proxy.errors import ProxyError
 from proxy.memory.inject import short_id
 from proxy.policy import Policy
-from proxy.routes.traces import (
-    memory_store_of,
-    parse_limit,
-    span_store_of,
-    trace_document,
-    with_memory_texts,
-)
+from proxy.routes.traces import parse_limit
+from proxy.shapes import trace_document, with_memory_texts
 from proxy.tenants import PolicyRegistry
 
 COOKIE = "memento_ui_key"
@@ -217,7 +213,7 @@ async def ui_root(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
-    """The login, the request list and the trace pages; `memory_pages` adds the memory pages."""
+    """The trace pages and the login (the memory pages: proxy/ui/memory_pages.py)."""
     return [
         Route("/ui", ui_root, methods=["GET"]),
         Route("/ui/", index, methods=["GET"]),

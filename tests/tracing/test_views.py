@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 import json
 
-from proxy.routes.traces import trace_document
+from proxy.cli.trace import print_tree
+from proxy.shapes import trace_document
 from proxy.ui.explain import explain_memory, explain_writes
 from proxy.ui.pages import memory_block, render, timeline_bars
-from proxy.ui.terminal import print_tree
 from storage.records import SpanRow
 
 T0 = 1_700_000_000_000_000_000

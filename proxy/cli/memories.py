@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from proxy.cli_common import (
-    ProxyClient,
-    add_json_option,
-    add_server_options,
+from proxy.cli.arguments import JSON, SERVER, Command, Group, Option, Run, option
+from proxy.cli.client import ProxyClient
+from proxy.cli.common import (
     print_fields,
     print_json,
+    print_result,
     print_table,
     read_input,
     reasons_text,
@@ -35,62 +34,8 @@ from proxy.cli_common import (
     wants_json,
     when,
 )
-from proxy.routes.memory_fields import CLIENT_KINDS
+from proxy.shapes import CLIENT_KINDS
 from storage.records import MEMORY_KINDS, MEMORY_STATUSES
-
-Action = Callable[[argparse.Namespace], int]
-
-
-def register(commands: Any) -> None:
-    """Add the `memories` command to the CLI's subparsers."""
-    memories = commands.add_parser(
-        "memories",
-        help="list, search, add and delete memories (through a running proxy)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_server_options(memories)
-    sub = memories.add_subparsers(dest="memories_command", required=True, metavar="ACTION")
-
-    def action(
-        name: str, run: Action, summary: str, *, json: bool = True
-    ) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=summary)
-        add_server_options(parser)
-        if json:
-            add_json_option(parser)
-        parser.set_defaults(run=run)
-        return parser
-
-    listing = action("list", _list, "newest first")
-    listing.add_argument("--user", help="only this user's memories (default: every user's)")
-    listing.add_argument("--kind", choices=MEMORY_KINDS)
-    listing.add_argument("--status", choices=MEMORY_STATUSES)
-    listing.add_argument("--limit", type=int, default=50, help="at most this many (50)")
-
-    search = action("search", _search, "rank as the chat path would, with scores")
-    search.add_argument("--user", required=True)
-    search.add_argument("--limit", type=int, default=10, help="at most this many (10)")
-    search.add_argument("query")
-
-    add = action("add", _add, "store one memory (sanitized first, with source import)")
-    add.add_argument("--user", help="whose memory (default: shared by the tenant)")
-    add.add_argument("--kind", required=True, choices=CLIENT_KINDS)  # lessons: the sanitizer's
-    add.add_argument("text")
-
-    one = action("get", _get, "show one memory by id")
-    one.add_argument("memory_id")
-    gone = action("delete", _delete, "delete one memory by id")
-    gone.add_argument("memory_id")
-
-    forget = action("forget-user", _forget_user, "erase every memory of one user")
-    forget.add_argument("user")
-
-    export = action("export", _export, "every memory as JSONL on stdout", json=False)
-    export.add_argument("--user")
-
-    load = action("import", _import, "a JSONL file (- for stdin), one memory per line")
-    load.add_argument("file")
 
 
 def memory_rows(memories: list[dict[str, Any]]) -> None:
@@ -149,62 +94,47 @@ def _print_memory(memory: dict[str, Any], args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     params = {k: v for k, v in vars(args).items() if k in ("user", "kind", "status") and v}
-    with ProxyClient(args) as api:
-        reply = api.call("GET", "/v1/memories", params={**params, "limit": args.limit})
+    reply = ProxyClient(args).call("GET", "/v1/memories", params={**params, "limit": args.limit})
     return _print_list(reply, args, "no memories")
 
 
 def _search(args: argparse.Namespace) -> int:
     body = {"user": args.user, "query": args.query, "limit": args.limit}
-    with ProxyClient(args) as api:
-        reply = api.call("POST", "/v1/memories/search", json=body)
+    reply = ProxyClient(args).call("POST", "/v1/memories/search", json=body)
     return _print_list(reply, args, "nothing found")
 
 
 def _add(args: argparse.Namespace) -> int:
     body = {"user": args.user, "kind": args.kind, "text": args.text}
-    with ProxyClient(args) as api:
-        return _print_memory(api.call("POST", "/v1/memories", json=body), args)
+    return _print_memory(ProxyClient(args).call("POST", "/v1/memories", json=body), args)
 
 
 def _get(args: argparse.Namespace) -> int:
-    with ProxyClient(args) as api:
-        return _print_memory(api.call("GET", f"/v1/memories/{_segment(args.memory_id)}"), args)
+    memory = ProxyClient(args).call("GET", f"/v1/memories/{_segment(args.memory_id)}")
+    return _print_memory(memory, args)
 
 
 def _delete(args: argparse.Namespace) -> int:
-    with ProxyClient(args) as api:
-        reply = api.call("DELETE", f"/v1/memories/{_segment(args.memory_id)}")
-    if wants_json(args):
-        print_json(reply)
-    else:
-        print(f"deleted {reply.get('id', args.memory_id)}")
-    return 0
+    reply = ProxyClient(args).call("DELETE", f"/v1/memories/{_segment(args.memory_id)}")
+    return print_result(args, reply, f"deleted {reply.get('id', args.memory_id)}")
 
 
 def _forget_user(args: argparse.Namespace) -> int:
-    with ProxyClient(args) as api:
-        reply = api.call("DELETE", f"/v1/users/{_segment(args.user)}/memories")
-    if wants_json(args):
-        print_json(reply)
-    else:
-        count = reply.get("deleted")
-        print(f"deleted {count} {'memory' if count == 1 else 'memories'} of user {args.user}")
-    return 0
+    reply = ProxyClient(args).call("DELETE", f"/v1/users/{_segment(args.user)}/memories")
+    count = reply.get("deleted")
+    text = f"deleted {count} {'memory' if count == 1 else 'memories'} of user {args.user}"
+    return print_result(args, reply, text)
 
 
 def _export(args: argparse.Namespace) -> int:
     params = {"user": args.user} if args.user else {}
-    with ProxyClient(args) as api, api.lines("/v1/memories/export", params=params) as lines:
-        for line in lines:
-            print(line)
+    ProxyClient(args).each_line("/v1/memories/export", print, params)
     return 0
 
 
 def _import(args: argparse.Namespace) -> int:
     data = read_input(args.file)
-    with ProxyClient(args) as api:
-        outcome = api.call("POST", "/v1/memories/import", content=data)
+    outcome = ProxyClient(args).call("POST", "/v1/memories/import", data=data)
     if wants_json(args):
         print_json(outcome)
         return 0
@@ -222,3 +152,51 @@ def _import(args: argparse.Namespace) -> int:
 def _segment(value: str) -> str:
     """Any id is one path segment: '/', '?', '#' and '%' included."""
     return quote(value, safe="")
+
+
+def _action(name: str, run: Run, summary: str, *options: Option, json: bool = True) -> Command:
+    """An action of `memories`: it takes --url and --key (and --json, unless it prints JSONL)."""
+    shared = (*SERVER, JSON) if json else SERVER
+    return Command(name, summary, run, options=(*shared, *options), description=summary)
+
+
+COMMAND = Group(
+    "memories",
+    "list, search, add and delete memories (through a running proxy)",
+    description=__doc__,
+    options=SERVER,
+    actions=(
+        _action(
+            "list",
+            _list,
+            "newest first",
+            option("--user", help="only this user's memories (default: every user's)"),
+            option("--kind", choices=MEMORY_KINDS),
+            option("--status", choices=MEMORY_STATUSES),
+            option("--limit", type=int, default=50, help="at most this many (50)"),
+        ),
+        _action(
+            "search",
+            _search,
+            "rank as the chat path would, with scores",
+            option("--user", required=True),
+            option("--limit", type=int, default=10, help="at most this many (10)"),
+            option("query"),
+        ),
+        _action(
+            "add",
+            _add,
+            "store one memory (sanitized first, with source import)",
+            option("--user", help="whose memory (default: shared by the tenant)"),
+            option("--kind", required=True, choices=CLIENT_KINDS),  # lessons: the sanitizer's
+            option("text"),
+        ),
+        _action("get", _get, "show one memory by id", option("memory_id")),
+        _action("delete", _delete, "delete one memory by id", option("memory_id")),
+        _action("forget-user", _forget_user, "erase every memory of one user", option("user")),
+        _action("export", _export, "every memory as JSONL on stdout", option("--user"), json=False),
+        _action(
+            "import", _import, "a JSONL file (- for stdin), one memory per line", option("file")
+        ),
+    ),
+)

@@ -18,32 +18,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from proxy.cli_common import (
-    CommandError,
-    add_data_dir_option,
-    add_json_option,
-    data_folder,
-    print_json,
-    settings_from_env,
-    wants_json,
-)
-
-
-def register(commands: Any) -> None:
-    """Add the `reindex` subcommand to the CLI's subparsers."""
-    reindex = commands.add_parser(
-        "reindex",
-        help="rebuild the search index from SQLite (re-embeds after an embedder change)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_data_dir_option(reindex)
-    reindex.add_argument(
-        "--embedder",
-        help="embedder to (re-)embed with: local or a litellm model (MEMENTO_EMBEDDER)",
-    )
-    add_json_option(reindex)
-    reindex.set_defaults(run=cmd_reindex)
+from proxy.cli.arguments import JSON, Command, data_dir, option
+from proxy.cli.common import CommandError, data_folder, print_result, settings_from_env
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
@@ -55,15 +31,13 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         report = asyncio.run(_reindex(folder, args.embedder))
     except ReindexRunningError as exc:
         raise CommandError(str(exc)) from None
-    if wants_json(args):
-        print_json(report)
-    else:
-        print(
-            f"rebuilt the index of {report['data_dir']}: {report['records']} memories "
-            f"({report['reembedded']} re-embedded with {report['embedder']}), generation "
-            f"{report['generation']}, in {report['seconds']:.1f} s"
-        )
-    return 0
+    return print_result(
+        args,
+        report,
+        f"rebuilt the index of {report['data_dir']}: {report['records']} memories "
+        f"({report['reembedded']} re-embedded with {report['embedder']}), generation "
+        f"{report['generation']}, in {report['seconds']:.1f} s",
+    )
 
 
 async def _reindex(folder: Path, embedder_spec: str | None) -> dict[str, Any]:
@@ -80,3 +54,19 @@ async def _reindex(folder: Path, embedder_spec: str | None) -> dict[str, Any]:
     finally:
         await store.close()
     return {"data_dir": str(folder), **report}
+
+
+COMMAND = Command(
+    "reindex",
+    "rebuild the search index from SQLite (re-embeds after an embedder change)",
+    cmd_reindex,
+    description=__doc__,
+    options=(
+        data_dir(),
+        option(
+            "--embedder",
+            help="embedder to (re-)embed with: local or a litellm model (MEMENTO_EMBEDDER)",
+        ),
+        JSON,
+    ),
+)

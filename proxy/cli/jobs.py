@@ -14,51 +14,19 @@ import argparse
 import sys
 from typing import Any, get_args
 
-from proxy.cli_common import (
-    ProxyClient,
-    add_json_option,
-    add_server_options,
-    print_json,
-    print_table,
-    shorten,
-    wants_json,
-    when,
-)
+from proxy.cli.arguments import JSON, SERVER, Command, Group, option
+from proxy.cli.client import ProxyClient
+from proxy.cli.common import print_json, print_result, print_table, shorten, wants_json, when
 from storage.records import JobState
 
 STATES = get_args(JobState)
-
-
-def register(commands: Any) -> None:
-    """Add the `jobs` command to the CLI's subparsers."""
-    jobs = commands.add_parser(
-        "jobs",
-        help="list write-path jobs and retry failed ones (through a running proxy)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_server_options(jobs)
-    sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
-
-    listing = sub.add_parser("list", help="newest first")
-    listing.add_argument("--state", choices=STATES)
-    listing.add_argument("--limit", type=int, default=50, help="at most this many (50)")
-    listing.set_defaults(run=_list)
-
-    retry = sub.add_parser("retry", help="queue a failed job again")
-    retry.add_argument("job_id", type=int)
-    retry.set_defaults(run=_retry)
-    for parser in (listing, retry):
-        add_server_options(parser)
-        add_json_option(parser)
 
 
 def _list(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"limit": args.limit}
     if args.state:
         params["state"] = args.state
-    with ProxyClient(args) as api:
-        reply = api.call("GET", "/v1/memories/jobs", params=params)
+    reply = ProxyClient(args).call("GET", "/v1/memories/jobs", params=params)
     if wants_json(args):
         print_json(reply)
         return 0
@@ -85,10 +53,33 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _retry(args: argparse.Namespace) -> int:
-    with ProxyClient(args) as api:
-        job = api.call("POST", f"/v1/memories/jobs/{args.job_id}/retry")
-    if wants_json(args):
-        print_json(job)
-    else:
-        print(f"job {job.get('id')} is {job.get('state')} again: a worker will pick it up")
-    return 0
+    job = ProxyClient(args).call("POST", f"/v1/memories/jobs/{args.job_id}/retry")
+    text = f"job {job.get('id')} is {job.get('state')} again: a worker will pick it up"
+    return print_result(args, job, text)
+
+
+COMMAND = Group(
+    "jobs",
+    "list write-path jobs and retry failed ones (through a running proxy)",
+    description=__doc__,
+    options=SERVER,
+    actions=(
+        Command(
+            "list",
+            "newest first",
+            _list,
+            options=(
+                option("--state", choices=STATES),
+                option("--limit", type=int, default=50, help="at most this many (50)"),
+                *SERVER,
+                JSON,
+            ),
+        ),
+        Command(
+            "retry",
+            "queue a failed job again",
+            _retry,
+            options=(option("job_id", type=int), *SERVER, JSON),
+        ),
+    ),
+)

@@ -17,34 +17,14 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from proxy.cli_common import (
-    CommandError,
-    add_data_dir_option,
-    add_json_option,
-    data_folder,
-    print_json,
-    wants_json,
-)
-from proxy.routes.traces import trace_document
+from proxy.cli.arguments import JSON, Command, data_dir, option
+from proxy.cli.common import CommandError, data_folder, print_json, wants_json
+from proxy.shapes import trace_document
 from storage.spans import TRACES_FILE, SQLiteSpanStore, open_span_store
 
 # Shown in the heading already; repeating them on every span is noise.
 _IDENTITY = ("memento.tenant", "memento.request_id", "memento.client_request_id", "enduser.id")
 _MAX_VALUE = 300
-
-
-def register(commands: Any) -> None:
-    """Add the `trace` subcommand to the CLI's subparsers."""
-    trace = commands.add_parser("trace", help="print one request's trace as a tree")
-    trace.add_argument(
-        "request_id",
-        help="the x-request-id of the call, or an x-client-request-id it was sent with",
-    )
-    add_data_dir_option(trace)
-    trace.add_argument("--tenant", help="only this tenant's spans (when ids repeat)")
-    add_json_option(trace)
-    trace.add_argument("--full", action="store_true", help="do not shorten long values")
-    trace.set_defaults(run=cmd_trace)
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
@@ -132,3 +112,20 @@ def _field(indent: str, key: str, value: Any, full: bool) -> str:
         body = "\n".join(f"{indent}  | {line}" for line in text.splitlines())
         return f"{indent}{key}:\n{body}\n"
     return f"{indent}{key} = {text}\n"
+
+
+COMMAND = Command(
+    "trace",
+    "print one request's trace as a tree",
+    cmd_trace,
+    options=(
+        option(
+            "request_id",
+            help="the x-request-id of the call, or an x-client-request-id it was sent with",
+        ),
+        data_dir(),
+        option("--tenant", help="only this tenant's spans (when ids repeat)"),
+        JSON,
+        option("--full", action="store_true", help="do not shorten long values"),
+    ),
+)

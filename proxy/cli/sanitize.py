@@ -1,11 +1,13 @@
-"""What `memento-proxy sanitize FILE.jsonl` and `memento-proxy quarantine …` do (registered,
-with their arguments, in proxy/sanitize_cli.py, which imports this module only when one runs).
+"""`memento-proxy sanitize FILE.jsonl`: dry-run the sanitizer, as `POST /v1/memories/check` does.
 
-`sanitize` is the shell twin of `POST /v1/memories/check`: one JSON object per input line
-(`{"text": ..., "source": "user" | "assistant" | "tool" | "import", "kind"?: ..., "id"?: ...}`),
-one verdict per candidate, in order, nothing written. With `--tenant` the tenant's policy is
-used; with `--data-dir` the tenant's stored memories and lessons join in (consensus, lessons),
-exactly as on the write path. `quarantine` reviews quarantined memories in a data directory.
+One JSON object per input line (`{"text": ..., "source": "user" | "assistant" | "tool" |
+"import", "kind"?: ..., "id"?: ...}`), one verdict per candidate, in order, nothing written.
+With `--tenant` the tenant's policy is used; with `--data-dir` the tenant's stored memories and
+lessons join in (consensus, lessons), exactly as on the write path. A table by default; `--json`
+prints `{"object": "list", "data": [verdict, ...]}`.
+
+The storage stack (LanceDB) is imported only when a data folder is opened, so that
+`memento-proxy --version` does not pay for loading it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from proxy.cli_common import (
+from proxy.cli.arguments import JSON, Command, Option, data_dir, option
+from proxy.cli.common import (
     EXIT_USAGE,
     CommandError,
     data_folder,
@@ -31,19 +34,22 @@ from proxy.cli_common import (
     settings_from_env,
     shorten,
     wants_json,
-    when,
 )
 from proxy.errors import ProxyError
-from proxy.memory import lessons
 from proxy.memory.candidates import Candidate
 from proxy.memory.sanitize import Sanitizer
 from proxy.policy import SanitizerPolicy
-from proxy.routes.admin import parse_candidates, verdict_json
-from proxy.routes.memory_fields import memory_json
+from proxy.shapes import parse_candidates, verdict_json
 from proxy.tenants import PolicyFileError, PolicyRegistry
 from storage.api import Store
 from storage.records import Scope
-from storage.store import DB_FILE
+
+SANITIZE = """\
+Dry-run the sanitizer, as POST /v1/memories/check does: one JSON object per input line
+({"text": ..., "source": "user" | "assistant" | "tool" | "import", "kind"?: ..., "id"?: ...}),
+one verdict per candidate, in order; nothing is written. --tenant uses the tenant's policy;
+--data-dir adds the tenant's stored memories and lessons (consensus, lessons), as on the write
+path. A table by default; --json prints {"object": "list", "data": [verdict, ...]}."""
 
 BATCH = 500
 
@@ -91,7 +97,7 @@ def cmd_sanitize(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.file} is not UTF-8 text ({error.reason})") from None
     rows = list(read_candidates(text.splitlines()))
     given = getattr(args, "data_dir", None)
-    folder = data_folder(args, DB_FILE) if given else None
+    folder = data_folder(args, database()) if given else None
     started = time.perf_counter()
     verdicts = asyncio.run(_sanitize(rows, policy, args, folder))
     elapsed = time.perf_counter() - started
@@ -125,7 +131,7 @@ async def _sanitize(
 ) -> list[dict[str, Any]]:
     tenant = args.tenant or "cli"
     scope = Scope(tenant, args.user)
-    store = await _open_store(folder) if folder is not None else None
+    store = await open_store(folder) if folder is not None else None
     results: list[dict[str, Any]] = []
     try:
         sanitizer = Sanitizer(store.memories if store is not None else None)
@@ -141,7 +147,7 @@ async def _sanitize(
     return results
 
 
-async def _open_store(folder: Path, *, lazy: bool = False) -> Store:
+async def open_store(folder: Path, *, lazy: bool = False) -> Store:
     """The data folder's store (which `data_folder` found). `lazy`: a local embedder loads its
     model only if something needs a vector (listing and most reviews do not)."""
     from storage import open_store
@@ -152,84 +158,31 @@ async def _open_store(folder: Path, *, lazy: bool = False) -> Store:
     return await open_store(folder, embedder)
 
 
-def cmd_quarantine_list(args: argparse.Namespace) -> int:
-    folder = data_folder(args, DB_FILE)
-    records = asyncio.run(_list(args, folder))
-    if wants_json(args):
-        print_json({"object": "list", "data": records})
-        return 0
-    if records:
-        print_table(
-            ["ID", "KIND", "USER", "SOURCE", "TRUST", "CREATED", "REASONS", "TEXT"],
-            [
-                [
-                    record["id"],
-                    record["kind"],
-                    _either(record, "user_id", "user") or "(shared)",
-                    _either(record, "source_role", "source"),
-                    record["trust"],
-                    when(record.get("created_at")),
-                    shorten(reasons_text(_either(record, "trust_reasons", "reasons")), 50),
-                    shorten(record["text"], 60),
-                ]
-                for record in records
-            ],
-        )
-    print(f"{len(records)} quarantined in {folder}", file=sys.stderr)
-    return 0
+def database() -> str:
+    """The database file a data folder must hold (storage.store, imported only when needed)."""
+    from storage.store import DB_FILE
+
+    return DB_FILE
 
 
-def _either(record: dict[str, Any], name: str, old_name: str) -> Any:
-    """A field of the quarantine listing under its current name or the name it had."""
-    return record.get(name, record.get(old_name))
+def tenant_options(*, required: bool) -> tuple[Option, ...]:
+    """`--tenant` (whose policy), `--policies` (where policies are) and `--json`."""
+    return (
+        option("--tenant", required=required, help="use this tenant's policy"),
+        option("--policies", help="policies directory (MEMENTO_POLICIES, default ./policies)"),
+        JSON,
+    )
 
 
-async def _list(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
-    store = await _open_store(folder, lazy=True)
-    try:
-        records = await store.memories.list(
-            Scope(args.tenant, args.user),
-            kinds=["fact", "preference", "case"],
-            statuses=["quarantined"],
-            limit=args.limit,
-            all_users=args.user is None,
-        )
-        policy = sanitizer_policy(args, required=False)
-        records = await lessons.expire_quarantine(store.memories, records, policy)
-        return [memory_json(r) for r in records]
-    finally:
-        await store.close()
-
-
-def cmd_quarantine_review(args: argparse.Namespace) -> int:
-    folder = data_folder(args, DB_FILE)
-    policy = sanitizer_policy(args, required=False)
-    try:
-        record = asyncio.run(_review(args, policy, folder))
-    except lessons.ReviewError as error:
-        raise CommandError(str(error)) from None
-    if wants_json(args):
-        print_json(record)
-    else:
-        done = "approved" if args.decision == "approve" else "rejected"
-        print(f"{done} {record['id']}: now {record['status']}  {shorten(record['text'], 60)}")
-    return 0
-
-
-async def _review(
-    args: argparse.Namespace, policy: SanitizerPolicy, folder: Path
-) -> dict[str, Any]:
-    store = await _open_store(folder, lazy=True)
-    try:
-        record = await lessons.review(
-            store.memories,
-            args.tenant,
-            args.memory_id,
-            args.decision,
-            policy,
-            actor="cli",
-            note=args.note,
-        )
-        return memory_json(record)
-    finally:
-        await store.close()
+COMMAND = Command(
+    "sanitize",
+    "dry-run the sanitizer on a JSONL file of candidate memories",
+    cmd_sanitize,
+    description=SANITIZE,
+    options=(
+        option("file", help="JSONL file, one {text, source, kind?, id?} per line; - for stdin"),
+        *tenant_options(required=False),
+        option("--user", help="the user the candidates belong to"),
+        data_dir("also compare with this data folder's memories and lessons (loads the embedder)"),
+    ),
+)

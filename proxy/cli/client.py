@@ -1,0 +1,160 @@
+"""The proxy's JSON API as a command reaches it: `--url` and `--key`, every failure one line.
+
+The client is aiohttp, the library the relay upstream already uses (chosen there for its CPU
+per call on the hot path), so the product has one HTTP client: each call runs one
+`aiohttp.ClientSession` under `asyncio.run`, with the same limits as before: 60 s to connect
+and 60 s between reads, proxy settings of the environment ignored. A command makes one or two
+calls, so a session per call costs nothing a person notices.
+
+What can go wrong, and the exit status it gets (proxy/cli/common.py): no answer in time, or no
+proxy at the address (3); an answer that is not the proxy's OpenAI-shaped JSON (3 below 500,
+else 1); the proxy's own refusal, quoted with its status and code (1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import codecs
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from proxy.cli.common import (
+    EXIT_FAILED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CommandError,
+    settings_from_env,
+)
+
+TIMEOUT = aiohttp.ClientTimeout(total=None, connect=60, sock_read=60)
+Params = Mapping[str, str | int]
+
+
+def server_url(args: argparse.Namespace) -> str:
+    """--url, else MEMENTO_URL, else where `memento-proxy serve` listens by the same settings."""
+    given = getattr(args, "url", None) or os.environ.get("MEMENTO_URL")
+    if given:
+        # The base URL an OpenAI SDK is given (…/v1) names the same proxy.
+        return str(given).rstrip("/").removesuffix("/v1")
+    settings = settings_from_env()
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 (listening everywhere: this machine answers)
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}"
+
+
+class ProxyClient:
+    """The proxy's JSON API as the tenant of `--key` sees it; every failure a CommandError."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        key = getattr(args, "key", None) or os.environ.get("MEMENTO_KEY")
+        if not key:
+            raise CommandError(
+                "give the tenant key with --key or MEMENTO_KEY (the key an application sends "
+                "as its API key; the demo tenant's is memento-demo-key)",
+                EXIT_USAGE,
+            )
+        self.url = server_url(args)
+        self._headers = {"Authorization": f"Bearer {key}"}
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None = None,
+        json: Any = None,
+        data: bytes | None = None,
+    ) -> Any:
+        """The reply's JSON; the server's own error message when it refuses."""
+        return asyncio.run(self._call(method, path, params=params, json=json, data=data))
+
+    def each_line(self, path: str, handle: Callable[[str], None], params: Params) -> None:
+        """`handle` each line of a streamed reply's text, as it arrives (JSONL exports)."""
+        asyncio.run(self._lines(path, handle, params))
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        with self._reaching():
+            async with (
+                self._session() as http,
+                http.request(method, self.url + path, **kwargs) as reply,
+            ):
+                return self._body(reply, await reply.read())
+
+    async def _lines(self, path: str, handle: Callable[[str], None], params: Params) -> None:
+        with self._reaching():
+            async with (
+                self._session() as http,
+                http.get(self.url + path, params=params) as reply,
+            ):
+                if reply.status >= 400:
+                    self._body(reply, await reply.read())
+                decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+                pending = ""
+                async for chunk in reply.content.iter_any():
+                    *lines, pending = (pending + decoder.decode(chunk)).split("\n")
+                    for line in lines:
+                        handle(line.removesuffix("\r"))
+                pending += decoder.decode(b"", final=True)
+                if pending:
+                    handle(pending.removesuffix("\r"))
+
+    def _session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(headers=self._headers, timeout=TIMEOUT, trust_env=False)
+
+    @contextmanager
+    def _reaching(self) -> Iterator[None]:
+        try:
+            yield
+        except TimeoutError:  # aiohttp's timeouts are TimeoutErrors too
+            raise CommandError(
+                f"the proxy at {self.url} did not answer in time", EXIT_UNREACHABLE
+            ) from None
+        except aiohttp.ClientError as error:
+            raise CommandError(
+                f"cannot reach the proxy at {self.url} ({_reason(error, self.url)}); start it with "
+                "`memento-proxy serve` or pass --url (MEMENTO_URL)",
+                EXIT_UNREACHABLE,
+            ) from None
+
+    def _body(self, reply: aiohttp.ClientResponse, content: bytes) -> Any:
+        try:
+            body = json.loads(content)
+        except ValueError:
+            body = None
+        if reply.status < 400 and body is not None:
+            return body
+        error = body.get("error") if isinstance(body, dict) else None
+        if not isinstance(error, dict) or "message" not in error:
+            raise CommandError(
+                f"{self.url} answered {reply.status} {reply.reason or ''} without an "
+                "OpenAI-shaped body; is --url a Memento Proxy?",
+                EXIT_UNREACHABLE if reply.status < 500 else EXIT_FAILED,
+            )
+        code = f" ({error['code']})" if error.get("code") else ""
+        raise CommandError(f"the proxy answered {reply.status}{code}: {error['message']}")
+
+
+def _reason(error: aiohttp.ClientError, url: str) -> str:
+    """Why the proxy could not be reached, as the operating system or the URL says it."""
+    if isinstance(error, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
+        scheme = urlsplit(url).scheme
+        if not scheme:
+            return "Request URL is missing an 'http://' or 'https://' protocol."
+        if scheme not in ("http", "https"):
+            return f"Request URL has an unsupported protocol '{scheme}://'."
+        return "not a valid URL"
+    if isinstance(error, aiohttp.ClientConnectorError):
+        if isinstance(error.os_error, ConnectionRefusedError):
+            return "connection refused: nothing listens there"
+        return str(error.os_error)  # "[Errno -2] Name or service not known", …
+    return str(error) or type(error).__name__

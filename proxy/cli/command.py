@@ -1,0 +1,79 @@
+"""The `memento-proxy` command: its parser, assembled from the command groups, and `main`.
+
+Each group lives in its own module of this package and describes its commands as data
+(proxy/cli/arguments.py): serve, policy, keys, trace, sanitize, quarantine, reindex, memories,
+jobs, in the order `--help` lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from proxy import __version__
+from proxy.cli.arguments import Run, register
+from proxy.cli.common import EXIT_BROKEN_PIPE, CommandError
+from proxy.cli.jobs import COMMAND as JOBS
+from proxy.cli.keys import COMMAND as KEYS
+from proxy.cli.memories import COMMAND as MEMORIES
+from proxy.cli.policy import COMMAND as POLICY
+from proxy.cli.quarantine import COMMAND as QUARANTINE
+from proxy.cli.reindex import COMMAND as REINDEX
+from proxy.cli.sanitize import COMMAND as SANITIZE
+from proxy.cli.serve import COMMAND as SERVE
+from proxy.cli.trace import COMMAND as TRACE
+
+EXIT_STATUSES = """\
+Commands that read a running proxy (memories, jobs) take --url and --key (MEMENTO_URL, else
+http://MEMENTO_HOST:MEMENTO_PORT; MEMENTO_KEY); commands that read a data folder (trace,
+quarantine, reindex, sanitize --data-dir) take --data-dir (MEMENTO_DATA_DIR, default ./data).
+Text output by default; --json prints one JSON document.
+
+exit status: 0 ok; 1 failed (refused, not found, a problem found); 2 usage (bad arguments, no
+key, invalid policies); 3 cannot reach the proxy or the data folder; 141 the output's reader
+went away (| head)."""
+
+COMMANDS = (SERVE, POLICY, KEYS, TRACE, SANITIZE, QUARANTINE, REINDEX, MEMORIES, JOBS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memento-proxy",
+        description="OpenAI-compatible proxy that gives LLM apps memory.",
+        epilog=EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"memento-proxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    register(commands, *COMMANDS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status (see proxy/cli/common.py for what each means)."""
+    args = build_parser().parse_args(argv)
+    run: Run = args.run
+    name = " ".join(_command_words(args))
+    try:
+        status = run(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return status
+    except CommandError as error:
+        print(f"memento-proxy {name}: {error.message}", file=sys.stderr)
+        return error.status
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python's exit-time flush of
+        # stdout from failing on the closed pipe too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _command_words(args: argparse.Namespace) -> list[str]:
+    """`memories list` for an action of a command group, `trace` for a plain command."""
+    words = [args.command]
+    action = getattr(args, f"{args.command.replace('-', '_')}_command", None)
+    return [*words, action] if isinstance(action, str) else words

@@ -1,0 +1,55 @@
+"""`memento-proxy serve`: run the proxy with the settings of the environment and these options."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from proxy.cli.arguments import Command, option
+from proxy.cli.common import EXIT_USAGE, print_problems, settings_from_env
+from proxy.tenants import PolicyFileError
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from proxy.app import build_app
+    from proxy.server import http_protocol
+
+    settings = settings_from_env(
+        host=args.host, port=args.port, policies_dir=args.policies, data_dir=args.data_dir
+    )
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        app = build_app(settings)
+    except PolicyFileError as exc:
+        print_problems(exc)
+        return EXIT_USAGE
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        loop="auto",
+        http=http_protocol(settings),
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+COMMAND = Command(
+    "serve",
+    "run the proxy",
+    cmd_serve,
+    options=(
+        option("--host", help="address to bind (MEMENTO_HOST, default 127.0.0.1)"),
+        option("--port", type=int, help="port (MEMENTO_PORT, default 4000)"),
+        option("--policies", help="policies directory (MEMENTO_POLICIES)"),
+        option("--data-dir", help="data directory (MEMENTO_DATA_DIR)"),
+    ),
+)
