@@ -10,7 +10,9 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from proxy.errors import unavailable
+from proxy.memory.model_call import TenantModels
 from proxy.memory.pipeline import MemoryPipeline
+from proxy.policy import Policy
 from storage.api import MemoryStore, SpanStore, Store
 
 
@@ -51,3 +53,9 @@ def span_store_of(request: Request) -> SpanStore:
             code="tracing_unavailable",
         )
     return store
+
+
+def tenant_models(request: Request, policy: Policy) -> TenantModels:
+    """The tenant's models (the sanitizer's judge) through this proxy's upstreams, with the
+    tenant's routes, keys and timeouts: the same way the write path reaches them."""
+    return TenantModels(request.app.state.upstreams, policy)

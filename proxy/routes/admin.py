@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from proxy.app_state import memory_store_of, store_of
+from proxy.app_state import memory_store_of, store_of, tenant_models
 from proxy.auth import authenticate
 from proxy.errors import ProxyError, bad_request, unavailable
 from proxy.memory import lessons
@@ -69,7 +69,7 @@ async def check(request: Request) -> Response:
     body = await read_json_body(request, policy.limits.max_body_bytes)
     user, session, candidates = parse_candidates(body)
     scope = Scope(policy.tenant, user, session)
-    verdicts = await Sanitizer(memory_store_of(request)).assess(
+    verdicts = await Sanitizer(memory_store_of(request), tenant_models(request, policy)).assess(
         scope, candidates, policy.sanitizer, dry_run=True
     )
     return JSONResponse({"object": "list", "data": [verdict_json(v) for v in verdicts]})

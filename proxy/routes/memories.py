@@ -25,10 +25,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from proxy.app_state import pipeline_of
+from proxy.app_state import pipeline_of, tenant_models
 from proxy.auth import authenticate
 from proxy.errors import ProxyError, bad_request
 from proxy.memory.candidates import Candidate
+from proxy.memory.model_call import CallModel
 from proxy.memory.new_memory import STATUS_FOR_VERDICT, memory_from_verdict
 from proxy.memory.query import resolve_access
 from proxy.memory.retrieve import retrieve
@@ -71,7 +72,12 @@ def not_found(memory_id: str) -> ProxyError:
 
 
 async def create_memory(
-    store: MemoryStore, policy: Policy, item: dict[str, Any], *, source: str = "import"
+    store: MemoryStore,
+    models: CallModel,
+    policy: Policy,
+    item: dict[str, Any],
+    *,
+    source: str = "import",
 ) -> MemoryRecord:
     """Sanitize one API/import record and store it as given, with the verdict's status."""
     if not isinstance(item, dict):
@@ -91,7 +97,7 @@ async def create_memory(
         created_at=created_at,
     )
     scope = Scope(policy.tenant, user)
-    (verdict,) = await Sanitizer(store).assess(scope, [candidate], policy.sanitizer)
+    (verdict,) = await Sanitizer(store, models).assess(scope, [candidate], policy.sanitizer)
     memory = dataclasses.replace(
         memory_from_verdict(candidate, verdict, policy),
         valid_from=candidate.created_at,
@@ -131,7 +137,7 @@ async def post_memory(request: Request) -> Response:
     policy = authenticate(request)
     store = pipeline_of(request).store.memories
     body = await read_json_body(request, policy.limits.max_body_bytes)
-    record = await create_memory(store, policy, body)
+    record = await create_memory(store, tenant_models(request, policy), policy, body)
     return JSONResponse(memory_json(record), status_code=201)
 
 
@@ -187,7 +193,8 @@ async def patch_memory(request: Request) -> Response:
             key_text=changes.get("key_text", ""),
             same_as=frozenset({record.id}),
         )
-        (verdict,) = await Sanitizer(store).assess(record.scope, [candidate], policy.sanitizer)
+        sanitizer = Sanitizer(store, tenant_models(request, policy))
+        (verdict,) = await sanitizer.assess(record.scope, [candidate], policy.sanitizer)
         changes["text"] = verdict.text
         changes["trust"] = verdict.trust
         changes["trust_reasons"] = verdict.reasons_as_dicts()

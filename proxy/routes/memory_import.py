@@ -30,10 +30,11 @@ from typing import Any, get_args
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from proxy.app_state import pipeline_of
+from proxy.app_state import pipeline_of, tenant_models
 from proxy.auth import authenticate
 from proxy.errors import ProxyError, bad_request
 from proxy.memory.candidates import Candidate, Reason
+from proxy.memory.model_call import CallModel
 from proxy.memory.new_memory import STATUS_FOR_VERDICT
 from proxy.memory.sanitize import Sanitizer
 from proxy.policy import Policy
@@ -77,6 +78,7 @@ class ImportLine:
 async def import_memories(request: Request) -> Response:
     policy = authenticate(request)
     store = pipeline_of(request).store.memories
+    models = tenant_models(request, policy)
     outcome: dict[str, Any] = {
         "object": "memory.import",
         "id": "imp_" + uuid.uuid4().hex,
@@ -100,7 +102,7 @@ async def import_memories(request: Request) -> Response:
             if await request.is_disconnected():
                 where = f"after {len(records)} of {len(to_write)} lines were checked"
                 return await _cancelled(store, policy, outcome, where)
-            records.append(await _assessed(store, policy, line))
+            records.append(await _assessed(store, models, policy, line))
         if await request.is_disconnected():
             return await _cancelled(store, policy, outcome, "before the write")
         statuses: dict[str, int] = {}
@@ -337,7 +339,9 @@ def _skip(line: ImportLine, reason: str) -> dict[str, Any]:
     return {"line": line.number, "id": line.exported_id, "reason": reason}
 
 
-async def _assessed(store: MemoryStore, policy: Policy, line: ImportLine) -> MemoryRecord:
+async def _assessed(
+    store: MemoryStore, models: CallModel, policy: Policy, line: ImportLine
+) -> MemoryRecord:
     """The line's record as it will be written: sanitized text, trust no higher than
     exported, status no more servable than exported."""
     record = line.record
@@ -354,7 +358,7 @@ async def _assessed(store: MemoryStore, policy: Policy, line: ImportLine) -> Mem
         ),
     )
     scope = Scope(policy.tenant, record.user_id)
-    (verdict,) = await Sanitizer(store).assess(scope, [candidate], policy.sanitizer)
+    (verdict,) = await Sanitizer(store, models).assess(scope, [candidate], policy.sanitizer)
     trust, reasons = verdict.trust, verdict.reasons_as_dicts()
     if line.exported_trust is not None and line.exported_trust < trust:
         cap = Reason(
