@@ -788,9 +788,14 @@ class EmbeddedStore:
         return await self.db.enqueue(tenant_id, kind, payload)
 
     async def claim(
-        self, worker: str, limit: int = 1, *, first: Sequence[int] = ()
+        self,
+        worker: str,
+        limit: int = 1,
+        *,
+        first: Sequence[int] = (),
+        skip_tenants: Sequence[str] = (),
     ) -> list[QueuedJob]:
-        return await self.db.claim(worker, limit, first=first)
+        return await self.db.claim(worker, limit, first=first, skip_tenants=skip_tenants)
 
     async def complete(self, job_id: int) -> None:
         await self.db.complete(job_id)

@@ -150,7 +150,11 @@ class MemoryPipeline:
         warm_scope = Scope("memento-warm-up", "memento-warm-up")
         await self.store.search(warm_scope, query_text="warm up", embed_query=True, k=1)
         self._pool = WritePool(
-            self.store, self.learn_from_exchange, workers=self._workers, pending=self._pending
+            self.store,
+            self.learn_from_exchange,
+            workers=self._workers,
+            pending=self._pending,
+            policies=self.policies,
         )
         self._pool.start()
 
