@@ -25,8 +25,15 @@ from weakref import WeakKeyDictionary
 import numpy as np
 
 from proxy.memory.candidates import Reason
-from proxy.memory.signals import clauses, exfiltration, instructions, normalize, obfuscation
-from proxy.memory.signals import lessons as lesson_signal
+from proxy.memory.signals import (
+    CONTENT_SIGNALS,
+    clauses,
+    exfiltration,
+    instructions,
+    normalize,
+    obfuscation,
+    resemblance,
+)
 from proxy.policy import SanitizerPolicy
 from storage.api import MemoryStore
 from storage.records import MemoryRecord, NewMemory, Scope, SearchHit, Vector
@@ -37,7 +44,6 @@ MAX_LESSONS = 1000  # newest first; older lessons age out of the comparison set
 OFFENDING_SCORE = 0.35  # a clause this suspicious on its own is the part a lesson remembers
 SWEEP_K = 20
 _ANNOUNCING = ("override", "instruction header", "fake delimiter", "chat template", "role marker")
-_CONTENT_FLAGS = frozenset({"instructions", "exfiltration", "obfuscation", "session", "lessons"})
 _LESSON_ID = re.compile(r"\blesson ([\w-]+)")
 
 
@@ -65,21 +71,21 @@ class LessonBook:
                 self.has_vector[row] = True
             for trigram in lesson.fingerprint:
                 self.by_trigram.setdefault(trigram, []).append(row)
-            self.words |= lesson_signal.content_words(lesson.record.key_text or lesson.record.text)
+            self.words |= resemblance.content_words(lesson.record.key_text or lesson.record.text)
 
     def __len__(self) -> int:
         return len(self.lessons)
 
     def matches(
         self, text: str, vector: Vector | None, cos_threshold: float
-    ) -> list[lesson_signal.LessonMatch]:
+    ) -> list[resemblance.LessonMatch]:
         """Every lesson the text resembles, by embedding or by fingerprint."""
         if not self.lessons:
             return []
         cosines: np.ndarray | None = None
         if vector is not None and len(vector) == self.matrix.shape[1] and self.matrix.size:
             cosines = self.matrix @ np.asarray(vector, dtype=np.float32)
-        fingerprint = lesson_signal.shingles(text)
+        fingerprint = resemblance.shingles(text)
         shared: dict[int, int] = {}
         for trigram in fingerprint:
             for row in self.by_trigram.get(trigram, ()):
@@ -92,8 +98,8 @@ class LessonBook:
             lesson = self.lessons[row]
             cosine = float(cosines[row]) if cosines is not None and self.has_vector[row] else None
             overlap = shared.get(row, 0) / max(len(lesson.fingerprint), 1)
-            if lesson_signal.is_match(cosine, overlap, cos_threshold):
-                found.append(lesson_signal.LessonMatch(lesson.record.id, cosine, overlap))
+            if resemblance.is_match(cosine, overlap, cos_threshold):
+                found.append(resemblance.LessonMatch(lesson.record.id, cosine, overlap))
         return found
 
 
@@ -140,7 +146,7 @@ async def _read_lessons(store: MemoryStore, tenant_id: str) -> list[Lesson]:
             Lesson(
                 record,
                 np.asarray(vector, dtype=np.float32) if vector is not None else None,
-                frozenset(lesson_signal.shingles(pattern)),
+                frozenset(resemblance.shingles(pattern)),
             )
         )
     return lessons
@@ -150,7 +156,7 @@ def match(
     book: LessonBook, text: str, vector: Sequence[float] | None, policy: SanitizerPolicy
 ) -> list[Reason]:
     """Write-time check: the trust penalty for resembling a known attack."""
-    return lesson_signal.lesson_reasons(book.matches(text, vector, policy.lesson_cos_write))
+    return resemblance.lesson_reasons(book.matches(text, vector, policy.lesson_cos_write))
 
 
 def lesson_text(reasons: Sequence[Reason], origin: str) -> str:
@@ -207,11 +213,11 @@ async def record_lesson(
     fell stops being injected from the next request on.
     """
     pattern = offending_part(content)
-    fingerprint = lesson_signal.shingles(pattern)
+    fingerprint = resemblance.shingles(pattern)
     existing = await load_lessons(store, scope.tenant_id, fresh=True)
     if any(
-        lesson_signal.containment(fingerprint, set(known.fingerprint)) >= 0.9
-        and lesson_signal.containment(set(known.fingerprint), fingerprint) >= 0.9
+        resemblance.containment(fingerprint, set(known.fingerprint)) >= 0.9
+        and resemblance.containment(set(known.fingerprint), fingerprint) >= 0.9
         for known in existing.lessons
     ):
         return None
@@ -254,7 +260,7 @@ async def _sweep(
     for hit in hits:
         record = hit.record
         flagged = any(
-            r.get("signal") in _CONTENT_FLAGS and float(r.get("delta", 0.0)) < 0
+            r.get("signal") in CONTENT_SIGNALS and float(r.get("delta", 0.0)) < 0
             for r in record.trust_reasons
         )
         if record.id in exclude or (hit.cosine or 0.0) < cos or not flagged:
@@ -310,7 +316,7 @@ async def guard(
     return kept, dropped
 
 
-Decision = Literal["approve", "reject"]
+ReviewDecision = Literal["approve", "reject"]
 
 
 class ReviewError(Exception):
@@ -326,7 +332,7 @@ async def review(
     store: MemoryStore,
     tenant_id: str,
     memory_id: str,
-    decision: Decision,
+    decision: ReviewDecision,
     policy: SanitizerPolicy,
     *,
     actor: str,

@@ -25,19 +25,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from proxy.memory import lessons as lesson_memory
+from proxy.memory import lessons
 from proxy.memory.candidates import Candidate, Reason, TrustVerdict, Verdict
 from proxy.memory.signals import (
+    CONTENT_SIGNALS,
     Hit,
     consensus,
     exfiltration,
     instructions,
     obfuscation,
+    resemblance,
     session,
     steering,
 )
 from proxy.memory.signals import judge as llm_judge
-from proxy.memory.signals import lessons as lesson_signal
 from proxy.memory.signals import secrets as secret_signal
 from proxy.memory.signals import source as source_signal
 from proxy.policy import SanitizerPolicy
@@ -51,9 +52,6 @@ EMBED_CHARS = 1000  # ~200 tokens: enough to place a memory; attack essays cost 
 SCAN_LIMIT = 5000
 DAY_S = 86_400.0  # above this many memories in a scope, neighbours come from the index instead
 LENGTH_SCORE = 0.15
-CONTENT_SIGNALS = frozenset(
-    {"instructions", "steering", "exfiltration", "obfuscation", "session", "lessons"}
-)
 PERSONS = frozenset({"user", "import"})  # sources a person stands behind
 
 
@@ -332,7 +330,7 @@ class Sanitizer:
         candidates towards the rate limits and the burst check; a dry run judges each candidate
         as the next write to the store as it is, so it counts nothing of its own.
         """
-        known = await lesson_memory.load_lessons(store, scope.tenant_id)
+        known = await lessons.load_lessons(store, scope.tenant_id)
         existing = await self._scope_memories(store, scope)
         session_vectors, session_writes = await self._session_history(store, scope)
         writes_today = await self._writes_today(store, scope, policy)
@@ -349,12 +347,12 @@ class Sanitizer:
             # Outside a session, a vector only matters if the candidate can resemble a lesson or
             # a memory of the scope, which needs at least one distinctive word in common.
             vocabulary = known.words | {
-                word for record, _ in existing for word in lesson_signal.content_words(record.text)
+                word for record, _ in existing for word in resemblance.content_words(record.text)
             }
             open_items = [
                 item
                 for item in open_items
-                if _could_resemble(lesson_signal.content_words(item.candidate.text), vocabulary)
+                if _could_resemble(resemblance.content_words(item.candidate.text), vocabulary)
             ]
         vectors = await store.embedder.embed(
             [item.candidate.text[:EMBED_CHARS] for item in open_items]
@@ -366,7 +364,7 @@ class Sanitizer:
 
         for index, item in enumerate(open_items):
             candidate, vector = item.candidate, vectors[index]
-            item.adjustments.extend(lesson_memory.match(known, candidate.text, vector, policy))
+            item.adjustments.extend(lessons.match(known, candidate.text, vector, policy))
             if existing is None:
                 neighbours = await self._search_neighbours(store, scope, candidate, vector)
             else:
@@ -489,7 +487,7 @@ class Sanitizer:
             if verdict.verdict != "reject" or not _content_driven(verdict.reasons):
                 continue
             try:
-                await lesson_memory.record_lesson(
+                await lessons.record_lesson(
                     store,
                     scope,
                     item.candidate.text,

@@ -165,7 +165,7 @@ async def reject(request: Request) -> Response:
     return await _review(request, "reject")
 
 
-async def _review(request: Request, decision: lessons.Decision) -> Response:
+async def _review(request: Request, decision: lessons.ReviewDecision) -> Response:
     policy = authenticate(request)
     store = require_store(request)
     note = None
