@@ -34,7 +34,7 @@ from proxy.cli_common import (
     when,
 )
 from proxy.errors import ProxyError
-from proxy.memory import lessons
+from proxy.memory import quarantine
 from proxy.memory.candidates import Candidate
 from proxy.memory.sanitize import Sanitizer
 from proxy.policy import SanitizerPolicy
@@ -194,7 +194,7 @@ async def _list(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
             all_users=args.user is None,
         )
         policy = sanitizer_policy(args, required=False)
-        records = await lessons.expire_quarantine(store, records, policy)
+        records = await quarantine.expire_quarantine(store, records, policy)
         return [memory_json(r) for r in records]
     finally:
         await store.close()
@@ -205,7 +205,7 @@ def cmd_quarantine_review(args: argparse.Namespace) -> int:
     policy = sanitizer_policy(args, required=False)
     try:
         record = asyncio.run(_review(args, policy, folder))
-    except lessons.ReviewError as error:
+    except quarantine.ReviewError as error:
         raise CommandError(str(error)) from None
     if wants_json(args):
         print_json(record)
@@ -220,7 +220,7 @@ async def _review(
 ) -> dict[str, Any]:
     store = await _open_store(folder, lazy=True)
     try:
-        record = await lessons.review(
+        record = await quarantine.review(
             store, args.tenant, args.memory_id, args.decision, policy, actor="cli", note=args.note
         )
         return memory_json(record)

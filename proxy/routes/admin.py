@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from proxy.auth import authenticate
 from proxy.errors import ProxyError, bad_request
-from proxy.memory import lessons
+from proxy.memory import quarantine
 from proxy.memory.candidates import Candidate, TrustVerdict
 from proxy.memory.sanitize import Sanitizer
 from proxy.routes.memory_fields import memory_cursor, memory_json
@@ -151,7 +151,7 @@ async def list_quarantine(request: Request) -> Response:
             all_users=user is None,
             after=after,
         )
-        waiting = await lessons.expire_quarantine(store, records, policy.sanitizer)
+        waiting = await quarantine.expire_quarantine(store, records, policy.sanitizer)
         if len(waiting) == len(records):  # none expired: the page is whole
             break
     return JSONResponse(page_json([memory_json(r) for r in waiting], page))
@@ -165,7 +165,7 @@ async def reject(request: Request) -> Response:
     return await _review(request, "reject")
 
 
-async def _review(request: Request, decision: lessons.ReviewDecision) -> Response:
+async def _review(request: Request, decision: quarantine.ReviewDecision) -> Response:
     policy = authenticate(request)
     store = require_store(request)
     note = None
@@ -173,7 +173,7 @@ async def _review(request: Request, decision: lessons.ReviewDecision) -> Respons
         body = await read_json_body(request, policy.limits.max_body_bytes)
         note = _optional_str(body, "note") if isinstance(body, dict) else None
     try:
-        record = await lessons.review(
+        record = await quarantine.review(
             store,
             policy.tenant,
             request.path_params["memory_id"],
@@ -182,7 +182,7 @@ async def _review(request: Request, decision: lessons.ReviewDecision) -> Respons
             actor="admin-api",
             note=note,
         )
-    except lessons.ReviewError as error:
+    except quarantine.ReviewError as error:
         raise ProxyError(error.status, str(error), param="memory_id", code=error.code) from error
     return JSONResponse(memory_json(record))
 

@@ -253,7 +253,7 @@ async def search_memories(request: Request) -> Response:
         access.scope,
         query,
         policy.memory,
-        guard_policy=policy.sanitizer,
+        guard_policy=policy,
         include_shared=access.include_shared,
         limit=limit,
     )

@@ -20,7 +20,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from proxy.errors import ProxyError
-from proxy.memory import lessons
+from proxy.memory import quarantine
 from proxy.memory.retrieve import retrieve
 from proxy.policy import Policy
 from proxy.routes.memory_fields import memory_json
@@ -120,7 +120,7 @@ async def _memories(request: Request, policy: Policy, store: MemoryStore) -> Res
             Scope(policy.tenant, user),
             query,
             policy.memory,
-            guard_policy=policy.sanitizer,
+            guard_policy=policy,
             include_shared=bool(policy.memory.shared_kinds),
             limit=SEARCH_LIMIT,
         )
@@ -210,7 +210,7 @@ async def _quarantine(request: Request, policy: Policy, store: MemoryStore) -> R
         offset=offset,
         all_users=user is None,
     )
-    records = await lessons.expire_quarantine(store, records, policy.sanitizer)
+    records = await quarantine.expire_quarantine(store, records, policy.sanitizer)
     after = await _cursor(
         store,
         Scope(policy.tenant, user),
@@ -247,7 +247,7 @@ async def _review(request: Request, policy: Policy, store: MemoryStore) -> Respo
     memory_id = request.path_params["memory_id"]
     form = await read_form(request)
     try:
-        await lessons.review(
+        await quarantine.review(
             store,
             policy.tenant,
             memory_id,
@@ -256,7 +256,7 @@ async def _review(request: Request, policy: Policy, store: MemoryStore) -> Respo
             actor="admin-ui",
             note=form.get("note") or None,
         )
-    except lessons.ReviewError as error:
+    except quarantine.ReviewError as error:
         raise PageProblem(error.status, str(error)) from error
     back = _url("/ui/quarantine", user=form.get("user") or None, reviewed=f"{decision}:{memory_id}")
     return RedirectResponse(back, status_code=303, headers=SECURITY_HEADERS)
