@@ -435,7 +435,11 @@ class MemoryPipeline:
         with tracer.start_as_current_span(
             "memento.sanitize", links=links, attributes=attrs
         ) as span:
-            sanitizer = Sanitizer(self.store, partial(self.call_model, policy))
+            sanitizer = Sanitizer(
+                self.store,
+                partial(self.call_model, policy),
+                log_content=policy.logging.log_content,
+            )
             verdicts = await sanitizer.assess(scope, candidates, policy.sanitizer)
             span.set_attribute(
                 "memento.verdicts",

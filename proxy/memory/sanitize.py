@@ -7,6 +7,10 @@ uncertain middle.
 
 `assess` never writes the candidates. Unless `dry_run`, rejections that content signals caused are
 distilled into lessons (proxy/memory/lessons.py), so later variants are caught faster.
+
+Each verdict is logged at DEBUG on `memento.sanitize`: kind, source, verdict, trust and the
+names of the signals that moved it. Memory text (and the reasons' details, which quote what
+matched) is logged only when the tenant's policy sets `logging.log_content`.
 """
 
 from __future__ import annotations
@@ -56,10 +60,15 @@ class Sanitizer:
     """
 
     def __init__(
-        self, store: MemoryStore | None = None, call_model: llm_judge.CallModel | None = None
+        self,
+        store: MemoryStore | None = None,
+        call_model: llm_judge.CallModel | None = None,
+        *,
+        log_content: bool = False,
     ) -> None:
         self.store = store
         self.call_model = call_model  # how the judge reaches the tenant's models
+        self.log_content = log_content  # the tenant's logging.log_content
 
     async def assess(
         self,
@@ -99,6 +108,9 @@ class Sanitizer:
                     verdict = "quarantine"
             verdicts.append(TrustVerdict(verdict, round(trust, 4), reasons, item.text))
 
+        if log.isEnabledFor(logging.DEBUG):
+            for item, judged in zip(pending, verdicts, strict=True):
+                log_verdict(scope, item.candidate, judged, log_content=self.log_content)
         if not dry_run and self.store is not None:
             await self._distil_lessons(self.store, scope, pending, verdicts, policy)
         return verdicts
@@ -287,6 +299,28 @@ class Sanitizer:
                 )
             except Exception:  # a lesson is a bonus; losing one must not fail the write path
                 log.exception("could not record a lesson for a rejected candidate")
+
+
+def log_verdict(
+    scope: Scope, candidate: Candidate, verdict: TrustVerdict, *, log_content: bool
+) -> None:
+    """One DEBUG line per verdict: ids, kind, verdict, trust and signal names; the memory text
+    and the reasons' details (they quote what matched) only with `log_content`."""
+    moved = sorted({r.signal for r in verdict.reasons if r.delta < 0 or r.hard})
+    line = "candidate %s from %s for tenant %s user %s: %s at trust %.2f (signals: %s)"
+    args: list[object] = [
+        candidate.kind,
+        candidate.source_role,
+        scope.tenant_id,
+        scope.user_id,
+        verdict.verdict,
+        verdict.trust,
+        ", ".join(moved) or "none",
+    ]
+    if log_content:
+        line += "; text %r; reasons %s"
+        args += [verdict.text, [f"{r.signal}: {r.detail}" for r in verdict.reasons]]
+    log.debug(line, *args)
 
 
 def _content_driven(reasons: Sequence[Reason]) -> bool:

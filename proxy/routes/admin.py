@@ -129,9 +129,9 @@ async def check(request: Request) -> Response:
     body = await read_json_body(request, policy.limits.max_body_bytes)
     user, session, candidates = parse_candidates(body)
     scope = Scope(policy.tenant, user, session)
-    verdicts = await Sanitizer(memory_store_of(request)).assess(
-        scope, candidates, policy.sanitizer, dry_run=True
-    )
+    verdicts = await Sanitizer(
+        memory_store_of(request), log_content=policy.logging.log_content
+    ).assess(scope, candidates, policy.sanitizer, dry_run=True)
     return JSONResponse({"object": "list", "data": [verdict_json(v) for v in verdicts]})
 
 

@@ -92,7 +92,9 @@ async def create_memory(
         created_at=created_at,
     )
     scope = Scope(policy.tenant, user)
-    (verdict,) = await Sanitizer(store).assess(scope, [candidate], policy.sanitizer)
+    (verdict,) = await Sanitizer(store, log_content=policy.logging.log_content).assess(
+        scope, [candidate], policy.sanitizer
+    )
     memory = NewMemory(
         kind=kind,
         text=verdict.text,
@@ -198,7 +200,9 @@ async def patch_memory(request: Request) -> Response:
             key_text=changes.get("key_text", ""),
             same_as=frozenset({record.id}),
         )
-        (verdict,) = await Sanitizer(store).assess(record.scope, [candidate], policy.sanitizer)
+        (verdict,) = await Sanitizer(store, log_content=policy.logging.log_content).assess(
+            record.scope, [candidate], policy.sanitizer
+        )
         changes["text"] = verdict.text
         changes["trust"] = verdict.trust
         changes["trust_reasons"] = verdict.reasons_as_dicts()

@@ -351,7 +351,9 @@ async def _assessed(store: Store, policy: Policy, line: ImportLine) -> MemoryRec
         ),
     )
     scope = Scope(policy.tenant, record.user_id)
-    (verdict,) = await Sanitizer(store).assess(scope, [candidate], policy.sanitizer)
+    (verdict,) = await Sanitizer(store, log_content=policy.logging.log_content).assess(
+        scope, [candidate], policy.sanitizer
+    )
     trust, reasons = verdict.trust, verdict.reasons_as_dicts()
     if line.exported_trust is not None and line.exported_trust < trust:
         cap = Reason(
