@@ -109,7 +109,7 @@ class LessonBook:
         (lessons without one last), else by the share of their fingerprint the text holds."""
         if cosines is not None:
             nearness = np.where(self.has_vector, cosines, -2.0)
-            return set(np.argsort(-nearness, kind="stable")[:count].tolist())
+            return set(np.argpartition(-nearness, count - 1)[:count].tolist())
         overlap = {row: n / max(len(self.lessons[row].fingerprint), 1) for row, n in shared.items()}
         return set(sorted(overlap, key=lambda row: (-overlap[row], row))[:count])
 
