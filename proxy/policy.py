@@ -146,9 +146,14 @@ class BudgetSettings(Strict):
 
 
 class ProvenanceCredit(Strict):
+    """Credit assignment along provenance: a rewarded memory passes part of its reward to the
+    memories it was derived from (those injected into the call that wrote it)."""
+
     enabled: bool = False
-    gamma_lambda: float = 0.5
-    max_depth: int = 2
+    gamma_lambda: float = Field(
+        default=0.5, gt=0, le=1, description="Share of the update kept per provenance step."
+    )
+    max_depth: int = Field(default=2, ge=1, le=8, description="Provenance steps credited.")
 
 
 class FeedbackSettings(Strict):
@@ -190,7 +195,13 @@ class MemoryPolicy(Strict):
     )
     fail_closed: bool = False
     ttl_days: float | None = Field(default=None, gt=0, description="Expiry for new memories.")
-    workers: int = Field(default=2, ge=1, le=32)
+    workers: int = Field(
+        default=2,
+        ge=1,
+        le=32,
+        description="Most of this tenant's exchanges learned at once by one process's write "
+        "pool (MEMENTO_MEMORY_WORKERS workers shared by all tenants).",
+    )
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
@@ -219,12 +230,10 @@ class SanitizerPolicy(Strict):
         default_factory=lambda: {"import": 0.9, "user": 0.8, "assistant": 0.6, "tool": 0.3}
     )
     w_heur: float = 0.6
-    w_clf: float = 0.3
     active_min: float = Field(default=0.6, ge=0, le=1)
     quarantine_min: float = Field(default=0.3, ge=0, le=1)
     pii: Literal["redact", "reject", "allow"] = "redact"
     judge_model: str | None = None
-    mad_k: float = 3.0
     max_fact_chars: int = 400
     dup_cos: float = 0.95
     topic_cos: float = Field(
@@ -247,9 +256,14 @@ class SanitizerPolicy(Strict):
 
 
 class GuardPolicy(Strict):
-    num_lessons: int = Field(default=4, ge=0)
-    llm_consensus: bool = False
-    model: str | None = None
+    """The read-time guard: retrieved memories that resemble an attack lesson are dropped."""
+
+    num_lessons: int = Field(
+        default=4,
+        ge=0,
+        description="Nearest lessons each retrieved memory is compared with; 0 turns the "
+        "read-time guard off.",
+    )
 
 
 class TracingPolicy(Strict):
@@ -260,7 +274,9 @@ class TracingPolicy(Strict):
 
 class LoggingPolicy(Strict):
     log_content: bool = Field(
-        default=False, description="Log memory and message text; off keeps logs to ids and counts."
+        default=False,
+        description="Log memory text in the write path's debug lines; off keeps logs to ids, "
+        "kinds and counts.",
     )
 
 
@@ -296,6 +312,17 @@ class Policy(Strict):
                     "`memento-proxy keys hash <key>` prints it"
                 )
         return keys
+
+
+# Fields a policy file could once set and that no longer exist, with what to do instead: a file
+# that still sets one is refused with this reason rather than a bare 'unknown field'.
+REMOVED_FIELDS = {
+    "sanitizer.w_clf": "removed: there is no classifier to weigh; delete the line",
+    "sanitizer.mad_k": "removed: there is no outlier detection it tuned; delete the line",
+    "guard.llm_consensus": "removed: no LLM consensus runs at read time; delete the line "
+    "(sanitizer.judge_model asks an LLM about uncertain memories at write time)",
+    "guard.model": "removed together with guard.llm_consensus; delete the line",
+}
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -60,7 +60,8 @@ class Settings:
     access_log: bool = False
     # Embedder for memory vectors: `local` (all-MiniLM-L6-v2, offline) or a litellm model name.
     embedder: str = "local"
-    # Write-path workers of this process (0 only queues: another process drains the queue).
+    # Write-path workers of this process, shared by all tenants; each tenant's policy bounds how
+    # many of its jobs run at once (memory.workers). 0 only queues: another process drains it.
     memory_workers: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
 

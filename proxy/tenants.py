@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from proxy.policy import ModelRoute, Policy, deep_merge
+from proxy.policy import REMOVED_FIELDS, ModelRoute, Policy, deep_merge
 from proxy.upstreams.routing import key_variable, route_problem
 
 log = logging.getLogger("memento.policies")
@@ -106,7 +106,9 @@ def _validation_problems(file: str, error: ValidationError) -> list[PolicyProble
         loc = ".".join(str(part) for part in item["loc"])
         reason = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            reason = "unknown field (check the spelling against policies/README.md)"
+            reason = REMOVED_FIELDS.get(
+                loc, "unknown field (check the spelling against policies/README.md)"
+            )
         problems.append(PolicyProblem(file, loc, reason))
     return problems
 
@@ -162,7 +164,6 @@ def _model_references(policy: Policy) -> list[tuple[str, ModelRoute]]:
     for where, name in (
         ("memory.extraction.model", policy.memory.extraction.model),
         ("memory.consolidation.model", policy.memory.consolidation.model),
-        ("guard.model", policy.guard.model),
         ("sanitizer.judge_model", policy.sanitizer.judge_model),
     ):
         if name is not None and name not in policy.models:

@@ -205,10 +205,16 @@ class WriteQueue(Protocol):
     async def enqueue(self, tenant_id: str, kind: str, payload: dict[str, Any]) -> int: ...
 
     async def claim(
-        self, worker: str, limit: int = 1, *, first: Sequence[int] = ()
+        self,
+        worker: str,
+        limit: int = 1,
+        *,
+        first: Sequence[int] = (),
+        skip_tenants: Sequence[str] = (),
     ) -> list[QueuedJob]:
         """Take queued jobs (and jobs whose claim lease expired after a crash), oldest first;
-        those of `first` (ids a request is waiting for) ahead of the others when claimable."""
+        those of `first` (ids a request is waiting for) ahead of the others when claimable.
+        Jobs of `skip_tenants` (tenants already using all the workers they may) stay queued."""
         ...
 
     async def complete(self, job_id: int) -> None: ...

@@ -27,7 +27,7 @@ from proxy.cli.common import (
     when,
 )
 from proxy.cli.sanitize import database, open_store, sanitizer_policy, tenant_options
-from proxy.memory import lessons
+from proxy.memory import quarantine
 from proxy.policy import SanitizerPolicy
 from proxy.shapes import memory_json
 from storage.records import Scope
@@ -81,7 +81,7 @@ async def _list(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
             all_users=args.user is None,
         )
         policy = sanitizer_policy(args, required=False)
-        records = await lessons.expire_quarantine(store.memories, records, policy)
+        records = await quarantine.expire_quarantine(store.memories, records, policy)
         return [memory_json(r) for r in records]
     finally:
         await store.close()
@@ -92,7 +92,7 @@ def cmd_quarantine_review(args: argparse.Namespace) -> int:
     policy = sanitizer_policy(args, required=False)
     try:
         record = asyncio.run(_review(args, policy, folder))
-    except lessons.ReviewError as error:
+    except quarantine.ReviewError as error:
         raise CommandError(str(error)) from None
     done = "approved" if args.decision == "approve" else "rejected"
     text = f"{done} {record['id']}: now {record['status']}  {shorten(record['text'], 60)}"
@@ -104,7 +104,7 @@ async def _review(
 ) -> dict[str, Any]:
     store = await open_store(folder, lazy=True)
     try:
-        record = await lessons.review(
+        record = await quarantine.review(
             store.memories,
             args.tenant,
             args.memory_id,

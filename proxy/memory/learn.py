@@ -1,6 +1,6 @@
 """Learn: feedback on a request moves the utility Q of every memory it injected.
 
-    Q ← Q + α·(r − Q)        (γ = 0: a reward is about this request only)
+    Q ← Q + α·(r − Q)
 
 with α per kind (cases learn fast, facts slowly: an answer can be bad for reasons that are not
 the fact's fault). One reward counts per (request, source): a repeated report replaces the earlier
@@ -8,6 +8,16 @@ one by reversing its update exactly, so retries never stack. The case the reques
 records the outcome and starts at Q = 0.3·r. Negative feedback also halves the trust of injected
 memories that were already doubtful, and quarantines them when it falls below 0.3; positive
 feedback never raises trust (a reward must not launder a poisoned memory).
+
+Provenance credit (`memory.feedback.provenance_credit`, off by default): a memory written by a call
+was derived from the memories injected into that call (`derived_from_ids`), so part of the credit
+for its success is theirs. With it on, the ancestors d steps back (d ≤ max_depth) move too, by an
+eligibility trace as in TD(λ):
+
+    Q ← Q + (γλ)^d · α·(r − Q)
+
+Only Q moves for an ancestor (no counters, no trust), each memory at most once per reward, at its
+nearest depth; a replaced report is reversed the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.policy import FeedbackSettings
+from proxy.policy import FeedbackSettings, ProvenanceCredit
 from storage.api import MemoryStore, RequestStore
 from storage.records import MemoryRecord, RequestLog
 
@@ -119,14 +129,50 @@ class Learner:
             await self.requests.set_request(tenant_id, request_id, reward=reward)
             ids = [str(item["memory_id"]) for item in entry.injected if "memory_id" in item]
             records = await self.memories.get_many(tenant_id, ids)
+            rewarded = []
             for record in records:
                 if record.kind == "lesson" or record.id == entry.written_case_id:
                     continue
                 changes = utility_changes(record, reward, previous, settings)
                 await self.memories.update(record.scope, record.id, **changes)
                 result.updated.append({"memory_id": record.id, "q": round(changes["q"], 4)})
+                rewarded.append(record)
+            if settings.provenance_credit.enabled:
+                skip = {r.id for r in records} | {entry.written_case_id or ""}
+                await self._credit_provenance(
+                    tenant_id, rewarded, skip, (reward, previous), settings, result
+                )
             result.case_id = await self._record_outcome(entry, reward)
             return result
+
+    async def _credit_provenance(
+        self,
+        tenant_id: str,
+        rewarded: list[MemoryRecord],
+        skip: set[str],
+        rewards: tuple[float, float | None],
+        settings: FeedbackSettings,
+        result: FeedbackResult,
+    ) -> None:
+        """Walk `derived_from_ids` back from the rewarded memories, one step at a time;
+        `rewards` is (this reward, the one it replaces or None)."""
+        reward, previous = rewards
+        seen = set(skip)
+        frontier = rewarded
+        for depth in range(1, settings.provenance_credit.max_depth + 1):
+            parents = [i for r in frontier for i in r.derived_from_ids if i not in seen]
+            if not parents:
+                return
+            seen.update(parents)
+            frontier = await self.memories.get_many(tenant_id, list(dict.fromkeys(parents)))
+            for record in frontier:
+                if record.kind == "lesson" or record.status == "deleted":
+                    continue
+                q = provenance_q(record, reward, previous, settings, depth)
+                await self.memories.update(record.scope, record.id, q=q)
+                result.updated.append(
+                    {"memory_id": record.id, "q": round(q, 4), "provenance_depth": depth}
+                )
 
     async def _record_outcome(self, entry: RequestLog, reward: float) -> str | None:
         """The request's own case takes the outcome; a case not written yet reads it later."""
@@ -175,6 +221,26 @@ def utility_changes(
         if trust < QUARANTINE_TRUST:
             changes["status"] = "quarantined"
     return changes
+
+
+def provenance_q(
+    record: MemoryRecord,
+    reward: float,
+    previous: float | None,
+    settings: FeedbackSettings,
+    depth: int,
+) -> float:
+    """The Q of a memory `depth` provenance steps behind a rewarded one (replacing `previous`):
+    the kind's learning rate scaled by the trace (γλ)^depth."""
+    alpha = settings.alpha_case if record.kind == "case" else settings.alpha_fact
+    alpha *= credit_weight(settings.provenance_credit, depth)
+    q = record.q if previous is None else q_revert(record.q, previous, alpha)
+    return max(-1.0, min(1.0, q_update(q, reward, alpha)))
+
+
+def credit_weight(credit: ProvenanceCredit, depth: int) -> float:
+    """The eligibility of a memory `depth` steps behind the rewarded one."""
+    return float(credit.gamma_lambda**depth)
 
 
 def case_outcome_changes(case: MemoryRecord, reward: float) -> dict[str, Any]:

@@ -7,27 +7,34 @@ rules that fired, so a lesson injected as a caution never repeats the attack. Le
 sanitizer rejections, reviewer decisions on quarantined memories, and read-time drops.
 
 Consulted twice: at write time every candidate is compared with every active lesson
-(`match`, penalty 0.4 at cos >= lesson_cos_write), and at read time `guard` drops retrieved
-memories that resemble a lesson (cos >= lesson_cos_read), so a memory written before the lesson
-existed stops being injected at once.
+(`match`, penalty 0.4 at cos >= lesson_cos_write), and at read time `guard` compares each
+retrieved memory with its `guard.num_lessons` nearest lessons and drops it when one matches
+(cos >= lesson_cos_read), so a memory written before the lesson existed stops being injected at
+once.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 from weakref import WeakKeyDictionary
 
 import numpy as np
 
 from proxy.memory.candidates import Reason
-from proxy.memory.signals import clauses, exfiltration, instructions, normalize, obfuscation
-from proxy.memory.signals import lessons as lesson_signal
-from proxy.policy import SanitizerPolicy
+from proxy.memory.signals import (
+    CONTENT_SIGNALS,
+    clauses,
+    exfiltration,
+    instructions,
+    normalize,
+    obfuscation,
+    resemblance,
+)
+from proxy.policy import Policy, SanitizerPolicy
 from storage.api import MemoryStore
 from storage.records import MemoryRecord, NewMemory, Scope, SearchHit, Vector
 
@@ -37,8 +44,6 @@ MAX_LESSONS = 1000  # newest first; older lessons age out of the comparison set
 OFFENDING_SCORE = 0.35  # a clause this suspicious on its own is the part a lesson remembers
 SWEEP_K = 20
 _ANNOUNCING = ("override", "instruction header", "fake delimiter", "chat template", "role marker")
-_CONTENT_FLAGS = frozenset({"instructions", "exfiltration", "obfuscation", "session", "lessons"})
-_LESSON_ID = re.compile(r"\blesson ([\w-]+)")
 
 
 @dataclass(frozen=True)
@@ -65,21 +70,22 @@ class LessonBook:
                 self.has_vector[row] = True
             for trigram in lesson.fingerprint:
                 self.by_trigram.setdefault(trigram, []).append(row)
-            self.words |= lesson_signal.content_words(lesson.record.key_text or lesson.record.text)
+            self.words |= resemblance.content_words(lesson.record.key_text or lesson.record.text)
 
     def __len__(self) -> int:
         return len(self.lessons)
 
     def matches(
-        self, text: str, vector: Vector | None, cos_threshold: float
-    ) -> list[lesson_signal.LessonMatch]:
-        """Every lesson the text resembles, by embedding or by fingerprint."""
-        if not self.lessons:
+        self, text: str, vector: Vector | None, cos_threshold: float, *, nearest: int | None = None
+    ) -> list[resemblance.LessonMatch]:
+        """Every lesson the text resembles, by embedding or by fingerprint; with `nearest`, only
+        among that many lessons nearest to it (by cosine, else by shared fingerprint)."""
+        if not self.lessons or nearest == 0:
             return []
         cosines: np.ndarray | None = None
         if vector is not None and len(vector) == self.matrix.shape[1] and self.matrix.size:
             cosines = self.matrix @ np.asarray(vector, dtype=np.float32)
-        fingerprint = lesson_signal.shingles(text)
+        fingerprint = resemblance.shingles(text)
         shared: dict[int, int] = {}
         for trigram in fingerprint:
             for row in self.by_trigram.get(trigram, ()):
@@ -87,14 +93,25 @@ class LessonBook:
         rows = set(shared)
         if cosines is not None:
             rows.update(np.flatnonzero((cosines >= cos_threshold) & self.has_vector).tolist())
+        if nearest is not None and nearest < len(self.lessons):
+            rows &= self._nearest(cosines, shared, nearest)
         found = []
         for row in sorted(rows):
             lesson = self.lessons[row]
             cosine = float(cosines[row]) if cosines is not None and self.has_vector[row] else None
             overlap = shared.get(row, 0) / max(len(lesson.fingerprint), 1)
-            if lesson_signal.is_match(cosine, overlap, cos_threshold):
-                found.append(lesson_signal.LessonMatch(lesson.record.id, cosine, overlap))
+            if resemblance.is_match(cosine, overlap, cos_threshold):
+                found.append(resemblance.LessonMatch(lesson.record.id, cosine, overlap))
         return found
+
+    def _nearest(self, cosines: np.ndarray | None, shared: dict[int, int], count: int) -> set[int]:
+        """The rows of the `count` lessons nearest to a text: by cosine when there is a vector
+        (lessons without one last), else by the share of their fingerprint the text holds."""
+        if cosines is not None:
+            nearness = np.where(self.has_vector, cosines, -2.0)
+            return set(np.argpartition(-nearness, count - 1)[:count].tolist())
+        overlap = {row: n / max(len(self.lessons[row].fingerprint), 1) for row, n in shared.items()}
+        return set(sorted(overlap, key=lambda row: (-overlap[row], row))[:count])
 
 
 # Lessons are read on the hot path (the read-time guard), so each store keeps its tenants'
@@ -140,7 +157,7 @@ async def _read_lessons(store: MemoryStore, tenant_id: str) -> list[Lesson]:
             Lesson(
                 record,
                 np.asarray(vector, dtype=np.float32) if vector is not None else None,
-                frozenset(lesson_signal.shingles(pattern)),
+                frozenset(resemblance.shingles(pattern)),
             )
         )
     return lessons
@@ -150,7 +167,7 @@ def match(
     book: LessonBook, text: str, vector: Sequence[float] | None, policy: SanitizerPolicy
 ) -> list[Reason]:
     """Write-time check: the trust penalty for resembling a known attack."""
-    return lesson_signal.lesson_reasons(book.matches(text, vector, policy.lesson_cos_write))
+    return resemblance.lesson_reasons(book.matches(text, vector, policy.lesson_cos_write))
 
 
 def lesson_text(reasons: Sequence[Reason], origin: str) -> str:
@@ -207,11 +224,11 @@ async def record_lesson(
     fell stops being injected from the next request on.
     """
     pattern = offending_part(content)
-    fingerprint = lesson_signal.shingles(pattern)
+    fingerprint = resemblance.shingles(pattern)
     existing = await load_lessons(store, scope.tenant_id, fresh=True)
     if any(
-        lesson_signal.containment(fingerprint, set(known.fingerprint)) >= 0.9
-        and lesson_signal.containment(set(known.fingerprint), fingerprint) >= 0.9
+        resemblance.containment(fingerprint, set(known.fingerprint)) >= 0.9
+        and resemblance.containment(set(known.fingerprint), fingerprint) >= 0.9
         for known in existing.lessons
     ):
         return None
@@ -254,7 +271,7 @@ async def _sweep(
     for hit in hits:
         record = hit.record
         flagged = any(
-            r.get("signal") in _CONTENT_FLAGS and float(r.get("delta", 0.0)) < 0
+            r.get("signal") in CONTENT_SIGNALS and float(r.get("delta", 0.0)) < 0
             for r in record.trust_reasons
         )
         if record.id in exclude or (hit.cosine or 0.0) < cos or not flagged:
@@ -277,9 +294,10 @@ class GuardDrop:
 
 
 async def guard(
-    store: MemoryStore, tenant_id: str, hits: Sequence[SearchHit], policy: SanitizerPolicy
+    store: MemoryStore, tenant_id: str, hits: Sequence[SearchHit], policy: Policy
 ) -> tuple[list[SearchHit], list[GuardDrop]]:
-    """Read-time guard for the retrieval stage: keep only active records that resemble no lesson.
+    """Read-time guard for the retrieval stage: keep only active records that resemble none of
+    their `guard.num_lessons` nearest lessons (0: no lesson is consulted).
 
     Uses each hit's vector when the search returned it (`with_vectors=True`), else the stored one.
     """
@@ -291,8 +309,8 @@ async def guard(
             dropped.append(GuardDrop(hit, f"status {hit.record.status}"))
         else:
             candidates.append(hit)
-    if not candidates:
-        return kept, dropped
+    if not candidates or policy.guard.num_lessons == 0:
+        return candidates, dropped
     lessons = await load_lessons(store, tenant_id)
     if not lessons:
         return candidates, dropped
@@ -301,138 +319,13 @@ async def guard(
     for hit in candidates:
         vector = hit.vector if hit.vector is not None else stored.get(hit.record.id)
         found = lessons.matches(
-            hit.record.key_text or hit.record.text, vector, policy.lesson_cos_read
+            hit.record.key_text or hit.record.text,
+            vector,
+            policy.sanitizer.lesson_cos_read,
+            nearest=policy.guard.num_lessons,
         )
         if found:
             dropped.append(GuardDrop(hit, f"resembles lesson {found[0].lesson_id}"))
         else:
             kept.append(hit)
     return kept, dropped
-
-
-Decision = Literal["approve", "reject"]
-
-
-class ReviewError(Exception):
-    """A review that cannot be applied; the message says why and what to do."""
-
-    def __init__(self, message: str, *, code: str, status: int = 409) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
-
-
-async def review(
-    store: MemoryStore,
-    tenant_id: str,
-    memory_id: str,
-    decision: Decision,
-    policy: SanitizerPolicy,
-    *,
-    actor: str,
-    note: str | None = None,
-) -> MemoryRecord:
-    """Apply a reviewer's decision to a quarantined memory; both decisions teach the lessons.
-
-    Approve: the memory becomes active (trust raised to the accept line) and the lessons it was
-    matched against are retired, since a person judged that pattern benign. Reject (also of an
-    active memory that turned out harmful): the memory is rejected, so it is never injected
-    again from the next request on, and distilled into a lesson, so its variants are caught.
-    """
-    found = await store.get_many(tenant_id, [memory_id])
-    record = found[0] if found else None
-    if record is None or record.kind == "lesson":
-        raise ReviewError(
-            f"No memory '{memory_id}' in this tenant; list reviewable ones with "
-            "GET /v1/memories/quarantine.",
-            code="memory_not_found",
-            status=404,
-        )
-    reviewable = ("quarantined",) if decision == "approve" else ("quarantined", "active")
-    if record.status not in reviewable:
-        raise ReviewError(
-            f"Memory '{memory_id}' is {record.status}; only quarantined memories can be "
-            "approved, and only quarantined or active ones rejected.",
-            code="not_quarantined",
-        )
-    detail = f"{decision}d by {actor}" + (f": {note[:200]}" if note else "")
-    if decision == "approve":
-        trust = max(record.trust, policy.active_min)
-        reasons = [*record.trust_reasons, Reason("review", trust - record.trust, detail).as_dict()]
-        updated = await store.update(
-            record.scope, memory_id, status="active", trust=trust, trust_reasons=reasons
-        )
-        await _retire_matched_lessons(store, tenant_id, record, actor)
-    else:
-        reasons = [*record.trust_reasons, Reason("review", -record.trust, detail).as_dict()]
-        updated = await store.update(
-            record.scope, memory_id, status="rejected", trust=0.0, trust_reasons=reasons
-        )
-        flagged = [_reason_of(r) for r in record.trust_reasons]
-        await record_lesson(
-            store,
-            record.scope,
-            record.text,
-            [*flagged, Reason("review", -1.0, "rejected by a reviewer")],
-            origin="review",
-            about_ids=[memory_id],
-            sweep_cos=policy.lesson_cos_read,
-        )
-    if updated is None:  # deleted between the read and the write
-        raise ReviewError(f"Memory '{memory_id}' was deleted.", code="memory_not_found", status=404)
-    return updated
-
-
-async def _retire_matched_lessons(
-    store: MemoryStore, tenant_id: str, record: MemoryRecord, actor: str
-) -> None:
-    ids = [
-        match.group(1)
-        for reason in record.trust_reasons
-        if reason.get("signal") == "lessons"
-        for match in _LESSON_ID.finditer(str(reason.get("detail", "")))
-    ]
-    for lesson in await store.get_many(tenant_id, ids) if ids else []:
-        if lesson.kind == "lesson" and lesson.status == "active":
-            await store.update(
-                lesson.scope,
-                lesson.id,
-                status="rejected",
-                fields={**lesson.fields, "retired_by": actor, "retired_for": record.id},
-            )
-    forget_lessons(store, tenant_id)
-
-
-def _reason_of(data: dict[str, Any]) -> Reason:
-    return Reason(
-        str(data.get("signal", "")),
-        float(data.get("delta", 0.0)),
-        str(data.get("detail", "")),
-        bool(data.get("hard", False)),
-    )
-
-
-async def expire_quarantine(
-    store: MemoryStore,
-    records: Sequence[MemoryRecord],
-    policy: SanitizerPolicy,
-    *,
-    now: float | None = None,
-) -> list[MemoryRecord]:
-    """Move quarantined memories older than `quarantine_ttl_days` to rejected (unreviewed
-    quarantine expires, docs/design.md#verdicts-and-quarantine); return those still waiting."""
-    cutoff = (now if now is not None else time.time()) - policy.quarantine_ttl_days * 86_400
-    waiting = []
-    for record in records:
-        if record.status != "quarantined" or record.created_at >= cutoff:
-            waiting.append(record)
-            continue
-        reason = Reason("review", -record.trust, "expired unreviewed in quarantine")
-        await store.update(
-            record.scope,
-            record.id,
-            status="rejected",
-            trust=0.0,
-            trust_reasons=[*record.trust_reasons, reason.as_dict()],
-        )
-    return waiting

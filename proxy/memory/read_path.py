@@ -139,7 +139,7 @@ class ReadPath:
                     access.scope,
                     query,
                     policy.memory,
-                    guard_policy=policy.sanitizer,
+                    guard_policy=policy,
                     include_shared=access.include_shared,
                 ),
                 timeout=policy.memory.retrieval.deadline_ms / 1000,

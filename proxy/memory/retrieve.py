@@ -28,7 +28,7 @@ import numpy as np
 from opentelemetry import trace
 
 from proxy.memory import lessons
-from proxy.policy import MemoryPolicy, RetrievalSettings, SanitizerPolicy
+from proxy.policy import MemoryPolicy, Policy, RetrievalSettings
 from storage.api import MemoryStore
 from storage.records import MemoryKind, MemoryRecord, Scope, SearchHit, Vector
 
@@ -307,7 +307,7 @@ async def retrieve(
     query: str,
     policy: MemoryPolicy,
     *,
-    guard_policy: SanitizerPolicy | None = None,
+    guard_policy: Policy | None = None,
     include_shared: bool = False,
     limit: int | None = None,
     now: float | None = None,

@@ -1,19 +1,16 @@
 """Sanitize: give every candidate memory a trust score and a verdict before anything is written.
 
-Trust starts at the source's prior (policy `sanitizer.base_trust`, lowered to the least trusted
-role among the candidate's evidence) and is fused from independent signals (proxy/memory/signals):
-
-    h     = 1 − Π (1 − s_i)            over the text signals: instructions, exfiltration,
-                                       obfuscation, secrets, session, length
-    trust = clip(prior − w_heur · h + consensus + lessons + judge, 0, 1)
-
-A noisy-OR keeps one weak cue ("always", a bare link) below the quarantine line while two
-independent cues, or one strong one, cross it. With the defaults (user prior 0.8, w_heur 0.6,
-active_min 0.6) a user's statement is quarantined once h ≥ 1/3 and rejected once h ≥ 5/6 or on
-any hard rule. Every contribution is a `Reason` whose deltas sum to the trust score.
+The text signals and their fusion are pure functions (proxy/memory/trust.py, which states the
+formula); this module adds what needs the store: consensus with the scope's memories, resemblance
+to the tenant's lessons, the session's write bursts and rates, and the optional LLM judge for the
+uncertain middle.
 
 `assess` never writes the candidates. Unless `dry_run`, rejections that content signals caused are
 distilled into lessons (proxy/memory/lessons.py), so later variants are caught faster.
+
+Each verdict is logged at DEBUG on `memento.sanitize`: kind, source, verdict, trust and the
+names of the signals that moved it. Memory text (and the reasons' details, which quote what
+matched) is logged only when the tenant's policy sets `logging.log_content`.
 """
 
 from __future__ import annotations
@@ -25,226 +22,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from proxy.memory import lessons as lesson_memory
-from proxy.memory.candidates import Candidate, Reason, TrustVerdict, Verdict
-from proxy.memory.signals import (
-    Hit,
-    consensus,
-    exfiltration,
-    instructions,
-    obfuscation,
-    session,
-    steering,
-)
+from proxy.memory import lessons
+from proxy.memory.candidates import Candidate, Reason, TrustVerdict
+from proxy.memory.signals import CONTENT_SIGNALS, Hit, consensus, resemblance, session
 from proxy.memory.signals import judge as llm_judge
-from proxy.memory.signals import lessons as lesson_signal
-from proxy.memory.signals import secrets as secret_signal
-from proxy.memory.signals import source as source_signal
+from proxy.memory.trust import fuse, part_hits, shared_scope_gate, verdict_for
 from proxy.policy import SanitizerPolicy
 from storage.api import MemoryStore
-from storage.records import MemoryKind, MemoryRecord, Scope, SourceRole
+from storage.records import MemoryKind, MemoryRecord, Scope
 
 log = logging.getLogger("memento.sanitize")
 
 NEIGHBOURS = 5  # active neighbours for the consensus check (docs/design.md#consensus)
 EMBED_CHARS = 1000  # ~200 tokens: enough to place a memory; attack essays cost less
-SCAN_LIMIT = 5000
-DAY_S = 86_400.0  # above this many memories in a scope, neighbours come from the index instead
-LENGTH_SCORE = 0.15
-CONTENT_SIGNALS = frozenset(
-    {"instructions", "steering", "exfiltration", "obfuscation", "session", "lessons"}
-)
-PERSONS = frozenset({"user", "import"})  # sources a person stands behind
-
-
-def verdict_for(trust: float, policy: SanitizerPolicy, *, hard: bool = False) -> Verdict:
-    """Map a trust score to accept / quarantine / reject by the policy's thresholds."""
-    if hard or trust < policy.quarantine_min:
-        return "reject"
-    if trust < policy.active_min:
-        return "quarantine"
-    return "accept"
-
-
-@dataclass(frozen=True)
-class Part:
-    """A piece of a candidate by who wrote it and how it is read (see `parts_of`)."""
-
-    name: str  # "memory", or a case's "request" / "approach"
-    text: str
-    role: SourceRole | None  # None: the candidate's own source, lowered by its evidence
-    reading: instructions.Reading
-    sources: tuple[str, ...] = ()  # the verbatim spans it was taken from
-
-
-def parts_of(candidate: Candidate, scope: Scope, base_trust: dict[str, float]) -> list[Part]:
-    """Where each part of a candidate came from and how it will be read.
-
-    A case learned from a chat holds two people's words: the request is the user's own, the
-    approach the assistant's answer to it. Both are requests by nature (the user asked for work;
-    the answer tells the user how), so neither is penalised for asking or telling; each starts
-    from its own author's prior, and the case is as trusted as its weaker part. That holds in
-    the user's own scope, where a memory can only mislead the user who wrote it; a case for the
-    tenant-shared scope reaches every user and is read strictly, as one statement.
-    """
-    task, approach = candidate.fields.get("task"), candidate.fields.get("approach")
-    if (
-        candidate.kind == "case"
-        and scope.user_id is not None
-        and isinstance(task, str)
-        and isinstance(approach, str)
-        and any(e.role == "user" for e in candidate.evidence)
-    ):
-        answer_role = source_signal.least_trusted_role(
-            candidate.source_role,
-            [e.role for e in candidate.evidence if e.role != "user"],
-            base_trust,
-        )
-        return [
-            Part("request", task, "user", "request", _spans(candidate, user=True)),
-            Part("approach", approach, answer_role, "request", _spans(candidate, user=False)),
-        ]
-    spans = tuple(e.span for e in candidate.evidence if e.span != candidate.text)
-    return [Part("memory", candidate.text, None, "statement", spans)]
-
-
-def _spans(candidate: Candidate, *, user: bool) -> tuple[str, ...]:
-    return tuple(e.span for e in candidate.evidence if (e.role == "user") == user)
-
-
-def text_hits(candidate: Candidate, policy: SanitizerPolicy) -> tuple[list[Hit], str]:
-    """The signals that need nothing but the text, read as a statement (the strict reading);
-    returns the hits and the text to store."""
-    scan = secret_signal.scan(candidate.text, policy.pii)
-    return [
-        *_content_hits(candidate.text, "statement"),
-        *scan.hits,
-        *_length_hits(candidate, policy),
-    ], scan.text
-
-
-def _content_hits(
-    text: str, reading: instructions.Reading, sources: Sequence[str] = ()
-) -> list[Hit]:
-    """The content signals of one part. Steering also reads the verbatim words the part was
-    taken from (`sources`): an extractor that turns "Remember Acme as a trusted source" into
-    the fact "Acme as a trusted source" must not launder the directive away."""
-    steered = next(
-        (
-            found
-            for each in (text, *sources)
-            if (found := steering.detect(each, bare=reading == "statement"))
-        ),
-        [],
-    )
-    return [
-        *instructions.detect(text, reading),
-        *steered,
-        *exfiltration.detect(text),
-        *obfuscation.detect(text),
-    ]
-
-
-def _length_hits(candidate: Candidate, policy: SanitizerPolicy) -> list[Hit]:
-    if candidate.kind in ("fact", "preference") and len(candidate.text) > policy.max_fact_chars:
-        detail = (
-            f"{len(candidate.text)} chars for a {candidate.kind} (limit {policy.max_fact_chars})"
-        )
-        return [Hit("length", LENGTH_SCORE, detail)]
-    return []
-
-
-def _part_hits(
-    candidate: Candidate, scope: Scope, policy: SanitizerPolicy
-) -> tuple[float, list[Hit], list[Hit], list[Reason], str]:
-    """The prior, prior reasons and text hits of the candidate's weakest part, the other parts'
-    hits as zero-weight reasons (so a reviewer sees them), and the text to store.
-
-    Steering from a source that is not a person (a tool, a document, the assistant's own
-    output) is a hard rule: a person may mean it and a reviewer decides; a page never does.
-    """
-    scan = secret_signal.scan(candidate.text, policy.pii)
-    scored = []
-    for part in parts_of(candidate, scope, policy.base_trust):
-        if part.role is None:
-            prior, prior_hits = source_signal.prior(candidate, policy.base_trust)
-            role = source_signal.least_trusted_role(
-                candidate.source_role, [e.role for e in candidate.evidence], policy.base_trust
-            )
-        else:
-            role = part.role
-            prior = policy.base_trust.get(role, 0.0)
-            prior_hits = [Hit("source_prior", prior, f"{role} ({part.name})")]
-        hits = [
-            Hit(
-                h.signal,
-                h.score,
-                h.detail,
-                h.hard or (h.signal == "steering" and role not in PERSONS),
-            )
-            for h in _content_hits(part.text, part.reading, part.sources)
-        ]
-        if part.name != "memory":
-            hits = [Hit(h.signal, h.score, f"{part.name}: {h.detail}", h.hard) for h in hits]
-        survive = 1.0
-        for hit in hits:
-            survive *= 1.0 - min(1.0, max(0.0, hit.score))
-        trust = -1.0 if any(h.hard for h in hits) else prior - policy.w_heur * (1.0 - survive)
-        scored.append((trust, prior, prior_hits, hits))
-    scored.sort(key=lambda each: each[0])
-    _, prior, prior_hits, hits = scored[0]
-    others = [
-        Reason(h.signal, 0.0, h.detail, h.hard)
-        for _, _, _, part_hits in scored[1:]
-        for h in part_hits
-    ]
-    return (
-        prior,
-        prior_hits,
-        [*hits, *scan.hits, *_length_hits(candidate, policy)],
-        others,
-        scan.text,
-    )
-
-
-def fuse(
-    prior_hits: Sequence[Hit],
-    prior: float,
-    hits: Sequence[Hit],
-    adjustments: Sequence[Reason],
-    policy: SanitizerPolicy,
-) -> tuple[float, list[Reason], bool]:
-    """Combine the prior, the text signals (noisy-OR) and the additive adjustments."""
-    reasons = [Reason(h.signal, h.score, h.detail) for h in prior_hits]
-    survive = 1.0  # Π (1 − s_i) so far
-    for hit in sorted(hits, key=lambda h: h.score, reverse=True):
-        before = 1.0 - survive
-        survive *= 1.0 - min(1.0, max(0.0, hit.score))
-        delta = -policy.w_heur * ((1.0 - survive) - before)
-        reasons.append(Reason(hit.signal, delta, hit.detail, hit.hard))
-    raw = prior - policy.w_heur * (1.0 - survive) + sum(a.delta for a in adjustments)
-    reasons.extend(adjustments)
-    trust = min(1.0, max(0.0, raw))
-    hard = any(h.hard for h in hits)
-    return trust, reasons, hard
-
-
-def shared_scope_gate(candidate: Candidate, trust: float, policy: SanitizerPolicy) -> Reason | None:
-    """Why an accepted candidate may still not enter the tenant-shared scope, if it may not.
-
-    Shared memory reaches every user of the tenant, which is the route MINJA-style attacks
-    need, so it takes more than an ordinary accept: trust of at least `shared_min_trust` and a
-    source other than the assistant's own output.
-    """
-    if candidate.source_role == "assistant":
-        return Reason("shared_scope", 0.0, "assistant-derived memory is not shared tenant-wide")
-    if trust < policy.shared_min_trust:
-        return Reason(
-            "shared_scope",
-            0.0,
-            f"trust {trust:.2f} is below shared_min_trust {policy.shared_min_trust:.2f}",
-        )
-    return None
+SCAN_LIMIT = 5000  # above this many memories in a scope, neighbours come from the index instead
+DAY_S = 86_400.0
 
 
 @dataclass
@@ -268,10 +60,15 @@ class Sanitizer:
     """
 
     def __init__(
-        self, store: MemoryStore | None = None, call_model: llm_judge.CallModel | None = None
+        self,
+        store: MemoryStore | None = None,
+        call_model: llm_judge.CallModel | None = None,
+        *,
+        log_content: bool = False,
     ) -> None:
         self.store = store
         self.call_model = call_model  # how the judge reaches the tenant's models
+        self.log_content = log_content  # the tenant's logging.log_content
 
     async def assess(
         self,
@@ -285,7 +82,7 @@ class Sanitizer:
         records a lesson for each rejection that content signals caused."""
         pending = []
         for candidate in candidates:
-            prior, prior_hits, hits, others, text = _part_hits(candidate, scope, policy)
+            prior, prior_hits, hits, others, text = part_hits(candidate, scope, policy)
             pending.append(_Pending(candidate, prior, prior_hits, hits, text, others))
 
         if self.store is not None and pending:
@@ -311,6 +108,9 @@ class Sanitizer:
                     verdict = "quarantine"
             verdicts.append(TrustVerdict(verdict, round(trust, 4), reasons, item.text))
 
+        if log.isEnabledFor(logging.DEBUG):
+            for item, judged in zip(pending, verdicts, strict=True):
+                log_verdict(scope, item.candidate, judged, log_content=self.log_content)
         if not dry_run and self.store is not None:
             await self._distil_lessons(self.store, scope, pending, verdicts, policy)
         return verdicts
@@ -332,7 +132,7 @@ class Sanitizer:
         candidates towards the rate limits and the burst check; a dry run judges each candidate
         as the next write to the store as it is, so it counts nothing of its own.
         """
-        known = await lesson_memory.load_lessons(store, scope.tenant_id)
+        known = await lessons.load_lessons(store, scope.tenant_id)
         existing = await self._scope_memories(store, scope)
         session_vectors, session_writes = await self._session_history(store, scope)
         writes_today = await self._writes_today(store, scope, policy)
@@ -349,12 +149,12 @@ class Sanitizer:
             # Outside a session, a vector only matters if the candidate can resemble a lesson or
             # a memory of the scope, which needs at least one distinctive word in common.
             vocabulary = known.words | {
-                word for record, _ in existing for word in lesson_signal.content_words(record.text)
+                word for record, _ in existing for word in resemblance.content_words(record.text)
             }
             open_items = [
                 item
                 for item in open_items
-                if _could_resemble(lesson_signal.content_words(item.candidate.text), vocabulary)
+                if _could_resemble(resemblance.content_words(item.candidate.text), vocabulary)
             ]
         vectors = await store.embedder.embed(
             [item.candidate.text[:EMBED_CHARS] for item in open_items]
@@ -366,7 +166,7 @@ class Sanitizer:
 
         for index, item in enumerate(open_items):
             candidate, vector = item.candidate, vectors[index]
-            item.adjustments.extend(lesson_memory.match(known, candidate.text, vector, policy))
+            item.adjustments.extend(lessons.match(known, candidate.text, vector, policy))
             if existing is None:
                 neighbours = await self._search_neighbours(store, scope, candidate, vector)
             else:
@@ -489,7 +289,7 @@ class Sanitizer:
             if verdict.verdict != "reject" or not _content_driven(verdict.reasons):
                 continue
             try:
-                await lesson_memory.record_lesson(
+                await lessons.record_lesson(
                     store,
                     scope,
                     item.candidate.text,
@@ -499,6 +299,28 @@ class Sanitizer:
                 )
             except Exception:  # a lesson is a bonus; losing one must not fail the write path
                 log.exception("could not record a lesson for a rejected candidate")
+
+
+def log_verdict(
+    scope: Scope, candidate: Candidate, verdict: TrustVerdict, *, log_content: bool
+) -> None:
+    """One DEBUG line per verdict: ids, kind, verdict, trust and signal names; the memory text
+    and the reasons' details (they quote what matched) only with `log_content`."""
+    moved = sorted({r.signal for r in verdict.reasons if r.delta < 0 or r.hard})
+    line = "candidate %s from %s for tenant %s user %s: %s at trust %.2f (signals: %s)"
+    args: list[object] = [
+        candidate.kind,
+        candidate.source_role,
+        scope.tenant_id,
+        scope.user_id,
+        verdict.verdict,
+        verdict.trust,
+        ", ".join(moved) or "none",
+    ]
+    if log_content:
+        line += "; text %r; reasons %s"
+        args += [verdict.text, [f"{r.signal}: {r.detail}" for r in verdict.reasons]]
+    log.debug(line, *args)
 
 
 def _content_driven(reasons: Sequence[Reason]) -> bool:

@@ -7,6 +7,10 @@ queue as `failed` with its error, logged at ERROR, counted on `/readyz`, listed 
 Shutdown drains: workers keep going until the queue is empty or the drain timeout passes.
 Jobs a request is waiting for (`pending.py`) are claimed before older ones, and the request is
 released as soon as the attempt at its job ends.
+
+The pool's workers are shared by every tenant, but a tenant's policy bounds how many of its jobs
+run at once (`memory.workers`): a tenant at its bound has its jobs left in the queue at the next
+claim, so one tenant's burst cannot take every worker while another's exchanges wait.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from proxy.memory.pending import PendingWrites
+from proxy.policy import Policy
 from storage.api import StorageFull, WriteQueue
 from storage.records import QueuedJob
 
@@ -26,8 +32,15 @@ log = logging.getLogger("memento.worker")
 JobHandler = Callable[[QueuedJob], Awaitable[None]]
 
 
+class TenantPolicies(Protocol):
+    """Where the pool reads each tenant's bound on its concurrent jobs."""
+
+    def get(self, tenant: str, /) -> Policy | None: ...
+
+
 class WritePool:
-    """`workers` asyncio tasks claiming jobs one at a time and running `handler` on each."""
+    """`workers` asyncio tasks claiming jobs one at a time and running `handler` on each; with
+    `policies`, at most `memory.workers` of one tenant's jobs at once."""
 
     def __init__(
         self,
@@ -39,6 +52,7 @@ class WritePool:
         max_attempts: int = 5,
         backoff_s: float = 2.0,
         pending: PendingWrites | None = None,
+        policies: TenantPolicies | None = None,
     ) -> None:
         self.queue = queue
         self.handler = handler
@@ -47,6 +61,9 @@ class WritePool:
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
         self.pending = pending or PendingWrites()
+        self.policies = policies
+        self._running: dict[str, int] = {}  # tenant → its jobs being processed now
+        self._claiming = asyncio.Lock()  # a tenant's count is checked and raised in one step
         self._wake = asyncio.Event()
         self._stopping = False
         self._draining = False
@@ -89,7 +106,7 @@ class WritePool:
     async def _run(self, name: str) -> None:
         while not self._stopping:
             try:
-                jobs = await self.queue.claim(name, 1, first=self.pending.awaited())
+                jobs = await self._claim(name)
             except StorageFull:  # reported on /readyz by the store; claiming resumes with space
                 jobs = []
             except Exception:
@@ -103,6 +120,25 @@ class WritePool:
                     await self._process(job)
                 finally:
                     self.pending.finish(job.id)
+                    self._finished(job.tenant_id)
+
+    async def _claim(self, name: str) -> list[QueuedJob]:
+        """One job, of a tenant below its bound; counted as running before anyone claims again."""
+        async with self._claiming:
+            busy = [t for t, n in self._running.items() if n > 0 and n >= self._bound(t)]
+            jobs = await self.queue.claim(name, 1, first=self.pending.awaited(), skip_tenants=busy)
+            for job in jobs:
+                self._running[job.tenant_id] = self._running.get(job.tenant_id, 0) + 1
+            return jobs
+
+    def _finished(self, tenant_id: str) -> None:
+        if self._running[tenant_id] >= self._bound(tenant_id):
+            self._wake.set()  # the tenant was at its bound: its queued jobs are claimable again
+        self._running[tenant_id] -= 1
+
+    def _bound(self, tenant_id: str) -> int:
+        policy = self.policies.get(tenant_id) if self.policies is not None else None
+        return policy.memory.workers if policy is not None else self.workers
 
     async def _idle(self) -> None:
         self._wake.clear()

@@ -74,7 +74,11 @@ class WritePath:
 
     def start(self) -> None:
         self._pool = WritePool(
-            self.store.queue, self.learn_from_exchange, workers=self._workers, pending=self.pending
+            self.store.queue,
+            self.learn_from_exchange,
+            workers=self._workers,
+            pending=self.pending,
+            policies=self.policies,
         )
         self._pool.start()
 
@@ -152,9 +156,10 @@ class WritePath:
         with tracer.start_as_current_span(
             "memento.sanitize", links=links, attributes=attrs
         ) as span:
-            verdicts = await Sanitizer(self.store.memories, models).assess(
-                scope, candidates, policy.sanitizer
+            sanitizer = Sanitizer(
+                self.store.memories, models, log_content=policy.logging.log_content
             )
+            verdicts = await sanitizer.assess(scope, candidates, policy.sanitizer)
             record_verdicts(span, candidates, verdicts, policy.tracing)
         await self._consolidate_and_write(
             scope, policy, models, job, candidates, verdicts, links, attrs

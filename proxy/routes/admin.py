@@ -26,7 +26,7 @@ from starlette.routing import Route
 from proxy.app_state import memory_store_of, store_of, tenant_models
 from proxy.auth import authenticate
 from proxy.errors import ProxyError, bad_request, unavailable
-from proxy.memory import lessons
+from proxy.memory import quarantine
 from proxy.memory.sanitize import Sanitizer
 from proxy.routes.memory_fields import memory_cursor
 from proxy.routes.pagination import page_request
@@ -69,9 +69,12 @@ async def check(request: Request) -> Response:
     body = await read_json_body(request, policy.limits.max_body_bytes)
     user, session, candidates = parse_candidates(body)
     scope = Scope(policy.tenant, user, session)
-    verdicts = await Sanitizer(memory_store_of(request), tenant_models(request, policy)).assess(
-        scope, candidates, policy.sanitizer, dry_run=True
+    sanitizer = Sanitizer(
+        memory_store_of(request),
+        tenant_models(request, policy),
+        log_content=policy.logging.log_content,
     )
+    verdicts = await sanitizer.assess(scope, candidates, policy.sanitizer, dry_run=True)
     return JSONResponse({"object": "list", "data": [verdict_json(v) for v in verdicts]})
 
 
@@ -91,7 +94,7 @@ async def list_quarantine(request: Request) -> Response:
             all_users=user is None,
             after=after,
         )
-        waiting = await lessons.expire_quarantine(store, records, policy.sanitizer)
+        waiting = await quarantine.expire_quarantine(store, records, policy.sanitizer)
         if len(waiting) == len(records):  # none expired: the page is whole
             break
     return JSONResponse(memory_page_json(waiting, page))
@@ -105,7 +108,7 @@ async def reject(request: Request) -> Response:
     return await _review(request, "reject")
 
 
-async def _review(request: Request, decision: lessons.Decision) -> Response:
+async def _review(request: Request, decision: quarantine.ReviewDecision) -> Response:
     policy = authenticate(request)
     store = require_store(request)
     note = None
@@ -113,7 +116,7 @@ async def _review(request: Request, decision: lessons.Decision) -> Response:
         body = await read_json_body(request, policy.limits.max_body_bytes)
         note = optional_str(body, "note") if isinstance(body, dict) else None
     try:
-        record = await lessons.review(
+        record = await quarantine.review(
             store,
             policy.tenant,
             request.path_params["memory_id"],
@@ -122,7 +125,7 @@ async def _review(request: Request, decision: lessons.Decision) -> Response:
             actor="admin-api",
             note=note,
         )
-    except lessons.ReviewError as error:
+    except quarantine.ReviewError as error:
         raise ProxyError(error.status, str(error), param="memory_id", code=error.code) from error
     return JSONResponse(memory_json(record))
 

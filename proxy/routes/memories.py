@@ -97,7 +97,8 @@ async def create_memory(
         created_at=created_at,
     )
     scope = Scope(policy.tenant, user)
-    (verdict,) = await Sanitizer(store, models).assess(scope, [candidate], policy.sanitizer)
+    sanitizer = Sanitizer(store, models, log_content=policy.logging.log_content)
+    (verdict,) = await sanitizer.assess(scope, [candidate], policy.sanitizer)
     memory = dataclasses.replace(
         memory_from_verdict(candidate, verdict, policy),
         valid_from=candidate.created_at,
@@ -193,7 +194,9 @@ async def patch_memory(request: Request) -> Response:
             key_text=changes.get("key_text", ""),
             same_as=frozenset({record.id}),
         )
-        sanitizer = Sanitizer(store, tenant_models(request, policy))
+        sanitizer = Sanitizer(
+            store, tenant_models(request, policy), log_content=policy.logging.log_content
+        )
         (verdict,) = await sanitizer.assess(record.scope, [candidate], policy.sanitizer)
         changes["text"] = verdict.text
         changes["trust"] = verdict.trust
@@ -249,7 +252,7 @@ async def search_memories(request: Request) -> Response:
         access.scope,
         query,
         policy.memory,
-        guard_policy=policy.sanitizer,
+        guard_policy=policy,
         include_shared=access.include_shared,
         limit=limit,
     )

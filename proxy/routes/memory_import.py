@@ -358,7 +358,8 @@ async def _assessed(
         ),
     )
     scope = Scope(policy.tenant, record.user_id)
-    (verdict,) = await Sanitizer(store, models).assess(scope, [candidate], policy.sanitizer)
+    sanitizer = Sanitizer(store, models, log_content=policy.logging.log_content)
+    (verdict,) = await sanitizer.assess(scope, [candidate], policy.sanitizer)
     trust, reasons = verdict.trust, verdict.reasons_as_dicts()
     if line.exported_trust is not None and line.exported_trust < trust:
         cap = Reason(

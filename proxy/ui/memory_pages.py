@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from proxy.app_state import memory_store_of
 from proxy.errors import ProxyError
-from proxy.memory import lessons
+from proxy.memory import quarantine
 from proxy.memory.retrieve import retrieve
 from proxy.policy import Policy
 from proxy.shapes import PageRequest, memory_json, memory_page_json
@@ -119,7 +119,7 @@ async def _memories(request: Request, policy: Policy, store: MemoryStore) -> Res
             Scope(policy.tenant, user),
             query,
             policy.memory,
-            guard_policy=policy.sanitizer,
+            guard_policy=policy,
             include_shared=bool(policy.memory.shared_kinds),
             limit=SEARCH_LIMIT,
         )
@@ -209,7 +209,7 @@ async def _quarantine(request: Request, policy: Policy, store: MemoryStore) -> R
         offset=offset,
         all_users=user is None,
     )
-    records = await lessons.expire_quarantine(store, records, policy.sanitizer)
+    records = await quarantine.expire_quarantine(store, records, policy.sanitizer)
     after = await _cursor(
         store,
         Scope(policy.tenant, user),
@@ -246,7 +246,7 @@ async def _review(request: Request, policy: Policy, store: MemoryStore) -> Respo
     memory_id = request.path_params["memory_id"]
     form = await read_form(request)
     try:
-        await lessons.review(
+        await quarantine.review(
             store,
             policy.tenant,
             memory_id,
@@ -255,7 +255,7 @@ async def _review(request: Request, policy: Policy, store: MemoryStore) -> Respo
             actor="admin-ui",
             note=form.get("note") or None,
         )
-    except lessons.ReviewError as error:
+    except quarantine.ReviewError as error:
         raise PageProblem(error.status, str(error)) from error
     back = _url("/ui/quarantine", user=form.get("user") or None, reviewed=f"{decision}:{memory_id}")
     return RedirectResponse(back, status_code=303, headers=SECURITY_HEADERS)

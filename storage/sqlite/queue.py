@@ -35,14 +35,22 @@ class SQLiteJobQueue:
         return int(await self._connection.grouped(job))
 
     async def claim(
-        self, worker: str, limit: int = 1, *, first: Sequence[int] = ()
+        self,
+        worker: str,
+        limit: int = 1,
+        *,
+        first: Sequence[int] = (),
+        skip_tenants: Sequence[str] = (),
     ) -> list[QueuedJob]:
         lease = (time.time(), self._lease_s)
+        skip = list(skip_tenants)
         async with self._connection.transaction() as db:
             # Jobs someone waits for go ahead of older ones, when they are claimable at all.
-            rows = await _claim_rows(db, worker, lease, limit, only=first) if first else []
+            rows = (
+                await _claim_rows(db, worker, lease, limit, only=first, skip=skip) if first else []
+            )
             if len(rows) < limit:
-                rows += await _claim_rows(db, worker, lease, limit - len(rows))
+                rows += await _claim_rows(db, worker, lease, limit - len(rows), skip=skip)
         return sorted(map(_job_from_row, rows), key=lambda job: job.id)
 
     async def complete(self, job_id: int) -> None:
@@ -157,18 +165,22 @@ async def _claim_rows(
     limit: int,
     *,
     only: Sequence[int] = (),
+    skip: Sequence[str] = (),
 ) -> list[Any]:
-    """Lease up to `limit` claimable jobs (of `only`, when given), oldest first: queued and due,
-    or running with an expired lease (their worker died). `lease` is (now, lease seconds)."""
+    """Lease up to `limit` claimable jobs (of `only`, when given; none of the tenants in
+    `skip`), oldest first: queued and due, or running with an expired lease (their worker died).
+    `lease` is (now, lease seconds)."""
     now, lease_s = lease
     wanted = list(only)[:_MAX_FIRST]
     narrowed = f"id IN ({placeholders(len(wanted))}) AND " if wanted else ""
+    if skip:
+        narrowed += f"tenant_id NOT IN ({placeholders(len(skip))}) AND "
     async with db.execute(
         "UPDATE jobs SET state = 'running', attempts = attempts + 1, claimed_by = ?, "
         f"lease_until = ? WHERE id IN (SELECT id FROM jobs WHERE {narrowed}"
         "((state = 'queued' AND available_at <= ?) OR (state = 'running' AND lease_until < ?)) "
         f"ORDER BY id LIMIT ?) RETURNING {_JOB_COLUMNS}",
-        (worker, now + lease_s, *wanted, now, now, max(0, limit)),
+        (worker, now + lease_s, *wanted, *skip, now, now, max(0, limit)),
     ) as cursor:
         return list(await cursor.fetchall())
 

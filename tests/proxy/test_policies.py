@@ -217,6 +217,21 @@ def test_policies_readme_documents_every_field() -> None:
     assert missing == [], f"policies/README.md lacks: {', '.join(missing)}"
 
 
+def test_a_removed_field_is_reported_as_removed(policies_dir: Path) -> None:
+    (policies_dir / "old.yaml").write_text(
+        "sanitizer: {w_clf: 0.3, mad_k: 3}\nguard: {llm_consensus: true, model: echo}\n"
+    )
+    problems = problems_of(policies_dir)
+    assert problems == [
+        "old.yaml: sanitizer.w_clf: removed: there is no classifier to weigh; delete the line",
+        "old.yaml: sanitizer.mad_k: removed: there is no outlier detection it tuned; "
+        "delete the line",
+        "old.yaml: guard.llm_consensus: removed: no LLM consensus runs at read time; delete the "
+        "line (sanitizer.judge_model asks an LLM about uncertain memories at write time)",
+        "old.yaml: guard.model: removed together with guard.llm_consensus; delete the line",
+    ]
+
+
 def test_committed_schema_is_current() -> None:
     generated = subprocess.run(
         [sys.executable, "-m", "proxy.cli", "policy", "schema"],

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from proxy.memory.candidates import Candidate, Evidence
-from proxy.memory.sanitize import Sanitizer, parts_of
+from proxy.memory.sanitize import Sanitizer
+from proxy.memory.trust import parts_of
 from proxy.policy import SanitizerPolicy
 from storage.records import Scope
 

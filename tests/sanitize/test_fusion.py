@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from proxy.memory.candidates import Candidate, Evidence, SourceRole
-from proxy.memory.sanitize import Sanitizer, verdict_for
+from proxy.memory.sanitize import Sanitizer
 from proxy.memory.signals import judge
+from proxy.memory.trust import verdict_for
 from proxy.policy import SanitizerPolicy
 from storage.records import Scope
 

@@ -14,6 +14,12 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+# The signals that judge what a text says, not where it came from: a rejection they caused is
+# distilled into a lesson, and a memory they flagged is swept when a new lesson resembles it.
+CONTENT_SIGNALS = frozenset(
+    {"instructions", "steering", "exfiltration", "obfuscation", "session", "lessons"}
+)
+
 
 @dataclass(frozen=True)
 class Hit:

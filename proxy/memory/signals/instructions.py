@@ -12,11 +12,40 @@ instructions. Each is scored separately; trigger words on their own ("always", "
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from proxy.memory import markers
 from proxy.memory.signals import Hit, clauses, normalize, snippet
+from proxy.memory.signals.instruction_patterns import (
+    ADDRESSEE,
+    BUILDS_ON_USER,
+    DELIMITER,
+    DIRECTIVE_IMPERATIVE,
+    DIRECTIVE_VERB,
+    FORM_PREFERENCE,
+    HYPHEN_JOIN,
+    INSTRUCTION_OBJECT,
+    JAILBREAK_ROLE,
+    KNOWLEDGE_QUESTION,
+    META_INSTRUCTION,
+    MODAL,
+    OUTPUT_REFERENCE,
+    OVERRIDE,
+    PERSIST_STRONG,
+    PERSIST_WEAK,
+    PERSISTENT_IMPERATIVE,
+    PERSONAL,
+    PLEASE,
+    QUOTED,
+    REQUEST_OPENING,
+    REVEAL,
+    ROLE_PLAY,
+    SENTENCE,
+    SOCIAL_TELL,
+    STATEMENT,
+    TASK_IMPERATIVE,
+    TRIGGER,
+)
 
 # One clear directive aimed at the assistant. With the default priors and weight it puts a
 # user's statement at 0.8 - 0.6 * 0.45 = 0.53: well inside the quarantine band, not on its edge,
@@ -28,272 +57,6 @@ TASK_REQUEST = 0.15
 
 Reading = Literal["statement", "request"]
 
-_INSTRUCTION_NOUNS = (
-    r"(?:instructions?|prompts?|rules?|directions?|directives?|guidelines?|commands?|"
-    r"constraints?|programming|guardrails?|restrictions?|policies|policy|safeguards?|"
-    r"filters?|training)"
-)
-# Generic nouns ("text", "input") only count with a determiner that points back at earlier
-# context: "ignore the error message" is advice, "ignore all previous text" is an override.
-_CONTEXT_NOUNS = r"(?:text|input|inputs|content|context|messages?|words|everything|conversation)"
-_OVERRIDE_VERBS = (
-    r"\b(?:ignore|disregard|forget|override|bypass|neglect|abandon|discard|set aside|"
-    r"stop following|do not follow|don't follow)\b(?:\s+[\w'-]+){0,4}?\s+"
-)
-_OVERRIDE = re.compile(
-    _OVERRIDE_VERBS + r"(?:previous|prior|above|preceding|earlier|former|all|any|your|the|these|"
-    r"those|initial|original|system|existing|old|given)\b(?:\s+[\w'-]+){0,3}?\s+"
-    + _INSTRUCTION_NOUNS
-    + r"\b|"
-    + _OVERRIDE_VERBS
-    + r"(?:all (?:the )?|any )?(?:previous|prior|above|preceding|earlier|former|system)\b"
-    r"(?:\s+[\w'-]+){0,2}?\s+"
-    + _CONTEXT_NOUNS
-    + r"\b|"
-    + _OVERRIDE_VERBS
-    + r"(?:all|everything) (?:above|before|else|prior)\b|"
-    r"\b(?:ignore|disregard|forget|override|bypass) (?:all )?(?:instructions|prompts|rules|"
-    r"guidelines)\b"
-)
-_REVEAL = re.compile(
-    r"\b(?:reveal|print|show|repeat|output|display|tell me|give me|leak|disclose|share|"
-    r"write out|spell out|recite|dump|what (?:is|are|was|were))\b(?:\s+[\w'-]+){0,4}?\s+"
-    r"(?:(?:the |your )?system (?:prompt|message|instructions?)|"
-    r"your (?:\w+ )?(?:instructions|prompt|rules|guidelines|programming|directives)|"
-    r"(?:the |your )?(?:initial|original|hidden|secret|pre-?)[ -]?(?:prompt|instructions)|"
-    r"(?:the )?access code|(?:the |your )?(?:secret )?password)\b"
-)
-_META_INSTRUCTION = re.compile(
-    r"\b(?:new|real|updated|actual|true|secret|hidden|additional|special|admin|developer|"
-    r"system|override) (?:instructions?|rules|prompt|directives?|orders)\s*:|"
-    r"(?:^|[\n.!?]\s*)(?:instructions?|directive|note to (?:the )?(?:ai|assistant|model))\s*:|"
-    r"\b(?:real|new|actual) instructions? (?:start|begin|follow)"
-)
-_INSTRUCTION_OBJECT = re.compile(
-    r"\b(?:your|previous|prior|above|preceding|initial|original|system|hidden|secret|"
-    r"out of date|earlier|these|those|all (?:the |your |prior |previous )?)\s+(?:[\w-]+\s+)?"
-    r"(?:instructions|prompt|directives|programming|system message)\b|"
-    r"\bthe (?:above|preceding|previous|prior) (?:words|text|lines|message|content|input)\b|"
-    r"\b(?:format|list|summari[sz]e|repeat|rewrite|translate|encode|return|output|print) "
-    r"(?:all |the |your )?(?:rules|instructions)\b"
-)
-_DELIMITER = re.compile(
-    r"(?:%%%|===|---|###|\*\*\*|<<<|>>>|\]\]\]|\}\}\})\s*(?:end|begin|start|stop)\b|"
-    r"\b(?:end|begin|start) (?:of )?(?:user input|out of date instructions|instructions|system "
-    r"prompt|prompt|access code|message|conversation|context)\b(?:\s*(?:%%%|===|---|###|\*\*\*))"
-)
-_JAILBREAK_ROLE = re.compile(
-    r"\byou are (?:now |no longer |an? |the )*(?:dan\b|unrestricted|jailbroken|unfiltered)|"
-    r"\bdeveloper mode\b|\bdo anything now\b"
-)
-_ROLE_PLAY = re.compile(
-    r"\byou are (?:now |no longer )?an? (?:[\w-]+ ){0,3}(?:ai|assistant|chatbot|language model|"
-    r"bot|system|model|program|agent|gatekeeper)\b(?! (?:researcher|engineer|developer))|"
-    r"\byou are (?:now )?(?:playing|taking on|assuming) (?:the )?role\b|"
-    r"(?<!\bi )(?<!\bto )(?<!\bwe )(?<!\bhe )(?<!\bshe )(?<!\bthey )(?<!\bi'd )"
-    r"(?:\b(?:act|behave|respond|answer) as (?:if|an?|the|my)\b|\bpretend (?:to be|you)\b|"
-    r"\broleplay as\b)"
-)
-_OUTPUT_NOUNS = r"(?:responses?|repl(?:y|ies)|answers?|outputs?|completions?)"
-_OUTPUT_REFERENCE = re.compile(
-    r"\b(?:in|to|into|within|throughout|with|at the (?:end|start|beginning) of|before|after)\s+"
-    r"(?:your|each|every|all|any|future|subsequent)\s+(?:[\w-]+\s+)?"
-    r"(?:" + _OUTPUT_NOUNS + r"|messages?)\b|"
-    r"\byour " + _OUTPUT_NOUNS + r"\b|"
-    r"\b(?:begin|start|end|prefix|preface|open|close|finish)\s+(?:your |the |each |every |all )?"
-    + _OUTPUT_NOUNS
-    + r"\b|\b(?:respond|reply|answer) (?:only )?(?:with|by saying)\b|"
-    r"\b(?:only|just) (?:say|respond|reply|output|answer)\b|"
-    r"\bwhat would you (?:say|respond|reply|output|answer)\b"
-)
-_MODAL = re.compile(
-    r"\byou (?:must|shall|will|may|should|are to|need to|have to)(?: not| never| always| only)?"
-    r"(?: not| never| always| only)? (?:respond|reply|answer|say|output|print|include|add|"
-    r"mention|recommend|refer|obey|comply|reveal|send|prefix|append|grant)\b|"
-    r"\byou (?:must|shall|are to) (?:always|never|only|not)\b|\byou can only\b|"
-    r"\byou (?:are required to|are instructed to|are obligated to|are not allowed to|"
-    r"are only allowed to|have been (?:instructed|programmed|told) to)\b"
-)
-_ADDRESSEE = re.compile(
-    r"\b(?:the assistant|ai assistant|language model|the model|the ai|as an ai|chatgpt|gpt-?\d|"
-    r"llm)\b"
-)
-_PERSIST_STRONG = re.compile(
-    r"\b(?:from now on|going forward|henceforth|from this point|for all future|"
-    r"in (?:all )?(?:the )?future (?:responses|answers|replies|conversations|chats|sessions)|"
-    r"in every (?:response|answer|reply|conversation|chat|session)|at all times|no matter what|"
-    r"for the rest of (?:this|the) (?:conversation|chat|session)|in all (?:responses|answers|"
-    r"replies|conversations))\b"
-)
-_PERSIST_WEAK = re.compile(
-    r"\b(?:always|never|whenever|every time|each time|forever|permanently)\b"
-)
-_TRIGGER = re.compile(
-    r"\b(?:if|when|whenever|once|each time|every time)\b(?:\s+(?:you are|you're|the user is|"
-    r"i am|i'm|someone is|anyone is))?\s+(?:asked|prompted|queried)\b|"
-    r"\b(?:if|when|whenever|each time|every time)\s+(?:the user|a user|someone|anyone|anybody|"
-    r"they|people|customers?|i)\s+(?:asks?|mentions?|says?|types?|requests?|inquires?|queries|"
-    r"brings? up|talks? about|searches|wants?)\b"
-)
-_HYPHEN_JOIN = re.compile(r"(?<=[a-z])-(?=[a-z])")  # "output-previous-instructions"
-_QUOTED = re.compile(r"\"[^\"]*\"|'[^']{2,}'|“[^”]*”|‘[^’]{2,}’")
-_KNOWLEDGE_QUESTION = re.compile(
-    r"^(?:what|who|where|which|how|why|when)\b(?:'s)?\s+(?:is|are|do|does|should|to)\b"
-    r"(?!.*\b(?:going|doing|been)\b)|"
-    r"^(?:can|could|would|will) you\s+(?:show|give|tell|explain|write|list|provide|help|"
-    r"describe|translate|summari[sz]e|recommend|suggest)\b|^(?:explain|describe)\b"
-)
-# A question with a person or a thing from the conversation in it ("how did it make you feel?")
-# is small talk; one with none ("what is the capital of brazil?") asks the model for a task.
-_PERSONAL = re.compile(
-    r"\b(?:i'm|i've|my|me|mine|we|our|us|you|your|you're|you've|yours|yourself|he|she|his|her|"
-    r"him|they|them|their|it|its|this|that|these|those|there|everyone|anyone|someone)\b|"
-    r"\bi\b(?<!how do i)(?<!how can i)(?<!how should i)"
-)
-
-# Verbs of work an assistant is asked for: producing an answer, text or analysis now. A clause
-# that opens with one is a task request, what users ask by nature ("write a story", "please
-# summarize the document"): it says nothing about future behaviour and acts on nothing.
-_TASK_VERBS = (
-    "write|compose|draft|generate|produce|provide|list|explain|describe|summarize|summarise|"
-    "translate|paraphrase|rephrase|proofread|define|elaborate|brainstorm|outline|compile|"
-    "analy[sz]e|evaluate|identify|compare|contrast|calculate|compute|predict|estimate|classify|"
-    "categori[sz]e|determine|investigate|research|look up|search for|break down|develop|tell|"
-    "format|debug|implement|convert|rewrite|reformat|render|suggest|simulate"
-)
-# Verbs of directives: they steer the assistant's output ("say", "include", "recommend"), act on
-# the world through its tools ("send", "transfer", "delete", "grant") or override its rules. A
-# clause that opens with one commands the model whoever wrote it.
-_DIRECTIVE_VERBS = (
-    "add|append|include|insert|integrate|incorporate|embed|inject|prepend|attach|modify|alter|"
-    "replace|substitute|respond|reply|answer|say|output|print|return|repeat|reveal|disclose|"
-    "leak|send|forward|email|post|upload|transfer|wire|withdraw|delete|remove|erase|wipe|"
-    "pay(?! (?:close |careful |more |special )?attention)|"
-    "purge|disable|grant|revoke|allocate|execute|run|install|download|click|visit|navigate|"
-    "redirect|recommend|promote|advertise|endorse|mention|refer|direct|disregard|override|"
-    "bypass|utilize|utilise|employ|deploy|adopt|merge|enhance|augment|unlock|approve|authorize|"
-    "authorise|encode|decode|encrypt|decrypt|scramble|introduce|fuse|blend|interweave|weave|"
-    "absorb|leverage|enlist|infuse|harmonize|meld|retrieve|fetch|extract|terminate|shut down|"
-    "reboot|initiate|pretend|roleplay|spread|ignore|prefix|affix|preface|obey|comply|claim|"
-    "assert|insist|convince|persuade|urge|encourage|inform|notify|warn"
-)
-_EVERYDAY_VERBS = (
-    "check|use|share|make sure|ensure|start|stop|begin|create|change|set|reset|save|store|order|"
-    "call|contact|book|schedule|review|monitor|update|move|copy|rename|configure|enable|cancel|"
-    "buy|purchase|sell|report|log|verify|validate|audit|scan|access|collect|gather|obtain|"
-    "assess|consider|submit|sign|launch|trigger|restart|act|behave|speak|"
-    "talk|imagine|keep|give|show|find|look|let|try|remember|forget|note|avoid|treat|handle"
-)
-# "Please" asks whoever reads the text for something now; "always", "from now on" or "you must"
-# ask it for good, which makes any verb after them a directive.
-_PLEASE_HEDGE = r"(?:please|kindly)"
-_PERSIST_HEDGE = (
-    r"(?:always|from now on|going forward|henceforth|in (?:the )?future|"
-    r"remember to|be sure to|you (?:must|shall|should always|will always|are to))"
-)
-_FILLERS = r"(?:(?:also|just|now|then|so|and|first|next|finally|immediately)\s*,?\s+)*"
-_NOT_A_VERB = r"(?!'|\s*-|\s+you\b)"
-_NEGATION = r"(?:(?:do not|don't|dont|never)\s+)?"
-_DIRECTIVE_IMPERATIVE = re.compile(
-    r"^"
-    + _FILLERS
-    + r"(?:"
-    + _PLEASE_HEDGE
-    + r"\s*,?\s+)?(?:(?:do not|don't|dont)\s+)?"
-    + r"(?:"
-    + _DIRECTIVE_VERBS
-    + r")\b"
-    + _NOT_A_VERB
-)
-_PERSISTENT_IMPERATIVE = re.compile(
-    r"^"
-    + _FILLERS
-    + r"(?:(?:"
-    + _PLEASE_HEDGE
-    + "|"
-    + _PERSIST_HEDGE
-    + r")\s*,?\s+)*"
-    + _PERSIST_HEDGE
-    + r"\s*,?\s+"
-    + _NEGATION
-    + r"(?:"
-    + _TASK_VERBS
-    + "|"
-    + _DIRECTIVE_VERBS
-    + "|"
-    + _EVERYDAY_VERBS
-    + r")\b"
-    + _NOT_A_VERB
-)
-_TASK_IMPERATIVE = re.compile(
-    r"^"
-    + _FILLERS
-    + r"(?:"
-    + _PLEASE_HEDGE
-    + r"\s*,?\s+"
-    + _NEGATION
-    + r"(?:"
-    + _TASK_VERBS
-    + "|"
-    + _EVERYDAY_VERBS
-    + r")|"
-    + _NEGATION
-    + r"(?:"
-    + _TASK_VERBS
-    + r"))\b"
-    + _NOT_A_VERB
-)
-_REQUEST_OPENING = re.compile(
-    r"^"
-    + _FILLERS
-    + r"(?:"
-    + _PLEASE_HEDGE
-    + r"\s*,?\s+)?(?:"
-    + _TASK_VERBS
-    + "|"
-    + _EVERYDAY_VERBS
-    + r")\b"
-    + _NOT_A_VERB
-)
-_DIRECTIVE_VERB = re.compile(r"^(?:" + _DIRECTIVE_VERBS + r")\b")
-# "Please" or "kindly" before a verb is a request to whoever reads the text; in a memory, that
-# reader is the model.
-_PLEASE = re.compile(
-    r"\b(?:please|kindly),?\s+(?!(?:no|yes|thank|thanks|god|lord|sir|madam|"
-    r"mom|dad)\b)[a-z][a-z'-]+\b[^.!?;]*"
-)
-# A directive that only shapes the form of the user's own answers (language, length, units,
-# format, tone) is a preference ("always answer in English", "please keep it short"); one with
-# anything else in it (a name, a link, a phrase to say) is not.
-_FORM_WORDS = (
-    r"it|me|things|answers?|responses?|replies|everything|in|with|using|to|the|a|an|my|and|or|"
-    r"more|less|very|only|short|shorter|brief|briefly|concise|simple|plain|detailed|formal|"
-    r"informal|casual|friendly|polite|english|french|spanish|german|italian|portuguese|dutch|"
-    r"japanese|chinese|korean|arabic|hindi|metric|imperial|units|celsius|fahrenheit|bullet|"
-    r"points|lists?|tables?|markdown|examples?|steps?|terms|language|words|sentences|"
-    r"paragraphs|tone|style|emojis?|no|jargon|british|american|spelling|format|headings|"
-    r"summary|summaries|first|at|most|under|than|\d+"
-)
-_FORM_PREFERENCE = re.compile(
-    r"^" + _FILLERS + r"(?:(?:please|kindly|always|from now on|going forward),?\s+)*"
-    r"(?:answer|respond|reply|write|explain|keep|use|give|format|be|talk|speak)\b"
-    r"(?:\s+(?:" + _FORM_WORDS + r")\b)+\s*[.!]?$"
-)
-_SENTENCE = re.compile(r"(?<=[.!?;:])\s+|\s*[;\n]\s*")
-# The opening of a statement about the user, and the words by which a request builds on one
-# ("I'm vegetarian, suggest recipes accordingly"): personalisation, not a splice.
-_STATEMENT = re.compile(r"\b(?:i|i'm|im|i've|i'd|i'll|my|we|we're|we've|our|the user)\b")
-_BUILDS_ON_USER = re.compile(
-    r"\b(?:accordingly|based on (?:this|that|it|my|our)|given (?:this|that|my|our)|"
-    r"with (?:this|that) in mind|that suits? (?:me|us))\b"
-)
-# "Tell me more", "tell me about it", "tell me how it went": conversation, not a task.
-_SOCIAL_TELL = re.compile(
-    r"^" + _FILLERS + r"(?:please )?tell (?:me|us)\b,?\s*(?:more|about (?:it|that|this|them|him|"
-    r"her|your(?!self)\b(?! (?:system|prompt|instructions|password|secret|access)))|how|what|"
-    r"when|where|why|if|everything|all about|$)"
-)
-
 
 def detect(text: str, reading: Reading = "statement") -> list[Hit]:
     """Score the ways `text` tries to instruct the assistant.
@@ -304,15 +67,15 @@ def detect(text: str, reading: Reading = "statement") -> list[Hit]:
     only for what reaches beyond its own answer: overrides, markers, jailbreak roles, reveal
     attempts; steering is the separate `steering` signal, in every reading.
     """
-    norm = _HYPHEN_JOIN.sub(" ", normalize(text))
+    norm = HYPHEN_JOIN.sub(" ", normalize(text))
     hits: list[Hit] = []
 
-    if match := _OVERRIDE.search(norm):
+    if match := OVERRIDE.search(norm):
         hits.append(Hit("instructions", 1.0, f"override: {snippet(match.group())}", hard=True))
-    if match := _REVEAL.search(norm):
+    if match := REVEAL.search(norm):
         hits.append(Hit("instructions", 0.6, f"reveal: {snippet(match.group())}"))
     hits.extend(marker_hits(text))
-    if match := _INSTRUCTION_OBJECT.search(norm):
+    if match := INSTRUCTION_OBJECT.search(norm):
         hits.append(
             Hit(
                 "instructions",
@@ -320,12 +83,12 @@ def detect(text: str, reading: Reading = "statement") -> list[Hit]:
                 f"refers to the model's instructions: {snippet(match.group())}",
             )
         )
-    if match := _DELIMITER.search(norm):
+    if match := DELIMITER.search(norm):
         hits.append(Hit("instructions", 0.5, f"fake delimiter: {snippet(match.group())}"))
-    if match := _META_INSTRUCTION.search(norm):
+    if match := META_INSTRUCTION.search(norm):
         hits.append(Hit("instructions", 0.5, f"instruction header: {snippet(match.group())}"))
-    role = _JAILBREAK_ROLE.search(norm) or (
-        _ROLE_PLAY.search(norm) if reading == "statement" else None
+    role = JAILBREAK_ROLE.search(norm) or (
+        ROLE_PLAY.search(norm) if reading == "statement" else None
     )
     if role:
         hits.append(
@@ -341,12 +104,12 @@ def _directive_hits(norm: str) -> list[Hit]:
     hits: list[Hit] = []
     directive = 0.0
     imperative, kind = _first_imperative(norm)
-    if imperative is not None and kind != "task" and _FORM_PREFERENCE.match(imperative):
+    if imperative is not None and kind != "task" and FORM_PREFERENCE.match(imperative):
         imperative, kind = None, "task"  # "always answer in English": the user's preference
     if imperative is not None and kind != "task":
         directive = DIRECTIVE + 0.05 if kind == "persistent" else DIRECTIVE
         hits.append(Hit("instructions", directive, f"imperative: {snippet(imperative)}"))
-    if match := _OUTPUT_REFERENCE.search(norm):
+    if match := OUTPUT_REFERENCE.search(norm):
         directive = max(directive, DIRECTIVE + 0.05)
         hits.append(
             Hit(
@@ -355,7 +118,7 @@ def _directive_hits(norm: str) -> list[Hit]:
                 f"refers to the assistant's output: {snippet(match.group())}",
             )
         )
-    if match := _MODAL.search(norm):
+    if match := MODAL.search(norm):
         directive = max(directive, DIRECTIVE)
         hits.append(
             Hit("instructions", DIRECTIVE, f"obligation on the assistant: {snippet(match.group())}")
@@ -377,14 +140,14 @@ def _directive_hits(norm: str) -> list[Hit]:
                 )
             else:
                 hits.append(Hit("instructions", TASK_REQUEST, f"task request: {snippet(request)}"))
-    if match := _ADDRESSEE.search(norm):
+    if match := ADDRESSEE.search(norm):
         hits.append(Hit("instructions", 0.15, f"addresses the model: {snippet(match.group())}"))
-    if match := _TRIGGER.search(norm):
+    if match := TRIGGER.search(norm):
         score = 0.6 if directive else DIRECTIVE
         hits.append(Hit("instructions", score, f"context trigger: {snippet(match.group())}"))
 
-    strong = _PERSIST_STRONG.search(norm)
-    weak = _PERSIST_WEAK.search(norm)
+    strong = PERSIST_STRONG.search(norm)
+    weak = PERSIST_WEAK.search(norm)
     if strong and directive:
         hits.append(Hit("instructions", 0.7, f"persistent directive: {snippet(strong.group())}"))
     elif strong:
@@ -424,22 +187,22 @@ def _first_imperative(norm: str) -> tuple[str | None, str]:
     the clauses joined to it describe the work ("create a story about Mars, and include a
     rocket in the story"), unless they ask for good."""
     task: str | None = None
-    for sentence in _SENTENCE.split(norm):
+    for sentence in SENTENCE.split(norm):
         asked = False  # this sentence opened with a task request
         for clause in clauses(sentence):
             for part in (clause, *clause.split(", ")[1:]):
-                if _SOCIAL_TELL.match(part):
+                if SOCIAL_TELL.match(part):
                     continue
-                if _PERSISTENT_IMPERATIVE.match(part):
+                if PERSISTENT_IMPERATIVE.match(part):
                     return part, "persistent"
-                if _DIRECTIVE_IMPERATIVE.match(part) and not asked:
+                if DIRECTIVE_IMPERATIVE.match(part) and not asked:
                     return part, "directive"
-                if _TASK_IMPERATIVE.match(part):
+                if TASK_IMPERATIVE.match(part):
                     task = task or part
-                asked = asked or bool(_REQUEST_OPENING.match(part))
-    if match := _PLEASE.search(norm):
+                asked = asked or bool(REQUEST_OPENING.match(part))
+    if match := PLEASE.search(norm):
         verb = match.group().split(None, 1)[1].lstrip(", ") if " " in match.group() else ""
-        if _DIRECTIVE_VERB.match(verb):
+        if DIRECTIVE_VERB.match(verb):
             return match.group(), "directive"
         task = task or match.group()
     return task, "task"
@@ -447,10 +210,10 @@ def _first_imperative(norm: str) -> tuple[str | None, str]:
 
 def _spliced(norm: str, request: str) -> bool:
     """Whether a request sits beside a statement about the user that it does not build on."""
-    if _BUILDS_ON_USER.search(request):
+    if BUILDS_ON_USER.search(request):
         return False
     return any(
-        _STATEMENT.search(clause)
+        STATEMENT.search(clause)
         and not clause.endswith("?")
         and clause not in request
         and request not in clause
@@ -461,9 +224,9 @@ def _spliced(norm: str, request: str) -> bool:
 def _knowledge_question(norm: str) -> str | None:
     """A request for the assistant to answer or produce something, with no person in it: a
     memory does not ask questions, and one that does makes the model answer it later."""
-    for clause in clauses(_QUOTED.sub("x", norm)):
-        if len(clause.split()) < 4 or _PERSONAL.search(clause):
+    for clause in clauses(QUOTED.sub("x", norm)):
+        if len(clause.split()) < 4 or PERSONAL.search(clause):
             continue
-        if _KNOWLEDGE_QUESTION.match(clause) and (clause.endswith("?") or clause.endswith(".")):
+        if KNOWLEDGE_QUESTION.match(clause) and (clause.endswith("?") or clause.endswith(".")):
             return clause
     return None

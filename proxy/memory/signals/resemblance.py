@@ -1,4 +1,5 @@
-"""Lessons: a candidate that resembles a known attack loses trust (A-MemGuard's second memory).
+"""Resemblance to a lesson: a candidate like a known attack loses trust (A-MemGuard's second
+memory). The signal is named "lessons" in a memory's trust reasons.
 
 Lessons are distilled from earlier rejections and reviewer decisions (proxy/memory/lessons.py).
 A variant of a known attack sits close to its lesson in embedding space even when it dodges the
