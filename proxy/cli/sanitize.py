@@ -37,10 +37,12 @@ from proxy.cli.common import (
 )
 from proxy.errors import ProxyError
 from proxy.memory.candidates import Candidate
+from proxy.memory.model_call import TenantModels
 from proxy.memory.sanitize import Sanitizer
-from proxy.policy import SanitizerPolicy
+from proxy.policy import Policy, SanitizerPolicy
 from proxy.shapes import parse_candidates, verdict_json
 from proxy.tenants import PolicyFileError, PolicyRegistry
+from proxy.upstreams.registry import Upstreams
 from storage.api import Store
 from storage.records import Scope
 
@@ -54,11 +56,11 @@ path. A table by default; --json prints {"object": "list", "data": [verdict, ...
 BATCH = 500
 
 
-def sanitizer_policy(args: argparse.Namespace, *, required: bool = True) -> SanitizerPolicy:
-    """The tenant's sanitizer policy; the built-in defaults when no tenant is named, or when the
-    tenant has no policy file and `required` is false (reviewing a data dir on another host)."""
+def tenant_policy(args: argparse.Namespace, *, required: bool = True) -> Policy | None:
+    """The tenant's whole policy; None when no tenant is named, or when the tenant has no policy
+    file and `required` is false (reviewing a data dir on another host)."""
     if not args.tenant:
-        return SanitizerPolicy()
+        return None
     settings = settings_from_env(policies_dir=args.policies)
     problem = f"no policy for tenant {args.tenant!r} in {settings.policies_dir}"
     try:
@@ -66,11 +68,17 @@ def sanitizer_policy(args: argparse.Namespace, *, required: bool = True) -> Sani
     except PolicyFileError as error:
         policy, problem = None, f"{problem} ({error})"
     if policy is not None:
-        return policy.sanitizer
+        return policy
     if required:
         raise CommandError(f"{problem}; pass --policies or check the tenant name", EXIT_USAGE)
     print(f"{problem}; using the default sanitizer thresholds", file=sys.stderr)
-    return SanitizerPolicy()
+    return None
+
+
+def sanitizer_policy(args: argparse.Namespace, *, required: bool = True) -> SanitizerPolicy:
+    """The tenant's sanitizer policy, or the built-in defaults (see `tenant_policy`)."""
+    policy = tenant_policy(args, required=required)
+    return policy.sanitizer if policy is not None else SanitizerPolicy()
 
 
 def read_candidates(lines: Iterable[str]) -> Iterator[tuple[Any, Candidate]]:
@@ -90,7 +98,7 @@ def read_candidates(lines: Iterable[str]) -> Iterator[tuple[Any, Candidate]]:
 
 
 def cmd_sanitize(args: argparse.Namespace) -> int:
-    policy = sanitizer_policy(args)
+    policy = tenant_policy(args)
     try:
         text = read_input(args.file).decode("utf-8")
     except UnicodeDecodeError as error:
@@ -125,23 +133,31 @@ def cmd_sanitize(args: argparse.Namespace) -> int:
 
 async def _sanitize(
     rows: list[tuple[Any, Candidate]],
-    policy: SanitizerPolicy,
+    policy: Policy | None,
     args: argparse.Namespace,
     folder: Path | None,
 ) -> list[dict[str, Any]]:
     tenant = args.tenant or "cli"
     scope = Scope(tenant, args.user)
+    thresholds = policy.sanitizer if policy is not None else SanitizerPolicy()
     store = await open_store(folder) if folder is not None else None
+    # The judge, when the tenant's policy names one, is asked through the tenant's model routes.
+    upstreams = Upstreams(settings_from_env(policies_dir=args.policies))
     results: list[dict[str, Any]] = []
     try:
-        sanitizer = Sanitizer(store.memories if store is not None else None)
+        sanitizer = Sanitizer(
+            store.memories if store is not None else None,
+            TenantModels(upstreams, policy) if policy is not None else None,
+        )
         for start in range(0, len(rows), BATCH):
             batch = rows[start : start + BATCH]
-            verdicts = await sanitizer.assess(scope, [c for _, c in batch], policy, dry_run=True)
+            candidates = [c for _, c in batch]
+            verdicts = await sanitizer.assess(scope, candidates, thresholds, dry_run=True)
             for (row_id, _), verdict in zip(batch, verdicts, strict=True):
                 line = verdict_json(verdict)
                 results.append(line if row_id is None else {"id": row_id, **line})
     finally:
+        await upstreams.aclose()
         if store is not None:
             await store.close()
     return results

@@ -2,9 +2,9 @@
 
 A `CallModel` sends a chat-completion body to a model by name and returns the OpenAI-shaped
 answer (read it with `proxy.messages.answer_text`). The name is one of the tenant's model aliases
-or any litellm string. `TenantModels` reaches it through the proxy's own upstreams, with the
-tenant's routes and limits; `LitellmModels` calls litellm directly, for callers that run without
-upstreams (the memory API's and the CLI's sanitizer).
+or any litellm string. `TenantModels` is the one implementation: it reaches the model through the
+proxy's own upstreams, with the tenant's routes, keys and limits, whether the write path, the memory
+API or the CLI asks.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from proxy.llm import import_litellm
 from proxy.policy import ModelRoute, Policy
 from proxy.upstreams.base import Target
 from proxy.upstreams.registry import Upstreams
@@ -35,16 +34,3 @@ class TenantModels:
         if not isinstance(parsed, dict):
             raise ValueError(f"model {name} answered with {type(parsed).__name__}, not an object")
         return parsed
-
-
-class LitellmModels:
-    """Any litellm model, called directly with a timeout (a `CallModel`)."""
-
-    def __init__(self, timeout_s: float) -> None:
-        self.timeout_s = timeout_s
-
-    async def __call__(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        # The one offline-configured import (bundled cost map, no telemetry), on first use.
-        response = await import_litellm().acompletion(model=name, timeout=self.timeout_s, **body)
-        answer: dict[str, Any] = response.model_dump()
-        return answer

@@ -67,7 +67,8 @@ class Sanitizer:
         log_content: bool = False,
     ) -> None:
         self.store = store
-        self.call_model = call_model  # how the judge reaches the tenant's models
+        # How the judge reaches the tenant's models; without one the judge is not asked.
+        self.call_model = call_model
         self.log_content = log_content  # the tenant's logging.log_content
 
     async def assess(
@@ -94,7 +95,7 @@ class Sanitizer:
                 item.prior_hits, item.prior, item.hits, item.adjustments, policy
             )
             verdict = verdict_for(trust, policy, hard=hard)
-            if verdict == "quarantine" and policy.judge_model:
+            if verdict == "quarantine" and policy.judge_model and self.call_model is not None:
                 opinion = await llm_judge.judge(
                     policy.judge_model, item.candidate.text, self.call_model
                 )

@@ -224,6 +224,25 @@ def test_judge_is_reached_through_the_tenants_model_alias(
     assert asked[0]["response_format"]["type"] == "json_schema"
 
 
+def test_a_memory_posted_through_the_api_is_judged_through_the_tenants_alias(
+    upstream: ScriptedUpstream, sanitizing_proxy: Callable[..., RunningProxy]
+) -> None:
+    """The memory API asks the judge the way the write path does: through the tenant's routes.
+    Called with the bare alias, litellm would have tried api.openai.com and the judge would have
+    been "unavailable"."""
+    proxy = sanitizing_proxy(sanitizer={"judge_model": "gpt-4o-mini", "active_min": 0.99})
+    unsafe = '{"verdict": "unsafe", "confidence": 1, "reason": "scripted"}'
+    upstream.script(Reply(content=unsafe))
+    with http_for(proxy) as http:
+        stored = http.post(
+            "/v1/memories", json={"user": "erin", "kind": "fact", "text": "I live in Faro."}
+        ).json()
+    judged = [r for r in stored["trust_reasons"] if r["signal"] == "judge"]
+    assert judged and judged[0]["delta"] < 0, stored
+    asked = [r.json for r in upstream.received if "<candidate>" in str(r.json.get("messages"))]
+    assert len(asked) == 1 and "I live in Faro." in str(asked[0]["messages"])
+
+
 def test_a_memory_cannot_close_the_fence_of_the_block_it_is_injected_in(
     upstream: ScriptedUpstream, sanitizing_proxy: Callable[..., RunningProxy]
 ) -> None:

@@ -1,4 +1,4 @@
-"""How the product's code is laid out, where a layout is a promise (issue 13):
+"""How the product's code is laid out, where a layout is a promise:
 
 - one HTTP client library in the product: aiohttp (the relay's); httpx only in tests and benchmarks;
 - the JSON shapes the routes, the pages and the CLI share are defined once, in proxy/shapes.py,
@@ -12,7 +12,7 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PRODUCT = [ROOT / "proxy", ROOT / "storage"]
 SHARED = {
     "memory_json": "proxy/shapes.py",
