@@ -48,16 +48,16 @@ async def test_a_tenants_burst_cannot_take_every_worker(
             running[job.tenant_id] -= 1
 
     for number in range(4):
-        await store.enqueue("burst", "exchange", {"request_id": f"b{number}"})
-    await store.enqueue("quiet", "exchange", {"request_id": "q0"})
-    pool = WritePool(store, learn, workers=2, idle_poll_s=0.01, policies=policies)
+        await store.queue.enqueue("burst", "exchange", {"request_id": f"b{number}"})
+    await store.queue.enqueue("quiet", "exchange", {"request_id": "q0"})
+    pool = WritePool(store.queue, learn, workers=2, idle_poll_s=0.01, policies=policies)
     pool.start()
     try:
         await asyncio.wait_for(two_started.wait(), timeout=60)
         # The oldest four jobs are the burst's, yet the second worker took the quiet tenant's.
         assert sorted(started) == ["burst", "quiet"]
         release.set()
-        while await store.pending():
+        while await store.queue.pending():
             await asyncio.sleep(0.01)
         assert started.count("burst") == 4 and started.count("quiet") == 1
         assert most == {"burst": 1, "quiet": 1}
@@ -83,13 +83,13 @@ async def test_a_tenant_may_use_every_worker_its_policy_allows(
         await release.wait()
 
     for number in range(3):
-        await store.enqueue("burst", "exchange", {"request_id": f"b{number}"})
-    pool = WritePool(store, learn, workers=3, idle_poll_s=0.01, policies=policies)
+        await store.queue.enqueue("burst", "exchange", {"request_id": f"b{number}"})
+    pool = WritePool(store.queue, learn, workers=3, idle_poll_s=0.01, policies=policies)
     pool.start()
     try:
         await asyncio.wait_for(three_started.wait(), timeout=60)  # all three at once
         release.set()
-        while await store.pending():
+        while await store.queue.pending():
             await asyncio.sleep(0.01)
     finally:
         release.set()
