@@ -103,6 +103,7 @@ async def bench_hot_path(sizes: tuple[int, ...] = (1_000, 10_000)) -> list[dict[
             await store.maintenance.maintain()
             upstreams = Upstreams(Settings())
             pipeline = MemoryPipeline(_Policies(policy), upstreams, store=store, workers=0)
+            await pipeline.start()  # as the proxy does before serving: the paths, warmed up
             route = ModelRoute(model="openai/gpt-4o-mini")
             count = max(20, int(200 * SCALE))
             timings, embed_ms, injected = [], [], []
@@ -422,6 +423,7 @@ async def bench_learning(max_events: int = 10, distractors: int = 1) -> dict[str
         store = await open_store(folder, embedder)
         upstreams = Upstreams(Settings())
         pipeline = MemoryPipeline(_Policies(policy), upstreams, store=store, workers=0)
+        await pipeline.start()
         learner = Learner(store.memories, store.requests)
         route = ModelRoute(model="openai/gpt-4o-mini")
         for number, (question, helpful_text, misleading_text) in enumerate(SCENARIOS):
