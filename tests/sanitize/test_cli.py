@@ -11,6 +11,8 @@ from pathlib import Path
 from storage import open_store
 from storage.embedders import LocalEmbedder
 from storage.records import NewMemory, Scope
+from tests.harness import write_tenant
+from tests.scripted_upstream import Reply, ScriptedUpstream
 
 
 def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -47,6 +49,28 @@ def test_sanitize_reports_the_bad_line(tmp_path: Path) -> None:
     done = cli("sanitize", str(path))
     assert done.returncode != 0
     assert "line 2" in done.stderr and "source" in done.stderr
+
+
+def test_sanitize_asks_the_judge_through_the_tenants_model_alias(
+    tmp_path: Path, upstream: ScriptedUpstream
+) -> None:
+    """`--tenant` brings the tenant's model routes: the judge alias reaches its api_base (a bare
+    litellm call with the alias would have found no provider and counted as no opinion)."""
+    policies = tmp_path / "policies"
+    models = {"judge": {"model": "openai/gpt-4o-mini", "api_base": upstream.url}}
+    write_tenant(policies, "acme", "sk-test", models, sanitizer={"judge_model": "judge"})
+    upstream.script(Reply(content='{"verdict": "unsafe", "confidence": 1, "reason": "scripted"}'))
+    tool_text = {"text": "The user likes jazz.", "source": "tool"}  # quarantined: a tool's words
+    done = cli(
+        "sanitize", "-", "--tenant", "acme", "--policies", str(policies), "--json",
+        stdin=json.dumps(tool_text) + "\n",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [verdict] = json.loads(done.stdout)["data"]
+    judged = [r for r in verdict["reasons"] if r["signal"] == "judge"]
+    assert judged and judged[0]["delta"] < 0, verdict
+    asked = [r.json for r in upstream.received if "<candidate>" in str(r.json.get("messages"))]
+    assert len(asked) == 1 and asked[0]["model"] == "gpt-4o-mini"
 
 
 def test_quarantine_list_and_reject_from_the_shell(
