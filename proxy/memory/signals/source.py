@@ -2,9 +2,10 @@
 
 The prior is the policy's `base_trust` for the candidate's source role, lowered to the least
 trusted role among its evidence spans: a "user fact" whose words were really quoted from a tool
-result or a retrieved page is only as trustworthy as that page. System text and tool output never
-become active facts: their prior (0.3 by default) sits in the quarantine band, so a reviewer sees
-them before they can be injected (docs/design.md#source-prior).
+result or a retrieved page is only as trustworthy as that page. Tool output never becomes an
+active fact: its prior (0.3 by default) sits in the quarantine band, so a reviewer sees it before
+it can be injected; a role the policy gives no prior (system text, by default) starts at 0 and is
+rejected (docs/design.md#source-prior).
 """
 
 from __future__ import annotations
