@@ -283,15 +283,21 @@ async def load(
         while remaining > 0 and time.perf_counter() < deadline:
             remaining -= 1
             started = time.perf_counter()
-            async with session.post(url, data=payload, headers=headers) as response:
-                first = await response.content.readany()
-                ttfb = time.perf_counter() - started
-                async for _ in response.content.iter_any():
-                    pass
-                done = time.perf_counter() - started
-                if response.status != 200 or not first:
-                    errors += 1
-                    continue
+            try:
+                async with session.post(url, data=payload, headers=headers) as response:
+                    first = await response.content.readany()
+                    ttfb = time.perf_counter() - started
+                    async for _ in response.content.iter_any():
+                        pass
+                    done = time.perf_counter() - started
+                    ok = response.status == 200 and bool(first)
+            except aiohttp.ClientError:
+                # A reset or refused connection is a failed request, counted in the table's
+                # `err` column, not the end of the whole benchmark.
+                ok = False
+            if not ok:
+                errors += 1
+                continue
             latencies.append(done * 1000)
             ttfbs.append(ttfb * 1000)
 
