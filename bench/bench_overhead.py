@@ -74,7 +74,7 @@ def rss_mb(pid: int) -> float:
     for child in process.children(recursive=True):
         with contextlib.suppress(psutil.NoSuchProcess):
             total += child.memory_info().rss
-    return total / 2**20
+    return float(total) / 2**20
 
 
 @dataclass

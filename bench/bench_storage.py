@@ -34,7 +34,7 @@ import re
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -241,12 +241,14 @@ async def _lancedb_floor(
     def point_query(_: Any) -> Any:
         return table.query().where(f"id = {sql_literal(some_id)}").select(["id"]).limit(1)
 
-    measured: dict[str, float | None] = {}
-    for name, make, pick in (
+    Query = tuple[str, list[float]]
+    kinds: list[tuple[str, Callable[[Any], Any], Callable[[Query], Any]]] = [
         ("point", point_query, lambda q: q),
         ("bm25", lambda text: text_query(table, text, where, 30), lambda q: q[0]),
         ("vector", lambda vector: vector_query(table, vector, where, 30, nprobes), lambda q: q[1]),
-    ):
+    ]
+    measured: dict[str, float | None] = {}
+    for name, make, pick in kinds:
         round_trips, executions = [], []
         for query in queries:
             started = time.perf_counter()
