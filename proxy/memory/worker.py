@@ -20,22 +20,15 @@ import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import Protocol
 
 from proxy.memory.pending import PendingWrites
-from proxy.policy import Policy
+from proxy.policy_source import PolicySource
 from storage.api import StorageFull, WriteQueue
 from storage.records import QueuedJob
 
 log = logging.getLogger("memento.worker")
 
 JobHandler = Callable[[QueuedJob], Awaitable[None]]
-
-
-class TenantPolicies(Protocol):
-    """Where the pool reads each tenant's bound on its concurrent jobs."""
-
-    def get(self, tenant: str, /) -> Policy | None: ...
 
 
 class WritePool:
@@ -52,7 +45,7 @@ class WritePool:
         max_attempts: int = 5,
         backoff_s: float = 2.0,
         pending: PendingWrites | None = None,
-        policies: TenantPolicies | None = None,
+        policies: PolicySource | None = None,
     ) -> None:
         self.queue = queue
         self.handler = handler
