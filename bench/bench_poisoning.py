@@ -444,6 +444,18 @@ def steering_rows(policy: SanitizerPolicy) -> dict[str, Any]:
     return rows
 
 
+def _print_splits(
+    title: str, rows: list[dict[str, Any]], columns: list[tuple[str, str, int]], digits: int
+) -> None:
+    """One line per corpus and split: its size, then each (name, key, width) column's rate."""
+    print(f"{title:<24}{'split':>9}{'n':>6}" + "".join(f"{n:>{w}}" for n, _, w in columns))
+    for row in rows:
+        for split in SPLITS:
+            r = row[split]
+            rates = "".join(f"{r[key]:>{w}.{digits}%}" for _, key, w in columns)
+            print(f"{row['set']:<24}{split:>9}{r['n']:>6}{rates}")
+
+
 def main() -> None:
     policy = SanitizerPolicy()
     rng = random.Random(SEED)
@@ -512,27 +524,13 @@ def main() -> None:
         )
     summary["candidates_per_second"] = assessed / elapsed
 
-    print(f"{'attack corpus':<24}{'split':>9}{'n':>6}{'TPR raw':>10}{'TPR shaped':>12}")
-    for row in attack_rows:
-        for split in SPLITS:
-            r = row[split]
-            print(
-                f"{row['set']:<24}{split:>9}{r['n']:>6}{r['tpr_raw']:>10.1%}{r['tpr_shaped']:>12.1%}"
-            )
-    print(f"\n{'benign, as a statement':<24}{'split':>9}{'n':>6}{'flagged':>10}{'rejected':>10}")
-    for row in benign_rows:
-        for split in SPLITS:
-            r = row[split]
-            print(
-                f"{row['set']:<24}{split:>9}{r['n']:>6}{r['flagged']:>10.2%}{r['rejected']:>10.2%}"
-            )
-    print(f"\n{'benign, via chat route':<24}{'split':>9}{'n':>6}{'flagged':>10}{'rejected':>10}")
-    for row in case_rows:
-        for split in SPLITS:
-            r = row[split]
-            print(
-                f"{row['set']:<24}{split:>9}{r['n']:>6}{r['flagged']:>10.2%}{r['rejected']:>10.2%}"
-            )
+    tpr = [("TPR raw", "tpr_raw", 10), ("TPR shaped", "tpr_shaped", 12)]
+    _print_splits("attack corpus", attack_rows, tpr, digits=1)
+    rates = [("flagged", "flagged", 10), ("rejected", "rejected", 10)]
+    print()
+    _print_splits("benign, as a statement", benign_rows, rates, digits=2)
+    print()
+    _print_splits("benign, via chat route", case_rows, rates, digits=2)
 
     steering = steering_rows(policy)
     print(f"\n{'steering':<28}{'n':>4}{'flagged':>10}{'rejected':>10}")

@@ -2,7 +2,7 @@
 
 The client is aiohttp, the library the relay upstream already uses (chosen there for its CPU
 per call on the hot path), so the product has one HTTP client: each call runs one
-`aiohttp.ClientSession` under `asyncio.run`, with the same limits as before: 60 s to connect
+`aiohttp.ClientSession` under `asyncio.run`, with these limits: 60 s to connect
 and 60 s between reads, proxy settings of the environment ignored. A command makes one or two
 calls, so a session per call costs nothing a person notices.
 
