@@ -39,6 +39,7 @@ CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from proxy.doors.chat import CHAT  # noqa: E402
 from proxy.memory.budget import fit_to_budget  # noqa: E402
 from proxy.memory.inject import render_block  # noqa: E402
 from proxy.memory.learn import Learner  # noqa: E402
@@ -64,6 +65,24 @@ class _Policies:
 
 def _policy(**memory: Any) -> Policy:
     return Policy.model_validate({"tenant": "bench", "memory": memory})
+
+
+def _context(
+    request_id: str, policy: Policy, route: ModelRoute, body: dict[str, Any], user: str
+) -> CallContext:
+    """A chat call for user `user` as the chat route hands it to the memory hooks."""
+    return CallContext(
+        request_id=request_id,
+        policy=policy,
+        model_alias="m",
+        route=route,
+        body=body,
+        user_id=user,
+        session_id=None,
+        mode_header=None,
+        stream=False,
+        door=CHAT,
+    )
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -110,9 +129,7 @@ async def bench_hot_path(sizes: tuple[int, ...] = (1_000, 10_000)) -> list[dict[
             for number in range(count + 10):
                 query = queries[(number + size) % len(queries)] + f" #{number}-{size}"
                 body = {"model": "m", "messages": [{"role": "user", "content": query}]}
-                ctx = CallContext(
-                    f"req-{size}-{number}", policy, "m", route, body, "user-1", None, None, False
-                )
+                ctx = _context(f"req-{size}-{number}", policy, route, body, "user-1")
                 t0 = time.perf_counter()
                 await embedder.embed([query + " probe"])
                 t1 = time.perf_counter()
@@ -445,9 +462,7 @@ async def bench_learning(max_events: int = 10, distractors: int = 1) -> dict[str
             shown: list[str] = []
             for event in range(max_events + 1):
                 body = {"model": "m", "messages": [{"role": "user", "content": question}]}
-                ctx = CallContext(
-                    f"learn-{number}-{event}", policy, "m", route, body, user, None, None, False
-                )
+                ctx = _context(f"learn-{number}-{event}", policy, route, body, user)
                 prepared = await pipeline.before_call(ctx)
                 await pipeline.flush_request_logs()
                 ranked = await retrieve(store.memories, scope, question, policy.memory, limit=2)

@@ -32,8 +32,9 @@ from proxy.memory.seam import MemoryHooks
 from proxy.policy import ModelRoute
 from proxy.request_ids import RequestIdMiddleware, request_id_of
 from proxy.routes.admin import routes as admin_routes
-from proxy.routes.chat import ChatService
+from proxy.routes.chat import ChatRoutes
 from proxy.routes.feedback import feedback_routes
+from proxy.routes.flow import CallFlow
 from proxy.routes.memories import memory_routes
 from proxy.routes.traces import routes as trace_routes
 from proxy.settings import Settings
@@ -180,7 +181,7 @@ def build_app(
         embedder=settings.embedder,
         workers=settings.memory_workers,
     )
-    service = ChatService(upstreams, memory)
+    chat = ChatRoutes(CallFlow(memory), upstreams)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -222,8 +223,8 @@ def build_app(
             await span_store.close()
 
     routes: list[BaseRoute] = [
-        Route("/v1/chat/completions", service.chat, methods=["POST"]),
-        Route("/v1/embeddings", service.embeddings, methods=["POST"]),
+        Route("/v1/chat/completions", chat.chat, methods=["POST"]),
+        Route("/v1/embeddings", chat.embeddings, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),

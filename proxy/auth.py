@@ -10,14 +10,15 @@ from proxy.tenants import PolicyRegistry
 
 
 def presented_key(request: Request) -> str | None:
-    """The proxy key from `Authorization: Bearer <key>` (or Azure-style `api-key`)."""
+    """The proxy key from `Authorization: Bearer <key>`, or Azure-style `api-key`, or
+    Anthropic-style `x-api-key` (what the anthropic SDKs send)."""
     header = request.headers.get("authorization")
     if header:
         scheme, _, key = header.partition(" ")
         if scheme.lower() == "bearer" and key.strip():
             return key.strip()
         return None
-    return request.headers.get("api-key") or None
+    return request.headers.get("api-key") or request.headers.get("x-api-key") or None
 
 
 def authenticate(request: Request) -> Policy:

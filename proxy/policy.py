@@ -44,6 +44,10 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Client APIs other than chat completions that an upstream may serve natively.
+NativeApi = Literal["responses", "messages"]
+
+
 class ModelRoute(Strict):
     """One model alias a tenant may call, and where it really goes."""
 
@@ -56,6 +60,14 @@ class ModelRoute(Strict):
     passthrough: bool | None = Field(
         default=None,
         description="Relay OpenAI-compatible upstreams byte for byte; None decides from the model.",
+    )
+    native_apis: list[NativeApi] | None = Field(
+        default=None,
+        description=(
+            "Besides chat completions, the client APIs the upstream serves itself at api_base "
+            "(relayed as they come); the others are translated through litellm. None: "
+            "responses for OpenAI itself, none otherwise."
+        ),
     )
     timeout_s: float = Field(default=600.0, gt=0)
     context_window: int | None = Field(

@@ -2,9 +2,10 @@
 
 `SSERelay` is an ASGI response that forwards upstream chunks as they arrive, stops (and closes the
 upstream call) the moment the client disconnects, and runs `on_complete` when the upstream has
-finished but before the client receives the stream's final `data: [DONE]` event, so whatever
-`on_complete` stores is durable by the time the client has the whole answer. Only the bytes that
-are (or may begin) that final event are held back; everything before it flows at once.
+finished but before the client receives the stream's final event (`data: [DONE]` for chat
+completions; each door names its own), so whatever `on_complete` stores is durable by the time the
+client has the whole answer. Only the bytes that are (or may begin) that final event are held
+back; everything before it flows at once.
 `StreamAssembler` rebuilds a chat.completion dict from the chunks it sees, for the memory
 pipeline's after-call stage; a stream that never reached `[DONE]`, or carried an error event,
 assembles to a dict with an `error` key, which is not learned from.
@@ -117,8 +118,10 @@ class SSERelay:
         headers: Mapping[str, str],
         observe: Callable[[bytes], None] | None = None,
         on_complete: Callable[[], Awaitable[None]] | None = None,
+        final_event: bytes = _DONE_EVENT,
     ) -> None:
         self.stream = stream
+        self.final_event = final_event
         self.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
         self.observe = observe
         self.on_complete = on_complete
@@ -162,7 +165,7 @@ class SSERelay:
         async for chunk in self.stream.chunks:
             if observe is not None:
                 observe(chunk)
-            ready, held = _hold_final_event(held + chunk)
+            ready, held = _hold_final_event(held + chunk, self.final_event)
             if ready:
                 await send({"type": "http.response.body", "body": ready, "more_body": True})
         if self.on_complete is not None:
@@ -172,13 +175,13 @@ class SSERelay:
         self.completed = True
 
 
-def _hold_final_event(data: bytes) -> tuple[bytes, bytes]:
-    """Split relayed bytes into what can go now and what is held: everything from the final
-    `data: [DONE]` event on, or a tail that may be the start of it (at most a few bytes)."""
-    done_at = data.find(_DONE_EVENT)
+def _hold_final_event(data: bytes, final_event: bytes) -> tuple[bytes, bytes]:
+    """Split relayed bytes into what can go now and what is held: everything from the start of
+    the final event on, or a tail that may be the start of it (at most a few bytes)."""
+    done_at = data.find(final_event)
     if done_at >= 0:
         return data[:done_at], data[done_at:]
-    for size in range(min(len(_DONE_EVENT) - 1, len(data)), 0, -1):
-        if _DONE_EVENT.startswith(data[-size:]):
+    for size in range(min(len(final_event) - 1, len(data)), 0, -1):
+        if final_event.startswith(data[-size:]):
             return data[:-size], data[-size:]
     return data, b""

@@ -343,15 +343,21 @@ def user_id(value: Any, *, param: str = "user", what: str = "user") -> str | Non
 
 
 def chat_user_id(body: dict[str, Any], headers: Headers) -> str | None:
-    """Who a chat call is for: the body's `user` and the `X-Memento-User` header, which must
-    agree when both are given (each held to `user_id`'s rule)."""
-    from_body = user_id(body.get("user"))
+    """Who a chat call is for: the body's `user` and the `X-Memento-User` header."""
+    return call_user_id(body.get("user"), headers, param="user")
+
+
+def call_user_id(value: Any, headers: Headers, *, param: str) -> str | None:
+    """Who a call is for: the user id its door's own field carries (`value`, from the body
+    field `param`) and the `X-Memento-User` header, which must agree when both are given (each
+    held to `user_id`'s rule)."""
+    from_body = user_id(value, param=param)
     from_header = user_id(_id_header(headers, USER_HEADER, "user"), param=USER_HEADER)
     if from_body is not None and from_header is not None and from_body != from_header:
         raise bad_request(
-            f"The body's 'user' ({from_body!r}) and the X-Memento-User header ({from_header!r}) "
-            "name different users. Send one of them, or the same id in both.",
-            param="user",
+            f"The body's '{param}' ({from_body!r}) and the X-Memento-User header "
+            f"({from_header!r}) name different users. Send one of them, or the same id in both.",
+            param=param,
             code="conflicting_user",
         )
     return from_body if from_body is not None else from_header

@@ -73,16 +73,17 @@ def _heading_tokens(encoding_name: str) -> dict[str, int]:
     }
 
 
-def prompt_tokens(body: dict[str, Any], encoding_name: str) -> int:
-    """Tokens the caller's own request takes: messages, tool calls and tool definitions."""
+def prompt_tokens(messages: list[dict[str, Any]], body: dict[str, Any], encoding_name: str) -> int:
+    """Tokens the caller's own request takes: the conversation (chat-shaped, as its door reads
+    it), tool calls, and the body's tool definitions and output format."""
     total = _REPLY_PRIMING_TOKENS
-    for message in body.get("messages") or []:
+    for message in messages:
         if not isinstance(message, dict):
             continue
         total += _PER_MESSAGE_TOKENS + count_tokens(message_text(message), encoding_name)
         if message.get("tool_calls"):
             total += count_tokens(json.dumps(message["tool_calls"]), encoding_name)
-    for key in ("tools", "functions", "response_format"):
+    for key in ("tools", "functions", "response_format", "text"):
         if body.get(key):
             total += count_tokens(json.dumps(body[key]), encoding_name)
     return total
@@ -107,15 +108,20 @@ def context_window(route: ModelRoute) -> int | None:
 
 
 def available_tokens(
-    body: dict[str, Any], route: ModelRoute, settings: BudgetSettings, encoding_name: str
+    messages: list[dict[str, Any]],
+    body: dict[str, Any],
+    requested_output: int | None,
+    route: ModelRoute,
+    settings: BudgetSettings,
+    encoding_name: str,
 ) -> int:
-    """Tokens the memory block may use for this request (0 when nothing fits)."""
+    """Tokens the memory block may use for this request (0 when nothing fits): the policy's
+    budget, within what the model's window leaves after the prompt and the output asked for."""
     budget = settings.max_tokens
     window = context_window(route)
     if window is not None:
-        requested = body.get("max_completion_tokens") or body.get("max_tokens")
-        output = int(requested) if isinstance(requested, int) else settings.reserve_output_tokens
-        budget = min(budget, window - prompt_tokens(body, encoding_name) - output)
+        output = requested_output or settings.reserve_output_tokens
+        budget = min(budget, window - prompt_tokens(messages, body, encoding_name) - output)
     return max(0, budget)
 
 

@@ -19,7 +19,7 @@ from opentelemetry import trace
 
 from proxy.errors import bad_request
 from proxy.memory.budget import BudgetPlan, available_tokens, encoding_name_for, fit_to_budget
-from proxy.memory.inject import inject_block, render_block
+from proxy.memory.inject import render_block
 from proxy.memory.pending import NO_WAIT, PendingWrites, WriteWait
 from proxy.memory.query import InvalidMemoryMode, MemoryAccess, build_query, resolve_access
 from proxy.memory.request_log import RequestLogger
@@ -99,8 +99,7 @@ class ReadPath:
         timeout_ms = ctx.policy.memory.retrieval.wait_for_writes_ms
         if not timeout_ms:
             return NO_WAIT
-        messages = ctx.body.get("messages") or []
-        waited = await self.pending.wait(scope, timeout_ms / 1000, messages)
+        waited = await self.pending.wait(scope, timeout_ms / 1000, ctx.conversation)
         if waited.timed_out:
             log.info(
                 "request %s retrieves without %d earlier exchanges still being learned after "
@@ -128,9 +127,7 @@ class ReadPath:
         """Ranked candidates within the retrieval deadline, or None (fail-open)."""
         policy = ctx.policy
         assert access.scope is not None
-        query = build_query(
-            ctx.body.get("messages") or [], policy.memory.retrieval.query_context_turns
-        )
+        query = build_query(ctx.conversation, policy.memory.retrieval.query_context_turns)
         set_content(span, "memento.query", policy.tracing, query)
         try:
             ranked = await asyncio.wait_for(
@@ -174,7 +171,14 @@ def _budget(ctx: CallContext, ranked: list[ScoredMemory]) -> BudgetPlan:
     budget = ctx.policy.memory.budget
     with tracer.start_as_current_span("memento.budget") as span:
         encoding_name = encoding_name_for(ctx.route.model)
-        room = available_tokens(ctx.body, ctx.route, budget, encoding_name)
+        room = available_tokens(
+            ctx.conversation,
+            ctx.body,
+            ctx.door.requested_output_tokens(ctx.body),
+            ctx.route,
+            budget,
+            encoding_name,
+        )
         plan = fit_to_budget(
             ranked,
             room,
@@ -187,9 +191,9 @@ def _budget(ctx: CallContext, ranked: list[ScoredMemory]) -> BudgetPlan:
 
 
 def _inject(ctx: CallContext, selected: list[ScoredMemory]) -> dict[str, Any]:
-    """The call's body with the selected memories as one block."""
+    """The call's body with the selected memories as one block, where its door puts it."""
     with tracer.start_as_current_span("memento.inject") as span:
         block = render_block(selected)
-        body = inject_block(ctx.body, block)
+        body = ctx.door.with_block(ctx.body, block)
         record_injection(span, selected, block, ctx.policy.tracing)
         return body

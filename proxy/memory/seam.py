@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
+from proxy.doors.base import Door
 from proxy.memory.query import MemoryAccess
 from proxy.policy import ModelRoute, Policy
 
@@ -24,7 +26,8 @@ class MemoryUnavailable(Exception):
 
 @dataclass
 class CallContext:
-    """One chat call as the route sees it, after auth and validation."""
+    """One model call as the route sees it, after auth and validation, whichever door it came
+    through: the stages read the body only through the door."""
 
     request_id: str
     policy: Policy
@@ -35,9 +38,15 @@ class CallContext:
     session_id: str | None
     mode_header: str | None  # X-Memento-Mode as sent, validated by the hooks
     stream: bool
+    door: Door  # the client API the call came through
     trace_id: str | None = None  # hex ids of the request's root span, for linking later work
     span_id: str | None = None
     client_request_id: str | None = None  # the client's own id: a correlation id, not ours
+
+    @cached_property
+    def conversation(self) -> list[dict[str, Any]]:
+        """The call's conversation as chat-completions messages, read once through the door."""
+        return self.door.conversation(self.body)
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,7 @@ class WritePath:
             user_id=scope.user_id,
             session_id=scope.session_id,
             model=ctx.model_alias,
-            messages=ctx.body.get("messages") or [],
+            messages=ctx.conversation,
             answer=answer,
             injected=state.injected,
             trace_id=ctx.trace_id,

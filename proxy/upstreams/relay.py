@@ -14,7 +14,7 @@ pool cost a fraction of httpx's CPU per call, which is most of what the proxy ad
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -30,6 +30,8 @@ from proxy.upstreams.errors import (
     upstream_error,
 )
 from proxy.upstreams.routing import OPENAI_COMPATIBLE, provider_of, resolve_api_key
+
+_NO_HEADERS: Mapping[str, str] = {}
 
 
 class OpenAICompatible:
@@ -59,7 +61,7 @@ class OpenAICompatible:
             self._session = None
 
     async def _send(
-        self, target: Target, path: str, body: dict[str, Any]
+        self, target: Target, path: str, body: dict[str, Any], headers: Mapping[str, str]
     ) -> aiohttp.ClientResponse:
         route = target.route
         provider, name = provider_of(route.model)
@@ -68,10 +70,12 @@ class OpenAICompatible:
             raise misconfigured(target.alias, "it has no api_base")
         payload = dict(body)
         payload["model"] = name
-        headers = {"content-type": "application/json", **route.extra_headers}
+        sent = {"content-type": "application/json", **headers, **route.extra_headers}
         key = resolve_api_key(target.alias, route)
-        if key is not None:
-            headers["authorization"] = f"Bearer {key}"
+        if key is not None and "x-api-key" in sent:
+            sent["x-api-key"] = key  # Anthropic's way of sending it
+        elif key is not None:
+            sent["authorization"] = f"Bearer {key}"
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=target.connect_timeout_s, sock_read=route.timeout_s
         )
@@ -79,14 +83,23 @@ class OpenAICompatible:
             return await self._client().post(
                 base.rstrip("/") + path,
                 data=json.dumps(payload, separators=(",", ":")).encode(),
-                headers=headers,
+                headers=sent,
                 timeout=timeout,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise unreachable(target.alias, exc) from None
 
-    async def _complete(self, target: Target, path: str, body: dict[str, Any]) -> UpstreamReply:
-        response = await self._send(target, path, body)
+    async def complete(
+        self,
+        target: Target,
+        path: str,
+        body: dict[str, Any],
+        headers: Mapping[str, str] = _NO_HEADERS,
+    ) -> UpstreamReply:
+        """POST `body` (its model renamed) to `path` under the route's base and read the whole
+        JSON answer. `headers` go with it; an `x-api-key` among them carries the provider key
+        (Anthropic's way) instead of `Authorization: Bearer`."""
+        response = await self._send(target, path, body, headers)
         content = await _read(target.alias, response)
         if response.status >= 400:
             raise upstream_error(target.alias, response.status, _decode(content), response.headers)
@@ -97,13 +110,24 @@ class OpenAICompatible:
         return UpstreamReply(response.status, content, headers)
 
     async def chat(self, target: Target, body: dict[str, Any]) -> UpstreamReply:
-        return await self._complete(target, "/chat/completions", body)
+        return await self.complete(target, "/chat/completions", body)
 
     async def embeddings(self, target: Target, body: dict[str, Any]) -> UpstreamReply:
-        return await self._complete(target, "/embeddings", body)
+        return await self.complete(target, "/embeddings", body)
 
     async def chat_stream(self, target: Target, body: dict[str, Any]) -> UpstreamStream:
-        response = await self._send(target, "/chat/completions", body)
+        return await self.stream(target, "/chat/completions", body)
+
+    async def stream(
+        self,
+        target: Target,
+        path: str,
+        body: dict[str, Any],
+        headers: Mapping[str, str] = _NO_HEADERS,
+    ) -> UpstreamStream:
+        """POST `body` to `path` as `complete` does, and relay the server-sent events as they
+        come; a stream that breaks ends with an error event in OpenAI's shape."""
+        response = await self._send(target, path, body, headers)
         if response.status >= 400:
             content = await _read(target.alias, response)
             raise upstream_error(target.alias, response.status, _decode(content), response.headers)

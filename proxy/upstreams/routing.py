@@ -1,10 +1,12 @@
 """What a model route from the policy says about reaching it, found without calling anyone.
 
-A route's model is a litellm model string, `<provider>/<model>`. A provider whose API is OpenAI's
-own (`openai/…`, `hosted_vllm/…`, or any route with `passthrough: true`) is relayed directly;
-every other goes through litellm. Provider keys come from the server's environment (`api_key:
-env:NAME` in the policy), never from the client. `route_problem` is what `memento-proxy policy
-check` reports, and what a call on such a route answers (500 `upstream_misconfigured`).
+A route's model is a litellm model string, `<provider>/<model>`. Chat completions for a provider
+whose API is OpenAI's own (`openai/…`, `hosted_vllm/…`, or any route with `passthrough: true`)
+are relayed directly; every other goes through litellm. The Responses and Messages APIs are
+relayed to an upstream that serves them itself (`serves_natively`) and translated by litellm
+otherwise. Provider keys come from the server's environment (`api_key: env:NAME` in the policy),
+never from the client. `route_problem` is what `memento-proxy policy check` reports, and what a
+call on such a route answers (500 `upstream_misconfigured`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import functools
 import os
 
 from proxy.llm import import_litellm
-from proxy.policy import ModelRoute
+from proxy.policy import ModelRoute, NativeApi
 from proxy.upstreams.errors import misconfigured
 
 # Providers whose API is OpenAI's own, and where they live when the route names no api_base.
@@ -34,6 +36,15 @@ def is_passthrough(route: ModelRoute) -> bool:
     if provider not in OPENAI_COMPATIBLE:
         return False
     return route.api_base is not None or OPENAI_COMPATIBLE[provider] is not None
+
+
+def serves_natively(route: ModelRoute, api: NativeApi) -> bool:
+    """Whether the route's upstream serves client API `api` itself (so calls are relayed to it
+    as they come): the route's `native_apis`, else only OpenAI's own API serves `responses`."""
+    if route.native_apis is not None:
+        return api in route.native_apis
+    provider, _ = provider_of(route.model)
+    return api == "responses" and provider == "openai" and route.api_base is None
 
 
 def route_problem(route: ModelRoute) -> str | None:

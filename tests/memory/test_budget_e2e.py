@@ -79,7 +79,7 @@ def test_block_respects_the_context_window(
     sent = upstream.last().json
     block = memory_block(sent)
     assert block is not None
-    own = prompt_tokens({"messages": messages}, "o200k_base")
+    own = prompt_tokens(messages, {"messages": messages}, "o200k_base")
     assert own + count_tokens(block, "o200k_base") + 4 + 200 <= window
 
     # No room left at all: the call goes through unchanged, without a block.
