@@ -181,7 +181,8 @@ def build_app(
         embedder=settings.embedder,
         workers=settings.memory_workers,
     )
-    chat = ChatRoutes(CallFlow(memory), upstreams)
+    flow = CallFlow(memory)  # every door's calls go through it
+    chat = ChatRoutes(flow, upstreams)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
