@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hmac
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -24,11 +25,19 @@ from starlette.routing import BaseRoute, Route
 
 from proxy.app_state import store_of
 from proxy.auth import authenticate
-from proxy.errors import ProxyError, index_unavailable, insufficient_storage, model_not_found
+from proxy.errors import (
+    ProxyError,
+    index_unavailable,
+    insufficient_storage,
+    model_not_found,
+    unauthorized,
+)
 from proxy.health import Health, watch_memory
 from proxy.llm import import_litellm
 from proxy.memory.pipeline import MemoryPipeline
 from proxy.memory.seam import MemoryHooks
+from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from proxy.metrics import render as render_metrics
 from proxy.policy import ModelRoute
 from proxy.request_ids import RequestIdMiddleware, request_id_of
 from proxy.routes.admin import routes as admin_routes
@@ -122,6 +131,22 @@ async def readyz(request: Request) -> Response:
     if store is not None:
         body["failed_jobs"] = await store.queue.count_jobs("failed")
     return JSONResponse(body, status_code=200 if status == "ready" else 503)
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus' text format (`proxy.metrics`); with `MEMENTO_METRICS_TOKEN` set, only for a
+    scraper that sends it as a bearer token."""
+    token = request.app.state.settings.metrics_token
+    if token is not None:
+        sent = request.headers.get("authorization", "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            raise unauthorized(
+                "GET /metrics needs the metrics token (MEMENTO_METRICS_TOKEN) as "
+                "'Authorization: Bearer <token>'."
+            )
+    store = store_of(request)
+    depth = await store.queue.depth() if store is not None else None
+    return Response(render_metrics(depth), media_type=METRICS_CONTENT_TYPE)
 
 
 def _routes(registry: PolicyRegistry) -> list[ModelRoute]:
@@ -230,6 +255,7 @@ def build_app(
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         *admin_routes(),  # before any /v1/memories/{id} route: fixed paths must win
         *memory_routes(),
         *feedback_routes(),

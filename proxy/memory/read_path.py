@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +40,7 @@ from proxy.memory.span_attrs import (
     record_wait,
     set_content,
 )
+from proxy.metrics import MEMORIES_INJECTED, MEMORY_READ_DURATION, RETRIEVAL_FAILURES
 from storage.api import Store
 from storage.records import Scope
 
@@ -55,6 +57,14 @@ class ReadPath:
         self.requests = requests
 
     async def before_call(self, ctx: CallContext) -> PreparedCall:
+        started = time.perf_counter()
+        prepared = await self._before_call(ctx)
+        if prepared.state.access is not None and prepared.state.access.reads:
+            MEMORY_READ_DURATION.record(time.perf_counter() - started, {"stage": "before_call"})
+            MEMORIES_INJECTED.record(prepared.injected_count)
+        return prepared
+
+    async def _before_call(self, ctx: CallContext) -> PreparedCall:
         access = _access(ctx)
         state = CallState(access)
         if access.scope is None or access.mode == "off":
@@ -91,7 +101,10 @@ class ReadPath:
         with tracer.start_as_current_span("memento.retrieve") as span:
             waited = await self._wait_for_writes(ctx, access.scope)
             record_wait(span, waited)
-            return await self._retrieve(ctx, access, span), waited
+            started = time.perf_counter()
+            ranked = await self._retrieve(ctx, access, span)
+            MEMORY_READ_DURATION.record(time.perf_counter() - started, {"stage": "retrieve"})
+            return ranked, waited
 
     async def _wait_for_writes(self, ctx: CallContext, scope: Scope) -> WriteWait:
         """Read your writes: wait (bounded by the policy) for the user's exchanges queued so far.
@@ -142,7 +155,9 @@ class ReadPath:
                 timeout=policy.memory.retrieval.deadline_ms / 1000,
             )
         except Exception as exc:  # store down, index error, deadline: fail open or closed
-            reason = "deadline exceeded" if isinstance(exc, TimeoutError) else type(exc).__name__
+            deadline = isinstance(exc, TimeoutError)
+            RETRIEVAL_FAILURES.add(1, {"reason": "deadline" if deadline else "error"})
+            reason = "deadline exceeded" if deadline else type(exc).__name__
             mark_failed(span, f"memory unavailable: {reason}", exc)
             log.warning("memory retrieval failed for request %s: %s", ctx.request_id, reason)
             if policy.memory.fail_closed:
@@ -169,6 +184,7 @@ def _access(ctx: CallContext) -> MemoryAccess:
 def _budget(ctx: CallContext, ranked: list[ScoredMemory]) -> BudgetPlan:
     """The ranked memories that fit the room the call leaves in the model's context."""
     budget = ctx.policy.memory.budget
+    started = time.perf_counter()
     with tracer.start_as_current_span("memento.budget") as span:
         encoding_name = encoding_name_for(ctx.route.model)
         room = available_tokens(
@@ -187,13 +203,16 @@ def _budget(ctx: CallContext, ranked: list[ScoredMemory]) -> BudgetPlan:
             encoding_name=encoding_name,
         )
         record_budget(span, plan)
-        return plan
+    MEMORY_READ_DURATION.record(time.perf_counter() - started, {"stage": "budget"})
+    return plan
 
 
 def _inject(ctx: CallContext, selected: list[ScoredMemory]) -> dict[str, Any]:
     """The call's body with the selected memories as one block, where its door puts it."""
+    started = time.perf_counter()
     with tracer.start_as_current_span("memento.inject") as span:
         block = render_block(selected)
         body = ctx.door.with_block(ctx.body, block)
         record_injection(span, selected, block, ctx.policy.tracing)
-        return body
+    MEMORY_READ_DURATION.record(time.perf_counter() - started, {"stage": "inject"})
+    return body
