@@ -31,6 +31,7 @@ from proxy.memory.seam import (
     InjectedMemory,
     MemoryUnavailable,
     PreparedCall,
+    Skipped,
 )
 from proxy.memory.span_attrs import (
     mark_failed,
@@ -74,9 +75,11 @@ class ReadPath:
             return PreparedCall(body=ctx.body, state=state)
         ranked, waited = await self._retrieve_in_time(ctx, access)
         unlearned = len(waited.unfinished)
-        if ranked is None:
+        if isinstance(ranked, str):
             state.logged = self.requests.log(ctx, access.scope, [], status="memory_failed")
-            return PreparedCall(body=ctx.body, unlearned_writes=unlearned, state=state)
+            return PreparedCall(
+                body=ctx.body, unlearned_writes=unlearned, memory_skipped=ranked, state=state
+            )
         plan = _budget(ctx, ranked)
         if not plan.selected:
             state.logged = self.requests.log(ctx, access.scope, [])
@@ -94,9 +97,10 @@ class ReadPath:
 
     async def _retrieve_in_time(
         self, ctx: CallContext, access: MemoryAccess
-    ) -> tuple[list[ScoredMemory] | None, WriteWait]:
-        """Ranked candidates (None when memory failed and the policy allows going on), after
-        waiting for the user's earlier exchanges to be learned; and what was waited for."""
+    ) -> tuple[list[ScoredMemory] | Skipped, WriteWait]:
+        """Ranked candidates (or why there are none, when memory failed and the policy allows
+        going on), after waiting for the user's earlier exchanges to be learned; and what was
+        waited for."""
         assert access.scope is not None
         with tracer.start_as_current_span("memento.retrieve") as span:
             waited = await self._wait_for_writes(ctx, access.scope)
@@ -136,8 +140,8 @@ class ReadPath:
 
     async def _retrieve(
         self, ctx: CallContext, access: MemoryAccess, span: trace.Span
-    ) -> list[ScoredMemory] | None:
-        """Ranked candidates within the retrieval deadline, or None (fail-open)."""
+    ) -> list[ScoredMemory] | Skipped:
+        """Ranked candidates within the retrieval deadline, or why not (fail-open)."""
         policy = ctx.policy
         assert access.scope is not None
         query = build_query(ctx.conversation, policy.memory.retrieval.query_context_turns)
@@ -155,15 +159,15 @@ class ReadPath:
                 timeout=policy.memory.retrieval.deadline_ms / 1000,
             )
         except Exception as exc:  # store down, index error, deadline: fail open or closed
-            deadline = isinstance(exc, TimeoutError)
-            RETRIEVAL_FAILURES.add(1, {"reason": "deadline" if deadline else "error"})
-            reason = "deadline exceeded" if deadline else type(exc).__name__
+            skipped: Skipped = "deadline" if isinstance(exc, TimeoutError) else "error"
+            RETRIEVAL_FAILURES.add(1, {"reason": skipped})
+            reason = "deadline exceeded" if skipped == "deadline" else type(exc).__name__
             mark_failed(span, f"memory unavailable: {reason}", exc)
             log.warning("memory retrieval failed for request %s: %s", ctx.request_id, reason)
             if policy.memory.fail_closed:
                 raise MemoryUnavailable(f"retrieval failed: {reason}") from exc
             span.set_attribute("memento.memory.fail_open", True)
-            return None
+            return skipped
         record_ranked(span, ranked)
         return ranked
 

@@ -264,12 +264,15 @@ def _count_upstream_errors(labels: dict[str, str]) -> Iterator[None]:
 
 
 def memory_headers(prepared: PreparedCall) -> dict[str, str]:
-    """How many memories went into the call (`x-memento-memories`), and how many of the user's
+    """How many memories went into the call (`x-memento-memories`); how many of the user's
     earlier exchanges were still being learned, so their memories could not be (sent only then:
-    `x-memento-unlearned-writes`)."""
+    `x-memento-unlearned-writes`); and why memory was skipped, when retrieval gave up
+    (`x-memento-memory-skipped`: `deadline` or `error`)."""
     headers = {"x-memento-memories": str(prepared.injected_count)}
     if prepared.unlearned_writes:
         headers["x-memento-unlearned-writes"] = str(prepared.unlearned_writes)
+    if prepared.memory_skipped is not None:
+        headers["x-memento-memory-skipped"] = prepared.memory_skipped
     return headers
 
 
