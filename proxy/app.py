@@ -155,12 +155,28 @@ def _routes(registry: PolicyRegistry) -> list[ModelRoute]:
 
 
 def needs_litellm(registry: PolicyRegistry) -> bool:
-    """Whether litellm will be used (slow to import: done before serving): a route reached
-    through it, or a tenant with memory, whose token budget reads litellm's model info."""
-    policies = (registry.get(tenant) for tenant in registry.tenants())
-    if any(policy.memory.enabled for policy in policies if policy):
-        return True
-    return any(r.model != "echo" and not is_passthrough(r) for r in _routes(registry))
+    """Whether litellm will be used (slow to import and heavy: then it is imported before
+    serving, off the event loop, and only then): a route it translates, including a memory model
+    named by a litellm string, or a route of a tenant with memory whose token budget needs
+    litellm's model info (no `context_window` of its own). The built-in echo model needs none."""
+    for tenant in registry.tenants():
+        policy = registry.get(tenant)
+        if policy is None:
+            continue
+        named = (
+            policy.memory.extraction.model,
+            policy.memory.consolidation.model,
+            policy.sanitizer.judge_model,
+        )
+        models = [policy.models.get(n) or ModelRoute(model=n) for n in named if n is not None]
+        for route in [*policy.models.values(), *models]:
+            if route.model == "echo":
+                continue
+            if not is_passthrough(route):
+                return True
+            if policy.memory.enabled and route.context_window is None:
+                return True
+    return False
 
 
 def uses_echo(registry: PolicyRegistry) -> bool:
