@@ -13,6 +13,7 @@ import asyncio
 import gc
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -112,7 +113,8 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """Ready once started with tenants and while no component reports a problem (the index,
-    say); the body lists the problems and counts write jobs given up (`failed_jobs`)."""
+    say); the body lists the problems, counts write jobs given up (`failed_jobs`) and says how
+    far behind the write queue is (`write_queue`: `depth`, `oldest_age_s`)."""
     registry: PolicyRegistry = request.app.state.policies
     health: Health = request.app.state.health
     tenants = registry.tenants()
@@ -130,6 +132,12 @@ async def readyz(request: Request) -> Response:
     store = store_of(request)
     if store is not None:
         body["failed_jobs"] = await store.queue.count_jobs("failed")
+        depth = await store.queue.depth()
+        oldest = depth.oldest_created_at
+        body["write_queue"] = {
+            "depth": depth.jobs,
+            "oldest_age_s": 0.0 if oldest is None else round(max(0.0, time.time() - oldest), 3),
+        }
     return JSONResponse(body, status_code=200 if status == "ready" else 503)
 
 
