@@ -132,11 +132,11 @@ async def readyz(request: Request) -> Response:
     store = store_of(request)
     if store is not None:
         body["failed_jobs"] = await store.queue.count_jobs("failed")
-        depth = await store.queue.depth()
-        oldest = depth.oldest_created_at
+        depths = (await store.queue.depths()).values()
+        now = time.time()
         body["write_queue"] = {
-            "depth": depth.jobs,
-            "oldest_age_s": 0.0 if oldest is None else round(max(0.0, time.time() - oldest), 3),
+            "depth": sum(d.jobs for d in depths),
+            "oldest_age_s": round(max((d.age_s(now) for d in depths), default=0.0), 3),
         }
     return JSONResponse(body, status_code=200 if status == "ready" else 503)
 
@@ -153,8 +153,8 @@ async def metrics(request: Request) -> Response:
                 "'Authorization: Bearer <token>'."
             )
     store = store_of(request)
-    depth = await store.queue.depth() if store is not None else None
-    return Response(render_metrics(depth), media_type=METRICS_CONTENT_TYPE)
+    depths = await store.queue.depths() if store is not None else None
+    return Response(render_metrics(depths), media_type=METRICS_CONTENT_TYPE)
 
 
 def _routes(registry: PolicyRegistry) -> list[ModelRoute]:

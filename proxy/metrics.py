@@ -14,8 +14,9 @@ What an operator reads (Prometheus names):
   `memento_memory_injected` (memories per call), `memento_memory_retrieval_failures_total{reason}`
   (`deadline`, `error`): the hot path, and when it gave up;
 - `memento_sanitizer_verdicts_total{verdict,source}`;
-- `memento_write_queue_depth` and `memento_write_queue_oldest_age_seconds`, read from the store
-  when scraped.
+- `memento_write_queue_depth{tenant}` and `memento_write_queue_oldest_age_seconds{tenant}`, read
+  from the store when scraped, and `memento_write_queue_shed_total{tenant,reason}`: exchanges not learned
+  because the tenant's `memory.write_queue` bound was hit.
 """
 
 from __future__ import annotations
@@ -79,41 +80,43 @@ SANITIZER_VERDICTS = _meter.create_counter(
 
 @dataclass
 class _QueueSnapshot:
-    depth: QueueDepth | None = None
+    depths: dict[str, QueueDepth] | None = None
 
 
 _queue = _QueueSnapshot()
 
 
 def _queue_depth(options: CallbackOptions) -> list[Observation]:
-    depth = _queue.depth
-    return [] if depth is None else [Observation(depth.jobs)]
+    depths = _queue.depths or {}
+    return [Observation(d.jobs, {"tenant": tenant}) for tenant, d in depths.items()]
 
 
 def _queue_age(options: CallbackOptions) -> list[Observation]:
-    depth = _queue.depth
-    if depth is None:
-        return []
-    oldest = depth.oldest_created_at
-    return [Observation(0.0 if oldest is None else max(0.0, time.time() - oldest))]
+    depths, now = _queue.depths or {}, time.time()
+    return [Observation(d.age_s(now), {"tenant": tenant}) for tenant, d in depths.items()]
 
 
 _meter.create_observable_gauge(
     "memento.write_queue.depth",
     [_queue_depth],
     unit="{job}",
-    description="Write jobs queued or running.",
+    description="Write jobs queued or running, by tenant (tenants with none are left out).",
 )
 _meter.create_observable_gauge(
     "memento.write_queue.oldest_age",
     [_queue_age],
     unit="s",
-    description="Age of the oldest write job not yet done (0 when none waits).",
+    description="How long the tenant's oldest write job not yet done has waited.",
+)
+SHED_EXCHANGES = _meter.create_counter(
+    "memento.write_queue.shed",
+    unit="{exchange}",
+    description="Answered exchanges not learned because the tenant's write-queue bound was hit.",
 )
 
 
-def render(queue_depth: QueueDepth | None) -> bytes:
-    """Every metric in Prometheus' text format; the queue gauges from `queue_depth` (read from
-    the store just before), absent when the proxy runs without memory."""
-    _queue.depth = queue_depth
+def render(queue_depths: dict[str, QueueDepth] | None) -> bytes:
+    """Every metric in Prometheus' text format; the queue gauges from `queue_depths` (read from
+    the store just before; None when the proxy runs without memory)."""
+    _queue.depths = queue_depths
     return bytes(generate_latest(_registry))

@@ -192,6 +192,20 @@ class ConsolidationSettings(Strict):
     same_topic_cos: float = Field(default=0.75, gt=0, le=1)
 
 
+class WriteQueueSettings(Strict):
+    max_depth: int | None = Field(
+        default=None,
+        ge=1,
+        description="With this many of the tenant's exchanges waiting to be learned, further "
+        "ones are shed (counted and traced, not learned) until the queue is below it again.",
+    )
+    max_age_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Shed new exchanges while the tenant's oldest waiting one is older than this.",
+    )
+
+
 class MemoryPolicy(Strict):
     enabled: bool = True
     default_mode: Annotated[MemoryMode, YamlOff] = "full"
@@ -214,6 +228,7 @@ class MemoryPolicy(Strict):
         description="Most of this tenant's exchanges learned at once by one process's write "
         "pool (MEMENTO_MEMORY_WORKERS workers shared by all tenants).",
     )
+    write_queue: WriteQueueSettings = Field(default_factory=WriteQueueSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)

@@ -224,8 +224,8 @@ class WriteQueue(Protocol):
 
     async def pending(self) -> int: ...
 
-    async def depth(self) -> QueueDepth:
-        """Jobs queued or running, and the enqueue time of the oldest (for metrics)."""
+    async def depths(self) -> dict[str, QueueDepth]:
+        """By tenant with any: jobs queued or running, and when the oldest was queued."""
         ...
 
     async def unfinished(self, job_ids: Sequence[int]) -> set[int]:

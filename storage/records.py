@@ -187,11 +187,14 @@ class QueuedJob:
 
 @dataclass(frozen=True)
 class QueueDepth:
-    """How far behind the write queue is: jobs queued or running, and when the oldest was
-    queued (None when there is none)."""
+    """How far behind a tenant's write jobs are: how many are queued or running, and when the
+    oldest of them was queued."""
 
     jobs: int
-    oldest_created_at: float | None
+    oldest_created_at: float
+
+    def age_s(self, now: float) -> float:
+        return max(0.0, now - self.oldest_created_at)
 
 
 @dataclass

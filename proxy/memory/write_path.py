@@ -34,11 +34,13 @@ from proxy.memory.learn import case_outcome_changes
 from proxy.memory.model_call import CallModel, TenantModels
 from proxy.memory.new_memory import memory_from_verdict
 from proxy.memory.pending import PendingWrites, answer_key
+from proxy.memory.queue_watch import QueueWatch
 from proxy.memory.sanitize import Sanitizer
 from proxy.memory.seam import CallContext, CallState, PreparedCall
 from proxy.memory.span_attrs import record_extraction, record_verdicts, record_writes
 from proxy.memory.worker import WritePool
 from proxy.messages import answer_message
+from proxy.metrics import SHED_EXCHANGES
 from proxy.policy import Policy
 from proxy.policy_source import PolicySource
 from proxy.tracing import request_link
@@ -69,6 +71,7 @@ class WritePath:
         self.upstreams = upstreams  # the tenants' models are asked through them
         self.pending = pending  # exchanges queued here, not yet learned, by user
         self.backlog = QueueBacklog(store.queue)  # exchanges waiting for the queue to accept writes
+        self.queue_watch = QueueWatch(store.queue)  # each tenant's queue, for its policy's bound
         self._workers = workers  # write-path workers of this process; 0 only queues
         self._pool: WritePool | None = None
 
@@ -98,7 +101,11 @@ class WritePath:
         scope = access.scope if access is not None and access.writes else None
         # Only complete exchanges teach: not a failed call, nor a stream that broke off.
         if scope is not None and "error" not in response and response.get("choices"):
-            await self._queue_exchange(ctx, scope, state, response)
+            shed = self.queue_watch.over_bound(scope.tenant_id, ctx.policy.memory.write_queue)
+            if shed is None:
+                await self._queue_exchange(ctx, scope, state, response)
+            else:
+                _shed(ctx, shed)
         if state.logged is not None:
             # Feedback sent the moment the answer arrives must find the request. Its log was
             # submitted before the exchange, so they usually share one group commit.
@@ -127,6 +134,7 @@ class WritePath:
             trace.get_current_span().set_attribute("memento.memory.exchange_held", True)
             self.backlog.hold(HeldJob(scope.tenant_id, EXCHANGE_JOB, payload), exc)
             return
+        self.queue_watch.queued(scope.tenant_id)
         if self._pool is not None and self._workers > 0:
             # The user's next call waits for it, unless that call carries this answer.
             self.pending.add(scope, job_id, answer_key(answer["content"]))
@@ -280,6 +288,18 @@ async def _extract(exchange: Exchange, policy: Policy, models: CallModel) -> lis
 
 def _injected_ids(job: ExchangeJob) -> list[str]:
     return [i.id for i in job.injected if i.id is not None]
+
+
+def _shed(ctx: CallContext, reason: str) -> None:
+    """Count and trace an exchange not learned because the tenant's queue bound was hit."""
+    SHED_EXCHANGES.add(1, {"tenant": ctx.policy.tenant, "reason": reason})
+    trace.get_current_span().set_attribute("memento.memory.exchange_shed", reason)
+    log.info(
+        "request %s: not learned, tenant %s is over its write-queue bound (%s)",
+        ctx.request_id,
+        ctx.policy.tenant,
+        reason,
+    )
 
 
 def _new_memory(

@@ -80,12 +80,14 @@ class SQLiteJobQueue:
         )
         return int(rows[0][0])
 
-    async def depth(self) -> QueueDepth:
+    async def depths(self) -> dict[str, QueueDepth]:
         rows = await self._connection.fetchall(
-            "SELECT count(*), min(created_at) FROM jobs WHERE state IN ('queued', 'running')"
+            "SELECT tenant_id, count(*), min(created_at) FROM jobs "
+            "WHERE state IN ('queued', 'running') GROUP BY tenant_id"
         )
-        count, oldest = rows[0]
-        return QueueDepth(int(count), None if oldest is None else float(oldest))
+        return {
+            str(tenant): QueueDepth(int(count), float(oldest)) for tenant, count, oldest in rows
+        }
 
     async def unfinished(self, job_ids: Sequence[int]) -> set[int]:
         wanted = list(job_ids)[:_MAX_FIRST]

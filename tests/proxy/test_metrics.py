@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -48,8 +50,8 @@ def proxy(
         "fast": {"model": "openai/upstream-model", "api_base": upstream.url},
         "echo": {"model": "echo"},
     }
-    write_tenant(policies_dir, "metered", KEY, models)
-    return start_proxy(policies_dir)
+    write_tenant(policies_dir, "metered", KEY, models, memory={"write_queue": {"max_depth": 2}})
+    return start_proxy(policies_dir, memory_workers=0)  # nothing learns: queued jobs stay
 
 
 def test_calls_errors_and_the_hot_path_are_counted(
@@ -79,9 +81,55 @@ def test_calls_errors_and_the_hot_path_are_counted(
     assert grew("memento_memory_read_duration_seconds_count", stage="before_call") == 1
     assert grew("memento_memory_read_duration_seconds_count", stage="retrieve") == 1
     assert grew("memento_memory_injected_count") == 1
-    # The write queue is read from the store at each scrape.
-    assert "memento_write_queue_depth{}" in after
-    assert after["memento_write_queue_oldest_age_seconds{}"] >= 0
+    # The write queue is read from the store at each scrape: the one exchange waits there.
+    assert after['memento_write_queue_depth{tenant="metered"}'] == 1
+    assert after['memento_write_queue_oldest_age_seconds{tenant="metered"}'] >= 0
+
+
+def test_a_tenant_over_its_write_queue_bound_sheds_exchanges(proxy: RunningProxy) -> None:
+    """`memory.write_queue.max_depth: 2` and nobody draining the queue: answers go on, at most
+    two exchanges wait, the rest are shed, counted and traced."""
+    client = openai.OpenAI(base_url=proxy.base_url + "/v1", api_key=KEY, max_retries=0)
+    before = scrape(proxy)
+    answers = []
+    for number in range(6):
+        messages = [{"role": "user", "content": f"I have {number} cats."}]
+        answers.append(
+            client.chat.completions.with_raw_response.create(
+                model="echo",
+                messages=messages,  # type: ignore[arg-type]
+                user="bo",
+            )
+        )
+    assert all(a.http_response.status_code == 200 for a in answers)
+    queued = httpx.get(proxy.base_url + "/readyz", timeout=30).json()["write_queue"]["depth"]
+    shed = value(scrape(proxy), "memento_write_queue_shed_total", tenant="metered") - value(
+        before, "memento_write_queue_shed_total", tenant="metered"
+    )
+    assert 1 <= queued <= 2  # never over the bound (counted twice at worst: sheds early)
+    assert shed == 6 - queued
+    shed_ids = [a.headers["x-request-id"] for a in answers[queued:]]
+    root = request_span(proxy, shed_ids[-1])
+    assert root["attributes"]["memento.memory.exchange_shed"] == "depth"
+
+
+def request_span(proxy: RunningProxy, request_id: str) -> dict[str, Any]:
+    """The call's `memento.request` span, once the trace store has it (export is batched)."""
+    deadline = time.monotonic() + 30
+    while True:
+        response = httpx.get(
+            f"{proxy.base_url}/v1/traces/{request_id}",
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=30,
+        )
+        if response.status_code == 200:
+            spans = response.json()["spans"]
+            roots = [span for span in spans if span["name"] == "memento.request"]
+            if roots:
+                root: dict[str, Any] = roots[0]
+                return root
+        assert time.monotonic() < deadline, response.text
+        time.sleep(0.1)
 
 
 def test_a_metrics_token_is_required_once_set(
@@ -96,4 +144,11 @@ def test_a_metrics_token_is_required_once_set(
         proxy.base_url + "/metrics", headers={"Authorization": "Bearer nope"}, timeout=30
     )
     assert wrong.status_code == 401
-    assert "memento_write_queue_depth{}" in scrape(proxy, token="scrape-secret")
+    assert (
+        "memento_requests_total"
+        in httpx.get(
+            proxy.base_url + "/metrics",
+            headers={"Authorization": "Bearer scrape-secret"},
+            timeout=30,
+        ).text
+    )
