@@ -19,6 +19,8 @@ from proxy.memory.signals import Hit, clauses, normalize, snippet
 from proxy.memory.signals.instruction_patterns import (
     ADDRESSEE,
     BUILDS_ON_USER,
+    CONCEALMENT,
+    DECLARATIVE,
     DELIMITER,
     DIRECTIVE_IMPERATIVE,
     DIRECTIVE_VERB,
@@ -58,14 +60,15 @@ TASK_REQUEST = 0.15
 Reading = Literal["statement", "request"]
 
 
-def detect(text: str, reading: Reading = "statement") -> list[Hit]:
+def detect(text: str, reading: Reading = "statement", *, steered: str = "") -> list[Hit]:
     """Score the ways `text` tries to instruct the assistant.
 
     `reading` says what the text is: a `statement` stored as a memory (a fact, a preference, an
     import), or a `request` (a case's request in the user's own words, or the answer the
     assistant gave to it), where asking for work is what the text is for. A request is scored
     only for what reaches beyond its own answer: overrides, markers, jailbreak roles, reveal
-    attempts; steering is the separate `steering` signal, in every reading.
+    attempts; steering is the separate `steering` signal, in every reading. `steered` is the
+    clause that signal has scored (lower case): its directive is not counted a second time.
     """
     norm = HYPHEN_JOIN.sub(" ", normalize(text))
     hits: list[Hit] = []
@@ -95,7 +98,7 @@ def detect(text: str, reading: Reading = "statement") -> list[Hit]:
             Hit("instructions", DIRECTIVE + 0.05, f"role assignment: {snippet(role.group())}")
         )
     if reading == "statement":
-        hits.extend(_directive_hits(norm))
+        hits.extend(_directive_hits(norm.replace(steered, " ").strip() if steered else norm))
     return hits
 
 
@@ -118,7 +121,7 @@ def _directive_hits(norm: str) -> list[Hit]:
                 f"refers to the assistant's output: {snippet(match.group())}",
             )
         )
-    if match := MODAL.search(norm):
+    if (match := MODAL.search(norm)) and not _preference(norm, match.start()):
         directive = max(directive, DIRECTIVE)
         hits.append(
             Hit("instructions", DIRECTIVE, f"obligation on the assistant: {snippet(match.group())}")
@@ -137,6 +140,11 @@ def _directive_hits(norm: str) -> list[Hit]:
                         DIRECTIVE,
                         f"request spliced into a statement: {snippet(request)}",
                     )
+                )
+            elif hidden := CONCEALMENT.search(norm):
+                directive = DIRECTIVE
+                hits.append(
+                    Hit("instructions", DIRECTIVE, f"request kept from the user: {snippet(hidden.group())}")
                 )
             else:
                 hits.append(Hit("instructions", TASK_REQUEST, f"task request: {snippet(request)}"))
@@ -191,7 +199,7 @@ def _first_imperative(norm: str) -> tuple[str | None, str]:
         asked = False  # this sentence opened with a task request
         for clause in clauses(sentence):
             for part in (clause, *clause.split(", ")[1:]):
-                if SOCIAL_TELL.match(part):
+                if SOCIAL_TELL.match(part) or FORM_PREFERENCE.match(part):
                     continue
                 if PERSISTENT_IMPERATIVE.match(part):
                     return part, "persistent"
@@ -208,16 +216,38 @@ def _first_imperative(norm: str) -> tuple[str | None, str]:
     return task, "task"
 
 
+def _preference(norm: str, at: int) -> bool:
+    """Whether the sentence around position `at` only shapes the form of the user's answers
+    ("you must always answer in French")."""
+    start = max(norm.rfind(". ", 0, at), norm.rfind("; ", 0, at))
+    end = min((i for i in (norm.find(". ", at), norm.find("; ", at)) if i >= 0), default=-1)
+    sentence = norm[start + 2 if start >= 0 else 0 : end if end >= 0 else None]
+    return bool(FORM_PREFERENCE.match(sentence.strip()))
+
+
 def _spliced(norm: str, request: str) -> bool:
-    """Whether a request sits beside a statement about the user that it does not build on."""
+    """Whether a request sits beside a statement (about the user or anyone else) that it does
+    not build on."""
     if BUILDS_ON_USER.search(request):
         return False
     return any(
-        STATEMENT.search(clause)
-        and not clause.endswith("?")
-        and clause not in request
-        and request not in clause
+        _statement(clause) and clause not in request and request not in clause
         for clause in clauses(norm)
+    )
+
+
+def _statement(clause: str) -> bool:
+    """Whether a clause states something: in the first person or about the user, or a subject
+    and a finite verb that is not a request's opening ("Caroline likes hiking")."""
+    if clause.endswith("?"):
+        return False
+    if STATEMENT.search(clause):
+        return True
+    return bool(DECLARATIVE.match(clause)) and not (
+        REQUEST_OPENING.match(clause)
+        or DIRECTIVE_IMPERATIVE.match(clause)
+        or PERSISTENT_IMPERATIVE.match(clause)
+        or TASK_IMPERATIVE.match(clause)
     )
 
 
