@@ -291,10 +291,16 @@ _CLOSED_CLASS = (
     r"about|into|over|under|after|before|during|and|or|but|so|then|also|not|no|yes|here|there|"
     r"now|today|once|the|a|an|this|these|those|it|its|you|your|please|kindly|let|let's)"
 )
+_IRREGULAR_PAST = (
+    r"went|got|made|took|saw|came|gave|found|bought|told|felt|left|met|ran|wrote|began|became|"
+    r"grew|knew|lost|won|kept|said|thought|brought|taught|built|sent|spent|paid|heard|held|"
+    r"sold|sat|stood|slept|drove|flew|ate|drank|swam|sang|fell|broke|chose|spoke|wore|woke|"
+    r"read|led|fed|fought|caught|hid|rode|shot|struck|threw|understood"
+)
 DECLARATIVE = re.compile(
     r"^(?:(?:he|she|they)(?:'s|'re|'d|'ll|'ve)?\b|"
     r"(?:(?:his|her|their)\s+)?(?:(?!" + _CLOSED_CLASS + r"\b)[a-z][\w'&-]*\s+){1,2}?"
-    r"(?:is|are|was|were|has|have|had|does|did|can|could|will|would|"
+    r"(?:is|are|was|were|has|have|had|does|did|can|could|will|would|" + _IRREGULAR_PAST + r"|"
     r"[a-z][\w-]*?(?:[^s\W']s|ed))\b)"
 )
 BUILDS_ON_USER = re.compile(

@@ -143,9 +143,8 @@ def _directive_hits(norm: str) -> list[Hit]:
                 )
             elif hidden := CONCEALMENT.search(norm):
                 directive = DIRECTIVE
-                hits.append(
-                    Hit("instructions", DIRECTIVE, f"request kept from the user: {snippet(hidden.group())}")
-                )
+                detail = f"request kept from the user: {snippet(hidden.group())}"
+                hits.append(Hit("instructions", DIRECTIVE, detail))
             else:
                 hits.append(Hit("instructions", TASK_REQUEST, f"task request: {snippet(request)}"))
     if match := ADDRESSEE.search(norm):

@@ -138,12 +138,12 @@ def find(text: str, *, bare: bool = True) -> tuple[Hit, str] | None:
     norm = normalize(text)
     for clause in clauses(norm):
         if match := _TRUSTED_SOURCE.search(clause):
-            detail = f"trusted-source claim: {snippet(match.group())}"
-            return Hit("steering", STEERING, detail), clause
+            claim = f"trusted-source claim: {snippet(match.group())}"
+            return Hit("steering", STEERING, claim), clause
     for clause in _cased_clauses(text):
         lower = clause.lower()
-        if detail := _promotion(clause, lower, bare=bare):
-            return Hit("steering", STEERING, detail), lower
+        if promotion := _promotion(clause, lower, bare=bare):
+            return Hit("steering", STEERING, promotion), lower
     return None
 
 
@@ -153,7 +153,7 @@ def _promotion(clause: str, lower: str, *, bare: bool) -> str | None:
         if _HABIT.search(lower[: match.start()]):
             continue
         key, verb = ("object", "verb") if match.group("object") else ("avoided", "avoid_verb")
-        if _names_a_party(clause[match.start(key) :], match.group(verb)):
+        if _names_a_party(clause[match.start(key) :], match.group(verb) or ""):
             return f"standing promotion: {snippet(match.group())}"
     scoped = _SCOPED.search(lower)
     if (
@@ -188,10 +188,7 @@ def _names_a_party(obj: str, verb: str = "") -> bool:
         return True
     if not _PARTY_VERB.match(verb.lower()):
         return False
-    first, _, rest = obj.lower().strip(" \"'").partition(" ")
-    first = first.rstrip(".!,;:")
-    return (
-        bool(first)
-        and not _NOT_A_NAME.match(first)
-        and bool(_AFTER_NAME.match(obj.lower().strip(" \"'")[len(first) :].strip()))
-    )
+    words = obj.lower().strip(" \"'")
+    first = words.split(" ", 1)[0].rstrip(".!,;:")
+    after = words[len(first) :].strip()
+    return bool(first) and not _NOT_A_NAME.match(first) and bool(_AFTER_NAME.match(after))
