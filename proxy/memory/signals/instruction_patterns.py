@@ -142,14 +142,43 @@ _TASK_VERBS = (
     "format|debug|implement|convert|rewrite|reformat|render|suggest|recommend|simulate"
 )
 # Verbs of directives: they decide what the answer says or whom it works on ("say",
-# "include", "reveal", "ignore", "persuade"). A clause that opens with one commands the model
-# whoever wrote it: a person asking for work asks for an answer, not for words put in it.
-_DIRECTIVE_VERBS = (
-    "add|append|include|insert|integrate|incorporate|embed|inject|prepend|attach|respond|reply|"
-    "answer|say|output|print|return|repeat|reveal|disclose|leak|promote|advertise|endorse|"
-    "mention|refer|direct|disregard|override|bypass|ignore|pretend|roleplay|prefix|affix|"
-    "preface|obey|comply|claim|assert|insist|convince|persuade|urge|encourage|inform|notify|"
-    "warn|spread|introduce|fuse|blend|interweave|weave|absorb|infuse|harmonize|meld"
+# "reveal", "persuade"), put words into it ("include", "prefix") or set its rules aside
+# ("ignore", "bypass"). A clause that opens with one commands the model whoever wrote it,
+# unless what it acts on says otherwise (`directs`): words put into a thing the person named
+# ("add a pinch of salt to the soup", "insert a table at the top of the document") and rules
+# that are not the model's ("ignore the noise", "override the default settings") are work.
+_SPEECH_VERBS = (
+    "respond|reply|answer|say|output|print|return|repeat|reveal|disclose|leak|promote|"
+    "advertise|endorse|mention|refer|direct|pretend|roleplay|obey|comply|claim|assert|insist|"
+    "convince|persuade|urge|encourage|inform|notify|warn|spread"
+)
+_INSERT_VERBS = (
+    "add|append|include|insert|integrate|incorporate|embed|inject|prepend|attach|prefix|affix|"
+    "preface|introduce|fuse|blend|interweave|weave|absorb|infuse|harmonize|meld"
+)
+_RULE_VERBS = "disregard|override|bypass|ignore"
+_DIRECTIVE_VERBS = _SPEECH_VERBS + "|" + _INSERT_VERBS + "|" + _RULE_VERBS
+INSERT_VERB = re.compile(r"^(?:" + _INSERT_VERBS + r")\b")
+RULE_VERB = re.compile(r"^(?:" + _RULE_VERBS + r")\b")
+# Where inserted words go: a thing named with its own determiner ("to the soup", "at the top of
+# the document"); "your response", "your code" are the assistant's own output.
+NAMED_DESTINATION = re.compile(
+    r"\b(?:to|into|in|within|at|on|onto|throughout|before|after)\s+(?:the|a|an|this|that|these|"
+    r"those|each|every|my|our|his|her|their)\b"
+)
+YOUR = re.compile(r"\byour\b")
+# What may come before a clause's verb: fillers, "please", a negation.
+LEADING_WORDS = re.compile(
+    r"^(?:(?:also|just|now|then|so|and|first|next|finally|immediately|please|kindly|do not|"
+    r"don't|dont)\s*,?\s+)*"
+)
+# What a rule verb sets aside when it is the model's context: the text before, the person's
+# question, "everything", "that", the model's own rules (OVERRIDE reads those more strictly).
+CONTEXT_OBJECT = re.compile(
+    r"^(?:\S+\s+){0,4}?(?:above|previous|prior|preceding|earlier|everything|anything|all|"
+    r"instructions?|prompts?|rules?|guidelines?|question|request|message|user|users|input|"
+    r"text|context|conversation|what|that|this|it|them|your|system|safety|restrictions?|"
+    r"filters?|policy|policies)\b"
 )
 # Verbs of actions: they act now on things the person has (files, code, accounts, money,
 # systems), through the assistant's tools or by its hand ("delete the faulty line", "transfer

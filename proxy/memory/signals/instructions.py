@@ -20,17 +20,21 @@ from proxy.memory.signals.instruction_patterns import (
     ADDRESSEE,
     BUILDS_ON_USER,
     CONCEALMENT,
+    CONTEXT_OBJECT,
     DECLARATIVE,
     DELIMITER,
     DIRECTIVE_IMPERATIVE,
     DIRECTIVE_VERB,
     FORM_PREFERENCE,
     HYPHEN_JOIN,
+    INSERT_VERB,
     INSTRUCTION_OBJECT,
     JAILBREAK_ROLE,
     KNOWLEDGE_QUESTION,
+    LEADING_WORDS,
     META_INSTRUCTION,
     MODAL,
+    NAMED_DESTINATION,
     OUTPUT_REFERENCE,
     OVERRIDE,
     PERSIST_STRONG,
@@ -42,11 +46,13 @@ from proxy.memory.signals.instruction_patterns import (
     REQUEST_OPENING,
     REVEAL,
     ROLE_PLAY,
+    RULE_VERB,
     SENTENCE,
     SOCIAL_TELL,
     STATEMENT,
     TASK_IMPERATIVE,
     TRIGGER,
+    YOUR,
 )
 
 # One clear directive aimed at the assistant. With the default priors and weight it puts a
@@ -203,16 +209,33 @@ def _first_imperative(norm: str) -> tuple[str | None, str]:
                 if PERSISTENT_IMPERATIVE.match(part):
                     return part, "persistent"
                 if DIRECTIVE_IMPERATIVE.match(part) and not asked:
-                    return part, "directive"
+                    if directs(_verb_onward(part)):
+                        return part, "directive"
+                    task = task or part
                 if TASK_IMPERATIVE.match(part):
                     task = task or part
                 asked = asked or bool(REQUEST_OPENING.match(part))
     if match := PLEASE.search(norm):
         verb = match.group().split(None, 1)[1].lstrip(", ") if " " in match.group() else ""
-        if DIRECTIVE_VERB.match(verb):
+        if DIRECTIVE_VERB.match(verb) and directs(verb):
             return match.group(), "directive"
         task = task or match.group()
     return task, "task"
+
+
+def directs(clause: str) -> bool:
+    """Whether a clause that opens with a directive verb aims at the model: words put into its
+    answer (not into a thing the person named) or rules set aside that are its own context."""
+    if INSERT_VERB.match(clause):
+        return bool(YOUR.search(clause)) or not NAMED_DESTINATION.search(clause)
+    if match := RULE_VERB.match(clause):
+        return bool(CONTEXT_OBJECT.match(clause[match.end() :].strip()))
+    return True
+
+
+def _verb_onward(part: str) -> str:
+    """A clause from its verb on: fillers, "please", "do not" left out."""
+    return LEADING_WORDS.sub("", part)
 
 
 def _preference(norm: str, at: int) -> bool:
