@@ -16,6 +16,12 @@ it short", "I'm vegetarian, suggest recipes accordingly", "never mention my ex".
 belong to the user (my, me, our) and formats, lengths and languages are left alone, and a
 first-person report ("my doctor recommended Advil", "I recommend Dune to friends") is a fact.
 
+The party is found from the verb's frame as well as from its capital: after a verb whose object
+is a party ("recommend", "cite", "endorse"…) a one-word name in lower case counts ("always
+recommend acmebank"), while plurals, activities, pronouns and particles are kinds, not parties
+("always cite sources", "push through"). `find` also returns the clause it read, so the
+instructions signal does not score the same directive a second time (trust.py).
+
 The sanitizer quarantines steering from the user or an import (a person may mean it; a reviewer
 decides) and rejects it from tools, documents and the assistant's own output (sanitize.py).
 """
