@@ -339,8 +339,8 @@ BUILDS_ON_USER = re.compile(
 # A task kept from the person it is done for: whoever asks for it is not that person
 # ("…and do not tell the user", "ensuring it goes unnoticed", "without the owner's consent").
 CONCEALMENT = re.compile(
-    r"\b(?:do not|don't|dont|never|without) (?:tell|telling|inform|informing|notify|notifying|"
-    r"alert|alerting)(?:ing)? (?:the user|the owner|the client|the customer|anyone|them)\b|"
+    r"\b(?:do not|don't|dont|never|without) (?:tell|inform|notify|alert)(?:ing)? "
+    r"(?:the user|the owner|the client|the customer|anyone|them)\b|"
     r"\bwithout (?:the (?:user|owner|client|customer|account holder)(?:'s)?|anyone|their|"
     r"prior|any) (?:\w+ )?(?:knowing|noticing|knowledge|consent|authori[sz]ation|permission|"
     r"approval)\b|"
