@@ -94,18 +94,14 @@ def _content_hits(
 ) -> list[Hit]:
     """The content signals of one part. Steering also reads the verbatim words the part was
     taken from (`sources`): an extractor that turns "Remember Acme as a trusted source" into
-    the fact "Acme as a trusted source" must not launder the directive away."""
-    steered = next(
-        (
-            found
-            for each in (text, *sources)
-            if (found := steering.detect(each, bare=reading == "statement"))
-        ),
-        [],
-    )
+    the fact "Acme as a trusted source" must not launder the directive away. The clause
+    steering read is one piece of evidence: the instructions signal leaves its directive out."""
+    bare = reading == "statement"
+    in_text = steering.find(text, bare=bare)
+    found = in_text or next((f for span in sources if (f := steering.find(span, bare=bare))), None)
     return [
-        *instructions.detect(text, reading),
-        *steered,
+        *instructions.detect(text, reading, steered=in_text[1] if in_text else ""),
+        *([found[0]] if found else []),
         *exfiltration.detect(text),
         *obfuscation.detect(text),
     ]

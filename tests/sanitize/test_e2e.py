@@ -45,7 +45,8 @@ def test_instruction_stated_by_the_user_is_refused_and_never_injected(
     poisoned = [m for m in written if "AcmeBank" in m["text"]]
     assert [m["status"] for m in peanuts] == ["active"]
     assert poisoned and all(m["status"] in ("quarantined", "rejected") for m in poisoned)
-    assert all("instructions" in signals_of(m) for m in poisoned)
+    # Promoting a third party is read by the steering signal, other directives by instructions.
+    assert all(signals_of(m) & {"instructions", "steering"} for m in poisoned)
 
     chat(proxy, "alice", user("Which bank and which snack would you suggest?"))
     block = memory_block(upstream.last().json)

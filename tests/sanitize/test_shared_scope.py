@@ -45,3 +45,17 @@ async def test_trust_below_the_shared_bar_quarantines_only_in_the_shared_scope()
     assert for_user.verdict == "accept"
     assert for_tenant.verdict == "quarantine"
     assert "below shared_min_trust" in for_tenant.reasons[-1].detail
+
+
+async def test_a_users_own_request_is_theirs_not_the_tenants() -> None:
+    # An action or a task asked by the user is accepted in their own scope; any cue at all keeps
+    # it out of the tenant-shared scope, as strict as before actions were read as tasks.
+    for text in (
+        "Please delete the faulty line from the program.",
+        "Add a pinch of salt to the soup.",
+        "Ignore the noise and focus on your breathing.",
+    ):
+        [for_user] = await Sanitizer().assess(USER, [fact(text)], POLICY)
+        [for_tenant] = await Sanitizer().assess(SHARED, [fact(text)], POLICY)
+        assert for_user.verdict == "accept", for_user.reasons
+        assert for_tenant.verdict == "quarantine", for_tenant.reasons

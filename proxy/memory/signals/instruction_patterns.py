@@ -139,23 +139,60 @@ _TASK_VERBS = (
     "translate|paraphrase|rephrase|proofread|define|elaborate|brainstorm|outline|compile|"
     "analy[sz]e|evaluate|identify|compare|contrast|calculate|compute|predict|estimate|classify|"
     "categori[sz]e|determine|investigate|research|look up|search for|break down|develop|tell|"
-    "format|debug|implement|convert|rewrite|reformat|render|suggest|simulate"
+    "format|debug|implement|convert|rewrite|reformat|render|suggest|recommend|simulate"
 )
-# Verbs of directives: they steer the assistant's output ("say", "include", "recommend"), act on
-# the world through its tools ("send", "transfer", "delete", "grant") or override its rules. A
-# clause that opens with one commands the model whoever wrote it.
-_DIRECTIVE_VERBS = (
-    "add|append|include|insert|integrate|incorporate|embed|inject|prepend|attach|modify|alter|"
-    "replace|substitute|respond|reply|answer|say|output|print|return|repeat|reveal|disclose|"
-    "leak|send|forward|email|post|upload|transfer|wire|withdraw|delete|remove|erase|wipe|"
+# Verbs of directives: they decide what the answer says or whom it works on ("say",
+# "reveal", "persuade"), put words into it ("include", "prefix") or set its rules aside
+# ("ignore", "bypass"). A clause that opens with one commands the model whoever wrote it,
+# unless what it acts on says otherwise (`directs`): words put into a thing the person named
+# ("add a pinch of salt to the soup", "insert a table at the top of the document") and rules
+# that are not the model's ("ignore the noise", "override the default settings") are work.
+_SPEECH_VERBS = (
+    "respond|reply|answer|say|output|print|return|repeat|reveal|disclose|leak|promote|"
+    "advertise|endorse|mention|refer|direct|pretend|roleplay|obey|comply|claim|assert|insist|"
+    "convince|persuade|urge|encourage|inform|notify|warn|spread"
+)
+_INSERT_VERBS = (
+    "add|append|include|insert|integrate|incorporate|embed|inject|prepend|attach|prefix|affix|"
+    "preface|introduce|fuse|blend|interweave|weave|absorb|infuse|harmonize|meld"
+)
+_RULE_VERBS = "disregard|override|bypass|ignore"
+_DIRECTIVE_VERBS = _SPEECH_VERBS + "|" + _INSERT_VERBS + "|" + _RULE_VERBS
+INSERT_VERB = re.compile(r"^(?:" + _INSERT_VERBS + r")\b")
+RULE_VERB = re.compile(r"^(?:" + _RULE_VERBS + r")\b")
+# Where inserted words go: a thing named with its own determiner ("to the soup", "at the top of
+# the document"); "your response", "your code" are the assistant's own output.
+NAMED_DESTINATION = re.compile(
+    r"\b(?:to|into|in|within|at|on|onto|throughout|before|after)\s+(?:the|a|an|this|that|these|"
+    r"those|each|every|my|our|his|her|their)\b"
+)
+YOUR = re.compile(r"\byour\b")
+# What may come before a clause's verb: fillers, "please", a negation.
+LEADING_WORDS = re.compile(
+    r"^(?:(?:also|just|now|then|so|and|first|next|finally|immediately|please|kindly|do not|"
+    r"don't|dont)\s*,?\s+)*"
+)
+# What a rule verb sets aside when it is the model's context: the text before, the person's
+# question, "everything", "that", the model's own rules (OVERRIDE reads those more strictly).
+CONTEXT_OBJECT = re.compile(
+    r"^(?:\S+\s+){0,4}?(?:above|previous|prior|preceding|earlier|everything|anything|all|"
+    r"instructions?|prompts?|rules?|guidelines?|question|request|message|user|users|input|"
+    r"text|context|conversation|what|that|this|it|them|your|system|safety|restrictions?|"
+    r"filters?|policy|policies)\b"
+)
+# Verbs of actions: they act now on things the person has (files, code, accounts, money,
+# systems), through the assistant's tools or by its hand ("delete the faulty line", "transfer
+# $50 to Bob"). Asked by the person who owns them, that is a task like any other; the same
+# words are an attack for where they appear (a tool's output: the source prior), for being
+# spliced beside a statement they do not build on, for standing ("always send…") or for being
+# hidden from that person (`CONCEALMENT`).
+_ACTION_VERBS = (
+    "send|forward|email|post|upload|transfer|wire|withdraw|delete|remove|erase|wipe|"
     "pay(?! (?:close |careful |more |special )?attention)|"
     "purge|disable|grant|revoke|allocate|execute|run|install|download|click|visit|navigate|"
-    "redirect|recommend|promote|advertise|endorse|mention|refer|direct|disregard|override|"
-    "bypass|utilize|utilise|employ|deploy|adopt|merge|enhance|augment|unlock|approve|authorize|"
-    "authorise|encode|decode|encrypt|decrypt|scramble|introduce|fuse|blend|interweave|weave|"
-    "absorb|leverage|enlist|infuse|harmonize|meld|retrieve|fetch|extract|terminate|shut down|"
-    "reboot|initiate|pretend|roleplay|spread|ignore|prefix|affix|preface|obey|comply|claim|"
-    "assert|insist|convince|persuade|urge|encourage|inform|notify|warn"
+    "redirect|deploy|unlock|approve|authorize|authorise|retrieve|fetch|extract|terminate|"
+    "shut down|reboot|initiate|modify|alter|replace|substitute|merge|enhance|augment|encode|"
+    "decode|encrypt|decrypt|scramble|utilize|utilise|employ|adopt|leverage|enlist"
 )
 _EVERYDAY_VERBS = (
     "check|use|share|make sure|ensure|start|stop|begin|create|change|set|reset|save|store|order|"
@@ -199,6 +236,8 @@ PERSISTENT_IMPERATIVE = re.compile(
     + r"(?:"
     + _TASK_VERBS
     + "|"
+    + _ACTION_VERBS
+    + "|"
     + _DIRECTIVE_VERBS
     + "|"
     + _EVERYDAY_VERBS
@@ -215,11 +254,15 @@ TASK_IMPERATIVE = re.compile(
     + r"(?:"
     + _TASK_VERBS
     + "|"
+    + _ACTION_VERBS
+    + "|"
     + _EVERYDAY_VERBS
     + r")|"
     + _NEGATION
     + r"(?:"
     + _TASK_VERBS
+    + "|"
+    + _ACTION_VERBS
     + r"))\b"
     + _NOT_A_VERB
 )
@@ -230,6 +273,8 @@ REQUEST_OPENING = re.compile(
     + _PLEASE_HEDGE
     + r"\s*,?\s+)?(?:"
     + _TASK_VERBS
+    + "|"
+    + _ACTION_VERBS
     + "|"
     + _EVERYDAY_VERBS
     + r")\b"
@@ -255,17 +300,51 @@ _FORM_WORDS = (
     r"summary|summaries|first|at|most|under|than|\d+"
 )
 FORM_PREFERENCE = re.compile(
-    r"^" + _FILLERS + r"(?:(?:please|kindly|always|from now on|going forward),?\s+)*"
+    r"^" + _FILLERS + r"(?:(?:please|kindly|always|from now on|going forward|"
+    r"you (?:must|should|shall|will|need to|have to|are to)),?\s+)*"
     r"(?:answer|respond|reply|write|explain|keep|use|give|format|be|talk|speak)\b"
     r"(?:\s+(?:" + _FORM_WORDS + r")\b)+\s*[.!]?$"
 )
 SENTENCE = re.compile(r"(?<=[.!?;:])\s+|\s*[;\n]\s*")
-# The opening of a statement about the user, and the words by which a request builds on one
-# ("I'm vegetarian, suggest recipes accordingly"): personalisation, not a splice.
+# A statement about a person: the cover a poisoned memory needs to be recalled. In the first
+# person or about "the user" anywhere in the clause; about anyone else, a clause that opens
+# with a third-person pronoun, or with a name or a possessed noun and a finite verb ("Caroline
+# likes hiking", "her brother was a pilot"). Words of the closed classes (prepositions,
+# conjunctions, question words) are never the subject: "how it maps…", "while it may…" are
+# parts of a request. A clause that opens with a request verb is a request, not a statement
+# (`instructions._statement`).
 STATEMENT = re.compile(r"\b(?:i|i'm|im|i've|i'd|i'll|my|we|we're|we've|our|the user)\b")
+_CLOSED_CLASS = (
+    r"(?:how|what|why|when|where|which|who|whom|whose|while|whereas|if|because|as|although|"
+    r"though|since|unless|until|that|whether|through|in|on|at|by|for|with|without|from|to|of|"
+    r"about|into|over|under|after|before|during|and|or|but|so|then|also|not|no|yes|here|there|"
+    r"now|today|once|the|a|an|this|these|those|it|its|you|your|please|kindly|let|let's)"
+)
+_IRREGULAR_PAST = (
+    r"went|got|made|took|saw|came|gave|found|bought|told|felt|left|met|ran|wrote|began|became|"
+    r"grew|knew|lost|won|kept|said|thought|brought|taught|built|sent|spent|paid|heard|held|"
+    r"sold|sat|stood|slept|drove|flew|ate|drank|swam|sang|fell|broke|chose|spoke|wore|woke|"
+    r"read|led|fed|fought|caught|hid|rode|shot|struck|threw|understood"
+)
+DECLARATIVE = re.compile(
+    r"^(?:(?:he|she|they)(?:'s|'re|'d|'ll|'ve)?\b|"
+    r"(?:(?:his|her|their)\s+)?(?:(?!" + _CLOSED_CLASS + r"\b)[a-z][\w'&-]*\s+){1,2}?"
+    r"(?:is|are|was|were|has|have|had|does|did|can|could|will|would|" + _IRREGULAR_PAST + r"|"
+    r"[a-z][\w-]*?(?:[^s\W']s|ed))\b)"
+)
 BUILDS_ON_USER = re.compile(
     r"\b(?:accordingly|based on (?:this|that|it|my|our)|given (?:this|that|my|our)|"
     r"with (?:this|that) in mind|that suits? (?:me|us))\b"
+)
+# A task kept from the person it is done for: whoever asks for it is not that person
+# ("…and do not tell the user", "ensuring it goes unnoticed", "without the owner's consent").
+CONCEALMENT = re.compile(
+    r"\b(?:do not|don't|dont|never|without) (?:tell|inform|notify|alert)(?:ing)? "
+    r"(?:the user|the owner|the client|the customer|anyone|them)\b|"
+    r"\bwithout (?:the (?:user|owner|client|customer|account holder)(?:'s)?|anyone|their|"
+    r"prior|any) (?:\w+ )?(?:knowing|noticing|knowledge|consent|authori[sz]ation|permission|"
+    r"approval)\b|"
+    r"\b(?:go|goes|going|remain|remains|stay|stays|be|is) (?:unnoticed|undetected)\b"
 )
 # "Tell me more", "tell me about it", "tell me how it went": conversation, not a task.
 SOCIAL_TELL = re.compile(

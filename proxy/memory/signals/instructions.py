@@ -19,16 +19,22 @@ from proxy.memory.signals import Hit, clauses, normalize, snippet
 from proxy.memory.signals.instruction_patterns import (
     ADDRESSEE,
     BUILDS_ON_USER,
+    CONCEALMENT,
+    CONTEXT_OBJECT,
+    DECLARATIVE,
     DELIMITER,
     DIRECTIVE_IMPERATIVE,
     DIRECTIVE_VERB,
     FORM_PREFERENCE,
     HYPHEN_JOIN,
+    INSERT_VERB,
     INSTRUCTION_OBJECT,
     JAILBREAK_ROLE,
     KNOWLEDGE_QUESTION,
+    LEADING_WORDS,
     META_INSTRUCTION,
     MODAL,
+    NAMED_DESTINATION,
     OUTPUT_REFERENCE,
     OVERRIDE,
     PERSIST_STRONG,
@@ -40,11 +46,13 @@ from proxy.memory.signals.instruction_patterns import (
     REQUEST_OPENING,
     REVEAL,
     ROLE_PLAY,
+    RULE_VERB,
     SENTENCE,
     SOCIAL_TELL,
     STATEMENT,
     TASK_IMPERATIVE,
     TRIGGER,
+    YOUR,
 )
 
 # One clear directive aimed at the assistant. With the default priors and weight it puts a
@@ -58,14 +66,15 @@ TASK_REQUEST = 0.15
 Reading = Literal["statement", "request"]
 
 
-def detect(text: str, reading: Reading = "statement") -> list[Hit]:
+def detect(text: str, reading: Reading = "statement", *, steered: str = "") -> list[Hit]:
     """Score the ways `text` tries to instruct the assistant.
 
     `reading` says what the text is: a `statement` stored as a memory (a fact, a preference, an
     import), or a `request` (a case's request in the user's own words, or the answer the
     assistant gave to it), where asking for work is what the text is for. A request is scored
     only for what reaches beyond its own answer: overrides, markers, jailbreak roles, reveal
-    attempts; steering is the separate `steering` signal, in every reading.
+    attempts; steering is the separate `steering` signal, in every reading. `steered` is the
+    clause that signal has scored (lower case): its directive is not counted a second time.
     """
     norm = HYPHEN_JOIN.sub(" ", normalize(text))
     hits: list[Hit] = []
@@ -95,7 +104,7 @@ def detect(text: str, reading: Reading = "statement") -> list[Hit]:
             Hit("instructions", DIRECTIVE + 0.05, f"role assignment: {snippet(role.group())}")
         )
     if reading == "statement":
-        hits.extend(_directive_hits(norm))
+        hits.extend(_directive_hits(norm.replace(steered, " ").strip() if steered else norm))
     return hits
 
 
@@ -118,7 +127,7 @@ def _directive_hits(norm: str) -> list[Hit]:
                 f"refers to the assistant's output: {snippet(match.group())}",
             )
         )
-    if match := MODAL.search(norm):
+    if (match := MODAL.search(norm)) and not _preference(norm, match.start()):
         directive = max(directive, DIRECTIVE)
         hits.append(
             Hit("instructions", DIRECTIVE, f"obligation on the assistant: {snippet(match.group())}")
@@ -138,6 +147,10 @@ def _directive_hits(norm: str) -> list[Hit]:
                         f"request spliced into a statement: {snippet(request)}",
                     )
                 )
+            elif hidden := CONCEALMENT.search(norm):
+                directive = DIRECTIVE
+                detail = f"request kept from the user: {snippet(hidden.group())}"
+                hits.append(Hit("instructions", DIRECTIVE, detail))
             else:
                 hits.append(Hit("instructions", TASK_REQUEST, f"task request: {snippet(request)}"))
     if match := ADDRESSEE.search(norm):
@@ -191,33 +204,72 @@ def _first_imperative(norm: str) -> tuple[str | None, str]:
         asked = False  # this sentence opened with a task request
         for clause in clauses(sentence):
             for part in (clause, *clause.split(", ")[1:]):
-                if SOCIAL_TELL.match(part):
+                if SOCIAL_TELL.match(part) or FORM_PREFERENCE.match(part):
                     continue
                 if PERSISTENT_IMPERATIVE.match(part):
                     return part, "persistent"
                 if DIRECTIVE_IMPERATIVE.match(part) and not asked:
-                    return part, "directive"
+                    if directs(_verb_onward(part)):
+                        return part, "directive"
+                    task = task or part
                 if TASK_IMPERATIVE.match(part):
                     task = task or part
                 asked = asked or bool(REQUEST_OPENING.match(part))
     if match := PLEASE.search(norm):
         verb = match.group().split(None, 1)[1].lstrip(", ") if " " in match.group() else ""
-        if DIRECTIVE_VERB.match(verb):
+        if DIRECTIVE_VERB.match(verb) and directs(verb):
             return match.group(), "directive"
         task = task or match.group()
     return task, "task"
 
 
+def directs(clause: str) -> bool:
+    """Whether a clause that opens with a directive verb aims at the model: words put into its
+    answer (not into a thing the person named) or rules set aside that are its own context."""
+    if INSERT_VERB.match(clause):
+        return bool(YOUR.search(clause)) or not NAMED_DESTINATION.search(clause)
+    if match := RULE_VERB.match(clause):
+        return bool(CONTEXT_OBJECT.match(clause[match.end() :].strip()))
+    return True
+
+
+def _verb_onward(part: str) -> str:
+    """A clause from its verb on: fillers, "please", "do not" left out."""
+    return LEADING_WORDS.sub("", part)
+
+
+def _preference(norm: str, at: int) -> bool:
+    """Whether the sentence around position `at` only shapes the form of the user's answers
+    ("you must always answer in French")."""
+    start = max(norm.rfind(". ", 0, at), norm.rfind("; ", 0, at))
+    end = min((i for i in (norm.find(". ", at), norm.find("; ", at)) if i >= 0), default=-1)
+    sentence = norm[start + 2 if start >= 0 else 0 : end if end >= 0 else None]
+    return bool(FORM_PREFERENCE.match(sentence.strip()))
+
+
 def _spliced(norm: str, request: str) -> bool:
-    """Whether a request sits beside a statement about the user that it does not build on."""
+    """Whether a request sits beside a statement (about the user or anyone else) that it does
+    not build on."""
     if BUILDS_ON_USER.search(request):
         return False
     return any(
-        STATEMENT.search(clause)
-        and not clause.endswith("?")
-        and clause not in request
-        and request not in clause
+        _statement(clause) and clause not in request and request not in clause
         for clause in clauses(norm)
+    )
+
+
+def _statement(clause: str) -> bool:
+    """Whether a clause states something: in the first person or about the user, or a subject
+    and a finite verb that is not a request's opening ("Caroline likes hiking")."""
+    if clause.endswith("?"):
+        return False
+    if STATEMENT.search(clause):
+        return True
+    return bool(DECLARATIVE.match(clause)) and not (
+        REQUEST_OPENING.match(clause)
+        or DIRECTIVE_IMPERATIVE.match(clause)
+        or PERSISTENT_IMPERATIVE.match(clause)
+        or TASK_IMPERATIVE.match(clause)
     )
 
 
