@@ -13,10 +13,10 @@ What an operator reads (Prometheus names):
 - `memento_memory_read_duration_seconds{stage}` (`before_call`, `retrieve`, `budget`, `inject`),
   `memento_memory_injected` (memories per call), `memento_memory_retrieval_failures_total{reason}`
   (`deadline`, `error`): the hot path, and when it gave up;
-- `memento_sanitizer_verdicts_total{verdict,source}`;
+- `memento_sanitizer_verdicts_total{tenant,verdict,source}` (dry runs are not counted);
 - `memento_write_queue_depth{tenant}` and `memento_write_queue_oldest_age_seconds{tenant}`, read
-  from the store when scraped, and `memento_write_queue_shed_total{tenant,reason}`: exchanges not learned
-  because the tenant's `memory.write_queue` bound was hit.
+  from the store when scraped, and `memento_write_queue_shed_total{tenant,reason}`: exchanges
+  not learned because the tenant's `memory.write_queue` bound was hit.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from proxy.memory.candidates import Candidate, Reason, TrustVerdict
 from proxy.memory.signals import CONTENT_SIGNALS, Hit, consensus, resemblance, session
 from proxy.memory.signals import judge as llm_judge
 from proxy.memory.trust import fuse, part_hits, shared_scope_gate, verdict_for
+from proxy.metrics import SANITIZER_VERDICTS
 from proxy.policy import SanitizerPolicy
 from storage.api import MemoryStore
 from storage.records import MemoryKind, MemoryRecord, Scope
@@ -112,6 +113,14 @@ class Sanitizer:
         if log.isEnabledFor(logging.DEBUG):
             for item, judged in zip(pending, verdicts, strict=True):
                 log_verdict(scope, item.candidate, judged, log_content=self.log_content)
+        if not dry_run:
+            for item, judged in zip(pending, verdicts, strict=True):
+                counted = {
+                    "tenant": scope.tenant_id,
+                    "verdict": judged.verdict,
+                    "source": item.candidate.source_role,
+                }
+                SANITIZER_VERDICTS.add(1, counted)
         if not dry_run and self.store is not None:
             await self._distil_lessons(self.store, scope, pending, verdicts, policy)
         return verdicts
