@@ -285,3 +285,12 @@ def test_bad_bodies_get_openai_shaped_400s(
     assert says in error["message"]
     assert set(error) == {"message", "type", "param", "code"}
     assert upstream.received == []
+
+
+def test_the_readme_quickstart_answers_through_echo(
+    upstream: ScriptedUpstream, responses_proxy: Callable[..., RunningProxy]
+) -> None:
+    client = client_for(responses_proxy())
+    response = client.responses.create(model="echo", input="Hello!", user="alice")
+    assert response.output_text.startswith("echo: received 1 message(s) (1 user).")
+    assert "last user message: 'Hello!'" in response.output_text
