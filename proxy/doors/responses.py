@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from proxy.upstreams.responses_translate import sse_data
+
 # The start of a Responses stream's final event, held back until the exchange is queued.
 COMPLETED_EVENT = b"event: response.completed"
 _TEXT_PARTS = ("input_text", "output_text", "text")
@@ -138,14 +140,10 @@ class ResponsesStreamReader:
         self._error: str | None = None
 
     def feed(self, data: bytes) -> None:
-        self._buffer += data
-        *lines, self._buffer = self._buffer.split(b"\n")
-        for line in lines:
-            line = line.strip()
-            if not line.startswith(b"data:"):
-                continue
+        payloads, self._buffer = sse_data(self._buffer + data)
+        for payload in payloads:
             try:
-                event = json.loads(line[5:])
+                event = json.loads(payload)
             except ValueError:
                 continue
             if isinstance(event, dict):

@@ -12,6 +12,7 @@ from typing import Any
 
 from proxy.doors.responses import item_type
 from proxy.errors import ProxyError, bad_request
+from proxy.validation import check_model
 
 _ROLES = ("user", "assistant", "system", "developer")
 _ITEM_TYPES = ("message", "function_call", "function_call_output")
@@ -50,16 +51,7 @@ def _wrong(name: str, value: Any, wanted: str) -> ProxyError:
 
 def validate_responses(body: dict[str, Any]) -> str:
     """Check a `POST /v1/responses` body; returns the model alias."""
-    model = body.get("model")
-    if "model" not in body:
-        raise bad_request(
-            "Missing required parameter 'model': name one of the models this key may use "
-            "(GET /v1/models lists them).",
-            param="model",
-            code="missing_required_parameter",
-        )
-    if not isinstance(model, str) or not model:
-        raise _wrong("model", model, "a non-empty string")
+    model = check_model(body)
     for name, kind, wanted in _CHECKS:
         value = body.get(name)
         if value is not None and not _has_type(value, kind):
