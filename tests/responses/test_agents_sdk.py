@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 
@@ -21,9 +22,20 @@ def get_weather(city: str) -> str:
     return f"Sunny in {city}, 21C"
 
 
+async def run_streamed(agent: Agent, question: str) -> str:
+    result = Runner.run_streamed(agent, question)
+    async for _ in result.stream_events():
+        pass
+    return str(result.final_output)
+
+
+@pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("model", [TRANSLATED, NATIVE])
 def test_an_agent_with_one_function_tool_runs_to_completion(
-    upstream: ScriptedUpstream, responses_proxy: Callable[..., RunningProxy], model: str
+    upstream: ScriptedUpstream,
+    responses_proxy: Callable[..., RunningProxy],
+    model: str,
+    stream: bool,
 ) -> None:
     proxy = responses_proxy()
     set_tracing_disabled(True)
@@ -41,9 +53,13 @@ def test_an_agent_with_one_function_tool_runs_to_completion(
         name="Weather", instructions="Answer weather questions.", model=model, tools=[get_weather]
     )
 
-    result = Runner.run_sync(agent, "What is the weather in Oslo?")
+    question = "What is the weather in Oslo?"
+    if stream:
+        answer = asyncio.run(run_streamed(agent, question))
+    else:
+        answer = Runner.run_sync(agent, question).final_output
 
-    assert result.final_output == "It is sunny in Oslo."
+    assert answer == "It is sunny in Oslo."
     first, second = upstream.received[-2:]
     path = "/v1/responses" if model == NATIVE else "/v1/chat/completions"
     assert first.path == second.path == path

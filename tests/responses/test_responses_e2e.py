@@ -294,3 +294,28 @@ def test_the_readme_quickstart_answers_through_echo(
     response = client.responses.create(model="echo", input="Hello!", user="alice")
     assert response.output_text.startswith("echo: received 1 message(s) (1 user).")
     assert "last user message: 'Hello!'" in response.output_text
+
+
+def test_a_broken_translated_stream_ends_with_an_error_event_and_keeps_nothing(
+    upstream: ScriptedUpstream, responses_proxy: Callable[..., RunningProxy]
+) -> None:
+    client = client_for(responses_proxy())
+    upstream.script(Reply(cut_after=2))
+    events = list(client.responses.create(model=TRANSLATED, input="Tell me a story", stream=True))
+    assert events[0].type == "response.created"
+    assert events[-1].type == "error"
+    assert "response.completed" not in [event.type for event in events]
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(events[0].response.id)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("model", [TRANSLATED, NATIVE])
+def test_an_upstream_error_reaches_the_client_in_openai_shape(
+    upstream: ScriptedUpstream, responses_proxy: Callable[..., RunningProxy], model: str
+) -> None:
+    client = client_for(responses_proxy())
+    error = {"message": "bad tool schema", "type": "invalid_request_error", "param": "tools"}
+    upstream.script(Reply(status=400, error={**error, "code": None}))
+    with pytest.raises(openai.BadRequestError, match="bad tool schema") as raised:
+        client.responses.create(model=model, input="Hi")
+    assert raised.value.param == "tools"

@@ -9,7 +9,13 @@ import openai
 import pytest
 
 from tests.harness import RunningProxy
-from tests.memory.conftest import api, client_for, memory_block, wait_for_memories
+from tests.memory.conftest import (
+    api,
+    client_for,
+    memory_block,
+    wait_for_memories,
+    wait_for_trace,
+)
 from tests.responses.conftest import NATIVE, TRANSLATED
 from tests.scripted_upstream import ScriptedUpstream
 
@@ -67,6 +73,12 @@ def test_fact_stated_through_chat_is_injected_into_instructions(
     assert block.startswith("<memory-") and "allergic to peanuts" in block
     # Fenced as chat completions fence it: its own numbered fence, closed at the very end.
     assert re.fullmatch(r'<memory-(\d{12}) type="reference-data">\n.*</memory-\1>', block, re.S)
+    trace = wait_for_trace(
+        proxy, raw.headers["x-request-id"], {"memento.request", "memento.inject"}
+    )
+    spans = {span["name"]: span for span in trace["spans"]}
+    assert spans["memento.request"]["attributes"]["memento.api"] == "responses"
+    assert spans["memento.inject"]["attributes"]["memento.memory.injected"] == 1
 
     client.responses.create(model=model, input="Suggest a snack for my allergy.", user="bob")
     assert "<memory-" not in str(upstream.last().json)
