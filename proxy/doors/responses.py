@@ -22,7 +22,7 @@ from proxy.upstreams.responses_translate import sse_data
 
 # The start of a Responses stream's final event, held back until the exchange is queued.
 COMPLETED_EVENT = b"event: response.completed"
-_TEXT_PARTS = ("input_text", "output_text", "text")
+TEXT_PARTS = ("input_text", "output_text", "text")
 # A response's `status` that the answer finished on; any other is not learned from.
 _ANSWERED = ("completed", "incomplete")
 
@@ -82,11 +82,11 @@ def chat_content(content: Any) -> Any:
     if not isinstance(content, list):
         return None
     parts = [part for part in content if isinstance(part, dict)]
-    if all(part.get("type") in _TEXT_PARTS for part in parts):
+    if all(part.get("type") in TEXT_PARTS for part in parts):
         return "".join(str(part.get("text") or "") for part in parts)
     chat_parts: list[dict[str, Any]] = []
     for part in parts:
-        if part.get("type") in _TEXT_PARTS:
+        if part.get("type") in TEXT_PARTS:
             chat_parts.append({"type": "text", "text": str(part.get("text") or "")})
         elif part.get("type") == "input_image" and part.get("image_url"):
             image = {"url": part["image_url"], "detail": part.get("detail") or "auto"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.doors.responses import item_type
+from proxy.doors.responses import TEXT_PARTS, item_type
 from proxy.errors import ProxyError, bad_request
 from proxy.validation import check_model
 
@@ -160,3 +160,21 @@ def check_translatable(body: dict[str, Any], alias: str) -> None:
                 param=f"input[{i}]",
                 code="unsupported_input_item",
             )
+        content = item.get("content") if kind == "message" else None
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            if not _translatable_part(part):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise bad_request(
+                    f"'input[{i}].content[{j}]' is a {kind!r} part; chat completions take text "
+                    f"parts and images given by image_url. {native}.",
+                    param=f"input[{i}].content[{j}]",
+                    code="unsupported_content_part",
+                )
+
+
+def _translatable_part(part: Any) -> bool:
+    if not isinstance(part, dict):
+        return False
+    if part.get("type") == "input_image":
+        return isinstance(part.get("image_url"), str)
+    return part.get("type") in TEXT_PARTS

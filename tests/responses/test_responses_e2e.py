@@ -263,6 +263,16 @@ def test_native_upstream_gets_the_call_unchanged_but_for_the_model(
             "native_apis: [responses]",
         ),
         (
+            {
+                "model": TRANSLATED,
+                "input": [
+                    {"role": "user", "content": [{"type": "input_file", "file_id": "file_1"}]}
+                ],
+            },
+            "input[0].content[0]",
+            "'input_file' part",
+        ),
+        (
             {"model": TRANSLATED, "input": "x", "previous_response_id": "resp_nope"},
             "previous_response_id",
             "No response with id 'resp_nope'",
