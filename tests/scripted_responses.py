@@ -76,7 +76,8 @@ def response_object(body: dict[str, Any], reply: Any, status: str) -> dict[str, 
     }
 
 
-def _events(body: dict[str, Any], reply: Any) -> list[dict[str, Any]]:
+def stream_events(body: dict[str, Any], reply: Any) -> list[dict[str, Any]]:
+    """The typed events of the streamed answer to `body`, numbered."""
     started = response_object(body, reply, "in_progress")
     done = response_object(body, reply, "completed")
     done["id"] = started["id"]
@@ -122,7 +123,7 @@ async def answer(body: dict[str, Any], reply: Any, send: Any) -> None:
         return
     headers = [(b"content-type", b"text/event-stream")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
-    for event in _events(body, reply):
+    for event in stream_events(body, reply):
         payload = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
         await send({"type": "http.response.body", "body": payload, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})

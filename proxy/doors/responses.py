@@ -25,6 +25,8 @@ COMPLETED_EVENT = b"event: response.completed"
 TEXT_PARTS = ("input_text", "output_text", "text")
 # A response's `status` that the answer finished on; any other is not learned from.
 _ANSWERED = ("completed", "incomplete")
+_ITEM_EVENTS = ("response.output_item.added", "response.output_item.done")
+_DELTA_EVENTS = ("response.output_text.delta", "response.function_call_arguments.delta")
 
 
 def input_items(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -136,7 +138,10 @@ class ResponsesStreamReader:
     def __init__(self) -> None:
         self._buffer = b""
         self.response: dict[str, Any] | None = None  # from the final event, once it came
-        self._items: dict[int, dict[str, Any]] = {}  # from deltas, for a stream cut short
+        # For a stream cut short: the output items by index, as added or done, and their
+        # deltas (text, or a function call's arguments).
+        self._items: dict[int, dict[str, Any]] = {}
+        self._deltas: dict[int, str] = {}
         self._error: str | None = None
 
     def feed(self, data: bytes) -> None:
@@ -158,30 +163,28 @@ class ResponsesStreamReader:
             error = event.get("error") if "error" in event else event
             message = error.get("message") if isinstance(error, dict) else error
             self._error = str(message or "the stream carried an error event")
-        elif kind == "response.output_item.added" and isinstance(event.get("item"), dict):
+        elif kind in _ITEM_EVENTS and isinstance(event.get("item"), dict):
             self._items[int(event.get("output_index") or 0)] = dict(event["item"])
-        elif kind == "response.output_text.delta":
-            item = self._items.get(int(event.get("output_index") or 0))
-            if item is not None:
-                item["text"] = item.get("text", "") + str(event.get("delta") or "")
-        elif kind == "response.function_call_arguments.delta":
-            item = self._items.get(int(event.get("output_index") or 0))
-            if item is not None:
-                item["arguments"] = item.get("arguments", "") + str(event.get("delta") or "")
+        elif kind in _DELTA_EVENTS:
+            index = int(event.get("output_index") or 0)
+            self._deltas[index] = self._deltas.get(index, "") + str(event.get("delta") or "")
 
     def result(self) -> dict[str, Any]:
         """The answer as a chat.completion dict; with an `error` key when the stream broke."""
         if self.response is not None and self._error is None:
             return response_as_chat(self.response)
-        output = []
-        for _, item in sorted(self._items.items()):
-            if item_type(item) == "message":
-                text = item.pop("text", "")
-                item["content"] = [{"type": "output_text", "text": text}]
-            output.append(item)
+        output = [self._item_so_far(i, item) for i, item in sorted(self._items.items())]
         answer = response_as_chat({"status": "completed", "output": output})
         answer["error"] = self._error or "the stream ended before response.completed"
         return answer
+
+    def _item_so_far(self, index: int, item: dict[str, Any]) -> dict[str, Any]:
+        """An output item as its events left it: done, or its deltas so far."""
+        if item.get("status") == "completed" or index not in self._deltas:
+            return item
+        if item_type(item) == "message":
+            return {**item, "content": [{"type": "output_text", "text": self._deltas[index]}]}
+        return {**item, "arguments": self._deltas[index]}
 
 
 class ResponsesDoor:
