@@ -44,7 +44,7 @@ class ResponseEvents:
 
     def start(self) -> bytes:
         """`response.created` and `response.in_progress`."""
-        response = self.draft.object("in_progress", [])
+        response = self.draft.response("in_progress", [])
         return self._event("response.created", response=response) + self._event(
             "response.in_progress", response=response
         )
@@ -185,7 +185,7 @@ class ResponseEvents:
                 param=self._error.get("param"),
             )
         out = self._close_message() + self._close_calls()
-        self.response = self.draft.object(
+        self.response = self.draft.response(
             "completed", self._output, self._usage, self._finish_reason
         )
         kind = f"response.{self.response['status']}"

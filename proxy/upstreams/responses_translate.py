@@ -95,13 +95,13 @@ def _response_format(text_format: Any) -> dict[str, Any] | None:
 
 @dataclass
 class ResponseDraft:
-    """The response object being answered: what the request says, and the output so far."""
+    """A translated call's response before its answer: its id, its time, the request it echoes."""
 
     request: dict[str, Any]  # the body as the client sent it (its own instructions, no block)
     id: str = field(default_factory=lambda: new_id("resp"))
     created_at: int = field(default_factory=lambda: int(time.time()))
 
-    def object(
+    def response(
         self,
         status: str,
         output: list[dict[str, Any]],
@@ -176,7 +176,7 @@ def response_from_chat(completion: dict[str, Any], draft: ResponseDraft) -> dict
     if message.get("content"):
         output.append(message_item(str(message["content"])))
     output += [function_call_item(call) for call in message.get("tool_calls") or []]
-    return draft.object("completed", output, completion.get("usage"), choice.get("finish_reason"))
+    return draft.response("completed", output, completion.get("usage"), choice.get("finish_reason"))
 
 
 def sse_data(buffer: bytes) -> tuple[list[bytes], bytes]:
