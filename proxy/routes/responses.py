@@ -54,7 +54,8 @@ class ResponsesRoutes:
 
     async def create(self, request: Request) -> Response | EndSpansAfter:
         store = store_of(request)
-        return await self.flow.run(request, partial(self.read, store.responses if store else None))
+        responses = store.responses if store else None
+        return await self.flow.run(request, partial(self.read, responses), api=ResponsesDoor.name)
 
     async def read(
         self,

@@ -1,4 +1,4 @@
-"""The Responses API's stored answers: by tenant always, erased by user, and kept across a reopen."""
+"""The Responses API's stored answers: by tenant always, erased by user, kept across a reopen."""
 
 from __future__ import annotations
 
