@@ -46,6 +46,7 @@ from proxy.routes.chat import ChatRoutes
 from proxy.routes.feedback import feedback_routes
 from proxy.routes.flow import CallFlow
 from proxy.routes.memories import memory_routes
+from proxy.routes.responses import ResponsesRoutes
 from proxy.routes.traces import routes as trace_routes
 from proxy.settings import Settings
 from proxy.tenants import PolicyRegistry, refused_keys
@@ -275,6 +276,7 @@ def build_app(
     routes: list[BaseRoute] = [
         Route("/v1/chat/completions", chat.chat, methods=["POST"]),
         Route("/v1/embeddings", chat.embeddings, methods=["POST"]),
+        *ResponsesRoutes(flow, upstreams).routes(),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),

@@ -237,7 +237,8 @@ def _check_common_fields(body: dict[str, Any]) -> None:
         )
 
 
-def _check_model(body: dict[str, Any]) -> str:
+def check_model(body: dict[str, Any]) -> str:
+    """The body's `model`: present and a non-empty string (every door's first check)."""
     if "model" not in body:
         raise bad_request(
             "Missing required parameter 'model': name one of the models this key may use "
@@ -254,7 +255,7 @@ def _check_model(body: dict[str, Any]) -> str:
 
 def validate_chat(body: dict[str, Any]) -> str:
     """Check a chat completion request; returns the model alias."""
-    model = _check_model(body)
+    model = check_model(body)
     if "messages" not in body:
         raise bad_request(
             "Missing required parameter 'messages': send a list such as "
@@ -298,7 +299,7 @@ def validate_chat(body: dict[str, Any]) -> str:
 
 def validate_embeddings(body: dict[str, Any]) -> str:
     """Check an embeddings request; returns the model alias."""
-    model = _check_model(body)
+    model = check_model(body)
     if "input" not in body:
         raise bad_request(
             "Missing required parameter 'input': send a string or a list of strings to embed.",

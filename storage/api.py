@@ -1,10 +1,10 @@
 """The storage seam: the protocols the proxy codes against, and all it may assume of a store.
 
-`Store` is the whole contract: its parts (`memories`, `requests`, `queue`, `maintenance`) and
-its lifecycle (`attach_health`, `close`). `storage.open_store(data_dir, embedder)`
-returns the embedded implementation (SQLite through aiosqlite as the source of truth, LanceDB as
-the derived hybrid index); a PostgreSQL / object storage implementation would satisfy the same
-protocols. Stages that need one part take that part's protocol, not the whole store.
+`Store` is the whole contract: its parts (`memories`, `requests`, `responses`, `queue`,
+`maintenance`) and its lifecycle (`attach_health`, `close`). `storage.open_store(data_dir,
+embedder)` returns the embedded implementation (SQLite through aiosqlite as the source of truth,
+LanceDB as the derived hybrid index); a PostgreSQL / object storage implementation would satisfy
+the same protocols. Stages that need one part take that part's protocol, not the whole store.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from storage.records import (
     Scope,
     SearchHit,
     SpanRow,
+    StoredResponse,
     TextEdit,
 )
 
@@ -200,6 +201,25 @@ class RequestStore(Protocol):
         ...
 
 
+class ResponseStore(Protocol):
+    """Answers of the Responses API, by tenant: what `previous_response_id` and `GET
+    /v1/responses/{id}` read. Never read across tenants."""
+
+    async def put_response(self, stored: StoredResponse) -> None:
+        """Keep one response (a response id stored again replaces the earlier one)."""
+        ...
+
+    async def get_response(self, tenant_id: str, response_id: str) -> StoredResponse | None: ...
+
+    async def delete_response(self, tenant_id: str, response_id: str) -> bool:
+        """Forget one response; False when the tenant has none of that id."""
+        ...
+
+    async def delete_user_responses(self, tenant_id: str, user_id: str) -> int:
+        """Forget every response of one user (the user's erasure); returns how many."""
+        ...
+
+
 class WriteQueue(Protocol):
     """The durable write-path queue: survives crashes, restarts and shutdowns."""
 
@@ -291,6 +311,9 @@ class Store(Protocol):
 
     @property
     def requests(self) -> RequestStore: ...
+
+    @property
+    def responses(self) -> ResponseStore: ...
 
     @property
     def queue(self) -> JobQueue: ...

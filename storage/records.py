@@ -1,4 +1,5 @@
-"""What storage keeps: scopes, memory records, requests, feedback, queued writes and spans.
+"""What storage keeps: scopes, memory records, requests, feedback, queued writes, spans and the
+Responses API's stored responses.
 
 These types are the contract between `storage/` and the proxy. Every store call takes a `Scope`
 (or a tenant id for tenant-wide admin calls); there is no call that reads across tenants.
@@ -214,3 +215,19 @@ class SpanRow:
     attributes: dict[str, Any]
     events: list[dict[str, Any]]
     links: list[dict[str, Any]]
+
+
+@dataclass
+class StoredResponse:
+    """One answer of the Responses API as the proxy keeps it (`GET /v1/responses/{id}`, and the
+    conversation a later call names with `previous_response_id`)."""
+
+    tenant_id: str
+    response_id: str
+    user_id: str | None
+    previous_response_id: str | None
+    created_at: float
+    # The whole context the answer was given in, as Responses input items: the conversation
+    # before `previous_response_id`, then the call's own input.
+    input_items: list[dict[str, Any]]
+    response: dict[str, Any]  # the response object, as the client received it

@@ -1,10 +1,11 @@
 """The embedded store: SQLite (truth) + LanceDB (derived index) + an embedder, in one folder.
 
 It is assembled from its parts, which callers use directly: `memories` (the `MemoryStore`, in
-`storage.memories`), `requests` (the request log and feedback), `queue` (the write queue and its
-admin view), and `index` (the derived index kept in step with SQLite, `storage.index_sync`);
-maintenance and rebuilds are `storage.maintenance`. The store itself only opens, starts,
-maintains and closes them: it satisfies `storage.api.Store`.
+`storage.memories`), `requests` (the request log and feedback), `responses` (the Responses API's
+stored answers), `queue` (the write queue and its admin view), and `index` (the derived index
+kept in step with SQLite, `storage.index_sync`); maintenance and rebuilds are
+`storage.maintenance`. The store itself only opens, starts, maintains and closes them: it
+satisfies `storage.api.Store`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class EmbeddedStore:
         self.index = index
         self.memories = Memories(db.connection, index, index.embedder)
         self.requests = db.requests
+        self.responses = db.responses
         self.queue = db.queue
         self.maintenance = IndexMaintenance(index, db, interval_s=maintenance_interval_s)
 

@@ -285,7 +285,7 @@ def _chat_answer(door: Door, reply: UpstreamReply) -> dict[str, Any] | None:
         return None
     if not isinstance(answer, dict):
         return None
-    if reply.status >= 400 or "error" in answer:
+    if reply.status >= 400 or answer.get("error") is not None:  # a response has "error": null
         return {"error": answer.get("error") or f"HTTP {reply.status}"}
     return door.chat_answer(answer)
 

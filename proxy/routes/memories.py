@@ -220,7 +220,9 @@ async def delete_user_memories(request: Request) -> Response:
     policy = authenticate(request)
     user = user_id(request.path_params["user"])
     assert user is not None
-    count = await pipeline_of(request).store.memories.delete_user(policy.tenant, user, actor="api")
+    store = pipeline_of(request).store
+    count = await store.memories.delete_user(policy.tenant, user, actor="api")
+    await store.responses.delete_user_responses(policy.tenant, user)  # their conversations too
     return JSONResponse({"object": "user.memories.deleted", "user": user, "deleted": count})
 
 

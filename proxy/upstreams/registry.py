@@ -7,6 +7,7 @@ from proxy.settings import Settings
 from proxy.upstreams.base import Upstream
 from proxy.upstreams.echo import EchoUpstream
 from proxy.upstreams.relay import OpenAICompatible
+from proxy.upstreams.responses import ResponsesUpstream
 from proxy.upstreams.routing import is_passthrough
 from proxy.upstreams.translated import LiteLLMUpstream
 
@@ -20,6 +21,7 @@ class Upstreams:
         )
         self.translated = LiteLLMUpstream()
         self.echo = EchoUpstream()
+        self.responses = ResponsesUpstream(self.direct, self.for_route)  # the Responses door
 
     def for_route(self, route: ModelRoute) -> Upstream:
         if route.model == "echo":

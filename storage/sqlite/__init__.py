@@ -3,8 +3,9 @@ write queue and the index outbox, through aiosqlite in WAL mode.
 
 One file, one connection pair (`connection.Connection`: a writer whose writes are serialised and
 group-committed, and a reader), shared by one small class per table family: `memories`
-(+ audit and imports), `requests` (+ feedback), `queue` (jobs) and `outbox` (the index outbox,
-the index generation and the records' vectors as the index reads them). The schema is the list
+(+ audit and imports), `requests` (+ feedback), `responses` (the Responses API's stored
+answers), `queue` (jobs) and `outbox` (the index outbox, the index generation and the records'
+vectors as the index reads them). The schema is the list
 of named steps in `migrations`.
 """
 
@@ -20,6 +21,7 @@ from storage.sqlite.migrations import MIGRATIONS, Migration
 from storage.sqlite.outbox import IndexOutbox
 from storage.sqlite.queue import SQLiteJobQueue
 from storage.sqlite.requests import SQLiteRequestStore
+from storage.sqlite.responses import SQLiteResponseStore
 
 __all__ = ["SQLiteDatabase"]
 
@@ -36,6 +38,7 @@ class SQLiteDatabase:
         self.connection = connection
         self.memories = MemoryRows(connection)
         self.requests = SQLiteRequestStore(connection)
+        self.responses = SQLiteResponseStore(connection)
         self.queue = SQLiteJobQueue(connection, lease_s=lease_s)
         self.outbox = IndexOutbox(connection)
 

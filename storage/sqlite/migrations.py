@@ -169,6 +169,24 @@ MIGRATIONS: tuple[Migration, ...] = (
         WHERE client_request_id IS NOT NULL;
     """,
     ),
+    # 5: answers of the Responses API, kept for `previous_response_id` and `GET
+    # /v1/responses/{id}`; found by tenant and id, erased by tenant and user.
+    Migration(
+        "stored_responses",
+        """
+    CREATE TABLE responses (
+        tenant_id TEXT NOT NULL,
+        response_id TEXT NOT NULL,
+        user_id TEXT,
+        previous_response_id TEXT,
+        created_at REAL NOT NULL,
+        input_items TEXT NOT NULL,
+        response TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, response_id)
+    );
+    CREATE INDEX responses_user ON responses (tenant_id, user_id);
+    """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,0 +1,180 @@
+"""Checking a Responses API request body, with messages that say what to fix.
+
+Only what the proxy itself reads is checked (the model, the input items, the fields it echoes or
+translates), plus the common fields whose wrong type would otherwise come back as an obscure
+upstream error. A call translated to chat completions must also be one chat can express: function
+tools only, and input items of the kinds that have a chat shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.doors.responses import TEXT_PARTS, item_type
+from proxy.errors import ProxyError, bad_request
+from proxy.validation import check_model
+
+_ROLES = ("user", "assistant", "system", "developer")
+_ITEM_TYPES = ("message", "function_call", "function_call_output")
+# Items chat has no shape for that a translated call may still carry (they are left out).
+_SKIPPED_ITEM_TYPES = ("reasoning", "item_reference")
+_CHECKS: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
+    ("instructions", str, "a string"),
+    ("previous_response_id", str, "a string (the id of an earlier response)"),
+    ("store", bool, "true or false"),
+    ("stream", bool, "true or false"),
+    ("parallel_tool_calls", bool, "true or false"),
+    ("metadata", dict, "an object of string values"),
+    ("text", dict, 'an object such as {"format": {"type": "text"}}'),
+    ("reasoning", dict, 'an object such as {"effort": "low"}'),
+    ("tool_choice", (str, dict), '"auto", "none", "required" or a tool object'),
+    ("temperature", (int, float), "a number"),
+    ("top_p", (int, float), "a number"),
+)
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _has_type(value: Any, kind: type | tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # an int to Python, never a number to JSON
+        return kind is bool
+    return isinstance(value, kind)
+
+
+def _wrong(name: str, value: Any, wanted: str) -> ProxyError:
+    return bad_request(
+        f"'{name}' must be {wanted}, got {_type_name(value)}.", param=name, code="invalid_type"
+    )
+
+
+def validate_responses(body: dict[str, Any]) -> str:
+    """Check a `POST /v1/responses` body; returns the model alias."""
+    model = check_model(body)
+    for name, kind, wanted in _CHECKS:
+        value = body.get(name)
+        if value is not None and not _has_type(value, kind):
+            raise _wrong(name, value, wanted)
+    tokens = body.get("max_output_tokens")
+    if tokens is not None and (
+        isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1
+    ):
+        raise bad_request(
+            f"'max_output_tokens' must be a positive integer, got {tokens!r}.",
+            param="max_output_tokens",
+            code="invalid_value",
+        )
+    _check_input(body)
+    tools = body.get("tools")
+    if tools is not None and not (
+        isinstance(tools, list) and all(isinstance(t, dict) for t in tools)
+    ):
+        raise _wrong("tools", tools, "a list of tool objects")
+    return model
+
+
+def _check_input(body: dict[str, Any]) -> None:
+    if "input" not in body:
+        raise bad_request(
+            "Missing required parameter 'input': send a string, or a list of input items such "
+            'as [{"role": "user", "content": "Hi"}].',
+            param="input",
+            code="missing_required_parameter",
+        )
+    value = body["input"]
+    if isinstance(value, str):
+        return
+    if not isinstance(value, list) or not value:
+        raise bad_request(
+            f"'input' must be a string or a non-empty list of input items, got "
+            f"{_type_name(value) if value != [] else 'an empty list'}.",
+            param="input",
+            code="invalid_type",
+        )
+    for i, item in enumerate(value):
+        where = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise _wrong(where, item, 'an input item such as {"role": "user", "content": "Hi"}')
+        kind = item_type(item)
+        if kind == "message":
+            _check_message(item, where)
+        elif kind in ("function_call", "function_call_output"):
+            _check_call_item(item, where, kind)
+        elif kind is None:
+            raise bad_request(
+                f"'{where}' has no 'type' and no 'role': send a message "
+                '{"role": "user", "content": "..."} or an item with its "type".',
+                param=where,
+                code="invalid_value",
+            )
+
+
+def _check_message(item: dict[str, Any], where: str) -> None:
+    role = item.get("role")
+    if role not in _ROLES:
+        raise bad_request(
+            f"'{where}.role' must be one of {', '.join(_ROLES)}, got {role!r}.",
+            param=f"{where}.role",
+            code="invalid_value",
+        )
+    content = item.get("content")
+    if not isinstance(content, str | list):
+        raise _wrong(f"{where}.content", content, "a string or a list of content parts")
+
+
+def _check_call_item(item: dict[str, Any], where: str, kind: str) -> None:
+    if not isinstance(item.get("call_id"), str) or not item["call_id"]:
+        raise bad_request(
+            f"'{where}.call_id' must be the id of the function call ({kind} items need it).",
+            param=f"{where}.call_id",
+            code="missing_required_parameter",
+        )
+    if kind == "function_call" and not isinstance(item.get("name"), str):
+        raise _wrong(f"{where}.name", item.get("name"), "the function's name")
+    if kind == "function_call_output" and not isinstance(item.get("output"), str | list):
+        raise _wrong(f"{where}.output", item.get("output"), "the function's output as a string")
+
+
+def check_translatable(body: dict[str, Any], alias: str) -> None:
+    """Refuse what a chat-completions upstream cannot be asked: hosted tools, and input items
+    without a chat shape (only upstreams that serve the Responses API take those)."""
+    native = (
+        f"Model '{alias}' is answered through chat completions; its upstream would need to serve "
+        "the Responses API itself (native_apis: [responses] in the tenant's policy)"
+    )
+    for i, tool in enumerate(body.get("tools") or []):
+        if tool.get("type") != "function" or not isinstance(tool.get("name"), str):
+            raise bad_request(
+                f"'tools[{i}]' is a {tool.get('type')!r} tool; only function tools "
+                f'({{"type": "function", "name": ...}}) can be used here. {native}.',
+                param=f"tools[{i}]",
+                code="unsupported_tool",
+            )
+    items = body["input"] if isinstance(body.get("input"), list) else []
+    for i, item in enumerate(items):
+        kind = item_type(item)
+        if kind not in _ITEM_TYPES and kind not in _SKIPPED_ITEM_TYPES:
+            raise bad_request(
+                f"'input[{i}]' is a {kind!r} item, which has no chat-completions shape. {native}.",
+                param=f"input[{i}]",
+                code="unsupported_input_item",
+            )
+        content = item.get("content") if kind == "message" else None
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            if not _translatable_part(part):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise bad_request(
+                    f"'input[{i}].content[{j}]' is a {kind!r} part; chat completions take text "
+                    f"parts and images given by image_url. {native}.",
+                    param=f"input[{i}].content[{j}]",
+                    code="unsupported_content_part",
+                )
+
+
+def _translatable_part(part: Any) -> bool:
+    if not isinstance(part, dict):
+        return False
+    if part.get("type") == "input_image":
+        return isinstance(part.get("image_url"), str)
+    return part.get("type") in TEXT_PARTS

@@ -1,0 +1,47 @@
+"""The Responses API's stored answers: by tenant always, erased by user, kept across a reopen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from storage.records import StoredResponse
+from storage.sqlite import SQLiteDatabase
+
+
+def stored(tenant: str, response_id: str, user: str | None) -> StoredResponse:
+    return StoredResponse(
+        tenant_id=tenant,
+        response_id=response_id,
+        user_id=user,
+        previous_response_id=None,
+        created_at=1.0,
+        input_items=[{"type": "message", "role": "user", "content": f"from {tenant}"}],
+        response={"id": response_id, "object": "response", "output": []},
+    )
+
+
+async def test_responses_are_read_deleted_and_erased_within_one_tenant(tmp_path: Path) -> None:
+    db = await SQLiteDatabase.open(tmp_path / "memento.db")
+    try:
+        responses = db.responses
+        for tenant in ("acme", "globex"):
+            await responses.put_response(stored(tenant, "resp_1", "ann"))
+            await responses.put_response(stored(tenant, "resp_2", "bob"))
+        got = await responses.get_response("acme", "resp_1")
+        assert got is not None and got.input_items[0]["content"] == "from acme"
+        assert got.user_id == "ann" and got.response["id"] == "resp_1"
+
+        assert await responses.delete_response("acme", "resp_2")
+        assert not await responses.delete_response("acme", "resp_2")
+        assert await responses.get_response("globex", "resp_2") is not None  # not another's
+
+        assert await responses.delete_user_responses("acme", "ann") == 1
+        assert await responses.get_response("acme", "resp_1") is None
+        assert await responses.get_response("globex", "resp_1") is not None
+    finally:
+        await db.close()
+    reopened = await SQLiteDatabase.open(tmp_path / "memento.db")
+    try:
+        assert await reopened.responses.get_response("globex", "resp_2") is not None
+    finally:
+        await reopened.close()
