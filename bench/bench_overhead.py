@@ -138,7 +138,11 @@ def start_upstream(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def start_memento(
-    upstream: str, tmp: Path, name: str = "memento", env: dict[str, str] | None = None
+    upstream: str,
+    tmp: Path,
+    name: str = "memento",
+    env: dict[str, str] | None = None,
+    extra_models: dict[str, dict[str, Any]] | None = None,
 ) -> Server:
     import hashlib
 
@@ -154,6 +158,7 @@ def start_memento(
                 "api_base": upstream,
                 "passthrough": False,
             },
+            **(extra_models or {}),
         },
         "memory": {"enabled": False},
     }
