@@ -25,7 +25,7 @@ from proxy.llm import import_litellm
 from proxy.policy import ModelRoute
 from proxy.upstreams.base import Target, Upstream, UpstreamReply, UpstreamStream
 from proxy.upstreams.relay import OpenAICompatible
-from proxy.upstreams.routing import serves_natively
+from proxy.upstreams.routing import provider_of, serves_natively
 
 ANTHROPIC_VERSION = "2023-06-01"  # what the SDKs send; used when a client sends none
 FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
@@ -40,14 +40,6 @@ def relay_headers(client_headers: Mapping[str, str]) -> dict[str, str]:
     headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
     headers["x-api-key"] = ""
     return headers
-
-
-async def _adapter() -> Any:
-    """litellm's Anthropic adapter; litellm is imported off the event loop the first time."""
-    await asyncio.to_thread(import_litellm)
-    from litellm.llms.anthropic.messages.adapters.transformation import AnthropicAdapter
-
-    return AnthropicAdapter()
 
 
 @dataclass
@@ -68,6 +60,16 @@ class AnthropicMessages:
     ) -> None:
         self.relay = relay
         self.chat_upstream = chat_upstream
+        self._adapter: Any = None
+
+    async def adapter(self) -> Any:
+        """litellm's Anthropic adapter; litellm is imported off the event loop the first time."""
+        if self._adapter is None:
+            await asyncio.to_thread(import_litellm)
+            from litellm.llms.anthropic.messages.adapters.transformation import AnthropicAdapter
+
+            self._adapter = AnthropicAdapter()
+        return self._adapter
 
     async def complete(
         self, target: Target, body: dict[str, Any], headers: Mapping[str, str]
@@ -97,7 +99,9 @@ class AnthropicMessages:
         opened = await self.chat_upstream(target.route).chat_stream(target, translation.chat)
         source = _ChatChunks(opened.chunks)
         events = translation.adapter.translate_completion_output_params_streaming(
-            source.chunks(), model=target.alias, tool_name_mapping=translation.tool_names
+            source.chunks(),
+            model=provider_of(target.route.model)[1],  # as a whole answer names it
+            tool_name_mapping=translation.tool_names,
         )
 
         async def translated() -> AsyncIterator[bytes]:
@@ -126,7 +130,7 @@ class AnthropicMessages:
         )
 
     async def _translate(self, body: dict[str, Any], *, stream: bool) -> _Translation:
-        adapter = await _adapter()
+        adapter = await self.adapter()
         try:
             chat, tool_names = adapter.translate_completion_input_params_with_tool_mapping(
                 dict(body)

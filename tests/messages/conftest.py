@@ -35,6 +35,7 @@ def messages_proxy(
             "native_apis": ["messages"],
         },
         TRANSLATED: {"model": "openai/gpt-4o-mini", "api_base": upstream.url},
+        "echo": {"model": "echo"},  # the README's offline quickstart
     }
     # A generous retrieval deadline: the tests share two cores (see tests/memory/conftest.py).
     memory = {"retrieval": {"deadline_ms": 20_000}}

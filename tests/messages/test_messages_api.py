@@ -176,3 +176,19 @@ def test_count_tokens_is_relayed_to_an_upstream_serving_messages(
     assert counted.input_tokens == COUNTED_TOKENS
     assert upstream.last().path == "/v1/messages/count_tokens"
     assert upstream.last().headers["x-api-key"] == PROVIDER_KEY
+
+
+def test_the_readmes_offline_quickstart_answers_through_echo(messages_proxy: RunningProxy) -> None:
+    client = client_for(messages_proxy)
+    message = client.messages.create(
+        model="echo",
+        max_tokens=256,
+        system="You are terse.",
+        messages=[{"role": "user", "content": "Hello!"}],
+        metadata={"user_id": "alice"},
+    )
+    assert "last user message: 'Hello!'" in message.content[0].text
+    with client.messages.stream(
+        model="echo", max_tokens=256, messages=[{"role": "user", "content": "Hello!"}]
+    ) as stream:
+        assert "last user message: 'Hello!'" in "".join(stream.text_stream)
