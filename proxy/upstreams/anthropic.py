@@ -33,12 +33,13 @@ PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 _RELAY_BREAK = b'data: {"error":'  # how the relay reports a stream that broke (OpenAI's shape)
 
 
-def relay_headers(client_headers: Mapping[str, str]) -> dict[str, str]:
-    """The headers a relayed call carries: the client's Anthropic ones, and `x-api-key`, which
-    the relay fills with the route's provider key."""
+def relay_headers(route: ModelRoute, client_headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers a relayed call carries: the client's Anthropic ones, and, for a route with a
+    provider key, `x-api-key`, which the relay fills with it."""
     headers = {name: client_headers[name] for name in FORWARDED_HEADERS if name in client_headers}
     headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
-    headers["x-api-key"] = ""
+    if route.api_key is not None:
+        headers["x-api-key"] = ""
     return headers
 
 
@@ -76,7 +77,8 @@ class AnthropicMessages:
     ) -> UpstreamReply:
         """The whole answer, as Anthropic's message."""
         if serves_natively(target.route, "messages"):
-            return await self.relay.complete(target, "/messages", body, relay_headers(headers))
+            sent = relay_headers(target.route, headers)
+            return await self.relay.complete(target, "/messages", body, sent)
         translation = await self._translate(body, stream=False)
         reply = await self.chat_upstream(target.route).chat(target, translation.chat)
         litellm = import_litellm()
@@ -92,7 +94,8 @@ class AnthropicMessages:
     ) -> UpstreamStream:
         """The answer as Anthropic's server-sent events."""
         if serves_natively(target.route, "messages"):
-            opened = await self.relay.stream(target, "/messages", body, relay_headers(headers))
+            sent = relay_headers(target.route, headers)
+            opened = await self.relay.stream(target, "/messages", body, sent)
             chunks = _with_anthropic_errors(opened.chunks)
             return UpstreamStream(chunks, opened.close, opened.headers)
         translation = await self._translate(body, stream=True)
@@ -126,7 +129,7 @@ class AnthropicMessages:
     ) -> UpstreamReply:
         """The upstream's own count (routes that serve Messages natively only)."""
         return await self.relay.complete(
-            target, "/messages/count_tokens", body, relay_headers(headers)
+            target, "/messages/count_tokens", body, relay_headers(target.route, headers)
         )
 
     async def _translate(self, body: dict[str, Any], *, stream: bool) -> _Translation:
@@ -183,17 +186,18 @@ class _ChatChunks:
 
     async def chunks(self) -> AsyncIterator[Any]:
         chunk_type = import_litellm().ModelResponseStream
-        buffer = b""
-        async for data in self.raw:
+        buffer, done = b"", False
+        async for data in self.raw:  # read to the end: a finished stream's connection is reused
             buffer += data
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
                 line = line.strip()
-                if not line.startswith(b"data:"):
+                if done or not line.startswith(b"data:"):
                     continue
                 payload = line[5:].strip()
                 if payload == b"[DONE]":
-                    return
+                    done = True
+                    continue
                 try:
                     chunk = json.loads(payload)
                 except ValueError:
@@ -203,8 +207,9 @@ class _ChatChunks:
                     raise _StreamBroken(self.error)
                 if isinstance(chunk, dict):
                     yield chunk_type(**chunk)
-        self.error = "The upstream's stream ended before it was complete; retry the request."
-        raise _StreamBroken(self.error)
+        if not done:
+            self.error = "The upstream's stream ended before it was complete; retry the request."
+            raise _StreamBroken(self.error)
 
 
 class _StreamBroken(Exception):

@@ -17,6 +17,7 @@ PROVIDER_KEY_VARIABLE = "SCRIPTED_ANTHROPIC_KEY"
 PROVIDER_KEY = "sk-ant-provider-key"
 NATIVE = "claude"  # relayed: its upstream serves Messages itself
 TRANSLATED = "gpt-4o-mini"  # translated into chat completions
+LOCAL = "claude-local"  # relayed to a server that needs no provider key
 
 
 @pytest.fixture
@@ -35,6 +36,7 @@ def messages_proxy(
             "native_apis": ["messages"],
         },
         TRANSLATED: {"model": "openai/gpt-4o-mini", "api_base": upstream.url},
+        LOCAL: {"model": "anthropic/local", "api_base": upstream.url, "native_apis": ["messages"]},
         "echo": {"model": "echo"},  # the README's offline quickstart
     }
     # A generous retrieval deadline: the tests share two cores (see tests/memory/conftest.py).

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.harness import RunningProxy
-from tests.messages.conftest import KEY, NATIVE, PROVIDER_KEY, TRANSLATED, client_for
+from tests.messages.conftest import KEY, LOCAL, NATIVE, PROVIDER_KEY, TRANSLATED, client_for
 from tests.scripted_messages import COUNTED_TOKENS
 from tests.scripted_upstream import Reply, ScriptedUpstream
 
@@ -56,6 +56,17 @@ def test_create_is_relayed_as_it_came_to_an_upstream_serving_messages(
     assert "authorization" not in received.headers
     assert received.headers["anthropic-version"] == "2023-06-01"
     assert received.headers["anthropic-beta"] == "tools-2024-05-16"
+
+
+def test_a_route_without_a_provider_key_sends_none(
+    upstream: ScriptedUpstream, messages_proxy: RunningProxy
+) -> None:
+    client_for(messages_proxy).messages.create(
+        model=LOCAL, max_tokens=16, messages=[{"role": "user", "content": "Hi"}]
+    )
+    received = upstream.last()
+    assert received.path == "/v1/messages" and received.json["model"] == "local"
+    assert "x-api-key" not in received.headers and "authorization" not in received.headers
 
 
 def test_create_is_translated_into_a_chat_completion_for_other_upstreams(

@@ -46,7 +46,7 @@ def test_an_unknown_model_is_not_found(messages_proxy: RunningProxy) -> None:
             model="claude-unknown", max_tokens=16, messages=HELLO
         )
     message = _shape(caught.value, "not_found_error")
-    assert "claude-unknown" in message and f"{NATIVE}, echo, {TRANSLATED}" in message
+    assert "claude-unknown" in message and f"{NATIVE}, claude-local, echo, {TRANSLATED}" in message
 
 
 @pytest.mark.parametrize(
