@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from proxy.messages import content_text
+from proxy.streaming import EventData
 
 # Anthropic's stop reasons as chat completions' finish reasons.
 FINISH_REASONS = {
@@ -147,7 +148,7 @@ class MessagesStreamReader:
     that ends before `message_stop`, gives a result with an `error` key."""
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._data = EventData()
         self._message: dict[str, Any] = {}
         self._blocks: dict[int, dict[str, Any]] = {}
         self._arguments: dict[int, str] = {}
@@ -157,14 +158,9 @@ class MessagesStreamReader:
         self._error: str | None = None
 
     def feed(self, data: bytes) -> None:
-        self._buffer += data
-        *lines, self._buffer = self._buffer.split(b"\n")
-        for line in lines:
-            line = line.strip()
-            if not line.startswith(b"data:"):
-                continue  # `event:` lines repeat the payload's own `type`
+        for payload in self._data.feed(data):  # `event:` lines repeat the payload's `type`
             try:
-                event = json.loads(line[5:])
+                event = json.loads(payload)
             except ValueError:
                 continue
             if isinstance(event, dict):

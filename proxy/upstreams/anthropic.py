@@ -23,6 +23,7 @@ from proxy.doors.messages_errors import error_event
 from proxy.errors import bad_request
 from proxy.llm import import_litellm
 from proxy.policy import ModelRoute
+from proxy.streaming import EventData
 from proxy.upstreams.base import Target, Upstream, UpstreamReply, UpstreamStream
 from proxy.upstreams.relay import OpenAICompatible
 from proxy.upstreams.routing import provider_of, serves_natively
@@ -186,16 +187,10 @@ class _ChatChunks:
 
     async def chunks(self) -> AsyncIterator[Any]:
         chunk_type = import_litellm().ModelResponseStream
-        buffer, done = b"", False
+        events, done = EventData(), False
         async for data in self.raw:  # read to the end: a finished stream's connection is reused
-            buffer += data
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                line = line.strip()
-                if done or not line.startswith(b"data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
+            for payload in events.feed(data):
+                if done or payload == b"[DONE]":
                     done = True
                     continue
                 try:
