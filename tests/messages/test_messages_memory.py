@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import openai
 import pytest
 
 from tests.harness import RunningProxy
@@ -86,3 +87,32 @@ def test_count_tokens_leaves_the_memory_block_out(
         model=TRANSLATED, messages=QUESTION, extra_headers={"X-Memento-User": "alice"}
     )
     assert after.input_tokens == before.input_tokens
+
+
+def test_memory_is_shared_with_chat_completions_both_ways(
+    upstream: ScriptedUpstream, messages_proxy: RunningProxy
+) -> None:
+    chat = openai.OpenAI(base_url=messages_proxy.base_url + "/v1", api_key=KEY, max_retries=0)
+    client = client_for(messages_proxy)
+    chat.chat.completions.create(
+        model=TRANSLATED,
+        messages=[{"role": "user", "content": "Hi! I am allergic to peanuts."}],
+        user="carol",
+    )
+    wait_for_memories(messages_proxy, "carol", 1, key=KEY)
+    client.messages.create(
+        model=NATIVE, max_tokens=64, messages=QUESTION, metadata={"user_id": "carol"}
+    )
+    assert "allergic to peanuts" in _system_text(upstream.last().json)
+
+    client.messages.create(
+        model=NATIVE,
+        max_tokens=64,
+        messages=[{"role": "user", "content": "Hi! I am vegetarian."}],
+        metadata={"user_id": "dave"},
+    )
+    wait_for_memories(messages_proxy, "dave", 1, key=KEY)
+    chat.chat.completions.create(
+        model=TRANSLATED, messages=[{"role": "user", "content": "A snack?"}], user="dave"
+    )
+    assert "vegetarian" in _system_text(upstream.last().json)
