@@ -3,13 +3,16 @@ exception classes: before the call (auth, model, body), from the upstream, and m
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anthropic
 import httpx
 import pytest
 
-from tests.harness import RunningProxy
+from tests.harness import RunningProxy, write_tenant
 from tests.messages.conftest import KEY, NATIVE, TRANSLATED, client_for
 from tests.scripted_upstream import Reply, ScriptedUpstream
 
@@ -124,3 +127,54 @@ def test_an_empty_body_is_an_anthropic_shaped_bad_request(
     )
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_translated_stream_that_ends_before_done_ends_with_an_error_event(
+    upstream: ScriptedUpstream, messages_proxy: RunningProxy
+) -> None:
+    chunk = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "delta": {"content": "Half an answ"}, "finish_reason": None}],
+    }
+    raw = b"data: " + json.dumps(chunk).encode() + b"\n\n"  # and no [DONE]
+    upstream.script(Reply(raw=raw, content_type="text/event-stream"))
+    client = client_for(messages_proxy)
+    with (
+        pytest.raises(anthropic.APIStatusError) as caught,
+        client.messages.stream(model=TRANSLATED, max_tokens=64, messages=HELLO) as stream,
+    ):
+        stream.get_final_message()
+    body: Any = caught.value.body
+    assert body["error"] == {
+        "type": "api_error",
+        "message": "The upstream's stream ended before it was complete; retry the request.",
+    }
+
+
+def test_memory_unavailable_for_a_fail_closed_tenant_is_overloaded(
+    upstream: ScriptedUpstream,
+    policies_dir: Path,
+    start_proxy: Callable[..., RunningProxy],
+) -> None:
+    models = {TRANSLATED: {"model": "openai/gpt-4o-mini", "api_base": upstream.url}}
+    memory = {"fail_closed": True, "retrieval": {"deadline_ms": 1}}
+    write_tenant(policies_dir, "acme", KEY, models, memory=memory)
+    proxy = start_proxy(policies_dir)
+    remembered = {"user": "lee", "kind": "preference", "text": "The user likes mate."}
+    created = httpx.post(
+        proxy.base_url + "/v1/memories",
+        json=remembered,
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=30,
+    )
+    assert created.status_code == 201
+    with pytest.raises(anthropic.OverloadedError) as caught:
+        client_for(proxy).messages.create(
+            model=TRANSLATED, max_tokens=16, messages=HELLO, metadata={"user_id": "lee"}
+        )
+    assert caught.value.status_code == 529
+    assert "fail-closed" in _shape(caught.value, "overloaded_error")
+    assert upstream.received == []  # nothing went upstream
