@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hmac
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,11 +27,19 @@ from starlette.routing import BaseRoute, Route
 
 from proxy.app_state import store_of
 from proxy.auth import authenticate
-from proxy.errors import ProxyError, index_unavailable, insufficient_storage, model_not_found
+from proxy.errors import (
+    ProxyError,
+    index_unavailable,
+    insufficient_storage,
+    model_not_found,
+    unauthorized,
+)
 from proxy.health import Health, watch_memory
 from proxy.llm import import_litellm
 from proxy.memory.pipeline import MemoryPipeline
 from proxy.memory.seam import MemoryHooks
+from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from proxy.metrics import render as render_metrics
 from proxy.policy import ModelRoute
 from proxy.request_ids import RequestIdMiddleware, request_id_of
 from proxy.routes.admin import routes as admin_routes
@@ -105,7 +115,8 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """Ready once started with tenants and while no component reports a problem (the index,
-    say); the body lists the problems and counts write jobs given up (`failed_jobs`)."""
+    say); the body lists the problems, counts write jobs given up (`failed_jobs`) and says how
+    far behind the write queue is (`write_queue`: `depth`, `oldest_age_s`)."""
     registry: PolicyRegistry = request.app.state.policies
     health: Health = request.app.state.health
     tenants = registry.tenants()
@@ -123,7 +134,29 @@ async def readyz(request: Request) -> Response:
     store = store_of(request)
     if store is not None:
         body["failed_jobs"] = await store.queue.count_jobs("failed")
+        depth = await store.queue.depth()
+        oldest = depth.oldest_created_at
+        body["write_queue"] = {
+            "depth": depth.jobs,
+            "oldest_age_s": 0.0 if oldest is None else round(max(0.0, time.time() - oldest), 3),
+        }
     return JSONResponse(body, status_code=200 if status == "ready" else 503)
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus' text format (`proxy.metrics`); with `MEMENTO_METRICS_TOKEN` set, only for a
+    scraper that sends it as a bearer token."""
+    token = request.app.state.settings.metrics_token
+    if token is not None:
+        sent = request.headers.get("authorization", "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            raise unauthorized(
+                "GET /metrics needs the metrics token (MEMENTO_METRICS_TOKEN) as "
+                "'Authorization: Bearer <token>'."
+            )
+    store = store_of(request)
+    depth = await store.queue.depth() if store is not None else None
+    return Response(render_metrics(depth), media_type=METRICS_CONTENT_TYPE)
 
 
 def _routes(registry: PolicyRegistry) -> list[ModelRoute]:
@@ -132,12 +165,28 @@ def _routes(registry: PolicyRegistry) -> list[ModelRoute]:
 
 
 def needs_litellm(registry: PolicyRegistry) -> bool:
-    """Whether litellm will be used (slow to import: done before serving): a route reached
-    through it, or a tenant with memory, whose token budget reads litellm's model info."""
-    policies = (registry.get(tenant) for tenant in registry.tenants())
-    if any(policy.memory.enabled for policy in policies if policy):
-        return True
-    return any(r.model != "echo" and not is_passthrough(r) for r in _routes(registry))
+    """Whether litellm will be used (slow to import and heavy: then it is imported before
+    serving, off the event loop, and only then): a route it translates, including a memory model
+    named by a litellm string, or a route of a tenant with memory whose token budget needs
+    litellm's model info (no `context_window` of its own). The built-in echo model needs none."""
+    for tenant in registry.tenants():
+        policy = registry.get(tenant)
+        if policy is None:
+            continue
+        named = (
+            policy.memory.extraction.model,
+            policy.memory.consolidation.model,
+            policy.sanitizer.judge_model,
+        )
+        models = [policy.models.get(n) or ModelRoute(model=n) for n in named if n is not None]
+        for route in [*policy.models.values(), *models]:
+            if route.model == "echo":
+                continue
+            if not is_passthrough(route):
+                return True
+            if policy.memory.enabled and route.context_window is None:
+                return True
+    return False
 
 
 def uses_echo(registry: PolicyRegistry) -> bool:
@@ -235,6 +284,7 @@ def build_app(
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         *admin_routes(),  # before any /v1/memories/{id} route: fixed paths must win
         *memory_routes(),
         *feedback_routes(),

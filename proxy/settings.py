@@ -63,6 +63,9 @@ class Settings:
     # Write-path workers of this process, shared by all tenants; each tenant's policy bounds how
     # many of its jobs run at once (memory.workers). 0 only queues: another process drains it.
     memory_workers: int = 2
+    # A bearer token `GET /metrics` asks for (Prometheus' `authorization` setting); None serves
+    # the metrics to anyone who can reach the port.
+    metrics_token: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -84,6 +87,7 @@ class Settings:
             access_log=_env("ACCESS_LOG", "0").lower() in {"1", "true", "yes"},
             embedder=_env("EMBEDDER", cls.embedder),
             memory_workers=_whole_number("MEMORY_WORKERS", cls.memory_workers),
+            metrics_token=_env("METRICS_TOKEN", "").strip() or None,
         )
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known

@@ -19,6 +19,7 @@ from storage.records import (
     MemoryRecord,
     MemoryStatus,
     NewMemory,
+    QueueDepth,
     QueuedJob,
     RequestLog,
     Scope,
@@ -222,6 +223,10 @@ class WriteQueue(Protocol):
     async def fail(self, job_id: int, error: str, *, retry_in_s: float | None) -> None: ...
 
     async def pending(self) -> int: ...
+
+    async def depth(self) -> QueueDepth:
+        """Jobs queued or running, and the enqueue time of the oldest (for metrics)."""
+        ...
 
     async def unfinished(self, job_ids: Sequence[int]) -> set[int]:
         """Those of `job_ids` (at most 100) still queued or running."""

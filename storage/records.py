@@ -185,6 +185,15 @@ class QueuedJob:
     last_error: str | None = None
 
 
+@dataclass(frozen=True)
+class QueueDepth:
+    """How far behind the write queue is: jobs queued or running, and when the oldest was
+    queued (None when there is none)."""
+
+    jobs: int
+    oldest_created_at: float | None
+
+
 @dataclass
 class SpanRow:
     """A finished OpenTelemetry span as kept in SQLite for inspection."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +31,7 @@ from proxy.memory.seam import (
     InjectedMemory,
     MemoryUnavailable,
     PreparedCall,
+    Skipped,
 )
 from proxy.memory.span_attrs import (
     mark_failed,
@@ -39,6 +41,7 @@ from proxy.memory.span_attrs import (
     record_wait,
     set_content,
 )
+from proxy.metrics import MEMORIES_INJECTED, MEMORY_READ_DURATION, RETRIEVAL_FAILURES
 from storage.api import Store
 from storage.records import Scope
 
@@ -55,6 +58,14 @@ class ReadPath:
         self.requests = requests
 
     async def before_call(self, ctx: CallContext) -> PreparedCall:
+        started = time.perf_counter()
+        prepared = await self._before_call(ctx)
+        if prepared.state.access is not None and prepared.state.access.reads:
+            MEMORY_READ_DURATION.record(time.perf_counter() - started, {"stage": "before_call"})
+            MEMORIES_INJECTED.record(prepared.injected_count)
+        return prepared
+
+    async def _before_call(self, ctx: CallContext) -> PreparedCall:
         access = _access(ctx)
         state = CallState(access)
         if access.scope is None or access.mode == "off":
@@ -64,9 +75,11 @@ class ReadPath:
             return PreparedCall(body=ctx.body, state=state)
         ranked, waited = await self._retrieve_in_time(ctx, access)
         unlearned = len(waited.unfinished)
-        if ranked is None:
+        if isinstance(ranked, str):
             state.logged = self.requests.log(ctx, access.scope, [], status="memory_failed")
-            return PreparedCall(body=ctx.body, unlearned_writes=unlearned, state=state)
+            return PreparedCall(
+                body=ctx.body, unlearned_writes=unlearned, memory_skipped=ranked, state=state
+            )
         plan = _budget(ctx, ranked)
         if not plan.selected:
             state.logged = self.requests.log(ctx, access.scope, [])
@@ -84,14 +97,18 @@ class ReadPath:
 
     async def _retrieve_in_time(
         self, ctx: CallContext, access: MemoryAccess
-    ) -> tuple[list[ScoredMemory] | None, WriteWait]:
-        """Ranked candidates (None when memory failed and the policy allows going on), after
-        waiting for the user's earlier exchanges to be learned; and what was waited for."""
+    ) -> tuple[list[ScoredMemory] | Skipped, WriteWait]:
+        """Ranked candidates (or why there are none, when memory failed and the policy allows
+        going on), after waiting for the user's earlier exchanges to be learned; and what was
+        waited for."""
         assert access.scope is not None
         with tracer.start_as_current_span("memento.retrieve") as span:
             waited = await self._wait_for_writes(ctx, access.scope)
             record_wait(span, waited)
-            return await self._retrieve(ctx, access, span), waited
+            started = time.perf_counter()
+            ranked = await self._retrieve(ctx, access, span)
+            MEMORY_READ_DURATION.record(time.perf_counter() - started, {"stage": "retrieve"})
+            return ranked, waited
 
     async def _wait_for_writes(self, ctx: CallContext, scope: Scope) -> WriteWait:
         """Read your writes: wait (bounded by the policy) for the user's exchanges queued so far.
@@ -123,8 +140,8 @@ class ReadPath:
 
     async def _retrieve(
         self, ctx: CallContext, access: MemoryAccess, span: trace.Span
-    ) -> list[ScoredMemory] | None:
-        """Ranked candidates within the retrieval deadline, or None (fail-open)."""
+    ) -> list[ScoredMemory] | Skipped:
+        """Ranked candidates within the retrieval deadline, or why not (fail-open)."""
         policy = ctx.policy
         assert access.scope is not None
         query = build_query(ctx.conversation, policy.memory.retrieval.query_context_turns)
@@ -142,13 +159,15 @@ class ReadPath:
                 timeout=policy.memory.retrieval.deadline_ms / 1000,
             )
         except Exception as exc:  # store down, index error, deadline: fail open or closed
-            reason = "deadline exceeded" if isinstance(exc, TimeoutError) else type(exc).__name__
+            skipped: Skipped = "deadline" if isinstance(exc, TimeoutError) else "error"
+            RETRIEVAL_FAILURES.add(1, {"reason": skipped})
+            reason = "deadline exceeded" if skipped == "deadline" else type(exc).__name__
             mark_failed(span, f"memory unavailable: {reason}", exc)
             log.warning("memory retrieval failed for request %s: %s", ctx.request_id, reason)
             if policy.memory.fail_closed:
                 raise MemoryUnavailable(f"retrieval failed: {reason}") from exc
             span.set_attribute("memento.memory.fail_open", True)
-            return None
+            return skipped
         record_ranked(span, ranked)
         return ranked
 
@@ -169,6 +188,7 @@ def _access(ctx: CallContext) -> MemoryAccess:
 def _budget(ctx: CallContext, ranked: list[ScoredMemory]) -> BudgetPlan:
     """The ranked memories that fit the room the call leaves in the model's context."""
     budget = ctx.policy.memory.budget
+    started = time.perf_counter()
     with tracer.start_as_current_span("memento.budget") as span:
         encoding_name = encoding_name_for(ctx.route.model)
         room = available_tokens(
@@ -187,13 +207,16 @@ def _budget(ctx: CallContext, ranked: list[ScoredMemory]) -> BudgetPlan:
             encoding_name=encoding_name,
         )
         record_budget(span, plan)
-        return plan
+    MEMORY_READ_DURATION.record(time.perf_counter() - started, {"stage": "budget"})
+    return plan
 
 
 def _inject(ctx: CallContext, selected: list[ScoredMemory]) -> dict[str, Any]:
     """The call's body with the selected memories as one block, where its door puts it."""
+    started = time.perf_counter()
     with tracer.start_as_current_span("memento.inject") as span:
         block = render_block(selected)
         body = ctx.door.with_block(ctx.body, block)
         record_injection(span, selected, block, ctx.policy.tracing)
-        return body
+    MEMORY_READ_DURATION.record(time.perf_counter() - started, {"stage": "inject"})
+    return body

@@ -13,11 +13,14 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from proxy.doors.base import Door
 from proxy.memory.query import MemoryAccess
 from proxy.policy import ModelRoute, Policy
+
+# Why retrieval gave up on a call: its deadline ran out, or the store or index failed.
+Skipped = Literal["deadline", "error"]
 
 
 class MemoryUnavailable(Exception):
@@ -74,6 +77,8 @@ class PreparedCall:
     injected_count: int = 0
     # The user's earlier exchanges still being learned when retrieval ran (the wait ran out).
     unlearned_writes: int = 0
+    # Why the call went on without memory it should have read (fail-open), if it did.
+    memory_skipped: Skipped | None = None
     changed: bool = False  # False: the route may relay the client's original bytes
     state: CallState = field(default_factory=CallState)
 

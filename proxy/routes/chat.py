@@ -32,7 +32,7 @@ class ChatRoutes:
         self.upstreams = upstreams
 
     async def chat(self, request: Request) -> Response | EndSpansAfter:
-        return await self.flow.run(request, self.read_chat)
+        return await self.flow.run(request, self.read_chat, api=CHAT.name)
 
     async def read_chat(self, policy: Policy, body: dict[str, Any], headers: Headers) -> DoorCall:
         alias = validate_chat(body)

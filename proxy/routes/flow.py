@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from proxy.auth import authenticate
 from proxy.doors.base import Door
 from proxy.errors import ProxyError, model_not_found
 from proxy.memory.seam import CallContext, MemoryHooks, MemoryUnavailable, NoMemory, PreparedCall
+from proxy.metrics import REQUEST_DURATION, REQUESTS, UPSTREAM_ERRORS
 from proxy.policy import ModelRoute, Policy
 from proxy.request_ids import client_request_id_of, request_id_of
 from proxy.streaming import SSERelay
@@ -117,32 +119,44 @@ class CallFlow:
         except Exception:
             log.exception("memory after-call failed for request %s", ctx.request_id)
 
-    async def run(self, request: Request, read: ReadCall) -> Response | EndSpansAfter:
-        """The call inside its `memento.request` span (ended after a stream, for streams)."""
+    async def run(self, request: Request, read: ReadCall, *, api: str) -> Response | EndSpansAfter:
+        """The call through door `api` inside its `memento.request` span (ended after a stream,
+        for streams), counted in the request metrics."""
+        started = time.perf_counter()
+        labels = {"api": api, "tenant": "", "stream": "false"}  # filled in as they are known
+        status = 500
         root = start_request_span(request_id_of(request), client_request_id_of(request))
         try:
             with trace.use_span(
                 root, end_on_exit=False, record_exception=False, set_status_on_exception=False
             ):
-                response = await self._run(request, read, root)
+                response = await self._run(request, read, root, labels)
         except BaseException as exc:
             record_failure(root, exc)
             root.end()
+            status = exc.status if isinstance(exc, ProxyError) else 500
             raise
-        if isinstance(response, Response):
-            record_http_status(root, response.status_code)
-            root.end()
-        return response
+        else:
+            status = response.status_code if isinstance(response, Response) else 200
+            if isinstance(response, Response):
+                record_http_status(root, response.status_code)
+                root.end()
+            return response
+        finally:
+            REQUESTS.add(1, {**labels, "status": str(status)})
+            REQUEST_DURATION.record(time.perf_counter() - started, labels)
 
     async def _run(
-        self, request: Request, read: ReadCall, root: trace.Span
+        self, request: Request, read: ReadCall, root: trace.Span, labels: dict[str, str]
     ) -> Response | EndSpansAfter:
         started = time.perf_counter()
         with _tracer.start_as_current_span("memento.auth"):
             policy = authenticate(request)
         root.set_attribute("memento.tenant", policy.tenant)
+        labels["tenant"] = policy.tenant
         body = await read_json_body(request, policy.limits.max_body_bytes)
         call = await read(policy, body, request.headers)
+        labels["stream"] = "true" if call.stream else "false"
         headers = request.headers
         ctx = CallContext(
             request_id=request_id_of(request),
@@ -170,11 +184,12 @@ class CallFlow:
         target = Target(call.alias, call.route, policy.limits.connect_timeout_s)
         span = start_upstream_span(call.alias, call.route.model, call.passthrough)
         if call.stream:
-            return await self._stream(
-                ctx, call, prepared, target, (span, root), started, with_memory
-            )
+            with _count_upstream_errors(labels):
+                return await self._stream(
+                    ctx, call, prepared, target, (span, root), started, with_memory
+                )
         upstream_started = time.monotonic_ns()
-        with trace.use_span(span, end_on_exit=True):
+        with trace.use_span(span, end_on_exit=True), _count_upstream_errors(labels):
             reply = await call.send(target, prepared.body)
             record_first_token(span, upstream_started)
             record_http_status(span, reply.status)
@@ -237,13 +252,27 @@ class CallFlow:
         return EndSpansAfter(relay, span, root)
 
 
+@contextmanager
+def _count_upstream_errors(labels: dict[str, str]) -> Iterator[None]:
+    """Count an upstream call that fails (`ProxyError` from the transport) by its status."""
+    try:
+        yield
+    except ProxyError as exc:
+        counted = {"api": labels["api"], "tenant": labels["tenant"], "status": str(exc.status)}
+        UPSTREAM_ERRORS.add(1, counted)
+        raise
+
+
 def memory_headers(prepared: PreparedCall) -> dict[str, str]:
-    """How many memories went into the call (`x-memento-memories`), and how many of the user's
+    """How many memories went into the call (`x-memento-memories`); how many of the user's
     earlier exchanges were still being learned, so their memories could not be (sent only then:
-    `x-memento-unlearned-writes`)."""
+    `x-memento-unlearned-writes`); and why memory was skipped, when retrieval gave up
+    (`x-memento-memory-skipped`: `deadline` or `error`)."""
     headers = {"x-memento-memories": str(prepared.injected_count)}
     if prepared.unlearned_writes:
         headers["x-memento-unlearned-writes"] = str(prepared.unlearned_writes)
+    if prepared.memory_skipped is not None:
+        headers["x-memento-memory-skipped"] = prepared.memory_skipped
     return headers
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiosqlite
 
-from storage.records import JobState, QueuedJob
+from storage.records import JobState, QueueDepth, QueuedJob
 from storage.sqlite.connection import Connection
 from storage.sqlite.rows import dumps, placeholders
 
@@ -79,6 +79,13 @@ class SQLiteJobQueue:
             "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')"
         )
         return int(rows[0][0])
+
+    async def depth(self) -> QueueDepth:
+        rows = await self._connection.fetchall(
+            "SELECT count(*), min(created_at) FROM jobs WHERE state IN ('queued', 'running')"
+        )
+        count, oldest = rows[0]
+        return QueueDepth(int(count), None if oldest is None else float(oldest))
 
     async def unfinished(self, job_ids: Sequence[int]) -> set[int]:
         wanted = list(job_ids)[:_MAX_FIRST]

@@ -6,6 +6,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -55,6 +56,7 @@ def test_store_down_fails_open(
     assert memory_block(sent) is None
     assert sent["messages"] == ASK
     assert response.headers["x-memento-memories"] == "0"
+    assert response.headers["x-memento-memory-skipped"] == "error"
     trace = wait_for_trace(proxy, response.headers["x-request-id"], {"memento.retrieve"})
     retrieve = next(span for span in trace["spans"] if span["name"] == "memento.retrieve")
     assert retrieve["attributes"]["memento.memory.error"].startswith("memory unavailable")
@@ -71,9 +73,12 @@ def test_retrieval_deadline_fails_open(
     )
     assert response.parse().choices[0].message.content
     assert memory_block(upstream.last().json) is None
+    assert response.headers["x-memento-memory-skipped"] == "deadline"
     trace = wait_for_trace(proxy, response.headers["x-request-id"], {"memento.retrieve"})
     retrieve = next(span for span in trace["spans"] if span["name"] == "memento.retrieve")
     assert retrieve["attributes"]["memento.memory.error"] == "memory unavailable: deadline exceeded"
+    scraped = httpx.get(proxy.base_url + "/metrics", timeout=30).text
+    assert 'memento_memory_retrieval_failures_total{reason="deadline"}' in scraped
 
 
 def test_fail_closed_policy_refuses_the_call(

@@ -174,6 +174,7 @@ def test_failed_jobs_are_listed_counted_and_retried(
     with api(proxy) as http, api(proxy, OTHER_KEY) as other:
         ready = http.get("/readyz")
         assert (ready.status_code, ready.json()["failed_jobs"]) == (200, 1)
+        assert ready.json()["write_queue"] == {"depth": 0, "oldest_age_s": 0.0}
         (job,) = http.get("/v1/memories/jobs", params={"state": "failed"}).json()["data"]
         assert (job["id"], job["state"], job["attempts"]) == (job_id, "failed", 1)
         assert job["last_error"] == "APIConnectionError: upstream down"
@@ -192,7 +193,10 @@ def test_failed_jobs_are_listed_counted_and_retried(
     assert code == 0
     assert [job["id"] for job in json.loads(capsys.readouterr().out)["data"]] == [job_id]
     with api(proxy) as http:
-        assert http.get("/readyz").json()["failed_jobs"] == 0
+        ready = http.get("/readyz").json()
+        assert ready["failed_jobs"] == 0
+        assert ready["write_queue"]["depth"] == 1  # retried, and no worker here runs it
+        assert ready["write_queue"]["oldest_age_s"] > 0
         again = http.post(f"/v1/memories/jobs/{job_id}/retry")
         assert again.status_code == 404
         assert again.json()["error"]["code"] == "job_not_found"

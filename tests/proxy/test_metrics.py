@@ -1,0 +1,99 @@
+"""`GET /metrics`: what an operator scrapes, in Prometheus' text format, moving with the calls."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.harness import RunningProxy, write_tenant
+from tests.scripted_upstream import Reply, ScriptedUpstream
+
+KEY = "metrics-tenant-key"
+
+
+def scrape(proxy: RunningProxy, token: str | None = None) -> dict[str, float]:
+    """Every sample as `name{label="value",...}` → value (labels sorted)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = httpx.get(proxy.base_url + "/metrics", headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return samples
+
+
+def value(samples: dict[str, float], name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels` (0 when there is none)."""
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(
+        v
+        for key, v in samples.items()
+        if key.startswith(name + "{") and all(w in key for w in wanted)
+    )
+
+
+@pytest.fixture
+def proxy(
+    upstream: ScriptedUpstream, policies_dir: Path, start_proxy: Callable[..., RunningProxy]
+) -> RunningProxy:
+    models = {
+        "fast": {"model": "openai/upstream-model", "api_base": upstream.url},
+        "echo": {"model": "echo"},
+    }
+    write_tenant(policies_dir, "metered", KEY, models)
+    return start_proxy(policies_dir)
+
+
+def test_calls_errors_and_the_hot_path_are_counted(
+    proxy: RunningProxy, upstream: ScriptedUpstream
+) -> None:
+    client = openai.OpenAI(base_url=proxy.base_url + "/v1", api_key=KEY, max_retries=0)
+    before = scrape(proxy)
+    messages = [{"role": "user", "content": "I prefer tea."}]
+    client.chat.completions.create(model="fast", messages=messages, user="ana")  # type: ignore[arg-type]
+    upstream.script(Reply(status=500))
+    with pytest.raises(openai.APIStatusError):
+        client.chat.completions.create(model="fast", messages=messages)  # type: ignore[arg-type]
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=messages)  # type: ignore[arg-type]
+    after = scrape(proxy)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    ok = {"api": "chat_completions", "tenant": "metered", "status": "200"}
+    assert grew("memento_requests_total", **ok) == 1
+    assert grew("memento_requests_total", tenant="metered", status="404") == 1
+    assert grew("memento_requests_total", tenant="metered", status="502") == 1
+    assert grew("memento_upstream_errors_total", tenant="metered", status="502") == 1
+    assert grew("memento_request_duration_seconds_count", tenant="metered") == 3
+    # One call read memory (the one for a user): the hot path's stages were timed.
+    assert grew("memento_memory_read_duration_seconds_count", stage="before_call") == 1
+    assert grew("memento_memory_read_duration_seconds_count", stage="retrieve") == 1
+    assert grew("memento_memory_injected_count") == 1
+    # The write queue is read from the store at each scrape.
+    assert "memento_write_queue_depth{}" in after
+    assert after["memento_write_queue_oldest_age_seconds{}"] >= 0
+
+
+def test_a_metrics_token_is_required_once_set(
+    policies_dir: Path, start_proxy: Callable[..., RunningProxy]
+) -> None:
+    write_tenant(policies_dir, "metered", KEY, {"echo": {"model": "echo"}})
+    proxy = start_proxy(policies_dir, metrics_token="scrape-secret")
+    refused = httpx.get(proxy.base_url + "/metrics", timeout=30)
+    assert refused.status_code == 401
+    assert "MEMENTO_METRICS_TOKEN" in refused.json()["error"]["message"]
+    wrong = httpx.get(
+        proxy.base_url + "/metrics", headers={"Authorization": "Bearer nope"}, timeout=30
+    )
+    assert wrong.status_code == 401
+    assert "memento_write_queue_depth{}" in scrape(proxy, token="scrape-secret")
