@@ -57,7 +57,10 @@ class MessagesRoutes:
         self.upstreams = upstreams
 
     async def create(self, request: Request) -> Response | EndSpansAfter:
-        return await _in_anthropic_shape(request, lambda r: self.flow.run(r, self.read_call))
+        return await _in_anthropic_shape(request, self._create)
+
+    async def _create(self, request: Request) -> Response | EndSpansAfter:
+        return await self.flow.run(request, self.read_call, api=MESSAGES.name)
 
     async def read_call(self, policy: Policy, body: dict[str, Any], headers: Headers) -> DoorCall:
         alias = validate_messages(body)
