@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import RunningProxy
 from tests.messages.conftest import KEY, LOCAL, NATIVE, PROVIDER_KEY, TRANSLATED, client_for
@@ -146,7 +147,7 @@ def _events(proxy: RunningProxy, model: str) -> list[str]:
         "POST", proxy.base_url + "/v1/messages", json=body, headers=headers, timeout=30
     ) as response:
         assert response.status_code == 200
-        assert response.headers["x-memento-memories"] == "0"
+        assert response.headers["x-memento-memories"] == "0" and response.headers["x-request-id"]
         lines = [line for line in response.iter_lines() if line.startswith("event: ")]
     return [line.removeprefix("event: ") for line in lines]
 
@@ -203,3 +204,22 @@ def test_the_readmes_offline_quickstart_answers_through_echo(messages_proxy: Run
         model="echo", max_tokens=256, messages=[{"role": "user", "content": "Hello!"}]
     ) as stream:
         assert "last user message: 'Hello!'" in "".join(stream.text_stream)
+
+
+def test_messages_calls_are_counted_under_their_own_door(messages_proxy: RunningProxy) -> None:
+    def served() -> float:
+        text = httpx.get(messages_proxy.base_url + "/metrics", timeout=30).text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "memento_requests_total"
+            and sample.labels.get("api") == "messages"
+            and sample.labels.get("status") == "200"
+        )
+
+    before = served()
+    client_for(messages_proxy).messages.create(
+        model=TRANSLATED, max_tokens=16, messages=[{"role": "user", "content": "Hi"}]
+    )
+    assert served() == before + 1
