@@ -4,13 +4,15 @@ Messages itself (relayed) or chat completions (translated)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import RunningProxy
+from tests.harness import RunningProxy, ServerProcess
 from tests.messages.conftest import KEY, LOCAL, NATIVE, PROVIDER_KEY, TRANSLATED, client_for
 from tests.scripted_messages import COUNTED_TOKENS
 from tests.scripted_upstream import Reply, ScriptedUpstream
@@ -223,3 +225,17 @@ def test_messages_calls_are_counted_under_their_own_door(messages_proxy: Running
         model=TRANSLATED, max_tokens=16, messages=[{"role": "user", "content": "Hi"}]
     )
     assert served() == before + 1
+
+
+def test_the_demo_tenant_answers_messages_loading_litellm_on_first_use(tmp_path: Path) -> None:
+    """The shipped policies need no litellm at start-up; the first translated Messages call
+    loads it (off the event loop) and answers."""
+    policies = Path(__file__).resolve().parents[2] / "policies"
+    with ServerProcess(policies, tmp_path / "data") as server:
+        client = anthropic.Anthropic(
+            base_url=server.base_url, api_key="memento-demo-key", max_retries=0
+        )
+        message = client.messages.create(
+            model="echo", max_tokens=64, messages=[{"role": "user", "content": "Hello!"}]
+        )
+    assert "last user message: 'Hello!'" in message.content[0].text

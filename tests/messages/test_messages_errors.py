@@ -103,18 +103,23 @@ def test_upstream_failures_keep_anthropics_shape(
     assert "failed (HTTP 500)" in _shape(failed.value, "api_error")
 
 
-@pytest.mark.parametrize("model", [NATIVE, TRANSLATED])
-def test_a_stream_that_breaks_ends_with_an_anthropic_error_event(
-    upstream: ScriptedUpstream, messages_proxy: RunningProxy, model: str
-) -> None:
-    upstream.script(Reply(content="A long answer that never ends", cut_after=4))
-    client = client_for(messages_proxy)
+def _stream_error(proxy: RunningProxy, model: str) -> Any:
+    """The error body the SDK raises for a stream of `model` that ends in an error event."""
+    client = client_for(proxy)
     with (
         pytest.raises(anthropic.APIStatusError) as caught,
         client.messages.stream(model=model, max_tokens=64, messages=HELLO) as stream,
     ):
         stream.get_final_message()
-    body: Any = caught.value.body
+    return caught.value.body
+
+
+@pytest.mark.parametrize("model", [NATIVE, TRANSLATED])
+def test_a_stream_that_breaks_ends_with_an_anthropic_error_event(
+    upstream: ScriptedUpstream, messages_proxy: RunningProxy, model: str
+) -> None:
+    upstream.script(Reply(content="A long answer that never ends", cut_after=4))
+    body = _stream_error(messages_proxy, model)
     assert body["type"] == "error" and body["error"]["type"] == "api_error"
     assert "stream" in body["error"]["message"]
 
@@ -141,14 +146,7 @@ def test_a_translated_stream_that_ends_before_done_ends_with_an_error_event(
     }
     raw = b"data: " + json.dumps(chunk).encode() + b"\n\n"  # and no [DONE]
     upstream.script(Reply(raw=raw, content_type="text/event-stream"))
-    client = client_for(messages_proxy)
-    with (
-        pytest.raises(anthropic.APIStatusError) as caught,
-        client.messages.stream(model=TRANSLATED, max_tokens=64, messages=HELLO) as stream,
-    ):
-        stream.get_final_message()
-    body: Any = caught.value.body
-    assert body["error"] == {
+    assert _stream_error(messages_proxy, TRANSLATED)["error"] == {
         "type": "api_error",
         "message": "The upstream's stream ended before it was complete; retry the request.",
     }

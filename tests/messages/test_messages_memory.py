@@ -25,6 +25,17 @@ def _system_text(sent: dict[str, Any]) -> str:
     return str(first["content"]) if first["role"] == "system" else ""
 
 
+def _teach(proxy: RunningProxy, model: str, user: str, statement: str) -> None:
+    """State something through Messages (not streamed) and wait until it is learned."""
+    client_for(proxy).messages.create(
+        model=model,
+        max_tokens=64,
+        messages=[{"role": "user", "content": statement}],
+        metadata={"user_id": user},
+    )
+    wait_for_memories(proxy, user, 1, key=KEY)
+
+
 @pytest.mark.parametrize("model", [NATIVE, TRANSLATED])
 def test_a_streamed_fact_is_learned_and_injected_into_system_for_that_user_only(
     upstream: ScriptedUpstream, messages_proxy: RunningProxy, model: str
@@ -76,13 +87,7 @@ def test_count_tokens_leaves_the_memory_block_out(
 ) -> None:
     client = client_for(messages_proxy)
     before = client.messages.count_tokens(model=TRANSLATED, messages=QUESTION)
-    client.messages.create(
-        model=TRANSLATED,
-        max_tokens=64,
-        messages=[{"role": "user", "content": "Hi! I am allergic to peanuts."}],
-        metadata={"user_id": "alice"},
-    )
-    wait_for_memories(messages_proxy, "alice", 1, key=KEY)
+    _teach(messages_proxy, TRANSLATED, "alice", "Hi! I am allergic to peanuts.")
     after = client.messages.count_tokens(
         model=TRANSLATED, messages=QUESTION, extra_headers={"X-Memento-User": "alice"}
     )
@@ -105,13 +110,7 @@ def test_memory_is_shared_with_chat_completions_both_ways(
     )
     assert "allergic to peanuts" in _system_text(upstream.last().json)
 
-    client.messages.create(
-        model=NATIVE,
-        max_tokens=64,
-        messages=[{"role": "user", "content": "Hi! I am vegetarian."}],
-        metadata={"user_id": "dave"},
-    )
-    wait_for_memories(messages_proxy, "dave", 1, key=KEY)
+    _teach(messages_proxy, NATIVE, "dave", "Hi! I am vegetarian.")
     chat.chat.completions.create(
         model=TRANSLATED, messages=[{"role": "user", "content": "A snack?"}], user="dave"
     )
