@@ -1,9 +1,10 @@
 """The application, assembled in one visible place: `build_app(settings)`.
 
 Routes: the OpenAI-compatible surface (`/v1/chat/completions` and `/v1/embeddings` in
-`proxy.routes.chat`, `/v1/models` here), the probes (`/healthz`, `/readyz`), and the admin,
-memory, feedback, trace and UI routes of `proxy.routes` and `proxy.ui`. Every request gets the
-proxy's own id (`proxy.request_ids`); failures become OpenAI-shaped errors. The lifespan loads
+`proxy.routes.chat`, `/v1/models` here), Anthropic's `/v1/messages` (`proxy.routes.messages`),
+the probes (`/healthz`, `/readyz`), and the admin, memory, feedback, trace and UI routes of
+`proxy.routes` and `proxy.ui`. Every request gets the proxy's own id (`proxy.request_ids`);
+failures become OpenAI-shaped errors (Anthropic-shaped on Anthropic's routes). The lifespan loads
 what the first calls would wait for, starts the memory hooks and closes everything in order.
 """
 
@@ -46,6 +47,7 @@ from proxy.routes.chat import ChatRoutes
 from proxy.routes.feedback import feedback_routes
 from proxy.routes.flow import CallFlow
 from proxy.routes.memories import memory_routes
+from proxy.routes.messages import MessagesRoutes
 from proxy.routes.responses import ResponsesRoutes
 from proxy.routes.traces import routes as trace_routes
 from proxy.settings import Settings
@@ -233,6 +235,7 @@ def build_app(
     )
     flow = CallFlow(memory)  # every door's calls go through it
     chat = ChatRoutes(flow, upstreams)
+    messages = MessagesRoutes(flow, upstreams)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -277,6 +280,8 @@ def build_app(
         Route("/v1/chat/completions", chat.chat, methods=["POST"]),
         Route("/v1/embeddings", chat.embeddings, methods=["POST"]),
         *ResponsesRoutes(flow, upstreams).routes(),
+        Route("/v1/messages", messages.create, methods=["POST"]),
+        Route("/v1/messages/count_tokens", messages.count_tokens, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),

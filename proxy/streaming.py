@@ -8,7 +8,8 @@ client has the whole answer. Only the bytes that are (or may begin) that final e
 back; everything before it flows at once.
 `StreamAssembler` rebuilds a chat.completion dict from the chunks it sees, for the memory
 pipeline's after-call stage; a stream that never reached `[DONE]`, or carried an error event,
-assembles to a dict with an `error` key, which is not learned from.
+assembles to a dict with an `error` key, which is not learned from. `EventData` cuts the
+`data:` payloads out of event bytes however they arrive, for it and the other doors' readers.
 """
 
 from __future__ import annotations
@@ -28,11 +29,29 @@ log = logging.getLogger("memento.proxy")
 _DONE_EVENT = DONE.rstrip()  # what `_hold_final_event` looks for, whatever line ending follows
 
 
+class EventData:
+    """The `data:` payloads of server-sent events, from bytes fed in pieces cut anywhere."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The payloads of the `data:` lines `data` completes, stripped."""
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        payloads = []
+        for line in lines:
+            line = line.strip()
+            if line.startswith(b"data:"):
+                payloads.append(line[5:].strip())
+        return payloads
+
+
 class StreamAssembler:
     """Rebuilds a chat.completion from `chat.completion.chunk` events, fed raw SSE bytes."""
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._data = EventData()
         self._meta: dict[str, Any] = {}
         self._choices: dict[int, dict[str, Any]] = {}
         self._usage: dict[str, Any] | None = None
@@ -40,13 +59,7 @@ class StreamAssembler:
         self._error: str | None = None
 
     def feed(self, data: bytes) -> None:
-        self._buffer += data
-        *lines, self._buffer = self._buffer.split(b"\n")
-        for line in lines:
-            line = line.strip()
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
+        for payload in self._data.feed(data):
             if payload == b"[DONE]":
                 self._done = True
                 continue

@@ -23,7 +23,7 @@ from typing import Any
 
 import uvicorn
 
-from tests import scripted_responses
+from tests import scripted_messages, scripted_responses
 
 Scope = dict[str, Any]
 
@@ -147,6 +147,8 @@ class ScriptedUpstream:
                 "code": None,
             }
             await _send_json(send, reply.status, {"error": error}, reply.headers)
+        elif path.startswith("/messages") and isinstance(body, dict):  # Anthropic's API
+            await scripted_messages.answer(path, body, reply, send)
         elif path == "/chat/completions" and isinstance(body, dict) and body.get("stream"):
             await self._stream(body, reply, receive, send)
         elif path == "/chat/completions" and isinstance(body, dict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from proxy.policy import ModelRoute
 from proxy.settings import Settings
+from proxy.upstreams.anthropic import AnthropicMessages
 from proxy.upstreams.base import Upstream
 from proxy.upstreams.echo import EchoUpstream
 from proxy.upstreams.relay import OpenAICompatible
@@ -22,6 +23,7 @@ class Upstreams:
         self.translated = LiteLLMUpstream()
         self.echo = EchoUpstream()
         self.responses = ResponsesUpstream(self.direct, self.for_route)  # the Responses door
+        self.messages = AnthropicMessages(self.direct, self.for_route)
 
     def for_route(self, route: ModelRoute) -> Upstream:
         if route.model == "echo":
