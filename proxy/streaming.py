@@ -131,10 +131,10 @@ class SSERelay:
         headers: Mapping[str, str],
         observe: Callable[[bytes], None] | None = None,
         on_complete: Callable[[], Awaitable[None]] | None = None,
-        final_event: bytes = _DONE_EVENT,
+        final_events: tuple[bytes, ...] = (_DONE_EVENT,),
     ) -> None:
         self.stream = stream
-        self.final_event = final_event
+        self.final_events = final_events
         self.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
         self.observe = observe
         self.on_complete = on_complete
@@ -178,7 +178,7 @@ class SSERelay:
         async for chunk in self.stream.chunks:
             if observe is not None:
                 observe(chunk)
-            ready, held = _hold_final_event(held + chunk, self.final_event)
+            ready, held = _hold_final_event(held + chunk, self.final_events)
             if ready:
                 await send({"type": "http.response.body", "body": ready, "more_body": True})
         if self.on_complete is not None:
@@ -188,13 +188,15 @@ class SSERelay:
         self.completed = True
 
 
-def _hold_final_event(data: bytes, final_event: bytes) -> tuple[bytes, bytes]:
+def _hold_final_event(data: bytes, final_events: tuple[bytes, ...]) -> tuple[bytes, bytes]:
     """Split relayed bytes into what can go now and what is held: everything from the start of
-    the final event on, or a tail that may be the start of it (at most a few bytes)."""
-    done_at = data.find(final_event)
-    if done_at >= 0:
-        return data[:done_at], data[done_at:]
-    for size in range(min(len(final_event) - 1, len(data)), 0, -1):
-        if final_event.startswith(data[-size:]):
+    the first of `final_events` on (a stream ends with one of them), or a tail that may be the
+    start of one (at most a few bytes)."""
+    found = [at for at in (data.find(event) for event in final_events) if at >= 0]
+    if found:
+        return data[: min(found)], data[min(found) :]
+    longest = max(len(event) for event in final_events) - 1
+    for size in range(min(longest, len(data)), 0, -1):
+        if any(event.startswith(data[-size:]) for event in final_events):
             return data[:-size], data[-size:]
     return data, b""

@@ -20,9 +20,9 @@ class Door(Protocol):
     """One client API, as the memory stages and the call flow see it."""
 
     name: str  # the API's name in spans and logs: chat_completions, responses, messages
-    # The start of a stream's final event, held back from the client until the exchange is
-    # queued durably (the chat door's is `data: [DONE]`).
-    final_event: bytes
+    # How a stream's final event starts (one of these: a stream may end in several ways), held
+    # back from the client until the exchange is queued durably (chat's is `data: [DONE]`).
+    final_events: tuple[bytes, ...]
 
     def conversation(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         """The call's conversation as chat-completions messages (role, content, tool_calls),

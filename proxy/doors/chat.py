@@ -13,7 +13,7 @@ class ChatDoor:
     """Chat completions: `messages` is the conversation; the block is a system message."""
 
     name = "chat_completions"
-    final_event = DONE.rstrip()
+    final_events: tuple[bytes, ...] = (DONE.rstrip(),)
 
     def conversation(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         messages = body.get("messages")

@@ -103,7 +103,7 @@ class MessagesDoor:
     """Anthropic's Messages API: `system` plus `messages`; the block is appended to `system`."""
 
     name = "messages"
-    final_event = MESSAGE_STOP
+    final_events: tuple[bytes, ...] = (MESSAGE_STOP,)
 
     def conversation(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         chat: list[dict[str, Any]] = []

@@ -20,8 +20,13 @@ from typing import Any
 
 from proxy.upstreams.responses_translate import sse_data
 
-# The start of a Responses stream's final event, held back until the exchange is queued.
-COMPLETED_EVENT = b"event: response.completed"
+# How a Responses stream's final event starts (it ends in one of them), held back until the
+# exchange is queued.
+FINAL_EVENTS = (
+    b"event: response.completed",
+    b"event: response.incomplete",
+    b"event: response.failed",
+)
 TEXT_PARTS = ("input_text", "output_text", "text")
 # A response's `status` that the answer finished on; any other is not learned from.
 _ANSWERED = ("completed", "incomplete")
@@ -192,7 +197,7 @@ class ResponsesDoor:
     (`history`, chat messages) when it names a `previous_response_id`."""
 
     name = "responses"
-    final_event = COMPLETED_EVENT
+    final_events: tuple[bytes, ...] = FINAL_EVENTS
 
     def __init__(self, history: list[dict[str, Any]] | None = None) -> None:
         self.history = history or []

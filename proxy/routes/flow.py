@@ -247,7 +247,7 @@ class CallFlow:
             headers={**opened.headers, **memory_headers(prepared)},
             observe=observe,
             on_complete=on_complete,
-            final_event=call.door.final_event,
+            final_events=call.door.final_events,
         )
         return EndSpansAfter(relay, span, root)
 
