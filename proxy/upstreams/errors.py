@@ -47,7 +47,7 @@ def upstream_error(
     """Map an upstream failure to what the client should see.
 
     Statuses that describe the request or the upstream's capacity (400, 404, 409, 413, 422, 429,
-    503) are kept, with the upstream's message (a 429's as "upstream rate limit: …", since the
+    503, and 529, Anthropic's "overloaded") are kept, with the upstream's message (a 429's as "upstream rate limit: …", since the
     limit is the provider's, not this proxy's); the upstream refusing the server's credentials
     (401/403) and other 5xx are 502, since neither is the client's doing.
     """
@@ -66,9 +66,9 @@ def upstream_error(
             f"(HTTP {status}: {message}). The operator must check the api_key in the policy.",
             "upstream_auth_failed",
         )
-    if status in (400, 404, 409, 413, 422, 429, 503):
+    if status in (400, 404, 409, 413, 422, 429, 503, 529):
         default_type = "rate_limit_error" if status == 429 else "invalid_request_error"
-        if status == 503:
+        if status in (503, 529):
             default_type = "api_error"
         if status == 429:
             message = f"upstream rate limit: {message}"

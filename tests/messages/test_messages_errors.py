@@ -101,6 +101,10 @@ def test_upstream_failures_keep_anthropics_shape(
         client.messages.create(model=model, max_tokens=16, messages=HELLO)
     assert failed.value.status_code == 500
     assert "failed (HTTP 500)" in _shape(failed.value, "api_error")
+    upstream.script(Reply(status=529, error={"type": "overloaded_error", "message": "busy"}))
+    with pytest.raises(anthropic.OverloadedError) as overloaded:
+        client.messages.create(model=model, max_tokens=16, messages=HELLO)
+    assert "busy" in _shape(overloaded.value, "overloaded_error")
 
 
 def _stream_error(proxy: RunningProxy, model: str) -> Any:
