@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from storage.api import Embedder
+from storage.embed_queue import EncodeQueue
 from storage.onnx_model import (
     GRAPH_FILE,
     TOKENIZER_FILE,
@@ -85,7 +87,8 @@ class LocalEmbedder:
     Same pipeline as sentence-transformers: WordPiece tokens truncated at the model's
     max_seq_length, mean pooling over the attention mask, unit length. The model loads on first
     use (or `await load()`), in a worker thread; one dedicated thread runs encode calls, in
-    batches of 64 sorted by length so little is padded.
+    batches of 64 sorted by length so little is padded. Concurrent calls meet in an
+    `EncodeQueue`: small ones (queries) run together and ahead of large ones (imports).
     """
 
     def __init__(
@@ -100,6 +103,10 @@ class LocalEmbedder:
         self._tokenizer: Any = None
         self._load_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        # One queue per event loop using this embedder (tests and benchmarks run several).
+        self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EncodeQueue] = (
+            weakref.WeakKeyDictionary()
+        )
         self._cache = _QueryCache(cache_size)
         try:
             self._dimensions = local_spec(model_cache).dimensions
@@ -164,9 +171,12 @@ class LocalEmbedder:
         missing = [i for i, vector in enumerate(results) if vector is None]
         if missing:
             loop = asyncio.get_running_loop()
-            fresh = await loop.run_in_executor(
-                self._executor, self._encode_sync, [texts[i] for i in missing]
-            )
+            queue = self._queues.get(loop)
+            if queue is None:
+                queue = self._queues[loop] = EncodeQueue(
+                    self._encode_sync, self._executor, BATCH_SIZE
+                )
+            fresh = await queue.encode([texts[i] for i in missing])
             for i, vector in zip(missing, fresh, strict=True):
                 results[i] = vector
                 self._cache.put(texts[i], vector)
