@@ -73,11 +73,13 @@ class WritePool:
         self._wake.set()
 
     async def stop(self, drain_timeout_s: float = 10.0) -> None:
-        """Finish queued work (up to the timeout), then stop every worker."""
+        """Finish queued work (up to the timeout), then stop every worker. A pool without
+        workers (this process only queues) leaves the queue to the processes that drain it."""
         self._draining = True
         self._wake.set()
         try:
-            await asyncio.wait_for(self._drained(), timeout=drain_timeout_s)
+            if self._tasks:
+                await asyncio.wait_for(self._drained(), timeout=drain_timeout_s)
         except TimeoutError:
             log.warning(
                 "write queue not drained within %.1fs; it resumes at next start", drain_timeout_s

@@ -47,9 +47,10 @@ def upstream_error(
     """Map an upstream failure to what the client should see.
 
     Statuses that describe the request or the upstream's capacity (400, 404, 409, 413, 422, 429,
-    503, and 529, Anthropic's "overloaded") are kept, with the upstream's message (a 429's as "upstream rate limit: …", since the
-    limit is the provider's, not this proxy's); the upstream refusing the server's credentials
-    (401/403) and other 5xx are 502, since neither is the client's doing.
+    503, and 529, Anthropic's "overloaded") are kept, with the upstream's message (a 429's as
+    "upstream rate limit: …", since the limit is the provider's, not this proxy's); the upstream
+    refusing the server's credentials (401/403) and other 5xx are 502, since neither is the
+    client's doing.
     """
     error = payload.get("error") if isinstance(payload, dict) else None
     if isinstance(error, dict):
