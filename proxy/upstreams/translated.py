@@ -52,6 +52,9 @@ class LiteLLMUpstream:
             kwargs["extra_body"] = extra_body
         kwargs["model"] = route.model
         kwargs["timeout"] = route.timeout_s
+        # The client's SDK retries what it should (honouring retry-after); a proxy retrying too
+        # would multiply the attempts and hold the client's call meanwhile.
+        kwargs["max_retries"] = 0
         api_key = resolve_api_key(target.alias, route)
         if api_key is None and route.api_base and provider_of(route.model)[0] in OPENAI_COMPATIBLE:
             api_key = "no-key"  # local OpenAI-compatible servers need none; litellm insists

@@ -357,10 +357,11 @@ def test_rate_limit_stays_429_with_retry_after(
             "code": "rate_limit_exceeded",
         },
     )
-    upstream.script(*[rate_limited] * 3)  # litellm may retry
+    upstream.script(*[rate_limited] * 3)
     with pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
     assert caught.value.status_code == 429
+    assert len(upstream.received) == 1  # the client retries; the proxy does not retry for it
     assert caught.value.response.headers["retry-after"] == "7"
     # The proxy's own words on either route: no litellm class names or provider prefixes.
     assert caught.value.body == {
