@@ -24,7 +24,7 @@ from proxy.doors.responses import ResponsesDoor, items_as_messages
 from proxy.errors import bad_request, unavailable
 from proxy.policy import Policy
 from proxy.routes.flow import CallFlow, DoorCall, OpenStream, Send, resolve
-from proxy.routes.responses_state import ResponseKeeper, history_items, not_found
+from proxy.routes.responses_state import ResponseKeeper, history_items, kept, not_found
 from proxy.routes.responses_validation import check_translatable, validate_responses
 from proxy.tracing import EndSpansAfter
 from proxy.upstreams.registry import Upstreams
@@ -85,7 +85,7 @@ class ResponsesRoutes:
                 upstream.translate_stream, conversation=door.conversation, draft=draft
             )
         if responses is not None and body.get("store") is not False:
-            keeper = ResponseKeeper(responses, policy.tenant, user, body, history)
+            keeper = ResponseKeeper(responses, policy.tenant, user, body, history, native)
             send, open_stream = keeper.sending(send), keeper.streaming(open_stream)
         return DoorCall(
             body=body,
@@ -106,6 +106,7 @@ class ResponsesRoutes:
     async def delete(self, request: Request) -> Response:
         policy = authenticate(request)
         response_id = request.path_params["id"]
+        await kept(policy.tenant, response_id)
         if not await _responses_of(request).delete_response(policy.tenant, response_id):
             raise not_found(response_id)
         return JSONResponse({"id": response_id, "object": "response", "deleted": True})
@@ -164,6 +165,7 @@ async def _previous(
             "running on this proxy; send the whole conversation as 'input' instead.",
             code="store_unavailable",
         )
+    await kept(tenant, previous_id)
     stored = await responses.get_response(tenant, previous_id)
     if stored is not None and stored.user_id == user:
         return stored
@@ -186,6 +188,7 @@ def _responses_of(request: Request) -> ResponseStore:
 async def _stored(request: Request) -> StoredResponse:
     policy = authenticate(request)
     response_id = request.path_params["id"]
+    await kept(policy.tenant, response_id)
     stored = await _responses_of(request).get_response(policy.tenant, response_id)
     if stored is None:
         raise not_found(response_id)

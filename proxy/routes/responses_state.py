@@ -4,12 +4,14 @@ Every answered call whose body does not say `store: false` is kept in the tenant
 tenant and user, whichever way it was answered (relayed or translated): its response object as
 the client got it, and its whole context as input items (the stored conversation it continued,
 then its own input). A later call naming it continues that conversation: its items (context and
-output) are the history the door reads. The response is kept before the client has it whole
-(before a stream's final event), so the next call can name it at once.
+output) are the history the door reads. A translated response is kept before the client has it
+whole (before a stream's final event), so the next call can name it at once; a relayed one,
+whose conversation the upstream keeps, right after.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -60,15 +62,42 @@ def not_found(response_id: str, param: str | None = None) -> ProxyError:
     )
 
 
+# Responses being kept after their answer went out (relayed calls), by tenant and id, until
+# stored: a read of one of them in this process waits for it (`kept`).
+_KEEPING: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+
+async def kept(tenant_id: str, response_id: str) -> None:
+    """Wait until a response this process is keeping in the background is stored."""
+    task = _KEEPING.get((tenant_id, response_id))
+    if task is not None:
+        await asyncio.shield(task)
+
+
 @dataclass
 class ResponseKeeper:
-    """Keeps one call's answer in the store, once it came."""
+    """Keeps one call's answer in the store, once it came: before the answer goes out when the
+    proxy holds the conversation (translated calls: the next call needs it at once), after it
+    when the upstream holds it (`relayed`: the copy serves GET and memory's view of the
+    conversation, and a call's latency does not wait for it)."""
 
     responses: ResponseStore
     tenant_id: str
     user_id: str | None
     body: dict[str, Any]  # the call's body as the client sent it
     history: list[dict[str, Any]]  # the conversation it continues, as items
+    relayed: bool = False
+
+    async def _keep_in_turn(self, response: Any) -> None:
+        if not self.relayed:
+            await self.keep(response)
+            return
+        if not isinstance(response, dict) or not isinstance(response.get("id"), str):
+            return
+        key = (self.tenant_id, response["id"])
+        task = asyncio.create_task(self.keep(response))
+        _KEEPING[key] = task
+        task.add_done_callback(lambda _: _KEEPING.pop(key, None))
 
     async def keep(self, response: Any) -> None:
         """Store an answered response; a failure is logged, never the call's."""
@@ -100,7 +129,7 @@ class ResponseKeeper:
                     answer = json.loads(reply.body)
                 except ValueError:
                     return reply  # not JSON: nothing a later call could continue
-                await self.keep(answer)
+                await self._keep_in_turn(answer)
             return reply
 
         return send_and_keep
@@ -117,7 +146,7 @@ class ResponseKeeper:
                 async for chunk in opened.chunks:
                     reader.feed(chunk)
                     yield chunk
-                await self.keep(reader.response)
+                await self._keep_in_turn(reader.response)
 
             return UpstreamStream(chunks(), opened.close, opened.headers)
 
