@@ -1,11 +1,13 @@
-"""Each client API door's overhead: the Responses API and Anthropic's Messages API.
+"""Each client API door's overhead: the Responses API and Anthropic's Messages API, beside chat
+completions measured the same way in the same run.
 
 The scripted upstream (tests/scripted_upstream.py) serves chat completions and both doors
 natively. For each door, streamed and not, at concurrency 1 and 8, the same request is sent to:
 - `direct`: the upstream's own endpoint for that door (the baseline);
 - `memento-relay`: Memento Proxy relaying the door to the upstream that serves it
   (`native_apis`), memory off, as `bench_overhead` measures chat completions;
-- `memento-translated`: Memento Proxy translating the door to the upstream's chat completions;
+- `memento-translated`: Memento Proxy translating the door to the upstream's chat completions
+  (for chat itself: through litellm);
 - `litellm-proxy`: LiteLLM Proxy serving the same door for the same model (when installed with
   `make bench-env`); it picks its own path (for `openai/…` models it relays the Responses API
   and translates Messages to chat completions).
@@ -49,6 +51,11 @@ QUESTION = "Summarise the plot of a short story about a lighthouse keeper."
 INSTRUCTIONS = "You are a helpful assistant."
 
 
+def chat_body(model: str, stream: bool) -> dict[str, Any]:
+    messages = [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": QUESTION}]
+    return {"model": model, "messages": messages, "stream": stream}
+
+
 def responses_body(model: str, stream: bool) -> dict[str, Any]:
     return {"model": model, "instructions": INSTRUCTIONS, "input": QUESTION, "stream": stream}
 
@@ -64,6 +71,7 @@ def messages_body(model: str, stream: bool) -> dict[str, Any]:
 
 
 DOORS = {
+    "chat": ("/chat/completions", chat_body, {}),
     "responses": ("/responses", responses_body, {}),
     "messages": ("/messages", messages_body, {"anthropic-version": "2023-06-01"}),
 }
@@ -168,10 +176,12 @@ def main() -> None:
             memento_pid = memento.process.pid
             for door, (path, _, _) in DOORS.items():
                 base = memento.url.removesuffix("/chat/completions")
+                # Chat completions are translated when litellm carries them (`bench-litellm`).
+                translated = "bench-litellm" if door == "chat" else "bench"
                 targets: list[tuple[str, str, str, dict[str, str], int | None]] = [
                     ("direct", upstream + path, "bench-model", {}, upstream_process.pid),
                     ("memento-relay", base + path, "bench-native", memento.headers, memento_pid),
-                    ("memento-translated", base + path, "bench", memento.headers, memento_pid),
+                    ("memento-translated", base + path, translated, memento.headers, memento_pid),
                 ]
                 if litellm is not None:
                     litellm_base = litellm.url.removesuffix("/chat/completions")
