@@ -46,6 +46,19 @@ class EventData:
                 payloads.append(line[5:].strip())
         return payloads
 
+    def feed_json(self, data: bytes) -> list[dict[str, Any]]:
+        """The JSON objects the `data:` lines `data` completes carry (other payloads, such as
+        `[DONE]`, left out)."""
+        events = []
+        for payload in self.feed(data):
+            try:
+                event = json.loads(payload)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+        return events
+
 
 class StreamAssembler:
     """Rebuilds a chat.completion from `chat.completion.chunk` events, fed raw SSE bytes."""

@@ -158,13 +158,8 @@ class MessagesStreamReader:
         self._error: str | None = None
 
     def feed(self, data: bytes) -> None:
-        for payload in self._data.feed(data):  # `event:` lines repeat the payload's `type`
-            try:
-                event = json.loads(payload)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                self._absorb(event)
+        for event in self._data.feed_json(data):  # `event:` lines repeat the payload's `type`
+            self._absorb(event)
 
     def _absorb(self, event: dict[str, Any]) -> None:
         kind = event.get("type")

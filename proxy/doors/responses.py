@@ -15,10 +15,9 @@ in when it never comes, and the result then has an `error` key).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from proxy.upstreams.responses_translate import sse_data
+from proxy.streaming import EventData
 
 # How a Responses stream's final event starts (it ends in one of them), held back until the
 # exchange is queued.
@@ -141,7 +140,7 @@ class ResponsesStreamReader:
     """Rebuilds a streamed Responses answer from its typed events, fed raw SSE bytes."""
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._data = EventData()
         self.response: dict[str, Any] | None = None  # from the final event, once it came
         # For a stream cut short: the output items by index, as added or done, and their
         # deltas (text, or a function call's arguments).
@@ -150,14 +149,8 @@ class ResponsesStreamReader:
         self._error: str | None = None
 
     def feed(self, data: bytes) -> None:
-        payloads, self._buffer = sse_data(self._buffer + data)
-        for payload in payloads:
-            try:
-                event = json.loads(payload)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                self._absorb(event)
+        for event in self._data.feed_json(data):
+            self._absorb(event)
 
     def _absorb(self, event: dict[str, Any]) -> None:
         kind = event.get("type")

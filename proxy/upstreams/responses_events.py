@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from proxy.streaming import EventData
 from proxy.upstreams.responses_translate import (
     ResponseDraft,
     function_call_item,
     message_item,
-    sse_data,
 )
 
 
@@ -27,7 +27,7 @@ class ResponseEvents:
         self.draft = draft
         self.response: dict[str, Any] | None = None  # the final response, once finished
         self._sequence = 0
-        self._buffer = b""
+        self._data = EventData()
         self._output: list[dict[str, Any]] = []  # items, in output order
         self._message: dict[str, Any] | None = None  # the open message item
         self._calls: dict[int, dict[str, Any]] = {}  # open function calls by chat index
@@ -51,9 +51,8 @@ class ResponseEvents:
 
     def feed(self, data: bytes) -> bytes:
         """The events the chat stream's bytes `data` make (possibly none yet)."""
-        payloads, self._buffer = sse_data(self._buffer + data)
         out = b""
-        for payload in payloads:
+        for payload in self._data.feed(data):
             if payload == b"[DONE]":
                 self._done = True
                 continue

@@ -177,10 +177,3 @@ def response_from_chat(completion: dict[str, Any], draft: ResponseDraft) -> dict
         output.append(message_item(str(message["content"])))
     output += [function_call_item(call) for call in message.get("tool_calls") or []]
     return draft.response("completed", output, completion.get("usage"), choice.get("finish_reason"))
-
-
-def sse_data(buffer: bytes) -> tuple[list[bytes], bytes]:
-    """The `data:` payloads of the complete lines in `buffer`, and the incomplete rest."""
-    *lines, rest = buffer.split(b"\n")
-    payloads = [line.strip()[5:].strip() for line in lines if line.strip().startswith(b"data:")]
-    return payloads, rest
