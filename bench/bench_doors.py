@@ -26,19 +26,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from bench.bench_overhead import (
     LOAD_AT_START,
     ROOT,
     SCALE,
-    WARMUP,
-    Run,
     Server,
-    cpu_s,
-    load,
-    percentile,
-    rss_mb,
+    measure,
     start_litellm,
     start_memento,
     start_upstream,
@@ -77,52 +70,19 @@ DOORS = {
 }
 
 
-async def measure(
+async def measure_door(
     door: str, targets: list[tuple[str, str, str, dict[str, str], int | None]]
 ) -> list[dict[str, Any]]:
     """One door's runs: every target, streamed and not, at each concurrency."""
     _, body_for, door_headers = DOORS[door]
-    runs: list[dict[str, Any]] = []
-    connector = aiohttp.TCPConnector(limit=256)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        for stream in (False, True):
-            for concurrency in CONCURRENCY:
-                total = max(50, int(REQUESTS[concurrency] * SCALE))
-                baseline: Run | None = None
-                for name, url, model, headers, pid in targets:
-                    payload = json.dumps(body_for(model, stream)).encode()
-                    sent = {"content-type": "application/json", **door_headers, **headers}
-                    await load(session, url, sent, payload, concurrency, WARMUP)
-                    cpu_before = cpu_s(pid) if pid else 0.0
-                    lat, ttfb, wall, errors = await load(
-                        session, url, sent, payload, concurrency, total
-                    )
-                    run = Run(
-                        name,
-                        stream,
-                        concurrency,
-                        len(lat) + errors,
-                        errors,
-                        percentile(lat, 0.5) if lat else float("nan"),
-                        percentile(lat, 0.99) if lat else float("nan"),
-                        percentile(ttfb, 0.5) if ttfb else float("nan"),
-                        percentile(ttfb, 0.99) if ttfb else float("nan"),
-                        len(lat) / wall,
-                        rss_mb(pid) if pid else 0.0,
-                        (cpu_s(pid) - cpu_before) * 1000 / max(1, len(lat)) if pid else 0.0,
-                    )
-                    if name == "direct":
-                        baseline = run
-                    elif baseline is not None:
-                        run.added_p50_ms = run.p50_ms - baseline.p50_ms
-                        run.added_p99_ms = run.p99_ms - baseline.p99_ms
-                    runs.append({"door": door, **asdict(run)})
-                    print(
-                        f"  {door:9} {name:18} stream={stream!s:5} c={concurrency:<2} "
-                        f"p50={run.p50_ms:.2f}ms rps={run.rps:.0f} err={errors}",
-                        flush=True,
-                    )
-    return runs
+    runs = await measure(
+        targets,
+        body_for,
+        headers_for_all=door_headers,
+        concurrency_levels=CONCURRENCY,
+        requests=REQUESTS,
+    )
+    return [{"door": door, **asdict(run)} for run in runs]
 
 
 def table(runs: list[dict[str, Any]]) -> str:
@@ -194,7 +154,7 @@ def main() -> None:
                             litellm.process.pid,
                         )
                     )
-                runs += asyncio.run(measure(door, targets))
+                runs += asyncio.run(measure_door(door, targets))
         finally:
             for server in servers:
                 server.stop()

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -311,17 +312,35 @@ async def load(
     return latencies, ttfbs, time.perf_counter() - began, errors
 
 
-async def measure(targets: list[tuple[str, str, str, dict[str, str], int | None]]) -> list[Run]:
+def chat_body(model: str, stream: bool) -> dict[str, Any]:
+    return {"model": model, "messages": MESSAGES, "stream": stream}
+
+
+async def measure(
+    targets: list[tuple[str, str, str, dict[str, str], int | None]],
+    body_for: Callable[[str, bool], dict[str, Any]] = chat_body,
+    *,
+    headers_for_all: dict[str, str] | None = None,
+    concurrency_levels: tuple[int, ...] = CONCURRENCY,
+    requests: dict[int, int] | None = None,
+) -> list[Run]:
+    """Every target, non-streamed then streamed, at each concurrency; added latency against
+    the `direct` target of the same mode and concurrency. `body_for(model, stream)` makes the
+    request body (chat completions by default)."""
     runs: list[Run] = []
+    requests = requests or REQUESTS
     connector = aiohttp.TCPConnector(limit=256, force_close=False)
     async with aiohttp.ClientSession(connector=connector) as session:
         for stream in (False, True):
-            for concurrency in CONCURRENCY:
-                total = max(50, int(REQUESTS[concurrency] * SCALE))
+            for concurrency in concurrency_levels:
+                total = max(50, int(requests[concurrency] * SCALE))
                 for name, url, model, headers, pid in targets:
-                    body: dict[str, Any] = {"model": model, "messages": MESSAGES, "stream": stream}
-                    payload = json.dumps(body).encode()
-                    base = {"content-type": "application/json", **headers}
+                    payload = json.dumps(body_for(model, stream)).encode()
+                    base = {
+                        "content-type": "application/json",
+                        **(headers_for_all or {}),
+                        **headers,
+                    }
                     await load(session, url, base, payload, concurrency, WARMUP)
                     cpu_before = cpu_s(pid) if pid else 0.0
                     lat, ttfb, wall, errors = await load(
@@ -333,10 +352,10 @@ async def measure(targets: list[tuple[str, str, str, dict[str, str], int | None]
                         concurrency,
                         len(lat) + errors,
                         errors,
-                        percentile(lat, 0.5),
-                        percentile(lat, 0.99),
-                        percentile(ttfb, 0.5),
-                        percentile(ttfb, 0.99),
+                        percentile(lat, 0.5) if lat else float("nan"),
+                        percentile(lat, 0.99) if lat else float("nan"),
+                        percentile(ttfb, 0.5) if ttfb else float("nan"),
+                        percentile(ttfb, 0.99) if ttfb else float("nan"),
                         len(lat) / wall,
                         rss_mb(pid) if pid else 0.0,
                         (cpu_s(pid) - cpu_before) * 1000 / max(1, len(lat)) if pid else 0.0,
