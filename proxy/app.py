@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute, Route
 
 from proxy.app_state import store_of
 from proxy.auth import authenticate
+from proxy.doors.messages_errors import error_response as messages_error_response
 from proxy.errors import (
     ProxyError,
     index_unavailable,
@@ -65,16 +66,23 @@ log = logging.getLogger("memento.proxy")
 
 
 def _http_exception(request: Request, exc: Exception) -> Response:
+    """A route or method the app does not serve, in the shape of the API the path belongs to
+    (Anthropic's under `/v1/messages`, OpenAI's elsewhere; the trace page's own under `/ui/`)."""
     assert isinstance(exc, HTTPException)
-    if exc.status_code == 404 and f"{request.url.path}/".startswith("/ui/"):
+    path = request.url.path
+    if exc.status_code == 404 and f"{path}/".startswith("/ui/"):
         return page_not_found(request)
     if exc.status_code == 404:
-        message = f"Unknown route {request.method} {request.url.path}; see /v1/models."
-        return ProxyError(404, message, code="unknown_url").to_response()
-    if exc.status_code == 405:
-        message = f"Method {request.method} is not allowed on {request.url.path}."
-        return ProxyError(405, message, code="method_not_allowed").to_response()
-    return ProxyError(exc.status_code, str(exc.detail)).to_response()
+        message = f"Unknown route {request.method} {path}; see /v1/models."
+        error = ProxyError(404, message, code="unknown_url")
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed on {path}."
+        error = ProxyError(405, message, code="method_not_allowed")
+    else:
+        error = ProxyError(exc.status_code, str(exc.detail))
+    if f"{path}/".startswith("/v1/messages/"):
+        return messages_error_response(error, request_id_of(request))
+    return error.to_response()
 
 
 def _proxy_error(request: Request, exc: Exception) -> Response:

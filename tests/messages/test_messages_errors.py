@@ -180,3 +180,21 @@ def test_memory_unavailable_for_a_fail_closed_tenant_is_overloaded(
     assert caught.value.status_code == 529
     assert "fail-closed" in _shape(caught.value, "overloaded_error")
     assert upstream.received == []  # nothing went upstream
+
+
+def test_routes_and_methods_the_door_lacks_answer_in_anthropics_shape(
+    messages_proxy: RunningProxy,
+) -> None:
+    headers = {"x-api-key": KEY}
+    wrong_method = httpx.get(messages_proxy.base_url + "/v1/messages", headers=headers, timeout=30)
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["type"] == "invalid_request_error"
+    assert "GET is not allowed" in wrong_method.json()["error"]["message"]
+    unknown = httpx.post(
+        messages_proxy.base_url + "/v1/messages/batches", headers=headers, timeout=30
+    )
+    assert unknown.status_code == 404
+    assert unknown.json()["type"] == "error"
+    assert unknown.json()["error"]["type"] == "not_found_error"
+    elsewhere = httpx.get(messages_proxy.base_url + "/v1/nothing", timeout=30)
+    assert elsewhere.json()["error"]["code"] == "unknown_url"  # OpenAI's shape off the door
