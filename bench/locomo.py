@@ -41,12 +41,25 @@ from storage.records import NewMemory, Scope
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
 
-# The retrieval variants cross-validation chooses among: `memory.retrieval` overrides.
-VARIANTS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "bm25_weight_1.0": {"bm25_weight": 1.0},
-    "bm25_weight_2.0": {"bm25_weight": 2.0},
-    "rrf_k_20": {"rrf_k": 20},
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of importing and searching the turns.
+
+    `context`: how a turn is imported with the turn before it (the one it answers), indexed but
+    not shown: `none`, `keywords` (BM25 text only) or `key_text` (BM25 text and vector).
+    `retrieval`: `memory.retrieval` policy overrides.
+    """
+
+    context: str = "none"
+    retrieval: tuple[tuple[str, Any], ...] = ()
+
+
+# The variants cross-validation chooses among; the first is the product's default.
+VARIANTS: dict[str, Variant] = {
+    "default": Variant(),
+    "context_keywords": Variant(context="keywords"),
+    "context_key_text": Variant(context="key_text"),
 }
 
 _TOKEN = re.compile(r"[a-z0-9]+")
@@ -108,19 +121,36 @@ def _evidence_ids(raw: list[str]) -> set[str]:
     return ids
 
 
-def _turns(conversation: dict[str, Any]) -> list[tuple[str, str, float]]:
-    """(dia_id, text, session time) for every turn."""
+def _turns(conversation: dict[str, Any]) -> list[tuple[str, str, float, str]]:
+    """(dia_id, text, session time, the session's turn before it) for every turn."""
     turns = []
     number = 1
     while f"session_{number}" in conversation:
         when = _session_time(conversation[f"session_{number}_date_time"])
+        before = ""
         for turn in conversation[f"session_{number}"]:
             text = f"{turn['speaker']}: {turn['text']}"
             if turn.get("blip_caption"):
                 text += f" [shares a photo of {turn['blip_caption']}]"
-            turns.append((turn["dia_id"], text, when))
+            turns.append((turn["dia_id"], text, when, before))
+            before = text
         number += 1
     return turns
+
+
+def _memory(dia_id: str, text: str, when: float, before: str, context: str) -> NewMemory:
+    """A turn as the memory API imports it, with the turn it answers as `context` says."""
+    return NewMemory(
+        kind="fact",
+        text=text,
+        key_text=f"{before}\n{text}" if context == "key_text" and before else "",
+        keywords=[before] if context == "keywords" and before else [],
+        created_at=when,
+        valid_from=when,
+        metadata={"dia_id": dia_id},
+        source_role="import",
+        trust=0.9,
+    )
 
 
 @dataclass(frozen=True)
@@ -201,8 +231,8 @@ async def _ask(
 
 def _bm25_answers(name: str, conversation: dict[str, Any]) -> list[Answered]:
     turns = _turns(conversation["conversation"])
-    bm25 = BM25([text for _, text, _ in turns])
-    ids = [dia_id for dia_id, _, _ in turns]
+    bm25 = BM25([text for _, text, _, _ in turns])
+    ids = [dia_id for dia_id, *_ in turns]
     answers = []
     for qa in conversation["qa"]:
         gold = _evidence_ids(qa.get("evidence") or [])
@@ -221,53 +251,34 @@ def _bm25_answers(name: str, conversation: dict[str, Any]) -> list[Answered]:
     return answers
 
 
-async def bench_locomo(
-    data: Path, variants: dict[str, dict[str, Any]] | None = None
-) -> dict[str, Any]:
+async def bench_locomo(data: Path, variants: dict[str, Variant] | None = None) -> dict[str, Any]:
     """Recall per category for every variant, the fitted and the cross-validated choice."""
     variants = VARIANTS if variants is None else variants
     conversations = json.loads((data / "locomo" / "locomo10_dev.json").read_text())
     embedder = await shared_embedder("local")
     answered: dict[str, list[Answered]] = {name: [] for name in variants}
-    baseline: list[Answered] = []
+    baseline = [a for c in conversations for a in _bm25_answers(c["sample_id"], c)]
     budget_tokens: list[int] = []
-    with tempfile.TemporaryDirectory() as folder:
-        store = await open_store(folder, embedder)
-        for conversation in conversations:
-            name = conversation["sample_id"]
-            scope = Scope("bench", name)
-            memories = [
-                NewMemory(
-                    kind="fact",
-                    text=text,
-                    created_at=when,
-                    valid_from=when,
-                    metadata={"dia_id": dia_id},
-                    source_role="import",
-                    trust=0.9,
-                )
-                for dia_id, text, when in _turns(conversation["conversation"])
-            ]
-            for start in range(0, len(memories), 256):
-                await store.memories.add(scope, memories[start : start + 256])
-            await store.maintenance.maintain()  # as background maintenance would
-            baseline.extend(_bm25_answers(name, conversation))
-            for variant, overrides in variants.items():
-                answered[variant].extend(
-                    await _ask(store, scope, name, conversation, _policy(overrides))
-                )
-            policy = _policy({})
-            for qa in conversation["qa"][:40]:  # what the budget takes of the default ranking
-                ranked = await retrieve(store.memories, scope, str(qa["question"]), policy.memory)
-                plan = fit_to_budget(
-                    ranked,
-                    policy.memory.budget.max_tokens,
-                    policy.memory.budget,
-                    k2_cases=4,
-                    encoding_name="o200k_base",
-                )
-                budget_tokens.append(plan.used_tokens)
-        await store.close()
+    for context in dict.fromkeys(variant.context for variant in variants.values()):
+        with tempfile.TemporaryDirectory() as folder:
+            store = await open_store(folder, embedder)
+            for conversation in conversations:
+                name = conversation["sample_id"]
+                scope = Scope("bench", name)
+                memories = [
+                    _memory(*turn, context) for turn in _turns(conversation["conversation"])
+                ]
+                for start in range(0, len(memories), 256):
+                    await store.memories.add(scope, memories[start : start + 256])
+                await store.maintenance.maintain()  # as background maintenance would
+                for variant_name, variant in variants.items():
+                    if variant.context == context:
+                        policy = _policy(dict(variant.retrieval))
+                        answers = await _ask(store, scope, name, conversation, policy)
+                        answered[variant_name].extend(answers)
+                if context == "none":
+                    budget_tokens.extend(await _budget_tokens(store, scope, conversation))
+            await store.close()
     names = sorted({a.conversation for a in baseline})
     fitted = _best(answered, set(names))
     held_out: list[Answered] = []
@@ -280,14 +291,35 @@ async def bench_locomo(
     return {
         "table": _table(default, baseline),
         "variants": {
-            variant: {"retrieval": variants[variant], "all": _table(rows, baseline)[-1]}
-            for variant, rows in answered.items()
+            name: {
+                "context": variant.context,
+                "retrieval": dict(variant.retrieval),
+                "all": _table(answered[name], baseline)[-1],
+            }
+            for name, variant in variants.items()
         },
         "fitted": {"variant": fitted, "table": _table(answered[fitted], baseline)},
         "cross_validated": {"chosen": chosen, "table": _table(held_out, baseline)},
         "block_tokens_mean": {
             "top10": round(statistics.mean(a.tokens10 for a in default), 1),
-            "budget": round(statistics.mean(budget_tokens), 1),
+            "budget": round(statistics.mean(budget_tokens), 1) if budget_tokens else 0,
         },
         "search_p50_ms": round(statistics.median(a.search_ms for a in default), 2),
     }
+
+
+async def _budget_tokens(store: Any, scope: Scope, conversation: dict[str, Any]) -> list[int]:
+    """What the budget takes of the default ranking, for the first questions."""
+    policy = _policy({})
+    used = []
+    for qa in conversation["qa"][:40]:
+        ranked = await retrieve(store.memories, scope, str(qa["question"]), policy.memory)
+        plan = fit_to_budget(
+            ranked,
+            policy.memory.budget.max_tokens,
+            policy.memory.budget,
+            k2_cases=4,
+            encoding_name="o200k_base",
+        )
+        used.append(plan.used_tokens)
+    return used
