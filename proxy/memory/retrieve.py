@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ _REL_STD_FLOOR = 0.25  # in units of the best fused relevance; one rank apart at
 _Q_STD_FLOOR = 0.05
 _DAY_S = 86_400.0
 _TRACED_EXCLUSIONS = 20  # as many as the pipeline traces scores for
+_SENTENCE_END = re.compile(r"[.!?]\s+|\n")
+_WORD = re.compile(r"\w+")
 
 
 @dataclass(frozen=True)
@@ -263,8 +266,13 @@ def rank_candidates(
 def collapse_near_duplicates(
     scored: list[ScoredMemory], threshold: float
 ) -> tuple[list[ScoredMemory], list[Exclusion]]:
-    """Keep the best of each group of near-identical memories (same text or cosine ≥ threshold);
-    the others come back as exclusions naming the memory they repeat."""
+    """Keep the best of each group of near-identical memories (same text, or cosine ≥ threshold
+    and the same particulars: numbers, dates and names); the others come back as exclusions
+    naming the memory they repeat.
+
+    Cosine alone cannot tell a paraphrase from a distinct fact that differs in one number or
+    name ("… on day 0." and "… on day 10." sit above 0.95): those are different facts, and
+    each is kept."""
     dims = next((len(item.vector) for item in scored if item.vector is not None), 0)
     has_vector = [item.vector is not None and len(item.vector) == dims for item in scored]
     units = np.zeros((len(scored), dims), dtype=np.float32)
@@ -274,6 +282,7 @@ def collapse_near_duplicates(
         norms = np.linalg.norm(units, axis=1, keepdims=True)
         np.divide(units, norms, out=units, where=norms > 0)
     similarity = units @ units.T  # every pair at once; rows without a vector are 0
+    particulars = [particulars_of(item.record.text) for item in scored]
     kept: list[ScoredMemory] = []
     kept_rows: list[int] = []  # rows kept so far, for the cosine test
     kept_texts: dict[str, str] = {}  # normalized text → id of the memory kept with it
@@ -284,8 +293,9 @@ def collapse_near_duplicates(
             detail = "the same text as a memory that ranked higher"
             duplicates.append(Exclusion(item.record, "duplicate", detail, kept_texts[text]))
             continue
-        if has_vector[i] and kept_rows:
-            best = max(kept_rows, key=lambda row: similarity[i, row])
+        alike = [row for row in kept_rows if particulars[row] == particulars[i]]
+        if has_vector[i] and alike:
+            best = max(alike, key=lambda row: similarity[i, row])
             if similarity[i, best] >= threshold:
                 detail = (
                     f"cosine {similarity[i, best]:.2f} to a memory that ranked higher "
@@ -299,6 +309,18 @@ def collapse_near_duplicates(
         if has_vector[i]:
             kept_rows.append(i)
     return kept, duplicates
+
+
+def particulars_of(text: str) -> frozenset[str]:
+    """What tells one fact from a look-alike: its numbers and its names (capitalized words
+    that do not start a sentence), case aside."""
+    found = set()
+    for sentence in _SENTENCE_END.split(text):
+        words = _WORD.findall(sentence)
+        for position, word in enumerate(words):
+            if any(c.isdigit() for c in word) or (position > 0 and word[0].isupper()):
+                found.add(word.lower())
+    return frozenset(found)
 
 
 async def retrieve(
