@@ -12,10 +12,12 @@
 3. Learning: look-alike pairs of cases where the wording favours the misleading one; a simulated
    client rewards a request +1 when it received the helpful case and −1 otherwise. Reported: how
    many feedback events until the helpful case is ranked first, and whether it stays there.
+4. Case gate: the cosine below which a past case is not shown, calibrated on unrelated and
+   related requests for the local embedder (`DEFAULT_CASE_MIN_COSINE` in proxy/memory/retrieve.py).
 
 Run: `python -m bench memory` (BENCH_SCALE scales the latency part); only some parts with
-`BENCH_MEMORY_PARTS=locomo` (comma-separated: hot_path, locomo, learning), which keeps the
-other parts' figures in the results file. Results: bench/results/memory.json.
+`BENCH_MEMORY_PARTS=locomo` (comma-separated: locomo, learning, case_gate, hot_path), which
+keeps the other parts' figures in the results file. Results: bench/results/memory.json.
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "memory.json"
 DATA = Path(os.environ.get("MEMENTO_SHARED_DATA", "/work/shared/data"))
 SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
-# Which parts run (comma-separated): hot_path, locomo, learning; all by default. A partial run
-# keeps the other parts' figures already in the results file.
-PARTS = os.environ.get("BENCH_MEMORY_PARTS", "locomo,learning,hot_path").split(",")
+# Which parts run (comma-separated): locomo, learning, case_gate, hot_path; all by default.
+# A partial run keeps the other parts' figures already in the results file.
+PARTS = os.environ.get("BENCH_MEMORY_PARTS", "locomo,learning,case_gate,hot_path").split(",")
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -257,6 +259,45 @@ async def bench_learning(max_events: int = 10, distractors: int = 1) -> dict[str
     return {"rows": rows}
 
 
+# -- 4. case gate ------------------------------------------------------------------------------
+
+
+async def bench_case_gate() -> dict[str, Any]:
+    """The cosine a past case needs to be shown, calibrated for the local embedder: unrelated
+    requests are every pair of distinct benign user prompts (WildGuard), related ones each
+    learning scenario's question against its two cases' requests. The gate is the unrelated
+    pairs' mean plus two standard deviations."""
+    import numpy as np
+
+    embedder = await shared_embedder("local")
+    path = DATA / "wildguard_benign" / "wildguard_benign_dev.jsonl"
+    with path.open(encoding="utf-8") as handle:
+        prompts = [json.loads(line)["text"][:300] for line in handle if line.strip()]
+
+    async def units(texts: list[str]) -> Any:
+        vectors = np.asarray(await embedder.embed(texts), dtype=np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    prompt_units = await units(prompts)
+    unrelated = (prompt_units @ prompt_units.T)[np.triu_indices(len(prompts), 1)]
+    related = []
+    for question, *cases in SCENARIOS:
+        requests = [case.split(" → ")[0].removeprefix("Request: ") for case in cases]
+        query, *keys = await units([question, *requests])
+        related.extend(float(query @ key) for key in keys)
+    mean, std = float(unrelated.mean()), float(unrelated.std())
+    return {
+        "unrelated_pairs": int(unrelated.size),
+        "unrelated_mean": round(mean, 3),
+        "unrelated_std": round(std, 3),
+        "unrelated_p95": round(float(np.percentile(unrelated, 95)), 3),
+        "unrelated_share_above_gate": round(float((unrelated >= mean + 2 * std).mean()), 3),
+        "related_pairs": len(related),
+        "related_min": round(min(related), 3),
+        "gate": round(mean + 2 * std, 3),
+    }
+
+
 # -- report -----------------------------------------------------------------------------------
 
 
@@ -314,6 +355,11 @@ async def run() -> dict[str, Any]:
                 "injected_sequence",
             ],
         )
+
+    if "case_gate" in PARTS:
+        print("\n# Case gate: cosine of unrelated and related requests (local embedder)")
+        result["case_gate"] = await bench_case_gate()
+        print(result["case_gate"])
 
     if "hot_path" in PARTS:
         print(

@@ -33,10 +33,12 @@ from proxy.policy import MemoryPolicy, Policy, RetrievalSettings
 from storage.api import MemoryStore
 from storage.records import MemoryKind, MemoryRecord, Scope, SearchHit, Vector
 
-# Cases below this cosine to the query are look-alikes in words only. docs/design.md says to
-# calibrate δ per embedder at μ_sim + 0.5σ; for all-MiniLM-L6-v2 unrelated sentence pairs sit
-# near μ ≈ 0.05, σ ≈ 0.1, which gives 0.1. A policy's `retrieval.delta_sim` overrides it.
-DEFAULT_CASE_MIN_COSINE = 0.1
+# Cases below this cosine to the query are not similar requests. Calibrated per embedder at the
+# mean plus two standard deviations of unrelated requests' cosine: for all-MiniLM-L6-v2, over
+# every pair of 486 benign user prompts, 0.093 + 2 × 0.106 ≈ 0.3, which 96% of unrelated pairs
+# fall below and every related pair of the learning benchmark (lowest 0.53) is above
+# (`python -m bench memory`, `case_gate`). A policy's `retrieval.delta_sim` overrides it.
+DEFAULT_CASE_MIN_COSINE = 0.3
 
 # Floors for the spread used by the z-scores. Without one, two candidates whose fused relevance
 # differs by one rank would always be ±1σ apart, and utility could never outrank relevance.
