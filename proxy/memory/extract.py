@@ -31,6 +31,8 @@ ANSWER_TURN = -1  # `Evidence.turn` is None for the answer; this is its index in
 _MAX_CASE_TASK = 400
 _MAX_CASE_APPROACH = 400
 _MIN_CASE_WORDS = 3
+_MIN_APPROACH_WORDS = 2  # "OK." is no approach
+_QUOTE_PROBE_CHARS = 120  # this much of the request found in the answer: it is quoted back
 
 
 @dataclass(frozen=True)
@@ -257,14 +259,23 @@ def extract_with_rules(exchange: Exchange, settings: ExtractionSettings) -> list
 
 
 def case_candidate(exchange: Exchange) -> Candidate | None:
-    """The exchange as a case: the request (key), the approach the answer took."""
+    """The exchange as a case: the request (key), the approach the answer took.
+
+    Only an exchange that carries a task (a sentence that asks for something) and a substantive
+    answer is a case: small talk is no request, and an answer that only quotes the request back
+    (the `echo` model, a responder that describes what it received) took no approach.
+    """
     if not exchange.new_user_turns or not exchange.answer:
         return None
     request = exchange.new_user_turns[-1].text.strip()
     if len(request.split()) < _MIN_CASE_WORDS:
         return None
+    if not any(_is_request(sentence) for sentence in sentences(request)):
+        return None
     task = request[:_MAX_CASE_TASK]
     approach = _summary(exchange.answer)
+    if not _answers(approach, request):
+        return None
     text = f"Request: {one_line(task)} → Answer: {one_line(approach)}"
     return Candidate(
         kind="case",
@@ -322,6 +333,16 @@ def _summary(answer: str) -> str:
     head = answer[:_MAX_CASE_APPROACH]
     cut = max(head.rfind(". "), head.rfind("\n"))
     return head[: cut + 1] if cut > _MAX_CASE_APPROACH // 3 else head
+
+
+def _answers(approach: str, request: str) -> bool:
+    """Whether the answer's opening is an approach of its own: a few words at least, and not
+    the request quoted back (its first line, as far as a responder would quote it)."""
+    if len(approach.split()) < _MIN_APPROACH_WORDS:
+        return False
+    first_line = next((line for line in request.splitlines() if line.strip()), request)
+    quoted = _squash(first_line)[:_QUOTE_PROBE_CHARS].lower()
+    return quoted not in _squash(approach).lower()
 
 
 def _slot_key(slot: str) -> str:

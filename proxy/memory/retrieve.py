@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import numpy as np
 from opentelemetry import trace
 
 from proxy.memory import lessons
+from proxy.memory.particulars import particulars_of
 from proxy.policy import MemoryPolicy, Policy, RetrievalSettings
 from storage.api import MemoryStore
 from storage.records import MemoryKind, MemoryRecord, Scope, SearchHit, Vector
@@ -46,8 +46,6 @@ _REL_STD_FLOOR = 0.25  # in units of the best fused relevance; one rank apart at
 _Q_STD_FLOOR = 0.05
 _DAY_S = 86_400.0
 _TRACED_EXCLUSIONS = 20  # as many as the pipeline traces scores for
-_SENTENCE_END = re.compile(r"[.!?]\s+|\n")
-_WORD = re.compile(r"\w+")
 
 
 @dataclass(frozen=True)
@@ -311,18 +309,6 @@ def collapse_near_duplicates(
         if has_vector[i]:
             kept_rows.append(i)
     return kept, duplicates
-
-
-def particulars_of(text: str) -> frozenset[str]:
-    """What tells one fact from a look-alike: its numbers and its names (capitalized words
-    that do not start a sentence), case aside."""
-    found = set()
-    for sentence in _SENTENCE_END.split(text):
-        words = _WORD.findall(sentence)
-        for position, word in enumerate(words):
-            if any(c.isdigit() for c in word) or (position > 0 and word[0].isupper()):
-                found.add(word.lower())
-    return frozenset(found)
 
 
 async def retrieve(
