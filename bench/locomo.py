@@ -59,7 +59,6 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     "default": Variant(),
     "context_keywords": Variant(context="keywords"),
-    "context_key_text": Variant(context="key_text"),
 }
 
 _TOKEN = re.compile(r"[a-z0-9]+")

@@ -24,6 +24,7 @@ from typing import Any
 
 from proxy.memory.candidates import Candidate, Evidence
 from proxy.memory.inject import strip_block_text, strip_memory_blocks
+from proxy.memory.query import CONTEXT_CHARS, needs_context
 from proxy.messages import answer_text, message_text
 from proxy.policy import ExtractionSettings
 
@@ -276,6 +277,10 @@ def case_candidate(exchange: Exchange) -> Candidate | None:
     approach = _summary(exchange.answer)
     if not _answers(approach, request):
         return None
+    # A request that cannot stand alone is indexed with the turn it answers, as the read path
+    # searches with that turn when a request like it comes again.
+    answered = [t.text for t in exchange.turns if t.role == "assistant" and t.text.strip()]
+    context = [answered[-1][-CONTEXT_CHARS:]] if answered and needs_context(request) else []
     text = f"Request: {one_line(task)} → Answer: {one_line(approach)}"
     return Candidate(
         kind="case",
@@ -283,6 +288,7 @@ def case_candidate(exchange: Exchange) -> Candidate | None:
         source_role="assistant",
         key_text=task,
         fields={"task": task, "approach": approach, "outcome": None, "reward": None},
+        keywords=context,
         evidence=[
             Evidence("user", task, exchange.new_user_turns[-1].index),
             Evidence("assistant", approach, None),
@@ -363,7 +369,12 @@ def _is_request(sentence: str) -> bool:
     return sentence.endswith("?") or bool(
         re.match(
             r"^(please|can|could|would|will|what|how|why|when|where|which|who|write|give|make|"
-            r"help|tell|show|explain|find|list|suggest|recommend|create|fix|plan|draft)\b",
+            r"help|tell|show|explain|find|list|suggest|recommend|create|fix|plan|draft|book|"
+            r"translate|summari[sz]e|convert|compare|check|calculate|generate|rewrite|edit|"
+            r"review|debug|design|outline|describe|send|schedule|remind|order|compose|"
+            r"organi[sz]e|prepare|analy[sz]e|add|remove|update|build|implement|refactor|"
+            r"optimi[sz]e|sort|define|solve|teach|correct|proofread|improve|shorten|"
+            r"expand|format|rank|estimate|set up|look up|let's|i need|i want|i'd like)\b",
             sentence,
             re.I,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tests.harness import RunningProxy
-from tests.memory.conftest import client_for, wait_for_memories
+from tests.memory.conftest import api, client_for, wait_for_memories
 from tests.scripted_upstream import Reply, ScriptedUpstream
 
 
@@ -65,3 +65,31 @@ def test_the_same_request_reworded_reinforces_one_case(
     cases = [m for m in memories if m["kind"] == "case"]
     assert len(cases) == 1, [(c["text"], c["status"], c["trust"], c["fields"]) for c in cases]
     assert cases[0]["fields"]["reinforced"] == 1
+
+
+def test_a_referring_request_is_indexed_with_the_turn_it_answers(
+    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
+) -> None:
+    """ "Book the same one for Friday" says nothing alone: its case is found by the turn it
+    answers (the museum named there), which is indexed with it but not shown."""
+    proxy = memory_proxy()
+    upstream.script(Reply(content="Booked two tickets for Friday at ten."))
+    client_for(proxy).chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[
+            {"role": "user", "content": "Which museum in Lisbon has the best tiles?"},
+            {"role": "assistant", "content": "The Museu Nacional do Azulejo."},
+            {"role": "user", "content": "Book the same one for Friday, please."},
+        ],
+        user="gil",
+    )
+    (case,) = wait_for_memories(proxy, "gil", 1)
+    assert case["kind"] == "case" and "Azulejo" not in case["text"]
+    assert case["keywords"] == ["The Museu Nacional do Azulejo."]
+    with api(proxy) as http:
+        found = http.post(
+            "/v1/memories/search",
+            json={"user": "gil", "query": "Book the Azulejo museum for Friday", "limit": 3},
+        ).json()["data"]
+    assert [m["id"] for m in found] == [case["id"]]
+    assert found[0]["scores"]["rel"] == 1.0  # first by BM25 and by vector
