@@ -59,6 +59,9 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     "default": Variant(),
     "context_keywords": Variant(context="keywords"),
+    "context_keywords_second_round_3": Variant(
+        context="keywords", retrieval=(("second_round_seeds", 3),)
+    ),
 }
 
 _TOKEN = re.compile(r"[a-z0-9]+")
@@ -294,6 +297,7 @@ async def bench_locomo(data: Path, variants: dict[str, Variant] | None = None) -
                 "context": variant.context,
                 "retrieval": dict(variant.retrieval),
                 "all": _table(answered[name], baseline)[-1],
+                "search_p50_ms": round(statistics.median(a.search_ms for a in answered[name]), 2),
             }
             for name, variant in variants.items()
         },
