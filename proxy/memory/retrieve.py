@@ -279,7 +279,13 @@ def collapse_near_duplicates(
         norms = np.linalg.norm(units, axis=1, keepdims=True)
         np.divide(units, norms, out=units, where=norms > 0)
     similarity = units @ units.T  # every pair at once; rows without a vector are 0
-    particulars = [particulars_of(item.record.text) for item in scored]
+    particulars: dict[int, frozenset[str]] = {}  # by row, computed only for close pairs
+
+    def particulars_at(row: int) -> frozenset[str]:
+        if row not in particulars:
+            particulars[row] = particulars_of(scored[row].record.text)
+        return particulars[row]
+
     kept: list[ScoredMemory] = []
     kept_rows: list[int] = []  # rows kept so far, for the cosine test
     kept_texts: dict[str, str] = {}  # normalized text → id of the memory kept with it
@@ -290,17 +296,20 @@ def collapse_near_duplicates(
             detail = "the same text as a memory that ranked higher"
             duplicates.append(Exclusion(item.record, "duplicate", detail, kept_texts[text]))
             continue
-        alike = [row for row in kept_rows if particulars[row] == particulars[i]]
-        if has_vector[i] and alike:
+        close: list[int] = []
+        if has_vector[i] and kept_rows:
+            near = similarity[i, kept_rows] >= threshold  # one vector test for all kept rows
+            close = [kept_rows[j] for j in np.flatnonzero(near)]
+        alike = [row for row in close if particulars_at(row) == particulars_at(i)]
+        if alike:
             best = max(alike, key=lambda row: similarity[i, row])
-            if similarity[i, best] >= threshold:
-                detail = (
-                    f"cosine {similarity[i, best]:.2f} to a memory that ranked higher "
-                    f"(retrieval.dedup_cos {threshold:g})"
-                )
-                same = scored[best].record.id
-                duplicates.append(Exclusion(item.record, "duplicate", detail, same))
-                continue
+            detail = (
+                f"cosine {similarity[i, best]:.2f} to a memory that ranked higher "
+                f"(retrieval.dedup_cos {threshold:g})"
+            )
+            same = scored[best].record.id
+            duplicates.append(Exclusion(item.record, "duplicate", detail, same))
+            continue
         kept_texts[text] = item.record.id
         kept.append(item)
         if has_vector[i]:
