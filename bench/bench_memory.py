@@ -39,7 +39,7 @@ DATA = Path(os.environ.get("MEMENTO_SHARED_DATA", "/work/shared/data"))
 SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
 # Which parts run (comma-separated): locomo, learning, case_gate, hot_path; all by default.
 # A partial run keeps the other parts' figures already in the results file.
-PARTS = os.environ.get("BENCH_MEMORY_PARTS", "locomo,learning,case_gate,replay,hot_path").split(",")
+PARTS = os.environ.get("BENCH_MEMORY_PARTS", "locomo,learning,case_gate,hot_path").split(",")
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
