@@ -280,7 +280,7 @@ async def bench_case_gate() -> dict[str, Any]:
 
     prompt_units = await units(prompts)
     unrelated = (prompt_units @ prompt_units.T)[np.triu_indices(len(prompts), 1)]
-    related = []
+    related: list[float] = []
     for question, *cases in SCENARIOS:
         requests = [case.split(" → ")[0].removeprefix("Request: ") for case in cases]
         query, *keys = await units([question, *requests])

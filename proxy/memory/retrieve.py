@@ -336,13 +336,31 @@ async def retrieve(
     if not query.strip():
         return []
     k = max(policy.retrieval.k1, limit or 0)
-    shared = {"guard_policy": guard_policy, "include_shared": include_shared, "now": now}
-    hits, dropped = await search_guarded(store, scope, query, policy, k=k, **shared)
+    hits, dropped = await search_guarded(
+        store,
+        scope,
+        query,
+        policy,
+        k=k,
+        guard_policy=guard_policy,
+        include_shared=include_shared,
+        now=now,
+    )
     ranking = rank_candidates(hits, policy, now=now)
     seeds = [(item.record, item.vector) for item in ranking.ranked]
     if policy.retrieval.second_round_seeds and seeds:
         seeds = seeds[: policy.retrieval.second_round_seeds]
-        hits, extra, more = await second_round(store, scope, query, hits, seeds, policy, **shared)
+        hits, extra, more = await second_round(
+            store,
+            scope,
+            query,
+            hits,
+            seeds,
+            policy,
+            guard_policy=guard_policy,
+            include_shared=include_shared,
+            now=now,
+        )
         dropped += more
         ranking = rank_candidates(hits, policy, now=now, extra_rel=extra)
     if dropped:
