@@ -218,17 +218,17 @@ async def _ask(
         elapsed = (time.perf_counter() - started) * 1000
         found = [str(item.record.metadata.get("dia_id")) for item in ranked]
         tokens = count_tokens(render_block(ranked[:10]), "o200k_base") if ranked else 0
-        answers.append(
-            Answered(
-                name,
-                int(qa["category"]),
-                len(gold & set(found[:5])) / len(gold),
-                len(gold & set(found[:10])) / len(gold),
-                tokens,
-                elapsed,
-            )
-        )
+        answers.append(_scored(name, qa, gold, found, tokens, elapsed))
     return answers
+
+
+def _scored(
+    name: str, qa: dict[str, Any], gold: set[str], found: list[str], tokens: int, ms: float
+) -> Answered:
+    """A question's recall@5 and @10 of its evidence turns in `found`."""
+    recall5 = len(gold & set(found[:5])) / len(gold)
+    recall10 = len(gold & set(found[:10])) / len(gold)
+    return Answered(name, int(qa["category"]), recall5, recall10, tokens, ms)
 
 
 def _bm25_answers(name: str, conversation: dict[str, Any]) -> list[Answered]:
@@ -240,16 +240,7 @@ def _bm25_answers(name: str, conversation: dict[str, Any]) -> list[Answered]:
         gold = _evidence_ids(qa.get("evidence") or [])
         if gold:
             order = [ids[i] for i in bm25.top(str(qa["question"]), 10)]
-            answers.append(
-                Answered(
-                    name,
-                    int(qa["category"]),
-                    len(gold & set(order[:5])) / len(gold),
-                    len(gold & set(order[:10])) / len(gold),
-                    0,
-                    0.0,
-                )
-            )
+            answers.append(_scored(name, qa, gold, order, 0, 0.0))
     return answers
 
 
