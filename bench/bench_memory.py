@@ -14,10 +14,13 @@
    many feedback events until the helpful case is ranked first, and whether it stays there.
 4. Case gate: the cosine below which a past case is not shown, calibrated on unrelated and
    related requests for the local embedder (`DEFAULT_CASE_MIN_COSINE` in proxy/memory/retrieve.py).
+5. Replay: the first session of each LoCoMo conversation sent turn by turn through a chat
+   call's memory hooks to the `echo` model, learned with the deterministic extractor: memories
+   and cases stored, pairs of them at cosine ≥ 0.92, the share of block tokens that were cases.
 
 Run: `python -m bench memory` (BENCH_SCALE scales the latency part); only some parts with
-`BENCH_MEMORY_PARTS=locomo` (comma-separated: locomo, learning, case_gate, hot_path), which
-keeps the other parts' figures in the results file. Results: bench/results/memory.json.
+`BENCH_MEMORY_PARTS=locomo` (comma-separated: locomo, learning, case_gate, replay, hot_path),
+which keeps the other parts' figures in the results file. Results: bench/results/memory.json.
 """
 
 from __future__ import annotations
@@ -37,9 +40,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "memory.json"
 DATA = Path(os.environ.get("MEMENTO_SHARED_DATA", "/work/shared/data"))
 SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
-# Which parts run (comma-separated): locomo, learning, case_gate, hot_path; all by default.
+# Which parts run (comma-separated): locomo, learning, case_gate, replay, hot_path; all by
+# default.
 # A partial run keeps the other parts' figures already in the results file.
-PARTS = os.environ.get("BENCH_MEMORY_PARTS", "locomo,learning,case_gate,hot_path").split(",")
+_ALL_PARTS = "locomo,learning,case_gate,replay,hot_path"
+PARTS = os.environ.get("BENCH_MEMORY_PARTS", _ALL_PARTS).split(",")
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -298,6 +303,69 @@ async def bench_case_gate() -> dict[str, Any]:
     }
 
 
+# -- 5. replay --------------------------------------------------------------------------------
+
+
+async def bench_replay(sessions: int = 1) -> dict[str, Any]:
+    """The first `sessions` sessions of each LoCoMo dev conversation sent turn by turn through
+    a chat call's memory hooks, answered by the `echo` model, learned with the deterministic
+    extractor: memories and cases stored per conversation, pairs of them at cosine ≥ 0.92, and
+    the share of the injected blocks' tokens that went to cases."""
+    import numpy as np
+
+    from proxy.tokens import count_tokens
+    from proxy.upstreams.echo import describe_request
+
+    conversations = json.loads((DATA / "locomo" / "locomo10_dev.json").read_text())
+    embedder = await shared_embedder("local")
+    # Learned in the background, as a proxy does; the next call does not wait for it.
+    policy = _policy(retrieval={"deadline_ms": 60_000, "wait_for_writes_ms": 0})
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        store = await open_store(folder, embedder)
+        upstreams = Upstreams(Settings())
+        pipeline = MemoryPipeline(_Policies(policy), upstreams, store=store, workers=1)
+        await pipeline.start()
+        for conversation in conversations:
+            user, block_tokens, case_tokens, calls = conversation["sample_id"], 0, 0, 0
+            for number in range(1, sessions + 1):
+                for turn in conversation["conversation"].get(f"session_{number}", []):
+                    body = {"model": "m", "messages": [{"role": "user", "content": turn["text"]}]}
+                    ctx = _context(f"{user}-{calls}", policy, ModelRoute(model="echo"), body, user)
+                    calls += 1
+                    prepared = await pipeline.before_call(ctx)
+                    answer = {"role": "assistant", "content": describe_request(prepared.body)}
+                    await pipeline.after_call(ctx, prepared, {"choices": [{"message": answer}]})
+                    system = prepared.body["messages"][0]
+                    block = system["content"] if system["role"] == "system" else ""
+                    block_tokens += count_tokens(block, "o200k_base")
+                    cases = [line for line in block.splitlines() if "(case, " in line]
+                    case_tokens += sum(count_tokens(line, "o200k_base") for line in cases)
+            rows.append([user, calls, block_tokens, case_tokens])
+        await pipeline.aclose(drain_timeout_s=300)
+        table = []
+        for user, calls, block_tokens, case_tokens in rows:
+            stored = await store.memories.list(Scope("bench", user), limit=1000)
+            vectors = await store.memories.vectors("bench", [m.id for m in stored])
+            pairs = 0
+            if stored:
+                units = np.asarray([vectors[m.id] for m in stored], dtype=np.float32)
+                pairs = int(((units @ units.T >= 0.92).sum() - len(stored)) // 2)
+            table.append(
+                {
+                    "conversation": user,
+                    "calls": calls,
+                    "memories": len(stored),
+                    "cases": sum(1 for m in stored if m.kind == "case"),
+                    "near_duplicate_pairs": pairs,
+                    "case_share_of_block_tokens": round(case_tokens / max(1, block_tokens), 3),
+                }
+            )
+        await store.close()
+        await upstreams.aclose()
+    return {"sessions_per_conversation": sessions, "rows": table}
+
+
 # -- report -----------------------------------------------------------------------------------
 
 
@@ -360,6 +428,11 @@ async def run() -> dict[str, Any]:
         print("\n# Case gate: cosine of unrelated and related requests (local embedder)")
         result["case_gate"] = await bench_case_gate()
         print(result["case_gate"])
+
+    if "replay" in PARTS:
+        print("\n# Replay: LoCoMo turns through a chat call's memory hooks, echo model, rules")
+        result["replay"] = await bench_replay()
+        _print_table(result["replay"]["rows"], list(result["replay"]["rows"][0]))
 
     if "hot_path" in PARTS:
         print(
