@@ -322,8 +322,7 @@ async def bench_replay(sessions: int = 1) -> dict[str, Any]:
     policy = _policy(retrieval={"deadline_ms": 60_000, "wait_for_writes_ms": 0})
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        store = await open_store(folder, embedder)
-        upstreams = Upstreams(Settings())
+        store, upstreams = await open_store(folder, embedder), Upstreams(Settings())
         pipeline = MemoryPipeline(_Policies(policy), upstreams, store=store, workers=1)
         await pipeline.start()
         for conversation in conversations:
