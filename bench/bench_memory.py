@@ -3,16 +3,24 @@
 1. Hot path: what memory adds before the upstream call (query → embed → hybrid search → rank →
    budget → inject, i.e. `MemoryPipeline.before_call`), p50/p99 at 1k and 10k memories per user
    (MSC persona facts), every query new so the embedder's cache never answers.
-2. LoCoMo (`/work/shared/data/locomo/`): each conversation is one user's memory, one record per
-   turn with its session date; every question is asked through the same ranking the hot path
-   uses (`POST /v1/memories/search` semantics). Turn-level recall@5 / @10 per category, next to
-   plain BM25 over the same turns, and the tokens the injected block takes.
+2. LoCoMo (`/work/shared/data/locomo/`, `bench/locomo.py`): each conversation is one user's
+   memory, one record per turn with its session date; every question is asked through the same
+   ranking the hot path uses (`POST /v1/memories/search` semantics). Turn-level recall@5 / @10
+   and block tokens per category, next to plain BM25 over the same turns, for the default and
+   for each retrieval variant, with the fitted and the cross-validated (fit on four
+   conversations, report on the fifth, rotated) choice among them.
 3. Learning: look-alike pairs of cases where the wording favours the misleading one; a simulated
    client rewards a request +1 when it received the helpful case and −1 otherwise. Reported: how
    many feedback events until the helpful case is ranked first, and whether it stays there.
+4. Case gate: the cosine below which a past case is not shown, calibrated on unrelated and
+   related requests for the local embedder (`DEFAULT_CASE_MIN_COSINE` in proxy/memory/retrieve.py).
+5. Replay: the first session of each LoCoMo conversation sent turn by turn through a chat
+   call's memory hooks to the `echo` model, learned with the deterministic extractor: memories
+   and cases stored, pairs of them at cosine ≥ 0.92, the share of block tokens that were cases.
 
-Run: `python -m bench memory` (BENCH_SCALE scales the latency part). Results:
-bench/results/memory.json.
+Run: `python -m bench memory` (BENCH_SCALE scales the latency part); only some parts with
+`BENCH_MEMORY_PARTS=locomo` (comma-separated: locomo, learning, case_gate, replay, hot_path),
+which keeps the other parts' figures in the results file. Results: bench/results/memory.json.
 """
 
 from __future__ import annotations
@@ -22,12 +30,9 @@ import json
 import math
 import os
 import platform
-import re
 import statistics
 import tempfile
 import time
-from collections import Counter, defaultdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +40,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "memory.json"
 DATA = Path(os.environ.get("MEMENTO_SHARED_DATA", "/work/shared/data"))
 SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
-CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
+# Which parts run (comma-separated): locomo, learning, case_gate, replay, hot_path; all by
+# default.
+# A partial run keeps the other parts' figures already in the results file.
+_ALL_PARTS = "locomo,learning,case_gate,replay,hot_path"
+PARTS = os.environ.get("BENCH_MEMORY_PARTS", _ALL_PARTS).split(",")
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from bench.locomo import bench_locomo  # noqa: E402
 from proxy.doors.chat import CHAT  # noqa: E402
-from proxy.memory.budget import fit_to_budget  # noqa: E402
-from proxy.memory.inject import render_block  # noqa: E402
 from proxy.memory.learn import Learner  # noqa: E402
 from proxy.memory.pipeline import MemoryPipeline  # noqa: E402
 from proxy.memory.retrieve import retrieve  # noqa: E402
@@ -49,7 +57,6 @@ from proxy.memory.seam import CallContext  # noqa: E402
 from proxy.memory.warmup import shared_embedder  # noqa: E402
 from proxy.policy import ModelRoute, Policy  # noqa: E402
 from proxy.settings import Settings  # noqa: E402
-from proxy.tokens import count_tokens  # noqa: E402
 from proxy.upstreams.registry import Upstreams  # noqa: E402
 from storage import open_store  # noqa: E402
 from storage.records import NewMemory, Scope  # noqa: E402
@@ -158,244 +165,6 @@ async def bench_hot_path(sizes: tuple[int, ...] = (1_000, 10_000)) -> list[dict[
     return rows
 
 
-# -- 2. LoCoMo --------------------------------------------------------------------------------
-
-_TOKEN = re.compile(r"[a-z0-9]+")
-_STOP = set(
-    [
-        "a",
-        "an",
-        "the",
-        "and",
-        "or",
-        "but",
-        "if",
-        "of",
-        "to",
-        "in",
-        "on",
-        "at",
-        "for",
-        "with",
-        "by",
-        "from",
-        "as",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "been",
-        "being",
-        "do",
-        "does",
-        "did",
-        "have",
-        "has",
-        "had",
-        "i",
-        "you",
-        "he",
-        "she",
-        "it",
-        "we",
-        "they",
-        "me",
-        "him",
-        "her",
-        "us",
-        "them",
-        "my",
-        "your",
-        "his",
-        "its",
-        "our",
-        "their",
-        "what",
-        "when",
-        "where",
-        "who",
-        "whom",
-        "which",
-        "why",
-        "how",
-        "that",
-        "this",
-        "these",
-        "those",
-        "there",
-        "here",
-        "not",
-        "no",
-    ]
-)
-
-
-def _tokens(text: str) -> list[str]:
-    return [t for t in _TOKEN.findall(text.lower()) if t not in _STOP]
-
-
-class BM25:
-    """Plain Okapi BM25 (k1 = 1.2, b = 0.75): the baseline the issue quotes."""
-
-    def __init__(self, docs: list[str], k1: float = 1.2, b: float = 0.75) -> None:
-        self.docs = [Counter(_tokens(doc)) for doc in docs]
-        self.lengths = [sum(doc.values()) for doc in self.docs]
-        self.avg = sum(self.lengths) / max(1, len(self.lengths))
-        df: Counter[str] = Counter()
-        for doc in self.docs:
-            df.update(doc.keys())
-        n = len(self.docs)
-        self.idf = {t: math.log(1 + (n - f + 0.5) / (f + 0.5)) for t, f in df.items()}
-        self.k1, self.b = k1, b
-
-    def top(self, query: str, k: int) -> list[int]:
-        terms = _tokens(query)
-        scores = []
-        for index, doc in enumerate(self.docs):
-            norm = self.k1 * (1 - self.b + self.b * self.lengths[index] / self.avg)
-            score = sum(
-                self.idf.get(t, 0) * doc[t] * (self.k1 + 1) / (doc[t] + norm)
-                for t in terms
-                if t in doc
-            )
-            scores.append((score, index))
-        scores.sort(reverse=True)
-        return [index for _, index in scores[:k]]
-
-
-def _session_time(text: str) -> float:
-    parsed = datetime.strptime(text.strip(), "%I:%M %p on %d %B, %Y")
-    return parsed.replace(tzinfo=UTC).timestamp()
-
-
-def _evidence_ids(raw: list[str]) -> set[str]:
-    ids = set()
-    for item in raw:
-        for part in str(item).split(";"):
-            match = re.fullmatch(r"D(\d+):(\d+)", part.strip())
-            if match:
-                ids.add(f"D{int(match.group(1))}:{int(match.group(2))}")
-    return ids
-
-
-def _turns(conversation: dict[str, Any]) -> list[tuple[str, str, float]]:
-    """(dia_id, text, session time) for every turn."""
-    turns = []
-    number = 1
-    while f"session_{number}" in conversation:
-        when = _session_time(conversation[f"session_{number}_date_time"])
-        for turn in conversation[f"session_{number}"]:
-            text = f"{turn['speaker']}: {turn['text']}"
-            if turn.get("blip_caption"):
-                text += f" [shares a photo of {turn['blip_caption']}]"
-            turns.append((turn["dia_id"], text, when))
-        number += 1
-    return turns
-
-
-async def bench_locomo() -> dict[str, Any]:
-    conversations = json.loads((DATA / "locomo" / "locomo10_dev.json").read_text())
-    embedder = await shared_embedder("local")
-    policy = _policy()
-    hits: dict[str, dict[int, list[float]]] = {
-        "memento": defaultdict(list),
-        "bm25": defaultdict(list),
-    }
-    hits10: dict[str, dict[int, list[float]]] = {
-        "memento": defaultdict(list),
-        "bm25": defaultdict(list),
-    }
-    block_tokens: dict[str, list[int]] = {"top5": [], "top10": [], "budget": []}
-    latencies: list[float] = []
-    with tempfile.TemporaryDirectory() as folder:
-        store = await open_store(folder, embedder)
-        for conversation in conversations:
-            scope = Scope("bench", conversation["sample_id"])
-            turns = _turns(conversation["conversation"])
-            memories = [
-                NewMemory(
-                    kind="fact",
-                    text=text,
-                    created_at=when,
-                    valid_from=when,
-                    metadata={"dia_id": dia_id},
-                    source_role="import",
-                    trust=0.9,
-                )
-                for dia_id, text, when in turns
-            ]
-            for start in range(0, len(memories), 256):
-                await store.memories.add(scope, memories[start : start + 256])
-            await (
-                store.maintenance.maintain()
-            )  # as background maintenance would, before the questions
-            bm25 = BM25([text for _, text, _ in turns])
-            ids = [dia_id for dia_id, _, _ in turns]
-            for qa in conversation["qa"]:
-                gold = _evidence_ids(qa.get("evidence") or [])
-                if not gold:
-                    continue
-                category = int(qa["category"])
-                started = time.perf_counter()
-                ranked = await retrieve(
-                    store.memories, scope, str(qa["question"]), policy.memory, limit=10
-                )
-                latencies.append((time.perf_counter() - started) * 1000)
-                found = [str(item.record.metadata.get("dia_id")) for item in ranked]
-                baseline = [ids[i] for i in bm25.top(str(qa["question"]), 10)]
-                for name, order in (("memento", found), ("bm25", baseline)):
-                    hits[name][category].append(len(gold & set(order[:5])) / len(gold))
-                    hits10[name][category].append(len(gold & set(order[:10])) / len(gold))
-                for label, top in (("top5", ranked[:5]), ("top10", ranked[:10])):
-                    if top:
-                        block_tokens[label].append(count_tokens(render_block(top), "o200k_base"))
-                plan = fit_to_budget(
-                    ranked,
-                    policy.memory.budget.max_tokens,
-                    policy.memory.budget,
-                    k2_cases=4,
-                    encoding_name="o200k_base",
-                )
-                block_tokens["budget"].append(plan.used_tokens)
-        await store.close()
-
-    def mean(values: list[float]) -> float:
-        return round(sum(values) / len(values), 3) if values else 0.0
-
-    table = []
-    for category in sorted(CATEGORIES):
-        table.append(
-            {
-                "category": f"{category} {CATEGORIES[category]}",
-                "questions": len(hits["memento"][category]),
-                "recall@5": mean(hits["memento"][category]),
-                "recall@10": mean(hits10["memento"][category]),
-                "bm25_recall@5": mean(hits["bm25"][category]),
-                "bm25_recall@10": mean(hits10["bm25"][category]),
-            }
-        )
-    every = {name: [v for c in sorted(CATEGORIES) for v in hits[name][c]] for name in hits}
-    every10 = {name: [v for c in sorted(CATEGORIES) for v in hits10[name][c]] for name in hits10}
-    table.append(
-        {
-            "category": "all",
-            "questions": len(every["memento"]),
-            "recall@5": mean(every["memento"]),
-            "recall@10": mean(every10["memento"]),
-            "bm25_recall@5": mean(every["bm25"]),
-            "bm25_recall@10": mean(every10["bm25"]),
-        }
-    )
-    return {
-        "table": table,
-        "block_tokens_mean": {
-            k: round(statistics.mean(v), 1) for k, v in block_tokens.items() if v
-        },
-        "search_p50_ms": round(statistics.median(latencies), 2),
-    }
-
-
 # -- 3. learning ------------------------------------------------------------------------------
 
 SCENARIOS = [
@@ -495,6 +264,107 @@ async def bench_learning(max_events: int = 10, distractors: int = 1) -> dict[str
     return {"rows": rows}
 
 
+# -- 4. case gate ------------------------------------------------------------------------------
+
+
+async def bench_case_gate() -> dict[str, Any]:
+    """The cosine a past case needs to be shown, calibrated for the local embedder: unrelated
+    requests are every pair of distinct benign user prompts (WildGuard), related ones each
+    learning scenario's question against its two cases' requests. The gate is the unrelated
+    pairs' mean plus two standard deviations."""
+    import numpy as np
+
+    embedder = await shared_embedder("local")
+    path = DATA / "wildguard_benign" / "wildguard_benign_dev.jsonl"
+    with path.open(encoding="utf-8") as handle:
+        prompts = [json.loads(line)["text"][:300] for line in handle if line.strip()]
+
+    async def units(texts: list[str]) -> Any:
+        vectors = np.asarray(await embedder.embed(texts), dtype=np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    prompt_units = await units(prompts)
+    unrelated = (prompt_units @ prompt_units.T)[np.triu_indices(len(prompts), 1)]
+    related: list[float] = []
+    for question, *cases in SCENARIOS:
+        requests = [case.split(" → ")[0].removeprefix("Request: ") for case in cases]
+        query, *keys = await units([question, *requests])
+        related.extend(float(query @ key) for key in keys)
+    mean, std = float(unrelated.mean()), float(unrelated.std())
+    return {
+        "unrelated_pairs": int(unrelated.size),
+        "unrelated_mean": round(mean, 3),
+        "unrelated_std": round(std, 3),
+        "unrelated_p95": round(float(np.percentile(unrelated, 95)), 3),
+        "unrelated_share_above_gate": round(float((unrelated >= mean + 2 * std).mean()), 3),
+        "related_pairs": len(related),
+        "related_min": round(min(related), 3),
+        "gate": round(mean + 2 * std, 3),
+    }
+
+
+# -- 5. replay --------------------------------------------------------------------------------
+
+
+async def bench_replay(sessions: int = 1) -> dict[str, Any]:
+    """The first `sessions` sessions of each LoCoMo dev conversation sent turn by turn through
+    a chat call's memory hooks, answered by the `echo` model, learned with the deterministic
+    extractor: memories and cases stored per conversation, pairs of them at cosine ≥ 0.92, and
+    the share of the injected blocks' tokens that went to cases."""
+    import numpy as np
+
+    from proxy.tokens import count_tokens
+    from proxy.upstreams.echo import describe_request
+
+    conversations = json.loads((DATA / "locomo" / "locomo10_dev.json").read_text())
+    embedder = await shared_embedder("local")
+    # Learned in the background, as a proxy does; the next call does not wait for it.
+    policy = _policy(retrieval={"deadline_ms": 60_000, "wait_for_writes_ms": 0})
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        store, upstreams = await open_store(folder, embedder), Upstreams(Settings())
+        pipeline = MemoryPipeline(_Policies(policy), upstreams, store=store, workers=1)
+        await pipeline.start()
+        for conversation in conversations:
+            user, block_tokens, case_tokens, calls = conversation["sample_id"], 0, 0, 0
+            for number in range(1, sessions + 1):
+                for turn in conversation["conversation"].get(f"session_{number}", []):
+                    body = {"model": "m", "messages": [{"role": "user", "content": turn["text"]}]}
+                    ctx = _context(f"{user}-{calls}", policy, ModelRoute(model="echo"), body, user)
+                    calls += 1
+                    prepared = await pipeline.before_call(ctx)
+                    answer = {"role": "assistant", "content": describe_request(prepared.body)}
+                    await pipeline.after_call(ctx, prepared, {"choices": [{"message": answer}]})
+                    system = prepared.body["messages"][0]
+                    block = system["content"] if system["role"] == "system" else ""
+                    block_tokens += count_tokens(block, "o200k_base")
+                    cases = [line for line in block.splitlines() if "(case, " in line]
+                    case_tokens += sum(count_tokens(line, "o200k_base") for line in cases)
+            rows.append([user, calls, block_tokens, case_tokens])
+        await pipeline.aclose(drain_timeout_s=300)
+        table = []
+        for user, calls, block_tokens, case_tokens in rows:
+            stored = await store.memories.list(Scope("bench", user), limit=1000)
+            vectors = await store.memories.vectors("bench", [m.id for m in stored])
+            pairs = 0
+            if stored:
+                units = np.asarray([vectors[m.id] for m in stored], dtype=np.float32)
+                pairs = int(((units @ units.T >= 0.92).sum() - len(stored)) // 2)
+            table.append(
+                {
+                    "conversation": user,
+                    "calls": calls,
+                    "memories": len(stored),
+                    "cases": sum(1 for m in stored if m.kind == "case"),
+                    "near_duplicate_pairs": pairs,
+                    "case_share_of_block_tokens": round(case_tokens / max(1, block_tokens), 3),
+                }
+            )
+        await store.close()
+        await upstreams.aclose()
+    return {"sessions_per_conversation": sessions, "rows": table}
+
+
 # -- report -----------------------------------------------------------------------------------
 
 
@@ -513,60 +383,81 @@ async def run() -> dict[str, Any]:
             "embed_threads": int(os.environ.get("MEMENTO_EMBED_THREADS", "1")),
         },
     }
-    print("\n# LoCoMo retrieval (turn-level recall; BM25 = plain Okapi over the same turns)")
-    result["locomo"] = await bench_locomo()
-    _print_table(
-        result["locomo"]["table"],
-        ["category", "questions", "recall@5", "recall@10", "bm25_recall@5", "bm25_recall@10"],
-    )
-    print(
-        f"block tokens (mean): {result['locomo']['block_tokens_mean']}; "
-        f"search p50 {result['locomo']['search_p50_ms']} ms"
-    )
+    if "locomo" in PARTS:
+        print("\n# LoCoMo retrieval (turn-level recall; BM25 = plain Okapi over the same turns)")
+        result["locomo"] = locomo = await bench_locomo(DATA)
+        columns = ["category", "questions", "recall@5", "recall@10", "bm25_recall@5"]
+        columns += ["bm25_recall@10", "top10_tokens"]
+        print("default retrieval:")
+        _print_table(locomo["table"], columns)
+        print(f"fitted (best on all five): {locomo['fitted']['variant']}")
+        _print_table(locomo["fitted"]["table"], columns)
+        chosen = locomo["cross_validated"]["chosen"]
+        print(f"cross-validated (best on the other four, scored on each): {chosen}")
+        _print_table(locomo["cross_validated"]["table"], columns)
+        print(
+            f"block tokens (mean): {locomo['block_tokens_mean']}; "
+            f"search p50 {locomo['search_p50_ms']} ms"
+        )
 
-    print(
-        "\n# Learning from feedback (k2 = 1 case per request; "
-        "reward +1 iff the helpful case was injected)"
-    )
-    result["learning"] = {
-        "rows": [
-            *(await bench_learning(distractors=1))["rows"],
-            *(await bench_learning(distractors=3))["rows"],
-        ]
-    }
-    _print_table(
-        result["learning"]["rows"],
-        [
-            "scenario",
-            "distractors",
-            "first_before_feedback",
-            "feedback_events_until_helpful_first",
-            "stays_first",
-            "injected_sequence",
-        ],
-    )
+    if "learning" in PARTS:
+        print(
+            "\n# Learning from feedback (k2 = 1 case per request; "
+            "reward +1 iff the helpful case was injected)"
+        )
+        result["learning"] = {
+            "rows": [
+                *(await bench_learning(distractors=1))["rows"],
+                *(await bench_learning(distractors=3))["rows"],
+            ]
+        }
+        _print_table(
+            result["learning"]["rows"],
+            [
+                "scenario",
+                "distractors",
+                "first_before_feedback",
+                "feedback_events_until_helpful_first",
+                "stays_first",
+                "injected_sequence",
+            ],
+        )
 
-    print("\n# Hot path added by memory (before_call: query, embed, search, rank, budget, inject)")
-    result["hot_path"] = await bench_hot_path()
-    _print_table(
-        result["hot_path"],
-        [
-            "memories_per_user",
-            "requests",
-            "p50_ms",
-            "p99_ms",
-            "embed_p50_ms",
-            "mean_injected",
-            "load_s",
-        ],
-    )
+    if "case_gate" in PARTS:
+        print("\n# Case gate: cosine of unrelated and related requests (local embedder)")
+        result["case_gate"] = await bench_case_gate()
+        print(result["case_gate"])
+
+    if "replay" in PARTS:
+        print("\n# Replay: LoCoMo turns through a chat call's memory hooks, echo model, rules")
+        result["replay"] = await bench_replay()
+        _print_table(result["replay"]["rows"], list(result["replay"]["rows"][0]))
+
+    if "hot_path" in PARTS:
+        print(
+            "\n# Hot path added by memory (before_call: query, embed, search, rank, budget, inject)"
+        )
+        result["hot_path"] = await bench_hot_path()
+        _print_table(
+            result["hot_path"],
+            [
+                "memories_per_user",
+                "requests",
+                "p50_ms",
+                "p99_ms",
+                "embed_p50_ms",
+                "mean_injected",
+                "load_s",
+            ],
+        )
     return result
 
 
 def main() -> None:
     result = asyncio.run(run())
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    kept = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.exists() else {}
+    RESULTS.write_text(json.dumps({**kept, **result}, indent=2) + "\n", encoding="utf-8")
     print(f"\nwrote {RESULTS.relative_to(ROOT)}")
 
 

@@ -122,6 +122,17 @@ class RetrievalSettings(Strict):
         "to be learned (read your writes); 0 does not wait.",
     )
     query_context_turns: int = Field(default=2, ge=0, le=20)
+    second_round_seeds: int = Field(
+        default=0,
+        ge=0,
+        le=10,
+        description="Multi-hop: the best this many hits of a first search seed a second one "
+        "(their names and numbers added to the query, their mean vector as its vector), fused "
+        "into relevance by rank; 0 is one round. Costs a second search on the hot path.",
+    )
+    second_round_weight: float = Field(
+        default=0.5, ge=0, description="Weight of the second round's ranks in the fusion."
+    )
 
 
 def _default_lambda() -> dict[MemoryKind, float]:

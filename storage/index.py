@@ -50,10 +50,11 @@ from storage.index_settings import MaintenanceSettings
 
 log = logging.getLogger("memento.storage.index")
 
-# Written once the folder holds this layout; a folder without it (new, lost, or from the
-# one-table layout) is emptied and reported as `created`, and the store rebuilds it from SQLite.
+# Written once the folder holds this layout; a folder without it (new, lost, from the one-table
+# layout, or from before index texts held dates: /1) is emptied and reported as `created`, and
+# the store rebuilds it from SQLite.
 LAYOUT_FILE = "layout.json"
-LAYOUT = "table-per-tenant/1"
+LAYOUT = "table-per-tenant/2"
 
 
 class MemoryIndex:

@@ -111,8 +111,9 @@ async def open_embedded_store(
         )
         store = EmbeddedStore(db, sync, maintenance_interval_s=maintenance_interval_s)
         if index.created and stored == tag and await db.memories.count_memories():
-            # The index folder was lost; it is derived data, so rebuild it from SQLite.
-            log.warning("search index missing in %s; rebuilding it from SQLite", folder)
+            # The index folder was lost or is of an older layout; it is derived data, so
+            # rebuild it from SQLite.
+            log.warning("search index missing or outdated in %s; rebuilding it from SQLite", folder)
             await store.maintenance.reindex()
         await store.start()
     except BaseException:

@@ -29,6 +29,9 @@ class Candidate:
     key_text: str = ""
     fields: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Words the memory is also found by (its BM25 text), never shown: the turn a short or
+    # referring request answers, so the request is findable by what it refers to.
+    keywords: list[str] = field(default_factory=list)
     evidence: list[Evidence] = field(default_factory=list)
     created_at: float | None = None
     # Ids of the memory this candidate is (an edit or an import of it) and of its other

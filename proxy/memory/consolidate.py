@@ -1,7 +1,8 @@
 """Consolidate: each accepted candidate against its nearest memories — ADD, UPDATE, DELETE, NOOP.
 
-- NOOP: the memory is already known (same text, same slot and value, or a near-duplicate); the
-  existing record is reinforced instead of written twice.
+- NOOP: the memory is already known (same text, same slot and value, or a near-duplicate; for a
+  case, the same request reworded, with the same numbers and names); the existing record is
+  reinforced instead of written twice.
 - UPDATE: the candidate changes what is known — a new value for a one-value slot ("I live in
   Paris" after Berlin), the opposite of a stated preference, or an explicit change ("I like tea
   now" after "I like coffee"). The new record supersedes the old one; the chain and the
@@ -23,6 +24,7 @@ from typing import Any, Literal
 from proxy.memory.candidates import Candidate
 from proxy.memory.extract import is_single_valued
 from proxy.memory.model_call import CallModel
+from proxy.memory.particulars import particulars_of
 from proxy.messages import answer_text
 from proxy.policy import ConsolidationSettings
 from storage.records import MemoryRecord
@@ -113,8 +115,14 @@ def _decide_case(
     for neighbour in neighbours:
         if neighbour.record.kind != "case":
             continue
-        if _norm(neighbour.record.text) == text or neighbour.cosine >= max(settings.dup_cos, 0.98):
+        if _norm(neighbour.record.text) == text:
             return Consolidation("NOOP", neighbour.record, "same case")
+        # The same request asked again (its wording aside, its numbers and names the same).
+        if neighbour.cosine >= settings.dup_cos and particulars_of(
+            neighbour.record.key_text
+        ) == particulars_of(candidate.key_text):
+            detail = f"the same request (cos {neighbour.cosine:.2f})"
+            return Consolidation("NOOP", neighbour.record, detail)
     return Consolidation("ADD", None, "new case")
 
 

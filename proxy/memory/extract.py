@@ -24,6 +24,7 @@ from typing import Any
 
 from proxy.memory.candidates import Candidate, Evidence
 from proxy.memory.inject import strip_block_text, strip_memory_blocks
+from proxy.memory.query import CONTEXT_CHARS, needs_context
 from proxy.messages import answer_text, message_text
 from proxy.policy import ExtractionSettings
 
@@ -31,6 +32,8 @@ ANSWER_TURN = -1  # `Evidence.turn` is None for the answer; this is its index in
 _MAX_CASE_TASK = 400
 _MAX_CASE_APPROACH = 400
 _MIN_CASE_WORDS = 3
+_MIN_APPROACH_WORDS = 2  # "OK." is no approach
+_QUOTE_PROBE_CHARS = 120  # this much of the request found in the answer: it is quoted back
 
 
 @dataclass(frozen=True)
@@ -257,14 +260,27 @@ def extract_with_rules(exchange: Exchange, settings: ExtractionSettings) -> list
 
 
 def case_candidate(exchange: Exchange) -> Candidate | None:
-    """The exchange as a case: the request (key), the approach the answer took."""
+    """The exchange as a case: the request (key), the approach the answer took.
+
+    Only an exchange that carries a task (a sentence that asks for something) and a substantive
+    answer is a case: small talk is no request, and an answer that only quotes the request back
+    (the `echo` model, a responder that describes what it received) took no approach.
+    """
     if not exchange.new_user_turns or not exchange.answer:
         return None
     request = exchange.new_user_turns[-1].text.strip()
     if len(request.split()) < _MIN_CASE_WORDS:
         return None
+    if not any(_is_request(sentence) for sentence in sentences(request)):
+        return None
     task = request[:_MAX_CASE_TASK]
     approach = _summary(exchange.answer)
+    if not _answers(approach, request):
+        return None
+    # A request that cannot stand alone is indexed with the turn it answers, as the read path
+    # searches with that turn when a request like it comes again.
+    answered = [t.text for t in exchange.turns if t.role == "assistant" and t.text.strip()]
+    context = [answered[-1][-CONTEXT_CHARS:]] if answered and needs_context(request) else []
     text = f"Request: {one_line(task)} → Answer: {one_line(approach)}"
     return Candidate(
         kind="case",
@@ -272,6 +288,7 @@ def case_candidate(exchange: Exchange) -> Candidate | None:
         source_role="assistant",
         key_text=task,
         fields={"task": task, "approach": approach, "outcome": None, "reward": None},
+        keywords=context,
         evidence=[
             Evidence("user", task, exchange.new_user_turns[-1].index),
             Evidence("assistant", approach, None),
@@ -324,6 +341,16 @@ def _summary(answer: str) -> str:
     return head[: cut + 1] if cut > _MAX_CASE_APPROACH // 3 else head
 
 
+def _answers(approach: str, request: str) -> bool:
+    """Whether the answer's opening is an approach of its own: a few words at least, and not
+    the request quoted back (its first line, as far as a responder would quote it)."""
+    if len(approach.split()) < _MIN_APPROACH_WORDS:
+        return False
+    first_line = next((line for line in request.splitlines() if line.strip()), request)
+    quoted = _squash(first_line)[:_QUOTE_PROBE_CHARS].lower()
+    return quoted not in _squash(approach).lower()
+
+
 def _slot_key(slot: str) -> str:
     slot = re.sub(r"^favou?rite\s+", "favorite ", slot)
     return {"name": "name", "age": "age", "job": "occupation", "occupation": "occupation"}.get(
@@ -342,7 +369,12 @@ def _is_request(sentence: str) -> bool:
     return sentence.endswith("?") or bool(
         re.match(
             r"^(please|can|could|would|will|what|how|why|when|where|which|who|write|give|make|"
-            r"help|tell|show|explain|find|list|suggest|recommend|create|fix|plan|draft)\b",
+            r"help|tell|show|explain|find|list|suggest|recommend|create|fix|plan|draft|book|"
+            r"translate|summari[sz]e|convert|compare|check|calculate|generate|rewrite|edit|"
+            r"review|debug|design|outline|describe|send|schedule|remind|order|compose|"
+            r"organi[sz]e|prepare|analy[sz]e|add|remove|update|build|implement|refactor|"
+            r"optimi[sz]e|sort|define|solve|teach|correct|proofread|improve|shorten|"
+            r"expand|format|rank|estimate|set up|look up|let's|i need|i want|i'd like)\b",
             sentence,
             re.I,
         )

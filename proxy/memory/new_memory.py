@@ -27,6 +27,7 @@ def memory_from_verdict(candidate: Candidate, verdict: TrustVerdict, policy: Pol
         key_text=candidate.key_text or verdict.text,
         fields=dict(candidate.fields),
         metadata=dict(candidate.metadata),
+        keywords=list(candidate.keywords),
         source_role=candidate.source_role,
         trust=verdict.trust,
         trust_reasons=verdict.reasons_as_dicts(),

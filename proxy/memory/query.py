@@ -28,7 +28,7 @@ _REFERRING = re.compile(
     re.IGNORECASE,
 )
 _SHORT_TURN_WORDS = 6
-_CONTEXT_CHARS = 300
+CONTEXT_CHARS = 300
 
 
 class InvalidMemoryMode(ValueError):
@@ -116,7 +116,7 @@ def build_query(messages: list[dict[str, Any]], context_turns: int) -> str:
     if latest_index is None:
         return ""
     latest = message_text(messages[latest_index]).strip()
-    if context_turns <= 0 or not _needs_context(latest):
+    if context_turns <= 0 or not needs_context(latest):
         return latest
     context: list[str] = []
     for message in reversed(messages[:latest_index]):
@@ -126,9 +126,10 @@ def build_query(messages: list[dict[str, Any]], context_turns: int) -> str:
             continue  # system prompts and tool results are not what the user asks about
         text = message_text(message).strip()
         if text:
-            context.append(text[-_CONTEXT_CHARS:])
+            context.append(text[-CONTEXT_CHARS:])
     return "\n".join([*reversed(context), latest])
 
 
-def _needs_context(turn: str) -> bool:
+def needs_context(turn: str) -> bool:
+    """Whether a turn cannot stand alone: it is short, or it refers back ("that", "the same")."""
     return len(turn.split()) < _SHORT_TURN_WORDS or bool(_REFERRING.search(turn))

@@ -2,7 +2,8 @@
 
 Two phases (docs/design.md, MemRL-shaped). Phase A recalls candidates by similarity only: the
 top-k1 of BM25 and of vector search, fused by reciprocal rank fusion, gated on status, trust,
-supersession and (for cases) a minimum cosine and utility. Phase B ranks them by value:
+supersession and (for cases) a minimum cosine and utility; with `second_round_seeds`, a second
+search from the best of them adds its ranks (`recall.py`). Phase B ranks them by value:
 
     s = (1 − λ_kind)·ẑ(rel) + λ_kind·ẑ_clip(Q) + β·recency + η·(trust − 0.5)
 
@@ -27,15 +28,18 @@ from typing import Any
 import numpy as np
 from opentelemetry import trace
 
-from proxy.memory import lessons
-from proxy.policy import MemoryPolicy, Policy, RetrievalSettings
+from proxy.memory.particulars import particulars_of
+from proxy.memory.recall import fused_relevance, search_guarded, second_round
+from proxy.policy import MemoryPolicy, Policy
 from storage.api import MemoryStore
-from storage.records import MemoryKind, MemoryRecord, Scope, SearchHit, Vector
+from storage.records import MemoryRecord, Scope, SearchHit, Vector
 
-# Cases below this cosine to the query are look-alikes in words only. docs/design.md says to
-# calibrate δ per embedder at μ_sim + 0.5σ; for all-MiniLM-L6-v2 unrelated sentence pairs sit
-# near μ ≈ 0.05, σ ≈ 0.1, which gives 0.1. A policy's `retrieval.delta_sim` overrides it.
-DEFAULT_CASE_MIN_COSINE = 0.1
+# Cases below this cosine to the query are not similar requests. Calibrated per embedder at the
+# mean plus two standard deviations of unrelated requests' cosine: for all-MiniLM-L6-v2, over
+# every pair of 486 benign user prompts, 0.093 + 2 × 0.106 ≈ 0.3, which 96% of unrelated pairs
+# fall below and every related pair of the learning benchmark (lowest 0.53) is above
+# (`python -m bench memory`, `case_gate`). A policy's `retrieval.delta_sim` overrides it.
+DEFAULT_CASE_MIN_COSINE = 0.3
 
 # Floors for the spread used by the z-scores. Without one, two candidates whose fused relevance
 # differs by one rank would always be ±1σ apart, and utility could never outrank relevance.
@@ -146,16 +150,6 @@ class ScoredMemory:
         }
 
 
-def fused_relevance(hit: SearchHit, settings: RetrievalSettings) -> float:
-    """Weighted reciprocal rank fusion: Σ w/(k + rank) over BM25 and vector, ranks from 1."""
-    rel = 0.0
-    if hit.bm25_rank is not None:
-        rel += settings.bm25_weight / (settings.rrf_k + hit.bm25_rank + 1)
-    if hit.vector_rank is not None:
-        rel += settings.vector_weight / (settings.rrf_k + hit.vector_rank + 1)
-    return rel
-
-
 def passes_gate(hit: SearchHit, policy: MemoryPolicy, now: float) -> bool:
     """Phase A's hard filters: only active, trusted, current records; cases also by similarity."""
     return gate_exclusion(hit, policy, now) is None
@@ -218,8 +212,10 @@ def rank_candidates(
     *,
     now: float | None = None,
     rng: random.Random | None = None,
+    extra_rel: dict[str, float] | None = None,
 ) -> Ranking:
-    """`rank_hits`, also saying which hits were left out and why."""
+    """`rank_hits`, also saying which hits were left out and why. `extra_rel` adds to a hit's
+    fused relevance (a second search round's ranks), by memory id."""
     now = time.time() if now is None else now
     settings, scoring = policy.retrieval, policy.scoring
     kept: list[SearchHit] = []
@@ -233,7 +229,11 @@ def rank_candidates(
     if not kept:
         return Ranking([], excluded)
     best_rel = (settings.bm25_weight + settings.vector_weight) / (settings.rrf_k + 1) or 1.0
-    rels = [fused_relevance(hit, settings) / best_rel for hit in kept]
+    extra_rel = extra_rel or {}
+    rels = [
+        (fused_relevance(hit, settings) + extra_rel.get(hit.record.id, 0.0)) / best_rel
+        for hit in kept
+    ]
     qs = [hit.record.q for hit in kept]
     z_rels = _zscores(rels, _REL_STD_FLOOR, scoring.z_clip)
     z_qs = _zscores(qs, _Q_STD_FLOOR, scoring.z_clip)
@@ -263,8 +263,13 @@ def rank_candidates(
 def collapse_near_duplicates(
     scored: list[ScoredMemory], threshold: float
 ) -> tuple[list[ScoredMemory], list[Exclusion]]:
-    """Keep the best of each group of near-identical memories (same text or cosine ≥ threshold);
-    the others come back as exclusions naming the memory they repeat."""
+    """Keep the best of each group of near-identical memories (same text, or cosine ≥ threshold
+    and the same particulars: numbers, dates and names); the others come back as exclusions
+    naming the memory they repeat.
+
+    Cosine alone cannot tell a paraphrase from a distinct fact that differs in one number or
+    name ("… on day 0." and "… on day 10." sit above 0.95): those are different facts, and
+    each is kept."""
     dims = next((len(item.vector) for item in scored if item.vector is not None), 0)
     has_vector = [item.vector is not None and len(item.vector) == dims for item in scored]
     units = np.zeros((len(scored), dims), dtype=np.float32)
@@ -274,6 +279,13 @@ def collapse_near_duplicates(
         norms = np.linalg.norm(units, axis=1, keepdims=True)
         np.divide(units, norms, out=units, where=norms > 0)
     similarity = units @ units.T  # every pair at once; rows without a vector are 0
+    particulars: dict[int, frozenset[str]] = {}  # by row, computed only for close pairs
+
+    def particulars_at(row: int) -> frozenset[str]:
+        if row not in particulars:
+            particulars[row] = particulars_of(scored[row].record.text)
+        return particulars[row]
+
     kept: list[ScoredMemory] = []
     kept_rows: list[int] = []  # rows kept so far, for the cosine test
     kept_texts: dict[str, str] = {}  # normalized text → id of the memory kept with it
@@ -284,16 +296,20 @@ def collapse_near_duplicates(
             detail = "the same text as a memory that ranked higher"
             duplicates.append(Exclusion(item.record, "duplicate", detail, kept_texts[text]))
             continue
+        close: list[int] = []
         if has_vector[i] and kept_rows:
-            best = max(kept_rows, key=lambda row: similarity[i, row])
-            if similarity[i, best] >= threshold:
-                detail = (
-                    f"cosine {similarity[i, best]:.2f} to a memory that ranked higher "
-                    f"(retrieval.dedup_cos {threshold:g})"
-                )
-                same = scored[best].record.id
-                duplicates.append(Exclusion(item.record, "duplicate", detail, same))
-                continue
+            near = similarity[i, kept_rows] >= threshold  # one vector test for all kept rows
+            close = [kept_rows[j] for j in np.flatnonzero(near)]
+        alike = [row for row in close if particulars_at(row) == particulars_at(i)]
+        if alike:
+            best = max(alike, key=lambda row: similarity[i, row])
+            detail = (
+                f"cosine {similarity[i, best]:.2f} to a memory that ranked higher "
+                f"(retrieval.dedup_cos {threshold:g})"
+            )
+            same = scored[best].record.id
+            duplicates.append(Exclusion(item.record, "duplicate", detail, same))
+            continue
         kept_texts[text] = item.record.id
         kept.append(item)
         if has_vector[i]:
@@ -320,29 +336,38 @@ async def retrieve(
     if not query.strip():
         return []
     k = max(policy.retrieval.k1, limit or 0)
-    hits = await store.search(
+    hits, dropped = await search_guarded(
+        store,
         scope,
-        query_text=query,
-        embed_query=True,
+        query,
+        policy,
         k=k,
-        kinds=("fact", "preference", "case"),
+        guard_policy=guard_policy,
         include_shared=include_shared,
         now=now,
-        with_vectors=True,
     )
-    if include_shared:
-        shared_kinds = set(policy.shared_kinds)
-        hits = [hit for hit in hits if _in_scope(hit, shared_kinds)]
-    excluded: list[Exclusion] = []
-    if guard_policy is not None and hits:
-        hits, drops = await lessons.guard(store, scope.tenant_id, hits, guard_policy)
-        guarded = [d for d in drops if d.hit.record.kind != "lesson"]
-        if guarded:
-            trace.get_current_span().set_attribute(
-                "memento.guard.dropped", json.dumps([[d.hit.record.id, d.reason] for d in guarded])
-            )
-        excluded = [Exclusion(d.hit.record, "lesson", d.reason) for d in guarded]
     ranking = rank_candidates(hits, policy, now=now)
+    seeds = [(item.record, item.vector) for item in ranking.ranked]
+    if policy.retrieval.second_round_seeds and seeds:
+        seeds = seeds[: policy.retrieval.second_round_seeds]
+        hits, extra, more = await second_round(
+            store,
+            scope,
+            query,
+            hits,
+            seeds,
+            policy,
+            guard_policy=guard_policy,
+            include_shared=include_shared,
+            now=now,
+        )
+        dropped += more
+        ranking = rank_candidates(hits, policy, now=now, extra_rel=extra)
+    if dropped:
+        trace.get_current_span().set_attribute(
+            "memento.guard.dropped", json.dumps([[record.id, why] for record, why in dropped])
+        )
+    excluded = [Exclusion(record, "lesson", reason) for record, reason in dropped]
     excluded.extend(ranking.excluded)
     if excluded:
         trace.get_current_span().set_attribute(
@@ -351,10 +376,6 @@ async def retrieve(
         )
     ranked = ranking.ranked
     return ranked if limit is None else ranked[:limit]
-
-
-def _in_scope(hit: SearchHit, shared_kinds: set[MemoryKind]) -> bool:
-    return hit.record.user_id is not None or hit.record.kind in shared_kinds
 
 
 def _zscores(values: Sequence[float], std_floor: float, clip: float) -> list[float]:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from storage.index_text import dated_terms
 from storage.records import MemoryKind, MemoryStatus
 from storage.sqlite.connection import META_UPSERT, Connection
 from storage.sqlite.rows import placeholders
@@ -41,9 +42,17 @@ class IndexSource:
     embedding_model: str | None
 
 
-def search_text_of(key_text: str, text: str, keywords: Iterable[str], tags: Iterable[str]) -> str:
-    """The BM25 document: what is matched (key text, else the text) plus keywords and tags."""
-    return " ".join([key_text or text, *keywords, *tags])
+def search_text_of(
+    key_text: str,
+    text: str,
+    keywords: Iterable[str],
+    tags: Iterable[str],
+    when: float | None = None,
+) -> str:
+    """The BM25 document: what is matched (key text, else the text) plus keywords and tags, and
+    the dates it speaks of as of `when`, the memory's date (`storage.index_text`)."""
+    matched = key_text or text
+    return " ".join([matched, *keywords, *tags, *dated_terms(matched, when)])
 
 
 def embedding_input(key_text: str, text: str) -> str:
@@ -125,7 +134,7 @@ class IndexOutbox:
 
     _INDEX_SOURCE_COLUMNS = (
         "id, tenant_id, user_id, kind, status, expires_at, text, key_text, keywords, tags, "
-        "embedding, embedding_model"
+        "embedding, embedding_model, COALESCE(valid_from, created_at)"
     )
 
     @staticmethod
@@ -137,7 +146,9 @@ class IndexOutbox:
             kind=row[3],
             status=row[4],
             expires_at=row[5],
-            search_text=search_text_of(row[7], row[6], json.loads(row[8]), json.loads(row[9])),
+            search_text=search_text_of(
+                row[7], row[6], json.loads(row[8]), json.loads(row[9]), row[12]
+            ),
             embed_text=embedding_input(row[7], row[6]),
             embedding=row[10],
             embedding_model=row[11],

@@ -16,7 +16,7 @@ from tests.memory.conftest import (
     wait_for_memories,
     wait_for_trace,
 )
-from tests.scripted_upstream import ScriptedUpstream
+from tests.scripted_upstream import Reply, ScriptedUpstream
 
 
 def test_fact_stated_once_is_injected_later_for_that_user_only(
@@ -83,6 +83,7 @@ def test_streamed_exchange_is_learned_from(
 ) -> None:
     proxy = memory_proxy()
     client = client_for(proxy)
+    upstream.script(Reply(content="The Alfama district, the tram 28 and the Belem tower."))
     stream = client.chat.completions.create(
         model="gpt-4o-mini",
         messages=[{"role": "user", "content": "I live in Lisbon. What is good to see there?"}],
