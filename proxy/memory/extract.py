@@ -364,21 +364,27 @@ def _object_key(obj: str) -> str:
     return " ".join(word for word in words if word not in stop)
 
 
+# How a sentence that asks for something opens: a question word, a polite form, or the verb of
+# a task (the imperative of prompts: "act as…", "write…", "walk me through…").
+_REQUEST_OPENER = re.compile(
+    r"^(please|can|could|would|will|shall|should|do|does|did|is|are|was|were|what|how|why|"
+    r"when|where|which|who|whose|whom|write|give|make|help|tell|show|explain|find|list|suggest|"
+    r"recommend|create|fix|plan|draft|book|translate|summari[sz]e|convert|compare|check|"
+    r"calculate|generate|rewrite|edit|review|debug|design|outline|describe|send|schedule|"
+    r"remind|order|compose|organi[sz]e|prepare|analy[sz]e|add|remove|update|build|implement|"
+    r"refactor|optimi[sz]e|sort|define|solve|teach|correct|proofread|improve|shorten|expand|"
+    r"format|rank|estimate|act|pretend|imagine|play|role-?play|simulate|brainstorm|paraphrase|"
+    r"provide|identify|classify|extract|predict|name|discuss|elaborate|evaluate|critique|"
+    r"argue|answer|respond|reply|code|use|try|walk|break|sketch|map|pick|choose|decide|"
+    r"recap|detail|assess|propose|devise|come up|set up|look up|let's|let us|i need|i want|"
+    r"i'd like|i would like|i'm looking for|i am looking for)\b",
+    re.I,
+)
+
+
 def _is_request(sentence: str) -> bool:
     """Whether a sentence asks for something (so the exchange is worth a case)."""
-    return sentence.endswith("?") or bool(
-        re.match(
-            r"^(please|can|could|would|will|what|how|why|when|where|which|who|write|give|make|"
-            r"help|tell|show|explain|find|list|suggest|recommend|create|fix|plan|draft|book|"
-            r"translate|summari[sz]e|convert|compare|check|calculate|generate|rewrite|edit|"
-            r"review|debug|design|outline|describe|send|schedule|remind|order|compose|"
-            r"organi[sz]e|prepare|analy[sz]e|add|remove|update|build|implement|refactor|"
-            r"optimi[sz]e|sort|define|solve|teach|correct|proofread|improve|shorten|"
-            r"expand|format|rank|estimate|set up|look up|let's|i need|i want|i'd like)\b",
-            sentence,
-            re.I,
-        )
-    )
+    return sentence.endswith("?") or bool(_REQUEST_OPENER.match(sentence))
 
 
 def turn_containing(turns: list[Turn], span: str) -> Turn | None:

@@ -17,7 +17,7 @@ from tests.memory.conftest import (
     wait_for_trace,
 )
 from tests.responses.conftest import NATIVE, TRANSLATED
-from tests.scripted_upstream import ScriptedUpstream
+from tests.scripted_upstream import Reply, ScriptedUpstream
 
 
 def test_fact_stated_through_responses_is_injected_through_chat_completions(
@@ -90,6 +90,7 @@ def test_streamed_responses_call_is_learned_from(
 ) -> None:
     proxy = responses_proxy()
     client = client_for(proxy)
+    upstream.script(Reply(content="The Belém tower, the Alfama district and the tram 28."))
     stream = client.responses.create(
         model=model, input="I live in Lisbon. What is good to see there?", user="carol", stream=True
     )

@@ -102,6 +102,11 @@ def test_context_triggered_and_split_attacks_are_refused(
     chat(proxy, "carol", user("I like hiking in the Alps."))
     wait_until_written(proxy, "carol", 1)
 
+    # The answers take an approach (an answer that only quotes the request back makes no case).
+    upstream.script(
+        Reply(content="Understood, I will keep that in mind."),
+        Reply(content="Noted for later."),
+    )
     # A trigger that only fires in one context.
     chat(
         proxy,

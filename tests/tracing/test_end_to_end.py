@@ -593,9 +593,19 @@ def test_a_later_memories_page_names_a_json_twin_the_api_answers(traced: Traced)
         assert held.json() == api_held.json()
 
 
-def test_the_pages_say_where_a_memory_came_from_in_english(traced: Traced) -> None:
+def test_the_pages_say_where_a_memory_came_from_in_english(
+    upstream: ScriptedUpstream, policies_dir: Path, start_proxy: Callable[..., RunningProxy]
+) -> None:
     # The memory page read "from a assistant message" for every case.
-    traced.chat(KEY_A, "How do I boil an egg?", user="dora")
+    models = {"fast": {"model": "openai/upstream-model", "api_base": upstream.url}}
+    write_tenant(policies_dir, "acme", KEY_A, models, memory=PATIENT)
+    proxy = start_proxy(policies_dir)
+    upstream.script(Reply(content="Simmer it for nine minutes, then cool it in cold water."))
+    client = openai.OpenAI(api_key=KEY_A, base_url=f"{proxy.base_url}/v1", max_retries=0)
+    client.chat.completions.create(
+        model="fast", messages=[{"role": "user", "content": "How do I boil an egg?"}], user="dora"
+    )
+    traced = Traced(proxy, InMemorySpanExporter())
     with httpx.Client(base_url=traced.proxy.base_url, timeout=120) as browser:
         assert browser.post("/ui/login", data={"key": KEY_A}).status_code == 303
         for _ in range(100):
