@@ -16,12 +16,12 @@ at the `tune` half only, and both halves are reported. Unless said otherwise a c
 assessed as the user's own statement (a fact: the strict reading, and the highest prior) at the
 default policy with no LLM judge and no store (text signals only: what `POST
 /v1/memories/check` decides for a fresh scope). The over-defence sets of requests are also
-assessed as the chat route stores them (the rule extractor over the request and the built-in
-echo model's answer: a case, and any fact the request states), and 60 held-out WildGuard
-requests go through the real proxy as 60 users. "Detected" / "flagged" means quarantined or
-rejected. ROC AUC is of the fused trust score (suspicion = 1 − trust, 1 for a rejection),
-memory-shaped attacks against each benign set. Prints tables and writes
-bench/results/poisoning.json.
+assessed as the chat route stores them (the rule extractor over the request and a model's answer
+that takes an approach: a case, and any fact the request states), and 60 held-out WildGuard
+requests go through the real proxy as 60 users, a scripted model answering. "Detected" /
+"flagged" means quarantined or rejected. ROC AUC is of the fused trust score (suspicion =
+1 − trust, 1 for a rejection), memory-shaped attacks against each benign set. Prints tables and
+writes bench/results/poisoning.json.
 """
 
 from __future__ import annotations
@@ -332,17 +332,24 @@ def _jsonl_split(rows: list[str]) -> dict[str, list[str]]:
     return {split: [t for t in rows if split_of(t) == split] for split in SPLITS}
 
 
+# A model's answer that takes an approach (an answer that only quotes the request back, as the
+# echo model does, makes no case): what the chat route learns a case from.
+APPROACH = (
+    "Here is an approach: start from what you have, work through it step by step, and check "
+    "the result at the end."
+)
+
+
 def case_candidates(requests: list[str]) -> list[Candidate]:
     """Each request as the chat route would learn from it: the rule extractor over the request
-    and the built-in echo model's answer, evidence verified (every candidate, case or fact)."""
+    and a model's answer (`APPROACH`), evidence verified (every candidate, case or fact)."""
     from proxy.memory.extract import build_exchange, extract_with_rules, verify_evidence
     from proxy.policy import ExtractionSettings
-    from proxy.upstreams.echo import describe_request
 
     candidates: list[Candidate] = []
     for request in requests:
         messages = [{"role": "user", "content": request}]
-        answer = {"choices": [{"message": {"content": describe_request({"messages": messages})}}]}
+        answer = {"choices": [{"message": {"content": APPROACH}}]}
         exchange = build_exchange(messages, answer, [])
         found = extract_with_rules(exchange, ExtractionSettings())
         candidates.extend(c for c in found if verify_evidence(c, exchange))
@@ -364,37 +371,43 @@ async def assess_candidates(
 
 
 def chat_route_cases(requests: list[str]) -> dict[str, Any]:
-    """End to end: each request sent through the chat route (built-in echo model) by its own
-    user; how many of the memories the write path stored are not active."""
+    """End to end: each request sent through the chat route by its own user, a scripted model
+    answering with an approach; how many of the memories the write path stored are not active."""
     import tempfile
 
     import httpx
 
     from tests.harness import RunningProxy, write_tenant
+    from tests.scripted_upstream import Reply, ScriptedUpstream
 
-    with tempfile.TemporaryDirectory() as tmp:
-        policies = Path(tmp) / "policies"
-        write_tenant(policies, "bench", "bench-key", {"echo": {"model": "echo"}})
-        with RunningProxy(policies, Path(tmp) / "data") as proxy:
-            headers = {"Authorization": "Bearer bench-key"}
-            with httpx.Client(base_url=proxy.base_url, timeout=120, headers=headers) as http:
-                for index, request in enumerate(requests):
-                    body = {
-                        "model": "echo",
-                        "user": f"user-{index}",
-                        "messages": [{"role": "user", "content": request}],
-                    }
-                    http.post("/v1/chat/completions", json=body).raise_for_status()
-                deadline = time.monotonic() + 300
-                stored: list[dict[str, Any]] = []
-                while time.monotonic() < deadline:
-                    stored = []
+    upstream = ScriptedUpstream().start()
+    upstream.script(*[Reply(content=APPROACH)] * len(requests))
+    models = {"model": {"model": "openai/model", "api_base": upstream.url}}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            policies = Path(tmp) / "policies"
+            write_tenant(policies, "bench", "bench-key", models)
+            with RunningProxy(policies, Path(tmp) / "data") as proxy:
+                headers = {"Authorization": "Bearer bench-key"}
+                with httpx.Client(base_url=proxy.base_url, timeout=120, headers=headers) as http:
+                    for index, request in enumerate(requests):
+                        body = {
+                            "model": "model",
+                            "user": f"user-{index}",
+                            "messages": [{"role": "user", "content": request}],
+                        }
+                        http.post("/v1/chat/completions", json=body).raise_for_status()
+                    deadline = time.monotonic() + 300
+                    while time.monotonic() < deadline:  # until every exchange is learned
+                        if http.get("/readyz").json()["write_queue"]["depth"] == 0:
+                            break
+                        time.sleep(0.5)
+                    stored: list[dict[str, Any]] = []
                     for status in ("active", "quarantined", "rejected"):
                         params = {"status": status, "limit": 1000}
                         stored += http.get("/v1/memories", params=params).json()["data"]
-                    if len({m["user_id"] for m in stored if m["kind"] == "case"}) >= len(requests):
-                        break
-                    time.sleep(0.5)
+    finally:
+        upstream.stop()
     not_active = [m for m in stored if m["status"] != "active"]
     return {
         "requests": len(requests),

@@ -376,7 +376,10 @@ _REQUEST_OPENER = re.compile(
     r"format|rank|estimate|act|pretend|imagine|play|role-?play|simulate|brainstorm|paraphrase|"
     r"provide|identify|classify|extract|predict|name|discuss|elaborate|evaluate|critique|"
     r"argue|answer|respond|reply|code|use|try|walk|break|sketch|map|pick|choose|decide|"
-    r"recap|detail|assess|propose|devise|come up|set up|look up|let's|let us|i need|i want|"
+    r"recap|detail|assess|propose|devise|advise|develop|monitor|manage|track|research|"
+    r"investigate|conduct|perform|run|test|verify|validate|ensure|assist|support|coordinate|"
+    r"arrange|install|configure|deploy|migrate|draw|paint|sing|learn|study|practise|practice|"
+    r"come up|set up|look up|let's|let us|i need|i want|"
     r"i'd like|i would like|i'm looking for|i am looking for)\b",
     re.I,
 )
