@@ -52,7 +52,7 @@ from proxy.routes.messages import MessagesRoutes
 from proxy.routes.responses import ResponsesRoutes
 from proxy.routes.traces import routes as trace_routes
 from proxy.settings import Settings
-from proxy.tenants import PolicyRegistry, refused_keys
+from proxy.tenants import PolicyRegistry, model_references, refused_keys
 from proxy.tokens import encoding
 from proxy.tracing import retention_from, setup_tracing
 from proxy.ui.pages import page_not_found
@@ -182,13 +182,7 @@ def needs_litellm(registry: PolicyRegistry) -> bool:
         policy = registry.get(tenant)
         if policy is None:
             continue
-        named = (
-            policy.memory.extraction.model,
-            policy.memory.consolidation.model,
-            policy.sanitizer.judge_model,
-        )
-        models = [policy.models.get(n) or ModelRoute(model=n) for n in named if n is not None]
-        for route in [*policy.models.values(), *models]:
+        for _, route in model_references(policy):
             if route.model == "echo":
                 continue
             if not is_passthrough(route):

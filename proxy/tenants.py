@@ -149,7 +149,7 @@ def load_policy(path: Path, defaults: dict[str, Any]) -> Policy:
         raise PolicyFileError(_validation_problems(path.name, exc)) from None
     problems = [
         PolicyProblem(path.name, where, problem)
-        for where, route in _model_references(policy)
+        for where, route in model_references(policy)
         if (problem := route_problem(route)) is not None
     ]
     if problems:
@@ -157,7 +157,7 @@ def load_policy(path: Path, defaults: dict[str, Any]) -> Policy:
     return policy
 
 
-def _model_references(policy: Policy) -> list[tuple[str, ModelRoute]]:
+def model_references(policy: Policy) -> list[tuple[str, ModelRoute]]:
     """Every model the policy names, with its field: the routes, and the models the memory
     pipeline calls by alias or litellm string."""
     named = [(f"models.{alias}.model", route) for alias, route in policy.models.items()]
