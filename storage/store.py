@@ -104,7 +104,8 @@ async def open_embedded_store(
                 raise EmbedderMismatchError(
                     f"the memories in {folder} were embedded with {stored_model!r}, but the "
                     f"configured embedder is {embedder.model_id!r}. Run `memento-proxy reindex` "
-                    "to re-embed them, or configure the previous embedder again."
+                    "to re-embed them, or configure the previous embedder again "
+                    f"(MEMENTO_EMBEDDER={_spec_of(stored_model)})."
                 )
         sync = IndexSync(
             folder, db, index, embedder, vector_cache=vector_cache or VectorCacheSettings.from_env()
@@ -120,3 +121,10 @@ async def open_embedded_store(
         await db.close()
         raise
     return store
+
+
+def _spec_of(model_id: str) -> str:
+    """The MEMENTO_EMBEDDER value that configures the embedder with this model id."""
+    from storage.embedders import LOCAL_INT8_MODEL_ID, LOCAL_MODEL_ID
+
+    return {LOCAL_MODEL_ID: "local-fp32", LOCAL_INT8_MODEL_ID: "local"}.get(model_id, model_id)
