@@ -11,6 +11,7 @@ what the first calls would wait for, starts the memory hooks and closes everythi
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import hmac
 import logging
@@ -207,6 +208,16 @@ async def _close_quietly(
             log.exception("while stopping after a failed start-up")
 
 
+def release_free_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc keeps what start-up's imports
+    freed: ~15 MB). Elsewhere this does nothing."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.malloc_trim(0)
+
+
 def build_app(
     settings: Settings,
     *,
@@ -266,6 +277,7 @@ def build_app(
         # per-request allocations (spans, bodies) would otherwise trigger over the whole heap.
         gc.collect()
         gc.freeze()
+        release_free_heap()
         app.state.started = True
         try:
             yield

@@ -29,20 +29,19 @@ async def shared_embedder(spec: str) -> Embedder:
     return _EMBEDDERS[spec]
 
 
-async def warm_up(store: MemoryStore, policies: PolicySource) -> None:
-    """Load the tokenizers and context windows, and run the first index query."""
-    await asyncio.to_thread(_warm_tokenizers, policies)
-    await asyncio.to_thread(_warm_context_windows, policies)
-    await store.search(_WARM_SCOPE, query_text="warm up", embed_query=True, k=1)
-
-
-def _warm_tokenizers(policies: PolicySource) -> None:
-    """The encodings of the routes the policies name (a route added later loads its own on its
-    first call, off the event loop)."""
-    from proxy.tokens import encoding
+async def load_tokenizers(policies: PolicySource) -> None:
+    """The encodings of the routes the policies name, in a thread (the pipeline runs this beside
+    the store's opening). A route added later loads its own on its first call."""
+    from proxy.tokens import load_encoding
 
     for name in sorted({encoding_name_for(route.model) for route in _routes(policies)}):
-        encoding(name)
+        await load_encoding(name)
+
+
+async def warm_up(store: MemoryStore, policies: PolicySource) -> None:
+    """Look up the context windows, and run the first index query."""
+    await asyncio.to_thread(_warm_context_windows, policies)
+    await store.search(_WARM_SCOPE, query_text="warm up", embed_query=True, k=1)
 
 
 def _warm_context_windows(policies: PolicySource) -> None:
