@@ -208,6 +208,20 @@ async def _close_quietly(
             log.exception("while stopping after a failed start-up")
 
 
+# Libraries that log what they carry at DEBUG: aiosqlite each statement with its values (memory
+# text, queued exchanges), the SDKs and litellm each request's body. Memory and message content
+# is logged only where a tenant's policy allows it (`logging.log_content`), which these cannot
+# know, so they log at INFO at most, whatever MEMENTO_LOG_LEVEL says.
+CONTENT_LOGGERS = ("aiosqlite", "openai", "anthropic", "LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
+
+
+def quiet_content_loggers() -> None:
+    for name in CONTENT_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level < logging.INFO:  # unset (it would follow the root) or below INFO
+            logger.setLevel(logging.INFO)
+
+
 def release_free_heap() -> None:
     """Give the C heap's free pages back to the system (glibc keeps what start-up's imports
     freed: ~15 MB). Elsewhere this does nothing."""
@@ -233,6 +247,7 @@ def build_app(
     proxy); the hooks are started and closed with the app. `extra_routes` adds surfaces such as the
     admin, feedback and trace APIs.
     """
+    quiet_content_loggers()
     registry = registry or PolicyRegistry.load(
         settings.policies_dir, refused_keys=refused_keys(settings.host)
     )
