@@ -26,6 +26,7 @@ import numpy as np
 
 from storage.api import Embedder
 from storage.embed_queue import EncodeQueue
+from storage.errors import SetupError, whole_number
 from storage.onnx_model import (
     GRAPH_FILE,
     INT8_GRAPH_FILE,
@@ -57,7 +58,7 @@ KNOWN_DIMENSIONS = {
 }
 
 
-class EmbedderError(RuntimeError):
+class EmbedderError(SetupError):
     """The embedder could not be loaded or did not answer; the message says what to fix."""
 
 
@@ -295,7 +296,7 @@ async def load_embedder(spec: str = "local") -> Embedder:
     """
     if spec in LOCAL_SPECS:
         local = LocalEmbedder(
-            threads=int(os.environ.get("MEMENTO_EMBED_THREADS", "1")), precision=LOCAL_SPECS[spec]
+            threads=whole_number("MEMENTO_EMBED_THREADS", 1), precision=LOCAL_SPECS[spec]
         )
         await local.load()
         return local

@@ -30,6 +30,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from storage.errors import SetupError
+
 OPSET = 17
 # Bump when the export below changes, so caches made by an older export are not reused.
 EXPORT_VERSION = 4
@@ -47,7 +49,7 @@ EXPORT_HINT = (
 )
 
 
-class ExportError(RuntimeError):
+class ExportError(SetupError):
     """The ONNX graph could not be made or found; the message says what to fix."""
 
 

@@ -13,7 +13,6 @@ it should not, because the store re-checks every hit against SQLite.
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from storage.errors import whole_number
 from storage.index_schema import IndexHit, IndexRow
 from storage.records import MEMORY_KINDS, MEMORY_STATUSES, MemoryKind, MemoryStatus
 
@@ -41,8 +41,8 @@ class VectorCacheSettings:
     def from_env(cls) -> VectorCacheSettings:
         """MEMENTO_VECTOR_CACHE_MB (0 turns the cache off) and MEMENTO_VECTOR_CACHE_MAX_ROWS."""
         return cls(
-            max_rows=int(os.environ.get("MEMENTO_VECTOR_CACHE_MAX_ROWS", cls.max_rows)),
-            max_bytes=int(os.environ.get("MEMENTO_VECTOR_CACHE_MB", cls.max_bytes >> 20)) << 20,
+            max_rows=whole_number("MEMENTO_VECTOR_CACHE_MAX_ROWS", cls.max_rows),
+            max_bytes=whole_number("MEMENTO_VECTOR_CACHE_MB", cls.max_bytes >> 20) << 20,
         )
 
 
