@@ -156,10 +156,18 @@ class ScopeVectors:
         n = len(self.ids)
         keep = self._expires[:n] > now
         if kinds:
-            keep &= np.isin(self._kinds[:n], [_KIND_CODE[kind] for kind in kinds])
+            keep &= _allowed(_KIND_CODE, kinds)[self._kinds[:n]]
         if statuses:
-            keep &= np.isin(self._statuses[:n], [_STATUS_CODE[status] for status in statuses])
+            keep &= _allowed(_STATUS_CODE, statuses)[self._statuses[:n]]
         return keep
+
+
+def _allowed(codes: dict[str, int], names: Sequence[str]) -> np.ndarray[Any, np.dtype[np.bool_]]:
+    """A lookup table by code: True for the codes of `names` (a gather over the rows' codes is
+    several times cheaper than `np.isin`)."""
+    table = np.zeros(len(codes), dtype=np.bool_)
+    table[[codes[name] for name in names]] = True
+    return table
 
 
 def _resized(array: np.ndarray[Any, Any], size: int) -> np.ndarray[Any, Any]:
