@@ -1,8 +1,9 @@
-"""The vector half of a hybrid search, and SQLite's word on which hits may be shown.
+"""Both halves of a hybrid search, and SQLite's word on which hits may be shown.
 
-Vector search is exact, from the scopes' vectors in memory (`storage.vector_cache`), unless a
-scope is too large for that; then it goes through the LanceDB index. A scope's vectors are
-loaded from SQLite on first use, under the index lock, so the copy misses no change.
+Vector search is exact and BM25 in process, from the scopes' rows in memory
+(`storage.vector_cache`, `storage.scope_text`), unless a scope is too large for that; then both
+go through the LanceDB index. A scope's rows are loaded from SQLite on first use, under the
+index lock, so the copy misses no change.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from storage.index_schema import IndexHit, IndexRow
-from storage.index_sync import IndexSync, unblob
+from storage.index import MemoryIndex
+from storage.index_schema import IndexHit
+from storage.index_sync import IndexSync
 from storage.records import MemoryKind, MemoryRecord, MemoryStatus
 from storage.sqlite.memories import MemoryRows
 from storage.vector_cache import ScopeVectors
@@ -32,6 +34,11 @@ class VectorSearch:
         self._rows = rows
         self._scope_sizes: dict[tuple[str, str | None], tuple[int, float]] = {}
 
+    @property
+    def index(self) -> MemoryIndex:
+        """The LanceDB generation served now (a rebuild replaces it)."""
+        return self._sync.index
+
     async def nearest(
         self,
         tenant_id: str,
@@ -46,7 +53,7 @@ class VectorSearch:
     ) -> list[IndexHit]:
         if query is None:
             return []
-        cached = await self._cached_scopes(tenant_id, users)
+        cached = await self.cached_scopes(tenant_id, users)
         if cached is None:
             return await self._sync.index.search_vector(tenant_id, query, where, k)
         hits = [
@@ -57,10 +64,10 @@ class VectorSearch:
         hits.sort(key=lambda hit: hit.score)  # distances: nearest first
         return hits[:k]
 
-    async def _cached_scopes(
+    async def cached_scopes(
         self, tenant_id: str, users: Sequence[str | None]
     ) -> list[ScopeVectors] | None:
-        """The scopes' vectors in memory (loading them on first use), or None when one of them
+        """The scopes' rows in memory (loading them on first use), or None when one of them
         is too large for exact search or the cache is off."""
         cache = self._sync.vector_cache
         if not cache.enabled:
@@ -91,20 +98,43 @@ class VectorSearch:
         async with self._sync.lock:
             cached = cache.get(tenant_id, user_id)
             if cached is None:
-                rows = await self._rows.scope_index_rows(
-                    tenant_id, user_id, embedding_model=self._sync.embedder.model_id
-                )
                 cached = cache.load(
-                    tenant_id,
-                    user_id,
-                    [
-                        IndexRow(
-                            memory_id, tenant_id, user_id, kind, status, expires, "", unblob(blob)
-                        )
-                        for memory_id, kind, status, expires, blob in rows
-                    ],
+                    tenant_id, user_id, await self._sync.scope_rows(tenant_id, user_id)
                 )
             return cached
+
+
+class TextSearch:
+    """Best BM25 matches within some scopes of one tenant: in process for scopes the vector
+    cache holds, from the index's full-text tables otherwise."""
+
+    def __init__(self, vectors: VectorSearch) -> None:
+        self._vectors = vectors
+
+    async def matches(
+        self,
+        tenant_id: str,
+        users: Sequence[str | None],
+        where: str,
+        text: str,
+        k: int,
+        *,
+        kinds: Sequence[MemoryKind] | None,
+        statuses: Sequence[MemoryStatus],
+        now: float,
+    ) -> list[IndexHit]:
+        if not text.strip():
+            return []
+        cached = await self._vectors.cached_scopes(tenant_id, users)
+        if cached is None:
+            return await self._vectors.index.search_text(tenant_id, text, where, k)
+        hits = [
+            hit
+            for scope in cached
+            for hit in scope.match(text, k, kinds=kinds, statuses=statuses, now=now)
+        ]
+        hits.sort(key=lambda hit: -hit.score)  # BM25 scores: best first
+        return hits[:k]
 
 
 def normalized(
