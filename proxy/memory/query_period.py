@@ -30,6 +30,7 @@ _MONTHS = [
 _MONTH = rf"(?P<month>{'|'.join(_MONTHS)})"
 _DAY = r"(?P<day>[0-3]?\d)(?:st|nd|rd|th)?"
 _YEAR = r"(?P<year>(?:19|20)\d\d)"
+_MENTIONS_DATE = re.compile(rf"\b(?:{_MONTH}|(?:19|20)\d\d)\b", re.I)
 _TIME_PREPOSITION = r"(?:in|on|during|of|early|late|mid)"  # "since May" is no period
 # A month named as a time: with a day or a year, or after a preposition of time ("may" alone is
 # a verb as often as a month).
@@ -63,6 +64,8 @@ class Period:
 
 def named_period(query: str) -> Period | None:
     """The first calendar period the query names, or None."""
+    if not _MENTIONS_DATE.search(query):
+        return None  # most queries name no month or year: one scan decides
     for pattern in _PERIODS:
         if match := pattern.search(query):
             found = match.groupdict()
