@@ -7,12 +7,13 @@ A list of the words requests open with misses every task verb nobody thought of 
 - a question: it ends with a question mark (of any script), or opens with an auxiliary before
   its subject ("Could you…", "Is there…") or a question word not followed by a subject ("How
   do…", "What's…", but not "When I was young…");
-- a wish addressed to the listener: "I need…", "I want you to…", "I'd like…", "Let's…";
+- a wish addressed to the listener: "I need…", "I want you to…", "I'd like…", "Let's…" (but
+  not "Let me know if you need anything", an offer);
 - an imperative: it opens with a verb's base form and no subject before it. Either the verb is
   one that tasks open with ("summarise", "act", "develop"), or the opening word has a base
   form's shape (no -s, -ed, -ing or -ly, not a pronoun, article, preposition, conjunction or
   feeling word like "love" or "hope") and an object follows it ("Draft a…", "Walk me through…",
-  "Tabulate the…").
+  "Tabulate the…"), and the sentence is no exclamation ("Keep it up!" cheers, it sets no task).
 
 A sentence that does not look English (another script, or more of another language's function
 words than English ones) cannot be read this way; it asks for something only when it ends with
@@ -29,11 +30,11 @@ def _words(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
-# Words a request may open with before its verb: "Please write…", "OK, now list…".
+# Words a request may open with before its verb: "Please write…", "OK, now list…", and the
+# name of the one it is said to ("Hey Nate, …").
 _LEAD = re.compile(
-    r"^(?:(?:please|kindly|ok|okay|so|now|hey|hi|hello|also|and|then|just|quick question)"
-    r"\b[,:!]?\s+)+",
-    re.I,
+    r"^(?:(?:(?i:hey|hi|hello)(?:\s+[A-Z][a-z'’-]+)?|"
+    r"(?i:please|kindly|ok|okay|so|now|also|and|then|just|quick question))\b[,:!]?\s+)+",
 )
 _QUESTION_MARKS = ("?", "？", "؟")
 _SUBJECT = (
@@ -53,9 +54,9 @@ _CLAUSE_SUBJECT = re.compile(
     r"^(?:i|we|you|he|she|they|it|my|our|his|her|their|its|a|an|i'm|we're|you're)$", re.I
 )
 _WISH = re.compile(
-    r"^(?:(?:i|we)\s+(?:really\s+)?(?:need|want|require|would like|would love|wish)\b|"
-    r"(?:i'd|we'd|i’d|we’d)\s+(?:like|love)\b|(?:i|we)\s*(?:'m|’m|am|are|'re)\s+looking for\b|"
-    r"i was wondering\b|i wonder\b|let's\b|let’s\b|let us\b|let me know\b)",
+    r"^(?:(?:i|we)\s+(?:really\s+)?(?:need|want|require|would like)\b|"
+    r"(?:i'd|we'd|i’d|we’d)\s+like\b|(?:i|we)\s*(?:'m|’m|am|are|'re)\s+looking for\b|"
+    r"i was wondering\b|i wonder\b|let's\b|let’s\b|let us\b)",
     re.I,
 )
 # Verbs tasks open with; any other opening word needs a base form's shape and an object.
@@ -81,6 +82,7 @@ _NOT_VERBS = _words(
     "maybe perhaps also just really actually honestly anyway still even only very too "
     "yesterday today tonight tomorrow now again always never often sometimes usually "
     "love like hope miss wish bet guess think mean feel agree glad sure great good nice cool "
+    "appreciate way such want need keep let talk together "
     "awesome amazing lovely wonderful what how why when where which who "
     # a verb's past or participle without -ed opens a statement whose subject is left out
     "am is are was were be been being have has had do does did done got gotten went gone "
@@ -90,7 +92,7 @@ _NOT_VERBS = _words(
 _OBJECT = re.compile(
     r"^(?:me|us|him|her|them|it|a|an|the|my|our|your|his|their|this|that|these|those|some|"
     r"any|all|each|every|as|up|out|down|over|through|about|how|what|why|whether|if|to|one|"
-    r"two|three|several|few|more|\d+|[\"'“‘])",
+    r"two|three|several|few|more|\d+)(?![\w'’])|^[\"'“‘]",
     re.I,
 )
 _WORD = re.compile(r"[A-Za-z][A-Za-z'’-]*")
@@ -149,6 +151,8 @@ def _is_imperative(text: str) -> bool:
         return True
     if first in _NOT_VERBS or len(words) < 2:
         return False
+    if text.endswith("!"):
+        return False  # "Keep it up!", "Way to go!": cheers have an order's shape, tasks seldom "!"
     base_shaped = not first.endswith(("ed", "ing", "ly")) and (
         not first.endswith("s") or first.endswith("ss")
     )

@@ -13,6 +13,7 @@ REQUESTS = [
     "Tabulate the results by region.",
     "Walk me through setting up a VPN.",
     "Please reformat this table as CSV.",
+    "Hey Nate, draft an invitation for Friday.",
     "OK, now transpose the matrix.",
     "Read the article and summarise it.",
     # questions, with or without a question mark
@@ -46,6 +47,19 @@ NOT_REQUESTS = [
     "My kids love dinosaurs.",
     "Hope the move went well.",
     "Yes, it was amazing!",
+    # cheers and exclamations have an order's shape but set no task
+    "Keep it up!",
+    "Way to go!",
+    "Appreciate your kind words.",
+    "Aw, that's sweet, Mel!",
+    "So creamy and delicious!",
+    "Domestic abuse is horrible.",
+    "Hey Nate, my favorite treat is this chocolate tart.",
+    "I wish you all the best on your exams!",
+    "I'd love to do either of those things with you!",
+    "Just want to let them know their work is appreciated.",
+    "Let me know if you need anything.",
+    "Challenges, growth, all that jazz, it's been amazing.",
     "",
 ]
 
