@@ -42,6 +42,13 @@ class Turn:
     role: str
     text: str
     index: int | None  # position in the caller's messages; None for the answer
+    speaker: str | None = None  # the message's `name`: who said it, when the caller tells
+
+    @property
+    def speaker_keywords(self) -> list[str]:
+        """What a memory from this turn is also found by: its speaker's name ("What does Ana
+        like?" finds "The user likes tea." said by Ana), indexed, never shown."""
+        return [self.speaker] if self.speaker else []
 
 
 @dataclass
@@ -71,7 +78,9 @@ def build_exchange(
     for index, message in enumerate(clean):
         role = message.get("role")
         if role in ("user", "assistant", "tool"):
-            turns.append(Turn(str(role), message_text(message), index))
+            name = message.get("name")
+            speaker = name.strip() if isinstance(name, str) and name.strip() else None
+            turns.append(Turn(str(role), message_text(message), index, speaker))
     last_assistant = max((t.index or 0 for t in turns if t.role == "assistant"), default=-1)
     new_user = [t for t in turns if t.role == "user" and (t.index or 0) > last_assistant]
     answer = strip_block_text(answer_text(response))
@@ -199,6 +208,7 @@ def statement_candidate(sentence: str, turn: Turn) -> Candidate | None:
             source_role="user",
             key_text=text,
             fields=fields,
+            keywords=turn.speaker_keywords,
             evidence=evidence,
         )
 
