@@ -34,10 +34,20 @@ _ADDRESSED = re.compile(
 )
 
 
+# Labels that open a text like a speaker's name and are none.
+_LABEL = re.compile(
+    r"(?:note|notes|request|answer|question|update|reminder|warning|tip|todo|fyi|ps|re|summary|"
+    r"context|task|result|source|date|time|subject)",
+    re.I,
+)
+
+
 def speaker_of(text: str) -> str | None:
-    """The name a turn opens with ("Caroline: …"), or None."""
+    """The name a turn opens with ("Caroline: …"), or None ("Note: …" is a label)."""
     match = _SPEAKER.match(text)
-    return match.group(1) if match else None
+    if match is None or _LABEL.fullmatch(match.group(1)):
+        return None
+    return match.group(1)
 
 
 def without_addressees(text: str) -> str:

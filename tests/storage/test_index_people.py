@@ -30,6 +30,7 @@ def test_names_that_only_address_the_listener_are_not_indexed(text: str, indexed
 def test_the_speaker_is_said_once_more() -> None:
     assert speaker_terms("Melanie: Yes, it was amazing!") == ["Melanie"]
     assert speaker_terms("The user lives in Porto.") == []
+    assert speaker_terms("Note: the boiler is serviced in May.") == []
 
 
 async def _bm25(store: EmbeddedStore, query: str) -> list[str]:
