@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.harness import RunningProxy
-from tests.memory.conftest import OTHER_KEY, api, client_for
+from tests.memory.conftest import OTHER_KEY, api, client_for, wait_for_memories
 from tests.responses.conftest import NATIVE, TRANSLATED
 from tests.scripted_upstream import Reply, ScriptedUpstream
 
@@ -149,6 +149,9 @@ def test_previous_response_id_over_three_turns_then_retrieve_list_and_delete(
     second = client.responses.create(
         model=TRANSLATED, input="I like chess.", previous_response_id=first.id, user="ada"
     )
+    # A call whose conversation carries the earlier turns does not wait for them to be learned
+    # (read-your-writes waits only for what the call lacks): let them be, so memory has them.
+    wait_for_memories(proxy, "ada", 2)
     third = client.responses.create(
         model=TRANSLATED,
         instructions="Answer in French.",
