@@ -7,6 +7,7 @@ loaded from SQLite on first use, under the index lock, so the copy misses no cha
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Sequence
@@ -105,6 +106,46 @@ class VectorSearch:
                     ],
                 )
             return cached
+
+    async def nearest_many(
+        self,
+        tenant_id: str,
+        users: Sequence[str | None],
+        where: str,
+        queries: Sequence[np.ndarray[Any, np.dtype[np.float32]]],
+        k: int,
+        *,
+        kinds: Sequence[MemoryKind] | None,
+        statuses: Sequence[MemoryStatus],
+        now: float,
+    ) -> list[list[IndexHit]]:
+        """`nearest` for several queries at once, with the scoring in a worker thread: the
+        write path's checks, which must not hold the event loop for a scope's worth of products.
+
+        The cache's scopes change only under the index lock (outbox batches, loads, evictions),
+        so holding it while the thread reads keeps the rows and their ids consistent.
+        """
+        if not queries:
+            return []
+        cached = await self._cached_scopes(tenant_id, users)
+        if cached is None:
+            return [await self._sync.index.search_vector(tenant_id, q, where, k) for q in queries]
+        scopes = cached
+
+        def score() -> list[list[IndexHit]]:
+            found = []
+            for query in queries:
+                hits = [
+                    hit
+                    for scope in scopes
+                    for hit in scope.search(query, k, kinds=kinds, statuses=statuses, now=now)
+                ]
+                hits.sort(key=lambda hit: hit.score)  # distances: nearest first
+                found.append(hits[:k])
+            return found
+
+        async with self._sync.lock:
+            return await asyncio.to_thread(score)
 
 
 def normalized(

@@ -13,7 +13,15 @@ from typing import Any
 
 import aiosqlite
 
-from storage.records import MemoryKind, MemoryRecord, MemoryStatus, Scope, TextEdit
+from storage.records import (
+    MemoryKind,
+    MemoryRecord,
+    MemoryStatus,
+    Scope,
+    TextEdit,
+    normalized_text,
+    text_hash,
+)
 from storage.sqlite.audit import AuditRows, audit_import, audit_records
 from storage.sqlite.rows import (
     INDEXED_FIELDS,
@@ -73,12 +81,12 @@ class MemoryRows(AuditRows):
         embeddings: Sequence[bytes | None],
         now: float,
     ) -> None:
-        columns = ", ".join((*RECORD_COLUMNS, "embedding"))
-        sql = f"INSERT INTO memories ({columns}) VALUES ({placeholders(len(RECORD_COLUMNS) + 1)})"
+        columns = ", ".join((*RECORD_COLUMNS, "embedding", "text_hash"))
+        sql = f"INSERT INTO memories ({columns}) VALUES ({placeholders(len(RECORD_COLUMNS) + 2)})"
         await db.executemany(
             sql,
             [
-                [*record_values(record), embedding]
+                [*record_values(record), embedding, text_hash(record.text)]
                 for record, embedding in zip(records, embeddings, strict=True)
             ],
         )
@@ -111,6 +119,22 @@ class MemoryRows(AuditRows):
             (scope.tenant_id, *params, kind, text, key_text),
         )
         return str(rows[0][0]) if rows else None
+
+    async def same_text(
+        self, scope: Scope, kinds: Sequence[MemoryKind], text: str
+    ) -> MemoryRecord | None:
+        """An active record of exactly this scope (the user's, or the tenant-shared) and one of
+        `kinds` whose normalised text is `text`'s, found by its digest (one indexed read)."""
+        clause, params = user_clause(scope.user_id)
+        rows = await self._connection.fetchall(
+            f"SELECT {SELECT_RECORD} FROM memories WHERE tenant_id = ? AND text_hash = ? "
+            f"AND {clause} AND status = 'active' AND kind IN ({placeholders(len(kinds))}) "
+            "ORDER BY created_at, id LIMIT 8",
+            (scope.tenant_id, text_hash(text), *params, *kinds),
+        )
+        wanted = normalized_text(text)
+        found = (record_from_row(row) for row in rows)
+        return next((r for r in found if normalized_text(r.text) == wanted), None)
 
     async def get(self, scope: Scope, memory_id: str) -> MemoryRecord | None:
         rows = await self._connection.fetchall(*live_record_query(SELECT_RECORD, scope, memory_id))
@@ -239,6 +263,7 @@ class MemoryRows(AuditRows):
                     assignments["embedding"] = embedding
                     assignments["embedding_model"] = embedding_model
                 assignments["version"] = before.version + 1
+                assignments["text_hash"] = text_hash(changes.get("text", before.text))
             sets = ", ".join(f"{column} = ?" for column in assignments)
             values = [column_value(column, value) for column, value in assignments.items()]
             await db.execute(
@@ -283,11 +308,11 @@ class MemoryRows(AuditRows):
             new.version = int(row[0]) + 1
             new.supersedes = old_id
             new.valid_from = at
-            columns = ", ".join((*RECORD_COLUMNS, "embedding"))
+            columns = ", ".join((*RECORD_COLUMNS, "embedding", "text_hash"))
             await db.execute(
                 f"INSERT INTO memories ({columns}) "
-                f"VALUES ({placeholders(len(RECORD_COLUMNS) + 1)})",
-                [*record_values(new), embedding],
+                f"VALUES ({placeholders(len(RECORD_COLUMNS) + 2)})",
+                [*record_values(new), embedding, text_hash(new.text)],
             )
             await db.execute(
                 "UPDATE memories SET status = 'superseded', valid_to = ?, superseded_by = ?, "
@@ -312,7 +337,8 @@ class MemoryRows(AuditRows):
             await db.execute(
                 "UPDATE memories SET status = 'deleted', text = '', key_text = '', "
                 "fields = '{}', metadata = '{}', keywords = '[]', tags = '[]', "
-                "trust_reasons = '[]', evidence = '[]', embedding = NULL, updated_at = ? "
+                "trust_reasons = '[]', evidence = '[]', embedding = NULL, text_hash = NULL, "
+                "updated_at = ? "
                 "WHERE id = ? AND tenant_id = ?",
                 (now, memory_id, scope.tenant_id),
             )
