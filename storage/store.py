@@ -106,6 +106,7 @@ async def open_embedded_store(
                     f"configured embedder is {embedder.model_id!r}. Run `memento-proxy reindex` "
                     "to re-embed them, or configure the previous embedder again."
                 )
+        await db.memories.fill_text_hashes()  # records older than the digest: once
         sync = IndexSync(
             folder, db, index, embedder, vector_cache=vector_cache or VectorCacheSettings.from_env()
         )

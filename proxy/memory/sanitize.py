@@ -77,16 +77,22 @@ class Sanitizer:
         policy: SanitizerPolicy,
         *,
         dry_run: bool = False,
+        each_alone: bool = False,
     ) -> list[TrustVerdict]:
         """One verdict per candidate, in order. Never writes the candidates; unless `dry_run`,
-        records a lesson for each rejection that content signals caused."""
+        records a lesson for each rejection that content signals caused.
+
+        The candidates are those of one write: each counts towards the rate limits and burst
+        check of the ones after it. With `each_alone` (an import, whose lines keep their own
+        times), each is judged as the next write to the store as it is, as in a dry run."""
         pending = []
         for candidate in candidates:
             prior, prior_hits, hits, others, text = part_hits(candidate, scope, policy)
             pending.append(_Pending(candidate, prior, prior_hits, hits, text, others))
 
         if self.store is not None and pending:
-            await self._memory_signals(self.store, scope, pending, policy, dry_run=dry_run)
+            alone = dry_run or each_alone
+            await self._memory_signals(self.store, scope, pending, policy, alone=alone)
 
         verdicts = []
         for item in pending:
@@ -130,7 +136,7 @@ class Sanitizer:
         pending: list[_Pending],
         policy: SanitizerPolicy,
         *,
-        dry_run: bool,
+        alone: bool,
     ) -> None:
         """Consensus, lessons and session signals: they need the scope's memories.
 
@@ -138,8 +144,8 @@ class Sanitizer:
         compared with its nearest memories of the scope as the store finds them (`nearest`, k
         small, scored off the event loop), so a check costs the same in a scope of a hundred
         memories or of a hundred thousand. A batch that will be written counts its own earlier
-        candidates towards the rate limits and the burst check; a dry run judges each candidate
-        as the next write to the store as it is, so it counts nothing of its own.
+        candidates towards the rate limits and the burst check; `alone` (a dry run, an import)
+        judges each candidate as the next write to the store as it is.
         """
         known = await lessons.load_lessons(store, scope.tenant_id)
         has_memories = await _has_memories(store, scope)
@@ -148,7 +154,7 @@ class Sanitizer:
         in_session = scope.session_id is not None and scope.user_id is not None
         if not (known or has_memories or in_session):
             self._text_only_session_signals(
-                scope, pending, policy, session_writes, writes_today, dry_run=dry_run
+                scope, pending, policy, session_writes, writes_today, alone=alone
             )
             return
 
@@ -200,7 +206,7 @@ class Sanitizer:
                 item.adjustments.extend(consensus.fact_consensus(candidate, neighbours, policy))
             if in_session:
                 position = len(session_vectors) + index
-                history = [*session_vectors, vector] if dry_run else batch_vectors[: position + 1]
+                history = [*session_vectors, vector] if alone else batch_vectors[: position + 1]
                 if hit := session.burst(
                     history,
                     len(history) - 1,
@@ -209,7 +215,7 @@ class Sanitizer:
                 ):
                     item.hits.append(hit)
         self._text_only_session_signals(
-            scope, pending, policy, session_writes, writes_today, dry_run=dry_run
+            scope, pending, policy, session_writes, writes_today, alone=alone
         )
 
     @staticmethod
@@ -220,10 +226,10 @@ class Sanitizer:
         session_writes: int,
         writes_today: int,
         *,
-        dry_run: bool,
+        alone: bool,
     ) -> None:
         for position, item in enumerate(pending):
-            index = 0 if dry_run else position  # earlier candidates of the batch, once written
+            index = 0 if alone else position  # earlier candidates of the batch, once written
             candidate = item.candidate
             user_text = " ".join(e.span for e in candidate.evidence if e.role == "user")
             if candidate.source_role != "user" and (

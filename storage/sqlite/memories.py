@@ -19,10 +19,10 @@ from storage.records import (
     MemoryStatus,
     Scope,
     TextEdit,
-    normalized_text,
     text_hash,
 )
-from storage.sqlite.audit import AuditRows, audit_import, audit_records
+from storage.sqlite.audit import audit_import, audit_records
+from storage.sqlite.content import ContentRows
 from storage.sqlite.rows import (
     INDEXED_FIELDS,
     OUTBOX_INSERT,
@@ -38,7 +38,7 @@ from storage.sqlite.rows import (
 )
 
 
-class MemoryRows(AuditRows):
+class MemoryRows(ContentRows):
     """The `memories` and `memory_versions` tables (and `audit`, which each write adds to)."""
 
     async def count_memories(self) -> int:
@@ -107,34 +107,6 @@ class MemoryRows(AuditRows):
             )
             found.update({row[0]: row[1] for row in rows})
         return found
-
-    async def same_content(
-        self, scope: Scope, kind: MemoryKind, text: str, key_text: str
-    ) -> str | None:
-        """The id of a stored record (not erased) of this scope with exactly this content."""
-        clause, params = user_clause(scope.user_id)
-        rows = await self._connection.fetchall(
-            f"SELECT id FROM memories WHERE tenant_id = ? AND {clause} AND kind = ? AND text = ? "
-            "AND key_text = ? AND status != 'deleted' LIMIT 1",
-            (scope.tenant_id, *params, kind, text, key_text),
-        )
-        return str(rows[0][0]) if rows else None
-
-    async def same_text(
-        self, scope: Scope, kinds: Sequence[MemoryKind], text: str
-    ) -> MemoryRecord | None:
-        """An active record of exactly this scope (the user's, or the tenant-shared) and one of
-        `kinds` whose normalised text is `text`'s, found by its digest (one indexed read)."""
-        clause, params = user_clause(scope.user_id)
-        rows = await self._connection.fetchall(
-            f"SELECT {SELECT_RECORD} FROM memories WHERE tenant_id = ? AND text_hash = ? "
-            f"AND {clause} AND status = 'active' AND kind IN ({placeholders(len(kinds))}) "
-            "ORDER BY created_at, id LIMIT 8",
-            (scope.tenant_id, text_hash(text), *params, *kinds),
-        )
-        wanted = normalized_text(text)
-        found = (record_from_row(row) for row in rows)
-        return next((r for r in found if normalized_text(r.text) == wanted), None)
 
     async def get(self, scope: Scope, memory_id: str) -> MemoryRecord | None:
         rows = await self._connection.fetchall(*live_record_query(SELECT_RECORD, scope, memory_id))
