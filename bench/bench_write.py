@@ -101,6 +101,7 @@ async def _populate(store: EmbeddedStore, size: int, pool: list[str], vectors: n
     """`size` memories in the user's scope: the pool's facts and vectors, repeated ones
     numbered (and their vectors moved a little) so that no two are the same memory."""
     rng = np.random.default_rng(size)
+    then = time.time() - 30 * 86_400  # learned over past weeks: today's write limits are free
     started = time.perf_counter()
     for start in range(0, size, 2_000):
         numbers = range(start, min(size, start + 2_000))
@@ -114,7 +115,10 @@ async def _populate(store: EmbeddedStore, size: int, pool: list[str], vectors: n
         chunk /= np.linalg.norm(chunk, axis=1, keepdims=True)
         await store.memories.add(
             Scope(TENANT, USER),
-            [NewMemory("fact", text, source_role="user", trust=0.8) for text in texts],
+            [
+                NewMemory("fact", text, source_role="user", trust=0.8, created_at=then)
+                for text in texts
+            ],
             vectors=chunk.tolist(),
         )
     await store.maintenance.maintain()  # as a running proxy's maintenance would by now

@@ -192,6 +192,11 @@ class MemoryStore(Protocol):
         """A stored record of the scope with exactly this kind, text and key text, if any."""
         ...
 
+    async def count_written(self, scope: Scope, *, since: float, limit: int) -> int:
+        """How many records of the scope (any status but deleted; lessons aside) were created
+        at or after `since`, counted up to `limit` (the sanitizer's daily write limit)."""
+        ...
+
     async def same_text(
         self, scope: Scope, kinds: Sequence[MemoryKind], text: str
     ) -> MemoryRecord | None:

@@ -248,13 +248,11 @@ class Sanitizer:
         """How many memories this user wrote in the last 24 hours (up to the daily limit)."""
         if scope.user_id is None or not policy.rate.per_day:
             return 0
-        records = await store.list(
+        return await store.count_written(
             Scope(scope.tenant_id, scope.user_id),
-            statuses=["active", "quarantined", "rejected", "superseded"],
+            since=time.time() - DAY_S,
             limit=policy.rate.per_day,
         )
-        since = time.time() - DAY_S
-        return sum(1 for r in records if r.created_at >= since and r.kind != "lesson")
 
     async def _session_history(
         self, store: MemoryStore, scope: Scope

@@ -37,12 +37,13 @@ class ContentRows(AuditRows):
         clause, params = user_clause(scope.user_id)
         rows = await self._connection.fetchall(
             f"SELECT {SELECT_RECORD} FROM memories WHERE tenant_id = ? AND text_hash = ? "
-            f"AND {clause} AND status = 'active' AND kind IN ({placeholders(len(kinds))}) "
-            "ORDER BY created_at, id LIMIT 8",
+            f"AND {clause} AND status = 'active' AND kind IN ({placeholders(len(kinds))})",
             (scope.tenant_id, text_hash(text), *params, *kinds),
         )
+        # No ORDER BY in SQL: it would have SQLite walk the user's records in time order
+        # instead of using the digest's index. The copies are few; the oldest is the one.
         wanted = normalized_text(text)
-        found = (record_from_row(row) for row in rows)
+        found = sorted((record_from_row(row) for row in rows), key=lambda r: (r.created_at, r.id))
         return next((r for r in found if normalized_text(r.text) == wanted), None)
 
     async def fill_text_hashes(self, batch: int = 5_000) -> int:

@@ -180,6 +180,17 @@ class MemoryRows(ContentRows):
         )
         return int(rows[0][0])
 
+    async def count_written(self, scope: Scope, *, since: float, limit: int) -> int:
+        """How many records of the scope (any status but deleted) were created at or after
+        `since`, counted up to `limit`: a range of the scope's time index, not a listing."""
+        clause, params = user_clause(scope.user_id)
+        rows = await self._connection.fetchall(
+            f"SELECT count(*) FROM (SELECT 1 FROM memories WHERE tenant_id = ? AND {clause} "
+            "AND created_at >= ? AND status != 'deleted' AND kind != 'lesson' LIMIT ?)",
+            (scope.tenant_id, *params, since, max(0, limit)),
+        )
+        return int(rows[0][0])
+
     async def scope_index_rows(
         self, tenant_id: str, user_id: str | None, *, embedding_model: str
     ) -> list[tuple[str, MemoryKind, MemoryStatus, float | None, bytes]]:

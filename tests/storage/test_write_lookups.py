@@ -1,8 +1,9 @@
-"""`nearest` (the write path's k nearest records) and `same_text` (exact duplicates by digest),
-against a real store: exact, scoped and filtered, from the vector cache or from LanceDB."""
+"""`nearest` (the write path's k nearest records), `same_text` (exact duplicates by digest) and
+`count_written` (the daily write limit), against a real store: exact, scoped and filtered."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -93,5 +94,27 @@ async def test_same_text_finds_an_active_copy_by_its_normalised_text(
         await memories.update(ALICE, tea.id, status="active")
         await memories.delete(ALICE, tea.id, actor="test")
         assert await memories.same_text(ALICE, ["preference"], "The user likes black tea") is None
+    finally:
+        await store.close()
+
+
+async def test_count_written_counts_todays_records_up_to_the_limit(
+    tmp_path: Path, local_embedder: LocalEmbedder
+) -> None:
+    store = await open_embedded_store(tmp_path, local_embedder)
+    try:
+        memories = store.memories
+        now = time.time()
+        old = [NewMemory("fact", f"Old fact {i}.", created_at=now - 3 * 86_400) for i in range(3)]
+        new = [NewMemory("fact", f"New fact {i}.", status="rejected") for i in range(4)]
+        await memories.add(ALICE, [*old, *new])
+        written = await memories.add(ALICE, [NewMemory("fact", "Erased today.")])
+        await memories.delete(ALICE, written[0].id, actor="test")
+        await memories.add(Scope("acme", "bob"), [NewMemory("fact", "Bob's fact.")])
+
+        since = now - 86_400
+        assert await memories.count_written(ALICE, since=since, limit=100) == 4
+        assert await memories.count_written(ALICE, since=since, limit=2) == 2
+        assert await memories.count_written(ALICE, since=now - 4 * 86_400, limit=100) == 7
     finally:
         await store.close()
