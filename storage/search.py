@@ -95,16 +95,18 @@ class VectorSearch:
                 rows = await self._rows.scope_index_rows(
                     tenant_id, user_id, embedding_model=self._sync.embedder.model_id
                 )
-                cached = cache.load(
-                    tenant_id,
-                    user_id,
-                    [
+
+                def index_rows() -> list[IndexRow]:
+                    return [
                         IndexRow(
-                            memory_id, tenant_id, user_id, kind, status, expires, "", unblob(blob)
+                            memory_id, tenant_id, user_id, kind, status, expires, "", unblob(b)
                         )
-                        for memory_id, kind, status, expires, blob in rows
-                    ],
-                )
+                        for memory_id, kind, status, expires, b in rows
+                    ]
+
+                # Thousands of rows decoded in a thread, not on the event loop; the cache itself
+                # is changed here, where the hot path reads it.
+                cached = cache.load(tenant_id, user_id, await asyncio.to_thread(index_rows))
             return cached
 
     async def nearest_many(
@@ -133,13 +135,14 @@ class VectorSearch:
         scopes = cached
 
         def score() -> list[list[IndexHit]]:
+            matrix = np.stack(queries)
+            per_scope = [
+                scope.search_many(matrix, k, kinds=kinds, statuses=statuses, now=now)
+                for scope in scopes
+            ]
             found = []
-            for query in queries:
-                hits = [
-                    hit
-                    for scope in scopes
-                    for hit in scope.search(query, k, kinds=kinds, statuses=statuses, now=now)
-                ]
+            for position in range(len(queries)):
+                hits = [hit for scope_hits in per_scope for hit in scope_hits[position]]
                 hits.sort(key=lambda hit: hit.score)  # distances: nearest first
                 found.append(hits[:k])
             return found

@@ -128,6 +128,33 @@ class ScopeVectors:
         picked = [i for i in _top(scores, k).tolist() if keep[i]]
         return [IndexHit(id=self.ids[i], score=-float(scores[i])) for i in picked]
 
+    def search_many(
+        self,
+        queries: np.ndarray[Any, np.dtype[np.float32]],
+        k: int,
+        *,
+        kinds: Sequence[MemoryKind] | None,
+        statuses: Sequence[MemoryStatus],
+        now: float,
+    ) -> list[list[IndexHit]]:
+        """`search` for each row of `queries` (unit vectors), scored in one matrix product: the
+        write path's batches (an import's lines), run in a worker thread."""
+        n = len(self.ids)
+        if n == 0 or k <= 0:
+            return [[] for _ in queries]
+        keep = self._expires[:n] > now
+        if kinds:
+            keep &= np.isin(self._kinds[:n], [_KIND_CODE[kind] for kind in kinds])
+        if statuses:
+            keep &= np.isin(self._statuses[:n], [_STATUS_CODE[status] for status in statuses])
+        scores = queries @ self._matrix[:n].T
+        scores[:, ~keep] = -np.inf
+        found = []
+        for row in scores:
+            picked = [i for i in _top(row, k).tolist() if keep[i]]
+            found.append([IndexHit(id=self.ids[i], score=-float(row[i])) for i in picked])
+        return found
+
 
 def _resized(array: np.ndarray[Any, Any], size: int) -> np.ndarray[Any, Any]:
     grown = np.empty((size, *array.shape[1:]), dtype=array.dtype)

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from storage.embedders import LocalEmbedder
+from storage.index_schema import IndexRow
 from storage.records import NewMemory, Scope
 from storage.store import open_embedded_store
-from storage.vector_cache import VectorCacheSettings
+from storage.vector_cache import ScopeVectors, VectorCacheSettings
 
 ALICE = Scope("acme", "alice")
 
@@ -118,3 +120,21 @@ async def test_count_written_counts_todays_records_up_to_the_limit(
         assert await memories.count_written(ALICE, since=now - 4 * 86_400, limit=100) == 7
     finally:
         await store.close()
+
+
+def test_a_batch_of_queries_finds_what_each_query_finds_alone() -> None:
+    rows = _unit_rows(200, 6)
+    scope = ScopeVectors(384)
+    for i, vector in enumerate(rows):
+        status = "quarantined" if i % 7 == 0 else "active"
+        kind = "case" if i % 3 == 0 else "fact"
+        expires = 50.0 if i % 11 == 0 else None
+        scope.upsert(IndexRow(f"m{i}", "t", "u", kind, status, expires, "", vector))
+    queries = _unit_rows(5, 7)
+    options: dict[str, Any] = {"kinds": ["fact"], "statuses": ["active"], "now": 100.0}
+    batched = scope.search_many(queries, 9, **options)
+    alone = [scope.search(query, 9, **options) for query in queries]
+    assert [[hit.id for hit in hits] for hits in batched] == [[h.id for h in a] for a in alone]
+    scores = [hit.score for hits in batched for hit in hits]
+    assert scores == pytest.approx([hit.score for hits in alone for hit in hits], abs=1e-5)
+    assert all(len(hits) == 9 for hits in batched)
