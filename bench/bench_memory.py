@@ -44,6 +44,8 @@ SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
 # default.
 # A partial run keeps the other parts' figures already in the results file.
 _ALL_PARTS = "locomo,learning,case_gate,replay,hot_path"
+# The process setting the proxy reads: `local` (int8), `local-fp32`, or a litellm model.
+EMBEDDER = os.environ.get("MEMENTO_EMBEDDER", "local")
 PARTS = os.environ.get("BENCH_MEMORY_PARTS", _ALL_PARTS).split(",")
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -109,7 +111,7 @@ def _persona_facts() -> list[str]:
 
 async def bench_hot_path(sizes: tuple[int, ...] = (1_000, 10_000)) -> list[dict[str, Any]]:
     facts = _persona_facts()
-    embedder = await shared_embedder("local")
+    embedder = await shared_embedder(EMBEDDER)
     rows = []
     policy = _policy(retrieval={"deadline_ms": 60_000})
     queries = [f"{fact.rstrip('.')}? what else do you know" for fact in facts[-2000:]]
@@ -202,7 +204,7 @@ SCENARIOS = [
 
 
 async def bench_learning(max_events: int = 10, distractors: int = 1) -> dict[str, Any]:
-    embedder = await shared_embedder("local")
+    embedder = await shared_embedder(EMBEDDER)
     policy = _policy(retrieval={"k2_cases": 1, "deadline_ms": 60_000}, default_mode="read")
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -274,7 +276,7 @@ async def bench_case_gate() -> dict[str, Any]:
     pairs' mean plus two standard deviations."""
     import numpy as np
 
-    embedder = await shared_embedder("local")
+    embedder = await shared_embedder(EMBEDDER)
     path = DATA / "wildguard_benign" / "wildguard_benign_dev.jsonl"
     with path.open(encoding="utf-8") as handle:
         prompts = [json.loads(line)["text"][:300] for line in handle if line.strip()]
@@ -317,7 +319,7 @@ async def bench_replay(sessions: int = 1) -> dict[str, Any]:
     from proxy.upstreams.echo import describe_request
 
     conversations = json.loads((DATA / "locomo" / "locomo10_dev.json").read_text())
-    embedder = await shared_embedder("local")
+    embedder = await shared_embedder(EMBEDDER)
     # Learned in the background, as a proxy does; the next call does not wait for it.
     policy = _policy(retrieval={"deadline_ms": 60_000, "wait_for_writes_ms": 0})
     rows = []
@@ -381,6 +383,7 @@ async def run() -> dict[str, Any]:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "embed_threads": int(os.environ.get("MEMENTO_EMBED_THREADS", "1")),
+            "embedder": EMBEDDER,
         },
     }
     if "locomo" in PARTS:

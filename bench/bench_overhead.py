@@ -1,7 +1,10 @@
 """Proxy overhead: added latency, time to first byte, throughput, start-up time and RSS.
 
 The scripted upstream (tests/scripted_upstream.py) runs in its own process and is measured
-called directly, through Memento Proxy (pass-through and litellm paths), and through LiteLLM
+called directly, through Memento Proxy (pass-through and litellm paths), through Memento Proxy
+with memory on (`memento-memory`: `BENCH_MEMORIES` memories, default 10,000, for the calling
+user, `X-Memento-Mode: read`, a new question each call so no cache answers; the table's `mem%`
+is the share of calls whose answer says memories were injected), and through LiteLLM
 Proxy when it is installed in its own environment (`make bench-env`), at concurrency 1, 8 and
 32, streaming and not. Every server is a separate process started the way an operator would
 start it; the load generator (aiohttp) runs here. `BENCH_SCALE` (default 1.0) scales request
@@ -42,6 +45,14 @@ REQUESTS = {1: 400, 8: 1200, 32: 2400}
 WARMUP = 60
 # Each measured run stops at its request count or after this long, whichever comes first.
 RUN_SECONDS = float(os.environ.get("BENCH_RUN_SECONDS", "15"))
+MEMORIES = int(os.environ.get("BENCH_MEMORIES", "10000"))
+MEMORY_TARGET = "memento-memory"
+MEMORY_USER = "caller"
+PERSONA_FACTS = (
+    Path(os.environ.get("MEMENTO_SHARED_DATA", "/work/shared/data"))
+    / "msc_personas"
+    / "msc_persona_facts_dev.jsonl"
+)
 PROXY_KEY = "bench-proxy-key"
 # LiteLLM Proxy refuses to start without a strong master key; both proxies authenticate each call.
 LITELLM_MASTER_KEY = "sk-" + secrets.token_hex(32)
@@ -138,31 +149,67 @@ def start_upstream(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     return process, f"http://127.0.0.1:{port}/v1"
 
 
+def seed_memories(data_dir: Path, count: int) -> None:
+    """`count` persona facts for MEMORY_USER, written through the store as an import writes
+    them, then folded into the indexes as the proxy's maintenance does after a while."""
+    from storage import open_store
+    from storage.embedders import load_embedder
+    from storage.records import NewMemory, Scope
+
+    async def write() -> None:
+        embedder = await load_embedder(os.environ.get("MEMENTO_EMBEDDER", "local"))
+        store = await open_store(data_dir, embedder)
+        facts = _persona_facts()
+        scope = Scope("bench", MEMORY_USER)
+        for start in range(0, count, 500):
+            texts = [facts[i % len(facts)] for i in range(start, min(count, start + 500))]
+            await store.memories.add(scope, [NewMemory(kind="fact", text=t) for t in texts])
+        await store.maintenance.maintain()
+        await store.close()
+
+    asyncio.run(write())
+
+
 def start_memento(
     upstream: str,
     tmp: Path,
     name: str = "memento",
     env: dict[str, str] | None = None,
     extra_models: dict[str, dict[str, Any]] | None = None,
+    memories: int = 0,
 ) -> Server:
+    """A Memento Proxy process; with `memories`, memory is on and the caller has that many."""
     import hashlib
 
     policies = tmp / f"policies-{name}"
     policies.mkdir()
-    policy = {
+    policy: dict[str, Any] = {
         "tenant": "bench",
         "keys": ["sha256:" + hashlib.sha256(PROXY_KEY.encode()).hexdigest()],
         "models": {
             "bench": {"model": "openai/bench-model", "api_base": upstream},
-            "bench-litellm": {
-                "model": "openai/bench-model",
-                "api_base": upstream,
-                "passthrough": False,
-            },
             **(extra_models or {}),
         },
         "memory": {"enabled": False},
     }
+    if not memories:  # the memory target's process loads no litellm: its RSS is the footprint
+        policy["models"]["bench-litellm"] = {
+            "model": "openai/bench-model",
+            "api_base": upstream,
+            "passthrough": False,
+        }
+    else:
+        # The window is given, so the route needs no model info (and no litellm).
+        policy["models"]["bench"]["context_window"] = 128_000
+        policy["memory"] = {"enabled": True}
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "bench.bench_overhead", "--seed", str(tmp / f"data-{name}")],
+            cwd=ROOT,
+            check=True,
+            env={**os.environ, "BENCH_MEMORIES": str(memories)},
+        )
+        print(f"  seeded {memories} memories in {time.perf_counter() - started:.1f} s", flush=True)
     (policies / "bench.yaml").write_text(yaml.safe_dump(policy))
     port = free_port()
     argv = [
@@ -180,13 +227,11 @@ def start_memento(
     process, startup = spawn(
         name, argv, f"http://127.0.0.1:{port}/readyz", env or {}, tmp / f"{name}.log"
     )
+    headers = {"authorization": f"Bearer {PROXY_KEY}"}
+    if memories:
+        headers["x-memento-mode"] = "read"  # memories in, no exchange queued to learn from
     server = Server(
-        name,
-        process,
-        f"http://127.0.0.1:{port}/v1/chat/completions",
-        "bench",
-        {"authorization": f"Bearer {PROXY_KEY}"},
-        startup,
+        name, process, f"http://127.0.0.1:{port}/v1/chat/completions", "bench", headers, startup
     )
     time.sleep(1.0)
     server.idle_rss_mb = rss_mb(process.pid)
@@ -262,6 +307,8 @@ class Run:
     cpu_ms_per_request: float = 0.0
     added_p50_ms: float | None = None
     added_p99_ms: float | None = None
+    # Share of answered calls whose `x-memento-memories` was at least 1 (memory targets only).
+    with_memories_pct: float | None = None
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -270,33 +317,47 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+@dataclass
+class Load:
+    """What one load run saw: latencies and times to first byte of the answered calls."""
+
+    latencies: list[float]
+    ttfbs: list[float]
+    wall_s: float
+    errors: int
+    with_memories: int
+
+
 async def load(
     session: aiohttp.ClientSession,
     url: str,
     headers: dict[str, str],
-    payload: bytes,
+    payload: bytes | Callable[[int], bytes],
     concurrency: int,
     total: int,
-) -> tuple[list[float], list[float], float, int]:
+) -> Load:
+    """`total` calls from `concurrency` workers; `payload` is one body, or one per call number."""
     latencies: list[float] = []
     ttfbs: list[float] = []
-    errors = 0
+    errors = with_memories = 0
     remaining = total
     deadline = time.perf_counter() + RUN_SECONDS
 
     async def worker() -> None:
-        nonlocal remaining, errors
+        nonlocal remaining, errors, with_memories
         while remaining > 0 and time.perf_counter() < deadline:
             remaining -= 1
+            body = payload if isinstance(payload, bytes) else payload(remaining)
             started = time.perf_counter()
             try:
-                async with session.post(url, data=payload, headers=headers) as response:
+                async with session.post(url, data=body, headers=headers) as response:
                     first = await response.content.readany()
                     ttfb = time.perf_counter() - started
                     async for _ in response.content.iter_any():
                         pass
                     done = time.perf_counter() - started
                     ok = response.status == 200 and bool(first)
+                    injected = int(response.headers.get("x-memento-memories", "0") or 0)
             except aiohttp.ClientError:
                 # A reset or refused connection is a failed request, counted in the table's
                 # `err` column, not the end of the whole benchmark.
@@ -306,14 +367,36 @@ async def load(
                 continue
             latencies.append(done * 1000)
             ttfbs.append(ttfb * 1000)
+            with_memories += injected > 0
 
     began = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, ttfbs, time.perf_counter() - began, errors
+    return Load(latencies, ttfbs, time.perf_counter() - began, errors, with_memories)
 
 
 def chat_body(model: str, stream: bool) -> dict[str, Any]:
     return {"model": model, "messages": MESSAGES, "stream": stream}
+
+
+def memory_questions(model: str, stream: bool) -> Callable[[int], bytes]:
+    """A new question each call (the embedder's query cache never answers), from the persona
+    facts the memory target's caller has, asked back."""
+    facts = _persona_facts()
+
+    def body(number: int) -> bytes:
+        fact = facts[(number * 7919) % len(facts)].rstrip(".")
+        question = f"{fact}? What else should I know, given that? (call {number})"
+        messages = [{"role": "user", "content": question}]
+        return json.dumps(
+            {"model": model, "messages": messages, "stream": stream, "user": MEMORY_USER}
+        ).encode()
+
+    return body
+
+
+def _persona_facts() -> list[str]:
+    with PERSONA_FACTS.open(encoding="utf-8") as handle:
+        return [json.loads(line)["text"] for line in handle if line.strip()]
 
 
 async def measure(
@@ -335,7 +418,11 @@ async def measure(
             for concurrency in concurrency_levels:
                 total = max(50, int(requests[concurrency] * SCALE))
                 for name, url, model, headers, pid in targets:
-                    payload = json.dumps(body_for(model, stream)).encode()
+                    payload: bytes | Callable[[int], bytes] = (
+                        memory_questions(model, stream)
+                        if name == MEMORY_TARGET
+                        else json.dumps(body_for(model, stream)).encode()
+                    )
                     base = {
                         "content-type": "application/json",
                         **(headers_for_all or {}),
@@ -343,27 +430,33 @@ async def measure(
                     }
                     await load(session, url, base, payload, concurrency, WARMUP)
                     cpu_before = cpu_s(pid) if pid else 0.0
-                    lat, ttfb, wall, errors = await load(
-                        session, url, base, payload, concurrency, total
-                    )
+                    seen = await load(session, url, base, payload, concurrency, total)
+                    lat, ttfb = seen.latencies, seen.ttfbs
                     run = Run(
                         name,
                         stream,
                         concurrency,
-                        len(lat) + errors,
-                        errors,
+                        len(lat) + seen.errors,
+                        seen.errors,
                         percentile(lat, 0.5) if lat else float("nan"),
                         percentile(lat, 0.99) if lat else float("nan"),
                         percentile(ttfb, 0.5) if ttfb else float("nan"),
                         percentile(ttfb, 0.99) if ttfb else float("nan"),
-                        len(lat) / wall,
+                        len(lat) / seen.wall_s,
                         rss_mb(pid) if pid else 0.0,
                         (cpu_s(pid) - cpu_before) * 1000 / max(1, len(lat)) if pid else 0.0,
                     )
+                    if name == MEMORY_TARGET:
+                        run.with_memories_pct = 100 * seen.with_memories / max(1, len(lat))
                     runs.append(run)
+                    memories = (
+                        ""
+                        if run.with_memories_pct is None
+                        else f" mem={run.with_memories_pct:.1f}%"
+                    )
                     print(
                         f"  {name:16} stream={stream!s:5} c={concurrency:<2} "
-                        f"p50={run.p50_ms:.2f}ms rps={run.rps:.0f}",
+                        f"p50={run.p50_ms:.2f}ms rps={run.rps:.0f}{memories}",
                         flush=True,
                     )
     direct = {(r.stream, r.concurrency): r for r in runs if r.target == "direct"}
@@ -379,18 +472,19 @@ def table(runs: list[Run], servers: list[Server]) -> str:
     head = (
         f"{'target':16} {'mode':6} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'+p50':>7} "
         f"{'+p99':>7} {'ttfb50':>7} {'ttfb99':>7} {'rps':>7} {'cpu/req':>7} {'rss MB':>7} "
-        f"{'err':>4}"
+        f"{'err':>4} {'mem%':>6}"
     )
     lines = [head, "-" * len(head)]
     for r in runs:
         added50 = "" if r.added_p50_ms is None else f"{r.added_p50_ms:+.2f}"
         added99 = "" if r.added_p99_ms is None else f"{r.added_p99_ms:+.2f}"
+        memories = "" if r.with_memories_pct is None else f"{r.with_memories_pct:.1f}"
         lines.append(
             f"{r.target:16} {'stream' if r.stream else 'json':6} {r.concurrency:>4} "
             f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {added50:>7} {added99:>7} "
             f"{r.ttfb_p50_ms:>7.2f} {r.ttfb_p99_ms:>7.2f} {r.rps:>7.0f} "
             f"{r.cpu_ms_per_request:>7.2f} {r.rss_mb:>7.1f} "
-            f"{r.errors:>4}"
+            f"{r.errors:>4} {memories:>6}"
         )
     lines.append("")
     lines.append(f"{'server':16} {'start-up s':>10} {'idle RSS MB':>12} {'RSS after MB':>13}")
@@ -418,6 +512,18 @@ def verdicts(runs: list[Run]) -> dict[str, Any]:
         result["added_p50_under_2ms"] = c1.added_p50_ms < 2.0
         result["added_p99_under_5ms"] = c1.added_p99_ms < 5.0
     for stream in (False, True):
+        mode = "stream" if stream else "json"
+        with_memory, litellm = pick(MEMORY_TARGET, stream, 1), pick("litellm-proxy", stream, 1)
+        if with_memory and litellm and with_memory.added_p50_ms and litellm.added_p50_ms:
+            # Target: memory on adds less than half what LiteLLM Proxy adds with no memory.
+            ratio = with_memory.added_p50_ms / litellm.added_p50_ms
+            result[f"c1_{mode}_memory_added_p50_over_litellm_proxy"] = round(ratio, 2)
+        with_memory, litellm = pick(MEMORY_TARGET, stream, 32), pick("litellm-proxy", stream, 32)
+        if with_memory and litellm:
+            # Target: ≥ 3× LiteLLM Proxy's throughput, ≥ 99 % of calls with their memories.
+            ratio = with_memory.rps / litellm.rps
+            result[f"c32_{mode}_memory_rps_ratio_vs_litellm_proxy"] = round(ratio, 2)
+            result[f"c32_{mode}_memory_calls_with_memories_pct"] = with_memory.with_memories_pct
         ours, theirs = pick("memento", stream, 32), pick("litellm-proxy", stream, 32)
         if ours is not None and theirs is not None:
             key = f"c32_{'stream' if stream else 'json'}_rps_ratio_vs_litellm_proxy"
@@ -442,6 +548,8 @@ def main() -> None:
                 upstream, tmp, "memento-no-otel", {"OTEL_SDK_DISABLED": "true"}
             )
             servers.append(untraced)
+            remembering = start_memento(upstream, tmp, MEMORY_TARGET, memories=MEMORIES)
+            servers.append(remembering)
             litellm = start_litellm(upstream, tmp)
             if litellm is not None:
                 servers.append(litellm)
@@ -461,6 +569,13 @@ def main() -> None:
                     "bench-litellm",
                     memento.headers,
                     memento.process.pid,
+                ),
+                (
+                    MEMORY_TARGET,
+                    remembering.url,
+                    "bench",
+                    remembering.headers,
+                    remembering.process.pid,
                 ),
             ]
             if litellm is not None:
@@ -491,6 +606,8 @@ def main() -> None:
                     "load_avg_at_start": LOAD_AT_START,
                 },
                 "scale": SCALE,
+                "memories_for_the_caller": MEMORIES,
+                "embedder": os.environ.get("MEMENTO_EMBEDDER", "local"),
                 "servers": [
                     {
                         "name": s.name,
@@ -510,4 +627,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--seed"]:
+        seed_memories(Path(sys.argv[2]), MEMORIES)
+    else:
+        main()

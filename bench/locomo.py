@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import statistics
 import tempfile
@@ -39,6 +40,8 @@ from proxy.tokens import count_tokens
 from storage import open_store
 from storage.records import NewMemory, Scope
 
+# The process setting the proxy reads: `local` (int8), `local-fp32`, or a litellm model.
+EMBEDDER = os.environ.get("MEMENTO_EMBEDDER", "local")
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
 
 
@@ -248,7 +251,7 @@ async def bench_locomo(data: Path, variants: dict[str, Variant] | None = None) -
     """Recall per category for every variant, the fitted and the cross-validated choice."""
     variants = VARIANTS if variants is None else variants
     conversations = json.loads((data / "locomo" / "locomo10_dev.json").read_text())
-    embedder = await shared_embedder("local")
+    embedder = await shared_embedder(EMBEDDER)
     answered: dict[str, list[Answered]] = {name: [] for name in variants}
     baseline = [a for c in conversations for a in _bm25_answers(c["sample_id"], c)]
     budget_tokens: list[int] = []

@@ -11,6 +11,7 @@ what the first calls would wait for, starts the memory hooks and closes everythi
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import hmac
 import logging
@@ -207,6 +208,30 @@ async def _close_quietly(
             log.exception("while stopping after a failed start-up")
 
 
+# Libraries that log what they carry at DEBUG: aiosqlite each statement with its values (memory
+# text, queued exchanges), the SDKs and litellm each request's body. Memory and message content
+# is logged only where a tenant's policy allows it (`logging.log_content`), which these cannot
+# know, so they log at INFO at most, whatever MEMENTO_LOG_LEVEL says.
+CONTENT_LOGGERS = ("aiosqlite", "openai", "anthropic", "LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
+
+
+def quiet_content_loggers() -> None:
+    for name in CONTENT_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level < logging.INFO:  # unset (it would follow the root) or below INFO
+            logger.setLevel(logging.INFO)
+
+
+def release_free_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc keeps what start-up's imports
+    freed: ~15 MB). Elsewhere this does nothing."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.malloc_trim(0)
+
+
 def build_app(
     settings: Settings,
     *,
@@ -222,6 +247,7 @@ def build_app(
     proxy); the hooks are started and closed with the app. `extra_routes` adds surfaces such as the
     admin, feedback and trace APIs.
     """
+    quiet_content_loggers()
     registry = registry or PolicyRegistry.load(
         settings.policies_dir, refused_keys=refused_keys(settings.host)
     )
@@ -266,6 +292,7 @@ def build_app(
         # per-request allocations (spans, bodies) would otherwise trigger over the whole heap.
         gc.collect()
         gc.freeze()
+        release_free_heap()
         app.state.started = True
         try:
             yield

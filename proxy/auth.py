@@ -28,8 +28,8 @@ def authenticate(request: Request) -> Policy:
     key = presented_key(request)
     if key is None:
         raise unauthorized(
-            "No proxy key provided. Send it as 'Authorization: Bearer <key>' "
-            "(the openai SDK does this with api_key=...)."
+            "No proxy key provided. Send it as 'Authorization: Bearer <key>' or "
+            "'x-api-key: <key>' (the openai and anthropic SDKs do this with api_key=...)."
         )
     policy = registry.policy_for_key(key)
     if policy is None:

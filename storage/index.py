@@ -28,12 +28,10 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lancedb
 import numpy as np
 import pyarrow as pa
-from lancedb.index import FTS, Bitmap, BTree, IvfFlat
 
 from storage.index_schema import (
     IndexHit,
@@ -47,6 +45,10 @@ from storage.index_schema import (
     vector_query,
 )
 from storage.index_settings import MaintenanceSettings
+from storage.lance import connect, ensure_scalar_indexes, table_names, tables_on_disk
+
+if TYPE_CHECKING:
+    import lancedb
 
 log = logging.getLogger("memento.storage.index")
 
@@ -63,7 +65,7 @@ class MemoryIndex:
     def __init__(
         self,
         path: Path,
-        db: lancedb.AsyncConnection,
+        db: lancedb.AsyncConnection | None,
         dimensions: int,
         settings: MaintenanceSettings,
         generation: int = 0,
@@ -118,8 +120,7 @@ class MemoryIndex:
         caller rebuilds it from SQLite). Older generations' tables are dropped; newer ones are
         a rebuild under way in some process and are left alone."""
         settings = settings or MaintenanceSettings()
-        session, db = await _connect(path, settings)
-        index = cls(path, db, dimensions, settings, generation, session)
+        index = cls(path, None, dimensions, settings, generation)
         try:
             layout = json.loads(await asyncio.to_thread(index._layout_file.read_text))
         except (OSError, ValueError):
@@ -128,7 +129,10 @@ class MemoryIndex:
             await index.reset()
             index.created = True
             return index
-        for name in await _table_names(db):
+        if not await asyncio.to_thread(tables_on_disk, path):
+            return index  # nothing to open: LanceDB loads with the first table written
+        db = await index._connection()
+        for name in await table_names(db):
             if generation_of(name) == generation:
                 table = await db.open_table(name)
                 index._tables[name] = table
@@ -139,14 +143,24 @@ class MemoryIndex:
         await index.drop_other_generations(older_only=True)
         return index
 
+    async def _connection(self) -> lancedb.AsyncConnection:
+        """LanceDB, connected on first need: importing it costs a second and ~75 MB, which a
+        process whose index has no table yet (a new data folder, a proxy for memory-less
+        tenants) need not pay before its first write; hot scopes are searched in process."""
+        if self._db is None:
+            self._session, self._db = await connect(self._path, self.settings)
+            self._session_floor = int(self._session.size_bytes)
+        return self._db
+
     async def new_generation(self, generation: int) -> MemoryIndex:
         """An empty generation `generation` beside this one, on the same connection, for a
         rebuild to fill; tables a failed earlier rebuild left under that number are dropped."""
-        for name in await _table_names(self._db):
+        db = await self._connection()
+        for name in await table_names(db):
             if generation_of(name) == generation:
-                await self._db.drop_table(name)
+                await db.drop_table(name)
         fresh = MemoryIndex(
-            self._path, self._db, self.dimensions, self.settings, generation, self._session
+            self._path, db, self.dimensions, self.settings, generation, self._session
         )
         await asyncio.to_thread(fresh._ann_file.unlink, missing_ok=True)
         return fresh
@@ -155,15 +169,18 @@ class MemoryIndex:
         """Drop the tables of every other generation (with `older_only`, of older ones), once
         this generation is the one served. Best effort: a table another process is still
         writing can refuse to go (it goes at the next open), which is logged, not raised."""
-        dropped = []
-        for name in await _table_names(self._db):
+        dropped: list[str] = []
+        if self._db is None and not await asyncio.to_thread(tables_on_disk, self._path):
+            return dropped
+        db = await self._connection()
+        for name in await table_names(db):
             generation = generation_of(name)
             if generation is None or generation == self.generation:
                 continue
             if older_only and generation > self.generation:
                 continue
             try:
-                await self._db.drop_table(name)
+                await db.drop_table(name)
             except Exception as exc:
                 log.warning(
                     "could not drop index table %s of generation %s: %s", name, generation, exc
@@ -177,7 +194,8 @@ class MemoryIndex:
 
     async def reset(self) -> None:
         """Drop every table (before a rebuild from SQLite)."""
-        await self._db.drop_all_tables()
+        if self._db is not None or await asyncio.to_thread(tables_on_disk, self._path):
+            await (await self._connection()).drop_all_tables()
         self._tables.clear()
         self._vector_indexed.clear()
         self._changed.clear()
@@ -194,8 +212,9 @@ class MemoryIndex:
         table = self._tables.get(name)
         if table is None:
             # exist_ok: a table whose creation failed before its indexes were made is reused.
-            table = await self._db.create_table(name, schema=self._schema, exist_ok=True)
-            await _ensure_scalar_indexes(table)
+            db = await self._connection()
+            table = await db.create_table(name, schema=self._schema, exist_ok=True)
+            await ensure_scalar_indexes(table)
             self._tables[name] = table
         self._changed[name] = time.monotonic()
         return table
@@ -323,7 +342,7 @@ class MemoryIndex:
         write is in flight on the old handles, so the new ones see every committed version.
         Searches already running finish on the old handles, which keep the old Session alive
         until then."""
-        session, db = await _connect(self._path, self.settings)
+        session, db = await connect(self._path, self.settings)
         tables = {name: await db.open_table(name) for name in self._tables}
         for name, table in tables.items():
             await self._prewarm(name, table)
@@ -339,7 +358,7 @@ class MemoryIndex:
         ):
             await self._build_vector_index(name, rows)
             done["vector_index"] = rows
-        await _ensure_scalar_indexes(table)
+        await ensure_scalar_indexes(table)
         await table.delete(f"expires_at IS NOT NULL AND expires_at <= {time.time()!r}")
         stats = await table.optimize(cleanup_older_than=self.settings.prune_older_than)
         done["optimize"] = str(stats)
@@ -374,6 +393,8 @@ class MemoryIndex:
         # A target size, not a partition count: `optimize` splits and joins partitions towards
         # the index's target, and an index given only a count gets the default target (~8k
         # rows), so its small partitions were joined back (500 became 7 at 100k rows).
+        from lancedb.index import IvfFlat
+
         await self._tables[name].create_index(
             "vector",
             config=IvfFlat(
@@ -402,29 +423,6 @@ class MemoryIndex:
         return total
 
 
-async def _ensure_scalar_indexes(table: Any) -> None:
-    existing = {config.name for config in await table.list_indices()}
-    # No tenant_id index: a table holds one tenant. scope_key still names the tenant, so the
-    # prefilter would hold even if a row ever landed in the wrong table.
-    for column in ("scope_key", "status", "kind"):
-        if f"{column}_idx" not in existing:
-            await table.create_index(column, config=Bitmap())
-    if "id_idx" not in existing:  # upserts and deletes look rows up by id
-        await table.create_index("id", config=BTree())
-    if "search_text_idx" not in existing:
-        await table.create_index("search_text", config=FTS(with_position=False))
-
-
-async def _connect(
-    path: Path, settings: MaintenanceSettings
-) -> tuple[lancedb.Session, lancedb.AsyncConnection]:
-    session = lancedb.Session(
-        index_cache_size_bytes=settings.index_cache_bytes,
-        metadata_cache_size_bytes=settings.metadata_cache_bytes,
-    )
-    return session, await lancedb.connect_async(str(path), session=session)
-
-
 def _ann_file_name(generation: int) -> str:
     return f"vector_index.g{generation}.json" if generation else "vector_index.json"
 
@@ -434,15 +432,3 @@ def _by_tenant(rows: Sequence[IndexRow]) -> dict[str, list[IndexRow]]:
     for row in rows:
         grouped[row.tenant_id].append(row)
     return grouped
-
-
-async def _table_names(db: lancedb.AsyncConnection) -> list[str]:
-    """Every table's name (the listing comes in pages)."""
-    names: list[str] = []
-    page_token: str | None = None
-    while True:
-        listing = await db.list_tables(page_token=page_token)
-        names.extend(listing.tables)
-        page_token = listing.page_token
-        if not page_token:
-            return names

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 
+from storage.errors import SetupError
+
 
 @dataclass
 class MaintenanceSettings:
@@ -64,5 +66,8 @@ def _megabytes(name: str, default_bytes: int) -> int:
     if not raw:
         return default_bytes
     if not raw.isdigit() or int(raw) == 0:
-        raise ValueError(f"MEMENTO_{name} must be a whole number of megabytes, got {raw!r}")
+        raise SetupError(
+            f"bad setting: MEMENTO_{name} must be a whole number of megabytes (at least 1), "
+            f"got {raw!r}"
+        )
     return int(raw) << 20

@@ -127,6 +127,11 @@ class IndexSync:
         filters = (source.kind, source.status, source.expires_at)
         return IndexRow(*scope, *filters, source.search_text, unblob(source.embedding))
 
+    async def scope_rows(self, tenant_id: str, user_id: str | None) -> list[IndexRow]:
+        """What the index holds of one scope, read from SQLite: a scope's in-memory copy."""
+        sources = await self._db.outbox.scope_index_sources(tenant_id, user_id)
+        return [row for source in sources if (row := self.index_row(source)) is not None]
+
     async def sync(self) -> int:
         """Apply pending outbox entries to the index; returns how many records it touched.
 
@@ -186,14 +191,7 @@ class IndexSync:
         generation = await self._db.outbox.index_generation()
         if generation == self.index.generation:
             return False
-        built_by = await self._db.connection.get_meta(EMBEDDER_META)
-        if built_by is not None and built_by != embedder_tag(self.embedder):
-            self.report(
-                "index.embedder",
-                f"the index was rebuilt with embedder {built_by.rsplit('|', 1)[0]!r}, but this "
-                f"process embeds with {self.embedder.model_id!r}: restart it with that "
-                "embedder (MEMENTO_EMBEDDER)",
-            )
+        if await self.rebuilt_by_another_embedder():
             return False
         self.index = await MemoryIndex.open(
             self.data_dir / INDEX_DIR,
@@ -204,6 +202,21 @@ class IndexSync:
         self.vector_cache.clear()  # the rebuild may have re-embedded records
         self.outbox_after = 0  # entries the old generation took may not be in the new one
         log.info("serving index generation %d", generation)
+        return True
+
+    async def rebuilt_by_another_embedder(self) -> bool:
+        """Whether another process rebuilt the index with another embedder (`reindex
+        --embedder`): this process can neither follow it nor rebuild it with its own embedder
+        (that would undo the switch), so it reports `index.embedder` until it is restarted."""
+        built_by = await self._db.connection.get_meta(EMBEDDER_META)
+        if built_by is None or built_by == embedder_tag(self.embedder):
+            return False
+        self.report(
+            "index.embedder",
+            f"the index was rebuilt with embedder {built_by.rsplit('|', 1)[0]!r}, but this "
+            f"process embeds with {self.embedder.model_id!r}: restart it with that "
+            "embedder (MEMENTO_EMBEDDER)",
+        )
         return True
 
     async def embed(self, texts: Sequence[str]) -> list[bytes]:

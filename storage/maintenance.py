@@ -112,8 +112,11 @@ class IndexMaintenance:
         return done
 
     async def _repair(self) -> None:
-        """Rebuild the index from SQLite after a search or maintenance found it broken."""
+        """Rebuild the index from SQLite after a search or maintenance found it broken (not
+        when another embedder rebuilt it: this process would undo the switch)."""
         self._sync.repair_wanted = False
+        if await self._sync.rebuilt_by_another_embedder():
+            return
         try:
             report = await self.reindex()
         except ReindexRunningError:

@@ -31,7 +31,7 @@ from storage.records import (
     SearchHit,
     SourceRole,
 )
-from storage.search import VectorSearch, normalized, query_unit_vector, visible
+from storage.search import TextSearch, VectorSearch, normalized, query_unit_vector, visible
 from storage.sqlite.connection import Connection
 from storage.sqlite.memories import MemoryRows
 from storage.sqlite.outbox import embedding_input
@@ -74,6 +74,7 @@ class Memories(MemoryRows):
         self.embedder = embedder
         self._sync = sync
         self._vectors = VectorSearch(sync, self)
+        self._texts = TextSearch(self._vectors)
 
     def _new_record(self, scope: Scope, memory: NewMemory, now: float) -> MemoryRecord:
         created = memory.created_at if memory.created_at is not None else now
@@ -299,8 +300,9 @@ class Memories(MemoryRows):
     ) -> list[SearchHit]:
         """Top-k by BM25 ∪ top-k by vector within the scope, checked against SQLite.
 
-        Vector search is exact, from the scopes' vectors in memory (`storage.vector_cache`),
-        unless a scope is too large for that; then it goes through the LanceDB index. With
+        Vector search is exact and BM25 in process, from the scopes' rows in memory
+        (`storage.vector_cache`), unless a scope is too large for that; then both go through
+        the LanceDB index. With
         `embed_query` and no `query_vector`, the store embeds `query_text` with its embedder.
         """
         if k <= 0:
@@ -326,7 +328,16 @@ class Memories(MemoryRows):
 
         async def search_index() -> tuple[list[IndexHit], list[IndexHit]]:
             text_search = asyncio.ensure_future(
-                sync.index.search_text(scope.tenant_id, query_text, where, k)
+                self._texts.matches(
+                    scope.tenant_id,
+                    users,
+                    where,
+                    query_text,
+                    k,
+                    kinds=kinds,
+                    statuses=statuses,
+                    now=now,
+                )
             )
             try:
                 vector_hits = await self._vectors.nearest(

@@ -1,8 +1,9 @@
-"""The vector half of a hybrid search, and SQLite's word on which hits may be shown.
+"""Both halves of a hybrid search, and SQLite's word on which hits may be shown.
 
-Vector search is exact, from the scopes' vectors in memory (`storage.vector_cache`), unless a
-scope is too large for that; then it goes through the LanceDB index. A scope's vectors are
-loaded from SQLite on first use, under the index lock, so the copy misses no change.
+Vector search is exact and BM25 in process, from the scopes' rows in memory
+(`storage.vector_cache`, `storage.scope_text`), unless a scope is too large for that; then both
+go through the LanceDB index. A scope's rows are loaded from SQLite on first use, under the
+index lock, so the copy misses no change.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from storage.index_schema import IndexHit, IndexRow
-from storage.index_sync import IndexSync, unblob
+from storage.index import MemoryIndex
+from storage.index_schema import IndexHit
+from storage.index_sync import IndexSync
 from storage.records import MemoryKind, MemoryRecord, MemoryStatus
 from storage.sqlite.memories import MemoryRows
 from storage.vector_cache import ScopeVectors
@@ -33,6 +35,11 @@ class VectorSearch:
         self._rows = rows
         self._scope_sizes: dict[tuple[str, str | None], tuple[int, float]] = {}
 
+    @property
+    def index(self) -> MemoryIndex:
+        """The LanceDB generation served now (a rebuild replaces it)."""
+        return self._sync.index
+
     async def nearest(
         self,
         tenant_id: str,
@@ -47,7 +54,7 @@ class VectorSearch:
     ) -> list[IndexHit]:
         if query is None:
             return []
-        cached = await self._cached_scopes(tenant_id, users)
+        cached = await self.cached_scopes(tenant_id, users)
         if cached is None:
             return await self._sync.index.search_vector(tenant_id, query, where, k)
         hits = [
@@ -58,10 +65,10 @@ class VectorSearch:
         hits.sort(key=lambda hit: hit.score)  # distances: nearest first
         return hits[:k]
 
-    async def _cached_scopes(
+    async def cached_scopes(
         self, tenant_id: str, users: Sequence[str | None]
     ) -> list[ScopeVectors] | None:
-        """The scopes' vectors in memory (loading them on first use), or None when one of them
+        """The scopes' rows in memory (loading them on first use), or None when one of them
         is too large for exact search or the cache is off."""
         cache = self._sync.vector_cache
         if not cache.enabled:
@@ -92,21 +99,10 @@ class VectorSearch:
         async with self._sync.lock:
             cached = cache.get(tenant_id, user_id)
             if cached is None:
-                rows = await self._rows.scope_index_rows(
-                    tenant_id, user_id, embedding_model=self._sync.embedder.model_id
-                )
-
-                def index_rows() -> list[IndexRow]:
-                    return [
-                        IndexRow(
-                            memory_id, tenant_id, user_id, kind, status, expires, "", unblob(b)
-                        )
-                        for memory_id, kind, status, expires, b in rows
-                    ]
-
-                # Thousands of rows decoded in a thread, not on the event loop; the cache itself
-                # is changed here, where the hot path reads it.
-                cached = cache.load(tenant_id, user_id, await asyncio.to_thread(index_rows))
+                rows = await self._sync.scope_rows(tenant_id, user_id)
+                # Thousands of rows copied and texts analysed in a thread, not on the event
+                # loop; the cache itself is changed here, where the hot path reads it.
+                cached = cache.adopt(tenant_id, user_id, await asyncio.to_thread(cache.build, rows))
             return cached
 
     async def nearest_many(
@@ -129,7 +125,7 @@ class VectorSearch:
         """
         if not queries:
             return []
-        cached = await self._cached_scopes(tenant_id, users)
+        cached = await self.cached_scopes(tenant_id, users)
         if cached is None:
             return [await self._sync.index.search_vector(tenant_id, q, where, k) for q in queries]
         scopes = cached
@@ -149,6 +145,39 @@ class VectorSearch:
 
         async with self._sync.lock:
             return await asyncio.to_thread(score)
+
+
+class TextSearch:
+    """Best BM25 matches within some scopes of one tenant: in process for scopes the vector
+    cache holds, from the index's full-text tables otherwise."""
+
+    def __init__(self, vectors: VectorSearch) -> None:
+        self._vectors = vectors
+
+    async def matches(
+        self,
+        tenant_id: str,
+        users: Sequence[str | None],
+        where: str,
+        text: str,
+        k: int,
+        *,
+        kinds: Sequence[MemoryKind] | None,
+        statuses: Sequence[MemoryStatus],
+        now: float,
+    ) -> list[IndexHit]:
+        if not text.strip():
+            return []
+        cached = await self._vectors.cached_scopes(tenant_id, users)
+        if cached is None:
+            return await self._vectors.index.search_text(tenant_id, text, where, k)
+        hits = [
+            hit
+            for scope in cached
+            for hit in scope.match(text, k, kinds=kinds, statuses=statuses, now=now)
+        ]
+        hits.sort(key=lambda hit: -hit.score)  # BM25 scores: best first
+        return hits[:k]
 
 
 def normalized(

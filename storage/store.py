@@ -11,10 +11,13 @@ satisfies `storage.api.Store`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sqlite3
 from pathlib import Path
 
 from storage.api import Embedder, HealthReporter
+from storage.errors import SetupError
 from storage.index import MemoryIndex
 from storage.index_settings import MaintenanceSettings
 from storage.index_sync import EMBEDDER_META, INDEX_DIR, IndexSync, embedder_tag
@@ -28,7 +31,7 @@ log = logging.getLogger("memento.storage")
 DB_FILE = "memento.db"
 
 
-class EmbedderMismatchError(RuntimeError):
+class EmbedderMismatchError(SetupError):
     """The stored vectors were made by another embedder than the configured one."""
 
 
@@ -103,8 +106,10 @@ async def open_embedded_store(
                 stored_model = stored.rsplit("|", 1)[0]
                 raise EmbedderMismatchError(
                     f"the memories in {folder} were embedded with {stored_model!r}, but the "
-                    f"configured embedder is {embedder.model_id!r}. Run `memento-proxy reindex` "
-                    "to re-embed them, or configure the previous embedder again."
+                    f"configured embedder is {embedder.model_id!r}. Run `memento-proxy reindex "
+                    f"--data-dir {folder}` to re-embed them, or configure the previous embedder "
+                    "again "
+                    f"(MEMENTO_EMBEDDER={_spec_of(stored_model)})."
                 )
         await db.memories.fill_text_hashes()  # records older than the digest: once
         sync = IndexSync(
@@ -121,3 +126,36 @@ async def open_embedded_store(
         await db.close()
         raise
     return store
+
+
+def check_local_embedder(data_dir: Path, spec: str) -> None:
+    """Refuse, before anything loads, a data folder whose memories the other precision of the
+    local model embedded (`spec` is MEMENTO_EMBEDDER; other embedders are checked when the
+    store opens, once they are loaded and know their ids)."""
+    from storage.embedders import LOCAL_INT8_MODEL_ID, LOCAL_MODEL_ID, LOCAL_SPECS
+
+    database = data_dir / DB_FILE
+    if spec not in LOCAL_SPECS or not database.is_file():
+        return
+    wanted = LOCAL_INT8_MODEL_ID if LOCAL_SPECS[spec] == "int8" else LOCAL_MODEL_ID
+    try:
+        with contextlib.closing(sqlite3.connect(database)) as raw:
+            query = "SELECT value FROM store_meta WHERE key = ?"
+            row = raw.execute(query, (EMBEDDER_META,)).fetchone()
+            count = raw.execute("SELECT count(*) FROM memories").fetchone()[0]
+    except sqlite3.Error:
+        return  # not a store this version can read: opening it says why
+    stored = row[0].rsplit("|", 1)[0] if row else None
+    if stored in (LOCAL_MODEL_ID, LOCAL_INT8_MODEL_ID) and stored != wanted and count:
+        raise EmbedderMismatchError(
+            f"the memories in {data_dir} were embedded with {stored!r}, but the configured "
+            f"embedder is {wanted!r}. Run `memento-proxy reindex --data-dir {data_dir}` to "
+            f"re-embed them, or set MEMENTO_EMBEDDER={_spec_of(stored)}."
+        )
+
+
+def _spec_of(model_id: str) -> str:
+    """The MEMENTO_EMBEDDER value that configures the embedder with this model id."""
+    from storage.embedders import LOCAL_INT8_MODEL_ID, LOCAL_MODEL_ID
+
+    return {LOCAL_MODEL_ID: "local-fp32", LOCAL_INT8_MODEL_ID: "local"}.get(model_id, model_id)

@@ -1,11 +1,13 @@
-"""Exact vector search for small and medium scopes, from vectors held in memory.
+"""Exact vector search and BM25 for small and medium scopes, from rows held in memory.
 
 LanceDB's flat search over a scope of thousands of rows is several times slower than numpy
 scoring the same vectors in memory, and an IVF probe can miss a small scope's rows (figures:
-docs/storage.md#search). So each scope (one tenant's user, or its shared records) of up
-to `max_rows` records keeps its vectors and filter columns in memory: loaded from SQLite on its
-first search and kept current by the same outbox rows the LanceDB index receives. Scopes used
-least recently are dropped once the cache holds more than `max_bytes`.
+docs/storage.md#search); its full-text query costs a few milliseconds of Python and Rust
+around the search itself. So each scope (one tenant's user, or its shared records) of up
+to `max_rows` records keeps its vectors, filter columns and BM25 posting lists
+(`storage.scope_text`) in memory: loaded from SQLite on its first search and kept current by
+the same outbox rows the LanceDB index receives. Scopes used least recently are dropped once
+the cache holds more than `max_bytes`.
 
 Like the index, the cache is derived data: it can only hide a record for a moment, never show one
 it should not, because the store re-checks every hit against SQLite.
@@ -13,7 +15,6 @@ it should not, because the store re-checks every hit against SQLite.
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,8 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from storage.errors import whole_number
 from storage.index_schema import IndexHit, IndexRow
 from storage.records import MEMORY_KINDS, MEMORY_STATUSES, MemoryKind, MemoryStatus
+from storage.scope_text import ScopeText
 
 _KIND_CODE: dict[str, int] = {kind: code for code, kind in enumerate(MEMORY_KINDS)}
 _STATUS_CODE: dict[str, int] = {status: code for code, status in enumerate(MEMORY_STATUSES)}
@@ -41,13 +44,13 @@ class VectorCacheSettings:
     def from_env(cls) -> VectorCacheSettings:
         """MEMENTO_VECTOR_CACHE_MB (0 turns the cache off) and MEMENTO_VECTOR_CACHE_MAX_ROWS."""
         return cls(
-            max_rows=int(os.environ.get("MEMENTO_VECTOR_CACHE_MAX_ROWS", cls.max_rows)),
-            max_bytes=int(os.environ.get("MEMENTO_VECTOR_CACHE_MB", cls.max_bytes >> 20)) << 20,
+            max_rows=whole_number("MEMENTO_VECTOR_CACHE_MAX_ROWS", cls.max_rows),
+            max_bytes=whole_number("MEMENTO_VECTOR_CACHE_MB", cls.max_bytes >> 20) << 20,
         )
 
 
 class ScopeVectors:
-    """One scope's searchable rows: vectors plus kind, status and expiry, in growable arrays."""
+    """One scope's searchable rows: vectors, index texts, kind, status and expiry."""
 
     def __init__(self, dimensions: int, capacity: int = 64) -> None:
         self.ids: list[str] = []
@@ -56,6 +59,7 @@ class ScopeVectors:
         self._kinds = np.empty(capacity, dtype=np.int8)
         self._statuses = np.empty(capacity, dtype=np.int8)
         self._expires = np.empty(capacity, dtype=np.float64)  # +inf: never
+        self.text = ScopeText(capacity)  # BM25 over the rows' index texts, by the same positions
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -63,7 +67,7 @@ class ScopeVectors:
     @property
     def nbytes(self) -> int:
         arrays = (self._matrix, self._kinds, self._statuses, self._expires)
-        return sum(array.nbytes for array in arrays) + 100 * len(self.ids)
+        return sum(array.nbytes for array in arrays) + 100 * len(self.ids) + self.text.nbytes
 
     def vector(self, memory_id: str) -> np.ndarray[Any, np.dtype[np.float32]] | None:
         at = self._position.get(memory_id)
@@ -81,12 +85,14 @@ class ScopeVectors:
         self._kinds[at] = _KIND_CODE[row.kind]
         self._statuses[at] = _STATUS_CODE[row.status]
         self._expires[at] = np.inf if row.expires_at is None else row.expires_at
+        self.text.set(at, row.search_text)
 
     def remove(self, memory_id: str) -> None:
         at = self._position.pop(memory_id, None)
         if at is None:
             return
         last = len(self.ids) - 1
+        self.text.remove_last(at)
         if at != last:  # move the last row into the hole
             moved = self.ids[last]
             self.ids[at] = moved
@@ -116,17 +122,32 @@ class ScopeVectors:
         n = len(self.ids)
         if n == 0 or k <= 0:
             return []
-        keep = self._expires[:n] > now
-        if kinds:
-            keep &= np.isin(self._kinds[:n], [_KIND_CODE[kind] for kind in kinds])
-        if statuses:
-            keep &= np.isin(self._statuses[:n], [_STATUS_CODE[status] for status in statuses])
+        keep = self._passing(kinds, statuses, now)
         # einsum, not `@`: BLAS would spread this over threads that the embedder and LanceDB
         # need, and on a busy box waiting for them costs more than the product itself.
         scores = np.einsum("ij,j->i", self._matrix[:n], query)
         scores[~keep] = -np.inf
         picked = [i for i in _top(scores, k).tolist() if keep[i]]
         return [IndexHit(id=self.ids[i], score=-float(scores[i])) for i in picked]
+
+    def match(
+        self,
+        query: str,
+        k: int,
+        *,
+        kinds: Sequence[MemoryKind] | None,
+        statuses: Sequence[MemoryStatus],
+        now: float,
+    ) -> list[IndexHit]:
+        """The k rows that pass the filters with the highest BM25 score for `query` (rows
+        matching no term of it are not hits), best first."""
+        scores = self.text.scores(query) if k > 0 else None
+        if scores is None:
+            return []
+        keep = self._passing(kinds, statuses, now) & (scores > 0)
+        scores[~keep] = -np.inf
+        picked = [i for i in _top(scores, k).tolist() if keep[i]]
+        return [IndexHit(id=self.ids[i], score=float(scores[i])) for i in picked]
 
     def search_many(
         self,
@@ -142,11 +163,7 @@ class ScopeVectors:
         n = len(self.ids)
         if n == 0 or k <= 0:
             return [[] for _ in queries]
-        keep = self._expires[:n] > now
-        if kinds:
-            keep &= np.isin(self._kinds[:n], [_KIND_CODE[kind] for kind in kinds])
-        if statuses:
-            keep &= np.isin(self._statuses[:n], [_STATUS_CODE[status] for status in statuses])
+        keep = self._passing(kinds, statuses, now)
         scores = queries @ self._matrix[:n].T
         scores[:, ~keep] = -np.inf
         found = []
@@ -154,6 +171,26 @@ class ScopeVectors:
             picked = [i for i in _top(row, k).tolist() if keep[i]]
             found.append([IndexHit(id=self.ids[i], score=-float(row[i])) for i in picked])
         return found
+
+    def _passing(
+        self, kinds: Sequence[MemoryKind] | None, statuses: Sequence[MemoryStatus], now: float
+    ) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        """Which rows pass a search's filters: kind, status, not expired."""
+        n = len(self.ids)
+        keep = self._expires[:n] > now
+        if kinds:
+            keep &= _allowed(_KIND_CODE, kinds)[self._kinds[:n]]
+        if statuses:
+            keep &= _allowed(_STATUS_CODE, statuses)[self._statuses[:n]]
+        return keep
+
+
+def _allowed(codes: dict[str, int], names: Sequence[str]) -> np.ndarray[Any, np.dtype[np.bool_]]:
+    """A lookup table by code: True for the codes of `names` (a gather over the rows' codes is
+    several times cheaper than `np.isin`)."""
+    table = np.zeros(len(codes), dtype=np.bool_)
+    table[[codes[name] for name in names]] = True
+    return table
 
 
 def _resized(array: np.ndarray[Any, Any], size: int) -> np.ndarray[Any, Any]:
@@ -192,14 +229,24 @@ class VectorCache:
 
     def load(self, tenant_id: str, user_id: str | None, rows: Sequence[IndexRow]) -> ScopeVectors:
         """Cache a scope from its complete list of index rows (read from SQLite)."""
-        key = (tenant_id, user_id)
-        self.drop(key)
+        return self.adopt(tenant_id, user_id, self.build(rows))
+
+    def build(self, rows: Sequence[IndexRow]) -> ScopeVectors:
+        """A scope's copy, not yet cached: touches nothing shared, so it can be built in a
+        worker thread (thousands of texts analysed, vectors copied) and adopted on the loop."""
         # Room for the rows and an eighth more, not the next power of two: the byte budget
         # counts what is allocated.
         scope = ScopeVectors(self.dimensions, capacity=max(64, len(rows) + len(rows) // 8))
         for row in rows:
             scope.upsert(row)
-            self._owner[row.id] = key
+        return scope
+
+    def adopt(self, tenant_id: str, user_id: str | None, scope: ScopeVectors) -> ScopeVectors:
+        """Cache `scope` (made by `build`) as the copy of (tenant_id, user_id)."""
+        key = (tenant_id, user_id)
+        self.drop(key)
+        for memory_id in scope.ids:
+            self._owner[memory_id] = key
         self._scopes[key] = scope
         self._evict()
         return scope

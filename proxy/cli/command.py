@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from proxy import __version__
 from proxy.cli.arguments import Run, register
-from proxy.cli.common import EXIT_BROKEN_PIPE, CommandError
+from proxy.cli.common import EXIT_BROKEN_PIPE, EXIT_USAGE, CommandError
 from proxy.cli.jobs import COMMAND as JOBS
 from proxy.cli.keys import COMMAND as KEYS
 from proxy.cli.memories import COMMAND as MEMORIES
@@ -24,6 +24,7 @@ from proxy.cli.reindex import COMMAND as REINDEX
 from proxy.cli.sanitize import COMMAND as SANITIZE
 from proxy.cli.serve import COMMAND as SERVE
 from proxy.cli.trace import COMMAND as TRACE
+from storage.errors import SetupError
 
 EXIT_STATUSES = """\
 Commands that read a running proxy (memories, jobs) take --url and --key (MEMENTO_URL, else
@@ -63,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as error:
         print(f"memento-proxy {name}: {error.message}", file=sys.stderr)
         return error.status
+    except SetupError as error:  # the embedder or the data folder, as configured
+        print(f"memento-proxy {name}: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, and keep Python's exit-time flush of
         # stdout from failing on the closed pipe too.

@@ -167,10 +167,14 @@ async def open_store(folder: Path, *, lazy: bool = False) -> Store:
     """The data folder's store (which `data_folder` found). `lazy`: a local embedder loads its
     model only if something needs a vector (listing and most reviews do not)."""
     from storage import open_store
-    from storage.embedders import LocalEmbedder, load_embedder
+    from storage.api import Embedder
+    from storage.embedders import LOCAL_SPECS, LocalEmbedder, load_embedder
 
     spec = settings_from_env().embedder
-    embedder = LocalEmbedder() if lazy and spec == "local" else await load_embedder(spec)
+    if lazy and spec in LOCAL_SPECS:
+        embedder: Embedder = LocalEmbedder(precision=LOCAL_SPECS[spec])
+    else:
+        embedder = await load_embedder(spec)
     return await open_store(folder, embedder)
 
 

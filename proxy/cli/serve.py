@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from proxy.cli.arguments import Command, option
 from proxy.cli.common import EXIT_USAGE, print_problems, settings_from_env
 from proxy.tenants import PolicyFileError
+from storage.errors import whole_number
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -23,6 +25,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    check_storage_settings(settings.data_dir, settings.embedder)
     try:
         app = build_app(settings)
     except PolicyFileError as exc:
@@ -40,6 +43,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     return 0
+
+
+def check_storage_settings(data_dir: Path, embedder: str) -> None:
+    """What would otherwise fail in the middle of start-up, under a traceback: the storage
+    settings, and a data folder written by the other precision of the local model (the upgrade
+    to the int8 default). Raises `SetupError`, reported as one line."""
+    from storage.index_settings import MaintenanceSettings
+    from storage.store import check_local_embedder
+    from storage.vector_cache import VectorCacheSettings
+
+    VectorCacheSettings.from_env()
+    MaintenanceSettings.from_env()
+    whole_number("MEMENTO_EMBED_THREADS", 1)
+    check_local_embedder(data_dir, embedder)
 
 
 COMMAND = Command(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -54,10 +55,27 @@ def encoding_name_for(model: str) -> str:
     return "cl100k_base"
 
 
-@lru_cache(maxsize=16_384)
-def _line_tokens(line: str, encoding_name: str) -> int:
-    """Tokens of one rendered memory line; the same memories come back request after request."""
-    return count_tokens(line, encoding_name) + 1  # + the newline that joins it
+# Memories' line costs kept (about 200 bytes each): a memory is counted once per version and
+# encoding while it stays among the most recently costed, not on every request that finds it.
+_LINE_TOKENS_KEPT = 65_536
+_line_tokens_by_version: OrderedDict[tuple[str, int, str, float, str], int] = OrderedDict()
+
+
+def line_tokens(item: ScoredMemory, encoding_name: str) -> int:
+    """Tokens of a memory's line in the block, with the newline that joins it. Keyed by what
+    the line shows: the memory's id and version (a new text is a new version), kind and date."""
+    record = item.record
+    when = record.valid_from or record.created_at
+    key = (record.id, record.version, record.kind, when, encoding_name)
+    tokens = _line_tokens_by_version.get(key)
+    if tokens is not None:
+        _line_tokens_by_version.move_to_end(key)
+        return tokens
+    tokens = count_tokens(render_line(item), encoding_name) + 1
+    _line_tokens_by_version[key] = tokens
+    if len(_line_tokens_by_version) > _LINE_TOKENS_KEPT:
+        _line_tokens_by_version.popitem(last=False)
+    return tokens
 
 
 @lru_cache(maxsize=8)
@@ -158,7 +176,7 @@ def fit_to_budget(
     best_cases = [item for item in ranked if _group(item) == "case"][:k2_cases]
     over_k2 = {id(item) for item in ranked if _group(item) == "case"} - {id(i) for i in best_cases}
     competing = [item for item in ranked if id(item) not in over_k2]
-    costs = {id(item): _line_tokens(render_line(item), encoding_name) for item in competing}
+    costs = {id(item): line_tokens(item, encoding_name) for item in competing}
     order = sorted(competing, key=lambda item: math.exp(item.score) / costs[id(item)], reverse=True)
     shares = {
         "about": settings.fact_share * room,

@@ -9,6 +9,7 @@ Start-up warms what the first request would otherwise pay for (`warmup.py`); the
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from proxy.memory.pending import PendingWrites
 from proxy.memory.read_path import ReadPath
 from proxy.memory.request_log import RequestLogger
 from proxy.memory.seam import CallContext, PreparedCall
-from proxy.memory.warmup import shared_embedder, warm_up
+from proxy.memory.warmup import load_tokenizers, shared_embedder, warm_up
 from proxy.memory.write_path import WritePath
 from proxy.policy_source import PolicySource
 from proxy.upstreams.registry import Upstreams
@@ -83,13 +84,18 @@ class MemoryPipeline:
         return self._learner
 
     async def start(self) -> None:
-        """Open the store (loading the embedder), warm up, and start the write workers."""
-        if self._store is None:
-            from storage import open_store
+        """Open the store (loading the embedder, and the tokenizers beside it), warm up, and
+        start the write workers."""
+        tokenizers = asyncio.ensure_future(load_tokenizers(self.policies))
+        try:
+            if self._store is None:
+                from storage import open_store
 
-            assert self._data_dir is not None
-            embedder = await shared_embedder(self._embedder_spec)
-            self._store = await open_store(self._data_dir, embedder)
+                assert self._data_dir is not None
+                embedder = await shared_embedder(self._embedder_spec)
+                self._store = await open_store(self._data_dir, embedder)
+        finally:
+            await tokenizers
         await warm_up(self._store.memories, self.policies)
         pending = PendingWrites()  # exchanges queued here, not yet learned, by user
         self._requests = RequestLogger(self._store.requests)

@@ -42,6 +42,7 @@ from proxy.memory.span_attrs import (
     set_content,
 )
 from proxy.metrics import MEMORIES_INJECTED, MEMORY_READ_DURATION, RETRIEVAL_FAILURES
+from proxy.tokens import load_encoding
 from storage.api import Store
 from storage.records import Scope
 
@@ -80,6 +81,7 @@ class ReadPath:
             return PreparedCall(
                 body=ctx.body, unlearned_writes=unlearned, memory_skipped=ranked, state=state
             )
+        await load_encoding(encoding_name_for(ctx.route.model))  # at once, unless a route is new
         plan = _budget(ctx, ranked)
         if not plan.selected:
             state.logged = self.requests.log(ctx, access.scope, [])

@@ -62,23 +62,6 @@ class ScoreTerms:
     def total(self) -> float:
         return self.relevance + self.utility + self.recency + self.trust
 
-    def rounded(self, digits: int = 3) -> dict[str, float]:
-        """The terms rounded so that they still add up to the rounded total exactly: the term
-        that rounding moved most absorbs the difference (at most a unit or two of the last
-        digit)."""
-        exact = {
-            "relevance": self.relevance,
-            "utility": self.utility,
-            "recency": self.recency,
-            "trust": self.trust,
-        }
-        shown = {name: round(value, digits) for name, value in exact.items()}
-        gap = round(round(self.total, digits) - sum(shown.values()), digits)
-        if gap:
-            name = max(exact, key=lambda n: abs(exact[n] - shown[n]))
-            shown[name] = round(shown[name] + gap, digits)
-        return shown
-
 
 @dataclass(frozen=True)
 class Exclusion:
@@ -135,19 +118,62 @@ class ScoredMemory:
         """The score, its weighted `terms` (which add up to it) and the raw signals behind them,
         rounded for traces and the request log; with the memory's kind and date (as the model
         sees them) so a trace can say what each candidate was."""
-        return {
-            "score": round(self.score, 3),
-            "terms": self.terms.rounded(3),
-            "kind": self.record.kind,
-            "date": self.record.valid_from or self.record.created_at,
-            "rel": round(self.rel, 5),
-            "z_rel": round(self.z_rel, 3),
-            "z_q": round(self.z_q, 3),
-            "q": round(self.record.q, 4),
-            "recency": round(self.recency, 3),
-            "trust": round(self.record.trust, 3),
-            "cosine": None if self.cosine is None else round(self.cosine, 4),
-        }
+        return score_parts([self])[0]
+
+
+# The parts of a score as traces show them, with the digits each keeps; `terms` come first.
+_TERMS = ("relevance", "utility", "recency", "trust")
+_SIGNALS = {"rel": 5, "z_rel": 3, "z_q": 3, "q": 4, "recency": 3, "trust": 3, "cosine": 4}
+
+
+def score_parts(items: Sequence[ScoredMemory]) -> list[dict[str, Any]]:
+    """`ScoredMemory.parts()` of many candidates, rounded in one numpy pass instead of a dozen
+    `round` calls each. The rounded terms still add up to the rounded score: the term that
+    rounding moved most takes up the difference (a unit or two of the last digit)."""
+    if not items:
+        return []
+    terms = np.array(
+        [[i.terms.relevance, i.terms.utility, i.terms.recency, i.terms.trust] for i in items]
+    )
+    shown = np.round(terms, 3)
+    totals = np.round(terms.sum(axis=1), 3)
+    gaps = np.round(totals - shown.sum(axis=1), 3)
+    for row in np.flatnonzero(gaps):
+        moved = int(np.argmax(np.abs(terms[row] - shown[row])))
+        shown[row, moved] = np.round(shown[row, moved] + gaps[row], 3)
+    signals = np.array(
+        [
+            [
+                i.rel,
+                i.z_rel,
+                i.z_q,
+                i.record.q,
+                i.recency,
+                i.record.trust,
+                np.nan if i.cosine is None else i.cosine,
+            ]
+            for i in items
+        ]
+    )
+    for column, digits in enumerate(_SIGNALS.values()):
+        signals[:, column] = np.round(signals[:, column], digits)
+    parts = []
+    for item, total, term_row, signal_row in zip(
+        items, totals.tolist(), shown.tolist(), signals.tolist(), strict=True
+    ):
+        named = dict(zip(_SIGNALS, signal_row, strict=True))
+        if item.cosine is None:
+            named["cosine"] = None
+        parts.append(
+            {
+                "score": total,
+                "terms": dict(zip(_TERMS, term_row, strict=True)),
+                "kind": item.record.kind,
+                "date": item.record.valid_from or item.record.created_at,
+                **named,
+            }
+        )
+    return parts
 
 
 def passes_gate(hit: SearchHit, policy: MemoryPolicy, now: float) -> bool:
@@ -278,7 +304,11 @@ def collapse_near_duplicates(
         units[rows] = np.asarray([scored[i].vector for i in rows], dtype=np.float32)
         norms = np.linalg.norm(units, axis=1, keepdims=True)
         np.divide(units, norms, out=units, where=norms > 0)
-    similarity = units @ units.T  # every pair at once; rows without a vector are 0
+    # Every pair at once (rows without a vector are 0); einsum, not `@`, whose BLAS threads
+    # wait for a busy CPU (as in `storage.vector_cache`).
+    similarity = np.einsum("ij,kj->ik", units, units)
+    # Which rows have a close row ranked above them: only those need the test in the loop.
+    close_above = np.triu(similarity >= threshold, k=1).any(axis=0).tolist()
     particulars: dict[int, frozenset[str]] = {}  # by row, computed only for close pairs
 
     def particulars_at(row: int) -> frozenset[str]:
@@ -297,7 +327,7 @@ def collapse_near_duplicates(
             duplicates.append(Exclusion(item.record, "duplicate", detail, kept_texts[text]))
             continue
         close: list[int] = []
-        if has_vector[i] and kept_rows:
+        if has_vector[i] and kept_rows and close_above[i]:
             near = similarity[i, kept_rows] >= threshold  # one vector test for all kept rows
             close = [kept_rows[j] for j in np.flatnonzero(near)]
         alike = [row for row in close if particulars_at(row) == particulars_at(i)]

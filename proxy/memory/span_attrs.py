@@ -16,7 +16,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 from proxy.memory.budget import BudgetPlan
 from proxy.memory.candidates import Candidate, TrustVerdict
 from proxy.memory.pending import WriteWait
-from proxy.memory.retrieve import ScoredMemory
+from proxy.memory.retrieve import ScoredMemory, score_parts
 from proxy.policy import TracingPolicy
 from proxy.tracing import content_attr, json_attr
 from storage.records import MemoryRecord
@@ -41,8 +41,13 @@ def record_wait(span: Span, waited: WriteWait) -> None:
 
 
 def record_ranked(span: Span, ranked: Sequence[ScoredMemory]) -> None:
+    """The candidates' count, and the parts of the best ones' scores when the span is kept
+    (building them is most of what recording costs)."""
     span.set_attribute("memento.memory.candidates", len(ranked))
-    scores = {item.record.id: item.parts() for item in ranked[:_TRACED_SCORES]}
+    if not span.is_recording():
+        return
+    traced = ranked[:_TRACED_SCORES]
+    scores = dict(zip([item.record.id for item in traced], score_parts(traced), strict=True))
     span.set_attribute("memento.memory.scores", json_attr(scores))
 
 

@@ -1,15 +1,16 @@
 """Warm-up: what the memory pipeline loads before it serves, so no request pays for it.
 
-The embedding model (one per spec for the whole process), the tokenizers, every route's context
-window (the first look-up imports litellm, which must not happen on the event loop in the middle
-of a request), and the first encode and index query, which are slow.
+The embedding model (one per spec for the whole process), the tokenizers the routes use, every
+route's context window (the first look-up imports litellm, which must not happen on the event
+loop in the middle of a request), and the first encode and index query, which are slow.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from proxy.memory.budget import context_window
+from proxy.memory.budget import context_window, encoding_name_for
+from proxy.policy import ModelRoute
 from proxy.policy_source import PolicySource
 from storage.api import Embedder, MemoryStore
 from storage.records import Scope
@@ -28,25 +29,29 @@ async def shared_embedder(spec: str) -> Embedder:
     return _EMBEDDERS[spec]
 
 
+async def load_tokenizers(policies: PolicySource) -> None:
+    """The encodings of the routes the policies name, in a thread (the pipeline runs this beside
+    the store's opening). A route added later loads its own on its first call."""
+    from proxy.tokens import load_encoding
+
+    for name in sorted({encoding_name_for(route.model) for route in _routes(policies)}):
+        await load_encoding(name)
+
+
 async def warm_up(store: MemoryStore, policies: PolicySource) -> None:
-    """Load the tokenizers and context windows, and run the first index query."""
-    await asyncio.to_thread(_warm_tokenizers)
+    """Look up the context windows, and run the first index query."""
     await asyncio.to_thread(_warm_context_windows, policies)
     await store.search(_WARM_SCOPE, query_text="warm up", embed_query=True, k=1)
 
 
-def _warm_tokenizers() -> None:
-    from proxy.tokens import encoding
-
-    for name in ("cl100k_base", "o200k_base"):
-        encoding(name)
-
-
 def _warm_context_windows(policies: PolicySource) -> None:
-    """Look up every route's context window now (a source without `tenants()` has none to warm)."""
+    for route in _routes(policies):
+        if route.model != "echo":
+            context_window(route)
+
+
+def _routes(policies: PolicySource) -> list[ModelRoute]:
+    """Every tenant's model routes (a source without `tenants()` has none to warm)."""
     tenants = getattr(policies, "tenants", None)
-    for tenant in tenants() if callable(tenants) else []:
-        policy = policies.get(tenant)
-        for route in policy.models.values() if policy else []:
-            if route.model != "echo":
-                context_window(route)
+    policies_now = [policies.get(tenant) for tenant in (tenants() if callable(tenants) else [])]
+    return [route for policy in policies_now if policy for route in policy.models.values()]

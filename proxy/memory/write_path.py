@@ -14,7 +14,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 from opentelemetry import trace
@@ -342,8 +341,10 @@ def _new_memory(
 ) -> NewMemory:
     """The memory for a candidate of this exchange, with its provenance."""
     ttl = policy.memory.ttl_days
-    return replace(
-        memory_from_verdict(candidate, verdict, policy),
+    return memory_from_verdict(
+        candidate,
+        verdict,
+        policy,
         source_request_id=job.request_id,
         trace_id=job.trace_id,
         expires_at=job.created_at + ttl * 86_400 if ttl else None,

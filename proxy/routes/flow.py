@@ -26,6 +26,7 @@ from starlette.responses import Response
 
 from proxy.auth import authenticate
 from proxy.doors.base import Door
+from proxy.doors.messages_errors import anthropic_status
 from proxy.errors import ProxyError, model_not_found
 from proxy.memory.seam import CallContext, MemoryHooks, MemoryUnavailable, NoMemory, PreparedCall
 from proxy.metrics import REQUEST_DURATION, REQUESTS, UPSTREAM_ERRORS
@@ -135,6 +136,8 @@ class CallFlow:
             record_failure(root, exc)
             root.end()
             status = exc.status if isinstance(exc, ProxyError) else 500
+            if api == "messages":  # answered in Anthropic's statuses (a 503 is its 529)
+                status = anthropic_status(status)[0]
             raise
         else:
             status = response.status_code if isinstance(response, Response) else 200
@@ -240,7 +243,10 @@ class CallFlow:
                     span.set_attribute("memento.stream.incomplete", str(answer["error"]))
                 else:
                     record_response(span, answer)
-                await self.finish(ctx, prepared, answer)
+                # The stream ends after the handler returned: what finishing records (a shed
+                # exchange, the queueing) belongs to this request's span, as for a JSON answer.
+                with trace.use_span(root, end_on_exit=False):
+                    await self.finish(ctx, prepared, answer)
 
         relay = SSERelay(
             opened,

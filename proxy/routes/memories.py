@@ -99,8 +99,10 @@ async def create_memory(
     scope = Scope(policy.tenant, user)
     sanitizer = Sanitizer(store, models, log_content=policy.logging.log_content)
     (verdict,) = await sanitizer.assess(scope, [candidate], policy.sanitizer)
-    memory = dataclasses.replace(
-        memory_from_verdict(candidate, verdict, policy),
+    memory = memory_from_verdict(
+        candidate,
+        verdict,
+        policy,
         valid_from=candidate.created_at,
         tags=[str(tag) for tag in item.get("tags") or []],
         keywords=[str(word) for word in item.get("keywords") or []],

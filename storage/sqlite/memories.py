@@ -191,19 +191,6 @@ class MemoryRows(ContentRows):
         )
         return int(rows[0][0])
 
-    async def scope_index_rows(
-        self, tenant_id: str, user_id: str | None, *, embedding_model: str
-    ) -> list[tuple[str, MemoryKind, MemoryStatus, float | None, bytes]]:
-        """Id, kind, status, expiry and vector of every record of one scope that the index holds
-        (any status but deleted, embedded by `embedding_model`): a scope's in-memory copy."""
-        clause, params = self._scope_clause(tenant_id, [user_id])
-        rows = await self._connection.fetchall(
-            f"SELECT id, kind, status, expires_at, embedding FROM memories WHERE {clause} "
-            "AND embedding_model = ? AND embedding IS NOT NULL AND +status != 'deleted'",
-            [*params, embedding_model],
-        )
-        return [(row[0], row[1], row[2], row[3], row[4]) for row in rows]
-
     async def update_memory(
         self,
         scope: Scope,

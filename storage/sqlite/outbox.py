@@ -168,6 +168,17 @@ class IndexOutbox:
                 found[row[0]] = self._index_source(row)
         return found
 
+    async def scope_index_sources(self, tenant_id: str, user_id: str | None) -> list[IndexSource]:
+        """Every record of one scope that the index may hold (any status but deleted): what a
+        scope's in-memory copy is loaded from."""
+        user = "user_id IS NULL" if user_id is None else "user_id = ?"
+        rows = await self._connection.fetchall(
+            f"SELECT {self._INDEX_SOURCE_COLUMNS} FROM memories "
+            f"WHERE tenant_id = ? AND {user} AND +status != 'deleted'",
+            (tenant_id,) if user_id is None else (tenant_id, user_id),
+        )
+        return [self._index_source(row) for row in rows]
+
     async def iter_index_sources(self, batch: int = 1000) -> AsyncIterator[list[IndexSource]]:
         """Every live record, in batches, for rebuilding the index."""
         last = ""

@@ -200,3 +200,45 @@ def test_failed_jobs_are_listed_counted_and_retried(
         again = http.post(f"/v1/memories/jobs/{job_id}/retry")
         assert again.status_code == 404
         assert again.json()["error"]["code"] == "job_not_found"
+
+
+def test_a_reindex_with_another_embedder_is_not_undone_by_the_serving_proxy(
+    memory_proxy: Callable[..., RunningProxy], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Switching embedders while a proxy serves: the proxy cannot follow the new index, says so
+    on /readyz, and must not rebuild it with its own embedder (it did: the restart the message
+    asks for then failed); restarted with the new embedder, it serves."""
+    monkeypatch.setenv("MEMENTO_VECTOR_CACHE_MB", "0")  # searches go to the index
+    data_dir = tmp_path / "data"
+    proxy = memory_proxy()
+    _add_facts(proxy)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = ["reindex", "--embedder", "local-fp32", "--data-dir", str(data_dir)]
+    switched = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", *command],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert switched.returncode == 0, switched.stderr
+    with api(proxy) as http:
+        http.post("/v1/memories/search", json={"user": "alice", "query": "stamps"})
+        deadline = time.monotonic() + 60
+        while "index.embedder" not in http.get("/readyz").text:
+            assert time.monotonic() < deadline, http.get("/readyz").text
+            http.post("/v1/memories/search", json={"user": "alice", "query": "stamps"})
+            time.sleep(0.2)
+        # Give a repair every chance to run (the searches above failed): it must not.
+        until = time.monotonic() + 5
+        while time.monotonic() < until:
+            http.post("/v1/memories/search", json={"user": "alice", "query": "stamps"})
+            time.sleep(0.2)
+    with sqlite3.connect(data_dir / DB_FILE) as raw:
+        models = {row[0] for row in raw.execute("SELECT embedding_model FROM memories")}
+    assert models == {"local/all-MiniLM-L6-v2"}
+    proxy.__exit__(None, None, None)
+
+    with RunningProxy(proxy.settings.policies_dir, data_dir, embedder="local-fp32") as restarted:
+        assert FACTS[3] in _search(restarted, "stamps album 3 country number 3")

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import re
 
 import pytest
 
 from proxy.memory import markers
-from proxy.memory.budget import encoding_name_for, fit_to_budget
-from proxy.memory.inject import inject_block, render_block, strip_memory_blocks
+from proxy.memory.budget import encoding_name_for, fit_to_budget, line_tokens
+from proxy.memory.inject import inject_block, render_block, render_line, strip_memory_blocks
 from proxy.memory.query import InvalidMemoryMode, build_query, resolve_access, resolve_mode
-from proxy.memory.retrieve import rank_candidates, rank_hits
+from proxy.memory.retrieve import rank_candidates, rank_hits, score_parts
 from proxy.policy import BudgetSettings, MemoryPolicy, Policy
 from proxy.tokens import count_tokens
+from storage.records import SearchHit
 from tests.memory.records import hit, record
 
 
@@ -325,3 +328,38 @@ def test_a_date_out_of_range_renders_undated_instead_of_failing_the_block() -> N
         MemoryPolicy(),
     )
     assert "[0000dddd] (fact, undated) The user keeps bees." in render_block([item])
+
+
+def test_score_parts_of_many_candidates_round_in_one_pass_and_still_add_up() -> None:
+    rng = random.Random(3)
+    hits = [
+        hit(record(f"m{n}", f"memory number {n}", q=rng.uniform(-1, 1), trust=rng.random()), n, n)
+        for n in range(40)
+    ]
+    hits.append(SearchHit(record("no-vector", "a memory without a vector"), 1.0, 40, None, None))
+    ranked = rank_hits(hits, MemoryPolicy())
+    parts = score_parts(ranked)
+    assert [p["kind"] for p in parts] == [item.record.kind for item in ranked]
+    for item, shown in zip(ranked, parts, strict=True):
+        assert item.parts() == shown
+        assert sum(shown["terms"].values()) == pytest.approx(shown["score"], abs=1e-9)
+        assert shown["score"] == pytest.approx(item.score, abs=5e-4)
+        assert shown["rel"] == pytest.approx(item.rel, abs=5e-6)
+        assert shown["q"] == round(item.record.q, 4)
+        assert shown["cosine"] == (None if item.cosine is None else round(item.cosine, 4))
+    assert score_parts([]) == []
+
+
+def test_a_memory_line_is_counted_once_per_version() -> None:
+    short = record("tokens-1", "The user likes tea.")
+    (item,) = rank_hits([hit(short, 0, 0)], MemoryPolicy())
+    expected = count_tokens(render_line(item), "o200k_base") + 1
+    assert line_tokens(item, "o200k_base") == expected
+    # A new text is a new version: counted anew, not taken from the old version's count.
+    longer = dataclasses.replace(short, text="The user likes green tea with honey.", version=2)
+    (changed,) = rank_hits([hit(longer, 0, 0)], MemoryPolicy())
+    assert (
+        line_tokens(changed, "o200k_base") == count_tokens(render_line(changed), "o200k_base") + 1
+    )
+    assert line_tokens(changed, "o200k_base") > expected
+    assert line_tokens(item, "cl100k_base") == count_tokens(render_line(item), "cl100k_base") + 1

@@ -11,6 +11,7 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import RunningProxy, write_tenant
 from tests.messages.conftest import KEY, NATIVE, TRANSLATED, client_for
@@ -173,6 +174,7 @@ def test_memory_unavailable_for_a_fail_closed_tenant_is_overloaded(
         timeout=30,
     )
     assert created.status_code == 201
+    before = messages_requests(proxy)
     with pytest.raises(anthropic.OverloadedError) as caught:
         client_for(proxy).messages.create(
             model=TRANSLATED, max_tokens=16, messages=HELLO, metadata={"user_id": "lee"}
@@ -180,6 +182,21 @@ def test_memory_unavailable_for_a_fail_closed_tenant_is_overloaded(
     assert caught.value.status_code == 529
     assert "fail-closed" in _shape(caught.value, "overloaded_error")
     assert upstream.received == []  # nothing went upstream
+    # The request metric counts the status the client saw, not the proxy's 503 behind it.
+    counted = messages_requests(proxy)
+    assert (counted.get("529", 0) - before.get("529", 0), counted.get("503")) == (1, None)
+
+
+def messages_requests(proxy: RunningProxy) -> dict[str, float]:
+    """`memento_requests_total` of the Messages door, by status (proxies in this process share
+    one meter, so callers compare before and after)."""
+    scraped = httpx.get(proxy.base_url + "/metrics", timeout=30).text
+    return {
+        sample.labels["status"]: sample.value
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+        if sample.name == "memento_requests_total" and sample.labels["api"] == "messages"
+    }
 
 
 def test_routes_and_methods_the_door_lacks_answer_in_anthropics_shape(

@@ -1,4 +1,6 @@
-"""litellm (slow to import, ~170 MB resident) is loaded only by a process that will use it."""
+"""litellm (slow to import, ~170 MB resident) is loaded only by a process that will use it, and
+a tiktoken encoding (o200k: ~70 MB) only when a route counts tokens with it, and LanceDB (~75 MB)
+only once the index has a table."""
 
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ def test_only_translation_and_model_info_need_litellm(tmp_path: Path) -> None:
 
 
 def test_the_demo_tenant_serves_memory_without_importing_litellm(tmp_path: Path) -> None:
-    """The shipped policies (echo model, memory on) start, answer and learn without litellm."""
+    """The shipped policies (echo model, memory on) start, answer and learn without litellm, and
+    with only the encoding their routes use."""
     script = textwrap.dedent(
         f"""
         import sys
@@ -43,10 +46,12 @@ def test_the_demo_tenant_serves_memory_without_importing_litellm(tmp_path: Path)
         from starlette.testclient import TestClient
         from proxy.app import build_app
         from proxy.settings import Settings
+        from proxy.tokens import loaded_encodings
 
         settings = Settings(policies_dir=Path({str(ROOT / "policies")!r}),
                             data_dir=Path({str(tmp_path / "data")!r}))
         with TestClient(build_app(settings)) as client:
+            lancedb_at_start = "lancedb" in sys.modules  # a new folder: no table to open yet
             answer = client.post(
                 "/v1/chat/completions",
                 headers={{"Authorization": "Bearer memento-demo-key"}},
@@ -54,6 +59,8 @@ def test_the_demo_tenant_serves_memory_without_importing_litellm(tmp_path: Path)
                        "messages": [{{"role": "user", "content": "I prefer tea."}}]}},
             )
             assert answer.status_code == 200, answer.text
+        print(lancedb_at_start)
+        print(sorted(loaded_encodings()))
         print("litellm" in sys.modules)
         """
     )
@@ -61,4 +68,4 @@ def test_the_demo_tenant_serves_memory_without_importing_litellm(tmp_path: Path)
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "False"
+    assert done.stdout.strip().splitlines()[-3:] == ["False", "['cl100k_base']", "False"]

@@ -111,6 +111,16 @@ def test_a_tenant_over_its_write_queue_bound_sheds_exchanges(proxy: RunningProxy
     shed_ids = [a.headers["x-request-id"] for a in answers[queued:]]
     root = request_span(proxy, shed_ids[-1])
     assert root["attributes"]["memento.memory.exchange_shed"] == "depth"
+    # A streamed exchange is shed when its stream ends, and says so on its own request span.
+    with client.chat.completions.with_streaming_response.create(
+        model="echo",
+        messages=[{"role": "user", "content": "I have 7 cats."}],
+        user="bo",
+        stream=True,
+    ) as streamed:
+        assert "[DONE]" in streamed.read().decode()
+    root = request_span(proxy, streamed.headers["x-request-id"])
+    assert root["attributes"]["memento.memory.exchange_shed"] == "depth"
 
 
 def request_span(proxy: RunningProxy, request_id: str) -> dict[str, Any]:

@@ -92,7 +92,74 @@ def test_serve_exits_when_start_up_fails(policies_dir: Path, tmp_path: Path) -> 
         text=True,
         check=False,
         timeout=120,
-        env={**os.environ, "MEMENTO_VECTOR_CACHE_MB": "lots"},
+        # No model can be exported into a cache that cannot exist: the embedder fails to load.
+        env={**os.environ, "MEMENTO_MODEL_CACHE": "/dev/null/models"},
     )
     assert result.returncode != 0
     assert "Application startup failed" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("MEMENTO_VECTOR_CACHE_MB", "lots", "MEMENTO_VECTOR_CACHE_MB must be a whole number"),
+        ("MEMENTO_EMBED_THREADS", "two", "MEMENTO_EMBED_THREADS must be a whole number"),
+        ("MEMENTO_INDEX_CACHE_MB", "0", "MEMENTO_INDEX_CACHE_MB must be a whole number"),
+    ],
+)
+def test_a_bad_storage_setting_is_one_line_before_anything_starts(
+    policies_dir: Path, tmp_path: Path, setting: str, value: str, says: str
+) -> None:
+    write_tenant(policies_dir, "acme", "key-acme-0123456789", {"echo": {"model": "echo"}})
+    command = [sys.executable, "-m", "proxy.cli", "serve", "--port", "0"]
+    command += ["--policies", str(policies_dir), "--data-dir", str(tmp_path / "data")]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, setting: value},
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"memento-proxy serve: bad setting: {says}"), line
+    assert not (tmp_path / "data").exists()  # nothing made for a start that never happened
+
+
+def test_a_data_folder_of_the_float_model_is_refused_in_one_line(
+    policies_dir: Path, tmp_path: Path
+) -> None:
+    """The upgrade to the int8 default: `serve` and a data-folder command say what to type."""
+    import asyncio
+
+    from storage import open_store
+    from storage.embedders import LocalEmbedder
+    from storage.records import NewMemory, Scope
+
+    data = tmp_path / "data"
+
+    async def written_by_the_float_model() -> None:
+        embedder = LocalEmbedder(precision="fp32")
+        store = await open_store(data, embedder)
+        await store.memories.add(Scope("acme", "ana"), [NewMemory(kind="fact", text="I sail")])
+        await store.close()
+        embedder.close()
+
+    asyncio.run(written_by_the_float_model())
+    write_tenant(policies_dir, "acme", "key-acme-0123456789", {"echo": {"model": "echo"}})
+    for words in (
+        ["serve", "--port", "0", "--policies", str(policies_dir)],
+        ["quarantine", "list", "--tenant", "acme", "--policies", str(policies_dir)],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "proxy.cli", *words, "--data-dir", str(data)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert f"memento-proxy reindex --data-dir {data}" in line, line
+        assert "MEMENTO_EMBEDDER=local-fp32" in line, line

@@ -4,6 +4,7 @@ never injected into a later call, while ordinary memories from the same exchange
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -291,3 +292,23 @@ def test_a_memory_cannot_close_the_fence_of_the_block_it_is_injected_in(
     # However the upstream's model reads it, the only fence tags are the block's own.
     assert [m.text for m in markers.find(block) if m.kind == "fence_close"] == [close, close]
     assert [m["role"] for m in sent["messages"]] == ["system", "user"]
+
+
+def test_a_secret_said_in_a_chat_is_redacted_in_everything_the_memory_keeps(
+    upstream: ScriptedUpstream, sanitizing_proxy: Callable[..., RunningProxy]
+) -> None:
+    """Redacting the text alone left the password in the key text, the slot's value and the
+    evidence: the API, an export, a search and the index all still held it."""
+    proxy = sanitizing_proxy()
+    secret = "Tr0ub4dor&3xyz"
+    chat(proxy, "ivy", user(f"My password is {secret}"))
+    (memory,) = wait_until_written(proxy, "ivy", 1)
+    assert "[redacted password]" in memory["text"]
+    with http_for(proxy) as http:
+        exported = http.get("/v1/memories/export", params={"user": "ivy"}).text
+        found = http.post("/v1/memories/search", json={"user": "ivy", "query": secret}).json()
+    assert secret not in exported and "[redacted password]" in exported
+    # The only memory comes back by its vector, not by the secret's words: the index text does
+    # not hold them (found by both retrievers, its relevance would be 1).
+    assert secret not in json.dumps(found)
+    assert [hit["scores"]["rel"] < 1.0 for hit in found["data"]] == [True]

@@ -40,9 +40,18 @@ async def test_local_embedder_batches_match_single_calls(local_embedder: LocalEm
     assert await local_embedder.embed([]) == []
 
 
-async def test_load_embedder_local_spec() -> None:
-    embedder = await load_embedder("local")
-    assert embedder.model_id == "local/all-MiniLM-L6-v2"
+@pytest.mark.parametrize(
+    ("spec", "model_id"),
+    [
+        ("local", "local/all-MiniLM-L6-v2-int8"),
+        ("local-int8", "local/all-MiniLM-L6-v2-int8"),
+        ("local-fp32", "local/all-MiniLM-L6-v2"),
+    ],
+)
+async def test_load_embedder_local_spec(spec: str, model_id: str) -> None:
+    """int8 is the default; each precision has its own id, so a store knows which made it."""
+    embedder = await load_embedder(spec)
+    assert embedder.model_id == model_id
     assert embedder.dimensions == 384
 
 
@@ -67,11 +76,12 @@ async def test_litellm_embedder_error_says_what_to_fix(upstream: ScriptedUpstrea
 async def test_onnx_graph_is_exported_once_and_matches_sentence_transformers(
     tmp_path: Path,
 ) -> None:
-    """The exported graph gives sentence-transformers' vectors, truncation and pooling included,
-    and a second embedder reuses the cached graph instead of exporting again."""
+    """The exported float graph gives sentence-transformers' vectors, truncation and pooling
+    included; the int8 graph stays close to them; a second embedder reuses the cached graphs
+    instead of exporting again."""
     from sentence_transformers import SentenceTransformer
 
-    embedder = LocalEmbedder(cache_size=0, model_cache=tmp_path)
+    embedder = LocalEmbedder(cache_size=0, model_cache=tmp_path, precision="fp32")
     await embedder.load()
     model_dir = source_model_dir()
     assert model_dir is not None
@@ -89,7 +99,12 @@ async def test_onnx_graph_is_exported_once_and_matches_sentence_transformers(
     assert np.allclose(singles, ours[:5], atol=1e-5)  # padding in a batch changes nothing
     embedder.close()
 
-    again = LocalEmbedder(cache_size=0, model_cache=tmp_path)
+    quantized = LocalEmbedder(cache_size=0, model_cache=tmp_path)
+    close = np.sum(np.asarray(await quantized.embed(REFERENCE_TEXTS)) * reference, axis=1)
+    assert np.min(close) > 0.95 and np.mean(close) > 0.985, close
+    quantized.close()
+
+    again = LocalEmbedder(cache_size=0, model_cache=tmp_path, precision="fp32")
     await again.load()
     assert graph.stat().st_mtime_ns == exported_at
     assert np.allclose(await again.embed(REFERENCE_TEXTS[:1]), ours[:1], atol=1e-6)

@@ -19,6 +19,7 @@ from storage.records import NewMemory, Scope
 from storage.sqlite import SQLiteDatabase
 from storage.sqlite.outbox import INDEX_BUILD_META
 from storage.store import DB_FILE, open_embedded_store
+from storage.vector_cache import VectorCacheSettings
 
 SCOPE = Scope("acme", "alice")
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,6 +141,8 @@ async def test_a_broken_index_is_reported_then_rebuilt_without_a_restart(
     for path in glob.glob(str(table / "_indices" / "*" / "*")):
         Path(path).unlink()
     store = await open_embedded_store(tmp_path, local_embedder, maintenance_interval_s=0)
+    # A scope the index serves: a cached one is searched in process, without the broken files.
+    store.index.vector_cache.settings = VectorCacheSettings(max_bytes=0)
     try:
         with pytest.raises(RuntimeError):
             await store.memories.search(SCOPE, query_text="stamps")

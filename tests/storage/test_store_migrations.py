@@ -194,3 +194,22 @@ async def test_switching_embedder_requires_reindex(
         await store.close()
     reopened = await open_store(data, remote)  # the new embedder is now the recorded one
     await reopened.close()
+
+
+async def test_a_store_made_by_the_float_model_names_the_setting_that_serves_it(
+    tmp_path: Path, local_embedder: LocalEmbedder
+) -> None:
+    """A data folder written before int8 became the default: opening it with the default says
+    both ways forward, each as something to type."""
+    data = tmp_path / "data"
+    float_model = LocalEmbedder(precision="fp32")
+    store = await open_store(data, float_model)
+    await store.memories.add(SCOPE, [NewMemory(kind="fact", text="I sail")])
+    await store.close()
+
+    assert local_embedder.model_id.endswith("-int8")
+    with pytest.raises(EmbedderMismatchError, match=r"reindex.*MEMENTO_EMBEDDER=local-fp32"):
+        await open_store(data, local_embedder)
+    reopened = await open_store(data, float_model)
+    await reopened.close()
+    float_model.close()

@@ -169,16 +169,20 @@ async def _check(store: EmbeddedStore, ops: list[tuple[str, str | None, int, str
     for user in USERS:
         cached = store.index.vector_cache.get(tenant, user)
         assert cached is not None
-        truth = {
-            memory_id: (kind, status, expires, np.frombuffer(blob, dtype=np.float32))
-            for memory_id, kind, status, expires, blob in await store.db.memories.scope_index_rows(
-                tenant, user, embedding_model=store.embedder.model_id
-            )
-        }
+        rows = await store.index.scope_rows(tenant, user)
+        truth = {row.id: row.vector for row in rows}
         assert sorted(cached.ids) == sorted(truth)
         everything = cached.search(query, 10_000, kinds=None, statuses=[], now=0.0)
         for hit in everything:
-            assert np.allclose(cached.vector(hit.id), truth[hit.id][3])
+            assert np.allclose(cached.vector(hit.id), truth[hit.id])
+        # Its posting lists say what a fresh copy's say: the same BM25 score for every word.
+        fresh = VectorCache(store.index.vector_cache.dimensions).load(tenant, user, rows)
+        for word in [*WORDS, "note rewritten now"]:
+            kept = cached.match(word, 10_000, kinds=None, statuses=[], now=0.0)
+            loaded = fresh.match(word, 10_000, kinds=None, statuses=[], now=0.0)
+            assert sorted((hit.id, round(hit.score, 4)) for hit in kept) == sorted(
+                (hit.id, round(hit.score, 4)) for hit in loaded
+            )
         # The same search served from the cache and by LanceDB's exact flat search.
         for include_shared in (False, True):
             scope = Scope(tenant, user)
@@ -198,6 +202,18 @@ async def _check(store: EmbeddedStore, ops: list[tuple[str, str | None, int, str
             cached_hits, indexed_hits = searches  # equal texts tie: compare order by score
             assert sorted(cached_hits) == sorted(indexed_hits)
             assert [c for c, _ in cached_hits] == [c for c, _ in indexed_hits]
+            # BM25 in process finds the records LanceDB's full-text index finds.
+            for word in ("violin", "harbour rewritten", "quince now"):
+                found = []
+                for enabled in (True, False):
+                    store.index.vector_cache.settings = VectorCacheSettings(
+                        max_bytes=(256 << 20) * enabled
+                    )
+                    hits = await store.memories.search(
+                        scope, query_text=word, k=100, include_shared=include_shared
+                    )
+                    found.append(sorted(hit.record.id for hit in hits))
+                assert found[0] == found[1]
 
 
 @settings(

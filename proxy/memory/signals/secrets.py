@@ -76,8 +76,7 @@ class SecretScan:
     text: str  # the text to store: redacted unless the policy allows or rejects
 
 
-def scan(text: str, mode: PiiMode) -> SecretScan:
-    """Find secrets and personal data in `text` and apply the policy's handling."""
+def _find(text: str) -> list[tuple[int, int, Pattern]]:
     found: list[tuple[int, int, Pattern]] = []
     for pattern in _PATTERNS:
         for match in pattern.regex.finditer(text):
@@ -87,6 +86,18 @@ def scan(text: str, mode: PiiMode) -> SecretScan:
             if any(start < e and s < end for s, e, _ in found):
                 continue
             found.append((start, end, pattern))
+    return found
+
+
+def secrets_in(text: str) -> dict[str, str]:
+    """Each secret found in `text`, as it is written there, with its kind: so that the same
+    value can be redacted where it stands without its context (a slot's value, a keyword)."""
+    return {text[start:end]: pattern.kind for start, end, pattern in _find(text)}
+
+
+def scan(text: str, mode: PiiMode) -> SecretScan:
+    """Find secrets and personal data in `text` and apply the policy's handling."""
+    found = _find(text)
     if not found:
         return SecretScan([], text)
 

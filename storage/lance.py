@@ -1,0 +1,62 @@
+"""LanceDB itself, for `storage.index`: connecting (imported only then), listing tables, and
+the scalar indexes every table gets.
+
+Importing lancedb costs about a second and 75 MB, so it happens on the first connection, in a
+thread: a process whose index holds no table yet (a new data folder, a proxy whose tenants keep
+no memory) starts and serves without it, hot scopes being searched in process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from storage.index_settings import MaintenanceSettings
+
+if TYPE_CHECKING:
+    import lancedb
+
+
+async def connect(
+    path: Path, settings: MaintenanceSettings
+) -> tuple[lancedb.Session, lancedb.AsyncConnection]:
+    lancedb = await asyncio.to_thread(importlib.import_module, "lancedb")  # off the loop
+    session = lancedb.Session(
+        index_cache_size_bytes=settings.index_cache_bytes,
+        metadata_cache_size_bytes=settings.metadata_cache_bytes,
+    )
+    return session, await lancedb.connect_async(str(path), session=session)
+
+
+def tables_on_disk(path: Path) -> bool:
+    """Whether the folder holds any table (LanceDB keeps each as `<name>.lance`)."""
+    return any(path.glob("*.lance"))
+
+
+async def table_names(db: lancedb.AsyncConnection) -> list[str]:
+    """Every table's name (the listing comes in pages)."""
+    names: list[str] = []
+    page_token: str | None = None
+    while True:
+        listing = await db.list_tables(page_token=page_token)
+        names.extend(listing.tables)
+        page_token = listing.page_token
+        if not page_token:
+            return names
+
+
+async def ensure_scalar_indexes(table: Any) -> None:
+    from lancedb.index import FTS, Bitmap, BTree
+
+    existing = {config.name for config in await table.list_indices()}
+    # No tenant_id index: a table holds one tenant. scope_key still names the tenant, so the
+    # prefilter would hold even if a row ever landed in the wrong table.
+    for column in ("scope_key", "status", "kind"):
+        if f"{column}_idx" not in existing:
+            await table.create_index(column, config=Bitmap())
+    if "id_idx" not in existing:  # upserts and deletes look rows up by id
+        await table.create_index("id", config=BTree())
+    if "search_text_idx" not in existing:
+        await table.create_index("search_text", config=FTS(with_position=False))
