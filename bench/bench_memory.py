@@ -398,6 +398,12 @@ async def run() -> dict[str, Any]:
         chosen = locomo["cross_validated"]["chosen"]
         print(f"cross-validated (best on the other four, scored on each): {chosen}")
         _print_table(locomo["cross_validated"]["table"], columns)
+        fitted = locomo["fitted"]["variant"]
+        print(f"multi-hop evidence turns under {fitted}: rank, and a word shared with the question")
+        _print_table(
+            locomo["variants"][fitted]["multi_hop_evidence"],
+            ["rank", "shared_word", "turns", "share"],
+        )
         print(
             f"block tokens (mean): {locomo['block_tokens_mean']}; "
             f"search p50 {locomo['search_p50_ms']} ms"

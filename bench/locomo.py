@@ -62,9 +62,12 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     "default": Variant(),
     "context_keywords": Variant(context="keywords"),
-    "context_keywords_second_round_3": Variant(
-        context="keywords", retrieval=(("second_round_seeds", 3),)
-    ),
+    **{
+        f"context_keywords_second_round_{seeds}": Variant(
+            context="keywords", retrieval=(("second_round_seeds", seeds),)
+        )
+        for seeds in (2, 3, 5)
+    },
 }
 
 _TOKEN = re.compile(r"[a-z0-9]+")
@@ -127,18 +130,19 @@ def _evidence_ids(raw: list[str]) -> set[str]:
 
 
 def _turns(conversation: dict[str, Any]) -> list[tuple[str, str, float, str]]:
-    """(dia_id, text, session time, the session's turn before it) for every turn."""
+    """(dia_id, text, session time, the session's turn before it) for every turn. The turn
+    before is what was said, without who said it: its speaker is not this turn's."""
     turns = []
     number = 1
     while f"session_{number}" in conversation:
         when = _session_time(conversation[f"session_{number}_date_time"])
         before = ""
         for turn in conversation[f"session_{number}"]:
-            text = f"{turn['speaker']}: {turn['text']}"
+            said = turn["text"]
             if turn.get("blip_caption"):
-                text += f" [shares a photo of {turn['blip_caption']}]"
-            turns.append((turn["dia_id"], text, when, before))
-            before = text
+                said += f" [shares a photo of {turn['blip_caption']}]"
+            turns.append((turn["dia_id"], f"{turn['speaker']}: {said}", when, before))
+            before = said
         number += 1
     return turns
 
@@ -253,6 +257,7 @@ async def bench_locomo(data: Path, variants: dict[str, Variant] | None = None) -
     conversations = json.loads((data / "locomo" / "locomo10_dev.json").read_text())
     embedder = await shared_embedder(EMBEDDER)
     answered: dict[str, list[Answered]] = {name: [] for name in variants}
+    evidence: dict[str, Counter[tuple[str, str]]] = {name: Counter() for name in variants}
     baseline = [a for c in conversations for a in _bm25_answers(c["sample_id"], c)]
     budget_tokens: list[int] = []
     for context in dict.fromkeys(variant.context for variant in variants.values()):
@@ -272,6 +277,8 @@ async def bench_locomo(data: Path, variants: dict[str, Variant] | None = None) -
                         policy = _policy(dict(variant.retrieval))
                         answers = await _ask(store, scope, name, conversation, policy)
                         answered[variant_name].extend(answers)
+                        found = await _multi_hop_evidence(store, scope, conversation, policy)
+                        evidence[variant_name].update(found)
                 if context == "none":
                     budget_tokens.extend(await _budget_tokens(store, scope, conversation))
             await store.close()
@@ -291,6 +298,8 @@ async def bench_locomo(data: Path, variants: dict[str, Variant] | None = None) -
                 "context": variant.context,
                 "retrieval": dict(variant.retrieval),
                 "all": _table(answered[name], baseline)[-1],
+                "table": _table(answered[name], baseline),
+                "multi_hop_evidence": _evidence_rows(evidence[name]),
                 "search_p50_ms": round(statistics.median(a.search_ms for a in answered[name]), 2),
             }
             for name, variant in variants.items()
@@ -320,3 +329,50 @@ async def _budget_tokens(store: Any, scope: Scope, conversation: dict[str, Any])
         )
         used.append(plan.used_tokens)
     return used
+
+
+_BANDS = ((10, "top 10"), (20, "11-20"), (50, "21-50"))
+
+
+async def _multi_hop_evidence(
+    store: Any, scope: Scope, conversation: dict[str, Any], policy: Policy
+) -> Counter[tuple[str, str]]:
+    """Where each multi-hop evidence turn ranks (top 10, 11-20, 21-50, beyond 50), and whether
+    it shares a content word with the question (speakers' names aside, crude stems): in its own
+    text, only in the turn it answers, or nowhere, which no word match can bridge."""
+    turns = {
+        dia_id: (text, before) for dia_id, text, _, before in _turns(conversation["conversation"])
+    }
+    names = {str(conversation["conversation"][k]).lower() for k in ("speaker_a", "speaker_b")}
+
+    def words(text: str) -> set[str]:
+        return {re.sub(r"(ing|ed|es|s)$", "", w) for w in _tokens(text) if len(w) > 2} - names
+
+    counts: Counter[tuple[str, str]] = Counter()
+    for qa in conversation["qa"]:
+        gold = _evidence_ids(qa.get("evidence") or [])
+        if qa["category"] != 1 or not gold:
+            continue
+        question = str(qa["question"])
+        ranked = await retrieve(store.memories, scope, question, policy.memory, limit=50)
+        order = [str(item.record.metadata.get("dia_id")) for item in ranked]
+        for dia_id in gold:
+            rank = order.index(dia_id) + 1 if dia_id in order else 10**6
+            band = next((label for top, label in _BANDS if rank <= top), "beyond 50")
+            text, before = turns.get(dia_id, ("", ""))
+            if words(question) & words(text):
+                shared = "in the turn"
+            elif words(question) & words(before):
+                shared = "only in the turn it answers"
+            else:
+                shared = "none"
+            counts[(band, shared)] += 1
+    return counts
+
+
+def _evidence_rows(counts: Counter[tuple[str, str]]) -> list[dict[str, Any]]:
+    total = sum(counts.values()) or 1
+    return [
+        {"rank": band, "shared_word": shared, "turns": n, "share": round(n / total, 3)}
+        for (band, shared), n in sorted(counts.items())
+    ]

@@ -53,10 +53,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("memento.storage.index")
 
 # Written once the folder holds this layout; a folder without it (new, lost, from the one-table
-# layout, or from before index texts held dates: /1) is emptied and reported as `created`, and
-# the store rebuilds it from SQLite.
+# layout, from before index texts held dates: /1 or speakers: /2) is emptied and reported as
+# `created`, and the store rebuilds it from SQLite.
 LAYOUT_FILE = "layout.json"
-LAYOUT = "table-per-tenant/2"
+LAYOUT = "table-per-tenant/3"
 
 
 class MemoryIndex:

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.memory.asking import asks_for_something
 from proxy.memory.candidates import Candidate, Evidence
 from proxy.memory.inject import strip_block_text, strip_memory_blocks
 from proxy.memory.query import CONTEXT_CHARS, needs_context
@@ -41,6 +42,13 @@ class Turn:
     role: str
     text: str
     index: int | None  # position in the caller's messages; None for the answer
+    speaker: str | None = None  # the message's `name`: who said it, when the caller tells
+
+    @property
+    def speaker_keywords(self) -> list[str]:
+        """What a memory from this turn is also found by: its speaker's name ("What does Ana
+        like?" finds "The user likes tea." said by Ana), indexed, never shown."""
+        return [self.speaker] if self.speaker else []
 
 
 @dataclass
@@ -70,7 +78,9 @@ def build_exchange(
     for index, message in enumerate(clean):
         role = message.get("role")
         if role in ("user", "assistant", "tool"):
-            turns.append(Turn(str(role), message_text(message), index))
+            name = message.get("name")
+            speaker = name.strip() if isinstance(name, str) and name.strip() else None
+            turns.append(Turn(str(role), message_text(message), index, speaker))
     last_assistant = max((t.index or 0 for t in turns if t.role == "assistant"), default=-1)
     new_user = [t for t in turns if t.role == "user" and (t.index or 0) > last_assistant]
     answer = strip_block_text(answer_text(response))
@@ -198,6 +208,7 @@ def statement_candidate(sentence: str, turn: Turn) -> Candidate | None:
             source_role="user",
             key_text=text,
             fields=fields,
+            keywords=turn.speaker_keywords,
             evidence=evidence,
         )
 
@@ -249,7 +260,7 @@ def extract_with_rules(exchange: Exchange, settings: ExtractionSettings) -> list
         for sentence in sentences(turn.text):
             candidate = statement_candidate(sentence, turn)
             if candidate is None:
-                statement_only = statement_only and not _is_request(sentence)
+                statement_only = statement_only and not asks_for_something(sentence)
                 continue
             candidates.append(candidate)
     if settings.cases and not (candidates and statement_only):
@@ -271,7 +282,7 @@ def case_candidate(exchange: Exchange) -> Candidate | None:
     request = exchange.new_user_turns[-1].text.strip()
     if len(request.split()) < _MIN_CASE_WORDS:
         return None
-    if not any(_is_request(sentence) for sentence in sentences(request)):
+    if not any(asks_for_something(sentence) for sentence in sentences(request)):
         return None
     task = request[:_MAX_CASE_TASK]
     approach = _summary(exchange.answer)
@@ -362,32 +373,6 @@ def _object_key(obj: str) -> str:
     words = re.sub(r"[^a-z0-9 ]", " ", obj.lower()).split()
     stop = {"the", "a", "an", "now", "anymore", "more", "really", "very", "much", "instead"}
     return " ".join(word for word in words if word not in stop)
-
-
-# How a sentence that asks for something opens: a question word, a polite form, or the verb of
-# a task (the imperative of prompts: "act as…", "write…", "walk me through…").
-_REQUEST_OPENER = re.compile(
-    r"^(please|can|could|would|will|shall|should|do|does|did|is|are|was|were|what|how|why|"
-    r"when|where|which|who|whose|whom|write|give|make|help|tell|show|explain|find|list|suggest|"
-    r"recommend|create|fix|plan|draft|book|translate|summari[sz]e|convert|compare|check|"
-    r"calculate|generate|rewrite|edit|review|debug|design|outline|describe|send|schedule|"
-    r"remind|order|compose|organi[sz]e|prepare|analy[sz]e|add|remove|update|build|implement|"
-    r"refactor|optimi[sz]e|sort|define|solve|teach|correct|proofread|improve|shorten|expand|"
-    r"format|rank|estimate|act|pretend|imagine|play|role-?play|simulate|brainstorm|paraphrase|"
-    r"provide|identify|classify|extract|predict|name|discuss|elaborate|evaluate|critique|"
-    r"argue|answer|respond|reply|code|use|try|walk|break|sketch|map|pick|choose|decide|"
-    r"recap|detail|assess|propose|devise|advise|develop|monitor|manage|track|research|"
-    r"investigate|conduct|perform|run|test|verify|validate|ensure|assist|support|coordinate|"
-    r"arrange|install|configure|deploy|migrate|draw|paint|sing|learn|study|practise|practice|"
-    r"come up|set up|look up|let's|let us|i need|i want|"
-    r"i'd like|i would like|i'm looking for|i am looking for)\b",
-    re.I,
-)
-
-
-def _is_request(sentence: str) -> bool:
-    """Whether a sentence asks for something (so the exchange is worth a case)."""
-    return sentence.endswith("?") or bool(_REQUEST_OPENER.match(sentence))
 
 
 def turn_containing(turns: list[Turn], span: str) -> Turn | None:

@@ -119,6 +119,7 @@ def candidates_from_model_output(
                 source_role="user",
                 key_text=clean_statement(text),
                 fields={"polarity": 1, "change": bool(CHANGE_WORDS.search(span))},
+                keywords=turn.speaker_keywords if turn else [],
                 evidence=[Evidence("user", span, index)] if turn else [],
             )
         )

@@ -29,6 +29,7 @@ import numpy as np
 from opentelemetry import trace
 
 from proxy.memory.particulars import particulars_of
+from proxy.memory.query_period import period_relevance
 from proxy.memory.recall import fused_relevance, search_guarded, second_round
 from proxy.policy import MemoryPolicy, Policy
 from storage.api import MemoryStore
@@ -376,7 +377,8 @@ async def retrieve(
         include_shared=include_shared,
         now=now,
     )
-    ranking = rank_candidates(hits, policy, now=now)
+    in_period = period_relevance(hits, query, policy.retrieval)
+    ranking = rank_candidates(hits, policy, now=now, extra_rel=in_period)
     seeds = [(item.record, item.vector) for item in ranking.ranked]
     if policy.retrieval.second_round_seeds and seeds:
         seeds = seeds[: policy.retrieval.second_round_seeds]
@@ -392,6 +394,8 @@ async def retrieve(
             now=now,
         )
         dropped += more
+        for memory_id, rel in period_relevance(hits, query, policy.retrieval).items():
+            extra[memory_id] = extra.get(memory_id, 0.0) + rel
         ranking = rank_candidates(hits, policy, now=now, extra_rel=extra)
     if dropped:
         trace.get_current_span().set_attribute(

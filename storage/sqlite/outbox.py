@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from storage.index_people import speaker_terms, without_addressees
 from storage.index_text import dated_terms
 from storage.records import MemoryKind, MemoryStatus
 from storage.sqlite.connection import META_UPSERT, Connection
@@ -49,10 +50,12 @@ def search_text_of(
     tags: Iterable[str],
     when: float | None = None,
 ) -> str:
-    """The BM25 document: what is matched (key text, else the text) plus keywords and tags, and
+    """The BM25 document: what is matched (key text, else the text) plus keywords and tags,
+    without the names they only address, then the speaker's name (`storage.index_people`) and
     the dates it speaks of as of `when`, the memory's date (`storage.index_text`)."""
     matched = key_text or text
-    return " ".join([matched, *keywords, *tags, *dated_terms(matched, when)])
+    said = [without_addressees(part) for part in (matched, *keywords)]
+    return " ".join([*said, *tags, *speaker_terms(matched), *dated_terms(matched, when)])
 
 
 def embedding_input(key_text: str, text: str) -> str:
