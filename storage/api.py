@@ -132,10 +132,26 @@ class MemoryStore(Protocol):
         """
         ...
 
+    async def nearest(
+        self,
+        scope: Scope,
+        vectors: Sequence[Sequence[float]],
+        *,
+        k: int,
+        kinds: Sequence[MemoryKind] | None = None,
+        statuses: Sequence[MemoryStatus] = ("active",),
+        include_shared: bool = False,
+        now: float | None = None,
+    ) -> builtins.list[builtins.list[SearchHit]]:
+        """For each vector, its k nearest records of the scope by cosine, best first, with their
+        stored vectors (the write path's consensus and duplicate checks). Costs follow k, not the
+        size of the scope, and no scoring runs on the event loop."""
+        ...
+
     async def vectors(
         self, tenant_id: str, memory_ids: Sequence[str]
     ) -> dict[str, builtins.list[float]]:
-        """Stored vectors of records in one tenant (consensus checks)."""
+        """Stored vectors of records in one tenant, by id."""
         ...
 
     async def audit(
@@ -174,6 +190,18 @@ class MemoryStore(Protocol):
         self, scope: Scope, kind: MemoryKind, text: str, key_text: str
     ) -> str | None:
         """A stored record of the scope with exactly this kind, text and key text, if any."""
+        ...
+
+    async def count_written(self, scope: Scope, *, since: float, limit: int) -> int:
+        """How many records of the scope (any status but deleted; lessons aside) were created
+        at or after `since`, counted up to `limit` (the sanitizer's daily write limit)."""
+        ...
+
+    async def same_text(
+        self, scope: Scope, kinds: Sequence[MemoryKind], text: str
+    ) -> MemoryRecord | None:
+        """An active record of exactly this scope and one of `kinds` with the same normalised
+        text (`records.normalized_text`), found by its digest before anything is embedded."""
         ...
 
 

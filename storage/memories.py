@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, get_args
 
+import numpy as np
+
 from storage.api import Embedder, IndexUnavailable
 from storage.index_schema import IndexHit, scope_filter, scope_key
 from storage.index_sync import IndexSync, blob, unblob
@@ -222,6 +224,65 @@ class Memories(MemoryRows):
     async def vectors(self, tenant_id: str, memory_ids: Sequence[str]) -> dict[str, list[float]]:
         blobs = await self.vector_blobs(tenant_id, memory_ids)
         return {memory_id: unblob(data).tolist() for memory_id, data in blobs.items()}
+
+    async def nearest(
+        self,
+        scope: Scope,
+        vectors: Sequence[Sequence[float]],
+        *,
+        k: int,
+        kinds: Sequence[MemoryKind] | None = None,
+        statuses: Sequence[MemoryStatus] = ("active",),
+        include_shared: bool = False,
+        now: float | None = None,
+    ) -> list[list[SearchHit]]:
+        """For each vector, the k records of the scope nearest to it by cosine, best first, each
+        with its stored vector: what a write compares a candidate with.
+
+        The cost follows k, not the scope: exact k-NN over the scope's vectors in memory, scored
+        in a worker thread, or the index's vector search for a scope too large for that; then
+        one SQLite read for every hit of every vector.
+        """
+        if k <= 0 or not vectors:
+            return [[] for _ in vectors]
+        now = time.time() if now is None else now
+        users: list[str | None] = [scope.user_id]
+        if include_shared and scope.user_id is not None:
+            users.append(None)
+        where = scope_filter(
+            [scope_key(scope.tenant_id, user) for user in users], kinds=kinds, statuses=statuses
+        )
+        dimensions, model_id = self._sync.index.dimensions, self.embedder.model_id
+        queries = [query_unit_vector(vector, dimensions, model_id) for vector in vectors]
+        per_query = await self._vectors.nearest_many(
+            scope.tenant_id, users, where, queries, k, kinds=kinds, statuses=statuses, now=now
+        )
+        ids = list(dict.fromkeys(hit.id for hits in per_query for hit in hits))
+        found = await self.get_many_with_vectors(scope.tenant_id, ids, embedding_model=model_id)
+        stored: dict[str, tuple[MemoryRecord, np.ndarray[Any, np.dtype[np.float32]]]] = {}
+        for record, data in found:
+            if data is None or not visible(record, scope.tenant_id, users, kinds, statuses, now):
+                continue
+            vector = unblob(data)
+            if vector.shape == (dimensions,):
+                stored[record.id] = (record, vector)
+        result = []
+        for query, hits in zip(queries, per_query, strict=True):
+            near = [
+                SearchHit(
+                    record=stored[hit.id][0],
+                    bm25_score=None,
+                    bm25_rank=None,
+                    cosine=float(stored[hit.id][1] @ query),
+                    vector_rank=rank,
+                    vector=stored[hit.id][1],
+                )
+                for rank, hit in enumerate(hits)
+                if hit.id in stored
+            ]
+            near.sort(key=lambda hit: hit.cosine or 0.0, reverse=True)
+            result.append(near)
+        return result
 
     async def search(
         self,

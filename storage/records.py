@@ -7,6 +7,7 @@ These types are the contract between `storage/` and the proxy. Every store call 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,6 +30,18 @@ MEMORY_STATUSES: tuple[MemoryStatus, ...] = (
     "superseded",
     "deleted",
 )
+
+
+def normalized_text(text: str) -> str:
+    """A memory's text as duplicates are recognised: lower case, one space between words, no
+    final full stop or exclamation mark ("I like tea." and "i like  tea" are one memory)."""
+    return " ".join(text.lower().strip().rstrip(".!").split())
+
+
+def text_hash(text: str) -> str:
+    """The key an exact duplicate is found by, before anything is embedded: a digest of the
+    normalised text, kept with each record."""
+    return hashlib.sha256(normalized_text(text).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)

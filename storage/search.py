@@ -8,6 +8,7 @@ index lock, so the copy misses no change.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Sequence
@@ -98,10 +99,52 @@ class VectorSearch:
         async with self._sync.lock:
             cached = cache.get(tenant_id, user_id)
             if cached is None:
-                cached = cache.load(
-                    tenant_id, user_id, await self._sync.scope_rows(tenant_id, user_id)
-                )
+                rows = await self._sync.scope_rows(tenant_id, user_id)
+                # Thousands of rows copied and texts analysed in a thread, not on the event
+                # loop; the cache itself is changed here, where the hot path reads it.
+                cached = cache.adopt(tenant_id, user_id, await asyncio.to_thread(cache.build, rows))
             return cached
+
+    async def nearest_many(
+        self,
+        tenant_id: str,
+        users: Sequence[str | None],
+        where: str,
+        queries: Sequence[np.ndarray[Any, np.dtype[np.float32]]],
+        k: int,
+        *,
+        kinds: Sequence[MemoryKind] | None,
+        statuses: Sequence[MemoryStatus],
+        now: float,
+    ) -> list[list[IndexHit]]:
+        """`nearest` for several queries at once, with the scoring in a worker thread: the
+        write path's checks, which must not hold the event loop for a scope's worth of products.
+
+        The cache's scopes change only under the index lock (outbox batches, loads, evictions),
+        so holding it while the thread reads keeps the rows and their ids consistent.
+        """
+        if not queries:
+            return []
+        cached = await self.cached_scopes(tenant_id, users)
+        if cached is None:
+            return [await self._sync.index.search_vector(tenant_id, q, where, k) for q in queries]
+        scopes = cached
+
+        def score() -> list[list[IndexHit]]:
+            matrix = np.stack(queries)
+            per_scope = [
+                scope.search_many(matrix, k, kinds=kinds, statuses=statuses, now=now)
+                for scope in scopes
+            ]
+            found = []
+            for position in range(len(queries)):
+                hits = [hit for scope_hits in per_scope for hit in scope_hits[position]]
+                hits.sort(key=lambda hit: hit.score)  # distances: nearest first
+                found.append(hits[:k])
+            return found
+
+        async with self._sync.lock:
+            return await asyncio.to_thread(score)
 
 
 class TextSearch:

@@ -111,6 +111,7 @@ async def open_embedded_store(
                     "again "
                     f"(MEMENTO_EMBEDDER={_spec_of(stored_model)})."
                 )
+        await db.memories.fill_text_hashes()  # records older than the digest: once
         sync = IndexSync(
             folder, db, index, embedder, vector_cache=vector_cache or VectorCacheSettings.from_env()
         )

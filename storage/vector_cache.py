@@ -149,6 +149,29 @@ class ScopeVectors:
         picked = [i for i in _top(scores, k).tolist() if keep[i]]
         return [IndexHit(id=self.ids[i], score=float(scores[i])) for i in picked]
 
+    def search_many(
+        self,
+        queries: np.ndarray[Any, np.dtype[np.float32]],
+        k: int,
+        *,
+        kinds: Sequence[MemoryKind] | None,
+        statuses: Sequence[MemoryStatus],
+        now: float,
+    ) -> list[list[IndexHit]]:
+        """`search` for each row of `queries` (unit vectors), scored in one matrix product: the
+        write path's batches (an import's lines), run in a worker thread."""
+        n = len(self.ids)
+        if n == 0 or k <= 0:
+            return [[] for _ in queries]
+        keep = self._passing(kinds, statuses, now)
+        scores = queries @ self._matrix[:n].T
+        scores[:, ~keep] = -np.inf
+        found = []
+        for row in scores:
+            picked = [i for i in _top(row, k).tolist() if keep[i]]
+            found.append([IndexHit(id=self.ids[i], score=-float(row[i])) for i in picked])
+        return found
+
     def _passing(
         self, kinds: Sequence[MemoryKind] | None, statuses: Sequence[MemoryStatus], now: float
     ) -> np.ndarray[Any, np.dtype[np.bool_]]:
@@ -206,14 +229,24 @@ class VectorCache:
 
     def load(self, tenant_id: str, user_id: str | None, rows: Sequence[IndexRow]) -> ScopeVectors:
         """Cache a scope from its complete list of index rows (read from SQLite)."""
-        key = (tenant_id, user_id)
-        self.drop(key)
+        return self.adopt(tenant_id, user_id, self.build(rows))
+
+    def build(self, rows: Sequence[IndexRow]) -> ScopeVectors:
+        """A scope's copy, not yet cached: touches nothing shared, so it can be built in a
+        worker thread (thousands of texts analysed, vectors copied) and adopted on the loop."""
         # Room for the rows and an eighth more, not the next power of two: the byte budget
         # counts what is allocated.
         scope = ScopeVectors(self.dimensions, capacity=max(64, len(rows) + len(rows) // 8))
         for row in rows:
             scope.upsert(row)
-            self._owner[row.id] = key
+        return scope
+
+    def adopt(self, tenant_id: str, user_id: str | None, scope: ScopeVectors) -> ScopeVectors:
+        """Cache `scope` (made by `build`) as the copy of (tenant_id, user_id)."""
+        key = (tenant_id, user_id)
+        self.drop(key)
+        for memory_id in scope.ids:
+            self._owner[memory_id] = key
         self._scopes[key] = scope
         self._evict()
         return scope

@@ -27,7 +27,7 @@ from proxy.memory.model_call import CallModel
 from proxy.memory.particulars import particulars_of
 from proxy.messages import answer_text
 from proxy.policy import ConsolidationSettings
-from storage.records import MemoryRecord
+from storage.records import MemoryRecord, normalized_text
 
 Operation = Literal["ADD", "UPDATE", "DELETE", "NOOP"]
 OPERATIONS: tuple[Operation, ...] = ("ADD", "UPDATE", "DELETE", "NOOP")
@@ -77,14 +77,14 @@ def decide(
         if target is None:
             return Consolidation("NOOP", None, "nothing to forget")
         return Consolidation("DELETE", target.record, "user asked to forget it")
-    text = _norm(candidate.text)
+    text = normalized_text(candidate.text)
     slot = candidate.fields.get("slot")
     value = candidate.fields.get("value")
     polarity = candidate.fields.get("polarity", 1)
     for neighbour in about:
         record = neighbour.record
         same_slot = slot is not None and record.fields.get("slot") == slot
-        if _norm(record.text) == text:
+        if normalized_text(record.text) == text:
             return Consolidation("NOOP", record, "same text")
         if same_slot and is_single_valued(slot):
             if value is not None and record.fields.get("value") == value:
@@ -111,11 +111,11 @@ def _decide_case(
     neighbours: Sequence[ConsolidationNeighbour],
     settings: ConsolidationSettings,
 ) -> Consolidation:
-    text = _norm(candidate.text)
+    text = normalized_text(candidate.text)
     for neighbour in neighbours:
         if neighbour.record.kind != "case":
             continue
-        if _norm(neighbour.record.text) == text:
+        if normalized_text(neighbour.record.text) == text:
             return Consolidation("NOOP", neighbour.record, "same case")
         # The same request asked again (its wording aside, its numbers and names the same).
         if neighbour.cosine >= settings.dup_cos and particulars_of(
@@ -169,7 +169,3 @@ async def decide_with_model(
     if operation in ("UPDATE", "DELETE", "NOOP") and target is not None:
         return Consolidation(operation, target, reason)
     return fallback
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.lower().strip().rstrip(".!").split())

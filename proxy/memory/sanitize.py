@@ -20,8 +20,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from proxy.memory import lessons
 from proxy.memory.candidates import Candidate, Reason, TrustVerdict
 from proxy.memory.signals import CONTENT_SIGNALS, Hit, consensus, resemblance, session
@@ -30,14 +28,14 @@ from proxy.memory.trust import fuse, part_hits, shared_scope_gate, verdict_for
 from proxy.metrics import SANITIZER_VERDICTS
 from proxy.policy import SanitizerPolicy
 from storage.api import MemoryStore
-from storage.records import MemoryKind, MemoryRecord, Scope
+from storage.records import MemoryKind, Scope, SearchHit
 
 log = logging.getLogger("memento.sanitize")
 
 NEIGHBOURS = 5  # active neighbours for the consensus check (docs/design.md#consensus)
 EMBED_CHARS = 1000  # ~200 tokens: enough to place a memory; attack essays cost less
-SCAN_LIMIT = 5000  # above this many memories in a scope, neighbours come from the index instead
 DAY_S = 86_400.0
+_MEMORY_KINDS: list[MemoryKind] = ["fact", "preference", "case"]  # what consensus compares with
 
 
 @dataclass
@@ -79,16 +77,22 @@ class Sanitizer:
         policy: SanitizerPolicy,
         *,
         dry_run: bool = False,
+        each_alone: bool = False,
     ) -> list[TrustVerdict]:
         """One verdict per candidate, in order. Never writes the candidates; unless `dry_run`,
-        records a lesson for each rejection that content signals caused."""
+        records a lesson for each rejection that content signals caused.
+
+        The candidates are those of one write: each counts towards the rate limits and burst
+        check of the ones after it. With `each_alone` (an import, whose lines keep their own
+        times), each is judged as the next write to the store as it is, as in a dry run."""
         pending = []
         for candidate in candidates:
             prior, prior_hits, hits, others, text = part_hits(candidate, scope, policy)
             pending.append(_Pending(candidate, prior, prior_hits, hits, text, others))
 
         if self.store is not None and pending:
-            await self._memory_signals(self.store, scope, pending, policy, dry_run=dry_run)
+            alone = dry_run or each_alone
+            await self._memory_signals(self.store, scope, pending, policy, alone=alone)
 
         verdicts = []
         for item in pending:
@@ -132,57 +136,69 @@ class Sanitizer:
         pending: list[_Pending],
         policy: SanitizerPolicy,
         *,
-        dry_run: bool,
+        alone: bool,
     ) -> None:
         """Consensus, lessons and session signals: they need the scope's memories.
 
-        Candidates are embedded only when there is something to compare them with, and the
-        scope's memories are compared in one matrix product rather than one search each, so a
-        batch of hundreds stays cheap. A batch that will be written counts its own earlier
-        candidates towards the rate limits and the burst check; a dry run judges each candidate
-        as the next write to the store as it is, so it counts nothing of its own.
+        Candidates are embedded only when there is something to compare them with, and each is
+        compared with its nearest memories of the scope as the store finds them (`nearest`, k
+        small, scored off the event loop), so a check costs the same in a scope of a hundred
+        memories or of a hundred thousand. A batch that will be written counts its own earlier
+        candidates towards the rate limits and the burst check; `alone` (a dry run, an import)
+        judges each candidate as the next write to the store as it is.
         """
         known = await lessons.load_lessons(store, scope.tenant_id)
-        existing = await self._scope_memories(store, scope)
+        has_memories = await _has_memories(store, scope)
         session_vectors, session_writes = await self._session_history(store, scope)
         writes_today = await self._writes_today(store, scope, policy)
         in_session = scope.session_id is not None and scope.user_id is not None
-        if not (known or existing or existing is None or in_session):
+        if not (known or has_memories or in_session):
             self._text_only_session_signals(
-                scope, pending, policy, session_writes, writes_today, dry_run=dry_run
+                scope, pending, policy, session_writes, writes_today, alone=alone
             )
             return
 
         # A hard rule already rejects: no memory signal can change that, so skip the embedding.
         open_items = [item for item in pending if not any(h.hard for h in item.hits)]
-        if existing is not None and not in_session:
-            # Outside a session, a vector only matters if the candidate can resemble a lesson or
-            # a memory of the scope, which needs at least one distinctive word in common.
-            vocabulary = known.words | {
-                word for record, _ in existing for word in resemblance.content_words(record.text)
-            }
-            open_items = [
-                item
-                for item in open_items
-                if _could_resemble(resemblance.content_words(item.candidate.text), vocabulary)
-            ]
         vectors = await store.embedder.embed(
             [item.candidate.text[:EMBED_CHARS] for item in open_items]
         )
+        nearest: list[list[SearchHit]] = [[] for _ in vectors]
+        if has_memories and vectors:
+            nearest = await store.nearest(
+                Scope(scope.tenant_id, scope.user_id),
+                vectors,
+                k=NEIGHBOURS * 3,  # so that the kind filter below still leaves k
+                kinds=_MEMORY_KINDS,
+                include_shared=True,
+            )
+        if not in_session:
+            # Outside a session, a vector only matters if the candidate can resemble a lesson or
+            # a memory near it, which needs at least one distinctive word in common.
+            resembling = [
+                index
+                for index, item in enumerate(open_items)
+                if _could_resemble(
+                    resemblance.content_words(item.candidate.text),
+                    known.words | _words_of(nearest[index]),
+                )
+            ]
+            open_items = [open_items[index] for index in resembling]
+            vectors = [vectors[index] for index in resembling]
+            nearest = [nearest[index] for index in resembling]
         for item, vector in zip(open_items, vectors, strict=True):
             item.vector = vector
         batch_vectors = [*session_vectors, *vectors]
-        nearest = _nearest(existing, vectors) if existing and vectors else None
 
         for index, item in enumerate(open_items):
             candidate, vector = item.candidate, vectors[index]
             item.adjustments.extend(lessons.match(known, candidate.text, vector, policy))
-            if existing is None:
-                neighbours = await self._search_neighbours(store, scope, candidate, vector)
-            else:
-                neighbours = nearest[index] if nearest is not None else []
-                kinds = ("case",) if candidate.kind == "case" else ("fact", "preference")
-                neighbours = [n for n in neighbours if n.record.kind in kinds]
+            kinds = ("case",) if candidate.kind == "case" else ("fact", "preference")
+            neighbours = [
+                consensus.Neighbour(hit.record, hit.cosine or 0.0, hit.vector)
+                for hit in nearest[index]
+                if hit.record.kind in kinds
+            ]
             neighbours = consensus.independent(candidate, neighbours)[:NEIGHBOURS]
             if candidate.kind == "case":
                 item.adjustments.extend(consensus.case_consensus(vector, neighbours, policy))
@@ -190,7 +206,7 @@ class Sanitizer:
                 item.adjustments.extend(consensus.fact_consensus(candidate, neighbours, policy))
             if in_session:
                 position = len(session_vectors) + index
-                history = [*session_vectors, vector] if dry_run else batch_vectors[: position + 1]
+                history = [*session_vectors, vector] if alone else batch_vectors[: position + 1]
                 if hit := session.burst(
                     history,
                     len(history) - 1,
@@ -199,7 +215,7 @@ class Sanitizer:
                 ):
                     item.hits.append(hit)
         self._text_only_session_signals(
-            scope, pending, policy, session_writes, writes_today, dry_run=dry_run
+            scope, pending, policy, session_writes, writes_today, alone=alone
         )
 
     @staticmethod
@@ -210,10 +226,10 @@ class Sanitizer:
         session_writes: int,
         writes_today: int,
         *,
-        dry_run: bool,
+        alone: bool,
     ) -> None:
         for position, item in enumerate(pending):
-            index = 0 if dry_run else position  # earlier candidates of the batch, once written
+            index = 0 if alone else position  # earlier candidates of the batch, once written
             candidate = item.candidate
             user_text = " ".join(e.span for e in candidate.evidence if e.role == "user")
             if candidate.source_role != "user" and (
@@ -228,51 +244,15 @@ class Sanitizer:
             if hit := session.over_daily_rate(writes_today + index, policy.rate.per_day):
                 item.hits.append(hit)
 
-    async def _scope_memories(
-        self, store: MemoryStore, scope: Scope
-    ) -> list[tuple[MemoryRecord, list[float]]] | None:
-        """The scope's active memories (the user's and tenant-shared) with their vectors, or
-        None when there are too many to compare in memory (then each candidate searches)."""
-        kinds: list[MemoryKind] = ["fact", "preference", "case"]
-        scopes = [scope.shared()] if scope.user_id is None else [scope, scope.shared()]
-        records: list[MemoryRecord] = []
-        for each in scopes:
-            found = await store.list(each, kinds=kinds, statuses=["active"], limit=SCAN_LIMIT)
-            if len(found) >= SCAN_LIMIT:
-                return None
-            records.extend(found)
-        if not records:
-            return []
-        vectors = await store.vectors(scope.tenant_id, [r.id for r in records])
-        return [(r, vectors[r.id]) for r in records if r.id in vectors]
-
-    async def _search_neighbours(
-        self, store: MemoryStore, scope: Scope, candidate: Candidate, vector: Sequence[float]
-    ) -> list[consensus.Neighbour]:
-        kinds: list[MemoryKind] = ["case"] if candidate.kind == "case" else ["fact", "preference"]
-        hits = await store.search(
-            scope,
-            query_text=candidate.key_text or candidate.text,
-            query_vector=vector,
-            k=NEIGHBOURS,
-            kinds=kinds,
-            include_shared=True,
-            with_vectors=True,
-        )
-        ranked = sorted(hits, key=lambda h: h.cosine or 0.0, reverse=True)[:NEIGHBOURS]
-        return [consensus.Neighbour(h.record, h.cosine or 0.0, h.vector) for h in ranked]
-
     async def _writes_today(self, store: MemoryStore, scope: Scope, policy: SanitizerPolicy) -> int:
         """How many memories this user wrote in the last 24 hours (up to the daily limit)."""
         if scope.user_id is None or not policy.rate.per_day:
             return 0
-        records = await store.list(
+        return await store.count_written(
             Scope(scope.tenant_id, scope.user_id),
-            statuses=["active", "quarantined", "rejected", "superseded"],
+            since=time.time() - DAY_S,
             limit=policy.rate.per_day,
         )
-        since = time.time() - DAY_S
-        return sum(1 for r in records if r.created_at >= since and r.kind != "lesson")
 
     async def _session_history(
         self, store: MemoryStore, scope: Scope
@@ -338,25 +318,22 @@ def _content_driven(reasons: Sequence[Reason]) -> bool:
     return any(r.signal in CONTENT_SIGNALS and (r.hard or r.delta <= -0.1) for r in reasons)
 
 
-def _nearest(
-    existing: Sequence[tuple[MemoryRecord, list[float]]], vectors: Sequence[Sequence[float]]
-) -> list[list[consensus.Neighbour]]:
-    """For each candidate vector, the existing memories by cosine, best first (top 3×k, so a
-    kind filter still leaves k)."""
-    matrix = np.asarray([v for _, v in existing], dtype=np.float32)
-    queries = np.asarray(vectors, dtype=np.float32)
-    similarity = queries @ matrix.T
-    keep = min(len(existing), NEIGHBOURS * 3)
-    result = []
-    for row in similarity:
-        order = np.argsort(-row)[:keep]
-        result.append(
-            [
-                consensus.Neighbour(existing[i][0], float(row[i]), existing[i][1])
-                for i in order.tolist()
-            ]
-        )
-    return result
+async def _has_memories(store: MemoryStore, scope: Scope) -> bool:
+    """Whether the scope (the user's and the tenant-shared) holds any active memory to compare
+    a candidate with: one indexed row at most per scope, whatever its size."""
+    scopes = (
+        [scope.shared()]
+        if scope.user_id is None
+        else [Scope(scope.tenant_id, scope.user_id), scope.shared()]
+    )
+    for each in scopes:
+        if await store.list(each, kinds=_MEMORY_KINDS, statuses=["active"], limit=1):
+            return True
+    return False
+
+
+def _words_of(hits: Sequence[SearchHit]) -> set[str]:
+    return {word for hit in hits for word in resemblance.content_words(hit.record.text)}
 
 
 def _could_resemble(words: set[str], vocabulary: set[str]) -> bool:

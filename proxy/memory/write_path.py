@@ -160,17 +160,46 @@ class WritePath:
         await self._mark_used(scope, _injected_ids(job))
         if not candidates:
             return
-        with tracer.start_as_current_span(
-            "memento.sanitize", links=links, attributes=attrs
-        ) as span:
-            sanitizer = Sanitizer(
-                self.store.memories, models, log_content=policy.logging.log_content
-            )
-            verdicts = await sanitizer.assess(scope, candidates, policy.sanitizer)
-            record_verdicts(span, candidates, verdicts, policy.tracing)
+        known, candidates = await self._known_duplicates(scope, candidates)
+        verdicts: list[TrustVerdict] = []
+        if candidates:
+            with tracer.start_as_current_span(
+                "memento.sanitize", links=links, attributes=attrs
+            ) as span:
+                sanitizer = Sanitizer(
+                    self.store.memories, models, log_content=policy.logging.log_content
+                )
+                verdicts = await sanitizer.assess(scope, candidates, policy.sanitizer)
+                record_verdicts(span, candidates, verdicts, policy.tracing)
         await self._consolidate_and_write(
-            scope, policy, models, job, candidates, verdicts, links, attrs
+            scope, policy, models, job, candidates, verdicts, links, attrs, known=known
         )
+
+    async def _known_duplicates(
+        self, scope: Scope, candidates: Sequence[Candidate]
+    ) -> tuple[list[dict[str, Any]], list[Candidate]]:
+        """Candidates the user's memories already hold word for word (an active memory with the
+        same normalised text, found by its digest) have a known result: consolidation would
+        reinforce that memory (NOOP, "same text"). They are reinforced here, before anything is
+        embedded, assessed or searched for; the others go on. Returns the decisions taken and
+        the candidates left."""
+        user_scope = Scope(scope.tenant_id, scope.user_id)
+        decisions: list[dict[str, Any]] = []
+        rest: list[Candidate] = []
+        for candidate in candidates:
+            kinds: list[MemoryKind] = (
+                ["case"] if candidate.kind == "case" else ["fact", "preference"]
+            )
+            same = None
+            if not candidate.fields.get("retract"):
+                same = await self.store.memories.same_text(user_scope, kinds, candidate.text)
+            if same is None:
+                rest.append(candidate)
+                continue
+            await self._reinforce(same)
+            noop = Consolidation("NOOP", same, "same text, found by its digest")
+            decisions.append({"kind": candidate.kind, **noop.as_dict(), "memory_id": None})
+        return decisions, rest
 
     async def _mark_used(self, scope: Scope, memory_ids: list[str]) -> None:
         """Recency counts from the last time a memory was injected (off the request path)."""
@@ -188,8 +217,10 @@ class WritePath:
         verdicts: Sequence[TrustVerdict],
         links: list[trace.Link],
         attrs: dict[str, str],
+        *,
+        known: Sequence[dict[str, Any]] = (),
     ) -> None:
-        decisions: list[dict[str, Any]] = []
+        decisions: list[dict[str, Any]] = list(known)
         written: list[MemoryRecord] = []
         with tracer.start_as_current_span("memento.consolidate", links=links, attributes=attrs):
             for candidate, verdict in zip(candidates, verdicts, strict=True):
@@ -260,10 +291,14 @@ class WritePath:
         if decision.operation == "DELETE":
             await self.store.memories.delete(target_scope, target.id, actor="user:forget")
             return None
+        await self._reinforce(target)
+        return None
+
+    async def _reinforce(self, target: MemoryRecord) -> None:
+        """Count one more time the memory was learned again (a NOOP's effect)."""
         reinforced = int(target.fields.get("reinforced", 0)) + 1
         fields = {**target.fields, "reinforced": reinforced}
-        await self.store.memories.update(target_scope, target.id, fields=fields)
-        return None
+        await self.store.memories.update(target.scope, target.id, fields=fields)
 
     async def _attach_case(self, tenant_id: str, request_id: str, case: MemoryRecord) -> None:
         """Tie the case to its request; a reward that arrived first becomes its outcome."""

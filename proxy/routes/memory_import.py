@@ -12,6 +12,8 @@ field refuses the whole import with a 400 that names the line. Each good line is
   links, validity and expiry times, Q and its counts, evidence and provenance, after the
   sanitizer has assessed it again, with the memory's own versions left out of consensus. Trust
   is min(exported, assessed) and the status the stricter of the exported one and the verdict's.
+  A user's lines are assessed a batch at a time, each as the next write to the store as it is
+  (none counts towards another's rate limits: they keep their own times).
 
 All written lines go into one transaction together with the import's outcome. A client that
 disconnects before that transaction stops the import: nothing is written. Every outcome
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, get_args
 
@@ -33,7 +36,7 @@ from starlette.responses import JSONResponse, Response
 from proxy.app_state import pipeline_of, tenant_models
 from proxy.auth import authenticate
 from proxy.errors import ProxyError, bad_request
-from proxy.memory.candidates import Candidate, Reason
+from proxy.memory.candidates import Candidate, Reason, TrustVerdict
 from proxy.memory.model_call import CallModel
 from proxy.memory.new_memory import STATUS_FOR_VERDICT
 from proxy.memory.sanitize import Sanitizer
@@ -53,6 +56,9 @@ from proxy.validation import parse_json, read_body, user_id
 from storage.api import MemoryStore
 from storage.records import MemoryRecord, MemoryStatus, Scope, SourceRole
 
+# Lines of one user assessed together: one embedding batch and one neighbour search. A lesson
+# distilled from a line rejected in a batch is consulted from the next batch on.
+ASSESS_BATCH = 256
 _IMPORT_STATUSES: tuple[MemoryStatus, ...] = ("active", "quarantined", "rejected", "superseded")
 # Which of two statuses is stricter: an import never makes a memory more servable than it was.
 _STRICTNESS: dict[MemoryStatus, int] = {
@@ -97,12 +103,10 @@ async def import_memories(request: Request) -> Response:
     outcome["lines"] = len(lines)
     try:
         to_write, skipped = await _plan(store, policy.tenant, lines)
-        records: list[MemoryRecord] = []
-        for line in to_write:
-            if await request.is_disconnected():
-                where = f"after {len(records)} of {len(to_write)} lines were checked"
-                return await _cancelled(store, policy, outcome, where)
-            records.append(await _assessed(store, models, policy, line))
+        records, checked = await _assess_lines(request, store, models, policy, to_write)
+        if records is None:
+            where = f"after {checked} of {len(to_write)} lines were checked"
+            return await _cancelled(store, policy, outcome, where)
         if await request.is_disconnected():
             return await _cancelled(store, policy, outcome, "before the write")
         statuses: dict[str, int] = {}
@@ -339,13 +343,46 @@ def _skip(line: ImportLine, reason: str) -> dict[str, Any]:
     return {"line": line.number, "id": line.exported_id, "reason": reason}
 
 
-async def _assessed(
-    store: MemoryStore, models: CallModel, policy: Policy, line: ImportLine
-) -> MemoryRecord:
-    """The line's record as it will be written: sanitized text, trust no higher than
-    exported, status no more servable than exported."""
+async def _assess_lines(
+    request: Request,
+    store: MemoryStore,
+    models: CallModel,
+    policy: Policy,
+    lines: Sequence[ImportLine],
+) -> tuple[list[MemoryRecord] | None, int]:
+    """The lines' records as they will be written, in order, and how many lines were checked;
+    None instead of the records when the client disconnected meanwhile.
+
+    Each user's lines are assessed `ASSESS_BATCH` at a time (one embedding batch, one search
+    for their neighbours), each judged as the next write to the store as it is: the file's
+    lines are written together at the end and keep their own times."""
+    sanitizer = Sanitizer(store, models, log_content=policy.logging.log_content)
+    by_user: dict[str | None, list[int]] = {}
+    for number, line in enumerate(lines):
+        by_user.setdefault(line.record.user_id, []).append(number)
+    assessed: dict[int, MemoryRecord] = {}
+    for user, numbers in by_user.items():
+        for start in range(0, len(numbers), ASSESS_BATCH):
+            if await request.is_disconnected():
+                return None, len(assessed)
+            batch = [lines[number] for number in numbers[start : start + ASSESS_BATCH]]
+            verdicts = await sanitizer.assess(
+                Scope(policy.tenant, user),
+                [_candidate(line) for line in batch],
+                policy.sanitizer,
+                each_alone=True,
+            )
+            for number, line, verdict in zip(
+                numbers[start : start + ASSESS_BATCH], batch, verdicts, strict=True
+            ):
+                assessed[number] = _assessed(line, verdict)
+    return [assessed[number] for number in range(len(lines))], len(lines)
+
+
+def _candidate(line: ImportLine) -> Candidate:
+    """What the sanitizer assesses of a line: its memory, none of its versions a witness."""
     record = line.record
-    candidate = Candidate(
+    return Candidate(
         kind=record.kind,
         text=record.text,
         source_role="import",
@@ -357,9 +394,12 @@ async def _assessed(
             i for i in (line.exported_id, record.supersedes, record.superseded_by) if i
         ),
     )
-    scope = Scope(policy.tenant, record.user_id)
-    sanitizer = Sanitizer(store, models, log_content=policy.logging.log_content)
-    (verdict,) = await sanitizer.assess(scope, [candidate], policy.sanitizer)
+
+
+def _assessed(line: ImportLine, verdict: TrustVerdict) -> MemoryRecord:
+    """The line's record as it will be written: sanitized text, trust no higher than
+    exported, status no more servable than exported."""
+    record = line.record
     trust, reasons = verdict.trust, verdict.reasons_as_dicts()
     if line.exported_trust is not None and line.exported_trust < trust:
         cap = Reason(

@@ -13,8 +13,16 @@ from typing import Any
 
 import aiosqlite
 
-from storage.records import MemoryKind, MemoryRecord, MemoryStatus, Scope, TextEdit
-from storage.sqlite.audit import AuditRows, audit_import, audit_records
+from storage.records import (
+    MemoryKind,
+    MemoryRecord,
+    MemoryStatus,
+    Scope,
+    TextEdit,
+    text_hash,
+)
+from storage.sqlite.audit import audit_import, audit_records
+from storage.sqlite.content import ContentRows
 from storage.sqlite.rows import (
     INDEXED_FIELDS,
     OUTBOX_INSERT,
@@ -30,7 +38,7 @@ from storage.sqlite.rows import (
 )
 
 
-class MemoryRows(AuditRows):
+class MemoryRows(ContentRows):
     """The `memories` and `memory_versions` tables (and `audit`, which each write adds to)."""
 
     async def count_memories(self) -> int:
@@ -73,12 +81,12 @@ class MemoryRows(AuditRows):
         embeddings: Sequence[bytes | None],
         now: float,
     ) -> None:
-        columns = ", ".join((*RECORD_COLUMNS, "embedding"))
-        sql = f"INSERT INTO memories ({columns}) VALUES ({placeholders(len(RECORD_COLUMNS) + 1)})"
+        columns = ", ".join((*RECORD_COLUMNS, "embedding", "text_hash"))
+        sql = f"INSERT INTO memories ({columns}) VALUES ({placeholders(len(RECORD_COLUMNS) + 2)})"
         await db.executemany(
             sql,
             [
-                [*record_values(record), embedding]
+                [*record_values(record), embedding, text_hash(record.text)]
                 for record, embedding in zip(records, embeddings, strict=True)
             ],
         )
@@ -99,18 +107,6 @@ class MemoryRows(AuditRows):
             )
             found.update({row[0]: row[1] for row in rows})
         return found
-
-    async def same_content(
-        self, scope: Scope, kind: MemoryKind, text: str, key_text: str
-    ) -> str | None:
-        """The id of a stored record (not erased) of this scope with exactly this content."""
-        clause, params = user_clause(scope.user_id)
-        rows = await self._connection.fetchall(
-            f"SELECT id FROM memories WHERE tenant_id = ? AND {clause} AND kind = ? AND text = ? "
-            "AND key_text = ? AND status != 'deleted' LIMIT 1",
-            (scope.tenant_id, *params, kind, text, key_text),
-        )
-        return str(rows[0][0]) if rows else None
 
     async def get(self, scope: Scope, memory_id: str) -> MemoryRecord | None:
         rows = await self._connection.fetchall(*live_record_query(SELECT_RECORD, scope, memory_id))
@@ -184,6 +180,17 @@ class MemoryRows(AuditRows):
         )
         return int(rows[0][0])
 
+    async def count_written(self, scope: Scope, *, since: float, limit: int) -> int:
+        """How many records of the scope (any status but deleted) were created at or after
+        `since`, counted up to `limit`: a range of the scope's time index, not a listing."""
+        clause, params = user_clause(scope.user_id)
+        rows = await self._connection.fetchall(
+            f"SELECT count(*) FROM (SELECT 1 FROM memories WHERE tenant_id = ? AND {clause} "
+            "AND created_at >= ? AND status != 'deleted' AND kind != 'lesson' LIMIT ?)",
+            (scope.tenant_id, *params, since, max(0, limit)),
+        )
+        return int(rows[0][0])
+
     async def update_memory(
         self,
         scope: Scope,
@@ -226,6 +233,7 @@ class MemoryRows(AuditRows):
                     assignments["embedding"] = embedding
                     assignments["embedding_model"] = embedding_model
                 assignments["version"] = before.version + 1
+                assignments["text_hash"] = text_hash(changes.get("text", before.text))
             sets = ", ".join(f"{column} = ?" for column in assignments)
             values = [column_value(column, value) for column, value in assignments.items()]
             await db.execute(
@@ -270,11 +278,11 @@ class MemoryRows(AuditRows):
             new.version = int(row[0]) + 1
             new.supersedes = old_id
             new.valid_from = at
-            columns = ", ".join((*RECORD_COLUMNS, "embedding"))
+            columns = ", ".join((*RECORD_COLUMNS, "embedding", "text_hash"))
             await db.execute(
                 f"INSERT INTO memories ({columns}) "
-                f"VALUES ({placeholders(len(RECORD_COLUMNS) + 1)})",
-                [*record_values(new), embedding],
+                f"VALUES ({placeholders(len(RECORD_COLUMNS) + 2)})",
+                [*record_values(new), embedding, text_hash(new.text)],
             )
             await db.execute(
                 "UPDATE memories SET status = 'superseded', valid_to = ?, superseded_by = ?, "
@@ -299,7 +307,8 @@ class MemoryRows(AuditRows):
             await db.execute(
                 "UPDATE memories SET status = 'deleted', text = '', key_text = '', "
                 "fields = '{}', metadata = '{}', keywords = '[]', tags = '[]', "
-                "trust_reasons = '[]', evidence = '[]', embedding = NULL, updated_at = ? "
+                "trust_reasons = '[]', evidence = '[]', embedding = NULL, text_hash = NULL, "
+                "updated_at = ? "
                 "WHERE id = ? AND tenant_id = ?",
                 (now, memory_id, scope.tenant_id),
             )

@@ -187,6 +187,17 @@ MIGRATIONS: tuple[Migration, ...] = (
     CREATE INDEX responses_user ON responses (tenant_id, user_id);
     """,
     ),
+    # 6: a digest of each record's normalised text (`records.text_hash`), so the write path
+    # finds an exact duplicate with one indexed read, before embedding anything. Records written
+    # before keep NULL: consolidation still recognises them, only later.
+    Migration(
+        "memory_text_hash",
+        """
+    ALTER TABLE memories ADD COLUMN text_hash TEXT;
+    CREATE INDEX memories_text_hash ON memories (tenant_id, text_hash)
+        WHERE text_hash IS NOT NULL;
+    """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

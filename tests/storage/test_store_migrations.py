@@ -38,7 +38,8 @@ async def test_empty_database_migrates_to_latest(tmp_path: Path) -> None:
 
 async def test_the_tables_hold_every_field_of_the_records(tmp_path: Path) -> None:
     """The columns read and written are the dataclasses' fields: a field added to
-    MemoryRecord or RequestLog needs a migration step that adds its column, or this fails."""
+    MemoryRecord or RequestLog needs a migration step that adds its column, or this fails.
+    Beside them: the vector and the digest duplicates are found by (`records.text_hash`)."""
     path = tmp_path / "memento.db"
     await (await SQLiteDatabase.open(path)).close()
     with sqlite3.connect(path) as raw:
@@ -46,7 +47,7 @@ async def test_the_tables_hold_every_field_of_the_records(tmp_path: Path) -> Non
         def columns(table: str) -> set[str]:
             return {row[1] for row in raw.execute(f"PRAGMA table_info({table})")}
 
-        assert columns("memories") == {*RECORD_COLUMNS, "embedding"}
+        assert columns("memories") == {*RECORD_COLUMNS, "embedding", "text_hash"}
         assert columns("requests") == set(REQUEST_COLUMN_NAMES)
     # Lists and dicts are kept as JSON text.
     assert {
@@ -93,6 +94,10 @@ async def test_older_versions_upgrade_in_place(
             assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         record = await store.memories.get(SCOPE, "m-old")
         assert record is not None and record.text == "I grow tomatoes"
+        # Its digest was filled in at open: an exact copy of it is found by that digest.
+        same = await store.memories.same_text(SCOPE, ["fact"], "i grow tomatoes.")
+        assert same is not None and same.id == "m-old"
+        assert await store.memories.same_content(SCOPE, "fact", "I grow tomatoes", "") == "m-old"
         # The new version's feature works on the old row: the edit history keeps the old text.
         await store.memories.update(SCOPE, "m-old", text="I grow peppers")
         with sqlite3.connect(path) as raw:

@@ -1,0 +1,140 @@
+"""`nearest` (the write path's k nearest records), `same_text` (exact duplicates by digest) and
+`count_written` (the daily write limit), against a real store: exact, scoped and filtered."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from storage.embedders import LocalEmbedder
+from storage.index_schema import IndexRow
+from storage.records import NewMemory, Scope
+from storage.store import open_embedded_store
+from storage.vector_cache import ScopeVectors, VectorCacheSettings
+
+ALICE = Scope("acme", "alice")
+
+
+def _unit_rows(count: int, seed: int) -> np.ndarray:
+    rows = np.random.default_rng(seed).normal(size=(count, 384)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+# max_rows=50 sends the 300-record scope to LanceDB (a flat, exact search before any vector
+# index is built); the default keeps it in the vector cache.
+@pytest.mark.parametrize("max_rows", [20_000, 50])
+async def test_nearest_is_the_exact_k_nearest_of_the_scope(
+    tmp_path: Path, local_embedder: LocalEmbedder, max_rows: int
+) -> None:
+    store = await open_embedded_store(
+        tmp_path, local_embedder, vector_cache=VectorCacheSettings(max_rows=max_rows)
+    )
+    try:
+        mine, shared, other = _unit_rows(300, 1), _unit_rows(20, 2), _unit_rows(20, 3)
+        kinds = ["fact", "preference", "case"]
+        written = await store.memories.add(
+            ALICE,
+            [NewMemory(kinds[i % 3], f"memory {i}") for i in range(300)],  # type: ignore[arg-type]
+            vectors=mine.tolist(),
+        )
+        await store.memories.add(
+            ALICE.shared(), [NewMemory("fact", f"shared {i}") for i in range(20)], vectors=shared
+        )
+        await store.memories.add(  # another user: never a neighbour
+            Scope("acme", "bob"), [NewMemory("fact", f"bob {i}") for i in range(20)], vectors=other
+        )
+        await store.memories.update(ALICE, written[0].id, status="quarantined")
+        queries = _unit_rows(3, 4)
+
+        found = await store.memories.nearest(
+            ALICE, queries.tolist(), k=7, kinds=["fact", "case"], include_shared=True
+        )
+
+        candidates = [
+            (record.id, vector)
+            for record, vector in zip(written, mine, strict=True)
+            if record.kind in ("fact", "case") and record.id != written[0].id
+        ]
+        ids = [memory_id for memory_id, _ in candidates]
+        matrix = np.stack([v for _, v in candidates] + list(shared))
+        ids += [f"shared-{i}" for i in range(20)]
+        for query, hits in zip(queries, found, strict=True):
+            expected = [ids[i] for i in np.argsort(-(matrix @ query))[:7]]
+            got = [h.record.id if h.record.user_id else f"shared-{h.record.text[7:]}" for h in hits]
+            assert got == expected
+            assert all(h.vector is not None and h.cosine is not None for h in hits)
+            cosines = [h.cosine for h in hits]
+            assert cosines == sorted(cosines, reverse=True)
+    finally:
+        await store.close()
+
+
+async def test_same_text_finds_an_active_copy_by_its_normalised_text(
+    tmp_path: Path, local_embedder: LocalEmbedder
+) -> None:
+    store = await open_embedded_store(tmp_path, local_embedder)
+    try:
+        memories = store.memories
+        [tea] = await memories.add(ALICE, [NewMemory("preference", "The user likes green tea.")])
+        same = await memories.same_text(ALICE, ["fact", "preference"], "the user likes  GREEN tea!")
+        assert same is not None and same.id == tea.id
+        assert await memories.same_text(ALICE, ["case"], "The user likes green tea.") is None
+        assert await memories.same_text(Scope("acme", "bob"), ["preference"], tea.text) is None
+        assert await memories.same_text(ALICE, ["preference"], "The user likes tea.") is None
+
+        await memories.update(ALICE, tea.id, text="The user likes black tea.")
+        assert await memories.same_text(ALICE, ["preference"], "The user likes green tea.") is None
+        found = await memories.same_text(ALICE, ["preference"], "The user likes black tea")
+        assert found is not None and found.id == tea.id
+
+        await memories.update(ALICE, tea.id, status="quarantined")  # only active ones count
+        assert await memories.same_text(ALICE, ["preference"], "The user likes black tea") is None
+        await memories.update(ALICE, tea.id, status="active")
+        await memories.delete(ALICE, tea.id, actor="test")
+        assert await memories.same_text(ALICE, ["preference"], "The user likes black tea") is None
+    finally:
+        await store.close()
+
+
+async def test_count_written_counts_todays_records_up_to_the_limit(
+    tmp_path: Path, local_embedder: LocalEmbedder
+) -> None:
+    store = await open_embedded_store(tmp_path, local_embedder)
+    try:
+        memories = store.memories
+        now = time.time()
+        old = [NewMemory("fact", f"Old fact {i}.", created_at=now - 3 * 86_400) for i in range(3)]
+        new = [NewMemory("fact", f"New fact {i}.", status="rejected") for i in range(4)]
+        await memories.add(ALICE, [*old, *new])
+        written = await memories.add(ALICE, [NewMemory("fact", "Erased today.")])
+        await memories.delete(ALICE, written[0].id, actor="test")
+        await memories.add(Scope("acme", "bob"), [NewMemory("fact", "Bob's fact.")])
+
+        since = now - 86_400
+        assert await memories.count_written(ALICE, since=since, limit=100) == 4
+        assert await memories.count_written(ALICE, since=since, limit=2) == 2
+        assert await memories.count_written(ALICE, since=now - 4 * 86_400, limit=100) == 7
+    finally:
+        await store.close()
+
+
+def test_a_batch_of_queries_finds_what_each_query_finds_alone() -> None:
+    rows = _unit_rows(200, 6)
+    scope = ScopeVectors(384)
+    for i, vector in enumerate(rows):
+        status = "quarantined" if i % 7 == 0 else "active"
+        kind = "case" if i % 3 == 0 else "fact"
+        expires = 50.0 if i % 11 == 0 else None
+        scope.upsert(IndexRow(f"m{i}", "t", "u", kind, status, expires, "", vector))
+    queries = _unit_rows(5, 7)
+    options: dict[str, Any] = {"kinds": ["fact"], "statuses": ["active"], "now": 100.0}
+    batched = scope.search_many(queries, 9, **options)
+    alone = [scope.search(query, 9, **options) for query in queries]
+    assert [[hit.id for hit in hits] for hits in batched] == [[h.id for h in a] for a in alone]
+    scores = [hit.score for hits in batched for hit in hits]
+    assert scores == pytest.approx([hit.score for hits in alone for hit in hits], abs=1e-5)
+    assert all(len(hits) == 9 for hits in batched)
