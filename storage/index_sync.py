@@ -130,7 +130,11 @@ class IndexSync:
     async def scope_rows(self, tenant_id: str, user_id: str | None) -> list[IndexRow]:
         """What the index holds of one scope, read from SQLite: a scope's in-memory copy."""
         sources = await self._db.outbox.scope_index_sources(tenant_id, user_id)
-        return [row for source in sources if (row := self.index_row(source)) is not None]
+
+        def rows() -> list[IndexRow]:
+            return [row for source in sources if (row := self.index_row(source)) is not None]
+
+        return await asyncio.to_thread(rows)  # thousands of them: not on the event loop
 
     async def sync(self) -> int:
         """Apply pending outbox entries to the index; returns how many records it touched.

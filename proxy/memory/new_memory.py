@@ -11,12 +11,12 @@ otherwise the API, an export, a search and the index would still hold it. The ca
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, TypeVar
 
 from proxy.memory.candidates import Candidate, TrustVerdict, Verdict
 from proxy.memory.signals import secrets
 from proxy.policy import Policy
-from storage.records import MemoryStatus, NewMemory
+from storage.records import MemoryRecord, MemoryStatus, NewMemory
 
 STATUS_FOR_VERDICT: dict[Verdict, MemoryStatus] = {
     "accept": "active",
@@ -50,11 +50,14 @@ def memory_from_verdict(
     return memory if policy.sanitizer.pii == "allow" else without_secrets(memory)
 
 
-def without_secrets(memory: NewMemory) -> NewMemory:
+_Memory = TypeVar("_Memory", NewMemory, MemoryRecord)
+
+
+def without_secrets(memory: _Memory) -> _Memory:
     """`memory` with every secret found in its conversation-derived strings redacted wherever
     its value appears in them (a password's value stands alone in a slot, without the words
     that make it recognisable)."""
-    parts = [memory.text, memory.key_text, memory.fields, memory.keywords, memory.tags]
+    parts: list[Any] = [memory.text, memory.key_text, memory.fields, memory.keywords, memory.tags]
     found: dict[str, str] = {}
     for text in _strings([*parts, memory.evidence]):
         found.update(secrets.secrets_in(text))

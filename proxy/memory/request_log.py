@@ -1,8 +1,9 @@
 """The request log: each memory call's request and the memories it injected, for feedback.
 
-The log is written while the call goes upstream; the hooks' `after_call` waits for it before the
-client has the whole answer, so feedback sent the moment the answer arrives finds the request.
-Feedback and traces join on the request id.
+The log is written while the call goes upstream. Nothing on the call's path waits for it but
+the exchange's job (queued after it, as the job links its case to the log); the feedback route
+waits for logs still pending (`flush`), so feedback sent the moment the answer arrives finds the
+request. Feedback and traces join on the request id.
 """
 
 from __future__ import annotations

@@ -94,21 +94,23 @@ class WritePath:
     async def after_call(
         self, ctx: CallContext, prepared: PreparedCall, response: dict[str, Any]
     ) -> None:
-        """Queue the exchange durably, and wait for the call's request log."""
+        """Queue the exchange durably (after the call's request log, which its job reads)."""
         state = prepared.state
         access = state.access
         scope = access.scope if access is not None and access.writes else None
         # Only complete exchanges teach: not a failed call, nor a stream that broke off.
         if scope is not None and "error" not in response and response.get("choices"):
             shed = self.queue_watch.over_bound(scope.tenant_id, ctx.policy.memory.write_queue)
-            if shed is None:
-                await self._queue_exchange(ctx, scope, state, response)
-            else:
+            if shed is not None:
                 _shed(ctx, shed)
-        if state.logged is not None:
-            # Feedback sent the moment the answer arrives must find the request. Its log was
-            # submitted before the exchange, so they usually share one group commit.
-            await asyncio.shield(state.logged)
+                return
+            if state.logged is not None:
+                # The job links the case it writes to the request's log, so the log goes
+                # first; submitted before the exchange, they usually share one group commit.
+                await asyncio.shield(state.logged)
+            await self._queue_exchange(ctx, scope, state, response)
+        # Otherwise nothing waits for the log: feedback waits for pending logs itself
+        # (`MemoryPipeline.flush_request_logs`), so a read-only call answers without a commit.
 
     async def _queue_exchange(
         self, ctx: CallContext, scope: Scope, state: CallState, response: dict[str, Any]

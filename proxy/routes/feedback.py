@@ -45,6 +45,7 @@ async def post_feedback(request: Request) -> Response:
         reward = reward_from(body)
     except InvalidFeedback as exc:
         raise bad_request(str(exc), param="reward") from None
+    await pipeline.flush_request_logs()  # feedback sent the moment an answer arrives
     result = await pipeline.learner.apply(
         policy.tenant, request_id, reward, policy.memory.feedback, comment=comment
     )

@@ -38,7 +38,7 @@ from proxy.auth import authenticate
 from proxy.errors import ProxyError, bad_request
 from proxy.memory.candidates import Candidate, Reason, TrustVerdict
 from proxy.memory.model_call import CallModel
-from proxy.memory.new_memory import STATUS_FOR_VERDICT
+from proxy.memory.new_memory import STATUS_FOR_VERDICT, without_secrets
 from proxy.memory.sanitize import Sanitizer
 from proxy.policy import Policy
 from proxy.routes.memory_fields import (
@@ -375,7 +375,7 @@ async def _assess_lines(
             for number, line, verdict in zip(
                 numbers[start : start + ASSESS_BATCH], batch, verdicts, strict=True
             ):
-                assessed[number] = _assessed(line, verdict)
+                assessed[number] = _assessed(line, verdict, policy)
     return [assessed[number] for number in range(len(lines))], len(lines)
 
 
@@ -396,9 +396,10 @@ def _candidate(line: ImportLine) -> Candidate:
     )
 
 
-def _assessed(line: ImportLine, verdict: TrustVerdict) -> MemoryRecord:
-    """The line's record as it will be written: sanitized text, trust no higher than
-    exported, status no more servable than exported."""
+def _assessed(line: ImportLine, verdict: TrustVerdict, policy: Policy) -> MemoryRecord:
+    """The line's record as it will be written: sanitized text (a secret redacted wherever the
+    record holds it, unless the policy keeps secrets), trust no higher than exported, status no
+    more servable than exported."""
     record = line.record
     trust, reasons = verdict.trust, verdict.reasons_as_dicts()
     if line.exported_trust is not None and line.exported_trust < trust:
@@ -413,7 +414,7 @@ def _assessed(line: ImportLine, verdict: TrustVerdict) -> MemoryRecord:
         status = line.exported_status
     text = verdict.text
     key_text = text if record.key_text == record.text else record.key_text
-    return replace(
+    written = replace(
         record,
         text=text,
         key_text=key_text,
@@ -421,3 +422,4 @@ def _assessed(line: ImportLine, verdict: TrustVerdict) -> MemoryRecord:
         trust_reasons=reasons,
         status=status,
     )
+    return written if policy.sanitizer.pii == "allow" else without_secrets(written)

@@ -312,3 +312,25 @@ def test_a_secret_said_in_a_chat_is_redacted_in_everything_the_memory_keeps(
     # not hold them (found by both retrievers, its relevance would be 1).
     assert secret not in json.dumps(found)
     assert [hit["scores"]["rel"] < 1.0 for hit in found["data"]] == [True]
+
+
+def test_an_imported_secret_is_redacted_in_everything_the_record_keeps(
+    sanitizing_proxy: Callable[..., RunningProxy],
+) -> None:
+    """An export from elsewhere (or from before the redaction covered every field) brings the
+    password in its key text, fields and evidence too."""
+    proxy = sanitizing_proxy()
+    secret = "Tr0ub4dor&3xyz"
+    line = {
+        "user": "ivy",
+        "kind": "fact",
+        "text": f"The user's password is {secret}",
+        "key_text": f"the user's password is {secret}.",
+        "fields": {"slot": "password", "value": secret},
+        "evidence": [{"role": "user", "span": f"My password is {secret}", "turn": 0}],
+    }
+    with http_for(proxy) as http:
+        imported = http.post("/v1/memories/import", content=json.dumps(line) + "\n")
+        assert imported.status_code == 200, imported.text
+        exported = http.get("/v1/memories/export", params={"user": "ivy"}).text
+    assert secret not in exported and "[redacted password]" in exported
