@@ -34,6 +34,7 @@ class VectorSearch:
         self._sync = sync
         self._rows = rows
         self._scope_sizes: dict[tuple[str, str | None], tuple[int, float]] = {}
+        self._loading: dict[tuple[str, str | None], asyncio.Future[ScopeVectors]] = {}
 
     @property
     def index(self) -> MemoryIndex:
@@ -93,6 +94,25 @@ class VectorSearch:
         return cached[0]
 
     async def _load_scope_vectors(self, tenant_id: str, user_id: str | None) -> ScopeVectors:
+        """The scope's copy, loaded once however many searches ask for it meanwhile. The load
+        runs as its own task: a search that gives up (its retrieval deadline) must not cancel
+        it, or a scope whose load takes longer than the deadline would never be cached and
+        every search would start it again."""
+        key = (tenant_id, user_id)
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(tenant_id, user_id))
+            self._loading[key] = loading
+
+            def forget(done: asyncio.Future[ScopeVectors]) -> None:
+                self._loading.pop(key, None)
+                if not done.cancelled():
+                    done.exception()  # seen here even if every search waiting for it gave up
+
+            loading.add_done_callback(forget)
+        return await asyncio.shield(loading)
+
+    async def _load(self, tenant_id: str, user_id: str | None) -> ScopeVectors:
         # Under the index lock: no outbox batch can be applied between the read and the cache
         # taking it, so the copy misses no change (a batch already in it re-applies harmlessly).
         cache = self._sync.vector_cache

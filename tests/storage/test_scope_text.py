@@ -186,3 +186,24 @@ async def test_a_scope_over_the_cache_bound_is_searched_by_the_index(store: Embe
     )
     assert await _text_search(store, Scope("acme", "small"), "glacier") == [small.id]
     assert store.index.vector_cache.get("acme", "small") is not None
+
+
+async def test_a_scope_load_outlives_the_search_that_gave_up_on_it(store: EmbeddedStore) -> None:
+    """A search cancelled by its deadline while its scope loads must not cancel the load: a
+    scope slower to load than the deadline was loaded again, and given up on, by every search."""
+    import asyncio
+
+    scope = Scope("acme", "dana")
+    texts = [f"Dana kept note {n} about the harbour, the boats and the tide." for n in range(600)]
+    await store.memories.add(scope, [NewMemory(kind="fact", text=text) for text in texts])
+    store.index.vector_cache.clear()  # as a process that has not searched it yet
+    vector = (await store.memories.embedder.embed(["the tide at the harbour"]))[0]
+    search = store.memories.search(scope, query_text="tide harbour", query_vector=vector, k=5)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(search, timeout=0.001)
+    for _ in range(500):  # the load finishes on its own
+        if store.index.vector_cache.get("acme", "dana") is not None:
+            break
+        await asyncio.sleep(0.01)
+    cached = store.index.vector_cache.get("acme", "dana")
+    assert cached is not None and len(cached) == 600
