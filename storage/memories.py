@@ -246,12 +246,7 @@ class Memories(MemoryRows):
         if k <= 0 or not vectors:
             return [[] for _ in vectors]
         now = time.time() if now is None else now
-        users: list[str | None] = [scope.user_id]
-        if include_shared and scope.user_id is not None:
-            users.append(None)
-        where = scope_filter(
-            [scope_key(scope.tenant_id, user) for user in users], kinds=kinds, statuses=statuses
-        )
+        users, where = _searched(scope, include_shared, kinds, statuses)
         dimensions, model_id = self._sync.index.dimensions, self.embedder.model_id
         queries = [query_unit_vector(vector, dimensions, model_id) for vector in vectors]
         per_query = await self._vectors.nearest_many(
@@ -308,12 +303,7 @@ class Memories(MemoryRows):
         if k <= 0:
             return []
         now = time.time() if now is None else now
-        users: list[str | None] = [scope.user_id]
-        if include_shared and scope.user_id is not None:
-            users.append(None)
-        where = scope_filter(
-            [scope_key(scope.tenant_id, user) for user in users], kinds=kinds, statuses=statuses
-        )
+        users, where = _searched(scope, include_shared, kinds, statuses)
         # The query is embedded before the BM25 search starts, not during it: on two cores the
         # two fought for the CPU and the overlap was slower. BM25 then runs on LanceDB's
         # threads while the vector search runs here.
@@ -390,3 +380,18 @@ class Memories(MemoryRows):
                 )
             )
         return hits
+
+
+def _searched(
+    scope: Scope,
+    include_shared: bool,
+    kinds: Sequence[MemoryKind] | None,
+    statuses: Sequence[MemoryStatus],
+) -> tuple[list[str | None], str]:
+    """The users a search covers (the scope's, and the tenant-shared one when asked) and the
+    index's filter for them."""
+    users: list[str | None] = [scope.user_id]
+    if include_shared and scope.user_id is not None:
+        users.append(None)
+    keys = [scope_key(scope.tenant_id, user) for user in users]
+    return users, scope_filter(keys, kinds=kinds, statuses=statuses)

@@ -80,21 +80,22 @@ def test_serve_reports_a_bad_setting_in_one_line(tmp_path: Path) -> None:
     )
 
 
+def serve_echo(policies: Path, data: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`memento-proxy serve` for a tenant with the echo model, with `env` added, until it exits
+    (these tests only start it when it cannot start)."""
+    write_tenant(policies, "acme", "key-acme-0123456789", {"echo": {"model": "echo"}})
+    command = [sys.executable, "-m", "proxy.cli", "serve", "--port", "0"]
+    command += ["--policies", str(policies), "--data-dir", str(data)]
+    return subprocess.run(
+        command, capture_output=True, text=True, check=False, timeout=120, env={**os.environ, **env}
+    )
+
+
 def test_serve_exits_when_start_up_fails(policies_dir: Path, tmp_path: Path) -> None:
     # A failure while the memory pipeline starts left the tracing threads running, so the
     # process hung after uvicorn's "Application startup failed. Exiting."
-    write_tenant(policies_dir, "acme", "key-acme-0123456789", {"echo": {"model": "echo"}})
-    command = [sys.executable, "-m", "proxy.cli", "serve", "--port", "0"]
-    command += ["--policies", str(policies_dir), "--data-dir", str(tmp_path / "data")]
-    result = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-        # No model can be exported into a cache that cannot exist: the embedder fails to load.
-        env={**os.environ, "MEMENTO_MODEL_CACHE": "/dev/null/models"},
-    )
+    # No model can be exported into a cache that cannot exist: the embedder fails to load.
+    result = serve_echo(policies_dir, tmp_path / "data", MEMENTO_MODEL_CACHE="/dev/null/models")
     assert result.returncode != 0
     assert "Application startup failed" in result.stderr
 
@@ -110,17 +111,7 @@ def test_serve_exits_when_start_up_fails(policies_dir: Path, tmp_path: Path) -> 
 def test_a_bad_storage_setting_is_one_line_before_anything_starts(
     policies_dir: Path, tmp_path: Path, setting: str, value: str, says: str
 ) -> None:
-    write_tenant(policies_dir, "acme", "key-acme-0123456789", {"echo": {"model": "echo"}})
-    command = [sys.executable, "-m", "proxy.cli", "serve", "--port", "0"]
-    command += ["--policies", str(policies_dir), "--data-dir", str(tmp_path / "data")]
-    result = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-        env={**os.environ, setting: value},
-    )
+    result = serve_echo(policies_dir, tmp_path / "data", **{setting: value})
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"memento-proxy serve: bad setting: {says}"), line
