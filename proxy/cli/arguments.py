@@ -81,6 +81,19 @@ JSON = option(
 )
 
 
+def whole_number_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` to `high` (else a usage error, exit 2, before
+    anything is asked of the proxy or the store)."""
+
+    def parse(text: str) -> int:
+        if not text.strip().isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"must be a whole number from {low} to {high}")
+        return int(text)
+
+    parse.__name__ = "whole number"  # argparse names the type in its message
+    return parse
+
+
 def data_dir(what: str = "data folder") -> Option:
     """`--data-dir`: the folder `memento-proxy serve` keeps its data in."""
     return option(

@@ -21,7 +21,16 @@ import sys
 from typing import Any
 from urllib.parse import quote
 
-from proxy.cli.arguments import JSON, SERVER, Command, Group, Option, Run, option
+from proxy.cli.arguments import (
+    JSON,
+    SERVER,
+    Command,
+    Group,
+    Option,
+    Run,
+    option,
+    whole_number_in,
+)
 from proxy.cli.client import ProxyClient
 from proxy.cli.common import (
     print_fields,
@@ -173,14 +182,18 @@ COMMAND = Group(
             option("--user", help="only this user's memories (default: every user's)"),
             option("--kind", choices=MEMORY_KINDS),
             option("--status", choices=MEMORY_STATUSES),
-            option("--limit", type=int, default=50, help="at most this many (50)"),
+            option(
+                "--limit", type=whole_number_in(1, 1000), default=50, help="at most this many (50)"
+            ),
         ),
         _action(
             "search",
             _search,
             "rank as the chat path would, with scores",
             option("--user", required=True),
-            option("--limit", type=int, default=10, help="at most this many (10)"),
+            option(
+                "--limit", type=whole_number_in(1, 200), default=10, help="at most this many (10)"
+            ),
             option("query"),
         ),
         _action(

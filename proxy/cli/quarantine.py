@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from proxy.cli.arguments import Command, Group, data_dir, option
+from proxy.cli.arguments import Command, Group, data_dir, option, whole_number_in
 from proxy.cli.common import (
     CommandError,
     data_folder,
@@ -29,7 +29,7 @@ from proxy.cli.common import (
 from proxy.cli.sanitize import database, open_store, sanitizer_policy, tenant_options
 from proxy.memory import quarantine
 from proxy.policy import SanitizerPolicy
-from proxy.shapes import memory_json
+from proxy.shapes import PageRequest, memory_json, page_json
 from storage.records import Scope
 
 QUARANTINE = """\
@@ -40,10 +40,12 @@ the one `serve` uses), which must exist: reading creates nothing. A table or tex
 
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
     folder = data_folder(args, database())
-    records = asyncio.run(_list(args, folder))
+    page = PageRequest(limit=args.limit, after=None)
+    listed = page_json(asyncio.run(_list(args, folder, page.fetch)), page)
     if wants_json(args):
-        print_json({"object": "list", "data": records})
+        print_json(listed)  # the API's page, as `GET /v1/memories/quarantine` answers it
         return 0
+    records = listed["data"]
     if records:
         print_table(
             ["ID", "KIND", "USER", "SOURCE", "TRUST", "CREATED", "REASONS", "TEXT"],
@@ -61,7 +63,8 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
                 for record in records
             ],
         )
-    print(f"{len(records)} quarantined in {folder}", file=sys.stderr)
+    more = " (more: raise --limit to see them)" if listed["has_more"] else ""
+    print(f"{len(records)} quarantined in {folder}{more}", file=sys.stderr)
     return 0
 
 
@@ -70,14 +73,14 @@ def _either(record: dict[str, Any], name: str, old_name: str) -> Any:
     return record.get(name, record.get(old_name))
 
 
-async def _list(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
+async def _list(args: argparse.Namespace, folder: Path, limit: int) -> list[dict[str, Any]]:
     store = await open_store(folder, lazy=True)
     try:
         records = await store.memories.list(
             Scope(args.tenant, args.user),
             kinds=["fact", "preference", "case"],
             statuses=["quarantined"],
-            limit=args.limit,
+            limit=limit,
             all_users=args.user is None,
         )
         policy = sanitizer_policy(args, required=False)
@@ -146,7 +149,9 @@ COMMAND = Group(
                 *tenant_options(required=True),
                 data_dir(),
                 option("--user", help="only this user's memories"),
-                option("--limit", type=int, default=100, help="at most this many (100)"),
+                option(
+                    "--limit", type=whole_number_in(1, 1000), default=100, help="at most this many"
+                ),
             ),
         ),
         _decision("approve"),

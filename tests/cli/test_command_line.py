@@ -96,6 +96,11 @@ def test_usage_errors_exit_2() -> None:
     # Lessons are the sanitizer's own: the API refuses them, so the command does not offer them.
     lesson = run_cli("memories", "add", "--key", KEY, "--kind", "lesson", "Likes jazz.")
     assert lesson.returncode == 2 and "invalid choice: 'lesson'" in lesson.stderr
+    # A page size the API would refuse is refused here, before the proxy is asked.
+    zero = run_cli("memories", "list", "--key", KEY, "--limit", "0")
+    too_many = run_cli("memories", "search", "--key", KEY, "--user", "a", "--limit", "201", "tea")
+    for done in (zero, too_many):
+        assert done.returncode == 2 and "must be a whole number from 1 to" in done.stderr
 
 
 def test_a_missing_input_file_is_one_line(tmp_path: Path) -> None:
@@ -224,7 +229,7 @@ def test_data_folder_commands_print_json(tmp_path: Path) -> None:
             "quarantine", "list", "--tenant", "acme", "--policies", str(policies), "--json", *folder
         )
     )
-    assert quarantined["object"] == "list"
+    assert set(quarantined) == {"object", "data", "has_more", "first_id", "last_id"}  # the API's
     traces = as_json(run_cli("trace", request_id, "--json", *folder))
     assert [t["request_id"] for t in traces["data"]] == [request_id]
     assert traces["data"][0]["tenant"] == "acme"
