@@ -103,14 +103,7 @@ async def open_embedded_store(
             if stored is None or await db.memories.count_memories() == 0:
                 await db.connection.set_meta(EMBEDDER_META, tag)
             elif check_embedder:
-                stored_model = stored.rsplit("|", 1)[0]
-                raise EmbedderMismatchError(
-                    f"the memories in {folder} were embedded with {stored_model!r}, but the "
-                    f"configured embedder is {embedder.model_id!r}. Run `memento-proxy reindex "
-                    f"--data-dir {folder}` to re-embed them, or configure the previous embedder "
-                    "again "
-                    f"(MEMENTO_EMBEDDER={_spec_of(stored_model)})."
-                )
+                raise embedder_mismatch(folder, stored.rsplit("|", 1)[0], embedder.model_id)
         await db.memories.fill_text_hashes()  # records older than the digest: once
         sync = IndexSync(
             folder, db, index, embedder, vector_cache=vector_cache or VectorCacheSettings.from_env()
@@ -147,11 +140,16 @@ def check_local_embedder(data_dir: Path, spec: str) -> None:
         return  # not a store this version can read: opening it says why
     stored = row[0].rsplit("|", 1)[0] if row else None
     if stored in (LOCAL_MODEL_ID, LOCAL_INT8_MODEL_ID) and stored != wanted and count:
-        raise EmbedderMismatchError(
-            f"the memories in {data_dir} were embedded with {stored!r}, but the configured "
-            f"embedder is {wanted!r}. Run `memento-proxy reindex --data-dir {data_dir}` to "
-            f"re-embed them, or set MEMENTO_EMBEDDER={_spec_of(stored)}."
-        )
+        raise embedder_mismatch(data_dir, stored, wanted)
+
+
+def embedder_mismatch(data_dir: Path, stored: str, configured: str) -> EmbedderMismatchError:
+    """The refusal of a data folder whose memories `stored` embedded, with both ways forward."""
+    return EmbedderMismatchError(
+        f"the memories in {data_dir} were embedded with {stored!r}, but the configured "
+        f"embedder is {configured!r}. Run `memento-proxy reindex --data-dir {data_dir}` to "
+        f"re-embed them, or set MEMENTO_EMBEDDER={_spec_of(stored)}."
+    )
 
 
 def _spec_of(model_id: str) -> str:
