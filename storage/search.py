@@ -58,13 +58,10 @@ class VectorSearch:
         cached = await self.cached_scopes(tenant_id, users)
         if cached is None:
             return await self._sync.index.search_vector(tenant_id, query, where, k)
-        hits = [
-            hit
-            for scope in cached
-            for hit in scope.search(query, k, kinds=kinds, statuses=statuses, now=now)
+        found = [
+            scope.search(query, k, kinds=kinds, statuses=statuses, now=now) for scope in cached
         ]
-        hits.sort(key=lambda hit: hit.score)  # distances: nearest first
-        return hits[:k]
+        return best_of(found, k, by_distance=True)
 
     async def cached_scopes(
         self, tenant_id: str, users: Sequence[str | None]
@@ -156,12 +153,10 @@ class VectorSearch:
                 scope.search_many(matrix, k, kinds=kinds, statuses=statuses, now=now)
                 for scope in scopes
             ]
-            found = []
-            for position in range(len(queries)):
-                hits = [hit for scope_hits in per_scope for hit in scope_hits[position]]
-                hits.sort(key=lambda hit: hit.score)  # distances: nearest first
-                found.append(hits[:k])
-            return found
+            return [
+                best_of([scope_hits[position] for scope_hits in per_scope], k, by_distance=True)
+                for position in range(len(queries))
+            ]
 
         async with self._sync.lock:
             return await asyncio.to_thread(score)
@@ -191,13 +186,16 @@ class TextSearch:
         cached = await self._vectors.cached_scopes(tenant_id, users)
         if cached is None:
             return await self._vectors.index.search_text(tenant_id, text, where, k)
-        hits = [
-            hit
-            for scope in cached
-            for hit in scope.match(text, k, kinds=kinds, statuses=statuses, now=now)
-        ]
-        hits.sort(key=lambda hit: -hit.score)  # BM25 scores: best first
-        return hits[:k]
+        found = [scope.match(text, k, kinds=kinds, statuses=statuses, now=now) for scope in cached]
+        return best_of(found, k, by_distance=False)
+
+
+def best_of(per_scope: Sequence[list[IndexHit]], k: int, *, by_distance: bool) -> list[IndexHit]:
+    """The k best of several scopes' hits: the nearest when scores are distances, else the
+    highest (BM25)."""
+    hits = [hit for hits in per_scope for hit in hits]
+    hits.sort(key=lambda hit: hit.score if by_distance else -hit.score)
+    return hits[:k]
 
 
 def normalized(
