@@ -129,7 +129,7 @@ class MemoryIndex:
             await index.reset()
             index.created = True
             return index
-        if not await asyncio.to_thread(tables_on_disk, path):
+        if not await index._lancedb_has_work():
             return index  # nothing to open: LanceDB loads with the first table written
         db = await index._connection()
         for name in await table_names(db):
@@ -143,10 +143,13 @@ class MemoryIndex:
         await index.drop_other_generations(older_only=True)
         return index
 
+    async def _lancedb_has_work(self) -> bool:
+        """Connected already, or the folder holds tables: else LanceDB need not be loaded yet
+        (`storage.lance` says why it waits)."""
+        return self._db is not None or await asyncio.to_thread(tables_on_disk, self._path)
+
     async def _connection(self) -> lancedb.AsyncConnection:
-        """LanceDB, connected on first need: importing it costs a second and ~75 MB, which a
-        process whose index has no table yet (a new data folder, a proxy for memory-less
-        tenants) need not pay before its first write; hot scopes are searched in process."""
+        """LanceDB, connected on first need."""
         if self._db is None:
             self._session, self._db = await connect(self._path, self.settings)
             self._session_floor = int(self._session.size_bytes)
@@ -170,7 +173,7 @@ class MemoryIndex:
         this generation is the one served. Best effort: a table another process is still
         writing can refuse to go (it goes at the next open), which is logged, not raised."""
         dropped: list[str] = []
-        if self._db is None and not await asyncio.to_thread(tables_on_disk, self._path):
+        if not await self._lancedb_has_work():
             return dropped
         db = await self._connection()
         for name in await table_names(db):
@@ -194,7 +197,7 @@ class MemoryIndex:
 
     async def reset(self) -> None:
         """Drop every table (before a rebuild from SQLite)."""
-        if self._db is not None or await asyncio.to_thread(tables_on_disk, self._path):
+        if await self._lancedb_has_work():
             await (await self._connection()).drop_all_tables()
         self._tables.clear()
         self._vector_indexed.clear()
