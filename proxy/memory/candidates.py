@@ -38,6 +38,12 @@ class Candidate:
     # versions: consensus never counts the memory as a witness for itself.
     same_as: frozenset[str] = frozenset()
 
+    @property
+    def comparable_kinds(self) -> list[MemoryKind]:
+        """The kinds it is compared with (consensus, duplicates, consolidation): a case with
+        past cases, a fact or preference with the user's facts and preferences."""
+        return ["case"] if self.kind == "case" else ["fact", "preference"]
+
 
 @dataclass(frozen=True)
 class Reason:

@@ -193,7 +193,7 @@ class Sanitizer:
         for index, item in enumerate(open_items):
             candidate, vector = item.candidate, vectors[index]
             item.adjustments.extend(lessons.match(known, candidate.text, vector, policy))
-            kinds = ("case",) if candidate.kind == "case" else ("fact", "preference")
+            kinds = candidate.comparable_kinds
             neighbours = [
                 consensus.Neighbour(hit.record, hit.cosine or 0.0, hit.vector)
                 for hit in nearest[index]

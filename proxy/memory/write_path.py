@@ -45,7 +45,7 @@ from proxy.policy_source import PolicySource
 from proxy.tracing import request_link
 from proxy.upstreams.registry import Upstreams
 from storage.api import Store
-from storage.records import MemoryKind, MemoryRecord, NewMemory, QueuedJob, Scope
+from storage.records import MemoryRecord, NewMemory, QueuedJob, Scope
 
 log = logging.getLogger("memento.memory")
 tracer = trace.get_tracer("memento.memory")
@@ -189,11 +189,9 @@ class WritePath:
         decisions: list[dict[str, Any]] = []
         rest: list[Candidate] = []
         for candidate in candidates:
-            kinds: list[MemoryKind] = (
-                ["case"] if candidate.kind == "case" else ["fact", "preference"]
-            )
             same = None
             if not candidate.fields.get("retract"):
+                kinds = candidate.comparable_kinds
                 same = await self.store.memories.same_text(user_scope, kinds, candidate.text)
             if same is None:
                 rest.append(candidate)
@@ -262,9 +260,7 @@ class WritePath:
         memory: NewMemory,
     ) -> Consolidation:
         """What to do with an accepted candidate, against its nearest memories of its kind."""
-        kinds: tuple[MemoryKind, ...] = (
-            ("case",) if candidate.kind == "case" else ("fact", "preference")
-        )
+        kinds = candidate.comparable_kinds
         hits = await self.store.memories.search(
             Scope(scope.tenant_id, scope.user_id),
             query_text=memory.key_text or memory.text,
