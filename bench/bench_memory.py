@@ -38,7 +38,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "memory.json"
-DATA = Path(os.environ.get("MEMENTO_SHARED_DATA", "/work/shared/data"))
 SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
 # Which parts run (comma-separated): locomo, learning, case_gate, replay, hot_path; all by
 # default.
@@ -51,6 +50,7 @@ PARTS = os.environ.get("BENCH_MEMORY_PARTS", _ALL_PARTS).split(",")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from bench.locomo import bench_locomo  # noqa: E402
+from bench.shared_data import DATA, persona_facts  # noqa: E402
 from proxy.doors.chat import CHAT  # noqa: E402
 from proxy.memory.learn import Learner  # noqa: E402
 from proxy.memory.pipeline import MemoryPipeline  # noqa: E402
@@ -103,14 +103,8 @@ def _percentile(values: list[float], q: float) -> float:
 # -- 1. hot path ------------------------------------------------------------------------------
 
 
-def _persona_facts() -> list[str]:
-    path = DATA / "msc_personas" / "msc_persona_facts_dev.jsonl"
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line)["text"] for line in handle if line.strip()]
-
-
 async def bench_hot_path(sizes: tuple[int, ...] = (1_000, 10_000)) -> list[dict[str, Any]]:
-    facts = _persona_facts()
+    facts = persona_facts()
     embedder = await shared_embedder(EMBEDDER)
     rows = []
     policy = _policy(retrieval={"deadline_ms": 60_000})

@@ -33,6 +33,8 @@ import aiohttp
 import psutil
 import yaml
 
+from bench.shared_data import persona_facts
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "overhead.json"
 LITELLM_BIN = Path(
@@ -48,11 +50,6 @@ RUN_SECONDS = float(os.environ.get("BENCH_RUN_SECONDS", "15"))
 MEMORIES = int(os.environ.get("BENCH_MEMORIES", "10000"))
 MEMORY_TARGET = "memento-memory"
 MEMORY_USER = "caller"
-PERSONA_FACTS = (
-    Path(os.environ.get("MEMENTO_SHARED_DATA", "/work/shared/data"))
-    / "msc_personas"
-    / "msc_persona_facts_dev.jsonl"
-)
 PROXY_KEY = "bench-proxy-key"
 # LiteLLM Proxy refuses to start without a strong master key; both proxies authenticate each call.
 LITELLM_MASTER_KEY = "sk-" + secrets.token_hex(32)
@@ -159,7 +156,7 @@ def seed_memories(data_dir: Path, count: int) -> None:
     async def write() -> None:
         embedder = await load_embedder(os.environ.get("MEMENTO_EMBEDDER", "local"))
         store = await open_store(data_dir, embedder)
-        facts = _persona_facts()
+        facts = persona_facts()
         scope = Scope("bench", MEMORY_USER)
         for start in range(0, count, 500):
             texts = [facts[i % len(facts)] for i in range(start, min(count, start + 500))]
@@ -381,7 +378,7 @@ def chat_body(model: str, stream: bool) -> dict[str, Any]:
 def memory_questions(model: str, stream: bool) -> Callable[[int], bytes]:
     """A new question each call (the embedder's query cache never answers), from the persona
     facts the memory target's caller has, asked back."""
-    facts = _persona_facts()
+    facts = persona_facts()
 
     def body(number: int) -> bytes:
         fact = facts[(number * 7919) % len(facts)].rstrip(".")
@@ -392,11 +389,6 @@ def memory_questions(model: str, stream: bool) -> Callable[[int], bytes]:
         ).encode()
 
     return body
-
-
-def _persona_facts() -> list[str]:
-    with PERSONA_FACTS.open(encoding="utf-8") as handle:
-        return [json.loads(line)["text"] for line in handle if line.strip()]
 
 
 async def measure(

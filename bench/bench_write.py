@@ -40,6 +40,7 @@ import numpy as np
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from bench.shared_data import persona_facts
 from proxy.memory.exchange_job import EXCHANGE_JOB, ExchangeJob
 from proxy.memory.extract import build_exchange, extract_with_rules
 from proxy.memory.pipeline import MemoryPipeline
@@ -54,7 +55,6 @@ from tests.harness import ServerProcess, write_tenant
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "write.json"
-DATA = Path(os.environ.get("MEMENTO_SHARED_DATA", "/work/shared/data"))
 SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
 SIZES = sorted({max(500, int(size * SCALE)) for size in (1_000, 10_000, 100_000)})
 PARTS = os.environ.get("BENCH_WRITE_PARTS", "per_write,import,queue").split(",")
@@ -71,12 +71,6 @@ class _Policies:
 
     def get(self, tenant: str) -> Policy | None:
         return self.policy if tenant == self.policy.tenant else None
-
-
-def _facts() -> list[str]:
-    path = DATA / "msc_personas" / "msc_persona_facts_dev.jsonl"
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line)["text"] for line in handle if line.strip()]
 
 
 def _learnable(statements: list[str]) -> list[str]:
@@ -283,7 +277,7 @@ def _print_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> 
 
 
 async def run() -> dict[str, Any]:
-    facts = _facts()
+    facts = persona_facts()
     pool, held_out = facts[:POOL], _learnable(facts[-HELD_OUT:])
     embedder = await shared_embedder("local")
     started = time.perf_counter()
