@@ -12,7 +12,7 @@ SERVE_FLAGS = $(strip $(call serve_flag,HOST,--host) $(call serve_flag,PORT,--po
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test lint typecheck pytest bench bench-env install clean chromium
+.PHONY: run test lint typecheck pytest bench bench-env install clean chromium postgresql
 
 # pip (not uv/poetry): the CPU build of torch pinned in requirements.lock lies on this disk and
 # only pip looks there. The lock pins every package exactly, so an install is reproducible.
@@ -37,7 +37,12 @@ typecheck: $(STAMP)
 chromium:
 	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || echo "Chromium is missing and cannot be installed here (not root): the page test will be skipped"
 
-pytest: $(STAMP) chromium
+# The PostgreSQL backend's tests start a server of their own from Debian's server binaries
+# (initdb, pg_ctl): install them when missing and we are root.
+postgresql:
+	@{ command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || echo "PostgreSQL's server binaries are missing and cannot be installed here (not root): its tests will be skipped"
+
+pytest: $(STAMP) chromium postgresql
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test: lint typecheck pytest
