@@ -1,11 +1,15 @@
-"""Keeping the derived index in step with SQLite: the outbox applied, generations followed.
+"""Keeping the derived index in step with SQLite: the outbox applied, followed, generations too.
 
-A write commits to SQLite together with an outbox entry, then the outbox is drained into the
-index (the served LanceDB generation and the in-memory vectors of `storage.vector_cache`). A
-crash in between loses nothing: the outbox is replayed when the store opens. Every process
-follows the generation pointer in SQLite on its next index write or failed search, so a rebuild
-by another process (`storage.maintenance`) is picked up without a restart. Problems of the index
-are kept by component in `problems` and mirrored to the attached health.
+A write commits to SQLite together with an outbox entry, then the outbox is applied to the
+served LanceDB generation by whichever process holds the writer lock, from where the last one
+stopped (`index_applied_seq`). A crash in between loses nothing: the outbox is replayed when the
+store opens, and by maintenance. Every process also follows the outbox by sequence number into
+its in-memory copies of hot scopes (`storage.vector_cache`): at once for its own writes, and
+every `FOLLOW_INTERVAL_S` for the writes of the other processes sharing the store, so what one
+process accepted or erased is seen by every other within that interval. Every process follows
+the generation pointer on its next index write or failed search, so a rebuild by another
+process (`storage.maintenance`) is picked up without a restart. Problems of the index are kept
+by component in `problems` and mirrored to the attached health.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ log = logging.getLogger("memento.storage")
 INDEX_DIR = "index"
 WRITER_LOCK_FILE = "index.lock"
 EMBEDDER_META = "index_embedder"
+# How often a process looks for outbox entries other processes wrote.
+FOLLOW_INTERVAL_S = 0.25
 
 
 def blob(vector: Sequence[float] | np.ndarray[Any, np.dtype[np.float32]]) -> bytes:
@@ -69,9 +75,8 @@ class IndexSync:
         self.lock = asyncio.Lock()
         self._writer_lock_file = open(data_dir / WRITER_LOCK_FILE, "a+")  # noqa: SIM115
         self.vector_cache = VectorCache(index.dimensions, vector_cache)
-        # Outbox entries up to this sequence number are applied to this process's index
-        # generation (they stay in the outbox while a rebuild in some process needs them).
-        self.outbox_after = 0
+        # Outbox entries up to this sequence number are mirrored in the vector cache.
+        self.cache_after = 0
         self.repair_wanted = False  # the index failed: the next maintenance pass rebuilds it
         self.wake = asyncio.Event()  # set to have maintenance run soon
         # Open problems of the index, by component; mirrored to the attached health.
@@ -137,54 +142,103 @@ class IndexSync:
         return await asyncio.to_thread(rows)  # thousands of them: not on the event loop
 
     async def sync(self) -> int:
-        """Apply pending outbox entries to the index; returns how many records it touched.
+        """Mirror new outbox entries in the vector cache, then apply the pending ones to the
+        index; returns how many records the index update touched.
 
-        Concurrent writers batch naturally: whoever holds the lock applies everything pending.
-        A rebuilt index (a new generation) is followed first. On an index error the entries
-        stay and are retried by maintenance.
+        Concurrent writers batch naturally: whoever holds the lock applies everything pending,
+        from any process. A rebuilt index (a new generation) is followed first. On an index
+        error the entries stay pending and are retried by maintenance.
         """
         touched = 0
         async with self.writer():
             await self.follow_generation()
+            await self._follow()
+            outbox = self._db.outbox
+            applied = await outbox.applied_seq()
             while True:
-                up_to, tenants = await self._db.outbox.outbox_batch(self.outbox_after)
+                up_to, tenants = await outbox.outbox_batch(applied)
                 if not tenants:
                     self.clear("index.update")
                     return touched
                 try:
-                    await self.apply(self.index, tenants, to_cache=True)
+                    await self.apply(self.index, tenants)
                 except Exception as exc:
                     if await self.follow_generation():
+                        applied = await outbox.applied_seq()
                         continue  # rebuilt meanwhile: apply to the new generation
                     log.exception(
                         "index update failed; %d changes stay in the outbox", len(tenants)
                     )
                     self.report("index.update", f"index update failed: {exc}")
                     return touched
-                await self._db.outbox.outbox_ack(up_to, self.index.generation)
-                self.outbox_after = up_to
+                await outbox.outbox_ack(up_to, self.index.generation)
+                applied = up_to
                 touched += len(tenants)
 
-    async def apply(
-        self, index: MemoryIndex, tenants: dict[str, str | None], *, to_cache: bool
-    ) -> None:
-        """Bring `index` (and with `to_cache` the in-memory vectors) up to SQLite's current
-        state of these records: upsert the live ones, remove the others."""
-        ids = list(tenants)
-        sources = await self._db.outbox.index_sources(ids)
+    async def follow(self) -> None:
+        """Mirror in the vector cache the outbox entries written since it last looked, by
+        this process or any other sharing the store."""
+        async with self.lock:
+            await self._follow()
+
+    async def _follow(self) -> None:
+        """`follow`, the index lock held (loads and evictions of scopes happen under it too,
+        so no entry falls between a scope's load and the cache taking it)."""
+        outbox, cache = self._db.outbox, self.vector_cache
+        while True:
+            if not cache.tenants():
+                # Nothing cached to keep current; a scope loaded later reads the truth.
+                self.cache_after = await outbox.latest_seq()
+                return
+            if await outbox.pruned_seq() > self.cache_after:
+                # Entries this process never read are gone: start the copies over.
+                log.warning("outbox entries were pruned before this process read them")
+                self.cache_after = await outbox.latest_seq()
+                cache.clear()
+                return
+            up_to, tenants = await outbox.outbox_batch(self.cache_after)
+            if not tenants:
+                return
+            cached = cache.tenants()
+            wanted = [memory_id for memory_id, tenant in tenants.items() if tenant in cached]
+            if wanted:
+                rows, gone, _ = await self._current(wanted)
+                cache.apply(rows, gone)
+            self.cache_after = up_to
+
+    async def follow_forever(self, interval_s: float = FOLLOW_INTERVAL_S) -> None:
+        """`follow` every `interval_s`, for the writes of other processes (this process's own
+        are followed as they are made)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database is busy or gone: next time
+                self.report("index.follow", f"following other processes' writes failed: {exc}")
+            else:
+                self.clear("index.follow")
+
+    async def _current(
+        self, memory_ids: Sequence[str]
+    ) -> tuple[list[IndexRow], list[str], dict[str, IndexSource]]:
+        """SQLite's current state of these records: index rows of the live ones, the ids of
+        the others (erased, deleted, or not indexed), and the sources read."""
+        sources = await self._db.outbox.index_sources(list(memory_ids))
         rows: list[IndexRow] = []
-        for memory_id in ids:
+        for memory_id in memory_ids:
             source = sources.get(memory_id)
             row = self.index_row(source) if source is not None else None
             if row is not None:
                 rows.append(row)
         kept = {row.id for row in rows}
-        gone = [memory_id for memory_id in ids if memory_id not in kept]
-        if to_cache:
-            # The in-memory vectors first: instant, and what small scopes search, so a new
-            # memory is found without waiting for LanceDB's write (applying a batch again,
-            # after an index error, changes nothing).
-            self.vector_cache.apply(rows, gone)
+        return rows, [memory_id for memory_id in memory_ids if memory_id not in kept], sources
+
+    async def apply(self, index: MemoryIndex, tenants: dict[str, str | None]) -> None:
+        """Bring `index` up to SQLite's current state of these records: upsert the live ones,
+        remove the others."""
+        rows, gone, sources = await self._current(list(tenants))
         for tenant_id, gone_ids in _by_tenant(gone, sources, tenants).items():
             await index.remove(tenant_id, gone_ids)
         await index.upsert(rows)
@@ -204,7 +258,6 @@ class IndexSync:
             generation=generation,
         )
         self.vector_cache.clear()  # the rebuild may have re-embedded records
-        self.outbox_after = 0  # entries the old generation took may not be in the new one
         log.info("serving index generation %d", generation)
         return True
 

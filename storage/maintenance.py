@@ -21,7 +21,7 @@ from typing import Any
 from storage.index import MemoryIndex
 from storage.index_sync import EMBEDDER_META, IndexSync, embedder_tag
 from storage.sqlite import SQLiteDatabase
-from storage.sqlite.outbox import INDEX_BUILD_META
+from storage.sqlite.outbox import INDEX_BUILD_META, OUTBOX_KEEP_S
 
 log = logging.getLogger("memento.storage")
 
@@ -57,19 +57,23 @@ class IndexMaintenance:
         self._sync = sync
         self._db = db
         self._interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        """Run maintenance every `interval_s` (and when woken), unless the interval is 0."""
+        """Run maintenance every `interval_s` (and when woken), and follow the writes of other
+        processes sharing the store, unless the interval is 0."""
         if self._interval_s > 0:
-            self._task = asyncio.create_task(self._loop(), name="memento-index-maintenance")
+            self._tasks = [
+                asyncio.create_task(self._loop(), name="memento-index-maintenance"),
+                asyncio.create_task(self._sync.follow_forever(), name="memento-index-follow"),
+            ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._tasks = []
 
     async def _loop(self) -> None:
         while True:
@@ -108,6 +112,7 @@ class IndexMaintenance:
                         raise
             log.info("index maintenance: %s", done)
         sync.clear("index.maintenance")
+        await self._db.outbox.prune_outbox(older_than=time.time() - OUTBOX_KEEP_S)
         await self._db.queue.prune_jobs(older_than=time.time() - 86_400)
         return done
 
@@ -159,7 +164,6 @@ class IndexMaintenance:
                     )
                     sync.index = fresh
                     sync.vector_cache.clear()  # scopes reload from SQLite, with the new vectors
-                    sync.outbox_after = 0
             except BaseException:
                 await outbox.end_index_build()
                 raise
@@ -201,5 +205,5 @@ class IndexMaintenance:
             up_to, tenants = await self._db.outbox.outbox_batch(after)
             if not tenants:
                 return after
-            await self._sync.apply(index, tenants, to_cache=False)
+            await self._sync.apply(index, tenants)
             after = up_to

@@ -269,6 +269,10 @@ class VectorCache:
             self._owner[row.id] = key
         self._evict()
 
+    def tenants(self) -> set[str]:
+        """The tenants with a scope in the cache."""
+        return {tenant_id for tenant_id, _ in self._scopes}
+
     def drop(self, key: ScopeKey) -> None:
         scope = self._scopes.pop(key, None)
         if scope is not None:

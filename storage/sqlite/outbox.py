@@ -1,10 +1,15 @@
 """The index outbox and what the derived index is built from.
 
 Every write that changes what the index holds (a record's scope, status, search text or vector)
-adds an outbox entry in its own transaction; the store applies pending entries to the index and
-acknowledges them here. While a rebuild runs (a new index generation built beside the served
-one), entries it may still need are kept. `store_meta` holds the generation served and, during a
-rebuild, the outbox sequence number it started after.
+adds an outbox entry in its own transaction. One process at a time applies pending entries to the
+shared index and acknowledges them here (`index_applied_seq` in `store_meta`); every process
+mirrors the same entries in its own in-memory copies of hot scopes, following the outbox by
+sequence number. So entries are not forgotten when applied but pruned once they are both applied
+and older than `OUTBOX_KEEP_S`, and `outbox_pruned_seq` says how far pruning went: a process
+that had not yet read that far drops its copies (they reload from the truth). While a rebuild
+runs (a new index generation built beside the served one), entries it may still need are kept.
+`store_meta` holds the generation served and, during a rebuild, the outbox sequence number it
+started after.
 """
 
 from __future__ import annotations
@@ -24,7 +29,13 @@ from storage.sqlite.rows import placeholders
 # sequence number the rebuild started after.
 INDEX_GENERATION_META = "index_generation"
 INDEX_BUILD_META = "index_build_from"
+# The outbox entries applied to the served generation, and those pruned, by sequence number.
+INDEX_APPLIED_META = "index_applied_seq"
+OUTBOX_PRUNED_META = "outbox_pruned_seq"
 _META_INT = "SELECT CAST(value AS INTEGER) FROM store_meta WHERE key = ?"
+# How long an applied entry stays for the processes that mirror it (they read every fraction of a
+# second; one that fell this far behind starts its copies over).
+OUTBOX_KEEP_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -84,19 +95,52 @@ class IndexOutbox:
         return int(rows[-1][0]), {row[1]: row[2] for row in rows}
 
     async def outbox_ack(self, up_to_seq: int, generation: int) -> None:
-        """Forget the entries up to `up_to_seq`, applied to index generation `generation`.
+        """Record that the entries up to `up_to_seq` are in index generation `generation`.
 
         Only if that generation is still the one served (else the entries are for its
-        successor to apply too), and, while a rebuild runs, only those it started after (it
-        applies the later ones to its new generation before switching to it).
+        successor to apply too). The entries themselves stay for `prune_outbox`.
         """
         async with self._connection.transaction() as db:
-            await db.execute(
-                "DELETE FROM index_outbox WHERE seq <= ? "
-                f"AND ? = COALESCE(({_META_INT}), 0) "
-                f"AND seq <= COALESCE(({_META_INT}), seq)",
-                (up_to_seq, generation, INDEX_GENERATION_META, INDEX_BUILD_META),
-            )
+            async with db.execute(_META_INT, (INDEX_GENERATION_META,)) as cursor:
+                row = await cursor.fetchone()
+            if (int(row[0]) if row is not None else 0) != generation:
+                return
+            if up_to_seq > await _meta_int(db, INDEX_APPLIED_META):
+                await db.execute(META_UPSERT, (INDEX_APPLIED_META, str(up_to_seq)))
+
+    async def applied_seq(self) -> int:
+        """The entries up to this sequence number are in the served generation."""
+        value = await self._connection.get_meta(INDEX_APPLIED_META)
+        return int(value) if value is not None else 0
+
+    async def pruned_seq(self) -> int:
+        """No entry up to this sequence number is left in the outbox (some were pruned)."""
+        value = await self._connection.get_meta(OUTBOX_PRUNED_META)
+        return int(value) if value is not None else 0
+
+    async def latest_seq(self) -> int:
+        """The sequence number of the newest entry written (0 when none ever was)."""
+        rows = await self._connection.fetchall("SELECT max(seq) FROM index_outbox")
+        newest = int(rows[0][0]) if rows and rows[0][0] is not None else 0
+        return max(newest, await self.pruned_seq())
+
+    async def prune_outbox(self, older_than: float) -> int:
+        """Forget entries applied to the served generation and enqueued before `older_than`
+        (not those a running rebuild still needs); returns how many."""
+        async with self._connection.transaction() as db:
+            bound = await _meta_int(db, INDEX_APPLIED_META)
+            async with db.execute(_META_INT, (INDEX_BUILD_META,)) as cursor:
+                row = await cursor.fetchone()
+            if row is not None:
+                bound = min(bound, int(row[0]))
+            async with db.execute(
+                "DELETE FROM index_outbox WHERE seq <= ? AND enqueued_at < ? RETURNING seq",
+                (bound, older_than),
+            ) as cursor:
+                pruned = [int(row[0]) for row in await cursor.fetchall()]
+            if pruned and max(pruned) > await _meta_int(db, OUTBOX_PRUNED_META):
+                await db.execute(META_UPSERT, (OUTBOX_PRUNED_META, str(max(pruned))))
+        return len(pruned)
 
     async def begin_index_build(self) -> int:
         """Mark a rebuild as started; returns the outbox sequence number it starts after."""
@@ -119,12 +163,12 @@ class IndexOutbox:
     ) -> None:
         """Serve index generation `generation` from now on, in one transaction: the pointer,
         `meta` (which embedder built it), the rebuild marker gone, and the outbox entries the
-        new generation already holds (up to `applied_up_to`) forgotten."""
+        new generation already holds (up to `applied_up_to`) recorded as applied."""
         async with self._connection.transaction() as db:
             for key, value in {INDEX_GENERATION_META: str(generation), **meta}.items():
                 await db.execute(META_UPSERT, (key, value))
             await db.execute("DELETE FROM store_meta WHERE key = ?", (INDEX_BUILD_META,))
-            await db.execute("DELETE FROM index_outbox WHERE seq <= ?", (applied_up_to,))
+            await db.execute(META_UPSERT, (INDEX_APPLIED_META, str(applied_up_to)))
 
     async def index_generation(self) -> int:
         """The index generation searches and writes go to."""
@@ -132,7 +176,11 @@ class IndexOutbox:
         return int(value) if value is not None else 0
 
     async def outbox_pending(self) -> int:
-        rows = await self._connection.fetchall("SELECT count(*) FROM index_outbox")
+        """Entries not yet applied to the served generation."""
+        rows = await self._connection.fetchall(
+            f"SELECT count(*) FROM index_outbox WHERE seq > COALESCE(({_META_INT}), 0)",
+            (INDEX_APPLIED_META,),
+        )
         return int(rows[0][0])
 
     _INDEX_SOURCE_COLUMNS = (
@@ -202,3 +250,10 @@ class IndexOutbox:
                 "UPDATE memories SET embedding = ?, embedding_model = ? WHERE id = ?",
                 [(blob, model_id, memory_id) for memory_id, blob in items],
             )
+
+
+async def _meta_int(db: Any, key: str) -> int:
+    """An integer of `store_meta` read inside a write transaction (0 when absent)."""
+    async with db.execute(_META_INT, (key,)) as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row is not None else 0

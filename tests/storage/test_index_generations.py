@@ -7,6 +7,7 @@ import fcntl
 import glob
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,8 @@ async def test_outbox_entries_stay_for_a_rebuild_and_for_the_next_generation(
     tmp_path: Path,
 ) -> None:
     db = await SQLiteDatabase.open(tmp_path / DB_FILE)
+    outbox = db.outbox
+    later = time.time() + 3600  # prune as if every entry were old
     try:
         records = [f"m{n}" for n in range(6)]
 
@@ -48,27 +51,37 @@ async def test_outbox_entries_stay_for_a_rebuild_and_for_the_next_generation(
 
         for memory_id in records[:2]:
             await write(memory_id)
-        started_after = await db.outbox.begin_index_build()
+        started_after = await outbox.begin_index_build()
         for memory_id in records[2:4]:
             await write(memory_id)
         # The served generation took all four, but the rebuild still needs the last two.
-        up_to, pending = await db.outbox.outbox_batch()
+        up_to, pending = await outbox.outbox_batch()
         assert list(pending) == records[:4]
-        await db.outbox.outbox_ack(up_to, generation=0)
-        assert list((await db.outbox.outbox_batch())[1]) == records[2:4]
-        assert list((await db.outbox.outbox_batch(after_seq=started_after))[1]) == records[2:4]
+        await outbox.outbox_ack(up_to, generation=0)
+        assert await outbox.applied_seq() == up_to
+        assert await outbox.outbox_pending() == 0
+        assert await outbox.prune_outbox(older_than=later) == 2
+        assert list((await outbox.outbox_batch())[1]) == records[2:4]
+        assert list((await outbox.outbox_batch(after_seq=started_after))[1]) == records[2:4]
         # The rebuild applied them and switches; a later write the old generation acks stays
-        # for the new one.
-        applied, _ = await db.outbox.outbox_batch(after_seq=started_after)
-        await db.outbox.switch_index_generation(1, applied, {})
+        # pending for the new one.
+        applied, _ = await outbox.outbox_batch(after_seq=started_after)
+        await outbox.switch_index_generation(1, applied, {})
         assert await db.connection.get_meta(INDEX_BUILD_META) is None
         await write(records[4])
-        up_to, pending = await db.outbox.outbox_batch()
+        up_to, pending = await outbox.outbox_batch(await outbox.applied_seq())
         assert list(pending) == [records[4]]
-        await db.outbox.outbox_ack(up_to, generation=0)  # a process still on generation 0
-        assert list((await db.outbox.outbox_batch())[1]) == [records[4]]
-        await db.outbox.outbox_ack(up_to, generation=1)
-        assert (await db.outbox.outbox_batch())[1] == {}
+        await outbox.outbox_ack(up_to, generation=0)  # a process still on generation 0
+        assert await outbox.outbox_pending() == 1
+        assert await outbox.prune_outbox(older_than=later) == 2  # the rebuild's two only
+        assert list((await outbox.outbox_batch())[1]) == [records[4]]
+        await outbox.outbox_ack(up_to, generation=1)
+        assert await outbox.outbox_pending() == 0
+        # Applied entries stay for the processes that mirror them, until they are old.
+        assert await outbox.prune_outbox(older_than=-1) == 0
+        assert await outbox.prune_outbox(older_than=later) == 1
+        assert (await outbox.outbox_batch())[1] == {}
+        assert await outbox.pruned_seq() == up_to == await outbox.latest_seq()
     finally:
         await db.close()
 

@@ -1,0 +1,90 @@
+"""Several processes on one store: each one's in-memory copies of hot scopes follow the outbox,
+so what one accepted or erased is what the others search, without a restart.
+
+Two stores opened on the same data folder stand for two processes (each has its own SQLite
+connections, index handles, locks and vector cache, as a second process would).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from storage import EmbeddedStore
+from storage.embedders import LocalEmbedder
+from storage.records import NewMemory, Scope
+from storage.store import open_embedded_store
+
+SCOPE = Scope("acme", "ann")
+
+
+@pytest.fixture
+async def pair(
+    tmp_path: Path, local_embedder: LocalEmbedder
+) -> AsyncIterator[tuple[EmbeddedStore, EmbeddedStore]]:
+    first = await open_embedded_store(tmp_path, local_embedder, maintenance_interval_s=0)
+    second = await open_embedded_store(tmp_path, local_embedder, maintenance_interval_s=0)
+    try:
+        yield first, second
+    finally:
+        await second.close()
+        await first.close()
+
+
+async def _found(store: EmbeddedStore, text: str) -> list[str]:
+    hits = await store.memories.search(SCOPE, query_text=text, embed_query=True, k=5)
+    return [hit.record.text for hit in hits]
+
+
+def _cached_ids(store: EmbeddedStore) -> set[str]:
+    cached = store.index.vector_cache.get(SCOPE.tenant_id, SCOPE.user_id)
+    return set(cached.ids) if cached is not None else set()
+
+
+async def test_a_memory_written_by_one_process_is_in_the_others_cached_scope(
+    pair: tuple[EmbeddedStore, EmbeddedStore],
+) -> None:
+    first, second = pair
+    await first.memories.add(SCOPE, [NewMemory(kind="fact", text="Ann lives in Lisbon")])
+    assert await _found(second, "Where does Ann live?") == ["Ann lives in Lisbon"]  # now cached
+
+    (boat,) = await first.memories.add(SCOPE, [NewMemory(kind="fact", text="Ann owns a boat")])
+    assert boat.id not in _cached_ids(second)  # the other process has not looked yet
+    await second.index.follow()
+    assert boat.id in _cached_ids(second)
+    assert "Ann owns a boat" in await _found(second, "What does Ann own?")
+
+    assert await first.memories.delete_user("acme", "ann", actor="test") == 2
+    await second.index.follow()
+    assert _cached_ids(second) == set()  # the erased rows left the other process's memory too
+
+
+async def test_a_process_that_missed_pruned_entries_starts_its_copies_over(
+    pair: tuple[EmbeddedStore, EmbeddedStore],
+) -> None:
+    first, second = pair
+    await first.memories.add(SCOPE, [NewMemory(kind="fact", text="Ann lives in Lisbon")])
+    await _found(second, "Where does Ann live?")
+    (boat,) = await first.memories.add(SCOPE, [NewMemory(kind="fact", text="Ann owns a boat")])
+    # Applied to the index and older than the outbox keeps them: pruned before `second` read.
+    assert await first.db.outbox.prune_outbox(older_than=time.time() + 3600) == 2
+    await second.index.follow()
+    # Dropped, not left stale:
+    assert second.index.vector_cache.get(SCOPE.tenant_id, SCOPE.user_id) is None
+    assert "Ann owns a boat" in await _found(second, "What does Ann own?")  # reloaded
+    assert boat.id in _cached_ids(second)
+
+
+async def test_applied_entries_are_kept_for_the_other_processes_until_old(
+    pair: tuple[EmbeddedStore, EmbeddedStore],
+) -> None:
+    first, second = pair
+    await _found(second, "anything")  # the scope is cached (empty)
+    await first.memories.add(SCOPE, [NewMemory(kind="fact", text="Ann lives in Lisbon")])
+    assert await first.db.outbox.outbox_pending() == 0  # in the index already
+    await first.maintenance.maintain()  # prunes only entries older than the outbox keeps
+    await second.index.follow()
+    assert await _found(second, "Where does Ann live?") == ["Ann lives in Lisbon"]
