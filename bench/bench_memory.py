@@ -206,7 +206,7 @@ async def bench_learning(max_events: int = 10, distractors: int = 1) -> dict[str
         upstreams = Upstreams(Settings())
         pipeline = MemoryPipeline(_Policies(policy), upstreams, store=store, workers=0)
         await pipeline.start()
-        learner = Learner(store.memories, store.requests)
+        learner = Learner(store.memories, store.requests, store.locks)
         route = ModelRoute(model="openai/gpt-4o-mini")
         for number, (question, helpful_text, misleading_text) in enumerate(SCENARIOS):
             user = f"learner-{number}"

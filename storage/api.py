@@ -1,7 +1,7 @@
 """The storage seam: the protocols the proxy codes against, and all it may assume of a store.
 
 `Store` is the whole contract: its parts (`memories`, `requests`, `responses`, `queue`,
-`maintenance`) and its lifecycle (`attach_health`, `close`). `storage.open_store(data_dir,
+`maintenance`, `locks`) and its lifecycle (`attach_health`, `close`). `storage.open_store(data_dir,
 embedder)` returns the embedded implementation (SQLite through aiosqlite as the source of truth,
 LanceDB as the derived hybrid index); a PostgreSQL / object storage implementation would satisfy
 the same protocols. Stages that need one part take that part's protocol, not the whole store.
@@ -13,6 +13,7 @@ import builtins
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from storage.locks import StoreLocks
 from storage.records import (
     JobState,
     MemoryKind,
@@ -348,6 +349,11 @@ class Store(Protocol):
 
     @property
     def maintenance(self) -> IndexMaintainer: ...
+
+    @property
+    def locks(self) -> StoreLocks:
+        """Named locks held across every process serving this store."""
+        ...
 
     def attach_health(self, health: HealthReporter) -> None: ...
 

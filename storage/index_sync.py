@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 from storage.api import Embedder, HealthReporter
 from storage.index import MemoryIndex
 from storage.index_schema import IndexRow
+from storage.locks import StoreLocks
 from storage.sqlite import SQLiteDatabase
 from storage.sqlite.outbox import IndexSource
 from storage.vector_cache import VectorCache, VectorCacheSettings
@@ -34,7 +34,7 @@ from storage.vector_cache import VectorCache, VectorCacheSettings
 log = logging.getLogger("memento.storage")
 
 INDEX_DIR = "index"
-WRITER_LOCK_FILE = "index.lock"
+WRITER_LOCK = "index"  # the store lock of the one process writing the index
 EMBEDDER_META = "index_embedder"
 # How often a process looks for outbox entries other processes wrote.
 FOLLOW_INTERVAL_S = 0.25
@@ -62,6 +62,7 @@ class IndexSync:
         db: SQLiteDatabase,
         index: MemoryIndex,
         embedder: Embedder,
+        locks: StoreLocks,
         *,
         vector_cache: VectorCacheSettings | None = None,
     ) -> None:
@@ -69,11 +70,11 @@ class IndexSync:
         self._db = db
         self.index = index
         self.embedder = embedder
-        # In this process, one writer of the index at a time; across processes, the lock file
-        # as well (`writer`): two processes applying the same outbox entries at once could
+        self.locks = locks
+        # In this process, one writer of the index at a time; across processes, the store's
+        # lock as well (`writer`): two processes applying the same outbox entries at once could
         # commit a stale upsert after a deletion and bring an erased row back.
         self.lock = asyncio.Lock()
-        self._writer_lock_file = open(data_dir / WRITER_LOCK_FILE, "a+")  # noqa: SIM115
         self.vector_cache = VectorCache(index.dimensions, vector_cache)
         # Outbox entries up to this sequence number are mirrored in the vector cache.
         self.cache_after = 0
@@ -82,9 +83,6 @@ class IndexSync:
         # Open problems of the index, by component; mirrored to the attached health.
         self.problems: dict[str, str] = {}
         self._health: HealthReporter | None = None
-
-    def close(self) -> None:
-        self._writer_lock_file.close()
 
     # -- health --------------------------------------------------------------------------------
 
@@ -109,17 +107,9 @@ class IndexSync:
 
     @contextlib.asynccontextmanager
     async def writer(self) -> AsyncIterator[None]:
-        """Exclusive right to write the index: this process's lock, then the folder's."""
-        async with self.lock:
-            handle = self._writer_lock_file
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # another process is writing: wait for it off the loop
-                await asyncio.to_thread(fcntl.flock, handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        """Exclusive right to write the index: this process's lock, then the store's."""
+        async with self.lock, self.locks.hold(WRITER_LOCK):
+            yield
 
     # -- the index outbox ----------------------------------------------------------------------
 

@@ -11,43 +11,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 from storage.index import MemoryIndex
 from storage.index_sync import EMBEDDER_META, IndexSync, embedder_tag
+from storage.locks import LockHeld, StoreLocks
 from storage.sqlite import SQLiteDatabase
 from storage.sqlite.outbox import INDEX_BUILD_META, OUTBOX_KEEP_S
 
 log = logging.getLogger("memento.storage")
 
-REBUILD_LOCK_FILE = "reindex.lock"
+REBUILD_LOCK = "reindex"  # the store lock a rebuild holds from start to end
 
 
 class ReindexRunningError(RuntimeError):
-    """Another process is already rebuilding this folder's index."""
+    """Another process is already rebuilding this store's index."""
 
 
-@contextlib.contextmanager
-def _rebuild_lock(folder: Path) -> Iterator[None]:
-    """Held for a whole rebuild. A lock on an open file, so it goes with the process that
-    holds it, however that process ends."""
-    with open(folder / REBUILD_LOCK_FILE, "a+") as handle:
+@contextlib.asynccontextmanager
+async def _rebuild_lock(locks: StoreLocks, where: object) -> AsyncIterator[None]:
+    """Held for a whole rebuild; `ReindexRunningError` at once when another process has it."""
+    async with contextlib.AsyncExitStack() as stack:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            await stack.enter_async_context(locks.try_hold(REBUILD_LOCK))
+        except LockHeld:
             raise ReindexRunningError(
-                f"another process is rebuilding the index in {folder}; wait for it to finish "
+                f"another process is rebuilding the index in {where}; wait for it to finish "
                 "(its new index is served as soon as it is complete)"
             ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
 
 
 class IndexMaintenance:
@@ -134,9 +129,10 @@ class IndexMaintenance:
         from being emptied; the lock it held is free then, and the marker can go."""
         if await self._db.connection.get_meta(INDEX_BUILD_META) is None:
             return
-        with contextlib.suppress(ReindexRunningError), _rebuild_lock(self._sync.data_dir):
-            log.warning("an index rebuild in %s ended without finishing", self._sync.data_dir)
-            await self._db.outbox.end_index_build()
+        with contextlib.suppress(ReindexRunningError):
+            async with _rebuild_lock(self._sync.locks, self._sync.data_dir):
+                log.warning("an index rebuild in %s ended without finishing", self._sync.data_dir)
+                await self._db.outbox.end_index_build()
 
     async def reindex(self, *, batch: int = 512) -> dict[str, Any]:
         """Rebuild the index from SQLite as a new generation, re-embedding records made by
@@ -146,7 +142,7 @@ class IndexMaintenance:
         """
         sync, outbox = self._sync, self._db.outbox
         started = time.perf_counter()
-        with _rebuild_lock(sync.data_dir):
+        async with _rebuild_lock(sync.locks, sync.data_dir):
             async with sync.lock:
                 await sync.follow_generation()
             started_after = await outbox.begin_index_build()

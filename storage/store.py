@@ -21,6 +21,7 @@ from storage.errors import SetupError
 from storage.index import MemoryIndex
 from storage.index_settings import MaintenanceSettings
 from storage.index_sync import EMBEDDER_META, INDEX_DIR, IndexSync, embedder_tag
+from storage.locks import FileLocks
 from storage.maintenance import IndexMaintenance
 from storage.memories import Memories
 from storage.sqlite import SQLiteDatabase
@@ -39,7 +40,12 @@ class EmbeddedStore:
     """`Store` over one data folder: memories, requests and the write queue as parts."""
 
     def __init__(
-        self, db: SQLiteDatabase, index: IndexSync, *, maintenance_interval_s: float
+        self,
+        db: SQLiteDatabase,
+        index: IndexSync,
+        locks: FileLocks,
+        *,
+        maintenance_interval_s: float,
     ) -> None:
         self.data_dir = index.data_dir
         self.db = db
@@ -49,6 +55,7 @@ class EmbeddedStore:
         self.requests = db.requests
         self.responses = db.responses
         self.queue = db.queue
+        self.locks = locks
         self.maintenance = IndexMaintenance(index, db, interval_s=maintenance_interval_s)
 
     def attach_health(self, health: HealthReporter) -> None:
@@ -66,7 +73,7 @@ class EmbeddedStore:
         try:
             await self.index.sync()
         finally:
-            self.index.close()
+            self.locks.close()
             await self.db.close()
 
 
@@ -105,10 +112,16 @@ async def open_embedded_store(
             elif check_embedder:
                 raise embedder_mismatch(folder, stored.rsplit("|", 1)[0], embedder.model_id)
         await db.memories.fill_text_hashes()  # records older than the digest: once
+        locks = FileLocks(folder)
         sync = IndexSync(
-            folder, db, index, embedder, vector_cache=vector_cache or VectorCacheSettings.from_env()
+            folder,
+            db,
+            index,
+            embedder,
+            locks,
+            vector_cache=vector_cache or VectorCacheSettings.from_env(),
         )
-        store = EmbeddedStore(db, sync, maintenance_interval_s=maintenance_interval_s)
+        store = EmbeddedStore(db, sync, locks, maintenance_interval_s=maintenance_interval_s)
         if index.created and stored == tag and await db.memories.count_memories():
             # The index folder was lost or is of an older layout; it is derived data, so
             # rebuild it from SQLite.

@@ -28,6 +28,7 @@ from typing import Any
 
 from proxy.policy import FeedbackSettings, ProvenanceCredit
 from storage.api import MemoryStore, RequestStore
+from storage.locks import StoreLocks
 from storage.records import MemoryRecord, RequestLog
 
 CASE_INITIAL_Q_WEIGHT = 0.3  # a case's own outcome sets Q = 0.3·r (docs/design.md#learning-rule)
@@ -97,12 +98,18 @@ class FeedbackResult:
         }
 
 
-class Learner:
-    """Applies feedback; one at a time per process, so concurrent rewards never lose updates."""
+FEEDBACK_LOCK = "feedback"  # the store lock feedback is applied under, in every process
 
-    def __init__(self, memories: MemoryStore, requests: RequestStore) -> None:
+
+class Learner:
+    """Applies feedback one report at a time across every process serving the store (Q is read,
+    moved and written back), so concurrent rewards, sent to one replica or several, never lose
+    an update nor count one twice."""
+
+    def __init__(self, memories: MemoryStore, requests: RequestStore, locks: StoreLocks) -> None:
         self.memories = memories
         self.requests = requests
+        self._locks = locks
         self._lock = asyncio.Lock()
 
     async def apply(
@@ -116,7 +123,7 @@ class Learner:
         source: str = "api",
     ) -> FeedbackResult | None:
         """Record the reward and update Q; None when the tenant has no such request."""
-        async with self._lock:
+        async with self._lock, self._locks.hold(FEEDBACK_LOCK):
             entry = await self.requests.get_request(tenant_id, request_id)
             if entry is None:
                 return None

@@ -80,7 +80,7 @@ class MemoryPipeline:
     def learner(self) -> Learner:
         """Feedback's learning rule over this pipeline's store."""
         if self._learner is None:
-            self._learner = Learner(self.store.memories, self.store.requests)
+            self._learner = Learner(self.store.memories, self.store.requests, self.store.locks)
         return self._learner
 
     async def start(self) -> None:

@@ -24,7 +24,8 @@ import pytest
 from proxy.cli import main as cli_main
 from storage.index_schema import table_name
 from storage.index_sync import INDEX_DIR
-from storage.maintenance import REBUILD_LOCK_FILE
+from storage.locks import FileLocks
+from storage.maintenance import REBUILD_LOCK
 from storage.sqlite import SQLiteDatabase
 from storage.store import DB_FILE
 from tests.harness import RunningProxy
@@ -133,7 +134,7 @@ def test_a_broken_index_shows_on_readyz_and_is_rebuilt_without_a_restart(
     for path in glob.glob(str(table / "_indices" / "*" / "*")):
         Path(path).unlink()
     proxy = memory_proxy()
-    with api(proxy) as http, open(data_dir / REBUILD_LOCK_FILE, "a+") as rebuild_lock:
+    with api(proxy) as http, open(FileLocks(data_dir).path(REBUILD_LOCK), "a+") as rebuild_lock:
         # As if another process were rebuilding: the proxy's own repair waits for it.
         fcntl.flock(rebuild_lock, fcntl.LOCK_EX)
         broken = http.post("/v1/memories/search", json={"user": "alice", "query": "stamps"})

@@ -15,7 +15,8 @@ import pytest
 from storage.embedders import LocalEmbedder
 from storage.index_schema import generation_of, table_name
 from storage.index_sync import INDEX_DIR
-from storage.maintenance import REBUILD_LOCK_FILE, ReindexRunningError
+from storage.locks import FileLocks
+from storage.maintenance import REBUILD_LOCK, ReindexRunningError
 from storage.records import NewMemory, Scope
 from storage.sqlite import SQLiteDatabase
 from storage.sqlite.outbox import INDEX_BUILD_META
@@ -111,7 +112,7 @@ async def test_a_second_rebuild_is_refused_while_one_runs(
     store = await open_embedded_store(tmp_path, local_embedder, maintenance_interval_s=0)
     await store.memories.add(SCOPE, [NewMemory(kind="fact", text="I collect stamps")])
     try:
-        with open(tmp_path / REBUILD_LOCK_FILE, "a+") as held:  # as another rebuild would
+        with open(FileLocks(tmp_path).path(REBUILD_LOCK), "a+") as held:  # as another rebuild would
             fcntl.flock(held, fcntl.LOCK_EX)
             with pytest.raises(ReindexRunningError, match="another process is rebuilding"):
                 await store.maintenance.reindex()

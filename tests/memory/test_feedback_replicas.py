@@ -1,0 +1,96 @@
+"""Feedback through several processes serving one store: rewards sent to two replicas at once
+are applied one after the other, so no utility update is lost or counted twice.
+
+Two stores opened on the same data folder stand for two processes, each with its own Learner
+(the feedback route's), as two replicas have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from proxy.memory.learn import Learner
+from proxy.memory.warmup import shared_embedder
+from proxy.policy import FeedbackSettings
+from storage import EmbeddedStore
+from storage.records import NewMemory, RequestLog, Scope
+from storage.store import open_embedded_store
+
+SCOPE = Scope("acme", "ann")
+SETTINGS = FeedbackSettings()
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedStore, EmbeddedStore]]:
+    embedder = await shared_embedder("local")
+    first = await open_embedded_store(tmp_path, embedder, maintenance_interval_s=0)
+    second = await open_embedded_store(tmp_path, embedder, maintenance_interval_s=0)
+    try:
+        yield first, second
+    finally:
+        await second.close()
+        await first.close()
+
+
+def _learner(store: EmbeddedStore) -> Learner:
+    return Learner(store.memories, store.requests, store.locks)
+
+
+async def _request(store: EmbeddedStore, request_id: str, memory_id: str) -> None:
+    await store.requests.log_request(
+        RequestLog(
+            request_id=request_id,
+            tenant_id=SCOPE.tenant_id,
+            user_id=SCOPE.user_id,
+            session_id=None,
+            trace_id=None,
+            model="m",
+            created_at=time.time(),
+            injected=[{"memory_id": memory_id, "score": 1.0}],
+        )
+    )
+
+
+async def test_rewards_for_many_requests_at_once_all_move_the_shared_memory(
+    pair: tuple[EmbeddedStore, EmbeddedStore],
+) -> None:
+    first, second = pair
+    (memory,) = await first.memories.add(SCOPE, [NewMemory(kind="fact", text="Ann rows.")])
+    requests = [f"r{number}" for number in range(12)]
+    for request_id in requests:
+        await _request(first, request_id, memory.id)
+    learners = [_learner(first), _learner(second)]
+    await asyncio.gather(
+        *(
+            learners[number % 2].apply("acme", request_id, 1.0, SETTINGS)
+            for number, request_id in enumerate(requests)
+        )
+    )
+    after = await first.memories.get(SCOPE, memory.id)
+    assert after is not None
+    # Each update read the one before it: none overwrote another.
+    assert after.q_visits == len(requests) and after.n_pos == len(requests)
+    assert after.q == pytest.approx(1 - (1 - SETTINGS.alpha_fact) ** len(requests))
+
+
+async def test_two_rewards_for_one_request_at_once_leave_the_one_recorded(
+    pair: tuple[EmbeddedStore, EmbeddedStore],
+) -> None:
+    first, second = pair
+    (memory,) = await first.memories.add(SCOPE, [NewMemory(kind="fact", text="Ann rows.")])
+    await _request(first, "r1", memory.id)
+    await asyncio.gather(
+        _learner(first).apply("acme", "r1", 1.0, SETTINGS),
+        _learner(second).apply("acme", "r1", -1.0, SETTINGS),
+    )
+    after = await first.memories.get(SCOPE, memory.id)
+    logged = await first.requests.get_request("acme", "r1")
+    assert after is not None and logged is not None and logged.reward is not None
+    # As if only the reward that stayed had been sent: the other was replaced, not added.
+    assert after.q_visits == 1 and after.n_pos + after.n_neg == 1
+    assert after.q == pytest.approx(SETTINGS.alpha_fact * logged.reward)
