@@ -415,18 +415,15 @@ def test_the_migration_job_runs_first_with_the_same_image(
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     assert "memento-storage" in _refs(migrate, "secretRef")
     # docs/deploy.md applies these first, by label, then waits for the Job: they must be all
-    # the Job needs besides the operator's Secret.
-    first = [
-        doc
-        for doc in manifests
-        if doc["metadata"].get("labels", {}).get("app.kubernetes.io/component")
-        in {"settings", "migration"}
-    ]
+    # the Job needs besides the operator's Secret, and no replica.
+    label, value = "memento/apply-first", "true"
+    first = [doc for doc in manifests if doc["metadata"].get("labels", {}).get(label) == value]
     assert sorted(doc["kind"] for doc in first) == ["ConfigMap", "Job"]
     [settings] = [doc for doc in first if doc["kind"] == "ConfigMap"]
     assert _refs(migrate, "configMapRef") == [settings["metadata"]["name"]]
-    selector = "app.kubernetes.io/component in (settings,migration)"
-    assert selector in (ROOT / "docs" / "deploy.md").read_text()
+    assert (
+        f"kubectl apply -k deploy/k8s -l {label}={value}" in (ROOT / "docs/deploy.md").read_text()
+    )
 
 
 def test_service_and_disruption_budget_select_the_replicas(
