@@ -1,5 +1,6 @@
 """Deployment defaults: the image and compose file ship no published key, the runtime carries no
-exporter (torch, transformers, onnx), and provider keys arrive through an env file.
+exporter (torch, transformers, onnx), and provider keys arrive through an env file. Several
+replicas (compose.scale.yaml, k8s/): tests/test_deploy_scale.py.
 
 No container runtime is needed: the Dockerfile and compose.yaml are read as text and YAML, and
 the runtime stage's install is reproduced as a virtualenv holding only the distributions the
@@ -84,6 +85,9 @@ def test_the_runtime_install_leaves_the_exporter_out() -> None:
     `export` extra holds them, and a development install still gets them."""
     runtime = _closure(_base_dependencies())
     assert {"onnxruntime", "tokenizers", "numpy"} <= runtime
+    # The PostgreSQL driver with its own libpq (the binary wheel): the slim image needs no
+    # system package to reach MEMENTO_DATABASE_URL.
+    assert {"psycopg", "psycopg-binary", "psycopg-pool"} <= runtime
     assert runtime.isdisjoint(EXPORTER), runtime & EXPORTER
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
