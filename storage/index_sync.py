@@ -142,7 +142,7 @@ class IndexSync:
         touched = 0
         async with self.writer():
             await self.follow_generation()
-            await self._follow()
+            read = await self._follow()  # mostly the same records as the index's batch: reused
             outbox = self._db.outbox
             applied = await outbox.applied_seq()
             while True:
@@ -151,7 +151,7 @@ class IndexSync:
                     self.clear("index.update")
                     return touched
                 try:
-                    await self.apply(self.index, tenants)
+                    await self.apply(self.index, tenants, read=read)
                 except Exception as exc:
                     if await self.follow_generation():
                         applied = await outbox.applied_seq()
@@ -171,29 +171,32 @@ class IndexSync:
         async with self.lock:
             await self._follow()
 
-    async def _follow(self) -> None:
+    async def _follow(self) -> dict[str, IndexSource | None]:
         """`follow`, the index lock held (loads and evictions of scopes happen under it too,
-        so no entry falls between a scope's load and the cache taking it)."""
+        so no entry falls between a scope's load and the cache taking it). Returns what it read
+        of the records: by id, their source, or None for one erased."""
         outbox, cache = self._db.outbox, self.vector_cache
+        read: dict[str, IndexSource | None] = {}
+        if not cache.tenants():
+            # Nothing cached to keep current; a scope loaded later reads the truth.
+            self.cache_after = await outbox.latest_seq()
+            return read
+        if await outbox.pruned_seq() > self.cache_after:
+            # Entries this process never read are gone: start the copies over.
+            log.warning("outbox entries were pruned before this process read them")
+            self.cache_after = await outbox.latest_seq()
+            cache.clear()
+            return read
         while True:
-            if not cache.tenants():
-                # Nothing cached to keep current; a scope loaded later reads the truth.
-                self.cache_after = await outbox.latest_seq()
-                return
-            if await outbox.pruned_seq() > self.cache_after:
-                # Entries this process never read are gone: start the copies over.
-                log.warning("outbox entries were pruned before this process read them")
-                self.cache_after = await outbox.latest_seq()
-                cache.clear()
-                return
             up_to, tenants = await outbox.outbox_batch(self.cache_after)
             if not tenants:
-                return
+                return read
             cached = cache.tenants()
             wanted = [memory_id for memory_id, tenant in tenants.items() if tenant in cached]
             if wanted:
-                rows, gone, _ = await self._current(wanted)
+                rows, gone, sources = await self._current(wanted)
                 cache.apply(rows, gone)
+                read.update({memory_id: sources.get(memory_id) for memory_id in wanted})
             self.cache_after = up_to
 
     async def follow_forever(self, interval_s: float = FOLLOW_INTERVAL_S) -> None:
@@ -211,11 +214,16 @@ class IndexSync:
                 self.clear("index.follow")
 
     async def _current(
-        self, memory_ids: Sequence[str]
+        self, memory_ids: Sequence[str], read: dict[str, IndexSource | None] | None = None
     ) -> tuple[list[IndexRow], list[str], dict[str, IndexSource]]:
         """SQLite's current state of these records: index rows of the live ones, the ids of
-        the others (erased, deleted, or not indexed), and the sources read."""
-        sources = await self._db.outbox.index_sources(list(memory_ids))
+        the others (erased, deleted, or not indexed), and the sources read. `read` holds
+        sources read a moment ago under the same lock (None for an erased record): those are
+        not read again."""
+        known = read or {}
+        missing = [memory_id for memory_id in memory_ids if memory_id not in known]
+        sources = await self._db.outbox.index_sources(missing) if missing else {}
+        sources.update({i: source for i, source in known.items() if source is not None})
         rows: list[IndexRow] = []
         for memory_id in memory_ids:
             source = sources.get(memory_id)
@@ -225,10 +233,16 @@ class IndexSync:
         kept = {row.id for row in rows}
         return rows, [memory_id for memory_id in memory_ids if memory_id not in kept], sources
 
-    async def apply(self, index: MemoryIndex, tenants: dict[str, str | None]) -> None:
+    async def apply(
+        self,
+        index: MemoryIndex,
+        tenants: dict[str, str | None],
+        *,
+        read: dict[str, IndexSource | None] | None = None,
+    ) -> None:
         """Bring `index` up to SQLite's current state of these records: upsert the live ones,
-        remove the others."""
-        rows, gone, sources = await self._current(list(tenants))
+        remove the others (`read`: as `_current`)."""
+        rows, gone, sources = await self._current(list(tenants), read)
         for tenant_id, gone_ids in _by_tenant(gone, sources, tenants).items():
             await index.remove(tenant_id, gone_ids)
         await index.upsert(rows)
