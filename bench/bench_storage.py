@@ -44,6 +44,7 @@ import numpy as np
 
 from storage import EmbeddedStore
 from storage.embedders import LocalEmbedder
+from storage.index_location import INDEX_DIR
 from storage.index_schema import (
     scope_filter,
     scope_key,
@@ -53,7 +54,6 @@ from storage.index_schema import (
     vector_query,
 )
 from storage.index_settings import MaintenanceSettings
-from storage.index_sync import INDEX_DIR
 from storage.records import NewMemory, Scope
 from storage.store import open_embedded_store
 

@@ -29,7 +29,6 @@ from storage.vector_cache import VectorCache, VectorCacheSettings
 
 log = logging.getLogger("memento.storage")
 
-INDEX_DIR = "index"
 WRITER_LOCK_FILE = "index.lock"
 EMBEDDER_META = "index_embedder"
 
@@ -198,7 +197,7 @@ class IndexSync:
         if await self.rebuilt_by_another_embedder():
             return False
         self.index = await MemoryIndex.open(
-            self.data_dir / INDEX_DIR,
+            self.index.location,
             self.index.dimensions,
             self.index.settings,
             generation=generation,

@@ -1,4 +1,5 @@
-"""The embedded store: SQLite (truth) + LanceDB (derived index) + an embedder, in one folder.
+"""The embedded store: SQLite (truth) + LanceDB (derived index) + an embedder, in one folder
+(the index may live on object storage instead: `storage.index_location`).
 
 It is assembled from its parts, which callers use directly: `memories` (the `MemoryStore`, in
 `storage.memories`), `requests` (the request log and feedback), `responses` (the Responses API's
@@ -19,8 +20,9 @@ from pathlib import Path
 from storage.api import Embedder, HealthReporter
 from storage.errors import SetupError
 from storage.index import MemoryIndex
+from storage.index_location import IndexLocation
 from storage.index_settings import MaintenanceSettings
-from storage.index_sync import EMBEDDER_META, INDEX_DIR, IndexSync, embedder_tag
+from storage.index_sync import EMBEDDER_META, IndexSync, embedder_tag
 from storage.maintenance import IndexMaintenance
 from storage.memories import Memories
 from storage.sqlite import SQLiteDatabase
@@ -79,13 +81,17 @@ async def open_embedded_store(
     maintenance: MaintenanceSettings | None = None,
     vector_cache: VectorCacheSettings | None = None,
     lease_s: float = 120.0,
+    index_location: IndexLocation | None = None,
 ) -> EmbeddedStore:
-    """Open (creating, migrating, replaying the outbox) the store in `data_dir`.
+    """Open (creating, migrating, replaying the outbox) the store in `data_dir`, its index at
+    `index_location` (default: MEMENTO_INDEX_URI, else the folder's `index/`).
 
     With `check_embedder`, a store whose vectors come from another embedder is refused with a
     message that says to run `memento-proxy reindex`; the reindex command passes False.
     """
     folder = Path(data_dir)
+    location = index_location or IndexLocation.from_env(folder)
+    await asyncio.to_thread(location.check)  # a missing bucket: one line, before anything
     await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
     db = await SQLiteDatabase.open(folder / DB_FILE, lease_s=lease_s)
     try:
@@ -94,7 +100,7 @@ async def open_embedded_store(
         tag = embedder_tag(embedder)
         stored = await db.connection.get_meta(EMBEDDER_META)
         index = await MemoryIndex.open(
-            folder / INDEX_DIR,
+            location,
             embedder.dimensions,
             maintenance or MaintenanceSettings.from_env(),
             generation=await db.outbox.index_generation(),
@@ -110,9 +116,11 @@ async def open_embedded_store(
         )
         store = EmbeddedStore(db, sync, maintenance_interval_s=maintenance_interval_s)
         if index.created and stored == tag and await db.memories.count_memories():
-            # The index folder was lost or is of an older layout; it is derived data, so
-            # rebuild it from SQLite.
-            log.warning("search index missing or outdated in %s; rebuilding it from SQLite", folder)
+            # The index was lost or is of an older layout; it is derived data, so rebuild it
+            # from SQLite.
+            log.warning(
+                "search index missing or outdated at %s; rebuilding it from SQLite", location
+            )
             await store.maintenance.reindex()
         await store.start()
     except BaseException:

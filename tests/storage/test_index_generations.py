@@ -4,7 +4,6 @@ one rebuild at a time, and a broken index reported and rebuilt without a restart
 from __future__ import annotations
 
 import fcntl
-import glob
 import subprocess
 import sys
 from pathlib import Path
@@ -12,14 +11,15 @@ from pathlib import Path
 import pytest
 
 from storage.embedders import LocalEmbedder
+from storage.index_location import IndexLocation
 from storage.index_schema import generation_of, table_name
-from storage.index_sync import INDEX_DIR
 from storage.maintenance import REBUILD_LOCK_FILE, ReindexRunningError
 from storage.records import NewMemory, Scope
 from storage.sqlite import SQLiteDatabase
 from storage.sqlite.outbox import INDEX_BUILD_META
 from storage.store import DB_FILE, open_embedded_store
 from storage.vector_cache import VectorCacheSettings
+from tests.s3_server import remove_files, stored_files
 
 SCOPE = Scope("acme", "alice")
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,9 +74,11 @@ async def test_outbox_entries_stay_for_a_rebuild_and_for_the_next_generation(
 
 
 async def test_reindex_builds_a_new_generation_and_drops_the_old(
-    tmp_path: Path, local_embedder: LocalEmbedder
+    tmp_path: Path, local_embedder: LocalEmbedder, index_location: IndexLocation
 ) -> None:
-    store = await open_embedded_store(tmp_path, local_embedder, maintenance_interval_s=0)
+    store = await open_embedded_store(
+        tmp_path, local_embedder, maintenance_interval_s=0, index_location=index_location
+    )
     try:
         (record,) = await store.memories.add(
             SCOPE, [NewMemory(kind="fact", text="I collect stamps")]
@@ -84,8 +86,10 @@ async def test_reindex_builds_a_new_generation_and_drops_the_old(
         report = await store.maintenance.reindex()
         assert (report["generation"], report["records"], report["dropped_tables"]) == (1, 1, 1)
         assert await store.db.outbox.index_generation() == 1
-        tables = sorted(path.name for path in (tmp_path / INDEX_DIR).glob("*.lance"))
-        assert tables == [table_name("acme", 1) + ".lance"]
+        tables = {name.split("/")[0] for name in stored_files(index_location)}
+        assert sorted(name for name in tables if name.endswith(".lance")) == [
+            table_name("acme", 1) + ".lance"
+        ]
         hits = await store.memories.search(SCOPE, query_text="stamps")
         assert [hit.record.id for hit in hits] == [record.id]
     finally:
@@ -130,17 +134,19 @@ async def test_the_marker_of_a_dead_rebuild_is_forgotten(
 
 
 async def test_a_broken_index_is_reported_then_rebuilt_without_a_restart(
-    tmp_path: Path, local_embedder: LocalEmbedder
+    tmp_path: Path, local_embedder: LocalEmbedder, index_location: IndexLocation
 ) -> None:
-    store = await open_embedded_store(tmp_path, local_embedder, maintenance_interval_s=0)
+    store = await open_embedded_store(
+        tmp_path, local_embedder, maintenance_interval_s=0, index_location=index_location
+    )
     (record,) = await store.memories.add(SCOPE, [NewMemory(kind="fact", text="I collect stamps")])
     await store.maintenance.maintain()
     await store.close()
     # The files of the full-text index vanish (as a rebuild under a running proxy did).
-    table = tmp_path / INDEX_DIR / f"{table_name('acme')}.lance"
-    for path in glob.glob(str(table / "_indices" / "*" / "*")):
-        Path(path).unlink()
-    store = await open_embedded_store(tmp_path, local_embedder, maintenance_interval_s=0)
+    assert remove_files(index_location, f"{table_name('acme')}.lance/_indices/")
+    store = await open_embedded_store(
+        tmp_path, local_embedder, maintenance_interval_s=0, index_location=index_location
+    )
     # A scope the index serves: a cached one is searched in process, without the broken files.
     store.index.vector_cache.settings = VectorCacheSettings(max_bytes=0)
     try:
