@@ -64,41 +64,14 @@ class S3Server:
             self._process.wait(timeout=30)
         self._log.close()
 
-    def client(self) -> Any:
-        import boto3
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
-            region_name=self.env["AWS_REGION"],
-        )
-
     def new_bucket(self) -> str:
         """A new, empty bucket of a name no other test uses."""
         name = f"memento-{uuid.uuid4().hex[:16]}"
-        self.client().create_bucket(Bucket=name)
+        _client(self.location(name)).create_bucket(Bucket=name)
         return name
 
     def location(self, bucket: str, prefix: str = "index") -> IndexLocation:
         return IndexLocation.s3(f"s3://{bucket}/{prefix}", self.env)
-
-    def keys(self, bucket: str, prefix: str = "") -> list[str]:
-        """Every object's key under `prefix`."""
-        pages = (
-            self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        )
-        return [item["Key"] for page in pages for item in page.get("Contents", [])]
-
-    def read(self, bucket: str, key: str) -> bytes:
-        body: bytes = self.client().get_object(Bucket=bucket, Key=key)["Body"].read()
-        return body
-
-    def delete(self, bucket: str, keys: list[str]) -> None:
-        client = self.client()
-        for key in keys:
-            client.delete_object(Bucket=bucket, Key=key)
 
 
 def stored_files(location: IndexLocation) -> dict[str, bytes]:
