@@ -160,3 +160,23 @@ async def test_a_broken_index_is_reported_then_rebuilt_without_a_restart(
         assert await store.db.outbox.index_generation() == 1
     finally:
         await store.close()
+
+
+async def test_an_index_moved_elsewhere_is_rebuilt_there_at_open(
+    tmp_path: Path, local_embedder: LocalEmbedder, index_location: IndexLocation
+) -> None:
+    """Setting MEMENTO_INDEX_URI on a data folder that has served needs nothing more: the new
+    location has no index yet, so the store rebuilds it there from SQLite."""
+    store = await open_embedded_store(tmp_path / "data", local_embedder, maintenance_interval_s=0)
+    (record,) = await store.memories.add(SCOPE, [NewMemory(kind="fact", text="I collect stamps")])
+    await store.close()
+    store = await open_embedded_store(
+        tmp_path / "data", local_embedder, maintenance_interval_s=0, index_location=index_location
+    )
+    try:
+        store.index.vector_cache.settings = VectorCacheSettings(max_bytes=0)  # through LanceDB
+        hits = await store.memories.search(SCOPE, query_text="stamps")
+        assert [hit.record.id for hit in hits] == [record.id]
+        assert await store.index.index.count("acme") == 1
+    finally:
+        await store.close()
