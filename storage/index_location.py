@@ -93,6 +93,11 @@ class IndexLocation:
         location = f"s3://{parts.netloc}/{prefix}" if prefix else f"s3://{parts.netloc}"
         return cls(location, options)
 
+    def recorded_as(self, data_dir: Path) -> str:
+        """How the data folder records where its index is: its own `index/` by that relative
+        name (the folder may be moved or mounted elsewhere), any other location by its URI."""
+        return INDEX_DIR if self.uri == str((data_dir / INDEX_DIR).absolute()) else self.uri
+
     @property
     def is_local(self) -> bool:
         return not self.bucket
@@ -112,11 +117,15 @@ class IndexLocation:
             return fs.LocalFileSystem(), self.uri
         options = self.storage_options
         endpoint = options.get("aws_endpoint")
+        region = options.get("aws_region")
+        if region is None and endpoint is None:
+            # AWS itself: LanceDB finds the bucket's region, pyarrow would assume us-east-1.
+            region = fs.resolve_s3_region(self.bucket)
         s3 = fs.S3FileSystem(
             access_key=options.get("aws_access_key_id"),
             secret_key=options.get("aws_secret_access_key"),
             session_token=options.get("aws_session_token"),
-            region=options.get("aws_region"),
+            region=region,
             endpoint_override=endpoint,
             scheme=urlsplit(endpoint).scheme if endpoint else "https",
             connect_timeout=5,
@@ -162,9 +171,9 @@ class IndexLocation:
         when first written, so it needs no check. Raises SetupError, one line, no secret."""
         if self.is_local:
             return
-        files, _ = self._files
         where = self.storage_options.get("aws_endpoint", "S3")
         try:
+            files, _ = self._files
             found = files.get_file_info(self.bucket).type != fs.FileType.NotFound
         except OSError as exc:
             reason = _without_secrets(str(exc).splitlines()[0], self.storage_options)

@@ -20,7 +20,7 @@ from pathlib import Path
 from storage.api import Embedder, HealthReporter
 from storage.errors import SetupError
 from storage.index import MemoryIndex
-from storage.index_location import IndexLocation
+from storage.index_location import INDEX_DIR, IndexLocation
 from storage.index_settings import MaintenanceSettings
 from storage.index_sync import EMBEDDER_META, IndexSync, embedder_tag
 from storage.maintenance import IndexMaintenance
@@ -31,10 +31,17 @@ from storage.vector_cache import VectorCacheSettings
 log = logging.getLogger("memento.storage")
 
 DB_FILE = "memento.db"
+# Where the index of this data folder is (`IndexLocation.recorded_as`): an index elsewhere
+# may be stale, or not this folder's at all.
+INDEX_LOCATION_META = "index_location"
 
 
 class EmbedderMismatchError(SetupError):
     """The stored vectors were made by another embedder than the configured one."""
+
+
+class IndexElsewhereError(SetupError):
+    """The data folder's index is at another location than the configured one."""
 
 
 class EmbeddedStore:
@@ -82,12 +89,16 @@ async def open_embedded_store(
     vector_cache: VectorCacheSettings | None = None,
     lease_s: float = 120.0,
     index_location: IndexLocation | None = None,
+    move_index: bool = True,
 ) -> EmbeddedStore:
     """Open (creating, migrating, replaying the outbox) the store in `data_dir`, its index at
     `index_location` (default: MEMENTO_INDEX_URI, else the folder's `index/`).
 
     With `check_embedder`, a store whose vectors come from another embedder is refused with a
-    message that says to run `memento-proxy reindex`; the reindex command passes False.
+    message that says to run `memento-proxy reindex`; the reindex command passes False. An
+    index configured elsewhere than where the folder's index was is rebuilt there from SQLite
+    (what was there may be stale); without `move_index` (the reindex command, which must
+    rebuild the index the proxy serves) it is refused instead.
     """
     folder = Path(data_dir)
     location = index_location or IndexLocation.from_env(folder)
@@ -99,6 +110,11 @@ async def open_embedded_store(
             raise ValueError(f"embedder {embedder.model_id!r} does not know its dimensions yet")
         tag = embedder_tag(embedder)
         stored = await db.connection.get_meta(EMBEDDER_META)
+        here = location.recorded_as(folder)
+        recorded = await db.connection.get_meta(INDEX_LOCATION_META)
+        moved = recorded is not None and recorded != here
+        if moved and not move_index:
+            raise index_elsewhere(folder, recorded or "", location)
         index = await MemoryIndex.open(
             location,
             embedder.dimensions,
@@ -115,13 +131,15 @@ async def open_embedded_store(
             folder, db, index, embedder, vector_cache=vector_cache or VectorCacheSettings.from_env()
         )
         store = EmbeddedStore(db, sync, maintenance_interval_s=maintenance_interval_s)
-        if index.created and stored == tag and await db.memories.count_memories():
-            # The index was lost or is of an older layout; it is derived data, so rebuild it
-            # from SQLite.
+        if (index.created or moved) and stored == tag and await db.memories.count_memories():
+            # The index was lost, moved or is of an older layout; it is derived data, so
+            # rebuild it from SQLite.
             log.warning(
                 "search index missing or outdated at %s; rebuilding it from SQLite", location
             )
             await store.maintenance.reindex()
+        if recorded != here:
+            await db.connection.set_meta(INDEX_LOCATION_META, here)
         await store.start()
     except BaseException:
         await db.close()
@@ -149,6 +167,17 @@ def check_local_embedder(data_dir: Path, spec: str) -> None:
     stored = row[0].rsplit("|", 1)[0] if row else None
     if stored in (LOCAL_MODEL_ID, LOCAL_INT8_MODEL_ID) and stored != wanted and count:
         raise embedder_mismatch(data_dir, stored, wanted)
+
+
+def index_elsewhere(folder: Path, recorded: str, configured: IndexLocation) -> IndexElsewhereError:
+    """The refusal of an index location other than the data folder's, saying how to name it."""
+    own = recorded == INDEX_DIR
+    where = folder / INDEX_DIR if own else recorded
+    setting = "MEMENTO_INDEX_URI unset" if own else f"MEMENTO_INDEX_URI={recorded}"
+    return IndexElsewhereError(
+        f"the index of {folder} is at {where}, not {configured}: run with {setting} (to "
+        "move the index, restart the proxy with the new setting: it rebuilds the index there)"
+    )
 
 
 def embedder_mismatch(data_dir: Path, stored: str, configured: str) -> EmbedderMismatchError:

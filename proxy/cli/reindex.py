@@ -6,6 +6,10 @@ one rebuild runs at a time; a second one exits with status 1 and says so. Also r
 or deleted index. A data folder without a database is refused (exit 3): there is nothing to
 rebuild from, and a rebuild must not create an empty store where the proxy's data was expected.
 
+It rebuilds the index where the data folder's index is: run it with the proxy's
+MEMENTO_INDEX_URI (and AWS_* variables); another location is refused (exit 2), as a rebuild
+there would leave the proxy's index behind.
+
 Run it after switching embedders (MEMENTO_EMBEDDER): records made by another embedder are
 re-embedded and the store remembers the new one. A proxy still running with the old embedder
 reports the mismatch on /readyz; restart it with the new one.
@@ -47,7 +51,7 @@ async def _reindex(folder: Path, embedder_spec: str | None) -> dict[str, Any]:
     spec = embedder_spec or settings_from_env().embedder
     embedder = await load_embedder(spec)
     store = await open_embedded_store(
-        folder, embedder, check_embedder=False, maintenance_interval_s=0
+        folder, embedder, check_embedder=False, maintenance_interval_s=0, move_index=False
     )
     try:
         report = await store.maintenance.reindex()

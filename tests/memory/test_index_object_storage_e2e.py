@@ -77,6 +77,13 @@ def test_memories_live_in_the_bucket_through_restart_reindex_and_erasure(
     # follows the new generation at its next index write or search.
     env = {**os.environ, "MEMENTO_EMBEDDER": "local", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "proxy.cli", "reindex", "--json", "--data-dir", str(data_dir)]
+    # Run without the proxy's setting, it would rebuild a folder the proxy does not serve.
+    elsewhere = {name: value for name, value in env.items() if name != "MEMENTO_INDEX_URI"}
+    refused = subprocess.run(command, capture_output=True, text=True, env=elsewhere, cwd=ROOT)
+    assert refused.returncode == 2, refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert f"run with MEMENTO_INDEX_URI={index_uri}" in line, line
+    assert not (data_dir / "index").exists()
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)

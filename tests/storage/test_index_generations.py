@@ -17,7 +17,7 @@ from storage.maintenance import REBUILD_LOCK_FILE, ReindexRunningError
 from storage.records import NewMemory, Scope
 from storage.sqlite import SQLiteDatabase
 from storage.sqlite.outbox import INDEX_BUILD_META
-from storage.store import DB_FILE, open_embedded_store
+from storage.store import DB_FILE, EmbeddedStore, IndexElsewhereError, open_embedded_store
 from storage.vector_cache import VectorCacheSettings
 from tests.s3_server import remove_files, stored_files
 
@@ -165,18 +165,34 @@ async def test_a_broken_index_is_reported_then_rebuilt_without_a_restart(
 async def test_an_index_moved_elsewhere_is_rebuilt_there_at_open(
     tmp_path: Path, local_embedder: LocalEmbedder, index_location: IndexLocation
 ) -> None:
-    """Setting MEMENTO_INDEX_URI on a data folder that has served needs nothing more: the new
-    location has no index yet, so the store rebuilds it there from SQLite."""
-    store = await open_embedded_store(tmp_path / "data", local_embedder, maintenance_interval_s=0)
-    (record,) = await store.memories.add(SCOPE, [NewMemory(kind="fact", text="I collect stamps")])
-    await store.close()
-    store = await open_embedded_store(
-        tmp_path / "data", local_embedder, maintenance_interval_s=0, index_location=index_location
-    )
-    try:
+    """Setting MEMENTO_INDEX_URI on a data folder that has served needs nothing more: the store
+    rebuilds the index there from SQLite, and again when it moves back to where a stale copy
+    is. Only the reindex command refuses another location than the folder's index."""
+    data = tmp_path / "data"
+
+    async def open_at(location: IndexLocation | None, **options: bool) -> EmbeddedStore:
+        store = await open_embedded_store(
+            data, local_embedder, maintenance_interval_s=0, index_location=location, **options
+        )
         store.index.vector_cache.settings = VectorCacheSettings(max_bytes=0)  # through LanceDB
-        hits = await store.memories.search(SCOPE, query_text="stamps")
-        assert [hit.record.id for hit in hits] == [record.id]
-        assert await store.index.index.count("acme") == 1
+        return store
+
+    async def found(store: EmbeddedStore, query: str) -> list[str]:
+        return [hit.record.text for hit in await store.memories.search(SCOPE, query_text=query)]
+
+    store = await open_at(None)
+    await store.memories.add(SCOPE, [NewMemory(kind="fact", text="I collect stamps")])
+    await store.close()
+    store = await open_at(index_location)
+    try:
+        assert await found(store, "stamps") == ["I collect stamps"]
+        await store.memories.add(SCOPE, [NewMemory(kind="fact", text="I sail on weekends")])
+    finally:
+        await store.close()
+    with pytest.raises(IndexElsewhereError, match=f"is at {index_location.uri}, not"):
+        await open_at(None, move_index=False)
+    store = await open_at(None)  # back to data/index, which misses the sailing
+    try:
+        assert await found(store, "sail weekends") == ["I sail on weekends"]
     finally:
         await store.close()
