@@ -89,16 +89,17 @@ async def open_embedded_store(
     vector_cache: VectorCacheSettings | None = None,
     lease_s: float = 120.0,
     index_location: IndexLocation | None = None,
-    move_index: bool = True,
+    move_index: bool = False,
 ) -> EmbeddedStore:
     """Open (creating, migrating, replaying the outbox) the store in `data_dir`, its index at
     `index_location` (default: MEMENTO_INDEX_URI, else the folder's `index/`).
 
     With `check_embedder`, a store whose vectors come from another embedder is refused with a
     message that says to run `memento-proxy reindex`; the reindex command passes False. An
-    index configured elsewhere than where the folder's index was is rebuilt there from SQLite
-    (what was there may be stale); without `move_index` (the reindex command, which must
-    rebuild the index the proxy serves) it is refused instead.
+    index configured elsewhere than where the folder's index was is refused, unless
+    `move_index` (the proxy's start) has it rebuilt there from SQLite (what was there may be
+    stale). A command run beside the proxy without its setting must not move it: its rebuild
+    would switch the proxy to a generation the proxy's location does not have.
     """
     folder = Path(data_dir)
     location = index_location or IndexLocation.from_env(folder)

@@ -51,7 +51,7 @@ async def _reindex(folder: Path, embedder_spec: str | None) -> dict[str, Any]:
     spec = embedder_spec or settings_from_env().embedder
     embedder = await load_embedder(spec)
     store = await open_embedded_store(
-        folder, embedder, check_embedder=False, maintenance_interval_s=0, move_index=False
+        folder, embedder, check_embedder=False, maintenance_interval_s=0
     )
     try:
         report = await store.maintenance.reindex()
