@@ -82,7 +82,7 @@ class IndexLocation:
         if not _BUCKET.fullmatch(parts.netloc) or parts.query or parts.fragment:
             raise SetupError(
                 f"bad setting: {URI_SETTING} must be s3://bucket/prefix with a valid bucket "
-                f"name (3-63 of a-z, 0-9, '.', '-'), got {uri!r}"
+                f"name (3-63 of a-z, 0-9, '.', '-') and no query, got bucket {parts.netloc!r}"
             )
         options = _s3_options(env)
         if "." in parts.netloc and "aws_region" not in options:

@@ -65,6 +65,7 @@ def test_an_s3_uri_gets_the_standard_variables_as_lancedbs_storage_options() -> 
         (f"s3://AKIDEXAMPLE:{SECRET}@memento-index/p", AWS, "must not hold credentials"),
         ("s3://Bad_Bucket/p", AWS, "valid bucket name"),
         ("s3:///p", AWS, "valid bucket name"),
+        (f"s3://memento-index/p?secret={SECRET}", AWS, "no query"),
         (
             "s3://memento-index/p",
             {**AWS, "AWS_ENDPOINT_URL": "http://minio:9000"},
