@@ -15,7 +15,7 @@ writes a new *generation* of tables beside the one being served (generation g's 
 table; the store switches its pointer in SQLite once the new generation is complete, and the old
 one is dropped after. Maintenance (folding new rows into the full-text and vector indexes,
 building a table's IVF index once it is large, compaction, dropping expired rows, pruning old
-versions so erased content leaves the disk) runs in the background over the tables that
+versions so erased content leaves the storage) runs in the background over the tables that
 changed, called by the store, never on the request path.
 """
 
