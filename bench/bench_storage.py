@@ -21,7 +21,8 @@ MiniLM would take hours on this machine); the insert path is otherwise the real 
 and end-to-end insert throughput with real embedding are measured with the local model.
 
 `BENCH_STORAGE_SIZES` (default "1000,10000,100000") picks the per-tenant sizes; `BENCH_SCALE`
-scales query counts. Results: a table on stdout and bench/results/storage.json.
+scales query counts. `MEMENTO_INDEX_URI` (and the AWS_* variables) puts the index on object
+storage, as for the proxy. Results: a table on stdout and bench/results/storage.json.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import numpy as np
 
 from storage import EmbeddedStore
 from storage.embedders import LocalEmbedder
+from storage.index_location import IndexLocation
 from storage.index_schema import (
     scope_filter,
     scope_key,
@@ -53,7 +55,6 @@ from storage.index_schema import (
     vector_query,
 )
 from storage.index_settings import MaintenanceSettings
-from storage.index_sync import INDEX_DIR
 from storage.records import NewMemory, Scope
 from storage.store import open_embedded_store
 
@@ -268,7 +269,8 @@ async def _lancedb_floor(
 ) -> dict[str, float | None]:
     """Round trips of LanceDB queries on tenant 0's table, and their execution time inside
     LanceDB for the store's BM25 and vector queries (same filter, k and probe count)."""
-    db = await lancedb.connect_async(folder / INDEX_DIR)
+    location = IndexLocation.from_env(folder)  # where the store put it
+    db = await lancedb.connect_async(location.uri, storage_options=location.storage_options)
     table = await db.open_table(table_name(_user_scope(0).tenant_id))
     keys = [scope_key("tenant0", "user0"), scope_key("tenant0", None)]
     where = scope_filter(keys, kinds=None, statuses=["active"])

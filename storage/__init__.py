@@ -18,16 +18,21 @@ if TYPE_CHECKING:
 __all__ = ["EmbeddedStore", "EmbedderMismatchError", "open_store"]
 
 
-async def open_store(data_dir: str | Path, embedder: Embedder) -> EmbeddedStore:
+async def open_store(
+    data_dir: str | Path, embedder: Embedder, *, move_index: bool = False
+) -> EmbeddedStore:
     """The embedded store in `data_dir` (SQLite file + LanceDB tables), ready to use.
 
     A `storage.api.Store`: its parts are `store.memories`, `store.requests`, `store.queue` and
     `store.maintenance`; `await store.close()` at shutdown. Schema migrations run and the
-    index outbox is replayed before it returns.
+    index outbox is replayed before it returns. The index is at MEMENTO_INDEX_URI, else in
+    the folder; if that is not where the folder's index was, `move_index` rebuilds it there,
+    else it is refused (`IndexElsewhereError`): only the proxy moves it, not a command run
+    beside it without the proxy's setting.
     """
     from storage.store import open_embedded_store
 
-    return await open_embedded_store(data_dir, embedder)
+    return await open_embedded_store(data_dir, embedder, move_index=move_index)
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,7 @@ writes a new *generation* of tables beside the one being served (generation g's 
 table; the store switches its pointer in SQLite once the new generation is complete, and the old
 one is dropped after. Maintenance (folding new rows into the full-text and vector indexes,
 building a table's IVF index once it is large, compaction, dropping expired rows, pruning old
-versions so erased content leaves the disk) runs in the background over the tables that
+versions so erased content leaves the storage) runs in the background over the tables that
 changed, called by the store, never on the request path.
 """
 
@@ -27,12 +27,12 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
+from storage.index_location import IndexLocation
 from storage.index_schema import (
     IndexHit,
     IndexRow,
@@ -45,14 +45,14 @@ from storage.index_schema import (
     vector_query,
 )
 from storage.index_settings import MaintenanceSettings
-from storage.lance import connect, ensure_scalar_indexes, table_names, tables_on_disk
+from storage.lance import connect, ensure_scalar_indexes, table_names
 
 if TYPE_CHECKING:
     import lancedb
 
 log = logging.getLogger("memento.storage.index")
 
-# Written once the folder holds this layout; a folder without it (new, lost, from the one-table
+# Written once the location holds this layout; one without it (new, lost, from the one-table
 # layout, from before index texts held dates: /1 or speakers: /2) is emptied and reported as
 # `created`, and the store rebuilds it from SQLite.
 LAYOUT_FILE = "layout.json"
@@ -64,7 +64,7 @@ class MemoryIndex:
 
     def __init__(
         self,
-        path: Path,
+        location: IndexLocation,
         db: lancedb.AsyncConnection | None,
         dimensions: int,
         settings: MaintenanceSettings,
@@ -72,7 +72,7 @@ class MemoryIndex:
         session: lancedb.Session | None = None,
     ) -> None:
         self._db = db
-        self._path = path
+        self.location = location
         self.generation = generation
         self._session = session  # the caches `db` was opened with
         self._session_floor = 0  # what they held after the last recycle (`_recycle_session`)
@@ -84,9 +84,8 @@ class MemoryIndex:
         # Tables changed since maintenance last finished with them, and when (monotonic).
         self._changed: dict[str, float] = {}
         self.created = False  # True when open() found no usable index and made an empty one
-        self._layout_file = path / LAYOUT_FILE
         # Rows each table's IVF was trained on; one file per generation, as each has its writer.
-        self._ann_file = path / _ann_file_name(generation)
+        self._ann_file = _ann_file_name(generation)
 
     @staticmethod
     def schema(dimensions: int) -> pa.Schema:
@@ -109,20 +108,21 @@ class MemoryIndex:
     @classmethod
     async def open(
         cls,
-        path: Path,
+        location: IndexLocation,
         dimensions: int,
         settings: MaintenanceSettings | None = None,
         *,
         generation: int = 0,
     ) -> MemoryIndex:
-        """Open generation `generation` of the index under `path`, emptying the folder if it
-        is missing, of another layout or of another vector size (`created` is then True: the
+        """Open generation `generation` of the index at `location`, emptying it if it is
+        missing, of another layout or of another vector size (`created` is then True: the
         caller rebuilds it from SQLite). Older generations' tables are dropped; newer ones are
         a rebuild under way in some process and are left alone."""
         settings = settings or MaintenanceSettings()
-        index = cls(path, None, dimensions, settings, generation)
+        index = cls(location, None, dimensions, settings, generation)
         try:
-            layout = json.loads(await asyncio.to_thread(index._layout_file.read_text))
+            text = await asyncio.to_thread(location.read_text, LAYOUT_FILE)
+            layout = json.loads(text or "null")
         except (OSError, ValueError):
             layout = None
         if layout != index._layout():
@@ -144,14 +144,14 @@ class MemoryIndex:
         return index
 
     async def _lancedb_has_work(self) -> bool:
-        """Connected already, or the folder holds tables: else LanceDB need not be loaded yet
-        (`storage.lance` says why it waits)."""
-        return self._db is not None or await asyncio.to_thread(tables_on_disk, self._path)
+        """Connected already, or the location holds tables: else LanceDB need not be loaded
+        yet (`storage.lance` says why it waits)."""
+        return self._db is not None or await asyncio.to_thread(self.location.holds_tables)
 
     async def _connection(self) -> lancedb.AsyncConnection:
         """LanceDB, connected on first need."""
         if self._db is None:
-            self._session, self._db = await connect(self._path, self.settings)
+            self._session, self._db = await connect(self.location, self.settings)
             self._session_floor = int(self._session.size_bytes)
         return self._db
 
@@ -163,9 +163,9 @@ class MemoryIndex:
             if generation_of(name) == generation:
                 await db.drop_table(name)
         fresh = MemoryIndex(
-            self._path, db, self.dimensions, self.settings, generation, self._session
+            self.location, db, self.dimensions, self.settings, generation, self._session
         )
-        await asyncio.to_thread(fresh._ann_file.unlink, missing_ok=True)
+        await asyncio.to_thread(self.location.remove, fresh._ann_file)
         return fresh
 
     async def drop_other_generations(self, *, older_only: bool = False) -> list[str]:
@@ -190,9 +190,7 @@ class MemoryIndex:
                 )
                 continue
             dropped.append(name)
-            await asyncio.to_thread(
-                (self._path / _ann_file_name(generation)).unlink, missing_ok=True
-            )
+            await asyncio.to_thread(self.location.remove, _ann_file_name(generation))
         return dropped
 
     async def reset(self) -> None:
@@ -205,10 +203,10 @@ class MemoryIndex:
         await asyncio.to_thread(self._write_layout)
 
     def _write_layout(self) -> None:
-        for ann_file in self._path.glob("vector_index*.json"):
-            ann_file.unlink(missing_ok=True)
-        self._layout_file.parent.mkdir(parents=True, exist_ok=True)
-        self._layout_file.write_text(json.dumps(self._layout()))
+        for name in self.location.names():
+            if name.startswith("vector_index") and name.endswith(".json"):
+                self.location.remove(name)
+        self.location.write_text(LAYOUT_FILE, json.dumps(self._layout()))
 
     async def _table_for_write(self, tenant_id: str) -> Any:
         name = table_name(tenant_id, self.generation)
@@ -345,7 +343,7 @@ class MemoryIndex:
         write is in flight on the old handles, so the new ones see every committed version.
         Searches already running finish on the old handles, which keep the old Session alive
         until then."""
-        session, db = await connect(self._path, self.settings)
+        session, db = await connect(self.location, self.settings)
         tables = {name: await db.open_table(name) for name in self._tables}
         for name, table in tables.items():
             await self._prewarm(name, table)
@@ -383,11 +381,12 @@ class MemoryIndex:
         no longer fit the data); rows added in between are folded in by `optimize`."""
         if name not in self._vector_indexed:
             return True
-        return rows >= 2 * max(self._trained_rows().get(name, 0), 1)
+        return rows >= 2 * max((await self._trained_rows()).get(name, 0), 1)
 
-    def _trained_rows(self) -> dict[str, int]:
+    async def _trained_rows(self) -> dict[str, int]:
         try:
-            trained = json.loads(self._ann_file.read_text())
+            text = await asyncio.to_thread(self.location.read_text, self._ann_file)
+            trained = json.loads(text or "{}")
             return {name: int(entry["trained_rows"]) for name, entry in trained.items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return {}
@@ -406,11 +405,10 @@ class MemoryIndex:
             replace=True,
         )
         self._vector_indexed.add(name)
-        trained = self._trained_rows()
+        trained = await self._trained_rows()
         trained[name] = rows
-        self._ann_file.write_text(
-            json.dumps({n: {"trained_rows": r} for n, r in sorted(trained.items())})
-        )
+        text = json.dumps({n: {"trained_rows": r} for n, r in sorted(trained.items())})
+        await asyncio.to_thread(self.location.write_text, self._ann_file, text)
 
     @property
     def vector_indexed(self) -> bool:

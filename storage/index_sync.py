@@ -33,7 +33,6 @@ from storage.vector_cache import VectorCache, VectorCacheSettings
 
 log = logging.getLogger("memento.storage")
 
-INDEX_DIR = "index"
 WRITER_LOCK = "index"  # the store lock of the one process writing the index
 EMBEDDER_META = "index_embedder"
 # How often a process looks for outbox entries other processes wrote.
@@ -256,7 +255,7 @@ class IndexSync:
         if await self.rebuilt_by_another_embedder():
             return False
         self.index = await MemoryIndex.open(
-            self.data_dir / INDEX_DIR,
+            self.index.location,
             self.index.dimensions,
             self.index.settings,
             generation=generation,

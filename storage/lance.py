@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from storage.index_location import IndexLocation
 from storage.index_settings import MaintenanceSettings
 
 if TYPE_CHECKING:
@@ -20,19 +20,20 @@ if TYPE_CHECKING:
 
 
 async def connect(
-    path: Path, settings: MaintenanceSettings
+    location: IndexLocation, settings: MaintenanceSettings
 ) -> tuple[lancedb.Session, lancedb.AsyncConnection]:
+    """LanceDB's connection to `location`, with its own caches (a Session)."""
     lancedb = await asyncio.to_thread(importlib.import_module, "lancedb")  # off the loop
     session = lancedb.Session(
         index_cache_size_bytes=settings.index_cache_bytes,
         metadata_cache_size_bytes=settings.metadata_cache_bytes,
     )
-    return session, await lancedb.connect_async(str(path), session=session)
-
-
-def tables_on_disk(path: Path) -> bool:
-    """Whether the folder holds any table (LanceDB keeps each as `<name>.lance`)."""
-    return any(path.glob("*.lance"))
+    # What is given here wins over what LanceDB reads from the environment by itself
+    # (`storage.index_location` says why that is not left to it).
+    db = await lancedb.connect_async(
+        location.uri, session=session, storage_options=location.storage_options
+    )
+    return session, db
 
 
 async def table_names(db: lancedb.AsyncConnection) -> list[str]:

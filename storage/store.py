@@ -1,4 +1,5 @@
-"""The embedded store: SQLite (truth) + LanceDB (derived index) + an embedder, in one folder.
+"""The embedded store: SQLite (truth) + LanceDB (derived index) + an embedder, in one folder
+(the index may live on object storage instead: `storage.index_location`).
 
 It is assembled from its parts, which callers use directly: `memories` (the `MemoryStore`, in
 `storage.memories`), `requests` (the request log and feedback), `responses` (the Responses API's
@@ -19,8 +20,9 @@ from pathlib import Path
 from storage.api import Embedder, HealthReporter
 from storage.errors import SetupError
 from storage.index import MemoryIndex
+from storage.index_location import INDEX_DIR, IndexLocation
 from storage.index_settings import MaintenanceSettings
-from storage.index_sync import EMBEDDER_META, INDEX_DIR, IndexSync, embedder_tag
+from storage.index_sync import EMBEDDER_META, IndexSync, embedder_tag
 from storage.locks import FileLocks
 from storage.maintenance import IndexMaintenance
 from storage.memories import Memories
@@ -30,10 +32,17 @@ from storage.vector_cache import VectorCacheSettings
 log = logging.getLogger("memento.storage")
 
 DB_FILE = "memento.db"
+# Where the index of this data folder is (`IndexLocation.recorded_as`): an index elsewhere
+# may be stale, or not this folder's at all.
+INDEX_LOCATION_META = "index_location"
 
 
 class EmbedderMismatchError(SetupError):
     """The stored vectors were made by another embedder than the configured one."""
+
+
+class IndexElsewhereError(SetupError):
+    """The data folder's index is at another location than the configured one."""
 
 
 class EmbeddedStore:
@@ -86,13 +95,22 @@ async def open_embedded_store(
     maintenance: MaintenanceSettings | None = None,
     vector_cache: VectorCacheSettings | None = None,
     lease_s: float = 120.0,
+    index_location: IndexLocation | None = None,
+    move_index: bool = False,
 ) -> EmbeddedStore:
-    """Open (creating, migrating, replaying the outbox) the store in `data_dir`.
+    """Open (creating, migrating, replaying the outbox) the store in `data_dir`, its index at
+    `index_location` (default: MEMENTO_INDEX_URI, else the folder's `index/`).
 
     With `check_embedder`, a store whose vectors come from another embedder is refused with a
-    message that says to run `memento-proxy reindex`; the reindex command passes False.
+    message that says to run `memento-proxy reindex`; the reindex command passes False. An
+    index configured elsewhere than where the folder's index was is refused, unless
+    `move_index` (the proxy's start) has it rebuilt there from SQLite (what was there may be
+    stale). A command run beside the proxy without its setting must not move it: its rebuild
+    would switch the proxy to a generation the proxy's location does not have.
     """
     folder = Path(data_dir)
+    location = index_location or IndexLocation.from_env(folder)
+    await asyncio.to_thread(location.check)  # a missing bucket: one line, before anything
     await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
     db = await SQLiteDatabase.open(folder / DB_FILE, lease_s=lease_s)
     try:
@@ -100,8 +118,13 @@ async def open_embedded_store(
             raise ValueError(f"embedder {embedder.model_id!r} does not know its dimensions yet")
         tag = embedder_tag(embedder)
         stored = await db.connection.get_meta(EMBEDDER_META)
+        here = location.recorded_as(folder)
+        recorded = await db.connection.get_meta(INDEX_LOCATION_META)
+        moved = recorded is not None and recorded != here
+        if moved and not move_index:
+            raise index_elsewhere(folder, recorded or "", location)
         index = await MemoryIndex.open(
-            folder / INDEX_DIR,
+            location,
             embedder.dimensions,
             maintenance or MaintenanceSettings.from_env(),
             generation=await db.outbox.index_generation(),
@@ -122,11 +145,15 @@ async def open_embedded_store(
             vector_cache=vector_cache or VectorCacheSettings.from_env(),
         )
         store = EmbeddedStore(db, sync, locks, maintenance_interval_s=maintenance_interval_s)
-        if index.created and stored == tag and await db.memories.count_memories():
-            # The index folder was lost or is of an older layout; it is derived data, so
+        if (index.created or moved) and stored == tag and await db.memories.count_memories():
+            # The index was lost, moved or is of an older layout; it is derived data, so
             # rebuild it from SQLite.
-            log.warning("search index missing or outdated in %s; rebuilding it from SQLite", folder)
+            log.warning(
+                "search index missing or outdated at %s; rebuilding it from SQLite", location
+            )
             await store.maintenance.reindex()
+        if recorded != here:
+            await db.connection.set_meta(INDEX_LOCATION_META, here)
         await store.start()
     except BaseException:
         await db.close()
@@ -154,6 +181,17 @@ def check_local_embedder(data_dir: Path, spec: str) -> None:
     stored = row[0].rsplit("|", 1)[0] if row else None
     if stored in (LOCAL_MODEL_ID, LOCAL_INT8_MODEL_ID) and stored != wanted and count:
         raise embedder_mismatch(data_dir, stored, wanted)
+
+
+def index_elsewhere(folder: Path, recorded: str, configured: IndexLocation) -> IndexElsewhereError:
+    """The refusal of an index location other than the data folder's, saying how to name it."""
+    own = recorded == INDEX_DIR
+    where = folder / INDEX_DIR if own else recorded
+    setting = "MEMENTO_INDEX_URI unset" if own else f"MEMENTO_INDEX_URI={recorded}"
+    return IndexElsewhereError(
+        f"the index of {folder} is at {where}, not {configured}: run with {setting} (to "
+        "move the index, restart the proxy with the new setting: it rebuilds the index there)"
+    )
 
 
 def embedder_mismatch(data_dir: Path, stored: str, configured: str) -> EmbedderMismatchError:

@@ -1,4 +1,5 @@
-"""Fixtures shared by every test area: the scripted upstream and the real proxy."""
+"""Fixtures shared by every test area: the scripted upstream, the real proxy, and an
+S3-compatible server for the index on object storage."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.harness import RunningProxy, write_tenant
+from tests.s3_server import S3Server
 from tests.scripted_upstream import ScriptedUpstream
 
 
@@ -18,6 +20,14 @@ def scripted_upstream_server() -> Iterator[ScriptedUpstream]:
     server = ScriptedUpstream().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 server, started on first use and stopped at the end of the session; each test
+    makes its own bucket (`s3_server.new_bucket()`)."""
+    with S3Server() as server:
+        yield server
 
 
 @pytest.fixture

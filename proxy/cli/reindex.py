@@ -6,6 +6,10 @@ one rebuild runs at a time; a second one exits with status 1 and says so. Also r
 or deleted index. A data folder without a database is refused (exit 3): there is nothing to
 rebuild from, and a rebuild must not create an empty store where the proxy's data was expected.
 
+It rebuilds the index where the data folder's index is: run it with the proxy's
+MEMENTO_INDEX_URI (and AWS_* variables); another location is refused (exit 2), as a rebuild
+there would leave the proxy's index behind.
+
 Run it after switching embedders (MEMENTO_EMBEDDER): records made by another embedder are
 re-embedded and the store remembers the new one. A proxy still running with the old embedder
 reports the mismatch on /readyz; restart it with the new one.

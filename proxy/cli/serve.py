@@ -47,8 +47,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def check_storage_settings(data_dir: Path, embedder: str) -> None:
     """What would otherwise fail in the middle of start-up, under a traceback: the storage
-    settings, and a data folder written by the other precision of the local model (the upgrade
-    to the int8 default). Raises `SetupError`, reported as one line."""
+    settings, the index's location (MEMENTO_INDEX_URI: its bucket exists and answers), and a
+    data folder written by the other precision of the local model (the upgrade to the int8
+    default). Raises `SetupError`, reported as one line."""
+    from storage.index_location import IndexLocation
     from storage.index_settings import MaintenanceSettings
     from storage.store import check_local_embedder
     from storage.vector_cache import VectorCacheSettings
@@ -56,6 +58,7 @@ def check_storage_settings(data_dir: Path, embedder: str) -> None:
     VectorCacheSettings.from_env()
     MaintenanceSettings.from_env()
     whole_number("MEMENTO_EMBED_THREADS", 1)
+    IndexLocation.from_env(data_dir).check()
     check_local_embedder(data_dir, embedder)
 
 

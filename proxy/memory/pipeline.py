@@ -93,7 +93,8 @@ class MemoryPipeline:
 
                 assert self._data_dir is not None
                 embedder = await shared_embedder(self._embedder_spec)
-                self._store = await open_store(self._data_dir, embedder)
+                # The proxy is what moves the index when MEMENTO_INDEX_URI changes.
+                self._store = await open_store(self._data_dir, embedder, move_index=True)
         finally:
             await tokenizers
         await warm_up(self._store.memories, self.policies)

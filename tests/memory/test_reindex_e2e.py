@@ -22,8 +22,8 @@ import lancedb
 import pytest
 
 from proxy.cli import main as cli_main
+from storage.index_location import INDEX_DIR
 from storage.index_schema import table_name
-from storage.index_sync import INDEX_DIR
 from storage.locks import FileLocks
 from storage.maintenance import REBUILD_LOCK
 from storage.sqlite import SQLiteDatabase

@@ -1,4 +1,5 @@
-"""Storage test fixtures: the real local embedder (loaded once), a store in a temp dir."""
+"""Storage test fixtures: the real local embedder (loaded once), a store in a temp dir, and
+the index's location: a folder, or a bucket of the test's own on the S3 server."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 
 from storage import EmbeddedStore, open_store
 from storage.embedders import LocalEmbedder
+from storage.index_location import IndexLocation
+from tests.s3_server import S3Server
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +29,12 @@ async def store(tmp_path: Path, local_embedder: LocalEmbedder) -> AsyncIterator[
     opened = await open_store(tmp_path / "data", local_embedder)
     yield opened
     await opened.close()
+
+
+@pytest.fixture(params=["folder", "s3"])
+def index_location(request: pytest.FixtureRequest, tmp_path: Path) -> IndexLocation:
+    """Where a test's index lives: each test taking it runs once per kind of location."""
+    if request.param == "folder":
+        return IndexLocation.folder(tmp_path / "index")
+    server: S3Server = request.getfixturevalue("s3_server")
+    return server.location(server.new_bucket())

@@ -1,4 +1,5 @@
-"""The LanceDB index on its own: one table per tenant, removal, reopening, maintenance."""
+"""The LanceDB index on its own: one table per tenant, removal, reopening, maintenance; in a
+folder and on S3 (`index_location`), where the behaviour does not depend on LanceDB's caches."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from storage import EmbeddedStore
 from storage.index import MemoryIndex
+from storage.index_location import IndexLocation
 from storage.index_schema import IndexRow, scope_filter, scope_key, table_name
 from storage.index_settings import MaintenanceSettings
 from storage.records import NewMemory, Scope
@@ -51,8 +53,8 @@ def test_table_names_are_safe_and_distinct_for_any_tenant_id() -> None:
     assert all(re.fullmatch(r"[a-z0-9_]{1,64}", name) for name in names)
 
 
-async def test_a_search_sees_only_its_own_tenants_table(tmp_path: Path) -> None:
-    index = await MemoryIndex.open(tmp_path, DIM)
+async def test_a_search_sees_only_its_own_tenants_table(index_location: IndexLocation) -> None:
+    index = await MemoryIndex.open(index_location, DIM)
     for n, tenant in enumerate(ODD_TENANTS):
         await index.upsert(_rows(tenant, "ann", 5, seed=n))
     for tenant in ODD_TENANTS:
@@ -69,8 +71,8 @@ async def test_a_search_sees_only_its_own_tenants_table(tmp_path: Path) -> None:
     assert await index.count() == 5 * len(ODD_TENANTS)
 
 
-async def test_remove_by_tenant_and_without_one(tmp_path: Path) -> None:
-    index = await MemoryIndex.open(tmp_path, DIM)
+async def test_remove_by_tenant_and_without_one(index_location: IndexLocation) -> None:
+    index = await MemoryIndex.open(index_location, DIM)
     acme, globex = _rows("acme", "ann", 4), _rows("globex", "ann", 4)
     await index.append([*acme, *globex])
     await index.remove("acme", [acme[0].id, globex[0].id])  # globex's id is not acme's
@@ -82,31 +84,37 @@ async def test_remove_by_tenant_and_without_one(tmp_path: Path) -> None:
     assert await index.count("globex") == 3
 
 
-async def test_reopening_keeps_the_tables_and_an_old_layout_is_replaced(tmp_path: Path) -> None:
-    index = await MemoryIndex.open(tmp_path / "index", DIM)
+async def test_reopening_keeps_the_tables_and_an_old_layout_is_replaced(
+    index_location: IndexLocation,
+) -> None:
+    assert not index_location.holds_tables()
+    index = await MemoryIndex.open(index_location, DIM)
     assert index.created
     await index.append(_rows("acme", "ann", 3))
-    reopened = await MemoryIndex.open(tmp_path / "index", DIM)
+    assert index_location.holds_tables()  # what decides whether LanceDB loads at start-up
+    reopened = await MemoryIndex.open(index_location, DIM)
     assert not reopened.created
     assert await reopened.count("acme") == 3
     assert reopened.needs_maintenance  # a previous process may have left rows unfolded
     # Another vector size: emptied, and reported so the store rebuilds it from SQLite.
-    resized = await MemoryIndex.open(tmp_path / "index", DIM * 2)
+    resized = await MemoryIndex.open(index_location, DIM * 2)
     assert resized.created
     assert await resized.count() == 0
 
     # The one-table layout this replaced: no layout file, a single "memories" table.
-    old = tmp_path / "old"
-    db = await lancedb.connect_async(str(old))
+    old = IndexLocation(index_location.uri + "-old", index_location.storage_options)
+    db = await lancedb.connect_async(old.uri, storage_options=old.storage_options)
     await db.create_table("memories", schema=pa.schema([pa.field("id", pa.string())]))
     upgraded = await MemoryIndex.open(old, DIM)
     assert upgraded.created
     assert "memories" not in (await db.list_tables()).tables
 
 
-async def test_maintenance_builds_a_vector_index_per_large_table(tmp_path: Path) -> None:
+async def test_maintenance_builds_a_vector_index_per_large_table(
+    index_location: IndexLocation,
+) -> None:
     settings = MaintenanceSettings(vector_index_min_rows=300, rows_per_partition=50, nprobes=4)
-    index = await MemoryIndex.open(tmp_path, DIM, settings)
+    index = await MemoryIndex.open(index_location, DIM, settings)
     await index.append([*_rows("big", "ann", 400), *_rows("small", "ann", 20)])
     done = await index.maintain()
     assert done[table_name("big")]["vector_index"] == 400
@@ -118,6 +126,10 @@ async def test_maintenance_builds_a_vector_index_per_large_table(tmp_path: Path)
     assert await index.unindexed_rows() == 0
     # Still listed: erased content is pruned only from versions older than prune_older_than.
     assert index.needs_maintenance
+    # What the IVF index was trained on is kept beside the tables: a reopened index (another
+    # process) does not train it again until the table has doubled.
+    reopened = await MemoryIndex.open(index_location, DIM, settings)
+    assert "vector_index" not in (await reopened.maintain())[table_name("big")]
 
 
 async def test_erasing_a_user_removes_their_rows_from_the_index(
@@ -152,7 +164,7 @@ async def test_lancedb_caches_stay_within_their_bounds_as_writes_add_versions(
     # file metadata enter LanceDB's metadata cache; unbounded, 300 single-row writes cached
     # ~20 MB of versions nothing reads again.
     settings = MaintenanceSettings(index_cache_bytes=2 << 20, metadata_cache_bytes=2 << 20)
-    index = await MemoryIndex.open(tmp_path, DIM, settings)
+    index = await MemoryIndex.open(IndexLocation.folder(tmp_path), DIM, settings)
     rng = np.random.default_rng(7)
     for number in range(300):
         vector = rng.standard_normal(DIM).astype(np.float32)
@@ -172,7 +184,7 @@ async def test_maintenance_recycles_caches_full_of_superseded_versions(tmp_path:
     # maintenance superseded; once they hold recycle_after_bytes more than after the last fresh
     # start, maintenance reopens the tables in a new Session holding only what is current.
     settings = MaintenanceSettings(recycle_after_bytes=256 << 10)
-    index = await MemoryIndex.open(tmp_path, DIM, settings)
+    index = await MemoryIndex.open(IndexLocation.folder(tmp_path), DIM, settings)
     first = await index.maintain()
     assert "caches_recycled_bytes" not in first
     recycled = []

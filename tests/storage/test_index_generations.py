@@ -4,7 +4,6 @@ one rebuild at a time, and a broken index reported and rebuilt without a restart
 from __future__ import annotations
 
 import fcntl
-import glob
 import subprocess
 import sys
 import time
@@ -13,15 +12,16 @@ from pathlib import Path
 import pytest
 
 from storage.embedders import LocalEmbedder
+from storage.index_location import IndexLocation
 from storage.index_schema import generation_of, table_name
-from storage.index_sync import INDEX_DIR
 from storage.locks import FileLocks
 from storage.maintenance import REBUILD_LOCK, ReindexRunningError
 from storage.records import NewMemory, Scope
 from storage.sqlite import SQLiteDatabase
 from storage.sqlite.outbox import INDEX_BUILD_META
-from storage.store import DB_FILE, open_embedded_store
+from storage.store import DB_FILE, EmbeddedStore, IndexElsewhereError, open_embedded_store
 from storage.vector_cache import VectorCacheSettings
+from tests.s3_server import remove_files, stored_files
 
 SCOPE = Scope("acme", "alice")
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,9 +88,11 @@ async def test_outbox_entries_stay_for_a_rebuild_and_for_the_next_generation(
 
 
 async def test_reindex_builds_a_new_generation_and_drops_the_old(
-    tmp_path: Path, local_embedder: LocalEmbedder
+    tmp_path: Path, local_embedder: LocalEmbedder, index_location: IndexLocation
 ) -> None:
-    store = await open_embedded_store(tmp_path, local_embedder, maintenance_interval_s=0)
+    store = await open_embedded_store(
+        tmp_path, local_embedder, maintenance_interval_s=0, index_location=index_location
+    )
     try:
         (record,) = await store.memories.add(
             SCOPE, [NewMemory(kind="fact", text="I collect stamps")]
@@ -98,8 +100,10 @@ async def test_reindex_builds_a_new_generation_and_drops_the_old(
         report = await store.maintenance.reindex()
         assert (report["generation"], report["records"], report["dropped_tables"]) == (1, 1, 1)
         assert await store.db.outbox.index_generation() == 1
-        tables = sorted(path.name for path in (tmp_path / INDEX_DIR).glob("*.lance"))
-        assert tables == [table_name("acme", 1) + ".lance"]
+        tables = {name.split("/")[0] for name in stored_files(index_location)}
+        assert sorted(name for name in tables if name.endswith(".lance")) == [
+            table_name("acme", 1) + ".lance"
+        ]
         hits = await store.memories.search(SCOPE, query_text="stamps")
         assert [hit.record.id for hit in hits] == [record.id]
     finally:
@@ -144,17 +148,19 @@ async def test_the_marker_of_a_dead_rebuild_is_forgotten(
 
 
 async def test_a_broken_index_is_reported_then_rebuilt_without_a_restart(
-    tmp_path: Path, local_embedder: LocalEmbedder
+    tmp_path: Path, local_embedder: LocalEmbedder, index_location: IndexLocation
 ) -> None:
-    store = await open_embedded_store(tmp_path, local_embedder, maintenance_interval_s=0)
+    store = await open_embedded_store(
+        tmp_path, local_embedder, maintenance_interval_s=0, index_location=index_location
+    )
     (record,) = await store.memories.add(SCOPE, [NewMemory(kind="fact", text="I collect stamps")])
     await store.maintenance.maintain()
     await store.close()
     # The files of the full-text index vanish (as a rebuild under a running proxy did).
-    table = tmp_path / INDEX_DIR / f"{table_name('acme')}.lance"
-    for path in glob.glob(str(table / "_indices" / "*" / "*")):
-        Path(path).unlink()
-    store = await open_embedded_store(tmp_path, local_embedder, maintenance_interval_s=0)
+    assert remove_files(index_location, f"{table_name('acme')}.lance/_indices/")
+    store = await open_embedded_store(
+        tmp_path, local_embedder, maintenance_interval_s=0, index_location=index_location
+    )
     # A scope the index serves: a cached one is searched in process, without the broken files.
     store.index.vector_cache.settings = VectorCacheSettings(max_bytes=0)
     try:
@@ -166,5 +172,41 @@ async def test_a_broken_index_is_reported_then_rebuilt_without_a_restart(
         hits = await store.memories.search(SCOPE, query_text="stamps")
         assert [hit.record.id for hit in hits] == [record.id]
         assert await store.db.outbox.index_generation() == 1
+    finally:
+        await store.close()
+
+
+async def test_an_index_moved_elsewhere_is_rebuilt_there_at_open(
+    tmp_path: Path, local_embedder: LocalEmbedder, index_location: IndexLocation
+) -> None:
+    """Setting MEMENTO_INDEX_URI on a data folder that has served needs nothing more: the store
+    rebuilds the index there from SQLite, and again when it moves back to where a stale copy
+    is. Only the proxy moves the index; a command beside it (reindex, quarantine) refuses."""
+    data = tmp_path / "data"
+
+    async def open_at(location: IndexLocation | None, **options: bool) -> EmbeddedStore:
+        store = await open_embedded_store(
+            data, local_embedder, maintenance_interval_s=0, index_location=location, **options
+        )
+        store.index.vector_cache.settings = VectorCacheSettings(max_bytes=0)  # through LanceDB
+        return store
+
+    async def found(store: EmbeddedStore, query: str) -> list[str]:
+        return [hit.record.text for hit in await store.memories.search(SCOPE, query_text=query)]
+
+    store = await open_at(None)
+    await store.memories.add(SCOPE, [NewMemory(kind="fact", text="I collect stamps")])
+    await store.close()
+    store = await open_at(index_location, move_index=True)
+    try:
+        assert await found(store, "stamps") == ["I collect stamps"]
+        await store.memories.add(SCOPE, [NewMemory(kind="fact", text="I sail on weekends")])
+    finally:
+        await store.close()
+    with pytest.raises(IndexElsewhereError, match=f"is at {index_location.uri}, not"):
+        await open_at(None)
+    store = await open_at(None, move_index=True)  # back to data/index, without the sailing
+    try:
+        assert await found(store, "sail weekends") == ["I sail on weekends"]
     finally:
         await store.close()
