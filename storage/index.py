@@ -36,16 +36,17 @@ from storage.index_location import IndexLocation
 from storage.index_schema import (
     IndexHit,
     IndexRow,
+    arrow_rows,
     generation_of,
     hits_of,
-    scope_key,
     sql_list,
     table_name,
+    table_schema,
     text_query,
     vector_query,
 )
 from storage.index_settings import MaintenanceSettings
-from storage.lance import connect, ensure_scalar_indexes, table_names
+from storage.lance import READ_CONSISTENCY_S, connect, ensure_scalar_indexes, table_names
 
 if TYPE_CHECKING:
     import lancedb
@@ -78,29 +79,17 @@ class MemoryIndex:
         self._session_floor = 0  # what they held after the last recycle (`_recycle_session`)
         self.dimensions = dimensions
         self.settings = settings
-        self._schema = self.schema(dimensions)
+        self._schema = table_schema(dimensions)
         self._tables: dict[str, Any] = {}  # table name -> open table
+        # Tables a search found missing, and when (monotonic): another process may create
+        # them, so they are looked for again once READ_CONSISTENCY_S has passed.
+        self._missing: dict[str, float] = {}
         self._vector_indexed: set[str] = set()  # tables with an IVF index
         # Tables changed since maintenance last finished with them, and when (monotonic).
         self._changed: dict[str, float] = {}
         self.created = False  # True when open() found no usable index and made an empty one
         # Rows each table's IVF was trained on; one file per generation, as each has its writer.
         self._ann_file = _ann_file_name(generation)
-
-    @staticmethod
-    def schema(dimensions: int) -> pa.Schema:
-        return pa.schema(
-            [
-                pa.field("id", pa.string(), nullable=False),
-                pa.field("tenant_id", pa.string(), nullable=False),
-                pa.field("scope_key", pa.string(), nullable=False),
-                pa.field("kind", pa.string(), nullable=False),
-                pa.field("status", pa.string(), nullable=False),
-                pa.field("expires_at", pa.float64()),
-                pa.field("search_text", pa.string(), nullable=False),
-                pa.field("vector", pa.list_(pa.float32(), dimensions), nullable=False),
-            ]
-        )
 
     def _layout(self) -> dict[str, Any]:
         return {"layout": LAYOUT, "dimensions": self.dimensions}
@@ -220,22 +209,24 @@ class MemoryIndex:
         self._changed[name] = time.monotonic()
         return table
 
-    def _to_arrow(self, rows: Sequence[IndexRow]) -> pa.Table:
-        matrix = np.stack([row.vector for row in rows]).astype(np.float32, copy=False)
-        vectors = pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), self.dimensions)
-        return pa.table(
-            {
-                "id": [row.id for row in rows],
-                "tenant_id": [row.tenant_id for row in rows],
-                "scope_key": [scope_key(row.tenant_id, row.user_id) for row in rows],
-                "kind": [row.kind for row in rows],
-                "status": [row.status for row in rows],
-                "expires_at": pa.array([row.expires_at for row in rows], pa.float64()),
-                "search_text": [row.search_text for row in rows],
-                "vector": vectors,
-            },
-            schema=self._schema,
-        )
+    async def _table_for_read(self, name: str) -> Any:
+        """The open table `name`, else opened if another process (a replica) created it since
+        this one looked; None while it does not exist."""
+        table = self._tables.get(name)
+        if table is not None:
+            return table
+        looked = self._missing.get(name)
+        if looked is not None and time.monotonic() - looked < READ_CONSISTENCY_S:
+            return None
+        try:
+            table = await (await self._connection()).open_table(name)
+        except ValueError:  # LanceDB's "was not found"
+            self._missing[name] = time.monotonic()
+            return None
+        self._missing.pop(name, None)
+        if "vector_idx" in {config.name for config in await table.list_indices()}:
+            self._vector_indexed.add(name)
+        return self._tables.setdefault(name, table)
 
     async def upsert(self, rows: Sequence[IndexRow]) -> None:
         """Insert or replace rows, each in its own tenant's table."""
@@ -245,14 +236,14 @@ class MemoryIndex:
                 table.merge_insert("id")
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
-                .execute(self._to_arrow(tenant_rows))
+                .execute(arrow_rows(tenant_rows, self._schema))
             )
 
     async def append(self, rows: Sequence[IndexRow]) -> None:
         """Add rows known to be new (bulk loads and rebuilds): cheaper than an upsert."""
         for tenant_id, tenant_rows in _by_tenant(rows).items():
             table = await self._table_for_write(tenant_id)
-            await table.add(self._to_arrow(tenant_rows))
+            await table.add(arrow_rows(tenant_rows, self._schema))
 
     async def remove(self, tenant_id: str | None, memory_ids: Sequence[str]) -> None:
         """Remove rows by id from `tenant_id`'s table.
@@ -296,7 +287,7 @@ class MemoryIndex:
         k: int,
     ) -> list[IndexHit]:
         name = table_name(tenant_id, self.generation)
-        table = self._tables.get(name)
+        table = await self._table_for_read(name)
         if table is None:
             return []
         nprobes = self.settings.nprobes if name in self._vector_indexed else None
@@ -304,7 +295,7 @@ class MemoryIndex:
         return hits_of(result, "_distance")
 
     async def search_text(self, tenant_id: str, text: str, where: str, k: int) -> list[IndexHit]:
-        table = self._tables.get(table_name(tenant_id, self.generation))
+        table = await self._table_for_read(table_name(tenant_id, self.generation))
         if table is None or not text.strip():
             return []
         result: pa.Table = await text_query(table, text, where, k).to_arrow()

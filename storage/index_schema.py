@@ -36,6 +36,42 @@ def generation_of(name: str) -> int | None:
     return None
 
 
+def table_schema(dimensions: int) -> pa.Schema:
+    """The columns of every tenant table."""
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("tenant_id", pa.string(), nullable=False),
+            pa.field("scope_key", pa.string(), nullable=False),
+            pa.field("kind", pa.string(), nullable=False),
+            pa.field("status", pa.string(), nullable=False),
+            pa.field("expires_at", pa.float64()),
+            pa.field("search_text", pa.string(), nullable=False),
+            pa.field("vector", pa.list_(pa.float32(), dimensions), nullable=False),
+        ]
+    )
+
+
+def arrow_rows(rows: Sequence[IndexRow], schema: pa.Schema) -> pa.Table:
+    """`rows` as a table of `schema` (`table_schema`), to write."""
+    matrix = np.stack([row.vector for row in rows]).astype(np.float32, copy=False)
+    dimensions = matrix.shape[1]
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), dimensions)
+    return pa.table(
+        {
+            "id": [row.id for row in rows],
+            "tenant_id": [row.tenant_id for row in rows],
+            "scope_key": [scope_key(row.tenant_id, row.user_id) for row in rows],
+            "kind": [row.kind for row in rows],
+            "status": [row.status for row in rows],
+            "expires_at": pa.array([row.expires_at for row in rows], pa.float64()),
+            "search_text": [row.search_text for row in rows],
+            "vector": vectors,
+        },
+        schema=schema,
+    )
+
+
 def scope_key(tenant_id: str, user_id: str | None) -> str:
     """One string per (tenant, user) scope; JSON so no choice of ids can collide."""
     return json.dumps([tenant_id, user_id], ensure_ascii=True, separators=(",", ":"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from storage.index_location import IndexLocation
@@ -17,6 +18,9 @@ from storage.index_settings import MaintenanceSettings
 
 if TYPE_CHECKING:
     import lancedb
+
+
+READ_CONSISTENCY_S = 0.5  # how stale a table handle may be, at most
 
 
 async def connect(
@@ -31,7 +35,12 @@ async def connect(
     # What is given here wins over what LanceDB reads from the environment by itself
     # (`storage.index_location` says why that is not left to it).
     db = await lancedb.connect_async(
-        location.uri, session=session, storage_options=location.storage_options
+        location.uri,
+        session=session,
+        storage_options=location.storage_options,
+        # A table handle sees the commits of other processes (replicas, the reindex command)
+        # at most this long after them; by default it would never see them.
+        read_consistency_interval=timedelta(seconds=READ_CONSISTENCY_S),
     )
     return session, db
 

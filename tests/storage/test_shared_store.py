@@ -7,6 +7,7 @@ connections, index handles, locks and vector cache, as a second process would).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from storage import EmbeddedStore
 from storage.embedders import LocalEmbedder
 from storage.records import NewMemory, Scope
 from storage.store import open_embedded_store
+from storage.vector_cache import VectorCacheSettings
 
 SCOPE = Scope("acme", "ann")
 
@@ -88,3 +90,26 @@ async def test_applied_entries_are_kept_for_the_other_processes_until_old(
     await first.maintenance.maintain()  # prunes only entries older than the outbox keeps
     await second.index.follow()
     assert await _found(second, "Where does Ann live?") == ["Ann lives in Lisbon"]
+
+
+async def test_a_scope_searched_through_the_index_sees_the_other_processes_writes(
+    tmp_path: Path, local_embedder: LocalEmbedder
+) -> None:
+    no_cache = VectorCacheSettings(max_bytes=0)  # every search through LanceDB
+    first = await open_embedded_store(
+        tmp_path, local_embedder, maintenance_interval_s=0, vector_cache=no_cache
+    )
+    second = await open_embedded_store(
+        tmp_path, local_embedder, maintenance_interval_s=0, vector_cache=no_cache
+    )
+    try:
+        await first.memories.add(SCOPE, [NewMemory(kind="fact", text="Ann lives in Lisbon")])
+        assert await _found(second, "Where does Ann live?") == ["Ann lives in Lisbon"]
+        await first.memories.add(SCOPE, [NewMemory(kind="fact", text="Ann owns a boat")])
+        deadline = time.monotonic() + 30  # a bound for a busy machine, not a speed test
+        while "Ann owns a boat" not in await _found(second, "What does Ann own?"):
+            assert time.monotonic() < deadline, "the other process's table never moved on"
+            await asyncio.sleep(0.05)
+    finally:
+        await second.close()
+        await first.close()
