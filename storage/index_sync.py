@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ WRITER_LOCK = "index"  # the store lock of the one process writing the index
 EMBEDDER_META = "index_embedder"
 # How often a process looks for outbox entries other processes wrote.
 FOLLOW_INTERVAL_S = 0.25
+# How long outbox entries may wait for whoever wrote them before another process applies them.
+TAKE_OVER_S = 2.0
 
 
 def blob(vector: Sequence[float] | np.ndarray[Any, np.dtype[np.float32]]) -> bytes:
@@ -200,11 +203,22 @@ class IndexSync:
 
     async def follow_forever(self, interval_s: float = FOLLOW_INTERVAL_S) -> None:
         """`follow` every `interval_s`, for the writes of other processes (this process's own
-        are followed as they are made)."""
+        are followed as they are made); and take over applying the outbox to the index when
+        nobody has for `TAKE_OVER_S` (the process that wrote the entries died, say), rather
+        than at the next maintenance pass."""
+        stalled_at: tuple[int, float] | None = None  # (applied seq, since) while entries wait
         while True:
             await asyncio.sleep(interval_s)
             try:
                 await self.follow()
+                applied = await self._db.outbox.applied_seq()
+                if applied >= await self._db.outbox.latest_seq():
+                    stalled_at = None
+                elif stalled_at is None or stalled_at[0] != applied:
+                    stalled_at = (applied, time.monotonic())
+                elif time.monotonic() - stalled_at[1] >= TAKE_OVER_S:
+                    self.wake.set()  # maintenance applies them now
+                    stalled_at = None
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database is busy or gone: next time

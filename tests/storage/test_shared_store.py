@@ -19,6 +19,7 @@ from storage.embedders import LocalEmbedder
 from storage.records import NewMemory, Scope
 from storage.store import open_embedded_store
 from storage.vector_cache import VectorCacheSettings
+from tests.storage.test_store_durability import Writer
 
 SCOPE = Scope("acme", "ann")
 
@@ -113,3 +114,28 @@ async def test_a_scope_searched_through_the_index_sees_the_other_processes_write
     finally:
         await second.close()
         await first.close()
+
+
+@pytest.mark.timeout(300)
+async def test_entries_a_dead_process_left_unapplied_are_applied_by_another(
+    tmp_path: Path, local_embedder: LocalEmbedder
+) -> None:
+    data_dir = tmp_path / "data"
+    # A serving process, with its background upkeep (maintenance every 30 s, as by default).
+    serving = await open_embedded_store(data_dir, local_embedder)
+    try:
+        writer = Writer(data_dir, "dead", "commit")  # commits, then dies before the index
+        deadline = time.monotonic() + 180
+        while writer.acked() < 1:
+            assert time.monotonic() < deadline, "the writer never committed"
+            await asyncio.sleep(0.1)
+        writer.kill()
+        outbox = serving.db.outbox
+        assert await outbox.outbox_pending() == 3
+        deadline = time.monotonic() + 20  # well before the next maintenance pass
+        while await outbox.outbox_pending():
+            assert time.monotonic() < deadline, "nobody took over the dead process's entries"
+            await asyncio.sleep(0.1)
+        assert await serving.index.index.count("durable") == 3
+    finally:
+        await serving.close()
