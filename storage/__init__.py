@@ -1,4 +1,5 @@
-"""Persistence for Memento Proxy: SQLite (source of truth) and LanceDB (derived hybrid index).
+"""Persistence for Memento Proxy: SQLite or PostgreSQL (source of truth) and LanceDB (derived
+hybrid index).
 
 The store is imported on first use: LanceDB takes seconds to import, and importing the record
 types or the protocols (as `--version`, the policy tools and the proxy's modules do) needs none
@@ -19,15 +20,17 @@ __all__ = ["EmbeddedStore", "EmbedderMismatchError", "open_store"]
 
 
 async def open_store(data_dir: str | Path, embedder: Embedder) -> EmbeddedStore:
-    """The embedded store in `data_dir` (SQLite file + LanceDB tables), ready to use.
+    """The store of `data_dir` (SQLite file + LanceDB tables), ready to use; its source of
+    truth in PostgreSQL instead when the process has `MEMENTO_DATABASE_URL`.
 
     A `storage.api.Store`: its parts are `store.memories`, `store.requests`, `store.queue` and
     `store.maintenance`; `await store.close()` at shutdown. Schema migrations run and the
     index outbox is replayed before it returns.
     """
+    from storage.postgres.url import database_url
     from storage.store import open_embedded_store
 
-    return await open_embedded_store(data_dir, embedder)
+    return await open_embedded_store(data_dir, embedder, database_url=database_url())
 
 
 def __getattr__(name: str) -> Any:

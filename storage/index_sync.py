@@ -23,7 +23,7 @@ import numpy as np
 from storage.api import Embedder, HealthReporter
 from storage.index import MemoryIndex
 from storage.index_schema import IndexRow
-from storage.sqlite import SQLiteDatabase
+from storage.sqlite import Database
 from storage.sqlite.outbox import IndexSource
 from storage.vector_cache import VectorCache, VectorCacheSettings
 
@@ -53,7 +53,7 @@ class IndexSync:
     def __init__(
         self,
         data_dir: Path,
-        db: SQLiteDatabase,
+        db: Database,
         index: MemoryIndex,
         embedder: Embedder,
         *,

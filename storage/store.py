@@ -23,7 +23,7 @@ from storage.index_settings import MaintenanceSettings
 from storage.index_sync import EMBEDDER_META, INDEX_DIR, IndexSync, embedder_tag
 from storage.maintenance import IndexMaintenance
 from storage.memories import Memories
-from storage.sqlite import SQLiteDatabase
+from storage.sqlite import Database
 from storage.vector_cache import VectorCacheSettings
 
 log = logging.getLogger("memento.storage")
@@ -38,9 +38,7 @@ class EmbedderMismatchError(SetupError):
 class EmbeddedStore:
     """`Store` over one data folder: memories, requests and the write queue as parts."""
 
-    def __init__(
-        self, db: SQLiteDatabase, index: IndexSync, *, maintenance_interval_s: float
-    ) -> None:
+    def __init__(self, db: Database, index: IndexSync, *, maintenance_interval_s: float) -> None:
         self.data_dir = index.data_dir
         self.db = db
         self.embedder = index.embedder
@@ -50,6 +48,10 @@ class EmbeddedStore:
         self.responses = db.responses
         self.queue = db.queue
         self.maintenance = IndexMaintenance(index, db, interval_s=maintenance_interval_s)
+
+    @property
+    def database(self) -> str:
+        return self.db.connection.description
 
     def attach_health(self, health: HealthReporter) -> None:
         """Report the index's problems and a full disk (and their recovery) to `health`."""
@@ -79,15 +81,18 @@ async def open_embedded_store(
     maintenance: MaintenanceSettings | None = None,
     vector_cache: VectorCacheSettings | None = None,
     lease_s: float = 120.0,
+    database_url: str | None = None,
 ) -> EmbeddedStore:
-    """Open (creating, migrating, replaying the outbox) the store in `data_dir`.
+    """Open (creating, migrating, replaying the outbox) the store in `data_dir`, its source of
+    truth in the PostgreSQL database at `database_url` when given (the index stays in
+    `data_dir`), else in the folder's SQLite file.
 
     With `check_embedder`, a store whose vectors come from another embedder is refused with a
     message that says to run `memento-proxy reindex`; the reindex command passes False.
     """
     folder = Path(data_dir)
     await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-    db = await SQLiteDatabase.open(folder / DB_FILE, lease_s=lease_s)
+    db = await open_database(folder, database_url, lease_s=lease_s)
     try:
         if not embedder.dimensions:
             raise ValueError(f"embedder {embedder.model_id!r} does not know its dimensions yet")
@@ -119,6 +124,16 @@ async def open_embedded_store(
         await db.close()
         raise
     return store
+
+
+async def open_database(folder: Path, database_url: str | None, *, lease_s: float) -> Database:
+    """The relational half: in PostgreSQL when a URL is given, else the folder's SQLite file.
+    Either is migrated to this release's schema first."""
+    if database_url is None:
+        return await Database.open(folder / DB_FILE, lease_s=lease_s)
+    from storage.postgres.connection import PostgresConnection
+
+    return Database(await PostgresConnection.open(database_url), lease_s=lease_s)
 
 
 def check_local_embedder(data_dir: Path, spec: str) -> None:

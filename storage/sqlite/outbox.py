@@ -17,7 +17,7 @@ from typing import Any
 from storage.index_people import speaker_terms, without_addressees
 from storage.index_text import dated_terms
 from storage.records import MemoryKind, MemoryStatus
-from storage.sqlite.connection import META_UPSERT, Connection
+from storage.relational import META_UPSERT, SQLConnection
 from storage.sqlite.rows import placeholders
 
 # store_meta keys of the index: the generation served, and (while a rebuild runs) the outbox
@@ -67,7 +67,7 @@ class IndexOutbox:
     """The `index_outbox` table, the index's entries of `store_meta`, and the records' vectors
     as the index reads them."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: SQLConnection) -> None:
         self._connection = connection
 
     async def outbox_batch(
@@ -101,11 +101,10 @@ class IndexOutbox:
     async def begin_index_build(self) -> int:
         """Mark a rebuild as started; returns the outbox sequence number it starts after."""
         async with self._connection.transaction() as db:
-            async with db.execute(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'index_outbox'"
-            ) as cursor:
+            # The newest entry (none: 0, which keeps every entry; as safe, only less frugal).
+            async with db.execute("SELECT COALESCE(max(seq), 0) FROM index_outbox") as cursor:
                 row = await cursor.fetchone()
-            started_after = int(row[0]) if row is not None else 0
+            started_after = int(row[0])
             await db.execute(META_UPSERT, (INDEX_BUILD_META, str(started_after)))
         return started_after
 
@@ -177,7 +176,8 @@ class IndexOutbox:
         user = "user_id IS NULL" if user_id is None else "user_id = ?"
         rows = await self._connection.fetchall(
             f"SELECT {self._INDEX_SOURCE_COLUMNS} FROM memories "
-            f"WHERE tenant_id = ? AND {user} AND +status != 'deleted'",
+            f"WHERE tenant_id = ? AND {user} AND {self._connection.dialect.unindexed}status "
+            "!= 'deleted'",
             (tenant_id,) if user_id is None else (tenant_id, user_id),
         )
         return [self._index_source(row) for row in rows]

@@ -1,4 +1,6 @@
-"""Storage test fixtures: the real local embedder (loaded once), a store in a temp dir."""
+"""Storage test fixtures: the real local embedder (loaded once), a store in a temp dir (its
+source of truth in SQLite, then in a fresh PostgreSQL database: tests taking `store` run
+against both)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from storage import EmbeddedStore, open_store
+from storage import EmbeddedStore
 from storage.embedders import LocalEmbedder
+from storage.store import open_embedded_store
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +25,9 @@ def local_embedder() -> Iterator[LocalEmbedder]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path, local_embedder: LocalEmbedder) -> AsyncIterator[EmbeddedStore]:
-    opened = await open_store(tmp_path / "data", local_embedder)
+async def store(
+    tmp_path: Path, local_embedder: LocalEmbedder, database_url: str | None
+) -> AsyncIterator[EmbeddedStore]:
+    opened = await open_embedded_store(tmp_path / "data", local_embedder, database_url=database_url)
     yield opened
     await opened.close()

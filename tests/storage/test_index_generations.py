@@ -16,7 +16,7 @@ from storage.index_schema import generation_of, table_name
 from storage.index_sync import INDEX_DIR
 from storage.maintenance import REBUILD_LOCK_FILE, ReindexRunningError
 from storage.records import NewMemory, Scope
-from storage.sqlite import SQLiteDatabase
+from storage.sqlite import Database
 from storage.sqlite.outbox import INDEX_BUILD_META
 from storage.store import DB_FILE, open_embedded_store
 from storage.vector_cache import VectorCacheSettings
@@ -35,7 +35,7 @@ def test_generation_names_round_trip() -> None:
 async def test_outbox_entries_stay_for_a_rebuild_and_for_the_next_generation(
     tmp_path: Path,
 ) -> None:
-    db = await SQLiteDatabase.open(tmp_path / DB_FILE)
+    db = await Database.open(tmp_path / DB_FILE)
     try:
         records = [f"m{n}" for n in range(6)]
 
