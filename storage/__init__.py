@@ -1,4 +1,5 @@
-"""Persistence for Memento Proxy: SQLite (source of truth) and LanceDB (derived hybrid index).
+"""Persistence for Memento Proxy: SQLite or PostgreSQL (source of truth) and LanceDB (derived
+hybrid index).
 
 The store is imported on first use: LanceDB takes seconds to import, and importing the record
 types or the protocols (as `--version`, the policy tools and the proxy's modules do) needs none
@@ -21,7 +22,8 @@ __all__ = ["EmbeddedStore", "EmbedderMismatchError", "open_store"]
 async def open_store(
     data_dir: str | Path, embedder: Embedder, *, move_index: bool = False
 ) -> EmbeddedStore:
-    """The embedded store in `data_dir` (SQLite file + LanceDB tables), ready to use.
+    """The store of `data_dir` (SQLite file + LanceDB tables), ready to use; its source of
+    truth in PostgreSQL instead when the process has `MEMENTO_DATABASE_URL`.
 
     A `storage.api.Store`: its parts are `store.memories`, `store.requests`, `store.queue` and
     `store.maintenance`; `await store.close()` at shutdown. Schema migrations run and the
@@ -30,9 +32,12 @@ async def open_store(
     else it is refused (`IndexElsewhereError`): only the proxy moves it, not a command run
     beside it without the proxy's setting.
     """
+    from storage.postgres.url import database_url
     from storage.store import open_embedded_store
 
-    return await open_embedded_store(data_dir, embedder, move_index=move_index)
+    return await open_embedded_store(
+        data_dir, embedder, move_index=move_index, database_url=database_url()
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -2,9 +2,9 @@
 
 `Store` is the whole contract: its parts (`memories`, `requests`, `responses`, `queue`,
 `maintenance`, `locks`) and its lifecycle (`attach_health`, `close`). `storage.open_store(data_dir,
-embedder)` returns the embedded implementation (SQLite through aiosqlite as the source of truth,
-LanceDB as the derived hybrid index); a PostgreSQL / object storage implementation would satisfy
-the same protocols. Stages that need one part take that part's protocol, not the whole store.
+embedder)` returns the store: SQLite through aiosqlite as the source of truth (or PostgreSQL,
+given `MEMENTO_DATABASE_URL`), LanceDB as the derived hybrid index. Stages that need one part
+take that part's protocol, not the whole store.
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ from storage.records import (
 class StorageFull(RuntimeError):
     """The disk has no room for a write, which was not made. Reads go on working, and writes
     succeed again as soon as space is freed, without a restart."""
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database holding the source of truth cannot be reached (a PostgreSQL server down or
+    out of reach); nothing was read or written. Reported to the health as `database` until a
+    query succeeds again."""
 
 
 class IndexUnavailable(RuntimeError):
@@ -353,6 +359,12 @@ class Store(Protocol):
     @property
     def locks(self) -> StoreLocks:
         """Named locks held across every process serving this store."""
+        ...
+
+    @property
+    def database(self) -> str:
+        """Where the source of truth is, as people may read it (`sqlite: PATH`, or
+        `postgresql: URL` without its password)."""
         ...
 
     def attach_health(self, health: HealthReporter) -> None: ...

@@ -28,7 +28,7 @@ from storage.api import Embedder, HealthReporter
 from storage.index import MemoryIndex
 from storage.index_schema import IndexRow
 from storage.locks import StoreLocks
-from storage.sqlite import SQLiteDatabase
+from storage.sqlite import Database
 from storage.sqlite.outbox import IndexSource
 from storage.vector_cache import VectorCache, VectorCacheSettings
 
@@ -61,7 +61,7 @@ class IndexSync:
     def __init__(
         self,
         data_dir: Path,
-        db: SQLiteDatabase,
+        db: Database,
         index: MemoryIndex,
         embedder: Embedder,
         locks: StoreLocks,

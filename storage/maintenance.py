@@ -19,7 +19,7 @@ from typing import Any
 from storage.index import MemoryIndex
 from storage.index_sync import EMBEDDER_META, IndexSync, embedder_tag
 from storage.locks import LockHeld, StoreLocks
-from storage.sqlite import SQLiteDatabase
+from storage.sqlite import Database
 from storage.sqlite.outbox import INDEX_BUILD_META, OUTBOX_KEEP_S
 
 log = logging.getLogger("memento.storage")
@@ -48,7 +48,7 @@ async def _rebuild_lock(locks: StoreLocks, where: object) -> AsyncIterator[None]
 class IndexMaintenance:
     """The background maintenance of the index this process serves, and its rebuilds."""
 
-    def __init__(self, sync: IndexSync, db: SQLiteDatabase, *, interval_s: float) -> None:
+    def __init__(self, sync: IndexSync, db: Database, *, interval_s: float) -> None:
         self._sync = sync
         self._db = db
         self._interval_s = interval_s
@@ -84,6 +84,11 @@ class IndexMaintenance:
                 raise
             except Exception:
                 log.exception("index maintenance failed; it will be retried")
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Stopped during a pass whose await let the cancellation pass unraised (seen
+                # with PostgreSQL's driver under LanceDB's maintenance): stop all the same.
+                raise asyncio.CancelledError
 
     async def maintain(self) -> dict[str, Any]:
         """One maintenance pass: replay the outbox (following a rebuilt index), rebuild the

@@ -31,8 +31,8 @@ from storage.records import (
     SearchHit,
     SourceRole,
 )
+from storage.relational import SQLConnection
 from storage.search import TextSearch, VectorSearch, normalized, query_unit_vector, visible
-from storage.sqlite.connection import Connection
 from storage.sqlite.memories import MemoryRows
 from storage.sqlite.outbox import embedding_input
 from storage.sqlite.rows import UPDATABLE_FIELDS
@@ -69,7 +69,7 @@ def _validate_changes(changes: dict[str, Any]) -> None:
 class Memories(MemoryRows):
     """The `MemoryStore` of the embedded store: SQLite's memory rows, kept in the index."""
 
-    def __init__(self, connection: Connection, sync: IndexSync, embedder: Embedder) -> None:
+    def __init__(self, connection: SQLConnection, sync: IndexSync, embedder: Embedder) -> None:
         super().__init__(connection)
         self.embedder = embedder
         self._sync = sync

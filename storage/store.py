@@ -26,7 +26,7 @@ from storage.index_sync import EMBEDDER_META, IndexSync, embedder_tag
 from storage.locks import FileLocks
 from storage.maintenance import IndexMaintenance
 from storage.memories import Memories
-from storage.sqlite import SQLiteDatabase
+from storage.sqlite import Database
 from storage.vector_cache import VectorCacheSettings
 
 log = logging.getLogger("memento.storage")
@@ -50,7 +50,7 @@ class EmbeddedStore:
 
     def __init__(
         self,
-        db: SQLiteDatabase,
+        db: Database,
         index: IndexSync,
         locks: FileLocks,
         *,
@@ -66,6 +66,10 @@ class EmbeddedStore:
         self.queue = db.queue
         self.locks = locks
         self.maintenance = IndexMaintenance(index, db, interval_s=maintenance_interval_s)
+
+    @property
+    def database(self) -> str:
+        return self.db.connection.description
 
     def attach_health(self, health: HealthReporter) -> None:
         """Report the index's problems and a full disk (and their recovery) to `health`."""
@@ -97,9 +101,12 @@ async def open_embedded_store(
     lease_s: float = 120.0,
     index_location: IndexLocation | None = None,
     move_index: bool = False,
+    database_url: str | None = None,
 ) -> EmbeddedStore:
-    """Open (creating, migrating, replaying the outbox) the store in `data_dir`, its index at
-    `index_location` (default: MEMENTO_INDEX_URI, else the folder's `index/`).
+    """Open (creating, migrating, replaying the outbox) the store in `data_dir`: its source of
+    truth in the PostgreSQL database at `database_url` when given, else in the folder's SQLite
+    file; its index at `index_location` (default: MEMENTO_INDEX_URI, else the folder's
+    `index/`).
 
     With `check_embedder`, a store whose vectors come from another embedder is refused with a
     message that says to run `memento-proxy reindex`; the reindex command passes False. An
@@ -112,7 +119,7 @@ async def open_embedded_store(
     location = index_location or IndexLocation.from_env(folder)
     await asyncio.to_thread(location.check)  # a missing bucket: one line, before anything
     await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-    db = await SQLiteDatabase.open(folder / DB_FILE, lease_s=lease_s)
+    db = await open_database(folder, database_url, lease_s=lease_s)
     try:
         if not embedder.dimensions:
             raise ValueError(f"embedder {embedder.model_id!r} does not know its dimensions yet")
@@ -159,6 +166,16 @@ async def open_embedded_store(
         await db.close()
         raise
     return store
+
+
+async def open_database(folder: Path, database_url: str | None, *, lease_s: float) -> Database:
+    """The relational half: in PostgreSQL when a URL is given, else the folder's SQLite file.
+    Either is migrated to this release's schema first."""
+    if database_url is None:
+        return await Database.open(folder / DB_FILE, lease_s=lease_s)
+    from storage.postgres.connection import PostgresConnection
+
+    return Database(await PostgresConnection.open(database_url), lease_s=lease_s)
 
 
 def check_local_embedder(data_dir: Path, spec: str) -> None:

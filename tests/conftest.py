@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
+from storage.postgres.url import DATABASE_URL_SETTING
 from tests.harness import RunningProxy, write_tenant
+from tests.postgres_server import PostgresServer, server_binaries
 from tests.s3_server import S3Server
 from tests.scripted_upstream import ScriptedUpstream
 
@@ -57,3 +59,41 @@ def start_proxy(tmp_path: Path) -> Iterator[Callable[..., RunningProxy]]:
 
 
 __all__ = ["write_tenant"]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster of this session (skips the test when PostgreSQL is not installed)."""
+    binaries = server_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are not installed")
+    server = PostgresServer(binaries).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a fresh, empty database of the session's PostgreSQL."""
+    return postgres_server.create_database()
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """The backend a test runs against: None for the data folder's SQLite (the default), else
+    a fresh PostgreSQL database's URL. A module marked `BOTH_DATABASES`
+    (tests/postgres_server.py) runs each of its tests against both."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return None
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def each_database(database_url: str | None, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """Run the test against each backend: the process setting MEMENTO_DATABASE_URL set to a
+    fresh PostgreSQL database, then unset (SQLite)."""
+    if database_url is None:
+        monkeypatch.delenv(DATABASE_URL_SETTING, raising=False)
+    else:
+        monkeypatch.setenv(DATABASE_URL_SETTING, database_url)
+    return database_url

@@ -1,12 +1,13 @@
-"""SQLite, the source of truth: memories, their edit history, audit, requests, feedback, the
-write queue and the index outbox, through aiosqlite in WAL mode.
+"""The source of truth: memories, their edit history, audit, requests, feedback, the write
+queue and the index outbox; in SQLite (through aiosqlite in WAL mode) unless the process is
+given a PostgreSQL database (`storage.postgres`).
 
-One file, one connection pair (`connection.Connection`: a writer whose writes are serialised and
-group-committed, and a reader), shared by one small class per table family: `memories`
-(+ audit and imports), `requests` (+ feedback), `responses` (the Responses API's stored
-answers), `queue` (jobs) and `outbox` (the index outbox, the index generation and the records'
-vectors as the index reads them). The schema is the list
-of named steps in `migrations`.
+One small class per table family, written once for both engines (`storage.relational`):
+`memories` (+ audit and imports), `requests` (+ feedback), `responses` (the Responses API's
+stored answers), `queue` (jobs) and `outbox` (the index outbox, the index generation and the
+records' vectors as the index reads them). Over SQLite they share one file and one connection
+pair (`connection.Connection`: a writer whose writes are serialised and group-committed, and a
+reader); the SQLite schema is the list of named steps in `migrations`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from storage.api import HealthReporter
+from storage.relational import SQLConnection
 from storage.sqlite.connection import Connection
 from storage.sqlite.memories import MemoryRows
 from storage.sqlite.migrations import MIGRATIONS, Migration
@@ -23,18 +25,19 @@ from storage.sqlite.queue import SQLiteJobQueue
 from storage.sqlite.requests import SQLiteRequestStore
 from storage.sqlite.responses import SQLiteResponseStore
 
-__all__ = ["SQLiteDatabase"]
+__all__ = ["Database"]
 
 
-class SQLiteDatabase:
-    """The relational half of the embedded store: its table families over one connection.
+class Database:
+    """The relational half of the store: its table families over one connection (SQLite's or
+    PostgreSQL's).
 
     `memories` here are the rows alone; the store's `memories` (`storage.memories.Memories`)
     are the same rows kept in the index. A write through either adds its outbox entries in its
     own transaction, so the index catches up with it either way.
     """
 
-    def __init__(self, connection: Connection, *, lease_s: float) -> None:
+    def __init__(self, connection: SQLConnection, *, lease_s: float) -> None:
         self.connection = connection
         self.memories = MemoryRows(connection)
         self.requests = SQLiteRequestStore(connection)
@@ -49,8 +52,8 @@ class SQLiteDatabase:
         *,
         lease_s: float = 120.0,
         migrations: Sequence[Migration] = MIGRATIONS,
-    ) -> SQLiteDatabase:
-        """Open (creating and migrating) the database file at `path`.
+    ) -> Database:
+        """Open (creating and migrating) the SQLite database file at `path`.
 
         `migrations` exists for tests that build an older schema; callers use the default.
         """

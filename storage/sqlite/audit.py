@@ -9,10 +9,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import aiosqlite
-
 from storage.records import MemoryRecord
-from storage.sqlite.connection import Connection
+from storage.relational import SQLConnection, Transaction
 from storage.sqlite.rows import dumps
 
 # The audit action of one import's outcome (what was written, skipped, refused or cancelled).
@@ -22,7 +20,7 @@ IMPORT_ACTION = "import_run"
 class AuditRows:
     """The `audit` table as the memory store reads it: entries and the outcomes of imports."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: SQLConnection) -> None:
         self._connection = connection
 
     async def record_import(self, tenant_id: str, outcome: dict[str, Any]) -> None:
@@ -36,10 +34,11 @@ class AuditRows:
         """The kept outcomes of the tenant's imports, newest first; `after` starts past the
         import of that id."""
         where, params = "", []
+        import_id = self._connection.dialect.json_field("detail", "id")
         if after is not None:
             where = (
                 "AND id < (SELECT max(id) FROM audit WHERE tenant_id = ? AND action = ? "
-                "AND json_extract(detail, '$.id') = ?)"
+                f"AND {import_id} = ?)"
             )
             params = [tenant_id, IMPORT_ACTION, after]
         rows = await self._connection.fetchall(
@@ -51,9 +50,10 @@ class AuditRows:
 
     async def import_outcome(self, tenant_id: str, import_id: str) -> dict[str, Any] | None:
         """The kept outcome of one import of this tenant, if there is one."""
+        import_id = self._connection.dialect.json_field("detail", "id")
         rows = await self._connection.fetchall(
             "SELECT detail FROM audit WHERE tenant_id = ? AND action = ? "
-            "AND json_extract(detail, '$.id') = ? ORDER BY id DESC LIMIT 1",
+            f"AND {import_id} = ? ORDER BY id DESC LIMIT 1",
             (tenant_id, IMPORT_ACTION, import_id),
         )
         return dict(json.loads(rows[0][0])) if rows else None
@@ -84,7 +84,7 @@ class AuditRows:
 
 
 async def audit_records(
-    db: aiosqlite.Connection,
+    db: Transaction,
     records: Sequence[MemoryRecord],
     action: str,
     actor: str,
@@ -118,7 +118,7 @@ async def audit_records(
 
 
 async def audit_import(
-    db: aiosqlite.Connection, tenant_id: str, outcome: dict[str, Any], now: float
+    db: Transaction, tenant_id: str, outcome: dict[str, Any], now: float
 ) -> None:
     await db.execute(
         "INSERT INTO audit (tenant_id, at, actor, action, memory_id, user_id, detail) "

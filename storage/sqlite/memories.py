@@ -11,8 +11,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import aiosqlite
-
 from storage.records import (
     MemoryKind,
     MemoryRecord,
@@ -21,6 +19,7 @@ from storage.records import (
     TextEdit,
     text_hash,
 )
+from storage.relational import Transaction
 from storage.sqlite.audit import audit_import, audit_records
 from storage.sqlite.content import ContentRows
 from storage.sqlite.rows import (
@@ -76,7 +75,7 @@ class MemoryRows(ContentRows):
 
     @staticmethod
     async def _insert(
-        db: aiosqlite.Connection,
+        db: Transaction,
         records: Sequence[MemoryRecord],
         embeddings: Sequence[bytes | None],
         now: float,
@@ -142,13 +141,14 @@ class MemoryRows(ContentRows):
         extra_params: Sequence[Any] = (),
     ) -> list[tuple[MemoryRecord, Any]]:
         found: dict[str, tuple[MemoryRecord, Any]] = {}
+        unindexed = self._connection.dialect.unindexed
         ids = list(dict.fromkeys(memory_ids))
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             rows = await self._connection.fetchall(
-                # `+tenant_id`: look the ids up by primary key. Without the `+` SQLite picks
-                # the (tenant_id, status) index and walks the whole tenant, however few the ids.
-                f"SELECT {SELECT_RECORD}, {extra_column} FROM memories WHERE +tenant_id = ? "
+                # `unindexed`: look the ids up by primary key, not the tenant's index (`Dialect`).
+                f"SELECT {SELECT_RECORD}, {extra_column} FROM memories "
+                f"WHERE {unindexed}tenant_id = ? "
                 f"AND id IN ({placeholders(len(chunk))}) AND status != 'deleted'",
                 (*extra_params, tenant_id, *chunk),
             )
@@ -170,7 +170,7 @@ class MemoryRows(ContentRows):
         if None in users:
             parts.append("(tenant_id = ? AND user_id IS NULL)")
             params.append(tenant_id)
-        return "(" + " OR ".join(parts or ["0"]) + ")", params
+        return "(" + " OR ".join(parts or ["1 = 0"]) + ")", params
 
     async def count_scope(self, tenant_id: str, user_id: str | None) -> int:
         """Records (any status) of one user of a tenant; None is the tenant-shared scope."""
@@ -186,7 +186,7 @@ class MemoryRows(ContentRows):
         clause, params = user_clause(scope.user_id)
         rows = await self._connection.fetchall(
             f"SELECT count(*) FROM (SELECT 1 FROM memories WHERE tenant_id = ? AND {clause} "
-            "AND created_at >= ? AND status != 'deleted' AND kind != 'lesson' LIMIT ?)",
+            "AND created_at >= ? AND status != 'deleted' AND kind != 'lesson' LIMIT ?) AS written",
             (scope.tenant_id, *params, since, max(0, limit)),
         )
         return int(rows[0][0])
@@ -366,8 +366,9 @@ class MemoryRows(ContentRows):
     async def vector_blobs(self, tenant_id: str, memory_ids: Sequence[str]) -> dict[str, bytes]:
         if not memory_ids:
             return {}
+        unindexed = self._connection.dialect.unindexed
         rows = await self._connection.fetchall(
-            f"SELECT id, embedding FROM memories WHERE +tenant_id = ? "  # by primary key
+            f"SELECT id, embedding FROM memories WHERE {unindexed}tenant_id = ? "
             f"AND id IN ({placeholders(len(memory_ids))}) AND embedding IS NOT NULL",
             (tenant_id, *memory_ids),
         )

@@ -13,10 +13,11 @@ from typing import NamedTuple
 
 import aiosqlite
 
+from storage.errors import SetupError
 from storage.records import MEMORY_KINDS, MEMORY_STATUSES
 
 
-class SchemaTooNewError(RuntimeError):
+class SchemaTooNewError(SetupError):
     """The database was written by a newer release than this one."""
 
 
@@ -218,7 +219,7 @@ async def migrate(db: aiosqlite.Connection, path: Path, migrations: Sequence[Mig
     for version in range(current, latest):
         await db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _statements(migrations[version].sql):
+            for statement in statements(migrations[version].sql):
                 await db.execute(statement)
             await db.execute(f"PRAGMA user_version = {version + 1}")
         except BaseException:
@@ -227,6 +228,6 @@ async def migrate(db: aiosqlite.Connection, path: Path, migrations: Sequence[Mig
         await db.execute("COMMIT")
 
 
-def _statements(script: str) -> list[str]:
+def statements(script: str) -> list[str]:
     """Split a migration script into statements (our scripts hold no ';' inside literals)."""
     return [statement.strip() for statement in script.split(";") if statement.strip()]

@@ -22,7 +22,7 @@ from typing import Any
 from storage.index_people import speaker_terms, without_addressees
 from storage.index_text import dated_terms
 from storage.records import MemoryKind, MemoryStatus
-from storage.sqlite.connection import META_UPSERT, Connection
+from storage.relational import META_UPSERT, SQLConnection
 from storage.sqlite.rows import placeholders
 
 # store_meta keys of the index: the generation served, and (while a rebuild runs) the outbox
@@ -32,7 +32,7 @@ INDEX_BUILD_META = "index_build_from"
 # The outbox entries applied to the served generation, and those pruned, by sequence number.
 INDEX_APPLIED_META = "index_applied_seq"
 OUTBOX_PRUNED_META = "outbox_pruned_seq"
-_META_INT = "SELECT CAST(value AS INTEGER) FROM store_meta WHERE key = ?"
+_META_INT = "SELECT CAST(value AS BIGINT) FROM store_meta WHERE key = ?"
 # How long an applied entry stays for the processes that mirror it (they read every fraction of a
 # second; one that fell this far behind starts its copies over).
 OUTBOX_KEEP_S = 60.0
@@ -78,7 +78,7 @@ class IndexOutbox:
     """The `index_outbox` table, the index's entries of `store_meta`, and the records' vectors
     as the index reads them."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: SQLConnection) -> None:
         self._connection = connection
 
     async def outbox_batch(
@@ -145,11 +145,10 @@ class IndexOutbox:
     async def begin_index_build(self) -> int:
         """Mark a rebuild as started; returns the outbox sequence number it starts after."""
         async with self._connection.transaction() as db:
-            async with db.execute(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'index_outbox'"
-            ) as cursor:
+            # The newest entry (none: 0, which keeps every entry; as safe, only less frugal).
+            async with db.execute("SELECT COALESCE(max(seq), 0) FROM index_outbox") as cursor:
                 row = await cursor.fetchone()
-            started_after = int(row[0]) if row is not None else 0
+            started_after = int(row[0])
             await db.execute(META_UPSERT, (INDEX_BUILD_META, str(started_after)))
         return started_after
 
@@ -225,7 +224,8 @@ class IndexOutbox:
         user = "user_id IS NULL" if user_id is None else "user_id = ?"
         rows = await self._connection.fetchall(
             f"SELECT {self._INDEX_SOURCE_COLUMNS} FROM memories "
-            f"WHERE tenant_id = ? AND {user} AND +status != 'deleted'",
+            f"WHERE tenant_id = ? AND {user} AND {self._connection.dialect.unindexed}status "
+            "!= 'deleted'",
             (tenant_id,) if user_id is None else (tenant_id, user_id),
         )
         return [self._index_source(row) for row in rows]

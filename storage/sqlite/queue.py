@@ -13,10 +13,8 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-import aiosqlite
-
 from storage.records import JobState, QueueDepth, QueuedJob
-from storage.sqlite.connection import Connection
+from storage.relational import Dialect, SQLConnection, Transaction
 from storage.sqlite.rows import dumps, placeholders
 
 _MAX_FIRST = 100  # ids a claim may be asked to prefer (bounded: they are SQL parameters)
@@ -26,7 +24,7 @@ _JOB_COLUMNS = "id, tenant_id, kind, payload, state, attempts, created_at, avail
 class SQLiteJobQueue:
     """The `jobs` table."""
 
-    def __init__(self, connection: Connection, *, lease_s: float) -> None:
+    def __init__(self, connection: SQLConnection, *, lease_s: float) -> None:
         self._connection = connection
         self._lease_s = lease_s
 
@@ -46,11 +44,10 @@ class SQLiteJobQueue:
         skip = list(skip_tenants)
         async with self._connection.transaction() as db:
             # Jobs someone waits for go ahead of older ones, when they are claimable at all.
-            rows = (
-                await _claim_rows(db, worker, lease, limit, only=first, skip=skip) if first else []
-            )
+            claim = partial(_claim_rows, db, self._connection.dialect, worker, lease)
+            rows = await claim(limit, only=first, skip=skip) if first else []
             if len(rows) < limit:
-                rows += await _claim_rows(db, worker, lease, limit - len(rows), skip=skip)
+                rows += await claim(limit - len(rows), skip=skip)
         return sorted(map(_job_from_row, rows), key=lambda job: job.id)
 
     async def complete(self, job_id: int) -> None:
@@ -156,19 +153,20 @@ class SQLiteJobQueue:
             return int(cursor.rowcount)
 
 
-async def _insert_job(tenant_id: str, kind: str, payload: str, db: aiosqlite.Connection) -> int:
+async def _insert_job(tenant_id: str, kind: str, payload: str, db: Transaction) -> int:
     now = time.time()
     cursor = await db.execute(
         "INSERT INTO jobs (tenant_id, kind, payload, state, created_at, available_at) "
-        "VALUES (?, ?, ?, 'queued', ?, ?)",
+        "VALUES (?, ?, ?, 'queued', ?, ?) RETURNING id",  # not lastrowid: PostgreSQL has none
         (tenant_id, kind, payload, now, now),
     )
-    assert cursor.lastrowid is not None
-    return int(cursor.lastrowid)
+    row = await cursor.fetchone()
+    return int(row[0])
 
 
 async def _claim_rows(
-    db: aiosqlite.Connection,
+    db: Transaction,
+    dialect: Dialect,
     worker: str,
     lease: tuple[float, float],
     limit: int,
@@ -178,7 +176,8 @@ async def _claim_rows(
 ) -> list[Any]:
     """Lease up to `limit` claimable jobs (of `only`, when given; none of the tenants in
     `skip`), oldest first: queued and due, or running with an expired lease (their worker died).
-    `lease` is (now, lease seconds)."""
+    `lease` is (now, lease seconds). In PostgreSQL the rows are selected `FOR UPDATE SKIP
+    LOCKED`: a job another claimer is taking is passed over, never taken twice."""
     now, lease_s = lease
     wanted = list(only)[:_MAX_FIRST]
     narrowed = f"id IN ({placeholders(len(wanted))}) AND " if wanted else ""
@@ -188,7 +187,7 @@ async def _claim_rows(
         "UPDATE jobs SET state = 'running', attempts = attempts + 1, claimed_by = ?, "
         f"lease_until = ? WHERE id IN (SELECT id FROM jobs WHERE {narrowed}"
         "((state = 'queued' AND available_at <= ?) OR (state = 'running' AND lease_until < ?)) "
-        f"ORDER BY id LIMIT ?) RETURNING {_JOB_COLUMNS}",
+        f"ORDER BY id LIMIT ?{dialect.claim_lock}) RETURNING {_JOB_COLUMNS}",
         (worker, now + lease_s, *wanted, *skip, now, now, max(0, limit)),
     ) as cursor:
         return list(await cursor.fetchall())

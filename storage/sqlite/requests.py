@@ -6,15 +6,12 @@ concurrent calls (`Connection.grouped`), so logging costs no fsync of its own un
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from functools import partial
 from typing import Any
 
-import aiosqlite
-
 from storage.records import RequestLog
-from storage.sqlite.connection import Connection
+from storage.relational import SQLConnection, Transaction
 from storage.sqlite.rows import (
     REQUEST_COLUMN_NAMES,
     REQUEST_COLUMNS,
@@ -46,7 +43,7 @@ class SQLiteRequestStore:
         }
     )
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: SQLConnection) -> None:
         self._connection = connection
 
     async def log_request(self, entry: RequestLog) -> None:
@@ -55,7 +52,7 @@ class SQLiteRequestStore:
         call's feedback move the memories of the other."""
         try:
             await self._connection.grouped(partial(_insert_request, entry))
-        except sqlite3.IntegrityError as exc:
+        except self._connection.dialect.integrity_error as exc:
             raise DuplicateRequestError(
                 f"request {entry.request_id!r} of tenant {entry.tenant_id!r} is already logged; "
                 "request ids must be unique per tenant"
@@ -115,7 +112,7 @@ class SQLiteRequestStore:
         return float(row[0]) if row is not None else None
 
 
-async def _insert_request(entry: RequestLog, db: aiosqlite.Connection) -> None:
+async def _insert_request(entry: RequestLog, db: Transaction) -> None:
     await db.execute(
         f"INSERT INTO requests ({REQUEST_COLUMNS}) "
         f"VALUES ({placeholders(len(REQUEST_COLUMN_NAMES))})",

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from storage.records import StoredResponse
-from storage.sqlite.connection import Connection
+from storage.relational import SQLConnection
 from storage.sqlite.rows import dumps
 
 _COLUMNS = (
@@ -21,13 +21,17 @@ _COLUMNS = (
 class SQLiteResponseStore:
     """The `responses` table."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: SQLConnection) -> None:
         self._connection = connection
 
     async def put_response(self, stored: StoredResponse) -> None:
         async with self._connection.transaction() as db:
             await db.execute(
-                f"INSERT OR REPLACE INTO responses ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO responses ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (tenant_id, response_id) DO UPDATE SET user_id = excluded.user_id, "
+                "previous_response_id = excluded.previous_response_id, "
+                "created_at = excluded.created_at, input_items = excluded.input_items, "
+                "response = excluded.response",
                 (
                     stored.tenant_id,
                     stored.response_id,

@@ -26,7 +26,7 @@ from storage.index_location import INDEX_DIR
 from storage.index_schema import table_name
 from storage.locks import FileLocks
 from storage.maintenance import REBUILD_LOCK
-from storage.sqlite import SQLiteDatabase
+from storage.sqlite import Database
 from storage.store import DB_FILE
 from tests.harness import RunningProxy
 from tests.memory.conftest import KEY, OTHER_KEY, api
@@ -162,7 +162,7 @@ def test_failed_jobs_are_listed_counted_and_retried(
     proxy = memory_proxy(memory_workers=0)  # nothing runs the retried job: it stays queued
 
     async def a_job_given_up() -> int:
-        db = await SQLiteDatabase.open(tmp_path / "data" / DB_FILE)
+        db = await Database.open(tmp_path / "data" / DB_FILE)
         try:
             job_id = await db.queue.enqueue("acme", "exchange", {"request_id": "req_1"})
             await db.queue.claim("worker-1")

@@ -1,5 +1,7 @@
-"""Storage test fixtures: the real local embedder (loaded once), a store in a temp dir, and
-the index's location: a folder, or a bucket of the test's own on the S3 server."""
+"""Storage test fixtures: the real local embedder (loaded once), a store in a temp dir (its
+source of truth in SQLite, then in a fresh PostgreSQL database: tests taking `store` run
+against both), and the index's location: a folder, or a bucket of the test's own on the S3
+server."""
 
 from __future__ import annotations
 
@@ -9,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from storage import EmbeddedStore, open_store
+from storage import EmbeddedStore
 from storage.embedders import LocalEmbedder
 from storage.index_location import IndexLocation
+from storage.store import open_embedded_store
 from tests.s3_server import S3Server
 
 
@@ -25,8 +28,10 @@ def local_embedder() -> Iterator[LocalEmbedder]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path, local_embedder: LocalEmbedder) -> AsyncIterator[EmbeddedStore]:
-    opened = await open_store(tmp_path / "data", local_embedder)
+async def store(
+    tmp_path: Path, local_embedder: LocalEmbedder, database_url: str | None
+) -> AsyncIterator[EmbeddedStore]:
+    opened = await open_embedded_store(tmp_path / "data", local_embedder, database_url=database_url)
     yield opened
     await opened.close()
 

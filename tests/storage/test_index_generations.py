@@ -17,7 +17,7 @@ from storage.index_schema import generation_of, table_name
 from storage.locks import FileLocks
 from storage.maintenance import REBUILD_LOCK, ReindexRunningError
 from storage.records import NewMemory, Scope
-from storage.sqlite import SQLiteDatabase
+from storage.sqlite import Database
 from storage.sqlite.outbox import INDEX_BUILD_META
 from storage.store import DB_FILE, EmbeddedStore, IndexElsewhereError, open_embedded_store
 from storage.vector_cache import VectorCacheSettings
@@ -37,7 +37,7 @@ def test_generation_names_round_trip() -> None:
 async def test_outbox_entries_stay_for_a_rebuild_and_for_the_next_generation(
     tmp_path: Path,
 ) -> None:
-    db = await SQLiteDatabase.open(tmp_path / DB_FILE)
+    db = await Database.open(tmp_path / DB_FILE)
     outbox = db.outbox
     later = time.time() + 3600  # prune as if every entry were old
     try:

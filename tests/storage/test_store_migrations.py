@@ -11,7 +11,7 @@ import pytest
 from storage import EmbedderMismatchError, open_store
 from storage.embedders import LiteLLMEmbedder, LocalEmbedder
 from storage.records import NewMemory, RequestLog, Scope
-from storage.sqlite import SQLiteDatabase
+from storage.sqlite import Database
 from storage.sqlite.migrations import MIGRATIONS, SCHEMA_VERSION, SchemaTooNewError
 from storage.sqlite.requests import DuplicateRequestError
 from storage.sqlite.rows import JSON_COLUMNS, RECORD_COLUMNS, REQUEST_COLUMN_NAMES
@@ -28,7 +28,7 @@ def _tables(path: Path) -> set[str]:
 
 async def test_empty_database_migrates_to_latest(tmp_path: Path) -> None:
     path = tmp_path / "memento.db"
-    db = await SQLiteDatabase.open(path)
+    db = await Database.open(path)
     await db.close()
     with sqlite3.connect(path) as raw:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
@@ -41,7 +41,7 @@ async def test_the_tables_hold_every_field_of_the_records(tmp_path: Path) -> Non
     MemoryRecord or RequestLog needs a migration step that adds its column, or this fails.
     Beside them: the vector and the digest duplicates are found by (`records.text_hash`)."""
     path = tmp_path / "memento.db"
-    await (await SQLiteDatabase.open(path)).close()
+    await (await Database.open(path)).close()
     with sqlite3.connect(path) as raw:
 
         def columns(table: str) -> set[str]:
@@ -73,7 +73,7 @@ async def test_older_versions_upgrade_in_place(
     data = tmp_path / "data"
     data.mkdir()
     path = data / "memento.db"
-    old = await SQLiteDatabase.open(path, migrations=MIGRATIONS[:version])
+    old = await Database.open(path, migrations=MIGRATIONS[:version])
     await old.close()
     assert ("memory_versions" in _tables(path)) == (version >= 2)
     # A row as an older release wrote it: no vector yet, no store metadata, and an outbox
@@ -113,14 +113,14 @@ async def test_requests_logged_before_client_ids_upgrade(tmp_path: Path) -> None
     """Version 4 keeps a client's id beside the request's own: older rows read back without
     one, and the old upsert is gone (a second entry under a logged id is refused)."""
     path = tmp_path / "memento.db"
-    old = await SQLiteDatabase.open(path, migrations=MIGRATIONS[:3])
+    old = await Database.open(path, migrations=MIGRATIONS[:3])
     await old.close()
     with sqlite3.connect(path) as raw:
         raw.execute(
             "INSERT INTO requests (tenant_id, request_id, user_id, model, created_at, injected) "
             "VALUES ('acme', 'shared-rid-0001', 'carol', 'echo', 1.0, '[{\"memory_id\": \"m1\"}]')"
         )
-    db = await SQLiteDatabase.open(path)
+    db = await Database.open(path)
     try:
         entry = await db.requests.get_request("acme", "shared-rid-0001")
         assert entry is not None
@@ -157,7 +157,7 @@ async def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
         raw.execute("CREATE TABLE future (x)")
         raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(SchemaTooNewError, match="Upgrade memento-proxy"):
-        await SQLiteDatabase.open(path)
+        await Database.open(path)
     with sqlite3.connect(path) as raw:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
     assert _tables(path) == {"future"}

@@ -15,6 +15,7 @@ from storage.records import NewMemory, RequestLog, Scope
 from storage.sqlite.requests import DuplicateRequestError
 from storage.store import open_embedded_store
 from storage.vector_cache import VectorCacheSettings
+from tests.postgres_server import BOTH_DATABASES
 
 ALICE = Scope("acme", "alice", session_id="s1")
 BOB = Scope("acme", "bob")
@@ -25,6 +26,7 @@ async def _vector(store: EmbeddedStore, text: str) -> list[float]:
     return (await store.embedder.embed([text]))[0]
 
 
+@BOTH_DATABASES
 async def test_add_get_list_round_trip(store: EmbeddedStore) -> None:
     written = await store.memories.add(
         ALICE,
@@ -70,6 +72,7 @@ async def test_add_get_list_round_trip(store: EmbeddedStore) -> None:
     assert await store.memories.get_many("other", [fact.id, case.id]) == []
 
 
+@BOTH_DATABASES
 async def test_search_returns_both_retrievers_with_scores(store: EmbeddedStore) -> None:
     hiking, food, club = await store.memories.add(
         ALICE,
@@ -112,6 +115,7 @@ async def test_search_returns_both_retrievers_with_scores(store: EmbeddedStore) 
     assert [hit.record.id for hit in only_prefs] == [food.id]
 
 
+@BOTH_DATABASES
 async def test_search_skips_expired_records(store: EmbeddedStore) -> None:
     now = time.time()
     old, fresh = await store.memories.add(
@@ -129,6 +133,7 @@ async def test_search_skips_expired_records(store: EmbeddedStore) -> None:
     assert {hit.record.id for hit in earlier} == {old.id, fresh.id}
 
 
+@BOTH_DATABASES
 async def test_update_re_embeds_and_reindexes(store: EmbeddedStore) -> None:
     (record,) = await store.memories.add(
         ALICE, [NewMemory(kind="fact", text="I drive a red bicycle")]
@@ -161,6 +166,7 @@ async def test_update_re_embeds_and_reindexes(store: EmbeddedStore) -> None:
         await store.memories.update(ALICE, record.id, status="deleted")
 
 
+@BOTH_DATABASES
 async def test_supersede_builds_the_version_chain(store: EmbeddedStore) -> None:
     (old,) = await store.memories.add(ALICE, [NewMemory(kind="preference", text="I like tea")])
     new = await store.memories.supersede(
@@ -187,6 +193,7 @@ def _raw_files(data_dir: Path) -> bytes:
     return b"".join(path.read_bytes() for path in data_dir.glob("memento.db*") if path.is_file())
 
 
+@BOTH_DATABASES
 async def test_delete_erases_content_and_leaves_an_audit_entry(store: EmbeddedStore) -> None:
     secret = "zebracorn-4471 passport number"
     (record,) = await store.memories.add(
@@ -210,6 +217,7 @@ async def test_delete_erases_content_and_leaves_an_audit_entry(store: EmbeddedSt
     assert not await store.memories.delete(ALICE, record.id, actor="alice")  # already gone
 
 
+@BOTH_DATABASES
 async def test_delete_user_erases_every_record_of_that_user(store: EmbeddedStore) -> None:
     await store.memories.add(
         ALICE, [NewMemory(kind="fact", text=f"alice-secret-{i}") for i in range(3)]
@@ -232,6 +240,7 @@ async def test_delete_user_erases_every_record_of_that_user(store: EmbeddedStore
     )
 
 
+@BOTH_DATABASES
 async def test_requests_and_feedback(store: EmbeddedStore) -> None:
     entry = RequestLog(
         request_id="req-9",
@@ -257,6 +266,7 @@ async def test_requests_and_feedback(store: EmbeddedStore) -> None:
     assert await store.requests.record_feedback("other", "req-9", "api", 0.3, None) is None
 
 
+@BOTH_DATABASES
 async def test_a_logged_request_is_never_merged_with_another(store: EmbeddedStore) -> None:
     """Two calls under one id must not share a log: the second entry is refused, and the
     first call's user, memories and trace stay as they were."""

@@ -15,6 +15,7 @@ from storage.index_schema import IndexRow
 from storage.records import NewMemory, Scope
 from storage.store import open_embedded_store
 from storage.vector_cache import ScopeVectors, VectorCacheSettings
+from tests.postgres_server import BOTH_DATABASES
 
 ALICE = Scope("acme", "alice")
 
@@ -73,10 +74,11 @@ async def test_nearest_is_the_exact_k_nearest_of_the_scope(
         await store.close()
 
 
+@BOTH_DATABASES
 async def test_same_text_finds_an_active_copy_by_its_normalised_text(
-    tmp_path: Path, local_embedder: LocalEmbedder
+    tmp_path: Path, local_embedder: LocalEmbedder, database_url: str | None
 ) -> None:
-    store = await open_embedded_store(tmp_path, local_embedder)
+    store = await open_embedded_store(tmp_path, local_embedder, database_url=database_url)
     try:
         memories = store.memories
         [tea] = await memories.add(ALICE, [NewMemory("preference", "The user likes green tea.")])
@@ -100,10 +102,11 @@ async def test_same_text_finds_an_active_copy_by_its_normalised_text(
         await store.close()
 
 
+@BOTH_DATABASES
 async def test_count_written_counts_todays_records_up_to_the_limit(
-    tmp_path: Path, local_embedder: LocalEmbedder
+    tmp_path: Path, local_embedder: LocalEmbedder, database_url: str | None
 ) -> None:
-    store = await open_embedded_store(tmp_path, local_embedder)
+    store = await open_embedded_store(tmp_path, local_embedder, database_url=database_url)
     try:
         memories = store.memories
         now = time.time()

@@ -1,0 +1,219 @@
+"""The connection the table families use over PostgreSQL: a psycopg pool behind the surface of
+SQLite's connection (`storage.relational`).
+
+Why psycopg 3 (with psycopg_pool): it is async; its cursors are the DB-API model the table
+families are written to (`execute`, `executemany`, `fetchone`, `fetchall`, `rowcount`), so they
+run unchanged once `?` reads `%s`; its pool is maintained with it; and it speaks LISTEN/NOTIFY,
+which replicas following one another's writes will need.
+
+Reads take any pooled connection, so they never wait behind a write. Writes are serialised in
+this process, as SQLite's are (one transaction at a time, group-committed), which keeps the
+order of the index outbox the order of its commits. A write that fails for want of disk space
+raises `StorageFull`; a database that cannot be reached raises `DatabaseUnavailable` and is
+reported to the attached health as `database` until a query succeeds again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Generator, Iterable, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from storage.api import DatabaseUnavailable
+from storage.errors import SetupError, whole_number
+from storage.postgres.schema import MIGRATIONS, migrate
+from storage.postgres.url import redacted, without_secret
+from storage.relational import Dialect, SQLConnection, Transaction
+from storage.sqlite.migrations import Migration
+
+DATABASE_COMPONENT = "database"  # the name an unreachable database is reported under
+POSTGRES = Dialect(
+    name="postgresql",
+    json_field_sql="({column}::jsonb ->> '{key}')",
+    unindexed="",
+    claim_lock=" FOR UPDATE SKIP LOCKED",
+    integrity_error=psycopg.IntegrityError,
+)
+_CONNECT_TIMEOUT_S = 10
+
+
+@functools.lru_cache(maxsize=1024)
+def postgres_sql(sql: str) -> str:
+    """A statement of the table families in psycopg's placeholders: `?` → `%s`, a literal `%`
+    doubled (no statement holds a `?` inside a literal)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class DatabaseUnreachableError(SetupError):
+    """The configured database cannot be reached or refuses the connection."""
+
+
+class _Statement:
+    """One statement in a transaction: awaited, its cursor; as a context manager, its cursor,
+    closed at the end (aiosqlite's `execute`)."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], sql: str, params: Any) -> None:
+        self._conn = conn
+        self._sql = postgres_sql(sql)
+        self._params = list(params)
+        self._cursor: psycopg.AsyncCursor[Any] | None = None
+
+    async def _run(self) -> psycopg.AsyncCursor[Any]:
+        cursor = self._conn.cursor()
+        await cursor.execute(self._sql, self._params)
+        return cursor
+
+    def __await__(self) -> Generator[Any, None, psycopg.AsyncCursor[Any]]:
+        return self._run().__await__()
+
+    async def __aenter__(self) -> psycopg.AsyncCursor[Any]:
+        self._cursor = await self._run()
+        return self._cursor
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._cursor is not None:
+            await self._cursor.close()
+
+
+class PostgresTransaction:
+    """A write transaction on one pooled connection, as the table families use it."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, parameters: Iterable[Any] = (), /) -> _Statement:
+        return _Statement(self._conn, sql, parameters)
+
+    async def executemany(self, sql: str, parameters: Iterable[Iterable[Any]], /) -> None:
+        rows = [list(row) for row in parameters]
+        if rows:
+            async with self._conn.cursor() as cursor:
+                await cursor.executemany(postgres_sql(sql), rows)
+
+
+class PostgresConnection(SQLConnection):
+    """A pool of connections to one PostgreSQL database, with its write transactions."""
+
+    dialect = POSTGRES
+
+    def __init__(self, url: str, pool: AsyncConnectionPool[Any]) -> None:
+        super().__init__()
+        self._url = url
+        self.description = f"postgresql: {redacted(url)}"
+        self._pool = pool
+        self._write_lock = asyncio.Lock()
+        self._unreachable: str | None = None
+
+    @classmethod
+    async def open(
+        cls, url: str, migrations: Sequence[Migration] = MIGRATIONS
+    ) -> PostgresConnection:
+        """Connect, apply the schema steps the database lacks, and open the pool
+        (`MEMENTO_DATABASE_POOL_SIZE` connections at most, default 10)."""
+        await migrate_database(url, migrations)
+        size = max(1, whole_number("MEMENTO_DATABASE_POOL_SIZE", 10))
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=size,
+            open=False,
+            kwargs={"autocommit": True},
+            timeout=_CONNECT_TIMEOUT_S,
+            name="memento",
+        )
+        try:
+            await pool.open(wait=True, timeout=_CONNECT_TIMEOUT_S)
+        except PoolTimeout as exc:
+            await pool.close()
+            raise unreachable(url, exc) from None
+        return cls(url, pool)
+
+    async def close(self) -> None:
+        await self._finish_writes()
+        async with self._write_lock:
+            await self._pool.close()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """One write transaction on a pooled connection: committed at the end of the block,
+        rolled back if anything in it (the commit included) fails."""
+        async with self._write_lock, self._reaching():
+            try:
+                async with self._pool.connection() as conn, conn.transaction():
+                    yield PostgresTransaction(conn)
+            except pg_errors.DiskFull as exc:
+                raise self._report_full(f"{self.description}: {exc}") from exc
+            self._wrote()
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Rows of one query, on any pooled connection."""
+        async with self._reaching(), self._pool.connection() as conn:
+            cursor = await conn.execute(postgres_sql(sql), list(params))
+            return list(await cursor.fetchall())
+
+    async def forget_wal(self) -> None:
+        """Nothing to do: PostgreSQL's own vacuum reclaims the old row versions."""
+
+    # -- a database out of reach ---------------------------------------------------------------
+
+    def attach_health(self, health: Any) -> None:
+        super().attach_health(health)
+        if self._unreachable is not None:
+            health.report(DATABASE_COMPONENT, self._unreachable)
+
+    @contextlib.asynccontextmanager
+    async def _reaching(self) -> AsyncIterator[None]:
+        """Report the database as unreachable while its connections fail, and as back once a
+        statement ran again; the error is `DatabaseUnavailable`, its message without secrets."""
+        try:
+            yield
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            if not _out_of_reach(exc):
+                raise
+            message = without_secret(f"{self.description} cannot be reached: {exc}", self._url)
+            self._unreachable = message
+            if self._health is not None:
+                self._health.report(DATABASE_COMPONENT, message)
+            raise DatabaseUnavailable(message) from None
+        if self._unreachable is not None:
+            self._unreachable = None
+            if self._health is not None:
+                self._health.clear(DATABASE_COMPONENT)
+
+
+def _out_of_reach(exc: Exception) -> bool:
+    """A connection that failed or was lost (no SQLSTATE, class 08, or the server shutting
+    down), not a statement's own failure (a full disk, a cancelled query, a deadlock)."""
+    state = getattr(exc, "sqlstate", None)
+    return state is None or state.startswith(("08", "57P"))
+
+
+def unreachable(url: str, exc: BaseException) -> DatabaseUnreachableError:
+    """The one-line refusal of a database that cannot be reached, without the password."""
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    return DatabaseUnreachableError(
+        without_secret(
+            f"cannot reach the database at {redacted(url)} ({detail}); check "
+            "MEMENTO_DATABASE_URL and that PostgreSQL is running",
+            url,
+        )
+    )
+
+
+async def migrate_database(url: str, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Apply the schema steps the database at `url` lacks, under the migration lock; returns
+    its schema version. `memento-proxy migrate`, and every store that opens, run this."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(
+            url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S
+        )
+    except (psycopg.Error, ValueError) as exc:
+        raise unreachable(url, exc) from None
+    async with conn:
+        return await migrate(conn, redacted(url), migrations)
