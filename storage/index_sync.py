@@ -82,6 +82,7 @@ class IndexSync:
         self.cache_after = 0
         self.repair_wanted = False  # the index failed: the next maintenance pass rebuilds it
         self.wake = asyncio.Event()  # set to have maintenance run soon
+        self.outbox_changed = asyncio.Event()  # set when another process says it wrote
         # Open problems of the index, by component; mirrored to the attached health.
         self.problems: dict[str, str] = {}
         self._health: HealthReporter | None = None
@@ -202,13 +203,17 @@ class IndexSync:
             self.cache_after = up_to
 
     async def follow_forever(self, interval_s: float = FOLLOW_INTERVAL_S) -> None:
-        """`follow` every `interval_s`, for the writes of other processes (this process's own
-        are followed as they are made); and take over applying the outbox to the index when
+        """`follow` when another process says it wrote (`outbox_changed`), else every
+        `interval_s`, for the writes of other processes (this process's own are followed as
+        they are made); and take over applying the outbox to the index when
         nobody has for `TAKE_OVER_S` (the process that wrote the entries died, say), rather
         than at the next maintenance pass."""
         stalled_at: tuple[int, float] | None = None  # (applied seq, since) while entries wait
         while True:
-            await asyncio.sleep(interval_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval_s):
+                    await self.outbox_changed.wait()
+            self.outbox_changed.clear()
             try:
                 await self.follow()
                 applied = await self._db.outbox.applied_seq()

@@ -61,6 +61,10 @@ class IndexMaintenance:
             self._tasks = [
                 asyncio.create_task(self._loop(), name="memento-index-maintenance"),
                 asyncio.create_task(self._sync.follow_forever(), name="memento-index-follow"),
+                asyncio.create_task(
+                    self._db.connection.watch_outbox(self._sync.outbox_changed.set),
+                    name="memento-outbox-watch",
+                ),
             ]
 
     async def stop(self) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from storage.api import HealthReporter, StorageFull
+from storage.locks import StoreLocks
 
 log = logging.getLogger("memento.storage")
 
@@ -113,6 +114,15 @@ class SQLConnection:
 
     async def forget_wal(self) -> None:
         """Have erased content leave the disk now, where the engine keeps old page images."""
+        raise NotImplementedError
+
+    async def watch_outbox(self, wake: Callable[[], None]) -> None:
+        """Call `wake` whenever some process adds index outbox entries, for as long as this
+        runs. An engine that cannot tell returns at once: its readers poll."""
+
+    @property
+    def locks(self) -> StoreLocks:
+        """The store's named locks, held across every process using this database."""
         raise NotImplementedError
 
     async def close(self) -> None:

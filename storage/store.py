@@ -23,7 +23,7 @@ from storage.index import MemoryIndex
 from storage.index_location import INDEX_DIR, IndexLocation
 from storage.index_settings import MaintenanceSettings
 from storage.index_sync import EMBEDDER_META, IndexSync, embedder_tag
-from storage.locks import FileLocks
+from storage.locks import StoreLocks
 from storage.maintenance import IndexMaintenance
 from storage.memories import Memories
 from storage.sqlite import Database
@@ -52,7 +52,7 @@ class EmbeddedStore:
         self,
         db: Database,
         index: IndexSync,
-        locks: FileLocks,
+        locks: StoreLocks,
         *,
         maintenance_interval_s: float,
     ) -> None:
@@ -86,7 +86,6 @@ class EmbeddedStore:
         try:
             await self.index.sync()
         finally:
-            self.locks.close()
             await self.db.close()
 
 
@@ -142,7 +141,7 @@ async def open_embedded_store(
             elif check_embedder:
                 raise embedder_mismatch(folder, stored.rsplit("|", 1)[0], embedder.model_id)
         await db.memories.fill_text_hashes()  # records older than the digest: once
-        locks = FileLocks(folder)
+        locks = db.connection.locks
         sync = IndexSync(
             folder,
             db,

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Generator, Iterable, Sequence
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Sequence
 from typing import Any
 
 import psycopg
@@ -27,10 +29,13 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from storage.api import DatabaseUnavailable
 from storage.errors import SetupError, whole_number
+from storage.postgres.locks import AdvisoryLocks, lock_key
 from storage.postgres.schema import MIGRATIONS, migrate
 from storage.postgres.url import redacted, without_secret
 from storage.relational import Dialect, SQLConnection, Transaction
 from storage.sqlite.migrations import Migration
+
+log = logging.getLogger("memento.storage")
 
 DATABASE_COMPONENT = "database"  # the name an unreachable database is reported under
 POSTGRES = Dialect(
@@ -41,6 +46,10 @@ POSTGRES = Dialect(
     integrity_error=psycopg.IntegrityError,
 )
 _CONNECT_TIMEOUT_S = 10
+# The outbox: the lock that orders its entries by commit, and the channel new ones are told on.
+OUTBOX_ORDER_LOCK = lock_key("outbox order")
+OUTBOX_CHANNEL = "memento_outbox"
+_OUTBOX_INSERT = re.compile(r"\s*INSERT\s+INTO\s+index_outbox\b", re.IGNORECASE)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -58,14 +67,16 @@ class _Statement:
     """One statement in a transaction: awaited, its cursor; as a context manager, its cursor,
     closed at the end (aiosqlite's `execute`)."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], sql: str, params: Any) -> None:
-        self._conn = conn
+    def __init__(self, transaction: PostgresTransaction, sql: str, params: Any) -> None:
+        self._transaction = transaction
+        self._raw_sql = sql
         self._sql = postgres_sql(sql)
         self._params = list(params)
         self._cursor: psycopg.AsyncCursor[Any] | None = None
 
     async def _run(self) -> psycopg.AsyncCursor[Any]:
-        cursor = self._conn.cursor()
+        await self._transaction.before(self._raw_sql)
+        cursor = self._transaction.conn.cursor()
         await cursor.execute(self._sql, self._params)
         return cursor
 
@@ -82,19 +93,36 @@ class _Statement:
 
 
 class PostgresTransaction:
-    """A write transaction on one pooled connection, as the table families use it."""
+    """A write transaction on one pooled connection, as the table families use it.
+
+    A transaction that adds index outbox entries first takes a transaction lock every replica
+    takes for that (released at its commit), so the entries' sequence numbers are in the order
+    their transactions commit in: a replica that has read the outbox up to a number then misses
+    no entry below it that commits later. It also notifies `OUTBOX_CHANNEL` (delivered at the
+    commit), which wakes the other replicas to follow the outbox at once.
+    """
 
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        self._conn = conn
+        self.conn = conn
+        self._outbox_ordered = False
 
     def execute(self, sql: str, parameters: Iterable[Any] = (), /) -> _Statement:
-        return _Statement(self._conn, sql, parameters)
+        return _Statement(self, sql, parameters)
 
     async def executemany(self, sql: str, parameters: Iterable[Iterable[Any]], /) -> None:
         rows = [list(row) for row in parameters]
         if rows:
-            async with self._conn.cursor() as cursor:
+            await self.before(sql)
+            async with self.conn.cursor() as cursor:
                 await cursor.executemany(postgres_sql(sql), rows)
+
+    async def before(self, sql: str) -> None:
+        """What the transaction does before running `sql` (see the class)."""
+        if self._outbox_ordered or not _OUTBOX_INSERT.match(sql):
+            return
+        self._outbox_ordered = True
+        await self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (OUTBOX_ORDER_LOCK,))
+        await self.conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
 
 
 class PostgresConnection(SQLConnection):
@@ -109,6 +137,11 @@ class PostgresConnection(SQLConnection):
         self._pool = pool
         self._write_lock = asyncio.Lock()
         self._unreachable: str | None = None
+        self._locks = AdvisoryLocks(pool)
+
+    @property
+    def locks(self) -> AdvisoryLocks:
+        return self._locks
 
     @classmethod
     async def open(
@@ -159,6 +192,27 @@ class PostgresConnection(SQLConnection):
 
     async def forget_wal(self) -> None:
         """Nothing to do: PostgreSQL's own vacuum reclaims the old row versions."""
+
+    async def watch_outbox(self, wake: Callable[[], None]) -> None:
+        """LISTEN on `OUTBOX_CHANNEL` on a connection of its own, calling `wake` for every
+        notification (and once on each (re)connection, for what came meanwhile); a lost
+        connection is made again after a second."""
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S
+                )
+                async with conn:
+                    await conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
+                    wake()
+                    async for _ in conn.notifies():
+                        wake()
+            except asyncio.CancelledError:
+                raise
+            except (psycopg.Error, OSError) as exc:
+                detail = without_secret(f"{self.description}: {exc}", self._url)
+                log.warning("listening for outbox entries failed (polling meanwhile): %s", detail)
+            await asyncio.sleep(1.0)
 
     # -- a database out of reach ---------------------------------------------------------------
 

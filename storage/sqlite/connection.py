@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import aiosqlite
 
+from storage.locks import FileLocks
 from storage.relational import Dialect, SQLConnection, Transaction
 from storage.sqlite.migrations import MIGRATIONS, Migration, migrate
 
@@ -41,6 +42,7 @@ class Connection(SQLConnection):
         self._writer = writer
         self._reader = reader
         self._write_lock = asyncio.Lock()
+        self._locks = FileLocks(path.parent)  # lock files beside the database
 
     @classmethod
     async def open(cls, path: Path, migrations: Sequence[Migration] = MIGRATIONS) -> Connection:
@@ -68,6 +70,11 @@ class Connection(SQLConnection):
         async with self._write_lock:
             await self._reader.close()
             await self._writer.close()
+        self._locks.close()
+
+    @property
+    def locks(self) -> FileLocks:
+        return self._locks
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:

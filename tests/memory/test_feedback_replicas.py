@@ -1,8 +1,8 @@
 """Feedback through several processes serving one store: rewards sent to two replicas at once
 are applied one after the other, so no utility update is lost or counted twice.
 
-Two stores opened on the same data folder stand for two processes, each with its own Learner
-(the feedback route's), as two replicas have.
+Two stores stand for two processes, each with its own Learner (the feedback route's), as two
+replicas have: on one data folder (SQLite), and on one PostgreSQL database.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from proxy.memory.learn import Learner
 from proxy.memory.warmup import shared_embedder
@@ -20,16 +22,22 @@ from proxy.policy import FeedbackSettings
 from storage import EmbeddedStore
 from storage.records import NewMemory, RequestLog, Scope
 from storage.store import open_embedded_store
+from tests.postgres_server import BOTH_DATABASES
+
+pytestmark = BOTH_DATABASES  # SQLite: locks on files; PostgreSQL: advisory locks
 
 SCOPE = Scope("acme", "ann")
 SETTINGS = FeedbackSettings()
 
 
-@pytest.fixture
-async def pair(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedStore, EmbeddedStore]]:
+@pytest_asyncio.fixture(loop_scope="function")  # the test's loop: a pool's workers run in it
+async def pair(
+    tmp_path: Path, database_url: str | None
+) -> AsyncIterator[tuple[EmbeddedStore, EmbeddedStore]]:
     embedder = await shared_embedder("local")
-    first = await open_embedded_store(tmp_path, embedder, maintenance_interval_s=0)
-    second = await open_embedded_store(tmp_path, embedder, maintenance_interval_s=0)
+    options: dict[str, Any] = {"maintenance_interval_s": 0, "database_url": database_url}
+    first = await open_embedded_store(tmp_path, embedder, **options)
+    second = await open_embedded_store(tmp_path, embedder, **options)
     try:
         yield first, second
     finally:
