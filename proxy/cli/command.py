@@ -1,8 +1,8 @@
 """The `memento-proxy` command: its parser, assembled from the command groups, and `main`.
 
 Each group lives in its own module of this package and describes its commands as data
-(proxy/cli/arguments.py): serve, policy, keys, trace, sanitize, quarantine, reindex, memories,
-jobs, in the order `--help` lists them.
+(proxy/cli/arguments.py): serve, policy, keys, trace, sanitize, quarantine, reindex,
+migrate-from-sqlite, memories, jobs, in the order `--help` lists them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from proxy.cli.common import EXIT_BROKEN_PIPE, EXIT_USAGE, CommandError
 from proxy.cli.jobs import COMMAND as JOBS
 from proxy.cli.keys import COMMAND as KEYS
 from proxy.cli.memories import COMMAND as MEMORIES
+from proxy.cli.migrate_from_sqlite import COMMAND as MIGRATE_FROM_SQLITE
 from proxy.cli.policy import COMMAND as POLICY
 from proxy.cli.quarantine import COMMAND as QUARANTINE
 from proxy.cli.reindex import COMMAND as REINDEX
@@ -36,7 +37,18 @@ exit status: 0 ok; 1 failed (refused, not found, a problem found); 2 usage (bad 
 key, invalid policies); 3 cannot reach the proxy or the data folder; 141 the output's reader
 went away (| head)."""
 
-COMMANDS = (SERVE, POLICY, KEYS, TRACE, SANITIZE, QUARANTINE, REINDEX, MEMORIES, JOBS)
+COMMANDS = (
+    SERVE,
+    POLICY,
+    KEYS,
+    TRACE,
+    SANITIZE,
+    QUARANTINE,
+    REINDEX,
+    MIGRATE_FROM_SQLITE,
+    MEMORIES,
+    JOBS,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
