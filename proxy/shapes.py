@@ -29,7 +29,7 @@ from proxy.ui.explain import explain_memory, explain_writes
 from proxy.validation import user_id
 from storage.api import MemoryStore
 from storage.records import MemoryKind, MemoryRecord, QueuedJob, SpanRow
-from storage.spans import CLIENT_REQUEST_ID_ATTR, REQUEST_SPAN
+from storage.span_rows import CLIENT_REQUEST_ID_ATTR, REQUEST_SPAN
 
 # The kinds a client may write (`lesson` is the sanitizer's own).
 CLIENT_KINDS: tuple[MemoryKind, ...] = ("fact", "preference", "case")

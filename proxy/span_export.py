@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from storage.api import HealthReporter, SpanStore
 from storage.records import SpanRow
+from storage.spans import SpanStoreUnavailable
 
 log = logging.getLogger("memento.tracing")
 
@@ -101,7 +101,7 @@ class SQLiteSpanExporter(SpanExporter):
         rows = [*self._held, *(span_row(span) for span in spans)]
         try:
             self._store.write_spans_blocking(rows)
-        except sqlite3.OperationalError as exc:  # no room, or locked: keep them for later
+        except SpanStoreUnavailable as exc:  # no room, locked, out of reach: keep them for later
             self._hold(rows, exc)
             return SpanExportResult.FAILURE
         except Exception:

@@ -29,7 +29,7 @@ from proxy.policy import TracingPolicy
 from proxy.policy_source import PolicySource
 from proxy.span_export import SQLiteSpanExporter, global_router, running_loop
 from storage.api import HealthReporter, SpanStore
-from storage.spans import CLIENT_REQUEST_ID_ATTR
+from storage.span_rows import CLIENT_REQUEST_ID_ATTR
 
 log = logging.getLogger("memento.tracing")
 

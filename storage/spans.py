@@ -1,4 +1,6 @@
-"""Finished spans in their own SQLite file, so trace writes never contend with memory writes.
+"""Finished spans, kept for inspection: in their own SQLite file beside the data folder's
+database (so trace writes never contend with memory writes), or in the PostgreSQL database of
+the store when there is one (`storage.postgres.spans`), so that every replica shows every trace.
 
 Each span is stored with the tenant, request and user it belongs to. Only some spans carry those
 as attributes (the request's root span, and write-path spans started later with a link to it);
@@ -15,17 +17,22 @@ import asyncio
 import json
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import aiosqlite
 
 from storage.records import SpanRow
-from storage.span_rows import SPAN_COLUMNS, linked_trace, span_from_row, span_params, storable_row
+from storage.span_rows import (
+    CLIENT_REQUEST_ID_ATTR,
+    REQUEST_SPAN,
+    SPAN_COLUMNS,
+    SpanWriter,
+    insert_resolved,
+    span_from_row,
+)
 
-REQUEST_SPAN = "memento.request"
-CLIENT_REQUEST_ID_ATTR = "memento.client_request_id"  # on the request span, when a client sent one
 TRACES_FILE = "traces.db"
 # The same expression in the index and in every query, so SQLite uses the index.
 _CLIENT_ID_SQL = f"json_extract(attributes, '$.\"{CLIENT_REQUEST_ID_ATTR}\"')"
@@ -63,47 +70,52 @@ CREATE INDEX IF NOT EXISTS spans_unresolved ON spans (start_ns) WHERE tenant_id 
 _SUMMARY_SPANS = ("memento.inject", "memento.write")
 
 
-class SQLiteSpanStore:
-    """The embedded `SpanStore` on `traces.db` in WAL mode.
+class SpanDialect(NamedTuple):
+    """Where the span table's SQL differs by engine."""
+
+    client_id_sql: str  # the client's request id of a request span, as text
+    unindexed: str  # the prefix that keeps the planner from an index (SQLite's `+`)
+    row_ref: str  # a row's physical id, for deleting in chunks (`rowid`, `ctid`)
+
+
+SQLITE_SPANS = SpanDialect(_CLIENT_ID_SQL, "+", "rowid")
+
+
+RowsReader = Callable[[str, Sequence[Any]], Awaitable[list[Mapping[str, Any]]]]
+
+
+class SpanStoreUnavailable(RuntimeError):
+    """The span store cannot take writes for now (a full disk, a locked file, a database out of
+    reach): the exporter holds the spans and tries again."""
+
+
+class SpanTable:
+    """The `SpanStore` over one `spans` table, whichever engine holds it.
 
     Writes come from the exporter's thread on their own blocking connection (so they never
-    wait for, or hold up, the event loop); reads and retention use an aiosqlite connection.
+    wait for, or hold up, the event loop); reads and retention use the engine's async side.
     """
 
-    def __init__(self, db: aiosqlite.Connection, writer: sqlite3.Connection, path: Path) -> None:
-        self._db = db
+    def __init__(
+        self,
+        read: RowsReader,
+        writer: SpanWriter,
+        dialect: SpanDialect,
+        *,
+        close: Callable[[], Awaitable[None]],
+        where: str,
+    ) -> None:
+        self._read = read
         self._writer = writer
+        self._dialect = dialect
+        self._close = close
         self._write_lock = threading.Lock()
-        self.path = path
-
-    @classmethod
-    async def open(cls, path: Path) -> SQLiteSpanStore:
-        """Open (creating if needed) the span database at `path`."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path)
-        db.row_factory = aiosqlite.Row
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.execute("PRAGMA busy_timeout=5000")
-        version = await _user_version(db)
-        if version > _SCHEMA_VERSION:
-            await db.close()
-            raise RuntimeError(
-                f"{path} was written by a newer memento-proxy (span schema {version}); "
-                "upgrade memento-proxy or point --data-dir elsewhere"
-            )
-        await db.executescript(_SCHEMA)
-        await db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-        await db.commit()
-        writer = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        writer.execute("PRAGMA synchronous=NORMAL")
-        writer.execute("PRAGMA busy_timeout=5000")
-        return cls(db, writer, path)
+        self.where = where  # what holds the spans, as people read it
 
     async def close(self) -> None:
         with self._write_lock:
             self._writer.close()
-        await self._db.close()
+        await self._close()
 
     async def write_spans(self, spans: Sequence[SpanRow]) -> None:
         """Insert a batch (one transaction) and resolve who owns spans that lack a tenant."""
@@ -115,13 +127,12 @@ class SQLiteSpanStore:
             return
         with self._write_lock:
             db = self._writer
-            db.execute("BEGIN IMMEDIATE")
+            db.begin()
             try:
-                _insert_resolved(db, spans)
-                db.execute("COMMIT")  # a full disk fails here: roll back, ready for the next
+                insert_resolved(db, spans)
+                db.commit()  # a full disk fails here: roll back, ready for the next
             except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
+                db.rollback()
                 raise
 
     async def list_traces(
@@ -138,8 +149,8 @@ class SQLiteSpanStore:
         params: list[Any] = [tenant_id, REQUEST_SPAN]
         if client_request_id is not None:
             # A client's id names few requests: find them by it, not by the tenant's newest.
-            where[0] = "+tenant_id = ?"
-            where.append(f"{_CLIENT_ID_SQL} = ?")
+            where[0] = f"{self._dialect.unindexed}tenant_id = ?"
+            where.append(f"{self._dialect.client_id_sql} = ?")
             params.append(client_request_id)
         if user_id is not None:
             where.append("user_id = ?")
@@ -147,8 +158,7 @@ class SQLiteSpanStore:
         sql = f"SELECT {SPAN_COLUMNS} FROM spans WHERE {' AND '.join(where)}"
         sql += " ORDER BY start_ns DESC LIMIT ?"
         params.append(max(0, limit))
-        async with self._db.execute(sql, params) as cursor:
-            roots = [span_from_row(row) for row in await cursor.fetchall()]
+        roots = [span_from_row(row) for row in await self._read(sql, params)]
         counts = await self._counts(tenant_id, [r.request_id for r in roots if r.request_id])
         return [_summary(root, counts.get(root.request_id or "", {})) for root in roots]
 
@@ -159,29 +169,29 @@ class SQLiteSpanStore:
         counts: dict[str, dict[str, Any]] = {
             rid: {"spans": 0, "errors": 0, "injected": 0, "written": 0} for rid in request_ids
         }
-        async with self._db.execute(
+        rows = await self._read(
             "SELECT request_id, name, status, attributes FROM spans"
             f" WHERE tenant_id = ? AND request_id IN ({marks})",
             [tenant_id, *request_ids],
-        ) as cursor:
-            async for request_id, name, status, attributes in cursor:
-                entry = counts[request_id]
-                entry["spans"] += 1
-                entry["errors"] += status.startswith("error")
-                if name in _SUMMARY_SPANS:
-                    ids = json.loads(attributes).get("memento.memory.ids", [])
-                    key = "injected" if name == "memento.inject" else "written"
-                    entry[key] += len(_as_list(ids))
+        )
+        for row in rows:
+            entry = counts[row["request_id"]]
+            entry["spans"] += 1
+            entry["errors"] += row["status"].startswith("error")
+            if row["name"] in _SUMMARY_SPANS:
+                ids = json.loads(row["attributes"]).get("memento.memory.ids", [])
+                key = "injected" if row["name"] == "memento.inject" else "written"
+                entry[key] += len(_as_list(ids))
         return counts
 
     async def get_trace(self, tenant_id: str, request_id: str) -> list[SpanRow]:
         """Every span of one request, the later write path included, in start order."""
-        async with self._db.execute(
+        rows = await self._read(
             f"SELECT {SPAN_COLUMNS} FROM spans WHERE tenant_id = ? AND request_id = ?"
             " ORDER BY start_ns, end_ns DESC",
             (tenant_id, request_id),
-        ) as cursor:
-            return [span_from_row(row) for row in await cursor.fetchall()]
+        )
+        return [span_from_row(row) for row in rows]
 
     async def prune_spans(self, tenant_id: str, *, older_than: float, keep_max: int) -> int:
         """Delete this tenant's spans started before `older_than` (epoch seconds), and every
@@ -217,12 +227,19 @@ class SQLiteSpanStore:
         deleted = 0
         while True:
             with self._write_lock:
-                cursor = self._writer.execute(
-                    f"DELETE FROM spans WHERE rowid IN (SELECT rowid FROM spans WHERE {where}"
-                    f" LIMIT {int(chunk)})",
-                    params,
-                )
-                count = max(0, cursor.rowcount)
+                ref = self._dialect.row_ref
+                self._writer.begin()
+                try:
+                    cursor = self._writer.execute(
+                        f"DELETE FROM spans WHERE {ref} IN (SELECT {ref} FROM spans"
+                        f" WHERE {where} LIMIT {int(chunk)})",
+                        params,
+                    )
+                    count = max(0, int(cursor.rowcount))
+                    self._writer.commit()
+                except BaseException:
+                    self._writer.rollback()
+                    raise
             deleted += count
             if count < chunk:
                 return deleted
@@ -231,115 +248,105 @@ class SQLiteSpanStore:
         """Tenants with spans for this request id (operator look-up across tenants; the
         proxy's ids are unique, but a file may hold traces from releases that took the
         client's x-request-id as the request's id)."""
-        async with self._db.execute(
+        rows = await self._read(
             "SELECT DISTINCT tenant_id FROM spans WHERE request_id = ? AND tenant_id != ''"
             " ORDER BY tenant_id",
             (request_id,),
-        ) as cursor:
-            return [row[0] for row in await cursor.fetchall()]
+        )
+        return [row["tenant_id"] for row in rows]
 
     async def client_requests(self, client_request_id: str) -> list[tuple[str, str]]:
         """(tenant, request id) of every request a client sent this id with, in every tenant,
         oldest first (operator look-up: `memento-proxy trace` given a client's id)."""
-        async with self._db.execute(
-            f"SELECT tenant_id, request_id FROM spans WHERE name = ? AND {_CLIENT_ID_SQL} = ?"
-            " AND tenant_id != '' AND request_id IS NOT NULL ORDER BY start_ns",
+        rows = await self._read(
+            f"SELECT tenant_id, request_id, start_ns FROM spans WHERE name = ?"
+            f" AND {self._dialect.client_id_sql} = ? AND tenant_id != ''"
+            " AND request_id IS NOT NULL ORDER BY start_ns",
             (REQUEST_SPAN, client_request_id),
-        ) as cursor:
-            return [(row[0], row[1]) for row in await cursor.fetchall()]
+        )
+        return [(row["tenant_id"], row["request_id"]) for row in rows]
 
     async def tenants(self) -> list[str]:
         """Tenants that have spans stored (what retention has to visit)."""
-        async with self._db.execute(
-            "SELECT DISTINCT tenant_id FROM spans WHERE tenant_id != ''"
-        ) as cursor:
-            return [row[0] for row in await cursor.fetchall()]
+        rows = await self._read("SELECT DISTINCT tenant_id FROM spans WHERE tenant_id != ''", ())
+        return [row["tenant_id"] for row in rows]
 
 
-async def open_span_store(data_dir: Path | str) -> SQLiteSpanStore:
-    """The span store of a data directory: `<data_dir>/traces.db`."""
-    return await SQLiteSpanStore.open(Path(data_dir) / TRACES_FILE)
+class _SQLiteWriter:
+    """`SpanWriter` on a sqlite3 connection in autocommit mode."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = (), /) -> Any:
+        return self._guarded(self._conn.execute, sql, params)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]], /) -> Any:
+        return self._guarded(self._conn.executemany, sql, rows)
+
+    def begin(self) -> None:
+        self.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @staticmethod
+    def _guarded(run: Callable[..., Any], sql: str, params: Any) -> Any:
+        try:
+            return run(sql, params)
+        except sqlite3.OperationalError as exc:  # no room, or locked: the exporter waits
+            raise SpanStoreUnavailable(str(exc)) from exc
 
 
-Owner = tuple[str, str | None, str | None]  # tenant, request id, user id
-_OWNER_SQL = (
-    "SELECT tenant_id, request_id, user_id FROM spans WHERE trace_id = ? AND tenant_id != ''"
-    " ORDER BY request_id IS NULL, parent_span_id IS NOT NULL LIMIT 1"
-)
-
-
-def _insert_resolved(db: sqlite3.Connection, spans: Sequence[SpanRow]) -> None:
-    """Insert a batch, giving each span without a tenant the owner of its trace (or of the
-    trace it links to), from this batch when possible, else from what is stored. Then claim
-    spans stored earlier that were waiting for an owner arriving in this batch.
-
-    A few statements per batch: the exporter shares the GIL with the event loop, and every
-    statement is a chance to wait for it.
-    """
-    spans = [storable_row(span) for span in spans]
-    owners: dict[str, Owner] = {}
-    for span in sorted(spans, key=lambda s: (s.request_id is None, s.parent_span_id is not None)):
-        if span.tenant_id and span.trace_id not in owners:
-            owners[span.trace_id] = (span.tenant_id, span.request_id, span.user_id)
-    found_in_batch = set(owners)  # traces whose owner is known now: claim their waiting spans
-    stored: dict[str, Owner | None] = {}
-
-    def owner_of(trace_id: str) -> Owner | None:
-        if trace_id in owners:
-            return owners[trace_id]
-        if trace_id not in stored:
-            row = db.execute(_OWNER_SQL, (trace_id,)).fetchone()
-            stored[trace_id] = None if row is None else (row[0], row[1], row[2])
-        return stored[trace_id]
-
-    links = {s.trace_id: linked_trace(s) for s in spans if linked_trace(s)}
-    params = []
-    for span in spans:
-        row = span_params(span)
-        if not span.tenant_id:
-            linked = links.get(span.trace_id)
-            owner = owner_of(span.trace_id) or (owner_of(linked) if linked else None)
-            if owner is not None:
-                owners.setdefault(span.trace_id, owner)
-                found_in_batch.add(span.trace_id)
-                tenant_id, request_id, user_id = owner
-                row = (
-                    *row[:3],
-                    tenant_id,
-                    span.request_id or request_id,
-                    span.user_id or user_id,
-                    *row[6:],
-                )
-        params.append(row)
-    db.executemany(
-        f"INSERT OR REPLACE INTO spans ({SPAN_COLUMNS}, linked_trace_id)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        params,
-    )
-    if found_in_batch:
-        _claim_waiting(db, {t: owners[t] for t in found_in_batch})
-
-
-def _claim_waiting(db: sqlite3.Connection, owners: dict[str, Owner]) -> None:
-    """Spans stored before their owner arrived: same trace, or a trace linking to it."""
-    marks = ", ".join("?" for _ in owners)
-    same = db.execute(
-        "SELECT DISTINCT trace_id, trace_id FROM spans"
-        f" WHERE tenant_id = '' AND trace_id IN ({marks})",
-        list(owners),
-    ).fetchall()
-    linking = db.execute(
-        "SELECT DISTINCT trace_id, linked_trace_id FROM spans"
-        f" WHERE tenant_id = '' AND linked_trace_id IN ({marks})",
-        list(owners),
-    ).fetchall()
-    for trace_id, owner_trace in [*same, *linking]:
-        tenant_id, request_id, user_id = owners[owner_trace]
-        db.execute(
-            "UPDATE spans SET tenant_id = ?, request_id = coalesce(request_id, ?),"
-            " user_id = coalesce(user_id, ?) WHERE trace_id = ? AND tenant_id = ''",
-            (tenant_id, request_id, user_id, trace_id),
+async def open_sqlite_spans(path: Path) -> SpanTable:
+    """The span store in the SQLite file at `path` (created if needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = await aiosqlite.connect(path)
+    db.row_factory = aiosqlite.Row
+    await db.execute("PRAGMA journal_mode=WAL")
+    await db.execute("PRAGMA synchronous=NORMAL")
+    await db.execute("PRAGMA busy_timeout=5000")
+    version = await _user_version(db)
+    if version > _SCHEMA_VERSION:
+        await db.close()
+        raise RuntimeError(
+            f"{path} was written by a newer memento-proxy (span schema {version}); "
+            "upgrade memento-proxy or point --data-dir elsewhere"
         )
+    await db.executescript(_SCHEMA)
+    await db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+    await db.commit()
+    writer = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    writer.execute("PRAGMA synchronous=NORMAL")
+    writer.execute("PRAGMA busy_timeout=5000")
+
+    async def read(sql: str, params: Sequence[Any]) -> list[Mapping[str, Any]]:
+        async with db.execute(sql, params) as cursor:
+            # sqlite3.Row reads by column name, as the table asks of a row.
+            return cast(list[Mapping[str, Any]], list(await cursor.fetchall()))
+
+    return SpanTable(read, _SQLiteWriter(writer), SQLITE_SPANS, close=db.close, where=str(path))
+
+
+async def open_span_store(data_dir: Path | str) -> SpanTable:
+    """The span store of a data directory: the store's PostgreSQL database when the process
+    has `MEMENTO_DATABASE_URL` (every replica then shows every trace), else
+    `<data_dir>/traces.db`."""
+    from storage.postgres.url import database_url
+
+    url = database_url()
+    if url is not None:
+        from storage.postgres.spans import open_postgres_spans
+
+        return await open_postgres_spans(url)
+    return await open_sqlite_spans(Path(data_dir) / TRACES_FILE)
 
 
 async def _user_version(db: aiosqlite.Connection) -> int:

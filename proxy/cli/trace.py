@@ -1,10 +1,11 @@
 """`memento-proxy trace <id>`: one request's trace as a tree in the terminal.
 
-Reads the span store of the same data folder `serve` uses (`--data-dir`, MEMENTO_DATA_DIR,
-default ./data) and prints what `GET /v1/traces/{request_id}` returns, as a tree. The id is
-the proxy's request id (the response's `x-request-id`) or, failing that, an id a client sent
-(`x-client-request-id`): every request sent with it is printed, oldest first. `--json` prints
-`{"object": "list", "data": [trace, ...]}`, each trace as the API returns it plus its tenant.
+Reads the span store `serve` uses: the data folder's (`--data-dir`, MEMENTO_DATA_DIR, default
+./data), or the PostgreSQL database of MEMENTO_DATABASE_URL when it is set; and prints what
+`GET /v1/traces/{request_id}` returns, as a tree. The id is the proxy's request id (the
+response's `x-request-id`) or, failing that, an id a client sent (`x-client-request-id`): every
+request sent with it is printed, oldest first. `--json` prints `{"object": "list", "data":
+[trace, ...]}`, each trace as the API returns it plus its tenant.
 """
 
 from __future__ import annotations
@@ -18,9 +19,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from proxy.cli.arguments import JSON, Command, data_dir, option
-from proxy.cli.common import CommandError, data_folder, print_json, wants_json
+from proxy.cli.common import (
+    CommandError,
+    data_folder,
+    print_json,
+    settings_from_env,
+    wants_json,
+)
 from proxy.shapes import trace_document
-from storage.spans import TRACES_FILE, SQLiteSpanStore, open_span_store
+from storage.spans import TRACES_FILE, SpanTable, open_span_store
 
 # Shown in the heading already; repeating them on every span is noise.
 _IDENTITY = ("memento.tenant", "memento.request_id", "memento.client_request_id", "enduser.id")
@@ -28,7 +35,12 @@ _MAX_VALUE = 300
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    folder = data_folder(args, TRACES_FILE)
+    from storage.postgres.url import database_url
+
+    if database_url() is None:
+        folder = data_folder(args, TRACES_FILE)
+    else:  # the database holds the spans; the folder need not exist
+        folder = settings_from_env(data_dir=getattr(args, "data_dir", None)).data_dir
     docs = asyncio.run(_load(folder, args.request_id, args.tenant))
     if not docs:
         where = f" of tenant {args.tenant}" if args.tenant else ""
@@ -62,7 +74,7 @@ async def _load(folder: Path, given: str, tenant: str | None) -> list[tuple[str,
 
 
 async def _documents(
-    store: SQLiteSpanStore, requests: list[tuple[str, str]]
+    store: SpanTable, requests: list[tuple[str, str]]
 ) -> list[tuple[str, dict[str, Any]]]:
     docs = []
     for tenant_id, request_id in requests:

@@ -18,11 +18,15 @@ from typing import Any
 import psycopg
 
 from storage.records import MEMORY_KINDS, MEMORY_STATUSES
+from storage.span_rows import CLIENT_REQUEST_ID_ATTR, REQUEST_SPAN
 from storage.sqlite.migrations import Migration, SchemaTooNewError, statements
 
 # The advisory lock migrations hold (any 64-bit number: this one spells "memento1").
 MIGRATION_LOCK = 0x6D656D656E746F31
 
+# The client's id of a request span: `json`, not `jsonb`, whose parse refuses the escaped NUL
+# an attribute may hold (`->>` on another key never decodes it).
+SPAN_CLIENT_ID_SQL = f"(attributes::json ->> '{CLIENT_REQUEST_ID_ATTR}')"
 _KINDS_SQL = ", ".join(f"'{kind}'" for kind in MEMORY_KINDS)
 _STATUSES_SQL = ", ".join(f"'{status}'" for status in MEMORY_STATUSES)
 
@@ -156,6 +160,37 @@ MIGRATIONS: tuple[Migration, ...] = (
         PRIMARY KEY (tenant_id, response_id)
     );
     CREATE INDEX responses_user ON responses (tenant_id, user_id)
+    """,
+    ),
+    # 2: the spans of recent requests (`storage.spans`), here so that every replica shows
+    # every trace, whichever one answered the request.
+    Migration(
+        "spans",
+        f"""
+    CREATE TABLE spans (
+        trace_id TEXT NOT NULL,
+        span_id TEXT NOT NULL,
+        parent_span_id TEXT,
+        tenant_id TEXT NOT NULL DEFAULT '',
+        request_id TEXT,
+        user_id TEXT,
+        name TEXT NOT NULL,
+        start_ns BIGINT NOT NULL,
+        end_ns BIGINT NOT NULL,
+        status TEXT NOT NULL,
+        attributes TEXT NOT NULL,
+        events TEXT NOT NULL,
+        links TEXT NOT NULL,
+        linked_trace_id TEXT,
+        PRIMARY KEY (trace_id, span_id)
+    );
+    CREATE INDEX spans_by_request ON spans (tenant_id, request_id, start_ns);
+    CREATE INDEX spans_request_roots ON spans (tenant_id, start_ns)
+        WHERE name = '{REQUEST_SPAN}';
+    CREATE INDEX spans_by_client_request ON spans (({SPAN_CLIENT_ID_SQL}))
+        WHERE name = '{REQUEST_SPAN}';
+    CREATE INDEX spans_by_link ON spans (linked_trace_id) WHERE linked_trace_id IS NOT NULL;
+    CREATE INDEX spans_unresolved ON spans (start_ns) WHERE tenant_id = ''
     """,
     ),
 )

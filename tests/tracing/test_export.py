@@ -24,7 +24,7 @@ from proxy.tracing import (
     setup_tracing,
     span_ids,
 )
-from storage.spans import SQLiteSpanStore, open_span_store
+from storage.spans import SpanTable, open_span_store
 from tests.tracing.collector import Collector
 
 tracer = trace.get_tracer("memento.proxy")
@@ -67,21 +67,21 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteSpanStore]:
+async def store(tmp_path: Path) -> AsyncIterator[SpanTable]:
     opened = await open_span_store(tmp_path)
     yield opened
     await opened.close()
 
 
 @pytest.fixture
-async def tracing(store: SQLiteSpanStore) -> AsyncIterator[TracingHandle]:
+async def tracing(store: SpanTable) -> AsyncIterator[TracingHandle]:
     handle = setup_tracing(object(), store, otlp_endpoint=None)
     yield handle
     await handle.shutdown()
 
 
 async def test_request_and_linked_write_path_reach_memory_and_sqlite(
-    tracing: TracingHandle, store: SQLiteSpanStore
+    tracing: TracingHandle, store: SpanTable
 ) -> None:
     memory = InMemorySpanExporter()
     tracing.add_span_processor(SimpleSpanProcessor(memory))
@@ -120,7 +120,7 @@ async def test_request_and_linked_write_path_reach_memory_and_sqlite(
     assert listed[0]["written"] == 1
 
 
-async def test_export_is_batched_off_the_caller(store: SQLiteSpanStore) -> None:
+async def test_export_is_batched_off_the_caller(store: SpanTable) -> None:
     handle = setup_tracing(object(), store, schedule_delay_ms=60_000)
     try:
         traced_request("acme", "req-late", "bob")
@@ -133,7 +133,7 @@ async def test_export_is_batched_off_the_caller(store: SQLiteSpanStore) -> None:
 
 
 async def test_spans_wait_while_the_store_is_full_and_are_kept_when_it_has_room(
-    store: SQLiteSpanStore,
+    store: SpanTable,
 ) -> None:
     health = Health()
     handle = setup_tracing(object(), store, schedule_delay_ms=60_000, health=health)
@@ -159,7 +159,7 @@ async def test_spans_wait_while_the_store_is_full_and_are_kept_when_it_has_room(
         await handle.shutdown()
 
 
-async def test_each_app_gets_only_its_own_spans(tmp_path: Path, store: SQLiteSpanStore) -> None:
+async def test_each_app_gets_only_its_own_spans(tmp_path: Path, store: SpanTable) -> None:
     """Two apps in one process (each on its own event loop) never see each other's spans."""
     here = setup_tracing(object(), store)
     other_store: dict[str, Any] = {}
@@ -193,7 +193,7 @@ async def test_each_app_gets_only_its_own_spans(tmp_path: Path, store: SQLiteSpa
     await here.shutdown()
 
 
-async def test_retention_follows_each_tenants_policy(store: SQLiteSpanStore) -> None:
+async def test_retention_follows_each_tenants_policy(store: SpanTable) -> None:
     policies = {"acme": TracingPolicy(max_traces=100), "globex": TracingPolicy(retention_days=1)}
     handle = setup_tracing(object(), store, retention=policies.get)
     try:
@@ -212,9 +212,7 @@ async def test_retention_follows_each_tenants_policy(store: SQLiteSpanStore) -> 
         await handle.shutdown()
 
 
-async def test_otlp_export_reaches_a_collector(
-    store: SQLiteSpanStore, otlp_collector: Collector
-) -> None:
+async def test_otlp_export_reaches_a_collector(store: SpanTable, otlp_collector: Collector) -> None:
     handle = setup_tracing(object(), store, otlp_endpoint=otlp_collector.url)
     try:
         trace_id, span_id = traced_request("acme", "req-otlp", "erin")

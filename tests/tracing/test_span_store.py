@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from storage.records import SpanRow
-from storage.spans import SQLiteSpanStore, open_span_store
+from storage.spans import SpanTable, open_span_store
+from tests.postgres_server import BOTH_DATABASES
 
 _ids = itertools.count(1)
 
@@ -74,18 +75,19 @@ def request_spans(
 
 
 # Fixtures and tests share one event loop: the exporter writes through the loop it was set up on.
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+# Each test runs on the data folder's traces.db and on a PostgreSQL database.
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), BOTH_DATABASES]
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteSpanStore]:
+async def store(tmp_path: Path, each_database: str | None) -> AsyncIterator[SpanTable]:
     opened = await open_span_store(tmp_path)
     yield opened
     await opened.close()
 
 
 async def test_children_and_linked_write_path_inherit_the_request_owner(
-    store: SQLiteSpanStore,
+    store: SpanTable,
 ) -> None:
     # Write-path span arrives before the request root: it must be claimed once the root lands.
     early_write = span(
@@ -123,7 +125,7 @@ async def test_children_and_linked_write_path_inherit_the_request_owner(
     assert await store.tenants() == ["acme"]
 
 
-async def test_another_tenant_sees_nothing(store: SQLiteSpanStore) -> None:
+async def test_another_tenant_sees_nothing(store: SpanTable) -> None:
     await store.write_spans(request_spans("a" * 32, "acme", "req-a"))
     await store.write_spans(request_spans("b" * 32, "globex", "req-b", user="u2"))
 
@@ -132,7 +134,7 @@ async def test_another_tenant_sees_nothing(store: SQLiteSpanStore) -> None:
     assert [t["request_id"] for t in await store.list_traces("acme")] == ["req-a"]
 
 
-async def test_list_is_newest_first_filtered_by_user_with_counts(store: SQLiteSpanStore) -> None:
+async def test_list_is_newest_first_filtered_by_user_with_counts(store: SpanTable) -> None:
     base = time.time() - 100
     for n in range(5):
         user = "alice" if n % 2 == 0 else "bob"
@@ -154,7 +156,7 @@ async def test_list_is_newest_first_filtered_by_user_with_counts(store: SQLiteSp
     assert [t["request_id"] for t in alice] == ["req-4", "req-2", "req-0"]
 
 
-async def test_retention_by_age_and_by_count(store: SQLiteSpanStore) -> None:
+async def test_retention_by_age_and_by_count(store: SpanTable) -> None:
     now = time.time()
     for n in range(6):
         trace_id = format(n + 1, "032x")
@@ -173,7 +175,7 @@ async def test_retention_by_age_and_by_count(store: SQLiteSpanStore) -> None:
     assert len(await store.get_trace("globex", "req-g")) == 3
 
 
-async def test_unresolved_spans_are_pruned_by_age(store: SQLiteSpanStore) -> None:
+async def test_unresolved_spans_are_pruned_by_age(store: SpanTable) -> None:
     old = span("background", "d" * 32, start_s=time.time() - 3600)
     fresh = span("background", "e" * 32)
     await store.write_spans([old, fresh])
@@ -182,7 +184,7 @@ async def test_unresolved_spans_are_pruned_by_age(store: SQLiteSpanStore) -> Non
     assert await store.tenants() == []
 
 
-async def test_reopening_keeps_spans(tmp_path: Path) -> None:
+async def test_reopening_keeps_spans(tmp_path: Path, each_database: str | None) -> None:
     first = await open_span_store(tmp_path)
     await first.write_spans(request_spans("a" * 32, "acme", "req-1"))
     await first.close()
@@ -190,12 +192,13 @@ async def test_reopening_keeps_spans(tmp_path: Path) -> None:
     again = await open_span_store(tmp_path)
     try:
         assert len(await again.get_trace("acme", "req-1")) == 3
-        assert (tmp_path / "traces.db").exists()
+        # In the folder without a database; in the database, and nothing in the folder, with.
+        assert (tmp_path / "traces.db").exists() == (each_database is None)
     finally:
         await again.close()
 
 
-async def test_a_span_with_a_lone_surrogate_costs_no_other_span(store: SQLiteSpanStore) -> None:
+async def test_a_span_with_a_lone_surrogate_costs_no_other_span(store: SpanTable) -> None:
     """Python text can hold lone surrogates, UTF-8 cannot: that span is repaired, and the batch
     it arrived in (other requests, other tenants) is stored whole."""
     batch = [
