@@ -10,7 +10,10 @@ exchanges the write queue learns per second with one replica and with two.
    each, and for half a request with an answer, as `after_call` queues them); exchanges learned
    per second, from the first queued until the queue is empty.
 
-Backends: `embedded` (one data folder shared by the processes). Run: `python -m bench replicas`;
+Backends: `embedded` (one data folder shared by the processes) and `postgresql` (a folder each,
+one PostgreSQL database with its durability settings on, the index in a bucket of moto's S3
+server on loopback; skipped without PostgreSQL's server binaries). Run:
+`python -m bench replicas`;
 `BENCH_SCALE` (default 1.0) scales the number of probes and exchanges. Results:
 bench/results/replicas.json.
 """
@@ -26,7 +29,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,11 @@ from bench.shared_data import persona_facts
 from proxy.memory.exchange_job import EXCHANGE_JOB
 from proxy.memory.warmup import shared_embedder
 from storage import open_store
+from storage.index_location import URI_SETTING
+from storage.postgres.url import DATABASE_URL_SETTING
 from tests.harness import ServerProcess, write_tenant
+from tests.postgres_server import PostgresServer, server_binaries
+from tests.s3_server import S3Server
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "replicas.json"
@@ -142,18 +149,73 @@ def bench_queue(
 
 
 def run() -> dict[str, Any]:
-    results: dict[str, Any] = {"embedded": {}}
+    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as folder:
-        policies = Path(folder) / "policies"
+        root = Path(folder)
+        policies = root / "policies"
         write_tenant(policies, TENANT, KEY, {"echo": {"model": "echo"}})
-        shared = [Path(folder) / "data"] * 2  # the embedded store: one folder for both
-        results["embedded"]["visibility"] = bench_visibility(policies, shared, {})
-        print(json.dumps(results["embedded"]["visibility"]), flush=True)
-        for count in (1, 2):
-            data = [Path(folder) / f"queue{count}"] * 2
-            results["embedded"][f"queue_{count}"] = bench_queue(count, policies, data, {})
-            print(json.dumps(results["embedded"][f"queue_{count}"]), flush=True)
+        results["embedded"] = _backend(root / "embedded", policies, shared_folder=True, env={})
+        binaries = server_binaries()
+        if binaries is None:
+            print("PostgreSQL's server binaries are missing: the postgresql backend is skipped")
+            return results
+        postgres = PostgresServer(binaries).start(durable=True)
+        try:
+            with S3Server() as s3:
+
+                def backend_env() -> dict[str, str]:
+                    uri = f"s3://{s3.new_bucket()}/index"
+                    url = postgres.create_database()
+                    return {**s3.env, DATABASE_URL_SETTING: url, URI_SETTING: uri}
+
+                results["postgresql"] = _backend(
+                    root / "postgresql", policies, shared_folder=False, env=backend_env
+                )
+        finally:
+            postgres.stop()
     return results
+
+
+def _backend(
+    root: Path,
+    policies: Path,
+    *,
+    shared_folder: bool,
+    env: dict[str, str] | Callable[[], dict[str, str]],
+) -> dict[str, Any]:
+    """Both measures on one backend: one folder for every replica (the embedded store), else a
+    folder each and `env` (a fresh database and bucket per measure)."""
+
+    def folders(name: str) -> list[Path]:
+        return [root / name] * 3 if shared_folder else [root / f"{name}-{i}" for i in range(3)]
+
+    def settings() -> dict[str, str]:
+        return env() if callable(env) else env
+
+    figures: dict[str, Any] = {}
+    with _process_env(settings()) as used:
+        figures["visibility"] = bench_visibility(policies, folders("visible"), used)
+    print(root.name, json.dumps(figures["visibility"]), flush=True)
+    for count in (1, 2):
+        with _process_env(settings()) as used:
+            figures[f"queue_{count}"] = bench_queue(count, policies, folders(f"queue{count}"), used)
+        print(root.name, json.dumps(figures[f"queue_{count}"]), flush=True)
+    return figures
+
+
+@contextmanager
+def _process_env(values: dict[str, str]) -> Iterator[dict[str, str]]:
+    """`values` set in this process too (the queue is filled from here), then restored."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield values
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def main() -> None:

@@ -72,15 +72,16 @@ class PostgresServer:
             env={**os.environ, "LC_ALL": "C"},
         )
 
-    def start(self) -> PostgresServer:
+    def start(self, *, durable: bool = False) -> PostgresServer:
+        """Start the server; `durable` keeps PostgreSQL's own durability settings (benchmarks
+        compare it with SQLite's synchronous=FULL), else they are off (tests)."""
         self._run(
             "initdb", "-D", str(self._data), "-U", "postgres", "-A", "trust",
             "-E", "UTF8", "--locale=C", "--no-sync",
         )  # fmt: skip
-        options = (
-            f"-h 127.0.0.1 -p {self.port} -k {self._folder} -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
+        options = f"-h 127.0.0.1 -p {self.port} -k {self._folder} -c max_connections=200"
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             "pg_ctl", "start", "-w", "-t", "60", "-D", str(self._data),
             "-l", str(self._folder / "server.log"), "-o", options,

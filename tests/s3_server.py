@@ -90,7 +90,7 @@ def stored_files(location: IndexLocation) -> dict[str, bytes]:
 
 
 def _client(location: IndexLocation) -> Any:
-    import boto3
+    import boto3  # type: ignore[import-untyped]
 
     options = location.storage_options
     return boto3.client(
