@@ -33,6 +33,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,12 +105,44 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 async def bench_hot_path(sizes: tuple[int, ...] = (1_000, 10_000)) -> list[dict[str, Any]]:
+    """The hot path on each backend of BENCH_HOT_PATH_BACKENDS (default `embedded`; add
+    `postgresql` for the source of truth in a PostgreSQL server of this run, its durability
+    settings on, and the index in the folder)."""
+    rows = []
+    for backend in os.environ.get("BENCH_HOT_PATH_BACKENDS", "embedded").split(","):
+        if backend == "embedded":
+            rows += [{**row, "backend": backend} for row in await _hot_path(sizes, lambda: None)]
+            continue
+        from storage.postgres.url import DATABASE_URL_SETTING
+        from tests.postgres_server import PostgresServer, server_binaries
+
+        binaries = server_binaries()
+        if binaries is None:
+            print("PostgreSQL's server binaries are missing: its hot path is skipped")
+            continue
+        server = PostgresServer(binaries).start(durable=True)
+
+        def fresh_database(server: PostgresServer = server) -> None:
+            os.environ[DATABASE_URL_SETTING] = server.create_database()
+
+        try:
+            rows += [{**row, "backend": backend} for row in await _hot_path(sizes, fresh_database)]
+        finally:
+            os.environ.pop(DATABASE_URL_SETTING, None)
+            server.stop()
+    return rows
+
+
+async def _hot_path(
+    sizes: tuple[int, ...], fresh_store: Callable[[], None]
+) -> list[dict[str, Any]]:
     facts = persona_facts()
     embedder = await shared_embedder(EMBEDDER)
     rows = []
     policy = _policy(retrieval={"deadline_ms": 60_000})
     queries = [f"{fact.rstrip('.')}? what else do you know" for fact in facts[-2000:]]
     for size in sizes:
+        fresh_store()
         with tempfile.TemporaryDirectory() as folder:
             store = await open_store(folder, embedder)
             scope = Scope("bench", "user-1")
@@ -444,6 +477,7 @@ async def run() -> dict[str, Any]:
         _print_table(
             result["hot_path"],
             [
+                "backend",
                 "memories_per_user",
                 "requests",
                 "p50_ms",
