@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -313,6 +314,9 @@ def validate_embeddings(body: dict[str, Any]) -> str:
     return model
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
 def user_id(value: Any, *, param: str = "user", what: str = "user") -> str | None:
     """A user id given as `param` (None when absent): a string of at most
     `MAX_USER_ID_CHARS` characters with something other than whitespace, which it is stripped
@@ -337,6 +341,13 @@ def user_id(value: Any, *, param: str = "user", what: str = "user") -> str | Non
         raise bad_request(
             f"'{param}' is {len(user)} characters long; {what} ids have at most "
             f"{MAX_USER_ID_CHARS}.",
+            param=param,
+            code=f"invalid_{what}",
+        )
+    if _CONTROL.search(user):
+        raise bad_request(
+            f"'{param}' contains a control character (such as NUL or a line break); {what} ids "
+            "are printable text.",
             param=param,
             code=f"invalid_{what}",
         )

@@ -80,10 +80,12 @@ def build_exchange(
         if role in ("user", "assistant", "tool"):
             name = message.get("name")
             speaker = name.strip() if isinstance(name, str) and name.strip() else None
-            turns.append(Turn(str(role), message_text(message), index, speaker))
+            # NUL is no text a memory keeps (and PostgreSQL's text columns refuse it).
+            text = message_text(message).replace("\x00", "")
+            turns.append(Turn(str(role), text, index, speaker))
     last_assistant = max((t.index or 0 for t in turns if t.role == "assistant"), default=-1)
     new_user = [t for t in turns if t.role == "user" and (t.index or 0) > last_assistant]
-    answer = strip_block_text(answer_text(response))
+    answer = strip_block_text(answer_text(response)).replace("\x00", "")
     for text in injected_texts:
         if text.strip():
             answer = answer.replace(text, "")

@@ -60,6 +60,8 @@ def text_field(value: Any, field: str = "text") -> str:
         raise bad_request(f"'{field}' must be a non-empty string.", param=field)
     if len(value) > MAX_TEXT:
         raise bad_request(f"'{field}' is longer than {MAX_TEXT} characters.", param=field)
+    if "\x00" in value:
+        raise bad_request(f"'{field}' contains a NUL character (\\u0000); remove it.", param=field)
     return value.strip()
 
 
