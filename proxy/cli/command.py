@@ -1,8 +1,8 @@
 """The `memento-proxy` command: its parser, assembled from the command groups, and `main`.
 
 Each group lives in its own module of this package and describes its commands as data
-(proxy/cli/arguments.py): serve, policy, keys, trace, sanitize, quarantine, reindex, memories,
-jobs, in the order `--help` lists them.
+(proxy/cli/arguments.py): serve, migrate, policy, keys, trace, sanitize, quarantine, reindex,
+memories, jobs, in the order `--help` lists them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from proxy.cli.common import EXIT_BROKEN_PIPE, EXIT_USAGE, CommandError
 from proxy.cli.jobs import COMMAND as JOBS
 from proxy.cli.keys import COMMAND as KEYS
 from proxy.cli.memories import COMMAND as MEMORIES
+from proxy.cli.migrate import COMMAND as MIGRATE
 from proxy.cli.policy import COMMAND as POLICY
 from proxy.cli.quarantine import COMMAND as QUARANTINE
 from proxy.cli.reindex import COMMAND as REINDEX
@@ -36,7 +37,7 @@ exit status: 0 ok; 1 failed (refused, not found, a problem found); 2 usage (bad 
 key, invalid policies); 3 cannot reach the proxy or the data folder; 141 the output's reader
 went away (| head)."""
 
-COMMANDS = (SERVE, POLICY, KEYS, TRACE, SANITIZE, QUARANTINE, REINDEX, MEMORIES, JOBS)
+COMMANDS = (SERVE, MIGRATE, POLICY, KEYS, TRACE, SANITIZE, QUARANTINE, REINDEX, MEMORIES, JOBS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as error:
         print(f"memento-proxy {name}: {error.message}", file=sys.stderr)
         return error.status
-    except SetupError as error:  # the embedder or the data folder, as configured
+    except SetupError as error:  # the embedder, the data folder or the database, as configured
         print(f"memento-proxy {name}: {error}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:

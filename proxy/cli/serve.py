@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 from pathlib import Path
 
@@ -47,16 +48,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def check_storage_settings(data_dir: Path, embedder: str) -> None:
     """What would otherwise fail in the middle of start-up, under a traceback: the storage
-    settings, and a data folder written by the other precision of the local model (the upgrade
-    to the int8 default). Raises `SetupError`, reported as one line."""
+    settings, a data folder written by the other precision of the local model (the upgrade
+    to the int8 default), and a PostgreSQL database (MEMENTO_DATABASE_URL) that cannot be
+    reached or is newer than this release; its pending schema steps are applied here, under
+    the migration lock. Raises `SetupError`, reported as one line."""
     from storage.index_settings import MaintenanceSettings
+    from storage.postgres.url import database_url
     from storage.store import check_local_embedder
     from storage.vector_cache import VectorCacheSettings
 
     VectorCacheSettings.from_env()
     MaintenanceSettings.from_env()
     whole_number("MEMENTO_EMBED_THREADS", 1)
-    check_local_embedder(data_dir, embedder)
+    whole_number("MEMENTO_DATABASE_POOL_SIZE", 10)
+    url = database_url()
+    if url is not None:
+        from storage.postgres.connection import migrate_database
+
+        asyncio.run(migrate_database(url))
+    else:
+        check_local_embedder(data_dir, embedder)
 
 
 COMMAND = Command(
