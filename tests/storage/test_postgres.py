@@ -4,6 +4,8 @@ by concurrent migrators, a newer database refused, and the URL's password never 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import subprocess
 import sys
@@ -12,10 +14,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from proxy.health import Health
+from storage.api import DatabaseUnavailable
 from storage.postgres.connection import PostgresConnection, migrate_database
 from storage.postgres.schema import SCHEMA_VERSION
 from storage.postgres.url import redacted
 from storage.sqlite import Database
+from storage.sqlite.migrations import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from storage.sqlite.migrations import SchemaTooNewError
 from tests.harness import free_port
 
@@ -129,5 +134,59 @@ async def test_the_store_names_its_database_without_the_password(
     try:
         assert db.connection.description == f"postgresql: {redacted(with_password)}"
         assert SECRET not in db.connection.description
+    finally:
+        await db.close()
+
+
+def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy.cli", *args],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ".", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parents[2],
+    )
+
+
+def test_migrate_applies_the_schema_once_and_prints_its_version(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    for _ in range(2):  # the second run finds nothing to do
+        done = _cli("migrate", "--json", MEMENTO_DATABASE_URL=postgres_url)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {
+            "database": f"postgresql: {postgres_url}",
+            "schema_version": SCHEMA_VERSION,
+        }
+    embedded = _cli("migrate", "--data-dir", str(tmp_path / "data"))
+    assert embedded.returncode == 0, embedded.stderr
+    assert embedded.stdout.strip() == (
+        f"sqlite: {tmp_path / 'data' / 'memento.db'}: schema version {SQLITE_SCHEMA_VERSION}"
+    )
+
+
+async def test_a_database_out_of_reach_is_reported_until_a_query_works_again(
+    postgres_url: str,
+) -> None:
+    health = Health()
+    db = await _database(postgres_url)
+    db.attach_health(health)
+    try:
+        assert await db.queue.pending() == 0
+        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as admin:
+            await admin.execute(  # what a server restart does to the pool's connections
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        with pytest.raises(DatabaseUnavailable):
+            await db.queue.pending()
+        (problem,) = health.problems()
+        assert problem.component == "database" and "cannot be reached" in problem.message
+        for _ in range(20):  # the pool replaces its broken connections
+            with contextlib.suppress(DatabaseUnavailable):
+                assert await db.queue.pending() == 0
+                break
+        assert health.problems() == []
     finally:
         await db.close()
