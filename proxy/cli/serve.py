@@ -62,12 +62,14 @@ def check_storage_settings(data_dir: Path, embedder: str) -> None:
     whole_number("MEMENTO_EMBED_THREADS", 1)
     whole_number("MEMENTO_DATABASE_POOL_SIZE", 10)
     url = database_url()
-    if url is not None:
-        from storage.postgres.connection import migrate_database
-
-        asyncio.run(migrate_database(url))
-    else:
+    if url is None:
         check_local_embedder(data_dir, embedder)
+        return
+    from storage.index_sync import EMBEDDER_META
+    from storage.postgres.connection import meta_and_memories, migrate_database
+
+    asyncio.run(migrate_database(url))
+    check_local_embedder(data_dir, embedder, asyncio.run(meta_and_memories(url, EMBEDDER_META)))
 
 
 COMMAND = Command(
