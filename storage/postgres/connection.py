@@ -25,7 +25,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from storage.api import DatabaseUnavailable
+from storage.api import DatabaseUnavailable, HealthReporter
 from storage.errors import SetupError, whole_number
 from storage.postgres.schema import MIGRATIONS, migrate
 from storage.postgres.url import redacted, without_secret
@@ -162,7 +162,7 @@ class PostgresConnection(SQLConnection):
 
     # -- a database out of reach ---------------------------------------------------------------
 
-    def attach_health(self, health: Any) -> None:
+    def attach_health(self, health: HealthReporter) -> None:
         super().attach_health(health)
         if self._unreachable is not None:
             health.report(DATABASE_COMPONENT, self._unreachable)
