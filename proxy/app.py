@@ -31,6 +31,7 @@ from proxy.auth import authenticate
 from proxy.doors.messages_errors import error_response as messages_error_response
 from proxy.errors import (
     ProxyError,
+    database_unavailable,
     index_unavailable,
     insufficient_storage,
     model_not_found,
@@ -60,7 +61,7 @@ from proxy.ui.pages import page_not_found
 from proxy.ui.routes import routes as ui_routes
 from proxy.upstreams.registry import Upstreams
 from proxy.upstreams.routing import is_passthrough
-from storage.api import IndexUnavailable, StorageFull
+from storage.api import DatabaseUnavailable, IndexUnavailable, StorageFull
 from storage.spans import open_span_store
 
 log = logging.getLogger("memento.proxy")
@@ -96,6 +97,11 @@ def _index_unavailable(request: Request, exc: Exception) -> Response:
     return index_unavailable().to_response()
 
 
+def _database_unavailable(request: Request, exc: Exception) -> Response:
+    log.error("request %s: %s", request_id_of(request), exc)
+    return database_unavailable().to_response()
+
+
 def _storage_full(request: Request, exc: Exception) -> Response:
     log.error("request %s: storage full: %s", request_id_of(request), exc)
     return insufficient_storage().to_response()
@@ -124,32 +130,38 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready once started with tenants and while no component reports a problem (the index,
-    say); the body lists the problems, counts write jobs given up (`failed_jobs`) and says how
-    far behind the write queue is (`write_queue`: `depth`, `oldest_age_s`)."""
+    """Ready once started with tenants and while no component reports a problem (the index, or
+    a database out of reach, say); the body lists the problems, names the database (`database`,
+    without its password), counts write jobs given up (`failed_jobs`) and says how far behind
+    the write queue is (`write_queue`: `depth`, `oldest_age_s`)."""
     registry: PolicyRegistry = request.app.state.policies
     health: Health = request.app.state.health
     tenants = registry.tenants()
     started = bool(tenants) and request.app.state.started
+    body: dict[str, Any] = {"tenants": len(tenants), "policy_problems": len(registry.problems)}
+    store = store_of(request)
+    if store is not None:
+        body["database"] = store.database
+        try:  # a database out of reach fails here, and the store reports it to `health`
+            body["failed_jobs"] = await store.queue.count_jobs("failed")
+            depths = (await store.queue.depths()).values()
+        except DatabaseUnavailable:
+            depths = None
+        if depths is not None:
+            now = time.time()
+            body["write_queue"] = {
+                "depth": sum(d.jobs for d in depths),
+                "oldest_age_s": round(max((d.age_s(now) for d in depths), default=0.0), 3),
+            }
     problems = health.problems()
     status = "starting" if not started else "unhealthy" if problems else "ready"
-    body: dict[str, Any] = {
+    body = {
         "status": status,
-        "tenants": len(tenants),
-        "policy_problems": len(registry.problems),
+        **body,
         "problems": [
             {"component": p.component, "message": p.message, "since": p.since} for p in problems
         ],
     }
-    store = store_of(request)
-    if store is not None:
-        body["failed_jobs"] = await store.queue.count_jobs("failed")
-        depths = (await store.queue.depths()).values()
-        now = time.time()
-        body["write_queue"] = {
-            "depth": sum(d.jobs for d in depths),
-            "oldest_age_s": round(max((d.age_s(now) for d in depths), default=0.0), 3),
-        }
     return JSONResponse(body, status_code=200 if status == "ready" else 503)
 
 
@@ -331,6 +343,7 @@ def build_app(
             HTTPException: _http_exception,
             StorageFull: _storage_full,
             IndexUnavailable: _index_unavailable,
+            DatabaseUnavailable: _database_unavailable,
         },
     )
     app.add_middleware(RequestIdMiddleware)

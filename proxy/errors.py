@@ -101,6 +101,18 @@ def insufficient_storage() -> ProxyError:
     )
 
 
+def database_unavailable() -> ProxyError:
+    """A call the proxy's database could not serve: it cannot be reached right now."""
+    return ProxyError(
+        503,
+        "The proxy's database cannot be reached right now, so this was neither read nor "
+        "written; retry in a few seconds (GET /readyz says when it is back).",
+        type="api_error",
+        code="database_unavailable",
+        headers={"retry-after": "5"},
+    )
+
+
 def index_unavailable() -> ProxyError:
     """A memory search the derived index could not answer while it is rebuilt."""
     return ProxyError(

@@ -177,26 +177,39 @@ async def open_database(folder: Path, database_url: str | None, *, lease_s: floa
     return Database(await PostgresConnection.open(database_url), lease_s=lease_s)
 
 
-def check_local_embedder(data_dir: Path, spec: str) -> None:
-    """Refuse, before anything loads, a data folder whose memories the other precision of the
+def check_local_embedder(
+    data_dir: Path, spec: str, stored: tuple[str | None, int] | None = None
+) -> None:
+    """Refuse, before anything loads, a store whose memories the other precision of the
     local model embedded (`spec` is MEMENTO_EMBEDDER; other embedders are checked when the
-    store opens, once they are loaded and know their ids)."""
+    store opens, once they are loaded and know their ids). `stored` is the embedder tag and
+    the number of memories where the caller read them (PostgreSQL); else the data folder's
+    SQLite file is read."""
     from storage.embedders import LOCAL_INT8_MODEL_ID, LOCAL_MODEL_ID, LOCAL_SPECS
 
-    database = data_dir / DB_FILE
-    if spec not in LOCAL_SPECS or not database.is_file():
+    if spec not in LOCAL_SPECS:
         return
+    if stored is None:
+        stored = _sqlite_embedder(data_dir / DB_FILE)
+    tag, count = stored
     wanted = LOCAL_INT8_MODEL_ID if LOCAL_SPECS[spec] == "int8" else LOCAL_MODEL_ID
+    model = tag.rsplit("|", 1)[0] if tag else None
+    if model in (LOCAL_MODEL_ID, LOCAL_INT8_MODEL_ID) and model != wanted and count:
+        raise embedder_mismatch(data_dir, model, wanted)
+
+
+def _sqlite_embedder(database: Path) -> tuple[str | None, int]:
+    """The embedder tag and number of memories of a SQLite file (None, 0 if unreadable)."""
+    if not database.is_file():
+        return None, 0
     try:
         with contextlib.closing(sqlite3.connect(database)) as raw:
             query = "SELECT value FROM store_meta WHERE key = ?"
             row = raw.execute(query, (EMBEDDER_META,)).fetchone()
             count = raw.execute("SELECT count(*) FROM memories").fetchone()[0]
     except sqlite3.Error:
-        return  # not a store this version can read: opening it says why
-    stored = row[0].rsplit("|", 1)[0] if row else None
-    if stored in (LOCAL_MODEL_ID, LOCAL_INT8_MODEL_ID) and stored != wanted and count:
-        raise embedder_mismatch(data_dir, stored, wanted)
+        return None, 0  # not a store this version can read: opening it says why
+    return (row[0] if row else None), int(count)
 
 
 def index_elsewhere(folder: Path, recorded: str, configured: IndexLocation) -> IndexElsewhereError:

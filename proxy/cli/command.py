@@ -1,7 +1,7 @@
 """The `memento-proxy` command: its parser, assembled from the command groups, and `main`.
 
 Each group lives in its own module of this package and describes its commands as data
-(proxy/cli/arguments.py): serve, policy, keys, trace, sanitize, quarantine, reindex,
+(proxy/cli/arguments.py): serve, migrate, policy, keys, trace, sanitize, quarantine, reindex,
 migrate-from-sqlite, memories, jobs, in the order `--help` lists them.
 """
 
@@ -18,6 +18,7 @@ from proxy.cli.common import EXIT_BROKEN_PIPE, EXIT_USAGE, CommandError
 from proxy.cli.jobs import COMMAND as JOBS
 from proxy.cli.keys import COMMAND as KEYS
 from proxy.cli.memories import COMMAND as MEMORIES
+from proxy.cli.migrate import COMMAND as MIGRATE
 from proxy.cli.migrate_from_sqlite import COMMAND as MIGRATE_FROM_SQLITE
 from proxy.cli.policy import COMMAND as POLICY
 from proxy.cli.quarantine import COMMAND as QUARANTINE
@@ -39,6 +40,7 @@ went away (| head)."""
 
 COMMANDS = (
     SERVE,
+    MIGRATE,
     POLICY,
     KEYS,
     TRACE,
@@ -76,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as error:
         print(f"memento-proxy {name}: {error.message}", file=sys.stderr)
         return error.status
-    except SetupError as error:  # the embedder or the data folder, as configured
+    except SetupError as error:  # the embedder, the data folder or the database, as configured
         print(f"memento-proxy {name}: {error}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:

@@ -39,7 +39,7 @@ the one `serve` uses), which must exist: reading creates nothing. A table or tex
 
 
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
-    folder = data_folder(args, database())
+    folder = data_folder(args, *database())
     page = PageRequest(limit=args.limit, after=None)
     listed = page_json(asyncio.run(_list(args, folder, page.fetch)), page)
     if wants_json(args):
@@ -91,7 +91,7 @@ async def _list(args: argparse.Namespace, folder: Path, limit: int) -> list[dict
 
 
 def cmd_quarantine_review(args: argparse.Namespace) -> int:
-    folder = data_folder(args, database())
+    folder = data_folder(args, *database())
     policy = sanitizer_policy(args, required=False)
     try:
         record = asyncio.run(_review(args, policy, folder))

@@ -1,4 +1,5 @@
-"""`memento-proxy reindex`: rebuild the LanceDB index from SQLite, the source of truth.
+"""`memento-proxy reindex`: rebuild the LanceDB index from the source of truth (the data
+folder's SQLite, or PostgreSQL with MEMENTO_DATABASE_URL).
 
 Safe while the proxy serves the same data folder: the new index is built beside the served one
 and replaces it only once complete (the proxy follows at its next index write or search). Only
@@ -27,10 +28,10 @@ from proxy.cli.common import CommandError, data_folder, print_result, settings_f
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
+    from proxy.cli.sanitize import database
     from storage.maintenance import ReindexRunningError
-    from storage.store import DB_FILE
 
-    folder = data_folder(args, DB_FILE)
+    folder = data_folder(args, *database())
     try:
         report = asyncio.run(_reindex(folder, args.embedder))
     except ReindexRunningError as exc:
@@ -46,12 +47,17 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
 async def _reindex(folder: Path, embedder_spec: str | None) -> dict[str, Any]:
     from storage.embedders import load_embedder
+    from storage.postgres.url import database_url
     from storage.store import open_embedded_store
 
     spec = embedder_spec or settings_from_env().embedder
     embedder = await load_embedder(spec)
     store = await open_embedded_store(
-        folder, embedder, check_embedder=False, maintenance_interval_s=0
+        folder,
+        embedder,
+        check_embedder=False,
+        maintenance_interval_s=0,
+        database_url=database_url(),
     )
     try:
         report = await store.maintenance.reindex()

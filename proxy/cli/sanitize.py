@@ -105,7 +105,7 @@ def cmd_sanitize(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.file} is not UTF-8 text ({error.reason})") from None
     rows = list(read_candidates(text.splitlines()))
     given = getattr(args, "data_dir", None)
-    folder = data_folder(args, database()) if given else None
+    folder = data_folder(args, *database()) if given else None
     started = time.perf_counter()
     verdicts = asyncio.run(_sanitize(rows, policy, args, folder))
     elapsed = time.perf_counter() - started
@@ -178,11 +178,13 @@ async def open_store(folder: Path, *, lazy: bool = False) -> Store:
     return await open_store(folder, embedder)
 
 
-def database() -> str:
-    """The database file a data folder must hold (storage.store, imported only when needed)."""
+def database() -> tuple[str, ...]:
+    """The files a data folder must hold: the SQLite database (storage.store, imported only
+    when needed), unless the process keeps its data in PostgreSQL (MEMENTO_DATABASE_URL)."""
+    from storage.postgres.url import database_url
     from storage.store import DB_FILE
 
-    return DB_FILE
+    return () if database_url() is not None else (DB_FILE,)
 
 
 def tenant_options(*, required: bool) -> tuple[Option, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 from pathlib import Path
 
@@ -47,19 +48,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def check_storage_settings(data_dir: Path, embedder: str) -> None:
     """What would otherwise fail in the middle of start-up, under a traceback: the storage
-    settings, the index's location (MEMENTO_INDEX_URI: its bucket exists and answers), and a
-    data folder written by the other precision of the local model (the upgrade to the int8
-    default). Raises `SetupError`, reported as one line."""
+    settings, the index's location (MEMENTO_INDEX_URI: its bucket exists and answers), a data
+    folder written by the other precision of the local model (the upgrade to the int8
+    default), and a PostgreSQL database (MEMENTO_DATABASE_URL) that cannot be reached or is
+    newer than this release; its pending schema steps are applied here, under the migration
+    lock. Raises `SetupError`, reported as one line."""
     from storage.index_location import IndexLocation
     from storage.index_settings import MaintenanceSettings
+    from storage.postgres.url import database_url
     from storage.store import check_local_embedder
     from storage.vector_cache import VectorCacheSettings
 
     VectorCacheSettings.from_env()
     MaintenanceSettings.from_env()
     whole_number("MEMENTO_EMBED_THREADS", 1)
+    whole_number("MEMENTO_DATABASE_POOL_SIZE", 10)
     IndexLocation.from_env(data_dir).check()
-    check_local_embedder(data_dir, embedder)
+    url = database_url()
+    if url is None:
+        check_local_embedder(data_dir, embedder)
+        return
+    from storage.index_sync import EMBEDDER_META
+    from storage.postgres.connection import meta_and_memories, migrate_database
+
+    asyncio.run(migrate_database(url))
+    check_local_embedder(data_dir, embedder, asyncio.run(meta_and_memories(url, EMBEDDER_META)))
 
 
 COMMAND = Command(

@@ -27,7 +27,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from storage.api import DatabaseUnavailable
+from storage.api import DatabaseUnavailable, HealthReporter
 from storage.errors import SetupError, whole_number
 from storage.postgres.locks import AdvisoryLocks, lock_key
 from storage.postgres.schema import MIGRATIONS, migrate
@@ -216,7 +216,7 @@ class PostgresConnection(SQLConnection):
 
     # -- a database out of reach ---------------------------------------------------------------
 
-    def attach_health(self, health: Any) -> None:
+    def attach_health(self, health: HealthReporter) -> None:
         super().attach_health(health)
         if self._unreachable is not None:
             health.report(DATABASE_COMPONENT, self._unreachable)
@@ -271,3 +271,17 @@ async def migrate_database(url: str, migrations: Sequence[Migration] = MIGRATION
         raise unreachable(url, exc) from None
     async with conn:
         return await migrate(conn, redacted(url), migrations)
+
+
+async def meta_and_memories(url: str, key: str) -> tuple[str | None, int]:
+    """The `store_meta` value of `key` and the number of memories, in one short connection
+    (the pre-flight reads which embedder made the memories before anything loads)."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(url, connect_timeout=_CONNECT_TIMEOUT_S)
+    except (psycopg.Error, ValueError) as exc:
+        raise unreachable(url, exc) from None
+    async with conn:
+        query = "SELECT value FROM store_meta WHERE key = %s"
+        row = await (await conn.execute(query, (key,))).fetchone()
+        count = await (await conn.execute("SELECT count(*) FROM memories")).fetchone()
+    return (str(row[0]) if row else None), int(count[0]) if count else 0

@@ -56,13 +56,21 @@ class AdvisoryLocks:
     async def _session(self, name: str, *, wait: bool) -> AsyncIterator[None]:
         key = lock_key(name)
         async with self._pool.connection() as conn:
-            if wait:
-                await conn.execute("SELECT pg_advisory_lock(%s)", (key,))
-            else:
-                cursor = await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))
-                row = await cursor.fetchone()
-                if row is None or not row[0]:
-                    raise LockHeld(name)
+            try:
+                if wait:
+                    await conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+                    granted = True
+                else:
+                    cursor = await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+                    row = await cursor.fetchone()
+                    granted = bool(row and row[0])
+            except BaseException:
+                # Given up while asking (a cancellation): the server may have granted the lock
+                # all the same, so end the session rather than lend it out holding the lock.
+                await conn.close()
+                raise
+            if not granted:
+                raise LockHeld(name)
             try:
                 yield
             finally:

@@ -34,11 +34,11 @@ class AuditRows:
         """The kept outcomes of the tenant's imports, newest first; `after` starts past the
         import of that id."""
         where, params = "", []
-        import_id = self._connection.dialect.json_field("detail", "id")
+        id_field = self._connection.dialect.json_field("detail", "id")
         if after is not None:
             where = (
                 "AND id < (SELECT max(id) FROM audit WHERE tenant_id = ? AND action = ? "
-                f"AND {import_id} = ?)"
+                f"AND {id_field} = ?)"
             )
             params = [tenant_id, IMPORT_ACTION, after]
         rows = await self._connection.fetchall(
@@ -50,10 +50,10 @@ class AuditRows:
 
     async def import_outcome(self, tenant_id: str, import_id: str) -> dict[str, Any] | None:
         """The kept outcome of one import of this tenant, if there is one."""
-        import_id = self._connection.dialect.json_field("detail", "id")
+        id_field = self._connection.dialect.json_field("detail", "id")
         rows = await self._connection.fetchall(
             "SELECT detail FROM audit WHERE tenant_id = ? AND action = ? "
-            f"AND {import_id} = ? ORDER BY id DESC LIMIT 1",
+            f"AND {id_field} = ? ORDER BY id DESC LIMIT 1",
             (tenant_id, IMPORT_ACTION, import_id),
         )
         return dict(json.loads(rows[0][0])) if rows else None

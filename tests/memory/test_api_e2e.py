@@ -10,7 +10,10 @@ import pytest
 from proxy.cli import main as cli_main
 from tests.harness import RunningProxy
 from tests.memory.conftest import KEY, OTHER_KEY, api, client_for, memory_block
+from tests.postgres_server import BOTH_DATABASES
 from tests.scripted_upstream import ScriptedUpstream
+
+pytestmark = [BOTH_DATABASES, pytest.mark.usefixtures("each_database")]
 
 
 def test_create_get_update_list_delete(

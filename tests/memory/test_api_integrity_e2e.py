@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.harness import RunningProxy, write_tenant
 from tests.memory.conftest import KEY, OTHER_KEY, api, client_for, memory_block, models
+from tests.postgres_server import BOTH_DATABASES
 from tests.scripted_upstream import ScriptedUpstream
+
+pytestmark = [BOTH_DATABASES, pytest.mark.usefixtures("each_database")]
 
 
 def _memories(http: httpx.Client, user: str) -> list[dict[str, Any]]:

@@ -9,10 +9,14 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.harness import RunningProxy
 from tests.memory.conftest import api, client_for
+from tests.postgres_server import BOTH_DATABASES
 from tests.scripted_upstream import ScriptedUpstream
+
+pytestmark = [BOTH_DATABASES, pytest.mark.usefixtures("each_database")]
 
 PAGE_FIELDS = {"object", "data", "has_more", "first_id", "last_id"}
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from proxy.memory.budget import prompt_tokens
 from proxy.tokens import count_tokens
 from tests.harness import RunningProxy
 from tests.memory.conftest import api, client_for, memory_block
+from tests.postgres_server import BOTH_DATABASES
 from tests.scripted_upstream import ScriptedUpstream
+
+pytestmark = [BOTH_DATABASES, pytest.mark.usefixtures("each_database")]
 
 FACTS = [
     f"The user's {thing} is {value}."

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from tests.harness import RunningProxy
 from tests.memory.conftest import api, client_for, wait_for_memories
+from tests.postgres_server import BOTH_DATABASES
 from tests.scripted_upstream import Reply, ScriptedUpstream
+
+pytestmark = [BOTH_DATABASES, pytest.mark.usefixtures("each_database")]
 
 
 def test_echo_answers_and_small_talk_make_no_case(

@@ -12,7 +12,10 @@ import pytest
 
 from tests.harness import RunningProxy
 from tests.memory.conftest import api, client_for, memory_block, wait_for_trace
+from tests.postgres_server import BOTH_DATABASES
 from tests.scripted_upstream import ScriptedUpstream
+
+pytestmark = [BOTH_DATABASES, pytest.mark.usefixtures("each_database")]
 
 ASK = [{"role": "user", "content": "What is my favourite drink?"}]
 

@@ -8,10 +8,14 @@ from collections.abc import Callable
 
 import httpx
 import openai
+import pytest
 
 from tests.harness import RunningProxy
 from tests.memory.conftest import OTHER_KEY, api, client_for, memory_block, wait_for_trace
+from tests.postgres_server import BOTH_DATABASES
 from tests.scripted_upstream import ScriptedUpstream
+
+pytestmark = [BOTH_DATABASES, pytest.mark.usefixtures("each_database")]
 
 QUESTION = "How should I book a table for dinner on Friday?"
 HELPFUL = "Request: book a dinner table for Friday → Answer: called the restaurant directly."

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from tests.harness import RunningProxy
 from tests.memory.conftest import client_for, wait_for_memories, wait_for_trace
+from tests.postgres_server import BOTH_DATABASES
 from tests.scripted_upstream import Reply, ScriptedUpstream
+
+pytestmark = [BOTH_DATABASES, pytest.mark.usefixtures("each_database")]
 
 
 def test_a_fact_stated_again_is_reinforced_without_being_assessed(

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from langchain_openai import ChatOpenAI
 
 from tests.harness import RunningProxy
 from tests.memory.conftest import KEY, memory_block, wait_for_memories
+from tests.postgres_server import BOTH_DATABASES
 from tests.scripted_upstream import ScriptedUpstream
+
+pytestmark = [BOTH_DATABASES, pytest.mark.usefixtures("each_database")]
 
 
 def test_langchain_chat_openai_call_and_stream_through_the_proxy(

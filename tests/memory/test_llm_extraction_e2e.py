@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import pytest
+
 from tests.harness import RunningProxy
 from tests.memory.conftest import client_for, wait_for_memories
+from tests.postgres_server import BOTH_DATABASES
 from tests.scripted_upstream import Reply, ScriptedUpstream
+
+pytestmark = [BOTH_DATABASES, pytest.mark.usefixtures("each_database")]
 
 QUESTION = "I'm training for a marathon in May. Can you plan my week?"
 ANSWER = "Run five times: two easy runs, one long run, one tempo run and one interval session."

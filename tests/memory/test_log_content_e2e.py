@@ -10,7 +10,10 @@ import pytest
 
 from tests.harness import RunningProxy, write_tenant
 from tests.memory.conftest import KEY, client_for, models, wait_for_memories
+from tests.postgres_server import BOTH_DATABASES
 from tests.scripted_upstream import ScriptedUpstream
+
+pytestmark = [BOTH_DATABASES, pytest.mark.usefixtures("each_database")]
 
 SECRET_FACT = "I'm a vegetarian and my dog is called Pumpernickel."
 

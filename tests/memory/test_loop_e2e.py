@@ -1,4 +1,5 @@
-"""The memory loop end to end: openai SDK → proxy → scripted upstream, and the write path."""
+"""The memory loop end to end: openai SDK → proxy → scripted upstream, and the write path; with
+the source of truth in SQLite, then in PostgreSQL (MEMENTO_DATABASE_URL)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ from tests.memory.conftest import (
     wait_for_memories,
     wait_for_trace,
 )
+from tests.postgres_server import BOTH_DATABASES
 from tests.scripted_upstream import Reply, ScriptedUpstream
+
+pytestmark = [BOTH_DATABASES, pytest.mark.usefixtures("each_database")]
 
 
 def test_fact_stated_once_is_injected_later_for_that_user_only(
@@ -173,3 +177,18 @@ def test_unknown_memory_mode_is_a_clear_400(
             extra_headers={"X-Memento-Mode": "sometimes"},
         )
     assert "X-Memento-Mode must be one of off, read, write, full" in str(raised.value)
+
+
+def test_readiness_names_the_database_without_its_password(
+    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy], each_database: str | None
+) -> None:
+    proxy = memory_proxy()
+    with api(proxy) as http:
+        ready = http.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    body = ready.json()
+    if each_database is None:
+        assert body["database"] == f"sqlite: {proxy.settings.data_dir / 'memento.db'}"
+    else:
+        assert body["database"] == f"postgresql: {each_database}"  # the test URLs have none
+    assert body["write_queue"]["depth"] == 0

@@ -11,7 +11,10 @@ import pytest
 from tests.harness import RunningProxy
 from tests.memory.conftest import api
 from tests.memory.test_feedback_e2e import HELPFUL, ask, feedback
+from tests.postgres_server import BOTH_DATABASES
 from tests.scripted_upstream import ScriptedUpstream
+
+pytestmark = [BOTH_DATABASES, pytest.mark.usefixtures("each_database")]
 
 # HELPFUL was learned in a call that had PARENT injected, and PARENT in one that had GRANDPARENT.
 GRANDPARENT = {

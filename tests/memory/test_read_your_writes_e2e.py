@@ -11,13 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from proxy.memory.exchange_job import EXCHANGE_JOB
 from proxy.memory.warmup import shared_embedder
-from storage.store import open_embedded_store
+from storage import open_store
 from tests.harness import RunningProxy
 from tests.memory.conftest import api, client_for, memory_block, wait_for_trace
+from tests.postgres_server import BOTH_DATABASES
 from tests.scripted_upstream import Reply, ScriptedUpstream
+
+pytestmark = [BOTH_DATABASES, pytest.mark.usefixtures("each_database")]
 
 
 def extraction(fact: str) -> Reply:
@@ -180,7 +184,7 @@ def test_a_waiting_user_is_served_ahead_of_a_long_queue(
     backlog = 500
 
     async def fill_queue() -> None:
-        store = await open_embedded_store(tmp_path / "data", await shared_embedder("local"))
+        store = await open_store(tmp_path / "data", await shared_embedder("local"))  # the backend
         try:
             for number in range(backlog):
                 turn = {"role": "user", "content": f"I am user number {number}."}

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from tests.harness import RunningProxy
 from tests.memory.conftest import OTHER_KEY, api, client_for, memory_block
+from tests.postgres_server import BOTH_DATABASES
 from tests.scripted_upstream import ScriptedUpstream
+
+pytestmark = [BOTH_DATABASES, pytest.mark.usefixtures("each_database")]
 
 ASK = [{"role": "user", "content": "Where is the company office?"}]
 

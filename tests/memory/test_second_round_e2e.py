@@ -9,7 +9,10 @@ import pytest
 from tests.harness import RunningProxy
 from tests.memory.conftest import api, client_for, memory_block
 from tests.memory.test_recall import DISTRACTORS, LESSONS, NAMED, QUERY
+from tests.postgres_server import BOTH_DATABASES
 from tests.scripted_upstream import Reply, ScriptedUpstream
+
+pytestmark = [BOTH_DATABASES, pytest.mark.usefixtures("each_database")]
 
 
 @pytest.mark.parametrize("seeds", [0, 3])

@@ -12,7 +12,10 @@ import pytest
 from proxy.cli import main as cli_main
 from tests.harness import RunningProxy
 from tests.memory.conftest import KEY, api, client_for, wait_for_memories
+from tests.postgres_server import BOTH_DATABASES
 from tests.scripted_upstream import ScriptedUpstream
+
+pytestmark = [BOTH_DATABASES, pytest.mark.usefixtures("each_database")]
 
 # The longest id there is, with what a path would otherwise cut or mangle ('/', '%', space, ø).
 LONGEST_ID = ("team/ø 100% " * 30)[:256]

@@ -11,6 +11,7 @@ import pytest
 
 from proxy.settings import Settings
 from tests.harness import write_tenant
+from tests.postgres_server import BOTH_DATABASES
 
 
 def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,10 +119,12 @@ def test_a_bad_storage_setting_is_one_line_before_anything_starts(
     assert not (tmp_path / "data").exists()  # nothing made for a start that never happened
 
 
+@BOTH_DATABASES
 def test_a_data_folder_of_the_float_model_is_refused_in_one_line(
-    policies_dir: Path, tmp_path: Path
+    policies_dir: Path, tmp_path: Path, each_database: str | None
 ) -> None:
-    """The upgrade to the int8 default: `serve` and a data-folder command say what to type."""
+    """The upgrade to the int8 default: `serve` and a data-folder command say what to type
+    (the memories in SQLite, then in PostgreSQL)."""
     import asyncio
 
     from storage import open_store

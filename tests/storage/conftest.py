@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from storage import EmbeddedStore
 from storage.embedders import LocalEmbedder
@@ -27,7 +28,9 @@ def local_embedder() -> Iterator[LocalEmbedder]:
     embedder.close()
 
 
-@pytest.fixture
+# In the test's own event loop: a PostgreSQL store's pool and background tasks belong to the
+# loop that opened it, and would hang a close run in another.
+@pytest_asyncio.fixture(loop_scope="function")
 async def store(
     tmp_path: Path, local_embedder: LocalEmbedder, database_url: str | None
 ) -> AsyncIterator[EmbeddedStore]:

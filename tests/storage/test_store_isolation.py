@@ -16,9 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from storage import EmbeddedStore, open_store
+from storage import EmbeddedStore
 from storage.embedders import LocalEmbedder
 from storage.records import MemoryRecord, NewMemory, Scope
+from storage.store import open_embedded_store
+from tests.postgres_server import PostgresServer
 
 WORDS = ["alpine", "bakery", "cello", "dune", "ember", "fjord"]
 # Awkward ids: quotes and separators must not let one scope's filter match another's.
@@ -36,13 +38,20 @@ records_strategy = st.lists(
 )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def runner_and_store(
-    tmp_path_factory: pytest.TempPathFactory, local_embedder: LocalEmbedder
+    tmp_path_factory: pytest.TempPathFactory,
+    local_embedder: LocalEmbedder,
+    request: pytest.FixtureRequest,
 ) -> Iterator[tuple[asyncio.Runner, EmbeddedStore]]:
+    """One store for every example, its source of truth in SQLite, then in PostgreSQL."""
     data: Path = tmp_path_factory.mktemp("isolation")
+    url = None
+    if request.param == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        url = server.create_database()
     with asyncio.Runner() as runner:
-        store = runner.run(open_store(data, local_embedder))
+        store = runner.run(open_embedded_store(data, local_embedder, database_url=url))
         yield runner, store
         runner.run(store.close())
 

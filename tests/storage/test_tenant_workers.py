@@ -11,6 +11,9 @@ from proxy.policy import Policy
 from storage.embedders import LocalEmbedder
 from storage.records import QueuedJob
 from storage.store import open_embedded_store
+from tests.postgres_server import BOTH_DATABASES
+
+pytestmark = BOTH_DATABASES
 
 
 class Policies:
@@ -22,9 +25,9 @@ class Policies:
 
 
 async def test_a_tenants_burst_cannot_take_every_worker(
-    tmp_path: Path, local_embedder: LocalEmbedder
+    tmp_path: Path, local_embedder: LocalEmbedder, database_url: str | None
 ) -> None:
-    store = await open_embedded_store(tmp_path, local_embedder)
+    store = await open_embedded_store(tmp_path, local_embedder, database_url=database_url)
     policies = Policies(
         Policy.model_validate({"tenant": "burst", "memory": {"workers": 1}}),
         Policy.model_validate({"tenant": "quiet", "memory": {"workers": 2}}),
@@ -68,9 +71,9 @@ async def test_a_tenants_burst_cannot_take_every_worker(
 
 
 async def test_a_tenant_may_use_every_worker_its_policy_allows(
-    tmp_path: Path, local_embedder: LocalEmbedder
+    tmp_path: Path, local_embedder: LocalEmbedder, database_url: str | None
 ) -> None:
-    store = await open_embedded_store(tmp_path, local_embedder)
+    store = await open_embedded_store(tmp_path, local_embedder, database_url=database_url)
     policies = Policies(Policy.model_validate({"tenant": "burst", "memory": {"workers": 3}}))
     started: list[int] = []
     three_started = asyncio.Event()
