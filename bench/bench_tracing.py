@@ -19,7 +19,7 @@ from typing import Any
 from opentelemetry import trace
 
 from proxy.tracing import json_attr, setup_tracing
-from storage.spans import open_span_store
+from storage import open_span_store
 
 RESULTS = Path(__file__).parent / "results" / "tracing.json"
 REQUESTS = 2000

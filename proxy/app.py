@@ -61,8 +61,8 @@ from proxy.ui.pages import page_not_found
 from proxy.ui.routes import routes as ui_routes
 from proxy.upstreams.registry import Upstreams
 from proxy.upstreams.routing import is_passthrough
+from storage import open_span_store
 from storage.api import DatabaseUnavailable, IndexUnavailable, StorageFull
-from storage.spans import open_span_store
 
 log = logging.getLogger("memento.proxy")
 

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 from storage.api import Embedder
 
 if TYPE_CHECKING:
+    from storage.spans import SpanTable
     from storage.store import EmbeddedStore, EmbedderMismatchError
 
-__all__ = ["EmbeddedStore", "EmbedderMismatchError", "open_store"]
+__all__ = ["EmbeddedStore", "EmbedderMismatchError", "open_span_store", "open_store"]
 
 
 async def open_store(
@@ -38,6 +39,21 @@ async def open_store(
     return await open_embedded_store(
         data_dir, embedder, move_index=move_index, database_url=database_url()
     )
+
+
+async def open_span_store(data_dir: str | Path) -> SpanTable:
+    """The span store `serve` keeps traces in: the PostgreSQL database when the process has
+    `MEMENTO_DATABASE_URL` (every replica then shows every trace), else
+    `<data_dir>/traces.db`."""
+    from storage.postgres.url import database_url
+    from storage.spans import TRACES_FILE, open_sqlite_spans
+
+    url = database_url()
+    if url is not None:
+        from storage.postgres.spans import open_postgres_spans
+
+        return await open_postgres_spans(url)
+    return await open_sqlite_spans(Path(data_dir) / TRACES_FILE)
 
 
 def __getattr__(name: str) -> Any:

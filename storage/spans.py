@@ -335,20 +335,6 @@ async def open_sqlite_spans(path: Path) -> SpanTable:
     return SpanTable(read, _SQLiteWriter(writer), SQLITE_SPANS, close=db.close, where=str(path))
 
 
-async def open_span_store(data_dir: Path | str) -> SpanTable:
-    """The span store of a data directory: the store's PostgreSQL database when the process
-    has `MEMENTO_DATABASE_URL` (every replica then shows every trace), else
-    `<data_dir>/traces.db`."""
-    from storage.postgres.url import database_url
-
-    url = database_url()
-    if url is not None:
-        from storage.postgres.spans import open_postgres_spans
-
-        return await open_postgres_spans(url)
-    return await open_sqlite_spans(Path(data_dir) / TRACES_FILE)
-
-
 async def _user_version(db: aiosqlite.Connection) -> int:
     async with db.execute("PRAGMA user_version") as cursor:
         row = await cursor.fetchone()

@@ -27,7 +27,8 @@ from proxy.cli.common import (
     wants_json,
 )
 from proxy.shapes import trace_document
-from storage.spans import TRACES_FILE, SpanTable, open_span_store
+from storage import open_span_store
+from storage.spans import TRACES_FILE, SpanTable
 
 # Shown in the heading already; repeating them on every span is noise.
 _IDENTITY = ("memento.tenant", "memento.request_id", "memento.client_request_id", "enduser.id")

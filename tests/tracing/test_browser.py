@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
+from storage import open_span_store
 from storage.records import SpanRow
-from storage.spans import open_span_store
 from tests.harness import RunningProxy, write_tenant
 
 CHROMIUM = Path("/usr/bin/chromium")

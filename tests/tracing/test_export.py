@@ -24,7 +24,8 @@ from proxy.tracing import (
     setup_tracing,
     span_ids,
 )
-from storage.spans import SpanTable, open_span_store
+from storage import open_span_store
+from storage.spans import SpanTable
 from tests.tracing.collector import Collector
 
 tracer = trace.get_tracer("memento.proxy")

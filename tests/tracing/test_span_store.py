@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from storage import open_span_store
 from storage.records import SpanRow
-from storage.spans import SpanTable, open_span_store
+from storage.spans import SpanTable
 from tests.postgres_server import BOTH_DATABASES
 
 _ids = itertools.count(1)
