@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from proxy.cli.arguments import JSON, Command, option
-from proxy.cli.common import EXIT_USAGE, CommandError, print_result, settings_from_env
+from proxy.cli.common import (
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CommandError,
+    print_result,
+    settings_from_env,
+)
 
 
 def cmd_migrate_from_sqlite(args: argparse.Namespace) -> int:
@@ -32,7 +38,10 @@ def cmd_migrate_from_sqlite(args: argparse.Namespace) -> int:
         )
     database = Path(args.source) / DB_FILE
     if not database.is_file():
-        raise CommandError(f"no {DB_FILE} in {Path(args.source).absolute()}: nothing to migrate")
+        raise CommandError(
+            f"no {DB_FILE} in {Path(args.source).absolute()}: nothing to migrate",
+            EXIT_UNREACHABLE,
+        )
     report = asyncio.run(_migrate(Path(args.source), url, args.embedder))
     lines = [f"{'table':<16} {'SQLite':>10} {'PostgreSQL':>10}"]
     lines += [f"{t:<16} {s:>10} {p:>10}" for t, (s, p) in report["tables"].items()]

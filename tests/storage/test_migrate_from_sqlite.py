@@ -125,3 +125,10 @@ def test_without_a_database_url_the_move_is_a_usage_error(
     monkeypatch.delenv(DATABASE_URL_SETTING, raising=False)
     assert cli_main(["migrate-from-sqlite", str(tmp_path)]) == 2
     assert DATABASE_URL_SETTING in capsys.readouterr().err
+
+
+def test_a_folder_without_a_database_is_exit_3(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DATABASE_URL_SETTING, postgres_url)
+    assert cli_main(["migrate-from-sqlite", str(tmp_path / "nothing")]) == 3
