@@ -132,8 +132,9 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     """Ready once started with tenants and while no component reports a problem (the index, or
     a database out of reach, say); the body lists the problems, names the database (`database`,
-    without its password), counts write jobs given up (`failed_jobs`) and says how far behind
-    the write queue is (`write_queue`: `depth`, `oldest_age_s`)."""
+    without its password) and the index (`index`: a folder or a bucket's URI), counts write jobs
+    given up (`failed_jobs`) and says how far behind the write queue is (`write_queue`: `depth`,
+    `oldest_age_s`)."""
     registry: PolicyRegistry = request.app.state.policies
     health: Health = request.app.state.health
     tenants = registry.tenants()
@@ -142,6 +143,7 @@ async def readyz(request: Request) -> Response:
     store = store_of(request)
     if store is not None:
         body["database"] = store.database
+        body["index"] = store.index_location
         try:  # a database out of reach fails here, and the store reports it to `health`
             body["failed_jobs"] = await store.queue.count_jobs("failed")
             depths = (await store.queue.depths()).values()

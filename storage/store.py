@@ -71,6 +71,10 @@ class EmbeddedStore:
     def database(self) -> str:
         return self.db.connection.description
 
+    @property
+    def index_location(self) -> str:
+        return self.index.index.location.uri
+
     def attach_health(self, health: HealthReporter) -> None:
         """Report the index's problems and a full disk (and their recovery) to `health`."""
         self.db.attach_health(health)

@@ -191,4 +191,5 @@ def test_readiness_names_the_database_without_its_password(
         assert body["database"] == f"sqlite: {proxy.settings.data_dir / 'memento.db'}"
     else:
         assert body["database"] == f"postgresql: {each_database}"  # the test URLs have none
+    assert body["index"] == str((proxy.settings.data_dir / "index").absolute())
     assert body["write_queue"]["depth"] == 0
