@@ -217,7 +217,8 @@ class IndexSync:
             try:
                 await self.follow()
                 applied = await self._db.outbox.applied_seq()
-                if applied >= await self._db.outbox.latest_seq():
+                _, waiting = await self._db.outbox.outbox_batch(applied, limit=1)
+                if not waiting:
                     stalled_at = None
                 elif stalled_at is None or stalled_at[0] != applied:
                     stalled_at = (applied, time.monotonic())

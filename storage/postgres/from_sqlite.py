@@ -125,11 +125,7 @@ async def _copy_table(
             f"{table} has columns PostgreSQL's schema lacks ({', '.join(unknown)}): the data "
             "folder was written by a newer memento-proxy; migrate with that release"
         )
-    where = ""
-    params: tuple[Any, ...] = ()
-    if table == "store_meta":
-        where = f" WHERE key NOT IN ({', '.join('?' for _ in _INDEX_KEYS)})"
-        params = _INDEX_KEYS
+    where, params = _copied(table)
     rows = source.execute(f"SELECT {', '.join(columns)} FROM {table}{where}", params)
     listed = ", ".join(columns)
     async with conn.cursor() as cursor, cursor.copy(f"COPY {table} ({listed}) FROM STDIN") as copy:
@@ -138,9 +134,14 @@ async def _copy_table(
                 await copy.write_row(row)
 
 
+def _copied(table: str) -> tuple[str, tuple[str, ...]]:
+    """The WHERE clause (and its parameters) of a table's rows that are copied: all of them,
+    but the index's bookkeeping in `store_meta`."""
+    if table != "store_meta":
+        return "", ()
+    return f" WHERE key NOT IN ({', '.join('?' for _ in _INDEX_KEYS)})", _INDEX_KEYS
+
+
 def _count(source: sqlite3.Connection, table: str) -> int:
-    if table == "store_meta":
-        marks = ", ".join("?" for _ in _INDEX_KEYS)
-        query = f"SELECT count(*) FROM store_meta WHERE key NOT IN ({marks})"
-        return int(source.execute(query, _INDEX_KEYS).fetchone()[0])
-    return int(source.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    where, params = _copied(table)
+    return int(source.execute(f"SELECT count(*) FROM {table}{where}", params).fetchone()[0])
