@@ -274,6 +274,7 @@ def build_app(
         data_dir=settings.data_dir,
         embedder=settings.embedder,
         workers=settings.memory_workers,
+        retrieval_slots=settings.retrieval_slots,
     )
     flow = CallFlow(memory)  # every door's calls go through it
     chat = ChatRoutes(flow, upstreams)

@@ -113,7 +113,20 @@ class RetrievalSettings(Strict):
     q_min: float = Field(default=-0.6, ge=-1, le=1)
     epsilon: float = Field(default=0.0, ge=0, le=1)
     dedup_cos: float = Field(default=0.92, gt=0, le=1)
-    deadline_ms: int = Field(default=250, ge=1, description="Retrieval deadline on the hot path.")
+    deadline_ms: int = Field(
+        default=250,
+        ge=1,
+        description="Retrieval deadline on the hot path, from when the call's retrieval starts; "
+        "past it the call goes on without memory (`x-memento-memory-skipped: deadline`).",
+    )
+    queue_ms: int = Field(
+        default=1000,
+        ge=1,
+        le=60_000,
+        description="On a busy proxy, how long a call may wait for one of the process's "
+        "retrieval slots (MEMENTO_RETRIEVAL_SLOTS) before retrieval starts; past it the call "
+        "goes on without memory (`x-memento-memory-skipped: busy`).",
+    )
     wait_for_writes_ms: int = Field(
         default=2000,
         ge=0,

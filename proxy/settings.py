@@ -63,6 +63,9 @@ class Settings:
     # Write-path workers of this process, shared by all tenants; each tenant's policy bounds how
     # many of its jobs run at once (memory.workers). 0 only queues: another process drains it.
     memory_workers: int = 2
+    # Retrievals this process runs at once; more calls wait in arrival order (the policy's
+    # memory.retrieval.queue_ms bounds the wait).
+    retrieval_slots: int = 8
     # A bearer token `GET /metrics` asks for (Prometheus' `authorization` setting); None serves
     # the metrics to anyone who can reach the port.
     metrics_token: str | None = None
@@ -87,6 +90,7 @@ class Settings:
             access_log=_env("ACCESS_LOG", "0").lower() in {"1", "true", "yes"},
             embedder=_env("EMBEDDER", cls.embedder),
             memory_workers=_whole_number("MEMORY_WORKERS", cls.memory_workers),
+            retrieval_slots=_whole_number("RETRIEVAL_SLOTS", cls.retrieval_slots),
             metrics_token=_env("METRICS_TOKEN", "").strip() or None,
         )
         known = {f.name for f in fields(cls)}
@@ -98,6 +102,8 @@ class Settings:
             if key in given:
                 given[key] = Path(given[key])
         settings = replace(base, **given)
+        if settings.retrieval_slots < 1:
+            raise ValueError("MEMENTO_RETRIEVAL_SLOTS must be at least 1, got 0")
         if not 0 <= settings.port <= 65535:
             raise ValueError(f"the port must be from 0 to 65535, got {settings.port}")
         if settings.log_level not in LOG_LEVELS:

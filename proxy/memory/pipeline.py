@@ -16,7 +16,7 @@ from typing import Any
 from proxy.memory.backlog import QueueBacklog
 from proxy.memory.learn import Learner
 from proxy.memory.pending import PendingWrites
-from proxy.memory.read_path import ReadPath
+from proxy.memory.read_path import DEFAULT_RETRIEVAL_SLOTS, ReadPath, RetrievalSlots
 from proxy.memory.request_log import RequestLogger
 from proxy.memory.seam import CallContext, PreparedCall
 from proxy.memory.warmup import load_tokenizers, shared_embedder, warm_up
@@ -38,6 +38,7 @@ class MemoryPipeline:
         store: Store | None = None,
         embedder: str = "local",
         workers: int = 2,
+        retrieval_slots: int = DEFAULT_RETRIEVAL_SLOTS,
     ) -> None:
         if store is None and data_dir is None:
             raise ValueError("give the pipeline a store or a data_dir to open one in")
@@ -48,6 +49,7 @@ class MemoryPipeline:
         self._store = store
         self._owns_store = store is None
         self._workers = workers  # write-path workers of this process; 0 only queues
+        self._slots = RetrievalSlots(retrieval_slots)
         self._requests: RequestLogger | None = None
         self._reads: ReadPath | None = None
         self._writes: WritePath | None = None
@@ -100,7 +102,7 @@ class MemoryPipeline:
         await warm_up(self._store.memories, self.policies)
         pending = PendingWrites()  # exchanges queued here, not yet learned, by user
         self._requests = RequestLogger(self._store.requests)
-        self._reads = ReadPath(self._store, pending, self._requests)
+        self._reads = ReadPath(self._store, pending, self._requests, self._slots)
         self._writes = WritePath(
             self._store, self.policies, self.upstreams, pending, workers=self._workers
         )

@@ -3,8 +3,12 @@
 First the call's scope and mode (`query.resolve_access`); then read your writes: wait for the
 user's earlier exchanges to be learned (`pending.py`, bounded by
 `memory.retrieval.wait_for_writes_ms`); then the query is built and retrieval runs, bounded by
-the policy's retrieval deadline. On failure the call goes through without memory (fail-open)
-unless the policy is fail-closed, and the span says why. What fits the token budget is injected
+the policy's retrieval deadline. A process runs a few retrievals at once and queues the rest in
+arrival order (`RetrievalSlots`): on a busy box, thirty-two retrievals sharing the CPU would
+each take thirty-two times as long and all miss the deadline, where queued ones each run at
+the speed of a few. The wait for a slot has its own bound (`memory.retrieval.queue_ms`). On
+failure the call goes through without memory (fail-open) unless the policy is fail-closed, and
+the span says why. What fits the token budget is injected
 as one block. The request and the memories it injected are logged for feedback.
 """
 
@@ -13,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from opentelemetry import trace
@@ -47,16 +52,61 @@ from storage.api import Store
 from storage.records import Scope
 
 log = logging.getLogger("memento.memory")
+# Retrievals one process runs at once (MEMENTO_RETRIEVAL_SLOTS). Enough to batch concurrent
+# queries' embeddings and to overlap a remote store's round trips; few enough that on a
+# saturated CPU each retrieval still finishes within its deadline.
+DEFAULT_RETRIEVAL_SLOTS = 8
 tracer = trace.get_tracer("memento.memory")
+
+
+class NoSlot(Exception):
+    """No retrieval slot came free within the policy's queue time."""
+
+
+class RetrievalSlots:
+    """At most `size` retrievals of this process at once; the others wait in arrival order."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"retrieval slots must be at least 1, got {size}")
+        self.size = size
+        self._free = asyncio.Semaphore(size)
+
+    @property
+    def waiting(self) -> int:
+        """Retrievals queued for a slot now."""
+        return len(self._free._waiters or ())
+
+    @asynccontextmanager
+    async def held(self, timeout_s: float) -> AsyncIterator[float]:
+        """Hold a slot, waiting up to `timeout_s` for one (`NoSlot` past it); yields the
+        milliseconds waited."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._free.acquire()
+        except TimeoutError:
+            raise NoSlot from None
+        try:
+            yield (time.perf_counter() - started) * 1000
+        finally:
+            self._free.release()
 
 
 class ReadPath:
     """Prepares one chat call: the memories that fit, injected into its body."""
 
-    def __init__(self, store: Store, pending: PendingWrites, requests: RequestLogger) -> None:
+    def __init__(
+        self,
+        store: Store,
+        pending: PendingWrites,
+        requests: RequestLogger,
+        slots: RetrievalSlots | None = None,
+    ) -> None:
         self.store = store
         self.pending = pending  # exchanges queued in this process, not yet learned, by user
         self.requests = requests
+        self.slots = slots or RetrievalSlots(DEFAULT_RETRIEVAL_SLOTS)
 
     async def before_call(self, ctx: CallContext) -> PreparedCall:
         started = time.perf_counter()
@@ -145,25 +195,35 @@ class ReadPath:
     ) -> list[ScoredMemory] | Skipped:
         """Ranked candidates within the retrieval deadline, or why not (fail-open)."""
         policy = ctx.policy
+        settings = policy.memory.retrieval
         assert access.scope is not None
-        query = build_query(ctx.conversation, policy.memory.retrieval.query_context_turns)
+        query = build_query(ctx.conversation, settings.query_context_turns)
         set_content(span, "memento.query", policy.tracing, query)
         try:
-            ranked = await asyncio.wait_for(
-                retrieve(
-                    self.store.memories,
-                    access.scope,
-                    query,
-                    policy.memory,
-                    guard_policy=policy,
-                    include_shared=access.include_shared,
-                ),
-                timeout=policy.memory.retrieval.deadline_ms / 1000,
+            async with self.slots.held(settings.queue_ms / 1000) as queued_ms:
+                span.set_attribute("memento.retrieve.queued_ms", round(queued_ms, 2))
+                MEMORY_READ_DURATION.record(queued_ms / 1000, {"stage": "queue"})
+                ranked = await asyncio.wait_for(
+                    retrieve(
+                        self.store.memories,
+                        access.scope,
+                        query,
+                        policy.memory,
+                        guard_policy=policy,
+                        include_shared=access.include_shared,
+                    ),
+                    timeout=settings.deadline_ms / 1000,
+                )
+        except Exception as exc:  # busy, store down, index error, deadline: fail open or closed
+            skipped: Skipped = (
+                "busy"
+                if isinstance(exc, NoSlot)
+                else "deadline"
+                if isinstance(exc, TimeoutError)
+                else "error"
             )
-        except Exception as exc:  # store down, index error, deadline: fail open or closed
-            skipped: Skipped = "deadline" if isinstance(exc, TimeoutError) else "error"
             RETRIEVAL_FAILURES.add(1, {"reason": skipped})
-            reason = "deadline exceeded" if skipped == "deadline" else type(exc).__name__
+            reason = _REASONS.get(skipped) or type(exc).__name__
             mark_failed(span, f"memory unavailable: {reason}", exc)
             log.warning("memory retrieval failed for request %s: %s", ctx.request_id, reason)
             if policy.memory.fail_closed:
@@ -172,6 +232,12 @@ class ReadPath:
             return skipped
         record_ranked(span, ranked)
         return ranked
+
+
+_REASONS: dict[str, str] = {
+    "deadline": "deadline exceeded",
+    "busy": "no retrieval slot free within the queue time",
+}
 
 
 def _access(ctx: CallContext) -> MemoryAccess:

@@ -19,8 +19,9 @@ from proxy.doors.base import Door
 from proxy.memory.query import MemoryAccess
 from proxy.policy import ModelRoute, Policy
 
-# Why retrieval gave up on a call: its deadline ran out, or the store or index failed.
-Skipped = Literal["deadline", "error"]
+# Why retrieval gave up on a call: its deadline ran out, the process was too busy to start it
+# within the queue time, or the store or index failed.
+Skipped = Literal["deadline", "busy", "error"]
 
 
 class MemoryUnavailable(Exception):
