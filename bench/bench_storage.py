@@ -20,9 +20,15 @@ MiniLM would take hours on this machine); the insert path is otherwise the real 
 (`store.memories.add` with vectors: SQLite transaction, outbox, index upsert). Embedding latency
 and end-to-end insert throughput with real embedding are measured with the local model.
 
-`BENCH_STORAGE_SIZES` (default "1000,10000,100000") picks the per-tenant sizes; `BENCH_SCALE`
-scales query counts. `MEMENTO_INDEX_URI` (and the AWS_* variables) puts the index on object
-storage, as for the proxy. Results: a table on stdout and bench/results/storage.json.
+The targets of the project's speed goal are measured apart, each on a store of its own
+(`bench.storage_targets`): a 10k-record user inside one tenant of 1M rows, and a single scope of
+100k records, both after maintenance has built the indexes.
+
+`BENCH_STORAGE_PARTS` (comma-separated: embedding, sizes, targets; default all) picks what runs,
+e.g. `BENCH_STORAGE_PARTS=targets`; `BENCH_STORAGE_SIZES` (default "1000,10000,100000") the
+per-tenant sizes; `BENCH_SCALE` scales query counts. `MEMENTO_INDEX_URI` (and the AWS_*
+variables) puts the index on object storage, as for the proxy. Results: a table on stdout and
+bench/results/storage.json (a run of some parts keeps the others' last results there).
 """
 
 from __future__ import annotations
@@ -33,7 +39,6 @@ import json
 import os
 import platform
 import re
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -41,8 +46,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import lancedb
-import numpy as np
 
+from bench.storage_corpus import Corpus, SearchedScopes, percentile, search_latencies
+from bench.storage_targets import scope_targets
 from storage import EmbeddedStore
 from storage.embedders import LocalEmbedder
 from storage.index_location import IndexLocation
@@ -68,92 +74,18 @@ SIZES = [int(n) for n in os.environ.get("BENCH_STORAGE_SIZES", "1000,10000,10000
 TENANTS = 10
 QUERIES = max(20, int(300 * SCALE))
 LOAD_BATCH = 5_000
-TOPICS = 400
-DIM = 384
 SHARED_EVERY = 10  # one memory in ten is tenant-shared; the rest belong to the searched user
 HOT_USER_MEMORIES = 10_000  # a user of this size is searched inside the largest tenant
-
-
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
-
-
-class Corpus:
-    """Topic-clustered synthetic memories: words and vectors of a record share its topic."""
-
-    def __init__(self, seed: int = 7) -> None:
-        self.rng = np.random.default_rng(seed)
-        syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa", "qui", "dro"]
-        vocab: set[str] = set()
-        while len(vocab) < 6_000:
-            parts = self.rng.choice(syllables, size=int(self.rng.integers(2, 5)))
-            vocab.add("".join(parts))
-        self.vocab = np.asarray(sorted(vocab))
-        self.topic_matrix = np.stack(
-            [self.rng.choice(len(self.vocab), size=40, replace=False) for _ in range(TOPICS)]
-        )
-        centers = self.rng.standard_normal((TOPICS, DIM)).astype(np.float32)
-        self.centers = centers / np.linalg.norm(centers, axis=1, keepdims=True)
-        zipf = 1.0 / np.arange(1, len(self.vocab) + 1)
-        self.background = zipf / zipf.sum()
-
-    def _vectors(self, topics: np.ndarray[Any, Any], noise: float) -> np.ndarray[Any, Any]:
-        vectors = self.centers[topics] + noise * self.rng.standard_normal(
-            (len(topics), DIM)
-        ).astype(np.float32) / np.sqrt(DIM)
-        unit: np.ndarray[Any, Any] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-        return unit
-
-    def memories(self, count: int) -> tuple[list[str], np.ndarray[Any, Any]]:
-        topics = self.rng.integers(0, TOPICS, size=count)
-        own = self.topic_matrix[topics[:, None], self.rng.integers(0, 40, size=(count, 4))]
-        common = self.rng.choice(len(self.vocab), size=(count, 6), p=self.background)
-        words = self.vocab[np.concatenate([own, common], axis=1)]
-        texts = [" ".join(row) for row in words.tolist()]
-        return texts, self._vectors(topics, noise=0.9)
-
-    def queries(self, count: int) -> list[tuple[str, list[float]]]:
-        topics = self.rng.integers(0, TOPICS, size=count)
-        vectors = self._vectors(topics, noise=0.9)
-        own = self.topic_matrix[topics[:, None], self.rng.integers(0, 40, size=(count, 2))]
-        common = self.rng.choice(len(self.vocab), size=(count, 1), p=self.background)
-        words = self.vocab[np.concatenate([own, common], axis=1)]
-        return [
-            (" ".join(row), vector.tolist())
-            for row, vector in zip(words.tolist(), vectors, strict=True)
-        ]
+PARTS = os.environ.get("BENCH_STORAGE_PARTS", "embedding,sizes,targets").split(",")
 
 
 def _user_scope(tenant: int) -> Scope:
     return Scope(f"tenant{tenant}", "user0")
 
 
-class SearchedScopes:
-    """Ids and vectors of every searched scope (one user's plus the tenant-shared records),
-    by tenant, for the exact top-k that recall is measured against."""
-
-    def __init__(self) -> None:
-        self._ids: dict[int, list[str]] = {}
-        self._parts: dict[int, list[np.ndarray[Any, Any]]] = {}
-        self._matrix: dict[int, np.ndarray[Any, Any]] = {}
-
-    def add(self, tenant: int, ids: list[str], vectors: np.ndarray[Any, Any]) -> None:
-        self._ids.setdefault(tenant, []).extend(ids)
-        self._parts.setdefault(tenant, []).append(vectors.astype(np.float32))
-        self._matrix.pop(tenant, None)
-
-    def first_id(self, tenant: int) -> str:
-        return self._ids[tenant][0]
-
-    def exact_top(self, tenant: int, query: list[float], k: int) -> set[str]:
-        matrix = self._matrix.get(tenant)
-        if matrix is None:
-            matrix = self._matrix[tenant] = np.concatenate(self._parts[tenant])
-            self._parts[tenant] = [matrix]
-        scores = matrix @ np.asarray(query, dtype=np.float32)
-        top = np.argpartition(-scores, k)[:k] if len(scores) > k else np.arange(len(scores))
-        ids = self._ids[tenant]
-        return {ids[i] for i in top}
+def _round_robin(n: int) -> tuple[Scope, int]:
+    """The n-th query searches tenant n mod TENANTS's user (keyed by its tenant's number)."""
+    return _user_scope(n % TENANTS), n % TENANTS
 
 
 async def _load(
@@ -180,46 +112,6 @@ async def _load(
     return time.perf_counter() - started
 
 
-async def _search_latencies(
-    store: EmbeddedStore, queries: list[tuple[str, list[float]]], scopes: SearchedScopes
-) -> dict[str, float]:
-    hybrid: list[float] = []
-    vector_only: list[float] = []
-    text_only: list[float] = []
-    found: list[int] = []
-    recall: list[float] = []
-    for n, (text, vector) in enumerate(queries):
-        scope = _user_scope(n % TENANTS)
-        for bucket, query_text, query_vector in (
-            (hybrid, text, vector),
-            (vector_only, "", vector),
-            (text_only, text, None),
-        ):
-            started = time.perf_counter()
-            hits = await store.memories.search(
-                scope,
-                query_text=query_text,
-                query_vector=query_vector,
-                k=30,
-                include_shared=True,
-            )
-            bucket.append((time.perf_counter() - started) * 1000)
-            if bucket is hybrid:
-                found.append(len(hits))
-                candidates = {hit.record.id for hit in hits if hit.vector_rank is not None}
-                exact = scopes.exact_top(n % TENANTS, vector, 30)
-                recall.append(len(candidates & exact) / len(exact))
-    return {
-        "hybrid_p50_ms": _percentile(hybrid, 50),
-        "hybrid_p99_ms": _percentile(hybrid, 99),
-        "vector_p50_ms": _percentile(vector_only, 50),
-        "bm25_p50_ms": _percentile(text_only, 50),
-        "hits_mean": statistics.fmean(found),
-        "vector_recall_at_30": statistics.fmean(recall),
-        "vector_recall_at_30_min": min(recall),
-    }
-
-
 async def _hot_user(store: EmbeddedStore, corpus: Corpus, per_tenant: int) -> dict[str, Any]:
     """Hybrid search for a user of HOT_USER_MEMORIES records inside tenant 0 at its largest size:
     a scope the store keeps in memory, so its cost should follow the scope, not the tenant."""
@@ -244,8 +136,8 @@ async def _hot_user(store: EmbeddedStore, corpus: Corpus, per_tenant: int) -> di
     row = {
         "memories": HOT_USER_MEMORIES,
         "tenant_rows": per_tenant + HOT_USER_MEMORIES,
-        "hybrid_p50_ms": _percentile(latencies, 50),
-        "hybrid_p99_ms": _percentile(latencies, 99),
+        "hybrid_p50_ms": percentile(latencies, 50),
+        "hybrid_p99_ms": percentile(latencies, 99),
     }
     print(
         f"  a {HOT_USER_MEMORIES:,}-memory user in a tenant of {row['tenant_rows']:,} rows: "
@@ -297,10 +189,10 @@ async def _lancedb_floor(
                 elapsed = _plan_elapsed_ms(await make(pick(query)).analyze_plan())
                 if elapsed is not None:
                     executions.append(elapsed)
-        measured[f"lancedb_{name}_p50_ms"] = _percentile(round_trips, 50)
+        measured[f"lancedb_{name}_p50_ms"] = percentile(round_trips, 50)
         if name != "point":
             measured[f"lancedb_{name}_exec_p50_ms"] = (
-                _percentile(executions, 50) if executions else None
+                percentile(executions, 50) if executions else None
             )
     return measured
 
@@ -319,9 +211,9 @@ async def _embedding(embedder: LocalEmbedder) -> dict[str, float]:
         await embedder.embed(texts)
         batch.append((time.perf_counter() - started) * 1000)
     return {
-        "embed_1_p50_ms": _percentile(single, 50),
-        "embed_1_p99_ms": _percentile(single, 99),
-        "embed_64_p50_ms": _percentile(batch, 50),
+        "embed_1_p50_ms": percentile(single, 50),
+        "embed_1_p99_ms": percentile(single, 99),
+        "embed_64_p50_ms": percentile(batch, 50),
     }
 
 
@@ -343,19 +235,14 @@ async def _insert_with_embedding(store: EmbeddedStore) -> dict[str, float]:
         t0 = time.perf_counter()
         await store.memories.add(scope, [NewMemory(kind="fact", text=f"My locker number is {i}")])
         single.append((time.perf_counter() - t0) * 1000)
-    return {"insert_embedded_per_s": batched, "insert_one_p50_ms": _percentile(single, 50)}
+    return {"insert_embedded_per_s": batched, "insert_one_p50_ms": percentile(single, 50)}
 
 
-async def run() -> dict[str, Any]:
-    embedder = LocalEmbedder(cache_size=0)
-    await embedder.load()
-    corpus = Corpus()
+async def _sizes(embedder: LocalEmbedder, corpus: Corpus) -> dict[str, Any]:
     results: dict[str, Any] = {"sizes": []}
-    results["embedding"] = await _embedding(embedder)
     with tempfile.TemporaryDirectory(prefix="bench-storage-") as folder:
         store = await open_embedded_store(Path(folder), embedder, maintenance_interval_s=0)
         try:
-            results["insert"] = await _insert_with_embedding(store)
             loaded = 0
             scopes = SearchedScopes()
             for per_tenant in SIZES:
@@ -366,8 +253,8 @@ async def run() -> dict[str, Any]:
                 await store.maintenance.maintain()
                 build_s = time.perf_counter() - started
                 queries = corpus.queries(QUERIES)
-                await _search_latencies(store, queries[:10], scopes)  # warm caches
-                latencies = await _search_latencies(store, queries, scopes)
+                await search_latencies(store, queries[:10], scopes, _round_robin)  # warm caches
+                latencies = await search_latencies(store, queries, scopes, _round_robin)
                 floor = await _lancedb_floor(Path(folder), queries[:100], scopes.first_id(0))
                 row = {
                     "per_tenant": per_tenant,
@@ -382,6 +269,31 @@ async def run() -> dict[str, Any]:
             results["hot_user"] = await _hot_user(store, corpus, loaded)
         finally:
             await store.close()
+    return results
+
+
+async def _embedding_and_insert(embedder: LocalEmbedder) -> dict[str, Any]:
+    results: dict[str, Any] = {"embedding": await _embedding(embedder)}
+    with tempfile.TemporaryDirectory(prefix="bench-storage-") as folder:
+        store = await open_embedded_store(Path(folder), embedder, maintenance_interval_s=0)
+        try:
+            results["insert"] = await _insert_with_embedding(store)
+        finally:
+            await store.close()
+    return results
+
+
+async def run() -> dict[str, Any]:
+    embedder = LocalEmbedder(cache_size=0)
+    await embedder.load()
+    corpus = Corpus()
+    results: dict[str, Any] = {}
+    if "embedding" in PARTS:
+        results.update(await _embedding_and_insert(embedder))
+    if "sizes" in PARTS:
+        results.update(await _sizes(embedder, corpus))
+    if "targets" in PARTS:
+        results["targets"] = await scope_targets(embedder, corpus, QUERIES)
     return results
 
 
@@ -407,12 +319,7 @@ def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f} ms"
 
 
-def main() -> None:
-    faulthandler.dump_traceback_later(3600, exit=False)  # say where it is if it ever stalls
-    results = asyncio.run(run())
-    results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
-    results["tenants"] = TENANTS
-    results["queries_per_size"] = QUERIES
+def _print_sizes(results: dict[str, Any]) -> None:
     print()
     print(
         "| memories / tenant | rows | hybrid p50 ms | hybrid p99 ms | vector p50 | bm25 p50 "
@@ -436,6 +343,9 @@ def main() -> None:
             f"| {row['lancedb_bm25_p50_ms']:.2f} ({_ms(row['lancedb_bm25_exec_p50_ms'])}) "
             f"| {row['lancedb_vector_p50_ms']:.2f} ({_ms(row['lancedb_vector_exec_p50_ms'])}) |"
         )
+
+
+def _print_embedding(results: dict[str, Any]) -> None:
     emb, ins = results["embedding"], results["insert"]
     print()
     print(
@@ -446,8 +356,22 @@ def main() -> None:
         f"insert with embedding: {ins['insert_embedded_per_s']:.0f} memories/s in adds of 64; "
         f"one-memory add p50 {ins['insert_one_p50_ms']:.1f} ms"
     )
+
+
+def main() -> None:
+    faulthandler.dump_traceback_later(3600, exit=False)  # say where it is if it ever stalls
+    results = asyncio.run(run())
+    results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
+    if "sizes" in results:
+        results["tenants"] = TENANTS
+        results["queries_per_size"] = QUERIES
+        _print_sizes(results)
+    if "embedding" in results:
+        _print_embedding(results)
+    # A run of some parts keeps the other parts' last results.
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2))
+    kept = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.exists() else {}
+    RESULTS.write_text(json.dumps({**kept, **results}, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
