@@ -8,8 +8,8 @@ arrival order (`RetrievalSlots`): on a busy box, thirty-two retrievals sharing t
 each take thirty-two times as long and all miss the deadline, where queued ones each run at
 the speed of a few. The wait for a slot has its own bound (`memory.retrieval.queue_ms`). On
 failure the call goes through without memory (fail-open) unless the policy is fail-closed, and
-the span says why. What fits the token budget is injected
-as one block. The request and the memories it injected are logged for feedback.
+the span says why. What fits the token budget is injected as one block. The request and the
+memories it injected are logged for feedback.
 """
 
 from __future__ import annotations
@@ -69,7 +69,6 @@ class RetrievalSlots:
     def __init__(self, size: int) -> None:
         if size < 1:
             raise ValueError(f"retrieval slots must be at least 1, got {size}")
-        self.size = size
         self._free = asyncio.Semaphore(size)
 
     @property
@@ -215,13 +214,7 @@ class ReadPath:
                     timeout=settings.deadline_ms / 1000,
                 )
         except Exception as exc:  # busy, store down, index error, deadline: fail open or closed
-            skipped: Skipped = (
-                "busy"
-                if isinstance(exc, NoSlot)
-                else "deadline"
-                if isinstance(exc, TimeoutError)
-                else "error"
-            )
+            skipped = _skipped(exc)
             RETRIEVAL_FAILURES.add(1, {"reason": skipped})
             reason = _REASONS.get(skipped) or type(exc).__name__
             mark_failed(span, f"memory unavailable: {reason}", exc)
@@ -232,6 +225,13 @@ class ReadPath:
             return skipped
         record_ranked(span, ranked)
         return ranked
+
+
+def _skipped(exc: Exception) -> Skipped:
+    """Why retrieval gave up: no slot in time, past the deadline, or anything else failed."""
+    if isinstance(exc, NoSlot):
+        return "busy"
+    return "deadline" if isinstance(exc, TimeoutError) else "error"
 
 
 _REASONS: dict[str, str] = {

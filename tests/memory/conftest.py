@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +73,25 @@ def wait_for_memories(
             if len(memories) >= count or time.monotonic() > deadline:
                 return memories
             time.sleep(0.1)
+
+
+def seed_favourite_drink(proxy: RunningProxy) -> None:
+    """One memory for user `lee` that the question "What is my favourite drink?" finds."""
+    with api(proxy) as http:
+        created = http.post(
+            "/v1/memories",
+            json={
+                "user": "lee",
+                "kind": "preference",
+                "text": "The user's favourite drink is mate.",
+            },
+        )
+        assert created.status_code == 201
+
+
+def fill_retrieval_slots(proxy: RunningProxy) -> None:
+    """Every retrieval slot of the proxy taken, as if it were busy with other calls."""
+    proxy.app.state.memory.reads.slots._free = asyncio.Semaphore(0)
 
 
 def memory_block(body: dict[str, Any]) -> str | None:

@@ -11,7 +11,13 @@ import openai
 import pytest
 
 from tests.harness import RunningProxy
-from tests.memory.conftest import api, client_for, memory_block, wait_for_trace
+from tests.memory.conftest import (
+    client_for,
+    fill_retrieval_slots,
+    memory_block,
+    seed_favourite_drink,
+    wait_for_trace,
+)
 from tests.postgres_server import BOTH_DATABASES
 from tests.scripted_upstream import ScriptedUpstream
 
@@ -20,26 +26,13 @@ pytestmark = [BOTH_DATABASES, pytest.mark.usefixtures("each_database")]
 ASK = [{"role": "user", "content": "What is my favourite drink?"}]
 
 
-def seed(proxy: RunningProxy) -> None:
-    with api(proxy) as http:
-        created = http.post(
-            "/v1/memories",
-            json={
-                "user": "lee",
-                "kind": "preference",
-                "text": "The user's favourite drink is mate.",
-            },
-        )
-        assert created.status_code == 201
-
-
 def test_store_down_fails_open(
     upstream: ScriptedUpstream,
     memory_proxy: Callable[..., RunningProxy],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     proxy = memory_proxy()
-    seed(proxy)
+    seed_favourite_drink(proxy)
     client = client_for(proxy)
     client.chat.completions.create(model="gpt-4o-mini", messages=ASK, user="lee")
     assert memory_block(upstream.last().json) is not None  # memory works...
@@ -70,7 +63,7 @@ def test_retrieval_deadline_fails_open(
     upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
 ) -> None:
     proxy = memory_proxy(memory={"retrieval": {"deadline_ms": 1}})
-    seed(proxy)
+    seed_favourite_drink(proxy)
     response = client_for(proxy).chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=ASK, user="lee"
     )
@@ -84,11 +77,21 @@ def test_retrieval_deadline_fails_open(
     assert 'memento_memory_retrieval_failures_total{reason="deadline"}' in scraped
 
 
+@pytest.mark.parametrize(
+    ("retrieval", "busy"),
+    [({"deadline_ms": 1}, False), ({"queue_ms": 50}, True)],
+    ids=["deadline", "no-slot"],
+)
 def test_fail_closed_policy_refuses_the_call(
-    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
+    upstream: ScriptedUpstream,
+    memory_proxy: Callable[..., RunningProxy],
+    retrieval: dict[str, int],
+    busy: bool,
 ) -> None:
-    proxy = memory_proxy(memory={"fail_closed": True, "retrieval": {"deadline_ms": 1}})
-    seed(proxy)
+    proxy = memory_proxy(memory={"fail_closed": True, "retrieval": retrieval})
+    seed_favourite_drink(proxy)
+    if busy:
+        fill_retrieval_slots(proxy)
     received = len(upstream.received)
     with pytest.raises(openai.APIStatusError) as raised:
         client_for(proxy).chat.completions.create(model="gpt-4o-mini", messages=ASK, user="lee")

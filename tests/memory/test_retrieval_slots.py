@@ -8,12 +8,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import openai
 import pytest
 
 from proxy.memory.read_path import NoSlot, RetrievalSlots
 from tests.harness import RunningProxy
-from tests.memory.conftest import api, client_for, memory_block, wait_for_trace
+from tests.memory.conftest import (
+    client_for,
+    fill_retrieval_slots,
+    memory_block,
+    seed_favourite_drink,
+    wait_for_trace,
+)
 from tests.scripted_upstream import ScriptedUpstream
 
 ASK = [{"role": "user", "content": "What is my favourite drink?"}]
@@ -75,24 +80,11 @@ def test_slots_must_be_at_least_one() -> None:
         RetrievalSlots(0)
 
 
-def seed(proxy: RunningProxy) -> None:
-    with api(proxy) as http:
-        created = http.post(
-            "/v1/memories",
-            json={
-                "user": "lee",
-                "kind": "preference",
-                "text": "The user's favourite drink is mate.",
-            },
-        )
-        assert created.status_code == 201
-
-
 def test_queued_calls_all_get_their_memories(
     upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
 ) -> None:
     proxy = memory_proxy(memory={"retrieval": {"queue_ms": 30_000}}, retrieval_slots=1)
-    seed(proxy)
+    seed_favourite_drink(proxy)
     client = client_for(proxy)
 
     def call(number: int) -> tuple[str, str]:
@@ -112,17 +104,12 @@ def test_queued_calls_all_get_their_memories(
     assert "memento.memory.error" not in retrieve["attributes"]
 
 
-def _fill_slots(proxy: RunningProxy) -> None:
-    """Every retrieval slot taken, as if the proxy were busy with other calls."""
-    proxy.app.state.memory.reads.slots._free = asyncio.Semaphore(0)
-
-
 def test_no_slot_within_the_queue_time_goes_on_without_memory(
     upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
 ) -> None:
     proxy = memory_proxy(memory={"retrieval": {"queue_ms": 50}})
-    seed(proxy)
-    _fill_slots(proxy)
+    seed_favourite_drink(proxy)
+    fill_retrieval_slots(proxy)
     response = client_for(proxy).chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=ASK, user="lee"
     )
@@ -138,20 +125,6 @@ def test_no_slot_within_the_queue_time_goes_on_without_memory(
     )
     scraped = httpx.get(proxy.base_url + "/metrics", timeout=30).text
     assert 'memento_memory_retrieval_failures_total{reason="busy"}' in scraped
-
-
-def test_no_slot_refuses_the_call_when_the_policy_is_fail_closed(
-    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
-) -> None:
-    proxy = memory_proxy(memory={"fail_closed": True, "retrieval": {"queue_ms": 50}})
-    seed(proxy)
-    _fill_slots(proxy)
-    received = len(upstream.received)
-    with pytest.raises(openai.APIStatusError) as raised:
-        client_for(proxy).chat.completions.create(model="gpt-4o-mini", messages=ASK, user="lee")
-    assert raised.value.status_code == 503
-    assert raised.value.body["code"] == "memory_unavailable"  # type: ignore[index]
-    assert len(upstream.received) == received
 
 
 def test_retrieval_slots_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
