@@ -88,6 +88,8 @@ class MemoryIndex:
         # Tables changed since maintenance last finished with them, and when (monotonic).
         self._changed: dict[str, float] = {}
         self.created = False  # True when open() found no usable index and made an empty one
+        self._connecting = asyncio.Lock()
+        self._drop_older = db is None  # older generations' tables go once LanceDB is connected
         # Rows each table's IVF was trained on; one file per generation, as each has its writer.
         self._ann_file = _ann_file_name(generation)
 
@@ -118,19 +120,7 @@ class MemoryIndex:
             await index.reset()
             index.created = True
             return index
-        if not await index._lancedb_has_work():
-            return index  # nothing to open: LanceDB loads with the first table written
-        db = await index._connection()
-        for name in await table_names(db):
-            if generation_of(name) == generation:
-                table = await db.open_table(name)
-                index._tables[name] = table
-                if "vector_idx" in {config.name for config in await table.list_indices()}:
-                    index._vector_indexed.add(name)
-                # Rows written by a previous process may never have been folded in.
-                index._changed[name] = time.monotonic()
-        await index.drop_other_generations(older_only=True)
-        return index
+        return index  # LanceDB loads when the index is first used (`_connection`)
 
     async def _lancedb_has_work(self) -> bool:
         """Connected already, or the location holds tables: else LanceDB need not be loaded
@@ -138,11 +128,36 @@ class MemoryIndex:
         return self._db is not None or await asyncio.to_thread(self.location.holds_tables)
 
     async def _connection(self) -> lancedb.AsyncConnection:
-        """LanceDB, connected on first need."""
-        if self._db is None:
-            self._session, self._db = await connect(self.location, self.settings)
-            self._session_floor = int(self._session.size_bytes)
+        """LanceDB, connected on first need: a write, a search of a scope too large to be
+        held in process, an erasure. Hot scopes are searched in process, so a restarted proxy
+        that only reads them never loads LanceDB (`storage.lance` says what that saves)."""
+        async with self._connecting:
+            if self._db is None:
+                session, db = await connect(self.location, self.settings)
+                await self._adopt_tables(db)
+                self._session, self._db = session, db
+                self._session_floor = int(session.size_bytes)
+        if self._drop_older:
+            self._drop_older = False
+            await self.drop_other_generations(older_only=True)
         return self._db
+
+    async def _adopt_tables(self, db: lancedb.AsyncConnection) -> None:
+        """Open this generation's tables that an earlier process left."""
+        for name in await table_names(db):
+            if generation_of(name) == self.generation and name not in self._tables:
+                table = await db.open_table(name)
+                self._tables[name] = table
+                if "vector_idx" in {config.name for config in await table.list_indices()}:
+                    self._vector_indexed.add(name)
+                # Rows written by an earlier process may never have been folded in.
+                self._changed[name] = time.monotonic()
+
+    async def _all_tables(self) -> dict[str, Any]:
+        """Every table of this generation, LanceDB connected first if the location holds any."""
+        if await self._lancedb_has_work():
+            await self._connection()
+        return self._tables
 
     async def new_generation(self, generation: int) -> MemoryIndex:
         """An empty generation `generation` beside this one, on the same connection, for a
@@ -199,10 +214,10 @@ class MemoryIndex:
 
     async def _table_for_write(self, tenant_id: str) -> Any:
         name = table_name(tenant_id, self.generation)
+        db = await self._connection()  # first: it opens the tables an earlier process left
         table = self._tables.get(name)
         if table is None:
             # exist_ok: a table whose creation failed before its indexes were made is reused.
-            db = await self._connection()
             table = await db.create_table(name, schema=self._schema, exist_ok=True)
             await ensure_scalar_indexes(table)
             self._tables[name] = table
@@ -212,6 +227,7 @@ class MemoryIndex:
     async def _table_for_read(self, name: str) -> Any:
         """The open table `name`, else opened if another process (a replica) created it since
         this one looked; None while it does not exist."""
+        db = await self._connection()  # first: it opens the tables an earlier process left
         table = self._tables.get(name)
         if table is not None:
             return table
@@ -219,7 +235,7 @@ class MemoryIndex:
         if looked is not None and time.monotonic() - looked < READ_CONSISTENCY_S:
             return None
         try:
-            table = await (await self._connection()).open_table(name)
+            table = await db.open_table(name)
         except ValueError:  # LanceDB's "was not found"
             self._missing[name] = time.monotonic()
             return None
@@ -253,11 +269,12 @@ class MemoryIndex:
         """
         if not memory_ids:
             return
+        tables = await self._all_tables()
         if tenant_id is None:
-            names = list(self._tables)
+            names = list(tables)
         else:
             name = table_name(tenant_id, self.generation)
-            names = [name] if name in self._tables else []
+            names = [name] if name in tables else []
         for start in range(0, len(memory_ids), 1000):
             where = f"id IN ({sql_list(memory_ids[start : start + 1000])})"
             for name in names:
@@ -274,10 +291,11 @@ class MemoryIndex:
 
     async def count(self, tenant_id: str | None = None) -> int:
         """Rows in one tenant's table, or in all of them."""
+        tables = await self._all_tables()
         if tenant_id is not None:
-            table = self._tables.get(table_name(tenant_id, self.generation))
+            table = tables.get(table_name(tenant_id, self.generation))
             return int(await table.count_rows()) if table is not None else 0
-        return sum([int(await table.count_rows()) for table in self._tables.values()])
+        return sum([int(await table.count_rows()) for table in tables.values()])
 
     async def search_vector(
         self,
@@ -403,13 +421,14 @@ class MemoryIndex:
 
     @property
     def vector_indexed(self) -> bool:
-        """Whether some tenant's table has an IVF index (the others are searched flat, exactly)."""
+        """Whether some table opened so far has an IVF index (the others are searched flat,
+        exactly)."""
         return bool(self._vector_indexed)
 
     async def unindexed_rows(self) -> int:
         """Rows not yet folded into the full-text indexes (searched by a slower flat scan)."""
         total = 0
-        for table in self._tables.values():
+        for table in (await self._all_tables()).values():
             stats = await table.index_stats("search_text_idx")
             total += int(stats.num_unindexed_rows) if stats is not None else 0
         return total

@@ -2,8 +2,9 @@
 the scalar indexes every table gets.
 
 Importing lancedb costs about a second and 75 MB, so it happens on the first connection, in a
-thread: a process whose index holds no table yet (a new data folder, a proxy whose tenants keep
-no memory) starts and serves without it, hot scopes being searched in process.
+thread, when the index is first used: a write, an erasure, or the search of a scope too large to
+be held in process. A new data folder, a proxy whose tenants keep no memory, and a restarted
+proxy that so far only searched hot scopes (in process) serve without it.
 """
 
 from __future__ import annotations

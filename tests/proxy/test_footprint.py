@@ -36,9 +36,9 @@ def test_only_translation_and_model_info_need_litellm(tmp_path: Path) -> None:
     assert not registry(tmp_path / "judge-alias", {"m": sized}, sanitizer={"judge_model": "m"})
 
 
-def test_the_demo_tenant_serves_memory_without_importing_litellm(tmp_path: Path) -> None:
-    """The shipped policies (echo model, memory on) start, answer and learn without litellm, and
-    with only the encoding their routes use."""
+def run_demo(data: Path, body: str) -> list[str]:
+    """Run `body` in a fresh interpreter where `serve()` is a TestClient of the shipped policies
+    on `data` and `ask(client, text)` one demo chat call; the lines it printed."""
     script = textwrap.dedent(
         f"""
         import sys
@@ -48,24 +48,66 @@ def test_the_demo_tenant_serves_memory_without_importing_litellm(tmp_path: Path)
         from proxy.settings import Settings
         from proxy.tokens import loaded_encodings
 
-        settings = Settings(policies_dir=Path({str(ROOT / "policies")!r}),
-                            data_dir=Path({str(tmp_path / "data")!r}))
-        with TestClient(build_app(settings)) as client:
-            lancedb_at_start = "lancedb" in sys.modules  # a new folder: no table to open yet
+        def serve():
+            return TestClient(build_app(Settings(
+                policies_dir=Path({str(ROOT / "policies")!r}), data_dir=Path({str(data)!r}))))
+
+        def ask(client, text, **headers):
             answer = client.post(
                 "/v1/chat/completions",
-                headers={{"Authorization": "Bearer memento-demo-key"}},
+                headers={{"Authorization": "Bearer memento-demo-key", **headers}},
                 json={{"model": "echo", "user": "ana",
-                       "messages": [{{"role": "user", "content": "I prefer tea."}}]}},
+                       "messages": [{{"role": "user", "content": text}}]}},
             )
             assert answer.status_code == 200, answer.text
-        print(lancedb_at_start)
-        print(sorted(loaded_encodings()))
-        print("litellm" in sys.modules)
+            return answer
         """
-    )
+    ) + textwrap.dedent(body)
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-3:] == ["False", "['cl100k_base']", "False"]
+    return done.stdout.strip().splitlines()
+
+
+def test_the_demo_tenant_serves_memory_without_importing_litellm(tmp_path: Path) -> None:
+    """The shipped policies (echo model, memory on) start, answer and learn without litellm, and
+    with only the encoding their routes use."""
+    printed = run_demo(
+        tmp_path / "data",
+        """
+        with serve() as client:
+            print("lancedb" in sys.modules)  # a new folder: no table to open yet
+            ask(client, "I prefer tea.")
+        print(sorted(loaded_encodings()))
+        print("litellm" in sys.modules)
+        """,
+    )
+    assert printed[-3:] == ["False", "['cl100k_base']", "False"]
+
+
+def test_a_restarted_proxy_serves_hot_scopes_without_lancedb(tmp_path: Path) -> None:
+    """Once the folder has index tables, a restarted proxy still starts without LanceDB, and a
+    user's memories (a scope held in process) are searched without it; a write loads it."""
+    learn = """
+        with serve() as client:
+            ask(client, "I live in Lisbon and I prefer tea.")
+        print("lancedb" in sys.modules)
+        """
+    assert run_demo(tmp_path / "data", learn)[-1] == "True"  # the index has a table now
+    printed = run_demo(
+        tmp_path / "data",
+        """
+        with serve() as client:
+            print("lancedb" in sys.modules)
+            read = {"X-Memento-Mode": "read"}
+            print(ask(client, "What should I drink in the morning?", **read).headers[
+                "x-memento-memories"])
+            print("lancedb" in sys.modules)
+            ask(client, "I also like green tea.")
+        print("lancedb" in sys.modules)
+        """,
+    )
+    assert printed[0] == "False"
+    assert int(printed[1]) >= 1
+    assert printed[2:] == ["False", "True"]
