@@ -24,6 +24,7 @@ connection can learn what happened; sending the same file again is always safe.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Sequence
@@ -355,27 +356,43 @@ async def _assess_lines(
 
     Each user's lines are assessed `ASSESS_BATCH` at a time (one embedding batch, one search
     for their neighbours), each judged as the next write to the store as it is: the file's
-    lines are written together at the end and keep their own times."""
+    lines are written together at the end and keep their own times. The batches are assessed
+    one after another (a lesson learned in one is consulted by the next), but the next batch
+    is embedded meanwhile: the embedder's thread and the checks run side by side."""
     sanitizer = Sanitizer(store, models, log_content=policy.logging.log_content)
     by_user: dict[str | None, list[int]] = {}
     for number, line in enumerate(lines):
         by_user.setdefault(line.record.user_id, []).append(number)
+    batches = [
+        (user, numbers[start : start + ASSESS_BATCH])
+        for user, numbers in by_user.items()
+        for start in range(0, len(numbers), ASSESS_BATCH)
+    ]
+    candidates = [[_candidate(lines[number]) for number in numbers] for _, numbers in batches]
     assessed: dict[int, MemoryRecord] = {}
-    for user, numbers in by_user.items():
-        for start in range(0, len(numbers), ASSESS_BATCH):
+    upcoming: asyncio.Future[list[list[float]]] | None = None
+    try:
+        for position, (user, numbers) in enumerate(batches):
             if await request.is_disconnected():
                 return None, len(assessed)
-            batch = [lines[number] for number in numbers[start : start + ASSESS_BATCH]]
+            if upcoming is None:
+                upcoming = asyncio.ensure_future(sanitizer.embed(candidates[position]))
+            vectors = await upcoming
+            upcoming = None
+            if position + 1 < len(batches):
+                upcoming = asyncio.ensure_future(sanitizer.embed(candidates[position + 1]))
             verdicts = await sanitizer.assess(
                 Scope(policy.tenant, user),
-                [_candidate(line) for line in batch],
+                candidates[position],
                 policy.sanitizer,
                 each_alone=True,
+                vectors=vectors,
             )
-            for number, line, verdict in zip(
-                numbers[start : start + ASSESS_BATCH], batch, verdicts, strict=True
-            ):
-                assessed[number] = _assessed(line, verdict, policy)
+            for number, verdict in zip(numbers, verdicts, strict=True):
+                assessed[number] = _assessed(lines[number], verdict, policy)
+    finally:
+        if upcoming is not None:
+            upcoming.cancel()
     return [assessed[number] for number in range(len(lines))], len(lines)
 
 
