@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from storage.locks import StoreLocks
 from storage.records import (
+    ContentKey,
     JobState,
     MemoryKind,
     MemoryRecord,
@@ -193,10 +194,11 @@ class MemoryStore(Protocol):
         """Which ids are taken, in any tenant or status: id → tenant (ids are global)."""
         ...
 
-    async def same_content(
-        self, scope: Scope, kind: MemoryKind, text: str, key_text: str
-    ) -> str | None:
-        """A stored record of the scope with exactly this kind, text and key text, if any."""
+    async def same_contents(
+        self, tenant_id: str, contents: Sequence[ContentKey]
+    ) -> builtins.list[str | None]:
+        """For each (user, kind, text, key text), a stored record of that user's scope with
+        exactly this content, if any."""
         ...
 
     async def count_written(self, scope: Scope, *, since: float, limit: int) -> int:

@@ -55,7 +55,7 @@ from proxy.routes.pagination import page_request
 from proxy.shapes import page_json
 from proxy.validation import parse_json, read_body, user_id
 from storage.api import MemoryStore
-from storage.records import MemoryRecord, MemoryStatus, Scope, SourceRole
+from storage.records import ContentKey, MemoryRecord, MemoryStatus, Scope, SourceRole
 
 # Lines of one user assessed together: one embedding batch and one neighbour search. A lesson
 # distilled from a line rejected in a batch is consulted from the next batch on.
@@ -306,12 +306,13 @@ async def _plan(
     taken = await store.existing_ids([line.exported_id for line in lines if line.exported_id])
     renamed: dict[str, str] = {}
     seen_ids: set[str] = set()
-    seen_content: set[tuple[str | None, str, str, str]] = set()
+    seen_content: set[ContentKey] = set()
+    fresh: list[ImportLine] = []  # lines not skipped for what the file itself holds
     to_write: list[ImportLine] = []
     skipped: list[dict[str, Any]] = []
     for line in lines:
         record = line.record
-        content = (record.user_id, record.kind, record.text, record.key_text)
+        content = _content(record)
         if line.exported_id is not None:
             if line.exported_id in seen_ids:
                 skipped.append(_skip(line, "repeats an earlier line of this file"))
@@ -327,17 +328,26 @@ async def _plan(
             skipped.append(_skip(line, "repeats an earlier line of this file"))
             continue
         seen_content.add(content)
-        same = await store.same_content(record.scope, record.kind, record.text, record.key_text)
-        if same is not None:
+        fresh.append(line)
+    # The store's copies of the file's contents, all looked up at once.
+    stored = await store.same_contents(tenant_id, [_content(line.record) for line in fresh])
+    for line, same in zip(fresh, stored, strict=True):
+        if same is None:
+            to_write.append(line)
+        else:
             skipped.append(_skip(line, f"same content as memory {same}"))
-            continue
-        to_write.append(line)
+    skipped.sort(key=lambda skip: int(skip["line"]))
     for line in to_write:
         record = line.record
         record.supersedes = renamed.get(record.supersedes or "", record.supersedes)
         record.superseded_by = renamed.get(record.superseded_by or "", record.superseded_by)
         record.derived_from_ids = [renamed.get(i, i) for i in record.derived_from_ids]
     return to_write, skipped
+
+
+def _content(record: MemoryRecord) -> ContentKey:
+    """What makes a line the same memory as another: its user, kind, text and key text."""
+    return (record.user_id, record.kind, record.text, record.key_text)
 
 
 def _skip(line: ImportLine, reason: str) -> dict[str, Any]:
