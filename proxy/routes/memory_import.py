@@ -346,7 +346,6 @@ async def _plan(
 
 
 def _content(record: MemoryRecord) -> ContentKey:
-    """What makes a line the same memory as another: its user, kind, text and key text."""
     return (record.user_id, record.kind, record.text, record.key_text)
 
 
@@ -380,17 +379,15 @@ async def _assess_lines(
     ]
     candidates = [[_candidate(lines[number]) for number in numbers] for _, numbers in batches]
     assessed: dict[int, MemoryRecord] = {}
-    upcoming: asyncio.Future[list[list[float]]] | None = None
+    # The next batch's vectors, on their way while one batch is checked.
+    embedding = [asyncio.ensure_future(sanitizer.embed(candidates[0]))] if batches else []
     try:
         for position, (user, numbers) in enumerate(batches):
             if await request.is_disconnected():
                 return None, len(assessed)
-            if upcoming is None:
-                upcoming = asyncio.ensure_future(sanitizer.embed(candidates[position]))
-            vectors = await upcoming
-            upcoming = None
+            vectors = await embedding.pop()
             if position + 1 < len(batches):
-                upcoming = asyncio.ensure_future(sanitizer.embed(candidates[position + 1]))
+                embedding.append(asyncio.ensure_future(sanitizer.embed(candidates[position + 1])))
             verdicts = await sanitizer.assess(
                 Scope(policy.tenant, user),
                 candidates[position],
@@ -401,8 +398,8 @@ async def _assess_lines(
             for number, verdict in zip(numbers, verdicts, strict=True):
                 assessed[number] = _assessed(lines[number], verdict, policy)
     finally:
-        if upcoming is not None:
-            upcoming.cancel()
+        for pending in embedding:
+            pending.cancel()
     return [assessed[number] for number in range(len(lines))], len(lines)
 
 
