@@ -10,7 +10,7 @@ take that part's protocol, not the whole store.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from storage.locks import StoreLocks
@@ -29,6 +29,7 @@ from storage.records import (
     SpanRow,
     StoredResponse,
     TextEdit,
+    Vector,
 )
 
 
@@ -169,10 +170,16 @@ class MemoryStore(Protocol):
         ...
 
     async def import_records(
-        self, tenant_id: str, records: Sequence[MemoryRecord], outcome: dict[str, Any]
+        self,
+        tenant_id: str,
+        records: Sequence[MemoryRecord],
+        outcome: dict[str, Any],
+        *,
+        embedded: Mapping[str, Vector] | None = None,
     ) -> None:
-        """Write complete records (ids, versions, times, Q kept; embedded here) and the
-        import's outcome in one transaction."""
+        """Write complete records (ids, versions, times, Q kept; embedded here unless
+        `embedded` has the vector of a record's key text) and the import's outcome in one
+        transaction."""
         ...
 
     async def record_import(self, tenant_id: str, outcome: dict[str, Any]) -> None:

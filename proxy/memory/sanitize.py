@@ -136,11 +136,16 @@ class Sanitizer:
         return verdicts
 
     async def embed(self, candidates: Sequence[Candidate]) -> list[list[float]]:
-        """The vectors the memory signals compare the candidates by: each one's text, cut at
-        `EMBED_CHARS`, by the store's embedder."""
+        """The vectors the memory signals compare the candidates by: those of their
+        `embedded_texts`, by the store's embedder."""
         if self.store is None:
             raise ValueError("a sanitizer without a store embeds nothing")
-        return await self.store.embedder.embed([c.text[:EMBED_CHARS] for c in candidates])
+        return await self.store.embedder.embed(self.embedded_texts(candidates))
+
+    @staticmethod
+    def embedded_texts(candidates: Sequence[Candidate]) -> list[str]:
+        """What is embedded of each candidate: its text, cut at `EMBED_CHARS`."""
+        return [c.text[:EMBED_CHARS] for c in candidates]
 
     async def _memory_signals(
         self,
