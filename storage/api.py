@@ -10,11 +10,12 @@ take that part's protocol, not the whole store.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from storage.locks import StoreLocks
 from storage.records import (
+    ContentKey,
     JobState,
     MemoryKind,
     MemoryRecord,
@@ -28,6 +29,7 @@ from storage.records import (
     SpanRow,
     StoredResponse,
     TextEdit,
+    Vector,
 )
 
 
@@ -168,10 +170,16 @@ class MemoryStore(Protocol):
         ...
 
     async def import_records(
-        self, tenant_id: str, records: Sequence[MemoryRecord], outcome: dict[str, Any]
+        self,
+        tenant_id: str,
+        records: Sequence[MemoryRecord],
+        outcome: dict[str, Any],
+        *,
+        embedded: Mapping[str, Vector] | None = None,
     ) -> None:
-        """Write complete records (ids, versions, times, Q kept; embedded here) and the
-        import's outcome in one transaction."""
+        """Write complete records (ids, versions, times, Q kept; embedded here unless
+        `embedded` has the vector of a record's key text) and the import's outcome in one
+        transaction."""
         ...
 
     async def record_import(self, tenant_id: str, outcome: dict[str, Any]) -> None:
@@ -193,10 +201,11 @@ class MemoryStore(Protocol):
         """Which ids are taken, in any tenant or status: id → tenant (ids are global)."""
         ...
 
-    async def same_content(
-        self, scope: Scope, kind: MemoryKind, text: str, key_text: str
-    ) -> str | None:
-        """A stored record of the scope with exactly this kind, text and key text, if any."""
+    async def same_contents(
+        self, tenant_id: str, contents: Sequence[ContentKey]
+    ) -> builtins.list[str | None]:
+        """For each (user, kind, text, key text), a stored record of that user's scope with
+        exactly this content, if any."""
         ...
 
     async def count_written(self, scope: Scope, *, since: float, limit: int) -> int:

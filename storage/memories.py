@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, get_args
 
 import numpy as np
@@ -30,6 +30,7 @@ from storage.records import (
     Scope,
     SearchHit,
     SourceRole,
+    Vector,
 )
 from storage.relational import SQLConnection
 from storage.search import TextSearch, VectorSearch, normalized, query_unit_vector, visible
@@ -151,16 +152,26 @@ class Memories(MemoryRows):
         return records
 
     async def import_records(
-        self, tenant_id: str, records: Sequence[MemoryRecord], outcome: dict[str, Any]
+        self,
+        tenant_id: str,
+        records: Sequence[MemoryRecord],
+        outcome: dict[str, Any],
+        *,
+        embedded: Mapping[str, Vector] | None = None,
     ) -> None:
         """Write complete records as an import gives them (ids, version links, times, Q and
         its counts kept) and the import's `outcome`, in one transaction. The vectors are made
-        here, from each record's key text, by this store's embedder."""
+        here, from each record's key text, by this store's embedder, except those `embedded`
+        holds already (texts the import's checks embedded by the same embedder)."""
+        known = embedded or {}
         for record in records:
             if record.tenant_id != tenant_id:
                 raise ValueError("every imported record must belong to the importing tenant")
             record.embedding_model = self.embedder.model_id
-        blobs = await self._sync.embed([embedding_input(r.key_text, r.text) for r in records])
+        inputs = [embedding_input(r.key_text, r.text) for r in records]
+        missing = list(dict.fromkeys(text for text in inputs if text not in known))
+        made = dict(zip(missing, await self._sync.embed(missing), strict=True))
+        blobs = [made[text] if text in made else blob(known[text]) for text in inputs]
         await self.import_memories(tenant_id, records, blobs, outcome)
         await self._sync.sync()
 

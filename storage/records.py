@@ -20,6 +20,8 @@ Vector = Sequence[float] | np.ndarray[Any, np.dtype[np.float32]]
 MemoryKind = Literal["fact", "preference", "case", "lesson"]
 MemoryStatus = Literal["active", "quarantined", "rejected", "superseded", "deleted"]
 SourceRole = Literal["user", "assistant", "tool", "system", "import", "guard", "admin"]
+# What makes two records of a tenant the same memory: their user, kind, text and key text.
+ContentKey = tuple[str | None, MemoryKind, str, str]
 JobState = Literal["queued", "running", "done", "failed"]
 
 MEMORY_KINDS: tuple[MemoryKind, ...] = ("fact", "preference", "case", "lesson")

@@ -78,13 +78,17 @@ class Sanitizer:
         *,
         dry_run: bool = False,
         each_alone: bool = False,
+        vectors: Sequence[list[float]] | None = None,
     ) -> list[TrustVerdict]:
         """One verdict per candidate, in order. Never writes the candidates; unless `dry_run`,
         records a lesson for each rejection that content signals caused.
 
         The candidates are those of one write: each counts towards the rate limits and burst
         check of the ones after it. With `each_alone` (an import, whose lines keep their own
-        times), each is judged as the next write to the store as it is, as in a dry run."""
+        times), each is judged as the next write to the store as it is, as in a dry run.
+        `vectors`, one per candidate, are their `embed` when the caller has them already (an
+        import embeds its next batch while this one is assessed); otherwise the candidates are
+        embedded here, and only when there is something to compare them with."""
         pending = []
         for candidate in candidates:
             prior, prior_hits, hits, others, text = part_hits(candidate, scope, policy)
@@ -92,7 +96,9 @@ class Sanitizer:
 
         if self.store is not None and pending:
             alone = dry_run or each_alone
-            await self._memory_signals(self.store, scope, pending, policy, alone=alone)
+            await self._memory_signals(
+                self.store, scope, pending, policy, alone=alone, given=vectors
+            )
 
         verdicts = []
         for item in pending:
@@ -129,6 +135,18 @@ class Sanitizer:
             await self._distil_lessons(self.store, scope, pending, verdicts, policy)
         return verdicts
 
+    async def embed(self, candidates: Sequence[Candidate]) -> list[list[float]]:
+        """The vectors the memory signals compare the candidates by: those of their
+        `embedded_texts`, by the store's embedder."""
+        if self.store is None:
+            raise ValueError("a sanitizer without a store embeds nothing")
+        return await self.store.embedder.embed(self.embedded_texts(candidates))
+
+    @staticmethod
+    def embedded_texts(candidates: Sequence[Candidate]) -> list[str]:
+        """What is embedded of each candidate: its text, cut at `EMBED_CHARS`."""
+        return [c.text[:EMBED_CHARS] for c in candidates]
+
     async def _memory_signals(
         self,
         store: MemoryStore,
@@ -137,6 +155,7 @@ class Sanitizer:
         policy: SanitizerPolicy,
         *,
         alone: bool,
+        given: Sequence[list[float]] | None,
     ) -> None:
         """Consensus, lessons and session signals: they need the scope's memories.
 
@@ -159,10 +178,12 @@ class Sanitizer:
             return
 
         # A hard rule already rejects: no memory signal can change that, so skip the embedding.
-        open_items = [item for item in pending if not any(h.hard for h in item.hits)]
-        vectors = await store.embedder.embed(
-            [item.candidate.text[:EMBED_CHARS] for item in open_items]
-        )
+        open_positions = [n for n, item in enumerate(pending) if not any(h.hard for h in item.hits)]
+        open_items = [pending[n] for n in open_positions]
+        if given is None:
+            vectors = await self.embed([item.candidate for item in open_items])
+        else:
+            vectors = [given[n] for n in open_positions]
         nearest: list[list[SearchHit]] = [[] for _ in vectors]
         if has_memories and vectors:
             nearest = await store.nearest(

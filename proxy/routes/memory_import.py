@@ -24,12 +24,14 @@ connection can learn what happened; sending the same file again is always safe.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, get_args
 
+import numpy as np
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
@@ -54,7 +56,7 @@ from proxy.routes.pagination import page_request
 from proxy.shapes import page_json
 from proxy.validation import parse_json, read_body, user_id
 from storage.api import MemoryStore
-from storage.records import MemoryRecord, MemoryStatus, Scope, SourceRole
+from storage.records import ContentKey, MemoryRecord, MemoryStatus, Scope, SourceRole, Vector
 
 # Lines of one user assessed together: one embedding batch and one neighbour search. A lesson
 # distilled from a line rejected in a batch is consulted from the next batch on.
@@ -103,7 +105,8 @@ async def import_memories(request: Request) -> Response:
     outcome["lines"] = len(lines)
     try:
         to_write, skipped = await _plan(store, policy.tenant, lines)
-        records, checked = await _assess_lines(request, store, models, policy, to_write)
+        embedded: dict[str, Vector] = {}  # what the checks embedded, for the write
+        records, checked = await _assess_lines(request, store, models, policy, to_write, embedded)
         if records is None:
             where = f"after {checked} of {len(to_write)} lines were checked"
             return await _cancelled(store, policy, outcome, where)
@@ -120,7 +123,7 @@ async def import_memories(request: Request) -> Response:
             ids=[record.id for record in records],
             skipped_lines=skipped,
         )
-        await store.import_records(policy.tenant, records, outcome)
+        await store.import_records(policy.tenant, records, outcome, embedded=embedded)
     except Exception as exc:
         # The transaction did not commit: nothing was written, and the outcome says so.
         outcome.update(status="failed", message=f"Import failed ({exc}); nothing was written.")
@@ -305,12 +308,13 @@ async def _plan(
     taken = await store.existing_ids([line.exported_id for line in lines if line.exported_id])
     renamed: dict[str, str] = {}
     seen_ids: set[str] = set()
-    seen_content: set[tuple[str | None, str, str, str]] = set()
+    seen_content: set[ContentKey] = set()
+    fresh: list[tuple[ImportLine, ContentKey]] = []  # lines the file itself does not skip
     to_write: list[ImportLine] = []
     skipped: list[dict[str, Any]] = []
     for line in lines:
         record = line.record
-        content = (record.user_id, record.kind, record.text, record.key_text)
+        content: ContentKey = (record.user_id, record.kind, record.text, record.key_text)
         if line.exported_id is not None:
             if line.exported_id in seen_ids:
                 skipped.append(_skip(line, "repeats an earlier line of this file"))
@@ -326,11 +330,15 @@ async def _plan(
             skipped.append(_skip(line, "repeats an earlier line of this file"))
             continue
         seen_content.add(content)
-        same = await store.same_content(record.scope, record.kind, record.text, record.key_text)
-        if same is not None:
+        fresh.append((line, content))
+    # The store's copies of the file's contents, all looked up at once.
+    stored = await store.same_contents(tenant_id, [content for _, content in fresh])
+    for (line, _), same in zip(fresh, stored, strict=True):
+        if same is None:
+            to_write.append(line)
+        else:
             skipped.append(_skip(line, f"same content as memory {same}"))
-            continue
-        to_write.append(line)
+    skipped.sort(key=lambda skip: int(skip["line"]))
     for line in to_write:
         record = line.record
         record.supersedes = renamed.get(record.supersedes or "", record.supersedes)
@@ -349,33 +357,48 @@ async def _assess_lines(
     models: CallModel,
     policy: Policy,
     lines: Sequence[ImportLine],
+    embedded: dict[str, Vector],
 ) -> tuple[list[MemoryRecord] | None, int]:
     """The lines' records as they will be written, in order, and how many lines were checked;
-    None instead of the records when the client disconnected meanwhile.
+    None instead of the records when the client disconnected meanwhile. `embedded` gets the
+    vectors made on the way, by the text embedded.
 
     Each user's lines are assessed `ASSESS_BATCH` at a time (one embedding batch, one search
     for their neighbours), each judged as the next write to the store as it is: the file's
-    lines are written together at the end and keep their own times."""
+    lines are written together at the end and keep their own times. Batches are assessed one
+    after another (a lesson learned in one is consulted by the next), the next one embedded
+    meanwhile: the embedder's thread and the checks run side by side."""
     sanitizer = Sanitizer(store, models, log_content=policy.logging.log_content)
     by_user: dict[str | None, list[int]] = {}
     for number, line in enumerate(lines):
         by_user.setdefault(line.record.user_id, []).append(number)
+    batches = [
+        (user, numbers[start : start + ASSESS_BATCH])
+        for user, numbers in by_user.items()
+        for start in range(0, len(numbers), ASSESS_BATCH)
+    ]
+    candidates = [[_candidate(lines[number]) for number in numbers] for _, numbers in batches]
     assessed: dict[int, MemoryRecord] = {}
-    for user, numbers in by_user.items():
-        for start in range(0, len(numbers), ASSESS_BATCH):
+    # The next batch's vectors, on their way while one batch is checked.
+    embedding = [asyncio.ensure_future(sanitizer.embed(candidates[0]))] if batches else []
+    try:
+        for position, (user, numbers) in enumerate(batches):
             if await request.is_disconnected():
                 return None, len(assessed)
-            batch = [lines[number] for number in numbers[start : start + ASSESS_BATCH]]
+            vectors = await embedding.pop()
+            if position + 1 < len(batches):
+                embedding.append(asyncio.ensure_future(sanitizer.embed(candidates[position + 1])))
+            scope, batch = Scope(policy.tenant, user), candidates[position]
+            rows = np.asarray(vectors, np.float32)
+            embedded.update(zip(sanitizer.embedded_texts(batch), rows, strict=True))
             verdicts = await sanitizer.assess(
-                Scope(policy.tenant, user),
-                [_candidate(line) for line in batch],
-                policy.sanitizer,
-                each_alone=True,
+                scope, batch, policy.sanitizer, each_alone=True, vectors=vectors
             )
-            for number, line, verdict in zip(
-                numbers[start : start + ASSESS_BATCH], batch, verdicts, strict=True
-            ):
-                assessed[number] = _assessed(line, verdict, policy)
+            for number, verdict in zip(numbers, verdicts, strict=True):
+                assessed[number] = _assessed(lines[number], verdict, policy)
+    finally:
+        for pending in embedding:
+            pending.cancel()
     return [assessed[number] for number in range(len(lines))], len(lines)
 
 

@@ -7,9 +7,17 @@ the user's records.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 
-from storage.records import MemoryKind, MemoryRecord, Scope, normalized_text, text_hash
+from storage.records import (
+    ContentKey,
+    MemoryKind,
+    MemoryRecord,
+    Scope,
+    normalized_text,
+    text_hash,
+)
 from storage.sqlite.audit import AuditRows
 from storage.sqlite.rows import SELECT_RECORD, placeholders, record_from_row, user_clause
 
@@ -17,17 +25,24 @@ from storage.sqlite.rows import SELECT_RECORD, placeholders, record_from_row, us
 class ContentRows(AuditRows):
     """Look-ups of the `memories` table by content."""
 
-    async def same_content(
-        self, scope: Scope, kind: MemoryKind, text: str, key_text: str
-    ) -> str | None:
-        """The id of a stored record (not erased) of this scope with exactly this content."""
-        clause, params = user_clause(scope.user_id)
-        rows = await self._connection.fetchall(
-            f"SELECT id FROM memories WHERE tenant_id = ? AND text_hash = ? AND {clause} "
-            "AND kind = ? AND text = ? AND key_text = ? AND status != 'deleted' LIMIT 1",
-            (scope.tenant_id, text_hash(text), *params, kind, text, key_text),
-        )
-        return str(rows[0][0]) if rows else None
+    async def same_contents(
+        self, tenant_id: str, contents: Sequence[ContentKey]
+    ) -> builtins.list[str | None]:
+        """For each (user, kind, text, key text), the id of a stored record (not erased) of
+        that user's scope with exactly this content, or None: one indexed read per 500 texts,
+        by their digests, however many there are (an import checks all its lines at once)."""
+        digests = list(dict.fromkeys(text_hash(text) for _, _, text, _ in contents))
+        stored: dict[ContentKey, str] = {}
+        for start in range(0, len(digests), 500):
+            chunk = digests[start : start + 500]
+            rows = await self._connection.fetchall(
+                "SELECT id, user_id, kind, text, key_text FROM memories WHERE tenant_id = ? "
+                f"AND text_hash IN ({placeholders(len(chunk))}) AND status != 'deleted'",
+                (tenant_id, *chunk),
+            )
+            for memory_id, user_id, kind, text, key_text in rows:
+                stored.setdefault((user_id, kind, text, key_text), str(memory_id))
+        return [stored.get(content) for content in contents]
 
     async def same_text(
         self, scope: Scope, kinds: Sequence[MemoryKind], text: str

@@ -78,13 +78,20 @@ INDEXED_FIELDS = frozenset({"kind", "text", "key_text", "keywords", "tags", "sta
 _EMPTY_JSON: dict[str, type[list[Any]] | type[dict[str, Any]]] = {"[]": list, "{}": dict}
 
 
+# Where the JSON columns sit in a row: a record is built from the row's values in order (a
+# write's consensus check builds thousands, so no dict of names on the way).
+_JSON_POSITIONS = tuple(n for n, column in enumerate(RECORD_COLUMNS) if column in JSON_COLUMNS)
+
+
 def record_from_row(row: Sequence[Any]) -> MemoryRecord:
-    values = dict(zip(RECORD_COLUMNS, row, strict=True))
-    for column in JSON_COLUMNS:
-        raw = values[column]
+    if len(row) != len(RECORD_COLUMNS):
+        raise ValueError(f"a memory row has {len(RECORD_COLUMNS)} columns, not {len(row)}")
+    values = list(row)
+    for position in _JSON_POSITIONS:
+        raw = values[position]
         empty = _EMPTY_JSON.get(raw)  # most of these columns are empty: skip the parser
-        values[column] = empty() if empty is not None else json.loads(raw)
-    return MemoryRecord(**values)
+        values[position] = empty() if empty is not None else json.loads(raw)
+    return MemoryRecord(*values)
 
 
 def column_value(column: str, value: Any) -> Any:

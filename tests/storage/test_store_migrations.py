@@ -97,7 +97,8 @@ async def test_older_versions_upgrade_in_place(
         # Its digest was filled in at open: an exact copy of it is found by that digest.
         same = await store.memories.same_text(SCOPE, ["fact"], "i grow tomatoes.")
         assert same is not None and same.id == "m-old"
-        assert await store.memories.same_content(SCOPE, "fact", "I grow tomatoes", "") == "m-old"
+        contents = [(SCOPE.user_id, "fact", "I grow tomatoes", ""), (None, "fact", "x", "x")]
+        assert await store.memories.same_contents(SCOPE.tenant_id, contents) == ["m-old", None]
         # The new version's feature works on the old row: the edit history keeps the old text.
         await store.memories.update(SCOPE, "m-old", text="I grow peppers")
         with sqlite3.connect(path) as raw:

@@ -15,6 +15,7 @@ from storage.index_schema import IndexRow
 from storage.records import NewMemory, Scope
 from storage.store import open_embedded_store
 from storage.vector_cache import ScopeVectors, VectorCacheSettings
+from tests.memory.records import record
 from tests.postgres_server import BOTH_DATABASES
 
 ALICE = Scope("acme", "alice")
@@ -98,6 +99,51 @@ async def test_same_text_finds_an_active_copy_by_its_normalised_text(
         await memories.update(ALICE, tea.id, status="active")
         await memories.delete(ALICE, tea.id, actor="test")
         assert await memories.same_text(ALICE, ["preference"], "The user likes black tea") is None
+    finally:
+        await store.close()
+
+
+@BOTH_DATABASES
+async def test_same_contents_finds_each_stored_copy_at_once(
+    tmp_path: Path, local_embedder: LocalEmbedder, database_url: str | None
+) -> None:
+    store = await open_embedded_store(tmp_path, local_embedder, database_url=database_url)
+    try:
+        memories = store.memories
+        tea, cat = await memories.add(
+            ALICE, [NewMemory("fact", "The user likes tea."), NewMemory("fact", "A cat.")]
+        )
+        await memories.delete(ALICE, cat.id, actor="test")  # an erased copy is no copy
+        asked = [
+            ("alice", "fact", tea.text, tea.key_text),
+            ("bob", "fact", tea.text, tea.key_text),  # another user's scope
+            ("alice", "preference", tea.text, tea.key_text),  # another kind
+            ("alice", "fact", tea.text, "tea"),  # another key text
+            ("alice", "fact", cat.text, cat.key_text),
+        ]
+        found = await memories.same_contents("acme", asked)  # type: ignore[arg-type]
+        assert found == [tea.id, None, None, None, None]
+        assert await memories.same_contents("globex", asked[:1]) == [None]  # type: ignore[arg-type]
+    finally:
+        await store.close()
+
+
+async def test_an_import_writes_the_vectors_its_checks_made(
+    tmp_path: Path, local_embedder: LocalEmbedder
+) -> None:
+    """Vectors the import's checks made are written as they are; the others are made here."""
+    store = await open_embedded_store(tmp_path, local_embedder)
+    try:
+        given = _unit_rows(1, seed=3)[0]  # not what the embedder makes of the text
+        checked, other = record("m-1", "The user rows."), record("m-2", "The user sails.")
+        outcome = {"id": "imp_1", "status": "completed"}
+        await store.memories.import_records(
+            "acme", [checked, other], outcome, embedded={checked.text: given}
+        )
+        stored = await store.memories.vectors("acme", ["m-1", "m-2"])
+        assert np.array_equal(np.asarray(stored["m-1"], np.float32), given)
+        [made] = await local_embedder.embed([other.text])
+        assert np.allclose(stored["m-2"], made)
     finally:
         await store.close()
 

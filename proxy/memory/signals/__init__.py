@@ -10,6 +10,7 @@ arguments so they can be tested without a store.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ _TAGS = re.compile("[\U000e0000-\U000e007f]")
 _SPACES = re.compile(r"\s+")
 
 
+# A write's checks normalise the same texts over and over (a candidate once per signal, each
+# of its neighbours once per check, the scope's memories again for the next candidate).
+@functools.lru_cache(maxsize=8192)
 def normalize(text: str) -> str:
     """Text as a reader would see it: NFKC (fullwidth → ASCII), invisible characters removed,
     Unicode tag characters removed, whitespace collapsed, lower case. Signals match on this so an
