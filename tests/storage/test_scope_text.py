@@ -188,7 +188,9 @@ async def test_a_scope_over_the_cache_bound_is_searched_by_the_index(store: Embe
     assert store.index.vector_cache.get("acme", "small") is not None
 
 
-async def test_a_scope_load_outlives_the_search_that_gave_up_on_it(store: EmbeddedStore) -> None:
+async def test_a_scope_load_outlives_the_search_that_gave_up_on_it(
+    store: EmbeddedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A search cancelled by its deadline while its scope loads must not cancel the load: a
     scope slower to load than the deadline was loaded again, and given up on, by every search."""
     import asyncio
@@ -197,10 +199,23 @@ async def test_a_scope_load_outlives_the_search_that_gave_up_on_it(store: Embedd
     texts = [f"Dana kept note {n} about the harbour, the boats and the tide." for n in range(600)]
     await store.memories.add(scope, [NewMemory(kind="fact", text=text) for text in texts])
     store.index.vector_cache.clear()  # as a process that has not searched it yet
+    loading = asyncio.Event()
+    read_rows = store.index.scope_rows
+
+    async def slow_rows(tenant_id: str, user_id: str | None) -> list[IndexRow]:
+        loading.set()
+        await asyncio.sleep(0.2)  # a scope slower to load than the search's deadline
+        return await read_rows(tenant_id, user_id)
+
+    monkeypatch.setattr(store.index, "scope_rows", slow_rows)
     vector = (await store.memories.embedder.embed(["the tide at the harbour"]))[0]
-    search = store.memories.search(scope, query_text="tide harbour", query_vector=vector, k=5)
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(search, timeout=0.001)
+    search = asyncio.ensure_future(
+        store.memories.search(scope, query_text="tide harbour", query_vector=vector, k=5)
+    )
+    await loading.wait()
+    search.cancel()  # what its deadline does
+    with pytest.raises(asyncio.CancelledError):
+        await search
     for _ in range(500):  # the load finishes on its own
         if store.index.vector_cache.get("acme", "dana") is not None:
             break
