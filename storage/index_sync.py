@@ -76,7 +76,14 @@ class IndexSync:
         # In this process, one writer of the index at a time; across processes, the store's
         # lock as well (`writer`): two processes applying the same outbox entries at once could
         # commit a stale upsert after a deletion and bring an erased row back.
+        self._writing = asyncio.Lock()
+        # The vector cache's lock: outbox entries followed, scopes loaded and evicted, the
+        # generation switched. Held briefly, never across an index write, so the hot path and
+        # the write path's checks do not wait for LanceDB.
         self.lock = asyncio.Lock()
+        self._applying: asyncio.Task[None] | None = None  # the background apply (`publish`)
+        self._apply_again = False  # an entry arrived while it ran
+        self._closing = False  # the store closes: its `sync` applies what is left
         self.vector_cache = VectorCache(index.dimensions, vector_cache)
         # Outbox entries up to this sequence number are mirrored in the vector cache.
         self.cache_after = 0
@@ -111,7 +118,14 @@ class IndexSync:
     @contextlib.asynccontextmanager
     async def writer(self) -> AsyncIterator[None]:
         """Exclusive right to write the index: this process's lock, then the store's."""
-        async with self.lock, self.locks.hold(WRITER_LOCK):
+        async with self._writing, self.locks.hold(WRITER_LOCK):
+            yield
+
+    @contextlib.asynccontextmanager
+    async def switching(self) -> AsyncIterator[None]:
+        """The right to replace the served generation (`index`): no index write of this
+        process in flight, and the vector cache held (a switch empties it)."""
+        async with self._writing, self.lock:
             yield
 
     # -- the index outbox ----------------------------------------------------------------------
@@ -144,8 +158,9 @@ class IndexSync:
         """
         touched = 0
         async with self.writer():
-            await self.follow_generation()
-            read = await self._follow()  # mostly the same records as the index's batch: reused
+            async with self.lock:
+                await self.follow_generation()
+                read = await self._follow()  # mostly the records of the index's batch: reused
             outbox = self._db.outbox
             applied = await outbox.applied_seq()
             while True:
@@ -156,7 +171,9 @@ class IndexSync:
                 try:
                     await self.apply(self.index, tenants, read=read)
                 except Exception as exc:
-                    if await self.follow_generation():
+                    async with self.lock:
+                        switched = await self.follow_generation()
+                    if switched:
                         applied = await outbox.applied_seq()
                         continue  # rebuilt meanwhile: apply to the new generation
                     log.exception(
@@ -167,6 +184,52 @@ class IndexSync:
                 await outbox.outbox_ack(up_to, self.index.generation)
                 applied = up_to
                 touched += len(tenants)
+
+    async def publish(self) -> None:
+        """After a write committed: mirror it in this process's copies of hot scopes now (their
+        searches see it when this returns), and apply it to the index soon, in the background,
+        with whatever else is written meanwhile: one LanceDB commit for many writes, and no
+        writer waiting for one. A search that goes to the index waits for it (`flushed`); a
+        crash before it loses nothing (the outbox is replayed when the store opens)."""
+        await self.follow()
+        if self._closing:
+            return
+        if self._applying is None or self._applying.done():
+            self._apply_again = False
+            self._applying = asyncio.create_task(self._apply_pending(), name="memento-index")
+        else:
+            self._apply_again = True
+
+    async def _apply_pending(self) -> None:
+        while True:
+            try:
+                await self.sync()
+            except Exception as exc:  # the entries stay in the outbox: maintenance retries
+                self.report("index.update", f"index update failed: {exc}")
+                return
+            if not self._apply_again:
+                return
+            self._apply_again = False
+
+    async def settle(self) -> None:
+        """No more background applies (the store closes); the one running ends first."""
+        self._closing = True
+        await self.flushed()
+
+    async def flushed(self) -> None:
+        """Until what this process wrote is in the index (its background apply ended; if it
+        failed, the index is reported and maintenance retries)."""
+        while self._applying is not None and not self._applying.done():
+            await asyncio.shield(self._applying)
+
+    async def caught_up(self) -> None:
+        """Until every write committed so far, by this process or another, is in the index:
+        what a search of the index needs to read the writes before it."""
+        await self.flushed()
+        outbox = self._db.outbox
+        _, waiting = await outbox.outbox_batch(await outbox.applied_seq(), limit=1)
+        if waiting:
+            await self.sync()
 
     async def follow(self) -> None:
         """Mirror in the vector cache the outbox entries written since it last looked, by

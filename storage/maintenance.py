@@ -152,7 +152,7 @@ class IndexMaintenance:
         sync, outbox = self._sync, self._db.outbox
         started = time.perf_counter()
         async with _rebuild_lock(sync.locks, sync.data_dir):
-            async with sync.lock:
+            async with sync.switching():
                 await sync.follow_generation()
             started_after = await outbox.begin_index_build()
             try:
@@ -162,7 +162,7 @@ class IndexMaintenance:
                 # The changes written meanwhile, most of them outside the lock, the last ones
                 # inside it, where the switch cannot miss one of this process's writes.
                 applied = await self._catch_up(fresh, started_after)
-                async with sync.lock:
+                async with sync.switching():
                     applied = await self._catch_up(fresh, applied)
                     await outbox.switch_index_generation(
                         fresh.generation, applied, {EMBEDDER_META: embedder_tag(sync.embedder)}

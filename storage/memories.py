@@ -148,7 +148,7 @@ class Memories(MemoryRows):
         else:
             blobs = await self._sync.embed([embedding_input(r.key_text, r.text) for r in records])
         await self.insert_memories(records, blobs, actor=f"write:{records[0].source_role}")
-        await self._sync.sync()
+        await self._sync.publish()
         return records
 
     async def import_records(
@@ -173,7 +173,7 @@ class Memories(MemoryRows):
         made = dict(zip(missing, await self._sync.embed(missing), strict=True))
         blobs = [made[text] if text in made else blob(known[text]) for text in inputs]
         await self.import_memories(tenant_id, records, blobs, outcome)
-        await self._sync.sync()
+        await self._sync.publish()
 
     async def update(self, scope: Scope, memory_id: str, **changes: Any) -> MemoryRecord | None:
         """Change fields; a text change is a new version, re-embedded and re-indexed."""
@@ -203,7 +203,7 @@ class Memories(MemoryRows):
             actor="update",
         )
         if record is not None:
-            await self._sync.sync()
+            await self._sync.publish()
         return record
 
     async def supersede(
@@ -216,7 +216,7 @@ class Memories(MemoryRows):
         written = await self.write_successor(
             scope, old_id, record, embedding, at=at, actor="supersede"
         )
-        await self._sync.sync()
+        await self._sync.publish()
         return written
 
     async def delete(self, scope: Scope, memory_id: str, *, actor: str) -> bool:
@@ -352,7 +352,7 @@ class Memories(MemoryRows):
         try:
             vector_hits, text_hits = await search_index()
         except Exception as exc:
-            async with sync.lock:
+            async with sync.switching():
                 await sync.follow_generation()
             if sync.index is searched:  # not a generation dropped under this search
                 sync.report("index.search", f"search failed, rebuilding the index: {exc}")

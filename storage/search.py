@@ -57,11 +57,17 @@ class VectorSearch:
             return []
         cached = await self.cached_scopes(tenant_id, users)
         if cached is None:
-            return await self._sync.index.search_vector(tenant_id, query, where, k)
+            return await (await self.served_index()).search_vector(tenant_id, query, where, k)
         found = [
             scope.search(query, k, kinds=kinds, statuses=statuses, now=now) for scope in cached
         ]
         return best_of(found, k, by_distance=True)
+
+    async def served_index(self) -> MemoryIndex:
+        """The generation served, once every write committed before is in it (writes reach
+        the index in the background, `IndexSync.publish`)."""
+        await self._sync.caught_up()
+        return self._sync.index
 
     async def cached_scopes(
         self, tenant_id: str, users: Sequence[str | None]
@@ -144,7 +150,8 @@ class VectorSearch:
             return []
         cached = await self.cached_scopes(tenant_id, users)
         if cached is None:
-            return [await self._sync.index.search_vector(tenant_id, q, where, k) for q in queries]
+            index = await self.served_index()
+            return [await index.search_vector(tenant_id, q, where, k) for q in queries]
         scopes = cached
 
         def score() -> list[list[IndexHit]]:
@@ -185,7 +192,7 @@ class TextSearch:
             return []
         cached = await self._vectors.cached_scopes(tenant_id, users)
         if cached is None:
-            return await self._vectors.index.search_text(tenant_id, text, where, k)
+            return await (await self._vectors.served_index()).search_text(tenant_id, text, where, k)
         found = [scope.match(text, k, kinds=kinds, statuses=statuses, now=now) for scope in cached]
         return best_of(found, k, by_distance=False)
 

@@ -88,6 +88,7 @@ class EmbeddedStore:
     async def close(self) -> None:
         await self.maintenance.stop()
         try:
+            await self.index.settle()
             await self.index.sync()
         finally:
             await self.db.close()

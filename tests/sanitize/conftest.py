@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import pytest_asyncio
 
 from proxy.policy import deep_merge
 from storage import EmbeddedStore, open_store
@@ -28,7 +29,10 @@ def sanitizer_embedder() -> Iterator[LocalEmbedder]:
     embedder.close()
 
 
-@pytest.fixture
+# In the test's own event loop, as the storage tests' store: the store's locks and its
+# background index writes belong to the loop that uses it, and a close run in another loop
+# could find them bound to the test's.
+@pytest_asyncio.fixture(loop_scope="function")
 async def memory_store(
     tmp_path: Path, sanitizer_embedder: LocalEmbedder
 ) -> AsyncIterator[EmbeddedStore]:

@@ -150,6 +150,7 @@ async def test_erasing_a_user_removes_their_rows_from_the_index(
     await store.memories.add(ann, [NewMemory(kind="fact", text=f"ann note {i}") for i in range(3)])
     await store.memories.add(bob, [NewMemory(kind="fact", text="bob note")])
     await store.memories.add(Scope("globex", "ann"), [NewMemory(kind="fact", text="other tenant")])
+    await store.index.flushed()  # additions reach the index in the background
     assert await store.index.index.count("acme") == 4
     await store.memories.delete_user(
         "acme", "ann", actor="test"

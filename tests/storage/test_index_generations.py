@@ -115,6 +115,9 @@ async def test_a_second_rebuild_is_refused_while_one_runs(
 ) -> None:
     store = await open_embedded_store(tmp_path, local_embedder, maintenance_interval_s=0)
     await store.memories.add(SCOPE, [NewMemory(kind="fact", text="I collect stamps")])
+    # Its index write done: the blocking `subprocess.run` below stops this event loop, and a
+    # background write holding the index lock meanwhile would stop the child's start-up too.
+    await store.index.flushed()
     try:
         with open(FileLocks(tmp_path).path(REBUILD_LOCK), "a+") as held:  # as another rebuild would
             fcntl.flock(held, fcntl.LOCK_EX)

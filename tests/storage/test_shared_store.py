@@ -117,6 +117,7 @@ async def test_a_process_that_missed_pruned_entries_starts_its_copies_over(
     await first.memories.add(SCOPE, [NewMemory(kind="fact", text="Ann lives in Lisbon")])
     await _found(second, "Where does Ann live?")
     (boat,) = await first.memories.add(SCOPE, [NewMemory(kind="fact", text="Ann owns a boat")])
+    await first.index.flushed()
     # Applied to the index and older than the outbox keeps them: pruned before `second` read.
     assert await first.db.outbox.prune_outbox(older_than=time.time() + 3600) == 2
     await second.index.follow()
@@ -132,6 +133,7 @@ async def test_applied_entries_are_kept_for_the_other_processes_until_old(
     first, second = pair
     await _found(second, "anything")  # the scope is cached (empty)
     await first.memories.add(SCOPE, [NewMemory(kind="fact", text="Ann lives in Lisbon")])
+    await first.index.flushed()
     assert await first.db.outbox.outbox_pending() == 0  # in the index already
     await first.maintenance.maintain()  # prunes only entries older than the outbox keeps
     await second.index.follow()
