@@ -59,15 +59,19 @@ class FileLocks:
             else:
                 self._files[name] = (asyncio.Lock(), opened)
         turn, handle = self._files[name]
-        async with turn:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # another process holds it: wait off the loop
-                await asyncio.to_thread(fcntl.flock, handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        await turn.acquire()
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another process holds it: wait off the loop
+            await _wait_for_flock(handle, turn)  # on cancellation it releases `turn` itself
+        except BaseException:
+            turn.release()
+            raise
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            turn.release()
 
     @contextlib.asynccontextmanager
     async def try_hold(self, name: str) -> AsyncIterator[None]:
@@ -88,3 +92,27 @@ class FileLocks:
         for _, handle in self._files.values():
             handle.close()
         self._files.clear()
+
+
+async def _wait_for_flock(handle: IO[str], turn: asyncio.Lock) -> None:
+    """Take the lock on `handle` in a thread, `turn` (this process's holders' queue) held. A
+    thread blocked in `flock` cannot be stopped: if the waiter is cancelled (a search's
+    deadline, a shutdown), the thread still gets the lock later, and nobody would give it back
+    while other processes wait for it. So the cancelled waiter leaves at once, and the lock is
+    given back as soon as it is granted, `turn` released only then: this process's next holder
+    cannot take a lock that is about to be given back under it."""
+    granted = asyncio.ensure_future(asyncio.to_thread(fcntl.flock, handle, fcntl.LOCK_EX))
+    try:
+        await asyncio.shield(granted)
+    except asyncio.CancelledError:
+
+        def give_back(_: asyncio.Future[None]) -> None:
+            with contextlib.suppress(OSError, ValueError):
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            turn.release()
+
+        granted.add_done_callback(give_back)
+        raise
+    except BaseException:
+        turn.release()
+        raise
