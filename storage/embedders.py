@@ -49,6 +49,10 @@ LOCAL_SPECS = {
     LOCAL_MODEL_ID: "fp32",
 }
 BATCH_SIZE = 64
+# Threads a large request (an import) is encoded on at once, one chunk each: a text costs the
+# same on either, so two cores embed an import twice as fast. Queries never run two batches at
+# once: under load their one thread leaves the event loop a core.
+BULK_WORKERS = max(1, min(2, os.cpu_count() or 1))
 
 # Dimensions of well-known remote models, so a store can be opened without a probe call.
 KNOWN_DIMENSIONS = {
@@ -101,10 +105,11 @@ class LocalEmbedder:
 
     Same pipeline as sentence-transformers: WordPiece tokens truncated at the model's
     max_seq_length, mean pooling over the attention mask, unit length. The model loads on first
-    use (or `await load()`), in a worker thread; one dedicated thread runs encode calls (the
+    use (or `await load()`), in a worker thread; dedicated threads run encode calls (the
     float graph in batches of 64 sorted by length so little is padded; the int8 graph one text
-    at a time, see `_texts_per_run`). Concurrent calls meet in an
-    `EncodeQueue`: small ones (queries) run together and ahead of large ones (imports).
+    at a time, see `_texts_per_run`). Concurrent calls meet in an `EncodeQueue`: small ones
+    (queries) run together, one batch at a time and ahead of large ones (imports, the write
+    path's candidates), whose chunks run on `BULK_WORKERS` threads at once.
     """
 
     def __init__(
@@ -131,7 +136,7 @@ class LocalEmbedder:
         self._session: Any = None
         self._tokenizer: Any = None
         self._load_lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        self._executor = ThreadPoolExecutor(max_workers=BULK_WORKERS, thread_name_prefix="embed")
         # One queue per event loop using this embedder (tests and benchmarks run several).
         self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EncodeQueue] = (
             weakref.WeakKeyDictionary()
@@ -204,7 +209,7 @@ class LocalEmbedder:
             queue = self._queues.get(loop)
             if queue is None:
                 queue = self._queues[loop] = EncodeQueue(
-                    self._encode_sync, self._executor, BATCH_SIZE
+                    self._encode_sync, self._executor, BATCH_SIZE, BULK_WORKERS
                 )
             fresh = await queue.encode([texts[i] for i in missing])
             for i, vector in zip(missing, fresh, strict=True):

@@ -28,6 +28,25 @@ class SlowEncoder:
         return [[float(len(text))] for text in texts]
 
 
+class CountingEncoder(SlowEncoder):
+    """A slow encoder that also counts how many of its calls overlap at most."""
+
+    def __init__(self, seconds: float = 0.02) -> None:
+        super().__init__(seconds)
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+
+    def __call__(self, texts: list[str]) -> Vectors:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            return super().__call__(texts)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
 def test_requests_that_arrive_while_the_encoder_is_busy_run_as_one_batch() -> None:
     encoder = SlowEncoder()
 
@@ -44,18 +63,20 @@ def test_requests_that_arrive_while_the_encoder_is_busy_run_as_one_batch() -> No
     assert results == [[[1.0]], *[[[float(n)]] for n in range(1, 10)]]
 
 
-def test_a_query_does_not_wait_for_a_whole_import() -> None:
-    encoder = SlowEncoder(seconds=0.01)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_query_does_not_wait_for_a_whole_import(workers: int) -> None:
+    encoder = CountingEncoder(seconds=0.01)
 
     async def scenario() -> list[str]:
-        queue = EncodeQueue(encoder, ThreadPoolExecutor(max_workers=1), chunk=8)
+        executor = ThreadPoolExecutor(max_workers=workers)
+        queue = EncodeQueue(encoder, executor, chunk=8, workers=workers)
         finished: list[str] = []
 
         async def run(name: str, texts: list[str]) -> None:
             await queue.encode(texts)
             finished.append(name)
 
-        large = asyncio.ensure_future(run("import", [f"memory {i}" for i in range(80)]))
+        large = asyncio.ensure_future(run("import", [f"memory {i}" for i in range(80 * workers)]))
         while not encoder.busy.is_set():
             await asyncio.sleep(0.001)
         await run("query", ["what do I like?"])
@@ -63,7 +84,9 @@ def test_a_query_does_not_wait_for_a_whole_import() -> None:
         return finished
 
     assert asyncio.run(scenario()) == ["query", "import"]
-    assert ["what do I like?"] in encoder.batches[:3]  # after the chunk already running
+    # It runs right after the chunks already running, one per worker.
+    assert ["what do I like?"] in encoder.batches[: workers + 2]
+    assert encoder.most == workers
 
 
 def test_a_failing_batch_fails_its_requests_only() -> None:
@@ -93,3 +116,31 @@ def test_concurrent_embeddings_match_one_at_a_time() -> None:
 
     alone, batched = asyncio.run(one_at_a_time()), asyncio.run(together())
     assert np.allclose(np.asarray(alone), np.asarray(batched), atol=1e-5)
+
+
+def test_a_large_request_uses_every_worker_and_keeps_its_order() -> None:
+    encoder = CountingEncoder()
+    texts = [f"memory {'x' * i}" for i in range(80)]
+
+    async def scenario() -> Vectors:
+        queue = EncodeQueue(encoder, ThreadPoolExecutor(max_workers=2), chunk=8, workers=2)
+        return await queue.encode(texts)
+
+    assert asyncio.run(scenario()) == [[float(len(text))] for text in texts]
+    assert encoder.most == 2
+    assert sorted(len(batch) for batch in encoder.batches) == [8] * 10
+
+
+def test_small_requests_run_one_batch_at_a_time_even_with_two_workers() -> None:
+    encoder = CountingEncoder()
+
+    async def scenario() -> None:
+        queue = EncodeQueue(encoder, ThreadPoolExecutor(max_workers=2), workers=2)
+        first = asyncio.ensure_future(queue.encode(["a"]))
+        while not encoder.busy.is_set():
+            await asyncio.sleep(0.001)
+        await asyncio.gather(first, *(queue.encode(["b" * n]) for n in range(1, 10)))
+
+    asyncio.run(scenario())
+    assert [len(batch) for batch in encoder.batches] == [1, 9]
+    assert encoder.most == 1
