@@ -217,7 +217,7 @@ class ReadPath:
             skipped = _skipped(exc)
             RETRIEVAL_FAILURES.add(1, {"reason": skipped})
             reason = _REASONS.get(skipped) or type(exc).__name__
-            mark_failed(span, f"memory unavailable: {reason}", exc)
+            mark_failed(span, f"memory unavailable: {reason}", exc, stack=skipped == "error")
             log.warning("memory retrieval failed for request %s: %s", ctx.request_id, reason)
             if policy.memory.fail_closed:
                 raise MemoryUnavailable(f"retrieval failed: {reason}") from exc

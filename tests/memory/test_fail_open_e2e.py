@@ -57,6 +57,9 @@ def test_store_down_fails_open(
     retrieve = next(span for span in trace["spans"] if span["name"] == "memento.retrieve")
     assert retrieve["attributes"]["memento.memory.error"].startswith("memory unavailable")
     assert retrieve["attributes"]["memento.memory.fail_open"] is True
+    (event,) = [e for e in retrieve["events"] if e["name"] == "exception"]
+    assert event["attributes"]["exception.type"] == "sqlite3.OperationalError"
+    assert "disk_failure" in event["attributes"]["exception.stacktrace"]  # a fault: its stack
 
 
 def test_retrieval_deadline_fails_open(
@@ -73,6 +76,10 @@ def test_retrieval_deadline_fails_open(
     trace = wait_for_trace(proxy, response.headers["x-request-id"], {"memento.retrieve"})
     retrieve = next(span for span in trace["spans"] if span["name"] == "memento.retrieve")
     assert retrieve["attributes"]["memento.memory.error"] == "memory unavailable: deadline exceeded"
+    # A deadline is load, not a fault: its exception is recorded without a stack to format.
+    (event,) = [e for e in retrieve["events"] if e["name"] == "exception"]
+    assert event["attributes"]["exception.type"] == "TimeoutError"
+    assert "exception.stacktrace" not in event["attributes"]
     scraped = httpx.get(proxy.base_url + "/metrics", timeout=30).text
     assert 'memento_memory_retrieval_failures_total{reason="deadline"}' in scraped
 
