@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -91,20 +91,33 @@ def _heading_tokens(encoding_name: str) -> dict[str, int]:
     }
 
 
-def prompt_tokens(messages: list[dict[str, Any]], body: dict[str, Any], encoding_name: str) -> int:
+def prompt_tokens(
+    messages: list[dict[str, Any]],
+    body: dict[str, Any],
+    encoding_name: str,
+    count: Callable[[str, str], int] = count_tokens,
+) -> int:
     """Tokens the caller's own request takes: the conversation (chat-shaped, as its door reads
-    it), tool calls, and the body's tool definitions and output format."""
+    it), tool calls, and the body's tool definitions and output format. With `count=utf8_bytes`,
+    a bound that is never below the count, found without tokenizing."""
     total = _REPLY_PRIMING_TOKENS
     for message in messages:
         if not isinstance(message, dict):
             continue
-        total += _PER_MESSAGE_TOKENS + count_tokens(message_text(message), encoding_name)
+        total += _PER_MESSAGE_TOKENS + count(message_text(message), encoding_name)
         if message.get("tool_calls"):
-            total += count_tokens(json.dumps(message["tool_calls"]), encoding_name)
+            total += count(json.dumps(message["tool_calls"]), encoding_name)
     for key in ("tools", "functions", "response_format", "text"):
         if body.get(key):
-            total += count_tokens(json.dumps(body[key]), encoding_name)
+            total += count(json.dumps(body[key]), encoding_name)
     return total
+
+
+def utf8_bytes(text: str, encoding_name: str = "") -> int:
+    """Bytes of `text` in UTF-8, never fewer than its tokens: the encodings are byte-level BPE,
+    every token one byte or more (a lone surrogate counts 3 bytes, as U+FFFD would)."""
+    del encoding_name  # the bound holds for every byte-level encoding
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 @lru_cache(maxsize=256)
@@ -139,7 +152,10 @@ def available_tokens(
     window = context_window(route)
     if window is not None:
         output = requested_output or settings.reserve_output_tokens
-        budget = min(budget, window - prompt_tokens(messages, body, encoding_name) - output)
+        # Most prompts leave the whole budget free even counted in bytes: then they need no
+        # tokenizing, which for a long conversation costs milliseconds a call.
+        if window - prompt_tokens(messages, body, encoding_name, utf8_bytes) - output < budget:
+            budget = min(budget, window - prompt_tokens(messages, body, encoding_name) - output)
     return max(0, budget)
 
 
