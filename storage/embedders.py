@@ -201,9 +201,24 @@ class LocalEmbedder:
                 rows[i] = vector
         return rows
 
+    def _seen_as(self, text: str) -> str:
+        """`text` as the model sees it once the tokenizer has normalized it (lower case, no
+        accents, control characters dropped): texts seen alike get the same vector, so they
+        share a cache entry and are encoded once. "The user has a boy." and "the user has a
+        boy." (a statement's text and its key text) are one text to this model."""
+        tokenizer = self._tokenizer
+        if tokenizer is None or tokenizer.normalizer is None:  # not loaded yet: exact texts
+            return text
+        seen: str = tokenizer.normalizer.normalize_str(text)
+        return seen
+
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        results: list[list[float] | None] = [self._cache.get(text) for text in texts]
-        missing = [i for i, vector in enumerate(results) if vector is None]
+        keys = [self._seen_as(text) for text in texts]
+        results: list[list[float] | None] = [self._cache.get(key) for key in keys]
+        missing: dict[str, str] = {}  # key → the first text seen so, to encode
+        for text, key, vector in zip(texts, keys, results, strict=True):
+            if vector is None:
+                missing.setdefault(key, text)
         if missing:
             loop = asyncio.get_running_loop()
             queue = self._queues.get(loop)
@@ -211,10 +226,13 @@ class LocalEmbedder:
                 queue = self._queues[loop] = EncodeQueue(
                     self._encode_sync, self._executor, BATCH_SIZE, BULK_WORKERS
                 )
-            fresh = await queue.encode([texts[i] for i in missing])
-            for i, vector in zip(missing, fresh, strict=True):
-                results[i] = vector
-                self._cache.put(texts[i], vector)
+            fresh = dict(zip(missing, await queue.encode(list(missing.values())), strict=True))
+            for key, vector in fresh.items():
+                self._cache.put(key, vector)
+            results = [
+                fresh[key] if vector is None else vector
+                for key, vector in zip(keys, results, strict=True)
+            ]
         return [vector for vector in results if vector is not None]
 
     def close(self) -> None:

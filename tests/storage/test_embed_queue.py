@@ -144,3 +144,26 @@ def test_small_requests_run_one_batch_at_a_time_even_with_two_workers() -> None:
     asyncio.run(scenario())
     assert [len(batch) for batch in encoder.batches] == [1, 9]
     assert encoder.most == 1
+
+
+def test_texts_the_model_sees_alike_are_encoded_once_and_cached_as_one() -> None:
+    embedder = LocalEmbedder()
+    encoded: list[list[str]] = []
+    encode = embedder._encode_sync
+
+    def counting(texts: list[str]) -> Vectors:
+        encoded.append(list(texts))
+        return encode(texts)
+
+    embedder._encode_sync = counting  # type: ignore[method-assign]
+
+    async def scenario() -> tuple[Vectors, Vectors]:
+        await embedder.load()
+        # A statement's text and its key text differ in case only: the tokenizer lowercases.
+        first = await embedder.embed(["The user has a boy.", "the user has a boy.", "I sail."])
+        return first, await embedder.embed(["THE USER HAS A BOY."])
+
+    first, again = asyncio.run(scenario())
+    assert encoded == [["The user has a boy.", "I sail."]]
+    assert first[0] == first[1] == again[0]
+    assert not np.allclose(first[0], first[2])
