@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 
 from storage.locks import FileLocks
 from storage.relational import Dialect, SQLConnection, Transaction
 from storage.sqlite.migrations import MIGRATIONS, Migration, migrate
+
+T = TypeVar("T")
 
 SQLITE = Dialect(
     name="sqlite",
@@ -79,16 +81,17 @@ class Connection(SQLConnection):
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         """One write transaction. Anything that fails, the COMMIT included (a full disk fails
-        there), rolls it back, so the connection is ready for the next write."""
+        there), rolls it back, so the connection is ready for the next write; so does a
+        cancellation, even one that lands while BEGIN or COMMIT runs in aiosqlite's thread."""
         async with self._write_lock:
             try:
-                await self._writer.execute("BEGIN IMMEDIATE")
                 try:
+                    await _to_the_end(self._writer.execute("BEGIN IMMEDIATE"))
                     yield cast(Transaction, self._writer)
-                    await self._writer.execute("COMMIT")
+                    await _to_the_end(self._writer.execute("COMMIT"))
                 except BaseException:
                     if self._writer.in_transaction:
-                        await self._writer.execute("ROLLBACK")
+                        await _to_the_end(self._writer.execute("ROLLBACK"))
                     raise
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL:
@@ -110,3 +113,22 @@ class Connection(SQLConnection):
         """
         async with self._write_lock:
             await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+async def _to_the_end(statement: Awaitable[T]) -> T:
+    """Await a statement until it has run, even when the caller is cancelled meanwhile.
+
+    aiosqlite runs a statement in its thread whatever becomes of the coroutine awaiting it: a
+    BEGIN or COMMIT cancelled on its way still runs, and a caller that stopped waiting could not
+    tell whether a transaction is open. Here the cancellation is raised only once the
+    statement has run, so `in_transaction` says what to undo."""
+    task = asyncio.ensure_future(statement)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([task])  # a cancelled wait leaves the task running
+        if not task.cancelled():
+            task.exception()  # seen: the caller hears of the cancellation, not of this
+        raise
