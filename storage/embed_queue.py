@@ -29,7 +29,7 @@ SMALL = 4  # texts in a request that jumps ahead of large ones
 class _Request:
     texts: list[str]
     done: asyncio.Future[Vectors]
-    rows: list[list[float] | None] = field(default_factory=list)
+    rows: list[list[float] | None] = field(init=False)  # by position in `texts`
     sent: int = 0  # texts handed to the encoder so far
     filled: int = 0  # texts encoded so far
 
