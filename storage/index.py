@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from storage.index_location import IndexLocation
 from storage.index_schema import (
+    ON_LOOP_ROWS,
     IndexHit,
     IndexRow,
     arrow_rows,
@@ -252,14 +253,20 @@ class MemoryIndex:
                 table.merge_insert("id")
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
-                .execute(arrow_rows(tenant_rows, self._schema))
+                .execute(await self._arrow(tenant_rows))
             )
+
+    async def _arrow(self, rows: Sequence[IndexRow]) -> pa.Table:
+        """`rows` as LanceDB takes them; a large batch is copied in a worker thread."""
+        if len(rows) <= ON_LOOP_ROWS:
+            return arrow_rows(rows, self._schema)
+        return await asyncio.to_thread(arrow_rows, rows, self._schema)
 
     async def append(self, rows: Sequence[IndexRow]) -> None:
         """Add rows known to be new (bulk loads and rebuilds): cheaper than an upsert."""
         for tenant_id, tenant_rows in _by_tenant(rows).items():
             table = await self._table_for_write(tenant_id)
-            await table.add(arrow_rows(tenant_rows, self._schema))
+            await table.add(await self._arrow(tenant_rows))
 
     async def remove(self, tenant_id: str | None, memory_ids: Sequence[str]) -> None:
         """Remove rows by id from `tenant_id`'s table.

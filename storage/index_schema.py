@@ -36,6 +36,13 @@ def generation_of(name: str) -> int | None:
     return None
 
 
+# Rows converted on the event loop at most this many at a time (records into index sources, those
+# into index rows, rows into Arrow); more go to a worker thread. A row costs microseconds to tens
+# of them (JSON, search text, copies): a 10k-memory scope's load, or an import's batch, would
+# otherwise hold every request the loop serves for a tenth of a second or more.
+ON_LOOP_ROWS = 256
+
+
 def table_schema(dimensions: int) -> pa.Schema:
     """The columns of every tenant table."""
     return pa.schema(

@@ -26,7 +26,7 @@ import numpy as np
 
 from storage.api import Embedder, HealthReporter
 from storage.index import MemoryIndex
-from storage.index_schema import IndexRow
+from storage.index_schema import ON_LOOP_ROWS, IndexRow
 from storage.locks import StoreLocks
 from storage.sqlite import Database
 from storage.sqlite.outbox import IndexSource
@@ -306,12 +306,12 @@ class IndexSync:
         missing = [memory_id for memory_id in memory_ids if memory_id not in known]
         sources = await self._db.outbox.index_sources(missing) if missing else {}
         sources.update({i: source for i, source in known.items() if source is not None})
-        rows: list[IndexRow] = []
-        for memory_id in memory_ids:
-            source = sources.get(memory_id)
-            row = self.index_row(source) if source is not None else None
-            if row is not None:
-                rows.append(row)
+
+        def live() -> list[IndexRow]:
+            found = (sources.get(memory_id) for memory_id in memory_ids)
+            return [row for s in found if s is not None and (row := self.index_row(s)) is not None]
+
+        rows = live() if len(memory_ids) <= ON_LOOP_ROWS else await asyncio.to_thread(live)
         kept = {row.id for row in rows}
         return rows, [memory_id for memory_id in memory_ids if memory_id not in kept], sources
 

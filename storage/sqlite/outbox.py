@@ -14,12 +14,14 @@ started after.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from storage.index_people import speaker_terms, without_addressees
+from storage.index_schema import ON_LOOP_ROWS
 from storage.index_text import dated_terms
 from storage.records import MemoryKind, MemoryStatus
 from storage.relational import META_UPSERT, SQLConnection
@@ -204,6 +206,12 @@ class IndexOutbox:
             embedding_model=row[11],
         )
 
+    @classmethod
+    async def _index_sources(cls, rows: Sequence[Sequence[Any]]) -> list[IndexSource]:
+        if len(rows) <= ON_LOOP_ROWS:
+            return [cls._index_source(row) for row in rows]
+        return await asyncio.to_thread(lambda: [cls._index_source(row) for row in rows])
+
     async def index_sources(self, memory_ids: Sequence[str]) -> dict[str, IndexSource]:
         """Current state of these records for the index; absent ids were erased."""
         found: dict[str, IndexSource] = {}
@@ -214,8 +222,8 @@ class IndexOutbox:
                 f"WHERE id IN ({placeholders(len(chunk))})",
                 chunk,
             )
-            for row in rows:
-                found[row[0]] = self._index_source(row)
+            for source in await self._index_sources(rows):
+                found[source.id] = source
         return found
 
     async def scope_index_sources(self, tenant_id: str, user_id: str | None) -> list[IndexSource]:
@@ -228,7 +236,7 @@ class IndexOutbox:
             "!= 'deleted'",
             (tenant_id,) if user_id is None else (tenant_id, user_id),
         )
-        return [self._index_source(row) for row in rows]
+        return await self._index_sources(rows)
 
     async def iter_index_sources(self, batch: int = 1000) -> AsyncIterator[list[IndexSource]]:
         """Every live record, in batches, for rebuilding the index."""
@@ -242,7 +250,7 @@ class IndexOutbox:
             if not rows:
                 return
             last = rows[-1][0]
-            yield [self._index_source(row) for row in rows]
+            yield await self._index_sources(rows)
 
     async def set_embeddings(self, items: Sequence[tuple[str, bytes]], model_id: str) -> None:
         async with self._connection.transaction() as db:

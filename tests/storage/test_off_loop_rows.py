@@ -1,0 +1,91 @@
+"""Thousands of rows are converted in a worker thread, never on the event loop that serves
+requests: a scope's load (records into index sources, those into the scope's copy) and an
+index batch (sources into index rows, rows into Arrow). A handful stays on the loop, where a
+thread hop would cost more than the work."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import storage.index
+from storage import EmbeddedStore
+from storage.index_schema import ON_LOOP_ROWS
+from storage.records import NewMemory, Scope
+from storage.sqlite.outbox import IndexOutbox
+
+ANN = Scope("acme", "ann")
+MANY = ON_LOOP_ROWS + 100
+
+
+class Threads:
+    """Which threads ran the wrapped conversions, by name."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, set[int]] = {}
+
+    def wrap(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def recorded(*args: Any) -> Any:
+            self.seen.setdefault(name, set()).add(threading.get_ident())
+            return function(*args)
+
+        return recorded
+
+    def clear(self) -> None:
+        self.seen.clear()
+
+
+@pytest.fixture
+def threads(store: EmbeddedStore, monkeypatch: pytest.MonkeyPatch) -> Threads:
+    seen = Threads()
+    monkeypatch.setattr(
+        IndexOutbox, "_index_source", staticmethod(seen.wrap("source", IndexOutbox._index_source))
+    )
+    monkeypatch.setattr(store.index, "index_row", seen.wrap("row", store.index.index_row))
+    monkeypatch.setattr(storage.index, "arrow_rows", seen.wrap("arrow", storage.index.arrow_rows))
+    return seen
+
+
+def _facts(count: int, topic: str) -> list[NewMemory]:
+    return [NewMemory(kind="fact", text=f"Ann wrote note {n} about {topic}.") for n in range(count)]
+
+
+async def test_a_large_scope_loads_off_the_event_loop(
+    store: EmbeddedStore, threads: Threads
+) -> None:
+    await store.memories.add(ANN, _facts(MANY, "the harbour"))
+    await store.index.flushed()
+    store.index.vector_cache.clear()  # as a process that has not searched the scope yet
+    threads.clear()
+    hits = await store.memories.search(ANN, query_text="harbour", embed_query=True, k=5)
+    assert hits
+    cached = store.index.vector_cache.get("acme", "ann")
+    assert cached is not None and len(cached) == MANY
+    loop = threading.get_ident()
+    assert threads.seen["source"] and loop not in threads.seen["source"]
+    assert threads.seen["row"] and loop not in threads.seen["row"]
+
+
+async def test_a_large_index_batch_is_converted_off_the_event_loop(
+    store: EmbeddedStore, threads: Threads
+) -> None:
+    await store.memories.add(ANN, _facts(MANY, "the tide"))
+    await store.index.flushed()
+    assert await store.index.index.count("acme") == MANY
+    loop = threading.get_ident()
+    for name in ("source", "row", "arrow"):
+        assert threads.seen[name] and loop not in threads.seen[name], name
+
+
+async def test_a_small_batch_stays_on_the_event_loop(
+    store: EmbeddedStore, threads: Threads
+) -> None:
+    await store.memories.add(ANN, _facts(3, "boats"))
+    await store.index.flushed()
+    assert await store.index.index.count("acme") == 3
+    loop = threading.get_ident()
+    assert threads.seen["arrow"] == {loop}
+    assert threads.seen["row"] == {loop}
