@@ -26,7 +26,6 @@ bench/results/write.json.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import os
 import platform
@@ -42,6 +41,7 @@ import numpy as np
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from bench.in_process import as_after_start_up
 from bench.shared_data import persona_facts
 from proxy.memory.exchange_job import EXCHANGE_JOB, ExchangeJob
 from proxy.memory.extract import build_exchange, extract_with_rules
@@ -161,15 +161,6 @@ class LoopLag:
             self._task.cancel()
 
 
-def _as_after_start_up() -> None:
-    """What the proxy does once started: what is loaded by then (here also the benchmark's own
-    corpus) leaves the garbage collector's generations, so that a full collection does not
-    walk it. Without this, a full collection during the first exchange in a 10k scope held
-    the loop for about 100 ms here, where the proxy's would walk only what it made since."""
-    gc.collect()
-    gc.freeze()
-
-
 async def bench_per_write(
     embedder: Embedder, pool: list[str], vectors: np.ndarray, held_out: list[str]
 ) -> list[dict[str, Any]]:
@@ -183,7 +174,7 @@ async def bench_per_write(
             policy = Policy.model_validate({"tenant": TENANT})
             pipeline = MemoryPipeline(_Policies(policy), upstreams, store=store, workers=0)
             await pipeline.start()
-            _as_after_start_up()
+            as_after_start_up()
             timings = []
             with LoopLag() as lag:
                 for number in range(count + 5):
@@ -260,7 +251,7 @@ async def bench_queue(
         depths = []
         started = time.perf_counter()
         await pipeline.start()  # the workers start here
-        _as_after_start_up()
+        as_after_start_up()
         with LoopLag() as lag:
             while (depth := await store.queue.pending()) > 0:
                 depths.append(depth)
