@@ -16,24 +16,44 @@ What an operator reads (Prometheus names):
 - `memento_sanitizer_verdicts_total{tenant,verdict,source}` (dry runs are not counted);
 - `memento_write_queue_depth{tenant}` and `memento_write_queue_oldest_age_seconds{tenant}`, read
   from the store when scraped, and `memento_write_queue_shed_total{tenant,reason}`: exchanges
-  not learned because the tenant's `memory.write_queue` bound was hit.
+  not learned because the tenant's `memory.write_queue` bound was hit;
+- `memento_gc_pause_seconds{generation}`: the garbage collector's passes, each of which holds
+  every thread (the event loop's too). The collector's callback only notes a pass's length; the
+  passes are recorded when scraped (the instruments take locks that the interrupted code may
+  hold), the last `_GC_PAUSES_KEPT` of them;
+- the process's own, as prometheus_client's default registry has them: `process_*` (CPU
+  seconds, resident and virtual memory, open files, start time), `python_gc_*` (collections
+  and objects collected by generation) and `python_info`.
 """
 
 from __future__ import annotations
 
+import gc
 import time
+from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from storage.records import QueueDepth
 
 # Seconds: from a cache hit (a millisecond) to a slow model call (a minute).
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# A young generation's pass takes a tenth of a millisecond, a full one tens of them.
+_PAUSES = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
+# Passes noted between two scrapes (under load a few a second): older ones are dropped.
+_GC_PAUSES_KEPT = 10_000
 _COUNTS = (0, 1, 2, 3, 5, 8, 13, 21, 34)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -43,6 +63,9 @@ _reader = PrometheusMetricReader(
     registry=_registry, disable_target_info=True, scope_info_enabled=False
 )
 _meter = MeterProvider(metric_readers=[_reader]).get_meter("memento")
+ProcessCollector(registry=_registry)
+GCCollector(registry=_registry)
+PlatformCollector(registry=_registry)
 
 REQUESTS = _meter.create_counter(
     "memento.requests", unit="{request}", description="Model calls answered, by door and status."
@@ -115,8 +138,32 @@ SHED_EXCHANGES = _meter.create_counter(
 )
 
 
+GC_PAUSE = _meter.create_histogram(
+    "memento.gc.pause",
+    unit="s",
+    description="Garbage-collector passes, by generation: each holds every thread.",
+    explicit_bucket_boundaries_advisory=_PAUSES,
+)
+_gc_pauses: deque[tuple[int, float]] = deque(maxlen=_GC_PAUSES_KEPT)
+_gc_started = [0.0]
+
+
+def _note_gc_pass(phase: str, info: dict[str, Any]) -> None:
+    """A `gc.callbacks` entry: runs inside the collection, so it only notes (no locks)."""
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+    else:
+        _gc_pauses.append((info["generation"], time.perf_counter() - _gc_started[0]))
+
+
+gc.callbacks.append(_note_gc_pass)
+
+
 def render(queue_depths: dict[str, QueueDepth] | None) -> bytes:
     """Every metric in Prometheus' text format; the queue gauges from `queue_depths` (read from
     the store just before; None when the proxy runs without memory)."""
     _queue.depths = queue_depths
+    while _gc_pauses:
+        generation, seconds = _gc_pauses.popleft()
+        GC_PAUSE.record(seconds, {"generation": str(generation)})
     return bytes(generate_latest(_registry))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -84,6 +85,31 @@ def test_calls_errors_and_the_hot_path_are_counted(
     # The write queue is read from the store at each scrape: the one exchange waits there.
     assert after['memento_write_queue_depth{tenant="metered"}'] == 1
     assert after['memento_write_queue_oldest_age_seconds{tenant="metered"}'] >= 0
+
+
+def test_the_collectors_passes_and_the_process_are_measured(proxy: RunningProxy) -> None:
+    """Each garbage-collector pass holds the event loop: its length is a histogram by
+    generation. The process's own metrics are those of prometheus_client's default registry."""
+    client = openai.OpenAI(base_url=proxy.base_url + "/v1", api_key=KEY, max_retries=0)
+    before = scrape(proxy)
+    for _ in range(3):
+        messages = [{"role": "user", "content": "Hello"}]
+        client.chat.completions.create(model="echo", messages=messages)  # type: ignore[arg-type]
+    gc.collect()  # the server runs in this process: a full pass, as its collector would make
+    after = scrape(proxy)
+    for generation in ("0", "2"):
+        count = "memento_gc_pause_seconds_count"
+        assert value(after, count, generation=generation) > value(
+            before, count, generation=generation
+        ), generation
+    full = value(after, "memento_gc_pause_seconds_sum", generation="2") - value(
+        before, "memento_gc_pause_seconds_sum", generation="2"
+    )
+    assert full > 0
+    assert after["process_resident_memory_bytes{}"] > 50e6
+    assert after["process_cpu_seconds_total{}"] > 0
+    collections = 'python_gc_collections_total{generation="2"}'
+    assert after[collections] > before[collections]
 
 
 def test_a_tenant_over_its_write_queue_bound_sheds_exchanges(proxy: RunningProxy) -> None:
