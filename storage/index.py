@@ -34,10 +34,9 @@ import pyarrow as pa
 
 from storage.index_location import IndexLocation
 from storage.index_schema import (
-    ON_LOOP_ROWS,
     IndexHit,
     IndexRow,
-    arrow_rows,
+    arrow_batch,
     generation_of,
     hits_of,
     sql_list,
@@ -47,7 +46,7 @@ from storage.index_schema import (
     vector_query,
 )
 from storage.index_settings import MaintenanceSettings
-from storage.lance import READ_CONSISTENCY_S, connect, ensure_scalar_indexes, table_names
+from storage.lance import READ_CONSISTENCY_S, connect, ensure_scalar_indexes, holds_any, table_names
 
 if TYPE_CHECKING:
     import lancedb
@@ -246,27 +245,26 @@ class MemoryIndex:
         return self._tables.setdefault(name, table)
 
     async def upsert(self, rows: Sequence[IndexRow]) -> None:
-        """Insert or replace rows, each in its own tenant's table."""
+        """Insert or replace rows, each in its own tenant's table. A batch of new rows only (most
+        are) is appended: merging one row into 100k took 10-19 ms here, lookup and append 7-9."""
         for tenant_id, tenant_rows in _by_tenant(rows).items():
             table = await self._table_for_write(tenant_id)
+            data = await arrow_batch(tenant_rows, self._schema)
+            if not await holds_any(table, [row.id for row in tenant_rows]):
+                await table.add(data)
+                continue
             await (
                 table.merge_insert("id")
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
-                .execute(await self._arrow(tenant_rows))
+                .execute(data)
             )
-
-    async def _arrow(self, rows: Sequence[IndexRow]) -> pa.Table:
-        """`rows` as LanceDB takes them; a large batch is copied in a worker thread."""
-        if len(rows) <= ON_LOOP_ROWS:
-            return arrow_rows(rows, self._schema)
-        return await asyncio.to_thread(arrow_rows, rows, self._schema)
 
     async def append(self, rows: Sequence[IndexRow]) -> None:
         """Add rows known to be new (bulk loads and rebuilds): cheaper than an upsert."""
         for tenant_id, tenant_rows in _by_tenant(rows).items():
             table = await self._table_for_write(tenant_id)
-            await table.add(await self._arrow(tenant_rows))
+            await table.add(await arrow_batch(tenant_rows, self._schema))
 
     async def remove(self, tenant_id: str | None, memory_ids: Sequence[str]) -> None:
         """Remove rows by id from `tenant_id`'s table.

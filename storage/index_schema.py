@@ -4,6 +4,7 @@ rows and hits, the scope prefilter and the two queries (vector and BM25) a searc
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Sequence
@@ -77,6 +78,13 @@ def arrow_rows(rows: Sequence[IndexRow], schema: pa.Schema) -> pa.Table:
         },
         schema=schema,
     )
+
+
+async def arrow_batch(rows: Sequence[IndexRow], schema: pa.Schema) -> pa.Table:
+    """`arrow_rows`, in a worker thread for a batch of more than `ON_LOOP_ROWS`."""
+    if len(rows) <= ON_LOOP_ROWS:
+        return arrow_rows(rows, schema)
+    return await asyncio.to_thread(arrow_rows, rows, schema)
 
 
 def scope_key(tenant_id: str, user_id: str | None) -> str:

@@ -13,10 +13,12 @@ import asyncio
 import gc
 import importlib
 import sys
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from storage.index_location import IndexLocation
+from storage.index_schema import sql_list
 from storage.index_settings import MaintenanceSettings
 
 if TYPE_CHECKING:
@@ -79,3 +81,11 @@ async def ensure_scalar_indexes(table: Any) -> None:
         await table.create_index("id", config=BTree())
     if "search_text_idx" not in existing:
         await table.create_index("search_text", config=FTS(with_position=False))
+
+
+async def holds_any(table: Any, memory_ids: Sequence[str]) -> bool:
+    """Whether `table` has a row for one of these ids (their B-tree answers)."""
+    for start in range(0, len(memory_ids), 1000):
+        if await table.count_rows(f"id IN ({sql_list(memory_ids[start : start + 1000])})"):
+            return True
+    return False

@@ -3,6 +3,7 @@ folder and on S3 (`index_location`), where the behaviour does not depend on Lanc
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import replace
@@ -69,6 +70,24 @@ async def test_a_search_sees_only_its_own_tenants_table(index_location: IndexLoc
     assert other == []
     assert await index.search_text("nobody", "harbour", _where("nobody", "ann"), 30) == []
     assert await index.count() == 5 * len(ODD_TENANTS)
+
+
+async def test_an_upsert_appends_new_rows_and_replaces_held_ones(tmp_path: Path) -> None:
+    """New rows are appended; a batch holding a row the table has is merged: a batch applied
+    again (its outbox entries were not acknowledged before a crash) leaves one row per id."""
+    index = await MemoryIndex.open(IndexLocation.folder(tmp_path), DIM)
+    rows = _rows("acme", "ann", 6)
+    await index.upsert(rows[:4])
+    await index.upsert(rows[:4])  # applied again
+    assert await index.count("acme") == 4
+    changed = dataclasses.replace(rows[0], search_text="lighthouse keeper")
+    await index.upsert([changed, *rows[4:]])  # one held, two new
+    assert await index.count("acme") == 6
+    where = _where("acme", "ann")
+    assert [hit.id for hit in await index.search_text("acme", "lighthouse", where, 5)] == [
+        rows[0].id
+    ]
+    assert len(await index.search_text("acme", "harbour", where, 10)) == 5
 
 
 async def test_remove_by_tenant_and_without_one(index_location: IndexLocation) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-import storage.index
+import storage.index_schema
 from storage import EmbeddedStore
 from storage.index_schema import ON_LOOP_ROWS
 from storage.records import NewMemory, Scope
@@ -45,7 +45,9 @@ def threads(store: EmbeddedStore, monkeypatch: pytest.MonkeyPatch) -> Threads:
         IndexOutbox, "_index_source", staticmethod(seen.wrap("source", IndexOutbox._index_source))
     )
     monkeypatch.setattr(store.index, "index_row", seen.wrap("row", store.index.index_row))
-    monkeypatch.setattr(storage.index, "arrow_rows", seen.wrap("arrow", storage.index.arrow_rows))
+    monkeypatch.setattr(
+        storage.index_schema, "arrow_rows", seen.wrap("arrow", storage.index_schema.arrow_rows)
+    )
     return seen
 
 
