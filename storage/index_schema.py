@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -36,6 +36,8 @@ def generation_of(name: str) -> int | None:
         return int(prefix[1:])
     return None
 
+
+T = TypeVar("T")
 
 # Rows converted on the event loop at most this many at a time (records into index sources, those
 # into index rows, rows into Arrow); more go to a worker thread. A row costs microseconds to tens
@@ -80,11 +82,15 @@ def arrow_rows(rows: Sequence[IndexRow], schema: pa.Schema) -> pa.Table:
     )
 
 
+async def on_loop_or_thread(rows: int, work: Callable[[], T]) -> T:
+    """`work()` on `rows` rows: on the event loop for up to `ON_LOOP_ROWS`, else in a worker
+    thread."""
+    return work() if rows <= ON_LOOP_ROWS else await asyncio.to_thread(work)
+
+
 async def arrow_batch(rows: Sequence[IndexRow], schema: pa.Schema) -> pa.Table:
     """`arrow_rows`, in a worker thread for a batch of more than `ON_LOOP_ROWS`."""
-    if len(rows) <= ON_LOOP_ROWS:
-        return arrow_rows(rows, schema)
-    return await asyncio.to_thread(arrow_rows, rows, schema)
+    return await on_loop_or_thread(len(rows), lambda: arrow_rows(rows, schema))
 
 
 def scope_key(tenant_id: str, user_id: str | None) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 
 from storage.api import Embedder, HealthReporter
 from storage.index import MemoryIndex
-from storage.index_schema import ON_LOOP_ROWS, IndexRow
+from storage.index_schema import IndexRow, on_loop_or_thread
 from storage.locks import StoreLocks
 from storage.sqlite import Database
 from storage.sqlite.outbox import IndexSource
@@ -311,7 +311,7 @@ class IndexSync:
             found = (sources.get(memory_id) for memory_id in memory_ids)
             return [row for s in found if s is not None and (row := self.index_row(s)) is not None]
 
-        rows = live() if len(memory_ids) <= ON_LOOP_ROWS else await asyncio.to_thread(live)
+        rows = await on_loop_or_thread(len(memory_ids), live)
         kept = {row.id for row in rows}
         return rows, [memory_id for memory_id in memory_ids if memory_id not in kept], sources
 

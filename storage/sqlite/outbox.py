@@ -14,14 +14,13 @@ started after.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from storage.index_people import speaker_terms, without_addressees
-from storage.index_schema import ON_LOOP_ROWS
+from storage.index_schema import on_loop_or_thread
 from storage.index_text import dated_terms
 from storage.records import MemoryKind, MemoryStatus
 from storage.relational import META_UPSERT, SQLConnection
@@ -208,9 +207,7 @@ class IndexOutbox:
 
     @classmethod
     async def _index_sources(cls, rows: Sequence[Sequence[Any]]) -> list[IndexSource]:
-        if len(rows) <= ON_LOOP_ROWS:
-            return [cls._index_source(row) for row in rows]
-        return await asyncio.to_thread(lambda: [cls._index_source(row) for row in rows])
+        return await on_loop_or_thread(len(rows), lambda: [cls._index_source(r) for r in rows])
 
     async def index_sources(self, memory_ids: Sequence[str]) -> dict[str, IndexSource]:
         """Current state of these records for the index; absent ids were erased."""
