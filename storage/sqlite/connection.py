@@ -100,9 +100,9 @@ class Connection(SQLConnection):
             self._wrote()
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        """Rows of one query on the reader connection (never behind a write)."""
-        async with self._reader.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        """Rows of one query on the reader connection (never behind a write), in one trip to
+        its thread: execute, fetch and close as three trips cost the request path ~1 ms."""
+        return list(await self._reader.execute_fetchall(sql, params))
 
     async def forget_wal(self) -> None:
         """Checkpoint and truncate the WAL so erased content leaves the disk now.
