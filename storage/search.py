@@ -59,7 +59,8 @@ class VectorSearch:
         if cached is None:
             return await (await self.served_index()).search_vector(tenant_id, query, where, k)
         found = [
-            scope.search(query, k, kinds=kinds, statuses=statuses, now=now) for scope in cached
+            await scope.search(query, k, kinds=kinds, statuses=statuses, now=now)
+            for scope in cached
         ]
         return best_of(found, k, by_distance=True)
 

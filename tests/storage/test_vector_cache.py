@@ -9,22 +9,30 @@ from the cache returns what the same search through LanceDB (flat, exact) return
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import storage.vector_cache
 from storage import EmbeddedStore
 from storage.embedders import LocalEmbedder
 from storage.index_schema import IndexRow
 from storage.records import NewMemory, Scope
 from storage.store import open_embedded_store
-from storage.vector_cache import ScopeVectors, VectorCache, VectorCacheSettings
+from storage.vector_cache import (
+    OFF_LOOP_SCAN_ROWS,
+    ScopeVectors,
+    VectorCache,
+    VectorCacheSettings,
+)
 
 DIM = 4
 
@@ -47,7 +55,7 @@ def _row(memory_id: str, vector: list[float], **fields: object) -> IndexRow:
     )
 
 
-def test_scope_search_is_exact_and_filtered() -> None:
+async def test_scope_search_is_exact_and_filtered() -> None:
     scope = ScopeVectors(DIM, capacity=2)  # grows past its first capacity
     scope.upsert(_row("near", [1, 0.1, 0, 0]))
     scope.upsert(_row("nearest-but-quarantined", [1, 0, 0, 0], status="quarantined"))
@@ -56,17 +64,17 @@ def test_scope_search_is_exact_and_filtered() -> None:
     scope.upsert(_row("far", [0, 1, 0, 0]))
     query = np.asarray([1, 0, 0, 0], dtype=np.float32)
 
-    hits = scope.search(query, 10, kinds=["fact", "case"], statuses=["active"], now=200.0)
+    hits = await scope.search(query, 10, kinds=["fact", "case"], statuses=["active"], now=200.0)
     assert [hit.id for hit in hits] == ["near", "far"]
     near = scope.vector("near")
     assert near is not None and hits[0].score == pytest.approx(-float(near @ query))
-    assert [h.id for h in scope.search(query, 1, kinds=None, statuses=[], now=50.0)] == [
+    assert [h.id for h in await scope.search(query, 1, kinds=None, statuses=[], now=50.0)] == [
         "nearest-but-quarantined"
     ]
     scope.remove("near")  # the last row moves into its place
     scope.remove("unknown")
     assert sorted(scope.ids) == ["expired", "far", "lesson", "nearest-but-quarantined"]
-    assert [h.id for h in scope.search(query, 2, kinds=None, statuses=[], now=50.0)] == [
+    assert [h.id for h in await scope.search(query, 2, kinds=None, statuses=[], now=50.0)] == [
         "nearest-but-quarantined",
         "expired",
     ]
@@ -172,7 +180,7 @@ async def _check(store: EmbeddedStore, ops: list[tuple[str, str | None, int, str
         rows = await store.index.scope_rows(tenant, user)
         truth = {row.id: row.vector for row in rows}
         assert sorted(cached.ids) == sorted(truth)
-        everything = cached.search(query, 10_000, kinds=None, statuses=[], now=0.0)
+        everything = await cached.search(query, 10_000, kinds=None, statuses=[], now=0.0)
         for hit in everything:
             assert np.allclose(cached.vector(hit.id), truth[hit.id])
         # Its posting lists say what a fresh copy's say: the same BM25 score for every word.
@@ -228,3 +236,63 @@ def test_cached_scopes_follow_every_write(
 ) -> None:
     runner, store = runner_and_store
     runner.run(_check(store, ops))
+
+
+def _large_scope(rows: int) -> ScopeVectors:
+    scope = ScopeVectors(DIM, capacity=rows)
+    rng = np.random.default_rng(7)
+    for number, vector in enumerate(rng.standard_normal((rows, DIM))):
+        scope.upsert(_row(f"m{number}", vector.tolist()))
+    return scope
+
+
+async def test_a_large_scope_is_scored_off_the_loop_and_a_small_one_on_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    threads: list[int] = []
+    scored = storage.vector_cache._nearest
+
+    def recorded(*args: Any) -> Any:
+        threads.append(threading.get_ident())
+        return scored(*args)
+
+    monkeypatch.setattr(storage.vector_cache, "_nearest", recorded)
+    query = np.asarray([1, 0, 0, 0], dtype=np.float32)
+    filters: dict[str, Any] = {"kinds": ["fact"], "statuses": ["active"], "now": 0.0}
+    large = _large_scope(OFF_LOOP_SCAN_ROWS)
+    hits = await large.search(query, 5, **filters)
+    assert threads and threads[-1] != threading.get_ident()
+    exact = np.argsort(-(np.stack([large.vector(i) for i in large.ids]) @ query))[:5]
+    assert [hit.id for hit in hits] == [large.ids[i] for i in exact]
+    small = _large_scope(OFF_LOOP_SCAN_ROWS - 1)
+    await small.search(query, 5, **filters)
+    assert threads[-1] == threading.get_ident()
+
+
+async def test_rows_changed_during_an_off_loop_scan_are_scored_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An outbox batch lands on the loop while the thread scores: the scan's positions may
+    name rows that moved or left, so the scope is scored again, never answered from them."""
+    scope = _large_scope(OFF_LOOP_SCAN_ROWS)
+    query = np.asarray([1, 0, 0, 0], dtype=np.float32)
+    filters: dict[str, Any] = {"kinds": ["fact"], "statuses": ["active"], "now": 0.0}
+    best = (await scope.search(query, 1, **filters))[0].id
+    scanning, release = threading.Event(), threading.Event()
+    scored = storage.vector_cache._nearest
+
+    def held(*args: Any) -> Any:
+        found = scored(*args)
+        scanning.set()
+        release.wait(10)
+        return found
+
+    monkeypatch.setattr(storage.vector_cache, "_nearest", held)
+    search = asyncio.ensure_future(scope.search(query, 3, **filters))
+    await asyncio.to_thread(scanning.wait, 10)
+    scope.remove(best)  # the last row moves into its place
+    release.set()
+    hits = await search
+    assert best not in [hit.id for hit in hits]
+    monkeypatch.setattr(storage.vector_cache, "_nearest", scored)
+    assert hits == await scope.search(query, 3, **filters)
