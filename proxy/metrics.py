@@ -20,7 +20,7 @@ What an operator reads (Prometheus names):
 - `memento_gc_pause_seconds{generation}`: the garbage collector's passes, each of which holds
   every thread (the event loop's too). The collector's callback only notes a pass's length; the
   passes are recorded when scraped (the instruments take locks that the interrupted code may
-  hold), the last `_GC_PAUSES_KEPT` of them;
+  hold), the last 10,000 of them;
 - the process's own, as prometheus_client's default registry has them: `process_*` (CPU
   seconds, resident and virtual memory, open files, start time), `python_gc_*` (collections
   and objects collected by generation) and `python_info`.
