@@ -197,10 +197,10 @@ class LocalEmbedder:
         """The mean of each text's token states (over its tokens, not the batch's padding).
 
         A lone text (every text of the int8 graph) is tokenized and pooled without padding or
-        mask: each call that lets go of the GIL (a batch's tokenizing, a numpy pass over the
-        states) must take it back from the event loop, which under load holds it for up to the
-        interpreter's switch interval (5 ms). Measured with a thread busy in Python beside the
-        encoder: 15.5-15.8 ms a text with the batch's path, 9.3-9.4 ms this way (docs/storage.md).
+        mask, and the rows are normalized once a call: fewer calls that let go of the GIL, each
+        of which must take it back from the event loop, which under load can hold it for the
+        interpreter's whole switch interval (5 ms). Measured with a thread busy in Python beside
+        the encoder: 15.5-15.8 ms a text before, 9.3-9.4 ms this way (docs/storage.md).
         """
         if len(texts) == 1:
             ids = np.asarray([self._tokenizer.encode(texts[0]).ids], dtype=np.int64)
