@@ -171,7 +171,7 @@ async def test_count_written_counts_todays_records_up_to_the_limit(
         await store.close()
 
 
-def test_a_batch_of_queries_finds_what_each_query_finds_alone() -> None:
+async def test_a_batch_of_queries_finds_what_each_query_finds_alone() -> None:
     rows = _unit_rows(200, 6)
     scope = ScopeVectors(384)
     for i, vector in enumerate(rows):
@@ -182,7 +182,7 @@ def test_a_batch_of_queries_finds_what_each_query_finds_alone() -> None:
     queries = _unit_rows(5, 7)
     options: dict[str, Any] = {"kinds": ["fact"], "statuses": ["active"], "now": 100.0}
     batched = scope.search_many(queries, 9, **options)
-    alone = [scope.search(query, 9, **options) for query in queries]
+    alone = [await scope.search(query, 9, **options) for query in queries]
     assert [[hit.id for hit in hits] for hits in batched] == [[h.id for h in a] for a in alone]
     scores = [hit.score for hits in batched for hit in hits]
     assert scores == pytest.approx([hit.score for hits in alone for hit in hits], abs=1e-5)
