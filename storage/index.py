@@ -39,7 +39,7 @@ from storage.index_schema import (
     arrow_batch,
     generation_of,
     hits_of,
-    sql_list,
+    ids_in,
     table_name,
     table_schema,
     text_query,
@@ -280,8 +280,7 @@ class MemoryIndex:
         else:
             name = table_name(tenant_id, self.generation)
             names = [name] if name in tables else []
-        for start in range(0, len(memory_ids), 1000):
-            where = f"id IN ({sql_list(memory_ids[start : start + 1000])})"
+        for where in ids_in(memory_ids):
             for name in names:
                 table = self._tables[name]
                 if tenant_id is None and not await table.count_rows(where):

@@ -107,6 +107,15 @@ def sql_list(values: Sequence[str]) -> str:
     return ", ".join(sql_literal(value) for value in values)
 
 
+def ids_in(memory_ids: Sequence[str], chunk: int = 1000) -> list[str]:
+    """Filters `id IN (...)` covering `memory_ids`, `chunk` ids each (a filter's length stays
+    bounded however many ids a batch or a removal names)."""
+    return [
+        f"id IN ({sql_list(memory_ids[start : start + chunk])})"
+        for start in range(0, len(memory_ids), chunk)
+    ]
+
+
 def scope_filter(
     scope_keys: Sequence[str],
     *,

@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from storage.index_location import IndexLocation
-from storage.index_schema import sql_list
+from storage.index_schema import ids_in
 from storage.index_settings import MaintenanceSettings
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ async def ensure_scalar_indexes(table: Any) -> None:
 
 async def holds_any(table: Any, memory_ids: Sequence[str]) -> bool:
     """Whether `table` has a row for one of these ids (their B-tree answers)."""
-    for start in range(0, len(memory_ids), 1000):
-        if await table.count_rows(f"id IN ({sql_list(memory_ids[start : start + 1000])})"):
+    for where in ids_in(memory_ids):
+        if await table.count_rows(where):
             return True
     return False

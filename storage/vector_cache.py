@@ -158,8 +158,7 @@ class ScopeVectors:
         if scores is None:
             return []
         keep = self._passing(kinds, statuses, now) & (scores > 0)
-        scores[~keep] = -np.inf
-        picked = [i for i in _top(scores, k).tolist() if keep[i]]
+        picked = _top(scores, keep, k)
         return [IndexHit(id=self.ids[i], score=float(scores[i])) for i in picked]
 
     def search_many(
@@ -178,10 +177,9 @@ class ScopeVectors:
             return [[] for _ in queries]
         keep = self._passing(kinds, statuses, now)
         scores = queries @ self._matrix[:n].T
-        scores[:, ~keep] = -np.inf
         found = []
         for row in scores:
-            picked = [i for i in _top(row, k).tolist() if keep[i]]
+            picked = _top(row, keep, k)
             found.append([IndexHit(id=self.ids[i], score=-float(row[i])) for i in picked])
         return found
 
@@ -223,16 +221,21 @@ def _nearest(
     the embedder and LanceDB need, and on a busy box waiting for them costs more than the
     product itself."""
     scores = np.einsum("ij,j->i", matrix, query)
+    return scores, _top(scores, keep, k)
+
+
+def _top(
+    scores: np.ndarray[Any, Any], keep: np.ndarray[Any, np.dtype[np.bool_]], k: int
+) -> list[int]:
+    """Positions of the k highest scores among the rows `keep` lets through, best first (the
+    others' scores are set to -inf in place)."""
     scores[~keep] = -np.inf
-    return scores, [i for i in _top(scores, k).tolist() if keep[i]]
-
-
-def _top(scores: np.ndarray[Any, Any], k: int) -> np.ndarray[Any, Any]:
-    """Indexes of the k highest scores, best first."""
     if len(scores) > k:
         best = np.argpartition(-scores, k - 1)[:k]
-        return best[np.argsort(-scores[best], kind="stable")]
-    return np.argsort(-scores, kind="stable")
+        order = best[np.argsort(-scores[best], kind="stable")]
+    else:
+        order = np.argsort(-scores, kind="stable")
+    return [i for i in order.tolist() if keep[i]]
 
 
 class VectorCache:
