@@ -38,6 +38,7 @@ class Reply:
     error: dict[str, Any] | None = None  # the "error" object for status >= 400
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0  # before the response starts
+    hold: bool = False  # before the response starts: wait until `release()` (at most 60 s)
     chunk_delay_s: float = 0.0  # between streamed chunks
     chunk_count: int = 3  # content pieces when streaming
     hang: bool = False  # streaming: after the first chunk, wait until the client goes away
@@ -90,6 +91,7 @@ class ScriptedUpstream:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._released = threading.Event()
 
     def script(self, *replies: Reply) -> None:
         with self._lock:
@@ -101,6 +103,11 @@ class ScriptedUpstream:
             self.replies.clear()
             self.disconnects = 0
             self.completed_streams = 0
+            self._released.clear()
+
+    def release(self) -> None:
+        """Let every held reply (`Reply(hold=True)`) answer, now and from now on."""
+        self._released.set()
 
     def last(self) -> Received:
         return self.received[-1]
@@ -134,6 +141,9 @@ class ScriptedUpstream:
         reply = self._next_reply()
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
+        deadline = time.monotonic() + 60
+        while reply.hold and not self._released.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
         if reply.drop:
             raise ConnectionAbortedError("scripted drop")  # uvicorn closes without a response
         path = scope["path"].removeprefix("/v1")

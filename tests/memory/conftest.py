@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,10 @@ def models(upstream: ScriptedUpstream, **extra: dict[str, Any]) -> dict[str, dic
 @pytest.fixture
 def memory_proxy(
     upstream: ScriptedUpstream, policies_dir: Path, start_proxy: Callable[..., RunningProxy]
-) -> Callable[..., RunningProxy]:
-    """`memory_proxy(memory={...policy memory section...}, models={...})` starts the proxy."""
+) -> Iterator[Callable[..., RunningProxy]]:
+    """`memory_proxy(memory={...policy memory section...}, models={...})` starts the proxy.
+    At the end of the test, replies the upstream still holds are let go before the proxy stops
+    (it drains its queue: an extraction held to the end would hold the stop up)."""
 
     def start(
         memory: dict[str, Any] | None = None,
@@ -47,7 +49,8 @@ def memory_proxy(
         write_tenant(policies_dir, "globex", OTHER_KEY, tenant_models, memory=section)
         return start_proxy(policies_dir, **settings)
 
-    return start
+    yield start
+    upstream.release()
 
 
 def client_for(proxy: RunningProxy, key: str = KEY) -> openai.OpenAI:

@@ -107,7 +107,7 @@ def test_the_wait_is_bounded_when_the_write_path_hangs(
         extra_models=with_extractor(upstream),
     )
     fact = "My cat is called Pixel."
-    upstream.script(Reply(), Reply(content=extraction(fact).content, delay_s=8), Reply())
+    upstream.script(Reply(), Reply(content=extraction(fact).content, hold=True), Reply())
     chat(proxy, "erin", fact, model="gpt-4o-mini")
     wait_for_extraction_request(upstream, 1)
     second = chat(proxy, "erin", "What is my cat called?", model="gpt-4o-mini")
@@ -137,7 +137,7 @@ def test_a_conversation_that_carries_the_last_answer_does_not_wait_for_it(
     fact = "My cat is called Pixel."
     upstream.script(
         Reply(content="What a lovely name."),
-        Reply(content=extraction(fact).content, delay_s=8),
+        Reply(content=extraction(fact).content, hold=True),
         Reply(),
     )
     chat(proxy, "ivo", fact, model="gpt-4o-mini")
@@ -166,7 +166,7 @@ def test_another_users_pending_write_does_not_hold_this_user_up(
         extra_models=with_extractor(upstream),
     )
     slow, quick = "My cat is called Pixel.", "My dog is called Rex."
-    upstream.script(Reply(), Reply(content=extraction(slow).content, delay_s=8))
+    upstream.script(Reply(), Reply(content=extraction(slow).content, hold=True))
     chat(proxy, "fern", slow, model="gpt-4o-mini")
     wait_for_extraction_request(upstream, 1)  # fern's exchange is now stuck in the worker
 
