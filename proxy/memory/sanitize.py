@@ -186,22 +186,17 @@ class Sanitizer:
             vectors = [given[n] for n in open_positions]
         nearest: list[list[SearchHit]] = [[] for _ in vectors]
         if has_memories and vectors:
-            nearest = await store.nearest(
-                Scope(scope.tenant_id, scope.user_id),
-                vectors,
-                k=NEIGHBOURS * 3,  # so that the kind filter below still leaves k
-                kinds=_MEMORY_KINDS,
-                include_shared=True,
-            )
+            nearest = await _nearest_of_family(store, scope, open_items, vectors)
         if not in_session:
             # Outside a session, a vector only matters if the candidate can resemble a lesson or
             # a memory near it, which needs at least one distinctive word in common.
+            seen: dict[str, set[str]] = {}  # a neighbour's words, by id: many share neighbours
             resembling = [
                 index
                 for index, item in enumerate(open_items)
                 if _could_resemble(
                     resemblance.content_words(item.candidate.text),
-                    known.words | _words_of(nearest[index]),
+                    known.words | _words_of(nearest[index], seen),
                 )
             ]
             open_items = [open_items[index] for index in resembling]
@@ -214,11 +209,9 @@ class Sanitizer:
         for index, item in enumerate(open_items):
             candidate, vector = item.candidate, vectors[index]
             item.adjustments.extend(lessons.match(known, candidate.text, vector, policy))
-            kinds = candidate.comparable_kinds
             neighbours = [
                 consensus.Neighbour(hit.record, hit.cosine or 0.0, hit.vector)
                 for hit in nearest[index]
-                if hit.record.kind in kinds
             ]
             neighbours = consensus.independent(candidate, neighbours)[:NEIGHBOURS]
             if candidate.kind == "case":
@@ -353,8 +346,39 @@ async def _has_memories(store: MemoryStore, scope: Scope) -> bool:
     return False
 
 
-def _words_of(hits: Sequence[SearchHit]) -> set[str]:
-    return {word for hit in hits for word in resemblance.content_words(hit.record.text)}
+async def _nearest_of_family(
+    store: MemoryStore, scope: Scope, items: Sequence[_Pending], vectors: Sequence[list[float]]
+) -> list[list[SearchHit]]:
+    """Each candidate's nearest active memories of its family (`comparable_kinds`), in the
+    user's and the tenant-shared scope: one search per family. Twice `NEIGHBOURS`, so that
+    dropping the candidate's own versions and copies (`consensus.independent`) still leaves
+    `NEIGHBOURS`."""
+    families: dict[tuple[MemoryKind, ...], list[int]] = {}
+    for index, item in enumerate(items):
+        families.setdefault(tuple(item.candidate.comparable_kinds), []).append(index)
+    nearest: list[list[SearchHit]] = [[] for _ in items]
+    for kinds, indexes in families.items():
+        found = await store.nearest(
+            Scope(scope.tenant_id, scope.user_id),
+            [vectors[index] for index in indexes],
+            k=NEIGHBOURS * 2,
+            kinds=kinds,
+            include_shared=True,
+        )
+        for index, hits in zip(indexes, found, strict=True):
+            nearest[index] = hits
+    return nearest
+
+
+def _words_of(hits: Sequence[SearchHit], seen: dict[str, set[str]]) -> set[str]:
+    """The content words of the hits' texts; `seen` keeps each record's, for the next call."""
+    words: set[str] = set()
+    for hit in hits:
+        record = hit.record
+        if (known := seen.get(record.id)) is None:
+            known = seen[record.id] = resemblance.content_words(record.text)
+        words |= known
+    return words
 
 
 def _could_resemble(words: set[str], vocabulary: set[str]) -> bool:

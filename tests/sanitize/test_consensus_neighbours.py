@@ -30,6 +30,7 @@ class WatchedMemories:
         self.memory_list_limits: list[int] = []  # lists of facts, preferences or cases
         self.vectors_read = 0
         self.nearest_k: list[int] = []
+        self.nearest_kinds: list[list[str]] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -45,6 +46,7 @@ class WatchedMemories:
 
     async def nearest(self, scope: Scope, vectors: Sequence[Sequence[float]], **kw: Any) -> Any:
         self.nearest_k.append(kw["k"])
+        self.nearest_kinds.append(list(kw["kinds"]))
         return await self._inner.nearest(scope, vectors, **kw)
 
 
@@ -77,6 +79,41 @@ async def test_consensus_in_a_scope_past_the_old_scan_limit_reads_k_neighbours(
 
     assert verdict.verdict == "quarantine"
     assert any(r.signal == "consensus" and r.delta < 0 for r in verdict.reasons)
-    assert watched.nearest_k == [NEIGHBOURS * 3]
+    assert watched.nearest_k == [NEIGHBOURS * 2]
     assert watched.vectors_read == 0
     assert watched.memory_list_limits == [1]  # whether the scope holds any memory at all
+
+
+async def test_a_facts_neighbours_are_facts_however_many_cases_lie_nearer(
+    memory_store: EmbeddedStore,
+) -> None:
+    """Each family is searched on its own: forty cases nearer to the candidate than the fact it
+    contradicts do not hide that fact, and a case in the same batch is compared with cases."""
+    rng = np.random.default_rng(7)
+    candidate = rng.normal(size=384).astype(np.float32)
+    candidate /= np.linalg.norm(candidate)
+
+    def near(scale: float) -> list[float]:
+        vector = candidate + rng.normal(scale=scale, size=384).astype(np.float32)
+        return list(vector / np.linalg.norm(vector))
+
+    cases = [NewMemory("case", f"Plan trip number {n}.", trust=0.8) for n in range(40)]
+    await memory_store.memories.add(ALICE, cases, vectors=[near(0.002) for _ in cases])
+    fact = NewMemory("fact", "My favourite colour is blue.", trust=0.8)
+    await memory_store.memories.add(ALICE, [fact], vectors=[near(0.02)])
+    watched = WatchedMemories(memory_store.memories)
+    policy = SanitizerPolicy(rate=RateLimits(per_day=0))
+
+    verdicts = await Sanitizer(cast(MemoryStore, watched)).assess(
+        ALICE,
+        [
+            Candidate("fact", "My favourite colour is green.", "assistant"),
+            Candidate("case", "Plan a trip to the favourite colour museum.", "assistant"),
+        ],
+        policy,
+        dry_run=True,
+        vectors=[list(candidate), list(candidate)],
+    )
+
+    assert any(r.signal == "consensus" and r.delta < 0 for r in verdicts[0].reasons)
+    assert sorted(watched.nearest_kinds) == [["case"], ["fact", "preference"]]
