@@ -33,7 +33,14 @@ from storage.records import (
     Vector,
 )
 from storage.relational import SQLConnection
-from storage.search import TextSearch, VectorSearch, normalized, query_unit_vector, visible
+from storage.search import (
+    TextSearch,
+    VectorSearch,
+    normalized,
+    query_unit_rows,
+    query_unit_vector,
+    visible,
+)
 from storage.sqlite.memories import MemoryRows
 from storage.sqlite.outbox import embedding_input
 from storage.sqlite.rows import UPDATABLE_FIELDS
@@ -259,35 +266,41 @@ class Memories(MemoryRows):
         now = time.time() if now is None else now
         users, where = _searched(scope, include_shared, kinds, statuses)
         dimensions, model_id = self._sync.index.dimensions, self.embedder.model_id
-        queries = [query_unit_vector(vector, dimensions, model_id) for vector in vectors]
+        queries = query_unit_rows(vectors, dimensions, model_id)
         per_query = await self._vectors.nearest_many(
             scope.tenant_id, users, where, queries, k, kinds=kinds, statuses=statuses, now=now
         )
         ids = list(dict.fromkeys(hit.id for hits in per_query for hit in hits))
         found = await self.get_many_with_vectors(scope.tenant_id, ids, embedding_model=model_id)
-        stored: dict[str, tuple[MemoryRecord, np.ndarray[Any, np.dtype[np.float32]]]] = {}
+        records: list[MemoryRecord] = []
+        vectors_found: list[np.ndarray[Any, np.dtype[np.float32]]] = []
         for record, data in found:
             if data is None or not visible(record, scope.tenant_id, users, kinds, statuses, now):
                 continue
             vector = unblob(data)
             if vector.shape == (dimensions,):
-                stored[record.id] = (record, vector)
-        result = []
-        for query, hits in zip(queries, per_query, strict=True):
-            near = [
-                SearchHit(
-                    record=stored[hit.id][0],
-                    bm25_score=None,
-                    bm25_rank=None,
-                    cosine=float(stored[hit.id][1] @ query),
-                    vector_rank=rank,
-                    vector=stored[hit.id][1],
-                )
-                for rank, hit in enumerate(hits)
-                if hit.id in stored
-            ]
+                records.append(record)
+                vectors_found.append(vector)
+        row_of = {record.id: row for row, record in enumerate(records)}
+        # Every (query, hit) pair's cosine in one product, not one small product per hit.
+        pairs = [
+            (number, rank, row_of[hit.id])
+            for number, hits in enumerate(per_query)
+            for rank, hit in enumerate(hits)
+            if hit.id in row_of
+        ]
+        cosines: list[float] = []
+        if pairs:
+            numbers, _, rows = np.asarray(pairs).T
+            stored = np.stack(vectors_found)[rows]
+            cosines = np.einsum("ij,ij->i", stored, queries[numbers]).tolist()
+        result: list[list[SearchHit]] = [[] for _ in queries]
+        for (number, rank, row), cosine in zip(pairs, cosines, strict=True):
+            result[number].append(
+                SearchHit(records[row], None, None, cosine, rank, vectors_found[row])
+            )
+        for near in result:
             near.sort(key=lambda hit: hit.cosine or 0.0, reverse=True)
-            result.append(near)
         return result
 
     async def search(

@@ -134,7 +134,7 @@ class VectorSearch:
         tenant_id: str,
         users: Sequence[str | None],
         where: str,
-        queries: Sequence[np.ndarray[Any, np.dtype[np.float32]]],
+        queries: np.ndarray[Any, np.dtype[np.float32]],
         k: int,
         *,
         kinds: Sequence[MemoryKind] | None,
@@ -147,7 +147,7 @@ class VectorSearch:
         The cache's scopes change only under the index lock (outbox batches, loads, evictions),
         so holding it while the thread reads keeps the rows and their ids consistent.
         """
-        if not queries:
+        if not len(queries):
             return []
         cached = await self.cached_scopes(tenant_id, users)
         if cached is None:
@@ -156,9 +156,8 @@ class VectorSearch:
         scopes = cached
 
         def score() -> list[list[IndexHit]]:
-            matrix = np.stack(queries)
             per_scope = [
-                scope.search_many(matrix, k, kinds=kinds, statuses=statuses, now=now)
+                scope.search_many(queries, k, kinds=kinds, statuses=statuses, now=now)
                 for scope in scopes
             ]
             return [
@@ -229,6 +228,25 @@ def query_unit_vector(
             f"{dimensions}-dimensional vectors of {model_id}"
         )
     return normalized(vector, what="query vector")
+
+
+def query_unit_rows(
+    vectors: Sequence[Sequence[float]], dimensions: int, model_id: str
+) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """Several queries' vectors as the rows of one matrix, each scaled to length 1 (the checks
+    of `query_unit_vector`, in whole-matrix operations)."""
+    matrix = np.asarray(vectors, dtype=np.float32)
+    if matrix.ndim != 2 or matrix.shape[1] != dimensions:
+        shape = matrix.shape[1:] if matrix.ndim == 2 else matrix.shape
+        raise ValueError(
+            f"query vector has shape {shape}, the index holds "
+            f"{dimensions}-dimensional vectors of {model_id}"
+        )
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    if not (np.isfinite(norms).all() and norms.all()):
+        raise ValueError("query vector must be finite and non-zero")
+    unit: np.ndarray[Any, np.dtype[np.float32]] = matrix / norms
+    return unit
 
 
 def visible(

@@ -171,8 +171,9 @@ async def test_count_written_counts_todays_records_up_to_the_limit(
         await store.close()
 
 
-async def test_a_batch_of_queries_finds_what_each_query_finds_alone() -> None:
-    rows = _unit_rows(200, 6)
+@pytest.mark.parametrize("size", [200, 3_000])  # 3,000: ranked by blocks of rows first
+async def test_a_batch_of_queries_finds_what_each_query_finds_alone(size: int) -> None:
+    rows = _unit_rows(size, 6)
     scope = ScopeVectors(384)
     for i, vector in enumerate(rows):
         status = "quarantined" if i % 7 == 0 else "active"
@@ -187,3 +188,19 @@ async def test_a_batch_of_queries_finds_what_each_query_finds_alone() -> None:
     scores = [hit.score for hits in batched for hit in hits]
     assert scores == pytest.approx([hit.score for hits in alone for hit in hits], abs=1e-5)
     assert all(len(hits) == 9 for hits in batched)
+
+
+async def test_a_batch_over_a_wide_scope_returns_only_the_few_rows_that_pass() -> None:
+    scope = ScopeVectors(384)
+    for i, vector in enumerate(_unit_rows(3_000, 8)):
+        kind = "case" if i % 500 == 0 else "fact"  # 6 cases among 3,000 rows
+        scope.upsert(IndexRow(f"m{i}", "t", "u", kind, "active", None, "", vector))
+    queries = _unit_rows(4, 9)
+    options: dict[str, Any] = {"kinds": ["case"], "statuses": ["active"], "now": 100.0}
+    batched = scope.search_many(queries, 10, **options)
+    alone = [await scope.search(query, 10, **options) for query in queries]
+    assert [[hit.id for hit in hits] for hits in batched] == [[h.id for h in a] for a in alone]
+    assert all(
+        sorted(hit.id for hit in hits) == sorted(f"m{i}" for i in range(0, 3_000, 500))
+        for hits in batched
+    )
