@@ -221,23 +221,18 @@ def query_unit_vector(
     vector: Sequence[float], dimensions: int, model_id: str
 ) -> np.ndarray[Any, np.dtype[np.float32]]:
     """A search's query vector scaled to length 1, refused unless it has `dimensions`."""
-    shape = np.shape(vector)
-    if shape != (dimensions,):
-        raise ValueError(
-            f"query vector has shape {shape}, the index holds "
-            f"{dimensions}-dimensional vectors of {model_id}"
-        )
-    return normalized(vector, what="query vector")
+    unit: np.ndarray[Any, np.dtype[np.float32]] = query_unit_rows([vector], dimensions, model_id)[0]
+    return unit
 
 
 def query_unit_rows(
     vectors: Sequence[Sequence[float]], dimensions: int, model_id: str
 ) -> np.ndarray[Any, np.dtype[np.float32]]:
-    """Several queries' vectors as the rows of one matrix, each scaled to length 1 (the checks
-    of `query_unit_vector`, in whole-matrix operations)."""
+    """Queries' vectors as the rows of one matrix, each scaled to length 1; refused unless
+    each has `dimensions`, and a finite, non-zero length."""
     matrix = np.asarray(vectors, dtype=np.float32)
     if matrix.ndim != 2 or matrix.shape[1] != dimensions:
-        shape = matrix.shape[1:] if matrix.ndim == 2 else matrix.shape
+        shape = matrix.shape[1:] if matrix.ndim >= 2 else matrix.shape
         raise ValueError(
             f"query vector has shape {shape}, the index holds "
             f"{dimensions}-dimensional vectors of {model_id}"
