@@ -23,6 +23,7 @@ from typing import Any, NamedTuple, cast
 
 import aiosqlite
 
+from storage.locks import FileLocks
 from storage.records import SpanRow
 from storage.span_rows import (
     CLIENT_REQUEST_ID_ATTR,
@@ -38,6 +39,7 @@ TRACES_FILE = "traces.db"
 _CLIENT_ID_SQL = f"json_extract(attributes, '$.\"{CLIENT_REQUEST_ID_ATTR}\"')"
 
 _SCHEMA_VERSION = 1
+SCHEMA_LOCK = "traces-schema"  # held while a process sets the file up
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS spans (
     trace_id TEXT NOT NULL,
@@ -310,19 +312,25 @@ async def open_sqlite_spans(path: Path) -> SpanTable:
     path.parent.mkdir(parents=True, exist_ok=True)
     db = await aiosqlite.connect(path)
     db.row_factory = aiosqlite.Row
-    await db.execute("PRAGMA journal_mode=WAL")
-    await db.execute("PRAGMA synchronous=NORMAL")
     await db.execute("PRAGMA busy_timeout=5000")
-    version = await _user_version(db)
-    if version > _SCHEMA_VERSION:
-        await db.close()
-        raise RuntimeError(
-            f"{path} was written by a newer memento-proxy (span schema {version}); "
-            "upgrade memento-proxy or point --data-dir elsewhere"
-        )
-    await db.executescript(_SCHEMA)
-    await db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-    await db.commit()
+    locks = FileLocks(path.parent)
+    try:
+        # Processes opening a new file at once take turns (switching it to WAL does not wait).
+        async with locks.hold(SCHEMA_LOCK):
+            await db.execute("PRAGMA journal_mode=WAL")
+            version = await _user_version(db)
+            if version > _SCHEMA_VERSION:
+                await db.close()
+                raise RuntimeError(
+                    f"{path} was written by a newer memento-proxy (span schema {version}); "
+                    "upgrade memento-proxy or point --data-dir elsewhere"
+                )
+            await db.executescript(_SCHEMA)
+            await db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            await db.commit()
+    finally:
+        locks.close()
+    await db.execute("PRAGMA synchronous=NORMAL")
     writer = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     writer.execute("PRAGMA synchronous=NORMAL")
     writer.execute("PRAGMA busy_timeout=5000")

@@ -21,6 +21,8 @@ from storage.locks import FileLocks
 from storage.relational import Dialect, SQLConnection, Transaction
 from storage.sqlite.migrations import MIGRATIONS, Migration, migrate
 
+SCHEMA_LOCK = "schema"  # held while a process sets the file up and migrates it
+
 T = TypeVar("T")
 
 SQLITE = Dialect(
@@ -51,17 +53,24 @@ class Connection(SQLConnection):
         """Open (creating and migrating) the database file at `path`."""
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = await aiosqlite.connect(path, isolation_level=None)
+        locks = FileLocks(path.parent)
         try:
-            await writer.execute("PRAGMA journal_mode = WAL")
+            await writer.execute("PRAGMA busy_timeout = 5000")
+            # Processes opening the file at once (serving processes, replicas started together)
+            # take turns: switching a new file to WAL does not wait for a busy one, and each
+            # would apply the migration steps the file lacked when it looked.
+            async with locks.hold(SCHEMA_LOCK):
+                await writer.execute("PRAGMA journal_mode = WAL")
+                await migrate(writer, path, migrations)
             # FULL: an acknowledged write survives a power cut, not only a process crash.
             await writer.execute("PRAGMA synchronous = FULL")
             # Deleted content is overwritten on disk, not left in free pages.
             await writer.execute("PRAGMA secure_delete = ON")
-            await writer.execute("PRAGMA busy_timeout = 5000")
-            await migrate(writer, path, migrations)
         except BaseException:
             await writer.close()
             raise
+        finally:
+            locks.close()
         reader = await aiosqlite.connect(path, isolation_level=None)
         await reader.execute("PRAGMA busy_timeout = 5000")
         await reader.execute("PRAGMA query_only = ON")

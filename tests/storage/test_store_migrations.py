@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from pathlib import Path
@@ -34,6 +35,19 @@ async def test_empty_database_migrates_to_latest(tmp_path: Path) -> None:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     expected = {"memories", "audit", "requests", "feedback", "jobs", "index_outbox"}
     assert expected | {"memory_versions", "store_meta"} <= _tables(path)
+
+
+async def test_a_new_file_opened_by_several_at_once_is_migrated_once(tmp_path: Path) -> None:
+    """Serving processes (or replicas) started together on a new folder: each step is applied
+    by one of them; the others find it applied instead of failing on a table that exists."""
+    path = tmp_path / "memento.db"
+    for _ in range(3):
+        path.unlink(missing_ok=True)
+        databases = await asyncio.gather(*(Database.open(path) for _ in range(4)))
+        for db in databases:
+            await db.close()
+        with sqlite3.connect(path) as raw:
+            assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 async def test_the_tables_hold_every_field_of_the_records(tmp_path: Path) -> None:
