@@ -4,7 +4,9 @@ The scripted upstream (tests/scripted_upstream.py) runs in its own process and i
 called directly, through Memento Proxy (pass-through and litellm paths), through Memento Proxy
 with memory on (`memento-memory`: `BENCH_MEMORIES` memories, default 10,000, for the calling
 user, `X-Memento-Mode: read`, a new question each call so no cache answers; the table's `mem%`
-is the share of calls whose answer says memories were injected), and through LiteLLM
+is the share of calls whose answer says memories were injected), the same served by
+`BENCH_MEMORY_PROCESSES` serving processes (default 2, `serve --processes`; 1 leaves it out), and
+through LiteLLM
 Proxy when it is installed in its own environment (`make bench-env`), at concurrency 1, 8 and
 32, streaming and not. Every server is a separate process started the way an operator would
 start it; the load generator (aiohttp) runs here. `BENCH_SCALE` (default 1.0) scales request
@@ -19,6 +21,7 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -49,6 +52,7 @@ WARMUP = 60
 RUN_SECONDS = float(os.environ.get("BENCH_RUN_SECONDS", "15"))
 MEMORIES = int(os.environ.get("BENCH_MEMORIES", "10000"))
 MEMORY_TARGET = "memento-memory"
+MEMORY_PROCESSES = int(os.environ.get("BENCH_MEMORY_PROCESSES", "2"))
 MEMORY_USER = "caller"
 PROXY_KEY = "bench-proxy-key"
 # LiteLLM Proxy refuses to start without a strong master key; both proxies authenticate each call.
@@ -167,6 +171,11 @@ def seed_memories(data_dir: Path, count: int) -> None:
     asyncio.run(write())
 
 
+def memory_processes_target() -> str:
+    """The memory target served by MEMORY_PROCESSES processes."""
+    return f"{MEMORY_TARGET}-{MEMORY_PROCESSES}p"
+
+
 def start_memento(
     upstream: str,
     tmp: Path,
@@ -174,8 +183,10 @@ def start_memento(
     env: dict[str, str] | None = None,
     extra_models: dict[str, dict[str, Any]] | None = None,
     memories: int = 0,
+    data_like: str | None = None,
 ) -> Server:
-    """A Memento Proxy process; with `memories`, memory is on and the caller has that many."""
+    """A Memento Proxy process; with `memories`, memory is on and the caller has that many
+    (in a copy of server `data_like`'s data folder, when given, instead of seeding anew)."""
     import hashlib
 
     policies = tmp / f"policies-{name}"
@@ -200,12 +211,15 @@ def start_memento(
         policy["models"]["bench"]["context_window"] = 128_000
         policy["memory"] = {"enabled": True}
         started = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "bench.bench_overhead", "--seed", str(tmp / f"data-{name}")],
-            cwd=ROOT,
-            check=True,
-            env={**os.environ, "BENCH_MEMORIES": str(memories)},
-        )
+        if data_like is not None:
+            shutil.copytree(tmp / f"data-{data_like}", tmp / f"data-{name}")
+        else:
+            subprocess.run(
+                [sys.executable, "-m", "bench.bench_overhead", "--seed", str(tmp / f"data-{name}")],
+                cwd=ROOT,
+                check=True,
+                env={**os.environ, "BENCH_MEMORIES": str(memories)},
+            )
         print(f"  seeded {memories} memories in {time.perf_counter() - started:.1f} s", flush=True)
     (policies / "bench.yaml").write_text(yaml.safe_dump(policy))
     port = free_port()
@@ -412,7 +426,7 @@ async def measure(
                 for name, url, model, headers, pid in targets:
                     payload: bytes | Callable[[int], bytes] = (
                         memory_questions(model, stream)
-                        if name == MEMORY_TARGET
+                        if name.startswith(MEMORY_TARGET)
                         else json.dumps(body_for(model, stream)).encode()
                     )
                     base = {
@@ -438,7 +452,7 @@ async def measure(
                         rss_mb(pid) if pid else 0.0,
                         (cpu_s(pid) - cpu_before) * 1000 / max(1, len(lat)) if pid else 0.0,
                     )
-                    if name == MEMORY_TARGET:
+                    if name.startswith(MEMORY_TARGET):
                         run.with_memories_pct = 100 * seen.with_memories / max(1, len(lat))
                     runs.append(run)
                     memories = (
@@ -462,7 +476,7 @@ async def measure(
 
 def table(runs: list[Run], servers: list[Server]) -> str:
     head = (
-        f"{'target':16} {'mode':6} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'+p50':>7} "
+        f"{'target':18} {'mode':6} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'+p50':>7} "
         f"{'+p99':>7} {'ttfb50':>7} {'ttfb99':>7} {'rps':>7} {'cpu/req':>7} {'rss MB':>7} "
         f"{'err':>4} {'mem%':>6}"
     )
@@ -472,17 +486,17 @@ def table(runs: list[Run], servers: list[Server]) -> str:
         added99 = "" if r.added_p99_ms is None else f"{r.added_p99_ms:+.2f}"
         memories = "" if r.with_memories_pct is None else f"{r.with_memories_pct:.1f}"
         lines.append(
-            f"{r.target:16} {'stream' if r.stream else 'json':6} {r.concurrency:>4} "
+            f"{r.target:18} {'stream' if r.stream else 'json':6} {r.concurrency:>4} "
             f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {added50:>7} {added99:>7} "
             f"{r.ttfb_p50_ms:>7.2f} {r.ttfb_p99_ms:>7.2f} {r.rps:>7.0f} "
             f"{r.cpu_ms_per_request:>7.2f} {r.rss_mb:>7.1f} "
             f"{r.errors:>4} {memories:>6}"
         )
     lines.append("")
-    lines.append(f"{'server':16} {'start-up s':>10} {'idle RSS MB':>12} {'RSS after MB':>13}")
+    lines.append(f"{'server':18} {'start-up s':>10} {'idle RSS MB':>12} {'RSS after MB':>13}")
     for s in servers:
         lines.append(
-            f"{s.name:16} {s.startup_s:>10.2f} {s.idle_rss_mb:>12.1f} {s.rss_after_mb:>13.1f}"
+            f"{s.name:18} {s.startup_s:>10.2f} {s.idle_rss_mb:>12.1f} {s.rss_after_mb:>13.1f}"
         )
     return "\n".join(lines)
 
@@ -510,12 +524,16 @@ def verdicts(runs: list[Run]) -> dict[str, Any]:
             # Target: memory on adds less than half what LiteLLM Proxy adds with no memory.
             ratio = with_memory.added_p50_ms / litellm.added_p50_ms
             result[f"c1_{mode}_memory_added_p50_over_litellm_proxy"] = round(ratio, 2)
-        with_memory, litellm = pick(MEMORY_TARGET, stream, 32), pick("litellm-proxy", stream, 32)
-        if with_memory and litellm:
-            # Target: ≥ 3× LiteLLM Proxy's throughput, ≥ 99 % of calls with their memories.
-            ratio = with_memory.rps / litellm.rps
-            result[f"c32_{mode}_memory_rps_ratio_vs_litellm_proxy"] = round(ratio, 2)
-            result[f"c32_{mode}_memory_calls_with_memories_pct"] = with_memory.with_memories_pct
+        for target in (MEMORY_TARGET, memory_processes_target()):
+            with_memory = pick(target, stream, 32)
+            litellm = pick("litellm-proxy", stream, 32)
+            if with_memory and litellm:
+                # Target: ≥ 3× LiteLLM Proxy's throughput, ≥ 99 % of calls with their memories.
+                key = f"c32_{mode}_{target.removeprefix('memento-').replace('-', '_')}"
+                result[f"{key}_rps_ratio_vs_litellm_proxy"] = round(
+                    with_memory.rps / litellm.rps, 2
+                )
+                result[f"{key}_calls_with_memories_pct"] = with_memory.with_memories_pct
         ours, theirs = pick("memento", stream, 32), pick("litellm-proxy", stream, 32)
         if ours is not None and theirs is not None:
             key = f"c32_{'stream' if stream else 'json'}_rps_ratio_vs_litellm_proxy"
@@ -542,6 +560,17 @@ def main() -> None:
             servers.append(untraced)
             remembering = start_memento(upstream, tmp, MEMORY_TARGET, memories=MEMORIES)
             servers.append(remembering)
+            if MEMORY_PROCESSES > 1:
+                servers.append(
+                    start_memento(
+                        upstream,
+                        tmp,
+                        memory_processes_target(),
+                        {"MEMENTO_PROCESSES": str(MEMORY_PROCESSES)},
+                        memories=MEMORIES,
+                        data_like=MEMORY_TARGET,
+                    )
+                )
             litellm = start_litellm(upstream, tmp)
             if litellm is not None:
                 servers.append(litellm)
@@ -569,6 +598,11 @@ def main() -> None:
                     remembering.headers,
                     remembering.process.pid,
                 ),
+            ]
+            targets += [
+                (s.name, s.url, "bench", s.headers, s.process.pid)
+                for s in servers
+                if s.name == memory_processes_target()
             ]
             if litellm is not None:
                 targets.append(

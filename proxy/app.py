@@ -43,6 +43,7 @@ from proxy.memory.pipeline import MemoryPipeline
 from proxy.memory.seam import MemoryHooks
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.metrics import render as render_metrics
+from proxy.metrics_share import SharedMetrics
 from proxy.policy import ModelRoute
 from proxy.request_ids import RequestIdMiddleware, request_id_of
 from proxy.routes.admin import routes as admin_routes
@@ -180,7 +181,11 @@ async def metrics(request: Request) -> Response:
             )
     store = store_of(request)
     depths = await store.queue.depths() if store is not None else None
-    return Response(render_metrics(depths), media_type=METRICS_CONTENT_TYPE)
+    body = render_metrics(depths)
+    shared: SharedMetrics | None = request.app.state.shared_metrics
+    if shared is not None:  # one of several serving processes: theirs too
+        body = shared.merged(body)
+    return Response(body, media_type=METRICS_CONTENT_TYPE)
 
 
 def _routes(registry: PolicyRegistry) -> list[ModelRoute]:
@@ -299,6 +304,11 @@ def build_app(
             await _close_quietly(memory, upstreams, tracing, span_store)
             raise
         watch_memory(memory, app.state.health)
+        shared, leaving = None, None
+        if settings.metrics_share_dir is not None:
+            shared = SharedMetrics(settings.metrics_share_dir, settings.processes)
+            leaving = asyncio.create_task(shared.keep_leaving(lambda: render_metrics(None)))
+        app.state.shared_metrics = shared
         watcher = None
         if settings.policy_reload_s > 0:
             watcher = asyncio.create_task(registry.watch(settings.policy_reload_s))
@@ -315,6 +325,9 @@ def build_app(
             app.state.started = False
             if watcher is not None:
                 watcher.cancel()
+            if leaving is not None and shared is not None:
+                leaving.cancel()
+                shared.close()
             await memory.aclose()
             await upstreams.aclose()
             await tracing.shutdown()  # after the memory worker drained: its spans are kept
@@ -355,5 +368,6 @@ def build_app(
     app.state.upstreams = upstreams
     app.state.memory = memory
     app.state.started = False
+    app.state.shared_metrics = None
     app.state.health = Health()
     return app

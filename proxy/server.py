@@ -1,4 +1,12 @@
-"""Serving the app: uvicorn over httptools, with every request's head bounded.
+"""Serving the app: uvicorn over httptools, in one process or several, with every request's head
+bounded.
+
+With `Settings.processes` above 1 this process binds the port and supervises that many serving
+processes on it (uvicorn's supervisor: a process that dies is replaced, SIGTERM or SIGINT stops
+them all, each draining what it accepted; SIGHUP replaces them one at a time). Each is a whole
+proxy on the same store, as replicas are (docs/deploy.md): the store's locks and outbox are
+shared through the data folder or the database. Their configuration is pickled to them, so it
+carries the settings, and each builds its app and protocol class itself (`ServingConfig.load`).
 
 uvicorn's httptools protocol sets no limit on a request's head (its request line and headers).
 httptools gathers a header value chunk by chunk, copying all of it at each chunk, on the event
@@ -12,8 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
+import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.supervisors import Multiprocess
 
 from proxy.errors import ProxyError
 from proxy.settings import Settings
@@ -96,3 +112,67 @@ def http_protocol(settings: Settings) -> type[asyncio.Protocol]:
     return type(
         "BoundedHeadProtocol", (BoundedHeadProtocol,), {"max_head_bytes": settings.max_header_bytes}
     )
+
+
+def configure_logging(settings: Settings) -> None:
+    """The proxy's loggers (`memento.*`): level and format from `settings`."""
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+async def _built_by_load(scope: Any, receive: Any, send: Any) -> None:
+    raise RuntimeError("ServingConfig.load builds the app")
+
+
+class ServingConfig(uvicorn.Config):
+    """uvicorn's configuration for serving `settings`. The app is built by `load`, in the
+    process that serves it, not before: a configuration sent to a serving process must pickle,
+    which an app holding open resources and a protocol class made at run time do not."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        super().__init__(
+            app=_built_by_load,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=settings.access_log,
+            loop="auto",
+            http=BoundedHeadProtocol,
+            workers=settings.processes,
+            timeout_graceful_shutdown=10,
+        )
+
+    def configure_logging(self) -> None:
+        super().configure_logging()  # uvicorn's loggers; ours, in each serving process, too
+        configure_logging(self.settings)
+
+    def load(self) -> None:
+        from proxy.app import build_app
+        from proxy.tenants import PolicyFileError
+
+        try:
+            self.app = build_app(self.settings)
+        except PolicyFileError as exc:  # changed since `serve` checked them
+            log.error("invalid policies: %s", "; ".join(str(p) for p in exc.problems))
+            sys.exit(STARTUP_FAILURE)  # a supervisor stops instead of restarting in a loop
+        self.http = http_protocol(self.settings)
+        super().load()
+
+
+def serve(settings: Settings) -> int:
+    """Serve until stopped; the process's exit status (uvicorn's 3 when start-up failed)."""
+    if settings.processes > 1:
+        with tempfile.TemporaryDirectory(prefix="memento-metrics-") as folder:
+            config = ServingConfig(replace(settings, metrics_share_dir=Path(folder)))
+            supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+            supervisor.run()
+        # It stops when a process fails to start, rather than starting it again and again.
+        failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
+        return STARTUP_FAILURE if failed else 0
+    config = ServingConfig(settings)
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else STARTUP_FAILURE

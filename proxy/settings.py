@@ -63,12 +63,18 @@ class Settings:
     # Write-path workers of this process, shared by all tenants; each tenant's policy bounds how
     # many of its jobs run at once (memory.workers). 0 only queues: another process drains it.
     memory_workers: int = 2
+    # Serving processes sharing the port, each a whole proxy on the same store (one core each
+    # serves more calls a second than threads sharing one interpreter).
+    processes: int = 1
     # Retrievals this process runs at once; more calls wait in arrival order (the policy's
     # memory.retrieval.queue_ms bounds the wait).
     retrieval_slots: int = 8
     # A bearer token `GET /metrics` asks for (Prometheus' `authorization` setting); None serves
     # the metrics to anyone who can reach the port.
     metrics_token: str | None = None
+    # Set by `serve` for its serving processes (not from the environment): where each leaves
+    # its metrics for the others (`proxy.metrics_share`).
+    metrics_share_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -90,6 +96,7 @@ class Settings:
             access_log=_env("ACCESS_LOG", "0").lower() in {"1", "true", "yes"},
             embedder=_env("EMBEDDER", cls.embedder),
             memory_workers=_whole_number("MEMORY_WORKERS", cls.memory_workers),
+            processes=_whole_number("PROCESSES", cls.processes),
             retrieval_slots=_whole_number("RETRIEVAL_SLOTS", cls.retrieval_slots),
             metrics_token=_env("METRICS_TOKEN", "").strip() or None,
         )
@@ -102,6 +109,8 @@ class Settings:
             if key in given:
                 given[key] = Path(given[key])
         settings = replace(base, **given)
+        if settings.processes < 1:
+            raise ValueError(f"MEMENTO_PROCESSES must be at least 1, got {settings.processes}")
         if settings.retrieval_slots < 1:
             raise ValueError("MEMENTO_RETRIEVAL_SLOTS must be at least 1, got 0")
         if not 0 <= settings.port <= 65535:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 from pathlib import Path
 
 from proxy.cli.arguments import Command, option
@@ -14,36 +13,25 @@ from storage.errors import whole_number
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from proxy.app import build_app
-    from proxy.server import http_protocol
+    from proxy.server import configure_logging, serve
+    from proxy.tenants import PolicyRegistry, refused_keys
 
     settings = settings_from_env(
-        host=args.host, port=args.port, policies_dir=args.policies, data_dir=args.data_dir
+        host=args.host,
+        port=args.port,
+        policies_dir=args.policies,
+        data_dir=args.data_dir,
+        processes=args.processes,
     )
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(settings)
     check_storage_settings(settings.data_dir, settings.embedder)
-    try:
-        app = build_app(settings)
+    try:  # read again by each serving process; here to answer a mistake before serving
+        PolicyRegistry.load(settings.policies_dir, refused_keys=refused_keys(settings.host))
     except PolicyFileError as exc:
         print_problems(exc)
         return EXIT_USAGE
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        loop="auto",
-        http=http_protocol(settings),
-        timeout_graceful_shutdown=10,
-    )
-    return 0
+    return serve(settings)
 
 
 def check_storage_settings(data_dir: Path, embedder: str) -> None:
@@ -84,5 +72,10 @@ COMMAND = Command(
         option("--port", type=int, help="port (MEMENTO_PORT, default 4000)"),
         option("--policies", help="policies directory (MEMENTO_POLICIES)"),
         option("--data-dir", help="data directory (MEMENTO_DATA_DIR)"),
+        option(
+            "--processes",
+            type=int,
+            help="serving processes sharing the port (MEMENTO_PROCESSES, default 1)",
+        ),
     ),
 )

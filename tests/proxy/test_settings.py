@@ -55,6 +55,7 @@ def test_unknown_overrides_are_refused() -> None:
         ("MEMENTO_UPSTREAM_KEEPALIVE_S", "nan", "MEMENTO_UPSTREAM_KEEPALIVE_S must be a number"),
         ("MEMENTO_MAX_BODY_BYTES", "4MB", "MEMENTO_MAX_BODY_BYTES must be a whole number"),
         ("MEMENTO_LOG_LEVEL", "loud", "MEMENTO_LOG_LEVEL must be one of critical, error"),
+        ("MEMENTO_PROCESSES", "0", "MEMENTO_PROCESSES must be at least 1, got 0"),
     ],
 )
 def test_a_bad_value_names_its_variable(
@@ -92,11 +93,20 @@ def serve_echo(policies: Path, data: Path, **env: str) -> subprocess.CompletedPr
     )
 
 
-def test_serve_exits_when_start_up_fails(policies_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_serve_exits_when_start_up_fails(
+    policies_dir: Path, tmp_path: Path, processes: str
+) -> None:
     # A failure while the memory pipeline starts left the tracing threads running, so the
     # process hung after uvicorn's "Application startup failed. Exiting."
     # No model can be exported into a cache that cannot exist: the embedder fails to load.
-    result = serve_echo(policies_dir, tmp_path / "data", MEMENTO_MODEL_CACHE="/dev/null/models")
+    # Serving processes failing so are not started again and again: their supervisor stops.
+    result = serve_echo(
+        policies_dir,
+        tmp_path / "data",
+        MEMENTO_MODEL_CACHE="/dev/null/models",
+        MEMENTO_PROCESSES=processes,
+    )
     assert result.returncode != 0
     assert "Application startup failed" in result.stderr
 
