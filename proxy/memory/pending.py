@@ -11,7 +11,7 @@ so a user does not wait behind every other user's exchanges.
 A job is finished when a worker's attempt at it ends: learned, or failed (a retry comes seconds
 later, too late to wait for). Jobs another process queued, or queued before a restart, are not
 known here and not waited for; a job of ours that another process's worker took is found out
-after one wait that timed out (the pipeline asks the queue and forgets the jobs it finished).
+by asking the queue every `ASK_QUEUE_S` while a call waits for it.
 At most `limit` jobs are remembered: past it the oldest is let go (its waiters go on).
 
 A call whose messages already hold an earlier exchange's answer (a chat app or an agent loop
@@ -25,15 +25,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from storage.records import Scope
 
+log = logging.getLogger("memento.memory")
+
 UserKey = tuple[str, str]  # (tenant, user)
+# Which of these jobs are not finished: the queue's answer, whoever's workers took them.
+AskQueue = Callable[[Sequence[int]], Awaitable[set[int]]]
+# While a call waits, how often it asks the queue about jobs another process's workers took.
+ASK_QUEUE_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -116,13 +123,43 @@ class PendingWrites:
         if not jobs:
             del self._by_user[key]
 
+    async def _until_finished(
+        self, jobs: list[int], events: list[asyncio.Event], ask: AskQueue | None
+    ) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None if ask is None else ASK_QUEUE_S):
+                    for event in events:
+                        await event.wait()
+                    return
+            assert ask is not None
+            await self._settle(_open(jobs, events), ask)
+
+    async def _settle(self, jobs: list[int], ask: AskQueue) -> None:
+        """Finish those of `jobs` the queue says are finished."""
+        try:
+            still = await ask(jobs)
+        except Exception:  # the store is busy or down: the workers' signals still come
+            log.exception("could not look up the state of jobs %s", jobs)
+            return
+        for job in set(jobs) - still:
+            self.finish(job)
+
     def awaited(self) -> list[int]:
         """Jobs some call is waiting for, oldest first: the workers take these next."""
         return sorted(self._awaited)
 
-    async def wait(self, scope: Scope, timeout_s: float, messages: Iterable[Any] = ()) -> WriteWait:
+    async def wait(
+        self,
+        scope: Scope,
+        timeout_s: float,
+        messages: Iterable[Any] = (),
+        ask: AskQueue | None = None,
+    ) -> WriteWait:
         """Wait until the user's jobs queued so far are finished, at most `timeout_s`; not for
-        those whose answer the call's `messages` carry (`answers_in`)."""
+        those whose answer the call's `messages` carry (`answers_in`). With `ask` (the queue's
+        `unfinished`), the queue is asked every `ASK_QUEUE_S` meanwhile, for the jobs another
+        process's workers finished."""
         if scope.user_id is None:
             return NO_WAIT
         queued = self._by_user.get((scope.tenant_id, scope.user_id))
@@ -138,17 +175,20 @@ class PendingWrites:
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout_s):
-                    for event in events:
-                        await event.wait()
+                    await self._until_finished(jobs, events, ask)
         finally:
             for job in jobs:
                 self._awaited[job] -= 1
                 if self._awaited[job] <= 0:
                     del self._awaited[job]
+        if ask is not None and not all(event.is_set() for event in events):
+            await self._settle(_open(jobs, events), ask)  # a wait shorter than ASK_QUEUE_S
         return WriteWait(
             pending=len(jobs),
-            unfinished=tuple(
-                job for job, event in zip(jobs, events, strict=True) if not event.is_set()
-            ),
+            unfinished=tuple(_open(jobs, events)),
             waited_ms=round((time.perf_counter() - started) * 1000, 1),
         )
+
+
+def _open(jobs: list[int], events: list[asyncio.Event]) -> list[int]:
+    return [job for job, event in zip(jobs, events, strict=True) if not event.is_set()]

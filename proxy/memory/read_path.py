@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -167,7 +167,9 @@ class ReadPath:
         timeout_ms = ctx.policy.memory.retrieval.wait_for_writes_ms
         if not timeout_ms:
             return NO_WAIT
-        waited = await self.pending.wait(scope, timeout_ms / 1000, ctx.conversation)
+        # Another process's workers may learn this process's exchanges: the queue says when.
+        ask = self.store.queue.unfinished
+        waited = await self.pending.wait(scope, timeout_ms / 1000, ctx.conversation, ask)
         if waited.timed_out:
             log.info(
                 "request %s retrieves without %d earlier exchanges still being learned after "
@@ -176,18 +178,7 @@ class ReadPath:
                 len(waited.unfinished),
                 waited.waited_ms,
             )
-            await self._forget_finished_elsewhere(waited.unfinished)
         return waited
-
-    async def _forget_finished_elsewhere(self, job_ids: Sequence[int]) -> None:
-        """Jobs another process's worker finished are never signalled here: ask the queue."""
-        try:
-            still = await self.store.queue.unfinished(job_ids)
-        except Exception:  # the next wait asks again
-            log.exception("could not look up the state of jobs %s", list(job_ids))
-            return
-        for job_id in set(job_ids) - still:
-            self.pending.finish(job_id)
 
     async def _retrieve(
         self, ctx: CallContext, access: MemoryAccess, span: trace.Span

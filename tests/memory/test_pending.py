@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
-from proxy.memory.pending import PendingWrites, answer_key, answers_in
+from proxy.memory.pending import (
+    ASK_QUEUE_S,
+    NO_WAIT,
+    PendingWrites,
+    answer_key,
+    answers_in,
+)
 from storage.records import Scope
 
 ALICE = Scope("acme", "alice")
@@ -65,3 +72,40 @@ async def test_an_exchange_already_in_the_calls_context_is_not_waited_for() -> N
     waited = await pending.wait(ALICE, timeout_s=0.01, messages=history)
     assert (waited.pending, waited.unfinished) == (2, (2, 3))
     assert answers_in([{"role": "user", "content": "Lisbon has good tea."}]) == set()
+
+
+class Queue:
+    """The durable queue as the ledger asks it: which of these jobs are not finished."""
+
+    def __init__(self, unfinished: set[int]) -> None:
+        self.unfinished_jobs = unfinished
+        self.asked = 0
+
+    async def unfinished(self, job_ids: Sequence[int]) -> set[int]:
+        self.asked += 1
+        return self.unfinished_jobs & set(job_ids)
+
+
+async def test_a_job_another_process_learned_ends_the_wait_at_the_next_question() -> None:
+    # Serving processes share one queue: another's worker may learn this process's exchange,
+    # and nothing signals this process. Its waiting call asks the queue every ASK_QUEUE_S.
+    pending = PendingWrites()
+    pending.add(ALICE, 1)
+    queue = Queue({1})
+    waiting = asyncio.create_task(pending.wait(ALICE, timeout_s=30, ask=queue.unfinished))
+    await asyncio.sleep(ASK_QUEUE_S * 2.5)
+    assert not waiting.done() and queue.asked >= 2
+    queue.unfinished_jobs.clear()  # learned by the other process
+    waited = await asyncio.wait_for(waiting, timeout=ASK_QUEUE_S * 5)
+    assert (waited.pending, waited.unfinished) == (1, ())
+    assert await pending.wait(ALICE, timeout_s=30, ask=queue.unfinished) == NO_WAIT
+
+
+async def test_a_wait_shorter_than_the_question_interval_asks_once_at_its_end() -> None:
+    pending = PendingWrites()
+    pending.add(ALICE, 1)
+    pending.add(ALICE, 2)
+    queue = Queue({2})  # 1 was learned elsewhere
+    waited = await pending.wait(ALICE, timeout_s=0.01, ask=queue.unfinished)
+    assert (waited.pending, waited.unfinished, queue.asked) == (2, (2,), 1)
+    assert (await pending.wait(ALICE, timeout_s=0.01)).pending == 1  # 1 is forgotten
