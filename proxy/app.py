@@ -279,7 +279,7 @@ def build_app(
         data_dir=settings.data_dir,
         embedder=settings.embedder,
         workers=settings.memory_workers,
-        retrieval_slots=settings.retrieval_slots,
+        retrieval_slots=settings.retrieval_slots_per_process,
     )
     flow = CallFlow(memory)  # every door's calls go through it
     chat = ChatRoutes(flow, upstreams)
@@ -306,7 +306,7 @@ def build_app(
         watch_memory(memory, app.state.health)
         shared, leaving = None, None
         if settings.metrics_share_dir is not None:
-            shared = SharedMetrics(settings.metrics_share_dir, settings.processes)
+            shared = SharedMetrics(settings.metrics_share_dir)
             leaving = asyncio.create_task(shared.keep_leaving(lambda: render_metrics(None)))
         app.state.shared_metrics = shared
         watcher = None

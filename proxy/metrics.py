@@ -4,7 +4,9 @@ The instruments are made once per process from a meter provider of our own, whos
 OpenTelemetry's Prometheus exporter on a registry of our own (not the global ones: a library in
 the same process cannot add to, or be surprised by, what an operator scrapes). Stages record with
 plain calls (`REQUESTS.add(1, {...})`); recording is a dict lookup and an add, no I/O. Labels are
-bounded sets (API, tenant, status, stage, verdict, source), never user ids or text.
+bounded sets (API, tenant, status, stage, verdict, source), never user ids or text. Under
+`serve --processes N`, one scrape answers for every serving process, each series under its
+`process` slot (`proxy.metrics_share`).
 
 What an operator reads (Prometheus names):
 - `memento_requests_total{api,tenant,status,stream}` and `memento_request_duration_seconds`

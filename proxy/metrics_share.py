@@ -36,11 +36,11 @@ STORE_WIDE = frozenset({"memento_write_queue_depth", "memento_write_queue_oldest
 
 
 class SharedMetrics:
-    """This process's share of the metrics folder of `processes` serving processes."""
+    """This process's share of the metrics folder of the serving processes."""
 
-    def __init__(self, folder: Path, processes: int) -> None:
+    def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.slot, self._lock = _take_slot(folder, processes)
+        self.slot, self._lock = _take_slot(folder)
 
     def merged(self, own: bytes) -> bytes:
         """`own` (this process's exposition) labelled with its slot and left for the others,
@@ -93,19 +93,18 @@ class SharedMetrics:
                 yield from text_string_to_metric_families(path.read_text())
 
 
-def _take_slot(folder: Path, processes: int) -> tuple[int, IO[str]]:
-    """The lowest slot no live process holds (a replacement takes its predecessor's); up to
-    twice `processes`, for the moments when a replacement starts before the one it replaces
-    has ended (SIGHUP)."""
-    for slot in range(2 * processes):
+def _take_slot(folder: Path) -> tuple[int, IO[str]]:
+    """The lowest slot no live process holds: a replacement takes its predecessor's."""
+    slot = 0
+    while True:
         handle = (folder / f"slot-{slot}.lock").open("a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
+            slot += 1
             continue
         return slot, handle
-    raise RuntimeError(f"no free metrics slot among {2 * processes} in {folder}")
 
 
 def _held(folder: Path, slot: int) -> bool:

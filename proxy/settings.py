@@ -66,8 +66,9 @@ class Settings:
     # Serving processes sharing the port, each a whole proxy on the same store (one core each
     # serves more calls a second than threads sharing one interpreter).
     processes: int = 1
-    # Retrievals this process runs at once; more calls wait in arrival order (the policy's
-    # memory.retrieval.queue_ms bounds the wait).
+    # Retrievals run at once, by all the serving processes together (each runs its share: the
+    # CPU they share decides how many finish within the deadline); more calls wait in arrival
+    # order (the policy's memory.retrieval.queue_ms bounds the wait).
     retrieval_slots: int = 8
     # A bearer token `GET /metrics` asks for (Prometheus' `authorization` setting); None serves
     # the metrics to anyone who can reach the port.
@@ -76,6 +77,11 @@ class Settings:
     # its metrics for the others (`proxy.metrics_share`).
     metrics_share_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def retrieval_slots_per_process(self) -> int:
+        """This serving process's share of `retrieval_slots` (rounded up)."""
+        return -(-self.retrieval_slots // self.processes)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:

@@ -30,7 +30,7 @@ def samples(text: bytes) -> list[tuple[str, dict[str, str], float]]:
 
 
 def test_a_scrape_has_every_live_process_and_the_stores_gauges_once(tmp_path: Path) -> None:
-    first, second, third = (SharedMetrics(tmp_path, 3) for _ in range(3))
+    first, second, third = (SharedMetrics(tmp_path) for _ in range(3))
     assert (first.slot, second.slot, third.slot) == (0, 1, 2)
     second.leave_snapshot(exposition(calls=5, queued=7))
     third.leave_snapshot(exposition(calls=9, queued=7))
@@ -54,7 +54,7 @@ def test_a_scrape_has_every_live_process_and_the_stores_gauges_once(tmp_path: Pa
 
 
 def test_a_replacement_takes_the_slot_its_predecessor_left(tmp_path: Path) -> None:
-    first, second = SharedMetrics(tmp_path, 2), SharedMetrics(tmp_path, 2)
+    first, second = SharedMetrics(tmp_path), SharedMetrics(tmp_path)
     first.close()
-    assert SharedMetrics(tmp_path, 2).slot == 0
+    assert SharedMetrics(tmp_path).slot == 0
     second.close()
