@@ -64,6 +64,7 @@ from proxy.upstreams.registry import Upstreams
 from proxy.upstreams.routing import is_passthrough
 from storage import open_span_store
 from storage.api import DatabaseUnavailable, IndexUnavailable, StorageFull
+from storage.postgres.url import database_url
 
 log = logging.getLogger("memento.proxy")
 
@@ -280,6 +281,7 @@ def build_app(
         embedder=settings.embedder,
         workers=settings.memory_workers,
         retrieval_slots=settings.retrieval_slots_per_process,
+        shared_queue=settings.processes > 1 or database_url() is not None,
     )
     flow = CallFlow(memory)  # every door's calls go through it
     chat = ChatRoutes(flow, upstreams)

@@ -267,7 +267,14 @@ class ResponseStore(Protocol):
 class WriteQueue(Protocol):
     """The durable write-path queue: survives crashes, restarts and shutdowns."""
 
-    async def enqueue(self, tenant_id: str, kind: str, payload: dict[str, Any]) -> int: ...
+    async def enqueue(self, tenant_id: str, kind: str, payload: dict[str, Any]) -> int:
+        """Queue a job; its payload's `user_id`, when it has one, is the job's user."""
+        ...
+
+    async def open_jobs_of(self, tenant_id: str, user_id: str) -> list[QueuedJob]:
+        """The user's jobs (at most 100, oldest first) that a first attempt has not ended yet:
+        queued and never tried, or running. A job waiting for a retry is not one of them."""
+        ...
 
     async def claim(
         self,

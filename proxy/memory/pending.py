@@ -9,9 +9,9 @@ retrieves whatever is there. A job somebody waits for is claimed ahead of the re
 so a user does not wait behind every other user's exchanges.
 
 A job is finished when a worker's attempt at it ends: learned, or failed (a retry comes seconds
-later, too late to wait for). Jobs another process queued, or queued before a restart, are not
-known here and not waited for; a job of ours that another process's worker took is found out
-by asking the queue every `ASK_QUEUE_S` while a call waits for it.
+later, too late to wait for). Jobs another process queued are added from the queue by the
+read path when other processes share it (`ReadPath.shared_queue`); a job that another process's
+worker took is found out by asking the queue every `ASK_QUEUE_S` while a call waits for it.
 At most `limit` jobs are remembered: past it the oldest is let go (its waiters go on).
 
 A call whose messages already hold an earlier exchange's answer (a chat app or an agent loop
@@ -98,8 +98,8 @@ class PendingWrites:
         answer has `answer_key` `answer`."""
         if scope.user_id is None:
             return
-        if job_id in self._finished_early:
-            return
+        if job_id in self._finished_early or job_id in self._done:
+            return  # finished already, or known (read from the queue, then queued here)
         key = (scope.tenant_id, scope.user_id)
         self._done[job_id] = asyncio.Event()
         self._owner[job_id] = key

@@ -39,6 +39,7 @@ class MemoryPipeline:
         embedder: str = "local",
         workers: int = 2,
         retrieval_slots: int = DEFAULT_RETRIEVAL_SLOTS,
+        shared_queue: bool = False,
     ) -> None:
         if store is None and data_dir is None:
             raise ValueError("give the pipeline a store or a data_dir to open one in")
@@ -50,6 +51,7 @@ class MemoryPipeline:
         self._owns_store = store is None
         self._workers = workers  # write-path workers of this process; 0 only queues
         self._slots = RetrievalSlots(retrieval_slots)
+        self._shared_queue = shared_queue  # other processes queue exchanges (`ReadPath`)
         self._requests: RequestLogger | None = None
         self._reads: ReadPath | None = None
         self._writes: WritePath | None = None
@@ -102,7 +104,9 @@ class MemoryPipeline:
         await warm_up(self._store.memories, self.policies)
         pending = PendingWrites()  # exchanges queued here, not yet learned, by user
         self._requests = RequestLogger(self._store.requests)
-        self._reads = ReadPath(self._store, pending, self._requests, self._slots)
+        self._reads = ReadPath(
+            self._store, pending, self._requests, self._slots, shared_queue=self._shared_queue
+        )
         self._writes = WritePath(
             self._store, self.policies, self.upstreams, pending, workers=self._workers
         )

@@ -25,8 +25,9 @@ from opentelemetry import trace
 
 from proxy.errors import bad_request
 from proxy.memory.budget import BudgetPlan, available_tokens, encoding_name_for, fit_to_budget
+from proxy.memory.exchange_job import EXCHANGE_JOB, ExchangeJob
 from proxy.memory.inject import render_block
-from proxy.memory.pending import NO_WAIT, PendingWrites, WriteWait
+from proxy.memory.pending import NO_WAIT, PendingWrites, WriteWait, answer_key
 from proxy.memory.query import InvalidMemoryMode, MemoryAccess, build_query, resolve_access
 from proxy.memory.request_log import RequestLogger
 from proxy.memory.retrieve import ScoredMemory, retrieve
@@ -101,11 +102,16 @@ class ReadPath:
         pending: PendingWrites,
         requests: RequestLogger,
         slots: RetrievalSlots | None = None,
+        *,
+        shared_queue: bool = False,
     ) -> None:
         self.store = store
         self.pending = pending  # exchanges queued in this process, not yet learned, by user
         self.requests = requests
         self.slots = slots or RetrievalSlots(DEFAULT_RETRIEVAL_SLOTS)
+        # Other processes queue exchanges too (serving processes, replicas): a call asks the
+        # queue for its user's, not only this process's ledger.
+        self.shared_queue = shared_queue
 
     async def before_call(self, ctx: CallContext) -> PreparedCall:
         started = time.perf_counter()
@@ -167,6 +173,8 @@ class ReadPath:
         timeout_ms = ctx.policy.memory.retrieval.wait_for_writes_ms
         if not timeout_ms:
             return NO_WAIT
+        if self.shared_queue:
+            await self._note_queued_elsewhere(scope)
         # Another process's workers may learn this process's exchanges: the queue says when.
         ask = self.store.queue.unfinished
         waited = await self.pending.wait(scope, timeout_ms / 1000, ctx.conversation, ask)
@@ -179,6 +187,22 @@ class ReadPath:
                 waited.waited_ms,
             )
         return waited
+
+    async def _note_queued_elsewhere(self, scope: Scope) -> None:
+        """Add to the ledger the user's exchanges another process queued and nobody has
+        learned yet (one indexed read); the wait then covers them too."""
+        if scope.user_id is None:
+            return
+        try:
+            jobs = await self.store.queue.open_jobs_of(scope.tenant_id, scope.user_id)
+        except Exception:  # the wait covers this process's own exchanges meanwhile
+            log.exception("could not read the queued exchanges of a user")
+            return
+        for job in jobs:
+            if job.kind == EXCHANGE_JOB:
+                self.pending.add(
+                    scope, job.id, answer_key(ExchangeJob.from_json(job.payload).answer)
+                )
 
     async def _retrieve(
         self, ctx: CallContext, access: MemoryAccess, span: trace.Span

@@ -19,7 +19,7 @@ import psycopg
 
 from storage.records import MEMORY_KINDS, MEMORY_STATUSES
 from storage.span_rows import CLIENT_REQUEST_ID_ATTR, REQUEST_SPAN
-from storage.sqlite.migrations import Migration, SchemaTooNewError, statements
+from storage.sqlite.migrations import JOBS_USER, Migration, SchemaTooNewError, statements
 
 # The advisory lock migrations hold (any 64-bit number: this one spells "memento1").
 MIGRATION_LOCK = 0x6D656D656E746F31
@@ -193,6 +193,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     CREATE INDEX spans_unresolved ON spans (start_ns) WHERE tenant_id = ''
     """,
     ),
+    # 3: the user of each write job, so that a call finds its user's exchanges not yet learned,
+    # whichever replica queued them, with one indexed read.
+    Migration("jobs_user", JOBS_USER),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -32,6 +32,13 @@ _KINDS_SQL = ", ".join(f"'{kind}'" for kind in MEMORY_KINDS)
 _STATUSES_SQL = ", ".join(f"'{status}'" for status in MEMORY_STATUSES)
 
 # Step i upgrades the schema from version i to i+1. Never edit a released step: append.
+# Shared with PostgreSQL's schema: the same step in both.
+JOBS_USER = """
+    ALTER TABLE jobs ADD COLUMN user_id TEXT;
+    CREATE INDEX jobs_open_by_user ON jobs (tenant_id, user_id)
+        WHERE state IN ('queued', 'running')
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     # 1: memories, audit, requests, feedback, write queue, index outbox.
     Migration(
@@ -199,6 +206,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         WHERE text_hash IS NOT NULL;
     """,
     ),
+    # 7: the user of each write job (`storage.sqlite.queue`), so that a call finds its user's
+    # exchanges not yet learned, whichever process queued them, with one indexed read.
+    Migration("jobs_user", JOBS_USER),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -29,8 +29,19 @@ class SQLiteJobQueue:
         self._lease_s = lease_s
 
     async def enqueue(self, tenant_id: str, kind: str, payload: dict[str, Any]) -> int:
-        job = partial(_insert_job, tenant_id, kind, dumps(payload))
+        user_id = payload.get("user_id")
+        user = user_id if isinstance(user_id, str) else None
+        job = partial(_insert_job, tenant_id, kind, dumps(payload), user)
         return int(await self._connection.grouped(job))
+
+    async def open_jobs_of(self, tenant_id: str, user_id: str) -> list[QueuedJob]:
+        rows = await self._connection.fetchall(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant_id = ? AND user_id = ? "
+            "AND state IN ('queued', 'running') AND NOT (state = 'queued' AND attempts > 0) "
+            f"ORDER BY id LIMIT {_MAX_FIRST}",
+            (tenant_id, user_id),
+        )
+        return [_job_from_row(row) for row in rows]
 
     async def claim(
         self,
@@ -153,12 +164,14 @@ class SQLiteJobQueue:
             return int(cursor.rowcount)
 
 
-async def _insert_job(tenant_id: str, kind: str, payload: str, db: Transaction) -> int:
+async def _insert_job(
+    tenant_id: str, kind: str, payload: str, user_id: str | None, db: Transaction
+) -> int:
     now = time.time()
     cursor = await db.execute(
-        "INSERT INTO jobs (tenant_id, kind, payload, state, created_at, available_at) "
-        "VALUES (?, ?, ?, 'queued', ?, ?) RETURNING id",  # not lastrowid: PostgreSQL has none
-        (tenant_id, kind, payload, now, now),
+        "INSERT INTO jobs (tenant_id, kind, payload, user_id, state, created_at, available_at) "
+        "VALUES (?, ?, ?, ?, 'queued', ?, ?) RETURNING id",  # not lastrowid: PostgreSQL has none
+        (tenant_id, kind, payload, user_id, now, now),
     )
     row = await cursor.fetchone()
     return int(row[0])

@@ -215,3 +215,56 @@ def test_a_waiting_user_is_served_ahead_of_a_long_queue(
     with api(proxy) as http:  # most of the backlog is still queued: hana did not wait behind it
         queued = http.get("/v1/memories/jobs", params={"state": "queued", "limit": 100}).json()
     assert len(queued["data"]) >= 50, queued
+
+
+def test_an_exchange_another_serving_process_queued_is_waited_for(
+    tmp_path: Path, memory_proxy: Callable[..., RunningProxy]
+) -> None:
+    """With several serving processes (`serve --processes`), the user's previous call may have
+    been answered, and its exchange queued, by another one: the next call finds it in the queue
+    and waits for it as for its own, unless the call's messages carry that exchange's answer."""
+    proxy = memory_proxy(
+        memory={"retrieval": {"wait_for_writes_ms": 500}}, processes=2, memory_workers=0
+    )
+    answer = "Noted: you drink green tea."
+
+    async def queue_from_another_process() -> None:
+        store = await open_store(tmp_path / "data", await shared_embedder("local"))
+        try:
+            payload = {
+                "request_id": "req_elsewhere",
+                "user_id": "ines",
+                "messages": [{"role": "user", "content": "I drink green tea."}],
+                "response": {"choices": [{"message": {"role": "assistant", "content": answer}}]},
+            }
+            await store.queue.enqueue("acme", EXCHANGE_JOB, payload)
+        finally:
+            await store.close()
+
+    asyncio.run(queue_from_another_process())
+
+    def call(*messages: dict[str, str]) -> httpx.Response:
+        # Read mode: these calls queue no exchange of their own to wait for.
+        return (
+            client_for(proxy)
+            .chat.completions.with_raw_response.create(
+                model="echo",
+                messages=list(messages),  # type: ignore[arg-type]
+                user="ines",
+                extra_headers={"x-memento-mode": "read"},
+            )
+            .http_response
+        )
+
+    fresh = call({"role": "user", "content": "What do I drink?"})
+    assert fresh.headers["x-memento-unlearned-writes"] == "1"  # nobody here learns it
+    attributes = retrieve_span(proxy, fresh.headers["x-request-id"])
+    assert attributes["memento.memory.pending_writes"] == 1
+    assert attributes["memento.memory.waited_ms"] >= 400
+
+    in_context = call(
+        {"role": "user", "content": "I drink green tea."},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "And in the evening?"},
+    )
+    assert "x-memento-unlearned-writes" not in in_context.headers

@@ -193,3 +193,36 @@ async def test_a_job_failing_on_a_full_disk_is_never_given_up(
     finally:
         await pool.stop()
         await store.close()
+
+
+async def test_a_users_open_jobs_are_found_whoever_queued_them(
+    tmp_path: Path, local_embedder: LocalEmbedder, database_url: str | None
+) -> None:
+    """What a call waits for when other processes share the queue: the user's jobs whose first
+    attempt has not ended (queued and never tried, or running), not another user's or tenant's,
+    not one finished or waiting for its retry."""
+    store = await open_embedded_store(tmp_path, local_embedder, database_url=database_url)
+    try:
+        queue = store.queue
+        running = await queue.enqueue("acme", "exchange", {"user_id": "alice", "n": 1})
+        (claimed,) = await queue.claim("w1", limit=1)
+        assert claimed.id == running
+        retried = await queue.enqueue("acme", "exchange", {"user_id": "alice", "n": 2})
+        done = await queue.enqueue("acme", "exchange", {"user_id": "alice", "n": 3})
+        for job in await queue.claim("w1", limit=2):
+            if job.id == retried:
+                await queue.fail(job.id, "upstream down", retry_in_s=30)
+            else:
+                await queue.complete(job.id)
+        queued = await queue.enqueue("acme", "exchange", {"user_id": "alice", "n": 4})
+        await queue.enqueue("acme", "exchange", {"user_id": "bob", "n": 5})
+        await queue.enqueue("globex", "exchange", {"user_id": "alice", "n": 6})
+        await queue.enqueue("acme", "exchange", {"n": 7})  # an anonymous call's
+
+        found = await queue.open_jobs_of("acme", "alice")
+
+        assert [(job.id, job.state) for job in found] == [(running, "running"), (queued, "queued")]
+        assert found[1].payload == {"user_id": "alice", "n": 4}
+        assert done not in {job.id for job in found}
+    finally:
+        await store.close()
