@@ -5,8 +5,9 @@ served LanceDB generation by whichever process holds the writer lock, from where
 stopped (`index_applied_seq`). A crash in between loses nothing: the outbox is replayed when the
 store opens, and by maintenance. Every process also follows the outbox by sequence number into
 its in-memory copies of hot scopes (`storage.vector_cache`): at once for its own writes, and
-every `FOLLOW_INTERVAL_S` for the writes of the other processes sharing the store, so what one
-process accepted or erased is seen by every other within that interval. Every process follows
+for the writes of the other processes sharing the store when they say so (`announce_outbox`),
+at the latest every `FOLLOW_INTERVAL_S`, so what one process accepted or erased is seen by
+every other within that interval. Every process follows
 the generation pointer on its next index write or failed search, so a rebuild by another
 process (`storage.maintenance`) is picked up without a restart. Problems of the index are kept
 by component in `problems` and mirrored to the attached health.
@@ -191,6 +192,7 @@ class IndexSync:
         with whatever else is written meanwhile: one LanceDB commit for many writes, and no
         writer waiting for one. A search that goes to the index waits for it (`flushed`); a
         crash before it loses nothing (the outbox is replayed when the store opens)."""
+        self._db.connection.announce_outbox()  # the other processes follow it now too
         await self.follow()
         if self._closing:
             return

@@ -120,6 +120,10 @@ class SQLConnection:
         """Call `wake` whenever some process adds index outbox entries, for as long as this
         runs. An engine that cannot tell returns at once: its readers poll."""
 
+    def announce_outbox(self) -> None:
+        """After a commit that added outbox entries: tell the other processes' `watch_outbox`,
+        where the commit itself does not (PostgreSQL's NOTIFY does)."""
+
     @property
     def locks(self) -> StoreLocks:
         """The store's named locks, held across every process using this database."""

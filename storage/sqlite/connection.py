@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -20,6 +20,7 @@ import aiosqlite
 from storage.locks import FileLocks
 from storage.relational import Dialect, SQLConnection, Transaction
 from storage.sqlite.migrations import MIGRATIONS, Migration, migrate
+from storage.sqlite.signals import OutboxSignals
 
 SCHEMA_LOCK = "schema"  # held while a process sets the file up and migrates it
 
@@ -47,6 +48,7 @@ class Connection(SQLConnection):
         self._reader = reader
         self._write_lock = asyncio.Lock()
         self._locks = FileLocks(path.parent)  # lock files beside the database
+        self._signals = OutboxSignals(path.parent)  # to and from the folder's other processes
 
     @classmethod
     async def open(cls, path: Path, migrations: Sequence[Migration] = MIGRATIONS) -> Connection:
@@ -82,10 +84,17 @@ class Connection(SQLConnection):
             await self._reader.close()
             await self._writer.close()
         self._locks.close()
+        self._signals.close()
 
     @property
     def locks(self) -> FileLocks:
         return self._locks
+
+    async def watch_outbox(self, wake: Callable[[], None]) -> None:
+        await self._signals.listen(wake)
+
+    def announce_outbox(self) -> None:
+        self._signals.announce()
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:

@@ -186,10 +186,9 @@ async def test_entries_a_dead_process_left_unapplied_are_applied_by_another(
 
 
 async def test_a_notified_replica_follows_at_once_without_polling(
-    pair: tuple[EmbeddedStore, EmbeddedStore], database_url: str | None
+    pair: tuple[EmbeddedStore, EmbeddedStore],
 ) -> None:
-    if database_url is None:
-        pytest.skip("SQLite has no notifications: its processes poll")
+    # PostgreSQL's NOTIFY; on one folder, the other process's datagram (storage.sqlite.signals).
     first, second = pair
     await first.memories.add(SCOPE, [NewMemory(kind="fact", text="Ann lives in Lisbon")])
     await _found(second, "Where does Ann live?")  # cached in the second
