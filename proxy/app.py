@@ -306,10 +306,10 @@ def build_app(
             await _close_quietly(memory, upstreams, tracing, span_store)
             raise
         watch_memory(memory, app.state.health)
-        shared, leaving = None, None
+        shared = None
         if settings.metrics_share_dir is not None:
             shared = SharedMetrics(settings.metrics_share_dir)
-            leaving = asyncio.create_task(shared.keep_leaving(lambda: render_metrics(None)))
+            shared.start(lambda: render_metrics(None))
         app.state.shared_metrics = shared
         watcher = None
         if settings.policy_reload_s > 0:
@@ -327,8 +327,7 @@ def build_app(
             app.state.started = False
             if watcher is not None:
                 watcher.cancel()
-            if leaving is not None and shared is not None:
-                leaving.cancel()
+            if shared is not None:
                 shared.close()
             await memory.aclose()
             await upstreams.aclose()

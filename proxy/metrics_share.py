@@ -41,15 +41,16 @@ class SharedMetrics:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.slot, self._lock = _take_slot(folder)
+        self._leaving: asyncio.Task[None] | None = None
+
+    def start(self, render: Callable[[], bytes]) -> None:
+        """Leave `render()` for the others every SNAPSHOT_S, until `close`."""
+        self._leaving = asyncio.create_task(self._keep_leaving(render))
 
     def merged(self, own: bytes) -> bytes:
         """`own` (this process's exposition) labelled with its slot and left for the others,
         followed by every other live process's latest snapshot, one family at a time."""
-        merged: dict[str, Metric] = {}
-        for family in text_string_to_metric_families(own.decode()):
-            store_wide = family.name in STORE_WIDE
-            merged[family.name] = family if store_wide else _labelled(family, self.slot)
-        self._leave([f for name, f in merged.items() if name not in STORE_WIDE])
+        merged = self._leave(own)
         for family in self._others():
             if family.name in merged:
                 merged[family.name].samples.extend(family.samples)
@@ -59,11 +60,9 @@ class SharedMetrics:
 
     def leave_snapshot(self, own: bytes) -> None:
         """Leave `own` for the others without answering a scrape."""
-        families = text_string_to_metric_families(own.decode())
-        self._leave([_labelled(f, self.slot) for f in families if f.name not in STORE_WIDE])
+        self._leave(own)
 
-    async def keep_leaving(self, render: Callable[[], bytes]) -> None:
-        """`leave_snapshot(render())` every SNAPSHOT_S, until cancelled."""
+    async def _keep_leaving(self, render: Callable[[], bytes]) -> None:
         while True:
             try:
                 self.leave_snapshot(render())
@@ -72,6 +71,8 @@ class SharedMetrics:
             await asyncio.sleep(SNAPSHOT_S)
 
     def close(self) -> None:
+        if self._leaving is not None:
+            self._leaving.cancel()
         with contextlib.suppress(OSError):
             self._path(self.slot).unlink()
         self._lock.close()
@@ -79,10 +80,19 @@ class SharedMetrics:
     def _path(self, slot: int) -> Path:
         return self.folder / f"{slot}.prom"
 
-    def _leave(self, families: list[Metric]) -> None:
+    def _leave(self, own: bytes) -> dict[str, Metric]:
+        """`own`'s families by name, this process's labelled with its slot and written for
+        the others (atomically: readers see the old snapshot or the new one); the store's
+        families as they are, for this scrape only."""
+        families: dict[str, Metric] = {}
+        for family in text_string_to_metric_families(own.decode()):
+            store_wide = family.name in STORE_WIDE
+            families[family.name] = family if store_wide else _labelled(family, self.slot)
+        mine = [f for name, f in families.items() if name not in STORE_WIDE]
         partial = self.folder / f".{self.slot}.prom.{os.getpid()}"
-        partial.write_bytes(_exposition(families))
-        partial.replace(self._path(self.slot))  # readers see the old one or the new one
+        partial.write_bytes(_exposition(mine))
+        partial.replace(self._path(self.slot))
+        return families
 
     def _others(self) -> Iterator[Metric]:
         for path in sorted(self.folder.glob("*.prom")):
@@ -96,30 +106,32 @@ class SharedMetrics:
 def _take_slot(folder: Path) -> tuple[int, IO[str]]:
     """The lowest slot no live process holds: a replacement takes its predecessor's."""
     slot = 0
-    while True:
-        handle = (folder / f"slot-{slot}.lock").open("a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            slot += 1
-            continue
-        return slot, handle
+    while (handle := _locked(folder, slot)) is None:
+        slot += 1
+    return slot, handle
 
 
 def _held(folder: Path, slot: int) -> bool:
     """Whether a live process holds `slot`."""
     try:
-        handle = (folder / f"slot-{slot}.lock").open("a+")
+        handle = _locked(folder, slot)
     except OSError:
         return False
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
+    if handle is None:
+        return True
+    handle.close()  # releases the lock
+    return False
+
+
+def _locked(folder: Path, slot: int) -> IO[str] | None:
+    """`slot`'s lock file, open and locked by this process; None when another holds it."""
+    handle = (folder / f"slot-{slot}.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
 
 
 def _labelled(family: Metric, slot: int) -> Metric:

@@ -116,3 +116,15 @@ async def _wait_for_flock(handle: IO[str], turn: asyncio.Lock) -> None:
     except BaseException:
         turn.release()
         raise
+
+
+@contextlib.asynccontextmanager
+async def held_once(folder: Path, name: str) -> AsyncIterator[None]:
+    """The lock `name` of `folder` held for the block, by a `FileLocks` of its own that is
+    closed after: for work a process does once, such as setting a database file up."""
+    locks = FileLocks(folder)
+    try:
+        async with locks.hold(name):
+            yield
+    finally:
+        locks.close()

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, cast
 
 import aiosqlite
 
-from storage.locks import FileLocks
+from storage.locks import held_once
 from storage.records import SpanRow
 from storage.span_rows import (
     CLIENT_REQUEST_ID_ATTR,
@@ -313,23 +313,19 @@ async def open_sqlite_spans(path: Path) -> SpanTable:
     db = await aiosqlite.connect(path)
     db.row_factory = aiosqlite.Row
     await db.execute("PRAGMA busy_timeout=5000")
-    locks = FileLocks(path.parent)
-    try:
-        # Processes opening a new file at once take turns (switching it to WAL does not wait).
-        async with locks.hold(SCHEMA_LOCK):
-            await db.execute("PRAGMA journal_mode=WAL")
-            version = await _user_version(db)
-            if version > _SCHEMA_VERSION:
-                await db.close()
-                raise RuntimeError(
-                    f"{path} was written by a newer memento-proxy (span schema {version}); "
-                    "upgrade memento-proxy or point --data-dir elsewhere"
-                )
-            await db.executescript(_SCHEMA)
-            await db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-            await db.commit()
-    finally:
-        locks.close()
+    # Processes opening a new file at once take turns (switching it to WAL does not wait).
+    async with held_once(path.parent, SCHEMA_LOCK):
+        await db.execute("PRAGMA journal_mode=WAL")
+        version = await _user_version(db)
+        if version > _SCHEMA_VERSION:
+            await db.close()
+            raise RuntimeError(
+                f"{path} was written by a newer memento-proxy (span schema {version}); "
+                "upgrade memento-proxy or point --data-dir elsewhere"
+            )
+        await db.executescript(_SCHEMA)
+        await db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        await db.commit()
     await db.execute("PRAGMA synchronous=NORMAL")
     writer = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     writer.execute("PRAGMA synchronous=NORMAL")

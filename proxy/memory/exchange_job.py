@@ -59,13 +59,6 @@ class ExchangeJob:
             created_at=time.time(),
         )
 
-    @property
-    def answer(self) -> Any:
-        """The answer's text (its message's `content`), None when it has none."""
-        choices = self.response.get("choices") or [{}]
-        message = choices[0].get("message") if isinstance(choices[0], dict) else None
-        return message.get("content") if isinstance(message, dict) else None
-
     def to_json(self) -> dict[str, Any]:
         return {
             "request_id": self.request_id,

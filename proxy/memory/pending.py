@@ -181,8 +181,9 @@ class PendingWrites:
                 self._awaited[job] -= 1
                 if self._awaited[job] <= 0:
                     del self._awaited[job]
-        if ask is not None and not all(event.is_set() for event in events):
-            await self._settle(_open(jobs, events), ask)  # a wait shorter than ASK_QUEUE_S
+        still_open = _open(jobs, events)
+        if ask is not None and still_open:
+            await self._settle(still_open, ask)  # a wait shorter than ASK_QUEUE_S
         return WriteWait(
             pending=len(jobs),
             unfinished=tuple(_open(jobs, events)),

@@ -47,6 +47,7 @@ from proxy.memory.span_attrs import (
     record_wait,
     set_content,
 )
+from proxy.messages import answer_message
 from proxy.metrics import MEMORIES_INJECTED, MEMORY_READ_DURATION, RETRIEVAL_FAILURES
 from proxy.tokens import load_encoding
 from storage.api import Store
@@ -200,9 +201,8 @@ class ReadPath:
             return
         for job in jobs:
             if job.kind == EXCHANGE_JOB:
-                self.pending.add(
-                    scope, job.id, answer_key(ExchangeJob.from_json(job.payload).answer)
-                )
+                answer = answer_message(ExchangeJob.from_json(job.payload).response)
+                self.pending.add(scope, job.id, answer_key(answer["content"]))
 
     async def _retrieve(
         self, ctx: CallContext, access: MemoryAccess, span: trace.Span

@@ -17,7 +17,7 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
-from storage.locks import FileLocks
+from storage.locks import FileLocks, held_once
 from storage.relational import Dialect, SQLConnection, Transaction
 from storage.sqlite.migrations import MIGRATIONS, Migration, migrate
 from storage.sqlite.signals import OutboxSignals
@@ -55,13 +55,12 @@ class Connection(SQLConnection):
         """Open (creating and migrating) the database file at `path`."""
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = await aiosqlite.connect(path, isolation_level=None)
-        locks = FileLocks(path.parent)
         try:
             await writer.execute("PRAGMA busy_timeout = 5000")
             # Processes opening the file at once (serving processes, replicas started together)
             # take turns: switching a new file to WAL does not wait for a busy one, and each
             # would apply the migration steps the file lacked when it looked.
-            async with locks.hold(SCHEMA_LOCK):
+            async with held_once(path.parent, SCHEMA_LOCK):
                 await writer.execute("PRAGMA journal_mode = WAL")
                 await migrate(writer, path, migrations)
             # FULL: an acknowledged write survives a power cut, not only a process crash.
@@ -71,8 +70,6 @@ class Connection(SQLConnection):
         except BaseException:
             await writer.close()
             raise
-        finally:
-            locks.close()
         reader = await aiosqlite.connect(path, isolation_level=None)
         await reader.execute("PRAGMA busy_timeout = 5000")
         await reader.execute("PRAGMA query_only = ON")

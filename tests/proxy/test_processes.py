@@ -13,7 +13,7 @@ import signal
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -69,9 +69,9 @@ def _serving(server: ServerProcess) -> list[psutil.Process]:
     return serving
 
 
-def _until(check: object, timeout_s: float = 20.0) -> None:
+def _until(check: Callable[[], bool], timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while not check():  # type: ignore[operator]
+    while not check():
         assert time.monotonic() < deadline, "not reached in time"
         time.sleep(0.2)
 
