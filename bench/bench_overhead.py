@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -27,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -389,12 +390,16 @@ def chat_body(model: str, stream: bool) -> dict[str, Any]:
     return {"model": model, "messages": MESSAGES, "stream": stream}
 
 
-def memory_questions(model: str, stream: bool) -> Callable[[int], bytes]:
-    """A new question each call (the embedder's query cache never answers), from the persona
-    facts the memory target's caller has, asked back."""
+def memory_questions(model: str, stream: bool, numbers: Iterator[int]) -> Callable[[int], bytes]:
+    """A new question each call, from the persona facts the memory target's caller has, asked
+    back. `numbers` is the target's one counter, shared by its warm-ups and every run: a question
+    is never asked twice of one server, so the embedder's cache of recent queries never answers
+    (the call number `load` passes restarts at every run, and would ask the same questions
+    again)."""
     facts = persona_facts()
 
-    def body(number: int) -> bytes:
+    def body(_: int) -> bytes:
+        number = next(numbers)
         fact = facts[(number * 7919) % len(facts)].rstrip(".")
         question = f"{fact}? What else should I know, given that? (call {number})"
         messages = [{"role": "user", "content": question}]
@@ -418,6 +423,7 @@ async def measure(
     request body (chat completions by default)."""
     runs: list[Run] = []
     requests = requests or REQUESTS
+    questions = {name: itertools.count() for name, *_ in targets}
     connector = aiohttp.TCPConnector(limit=256, force_close=False)
     async with aiohttp.ClientSession(connector=connector) as session:
         for stream in (False, True):
@@ -425,7 +431,7 @@ async def measure(
                 total = max(50, int(requests[concurrency] * SCALE))
                 for name, url, model, headers, pid in targets:
                     payload: bytes | Callable[[int], bytes] = (
-                        memory_questions(model, stream)
+                        memory_questions(model, stream, questions[name])
                         if name.startswith(MEMORY_TARGET)
                         else json.dumps(body_for(model, stream)).encode()
                     )
