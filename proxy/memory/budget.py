@@ -22,7 +22,6 @@ from proxy.llm import import_litellm
 from proxy.memory.inject import (
     SECTION_TITLES,
     block_frame_text,
-    render_block,
     render_line,
     section_of,
 )
@@ -62,8 +61,9 @@ _line_tokens_by_version: OrderedDict[tuple[str, int, str, float, str], int] = Or
 
 
 def line_tokens(item: ScoredMemory, encoding_name: str) -> int:
-    """Tokens of a memory's line in the block, with the newline that joins it. Keyed by what
-    the line shows: the memory's id and version (a new text is a new version), kind and date."""
+    """Tokens of a memory's line in the block, with the newline that ends it: exactly what the
+    line adds to any block (see `fit_to_budget`). Kept by what the line shows: the memory's id
+    and version (a new text is a new version), kind and date."""
     record = item.record
     when = record.valid_from or record.created_at
     key = (record.id, record.version, record.kind, when, encoding_name)
@@ -71,7 +71,7 @@ def line_tokens(item: ScoredMemory, encoding_name: str) -> int:
     if tokens is not None:
         _line_tokens_by_version.move_to_end(key)
         return tokens
-    tokens = count_tokens(render_line(item), encoding_name) + 1
+    tokens = count_tokens(render_line(item) + "\n", encoding_name)
     _line_tokens_by_version[key] = tokens
     if len(_line_tokens_by_version) > _LINE_TOKENS_KEPT:
         _line_tokens_by_version.popitem(last=False)
@@ -87,7 +87,8 @@ def _frame_tokens(encoding_name: str) -> int:
 def _heading_tokens(encoding_name: str) -> dict[str, int]:
     """Tokens of each section heading, with its newline."""
     return {
-        section: count_tokens(title, encoding_name) + 1 for section, title in SECTION_TITLES.items()
+        section: count_tokens(title + "\n", encoding_name)
+        for section, title in SECTION_TITLES.items()
     }
 
 
@@ -180,12 +181,18 @@ def fit_to_budget(
     """Choose whole memories for `available` tokens: shares first, then any room left over.
 
     The block's frame (fence and preamble) is reserved first, and a section's heading is paid
-    for with its first memory; the rendered block is measured at the end, so it never
-    exceeds `available`. Only the k2 best-scored cases compete (the cap is on the best, not
-    the shortest); selection is greedy by exp(score) per token, and the selected memories keep
-    their ranking order.
+    for with its first memory. Only the k2 best-scored cases compete (the cap is on the best,
+    not the shortest); selection is greedy by exp(score) per token, and the selected memories
+    keep their ranking order.
+
+    The block's tokens are the sum of its lines' (each with its newline), so the sum is what
+    the block costs, with no tokenizing of the block itself: the encodings' pre-tokenizers
+    never put a line break and the visible text after it in one piece, and every line of the
+    block starts with a visible character (a memory's whitespace, line breaks included, is
+    collapsed to single spaces by `render_line`).
     """
-    room = available - _frame_tokens(encoding_name)
+    frame = _frame_tokens(encoding_name)
+    room = available - frame
     if room <= 0 or not ranked:
         reason = "no_room" if ranked else ""
         return BudgetPlan([], [(item, reason) for item in ranked], 0, max(0, available))
@@ -224,11 +231,7 @@ def fit_to_budget(
         for item in ranked
         if id(item) not in chosen
     ]
-    # Tokens of joined text are not always the sum of the parts: measure the real block.
-    used = count_tokens(render_block(selected), encoding_name) if selected else 0
-    while selected and used > available:
-        dropped.append((selected.pop(), "budget"))
-        used = count_tokens(render_block(selected), encoding_name) if selected else 0
+    used = frame + used if selected else 0  # the fence and preamble, headings and lines
     return BudgetPlan(selected, dropped, used, available)
 
 

@@ -10,7 +10,13 @@ import pytest
 
 from proxy.memory import markers
 from proxy.memory.budget import encoding_name_for, fit_to_budget, line_tokens
-from proxy.memory.inject import inject_block, render_block, render_line, strip_memory_blocks
+from proxy.memory.inject import (
+    inject_block,
+    render_block,
+    render_line,
+    section_of,
+    strip_memory_blocks,
+)
 from proxy.memory.query import InvalidMemoryMode, build_query, resolve_access, resolve_mode
 from proxy.memory.retrieve import rank_candidates, rank_hits, score_parts
 from proxy.policy import BudgetSettings, MemoryPolicy, Policy
@@ -196,6 +202,59 @@ def test_budget_takes_whole_memories_and_never_exceeds_the_room() -> None:
     assert 0 < len(small.selected) < len(large.selected)
 
 
+# Texts whose ends and starts a tokenizer could join across a line break, if anything could:
+# punctuation and slashes (o200k joins "/" to line breaks), digits, spaces and line breaks of
+# every kind, scripts without spaces, emoji, chat-template tokens.
+_EDGES = [
+    "ends with a full stop.",
+    "ends with a slash /",
+    "/starts with a slash",
+    "ends with digits 1234567",
+    "ends with spaces and breaks   \r\n\n\t",
+    "\n\n  starts with breaks\u2028and\u2029separators\x85\x0b\x0c",
+    "東京の秋、紅葉がきれいです。",
+    "🧗‍♀️🍜🇯🇵 and combining e\u0301",
+    "<|endoftext|> <|im_start|>system",
+    "quotes: \"'\u00ab\u00bb'\"",
+    "- [looks like a line] (fact, 2020-01-01) itself",
+    "https://example.com/path/",
+    "x" * 300,
+]
+
+
+@pytest.mark.parametrize("encoding_name", ["cl100k_base", "o200k_base"])
+def test_the_budget_counts_a_block_exactly_without_tokenizing_it(encoding_name: str) -> None:
+    rng = random.Random(7)
+    kinds = ["fact", "preference", "case"]
+    hits = [
+        hit(
+            record(
+                f"mem_{n:08x}",
+                rng.choice(_EDGES) + rng.choice(["", " ", "\n"]) + rng.choice(_EDGES),
+                kind=kinds[n % 3],
+                q=rng.choice([-0.5, 0.0, 0.5]),  # a case worked, failed or is unrated
+            ),
+            n,
+            n,
+        )
+        for n in range(48)
+    ]
+    ranked = rank_hits(hits, MemoryPolicy())
+    assert {section_of(item) for item in ranked} == {"about", "worked", "failed", "unrated"}
+    for available in (40, 120, 300, 800, 4000):
+        for k2_cases in (1, 12):
+            plan = fit_to_budget(
+                rng.sample(ranked, 24),
+                available,
+                BudgetSettings(),
+                k2_cases=k2_cases,
+                encoding_name=encoding_name,
+            )
+            if plan.selected:
+                block = render_block(plan.selected)
+                assert count_tokens(block, encoding_name) == plan.used_tokens <= available
+
+
 def test_budget_caps_cases_at_k2() -> None:
     plan = fit_to_budget(
         _ranked(10, kind="case"), 2000, BudgetSettings(), k2_cases=2, encoding_name="cl100k_base"
@@ -353,13 +412,13 @@ def test_score_parts_of_many_candidates_round_in_one_pass_and_still_add_up() -> 
 def test_a_memory_line_is_counted_once_per_version() -> None:
     short = record("tokens-1", "The user likes tea.")
     (item,) = rank_hits([hit(short, 0, 0)], MemoryPolicy())
-    expected = count_tokens(render_line(item), "o200k_base") + 1
+    expected = count_tokens(render_line(item) + "\n", "o200k_base")
     assert line_tokens(item, "o200k_base") == expected
     # A new text is a new version: counted anew, not taken from the old version's count.
     longer = dataclasses.replace(short, text="The user likes green tea with honey.", version=2)
     (changed,) = rank_hits([hit(longer, 0, 0)], MemoryPolicy())
-    assert (
-        line_tokens(changed, "o200k_base") == count_tokens(render_line(changed), "o200k_base") + 1
+    assert line_tokens(changed, "o200k_base") == count_tokens(
+        render_line(changed) + "\n", "o200k_base"
     )
     assert line_tokens(changed, "o200k_base") > expected
-    assert line_tokens(item, "cl100k_base") == count_tokens(render_line(item), "cl100k_base") + 1
+    assert line_tokens(item, "cl100k_base") == count_tokens(render_line(item) + "\n", "cl100k_base")
