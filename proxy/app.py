@@ -38,7 +38,7 @@ from proxy.errors import (
     unauthorized,
 )
 from proxy.health import Health, watch_memory
-from proxy.llm import import_litellm
+from proxy.llm import import_litellm, openai_window
 from proxy.memory.pipeline import MemoryPipeline
 from proxy.memory.seam import MemoryHooks
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -198,7 +198,8 @@ def needs_litellm(registry: PolicyRegistry) -> bool:
     """Whether litellm will be used (slow to import and heavy: then it is imported before
     serving, off the event loop, and only then): a route it translates, including a memory model
     named by a litellm string, or a route of a tenant with memory whose token budget needs
-    litellm's model info (no `context_window` of its own). The built-in echo model needs none."""
+    litellm's model info (no `context_window` of its own, and not one of OpenAI's models, whose
+    windows are read from litellm's map without it). The built-in echo model needs none."""
     for tenant in registry.tenants():
         policy = registry.get(tenant)
         if policy is None:
@@ -208,7 +209,8 @@ def needs_litellm(registry: PolicyRegistry) -> bool:
                 continue
             if not is_passthrough(route):
                 return True
-            if policy.memory.enabled and route.context_window is None:
+            window_known, _ = openai_window(route.model)
+            if policy.memory.enabled and route.context_window is None and not window_known:
                 return True
     return False
 

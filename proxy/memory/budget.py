@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from proxy.llm import import_litellm
+from proxy.llm import import_litellm, openai_window, window_of
 from proxy.memory.inject import (
     SECTION_TITLES,
     block_frame_text,
@@ -123,13 +123,16 @@ def utf8_bytes(text: str, encoding_name: str = "") -> int:
 
 @lru_cache(maxsize=256)
 def litellm_context_window(model: str) -> int | None:
-    """The model's input window from litellm's bundled model info; None when unknown."""
+    """The model's input window from litellm's bundled model info; None when unknown. One of
+    OpenAI's is read from the map without importing litellm."""
+    known, window = openai_window(model)
+    if known:
+        return window
     try:
         info = import_litellm().get_model_info(model)
     except Exception:  # litellm raises a bare Exception for models it does not know
         return None
-    window = info.get("max_input_tokens") or info.get("max_tokens")
-    return int(window) if window else None
+    return window_of(info)
 
 
 def context_window(route: ModelRoute) -> int | None:

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from proxy import tokens
+from proxy.llm import import_litellm, openai_window, window_of
 from proxy.memory.budget import available_tokens, prompt_tokens, utf8_bytes
 from proxy.policy import BudgetSettings, ModelRoute
 from proxy.tokens import count_tokens
@@ -61,3 +62,26 @@ def test_near_the_window_the_room_is_what_counting_tokens_gives(encoding_name: s
         route = ModelRoute(model="openai/gpt-4o-mini", context_window=window)
         room = available_tokens(messages, body, None, route, settings, encoding_name)
         assert room == max(0, min(500, window - exact - 100)), window
+
+
+def test_openai_windows_read_from_the_map_are_what_litellm_answers() -> None:
+    """Every model litellm's bundled map lists under `openai`, bare and with its provider: the
+    window read without litellm is the one `get_model_info` gives."""
+    litellm = import_litellm()
+    names = [
+        name
+        for name, entry in litellm.model_cost.items()
+        if entry.get("litellm_provider") == "openai"
+    ]
+    assert len(names) > 100
+    for name in names:
+        for model in (name, f"openai/{name}"):
+            known, window = openai_window(model)
+            assert known, model
+            try:
+                expected = window_of(litellm.get_model_info(model))
+            except Exception:  # litellm raises a bare Exception for models it does not know
+                expected = None
+            assert window == expected, model
+    assert openai_window("openai/my-own-model") == (False, None)
+    assert openai_window("anthropic/claude-3-5-sonnet-20241022") == (False, None)

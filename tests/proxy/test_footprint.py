@@ -24,16 +24,36 @@ def registry(policies: Path, models: dict[str, dict[str, object]], **extra: obje
 def test_only_translation_and_model_info_need_litellm(tmp_path: Path) -> None:
     relayed = {"model": "openai/m", "api_base": "http://127.0.0.1:9/v1"}
     sized = {**relayed, "context_window": 8000}
+    known = {**relayed, "model": "openai/gpt-4o-mini"}
     assert not registry(tmp_path / "echo", {"echo": {"model": "echo"}})
-    # A relayed route: its token budget reads litellm's model info, unless it names its window.
+    # A relayed route: its token budget reads litellm's model info, unless it names its window
+    # or is one of OpenAI's models, whose window is read from litellm's map without litellm.
     assert registry(tmp_path / "relayed", {"m": relayed})
     assert not registry(tmp_path / "sized", {"m": sized})
+    assert not registry(tmp_path / "known", {"m": known})
     assert not registry(tmp_path / "no-memory", {"m": relayed}, memory={"enabled": False})
     assert registry(tmp_path / "translated", {"m": {"model": "anthropic/claude-x"}})
     # A memory model named by a litellm string is called through litellm.
     judge = {"judge_model": "anthropic/claude-x"}
     assert registry(tmp_path / "judge", {"m": sized}, sanitizer=judge)
     assert not registry(tmp_path / "judge-alias", {"m": sized}, sanitizer={"judge_model": "m"})
+
+
+def test_the_window_of_an_openai_model_is_read_without_importing_litellm() -> None:
+    script = """
+import sys
+from proxy.memory.budget import litellm_context_window
+print(litellm_context_window("openai/gpt-4o-mini"), litellm_context_window("gpt-4o-mini"))
+print("litellm" in sys.modules)
+litellm_context_window("anthropic/claude-3-5-sonnet-20241022")
+print("litellm" in sys.modules)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    # Any other provider's model is asked of litellm, which it imports then.
+    assert done.stdout.split() == ["128000", "128000", "False", "True"]
 
 
 def run_demo(data: Path, body: str) -> list[str]:
