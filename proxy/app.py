@@ -38,7 +38,8 @@ from proxy.errors import (
     unauthorized,
 )
 from proxy.health import Health, watch_memory
-from proxy.llm import import_litellm, openai_window
+from proxy.llm import import_litellm
+from proxy.memory.budget import window_needs_litellm
 from proxy.memory.pipeline import MemoryPipeline
 from proxy.memory.seam import MemoryHooks
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -209,8 +210,7 @@ def needs_litellm(registry: PolicyRegistry) -> bool:
                 continue
             if not is_passthrough(route):
                 return True
-            window_known, _ = openai_window(route.model)
-            if policy.memory.enabled and route.context_window is None and not window_known:
+            if policy.memory.enabled and window_needs_litellm(route):
                 return True
     return False
 

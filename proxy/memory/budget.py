@@ -137,9 +137,19 @@ def litellm_context_window(model: str) -> int | None:
 
 def context_window(route: ModelRoute) -> int | None:
     """The route's override, else litellm's model info (the built-in echo model has none)."""
-    if route.context_window or route.model == "echo":
+    if not _asks_model_info(route):
         return route.context_window
     return litellm_context_window(route.model)
+
+
+def window_needs_litellm(route: ModelRoute) -> bool:
+    """Whether `context_window(route)` imports litellm: no override, not the echo model, and
+    not one of OpenAI's models, whose windows are read from litellm's map without it."""
+    return _asks_model_info(route) and not openai_window(route.model)[0]
+
+
+def _asks_model_info(route: ModelRoute) -> bool:
+    return not (route.context_window or route.model == "echo")
 
 
 def available_tokens(
