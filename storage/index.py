@@ -25,7 +25,6 @@ import asyncio
 import json
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -36,10 +35,12 @@ from storage.index_location import IndexLocation
 from storage.index_schema import (
     IndexHit,
     IndexRow,
+    ann_file_name,
     arrow_batch,
     generation_of,
     hits_of,
     ids_in,
+    rows_by_tenant,
     table_name,
     table_schema,
     text_query,
@@ -91,7 +92,7 @@ class MemoryIndex:
         self._connecting = asyncio.Lock()
         self._drop_older = db is None  # older generations' tables go once LanceDB is connected
         # Rows each table's IVF was trained on; one file per generation, as each has its writer.
-        self._ann_file = _ann_file_name(generation)
+        self._ann_file = ann_file_name(generation)
 
     def _layout(self) -> dict[str, Any]:
         return {"layout": LAYOUT, "dimensions": self.dimensions}
@@ -126,6 +127,11 @@ class MemoryIndex:
         """Connected already, or the location holds tables: else LanceDB need not be loaded
         yet (`storage.lance` says why it waits)."""
         return self._db is not None or await asyncio.to_thread(self.location.holds_tables)
+
+    @property
+    def connected(self) -> bool:
+        """Whether LanceDB is connected in this process (it is, once anything needed it)."""
+        return self._db is not None
 
     async def _connection(self) -> lancedb.AsyncConnection:
         """LanceDB, connected on first need: a write, a search of a scope too large to be
@@ -194,7 +200,7 @@ class MemoryIndex:
                 )
                 continue
             dropped.append(name)
-            await asyncio.to_thread(self.location.remove, _ann_file_name(generation))
+            await asyncio.to_thread(self.location.remove, ann_file_name(generation))
         return dropped
 
     async def reset(self) -> None:
@@ -247,7 +253,7 @@ class MemoryIndex:
     async def upsert(self, rows: Sequence[IndexRow]) -> None:
         """Insert or replace rows, each in its own tenant's table. A batch of new rows only (most
         are) is appended: merging one row into 100k took 10-19 ms here, lookup and append 7-9."""
-        for tenant_id, tenant_rows in _by_tenant(rows).items():
+        for tenant_id, tenant_rows in rows_by_tenant(rows).items():
             table = await self._table_for_write(tenant_id)
             data = await arrow_batch(tenant_rows, self._schema)
             if not await holds_any(table, [row.id for row in tenant_rows]):
@@ -262,7 +268,7 @@ class MemoryIndex:
 
     async def append(self, rows: Sequence[IndexRow]) -> None:
         """Add rows known to be new (bulk loads and rebuilds): cheaper than an upsert."""
-        for tenant_id, tenant_rows in _by_tenant(rows).items():
+        for tenant_id, tenant_rows in rows_by_tenant(rows).items():
             table = await self._table_for_write(tenant_id)
             await table.add(await arrow_batch(tenant_rows, self._schema))
 
@@ -315,6 +321,12 @@ class MemoryIndex:
         nprobes = self.settings.nprobes if name in self._vector_indexed else None
         result: pa.Table = await vector_query(table, vector, where, k, nprobes).to_arrow()
         return hits_of(result, "_distance")
+
+    async def see_latest(self, tenant_id: str) -> None:
+        """The tenant's table with every commit so far (others' show READ_CONSISTENCY_S late)."""
+        table = await self._table_for_read(table_name(tenant_id, self.generation))
+        if table is not None:
+            await table.checkout_latest()
 
     async def search_text(self, tenant_id: str, text: str, where: str, k: int) -> list[IndexHit]:
         table = await self._table_for_read(table_name(tenant_id, self.generation))
@@ -436,14 +448,3 @@ class MemoryIndex:
             stats = await table.index_stats("search_text_idx")
             total += int(stats.num_unindexed_rows) if stats is not None else 0
         return total
-
-
-def _ann_file_name(generation: int) -> str:
-    return f"vector_index.g{generation}.json" if generation else "vector_index.json"
-
-
-def _by_tenant(rows: Sequence[IndexRow]) -> dict[str, list[IndexRow]]:
-    grouped: dict[str, list[IndexRow]] = defaultdict(list)
-    for row in rows:
-        grouped[row.tenant_id].append(row)
-    return grouped

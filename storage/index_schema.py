@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -27,6 +28,11 @@ def table_name(tenant_id: str, generation: int = 0) -> str:
     return f"g{generation}_{name}" if generation else name
 
 
+def ann_file_name(generation: int) -> str:
+    """The file in the index's location that records a generation's vector index."""
+    return f"vector_index.g{generation}.json" if generation else "vector_index.json"
+
+
 def generation_of(name: str) -> int | None:
     """The generation a table belongs to, or None for a name that is not a tenant table."""
     if name.startswith(TABLE_PREFIX):
@@ -44,6 +50,9 @@ T = TypeVar("T")
 # of them (JSON, search text, copies): a 10k-memory scope's load, or an import's batch, would
 # otherwise hold every request the loop serves for a tenth of a second or more.
 ON_LOOP_ROWS = 256
+# Worker threads walking thousands of rows pause this long every this many (`yielding`).
+YIELD_EVERY = 100
+YIELD_PAUSE_S = 0.0005
 
 
 def table_schema(dimensions: int) -> pa.Schema:
@@ -82,10 +91,35 @@ def arrow_rows(rows: Sequence[IndexRow], schema: pa.Schema) -> pa.Table:
     )
 
 
+def rows_by_tenant(rows: Sequence[IndexRow]) -> dict[str, list[IndexRow]]:
+    grouped: dict[str, list[IndexRow]] = {}
+    for row in rows:
+        grouped.setdefault(row.tenant_id, []).append(row)
+    return grouped
+
+
 async def on_loop_or_thread(rows: int, work: Callable[[], T]) -> T:
     """`work()` on `rows` rows: on the event loop for up to `ON_LOOP_ROWS`, else in a worker
     thread."""
     return work() if rows <= ON_LOOP_ROWS else await asyncio.to_thread(work)
+
+
+def yielding(items: Iterable[T], every: int = YIELD_EVERY) -> Iterator[T]:
+    """`items`, with the worker thread that walks them pausing a moment every `every` items
+    (never the event loop's thread). Python work in a background thread holds the interpreter
+    until a forced switch (every 5 ms), and each of the event loop's many short turns (a
+    search's callbacks) waits for one: loading a 10k-memory scope beside a search through the
+    index took the search from about 60 ms to 270-320, past its deadline, and to 56-103 ms
+    with these pauses (two runs each). The pauses add about 0.05 s to such a load."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # a worker thread: pause
+        for number, item in enumerate(items, 1):
+            yield item
+            if number % every == 0:
+                time.sleep(YIELD_PAUSE_S)
+    else:
+        yield from items
 
 
 async def arrow_batch(rows: Sequence[IndexRow], schema: pa.Schema) -> pa.Table:

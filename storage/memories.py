@@ -239,6 +239,16 @@ class Memories(MemoryRows):
         self._sync.wake.set()
         return count
 
+    async def warm(self, scope: Scope, *, include_shared: bool = False) -> None:
+        """Load the scope's rows into memory now, where they fit: a search that finds them
+        missing starts loading them but goes to the index meanwhile."""
+        users, _ = _searched(scope, include_shared, None, ())
+        await self._vectors.warm(scope.tenant_id, users)
+
+    async def stop_loading(self) -> None:
+        """Give up the scopes still loading into memory (the store closes)."""
+        await self._vectors.stop_loading()
+
     async def vectors(self, tenant_id: str, memory_ids: Sequence[str]) -> dict[str, list[float]]:
         blobs = await self.vector_blobs(tenant_id, memory_ids)
         return {memory_id: unblob(data).tolist() for memory_id, data in blobs.items()}

@@ -112,6 +112,11 @@ class SQLConnection:
         """Rows of one query, never waiting behind a write."""
         raise NotImplementedError
 
+    async def fetch_bulk(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Rows of a large read (thousands of rows), which the hot path's reads must not queue
+        behind: `fetchall` where reads run side by side anyway."""
+        return await self.fetchall(sql, params)
+
     async def forget_wal(self) -> None:
         """Have erased content leave the disk now, where the engine keeps old page images."""
         raise NotImplementedError

@@ -3,7 +3,7 @@
 Vector search is exact and BM25 in process, from the scopes' rows in memory
 (`storage.vector_cache`, `storage.scope_text`), unless a scope is too large for that; then both
 go through the LanceDB index. A scope's rows are loaded from SQLite on first use, under the
-index lock, so the copy misses no change.
+index lock, so the copy misses no change; searches made while it loads go through the index.
 """
 
 from __future__ import annotations
@@ -71,10 +71,21 @@ class VectorSearch:
         return self._sync.index
 
     async def cached_scopes(
-        self, tenant_id: str, users: Sequence[str | None]
+        self, tenant_id: str, users: Sequence[str | None], *, wait: bool = False
     ) -> list[ScopeVectors] | None:
-        """The scopes' rows in memory (loading them on first use), or None when one of them
-        is too large for exact search or the cache is off."""
+        """The scopes' rows in memory, or None when the search goes to the index instead: the
+        cache is off, a scope is too large for it, or a scope is not in memory yet and the index
+        can answer at once.
+
+        A scope not in memory starts loading (once, in the background). Unless `wait`, the
+        search goes to the index meanwhile when LanceDB is connected in this process and
+        reports no problem: loading 10k memories takes about half a second, twice a chat
+        call's retrieval deadline. The index is first brought up to date with every commit, as
+        the copy would be (other processes' commits reach a table handle up to half a second
+        late). Otherwise the search waits for the copy, which needs only the source of truth:
+        connecting LanceDB for one search would take longer still, and a process that only
+        ever searches hot scopes never loads it.
+        """
         cache = self._sync.vector_cache
         if not cache.enabled:
             return None
@@ -82,11 +93,36 @@ class VectorSearch:
         for user in users:
             cached = cache.get(tenant_id, user)
             if cached is None:
-                if await self._scope_size(tenant_id, user) > cache.settings.max_rows:
+                size = await self._scope_size(tenant_id, user)
+                if not self._fits(size):
                     return None
-                cached = await self._load_scope_vectors(tenant_id, user)
+                loading = self._load_scope_vectors(tenant_id, user)
+                index = self._sync.index
+                if not wait and index.connected and not self._sync.problems:
+                    await (await self.served_index()).see_latest(tenant_id)
+                    return None
+                cached = await asyncio.shield(loading)
             scopes.append(cached)
         return scopes
+
+    async def stop_loading(self) -> None:
+        """Give up the scopes still loading (the store closes): a copy is only ever a cache."""
+        loads = list(self._loading.values())
+        for loading in loads:
+            loading.cancel()
+        await asyncio.gather(*loads, return_exceptions=True)
+
+    async def warm(self, tenant_id: str, users: Sequence[str | None]) -> None:
+        """Have the scopes that fit the cache in memory now, rather than after the search
+        that first finds them missing."""
+        await self.cached_scopes(tenant_id, users, wait=True)
+
+    def _fits(self, rows: int) -> bool:
+        """Whether a scope of `rows` records is searched in memory: not past the cache's row
+        limit, nor larger alone than its byte budget (it would be dropped as soon as loaded)."""
+        settings = self._sync.vector_cache.settings
+        vectors = rows * self._sync.vector_cache.dimensions * 4
+        return rows <= settings.max_rows and vectors <= settings.max_bytes
 
     async def _scope_size(self, tenant_id: str, user_id: str | None) -> int:
         key = (tenant_id, user_id)
@@ -97,7 +133,9 @@ class VectorSearch:
             self._scope_sizes[key] = cached
         return cached[0]
 
-    async def _load_scope_vectors(self, tenant_id: str, user_id: str | None) -> ScopeVectors:
+    def _load_scope_vectors(
+        self, tenant_id: str, user_id: str | None
+    ) -> asyncio.Future[ScopeVectors]:
         """The scope's copy, loaded once however many searches ask for it meanwhile. The load
         runs as its own task: a search that gives up (its retrieval deadline) must not cancel
         it, or a scope whose load takes longer than the deadline would never be cached and
@@ -114,7 +152,7 @@ class VectorSearch:
                     done.exception()  # seen here even if every search waiting for it gave up
 
             loading.add_done_callback(forget)
-        return await asyncio.shield(loading)
+        return loading
 
     async def _load(self, tenant_id: str, user_id: str | None) -> ScopeVectors:
         # Under the index lock: no outbox batch can be applied between the read and the cache
@@ -149,7 +187,8 @@ class VectorSearch:
         """
         if not len(queries):
             return []
-        cached = await self.cached_scopes(tenant_id, users)
+        # The write path waits for a scope's copy: its checks are exact and off the hot path.
+        cached = await self.cached_scopes(tenant_id, users, wait=True)
         if cached is None:
             index = await self.served_index()
             return [await index.search_vector(tenant_id, q, where, k) for q in queries]

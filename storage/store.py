@@ -87,6 +87,7 @@ class EmbeddedStore:
 
     async def close(self) -> None:
         await self.maintenance.stop()
+        await self.memories.stop_loading()
         try:
             await self.index.settle()
             await self.index.sync()

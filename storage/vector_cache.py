@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from storage.errors import whole_number
-from storage.index_schema import IndexHit, IndexRow
+from storage.index_schema import IndexHit, IndexRow, yielding
 from storage.records import MEMORY_KINDS, MEMORY_STATUSES, MemoryKind, MemoryStatus
 from storage.scope_text import ScopeText
 
@@ -312,7 +312,7 @@ class VectorCache:
         # Room for the rows and an eighth more, not the next power of two: the byte budget
         # counts what is allocated.
         scope = ScopeVectors(self.dimensions, capacity=max(64, len(rows) + len(rows) // 8))
-        for row in rows:
+        for row in yielding(rows):
             scope.upsert(row)
         return scope
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage.index_people import speaker_terms, without_addressees
-from storage.index_schema import on_loop_or_thread
+from storage.index_schema import on_loop_or_thread, yielding
 from storage.index_text import dated_terms
 from storage.records import MemoryKind, MemoryStatus
 from storage.relational import META_UPSERT, SQLConnection
@@ -207,7 +207,9 @@ class IndexOutbox:
 
     @classmethod
     async def _index_sources(cls, rows: Sequence[Sequence[Any]]) -> list[IndexSource]:
-        return await on_loop_or_thread(len(rows), lambda: [cls._index_source(r) for r in rows])
+        return await on_loop_or_thread(
+            len(rows), lambda: [cls._index_source(r) for r in yielding(rows)]
+        )
 
     async def index_sources(self, memory_ids: Sequence[str]) -> dict[str, IndexSource]:
         """Current state of these records for the index; absent ids were erased."""
@@ -227,7 +229,7 @@ class IndexOutbox:
         """Every record of one scope that the index may hold (any status but deleted): what a
         scope's in-memory copy is loaded from."""
         user = "user_id IS NULL" if user_id is None else "user_id = ?"
-        rows = await self._connection.fetchall(
+        rows = await self._connection.fetch_bulk(
             f"SELECT {self._INDEX_SOURCE_COLUMNS} FROM memories "
             f"WHERE tenant_id = ? AND {user} AND {self._connection.dialect.unindexed}status "
             "!= 'deleted'",

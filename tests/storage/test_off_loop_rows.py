@@ -1,10 +1,12 @@
 """Thousands of rows are converted in a worker thread, never on the event loop that serves
 requests: a scope's load (records into index sources, those into the scope's copy) and an
 index batch (sources into index rows, rows into Arrow). A handful stays on the loop, where a
-thread hop would cost more than the work."""
+thread hop would cost more than the work. The worker threads pause every hundred rows, so the
+event loop gets the interpreter at once when it needs it."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +15,7 @@ import pytest
 
 import storage.index_schema
 from storage import EmbeddedStore
-from storage.index_schema import ON_LOOP_ROWS
+from storage.index_schema import ON_LOOP_ROWS, YIELD_EVERY, YIELD_PAUSE_S, yielding
 from storage.records import NewMemory, Scope
 from storage.sqlite.outbox import IndexOutbox
 
@@ -63,7 +65,8 @@ async def test_a_large_scope_loads_off_the_event_loop(
     store.index.vector_cache.clear()  # as a process that has not searched the scope yet
     threads.clear()
     hits = await store.memories.search(ANN, query_text="harbour", embed_query=True, k=5)
-    assert hits
+    assert hits  # from the index, while the scope loads
+    await store.memories.warm(ANN)
     cached = store.index.vector_cache.get("acme", "ann")
     assert cached is not None and len(cached) == MANY
     loop = threading.get_ident()
@@ -91,3 +94,15 @@ async def test_a_small_batch_stays_on_the_event_loop(
     loop = threading.get_ident()
     assert threads.seen["arrow"] == {loop}
     assert threads.seen["row"] == {loop}
+
+
+async def test_worker_threads_pause_between_rows_and_the_event_loop_never_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pauses: list[float] = []
+    monkeypatch.setattr(storage.index_schema.time, "sleep", pauses.append)
+    rows = list(range(2 * YIELD_EVERY + 1))
+    assert list(yielding(rows)) == rows  # on the loop's thread: no pause
+    assert pauses.count(YIELD_PAUSE_S) == 0
+    assert await asyncio.to_thread(lambda: list(yielding(rows))) == rows
+    assert pauses.count(YIELD_PAUSE_S) == 2

@@ -172,7 +172,7 @@ async def _check(store: EmbeddedStore, ops: list[tuple[str, str | None, int, str
     )  # the last example may have turned it off
     query = np.asarray((await store.embedder.embed(["a violin in the harbour"]))[0], np.float32)
     for user in USERS:  # cache every scope first, so the writes below must keep them current
-        await store.memories.search(Scope(tenant, user), query_text="", query_vector=query.tolist())
+        await store.memories.warm(Scope(tenant, user))
     await _apply(store, tenant, ops)
     for user in USERS:
         cached = store.index.vector_cache.get(tenant, user)
