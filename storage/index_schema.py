@@ -9,6 +9,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -50,9 +51,11 @@ T = TypeVar("T")
 # of them (JSON, search text, copies): a 10k-memory scope's load, or an import's batch, would
 # otherwise hold every request the loop serves for a tenth of a second or more.
 ON_LOOP_ROWS = 256
-# Worker threads walking thousands of rows pause this long every this many (`yielding`).
+# Worker threads walking thousands of rows for background work pause this long every this many
+# (`yielding`), where the work is set to make way for the event loop.
 YIELD_EVERY = 100
 YIELD_PAUSE_S = 0.0005
+MAKE_WAY: ContextVar[bool] = ContextVar("memento_make_way", default=False)
 
 
 def table_schema(dimensions: int) -> pa.Schema:
@@ -106,11 +109,17 @@ async def on_loop_or_thread(rows: int, work: Callable[[], T]) -> T:
 
 def yielding(items: Iterable[T], every: int = YIELD_EVERY) -> Iterator[T]:
     """`items`, with the worker thread that walks them pausing a moment every `every` items
-    (never the event loop's thread). Python work in a background thread holds the interpreter
-    until a forced switch (every 5 ms), and each of the event loop's many short turns (a
-    search's callbacks) waits for one: loading a 10k-memory scope beside a search through the
-    index took the search from about 60 ms to 270-320, past its deadline, and to 56-103 ms
-    with these pauses (two runs each). The pauses add about 0.05 s to such a load."""
+    when the work is set to make way (`MAKE_WAY`, which `asyncio.to_thread` carries into the
+    thread; never on the event loop's thread). Python work in a background thread holds the
+    interpreter until a forced switch (every 5 ms), and each of the event loop's many short
+    turns (a search's callbacks) waits for one: loading a 10k-memory scope beside searches
+    through the index took them from about 60 ms to 270-320, past their deadline, and to
+    56-103 ms with these pauses (two runs each). The pauses make the work itself slower, each
+    taking the interpreter back from a busy loop: work that a search waits for does not
+    pause."""
+    if not MAKE_WAY.get():
+        yield from items
+        return
     try:
         asyncio.get_running_loop()
     except RuntimeError:  # a worker thread: pause

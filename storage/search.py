@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from storage.index import MemoryIndex
-from storage.index_schema import IndexHit
+from storage.index_schema import MAKE_WAY, IndexHit
 from storage.index_sync import IndexSync
 from storage.records import MemoryKind, MemoryRecord, MemoryStatus
 from storage.sqlite.memories import MemoryRows
@@ -96,9 +96,10 @@ class VectorSearch:
                 size = await self._scope_size(tenant_id, user)
                 if not self._fits(size):
                     return None
-                loading = self._load_scope_vectors(tenant_id, user)
-                index = self._sync.index
-                if not wait and index.connected and not self._sync.problems:
+                # The index answers meanwhile, or the search waits for the copy.
+                by_index = not wait and self._sync.index.connected and not self._sync.problems
+                loading = self._load_scope_vectors(tenant_id, user, make_way=by_index)
+                if by_index:
                     await (await self.served_index()).see_latest(tenant_id)
                     return None
                 cached = await asyncio.shield(loading)
@@ -134,16 +135,17 @@ class VectorSearch:
         return cached[0]
 
     def _load_scope_vectors(
-        self, tenant_id: str, user_id: str | None
+        self, tenant_id: str, user_id: str | None, *, make_way: bool = False
     ) -> asyncio.Future[ScopeVectors]:
         """The scope's copy, loaded once however many searches ask for it meanwhile. The load
         runs as its own task: a search that gives up (its retrieval deadline) must not cancel
         it, or a scope whose load takes longer than the deadline would never be cached and
-        every search would start it again."""
+        every search would start it again. With `make_way` (the index answers meanwhile) its
+        worker threads pause now and then for the event loop (`yielding`)."""
         key = (tenant_id, user_id)
         loading = self._loading.get(key)
         if loading is None:
-            loading = asyncio.ensure_future(self._load(tenant_id, user_id))
+            loading = asyncio.ensure_future(self._load(tenant_id, user_id, make_way))
             self._loading[key] = loading
 
             def forget(done: asyncio.Future[ScopeVectors]) -> None:
@@ -154,7 +156,8 @@ class VectorSearch:
             loading.add_done_callback(forget)
         return loading
 
-    async def _load(self, tenant_id: str, user_id: str | None) -> ScopeVectors:
+    async def _load(self, tenant_id: str, user_id: str | None, make_way: bool) -> ScopeVectors:
+        MAKE_WAY.set(make_way)  # this task's own context, and its worker threads'
         # Under the index lock: no outbox batch can be applied between the read and the cache
         # taking it, so the copy misses no change (a batch already in it re-applies harmlessly).
         cache = self._sync.vector_cache
