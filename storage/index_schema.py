@@ -95,6 +95,7 @@ def arrow_rows(rows: Sequence[IndexRow], schema: pa.Schema) -> pa.Table:
 
 
 def rows_by_tenant(rows: Sequence[IndexRow]) -> dict[str, list[IndexRow]]:
+    """`rows` grouped by tenant: each tenant's go to its own table."""
     grouped: dict[str, list[IndexRow]] = {}
     for row in rows:
         grouped.setdefault(row.tenant_id, []).append(row)

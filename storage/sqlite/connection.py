@@ -123,9 +123,8 @@ class Connection(SQLConnection):
 
     async def fetch_bulk(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Rows of a large read (a scope's copy for the vector cache) on a reader of its own,
-        opened on first use: on the hot path's reader, 10k rows held every search's read of
-        its hits for about 0.2 s, and a user's first call after a restart went without
-        memory, past its retrieval deadline."""
+        opened on first use: on the hot path's reader, a 10k-memory scope's rows held every
+        other search's read of its hits for about 0.2 s."""
         async with self._bulk_open:
             if self._bulk is None:
                 self._bulk = await _reader(self.path)
