@@ -51,6 +51,15 @@ def unblob(data: bytes) -> np.ndarray[Any, np.dtype[np.float32]]:
     return np.frombuffer(data, dtype=np.float32)
 
 
+def stop_if_cancelled() -> None:
+    """Raise the current task's cancellation if one was asked for and an await let it pass
+    unraised (seen with PostgreSQL's driver): a background loop stops all the same, rather than
+    wait again and hold up the store's close forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def embedder_tag(embedder: Embedder) -> str:
     return f"{embedder.model_id}|{embedder.dimensions}"
 
@@ -275,6 +284,7 @@ class IndexSync:
         than at the next maintenance pass."""
         stalled_at: tuple[int, float] | None = None  # (applied seq, since) while entries wait
         while True:
+            stop_if_cancelled()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval_s):
                     await self.outbox_changed.wait()

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from storage.index import MemoryIndex
-from storage.index_sync import EMBEDDER_META, IndexSync, embedder_tag
+from storage.index_sync import EMBEDDER_META, IndexSync, embedder_tag, stop_if_cancelled
 from storage.locks import LockHeld, StoreLocks
 from storage.sqlite import Database
 from storage.sqlite.outbox import INDEX_BUILD_META, OUTBOX_KEEP_S
@@ -88,11 +88,7 @@ class IndexMaintenance:
                 raise
             except Exception:
                 log.exception("index maintenance failed; it will be retried")
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                # Stopped during a pass whose await let the cancellation pass unraised (seen
-                # with PostgreSQL's driver under LanceDB's maintenance): stop all the same.
-                raise asyncio.CancelledError
+            stop_if_cancelled()
 
     async def maintain(self) -> dict[str, Any]:
         """One maintenance pass: replay the outbox (following a rebuilt index), rebuild the
