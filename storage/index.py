@@ -33,6 +33,8 @@ import pyarrow as pa
 
 from storage.index_location import IndexLocation
 from storage.index_schema import (
+    LAYOUT,
+    LAYOUT_FILE,
     IndexHit,
     IndexRow,
     ann_file_name,
@@ -53,12 +55,6 @@ if TYPE_CHECKING:
     import lancedb
 
 log = logging.getLogger("memento.storage.index")
-
-# Written once the location holds this layout; one without it (new, lost, from the one-table
-# layout, from before index texts held dates: /1 or speakers: /2) is emptied and reported as
-# `created`, and the store rebuilds it from SQLite.
-LAYOUT_FILE = "layout.json"
-LAYOUT = "table-per-tenant/3"
 
 
 class MemoryIndex:

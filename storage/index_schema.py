@@ -18,6 +18,18 @@ import pyarrow as pa
 
 from storage.records import MemoryKind, MemoryStatus
 
+# Which index text (`storage.sqlite.outbox.search_text_of`) the records' stored `search_text`
+# and the index's tables hold (2 added the dates a memory speaks of, 3 who speaks, without the
+# names a turn only addresses). Bump it when that function changes what it makes: the store
+# then remakes every record's at its next opening, and the index, finding another layout, is
+# rebuilt from them.
+INDEX_TEXT_VERSION = 3
+# Written once the location holds this layout; one without it (new, lost, from the one-table
+# layout, from an older index text) is emptied and reported as `created`, and the store
+# rebuilds it from SQLite.
+LAYOUT_FILE = "layout.json"
+LAYOUT = f"table-per-tenant/{INDEX_TEXT_VERSION}"
+
 TABLE_PREFIX = "tenant_"
 
 

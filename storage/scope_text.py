@@ -24,6 +24,7 @@ import re
 import unicodedata
 from array import array
 from collections import Counter
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
@@ -54,11 +55,18 @@ def analyze(text: str) -> list[str]:
     if not text.isascii():
         text = unicodedata.normalize("NFKD", text)
         text = "".join(char for char in text if not unicodedata.combining(char))
-    stems = (stem(word) for word in _WORD.findall(text.lower()) if len(word) <= MAX_TOKEN_CHARS)
-    return [term for term in stems if term not in STOP_WORDS]
+    return [term for word in _WORD.findall(text.lower()) if (term := _term(word))]
 
 
 @lru_cache(maxsize=65_536)
+def _term(word: str) -> str:
+    """The term `word` is indexed as, or "" when the index drops it (too long, a stop word)."""
+    if len(word) > MAX_TOKEN_CHARS:
+        return ""
+    term = stem(word)
+    return "" if term in STOP_WORDS else term
+
+
 def stem(word: str) -> str:
     """Porter2's step 1 (1a plurals, 1b -ed/-ing and -ly forms, 1c a final y after a
     consonant), without its exceptional forms."""
@@ -124,6 +132,36 @@ class ScopeText:
         self._lengths = np.zeros(capacity, dtype=np.float32)
         self._total_length = 0.0
         self._postings = 0
+
+    @classmethod
+    def of_texts(cls, texts: Iterable[str], capacity: int = 64) -> ScopeText:
+        """The posting lists of `texts`, row i for the i-th: what `set` for each would make,
+        with each term's lists made once instead of grown a posting at a time (a scope's
+        copy is loaded this way)."""
+        made = cls(capacity)
+        positions: dict[str, list[int]] = {}
+        counts: dict[str, list[int]] = {}
+        lengths: list[int] = []
+        for row, text in enumerate(texts):
+            counted = Counter(analyze(text))
+            made._row_terms.append(tuple(counted))
+            made._row_counts.append(tuple(counted.values()))
+            for term, count in counted.items():
+                if term in positions:
+                    positions[term].append(row)
+                    counts[term].append(count)
+                else:
+                    positions[term] = [row]
+                    counts[term] = [count]
+            lengths.append(sum(counted.values()))
+        made._positions = {term: array("i", rows) for term, rows in positions.items()}
+        made._counts = {term: array("f", counts[term]) for term in positions}
+        if len(lengths) > len(made._lengths):
+            made._lengths = np.zeros(len(lengths), dtype=np.float32)
+        made._lengths[: len(lengths)] = lengths
+        made._total_length = float(sum(lengths))
+        made._postings = sum(len(terms) for terms in made._row_terms)
+        return made
 
     @property
     def nbytes(self) -> int:

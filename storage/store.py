@@ -147,6 +147,7 @@ async def open_embedded_store(
             elif check_embedder:
                 raise embedder_mismatch(folder, stored.rsplit("|", 1)[0], embedder.model_id)
         await db.memories.fill_text_hashes()  # records older than the digest: once
+        await db.outbox.fill_search_texts()  # and than their stored BM25 document
         locks = db.connection.locks
         sync = IndexSync(
             folder,

@@ -67,6 +67,22 @@ class ScopeVectors:
         self.text = ScopeText(capacity)  # BM25 over the rows' index texts, by the same positions
         self.changes = 0  # bumped by every upsert and remove: a scan off the loop checks it
 
+    @classmethod
+    def of_rows(cls, dimensions: int, rows: Sequence[IndexRow], capacity: int) -> ScopeVectors:
+        """The copy of `rows` (distinct records): what `upsert` of each would make, in
+        whole-array steps."""
+        made = cls(dimensions, max(capacity, len(rows)))
+        n = len(rows)
+        made.ids = [row.id for row in rows]
+        made._position = {memory_id: at for at, memory_id in enumerate(made.ids)}
+        if n:
+            made._matrix[:n] = np.stack([row.vector for row in rows])
+        made._kinds[:n] = [_KIND_CODE[row.kind] for row in rows]
+        made._statuses[:n] = [_STATUS_CODE[row.status] for row in rows]
+        made._expires[:n] = [np.inf if row.expires_at is None else row.expires_at for row in rows]
+        made.text = ScopeText.of_texts(yielding(row.search_text for row in rows), len(made._matrix))
+        return made
+
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -311,10 +327,7 @@ class VectorCache:
         worker thread (thousands of texts analysed, vectors copied) and adopted on the loop."""
         # Room for the rows and an eighth more, not the next power of two: the byte budget
         # counts what is allocated.
-        scope = ScopeVectors(self.dimensions, capacity=max(64, len(rows) + len(rows) // 8))
-        for row in yielding(rows):
-            scope.upsert(row)
-        return scope
+        return ScopeVectors.of_rows(self.dimensions, rows, max(64, len(rows) + len(rows) // 8))
 
     def adopt(self, tenant_id: str, user_id: str | None, scope: ScopeVectors) -> ScopeVectors:
         """Cache `scope` (made by `build`) as the copy of (tenant_id, user_id)."""

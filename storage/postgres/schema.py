@@ -19,7 +19,13 @@ import psycopg
 
 from storage.records import MEMORY_KINDS, MEMORY_STATUSES
 from storage.span_rows import CLIENT_REQUEST_ID_ATTR, REQUEST_SPAN
-from storage.sqlite.migrations import JOBS_USER, Migration, SchemaTooNewError, statements
+from storage.sqlite.migrations import (
+    JOBS_USER,
+    MEMORY_SEARCH_TEXT,
+    Migration,
+    SchemaTooNewError,
+    statements,
+)
 
 # The advisory lock migrations hold (any 64-bit number: this one spells "memento1").
 MIGRATION_LOCK = 0x6D656D656E746F31
@@ -196,6 +202,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     # 3: the user of each write job, so that a call finds its user's exchanges not yet learned,
     # whichever replica queued them, with one indexed read.
     Migration("jobs_user", JOBS_USER),
+    # 4: each record's BM25 document, made when the record is written (SQLite's step 8).
+    Migration("memory_search_text", MEMORY_SEARCH_TEXT),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

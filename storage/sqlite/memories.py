@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from storage.records import (
@@ -22,10 +23,12 @@ from storage.records import (
 from storage.relational import Transaction
 from storage.sqlite.audit import audit_import, audit_records
 from storage.sqlite.content import ContentRows
+from storage.sqlite.outbox import record_search_text
 from storage.sqlite.rows import (
     INDEXED_FIELDS,
     OUTBOX_INSERT,
     RECORD_COLUMNS,
+    SEARCH_TEXT_FIELDS,
     SELECT_RECORD,
     column_value,
     dumps,
@@ -35,6 +38,14 @@ from storage.sqlite.rows import (
     record_values,
     user_clause,
 )
+
+# A record's row: its fields, its vector, and what is derived from its text.
+_INSERTED = ", ".join((*RECORD_COLUMNS, "embedding", "text_hash", "search_text"))
+_INSERTED_COUNT = len(RECORD_COLUMNS) + 3
+
+
+def _inserted_values(record: MemoryRecord, embedding: bytes | None) -> list[Any]:
+    return [*record_values(record), embedding, text_hash(record.text), record_search_text(record)]
 
 
 class MemoryRows(ContentRows):
@@ -80,12 +91,11 @@ class MemoryRows(ContentRows):
         embeddings: Sequence[bytes | None],
         now: float,
     ) -> None:
-        columns = ", ".join((*RECORD_COLUMNS, "embedding", "text_hash"))
-        sql = f"INSERT INTO memories ({columns}) VALUES ({placeholders(len(RECORD_COLUMNS) + 2)})"
+        sql = f"INSERT INTO memories ({_INSERTED}) VALUES ({placeholders(_INSERTED_COUNT)})"
         await db.executemany(
             sql,
             [
-                [*record_values(record), embedding, text_hash(record.text)]
+                _inserted_values(record, embedding)
                 for record, embedding in zip(records, embeddings, strict=True)
             ],
         )
@@ -234,6 +244,9 @@ class MemoryRows(ContentRows):
                     assignments["embedding_model"] = embedding_model
                 assignments["version"] = before.version + 1
                 assignments["text_hash"] = text_hash(changes.get("text", before.text))
+            if SEARCH_TEXT_FIELDS & changes.keys():
+                searched = {field: changes[field] for field in SEARCH_TEXT_FIELDS & changes.keys()}
+                assignments["search_text"] = record_search_text(replace(before, **searched))
             sets = ", ".join(f"{column} = ?" for column in assignments)
             values = [column_value(column, value) for column, value in assignments.items()]
             await db.execute(
@@ -278,11 +291,9 @@ class MemoryRows(ContentRows):
             new.version = int(row[0]) + 1
             new.supersedes = old_id
             new.valid_from = at
-            columns = ", ".join((*RECORD_COLUMNS, "embedding", "text_hash"))
             await db.execute(
-                f"INSERT INTO memories ({columns}) "
-                f"VALUES ({placeholders(len(RECORD_COLUMNS) + 2)})",
-                [*record_values(new), embedding, text_hash(new.text)],
+                f"INSERT INTO memories ({_INSERTED}) VALUES ({placeholders(_INSERTED_COUNT)})",
+                _inserted_values(new, embedding),
             )
             await db.execute(
                 "UPDATE memories SET status = 'superseded', valid_to = ?, superseded_by = ?, "
@@ -308,6 +319,7 @@ class MemoryRows(ContentRows):
                 "UPDATE memories SET status = 'deleted', text = '', key_text = '', "
                 "fields = '{}', metadata = '{}', keywords = '[]', tags = '[]', "
                 "trust_reasons = '[]', evidence = '[]', embedding = NULL, text_hash = NULL, "
+                "search_text = NULL, "
                 "updated_at = ? "
                 "WHERE id = ? AND tenant_id = ?",
                 (now, memory_id, scope.tenant_id),

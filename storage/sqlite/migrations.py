@@ -38,6 +38,7 @@ JOBS_USER = """
     CREATE INDEX jobs_open_by_user ON jobs (tenant_id, user_id)
         WHERE state IN ('queued', 'running')
 """
+MEMORY_SEARCH_TEXT = "ALTER TABLE memories ADD COLUMN search_text TEXT"
 
 MIGRATIONS: tuple[Migration, ...] = (
     # 1: memories, audit, requests, feedback, write queue, index outbox.
@@ -209,6 +210,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     # 7: the user of each write job (`storage.sqlite.queue`), so that a call finds its user's
     # exchanges not yet learned, whichever process queued them, with one indexed read.
     Migration("jobs_user", JOBS_USER),
+    # 8: each record's BM25 document (`storage.sqlite.outbox.search_text_of`), made when the
+    # record is written, so loading a scope's copy or an index batch does not make it again.
+    # Records written before get theirs when the store opens (`IndexOutbox.fill_search_texts`).
+    Migration("memory_search_text", MEMORY_SEARCH_TEXT),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

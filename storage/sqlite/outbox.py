@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage.index_people import speaker_terms, without_addressees
-from storage.index_schema import on_loop_or_thread, yielding
+from storage.index_schema import INDEX_TEXT_VERSION, on_loop_or_thread, yielding
 from storage.index_text import dated_terms
-from storage.records import MemoryKind, MemoryStatus
+from storage.records import MemoryKind, MemoryRecord, MemoryStatus
 from storage.relational import META_UPSERT, SQLConnection
 from storage.sqlite.rows import placeholders
 
@@ -37,6 +37,8 @@ _META_INT = "SELECT CAST(value AS BIGINT) FROM store_meta WHERE key = ?"
 # How long an applied entry stays for the processes that mirror it (they read every fraction of a
 # second; one that fell this far behind starts its copies over).
 OUTBOX_KEEP_S = 60.0
+# The `INDEX_TEXT_VERSION` the records' stored `search_text` was made by.
+SEARCH_TEXT_META = "search_text_version"
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,12 @@ def search_text_of(
     matched = key_text or text
     said = [without_addressees(part) for part in (matched, *keywords)]
     return " ".join([*said, *tags, *speaker_terms(matched), *dated_terms(matched, when)])
+
+
+def record_search_text(record: MemoryRecord) -> str:
+    """`search_text_of` a record, as its `search_text` column keeps it."""
+    when = record.valid_from or record.created_at
+    return search_text_of(record.key_text, record.text, record.keywords, record.tags, when)
 
 
 def embedding_input(key_text: str, text: str) -> str:
@@ -185,11 +193,16 @@ class IndexOutbox:
 
     _INDEX_SOURCE_COLUMNS = (
         "id, tenant_id, user_id, kind, status, expires_at, text, key_text, keywords, tags, "
-        "embedding, embedding_model, COALESCE(valid_from, created_at)"
+        "embedding, embedding_model, COALESCE(valid_from, created_at), search_text"
     )
 
     @staticmethod
     def _index_source(row: Sequence[Any]) -> IndexSource:
+        search_text = row[13]
+        if search_text is None:  # written by a release before the column, not filled yet
+            search_text = search_text_of(
+                row[7], row[6], json.loads(row[8]), json.loads(row[9]), row[12]
+            )
         return IndexSource(
             id=row[0],
             tenant_id=row[1],
@@ -197,9 +210,7 @@ class IndexOutbox:
             kind=row[3],
             status=row[4],
             expires_at=row[5],
-            search_text=search_text_of(
-                row[7], row[6], json.loads(row[8]), json.loads(row[9]), row[12]
-            ),
+            search_text=search_text,
             embed_text=embedding_input(row[7], row[6]),
             embedding=row[10],
             embedding_model=row[11],
@@ -250,6 +261,39 @@ class IndexOutbox:
                 return
             last = rows[-1][0]
             yield await self._index_sources(rows)
+
+    async def fill_search_texts(self, batch: int = 5_000) -> int:
+        """Give every record its `search_text`, once: after the column was added, or when
+        `INDEX_TEXT_VERSION` changed. A batch per transaction; returns how many. Run at open,
+        before the store serves (and before a changed index layout has the index rebuilt from
+        these texts). A record an older release writes later has none: `_index_source` makes
+        its text when it reads it."""
+        version = str(INDEX_TEXT_VERSION)
+        stored = await self._connection.get_meta(SEARCH_TEXT_META)
+        if stored == version:
+            return 0
+        if stored is not None:
+            async with self._connection.transaction() as db:
+                await db.execute("UPDATE memories SET search_text = NULL")
+        filled = 0
+        while True:
+            rows = await self._connection.fetchall(
+                f"SELECT {self._INDEX_SOURCE_COLUMNS} FROM memories "
+                "WHERE search_text IS NULL AND status != 'deleted' LIMIT ?",
+                (batch,),
+            )
+            if rows:
+                sources = await self._index_sources(rows)
+                async with self._connection.transaction() as db:
+                    await db.executemany(
+                        "UPDATE memories SET search_text = ? WHERE id = ?",
+                        [(source.search_text, source.id) for source in sources],
+                    )
+                filled += len(rows)
+            if len(rows) < batch:
+                break
+        await self._connection.set_meta(SEARCH_TEXT_META, version)
+        return filled
 
     async def set_embeddings(self, items: Sequence[tuple[str, bytes]], model_id: str) -> None:
         async with self._connection.transaction() as db:

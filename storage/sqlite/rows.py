@@ -72,8 +72,10 @@ UPDATABLE_FIELDS = frozenset(
         "trace_id",
     }
 )
+# What a record's BM25 document (`search_text`) is made from; its date is its `valid_from`.
+SEARCH_TEXT_FIELDS = frozenset({"text", "key_text", "keywords", "tags", "valid_from"})
 # Changes to these touch the index row (scope filter, status filter, BM25 text, vector).
-INDEXED_FIELDS = frozenset({"kind", "text", "key_text", "keywords", "tags", "status", "expires_at"})
+INDEXED_FIELDS = SEARCH_TEXT_FIELDS | {"kind", "status", "expires_at"}
 
 _EMPTY_JSON: dict[str, type[list[Any]] | type[dict[str, Any]]] = {"[]": list, "{}": dict}
 

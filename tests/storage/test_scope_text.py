@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from storage import EmbeddedStore
-from storage.index_schema import IndexRow
-from storage.records import NewMemory, Scope
+from storage.index_schema import IndexHit, IndexRow
+from storage.records import MemoryKind, MemoryStatus, NewMemory, Scope
 from storage.scope_text import STOP_WORDS, ScopeText, analyze, stem
 from storage.vector_cache import ScopeVectors, VectorCacheSettings
 
@@ -111,6 +111,52 @@ def test_removed_and_changed_rows_leave_the_posting_lists_as_a_fresh_copy() -> N
         assert sorted((h.id, round(h.score, 4)) for h in kept) == sorted(
             (h.id, round(h.score, 4)) for h in loaded
         )
+
+
+async def test_a_copy_made_in_one_step_answers_and_changes_as_one_grown_row_by_row() -> None:
+    """A scope's copy is loaded with `ScopeVectors.of_rows`; outbox batches then change it
+    row by row. Both steps must leave it as `upsert` alone would."""
+    rng = random.Random(11)
+    words = ["harbour", "violin", "quince", "glacier", "tandem", "saffron", "support", "group"]
+    kinds, statuses = ["fact", "case", "preference"], ["active", "quarantined"]
+
+    def row(memory_id: str) -> IndexRow:
+        text = " ".join(rng.choices(words, k=rng.randrange(1, 9)))
+        vector = np.asarray([rng.random() for _ in range(4)], dtype=np.float32)
+        expires = rng.choice([None, 50.0, 500.0])
+        kind, status = rng.choice(kinds), rng.choice(statuses)
+        return IndexRow(memory_id, "t", "u", kind, status, expires, text, vector)
+
+    rows = [row(f"m{i}") for i in range(150)]
+    loaded, grown = ScopeVectors.of_rows(4, rows, capacity=160), ScopeVectors(4, capacity=2)
+    for each in rows:
+        grown.upsert(each)
+    for step in range(200):  # then the same changes to both
+        memory_id = f"m{rng.randrange(220)}"
+        if rng.random() < 0.3:
+            loaded.remove(memory_id)
+            grown.remove(memory_id)
+        else:
+            changed = row(memory_id)
+            loaded.upsert(changed)
+            grown.upsert(changed)
+        if step % 50:
+            continue
+        assert loaded.ids == grown.ids
+        for query in [*words, "violin glacier support"]:
+            assert await _answers(loaded, query) == await _answers(grown, query)
+        assert loaded.text.nbytes == pytest.approx(grown.text.nbytes, rel=0.05)
+
+
+async def _answers(scope: ScopeVectors, query: str) -> tuple[list[IndexHit], list[IndexHit]]:
+    """What `scope` answers for `query`: its BM25 hits and its nearest rows to a vector."""
+    kinds: list[MemoryKind] = ["fact", "case"]
+    statuses: list[MemoryStatus] = ["active"]
+    vector = np.asarray([0.5, 0.1, 0.7, 0.2], dtype=np.float32)
+    return (
+        scope.match(query, 20, kinds=kinds, statuses=statuses, now=100.0),
+        await scope.search(vector, 20, kinds=kinds, statuses=statuses, now=100.0),
+    )
 
 
 def test_match_filters_like_the_vector_search() -> None:

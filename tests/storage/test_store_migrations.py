@@ -53,7 +53,8 @@ async def test_a_new_file_opened_by_several_at_once_is_migrated_once(tmp_path: P
 async def test_the_tables_hold_every_field_of_the_records(tmp_path: Path) -> None:
     """The columns read and written are the dataclasses' fields: a field added to
     MemoryRecord or RequestLog needs a migration step that adds its column, or this fails.
-    Beside them: the vector and the digest duplicates are found by (`records.text_hash`)."""
+    Beside them: the vector, the digest duplicates are found by (`records.text_hash`) and the
+    BM25 document (`search_text`)."""
     path = tmp_path / "memento.db"
     await (await Database.open(path)).close()
     with sqlite3.connect(path) as raw:
@@ -61,7 +62,7 @@ async def test_the_tables_hold_every_field_of_the_records(tmp_path: Path) -> Non
         def columns(table: str) -> set[str]:
             return {row[1] for row in raw.execute(f"PRAGMA table_info({table})")}
 
-        assert columns("memories") == {*RECORD_COLUMNS, "embedding", "text_hash"}
+        assert columns("memories") == {*RECORD_COLUMNS, "embedding", "text_hash", "search_text"}
         assert columns("requests") == set(REQUEST_COLUMN_NAMES)
     # Lists and dicts are kept as JSON text.
     assert {
@@ -113,6 +114,10 @@ async def test_older_versions_upgrade_in_place(
         assert same is not None and same.id == "m-old"
         contents = [(SCOPE.user_id, "fact", "I grow tomatoes", ""), (None, "fact", "x", "x")]
         assert await store.memories.same_contents(SCOPE.tenant_id, contents) == ["m-old", None]
+        # So was its BM25 document.
+        with sqlite3.connect(path) as raw:
+            (stored,) = raw.execute("SELECT search_text FROM memories").fetchone()
+        assert stored.startswith("I grow tomatoes ")
         # The new version's feature works on the old row: the edit history keeps the old text.
         await store.memories.update(SCOPE, "m-old", text="I grow peppers")
         with sqlite3.connect(path) as raw:
