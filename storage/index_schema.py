@@ -58,10 +58,11 @@ def generation_of(name: str) -> int | None:
 
 T = TypeVar("T")
 
-# Rows converted on the event loop at most this many at a time (records into index sources, those
-# into index rows, rows into Arrow); more go to a worker thread. A row costs microseconds to tens
-# of them (JSON, search text, copies): a 10k-memory scope's load, or an import's batch, would
-# otherwise hold every request the loop serves for a tenth of a second or more.
+# Rows converted on the event loop at most this many at a time (records into index sources or a
+# scope's columns, sources into index rows, rows into Arrow); more go to a worker thread. A row
+# costs microseconds to tens of them (JSON, search text, copies): a 10k-memory scope's load, or
+# an import's batch, would otherwise hold every request the loop serves for a tenth of a second
+# or more.
 ON_LOOP_ROWS = 256
 # Worker threads walking thousands of rows for background work pause this long every this many
 # (`yielding`), where the work is set to make way for the event loop.
@@ -201,6 +202,34 @@ class IndexRow:
     expires_at: float | None
     search_text: str
     vector: np.ndarray[Any, np.dtype[np.float32]]
+
+
+@dataclass(frozen=True)
+class ScopeRows:
+    """One scope's index rows column by column, as its in-memory copy is loaded: thousands of
+    rows without an object each, their vectors one matrix."""
+
+    ids: list[str]
+    kinds: list[str]
+    statuses: list[str]
+    expires_at: list[float | None]
+    search_texts: list[str]
+    vectors: np.ndarray[Any, np.dtype[np.float32]]  # a row per id
+
+    @classmethod
+    def of(cls, rows: Sequence[IndexRow], dimensions: int) -> ScopeRows:
+        vectors = np.array([row.vector for row in rows], dtype=np.float32)
+        return cls(
+            [row.id for row in rows],
+            [row.kind for row in rows],
+            [row.status for row in rows],
+            [row.expires_at for row in rows],
+            [row.search_text for row in rows],
+            vectors.reshape(len(rows), dimensions),
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 @dataclass(frozen=True)

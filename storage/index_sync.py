@@ -27,7 +27,7 @@ import numpy as np
 
 from storage.api import Embedder, HealthReporter
 from storage.index import MemoryIndex
-from storage.index_schema import IndexRow, on_loop_or_thread
+from storage.index_schema import IndexRow, ScopeRows, on_loop_or_thread
 from storage.locks import StoreLocks
 from storage.sqlite import Database
 from storage.sqlite.outbox import IndexSource
@@ -149,14 +149,10 @@ class IndexSync:
         filters = (source.kind, source.status, source.expires_at)
         return IndexRow(*scope, *filters, source.search_text, unblob(source.embedding))
 
-    async def scope_rows(self, tenant_id: str, user_id: str | None) -> list[IndexRow]:
+    async def scope_rows(self, tenant_id: str, user_id: str | None) -> ScopeRows:
         """What the index holds of one scope, read from SQLite: a scope's in-memory copy."""
-        sources = await self._db.outbox.scope_index_sources(tenant_id, user_id)
-
-        def rows() -> list[IndexRow]:
-            return [row for source in sources if (row := self.index_row(source)) is not None]
-
-        return await asyncio.to_thread(rows)  # thousands of them: not on the event loop
+        model_id, dimensions = self.embedder.model_id, self.index.dimensions
+        return await self._db.outbox.scope_rows(tenant_id, user_id, model_id, dimensions)
 
     async def sync(self) -> int:
         """Mirror new outbox entries in the vector cache, then apply the pending ones to the

@@ -86,7 +86,7 @@ def _step_1a(word: str) -> str:
         return word[:-2] if len(word) > 4 else word[:-1]
     if word.endswith(("us", "ss")):
         return word
-    if word.endswith("s") and any(char in _VOWELS for char in word[:-2]):
+    if word.endswith("s") and not _VOWELS.isdisjoint(word[:-2]):
         return word[:-1]
     return word
 
@@ -98,7 +98,7 @@ def _step_1b(word: str) -> str:
     for suffix in ("ingly", "edly", "ing", "ed"):
         if word.endswith(suffix):
             base = word[: -len(suffix)]
-            if not any(char in _VOWELS for char in base):
+            if _VOWELS.isdisjoint(base):
                 return word
             if base.endswith(("at", "bl", "iz")):
                 return base + "e"

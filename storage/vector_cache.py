@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from storage.errors import whole_number
-from storage.index_schema import IndexHit, IndexRow, yielding
+from storage.index_schema import IndexHit, IndexRow, ScopeRows, yielding
 from storage.records import MEMORY_KINDS, MEMORY_STATUSES, MemoryKind, MemoryStatus
 from storage.scope_text import ScopeText
 
@@ -68,19 +68,18 @@ class ScopeVectors:
         self.changes = 0  # bumped by every upsert and remove: a scan off the loop checks it
 
     @classmethod
-    def of_rows(cls, dimensions: int, rows: Sequence[IndexRow], capacity: int) -> ScopeVectors:
+    def of_rows(cls, dimensions: int, rows: ScopeRows, capacity: int) -> ScopeVectors:
         """The copy of `rows` (distinct records): what `upsert` of each would make, in
         whole-array steps."""
         made = cls(dimensions, max(capacity, len(rows)))
         n = len(rows)
-        made.ids = [row.id for row in rows]
+        made.ids = list(rows.ids)
         made._position = {memory_id: at for at, memory_id in enumerate(made.ids)}
-        if n:
-            made._matrix[:n] = np.stack([row.vector for row in rows])
-        made._kinds[:n] = [_KIND_CODE[row.kind] for row in rows]
-        made._statuses[:n] = [_STATUS_CODE[row.status] for row in rows]
-        made._expires[:n] = [np.inf if row.expires_at is None else row.expires_at for row in rows]
-        made.text = ScopeText.of_texts(yielding(row.search_text for row in rows), len(made._matrix))
+        made._matrix[:n] = rows.vectors
+        made._kinds[:n] = [_KIND_CODE[kind] for kind in rows.kinds]
+        made._statuses[:n] = [_STATUS_CODE[status] for status in rows.statuses]
+        made._expires[:n] = [np.inf if at is None else at for at in rows.expires_at]
+        made.text = ScopeText.of_texts(yielding(rows.search_texts), len(made._matrix))
         return made
 
     def __len__(self) -> int:
@@ -318,11 +317,11 @@ class VectorCache:
             self._scopes.move_to_end(key)
         return scope
 
-    def load(self, tenant_id: str, user_id: str | None, rows: Sequence[IndexRow]) -> ScopeVectors:
-        """Cache a scope from its complete list of index rows (read from SQLite)."""
+    def load(self, tenant_id: str, user_id: str | None, rows: ScopeRows) -> ScopeVectors:
+        """Cache a scope from all its index rows (read from SQLite)."""
         return self.adopt(tenant_id, user_id, self.build(rows))
 
-    def build(self, rows: Sequence[IndexRow]) -> ScopeVectors:
+    def build(self, rows: ScopeRows) -> ScopeVectors:
         """A scope's copy, not yet cached: touches nothing shared, so it can be built in a
         worker thread (thousands of texts analysed, vectors copied) and adopted on the loop."""
         # Room for the rows and an eighth more, not the next power of two: the byte budget

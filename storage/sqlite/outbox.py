@@ -19,8 +19,10 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from storage.index_people import speaker_terms, without_addressees
-from storage.index_schema import INDEX_TEXT_VERSION, on_loop_or_thread, yielding
+from storage.index_schema import INDEX_TEXT_VERSION, ScopeRows, on_loop_or_thread, yielding
 from storage.index_text import dated_terms
 from storage.records import MemoryKind, MemoryRecord, MemoryStatus
 from storage.relational import META_UPSERT, SQLConnection
@@ -74,8 +76,8 @@ def search_text_of(
 
 def record_search_text(record: MemoryRecord) -> str:
     """`search_text_of` a record, as its `search_text` column keeps it."""
-    when = record.valid_from or record.created_at
-    return search_text_of(record.key_text, record.text, record.keywords, record.tags, when)
+    fields = (record.key_text, record.text, record.keywords, record.tags)
+    return search_text_of(*fields, record.valid_from)
 
 
 def embedding_input(key_text: str, text: str) -> str:
@@ -197,12 +199,16 @@ class IndexOutbox:
     )
 
     @staticmethod
-    def _index_source(row: Sequence[Any]) -> IndexSource:
-        search_text = row[13]
-        if search_text is None:  # written by a release before the column, not filled yet
-            search_text = search_text_of(
-                row[7], row[6], json.loads(row[8]), json.loads(row[9]), row[12]
-            )
+    def _search_text(row: Sequence[Any]) -> str:
+        """A row's stored index text; made here for a record written by a release before the
+        column and not filled yet."""
+        stored = row[13]
+        if stored is not None:
+            return str(stored)
+        return search_text_of(row[7], row[6], json.loads(row[8]), json.loads(row[9]), row[12])
+
+    @classmethod
+    def _index_source(cls, row: Sequence[Any]) -> IndexSource:
         return IndexSource(
             id=row[0],
             tenant_id=row[1],
@@ -210,7 +216,7 @@ class IndexOutbox:
             kind=row[3],
             status=row[4],
             expires_at=row[5],
-            search_text=search_text,
+            search_text=cls._search_text(row),
             embed_text=embedding_input(row[7], row[6]),
             embedding=row[10],
             embedding_model=row[11],
@@ -236,17 +242,32 @@ class IndexOutbox:
                 found[source.id] = source
         return found
 
-    async def scope_index_sources(self, tenant_id: str, user_id: str | None) -> list[IndexSource]:
-        """Every record of one scope that the index may hold (any status but deleted): what a
-        scope's in-memory copy is loaded from."""
+    async def scope_rows(
+        self, tenant_id: str, user_id: str | None, model_id: str, dimensions: int
+    ) -> ScopeRows:
+        """The index rows of one scope (any status but deleted, with a vector of `model_id`,
+        as `IndexSync.index_row` keeps them): what a scope's in-memory copy is loaded from.
+        Made column by column, with no object per row."""
         user = "user_id IS NULL" if user_id is None else "user_id = ?"
         rows = await self._connection.fetch_bulk(
             f"SELECT {self._INDEX_SOURCE_COLUMNS} FROM memories "
             f"WHERE tenant_id = ? AND {user} AND {self._connection.dialect.unindexed}status "
-            "!= 'deleted'",
-            (tenant_id,) if user_id is None else (tenant_id, user_id),
+            "!= 'deleted' AND embedding IS NOT NULL AND embedding_model = ?",
+            (tenant_id, model_id) if user_id is None else (tenant_id, user_id, model_id),
         )
-        return await self._index_sources(rows)
+
+        def columns() -> ScopeRows:
+            vectors = np.frombuffer(b"".join([row[10] for row in rows]), dtype=np.float32)
+            return ScopeRows(
+                [row[0] for row in rows],
+                [row[3] for row in rows],
+                [row[4] for row in rows],
+                [row[5] for row in rows],
+                [self._search_text(row) for row in yielding(rows)],
+                vectors.reshape(len(rows), dimensions),
+            )
+
+        return await on_loop_or_thread(len(rows), columns)
 
     async def iter_index_sources(self, batch: int = 1000) -> AsyncIterator[list[IndexSource]]:
         """Every live record, in batches, for rebuilding the index."""

@@ -28,14 +28,14 @@ class HeldLoads:
     def __init__(self, store: EmbeddedStore, monkeypatch: pytest.MonkeyPatch) -> None:
         self.started = asyncio.Event()
         self.release = asyncio.Event()
-        read = store.db.outbox.scope_index_sources
+        read = store.db.outbox.scope_rows
 
         async def held(*args: Any) -> Any:
             self.started.set()
             await self.release.wait()
             return await read(*args)
 
-        monkeypatch.setattr(store.db.outbox, "scope_index_sources", held)
+        monkeypatch.setattr(store.db.outbox, "scope_rows", held)
 
 
 async def _cold_store(store: EmbeddedStore) -> None:

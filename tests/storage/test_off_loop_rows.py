@@ -1,8 +1,8 @@
 """Thousands of rows are converted in a worker thread, never on the event loop that serves
-requests: a scope's load (records into index sources, those into the scope's copy) and an
-index batch (sources into index rows, rows into Arrow). A handful stays on the loop, where a
-thread hop would cost more than the work. The worker threads pause every hundred rows, so the
-event loop gets the interpreter at once when it needs it."""
+requests: a scope's load (records into the scope's columns, those into its copy) and an index
+batch (records into index sources, those into index rows, rows into Arrow). A handful stays on
+the loop, where a thread hop would cost more than the work. The worker threads pause every
+hundred rows, so the event loop gets the interpreter at once when it needs it."""
 
 from __future__ import annotations
 
@@ -52,7 +52,12 @@ def threads(store: EmbeddedStore, monkeypatch: pytest.MonkeyPatch) -> Threads:
     monkeypatch.setattr(
         IndexOutbox, "_index_source", staticmethod(seen.wrap("source", IndexOutbox._index_source))
     )
+    monkeypatch.setattr(
+        IndexOutbox, "_search_text", staticmethod(seen.wrap("text", IndexOutbox._search_text))
+    )
     monkeypatch.setattr(store.index, "index_row", seen.wrap("row", store.index.index_row))
+    cache = store.index.vector_cache
+    monkeypatch.setattr(cache, "build", seen.wrap("copy", cache.build))
     monkeypatch.setattr(
         storage.index_schema, "arrow_rows", seen.wrap("arrow", storage.index_schema.arrow_rows)
     )
@@ -76,8 +81,8 @@ async def test_a_large_scope_loads_off_the_event_loop(
     cached = store.index.vector_cache.get("acme", "ann")
     assert cached is not None and len(cached) == MANY
     loop = threading.get_ident()
-    assert threads.seen["source"] and loop not in threads.seen["source"]
-    assert threads.seen["row"] and loop not in threads.seen["row"]
+    assert threads.seen["text"] and loop not in threads.seen["text"]
+    assert threads.seen["copy"] and loop not in threads.seen["copy"]
 
 
 async def test_a_large_index_batch_is_converted_off_the_event_loop(

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from storage import EmbeddedStore
-from storage.index_schema import IndexHit, IndexRow
+from storage.index_schema import IndexHit, IndexRow, ScopeRows
 from storage.records import MemoryKind, MemoryStatus, NewMemory, Scope
 from storage.scope_text import STOP_WORDS, ScopeText, analyze, stem
 from storage.vector_cache import ScopeVectors, VectorCacheSettings
@@ -128,7 +128,8 @@ async def test_a_copy_made_in_one_step_answers_and_changes_as_one_grown_row_by_r
         return IndexRow(memory_id, "t", "u", kind, status, expires, text, vector)
 
     rows = [row(f"m{i}") for i in range(150)]
-    loaded, grown = ScopeVectors.of_rows(4, rows, capacity=160), ScopeVectors(4, capacity=2)
+    loaded = ScopeVectors.of_rows(4, ScopeRows.of(rows, 4), capacity=160)
+    grown = ScopeVectors(4, capacity=2)
     for each in rows:
         grown.upsert(each)
     for step in range(200):  # then the same changes to both
@@ -248,7 +249,7 @@ async def test_a_scope_load_outlives_the_search_that_gave_up_on_it(
     loading = asyncio.Event()
     read_rows = store.index.scope_rows
 
-    async def slow_rows(tenant_id: str, user_id: str | None) -> list[IndexRow]:
+    async def slow_rows(tenant_id: str, user_id: str | None) -> ScopeRows:
         loading.set()
         await asyncio.sleep(0.2)  # a scope slower to load than the search's deadline
         return await read_rows(tenant_id, user_id)

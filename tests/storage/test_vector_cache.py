@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import storage.vector_cache
 from storage import EmbeddedStore
 from storage.embedders import LocalEmbedder
-from storage.index_schema import IndexRow
+from storage.index_schema import IndexRow, ScopeRows
 from storage.records import NewMemory, Scope
 from storage.store import open_embedded_store
 from storage.vector_cache import (
@@ -53,6 +53,12 @@ def _row(memory_id: str, vector: list[float], **fields: object) -> IndexRow:
         vector=unit / np.linalg.norm(unit),
         **values,  # type: ignore[arg-type]
     )
+
+
+def _rows(user_id: str, count: int) -> ScopeRows:
+    """A scope's rows as a load reads them: `count` of them for `user_id`."""
+    rows = [_row(f"{user_id}{i}", [1, i, 0, 0], user_id=user_id) for i in range(count)]
+    return ScopeRows.of(rows, DIM)
 
 
 async def test_scope_search_is_exact_and_filtered() -> None:
@@ -88,14 +94,14 @@ def test_least_recently_searched_scopes_leave_first() -> None:
         DIM, VectorCacheSettings(max_rows=500, max_bytes=int(2.5 * one_scope.nbytes))
     )
     for user in ("a", "b"):
-        cache.load("t", user, [_row(f"{user}{i}", [1, i, 0, 0], user_id=user) for i in range(100)])
+        cache.load("t", user, _rows(user, 100))
     assert cache.get("t", "a") is not None  # now "b" is the least recently used
-    cache.load("t", "c", [_row(f"c{i}", [1, i, 0, 0], user_id="c") for i in range(100)])
+    cache.load("t", "c", _rows("c", 100))
     assert cache.get("t", "b") is None
     assert cache.get("t", "a") is not None and cache.get("t", "c") is not None
     # A scope that grows past max_rows is dropped: the ANN index serves it from then on.
     small = VectorCache(DIM, VectorCacheSettings(max_rows=3))
-    small.load("t", "u", [_row(f"r{i}", [1, i, 0, 0]) for i in range(3)])
+    small.load("t", "u", ScopeRows.of([_row(f"r{i}", [1, i, 0, 0]) for i in range(3)], DIM))
     small.apply([_row("r0", [0, 1, 0, 0])], [])  # an update of a cached row is fine
     assert small.get("t", "u") is not None
     small.apply([_row("r3", [0, 0, 1, 0])], [])
@@ -178,7 +184,7 @@ async def _check(store: EmbeddedStore, ops: list[tuple[str, str | None, int, str
         cached = store.index.vector_cache.get(tenant, user)
         assert cached is not None
         rows = await store.index.scope_rows(tenant, user)
-        truth = {row.id: row.vector for row in rows}
+        truth = dict(zip(rows.ids, rows.vectors, strict=True))
         assert sorted(cached.ids) == sorted(truth)
         everything = await cached.search(query, 10_000, kinds=None, statuses=[], now=0.0)
         for hit in everything:
