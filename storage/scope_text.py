@@ -143,17 +143,17 @@ class ScopeText:
         counts: dict[str, list[int]] = {}
         lengths: list[int] = []
         for row, text in enumerate(texts):
-            counted = Counter(analyze(text))
-            made._row_terms.append(tuple(counted))
-            made._row_counts.append(tuple(counted.values()))
-            for term, count in counted.items():
+            row_terms, row_counts = _counted_terms(text)
+            made._row_terms.append(row_terms)
+            made._row_counts.append(row_counts)
+            for term, count in zip(row_terms, row_counts, strict=True):
                 if term in positions:
                     positions[term].append(row)
                     counts[term].append(count)
                 else:
                     positions[term] = [row]
                     counts[term] = [count]
-            lengths.append(sum(counted.values()))
+            lengths.append(sum(row_counts))
         made._positions = {term: array("i", rows) for term, rows in positions.items()}
         made._counts = {term: array("f", counts[term]) for term in positions}
         if len(lengths) > len(made._lengths):
@@ -173,8 +173,7 @@ class ScopeText:
 
     def set(self, row: int, text: str) -> None:
         """Index `text` as row `row` (a new row at the end, or a changed one)."""
-        counted = Counter(analyze(text))
-        terms, counts = tuple(counted), tuple(counted.values())
+        terms, counts = _counted_terms(text)
         if row < len(self._row_terms):
             if self._row_terms[row] == terms and self._row_counts[row] == counts:
                 return
@@ -246,6 +245,12 @@ class ScopeText:
             idf = math.log(1 + (rows - found + 0.5) / (found + 0.5))
             scores[positions] += np.float32(idf * (K1 + 1)) * counts / (counts + norms[positions])
         return scores
+
+
+def _counted_terms(text: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """A text's distinct terms and how often each occurs, in order of first occurrence."""
+    counted = Counter(analyze(text))
+    return tuple(counted), tuple(counted.values())
 
 
 def _find(values: array[int], value: int) -> int:

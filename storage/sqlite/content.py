@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Sequence
+from typing import Any
 
 from storage.records import (
     ContentKey,
@@ -19,7 +20,13 @@ from storage.records import (
     text_hash,
 )
 from storage.sqlite.audit import AuditRows
-from storage.sqlite.rows import SELECT_RECORD, placeholders, record_from_row, user_clause
+from storage.sqlite.rows import (
+    SELECT_RECORD,
+    fill_missing,
+    placeholders,
+    record_from_row,
+    user_clause,
+)
 
 
 class ContentRows(AuditRows):
@@ -61,21 +68,11 @@ class ContentRows(AuditRows):
         found = sorted((record_from_row(row) for row in rows), key=lambda r: (r.created_at, r.id))
         return next((r for r in found if normalized_text(r.text) == wanted), None)
 
-    async def fill_text_hashes(self, batch: int = 5_000) -> int:
+    async def fill_text_hashes(self) -> int:
         """Give records written before the digest existed (schema 6) their `text_hash`, a batch
         per transaction; returns how many. Run once at open, before the store serves."""
-        filled = 0
-        while True:
-            rows = await self._connection.fetchall(
-                "SELECT id, text FROM memories WHERE text_hash IS NULL AND status != 'deleted' "
-                "LIMIT ?",
-                (batch,),
-            )
-            if not rows:
-                return filled
-            async with self._connection.transaction() as db:
-                await db.executemany(
-                    "UPDATE memories SET text_hash = ? WHERE id = ?",
-                    [(text_hash(text), memory_id) for memory_id, text in rows],
-                )
-            filled += len(rows)
+
+        async def digests(rows: list[Any]) -> list[str]:
+            return [text_hash(text) for _, text in rows]
+
+        return await fill_missing(self._connection, "text_hash", "id, text", digests)

@@ -40,8 +40,9 @@ from storage.sqlite.rows import (
 )
 
 # A record's row: its fields, its vector, and what is derived from its text.
-_INSERTED = ", ".join((*RECORD_COLUMNS, "embedding", "text_hash", "search_text"))
-_INSERTED_COUNT = len(RECORD_COLUMNS) + 3
+_INSERTED_COLUMNS = (*RECORD_COLUMNS, "embedding", "text_hash", "search_text")
+_INSERTED = ", ".join(_INSERTED_COLUMNS)
+_INSERTED_COUNT = len(_INSERTED_COLUMNS)
 
 
 def _inserted_values(record: MemoryRecord, embedding: bytes | None) -> list[Any]:
@@ -244,8 +245,7 @@ class MemoryRows(ContentRows):
                     assignments["embedding_model"] = embedding_model
                 assignments["version"] = before.version + 1
                 assignments["text_hash"] = text_hash(changes.get("text", before.text))
-            if SEARCH_TEXT_FIELDS & changes.keys():
-                searched = {field: changes[field] for field in SEARCH_TEXT_FIELDS & changes.keys()}
+            if searched := {f: changes[f] for f in SEARCH_TEXT_FIELDS & changes.keys()}:
                 assignments["search_text"] = record_search_text(replace(before, **searched))
             sets = ", ".join(f"{column} = ?" for column in assignments)
             values = [column_value(column, value) for column, value in assignments.items()]

@@ -26,7 +26,7 @@ from storage.index_schema import INDEX_TEXT_VERSION, ScopeRows, on_loop_or_threa
 from storage.index_text import dated_terms
 from storage.records import MemoryKind, MemoryRecord, MemoryStatus
 from storage.relational import META_UPSERT, SQLConnection
-from storage.sqlite.rows import placeholders
+from storage.sqlite.rows import fill_missing, placeholders
 
 # store_meta keys of the index: the generation served, and (while a rebuild runs) the outbox
 # sequence number the rebuild started after.
@@ -283,7 +283,7 @@ class IndexOutbox:
             last = rows[-1][0]
             yield await self._index_sources(rows)
 
-    async def fill_search_texts(self, batch: int = 5_000) -> int:
+    async def fill_search_texts(self) -> int:
         """Give every record its `search_text`, once: after the column was added, or when
         `INDEX_TEXT_VERSION` changed. A batch per transaction; returns how many. Run at open,
         before the store serves (and before a changed index layout has the index rebuilt from
@@ -296,23 +296,12 @@ class IndexOutbox:
         if stored is not None:
             async with self._connection.transaction() as db:
                 await db.execute("UPDATE memories SET search_text = NULL")
-        filled = 0
-        while True:
-            rows = await self._connection.fetchall(
-                f"SELECT {self._INDEX_SOURCE_COLUMNS} FROM memories "
-                "WHERE search_text IS NULL AND status != 'deleted' LIMIT ?",
-                (batch,),
-            )
-            if rows:
-                sources = await self._index_sources(rows)
-                async with self._connection.transaction() as db:
-                    await db.executemany(
-                        "UPDATE memories SET search_text = ? WHERE id = ?",
-                        [(source.search_text, source.id) for source in sources],
-                    )
-                filled += len(rows)
-            if len(rows) < batch:
-                break
+
+        async def texts(rows: list[Any]) -> list[str]:
+            return [source.search_text for source in await self._index_sources(rows)]
+
+        columns = self._INDEX_SOURCE_COLUMNS
+        filled = await fill_missing(self._connection, "search_text", columns, texts)
         await self._connection.set_meta(SEARCH_TEXT_META, version)
         return filled
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
-from typing import Any, get_origin, get_type_hints
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, get_origin, get_type_hints
 
 from storage.records import MemoryRecord, RequestLog, Scope
+
+if TYPE_CHECKING:
+    from storage.relational import SQLConnection
 
 
 def dumps(value: Any) -> str:
@@ -20,6 +23,34 @@ def dumps(value: Any) -> str:
 
 def placeholders(count: int) -> str:
     return ", ".join("?" * count)
+
+
+async def fill_missing(
+    connection: SQLConnection,
+    column: str,
+    sources: str,
+    make: Callable[[list[Any]], Awaitable[list[Any]]],
+    batch: int = 5_000,
+) -> int:
+    """Give the records (not erased) whose derived `column` is NULL its value, a batch per
+    transaction; returns how many. `make` turns rows of the `sources` columns (the id first)
+    into the values, in order."""
+    filled = 0
+    while True:
+        rows = await connection.fetchall(
+            f"SELECT {sources} FROM memories WHERE {column} IS NULL AND status != 'deleted' "
+            "LIMIT ?",
+            (batch,),
+        )
+        if not rows:
+            return filled
+        values = await make(rows)
+        async with connection.transaction() as db:
+            await db.executemany(
+                f"UPDATE memories SET {column} = ? WHERE id = ?",
+                [(value, row[0]) for value, row in zip(values, rows, strict=True)],
+            )
+        filled += len(rows)
 
 
 def _columns(record_type: type[Any]) -> tuple[tuple[str, ...], frozenset[str]]:
