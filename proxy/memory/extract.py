@@ -25,7 +25,7 @@ from typing import Any
 from proxy.memory.asking import asks_for_something
 from proxy.memory.candidates import Candidate, Evidence
 from proxy.memory.inject import strip_block_text, strip_memory_blocks
-from proxy.memory.query import CONTEXT_CHARS, needs_context
+from proxy.memory.query import CONTEXT_CHARS, head_and_tail, needs_context
 from proxy.messages import answer_text, message_text
 from proxy.policy import ExtractionSettings
 
@@ -35,6 +35,10 @@ _MAX_CASE_APPROACH = 400
 _MIN_CASE_WORDS = 3
 _MIN_APPROACH_WORDS = 2  # "OK." is no approach
 _QUOTE_PROBE_CHARS = 120  # this much of the request found in the answer: it is quoted back
+# Of a longer turn or answer, its beginning and end are learned from, this much in all: the
+# statements of a message that pastes a document are the user's words around it, and reading
+# megabytes of it sentence by sentence would hold the event loop for seconds.
+MAX_LEARNED_CHARS = 20_000
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,8 @@ def build_exchange(
     messages: list[dict[str, Any]], response: dict[str, Any], injected_texts: list[str]
 ) -> Exchange:
     """The exchange to learn from: memory blocks stripped, recalled memory text cut from the
-    answer (a model that repeats a memory must not teach it back as new)."""
+    answer (a model that repeats a memory must not teach it back as new), each text longer
+    than `MAX_LEARNED_CHARS` cut to its beginning and end."""
     clean = strip_memory_blocks(messages)
     turns = []
     for index, message in enumerate(clean):
@@ -81,7 +86,7 @@ def build_exchange(
             name = message.get("name")
             speaker = name.strip() if isinstance(name, str) and name.strip() else None
             # NUL is no text a memory keeps (and PostgreSQL's text columns refuse it).
-            text = message_text(message).replace("\x00", "")
+            text = head_and_tail(message_text(message).replace("\x00", ""), MAX_LEARNED_CHARS)
             turns.append(Turn(str(role), text, index, speaker))
     last_assistant = max((t.index or 0 for t in turns if t.role == "assistant"), default=-1)
     new_user = [t for t in turns if t.role == "user" and (t.index or 0) > last_assistant]
@@ -89,7 +94,7 @@ def build_exchange(
     for text in injected_texts:
         if text.strip():
             answer = answer.replace(text, "")
-    return Exchange(turns, answer.strip(), new_user)
+    return Exchange(turns, head_and_tail(answer.strip(), MAX_LEARNED_CHARS), new_user)
 
 
 # --- Deterministic extractor ---------------------------------------------------------------
@@ -255,16 +260,23 @@ def statement_candidate(sentence: str, turn: Turn) -> Candidate | None:
 
 
 def extract_with_rules(exchange: Exchange, settings: ExtractionSettings) -> list[Candidate]:
-    """Facts and preferences from explicit first-person statements, plus the exchange's case."""
+    """Facts and preferences from explicit first-person statements, plus the exchange's case;
+    a statement made twice is one candidate. Reading stops at `max_candidates` statements
+    (the case, which comes last, would not be kept)."""
     candidates: list[Candidate] = []
+    seen: set[tuple[str, str]] = set()
     statement_only = True
     for turn in exchange.new_user_turns:
         for sentence in sentences(turn.text):
+            if len(candidates) >= settings.max_candidates:
+                return candidates
             candidate = statement_candidate(sentence, turn)
             if candidate is None:
                 statement_only = statement_only and not asks_for_something(sentence)
                 continue
-            candidates.append(candidate)
+            if (candidate.kind, candidate.text) not in seen:
+                seen.add((candidate.kind, candidate.text))
+                candidates.append(candidate)
     if settings.cases and not (candidates and statement_only):
         case = case_candidate(exchange)
         if case is not None:

@@ -29,6 +29,12 @@ _REFERRING = re.compile(
 )
 _SHORT_TURN_WORDS = 6
 CONTEXT_CHARS = 300
+# A longer turn is searched with its beginning and its end, this much in all: the ask is there,
+# not in the middle of a pasted document, the embedder reads its first 256 tokens anyway, and
+# the word checks and BM25 analysis would otherwise read megabytes on the event loop.
+MAX_QUERY_CHARS = 2_000
+# Where a text may be cut short: after a sentence's end, or at a line break.
+_BOUNDARY = re.compile(r"[.!?]\s|\n")
 
 
 class InvalidMemoryMode(ValueError):
@@ -106,7 +112,8 @@ def build_query(messages: list[dict[str, Any]], context_turns: int) -> str:
     """The search text for a conversation: its latest user turn, with context when it refers back.
 
     Context is up to `context_turns` earlier user and assistant turns (their last few hundred
-    characters each), added only when the latest turn is short or uses a referring word.
+    characters each), added only when the latest turn is short or uses a referring word. A
+    latest turn of more than `MAX_QUERY_CHARS` is searched with its beginning and end.
     """
     latest_index = None
     for index in range(len(messages) - 1, -1, -1):
@@ -115,7 +122,7 @@ def build_query(messages: list[dict[str, Any]], context_turns: int) -> str:
             break
     if latest_index is None:
         return ""
-    latest = message_text(messages[latest_index]).strip()
+    latest = head_and_tail(message_text(messages[latest_index]).strip(), MAX_QUERY_CHARS)
     if context_turns <= 0 or not needs_context(latest):
         return latest
     context: list[str] = []
@@ -133,3 +140,21 @@ def build_query(messages: list[dict[str, Any]], context_turns: int) -> str:
 def needs_context(turn: str) -> bool:
     """Whether a turn cannot stand alone: it is short, or it refers back ("that", "the same")."""
     return len(turn.split()) < _SHORT_TURN_WORDS or bool(_REFERRING.search(turn))
+
+
+def head_and_tail(text: str, limit: int) -> str:
+    """`text` itself when it has at most `limit` characters; else its first and last parts, at
+    most `limit` characters in all, joined by a blank line. Each part is cut at a sentence's
+    end or a line break where one lies in its outer half, so that no sentence is cut short
+    there: what is read of the text is its own verbatim sentences."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    head, tail = text[:half], text[len(text) - half :]
+    ends = [match.end() for match in _BOUNDARY.finditer(head, half // 2)]
+    if ends:
+        head = head[: ends[-1]]
+    start = _BOUNDARY.search(tail, 0, half // 2)
+    if start is not None:
+        tail = tail[start.end() :]
+    return f"{head.rstrip()}\n\n{tail.lstrip()}"

@@ -17,7 +17,14 @@ from proxy.memory.inject import (
     section_of,
     strip_memory_blocks,
 )
-from proxy.memory.query import InvalidMemoryMode, build_query, resolve_access, resolve_mode
+from proxy.memory.query import (
+    MAX_QUERY_CHARS,
+    InvalidMemoryMode,
+    build_query,
+    head_and_tail,
+    resolve_access,
+    resolve_mode,
+)
 from proxy.memory.retrieve import rank_candidates, rank_hits, score_parts
 from proxy.policy import BudgetSettings, MemoryPolicy, Policy
 from proxy.tokens import count_tokens
@@ -79,6 +86,27 @@ def test_query_is_the_latest_user_turn_with_context_only_when_it_refers_back() -
     assert build_query(standalone, 2) == "Which vegetables grow well in a shady garden?"
     parts = [{"role": "user", "content": [{"type": "text", "text": "Describe sourdough baking"}]}]
     assert build_query(parts, 0) == "Describe sourdough baking"
+
+
+def test_a_long_turn_is_searched_with_its_first_and_last_whole_sentences() -> None:
+    pasted = "The quarterly report lists revenue by region. " * 50_000  # 2.3 MB
+    turn = f"Please summarize this for my manager. {pasted}What are the key risks for Lisbon?"
+    query = build_query([{"role": "user", "content": turn}], context_turns=2)
+    assert len(query) <= MAX_QUERY_CHARS
+    assert query.startswith("Please summarize this for my manager. The quarterly report")
+    assert query.endswith("What are the key risks for Lisbon?")
+    # Cut between sentences, never inside one.
+    body = query.removeprefix("Please summarize this for my manager. ")
+    body = body.removesuffix("What are the key risks for Lisbon?")
+    assert {piece.strip() for piece in body.replace("\n\n", ". ").split(".")} == {
+        "The quarterly report lists revenue by region",
+        "",
+    }
+
+
+def test_head_and_tail_keeps_short_texts_and_cuts_texts_without_sentences_at_the_limit() -> None:
+    assert head_and_tail("I live in Porto.", 100) == "I live in Porto."
+    assert head_and_tail("x" * 1_000, 100) == "x" * 50 + "\n\n" + "x" * 50
 
 
 # -- ranking ---------------------------------------------------------------------------------

@@ -6,7 +6,12 @@ import pytest
 
 from proxy.memory.candidates import Candidate, Evidence
 from proxy.memory.consolidate import ConsolidationNeighbour, decide
-from proxy.memory.extract import build_exchange, extract_with_rules, verify_evidence
+from proxy.memory.extract import (
+    MAX_LEARNED_CHARS,
+    build_exchange,
+    extract_with_rules,
+    verify_evidence,
+)
 from proxy.memory.extract_model import candidates_from_model_output
 from proxy.memory.learn import (
     InvalidFeedback,
@@ -81,6 +86,34 @@ def test_statement_only_turn_makes_no_case() -> None:
     )
     found = extract_with_rules(exchange, ExtractionSettings())
     assert [(c.kind, c.text) for c in found] == [("preference", "The user prefers window seats.")]
+
+
+def test_a_statement_made_twice_is_one_candidate() -> None:
+    exchange = build_exchange(
+        [{"role": "user", "content": "I prefer tea. I prefer tea.\nI prefer tea."}],
+        answer("OK"),
+        [],
+    )
+    found = extract_with_rules(exchange, ExtractionSettings())
+    assert [(c.kind, c.text) for c in found] == [("preference", "The user prefers tea.")]
+
+
+def test_a_long_message_is_learned_from_its_beginning_and_end() -> None:
+    pasted = "The quarterly report lists revenue by region. " * 50_000  # 2.3 MB
+    turn = f"I live in Lisbon. {pasted}I work at Acme."
+    exchange = build_exchange([{"role": "user", "content": turn}], answer("Summary: " + pasted), [])
+    assert len(exchange.new_user_turns[0].text) <= MAX_LEARNED_CHARS
+    assert len(exchange.answer) <= MAX_LEARNED_CHARS
+    found = extract_with_rules(exchange, ExtractionSettings())
+    assert [c.text for c in found] == ["The user lives in Lisbon.", "The user works at Acme."]
+    assert all(verify_evidence(c, exchange) for c in found)
+
+
+def test_extraction_stops_at_max_candidates() -> None:
+    turn = " ".join(f"I like dish number {n}." for n in range(100))
+    exchange = build_exchange([{"role": "user", "content": turn}], answer("Noted."), [])
+    found = extract_with_rules(exchange, ExtractionSettings(max_candidates=3))
+    assert [c.text for c in found] == [f"The user likes dish number {n}." for n in range(3)]
 
 
 def test_evidence_must_be_verbatim_and_from_the_claimed_role() -> None:
