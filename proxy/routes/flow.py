@@ -11,6 +11,7 @@ answered for survives a crash. Each call runs inside its `memento.request` span,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -44,6 +45,7 @@ from proxy.tracing import (
     start_upstream_span,
 )
 from proxy.upstreams.base import Target, UpstreamReply, UpstreamStream
+from proxy.upstreams.errors import unparsable_body
 from proxy.validation import chat_session_id, read_json_body
 
 log = logging.getLogger("memento.proxy")
@@ -138,6 +140,7 @@ class CallFlow:
             status = exc.status if isinstance(exc, ProxyError) else 500
             if api == "messages":  # answered in Anthropic's statuses (a 503 is its 529)
                 status = anthropic_status(status)[0]
+            _log_failed(request, labels, status, exc, started)
             raise
         else:
             status = response.status_code if isinstance(response, Response) else 200
@@ -159,6 +162,7 @@ class CallFlow:
         labels["tenant"] = policy.tenant
         body = await read_json_body(request, policy.limits.max_body_bytes)
         call = await read(policy, body, request.headers)
+        request.state.model_alias = call.alias  # for the request line of a call that fails
         labels["stream"] = "true" if call.stream else "false"
         headers = request.headers
         ctx = CallContext(
@@ -197,6 +201,8 @@ class CallFlow:
             record_first_token(span, upstream_started)
             record_http_status(span, reply.status)
             answer = _chat_answer(call.door, reply)
+            if answer is None and reply.status < 400:
+                raise unparsable_body(call.alias, reply.status, reply.body)
             record_response(span, answer)
         _log_call(ctx, reply.status, started)
         if with_memory:
@@ -236,10 +242,11 @@ class CallFlow:
                 reader.feed(chunk)
 
         async def on_complete() -> None:
-            _log_call(ctx, 200, started)
-            if reader is not None:
-                answer = reader.result()
-                if "error" in answer:
+            answer = reader.result() if reader is not None else None
+            broken = answer is not None and "error" in answer
+            _log_call(ctx, 200, started, "stream_incomplete" if broken else None)
+            if answer is not None:
+                if broken:
                     span.set_attribute("memento.stream.incomplete", str(answer["error"]))
                 else:
                     record_response(span, answer)
@@ -296,10 +303,42 @@ def _chat_answer(door: Door, reply: UpstreamReply) -> dict[str, Any] | None:
     return door.chat_answer(answer)
 
 
-def _log_call(ctx: CallContext, status: int, started: float) -> None:
-    if log.isEnabledFor(logging.INFO):
-        log.info(
-            "request=%s tenant=%s api=%s model=%s stream=%s status=%s ms=%.1f",
+def _log_failed(
+    request: Request, labels: dict[str, str], status: int, exc: BaseException, started: float
+) -> None:
+    """The request line of a call answered with an error (or given up), with the error's code:
+    a failing upstream or a refused call is what an operator reads the log for."""
+    level = logging.WARNING if status >= 500 else logging.INFO
+    if not log.isEnabledFor(level):
+        return
+    if isinstance(exc, ProxyError):
+        reason = exc.code or exc.type
+    elif isinstance(exc, asyncio.CancelledError):
+        reason = "cancelled"  # the client went away; nobody saw a status
+    else:
+        reason = type(exc).__name__
+    log.log(
+        level,
+        "request=%s tenant=%s api=%s model=%s stream=%s status=%s ms=%.1f error=%s",
+        request_id_of(request),
+        labels["tenant"] or "-",
+        labels["api"],
+        getattr(request.state, "model_alias", "-"),
+        labels["stream"] == "true",
+        status,
+        (time.perf_counter() - started) * 1000,
+        reason,
+    )
+
+
+def _log_call(ctx: CallContext, status: int, started: float, problem: str | None = None) -> None:
+    """The request line of an answered call; `problem` when its stream ended in an error event
+    (the status, sent with the first byte, was 200 all the same)."""
+    level = logging.INFO if problem is None else logging.WARNING
+    if log.isEnabledFor(level):
+        log.log(
+            level,
+            "request=%s tenant=%s api=%s model=%s stream=%s status=%s ms=%.1f%s",
             ctx.request_id,
             ctx.policy.tenant,
             ctx.door.name,
@@ -307,4 +346,5 @@ def _log_call(ctx: CallContext, status: int, started: float) -> None:
             ctx.stream,
             status,
             (time.perf_counter() - started) * 1000,
+            f" error={problem}" if problem else "",
         )

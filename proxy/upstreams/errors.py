@@ -97,10 +97,23 @@ def unexpected_content(
     OpenAI SDK can parse, so it is the upstream's failure."""
     got = content_type or "no content-type"
     quoted = content[:QUOTED_BYTES].decode("utf-8", "replace").strip()
+    began = f" It began: {quoted!r}" if quoted else ""
     return _upstream_failure(
         502,
         f"The upstream for model '{alias}' answered HTTP {status} with {got} instead "
-        f"of {expected}; check the route's api_base. It began: {quoted!r}",
+        f"of {expected}; check the route's api_base.{began}",
+        "upstream_bad_response",
+    )
+
+
+def unparsable_body(alias: str, status: int, content: bytes) -> ProxyError:
+    """A success status whose body is not a JSON object, whatever its content-type said: no
+    SDK can read it as an answer, so it is the upstream's failure, as for `unexpected_content`."""
+    quoted = content[:QUOTED_BYTES].decode("utf-8", "replace").strip()
+    return _upstream_failure(
+        502,
+        f"The upstream for model '{alias}' answered HTTP {status} with a body that is not a "
+        f"JSON object; check the route's api_base. It began: {quoted!r}",
         "upstream_bad_response",
     )
 

@@ -19,6 +19,7 @@ from proxy.upstreams.errors import (
     misconfigured,
     provider_error,
     stream_broken,
+    unexpected_content,
     unreachable,
     upstream_error,
 )
@@ -103,6 +104,12 @@ class LiteLLMUpstream:
 
     async def chat_stream(self, target: Target, body: dict[str, Any]) -> UpstreamStream:
         stream = await self._call(target, import_litellm().acompletion, body)
+        problem = _not_a_stream(target, getattr(stream, "_response_headers", None))
+        if problem is not None:
+            closer = getattr(stream, "aclose", None)
+            if closer is not None:
+                await closer()
+            raise problem
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
@@ -123,6 +130,23 @@ class LiteLLMUpstream:
     async def embeddings(self, target: Target, body: dict[str, Any]) -> UpstreamReply:
         response = await self._call(target, import_litellm().aembedding, body)
         return UpstreamReply(200, _dump(response), {"content-type": "application/json"})
+
+
+def _not_a_stream(target: Target, headers: Any) -> ProxyError | None:
+    """The error for a stream whose response was no stream: a web page (a gateway's sign-in or
+    error page) from any provider, or anything but server-sent events from one that speaks
+    OpenAI's API. litellm reads such a body as a stream without events and would end it as an
+    empty answer. Other providers stream in their own types (NDJSON, AWS event streams)."""
+    content_type = str((headers or {}).get("content-type") or "")
+    media_type = content_type.split(";")[0].strip().lower()
+    if not media_type:
+        return None  # the provider's handler keeps no headers: nothing to judge by
+    openai_like = provider_of(target.route.model)[0] in OPENAI_COMPATIBLE
+    if media_type in ("text/html", "application/xhtml+xml") or (
+        openai_like and media_type != "text/event-stream"
+    ):
+        return unexpected_content(target.alias, 200, content_type, "text/event-stream", b"")
+    return None
 
 
 # Fields litellm adds to OpenAI's response objects (choices, messages, deltas, tool calls).

@@ -9,6 +9,7 @@ finds its request.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -117,7 +118,9 @@ def test_a_broken_stream_teaches_nothing(
     upstream: ScriptedUpstream,
     tmp_path: Path,
     broken: Reply,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="memento.proxy")
     fast_timeout = {"model": "openai/gpt-4o-mini", "api_base": upstream.url, "timeout_s": 1}
     proxy = memory_proxy(memory_workers=0, extra_models={"impatient": fast_timeout})
     upstream.script(broken)
@@ -135,4 +138,9 @@ def test_a_broken_stream_teaches_nothing(
     queued = queued_request_ids(tmp_path / "data")
     assert complete.headers["x-request-id"] in queued
     assert broken_id not in queued
+    # Its request line says so, though the client got a 200 before the stream broke.
+    lines = {r.getMessage().split()[0]: r.getMessage() for r in caplog.records}
+    broken_line = lines[f"request={broken_id}"]
+    assert " status=200 " in broken_line and broken_line.endswith(" error=stream_incomplete")
+    assert "error=" not in lines[f"request={complete.headers['x-request-id']}"]
     assert client_for(proxy)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -475,25 +476,72 @@ def test_upstream_errors_keep_meaningful_status(
     assert "'fast'" in server.value.message
 
 
+@pytest.mark.parametrize("model", ["fast", "translated"])
 @pytest.mark.parametrize("stream", [False, True])
 def test_upstream_answering_200_with_a_web_page_is_502(
-    proxy: RunningProxy, upstream: ScriptedUpstream, stream: bool
+    proxy: RunningProxy, upstream: ScriptedUpstream, stream: bool, model: str
 ) -> None:
-    """A gateway's login or error page in front of the model is not an answer to relay."""
+    """A gateway's login or error page in front of the model is not an answer to relay, nor
+    one to translate into an empty answer."""
     page = b"<html><body>Please sign in</body></html>"
     upstream.script(Reply(raw=page, content_type="text/html; charset=utf-8"))
     response = httpx.post(
         proxy.base_url + "/v1/chat/completions",
-        json={"model": "fast", "messages": [{"role": "user", "content": "x"}], "stream": stream},
+        json={"model": model, "messages": [{"role": "user", "content": "x"}], "stream": stream},
         headers={"authorization": f"Bearer {KEY}"},
     )
-    assert response.status_code == 502
+    assert response.status_code == 502, response.text
     assert response.headers["content-type"] == "application/json"
     error = response.json()["error"]
-    assert error["type"] == "upstream_error" and error["code"] == "upstream_bad_response"
-    wanted = "text/event-stream" if stream else "application/json"
-    assert f"with text/html; charset=utf-8 instead of {wanted}" in error["message"]
-    assert "Please sign in" in error["message"]
+    assert error["type"] == "upstream_error"
+    if model == "fast" or stream:  # litellm reads a page as a failed JSON parse, not as a page
+        assert error["code"] == "upstream_bad_response"
+        wanted = "text/event-stream" if stream else "application/json"
+        assert f"with text/html; charset=utf-8 instead of {wanted}" in error["message"]
+    if model == "fast":  # the relay quotes it too
+        assert "Please sign in" in error["message"]
+
+
+@pytest.mark.parametrize("model", ["fast", "translated"])
+def test_upstream_answering_200_with_a_body_that_is_not_json_is_502(
+    client: openai.OpenAI, upstream: ScriptedUpstream, model: str
+) -> None:
+    upstream.script(Reply(raw=b"{not json", content_type="application/json"))
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 502
+    if model == "fast":
+        body = caught.value.body
+        assert isinstance(body, dict) and body["code"] == "upstream_bad_response"
+        assert "not a JSON object" in caught.value.message and "{not json" in caught.value.message
+
+
+def test_every_call_has_its_request_line_in_the_log_failed_ones_with_why(
+    client: openai.OpenAI, upstream: ScriptedUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="memento.proxy")
+    client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "x"}])
+    upstream.script(Reply(status=500))
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.AuthenticationError):
+        client.with_options(api_key="wrong").chat.completions.create(
+            model="fast", messages=[{"role": "user", "content": "x"}]
+        )
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("request=")]
+    assert len(lines) == 4, lines
+    answered, failed, unknown, refused = lines
+    assert "tenant=acme api=chat_completions model=fast stream=False status=200" in answered
+    assert "tenant=acme api=chat_completions model=fast stream=False status=502" in failed
+    assert failed.endswith("error=upstream_error")
+    assert "model=- stream=False status=404" in unknown and unknown.endswith(
+        "error=model_not_found"
+    )
+    assert "tenant=- api=chat_completions model=- stream=False status=401" in refused
+    warned = [r for r in caplog.records if "status=502" in r.getMessage()]
+    assert [r.levelno for r in warned] == [logging.WARNING]
 
 
 def test_upstream_timeout_is_504(client: openai.OpenAI, upstream: ScriptedUpstream) -> None:
