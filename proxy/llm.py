@@ -29,6 +29,21 @@ from proxy.tokens import use_bundled_tiktoken
 _litellm: Any = None
 
 
+class ReportedElsewhere(Exception):
+    """An exception the proxy raises inside a litellm call and reports itself (a broken stream
+    becomes the client's error event and the request line's `error=`): litellm's own log of it,
+    an ERROR with a traceback, would report an expected condition as a crash."""
+
+
+def _not_reported_elsewhere(record: logging.LogRecord) -> bool:
+    """Whether a litellm log record is worth keeping: not one about a `ReportedElsewhere`,
+    attached as the exception or formatted into the message."""
+    if record.exc_info and isinstance(record.exc_info[1], ReportedElsewhere):
+        return False
+    args = record.args if isinstance(record.args, tuple) else ()
+    return not any(isinstance(arg, ReportedElsewhere) for arg in args)
+
+
 def import_litellm() -> Any:
     """litellm, configured to work offline (bundled cost map and tokenizers) and quietly."""
     global _litellm
@@ -42,6 +57,7 @@ def import_litellm() -> Any:
         litellm.suppress_debug_info = True
         litellm.turn_off_message_logging = True
         logging.getLogger("LiteLLM").setLevel(logging.WARNING)
+        logging.getLogger("LiteLLM").addFilter(_not_reported_elsewhere)
         _litellm = litellm
         # Its ~370k objects live as long as the process: out of the collector's generations,
         # as start-up does with what it loaded, or every full collection walks them (240 ms).

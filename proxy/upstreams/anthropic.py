@@ -21,7 +21,7 @@ from typing import Any
 
 from proxy.doors.messages_errors import error_event
 from proxy.errors import bad_request
-from proxy.llm import import_litellm
+from proxy.llm import ReportedElsewhere, import_litellm
 from proxy.policy import ModelRoute
 from proxy.streaming import EventData
 from proxy.upstreams.base import Target, Upstream, UpstreamReply, UpstreamStream
@@ -207,5 +207,5 @@ class _ChatChunks:
             raise _StreamBroken(self.error)
 
 
-class _StreamBroken(Exception):
+class _StreamBroken(ReportedElsewhere):
     """The chat stream under a translated Messages stream broke (`_ChatChunks.error` says how)."""

@@ -4,6 +4,7 @@ exception classes: before the call (auth, model, body), from the upstream, and m
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -121,12 +122,21 @@ def _stream_error(proxy: RunningProxy, model: str) -> Any:
 
 @pytest.mark.parametrize("model", [NATIVE, TRANSLATED])
 def test_a_stream_that_breaks_ends_with_an_anthropic_error_event(
-    upstream: ScriptedUpstream, messages_proxy: RunningProxy, model: str
+    upstream: ScriptedUpstream,
+    messages_proxy: RunningProxy,
+    model: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     upstream.script(Reply(content="A long answer that never ends", cut_after=4))
     body = _stream_error(messages_proxy, model)
     assert body["type"] == "error" and body["error"]["type"] == "api_error"
     assert "stream" in body["error"]["message"]
+    # Logged once, as the request line's error, not as a crash with a traceback (the scripted
+    # upstream's own server logs its cut: not the proxy's).
+    proxy_side = [r for r in caplog.records if r.name.startswith(("memento", "LiteLLM"))]
+    warned = [r.getMessage() for r in proxy_side if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and warned[0].endswith(" error=stream_incomplete"), warned
 
 
 def test_an_empty_body_is_an_anthropic_shaped_bad_request(
