@@ -151,15 +151,36 @@ def _not_a_stream(target: Target, headers: Any) -> ProxyError | None:
 
 # Fields litellm adds to OpenAI's response objects (choices, messages, deltas, tool calls).
 _LITELLM_ONLY_FIELDS = frozenset({"provider_specific_fields"})
+# What OpenAI's usage object holds (its details are OpenAI's too, and grow); litellm adds fields
+# of its own (`cost` of a model in its price list), on a stream's usage chunk.
+_USAGE_FIELDS = frozenset(
+    {
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "prompt_tokens_details",
+        "completion_tokens_details",
+    }
+)
 
 
 def _openai_shape(data: Any) -> Any:
-    """`data` without the fields litellm adds, at any depth."""
+    """`data` without the fields litellm adds, at any depth, and its usage as OpenAI's."""
     if isinstance(data, dict):
-        return {k: _openai_shape(v) for k, v in data.items() if k not in _LITELLM_ONLY_FIELDS}
+        return {
+            k: _openai_usage(v) if k == "usage" else _openai_shape(v)
+            for k, v in data.items()
+            if k not in _LITELLM_ONLY_FIELDS
+        }
     if isinstance(data, list):
         return [_openai_shape(item) for item in data]
     return data
+
+
+def _openai_usage(usage: Any) -> Any:
+    if not isinstance(usage, dict):
+        return usage
+    return {k: _openai_shape(v) for k, v in usage.items() if k in _USAGE_FIELDS}
 
 
 def _dump(response: Any) -> bytes:

@@ -65,6 +65,12 @@ def proxy(
                 "api_key": "env:SCRIPTED_UPSTREAM_KEY",
                 "passthrough": False,
             },
+            "translated-priced": {  # a model litellm has a price for
+                "model": "openai/gpt-4o-mini",
+                "api_base": upstream.url,
+                "api_key": "env:SCRIPTED_UPSTREAM_KEY",
+                "passthrough": False,
+            },
             "embedder": {"model": "openai/embed-model", "api_base": upstream.url},
             "echo": {"model": "echo"},
             "slow": {"model": "openai/slow", "api_base": upstream.url, "timeout_s": 0.3},
@@ -203,7 +209,7 @@ def test_streamed_tool_calls_come_back_unchanged(
     assert finish == "tool_calls"
 
 
-@pytest.mark.parametrize("model", ["fast", "translated", "echo"])
+@pytest.mark.parametrize("model", ["fast", "translated", "translated-priced", "echo"])
 def test_streaming_with_usage(
     client: openai.OpenAI, upstream: ScriptedUpstream, model: str
 ) -> None:
@@ -219,6 +225,7 @@ def test_streaming_with_usage(
     usage = [c.usage for c in chunks if c.usage is not None]
     assert len(usage) == 1 and usage[0].total_tokens > 0
     assert chunks[-1].usage is not None  # usage comes last, after the content
+    assert not usage[0].model_extra  # OpenAI's usage fields only: litellm adds `cost`
     if model == "echo":
         assert text.startswith("echo: received 1 message(s) (1 user)")
     else:
