@@ -65,9 +65,7 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
         )
     body = parse_json(raw)
     if not isinstance(body, dict):
-        raise bad_request(
-            f"The request body must be a JSON object, not a JSON {type(body).__name__}."
-        )
+        raise bad_request(f"The request body must be a JSON object, not {json_type(body)}.")
     return body
 
 
@@ -175,14 +173,24 @@ def _too_large(limit: int) -> ProxyError:
     )
 
 
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
+def json_type(value: Any) -> str:
+    """What a parsed JSON value is, in JSON's words, for messages that say what was sent: null,
+    a boolean, a number, a string, an array, an object (never Python's names: NoneType, list)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
 
 
 def _expect(body: dict[str, Any], name: str, ok: bool, wanted: str) -> None:
     if not ok:
         raise bad_request(
-            f"'{name}' must be {wanted}, got {_type_name(body[name])}.",
+            f"'{name}' must be {wanted}, got {json_type(body[name])}.",
             param=name,
             code="invalid_type",
         )
@@ -274,8 +282,7 @@ def validate_chat(body: dict[str, Any]) -> str:
         where = f"messages[{i}]"
         if not isinstance(message, dict):
             raise bad_request(
-                f"'{where}' must be an object with 'role' and 'content', got "
-                f"{_type_name(message)}.",
+                f"'{where}' must be an object with 'role' and 'content', got {json_type(message)}.",
                 param=where,
                 code="invalid_type",
             )
@@ -290,7 +297,7 @@ def validate_chat(body: dict[str, Any]) -> str:
         if content is not None and not isinstance(content, str | list):
             raise bad_request(
                 f"'{where}.content' must be a string or a list of content parts, got "
-                f"{_type_name(content)}.",
+                f"{json_type(content)}.",
                 param=f"{where}.content",
                 code="invalid_type",
             )
@@ -326,7 +333,7 @@ def user_id(value: Any, *, param: str = "user", what: str = "user") -> str | Non
         return None
     if not isinstance(value, str):
         raise bad_request(
-            f"'{param}' must be a string (a {what} id), got {_type_name(value)}.",
+            f"'{param}' must be a string (a {what} id), got {json_type(value)}.",
             param=param,
             code="invalid_type",
         )

@@ -12,19 +12,15 @@ from typing import Any
 from starlette.datastructures import Headers
 
 from proxy.errors import ProxyError, bad_request
-from proxy.validation import call_user_id
+from proxy.validation import call_user_id, json_type
 
 ROLES = ("user", "assistant")
 _NUMBER_FIELDS = ("temperature", "top_p")
 _OBJECT_FIELDS = ("metadata", "tool_choice", "thinking")
 
 
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
 def _wrong(where: str, wanted: str, value: Any) -> ProxyError:
-    return bad_request(f"'{where}' must be {wanted}, got {_kind(value)}.", param=where)
+    return bad_request(f"'{where}' must be {wanted}, got {json_type(value)}.", param=where)
 
 
 def _missing(name: str, example: str) -> ProxyError:

@@ -12,7 +12,7 @@ from typing import Any
 
 from proxy.doors.responses import TEXT_PARTS, item_type
 from proxy.errors import ProxyError, bad_request
-from proxy.validation import check_model
+from proxy.validation import check_model, json_type
 
 _ROLES = ("user", "assistant", "system", "developer")
 _ITEM_TYPES = ("message", "function_call", "function_call_output")
@@ -33,10 +33,6 @@ _CHECKS: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
 )
 
 
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
 def _has_type(value: Any, kind: type | tuple[type, ...]) -> bool:
     if isinstance(value, bool):  # an int to Python, never a number to JSON
         return kind is bool
@@ -45,7 +41,7 @@ def _has_type(value: Any, kind: type | tuple[type, ...]) -> bool:
 
 def _wrong(name: str, value: Any, wanted: str) -> ProxyError:
     return bad_request(
-        f"'{name}' must be {wanted}, got {_type_name(value)}.", param=name, code="invalid_type"
+        f"'{name}' must be {wanted}, got {json_type(value)}.", param=name, code="invalid_type"
     )
 
 
@@ -88,7 +84,7 @@ def _check_input(body: dict[str, Any]) -> None:
     if not isinstance(value, list) or not value:
         raise bad_request(
             f"'input' must be a string or a non-empty list of input items, got "
-            f"{_type_name(value) if value != [] else 'an empty list'}.",
+            f"{json_type(value) if value != [] else 'an empty array'}.",
             param="input",
             code="invalid_type",
         )
@@ -163,9 +159,9 @@ def check_translatable(body: dict[str, Any], alias: str) -> None:
         content = item.get("content") if kind == "message" else None
         for j, part in enumerate(content if isinstance(content, list) else []):
             if not _translatable_part(part):
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                what = f"a {part.get('type')!r} part" if isinstance(part, dict) else json_type(part)
                 raise bad_request(
-                    f"'input[{i}].content[{j}]' is a {kind!r} part; chat completions take text "
+                    f"'input[{i}].content[{j}]' is {what}; chat completions take text "
                     f"parts and images given by image_url. {native}.",
                     param=f"input[{i}].content[{j}]",
                     code="unsupported_content_part",

@@ -63,18 +63,24 @@ def chat(**fields: Any) -> str:
     [
         ("{not json", None, "not valid JSON"),
         ("", None, "body is empty"),
-        ("[1, 2]", None, "must be a JSON object, not a JSON list"),
+        ("[1, 2]", None, "must be a JSON object, not an array."),
+        ("null", None, "must be a JSON object, not null."),
+        ('"hi"', None, "must be a JSON object, not a string."),
         (chat(model=...), "model", "Missing required parameter 'model'"),
-        (chat(model=5), "model", "'model' must be a non-empty string, got int"),
+        (chat(model=5), "model", "'model' must be a non-empty string, got a number."),
         (chat(messages=...), "messages", "Missing required parameter 'messages'"),
-        (chat(messages="hi"), "messages", "'messages' must be a list of message objects, got str"),
+        (
+            chat(messages="hi"),
+            "messages",
+            "'messages' must be a list of message objects, got a string.",
+        ),
         (chat(messages=[]), "messages", "at least one message"),
         (chat(messages=["hi"]), "messages[0]", "'messages[0]' must be an object"),
         (chat(messages=[{"role": "robot", "content": "x"}]), "messages[0].role", "must be one of"),
-        (chat(messages=[{"role": "user", "content": 5}]), "messages[0].content", "got int"),
-        (chat(temperature="hot"), "temperature", "'temperature' must be a number, got str"),
-        (chat(n=1.5), "n", "'n' must be an integer, got float"),
-        (chat(max_tokens=True), "max_tokens", "'max_tokens' must be an integer, got bool"),
+        (chat(messages=[{"role": "user", "content": 5}]), "messages[0].content", "got a number."),
+        (chat(temperature="hot"), "temperature", "'temperature' must be a number, got a string."),
+        (chat(n=1.5), "n", "'n' must be an integer, got a number."),
+        (chat(max_tokens=True), "max_tokens", "'max_tokens' must be an integer, got a boolean."),
         (chat(stream="yes"), "stream", "'stream' must be true or false"),
         (chat(stop=[1]), "stop", "a string or a list of strings"),
         (chat(tools={"a": 1}), "tools", "a list of tool objects"),
@@ -104,6 +110,21 @@ def test_malformed_requests_are_400_with_a_fix(
     assert says in error["message"]
     assert error["param"] == param
     assert error["type"] == "invalid_request_error"
+    assert upstream.received == []
+
+
+@pytest.mark.parametrize("path", ["/v1/responses", "/v1/messages"])
+def test_a_body_that_is_not_an_object_is_named_in_json_words(
+    proxy: RunningProxy, upstream: ScriptedUpstream, path: str
+) -> None:
+    for raw, named in (("null", "null"), ("[]", "an array"), ("3", "a number")):
+        response = post(proxy, raw, path=path)
+        assert response.status_code == 400
+        body = response.json()
+        error = body["error"]
+        assert error["message"] == f"The request body must be a JSON object, not {named}."
+        assert error["type"] == "invalid_request_error"
+        assert (body.get("type") == "error") is (path == "/v1/messages")  # Anthropic's shape
     assert upstream.received == []
 
 
