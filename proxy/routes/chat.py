@@ -16,6 +16,7 @@ from starlette.responses import Response
 from proxy.auth import authenticate
 from proxy.doors.chat import CHAT
 from proxy.policy import Policy
+from proxy.routes.chat_validation import check_content_parts
 from proxy.routes.flow import CallFlow, DoorCall, resolve
 from proxy.tracing import EndSpansAfter
 from proxy.upstreams.base import Target
@@ -36,6 +37,7 @@ class ChatRoutes:
 
     async def read_chat(self, policy: Policy, body: dict[str, Any], headers: Headers) -> DoorCall:
         alias = validate_chat(body)
+        check_content_parts(body)
         route = resolve(policy, alias)
         upstream = self.upstreams.for_route(route)
         return DoorCall(

@@ -132,6 +132,57 @@ def test_every_parameter_reaches_the_upstream_unchanged(
     assert sent == params
 
 
+def test_every_content_part_openai_takes_reaches_the_upstream_unchanged(
+    client: openai.OpenAI, upstream: ScriptedUpstream
+) -> None:
+    messages: list[Any] = [
+        {"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "system", "content": [{"type": "text", "text": "Be kind."}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is in these?"},
+                {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}},
+                {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+                {"type": "file", "file": {"file_id": "file-1"}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [{"type": "text", "text": "Partly:"}, {"type": "refusal", "refusal": "no"}],
+        },
+        {"role": "assistant", "content": None, "tool_calls": TOOL_CALLS},
+        {"role": "tool", "tool_call_id": "call_abc123", "content": [{"type": "text", "text": "9"}]},
+        {"role": "user", "content": []},
+    ]
+    client.chat.completions.create(model="fast", messages=messages)
+    assert upstream.last().json["messages"] == messages
+
+
+@pytest.mark.parametrize(
+    ("content", "param"),
+    [
+        ([{"type": "banana"}], "messages[0].content[0]"),
+        (["hi"], "messages[0].content[0]"),
+        (
+            [{"type": "text", "text": "ok"}, {"type": "text", "text": 5}],
+            "messages[0].content[1].text",
+        ),
+    ],
+)
+def test_a_content_part_openai_refuses_is_a_400_naming_it(
+    client: openai.OpenAI, upstream: ScriptedUpstream, content: list[Any], param: str
+) -> None:
+    for model in ("fast", "echo"):  # the echo model answered these with an empty user turn
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": content}]
+            )
+        body: Any = caught.value.body
+        assert body["param"] == param and body["type"] == "invalid_request_error"
+    assert upstream.received == []
+
+
 def test_provider_key_is_the_servers_and_the_client_key_never_leaves(
     client: openai.OpenAI, upstream: ScriptedUpstream
 ) -> None:

@@ -78,6 +78,53 @@ def chat(**fields: Any) -> str:
         (chat(messages=["hi"]), "messages[0]", "'messages[0]' must be an object"),
         (chat(messages=[{"role": "robot", "content": "x"}]), "messages[0].role", "must be one of"),
         (chat(messages=[{"role": "user", "content": 5}]), "messages[0].content", "got a number."),
+        (
+            chat(messages=[{"role": "user", "content": [{"type": "banana"}]}]),
+            "messages[0].content[0]",
+            "is a 'banana' part; a user message's content parts are text, image_url, input_audio "
+            "or file",
+        ),
+        (
+            chat(messages=[{"role": "user", "content": ["hi"]}]),
+            "messages[0].content[0]",
+            "'messages[0].content[0]' must be a content part object such as "
+            '{"type": "text", "text": "Hi"}, got a string.',
+        ),
+        (
+            chat(messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}]),
+            "messages[0].content[0].text",
+            "'messages[0].content[0].text' must be a string, got a number.",
+        ),
+        (
+            chat(messages=[{"role": "user", "content": [{"type": "text"}]}]),
+            "messages[0].content[0].text",
+            "is a text part without its 'text'",
+        ),
+        (
+            chat(messages=[{"role": "user", "content": [{"text": "hi"}]}]),
+            "messages[0].content[0]",
+            "'messages[0].content[0]' has no 'type'",
+        ),
+        (
+            chat(
+                messages=[
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": [{"type": "image_url", "image_url": {}}]},
+                ]
+            ),
+            "messages[1].content[0]",
+            "an assistant message's content parts are text or refusal",
+        ),
+        (
+            chat(messages=[{"role": "system", "content": [{"type": "refusal", "refusal": "x"}]}]),
+            "messages[0].content[0]",
+            "a system message's content parts are text,",
+        ),
+        (
+            chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": "u"}]}]),
+            "messages[0].content[0].image_url",
+            'must be an object such as {"url": "https://…"}, got a string.',
+        ),
         (chat(temperature="hot"), "temperature", "'temperature' must be a number, got a string."),
         (chat(n=1.5), "n", "'n' must be an integer, got a number."),
         (chat(max_tokens=True), "max_tokens", "'max_tokens' must be an integer, got a boolean."),
