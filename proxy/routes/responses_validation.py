@@ -33,6 +33,14 @@ _CHECKS: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
 )
 
 
+_FUNCTION_TOOL = '{"type": "function", "name": "get_weather", "parameters": {...}}'
+_FUNCTION_FIELDS: tuple[tuple[str, type, str], ...] = (
+    ("parameters", dict, "a JSON Schema object"),
+    ("description", str, "a string"),
+    ("strict", bool, "true or false"),
+)
+
+
 def _has_type(value: Any, kind: type | tuple[type, ...]) -> bool:
     if isinstance(value, bool):  # an int to Python, never a number to JSON
         return kind is bool
@@ -62,12 +70,47 @@ def validate_responses(body: dict[str, Any]) -> str:
             code="invalid_value",
         )
     _check_input(body)
-    tools = body.get("tools")
-    if tools is not None and not (
-        isinstance(tools, list) and all(isinstance(t, dict) for t in tools)
-    ):
-        raise _wrong("tools", tools, "a list of tool objects")
+    _check_tools(body.get("tools"))
     return model
+
+
+def _check_tools(tools: Any) -> None:
+    """`tools`: objects naming their `type`; a function tool with its `name`, and its other
+    fields of the right types."""
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise _wrong("tools", tools, "a list of tool objects")
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict):
+            raise _wrong(where, tool, f"a tool object such as {_FUNCTION_TOOL}")
+        if not isinstance(tool.get("type"), str):
+            raise bad_request(
+                f"'{where}.type' must say what kind of tool it is (\"function\", or a hosted "
+                f'tool such as "web_search"), got {json_type(tool.get("type"))}.',
+                param=f"{where}.type",
+                code="missing_required_parameter" if "type" not in tool else "invalid_type",
+            )
+        if tool["type"] == "function":
+            _check_function_tool(tool, where)
+
+
+def _check_function_tool(tool: dict[str, Any], where: str) -> None:
+    if "name" not in tool:
+        nested = (
+            " (not under 'function', as chat completions have it)" if "function" in tool else ""
+        )
+        raise bad_request(
+            f"'{where}' is a function tool without its 'name': send {_FUNCTION_TOOL}{nested}.",
+            param=f"{where}.name",
+            code="missing_required_parameter",
+        )
+    if not isinstance(tool["name"], str) or not tool["name"]:
+        raise _wrong(f"{where}.name", tool["name"], "the function's name, a non-empty string")
+    for field, kind, wanted in _FUNCTION_FIELDS:
+        if tool.get(field) is not None and not _has_type(tool[field], kind):
+            raise _wrong(f"{where}.{field}", tool[field], wanted)
 
 
 def _check_input(body: dict[str, Any]) -> None:
@@ -128,6 +171,10 @@ def _check_call_item(item: dict[str, Any], where: str, kind: str) -> None:
         )
     if kind == "function_call" and not isinstance(item.get("name"), str):
         raise _wrong(f"{where}.name", item.get("name"), "the function's name")
+    if kind == "function_call" and not isinstance(item.get("arguments"), str):
+        raise _wrong(
+            f"{where}.arguments", item.get("arguments"), 'the arguments as a JSON string, e.g. "{}"'
+        )
     if kind == "function_call_output" and not isinstance(item.get("output"), str | list):
         raise _wrong(f"{where}.output", item.get("output"), "the function's output as a string")
 
@@ -140,9 +187,9 @@ def check_translatable(body: dict[str, Any], alias: str) -> None:
         "the Responses API itself (native_apis: [responses] in the tenant's policy)"
     )
     for i, tool in enumerate(body.get("tools") or []):
-        if tool.get("type") != "function" or not isinstance(tool.get("name"), str):
+        if tool["type"] != "function":  # validate_responses checked the function tools' fields
             raise bad_request(
-                f"'tools[{i}]' is a {tool.get('type')!r} tool; only function tools "
+                f"'tools[{i}]' is a {tool['type']!r} tool; only function tools "
                 f'({{"type": "function", "name": ...}}) can be used here. {native}.',
                 param=f"tools[{i}]",
                 code="unsupported_tool",

@@ -266,6 +266,50 @@ def test_native_upstream_gets_the_call_unchanged_but_for_the_model(
             "native_apis: [responses]",
         ),
         (
+            {"model": TRANSLATED, "input": "x", "tools": [{"type": "function"}]},
+            "tools[0].name",
+            "'tools[0]' is a function tool without its 'name': send "
+            '{"type": "function", "name": "get_weather", "parameters": {...}}.',
+        ),
+        (
+            {"model": NATIVE, "input": "x", "tools": [{"type": "function"}]},
+            "tools[0].name",
+            "a function tool without its 'name'",
+        ),
+        (
+            {
+                "model": TRANSLATED,
+                "input": "x",
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+            },
+            "tools[0].name",
+            "(not under 'function', as chat completions have it)",
+        ),
+        (
+            {"model": TRANSLATED, "input": "x", "tools": [{"type": "function", "name": 5}]},
+            "tools[0].name",
+            "'tools[0].name' must be the function's name, a non-empty string, got a number.",
+        ),
+        (
+            {
+                "model": TRANSLATED,
+                "input": "x",
+                "tools": [{"type": "function", "name": "f", "parameters": "{}"}],
+            },
+            "tools[0].parameters",
+            "must be a JSON Schema object, got a string.",
+        ),
+        ({"model": TRANSLATED, "input": "x", "tools": [{"name": "f"}]}, "tools[0].type", "kind"),
+        ({"model": TRANSLATED, "input": "x", "tools": ["f"]}, "tools[0]", "got a string."),
+        (
+            {
+                "model": TRANSLATED,
+                "input": [{"type": "function_call", "call_id": "c", "name": "f"}],
+            },
+            "input[0].arguments",
+            "must be the arguments as a JSON string",
+        ),
+        (
             {
                 "model": TRANSLATED,
                 "input": [
@@ -297,6 +341,20 @@ def test_bad_bodies_get_openai_shaped_400s(
     assert error["param"] == param
     assert says in error["message"]
     assert set(error) == {"message", "type", "param", "code"}
+    assert upstream.received == []
+
+
+def test_a_function_tool_without_a_name_is_refused_for_that_through_the_sdk(
+    upstream: ScriptedUpstream, responses_proxy: Callable[..., RunningProxy]
+) -> None:
+    client = client_for(responses_proxy())
+    tools: Any = [WEATHER_TOOL, {"type": "function", "parameters": {"type": "object"}}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model=TRANSLATED, input="Weather?", tools=tools)
+    body: Any = caught.value.body
+    assert body["param"] == "tools[1].name" and body["code"] == "missing_required_parameter"
+    assert "function tool without its 'name'" in body["message"]
+    assert "only function tools" not in body["message"]  # it is one
     assert upstream.received == []
 
 
