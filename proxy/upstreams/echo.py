@@ -83,27 +83,34 @@ class EchoUpstream:
         )
 
     async def chat_stream(self, target: Target, body: dict[str, Any]) -> UpstreamStream:
+        """The answer as OpenAI streams it: for each of the `n` choices its role, its words and
+        its finish, each chunk carrying the choice's index (the choices interleaved, as
+        OpenAI's are), then the usage when asked for."""
         text, usage, call_id, created = self._answer(body)
+        choices = range(body.get("n") or 1)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
             return sse_event(
                 {
                     "id": call_id,
                     "object": "chat.completion.chunk",
                     "created": created,
                     "model": "echo",
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                    "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
                     **({"usage": None} if include_usage else {}),
                 }
             )
 
         async def chunks() -> AsyncIterator[bytes]:
-            yield chunk({"role": "assistant", "content": ""})
+            for index in choices:
+                yield chunk(index, {"role": "assistant", "content": ""})
             words = text.split(" ")
             for i, word in enumerate(words):
-                yield chunk({"content": word if i == len(words) - 1 else word + " "})
-            yield chunk({}, "stop")
+                for index in choices:
+                    yield chunk(index, {"content": word if i == len(words) - 1 else word + " "})
+            for index in choices:
+                yield chunk(index, {}, "stop")
             if include_usage:
                 yield sse_event(
                     {

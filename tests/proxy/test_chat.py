@@ -382,6 +382,22 @@ def test_echo_describes_what_it_received(client: openai.OpenAI) -> None:
     assert "'second'" in text
 
 
+def test_echo_streams_every_choice_it_is_asked_for(client: openai.OpenAI) -> None:
+    messages: Any = [{"role": "user", "content": "twice"}]
+    whole = client.chat.completions.create(model="echo", messages=messages, n=2)
+    stream = client.chat.completions.create(model="echo", messages=messages, n=2, stream=True)
+    texts: dict[int, str] = {}
+    finishes: dict[int, str | None] = {}
+    for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+            finishes[choice.index] = choice.finish_reason or finishes.get(choice.index)
+    assert [c.index for c in whole.choices] == [0, 1]
+    assert texts == {c.index: c.message.content for c in whole.choices}
+    assert texts[1].startswith("echo: received 1 message(s) (1 user)")
+    assert finishes == {0: "stop", 1: "stop"}
+
+
 def test_unknown_or_missing_key_is_401(proxy: RunningProxy) -> None:
     bad = openai.OpenAI(base_url=proxy.base_url + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as caught:
