@@ -30,7 +30,11 @@ from proxy.memory.budget import encoding_name_for, prompt_tokens
 from proxy.policy import ModelRoute, Policy
 from proxy.request_ids import request_id_of
 from proxy.routes.flow import CallFlow, DoorCall, resolve
-from proxy.routes.messages_validation import messages_user_id, validate_messages
+from proxy.routes.messages_validation import (
+    check_translatable,
+    messages_user_id,
+    validate_messages,
+)
 from proxy.tracing import EndSpansAfter
 from proxy.upstreams.anthropic import FORWARDED_HEADERS
 from proxy.upstreams.base import Target, UpstreamReply, UpstreamStream
@@ -65,6 +69,9 @@ class MessagesRoutes:
     async def read_call(self, policy: Policy, body: dict[str, Any], headers: Headers) -> DoorCall:
         alias = validate_messages(body)
         route = resolve(policy, alias)
+        relayed = serves_natively(route, "messages")
+        if not relayed:
+            check_translatable(body, alias)
         forwarded = {name: headers[name] for name in FORWARDED_HEADERS if name in headers}
         transport = self.upstreams.messages
 
@@ -83,7 +90,7 @@ class MessagesRoutes:
             stream=bool(body.get("stream")),
             send=send,
             open_stream=open_stream,
-            passthrough=serves_natively(route, "messages"),
+            passthrough=relayed,
         )
 
     async def count_tokens(self, request: Request) -> Response | EndSpansAfter:

@@ -3,6 +3,13 @@
 Only what the proxy relies on (the model, the turns it reads for memory, `system`, `max_tokens`,
 `metadata.user_id`) and the fields whose wrong type would come back as an obscure upstream error
 are checked; everything else reaches the upstream as it came.
+
+Content blocks: every block names its `type`, and a block of one of Anthropic's types carries
+the fields Anthropic requires of it (a text block's `text` string, a tool_use block's `id`,
+`name` and `input` object…). A block type the proxy does not know is the upstream's to judge on
+a relayed route (Anthropic adds types, some behind `anthropic-beta`). A translated route takes
+only the blocks litellm's adapter turns into chat completions (`check_translatable`): it drops
+any other silently, which would lose the turn, so such a call is refused instead.
 """
 
 from __future__ import annotations
@@ -31,19 +38,69 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+_TOOL_INPUT = 'an object (the tool\'s arguments, e.g. {"city": "Paris"})'
+_SOURCE = 'an object such as {"type": "base64", "media_type": "image/png", "data": "…"}'
+# The fields Anthropic requires of each of its block types: name, JSON type, what to send.
+_BLOCK_FIELDS: dict[str, tuple[tuple[str, type, str], ...]] = {
+    "text": (("text", str, "a string"),),
+    "image": (("source", dict, _SOURCE),),
+    "document": (("source", dict, _SOURCE),),
+    "search_result": (
+        ("source", str, "a string"),
+        ("title", str, "a string"),
+        ("content", list, "a list of text blocks"),
+    ),
+    "thinking": (("thinking", str, "a string"), ("signature", str, "a string")),
+    "redacted_thinking": (("data", str, "a string"),),
+    "tool_use": (("id", str, "a string"), ("name", str, "a string"), ("input", dict, _TOOL_INPUT)),
+    "server_tool_use": (
+        ("id", str, "a string"),
+        ("name", str, "a string"),
+        ("input", dict, _TOOL_INPUT),
+    ),
+    "tool_result": (("tool_use_id", str, "the id of the tool_use block it answers"),),
+    "container_upload": (("file_id", str, "a string"),),
+    **{
+        f"{tool}_tool_result": (("tool_use_id", str, "the id of the server_tool_use it answers"),)
+        for tool in (
+            "web_search",
+            "web_fetch",
+            "code_execution",
+            "bash_code_execution",
+            "text_editor_code_execution",
+            "tool_search",
+        )
+    },
+}
+
+
 def _check_blocks(where: str, content: Any) -> None:
-    """A `content` (or `system`): a string, or a list of blocks each naming its `type`."""
+    """A `content` (or `system`): a string, or a list of blocks each naming its `type` and
+    carrying the fields its type requires."""
     if isinstance(content, str):
         return
     if not isinstance(content, list):
         raise _wrong(where, "a string or a list of content blocks", content)
     for i, block in enumerate(content):
+        at = f"{where}[{i}]"
         if not isinstance(block, dict) or not isinstance(block.get("type"), str):
             raise bad_request(
-                f"'{where}[{i}]' must be a content block with a 'type', e.g. "
-                '{"type": "text", "text": "Hi"}.',
-                param=f"{where}[{i}]",
+                f"'{at}' must be a content block with a 'type', e.g. "
+                '{"type": "text", "text": "Hi"}, got '
+                f"{json_type(block) if not isinstance(block, dict) else 'an object without one'}.",
+                param=at,
             )
+        kind = block["type"]
+        for field, wanted, shape in _BLOCK_FIELDS.get(kind, ()):
+            if field not in block:
+                raise bad_request(
+                    f"'{at}' is a {kind} block without its '{field}': send {shape}.",
+                    param=f"{at}.{field}",
+                )
+            if not isinstance(block[field], wanted):
+                raise _wrong(f"{at}.{field}", shape, block[field])
+        if kind == "tool_result" and block.get("content") is not None:
+            _check_blocks(f"{at}.content", block["content"])
 
 
 def _check_turns(messages: Any) -> None:
@@ -87,14 +144,47 @@ def _check_fields(body: dict[str, Any]) -> None:
     for name in _OBJECT_FIELDS:
         if body.get(name) is not None and not isinstance(body[name], dict):
             raise _wrong(name, "an object", body[name])
-    for name, item, wanted in (("stop_sequences", str, "strings"), ("tools", dict, "objects")):
-        value = body.get(name)
-        if value is not None and not _is_list_of(value, item):
-            raise _wrong(name, f"a list of {wanted}", value)
+    stops = body.get("stop_sequences")
+    if stops is not None and not (
+        isinstance(stops, list) and all(isinstance(s, str) for s in stops)
+    ):
+        raise _wrong("stop_sequences", "a list of strings", stops)
+    _check_tools(body.get("tools"))
 
 
-def _is_list_of(value: Any, item: type) -> bool:
-    return isinstance(value, list) and all(isinstance(v, item) for v in value)
+_TOOL = '{"name": "get_weather", "input_schema": {"type": "object", "properties": {...}}}'
+
+
+def _check_tools(tools: Any) -> None:
+    """`tools`: objects with a `name`; a custom tool (no `type`, or `custom`) with its
+    `input_schema` object too (Anthropic's own tools, `web_search_20250305`…, have none)."""
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise _wrong("tools", f"a list of tool objects such as {_TOOL}", tools)
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict):
+            raise _wrong(where, f"a tool object such as {_TOOL}", tool)
+        if tool.get("type") is not None and not isinstance(tool["type"], str):
+            raise _wrong(
+                f"{where}.type", '"custom", or one of Anthropic\'s tool types', tool["type"]
+            )
+        custom = tool.get("type") in (None, "custom")
+        required = ("name", "input_schema") if custom else ("name",)
+        for field in required:
+            if field not in tool:
+                raise bad_request(
+                    f"'{where}' is a {'custom ' if custom else ''}tool without its '{field}': "
+                    f"send a tool such as {_TOOL}.",
+                    param=f"{where}.{field}",
+                )
+        if not isinstance(tool["name"], str) or not tool["name"]:
+            raise _wrong(f"{where}.name", "a non-empty string", tool["name"])
+        if custom and not isinstance(tool["input_schema"], dict):
+            raise _wrong(f"{where}.input_schema", "a JSON Schema object", tool["input_schema"])
+        if tool.get("description") is not None and not isinstance(tool["description"], str):
+            raise _wrong(f"{where}.description", "a string", tool["description"])
 
 
 def validate_messages(body: dict[str, Any], *, counting: bool = False) -> str:
@@ -118,6 +208,64 @@ def validate_messages(body: dict[str, Any], *, counting: bool = False) -> str:
             )
     _check_fields(body)
     return model
+
+
+# What litellm's adapter turns into chat completions (it drops any other block silently).
+TRANSLATED_BLOCKS = {
+    "user": ("text", "image", "document", "tool_result"),
+    "assistant": ("text", "tool_use", "thinking", "redacted_thinking"),
+}
+_TRANSLATED_RESULT_BLOCKS = ("text", "image", "document", "tool_reference")
+_TRANSLATED_SOURCES = ("base64", "url")
+
+
+def check_translatable(body: dict[str, Any], alias: str) -> None:
+    """Refuse blocks a translated call would lose: a checked body's blocks that litellm's
+    adapter does not turn into chat completions, for their turn's role (only upstreams that
+    serve the Messages API take those)."""
+    native = (
+        f"Model '{alias}' is answered through chat completions; for other blocks its upstream "
+        "would need to serve the Messages API itself (native_apis: [messages] in the tenant's "
+        "policy)"
+    )
+    for i, turn in enumerate(body["messages"]):
+        role, content = turn["role"], turn["content"]
+        allowed = TRANSLATED_BLOCKS[role]
+        for j, block in enumerate(content if isinstance(content, list) else []):
+            at = f"messages[{i}].content[{j}]"
+            if block["type"] not in allowed:
+                raise bad_request(
+                    f"'{at}' is a {block['type']!r} block; {role} turns sent to model "
+                    f"'{alias}' take {_listed(allowed)} blocks. {native}.",
+                    param=at,
+                )
+            _check_translatable_source(at, block, native)
+            results = block.get("content") if block["type"] == "tool_result" else None
+            for k, part in enumerate(results if isinstance(results, list) else []):
+                where = f"{at}.content[{k}]"
+                if part["type"] not in _TRANSLATED_RESULT_BLOCKS:
+                    raise bad_request(
+                        f"'{where}' is a {part['type']!r} block; a tool_result sent to model "
+                        f"'{alias}' holds {_listed(_TRANSLATED_RESULT_BLOCKS)} blocks. {native}.",
+                        param=where,
+                    )
+                _check_translatable_source(where, part, native)
+
+
+def _check_translatable_source(at: str, block: dict[str, Any], native: str) -> None:
+    if block["type"] not in ("image", "document"):
+        return
+    kind = block["source"].get("type")
+    if kind not in _TRANSLATED_SOURCES:
+        raise bad_request(
+            f"'{at}.source' is a {kind!r} source; chat completions take an {block['type']} "
+            f"given as base64 data or a url. {native}.",
+            param=f"{at}.source",
+        )
+
+
+def _listed(names: tuple[str, ...]) -> str:
+    return ", ".join(names[:-1]) + f" and {names[-1]}"
 
 
 def messages_user_id(body: dict[str, Any], headers: Headers) -> str | None:
