@@ -355,6 +355,7 @@ def test_models_lists_only_this_tenants_aliases(proxy: RunningProxy) -> None:
     assert {m.id for m in acme.models.list()} == {
         "fast",
         "translated",
+        "translated-priced",
         "embedder",
         "echo",
         "slow",
