@@ -20,7 +20,9 @@ import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
@@ -220,12 +222,47 @@ async def delete_memory(request: Request) -> Response:
 
 async def delete_user_memories(request: Request) -> Response:
     policy = authenticate(request)
-    user = user_id(request.path_params["user"])
+    user = user_id(_path_user(request))
     assert user is not None
     store = pipeline_of(request).store
     count = await store.memories.delete_user(policy.tenant, user, actor="api")
     await store.responses.delete_user_responses(policy.tenant, user)  # their conversations too
     return JSONResponse({"object": "user.memories.deleted", "user": user, "deleted": count})
+
+
+def _path_user(request: Request) -> str:
+    """The user id of `/v1/users/{user}/memories` as the client encoded it: percent-escapes
+    that are not UTF-8 (`%ff`) are refused as a header's would be, not read as U+FFFD (which
+    would erase another user's memories)."""
+    raw = request.scope.get("raw_path")
+    if not raw:  # a server that does not pass the raw path: as decoded
+        return str(request.path_params["user"])
+    segment = raw.split(b"?", 1)[0].partition(b"/v1/users/")[2].removesuffix(b"/memories")
+    try:
+        return unquote_to_bytes(segment).decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_request(
+            "The user id in the path is not valid UTF-8 once its %-escapes are decoded. "
+            "Percent-encode the id's UTF-8 bytes.",
+            param="user",
+            code="invalid_unicode",
+        ) from None
+
+
+class _AnyText(Convertor[str]):
+    """A path parameter of any characters, '/' and line breaks included (the `path`
+    convertor stops at a line break, so such an id met a 404 instead of the user id rule's 400)."""
+
+    regex = "(?s:.+)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("any_text", _AnyText())
 
 
 async def search_memories(request: Request) -> Response:
@@ -302,5 +339,5 @@ def memory_routes() -> list[BaseRoute]:
         Route("/v1/memories/{memory_id}", get_memory, methods=["GET"]),
         Route("/v1/memories/{memory_id}", patch_memory, methods=["PATCH"]),
         Route("/v1/memories/{memory_id}", delete_memory, methods=["DELETE"]),
-        Route("/v1/users/{user:path}/memories", delete_user_memories, methods=["DELETE"]),
+        Route("/v1/users/{user:any_text}/memories", delete_user_memories, methods=["DELETE"]),
     ]

@@ -10,6 +10,7 @@ number of epoch seconds (or an ISO 8601 date-time, stored as epoch seconds) with
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from storage.api import MemoryStore
 from storage.records import MEMORY_KINDS, MemoryKind
 
 MAX_TEXT = 8000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MAX_TIMESTAMP = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last second a date can show
 
 
@@ -53,6 +55,27 @@ def kind_field(value: Any) -> MemoryKind:
         raise bad_request(f"'kind' must be one of {', '.join(MEMORY_KINDS)}.", param="kind")
     kind: MemoryKind = value
     return kind
+
+
+def memory_id_field(value: Any, field: str) -> str | None:
+    """A memory id a client gives (an import's `id` and its version links): one that
+    `/v1/memories/{id}` can name, so no '/', no control character (a line break) and no
+    whitespace at its ends; at most 256 characters."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= 256
+        or value != value.strip()
+        or "/" in value
+        or _CONTROL.search(value)
+    ):
+        raise bad_request(
+            f"'{field}' must be a memory id: 1-256 characters, without '/', control characters "
+            "(such as a line break) or whitespace at either end.",
+            param=field,
+        )
+    return value
 
 
 def text_field(value: Any, field: str = "text") -> str:

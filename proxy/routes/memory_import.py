@@ -46,6 +46,7 @@ from proxy.policy import Policy
 from proxy.routes.memory_fields import (
     MAX_TEXT,
     client_kind,
+    memory_id_field,
     number_field,
     object_field,
     strings_field,
@@ -222,7 +223,7 @@ def _checked_line(number: int, item: Any, policy: Policy, now: float) -> ImportL
         raise bad_request(f"'source_role' must be one of {', '.join(get_args(SourceRole))}")
     created_at = _or(timestamp_field(item.get("created_at"), "created_at"), now)
     valid_from = timestamp_field(item.get("valid_from"), "valid_from")
-    exported_id = _id_field(item.get("id"), "id")
+    exported_id = memory_id_field(item.get("id"), "id")
     feedback = policy.memory.feedback
     record = MemoryRecord(
         id=exported_id or uuid.uuid4().hex,
@@ -244,8 +245,8 @@ def _checked_line(number: int, item: Any, policy: Policy, now: float) -> ImportL
         trust_reasons=[],  # the assessment's
         status=status or "active",
         version=_count_field(item.get("version"), "version", low=1) or 1,
-        supersedes=_id_field(item.get("supersedes"), "supersedes"),
-        superseded_by=_id_field(item.get("superseded_by"), "superseded_by"),
+        supersedes=memory_id_field(item.get("supersedes"), "supersedes"),
+        superseded_by=memory_id_field(item.get("superseded_by"), "superseded_by"),
         q=_or(number_field(item.get("q"), "q", -1, 1), feedback.q0),
         q_visits=_count_field(item.get("q_visits"), "q_visits"),
         reward_ma=_or(number_field(item.get("reward_ma"), "reward_ma", -1, 1), 0.0),

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -177,6 +178,12 @@ def test_a_bad_line_refuses_the_whole_import_and_says_which(
             "Line 3: 'kind' must be one of fact, preference, case. Nothing"
         ),
     }
+    # Ids that /v1/memories/{id} could not name: the memory could never be read or deleted.
+    for bad_id in ("team/one", "   ", "a\nb", " padded", "x" * 257):
+        line = {"id": bad_id, "user": "cy", "kind": "fact", "text": "The user rows."}
+        files[json.dumps(line).encode()] = "Line 3: 'id' must be a memory id"
+    line = {"user": "cy", "kind": "fact", "text": "The user rows.", "supersedes": "a/b"}
+    files[json.dumps(line).encode()] = "Line 3: 'supersedes' must be a memory id"
     with api(proxy) as http:
         for bad, message in files.items():
             response = http.post("/v1/memories/import", content=good + b"\n" + other + b"\n" + bad)
@@ -188,6 +195,20 @@ def test_a_bad_line_refuses_the_whole_import_and_says_which(
         outcomes = http.get("/v1/memories/imports").json()["data"]
         assert [o["status"] for o in outcomes] == ["refused"] * len(files)
         assert outcomes[0]["message"].startswith("Line 3")
+
+
+def test_an_imported_id_from_elsewhere_can_be_read_and_deleted_by_it(
+    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
+) -> None:
+    proxy = memory_proxy()
+    foreign = "mem0:42 ø?#%"  # another system's id, with what a path must escape
+    line = {"id": foreign, "user": "cy", "kind": "fact", "text": "The user rows."}
+    with api(proxy) as http:
+        assert http.post("/v1/memories/import", content=json.dumps(line)).json()["imported"] == 1
+        path = "/v1/memories/" + quote(foreign, safe="")
+        assert http.get(path).json()["id"] == foreign
+        assert http.delete(path).status_code == 200
+        assert http.get(path).status_code == 404
 
 
 def test_bad_timestamps_are_refused_at_the_door(

@@ -48,6 +48,26 @@ def test_every_user_id_chat_accepts_can_be_erased(
         assert "at most 256" in too_long.json()["error"]["message"]
 
 
+def test_a_user_id_in_the_erase_path_is_held_to_the_rule_before_anything_is_erased(
+    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
+) -> None:
+    proxy = memory_proxy()
+    client_for(proxy).chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Hi! I am allergic to peanuts."}],
+        user="\ufffd",  # what a lenient decoding makes of %ff
+    )
+    assert wait_for_memories(proxy, "\ufffd", 1)
+    with api(proxy) as http:
+        line_break = http.delete("/v1/users/a%0Ab/memories")
+        assert line_break.status_code == 400, line_break.text
+        assert "control character" in line_break.json()["error"]["message"]
+        not_utf8 = http.delete("/v1/users/%ff/memories")
+        assert not_utf8.status_code == 400, not_utf8.text
+        assert not_utf8.json()["error"]["code"] == "invalid_unicode"
+        assert http.get("/v1/memories", params={"user": "\ufffd"}).json()["data"] != []
+
+
 def test_the_header_names_the_same_user_as_the_body(
     upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
 ) -> None:
