@@ -175,8 +175,8 @@ async def patch_memory(request: Request) -> Response:
         raise bad_request(LESSON_MESSAGE, param="kind")
     if "kind" in changes:
         client_kind(changes["kind"])
-    if "status" in changes and changes["status"] not in _PATCH_STATUSES:
-        raise bad_request(f"'status' may be set to {', '.join(_PATCH_STATUSES)}.", param="status")
+    if "status" in changes:
+        _check_status_change(record, changes["status"])
     if "expires_at" in changes:
         changes["expires_at"] = timestamp_field(changes["expires_at"], "expires_at")
     for name in ("fields", "metadata"):
@@ -211,6 +211,32 @@ async def patch_memory(request: Request) -> Response:
     if updated is None:
         raise not_found(record.id)
     return JSONResponse(memory_json(updated))
+
+
+def _check_status_change(record: MemoryRecord, status: Any) -> None:
+    """A status a PATCH may set: any memory may be held for review (`quarantined`); making
+    one servable or rejecting it is a review (`POST /v1/memories/quarantine/{id}/approve` or
+    `/reject`), which also moves its trust and teaches or retires lessons."""
+    if status not in _PATCH_STATUSES:
+        raise bad_request(f"'status' may be set to {', '.join(_PATCH_STATUSES)}.", param="status")
+    if status in (record.status, "quarantined"):
+        return
+    review = "approve" if status == "active" else "reject"
+    if review == "approve" and record.status != "quarantined":
+        raise ProxyError(
+            409,
+            f"Memory {record.id!r} is {record.status} and cannot be made active.",
+            param="status",
+            code="not_quarantined",
+        )
+    raise ProxyError(
+        409,
+        f"Memory {record.id!r} is {record.status}; to make it {status}, review it: POST "
+        f"/v1/memories/quarantine/{record.id}/{review} (its trust and the sanitizer's lessons "
+        "follow the review).",
+        param="status",
+        code="needs_review",
+    )
 
 
 async def delete_memory(request: Request) -> Response:

@@ -190,11 +190,22 @@ def test_dry_run_review_and_lessons_through_the_admin_api(
         queue = http.get("/v1/memories/quarantine", params={"user": "dave"}).json()["data"]
         assert {m["id"] for m in queue} == {m["id"] for m in queued}
         acme, tea = queued
+        # Making a memory servable or rejecting it is a review, not an edit.
+        for status, review in (("active", "approve"), ("rejected", "reject")):
+            edited = http.patch(f"/v1/memories/{acme['id']}", json={"status": status})
+            assert edited.status_code == 409, edited.text
+            error = edited.json()["error"]
+            assert error["code"] == "needs_review" and f"/{review}" in error["message"]
+        held = http.patch(f"/v1/memories/{tea['id']}", json={"status": "quarantined"})
+        assert held.status_code == 200  # already held: nothing to review
 
         rejected = http.post(f"/v1/memories/quarantine/{acme['id']}/reject", json={"note": "ad"})
         assert rejected.status_code == 200 and rejected.json()["status"] == "rejected"
         again = http.post(f"/v1/memories/quarantine/{acme['id']}/approve")
         assert again.status_code == 409 and again.json()["error"]["code"] == "not_quarantined"
+        revived = http.patch(f"/v1/memories/{acme['id']}", json={"status": "active"})
+        assert revived.status_code == 409
+        assert revived.json()["error"]["code"] == "not_quarantined"
         approved = http.post(f"/v1/memories/quarantine/{tea['id']}/approve")
         assert approved.status_code == 200 and approved.json()["status"] == "active"
         missing = http.post("/v1/memories/quarantine/nope/approve")
