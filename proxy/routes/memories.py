@@ -63,6 +63,17 @@ __all__ = ["memory_routes"]
 
 _PATCHABLE = {"text", "key_text", "metadata", "fields", "tags", "keywords", "expires_at", "kind"}
 _PATCH_STATUSES = ("active", "quarantined", "rejected")
+_CREATABLE = {
+    "user",
+    "kind",
+    "text",
+    "key_text",
+    "fields",
+    "metadata",
+    "tags",
+    "keywords",
+    "created_at",
+}
 
 
 def not_found(memory_id: str) -> ProxyError:
@@ -74,16 +85,18 @@ def not_found(memory_id: str) -> ProxyError:
 
 
 async def create_memory(
-    store: MemoryStore,
-    models: CallModel,
-    policy: Policy,
-    item: dict[str, Any],
-    *,
-    source: str = "import",
+    store: MemoryStore, models: CallModel, policy: Policy, item: dict[str, Any]
 ) -> MemoryRecord:
-    """Sanitize one API/import record and store it as given, with the verdict's status."""
+    """Sanitize one API record and store it as given, with the verdict's status."""
     if not isinstance(item, dict):
-        raise bad_request("Each memory must be a JSON object with 'kind' and 'text'.")
+        raise bad_request("The body must be a JSON object with 'kind' and 'text'.")
+    unknown = set(item) - _CREATABLE
+    if unknown:  # a field silently dropped (expires_at, status) would be a surprise later
+        raise bad_request(
+            f"Unknown field {', '.join(sorted(unknown))}; a new memory takes "
+            f"{', '.join(sorted(_CREATABLE))} (the import takes every exported field).",
+            param=sorted(unknown)[0],
+        )
     kind = client_kind(item.get("kind"))
     text = text_field(item.get("text"))
     user = user_id(item.get("user"))
@@ -106,8 +119,8 @@ async def create_memory(
         verdict,
         policy,
         valid_from=candidate.created_at,
-        tags=[str(tag) for tag in item.get("tags") or []],
-        keywords=[str(word) for word in item.get("keywords") or []],
+        tags=strings_field(item.get("tags"), "tags"),
+        keywords=strings_field(item.get("keywords"), "keywords"),
     )
     (record,) = await store.add(scope, [memory])
     return record

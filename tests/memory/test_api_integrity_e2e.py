@@ -197,6 +197,25 @@ def test_a_bad_line_refuses_the_whole_import_and_says_which(
         assert outcomes[0]["message"].startswith("Line 3")
 
 
+def test_a_new_memory_with_a_field_it_cannot_take_is_refused_not_trimmed(
+    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
+) -> None:
+    proxy = memory_proxy()
+    base = {"user": "cy", "kind": "fact", "text": "The user rows."}
+    with api(proxy) as http:
+        for extra, param in (
+            ({"expires_at": 1_900_000_000}, "expires_at"),
+            ({"status": "active", "id": "m1"}, "id"),
+            ({"tags": "rowing"}, "tags"),  # a string, once split into its letters
+        ):
+            refused = http.post("/v1/memories", json={**base, **extra})
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error"]["param"] == param
+        assert _memories(http, "cy") == []
+        kept = http.post("/v1/memories", json={**base, "tags": ["sport"], "keywords": ["oar"]})
+        assert kept.status_code == 201 and kept.json()["tags"] == ["sport"]
+
+
 def test_an_imported_id_from_elsewhere_can_be_read_and_deleted_by_it(
     upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
 ) -> None:
