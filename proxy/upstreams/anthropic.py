@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +88,11 @@ class AnthropicMessages:
         message = translation.adapter.translate_completion_output_params(
             response, translation.tool_names
         )
+        # The adapter keeps the chat answer's id ("chatcmpl-…"); a message's is "msg_…", as a
+        # translated stream's message_start already has it.
+        chat_id = str(message.get("id") or "")
+        if not chat_id.startswith("msg_"):
+            message["id"] = "msg_" + (chat_id.removeprefix("chatcmpl-") or uuid.uuid4().hex)
         content = json.dumps(message, separators=(",", ":"), default=str).encode()
         return UpstreamReply(200, content, {**reply.headers, "content-type": "application/json"})
 

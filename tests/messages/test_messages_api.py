@@ -86,6 +86,7 @@ def test_create_is_translated_into_a_chat_completion_for_other_upstreams(
     )
     message = raw.parse()
     assert message.role == "assistant" and message.type == "message"
+    assert message.id.startswith("msg_")  # Anthropic's kind of id, not the chat answer's
     assert [block.type for block in message.content] == ["text"]
     assert message.content[0].text.startswith("scripted reply to: ")
     assert message.stop_reason == "end_turn"
@@ -160,6 +161,10 @@ def test_streams_carry_anthropics_events_in_order(
 ) -> None:
     events = _events(messages_proxy, model)
     assert events[:3] == ["message_start", "ping", "content_block_start"]
+    with client_for(messages_proxy).messages.stream(
+        model=model, max_tokens=64, messages=[{"role": "user", "content": "Hi"}]
+    ) as stream:
+        assert stream.get_final_message().id.startswith("msg_")
     assert set(events[3:-3]) == {"content_block_delta"}
     assert events[-3:] == ["content_block_stop", "message_delta", "message_stop"]
 
