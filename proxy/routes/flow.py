@@ -308,42 +308,41 @@ def _log_failed(
 ) -> None:
     """The request line of a call answered with an error (or given up), with the error's code:
     a failing upstream or a refused call is what an operator reads the log for."""
-    level = logging.WARNING if status >= 500 else logging.INFO
-    if not log.isEnabledFor(level):
-        return
     if isinstance(exc, ProxyError):
         reason = exc.code or exc.type
     elif isinstance(exc, asyncio.CancelledError):
         reason = "cancelled"  # the client went away; nobody saw a status
     else:
         reason = type(exc).__name__
-    log.log(
-        level,
-        "request=%s tenant=%s api=%s model=%s stream=%s status=%s ms=%.1f error=%s",
-        request_id_of(request),
-        labels["tenant"] or "-",
-        labels["api"],
-        getattr(request.state, "model_alias", "-"),
-        labels["stream"] == "true",
-        status,
-        (time.perf_counter() - started) * 1000,
-        reason,
-    )
+    model = getattr(request.state, "model_alias", "-")
+    level = logging.WARNING if status >= 500 else logging.INFO
+    call = (request_id_of(request), labels["tenant"] or "-", labels["api"], model)
+    _request_line(level, call, labels["stream"] == "true", status, started, reason)
 
 
 def _log_call(ctx: CallContext, status: int, started: float, problem: str | None = None) -> None:
     """The request line of an answered call; `problem` when its stream ended in an error event
     (the status, sent with the first byte, was 200 all the same)."""
     level = logging.INFO if problem is None else logging.WARNING
+    call = (ctx.request_id, ctx.policy.tenant, ctx.door.name, ctx.model_alias)
+    _request_line(level, call, ctx.stream, status, started, problem)
+
+
+def _request_line(
+    level: int,
+    call: tuple[str, str, str, str],
+    stream: bool,
+    status: int,
+    started: float,
+    problem: str | None,
+) -> None:
+    """One model call in the log: request id, tenant, door, model alias, and how it ended."""
     if log.isEnabledFor(level):
         log.log(
             level,
             "request=%s tenant=%s api=%s model=%s stream=%s status=%s ms=%.1f%s",
-            ctx.request_id,
-            ctx.policy.tenant,
-            ctx.door.name,
-            ctx.model_alias,
-            ctx.stream,
+            *call,
+            stream,
             status,
             (time.perf_counter() - started) * 1000,
             f" error={problem}" if problem else "",
