@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from storage.numbers import parse_whole_number
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"MEMENTO_{name}", default)
@@ -20,9 +22,10 @@ def _whole_number(name: str, default: int) -> int:
     raw = _env(name, "").strip()
     if not raw:
         return default
-    if not raw.isdigit():
+    value = parse_whole_number(raw)  # ASCII digits, at most a 64-bit integer
+    if value is None:
         raise ValueError(f"MEMENTO_{name} must be a whole number, got {raw!r}")
-    return int(raw)
+    return value
 
 
 def _seconds(name: str, default: float) -> float:

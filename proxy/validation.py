@@ -24,6 +24,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 
 from proxy.errors import ProxyError, bad_request
+from storage.numbers import parse_whole_number
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
@@ -42,8 +43,10 @@ SESSION_HEADER = "x-memento-session"
 async def read_body(request: Request, limit: int) -> bytes:
     """The raw request body, read as it arrives and refused (413) as soon as it passes `limit`
     bytes: a chunked upload larger than the limit is never held in memory whole."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    # A declared length that is no whole number ("²", 30 digits) is not trusted either way:
+    # what arrives is counted below.
+    declared = parse_whole_number(request.headers.get("content-length") or "")
+    if declared is not None and declared > limit:
         raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0

@@ -325,6 +325,15 @@ class LiteLLMEmbedder:
         return [vector for vector in results if vector is not None]
 
 
+MAX_EMBED_THREADS = 1024  # ONNX Runtime's thread count is a C int; more cores are unheard of
+
+
+def embed_threads() -> int:
+    """MEMENTO_EMBED_THREADS: the local model's intra-op threads (default 1, 0 = one per
+    core); a SetupError for anything else."""
+    return whole_number("MEMENTO_EMBED_THREADS", 1, high=MAX_EMBED_THREADS)
+
+
 async def load_embedder(spec: str = "local") -> Embedder:
     """The embedder named by `spec` (MEMENTO_EMBEDDER): `local` (int8), `local-fp32`, or a
     litellm model name.
@@ -333,9 +342,7 @@ async def load_embedder(spec: str = "local") -> Embedder:
     MEMENTO_EMBED_THREADS threads (default 1, 0 = one per core).
     """
     if spec in LOCAL_SPECS:
-        local = LocalEmbedder(
-            threads=whole_number("MEMENTO_EMBED_THREADS", 1), precision=LOCAL_SPECS[spec]
-        )
+        local = LocalEmbedder(threads=embed_threads(), precision=LOCAL_SPECS[spec])
         await local.load()
         return local
     remote = LiteLLMEmbedder(spec)

@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import os
 
+from storage.numbers import INT64_MAX, parse_whole_number
+
 
 class SetupError(RuntimeError):
     """The store or its embedder cannot start as configured; the message says what to fix."""
 
 
-def whole_number(name: str, default: int) -> int:
-    """The process setting `name` as a whole number ≥ 0, `default` when unset."""
+def whole_number(name: str, default: int, *, low: int = 0, high: int = INT64_MAX) -> int:
+    """The process setting `name` as a whole number from `low` to `high`, `default` when
+    unset; anything else is a SetupError that names the setting and the range."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
-    if not raw.isdigit():
-        raise SetupError(f"bad setting: {name} must be a whole number, got {raw!r}")
-    return int(raw)
+    value = parse_whole_number(raw, low, high)
+    if value is None:
+        raise SetupError(
+            f"bad setting: {name} must be a whole number from {low} to {high}, got {raw!r}"
+        )
+    return value

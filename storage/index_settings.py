@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from storage.errors import SetupError
+from storage.numbers import INT64_MAX, parse_whole_number
 
 
 @dataclass
@@ -65,9 +66,10 @@ def _megabytes(name: str, default_bytes: int) -> int:
     raw = os.environ.get(f"MEMENTO_{name}", "").strip()
     if not raw:
         return default_bytes
-    if not raw.isdigit() or int(raw) == 0:
+    megabytes = parse_whole_number(raw, 1, INT64_MAX >> 20)  # in bytes, still a 64-bit integer
+    if megabytes is None:
         raise SetupError(
             f"bad setting: MEMENTO_{name} must be a whole number of megabytes (at least 1), "
             f"got {raw!r}"
         )
-    return int(raw) << 20
+    return megabytes << 20

@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from storage.numbers import parse_whole_number
+
 Run = Callable[[argparse.Namespace], int]
 
 
@@ -86,9 +88,10 @@ def whole_number_in(low: int, high: int) -> Callable[[str], int]:
     anything is asked of the proxy or the store)."""
 
     def parse(text: str) -> int:
-        if not text.strip().isdigit() or not low <= int(text) <= high:
+        value = parse_whole_number(text, low, high)
+        if value is None:
             raise argparse.ArgumentTypeError(f"must be a whole number from {low} to {high}")
-        return int(text)
+        return value
 
     parse.__name__ = "whole number"  # argparse names the type in its message
     return parse

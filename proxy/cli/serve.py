@@ -41,6 +41,7 @@ def check_storage_settings(data_dir: Path, embedder: str) -> None:
     default), and a PostgreSQL database (MEMENTO_DATABASE_URL) that cannot be reached or is
     newer than this release; its pending schema steps are applied here, under the migration
     lock. Raises `SetupError`, reported as one line."""
+    from storage.embedders import embed_threads
     from storage.index_location import IndexLocation
     from storage.index_settings import MaintenanceSettings
     from storage.postgres.url import database_url
@@ -49,7 +50,7 @@ def check_storage_settings(data_dir: Path, embedder: str) -> None:
 
     VectorCacheSettings.from_env()
     MaintenanceSettings.from_env()
-    whole_number("MEMENTO_EMBED_THREADS", 1)
+    embed_threads()
     whole_number("MEMENTO_DATABASE_POOL_SIZE", 10)
     IndexLocation.from_env(data_dir).check()
     url = database_url()

@@ -41,6 +41,7 @@ from proxy.shapes import (
 )
 from proxy.validation import read_json_body, user_id
 from storage.api import JobAdmin, MemoryStore, Store
+from storage.numbers import parse_whole_number
 from storage.records import JobState, Scope
 
 
@@ -145,12 +146,12 @@ async def list_jobs(request: Request) -> Response:
         )
     state = cast("JobState | None", raw_state)
     page = page_request(request)
-    if page.after is not None and not page.after.isdigit():
+    after = parse_whole_number(page.after) if page.after is not None else None
+    if page.after is not None and after is None:
         raise bad_request(
             f"'after' must be a job id (the last_id of a previous page); got {page.after!r}.",
             param="after",
         )
-    after = int(page.after) if page.after is not None else None
     jobs = await store.list_jobs(policy.tenant, state=state, limit=page.fetch, after=after)
     return JSONResponse(page_json([job_json(job) for job in jobs], page))
 
@@ -159,7 +160,8 @@ async def retry_job(request: Request) -> Response:
     policy = authenticate(request)
     store = _job_admin(request)
     raw_id = request.path_params["job_id"]
-    job = await store.retry_job(policy.tenant, int(raw_id)) if raw_id.isdigit() else None
+    job_id = parse_whole_number(raw_id)  # None for an id no job can have ("²", 30 digits)
+    job = await store.retry_job(policy.tenant, job_id) if job_id is not None else None
     if job is None:
         raise ProxyError(
             404,

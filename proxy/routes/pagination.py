@@ -13,6 +13,7 @@ from starlette.requests import Request
 
 from proxy.errors import bad_request
 from proxy.shapes import PageRequest
+from storage.numbers import parse_whole_number
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -26,15 +27,13 @@ def page_request(request: Request) -> PageRequest:
             "'offset' is not supported: pass after=<last_id of the previous page> instead.",
             param="offset",
         )
-    raw = params.get("limit")
-    limit = DEFAULT_LIMIT
-    if raw not in (None, ""):
-        limit = int(raw) if raw.isdigit() else 0
-        if not 1 <= limit <= MAX_LIMIT:
-            raise bad_request(
-                f"'limit' must be a whole number from 1 to {MAX_LIMIT}; got {raw!r}. Page "
-                "through longer lists with after=<last_id>.",
-                param="limit",
-            )
+    raw = params.get("limit") or ""
+    limit = parse_whole_number(raw, 1, MAX_LIMIT) if raw else DEFAULT_LIMIT
+    if limit is None:
+        raise bad_request(
+            f"'limit' must be a whole number from 1 to {MAX_LIMIT}; got {raw!r}. Page "
+            "through longer lists with after=<last_id>.",
+            param="limit",
+        )
     after = params.get("after") or None
     return PageRequest(limit, after)

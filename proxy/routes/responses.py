@@ -32,6 +32,7 @@ from proxy.upstreams.responses_translate import ResponseDraft
 from proxy.upstreams.routing import serves_natively
 from proxy.validation import call_user_id
 from storage.api import ResponseStore
+from storage.numbers import parse_whole_number
 from storage.records import StoredResponse
 
 MAX_ITEMS_PAGE = 100
@@ -120,7 +121,8 @@ class ResponsesRoutes:
         if order not in ("asc", "desc"):
             raise bad_request(f"'order' must be asc or desc, got {order!r}.", param="order")
         limit_text = params.get("limit", "20")
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_ITEMS_PAGE:
+        limit = parse_whole_number(limit_text, 1, MAX_ITEMS_PAGE)
+        if limit is None:
             raise bad_request(
                 f"'limit' must be an integer from 1 to {MAX_ITEMS_PAGE}, got {limit_text!r}.",
                 param="limit",
@@ -132,7 +134,7 @@ class ResponsesRoutes:
             if after not in ids:
                 raise bad_request(f"No input item '{after}' in this response.", param="after")
             items = items[ids.index(after) + 1 :]
-        page = items[: int(limit_text)]
+        page = items[:limit]
         return JSONResponse(
             {
                 "object": "list",

@@ -20,6 +20,7 @@ from proxy.app_state import memory_store_of, span_store_of
 from proxy.auth import authenticate
 from proxy.errors import ProxyError, bad_request
 from proxy.shapes import trace_document, with_memory_texts
+from storage.numbers import parse_whole_number
 
 MAX_LIST_LIMIT = 500
 DEFAULT_LIST_LIMIT = 50
@@ -29,11 +30,8 @@ def parse_limit(raw: str | None) -> int:
     """`limit` query parameter: 1..MAX_LIST_LIMIT, default DEFAULT_LIST_LIMIT."""
     if raw is None or raw == "":
         return DEFAULT_LIST_LIMIT
-    try:
-        limit = int(raw)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= MAX_LIST_LIMIT:
+    limit = parse_whole_number(raw, 1, MAX_LIST_LIMIT)
+    if limit is None:
         raise bad_request(
             f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}; got {raw!r}.",
             param="limit",

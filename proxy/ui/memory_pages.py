@@ -35,6 +35,7 @@ from proxy.ui.pages import (
 )
 from proxy.validation import user_id
 from storage.api import MemoryStore
+from storage.numbers import parse_whole_number
 from storage.records import (
     MEMORY_KINDS,
     MEMORY_STATUSES,
@@ -271,9 +272,10 @@ async def _find(store: MemoryStore, tenant_id: str, memory_id: str) -> MemoryRec
 def _offset(raw: str | None) -> int:
     if not raw:
         return 0
-    if not raw.isdigit():
+    offset = parse_whole_number(raw)
+    if offset is None:
         raise PageProblem(400, f"offset must be a whole number; got {raw!r}.")
-    return int(raw)
+    return offset
 
 
 async def _cursor(

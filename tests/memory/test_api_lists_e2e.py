@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.harness import RunningProxy
-from tests.memory.conftest import api, client_for
+from tests.memory.conftest import KEY, api, client_for
 from tests.postgres_server import BOTH_DATABASES
 from tests.scripted_upstream import ScriptedUpstream
 
@@ -129,6 +129,43 @@ def test_jobs_list_pages_by_cursor(
         assert len(ids) == 3 and ids == sorted(ids, reverse=True)
         bad = http.get("/v1/memories/jobs", params={"after": "job-x"})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "after"
+
+
+# "²" passes str.isdigit() but not int(), and a 26-digit number overflows SQLite's INTEGER:
+# each was a 500 with a traceback in the log.
+NOT_WHOLE_NUMBERS = ("\u00b2", "99999999999999999999999999", "-1", "1.5", " ")
+
+
+def test_numbers_in_a_query_or_a_path_are_ascii_digits_in_range(
+    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
+) -> None:
+    proxy = memory_proxy(memory_workers=0)
+    with api(proxy) as http:
+        for path, param in (
+            ("/v1/memories", "limit"),
+            ("/v1/memories/quarantine", "limit"),
+            ("/v1/memories/jobs", "limit"),
+            ("/v1/memories/imports", "limit"),
+            ("/v1/memories/jobs", "after"),
+            ("/v1/traces", "limit"),
+        ):
+            for value in NOT_WHOLE_NUMBERS:
+                refused = http.get(path, params={"user": "olga", param: value})
+                assert refused.status_code == 400, (path, param, value, refused.text)
+                error = refused.json()["error"]
+                assert (error["param"], error["type"]) == (param, "invalid_request_error")
+                assert repr(value) in error["message"], error["message"]
+        # A job id that no job can have is a job that is not there.
+        for job_id in ("\u00b2", "99999999999999999999999999", "9223372036854775807"):
+            missing = http.post(f"/v1/memories/jobs/{job_id}/retry")
+            assert missing.status_code == 404, (job_id, missing.text)
+            assert missing.json()["error"]["code"] == "job_not_found"
+        assert http.post("/ui/login", data={"key": KEY}).status_code == 303
+        for offset in ("\u00b2", "99999999999999999999999999"):
+            page = http.get("/ui/memories", params={"offset": offset})
+            assert page.status_code == 400, (offset, page.text[:200])
+            assert "offset must be a whole number" in page.text
+        assert http.get("/ui/memories", params={"offset": "9223372036854775807"}).status_code == 200
 
 
 def test_search_without_user_names_the_missing_param(

@@ -56,6 +56,9 @@ def test_unknown_overrides_are_refused() -> None:
         ("MEMENTO_MAX_BODY_BYTES", "4MB", "MEMENTO_MAX_BODY_BYTES must be a whole number"),
         ("MEMENTO_LOG_LEVEL", "loud", "MEMENTO_LOG_LEVEL must be one of critical, error"),
         ("MEMENTO_PROCESSES", "0", "MEMENTO_PROCESSES must be at least 1, got 0"),
+        # "²" passed str.isdigit(), then int() raised "invalid literal for int()".
+        ("MEMENTO_PORT", "\u00b2", "MEMENTO_PORT must be a whole number, got '\u00b2'"),
+        ("MEMENTO_MAX_BODY_BYTES", "9" * 30, "MEMENTO_MAX_BODY_BYTES must be a whole number"),
     ],
 )
 def test_a_bad_value_names_its_variable(
@@ -66,7 +69,16 @@ def test_a_bad_value_names_its_variable(
         Settings.from_env()
 
 
-def test_serve_reports_a_bad_setting_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("MEMENTO_PORT", "abc", "MEMENTO_PORT must be a whole number, got 'abc'"),
+        ("MEMENTO_PORT", "\u00b2", "MEMENTO_PORT must be a whole number, got '\u00b2'"),
+    ],
+)
+def test_serve_reports_a_bad_setting_in_one_line(
+    tmp_path: Path, setting: str, value: str, says: str
+) -> None:
     # `serve` read the environment without the other commands' check: a traceback, exit 1.
     result = subprocess.run(
         [sys.executable, "-m", "proxy.cli", "serve", "--data-dir", str(tmp_path / "data")],
@@ -74,12 +86,10 @@ def test_serve_reports_a_bad_setting_in_one_line(tmp_path: Path) -> None:
         text=True,
         check=False,
         timeout=120,
-        env={**os.environ, "MEMENTO_PORT": "abc"},
+        env={**os.environ, setting: value},
     )
     assert result.returncode == 2
-    assert result.stderr == (
-        "memento-proxy serve: bad setting: MEMENTO_PORT must be a whole number, got 'abc'\n"
-    )
+    assert result.stderr == f"memento-proxy serve: bad setting: {says}\n"
 
 
 def serve_echo(policies: Path, data: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -117,6 +127,13 @@ def test_serve_exits_when_start_up_fails(
         ("MEMENTO_VECTOR_CACHE_MB", "lots", "MEMENTO_VECTOR_CACHE_MB must be a whole number"),
         ("MEMENTO_EMBED_THREADS", "two", "MEMENTO_EMBED_THREADS must be a whole number"),
         ("MEMENTO_INDEX_CACHE_MB", "0", "MEMENTO_INDEX_CACHE_MB must be a whole number"),
+        # "²" passed str.isdigit() and failed int(); 30 digits overflowed a 64-bit setting.
+        ("MEMENTO_VECTOR_CACHE_MB", "\u00b2", "MEMENTO_VECTOR_CACHE_MB must be a whole number"),
+        ("MEMENTO_VECTOR_CACHE_MAX_ROWS", "9" * 30, "MEMENTO_VECTOR_CACHE_MAX_ROWS must be a"),
+        ("MEMENTO_INDEX_CACHE_MB", "\u00b2", "MEMENTO_INDEX_CACHE_MB must be a whole number"),
+        ("MEMENTO_INDEX_CACHE_MB", "9" * 19, "MEMENTO_INDEX_CACHE_MB must be a whole number"),
+        ("MEMENTO_EMBED_THREADS", "\u00b2", "MEMENTO_EMBED_THREADS must be a whole number"),
+        ("MEMENTO_EMBED_THREADS", "99999", "MEMENTO_EMBED_THREADS must be a whole number"),
     ],
 )
 def test_a_bad_storage_setting_is_one_line_before_anything_starts(

@@ -358,6 +358,23 @@ def test_a_function_tool_without_a_name_is_refused_for_that_through_the_sdk(
     assert upstream.received == []
 
 
+def test_input_items_limit_is_a_whole_number_in_range(
+    upstream: ScriptedUpstream, responses_proxy: Callable[..., RunningProxy]
+) -> None:
+    # "²" passed str.isdigit() and then failed int(): a 500 with a traceback in the log.
+    proxy = responses_proxy()
+    response = client_for(proxy).responses.create(model="echo", input="Hello!", user="alice")
+    with api(proxy) as http:
+        path = f"/v1/responses/{response.id}/input_items"
+        assert http.get(path, params={"limit": "1"}).status_code == 200
+        for limit in ("\u00b2", "99999999999999999999999999", "0", "101", "-1", "1.5"):
+            refused = http.get(path, params={"limit": limit})
+            assert refused.status_code == 400, (limit, refused.text)
+            error = refused.json()["error"]
+            assert (error["param"], error["type"]) == ("limit", "invalid_request_error")
+            assert "from 1 to 100" in error["message"]
+
+
 def test_the_readme_quickstart_answers_through_echo(
     upstream: ScriptedUpstream, responses_proxy: Callable[..., RunningProxy]
 ) -> None:
