@@ -29,7 +29,9 @@ _NUMBERS = {
     "a couple of": 2,
     "a few": 3,
 }
-_COUNT = r"(?P<n>\d+|a couple of|a few|an?|one|two|three|four|five|six|seven|eight|nine|ten)"
+# A count is ASCII digits, at most four of them: "\d" would take any script's digits, and
+# "99999999 days ago" lies before year 1, which `date` cannot hold.
+_COUNT = r"(?P<n>[0-9]{1,4}|a couple of|a few|an?|one|two|three|four|five|six|seven|eight|nine|ten)"
 _RELATIVE = re.compile(
     rf"\b(?:(?P<day>yesterday|today|tonight|tomorrow)"
     rf"|(?P<dir>last|next|this|past|coming) (?P<unit>week(?:end)?|month|year|summer|winter)"
@@ -49,7 +51,10 @@ def dated_terms(text: str, when: float | None) -> list[str]:
         return []
     terms = [_month(written)]
     for match in _RELATIVE.finditer(text):
-        resolved = _resolve(match, written)
+        try:
+            resolved = _resolve(match, written)
+        except (OverflowError, ValueError):  # "tomorrow" of 31 December 9999: no such date
+            continue
         if resolved and resolved not in terms:
             terms.append(resolved)
     return terms
@@ -63,7 +68,7 @@ def _resolve(match: re.Match[str], written: date) -> str | None:
         step = {"last": -1, "past": -1, "next": 1, "coming": 1}.get(match.group("dir").lower(), 0)
         return _period(written, unit.lower(), step)
     count = match.group("n").lower()
-    amount = int(count) if count.isdigit() else _NUMBERS.get(count, 1)
+    amount = _NUMBERS[count] if count in _NUMBERS else int(count)
     return _period(written, match.group("ago_unit").lower(), -amount)
 
 

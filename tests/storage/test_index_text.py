@@ -29,6 +29,29 @@ def test_relative_times_resolve_against_the_memory_date() -> None:
     assert dated_terms(text, None) == []
 
 
+END_OF_9999 = datetime(9999, 12, 31, 23, 59, tzinfo=UTC).timestamp()  # the API's latest date
+
+
+def test_a_date_no_calendar_holds_is_left_out() -> None:
+    # "99999999 days ago" lies before year 1 and "tomorrow" of the API's latest date after
+    # 9999: `date` raised OverflowError, and the memory could not be written.
+    assert dated_terms("I moved here 99999999 days ago.", MAY_8) == ["May 2023"]
+    assert dated_terms("See you tomorrow, and next month.", END_OF_9999) == ["December 9999"]
+    assert dated_terms("I left 9999 days ago.", MAY_8) == ["May 2023", "22 December 1995"]
+    # A count is ASCII digits: another script's "3" is not read as a number of days.
+    assert dated_terms("I left \u0663 days ago.", MAY_8) == ["May 2023"]
+
+
+async def test_a_memory_speaking_of_an_impossible_date_is_stored(store: EmbeddedStore) -> None:
+    memories = [
+        NewMemory(kind="fact", text="I moved here 99999999 days ago.", created_at=MAY_8),
+        NewMemory(kind="fact", text="See you tomorrow.", created_at=END_OF_9999),
+    ]
+    added = await store.memories.add(SCOPE, memories)
+    assert [m.status for m in added] == ["active", "active"]
+    assert await _bm25(store, "moved here") == ["I moved here 99999999 days ago."]
+
+
 async def _add(store: EmbeddedStore) -> None:
     await store.memories.add(
         SCOPE,
