@@ -334,13 +334,33 @@ def embed_threads() -> int:
     return whole_number("MEMENTO_EMBED_THREADS", 1, high=MAX_EMBED_THREADS)
 
 
+def check_embedder_spec(spec: str) -> None:
+    """Refuse, offline and before anything loads, a spec that is neither a local model nor a
+    model litellm can route to a provider: the same one-line EmbedderError for `serve` and
+    `reindex`, where it otherwise surfaced from the first call, under litellm's own text."""
+    if spec in LOCAL_SPECS:
+        return
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.suppress_debug_info = True  # else it prints a provider list on the way to raising
+    try:
+        litellm.get_llm_provider(model=spec)
+    except Exception:  # litellm raises its BadRequestError (or a ValueError) for any bad name
+        raise EmbedderError(
+            f"unknown embedder {spec!r}: MEMENTO_EMBEDDER (or --embedder) is local, local-fp32, "
+            "or a litellm embedding model with its provider, e.g. openai/text-embedding-3-small"
+        ) from None
+
+
 async def load_embedder(spec: str = "local") -> Embedder:
     """The embedder named by `spec` (MEMENTO_EMBEDDER): `local` (int8), `local-fp32`, or a
-    litellm model name.
+    litellm model name (`check_embedder_spec` refuses any other).
 
     The local model is loaded here, so the first request does not pay for it; it uses
     MEMENTO_EMBED_THREADS threads (default 1, 0 = one per core).
     """
+    check_embedder_spec(spec)
     if spec in LOCAL_SPECS:
         local = LocalEmbedder(threads=embed_threads(), precision=LOCAL_SPECS[spec])
         await local.load()

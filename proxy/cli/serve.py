@@ -36,12 +36,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def check_storage_settings(data_dir: Path, embedder: str) -> None:
     """What would otherwise fail in the middle of start-up, under a traceback: the storage
-    settings, the index's location (MEMENTO_INDEX_URI: its bucket exists and answers), a data
-    folder written by the other precision of the local model (the upgrade to the int8
-    default), and a PostgreSQL database (MEMENTO_DATABASE_URL) that cannot be reached or is
-    newer than this release; its pending schema steps are applied here, under the migration
-    lock. Raises `SetupError`, reported as one line."""
-    from storage.embedders import embed_threads
+    settings, the embedder's name (MEMENTO_EMBEDDER), the index's location
+    (MEMENTO_INDEX_URI: its bucket exists and answers), a data folder written by the other
+    precision of the local model (the upgrade to the int8 default), and a PostgreSQL database
+    (MEMENTO_DATABASE_URL) that cannot be reached or is newer than this release; its pending
+    schema steps are applied here, under the migration lock. Raises `SetupError`, reported as
+    one line."""
+    from storage.embedders import check_embedder_spec, embed_threads
     from storage.index_location import IndexLocation
     from storage.index_settings import MaintenanceSettings
     from storage.postgres.url import database_url
@@ -52,6 +53,7 @@ def check_storage_settings(data_dir: Path, embedder: str) -> None:
     MaintenanceSettings.from_env()
     embed_threads()
     whole_number("MEMENTO_DATABASE_POOL_SIZE", 10)
+    check_embedder_spec(embedder)  # as `reindex --embedder` does, not in the app's start-up
     IndexLocation.from_env(data_dir).check()
     url = database_url()
     if url is None:

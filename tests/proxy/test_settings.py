@@ -146,6 +146,30 @@ def test_a_bad_storage_setting_is_one_line_before_anything_starts(
     assert not (tmp_path / "data").exists()  # nothing made for a start that never happened
 
 
+def test_an_unknown_embedder_is_one_line_as_reindex_says_it(
+    policies_dir: Path, tmp_path: Path
+) -> None:
+    # `serve` found out in the app's start-up: a traceback and exit 3, where `reindex` said
+    # it in one line and exited 2.
+    served = serve_echo(policies_dir, tmp_path / "data", MEMENTO_EMBEDDER="bogus")
+    assert served.returncode == 2, served.stderr
+    (line,) = served.stderr.strip().splitlines()
+    assert line.startswith("memento-proxy serve: unknown embedder 'bogus': "), line
+    assert "local, local-fp32, or a litellm embedding model" in line
+    assert not (tmp_path / "data").exists()
+
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "memento.db").touch()  # a data folder to rebuild; the embedder is refused first
+    command = [sys.executable, "-m", "proxy.cli", "reindex", "--embedder", "bogus"]
+    reindexed = subprocess.run(
+        [*command, "--data-dir", str(store)], capture_output=True, text=True, timeout=120
+    )
+    assert reindexed.returncode == 2
+    assert reindexed.stderr.strip().splitlines() == [line.replace("serve", "reindex", 1)]
+    assert reindexed.stdout == ""  # litellm's own "Provider List" notice included
+
+
 @BOTH_DATABASES
 def test_a_data_folder_of_the_float_model_is_refused_in_one_line(
     policies_dir: Path, tmp_path: Path, each_database: str | None
