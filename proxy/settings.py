@@ -42,6 +42,9 @@ def _seconds(name: str, default: float) -> float:
 
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+# The smallest MEMENTO_MAX_HEADER_BYTES: room for a request line and the headers every client
+# sends (an OpenAI SDK's chat call is about 560 bytes of head); less refuses every request.
+MIN_HEADER_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,11 @@ class Settings:
             raise ValueError(f"MEMENTO_PROCESSES must be at least 1, got {settings.processes}")
         if settings.retrieval_slots < 1:
             raise ValueError("MEMENTO_RETRIEVAL_SLOTS must be at least 1, got 0")
+        if settings.max_header_bytes < MIN_HEADER_BYTES:
+            raise ValueError(
+                f"MEMENTO_MAX_HEADER_BYTES must be at least {MIN_HEADER_BYTES} (a request line "
+                f"and its usual headers), got {settings.max_header_bytes}"
+            )
         if not 0 <= settings.port <= 65535:
             raise ValueError(f"the port must be from 0 to 65535, got {settings.port}")
         if settings.log_level not in LOG_LEVELS:

@@ -41,6 +41,7 @@ def server_url(args: argparse.Namespace) -> str:
     """--url, else MEMENTO_URL, else where `memento-proxy serve` listens by the same settings."""
     given = getattr(args, "url", None) or os.environ.get("MEMENTO_URL")
     if given:
+        check_url(str(given))
         # The base URL an OpenAI SDK is given (…/v1) names the same proxy.
         return str(given).rstrip("/").removesuffix("/v1")
     settings = settings_from_env()
@@ -50,6 +51,23 @@ def server_url(args: argparse.Namespace) -> str:
     elif ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{settings.port}"
+
+
+def check_url(url: str) -> None:
+    """A usage error (exit 2), before anything is asked, for --url or MEMENTO_URL that is not
+    an http(s) URL with a host: no proxy can answer at it, so "cannot reach" would mislead."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (reading it checks the port: "host:abc" raises ValueError)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise CommandError(
+            f"--url {url!r} is not a URL of the proxy: give http://HOST:PORT or "
+            "https://HOST[:PORT], with or without /v1 (MEMENTO_URL likewise)",
+            EXIT_USAGE,
+        )
 
 
 class ProxyClient:

@@ -7,12 +7,23 @@ import argparse
 import secrets
 
 from proxy.cli.arguments import JSON, Command, Group, option
-from proxy.cli.common import print_result
+from proxy.cli.common import EXIT_USAGE, CommandError, print_result
 from proxy.tenants import hash_key
 
 
 def cmd_keys_hash(args: argparse.Namespace) -> int:
-    print(hash_key(args.key))
+    key: str = args.key
+    # The proxy strips what a client sends after "Bearer ": a blank key, or one with spaces
+    # around it, would make a hash that no request can ever match.
+    if not key.strip():
+        raise CommandError("the key is empty: pass the key to hash, e.g. mp-…", EXIT_USAGE)
+    if key != key.strip():
+        raise CommandError(
+            "the key has spaces around it, which no request can send (the proxy strips them): "
+            "pass it without them",
+            EXIT_USAGE,
+        )
+    print(hash_key(key))
     return 0
 
 

@@ -30,6 +30,7 @@ from proxy.cli.sanitize import database, open_store, sanitizer_policy, tenant_op
 from proxy.memory import quarantine
 from proxy.policy import SanitizerPolicy
 from proxy.shapes import PageRequest, memory_json, page_json
+from storage.api import MemoryStore
 from storage.records import Scope
 
 QUARANTINE = """\
@@ -76,6 +77,7 @@ def _either(record: dict[str, Any], name: str, old_name: str) -> Any:
 async def _list(args: argparse.Namespace, folder: Path, limit: int) -> list[dict[str, Any]]:
     store = await open_store(folder, lazy=True)
     try:
+        policy = await _reviewing_policy(args, store.memories)
         records = await store.memories.list(
             Scope(args.tenant, args.user),
             kinds=["fact", "preference", "case"],
@@ -83,7 +85,6 @@ async def _list(args: argparse.Namespace, folder: Path, limit: int) -> list[dict
             limit=limit,
             all_users=args.user is None,
         )
-        policy = sanitizer_policy(args, required=False)
         records = await quarantine.expire_quarantine(store.memories, records, policy)
         return [memory_json(r) for r in records]
     finally:
@@ -92,9 +93,8 @@ async def _list(args: argparse.Namespace, folder: Path, limit: int) -> list[dict
 
 def cmd_quarantine_review(args: argparse.Namespace) -> int:
     folder = data_folder(args, *database())
-    policy = sanitizer_policy(args, required=False)
     try:
-        record = asyncio.run(_review(args, policy, folder))
+        record = asyncio.run(_review(args, folder))
     except quarantine.ReviewError as error:
         raise CommandError(str(error)) from None
     done = "approved" if args.decision == "approve" else "rejected"
@@ -102,11 +102,10 @@ def cmd_quarantine_review(args: argparse.Namespace) -> int:
     return print_result(args, record, text)
 
 
-async def _review(
-    args: argparse.Namespace, policy: SanitizerPolicy, folder: Path
-) -> dict[str, Any]:
+async def _review(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     store = await open_store(folder, lazy=True)
     try:
+        policy = await _reviewing_policy(args, store.memories)
         record = await quarantine.review(
             store.memories,
             args.tenant,
@@ -119,6 +118,14 @@ async def _review(
         return memory_json(record)
     finally:
         await store.close()
+
+
+async def _reviewing_policy(args: argparse.Namespace, memories: MemoryStore) -> SanitizerPolicy:
+    """The tenant's sanitizer policy. A tenant the data folder holds memories of may be reviewed
+    without its policy file (a folder copied from another host): the built-in thresholds, said
+    on stderr. A tenant known to neither is a mistyped name: exit 2, as `sanitize` says it."""
+    stored = await memories.list(Scope(args.tenant, None), limit=1, all_users=True)
+    return sanitizer_policy(args, required=not stored)
 
 
 def _decision(decision: str) -> Command:

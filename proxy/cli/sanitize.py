@@ -58,7 +58,8 @@ BATCH = 500
 
 def tenant_policy(args: argparse.Namespace, *, required: bool = True) -> Policy | None:
     """The tenant's whole policy; None when no tenant is named, or when the tenant has no policy
-    file and `required` is false (reviewing a data dir on another host)."""
+    file and `required` is false (reviewing a data folder whose memories name the tenant, on a
+    host without its policy files: `memento-proxy quarantine`)."""
     if not args.tenant:
         return None
     settings = settings_from_env(policies_dir=args.policies)

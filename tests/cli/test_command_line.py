@@ -101,6 +101,27 @@ def test_usage_errors_exit_2() -> None:
     too_many = run_cli("memories", "search", "--key", KEY, "--user", "a", "--limit", "201", "tea")
     for done in (zero, too_many):
         assert done.returncode == 2 and "must be a whole number from 1 to" in done.stderr
+    # "²" passed str.isdigit(), then int() failed with a traceback.
+    two = run_cli("memories", "list", "--key", KEY, "--limit", "\u00b2")
+    assert two.returncode == 2 and "must be a whole number from 1 to" in two.stderr
+
+
+def test_a_malformed_url_is_a_usage_error() -> None:
+    # It was "cannot reach the proxy" (exit 3), as if a proxy could answer at such an address.
+    for url in ("notaurl", "ftp://127.0.0.1:9", "http://127.0.0.1:port", "http://"):
+        done = run_cli("memories", "list", "--url", url, "--key", KEY)
+        one_line_failure(done, 2, f"--url {url!r} is not a URL", "http://HOST:PORT")
+    done = run_cli("jobs", "list", "--key", KEY, env={"MEMENTO_URL": "notaurl"})
+    one_line_failure(done, 2, "'notaurl' is not a URL", "MEMENTO_URL")
+
+
+def test_keys_hash_refuses_a_key_no_request_can_send() -> None:
+    # An empty key was hashed, exit 0: a policy line that no request can ever match.
+    one_line_failure(run_cli("keys", "hash", ""), 2, "the key is empty")
+    one_line_failure(run_cli("keys", "hash", "   "), 2, "the key is empty")
+    one_line_failure(run_cli("keys", "hash", " mp-abc "), 2, "spaces around it")
+    hashed = run_cli("keys", "hash", "mp-abc")
+    assert hashed.returncode == 0 and hashed.stdout.startswith("sha256:"), hashed.stderr
 
 
 def test_a_missing_input_file_is_one_line(tmp_path: Path) -> None:
@@ -242,6 +263,17 @@ def test_data_folder_commands_print_json(tmp_path: Path) -> None:
     candidates.write_text('{"id": "a", "text": "I like tea.", "source": "user"}\n')
     verdicts = as_json(run_cli("sanitize", str(candidates), "--json", *folder))
     assert [(v["id"], v["verdict"]) for v in verdicts["data"]] == [("a", "accept")]
+
+    # A tenant known to neither the policies nor the data folder is a mistyped name: exit 2
+    # for every command that takes --tenant (quarantine listed nothing, exit 0, with a warning).
+    nope = ["--tenant", "nope", "--policies", str(policies), *folder]
+    for command in (
+        ["quarantine", "list", *nope],
+        ["quarantine", "approve", held["id"], *nope],
+        ["quarantine", "reject", held["id"], *nope],
+        ["sanitize", str(candidates), *nope],
+    ):
+        one_line_failure(run_cli(*command), 2, "no policy for tenant 'nope'", "--policies")
 
 
 def test_a_reader_that_stops_early_gets_no_traceback(tmp_path: Path) -> None:

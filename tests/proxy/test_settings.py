@@ -59,6 +59,7 @@ def test_unknown_overrides_are_refused() -> None:
         # "²" passed str.isdigit(), then int() raised "invalid literal for int()".
         ("MEMENTO_PORT", "\u00b2", "MEMENTO_PORT must be a whole number, got '\u00b2'"),
         ("MEMENTO_MAX_BODY_BYTES", "9" * 30, "MEMENTO_MAX_BODY_BYTES must be a whole number"),
+        ("MEMENTO_MAX_HEADER_BYTES", "10", "MEMENTO_MAX_HEADER_BYTES must be at least 1024"),
     ],
 )
 def test_a_bad_value_names_its_variable(
@@ -74,6 +75,12 @@ def test_a_bad_value_names_its_variable(
     [
         ("MEMENTO_PORT", "abc", "MEMENTO_PORT must be a whole number, got 'abc'"),
         ("MEMENTO_PORT", "\u00b2", "MEMENTO_PORT must be a whole number, got '\u00b2'"),
+        (
+            "MEMENTO_MAX_HEADER_BYTES",
+            "10",
+            "MEMENTO_MAX_HEADER_BYTES must be at least 1024 (a request line and its usual "
+            "headers), got 10",
+        ),
     ],
 )
 def test_serve_reports_a_bad_setting_in_one_line(
