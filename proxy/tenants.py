@@ -367,9 +367,18 @@ class PolicyRegistry:
         self._problems[file] = problems
         if not self._loaded:
             return
-        kept = " (the last good version keeps serving)" if self._snapshot.policies else ""
+        serving = self._what_serves(file)
         for problem in problems:
-            log.error("invalid policy %s%s", problem, kept)
+            log.error("invalid policy %s (%s)", problem, serving)
+
+    def _what_serves(self, file: str) -> str:
+        """What serves while `file` is invalid, as the log line tells the operator."""
+        if file == DEFAULTS_FILE:
+            return "every tenant keeps the defaults it was loaded with"
+        tenant = Path(file).stem  # a tenant file is named for its tenant (`load_policy`)
+        if tenant in self._snapshot.policies:
+            return "the last good version keeps serving"
+        return f"tenant {tenant} is not served until the file is fixed"
 
     async def watch(self, interval_s: float) -> None:
         """Poll for changed files until cancelled."""

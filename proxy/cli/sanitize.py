@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 import time
 from collections import Counter
@@ -93,9 +94,15 @@ def read_candidates(lines: Iterable[str]) -> Iterator[tuple[Any, Candidate]]:
         except ValueError as error:
             raise CommandError(f"line {number}: not valid JSON ({error})") from None
         except ProxyError as error:
-            message = error.message.replace("candidates[0]", "the object")
-            raise CommandError(f"line {number}: {message}") from None
+            raise CommandError(f"line {number}: {_as_a_line(error.message)}") from None
         yield item.get("id"), candidate
+
+
+def _as_a_line(message: str) -> str:
+    """The check endpoint's message about `candidates[0]` as said of one input line:
+    "candidates[0].source must be …" reads "'source' must be …"."""
+    message = re.sub(r"candidates\[0\]\.(\w+)", r"'\1'", message)
+    return message.replace("candidates[0]", "the line")
 
 
 def cmd_sanitize(args: argparse.Namespace) -> int:

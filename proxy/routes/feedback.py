@@ -40,11 +40,15 @@ async def post_feedback(request: Request) -> Response:
         )
     comment = body.get("comment")
     if comment is not None and (not isinstance(comment, str) or len(comment) > MAX_COMMENT):
-        raise bad_request(f"'comment' must be a string of at most {MAX_COMMENT} characters.")
+        raise bad_request(
+            f"'comment' must be a string of at most {MAX_COMMENT} characters.", param="comment"
+        )
     try:
         reward = reward_from(body)
     except InvalidFeedback as exc:
-        raise bad_request(str(exc), param="reward") from None
+        # The field the client sent: a bad 'score' is not named 'reward' (which it never sent).
+        sent_score = "score" in body and "reward" not in body
+        raise bad_request(str(exc), param="score" if sent_score else "reward") from None
     await pipeline.flush_request_logs()  # feedback sent the moment an answer arrives
     result = await pipeline.learner.apply(
         policy.tenant, request_id, reward, policy.memory.feedback, comment=comment

@@ -102,6 +102,15 @@ def test_feedback_is_idempotent_and_tenant_scoped(
         assert score.json()["reward"] == 0.5
         bad = http.post("/v1/memory/feedback", json={"request_id": request_id, "reward": 3})
         assert bad.status_code == 400 and "[-1, 1]" in bad.json()["error"]["message"]
+        assert bad.json()["error"]["param"] == "reward"
+        # The error names the field the client sent: a bad score is not a bad 'reward'.
+        bad = http.post("/v1/memory/feedback", json={"request_id": request_id, "score": 2})
+        assert bad.status_code == 400 and "[0, 1]" in bad.json()["error"]["message"]
+        assert bad.json()["error"]["param"] == "score"
+        both = {"request_id": request_id, "score": 1, "reward": 1}
+        assert http.post("/v1/memory/feedback", json=both).json()["error"]["param"] == "reward"
+        long = {"request_id": request_id, "reward": 1, "comment": "x" * 2001}
+        assert http.post("/v1/memory/feedback", json=long).json()["error"]["param"] == "comment"
         unknown = http.post("/v1/memory/feedback", json={"request_id": "req_nope", "reward": 1})
         assert unknown.status_code == 404
         assert unknown.json()["error"]["code"] == "request_not_found"

@@ -137,6 +137,14 @@ def test_hot_reload_keeps_the_last_good_version_on_an_invalid_edit(
     assert (ready["status"], ready["tenants"], ready["policy_problems"]) == ("ready", 1, 1)
     assert ready["problems"] == []  # a policy problem leaves the tenant serving: still ready
     assert "invalid policy acme.yaml: unknown_section" in caplog.text
+    assert "(the last good version keeps serving)" in caplog.text
+    # A new tenant's invalid file has no good version to keep: the log must not promise one.
+    caplog.clear()
+    (policies_dir / "beta.yaml").write_text("tenant: beta\nunknown_section: {x: 1}\n")
+    wait_until(lambda: len(registry.problems) == 2)
+    (line,) = [r.getMessage() for r in caplog.records if "beta.yaml" in r.getMessage()]
+    assert line.endswith("(tenant beta is not served until the file is fixed)"), line
+    assert "last good version" not in line
 
     # Fixing the file clears the problem; a new tenant file adds a tenant, deleting removes it.
     write_tenant(policies_dir, "acme", "key-3", ECHO)

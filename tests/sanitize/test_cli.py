@@ -49,6 +49,16 @@ def test_sanitize_reports_the_bad_line(tmp_path: Path) -> None:
     done = cli("sanitize", str(path))
     assert done.returncode != 0
     assert "line 2" in done.stderr and "source" in done.stderr
+    # It read "line 2: the object.source must be …".
+    assert done.stderr == (
+        "memento-proxy sanitize: line 2: 'source' must be one of user, assistant, tool, "
+        "import; got 'web'.\n"
+    )
+    path.write_text('["I like tea."]\n')
+    done = cli("sanitize", str(path))
+    assert done.stderr == (
+        "memento-proxy sanitize: line 1: the line must be an object with 'text' and 'source'.\n"
+    )
 
 
 def test_sanitize_asks_the_judge_through_the_tenants_model_alias(
