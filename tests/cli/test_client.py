@@ -85,16 +85,8 @@ def test_a_proxy_that_never_answers_is_exit_3(
     )
 
 
-@pytest.mark.parametrize(
-    ("url", "reason"),
-    [
-        ("127.0.0.1:4000", "Request URL is missing an 'http://' or 'https://' protocol."),
-        ("ftp://127.0.0.1", "Request URL has an unsupported protocol 'ftp://'."),
-        ("http://127.0.0.1:99999", "not a valid URL"),
-    ],
-)
-def test_an_address_that_is_no_url_says_so(
-    url: str, reason: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["jobs", "list", "--url", url, *KEY]) == 3
-    assert f"cannot reach the proxy at {url} ({reason})" in capsys.readouterr().err
+@pytest.mark.parametrize("url", ["127.0.0.1:4000", "ftp://127.0.0.1", "http://127.0.0.1:99999"])
+def test_an_address_that_is_no_url_says_so(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # A usage error (2), asked of nobody: not "cannot reach" (3), as if a proxy could be there.
+    assert main(["jobs", "list", "--url", url, *KEY]) == 2
+    assert f"--url {url!r} is not a URL of the proxy" in capsys.readouterr().err
