@@ -117,7 +117,8 @@ class MemoryStore(Protocol):
         ...
 
     async def delete_user(self, tenant_id: str, user_id: str, *, actor: str) -> int:
-        """Erase every record of one user; returns how many."""
+        """Erase every record of one user, and their exchanges waiting in the write queue;
+        returns how many records."""
         ...
 
     async def search(
@@ -292,6 +293,11 @@ class WriteQueue(Protocol):
     async def complete(self, job_id: int) -> None: ...
 
     async def fail(self, job_id: int, error: str, *, retry_in_s: float | None) -> None: ...
+
+    async def exists(self, job_id: int) -> bool:
+        """Whether the job is still in the queue: erasing its user removes it, even while a
+        worker runs it."""
+        ...
 
     async def pending(self) -> int: ...
 

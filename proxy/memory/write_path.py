@@ -173,9 +173,14 @@ class WritePath:
                 )
                 verdicts = await sanitizer.assess(scope, candidates, policy.sanitizer)
                 record_verdicts(span, candidates, verdicts, policy.tracing)
-        await self._consolidate_and_write(
+        written = await self._consolidate_and_write(
             scope, policy, models, job, candidates, verdicts, links, attrs, known=known
         )
+        if written and not await self.store.queue.exists(queued.id):
+            # The user was erased while this exchange was learned (the erase took its job):
+            # what it wrote is erased too, as if it had been written a moment sooner.
+            for record in written:
+                await self.store.memories.delete(record.scope, record.id, actor="erasure")
 
     async def _known_duplicates(
         self, scope: Scope, candidates: Sequence[Candidate]
@@ -219,7 +224,8 @@ class WritePath:
         attrs: dict[str, str],
         *,
         known: Sequence[dict[str, Any]] = (),
-    ) -> None:
+    ) -> list[MemoryRecord]:
+        """Consolidate and write the candidates; returns the records written."""
         decisions: list[dict[str, Any]] = list(known)
         written: list[MemoryRecord] = []
         with tracer.start_as_current_span("memento.consolidate", links=links, attributes=attrs):
@@ -250,6 +256,7 @@ class WritePath:
             case = next((r for r in written if r.kind == "case" and r.status == "active"), None)
             if case is not None:
                 await self._attach_case(scope.tenant_id, job.request_id, case)
+        return written
 
     async def _consolidate(
         self,

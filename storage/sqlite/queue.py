@@ -82,6 +82,10 @@ class SQLiteJobQueue:
                     (error, time.time() + retry_in_s, job_id),
                 )
 
+    async def exists(self, job_id: int) -> bool:
+        rows = await self._connection.fetchall("SELECT 1 FROM jobs WHERE id = ?", (job_id,))
+        return bool(rows)
+
     async def pending(self) -> int:
         rows = await self._connection.fetchall(
             "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')"
