@@ -122,6 +122,12 @@ class TracingHandle:
         """Export every finished span now; when this returns they are in the span store."""
         await asyncio.to_thread(self._processors.force_flush)
 
+    async def forget_user(self, tenant_id: str, user_id: str) -> int:
+        """Delete the traces of one user's requests, those still on their way to the store
+        included; returns how many spans."""
+        await self.flush()
+        return await self.store.delete_user_spans(tenant_id, user_id)
+
     def force_flush(self) -> bool:
         """`flush` for callers on another thread (never call it on the app's event loop)."""
         if running_loop() is self._loop:

@@ -428,6 +428,11 @@ class SpanStore(Protocol):
         """Delete spans never tied to a tenant (started outside any request), by age."""
         ...
 
+    async def delete_user_spans(self, tenant_id: str, user_id: str) -> int:
+        """Delete the traces of one user's requests, the write path's included (they carry
+        the request's id); returns how many spans."""
+        ...
+
     async def tenants(self) -> list[str]:
         """Tenants with spans stored: what retention has to visit."""
         ...

@@ -224,6 +224,30 @@ class SpanTable:
             self._delete_in_chunks, "tenant_id = '' AND start_ns < ?", (int(older_than * 1e9),)
         )
 
+    async def delete_user_spans(self, tenant_id: str, user_id: str) -> int:
+        """Forget every trace of one user's requests (an erased user's text must not outlive
+        them in a trace recorded with content), the write path's that learned from them
+        included: they carry the request's id."""
+        return await asyncio.to_thread(self._delete_user_blocking, tenant_id, user_id)
+
+    def _delete_user_blocking(self, tenant_id: str, user_id: str) -> int:
+        # The requests first: the root spans that name the user go in the first chunk.
+        with self._write_lock:
+            rows = self._writer.execute(
+                "SELECT DISTINCT request_id FROM spans WHERE tenant_id = ? AND user_id = ?"
+                " AND request_id IS NOT NULL",
+                (tenant_id, user_id),
+            ).fetchall()
+        request_ids = [row[0] for row in rows]
+        deleted = 0
+        for start in range(0, len(request_ids), 500):
+            batch = request_ids[start : start + 500]
+            marks = ", ".join("?" * len(batch))
+            deleted += self._delete_in_chunks(
+                f"tenant_id = ? AND request_id IN ({marks})", (tenant_id, *batch)
+            )
+        return deleted
+
     def _delete_in_chunks(self, where: str, params: tuple[Any, ...], chunk: int = 5000) -> int:
         """Delete in short transactions so span writes never wait long behind retention."""
         deleted = 0

@@ -50,6 +50,7 @@ from proxy.routes.memory_fields import (
 from proxy.routes.memory_import import import_memories, import_outcome, list_imports
 from proxy.routes.pagination import page_request
 from proxy.shapes import memory_json, memory_page_json
+from proxy.tracing import TracingHandle
 from proxy.validation import read_json_body, user_id
 from storage.api import MemoryStore
 from storage.records import (
@@ -266,6 +267,9 @@ async def delete_user_memories(request: Request) -> Response:
     store = pipeline_of(request).store
     count = await store.memories.delete_user(policy.tenant, user, actor="api")
     await store.responses.delete_user_responses(policy.tenant, user)  # their conversations too
+    tracing: TracingHandle | None = getattr(request.app.state, "tracing", None)
+    if tracing is not None:  # their traces too, which may hold their words
+        await tracing.forget_user(policy.tenant, user)
     return JSONResponse({"object": "user.memories.deleted", "user": user, "deleted": count})
 
 

@@ -22,6 +22,7 @@ from proxy.cli import main as cli_main
 from proxy.tracing import TracingHandle
 from tests.harness import RunningProxy, write_tenant
 from tests.scripted_upstream import Reply, ScriptedUpstream
+from tests.test_support import wait_until
 from tests.tracing.collector import Collector
 
 KEY_A = "key-acme-0123456789"
@@ -615,3 +616,20 @@ def test_the_pages_say_where_a_memory_came_from_in_english(
             time.sleep(0.1)
         page = browser.get(f"/ui/memories/{listed[0]['id']}").text
         assert "from an assistant message" in page and "from a assistant" not in page
+
+
+def test_erasing_a_user_deletes_the_traces_of_their_requests(traced: Traced) -> None:
+    """A tenant that records content keeps the user's words in traces: erasing the user
+    forgets those traces, the write path's learning from them included; another user's stay."""
+    gone = traced.chat(KEY_A, "I live in Berlin.", user="g1")
+    kept = traced.chat(KEY_A, "I live in Oslo.", user="g2")
+    wait_until(lambda: traced.get(f"/v1/traces/{gone}", KEY_A).status_code == 200, 60)
+    erased = httpx.delete(
+        f"{traced.proxy.base_url}/v1/users/g1/memories",
+        headers={"authorization": f"Bearer {KEY_A}"},
+        timeout=120,
+    )
+    assert erased.status_code == 200, erased.text
+    assert traced.get(f"/v1/traces/{gone}", KEY_A).status_code == 404
+    assert traced.get("/v1/traces", KEY_A, user="g1").json()["data"] == []
+    assert traced.get(f"/v1/traces/{kept}", KEY_A).status_code == 200

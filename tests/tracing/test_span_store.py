@@ -176,6 +176,27 @@ async def test_retention_by_age_and_by_count(store: SpanTable) -> None:
     assert len(await store.get_trace("globex", "req-g")) == 3
 
 
+async def test_a_users_traces_are_deleted_with_their_write_path_and_no_other(
+    store: SpanTable,
+) -> None:
+    for n in range(3):
+        await store.write_spans(request_spans(format(n + 1, "032x"), "acme", f"req-{n}"))
+    learned = span(
+        "memento.extract",
+        "c" * 32,
+        links=[{"trace_id": format(1, "032x"), "span_id": "1" * 16, "attributes": {}}],
+    )
+    await store.write_spans([learned, span("memento.sanitize", "c" * 32, parent=learned.span_id)])
+    await store.write_spans(request_spans("e" * 32, "acme", "req-other", user="u2"))
+    await store.write_spans(request_spans("f" * 32, "globex", "req-g"))  # u1 of another tenant
+
+    assert await store.delete_user_spans("acme", "u1") == 3 * 3 + 2
+    assert await store.list_traces("acme", user_id="u1") == []
+    assert await store.get_trace("acme", "req-0") == []
+    assert len(await store.get_trace("acme", "req-other")) == 3
+    assert len(await store.get_trace("globex", "req-g")) == 3
+
+
 async def test_unresolved_spans_are_pruned_by_age(store: SpanTable) -> None:
     old = span("background", "d" * 32, start_s=time.time() - 3600)
     fresh = span("background", "e" * 32)
