@@ -345,14 +345,20 @@ class MemoryRows(ContentRows):
         return True
 
     async def delete_user_memories(self, tenant_id: str, user_id: str, *, actor: str) -> int:
-        """Erase every record of one user (rows and edit history) and every exchange of theirs
-        in the write queue (which holds the conversation's text), in one transaction; returns
-        how many records. An exchange being learned meanwhile finds its job gone and takes back
-        what it wrote (`proxy.memory.write_path`)."""
+        """Erase every record of one user (rows and edit history), every exchange of theirs
+        in the write queue (which holds the conversation's text) and the comments of feedback
+        on their requests, in one transaction; returns how many records. An exchange being
+        learned meanwhile finds its job gone and takes back what it wrote
+        (`proxy.memory.write_path`)."""
         now = time.time()
         async with self._connection.transaction() as db:
             await db.execute(
                 "DELETE FROM jobs WHERE tenant_id = ? AND user_id = ?", (tenant_id, user_id)
+            )
+            await db.execute(
+                "UPDATE feedback SET comment = NULL WHERE tenant_id = ? AND request_id IN "
+                "(SELECT request_id FROM requests WHERE tenant_id = ? AND user_id = ?)",
+                (tenant_id, tenant_id, user_id),
             )
             async with db.execute(
                 "SELECT id, status FROM memories WHERE tenant_id = ? AND user_id = ?",

@@ -30,17 +30,21 @@ def test_erasing_a_user_drops_their_waiting_exchanges_with_their_text(
 ) -> None:
     proxy = memory_proxy(memory_workers=0)  # nothing is learned: the exchanges wait
     client = client_for(proxy)
-    for user in ("ula", "vic"):
-        client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": STATEMENT}], user=user
-        )
-    jobs = "SELECT user_id, payload FROM jobs"
-    assert sorted(user for user, _ in _rows(tmp_path / "data", jobs)) == ["ula", "vic"]
     with api(proxy) as http:
+        for user in ("ula", "vic"):
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": STATEMENT}], user=user
+            )
+            told = {"request_id": raw.headers["x-request-id"], "reward": 1, "comment": user}
+            assert http.post("/v1/memory/feedback", json=told).status_code == 200
+        jobs = "SELECT user_id, payload FROM jobs"
+        assert sorted(user for user, _ in _rows(tmp_path / "data", jobs)) == ["ula", "vic"]
         assert http.delete("/v1/users/ula/memories").status_code == 200
     left = _rows(tmp_path / "data", jobs)
     assert [user for user, _ in left] == ["vic"]  # another user's exchange stays
     assert "Tallinn" in str(json.loads(str(left[0][1])))
+    comments = _rows(tmp_path / "data", "SELECT comment FROM feedback ORDER BY comment")
+    assert comments == [(None,), ("vic",)]  # what the client said of ula's call is gone
 
 
 @pytest.mark.parametrize("mode", ["rules", "model"])
