@@ -100,7 +100,7 @@ class WritePath:
         scope = access.scope if access is not None and access.writes else None
         # Only complete exchanges teach: not a failed call, nor a stream that broke off.
         if scope is not None and "error" not in response and response.get("choices"):
-            shed = self.queue_watch.over_bound(scope.tenant_id, ctx.policy.memory.write_queue)
+            shed = await self.queue_watch.over_bound(scope.tenant_id, ctx.policy.memory.write_queue)
             if shed is not None:
                 _shed(ctx, shed)
                 return
