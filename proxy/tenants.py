@@ -3,10 +3,11 @@
 `policies/default.yaml` is merged under every `policies/<tenant>.yaml`. Besides the schema, every
 model a tenant names is checked as far as it can be without calling it: a provider litellm does
 not know is a problem (no call could work); a provider key whose environment variable is unset
-is a warning (the server may get it later). At start-up every problem is reported once, with
-file, field and reason, by whoever loads (`PolicyRegistry.load` raises them, and its `warnings`
-say the rest); while running, a changed file is re-read, its problems and warnings are logged,
-and an invalid edit leaves the last good version of that tenant serving.
+is a warning (the server may get it later), and so is a memory budget smaller than a block with
+one memory (the tenant serves, only without memory in its calls). At start-up every problem is
+reported once, with file, field and reason, by whoever loads (`PolicyRegistry.load` raises
+them, and its `warnings` say the rest); while running, a changed file is re-read, its problems
+and warnings are logged, and an invalid edit leaves the last good version of that tenant serving.
 
 Keys published with the project (the demo tenant's) are for trying it on one machine: a server
 that listens beyond loopback refuses a policy listing one, as it refuses any invalid policy.
@@ -27,6 +28,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from proxy.memory.budget import unmet_budget_minimum
 from proxy.policy import REMOVED_FIELDS, ModelRoute, Policy, deep_merge
 from proxy.upstreams.routing import key_variable, route_problem
 
@@ -172,8 +174,21 @@ def model_references(policy: Policy) -> list[tuple[str, ModelRoute]]:
 
 
 def policy_warnings(file: str, policy: Policy) -> list[PolicyProblem]:
-    """What is wrong now but may be right by the time a call comes: unset provider keys."""
+    """What may be wrong but leaves the tenant serving: unset provider keys (which may be set
+    by the time a call comes), and a memory budget too small to ever inject a memory."""
     warnings = []
+    budget = policy.memory.budget.max_tokens
+    models = [route.model for route in policy.models.values()]
+    minimum = unmet_budget_minimum(budget, models) if policy.memory.enabled else None
+    if minimum is not None:
+        reason = (
+            f"{budget} tokens are fewer than a memory block with one short memory takes with "
+            f"this tenant's models ({minimum}: the block's fence and preamble, a heading and "
+            "the memory's line), so no memory of ordinary length is ever injected; set at "
+            f"least {minimum} (or memory.default_mode: write, if learning without injecting "
+            "is meant)"
+        )
+        warnings.append(PolicyProblem(file, "memory.budget.max_tokens", reason))
     for alias, route in policy.models.items():
         name = key_variable(route)
         if name is not None and not os.environ.get(name):

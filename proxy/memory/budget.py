@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -22,6 +22,7 @@ from proxy.llm import import_litellm, openai_window, window_of
 from proxy.memory.inject import (
     SECTION_TITLES,
     block_frame_text,
+    example_line,
     render_line,
     section_of,
 )
@@ -81,6 +82,24 @@ def line_tokens(item: ScoredMemory, encoding_name: str) -> int:
 @lru_cache(maxsize=8)
 def _frame_tokens(encoding_name: str) -> int:
     return count_tokens(block_frame_text(), encoding_name)
+
+
+def unmet_budget_minimum(max_tokens: int, models: Iterable[str]) -> int | None:
+    """The fewest tokens a block carrying one short memory takes (frame, a heading and the
+    memory's line) in the encoding of any of `models`, when `max_tokens` is below it: such a
+    budget never injects anything. None when it is not (found without tokenizing for any
+    budget not smaller than the block's bytes, so for every usual one)."""
+    text = block_frame_text() + "\n" + SECTION_TITLES["about"] + "\n" + example_line() + "\n"
+    if max_tokens >= utf8_bytes(text):
+        return None
+    encodings = {encoding_name_for(model) for model in models} or {"cl100k_base"}
+    minimum = max(
+        _frame_tokens(name)
+        + _heading_tokens(name)["about"]
+        + count_tokens(example_line() + "\n", name)
+        for name in encodings
+    )
+    return minimum if max_tokens < minimum else None
 
 
 @lru_cache(maxsize=8)
@@ -181,6 +200,7 @@ class BudgetPlan:
     dropped: list[tuple[ScoredMemory, str]] = field(default_factory=list)
     used_tokens: int = 0
     available_tokens: int = 0
+    frame_tokens: int = 0  # what the block's fence and preamble take before any memory
 
 
 def fit_to_budget(
@@ -207,8 +227,10 @@ def fit_to_budget(
     frame = _frame_tokens(encoding_name)
     room = available - frame
     if room <= 0 or not ranked:
-        reason = "no_room" if ranked else ""
-        return BudgetPlan([], [(item, reason) for item in ranked], 0, max(0, available))
+        # Too small a policy budget is the operator's to fix; a full window, the caller's.
+        reason = "frame" if settings.max_tokens <= frame else "no_room"
+        dropped = [(item, reason) for item in ranked]
+        return BudgetPlan([], dropped, 0, max(0, available), frame)
     best_cases = [item for item in ranked if _group(item) == "case"][:k2_cases]
     over_k2 = {id(item) for item in ranked if _group(item) == "case"} - {id(i) for i in best_cases}
     competing = [item for item in ranked if id(item) not in over_k2]
@@ -245,7 +267,7 @@ def fit_to_budget(
         if id(item) not in chosen
     ]
     used = frame + used if selected else 0  # the fence and preamble, headings and lines
-    return BudgetPlan(selected, dropped, used, available)
+    return BudgetPlan(selected, dropped, used, available, frame)
 
 
 def _group(item: ScoredMemory) -> str:

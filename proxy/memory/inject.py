@@ -85,6 +85,11 @@ def _line(memory_id: str, kind: str, timestamp: float, text: str) -> str:
     return f"- [{short_id(memory_id)}] ({kind}, {when}) {' '.join(markers.defuse(text).split())}"
 
 
+def example_line() -> str:
+    """A short memory's line (a fact of four words), for sizing what a budget can hold."""
+    return _line("0" * 24 + "1a2b3c4d", "fact", 0.0, "The user lives in Oslo.")
+
+
 def new_fence() -> str:
     """A fresh fence name, `memory-` and FENCE_DIGITS random digits."""
     return f"{BLOCK_TAG}-{secrets.randbelow(10**FENCE_DIGITS):0{FENCE_DIGITS}d}"

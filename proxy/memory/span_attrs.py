@@ -74,6 +74,7 @@ def mark_failed(span: Span, reason: str, exc: BaseException, *, stack: bool = Tr
 def record_budget(span: Span, plan: BudgetPlan) -> None:
     span.set_attribute("memento.budget.available", plan.available_tokens)
     span.set_attribute("memento.budget.used", plan.used_tokens)
+    span.set_attribute("memento.budget.frame", plan.frame_tokens)
     span.set_attribute("memento.budget.dropped", len(plan.dropped))
     dropped = [[item.record.id, reason] for item, reason in plan.dropped]
     span.set_attribute("memento.budget.dropped_ids", json_attr(dropped))

@@ -46,8 +46,15 @@ _BUDGET_REASONS = {
     ),
     "no_room": (
         "no room",
-        "no memory fits: the request itself leaves no room in the model's context window "
-        "(or memory.budget.max_tokens is 0)",
+        "no memory fits: the request itself (its messages, tools and the output it asks for) "
+        "fills the model's context window, leaving {available} tokens, no more than the "
+        "memory block's frame (fence and preamble, {frame} tokens)",
+    ),
+    "frame": (
+        "no room",
+        "no memory fits: memory.budget.max_tokens is no larger than the memory block's frame "
+        "(fence and preamble, {frame} tokens), so no budget is left for any memory; raise it "
+        "(see `memento-proxy policy check`)",
     ),
 }
 _VERDICTS = {
@@ -129,7 +136,8 @@ def _ranked_candidate(
     code = dropped.get(memory_id)
     if code in _BUDGET_REASONS:
         reason, why = _BUDGET_REASONS[code]
-        return {**entry, "reason": reason, "why": why.format(available=budget.get("available"))}
+        numbers = {"available": budget.get("available"), "frame": budget.get("frame", "?")}
+        return {**entry, "reason": reason, "why": why.format(**numbers)}
     if not injected and not budget:
         why = "retrieval stopped before the budget stage (see the timeline)"
         return {**entry, "reason": "not reached", "why": why}

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from proxy.memory.budget import prompt_tokens
 from proxy.tokens import count_tokens
 from tests.harness import RunningProxy
-from tests.memory.conftest import api, client_for, memory_block
+from tests.memory.conftest import api, client_for, memory_block, wait_for_trace
 from tests.postgres_server import BOTH_DATABASES
 from tests.scripted_upstream import ScriptedUpstream
 
@@ -88,7 +89,47 @@ def test_block_respects_the_context_window(
     assert own + count_tokens(block, "o200k_base") + 4 + 200 <= window
 
     # No room left at all: the call goes through unchanged, without a block.
-    client.chat.completions.create(model="small", messages=messages, user="hank", max_tokens=480)
+    full = client.chat.completions.with_raw_response.create(
+        model="small", messages=messages, user="hank", max_tokens=480
+    )
     sent = upstream.last().json
     assert memory_block(sent) is None
     assert sent["messages"] == messages
+    # The trace blames the request's share of the window, not the policy's budget.
+    whys = {(c["reason"], c["why"]) for c in ranked_candidates(proxy, full)}
+    assert len(whys) == 1, whys
+    ((reason, why),) = whys
+    assert reason == "no room"
+    assert why.startswith("no memory fits: the request itself")
+    assert "context window" in why and "(fence and preamble, 62 tokens)" in why
+
+
+def test_a_budget_no_larger_than_the_blocks_frame_says_so(
+    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
+) -> None:
+    """60 tokens: the block's fence and preamble alone take 62 (o200k), so no memory fits,
+    whatever the window; the trace names the policy's budget as the reason."""
+    proxy = memory_proxy(memory={"budget": {"max_tokens": 60}})
+    seed(proxy, "ivan")
+    response = client_for(proxy).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "What are my favorite things?"}],
+        user="ivan",
+    )
+    assert memory_block(upstream.last().json) is None
+    candidates = ranked_candidates(proxy, response)
+    assert len(candidates) >= 1
+    for candidate in candidates:
+        assert candidate["reason"] == "no room"
+        assert candidate["why"] == (
+            "no memory fits: memory.budget.max_tokens is no larger than the memory block's "
+            "frame (fence and preamble, 62 tokens), so no budget is left for any memory; "
+            "raise it (see `memento-proxy policy check`)"
+        )
+
+
+def ranked_candidates(proxy: RunningProxy, response: Any) -> list[dict[str, Any]]:
+    """The call's ranked candidates as its trace explains them."""
+    request_id = response.headers["x-request-id"]
+    trace = wait_for_trace(proxy, request_id, {"memento.budget"})
+    return [c for c in trace["memory"]["candidates"] if c["rank"] is not None]

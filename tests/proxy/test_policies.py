@@ -325,6 +325,37 @@ def test_models_no_call_could_reach_are_refused(policies_dir: Path) -> None:
     ]
 
 
+def test_a_memory_budget_too_small_for_one_memory_is_warned_of(policies_dir: Path) -> None:
+    """A block with one short memory takes 95 tokens in o200k (96 in cl100k, echo's): a
+    smaller `memory.budget.max_tokens` is a warning naming the field, and the tenant serves."""
+    routes = {"mini": {"model": "openai/gpt-4o-mini"}}
+    write_tenant(policies_dir, "acme", "k1", routes, memory={"budget": {"max_tokens": 60}})
+    write_tenant(policies_dir, "bare", "k2", routes, memory={"budget": {"max_tokens": 95}})
+    write_tenant(policies_dir, "off", "k3", routes, memory={"budget": {"max_tokens": 0}})
+    off = {"enabled": False, "budget": {"max_tokens": 0}}
+    write_tenant(policies_dir, "plain", "k4", routes, memory=off)
+    echo = {"e": {"model": "echo"}}
+    write_tenant(policies_dir, "wide", "k5", echo, memory={"budget": {"max_tokens": 95}})
+    registry = PolicyRegistry.load(policies_dir)
+    assert registry.get("acme") is not None
+    warned = {(w.file, w.field): w.reason for w in registry.warnings}
+    assert set(warned) == {
+        ("acme.yaml", "memory.budget.max_tokens"),
+        ("off.yaml", "memory.budget.max_tokens"),
+        ("wide.yaml", "memory.budget.max_tokens"),
+    }
+    assert warned["acme.yaml", "memory.budget.max_tokens"].startswith(
+        "60 tokens are fewer than a memory block with one short memory takes with this "
+        "tenant's models (95: "
+    )
+    assert "set at least 96" in warned["wide.yaml", "memory.budget.max_tokens"]
+
+    command = [sys.executable, "-m", "proxy.cli", "policy", "check", str(policies_dir)]
+    checked = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0, checked.stderr
+    assert "warning: acme.yaml: memory.budget.max_tokens: 60 tokens are fewer" in checked.stderr
+
+
 def test_policy_check_prints_each_problem_once_and_warns_of_unset_keys(
     policies_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
