@@ -56,20 +56,18 @@ _Memory = TypeVar("_Memory", NewMemory, MemoryRecord)
 def without_secrets(memory: _Memory) -> _Memory:
     """`memory` with every secret found in its conversation-derived strings redacted wherever
     its value appears in them (a password's value stands alone in a slot, without the words
-    that make it recognisable)."""
+    that make it recognisable). The text may already be redacted (the sanitizer's verdict):
+    its placeholders are left as they are, so redacting twice changes nothing."""
     parts: list[Any] = [memory.text, memory.key_text, memory.fields, memory.keywords, memory.tags]
     found: dict[str, str] = {}
     for text in _strings([*parts, memory.evidence]):
         found.update(secrets.secrets_in(text))
     if not found:
         return memory
-    values = sorted(found, key=len, reverse=True)  # a longer secret first, then what it holds
 
     def redacted(value: Any) -> Any:
         if isinstance(value, str):
-            for secret in values:
-                value = value.replace(secret, f"[redacted {found[secret]}]")
-            return value
+            return secrets.redact(value, found)
         if isinstance(value, dict):
             return {key: redacted(item) for key, item in value.items()}
         if isinstance(value, list):

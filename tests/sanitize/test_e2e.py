@@ -345,3 +345,30 @@ def test_an_imported_secret_is_redacted_in_everything_the_record_keeps(
         assert imported.status_code == 200, imported.text
         exported = http.get("/v1/memories/export", params={"user": "ivy"}).text
     assert secret not in exported and "[redacted password]" in exported
+
+
+def test_a_secret_is_redacted_once_in_what_is_stored_and_injected(
+    upstream: ScriptedUpstream, sanitizing_proxy: Callable[..., RunningProxy]
+) -> None:
+    """The write path scanned the sanitizer's redacted text again and read its placeholder as
+    a password: "My password is hunter2." was stored, and injected, as "The user's password is
+    [redacted password] password]", an api key as "[redacted password] api key]"."""
+    proxy = sanitizing_proxy()
+    chat(proxy, "ivy", user("My password is hunter2."))
+    chat(proxy, "ivy", user("My API key is sk-abcdefghijklmnopqrstuvwxyz123456."))
+    written = wait_until_written(proxy, "ivy", 2, containing="api key")
+    assert sorted(m["text"] for m in written) == [
+        "The user's api key is [redacted api key].",
+        "The user's password is [redacted password]",
+    ]
+    assert all(m["status"] == "active" for m in written)
+    with http_for(proxy) as http:
+        exported = http.get("/v1/memories/export", params={"user": "ivy"}).text
+    assert "hunter2" not in exported and "sk-abc" not in exported
+    assert "password]" not in exported.replace("[redacted password]", "")
+
+    chat(proxy, "ivy", user("What are my password and my api key?"))
+    block = memory_block(upstream.last().json)
+    assert "The user's password is [redacted password]\n" in block + "\n"
+    assert "The user's api key is [redacted api key]." in block
+    assert "hunter2" not in block and "] password]" not in block and "] api key]" not in block

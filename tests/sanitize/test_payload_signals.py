@@ -50,3 +50,34 @@ def test_card_numbers_need_a_valid_checksum() -> None:
     assert secrets.scan("card 4111 1111 1111 1111", "redact").hits
     assert not secrets.scan("order 4111 1111 1111 1112", "redact").hits
     assert not secrets.scan("I have run 3 marathons since 2019.", "redact").hits
+
+
+def test_a_placeholder_is_never_a_secret_so_redacting_twice_changes_nothing() -> None:
+    """The write path scans text the sanitizer already redacted: the password pattern read
+    "password is [redacted password]" as a password "[redacted" and stored
+    "[redacted password] password]"."""
+    for text in ("My password is hunter2.", "My API key is sk-abcdefghijklmnopqrstuvwxyz123456."):
+        once = secrets.scan(text, "redact").text
+        assert secrets.secrets_in(once) == {}
+        assert secrets.scan(once, "redact") == secrets.SecretScan([], once)
+        assert secrets.redact(once, secrets.secrets_in(text)) == once
+    assert secrets.scan("pin: [redacted pin code] and api key = [redacted x]", "redact").hits == []
+
+
+def test_a_credential_is_labelled_by_its_kind_not_by_the_password_pattern() -> None:
+    vendor = secrets.scan("My API key is sk-abcdefghijklmnopqrstuvwxyz123456.", "redact")
+    assert vendor.text == "My API key is [redacted api key]."
+    keyword = secrets.scan("my api key is 3f9a8b7c6d5e4f3a2b1c", "redact")
+    assert keyword.text == "my api key is [redacted api key]"
+    assert "api key" in keyword.hits[0].detail and "password" not in keyword.hits[0].detail
+    assert (
+        secrets.scan("my password is hunter2", "redact").text
+        == "my password is [redacted password]"
+    )
+
+
+def test_a_value_that_ends_a_sentence_is_found_without_its_full_stop() -> None:
+    """The extractor cuts "hunter2." to "hunter2" in a slot's value, where it stands alone."""
+    found = secrets.secrets_in("My password is hunter2.")
+    assert secrets.redact("hunter2", found) == "[redacted password]"
+    assert secrets.redact("hunter2.", found) == "[redacted password]"

@@ -4,6 +4,11 @@ A memory is injected into later prompts and sent to the upstream model, so a sec
 memory leaks on every call. Per policy (`sanitizer.pii`) each finding is redacted in the stored
 text (`redact`, the default), refuses the memory (`reject`), or is kept (`allow`). A credential is
 never kept in the clear unless the policy says `allow`; reasons name the kind, never the value.
+
+Redaction is idempotent: a `[redacted …]` placeholder is never itself a secret. The write path
+scans text that the sanitizer has already redacted (to find the same values in a memory's other
+fields), and "password is [redacted password]" would otherwise read as a password whose value
+is "[redacted", garbling the stored text on every pass.
 """
 
 from __future__ import annotations
@@ -48,10 +53,11 @@ _PATTERNS: tuple[Pattern, ...] = (
     ),
     Pattern("bearer token", re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{20,}"), True),
     Pattern(
-        "password",
+        "password",  # or the credential its keyword names (`_KEYWORD_KINDS`)
         re.compile(
-            r"(?i)\b(?:password|passwd|passcode|pin code|pin|api key|secret key|access token)"
-            r"(?:\s+(?:is|was|=|:)|\s*[:=])\s*[\"']?(?!(?:is|was|a|an|the|my|too|not)\b)([^\s\"',;]{4,})"
+            r"(?i)\b(?P<keyword>password|passwd|passcode|pin code|pin|api key|secret key|"
+            r"access token)(?:\s+(?:is|was|=|:)|\s*[:=])\s*[\"']?"
+            r"(?!(?:is|was|a|an|the|my|too|not)\b)(?P<value>[^\s\"',;]{4,})"
         ),
         True,
     ),
@@ -70,29 +76,74 @@ _PATTERNS: tuple[Pattern, ...] = (
 )
 
 
+# A keyword names the credential that follows it: "my api key is 3f9a…" is an api key.
+_KEYWORD_KINDS = {"api key": "api key", "secret key": "secret key", "access token": "access token"}
+PLACEHOLDER = re.compile(r"\[redacted [a-z ]+\]")
+# What ends a sentence after a value ("my password is hunter2."): the extractor cuts it off a
+# slot's value, so the value is also looked for without it.
+_SENTENCE_END = re.compile(r"[.!?]+$")
+
+
 @dataclass(frozen=True)
 class SecretScan:
     hits: list[Hit]
     text: str  # the text to store: redacted unless the policy allows or rejects
 
 
-def _find(text: str) -> list[tuple[int, int, Pattern]]:
-    found: list[tuple[int, int, Pattern]] = []
+@dataclass(frozen=True)
+class Finding:
+    start: int
+    end: int
+    kind: str
+    credential: bool
+
+
+def _find(text: str) -> list[Finding]:
+    """The secrets in `text`, left to right, none overlapping another or a placeholder."""
+    taken = [match.span() for match in PLACEHOLDER.finditer(text)]
+    found: list[Finding] = []
     for pattern in _PATTERNS:
         for match in pattern.regex.finditer(text):
-            start, end = match.span(1) if pattern.kind == "password" else match.span()
+            kind = pattern.kind
+            start, end = match.span()
+            if pattern.kind == "password":
+                start, end = match.span("value")
+                kind = _KEYWORD_KINDS.get(" ".join(match.group("keyword").lower().split()), kind)
             if pattern.kind == "card number" and not _luhn(match.group()):
                 continue
-            if any(start < e and s < end for s, e, _ in found):
+            if any(start < e and s < end for s, e in taken):
                 continue
-            found.append((start, end, pattern))
-    return found
+            taken.append((start, end))
+            found.append(Finding(start, end, kind, pattern.credential))
+    return sorted(found, key=lambda finding: finding.start)
 
 
 def secrets_in(text: str) -> dict[str, str]:
     """Each secret found in `text`, as it is written there, with its kind: so that the same
-    value can be redacted where it stands without its context (a slot's value, a keyword)."""
-    return {text[start:end]: pattern.kind for start, end, pattern in _find(text)}
+    value can be redacted where it stands without its context (a slot's value, a keyword).
+    A value that ends a sentence is listed without the sentence's end as well."""
+    found: dict[str, str] = {}
+    for finding in _find(text):
+        value = text[finding.start : finding.end]
+        found[value] = finding.kind
+        if len(bare := _SENTENCE_END.sub("", value)) >= 4:
+            found.setdefault(bare, finding.kind)
+    return found
+
+
+def redact(text: str, found: dict[str, str]) -> str:
+    """`text` with each value of `found` (from `secrets_in`) replaced by its placeholder, in one
+    pass: a placeholder already there, or one just written, is never redacted again."""
+    if not found:
+        return text
+    values = sorted(found, key=len, reverse=True)  # a longer secret first, then what it holds
+    either = re.compile("|".join([PLACEHOLDER.pattern, *(re.escape(value) for value in values)]))
+
+    def placeholder(match: re.Match[str]) -> str:
+        value = match.group()
+        return f"[redacted {found[value]}]" if value in found else value
+
+    return either.sub(placeholder, text)
 
 
 def scan(text: str, mode: PiiMode) -> SecretScan:
@@ -101,16 +152,17 @@ def scan(text: str, mode: PiiMode) -> SecretScan:
     if not found:
         return SecretScan([], text)
 
-    kinds = sorted({pattern.kind for _, _, pattern in found})
-    credential = any(pattern.credential for _, _, pattern in found)
+    kinds = sorted({finding.kind for finding in found})
+    credential = any(finding.credential for finding in found)
     detail = f"{len(found)} found: {', '.join(kinds)}"
     if mode == "allow":
         return SecretScan([Hit("secrets", 0.0, f"kept by policy ({detail})")], text)
     if mode == "reject":
         return SecretScan([Hit("secrets", 1.0, f"refused by policy ({detail})", hard=True)], text)
     redacted = text
-    for start, end, pattern in sorted(found, key=lambda item: item[0], reverse=True):
-        redacted = f"{redacted[:start]}[redacted {pattern.kind}]{redacted[end:]}"
+    for finding in reversed(found):
+        start, end = finding.start, finding.end
+        redacted = f"{redacted[:start]}[redacted {finding.kind}]{redacted[end:]}"
     # A credential pasted into a conversation is more often a mistake than an attack; the memory
     # is still worth keeping once redacted, so the penalty stays small.
     return SecretScan(
