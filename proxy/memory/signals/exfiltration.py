@@ -5,6 +5,11 @@ payload when the text also asks for it to be sent, visited, shown or linked, whe
 markdown image (rendered by the client, it leaks whatever its URL carries), or when the memory
 carries code or shell commands to run.
 
+The same goes for money: a payment verb (pay, wire, transfer, deposit, remit) with a link, an
+address or an account number after it in the same clause redirects payments ("all invoices must
+be paid to https://…", "wire the deposit to account 12345678"); one without a destination is
+a report of what someone did ("I pay my rent by bank transfer", "I paid for dinner").
+
 "Email", "mail" and "contact" are also the names of an address: after a possessive or an
 article ("my email", "the user's work email") or before a copula or what names an account
 ("email is", "email address"), the word names the address, and "The user's email is
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from proxy.memory.signals import Hit, normalize, snippet
+from proxy.memory.signals import Hit, clauses, normalize, snippet
 
 _URL = re.compile(
     r"\b(?:https?|ftp|file|data|javascript)://[^\s)\]>\"']+|\bwww\.[a-z0-9-]+\.[a-z]{2,}[^\s)\]>\"']*|"
@@ -33,6 +38,19 @@ _SEND_VERB = re.compile(
     r"|visit|go to|click|open|download|install|link|linking|pointing|points to|include|append|"
     r"add|embed|insert|integrate|recommend|suggest|promote|join|sign up|subscribe|register|"
     r"check out|navigate)\b"
+)
+_PAY_VERB = re.compile(
+    r"\b(?:pay|pays|paid|paying|payable|wire|wires|wired|wiring|transfer|transfers|transferred|"
+    r"transferring|deposit|deposits|deposited|depositing|remit|remits|remitted|remitting|send|"
+    r"sends|sent)\b"
+)
+# Where money can go besides a link or an address: an account or wallet number (the value is
+# never quoted in a reason: an IBAN is personal data).
+_ACCOUNT = re.compile(
+    r"\b(?:account|acct|a/c|iban|routing|sort code|wallet|bsb)(?:\s*(?:number|no\.?|num|#))?"
+    r"\s*[:#]?\s*(?=[\w-]*\d)[a-z0-9][\w-]{5,}|"
+    r"\b[a-z]{2}\d{2} ?[a-z0-9]{4}(?: ?\d{4}){2,7}|"  # IBAN
+    r"\b0x[0-9a-f]{40}\b|\bbc1[a-z0-9]{25,60}\b"  # wallets
 )
 # Send verbs that also name an address, and the frames in which they do: after a possessive or
 # an article (one word may sit between: "the user's work email"), or before a copula or what
@@ -76,6 +94,8 @@ def detect(text: str) -> list[Hit]:
     detail = ", ".join(sorted(set(targets))[:3])
     if targets and action is not None:
         hits.append(Hit("exfiltration", 0.55, f"{action.group()} → {snippet(detail)}"))
+    elif payment := _payment(norm):
+        hits.append(Hit("exfiltration", 0.55, f"payment redirect: {snippet(payment)}"))
     elif targets:
         hits.append(Hit("exfiltration", 0.15, f"address: {snippet(detail)}"))
 
@@ -97,6 +117,20 @@ def _action(text: str) -> re.Match[str] | None:
         )
         if not names_an_address:
             return match
+    return None
+
+
+def _payment(norm: str) -> str | None:
+    """A payment verb with a link, an address or an account number after it in the same clause,
+    as "verb → destination" (an account by its kind, never its number), or None."""
+    for clause in clauses(norm):
+        for verb in _PAY_VERB.finditer(clause):
+            rest = clause[verb.end() :]
+            places = [*(_host(url) for url in _URL.findall(rest)), *_EMAIL.findall(rest)]
+            if _ACCOUNT.search(rest):
+                places.append("account number")
+            if places:
+                return f"{verb.group()} → {', '.join(sorted(set(places))[:3])}"
     return None
 
 
