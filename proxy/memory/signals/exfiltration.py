@@ -6,7 +6,7 @@ markdown image (rendered by the client, it leaks whatever its URL carries), or w
 carries code or shell commands to run.
 
 The same goes for money: a payment verb (pay, wire, transfer, deposit, remit) with a link, an
-address or an account number after it in the same clause redirects payments ("all invoices must
+address or an account number after it in the same sentence redirects payments ("all invoices must
 be paid to https://…", "wire the deposit to account 12345678"); one without a destination is
 a report of what someone did ("I pay my rent by bank transfer", "I paid for dinner").
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from proxy.memory.signals import Hit, clauses, normalize, snippet
+from proxy.memory.signals import Hit, normalize, snippet
 
 _URL = re.compile(
     r"\b(?:https?|ftp|file|data|javascript)://[^\s)\]>\"']+|\bwww\.[a-z0-9-]+\.[a-z]{2,}[^\s)\]>\"']*|"
@@ -48,10 +48,13 @@ _PAY_VERB = re.compile(
 # never quoted in a reason: an IBAN is personal data).
 _ACCOUNT = re.compile(
     r"\b(?:account|acct|a/c|iban|routing|sort code|wallet|bsb)(?:\s*(?:number|no\.?|num|#))?"
+    r"(?:\s+is)?"
     r"\s*[:#]?\s*(?=[\w-]*\d)[a-z0-9][\w-]{5,}|"
     r"\b[a-z]{2}\d{2} ?[a-z0-9]{4}(?: ?\d{4}){2,7}|"  # IBAN
     r"\b0x[0-9a-f]{40}\b|\bbc1[a-z0-9]{25,60}\b"  # wallets
 )
+# The end of a sentence, not of an abbreviation ("account no. 55…") or a label ("number: 55").
+_SENTENCE_BREAK = re.compile(r"(?<!\bno)(?<!\bnr)[.!?;]\s|\n")
 # Send verbs that also name an address, and the frames in which they do: after a possessive or
 # an article (one word may sit between: "the user's work email"), or before a copula or what
 # names an account ("email is", "email address").
@@ -121,16 +124,15 @@ def _action(text: str) -> re.Match[str] | None:
 
 
 def _payment(norm: str) -> str | None:
-    """A payment verb with a link, an address or an account number after it in the same clause,
-    as "verb → destination" (an account by its kind, never its number), or None."""
-    for clause in clauses(norm):
-        for verb in _PAY_VERB.finditer(clause):
-            rest = clause[verb.end() :]
-            places = [*(_host(url) for url in _URL.findall(rest)), *_EMAIL.findall(rest)]
-            if _ACCOUNT.search(rest):
-                places.append("account number")
-            if places:
-                return f"{verb.group()} → {', '.join(sorted(set(places))[:3])}"
+    """A payment verb with a link, an address or an account number after it in the same
+    sentence, as "verb → destination" (an account by its kind, never its number), or None."""
+    for verb in _PAY_VERB.finditer(norm):
+        rest = _SENTENCE_BREAK.split(norm[verb.end() :], maxsplit=1)[0]
+        places = [*(_host(url) for url in _URL.findall(rest)), *_EMAIL.findall(rest)]
+        if _ACCOUNT.search(rest):
+            places.append("account number")
+        if places:
+            return f"{verb.group()} → {', '.join(sorted(set(places))[:3])}"
     return None
 
 
