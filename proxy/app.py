@@ -70,13 +70,13 @@ from storage.postgres.url import database_url
 log = logging.getLogger("memento.proxy")
 
 
-def _http_exception(request: Request, exc: Exception) -> Response:
+async def _http_exception(request: Request, exc: Exception) -> Response:
     """A route or method the app does not serve, in the shape of the API the path belongs to
     (Anthropic's under `/v1/messages`, OpenAI's elsewhere; the trace page's own under `/ui/`)."""
     assert isinstance(exc, HTTPException)
     path = request.url.path
     if exc.status_code == 404 and f"{path}/".startswith("/ui/"):
-        return page_not_found(request)
+        return await page_not_found(request)
     if exc.status_code == 404:
         message = f"Unknown route {request.method} {path}; see /v1/models."
         error = ProxyError(404, message, code="unknown_url")

@@ -270,7 +270,11 @@ class PolicyRegistry:
 
     def policy_for_key(self, key: str) -> Policy | None:
         """The policy of the tenant owning this proxy key, or None."""
-        tenant = self._snapshot.by_key.get(hash_key(key))
+        return self.policy_for_hash(hash_key(key))
+
+    def policy_for_hash(self, key_hash: str) -> Policy | None:
+        """The policy of the tenant owning the key of this hash (`hash_key`), or None."""
+        tenant = self._snapshot.by_key.get(key_hash)
         return None if tenant is None else self._snapshot.policies.get(tenant)
 
     def _policy_files(self) -> list[Path]:

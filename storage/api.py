@@ -396,6 +396,11 @@ class Store(Protocol):
 
     def attach_health(self, health: HealthReporter) -> None: ...
 
+    async def secret(self, name: str) -> bytes:
+        """A random 32-byte secret of this store, made at its first use and the same for every
+        process and replica sharing the store (the UI signs its sessions with one)."""
+        ...
+
     async def close(self) -> None: ...
 
 

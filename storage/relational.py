@@ -33,6 +33,7 @@ META_UPSERT = (
     "INSERT INTO store_meta (key, value) VALUES (?, ?) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
+META_INSERT = "INSERT INTO store_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
 
 
 class Cursor(Protocol):

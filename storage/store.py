@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import sqlite3
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from storage.index_sync import EMBEDDER_META, IndexSync, embedder_tag
 from storage.locks import StoreLocks
 from storage.maintenance import IndexMaintenance
 from storage.memories import Memories
+from storage.relational import META_INSERT
 from storage.sqlite import Database
 from storage.vector_cache import VectorCacheSettings
 
@@ -79,6 +81,16 @@ class EmbeddedStore:
         """Report the index's problems and a full disk (and their recovery) to `health`."""
         self.db.attach_health(health)
         self.index.attach_health(health)
+
+    async def secret(self, name: str) -> bytes:
+        key = f"secret:{name}"
+        connection = self.db.connection
+        value = await connection.get_meta(key)
+        if value is None:  # the first process to ask makes it; the others read that one
+            async with connection.transaction() as db:
+                await db.execute(META_INSERT, (key, secrets.token_hex(32)))
+            value = await connection.get_meta(key)
+        return bytes.fromhex(str(value))
 
     async def start(self) -> None:
         """Replay the outbox (changes committed but not yet indexed) and start maintenance."""

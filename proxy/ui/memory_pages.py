@@ -76,7 +76,7 @@ async def review_action(request: Request) -> Response:
 
 
 async def _guarded(request: Request, view: Any) -> Response:
-    policy = ui_policy(request)
+    policy = await ui_policy(request)
     if policy is None:
         return RedirectResponse("/ui/", status_code=303, headers=SECURITY_HEADERS)
     store = memory_store_of(request)

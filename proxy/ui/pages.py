@@ -1,10 +1,12 @@
 """The trace pages at `/ui/`: recent requests, and one request's timeline of stages.
 
 Server-rendered HTML (Jinja2, autoescaped) with no scripts. The page is tenant-scoped like the
-API: a login form takes the tenant's proxy key and keeps it in an HttpOnly, SameSite=Strict
-cookie limited to `/ui`, so the key never appears in a URL, a log line or page script; every
-page re-checks it against the current policies, so removing a key from a policy file logs the
-browser out. What a page shows is exactly what `GET /v1/traces[/{id}]` returns.
+API: a login form takes the tenant's proxy key and gives the browser a signed session
+that ends after `SESSION_S` (`proxy.ui.session`: the key's hash, never the key) in an HttpOnly,
+SameSite=Strict cookie limited to `/ui`, so the key never appears in a URL, a log line, page
+script or the browser's storage; every page re-checks the session against the current
+policies, so removing a key from a policy file logs the browser out. What a page shows is
+exactly what `GET /v1/traces[/{id}]` returns.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ from proxy.policy import Policy
 from proxy.routes.traces import parse_limit
 from proxy.shapes import trace_document, with_memory_texts
 from proxy.tenants import PolicyRegistry
+from proxy.ui import session
 
-COOKIE = "memento_ui_key"
+COOKIE = "memento_ui_session"
 COOKIE_PATH = "/ui"
 SESSION_S = 8 * 3600
 MAX_FORM_BYTES = 4096
@@ -92,13 +95,17 @@ def json_twin(request: Request, document: dict[str, Any]) -> Response | None:
     return JSONResponse(document, headers=SECURITY_HEADERS)
 
 
-def ui_policy(request: Request) -> Policy | None:
-    """The tenant whose key is in the UI cookie, if that key is still valid."""
-    key = request.cookies.get(COOKIE)
-    if not key:
+async def ui_policy(request: Request) -> Policy | None:
+    """The tenant of the UI session in the cookie, if the session is genuine, has not ended
+    and its key still belongs to the tenant (`proxy.ui.session`)."""
+    cookie = request.cookies.get(COOKIE)
+    if not cookie:
+        return None
+    hashed = session.key_hash(await session.session_secret(request), cookie, time.time())
+    if hashed is None:
         return None
     registry: PolicyRegistry = request.app.state.policies
-    return registry.policy_for_key(key)
+    return registry.policy_for_hash(hashed)
 
 
 def same_origin(request: Request) -> bool:
@@ -120,7 +127,7 @@ async def read_form(request: Request) -> dict[str, str]:
 
 
 async def index(request: Request) -> Response:
-    policy = ui_policy(request)
+    policy = await ui_policy(request)
     if policy is None:
         return render("login.html", error=None)
     user = request.query_params.get("user") or None
@@ -143,7 +150,7 @@ async def index(request: Request) -> Response:
 
 
 async def request_page(request: Request) -> Response:
-    policy = ui_policy(request)
+    policy = await ui_policy(request)
     if policy is None:
         return RedirectResponse("/ui/", status_code=303, headers=SECURITY_HEADERS)
     request_id = request.path_params["request_id"]
@@ -165,9 +172,9 @@ async def request_page(request: Request) -> Response:
     )
 
 
-def page_not_found(request: Request) -> Response:
+async def page_not_found(request: Request) -> Response:
     """An unknown address under /ui: an HTML page saying so, as the other pages' errors."""
-    policy = ui_policy(request)
+    policy = await ui_policy(request)
     message = f"There is no page at {request.url.path}."
     return render(
         "error.html", status=404, tenant=policy.tenant if policy else None, message=message
@@ -185,9 +192,10 @@ async def login(request: Request) -> Response:
         error = "That key belongs to no tenant. Use a proxy key listed in a tenant's policy file."
         return render("login.html", status=401, error=error)
     response = RedirectResponse("/ui/", status_code=303, headers=SECURITY_HEADERS)
+    cookie = session.issue(await session.session_secret(request), key, time.time() + SESSION_S)
     response.set_cookie(
         COOKIE,
-        key,
+        cookie,
         max_age=SESSION_S,
         path=COOKIE_PATH,
         httponly=True,

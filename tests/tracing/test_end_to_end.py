@@ -356,7 +356,7 @@ def test_ui_requires_a_valid_key(traced: Traced) -> None:
 
         wrong = browser.post("/ui/login", data={"key": "not-a-key"})
         assert wrong.status_code == 401
-        assert "memento_ui_key" not in browser.cookies
+        assert "memento_ui_session" not in browser.cookies
         blank = browser.post("/ui/login", data={"key": "  "})
         assert blank.status_code == 400
         assert "Enter a proxy key" in blank.text
@@ -378,7 +378,17 @@ def test_ui_requires_a_valid_key(traced: Traced) -> None:
         assert ok.status_code == 303
         cookie = ok.headers["set-cookie"].lower()
         assert "httponly" in cookie and "samesite=strict" in cookie and "path=/ui" in cookie
-        assert browser.get("/ui/").status_code == 200
+        assert "tenant <strong>acme</strong>" in browser.get("/ui/").text
+        # The browser holds a signed session, not the key; an altered one opens nothing.
+        held = browser.cookies["memento_ui_session"]
+        assert KEY_A not in held
+        for forged in (held[:-4] + "AAAA", held.replace(".", "x.", 1), "not-a-session", KEY_A):
+            page = httpx.get(
+                f"{traced.proxy.base_url}/ui/",
+                headers={"cookie": f"memento_ui_session={forged}"},
+                timeout=120,
+            )
+            assert 'name="key"' in page.text, forged
 
         browser.post("/ui/logout")
         assert 'name="key"' in browser.get("/ui/").text
