@@ -347,9 +347,14 @@ class MemoryRows(ContentRows):
     async def delete_user_memories(self, tenant_id: str, user_id: str, *, actor: str) -> int:
         """Erase every record of one user (rows and edit history), every exchange of theirs
         in the write queue (which holds the conversation's text) and the comments of feedback
-        on their requests, in one transaction; returns how many records. An exchange being
-        learned meanwhile finds its job gone and takes back what it wrote
-        (`proxy.memory.write_path`)."""
+        on their requests; returns how many records.
+
+        The exchanges go first, in a transaction of their own, then the records. An exchange
+        being learned meanwhile checks for its job once its writes are committed
+        (`proxy.memory.write_path`): if the job is gone it takes back what it wrote; if not,
+        its writes were committed before the jobs' deletion, so before the records' deletion
+        starts, which then sees them, under PostgreSQL's read-committed reads as under SQLite's
+        one writer. Erasing again is safe, if the second step failed."""
         now = time.time()
         async with self._connection.transaction() as db:
             await db.execute(
@@ -360,21 +365,21 @@ class MemoryRows(ContentRows):
                 "(SELECT request_id FROM requests WHERE tenant_id = ? AND user_id = ?)",
                 (tenant_id, tenant_id, user_id),
             )
-            async with db.execute(
-                "SELECT id, status FROM memories WHERE tenant_id = ? AND user_id = ?",
-                (tenant_id, user_id),
-            ) as cursor:
-                rows = list(await cursor.fetchall())
-            ids = [row[0] for row in rows]
-            live = sum(1 for row in rows if row[1] != "deleted")
+        async with self._connection.transaction() as db:
             await db.execute(
                 "DELETE FROM memory_versions WHERE tenant_id = ? AND memory_id IN "
                 "(SELECT id FROM memories WHERE tenant_id = ? AND user_id = ?)",
                 (tenant_id, tenant_id, user_id),
             )
-            await db.execute(
-                "DELETE FROM memories WHERE tenant_id = ? AND user_id = ?", (tenant_id, user_id)
-            )
+            # The rows deleted, as deleted: a record committed a moment before this statement
+            # is erased and leaves its outbox entry like the others.
+            async with db.execute(
+                "DELETE FROM memories WHERE tenant_id = ? AND user_id = ? RETURNING id, status",
+                (tenant_id, user_id),
+            ) as cursor:
+                rows = list(await cursor.fetchall())
+            ids = [row[0] for row in rows]
+            live = sum(1 for row in rows if row[1] != "deleted")
             await db.executemany(
                 OUTBOX_INSERT,
                 [(memory_id, tenant_id, now) for memory_id in ids],
