@@ -96,9 +96,20 @@ class SQLiteSpanExporter(SpanExporter):
         self._health = health
         self._held: deque[SpanRow] = deque(maxlen=hold_limit)
         self._dropped = 0
+        self._lock = threading.Lock()  # the batch processor's thread, and `retry_held`'s
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        rows = [*self._held, *(span_row(span) for span in spans)]
+        with self._lock:
+            return self._write([*self._held, *(span_row(span) for span in spans)])
+
+    def retry_held(self) -> None:
+        """Write the spans held since the store refused them, with no new span to carry them:
+        a replica that `/readyz` took out of rotation for them gets no traffic that would."""
+        with self._lock:
+            if self._held:
+                self._write(list(self._held))
+
+    def _write(self, rows: list[SpanRow]) -> SpanExportResult:
         try:
             self._store.write_spans_blocking(rows)
         except SpanStoreUnavailable as exc:  # no room, locked, out of reach: keep them for later

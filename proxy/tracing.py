@@ -37,6 +37,8 @@ TRACER_NAME = "memento.proxy"
 OTLP_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
 OTLP_TRACES_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 PRUNE_INTERVAL_S = 600.0
+# How often spans held in memory (the span store refused them) are tried again without new ones.
+HELD_RETRY_S = 5.0
 # Spans go to the span store in small batches, soon after they end. The exporter's thread shares
 # the GIL and the CPU with the event loop, and a span costs it about 60 µs (row, JSON, five
 # index entries): a batch of 1,024 was a 50-100 ms burst, and the calls it overlapped waited
@@ -105,6 +107,7 @@ class TracingHandle:
         processors: SynchronousMultiSpanProcessor,
         retention: RetentionLookup,
         prune_interval_s: float,
+        exporter: SQLiteSpanExporter,
     ) -> None:
         self.store = store
         self.otlp_traces_url: str | None = None
@@ -112,6 +115,7 @@ class TracingHandle:
         self._processors = processors
         self._retention = retention
         self._prune_task = loop.create_task(self._prune_forever(prune_interval_s))
+        self._retry_task = loop.create_task(self._retry_held_forever(exporter))
         self._closed = False
 
     def add_span_processor(self, processor: SpanProcessor) -> None:
@@ -158,14 +162,23 @@ class TracingHandle:
                 log.exception("trace retention failed; retrying in %.0f s", interval_s)
             await asyncio.sleep(interval_s)
 
+    async def _retry_held_forever(self, exporter: SQLiteSpanExporter) -> None:
+        while True:
+            await asyncio.sleep(HELD_RETRY_S)
+            try:
+                await asyncio.to_thread(exporter.retry_held)
+            except Exception:
+                log.exception("retrying the spans held in memory failed")
+
     async def shutdown(self) -> None:
         """Flush and stop exporting; the caller closes the span store afterwards."""
         if self._closed:
             return
         self._closed = True
-        self._prune_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._prune_task
+        for task in (self._prune_task, self._retry_task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await asyncio.to_thread(self._processors.shutdown)
         global_router().unregister(self._loop)
 
@@ -190,9 +203,10 @@ def setup_tracing(
     del settings  # process settings hold nothing tracing-specific yet; kept for the seam
     loop = asyncio.get_running_loop()
     processors = SynchronousMultiSpanProcessor()  # type: ignore[no-untyped-call]
+    exporter = SQLiteSpanExporter(span_store, health=health)
     processors.add_span_processor(
         BatchSpanProcessor(
-            SQLiteSpanExporter(span_store, health=health),
+            exporter,
             max_queue_size=65536,
             max_export_batch_size=SPAN_BATCH,
             schedule_delay_millis=schedule_delay_ms,
@@ -203,7 +217,12 @@ def setup_tracing(
         processors.add_span_processor(BatchSpanProcessor(_otlp_exporter(endpoint)))
         log.info("exporting traces over OTLP to %s", endpoint)
     handle = TracingHandle(
-        span_store, loop, processors, retention or (lambda _tenant: None), prune_interval_s
+        span_store,
+        loop,
+        processors,
+        retention or (lambda _tenant: None),
+        prune_interval_s,
+        exporter,
     )
     handle.otlp_traces_url = endpoint
     global_router().register(loop, processors)

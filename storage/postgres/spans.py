@@ -25,34 +25,54 @@ POSTGRES_SPANS = SpanDialect(SPAN_CLIENT_ID_SQL, "", "ctid")
 
 
 class _Writer:
-    """`SpanWriter` on a blocking psycopg connection in autocommit mode."""
+    """`SpanWriter` on a blocking psycopg connection in autocommit mode, made again when the
+    database closed it (a restart, a failover): between batches, never inside one, so a batch
+    whose connection broke fails whole and is written again later, not half."""
 
     def __init__(self, conn: psycopg.Connection[Any], url: str) -> None:
         self._conn = conn
         self._url = url
+        self._in_batch = False
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if not (self._conn.closed or self._conn.broken):
+            return self._conn
+        if self._in_batch:
+            raise SpanStoreUnavailable("the connection to the span store broke during a write")
+        try:
+            self._conn = psycopg.Connection.connect(self._url, autocommit=True)
+        except psycopg.Error as exc:
+            raise SpanStoreUnavailable(without_secret(str(exc), self._url)) from exc
+        return self._conn
 
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> Any:
         try:
-            return self._conn.execute(postgres_sql(sql), list(params))
+            return self._connection().execute(postgres_sql(sql), list(params))
         except psycopg.OperationalError as exc:  # out of reach, out of space: wait
             raise SpanStoreUnavailable(without_secret(str(exc), self._url)) from exc
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]], /) -> Any:
         try:
-            with self._conn.cursor() as cursor:
+            with self._connection().cursor() as cursor:
                 cursor.executemany(postgres_sql(sql), [list(row) for row in rows])
         except psycopg.OperationalError as exc:
             raise SpanStoreUnavailable(without_secret(str(exc), self._url)) from exc
 
     def begin(self) -> None:
         self.execute("BEGIN")
+        self._in_batch = True
 
     def commit(self) -> None:
         self.execute("COMMIT")
+        self._in_batch = False
 
     def rollback(self) -> None:
-        if self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            self._conn.execute("ROLLBACK")
+        self._in_batch = False
+        conn = self._conn
+        if conn.closed or conn.broken:
+            return  # the database ended the transaction with the connection
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.execute("ROLLBACK")
 
     def close(self) -> None:
         self._conn.close()
@@ -65,8 +85,16 @@ async def open_postgres_spans(url: str) -> SpanTable:
         writer = psycopg.Connection.connect(url, autocommit=True)
     except (psycopg.Error, ValueError) as exc:
         raise unreachable(url, exc) from None
+    # Connections are checked when taken: trace reads are few, and after a database restart
+    # the first one would otherwise meet a connection the server closed.
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True}, name="spans"
+        url,
+        min_size=1,
+        max_size=4,
+        open=False,
+        kwargs={"autocommit": True},
+        check=AsyncConnectionPool.check_connection,
+        name="spans",
     )
     await pool.open(wait=True)
 

@@ -14,6 +14,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from proxy import tracing as tracing_module
 from proxy.health import Health
 from proxy.policy import TracingPolicy
 from proxy.span_export import TRACES_COMPONENT
@@ -156,6 +157,33 @@ async def test_spans_wait_while_the_store_is_full_and_are_kept_when_it_has_room(
             assert len(await store.get_trace("acme", f"req-full-{number}")) == 4
         assert len(await store.get_trace("acme", "req-after")) == 4
         assert health.problems() == []
+    finally:
+        await handle.shutdown()
+
+
+async def test_held_spans_are_written_once_the_store_has_room_with_no_new_span(
+    store: SpanTable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica whose /readyz says the spans wait is out of its Service's rotation: no new
+    span comes to carry the held ones, so they are tried again on their own."""
+    monkeypatch.setattr(tracing_module, "HELD_RETRY_S", 0.05)
+    health = Health()
+    handle = setup_tracing(object(), store, schedule_delay_ms=60_000, health=health)
+    writer = store._writer
+    (pages,) = writer.execute("PRAGMA page_count").fetchone()
+    try:
+        writer.execute(f"PRAGMA max_page_count = {pages}")
+        for number in range(20):  # more than the free pages hold
+            traced_request("acme", f"req-held-{number}", "ann")
+        await handle.flush()
+        assert health.problems() != []
+        writer.execute("PRAGMA max_page_count = 1073741823")  # room again, and no traffic
+        deadline = time.monotonic() + 30
+        while health.problems():
+            assert time.monotonic() < deadline, "the held spans were never written"
+            await asyncio.sleep(0.05)
+        for number in range(20):
+            assert len(await store.get_trace("acme", f"req-held-{number}")) == 4
     finally:
         await handle.shutdown()
 

@@ -8,11 +8,12 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from storage import open_span_store
 from storage.records import SpanRow
-from storage.spans import SpanTable
+from storage.spans import SpanStoreUnavailable, SpanTable
 from tests.postgres_server import BOTH_DATABASES
 
 _ids = itertools.count(1)
@@ -195,6 +196,25 @@ async def test_a_users_traces_are_deleted_with_their_write_path_and_no_other(
     assert await store.get_trace("acme", "req-0") == []
     assert len(await store.get_trace("acme", "req-other")) == 3
     assert len(await store.get_trace("globex", "req-g")) == 3
+
+
+async def test_the_writer_connects_again_after_the_database_dropped_its_connection(
+    store: SpanTable, each_database: str | None
+) -> None:
+    if each_database is None:
+        pytest.skip("a PostgreSQL connection")
+    await store.write_spans(request_spans("1" * 32, "acme", "req-1"))
+    # What a restart or a failover does to every connection: the server ends it.
+    async with await psycopg.AsyncConnection.connect(each_database, autocommit=True) as admin:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    with pytest.raises(SpanStoreUnavailable):  # the batch that finds it ended fails whole
+        await store.write_spans(request_spans("2" * 32, "acme", "req-2"))
+    await store.write_spans(request_spans("2" * 32, "acme", "req-2"))  # and is written again
+    assert len(await store.get_trace("acme", "req-2")) == 3
+    assert len(await store.get_trace("acme", "req-1")) == 3
 
 
 async def test_unresolved_spans_are_pruned_by_age(store: SpanTable) -> None:
