@@ -20,6 +20,7 @@ import contextlib
 import functools
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Sequence
 from typing import Any
 
@@ -46,6 +47,12 @@ POSTGRES = Dialect(
     integrity_error=psycopg.IntegrityError,
 )
 _CONNECT_TIMEOUT_S = 10
+# While the database is out of reach, statements fail at once for this long after a failed
+# attempt, and the next attempt waits for a connection this long at most: a chat's memory steps
+# (its request log, its queued exchange) each waited the pool's 10 s, so an outage made a call
+# take 10-170 s instead of going on without memory.
+_RETRY_AFTER_S = 1.0
+_PROBE_TIMEOUT_S = 1.0
 # The outbox: the lock that orders its entries by commit, and the channel new ones are told on.
 OUTBOX_ORDER_LOCK = lock_key("outbox order")
 OUTBOX_CHANNEL = "memento_outbox"
@@ -137,6 +144,7 @@ class PostgresConnection(SQLConnection):
         self._pool = pool
         self._write_lock = asyncio.Lock()
         self._unreachable: str | None = None
+        self._retry_at = 0.0  # monotonic: when an unreachable database is tried again
         self._locks = AdvisoryLocks(pool)
 
     @property
@@ -176,9 +184,9 @@ class PostgresConnection(SQLConnection):
     async def transaction(self) -> AsyncIterator[Transaction]:
         """One write transaction on a pooled connection: committed at the end of the block,
         rolled back if anything in it (the commit included) fails."""
-        async with self._write_lock, self._reaching():
+        async with self._write_lock, self._reaching() as timeout:
             try:
-                async with self._pool.connection() as conn, conn.transaction():
+                async with self._pool.connection(timeout) as conn, conn.transaction():
                     yield PostgresTransaction(conn)
             except pg_errors.DiskFull as exc:
                 raise self._report_full(f"{self.description}: {exc}") from exc
@@ -186,7 +194,7 @@ class PostgresConnection(SQLConnection):
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Rows of one query, on any pooled connection."""
-        async with self._reaching(), self._pool.connection() as conn:
+        async with self._reaching() as timeout, self._pool.connection(timeout) as conn:
             cursor = await conn.execute(postgres_sql(sql), list(params))
             return list(await cursor.fetchall())
 
@@ -222,16 +230,23 @@ class PostgresConnection(SQLConnection):
             health.report(DATABASE_COMPONENT, self._unreachable)
 
     @contextlib.asynccontextmanager
-    async def _reaching(self) -> AsyncIterator[None]:
+    async def _reaching(self) -> AsyncIterator[float | None]:
         """Report the database as unreachable while its connections fail, and as back once a
-        statement ran again; the error is `DatabaseUnavailable`, its message without secrets."""
+        statement ran again; the error is `DatabaseUnavailable`, its message without secrets.
+        Yields how long to wait for a pooled connection (None: the pool's own timeout). While
+        unreachable, a statement fails at once until `_RETRY_AFTER_S` after the last attempt,
+        and the next attempt waits `_PROBE_TIMEOUT_S` at most."""
+        unreachable = self._unreachable
+        if unreachable is not None and time.monotonic() < self._retry_at:
+            raise DatabaseUnavailable(unreachable)
         try:
-            yield
+            yield None if unreachable is None else _PROBE_TIMEOUT_S
         except (PoolTimeout, psycopg.OperationalError) as exc:
             if not _out_of_reach(exc):
                 raise
             message = without_secret(f"{self.description} cannot be reached: {exc}", self._url)
             self._unreachable = message
+            self._retry_at = time.monotonic() + _RETRY_AFTER_S
             if self._health is not None:
                 self._health.report(DATABASE_COMPONENT, message)
             raise DatabaseUnavailable(message) from None
