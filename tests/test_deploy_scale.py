@@ -372,12 +372,16 @@ def test_the_replicas_are_probed_secured_and_sized(manifests: list[dict[str, Any
     home = f"/home/{uid.group(2)}"
     assert {_env(container)["MEMENTO_DATA_DIR"], "/tmp", f"{home}/.cache"} <= writable
 
-    # Sized from the measured footprint: the limit above the RSS a long soak ended at.
-    soak = json.loads((ROOT / "bench" / "results" / "soak.json").read_text())
+    # One serving process per core of the CPU limit: nothing reads the limit itself.
     resources = container["resources"]
+    processes = int(_env(container)["MEMENTO_PROCESSES"])
+    assert processes == int(resources["limits"]["cpu"])
+
+    # Sized from the measured footprint: the limit above the RSS a soak ended at, per process.
+    soak = json.loads((ROOT / "bench" / "results" / "soak.json").read_text())
     assert {"cpu", "memory"} <= set(resources["requests"])
     limit_mib = _size(resources["limits"]["memory"].removesuffix("i")) / 1024**2
-    assert limit_mib > soak["rss_end_mb"]
+    assert limit_mib > processes * soak["rss_end_mb"]
 
 
 def test_the_policies_configmap_is_the_folder_the_proxy_reads(
