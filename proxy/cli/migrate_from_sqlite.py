@@ -46,8 +46,8 @@ def cmd_migrate_from_sqlite(args: argparse.Namespace) -> int:
     lines = [f"{'table':<16} {'SQLite':>10} {'PostgreSQL':>10}"]
     lines += [f"{t:<16} {s:>10} {p:>10}" for t, (s, p) in report["tables"].items()]
     summary = (
-        f"index rebuilt at {report['index']}: {report['indexed']} memories, generation "
-        f"{report['generation']}"
+        f"index rebuilt at {report['index']} ({report['indexed']} memories from "
+        f"{report['database']}), generation {report['generation']}"
     )
     status = print_result(args, report, "\n".join([*lines, summary]))
     if report["differences"]:
@@ -80,6 +80,7 @@ async def _migrate(folder: Path, url: str, embedder_spec: str | None) -> dict[st
     finally:
         await store.close()
     return {
+        "database": store.database,  # the copy the index was rebuilt from, not the SQLite file
         "tables": {name: list(counts) for name, counts in tables.items()},
         "differences": [name for name, (before, after) in tables.items() if before != after],
         "index": location.recorded_as(folder),

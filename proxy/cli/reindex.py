@@ -39,9 +39,9 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     return print_result(
         args,
         report,
-        f"rebuilt the index of {report['data_dir']}: {report['records']} memories "
-        f"({report['reembedded']} re-embedded with {report['embedder']}), generation "
-        f"{report['generation']}, in {report['seconds']:.1f} s",
+        f"rebuilt the index at {report['index']} ({report['records']} memories from "
+        f"{report['database']}; {report['reembedded']} re-embedded with {report['embedder']}), "
+        f"generation {report['generation']}, in {report['seconds']:.1f} s",
     )
 
 
@@ -63,12 +63,14 @@ async def _reindex(folder: Path, embedder_spec: str | None) -> dict[str, Any]:
         report = await store.maintenance.reindex()
     finally:
         await store.close()
-    return {"data_dir": str(folder), **report}
+    # Where the index and its source are, not just the folder: either may be elsewhere.
+    where = {"index": store.index_location, "database": store.database}
+    return {"data_dir": str(folder), **where, **report}
 
 
 COMMAND = Command(
     "reindex",
-    "rebuild the search index from SQLite (re-embeds after an embedder change)",
+    "rebuild the search index from the source of truth (re-embeds after an embedder change)",
     cmd_reindex,
     description=__doc__,
     options=(

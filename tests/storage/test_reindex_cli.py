@@ -1,16 +1,23 @@
-"""`memento-proxy reindex` rebuilds a lost index from SQLite."""
+"""`memento-proxy reindex` rebuilds a lost index from the source of truth, and says where."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from proxy.cli import main as cli_main
 from storage import open_store
 from storage.embedders import LocalEmbedder
+from storage.index_location import URI_SETTING
+from storage.postgres.url import DATABASE_URL_SETTING
 from storage.records import NewMemory, Scope
+from tests.s3_server import S3Server
 
 SCOPE = Scope("acme", "alice")
 
@@ -57,3 +64,29 @@ async def test_a_lost_index_is_rebuilt_at_open(
         assert [hit.record.id for hit in hits] == [record.id]
     finally:
         await store.close()
+
+
+def test_reindex_names_the_index_it_rebuilt_and_its_source(
+    tmp_path: Path,
+    local_embedder: LocalEmbedder,
+    s3_server: S3Server,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The index is in a bucket, not in the data folder: the message names the bucket."""
+    data = tmp_path / "data"
+    index = f"s3://{s3_server.new_bucket()}/index"
+    for name, value in {**s3_server.env, URI_SETTING: index}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv(DATABASE_URL_SETTING, raising=False)
+
+    async def fill() -> None:
+        store = await open_store(data, local_embedder)
+        await store.memories.add(SCOPE, [NewMemory(kind="fact", text="I collect stamps")])
+        await store.close()
+
+    asyncio.run(fill())
+    assert cli_main(["reindex", "--data-dir", str(data), "--embedder", "local"]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith(f"rebuilt the index at {index} (1 memories from sqlite: "), said
+    assert str(data / "memento.db") in said
