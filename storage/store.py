@@ -172,9 +172,11 @@ async def open_embedded_store(
         store = EmbeddedStore(db, sync, locks, maintenance_interval_s=maintenance_interval_s)
         if (index.created or moved) and stored == tag and await db.memories.count_memories():
             # The index was lost, moved or is of an older layout; it is derived data, so
-            # rebuild it from SQLite.
+            # rebuild it from the source of truth.
             log.warning(
-                "search index missing or outdated at %s; rebuilding it from SQLite", location
+                "search index missing or outdated at %s; rebuilding it from %s",
+                location,
+                db.connection.description,
             )
             await store.maintenance.reindex()
         if recorded != here:
