@@ -286,8 +286,11 @@ class WriteQueue(Protocol):
         skip_tenants: Sequence[str] = (),
     ) -> list[QueuedJob]:
         """Take queued jobs (and jobs whose claim lease expired after a crash), oldest first;
-        those of `first` (ids a request is waiting for) ahead of the others when claimable.
-        Jobs of `skip_tenants` (tenants already using all the workers they may) stay queued."""
+        the users of `first` (ids a request is waiting for) ahead of the others when claimable.
+        A user's jobs (tenant and `user_id`, None being one more user) are taken one at a time
+        and in order, across every claimer: only the user's oldest open job, and only while
+        none of theirs runs under a live lease. Jobs of `skip_tenants` (tenants already using
+        all the workers they may) stay queued."""
         ...
 
     async def complete(self, job_id: int) -> None: ...

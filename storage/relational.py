@@ -77,13 +77,19 @@ class Dialect:
     index instead (12 ms at 10k rows); PostgreSQL has no such hint (`+` on text is an error)
     and its planner needs none. `claim_lock` ends the row selection of a job
     claim: nothing in SQLite (one writer at a time), `FOR UPDATE SKIP LOCKED` in PostgreSQL, so
-    concurrent claimers take different jobs without waiting for each other.
+    concurrent claimers take different jobs without waiting for each other. `claim_turn` begins
+    a claim's transaction, so that claims take turns across processes and each sees the ones
+    before it (a user's jobs run one at a time): nothing in SQLite, whose write transactions
+    (`BEGIN IMMEDIATE`) already take turns and read the file as the last one left it; in
+    PostgreSQL a transaction advisory lock, released at the commit, after which the claim's
+    statement takes its snapshot (READ COMMITTED).
     """
 
     name: str
     json_field_sql: str  # a JSON text column's top-level field as text: {column}, {key}
     unindexed: str
     claim_lock: str
+    claim_turn: str
     integrity_error: type[Exception] | tuple[type[Exception], ...]
 
     def json_field(self, column: str, key: str) -> str:

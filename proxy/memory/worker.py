@@ -10,7 +10,10 @@ released as soon as the attempt at its job ends.
 
 The pool's workers are shared by every tenant, but a tenant's policy bounds how many of its jobs
 run at once (`memory.workers`): a tenant at its bound has its jobs left in the queue at the next
-claim, so one tenant's burst cannot take every worker while another's exchanges wait.
+claim, so one tenant's burst cannot take every worker while another's exchanges wait. The
+queue's claim hands out one user's jobs one at a time, in order, across every process
+(`storage/sqlite/queue.py`): each exchange is consolidated against what its user's previous one
+wrote.
 """
 
 from __future__ import annotations

@@ -39,11 +39,14 @@ from storage.sqlite.migrations import Migration
 log = logging.getLogger("memento.storage")
 
 DATABASE_COMPONENT = "database"  # the name an unreachable database is reported under
+# Job claims take turns across replicas under this lock (`Dialect.claim_turn`).
+CLAIM_TURN_LOCK = lock_key("job claims")
 POSTGRES = Dialect(
     name="postgresql",
     json_field_sql="({column}::jsonb ->> '{key}')",
     unindexed="",
     claim_lock=" FOR UPDATE SKIP LOCKED",
+    claim_turn=f"SELECT pg_advisory_xact_lock({CLAIM_TURN_LOCK})",
     integrity_error=psycopg.IntegrityError,
 )
 _CONNECT_TIMEOUT_S = 10

@@ -31,6 +31,7 @@ SQLITE = Dialect(
     json_field_sql="json_extract({column}, '$.{key}')",
     unindexed="+",
     claim_lock="",
+    claim_turn="",
     integrity_error=sqlite3.IntegrityError,
 )
 

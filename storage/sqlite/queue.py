@@ -3,6 +3,13 @@
 Implements `WriteQueue` (what the write path uses) and `JobAdmin` (what an operator sees). A
 claim is a lease: a job whose worker died is claimable again once its lease expired, so a crash
 loses no job. Enqueueing is group-committed with the other small writes of concurrent calls.
+
+One user's jobs (same tenant, same user id; the jobs without a user, of the tenant-shared
+memory, count as one more user of their tenant) run one at a time and in order, across every
+worker and process: each consolidates against what the one before it wrote. Only a user's
+oldest open job (queued, or running) is claimable, and only while none of the user's jobs runs
+under a live lease; a job waiting out its retry holds back the user's later ones, so an older
+statement never overwrites a newer one, while a job given up (failed) no longer does.
 """
 
 from __future__ import annotations
@@ -53,9 +60,12 @@ class SQLiteJobQueue:
     ) -> list[QueuedJob]:
         lease = (time.time(), self._lease_s)
         skip = list(skip_tenants)
+        dialect = self._connection.dialect
         async with self._connection.transaction() as db:
-            # Jobs someone waits for go ahead of older ones, when they are claimable at all.
-            claim = partial(_claim_rows, db, self._connection.dialect, worker, lease)
+            if dialect.claim_turn:
+                await db.execute(dialect.claim_turn)
+            # The users whose jobs someone waits for go ahead of older ones, when claimable.
+            claim = partial(_claim_rows, db, dialect, worker, lease)
             rows = await claim(limit, only=first, skip=skip) if first else []
             if len(rows) < limit:
                 rows += await claim(limit - len(rows), skip=skip)
@@ -191,21 +201,40 @@ async def _claim_rows(
     only: Sequence[int] = (),
     skip: Sequence[str] = (),
 ) -> list[Any]:
-    """Lease up to `limit` claimable jobs (of `only`, when given; none of the tenants in
-    `skip`), oldest first: queued and due, or running with an expired lease (their worker died).
-    `lease` is (now, lease seconds). In PostgreSQL the rows are selected `FOR UPDATE SKIP
-    LOCKED`: a job another claimer is taking is passed over, never taken twice."""
+    """Lease up to `limit` claimable jobs (of the users of `only`, when given; none of the
+    tenants in `skip`), oldest first: queued and due, or running with an expired lease (their
+    worker died); each the oldest open job of its user, whose other jobs none runs under a live
+    lease, so one claim takes at most one job of a user. `lease` is (now, lease seconds).
+
+    In PostgreSQL the rows are selected `FOR UPDATE SKIP LOCKED` (a job another transaction is
+    updating is passed over, never taken twice) after the claim's turn (`Dialect.claim_turn`):
+    without it, two claimers' snapshots could each miss the other's claim not yet committed,
+    and with job ids committed out of order (two replicas queueing for one user at once) one
+    could take the user's older job while the other takes the newer one. Within the turn, a
+    user's oldest job that another transaction is updating (completing it, say) is still passed
+    over rather than waited for, and the user's next job is not taken in its place: it is not
+    the oldest."""
     now, lease_s = lease
     wanted = list(only)[:_MAX_FIRST]
-    narrowed = f"id IN ({placeholders(len(wanted))}) AND " if wanted else ""
-    if skip:
-        narrowed += f"tenant_id NOT IN ({placeholders(len(skip))}) AND "
+    skipped = f"AND tenant_id NOT IN ({placeholders(len(skip))}) " if skip else ""
+    awaited = (
+        f"AND max(CASE WHEN id IN ({placeholders(len(wanted))}) THEN 1 ELSE 0 END) = 1 "
+        if wanted
+        else ""
+    )
+    # GROUP BY puts the jobs without a user in one group of their tenant (NULLs group together).
+    heads = (
+        f"SELECT min(id) FROM jobs WHERE state IN ('queued', 'running') {skipped}"
+        "GROUP BY tenant_id, user_id "
+        "HAVING max(CASE WHEN state = 'running' AND lease_until >= ? THEN 1 ELSE 0 END) = 0 "
+        f"{awaited}"
+    )
     async with db.execute(
         "UPDATE jobs SET state = 'running', attempts = attempts + 1, claimed_by = ?, "
-        f"lease_until = ? WHERE id IN (SELECT id FROM jobs WHERE {narrowed}"
+        f"lease_until = ? WHERE id IN (SELECT id FROM jobs WHERE id IN ({heads}) AND "
         "((state = 'queued' AND available_at <= ?) OR (state = 'running' AND lease_until < ?)) "
         f"ORDER BY id LIMIT ?{dialect.claim_lock}) RETURNING {_JOB_COLUMNS}",
-        (worker, now + lease_s, *wanted, *skip, now, now, max(0, limit)),
+        (worker, now + lease_s, *skip, now, *wanted, now, now, max(0, limit)),
     ) as cursor:
         return list(await cursor.fetchall())
 

@@ -35,7 +35,9 @@ async def _database(url: str, *, lease_s: float = 120.0) -> Database:
 async def test_two_claimers_at_once_never_take_the_same_job(postgres_url: str) -> None:
     first, second = await _database(postgres_url), await _database(postgres_url)
     try:
-        queued = {await first.queue.enqueue("acme", "exchange", {"n": n}) for n in range(120)}
+        queued = {
+            await first.queue.enqueue("acme", "exchange", {"user_id": f"u{n}"}) for n in range(120)
+        }
         taken: dict[str, list[int]] = {"a": [], "b": []}
 
         async def drain(name: str, db: Database) -> None:

@@ -11,7 +11,8 @@ from proxy.memory.worker import WritePool
 from storage.api import StorageFull
 from storage.embedders import LocalEmbedder
 from storage.records import QueuedJob
-from storage.store import open_embedded_store
+from storage.sqlite import Database
+from storage.store import open_database, open_embedded_store
 from tests.postgres_server import BOTH_DATABASES
 
 pytestmark = BOTH_DATABASES
@@ -24,15 +25,15 @@ async def test_queue_lifecycle(
         tmp_path, local_embedder, lease_s=0.2, database_url=database_url
     )
     try:
-        first = await store.queue.enqueue("acme", "exchange", {"request_id": "r1"})
-        second = await store.queue.enqueue("acme", "exchange", {"request_id": "r2"})
+        first = await store.queue.enqueue("acme", "exchange", {"user_id": "ann", "n": 1})
+        second = await store.queue.enqueue("acme", "exchange", {"user_id": "bob", "n": 2})
         assert await store.queue.pending() == 2
         (job,) = await store.queue.claim("w1", limit=1)
         assert (job.id, job.state, job.attempts, job.payload) == (
             first,
             "running",
             1,
-            {"request_id": "r1"},
+            {"user_id": "ann", "n": 1},
         )
         (other,) = await store.queue.claim("w2", limit=5)
         assert other.id == second
@@ -45,7 +46,7 @@ async def test_queue_lifecycle(
         assert await store.queue.pending() == 0
         assert await store.queue.claim("w1") == []
 
-        third = await store.queue.enqueue("acme", "exchange", {"request_id": "r3"})
+        third = await store.queue.enqueue("acme", "exchange", {"user_id": "ann", "n": 3})
         (crashed,) = await store.queue.claim("dead-worker")
         assert crashed.id == third
         await asyncio.sleep(0.3)  # the dead worker's lease runs out
@@ -76,7 +77,8 @@ async def test_jobs_someone_waits_for_are_claimed_first_when_claimable(
     store = await open_embedded_store(tmp_path, local_embedder, database_url=database_url)
     try:
         oldest, middle, newest = [
-            await store.queue.enqueue("acme", "exchange", {"n": n}) for n in range(3)
+            await store.queue.enqueue("acme", "exchange", {"user_id": user})
+            for user in ("ann", "bob", "cyd")
         ]
         await store.queue.fail(middle, "upstream 429", retry_in_s=60)  # waiting out its backoff
         (job,) = await store.queue.claim("w1", first=[middle, newest])
@@ -110,7 +112,10 @@ async def test_concurrent_writes_share_commits_and_are_each_durable(
     store.db.connection._writer.execute = counting_execute  # type: ignore[method-assign]
     try:
         ids = await asyncio.gather(
-            *(store.queue.enqueue("acme", "exchange", {"n": n}) for n in range(200))
+            *(
+                store.queue.enqueue("acme", "exchange", {"user_id": f"u{n}", "n": n})
+                for n in range(200)
+            )
         )
         assert len(set(ids)) == 200
         assert commits < 20  # 200 writes, a handful of commits
@@ -204,16 +209,19 @@ async def test_a_users_open_jobs_are_found_whoever_queued_them(
     store = await open_embedded_store(tmp_path, local_embedder, database_url=database_url)
     try:
         queue = store.queue
-        running = await queue.enqueue("acme", "exchange", {"user_id": "alice", "n": 1})
-        (claimed,) = await queue.claim("w1", limit=1)
-        assert claimed.id == running
-        retried = await queue.enqueue("acme", "exchange", {"user_id": "alice", "n": 2})
         done = await queue.enqueue("acme", "exchange", {"user_id": "alice", "n": 3})
-        for job in await queue.claim("w1", limit=2):
-            if job.id == retried:
-                await queue.fail(job.id, "upstream down", retry_in_s=30)
-            else:
-                await queue.complete(job.id)
+        (claimed,) = await queue.claim("w1")
+        await queue.complete(claimed.id)
+        running = await queue.enqueue("acme", "exchange", {"user_id": "alice", "n": 1})
+        retried = await queue.enqueue("acme", "exchange", {"user_id": "alice", "n": 2})
+        (claimed,) = await queue.claim("w1")
+        await queue.fail(claimed.id, "bad payload", retry_in_s=None)  # given up...
+        (claimed,) = await queue.claim("w1")
+        assert claimed.id == retried
+        await queue.fail(retried, "upstream down", retry_in_s=30)
+        await queue.retry_job("acme", running)  # ...and queued again by an operator
+        (claimed,) = await queue.claim("w1")
+        assert claimed.id == running  # the user's oldest open job, though the other waits
         queued = await queue.enqueue("acme", "exchange", {"user_id": "alice", "n": 4})
         await queue.enqueue("acme", "exchange", {"user_id": "bob", "n": 5})
         await queue.enqueue("globex", "exchange", {"user_id": "alice", "n": 6})
@@ -226,3 +234,86 @@ async def test_a_users_open_jobs_are_found_whoever_queued_them(
         assert done not in {job.id for job in found}
     finally:
         await store.close()
+
+
+async def test_one_users_jobs_run_one_at_a_time_in_order_across_claimers(
+    tmp_path: Path, local_embedder: LocalEmbedder, database_url: str | None
+) -> None:
+    """Two processes sharing the queue (two connections to one database): a user's jobs are
+    claimed one at a time, oldest first; another user's, and the tenant-shared ones (no user),
+    meanwhile; a job whose worker died (its lease expired) releases its user."""
+    dying = await open_database(tmp_path, database_url, lease_s=0.3)
+    alive = await open_database(tmp_path, database_url, lease_s=120)
+    try:
+        ann = [await dying.queue.enqueue("acme", "exchange", {"user_id": "ann"}) for _ in "123"]
+        bob = await alive.queue.enqueue("acme", "exchange", {"user_id": "bob"})
+        shared = [await alive.queue.enqueue("acme", "exchange", {}) for _ in "12"]
+        other_tenant = await alive.queue.enqueue("globex", "exchange", {"user_id": "ann"})
+
+        # One claim never takes two jobs of a user, even asked for many.
+        claimed = await dying.queue.claim("w1", limit=10)
+        assert [job.id for job in claimed] == [ann[0], bob, shared[0], other_tenant]
+        more = [alive.queue.claim("w2", limit=10), dying.queue.claim("w3", limit=10)]
+        assert await asyncio.gather(*more) == [[], []]  # every user's job runs: none claimable
+
+        await dying.queue.complete(bob)
+        await dying.queue.complete(other_tenant)
+        await alive.queue.complete(shared[0])
+        (job,) = await alive.queue.claim("w2", limit=10)
+        assert job.id == shared[1]  # ann's next waits for ann's first, which runs on
+        await dying.queue.complete(ann[0])
+        (job,) = await dying.queue.claim("dies", limit=10, first=[ann[2]])
+        assert job.id == ann[1]  # ann's next in order, though the newest is awaited
+        assert await alive.queue.claim("w2", limit=10) == []  # leased: ann stays busy
+        await asyncio.sleep(0.4)  # ...until the dead worker's lease runs out
+        (job,) = await alive.queue.claim("w2", limit=10)
+        assert (job.id, job.attempts) == (ann[1], 2)  # the same job again, not ann's next
+        await alive.queue.complete(ann[1])
+        (job,) = await alive.queue.claim("w2", limit=10)
+        assert job.id == ann[2]
+    finally:
+        await dying.close()
+        await alive.close()
+
+
+async def test_concurrent_claimers_never_hold_two_jobs_of_one_user(
+    tmp_path: Path, local_embedder: LocalEmbedder, database_url: str | None
+) -> None:
+    """Workers of two processes drain three users' jobs at once: no user ever has two jobs
+    held, each user's jobs run in the order they were queued, and every job runs once."""
+    first = await open_database(tmp_path, database_url, lease_s=120)
+    second = await open_database(tmp_path, database_url, lease_s=120)
+    users = ["ann", "bob", None]
+    queued: dict[str | None, list[int]] = {user: [] for user in users}
+    for _ in range(8):
+        for user in users:
+            payload = {"user_id": user} if user else {}
+            queued[user].append(await first.queue.enqueue("acme", "exchange", payload))
+    owner = {job_id: user for user, ids in queued.items() for job_id in ids}
+    held: set[str | None] = set()
+    ran: dict[str | None, list[int]] = {user: [] for user in users}
+
+    async def work(name: str, db: Database) -> None:
+        while len(owner) > sum(map(len, ran.values())):
+            jobs = await db.queue.claim(name, limit=2)
+            for job in jobs:
+                user = owner[job.id]
+                assert user not in held, f"{name} took job {job.id} while {user} had one held"
+                held.add(user)
+                ran[user].append(job.id)
+            await asyncio.sleep(0.005)  # the others claim while these are held
+            for job in jobs:
+                held.discard(owner[job.id])  # before the commit that lets the next be claimed
+                await db.queue.complete(job.id)
+
+    try:
+        workers = [
+            work(f"{db_name}-{n}", db)
+            for n in range(2)
+            for db_name, db in (("a", first), ("b", second))
+        ]
+        await asyncio.gather(*workers)
+        assert ran == queued
+    finally:
+        await first.close()
+        await second.close()

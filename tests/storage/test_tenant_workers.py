@@ -51,8 +51,8 @@ async def test_a_tenants_burst_cannot_take_every_worker(
             running[job.tenant_id] -= 1
 
     for number in range(4):
-        await store.queue.enqueue("burst", "exchange", {"request_id": f"b{number}"})
-    await store.queue.enqueue("quiet", "exchange", {"request_id": "q0"})
+        await store.queue.enqueue("burst", "exchange", {"user_id": f"b{number}"})
+    await store.queue.enqueue("quiet", "exchange", {"user_id": "q0"})
     pool = WritePool(store.queue, learn, workers=2, idle_poll_s=0.01, policies=policies)
     pool.start()
     try:
@@ -86,7 +86,7 @@ async def test_a_tenant_may_use_every_worker_its_policy_allows(
         await release.wait()
 
     for number in range(3):
-        await store.queue.enqueue("burst", "exchange", {"request_id": f"b{number}"})
+        await store.queue.enqueue("burst", "exchange", {"user_id": f"b{number}"})
     pool = WritePool(store.queue, learn, workers=3, idle_poll_s=0.01, policies=policies)
     pool.start()
     try:
