@@ -13,11 +13,15 @@ rate into a populated scope, and exchanges learned per second through the durabl
 3. Queue: exchanges queued durably (as `after_call` queues them: a fact, and for half of them a
    request with an answer that takes an approach, so a case too) for the 10k-memory user, then
    the write workers (2, the default) started; exchanges learned per second until the queue is
-   empty, and the queue's depth each second.
+   empty, and the queue's depth each second. One user's exchanges are learned one at a time
+   (each consolidates against what the one before wrote), so with one user the second worker
+   idles; `BENCH_WRITE_USERS=N` spreads the exchanges over N users in turn, the 10k memories
+   split evenly between their scopes, to measure the workers side by side.
 
 Run: `python -m bench write`; `BENCH_SCALE` (default 1.0) scales the scope sizes, the number of
 exchanges and of imported lines; `BENCH_WRITE_PARTS=import` (comma-separated: per_write, import,
-queue) runs only some parts; `BENCH_WRITE_LINES` sets the number of imported lines. Against
+queue) runs only some parts; `BENCH_WRITE_LINES` sets the number of imported lines;
+`BENCH_WRITE_USERS` (default 1) the users the queue part's exchanges belong to. Against
 another checkout (for before/after figures): copy this file to `<dir>/bench/bench_write.py` and
 run it with `PYTHONPATH=<checkout>`; results go to `<dir>/bench/results/write.json`. Results:
 bench/results/write.json.
@@ -61,6 +65,7 @@ SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
 SIZES = sorted({max(500, int(size * SCALE)) for size in (1_000, 10_000, 100_000)})
 PARTS = os.environ.get("BENCH_WRITE_PARTS", "per_write,import,queue").split(",")
 POPULATED = max(500, int(10_000 * SCALE))  # the scope the import and the queue write into
+QUEUE_USERS = max(1, int(os.environ.get("BENCH_WRITE_USERS", "1")))  # the queue part's users
 TENANT, USER, KEY = "bench", "u0", "bench-write-key"
 POOL = 4_000  # distinct facts embedded for real; larger scopes repeat them, numbered
 HELD_OUT = 2_000  # the file's last facts: never in a scope, what the exchanges state
@@ -94,7 +99,9 @@ async def _pool_vectors(embedder: Embedder, texts: list[str]) -> np.ndarray:
     return np.asarray(vectors, dtype=np.float32)
 
 
-async def _populate(store: EmbeddedStore, size: int, pool: list[str], vectors: np.ndarray) -> float:
+async def _populate(
+    store: EmbeddedStore, size: int, pool: list[str], vectors: np.ndarray, user: str = USER
+) -> float:
     """`size` memories in the user's scope: the pool's facts and vectors, repeated ones
     numbered (and their vectors moved a little) so that no two are the same memory."""
     rng = np.random.default_rng(size)
@@ -111,7 +118,7 @@ async def _populate(store: EmbeddedStore, size: int, pool: list[str], vectors: n
         chunk[repeated] += rng.normal(scale=0.02, size=chunk[repeated].shape).astype(np.float32)
         chunk /= np.linalg.norm(chunk, axis=1, keepdims=True)
         await store.memories.add(
-            Scope(TENANT, USER),
+            Scope(TENANT, user),
             [
                 NewMemory("fact", text, source_role="user", trust=0.8, created_at=then)
                 for text in texts
@@ -122,13 +129,13 @@ async def _populate(store: EmbeddedStore, size: int, pool: list[str], vectors: n
     return time.perf_counter() - started
 
 
-def _job(number: int, statement: str, *, with_case: bool) -> ExchangeJob:
+def _job(number: int, statement: str, *, with_case: bool, user: str = USER) -> ExchangeJob:
     content = statement
     if with_case:
         content += " How should I plan a weekly routine around that?"
     return ExchangeJob.answered(
         request_id=f"req-{number}-{uuid.uuid4().hex[:8]}",
-        user_id=USER,
+        user_id=user,
         session_id=None,
         model="m",
         messages=[{"role": "user", "content": content}],
@@ -239,11 +246,15 @@ async def bench_queue(
     embedder: Embedder, pool: list[str], vectors: np.ndarray, held_out: list[str]
 ) -> dict[str, Any]:
     exchanges = max(100, int(600 * SCALE))
+    users = [f"u{n}" for n in range(QUEUE_USERS)]  # u0 is USER
     with tempfile.TemporaryDirectory() as folder:
         store = await open_store(folder, embedder)
-        await _populate(store, POPULATED, pool, vectors)
+        for user in users:
+            await _populate(store, POPULATED // len(users), pool, vectors, user)
         for number in range(exchanges):
-            job = _job(number, held_out[number % len(held_out)], with_case=number % 2 == 1)
+            statement = held_out[number % len(held_out)]
+            user = users[number % len(users)]
+            job = _job(number, statement, with_case=number % 2 == 1, user=user)
             await store.queue.enqueue(TENANT, EXCHANGE_JOB, job.to_json())
         upstreams = Upstreams(Settings())
         policy = Policy.model_validate({"tenant": TENANT})
@@ -257,12 +268,19 @@ async def bench_queue(
                 depths.append(depth)
                 await asyncio.sleep(1.0)
             seconds = time.perf_counter() - started
-        written = await store.memories.list(Scope(TENANT, USER), limit=POPULATED + 3 * exchanges)
+        written = [
+            memory
+            for user in users
+            for memory in await store.memories.list(
+                Scope(TENANT, user), limit=POPULATED + 3 * exchanges
+            )
+        ]
         await pipeline.aclose()
         await upstreams.aclose()
         await store.close()
     return {
-        "memories_in_scope": POPULATED,
+        "memories_in_scope": POPULATED // len(users),
+        "users": len(users),
         "exchanges": exchanges,
         "workers": 2,
         "seconds": round(seconds, 1),
@@ -324,7 +342,14 @@ def main() -> None:
     _print_table(
         "queue: exchanges learned by the write workers",
         [queue],
-        ["memories_in_scope", "exchanges", "seconds", "exchanges_per_second", "loop_max_stall_ms"],
+        [
+            "users",
+            "memories_in_scope",
+            "exchanges",
+            "seconds",
+            "exchanges_per_second",
+            "loop_max_stall_ms",
+        ],
     )
     print(f"queue depth each second: {queue.get('depth_each_second')}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
