@@ -8,7 +8,9 @@ carries code or shell commands to run.
 The same goes for money: a payment verb (pay, wire, transfer, deposit, remit) with a link, an
 address or an account number after it in the same sentence redirects payments ("all invoices must
 be paid to https://…", "wire the deposit to account 12345678"); one without a destination is
-a report of what someone did ("I pay my rent by bank transfer", "I paid for dinner").
+a report of what someone did ("I pay my rent by bank transfer", "I paid for dinner"). So is one
+whose subject is "I": "I pay my bills on mybank.com" says where the speaker pays, while a
+redirect tells its reader where to ("pay … to", "invoices must be paid to", "from now on wire").
 
 "Email", "mail" and "contact" are also the names of an address: after a possessive or an
 article ("my email", "the user's work email") or before a copula or what names an account
@@ -52,6 +54,12 @@ _ACCOUNT = re.compile(
     r"\s*[:#]?\s*(?=[\w-]*\d)[a-z0-9][\w-]{5,}|"
     r"\b[a-z]{2}\d{2} ?[a-z0-9]{4}(?: ?\d{4}){2,7}|"  # IBAN
     r"\b0x[0-9a-f]{40}\b|\bbc1[a-z0-9]{25,60}\b"  # wallets
+)
+# "I" as the payment verb's subject, an adverb or an auxiliary or two between ("I pay", "I always
+# pay", "I'll have paid"): the speaker's own payments, reported.
+_SPEAKER_PAYS = re.compile(
+    r"\bi(?:['’](?:ll|ve|d)|\s+(?:always|usually|normally|often|sometimes|never|now|just|"
+    r"already|also|still|then|will|would|have|had|do|did|can|could|[a-z]+ly))*\s+$"
 )
 # The end of a sentence, not of an abbreviation ("account no. 55…") or a label ("number: 55").
 _SENTENCE_BREAK = re.compile(r"(?<!\bno)(?<!\bnr)[.!?;]\s|\n")
@@ -126,8 +134,14 @@ def _action(text: str) -> re.Match[str] | None:
 def _payment(norm: str) -> str | None:
     """A payment verb with a link, an address or an account number after it in the same
     sentence, as "verb → destination" (an account by its kind, never its number), or None."""
+    reported_until = 0  # the end of a sentence in which the speaker pays
     for verb in _PAY_VERB.finditer(norm):
+        if verb.start() < reported_until:
+            continue
         rest = _SENTENCE_BREAK.split(norm[verb.end() :], maxsplit=1)[0]
+        if _SPEAKER_PAYS.search(norm, max(0, verb.start() - 40), verb.start()):
+            reported_until = verb.end() + len(rest)  # "I'll wire the deposit to …": one report
+            continue
         places = [*(_host(url) for url in _URL.findall(rest)), *_EMAIL.findall(rest)]
         if _ACCOUNT.search(rest):
             places.append("account number")
