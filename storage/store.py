@@ -17,6 +17,7 @@ import logging
 import secrets
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from storage.api import Embedder, HealthReporter
 from storage.errors import SetupError
@@ -68,6 +69,7 @@ class EmbeddedStore:
         self.queue = db.queue
         self.locks = locks
         self.maintenance = IndexMaintenance(index, db, interval_s=maintenance_interval_s)
+        self.rebuilt: dict[str, Any] | None = None  # the rebuild's report, if opening rebuilt
 
     @property
     def database(self) -> str:
@@ -118,6 +120,7 @@ async def open_embedded_store(
     lease_s: float = 120.0,
     index_location: IndexLocation | None = None,
     move_index: bool = False,
+    rebuild_index: bool = False,
     database_url: str | None = None,
 ) -> EmbeddedStore:
     """Open (creating, migrating, replaying the outbox) the store in `data_dir`: its source of
@@ -131,6 +134,8 @@ async def open_embedded_store(
     `move_index` (the proxy's start) has it rebuilt there from SQLite (what was there may be
     stale). A command run beside the proxy without its setting must not move it: its rebuild
     would switch the proxy to a generation the proxy's location does not have.
+    `rebuild_index` rebuilds it whatever its state (rows were just copied in); a rebuild's
+    report is the store's `rebuilt`.
     """
     folder = Path(data_dir)
     location = index_location or IndexLocation.from_env(folder)
@@ -170,7 +175,9 @@ async def open_embedded_store(
             vector_cache=vector_cache or VectorCacheSettings.from_env(),
         )
         store = EmbeddedStore(db, sync, locks, maintenance_interval_s=maintenance_interval_s)
-        if (index.created or moved) and stored == tag and await db.memories.count_memories():
+        if rebuild_index:
+            store.rebuilt = await store.maintenance.reindex()
+        elif (index.created or moved) and stored == tag and await db.memories.count_memories():
             # The index was lost, moved or is of an older layout; it is derived data, so
             # rebuild it from the source of truth.
             log.warning(
@@ -178,7 +185,7 @@ async def open_embedded_store(
                 location,
                 db.connection.description,
             )
-            await store.maintenance.reindex()
+            store.rebuilt = await store.maintenance.reindex()
         if recorded != here:
             await db.connection.set_meta(INDEX_LOCATION_META, here)
         await store.start()

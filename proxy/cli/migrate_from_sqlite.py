@@ -74,11 +74,11 @@ async def _migrate(folder: Path, url: str, embedder_spec: str | None) -> dict[st
         database_url=url,
         index_location=location,
         move_index=True,
+        rebuild_index=True,  # from the rows just copied, before the location is recorded
     )
-    try:
-        rebuilt = await store.maintenance.reindex()
-    finally:
-        await store.close()
+    rebuilt = store.rebuilt
+    await store.close()
+    assert rebuilt is not None
     return {
         "database": store.database,  # the copy the index was rebuilt from, not the SQLite file
         "tables": {name: list(counts) for name, counts in tables.items()},

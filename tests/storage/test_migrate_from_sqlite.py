@@ -83,6 +83,7 @@ def test_a_data_folder_moves_into_postgresql_and_a_bucket(
     assert counts["requests"] == [1, 1] and counts["feedback"] == [1, 1]
     assert counts["jobs"] == [1, 1] and counts["audit"][0] == counts["audit"][1] > 0
     assert report["indexed"] == 4  # the erased one is not indexed
+    assert report["generation"] == 1  # rebuilt once, from the copy
     # Rebuilt in the bucket from the PostgreSQL copy (the vectors copied), not from SQLite.
     assert report["index"] == f"s3://{bucket}/index"
     assert report["database"].startswith("postgresql: postgresql://")
