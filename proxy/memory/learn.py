@@ -225,7 +225,9 @@ def utility_changes(
             *record.trust_reasons,
             {"signal": "negative_feedback", "delta": round(trust - record.trust, 4), "hard": False},
         ]
-        if trust < QUARANTINE_TRUST:
+        if trust < QUARANTINE_TRUST and record.status == "active":
+            # Only a served memory is held for review: a rejected, deleted or superseded one
+            # has left service already, and quarantine would put it back in the review queue.
             changes["status"] = "quarantined"
     return changes
 
