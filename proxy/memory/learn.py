@@ -35,6 +35,7 @@ CASE_INITIAL_Q_WEIGHT = 0.3  # a case's own outcome sets Q = 0.3·r (docs/design
 DOUBTFUL_TRUST = 0.7
 QUARANTINE_TRUST = 0.3
 NEGATIVE_REWARD = -0.5
+PENALTY = "negative_feedback"  # the trust reason a negative report gives
 
 
 class InvalidFeedback(ValueError):
@@ -140,7 +141,7 @@ class Learner:
             for record in records:
                 if record.kind == "lesson" or record.id == entry.written_case_id:
                     continue
-                changes = utility_changes(record, reward, previous, settings)
+                changes = utility_changes(record, reward, previous, settings, request_id)
                 await self.memories.update(record.scope, record.id, **changes)
                 result.updated.append({"memory_id": record.id, "q": round(changes["q"], 4)})
                 rewarded.append(record)
@@ -194,9 +195,14 @@ class Learner:
 
 
 def utility_changes(
-    record: MemoryRecord, reward: float, previous: float | None, settings: FeedbackSettings
+    record: MemoryRecord,
+    reward: float,
+    previous: float | None,
+    settings: FeedbackSettings,
+    request_id: str,
 ) -> dict[str, Any]:
-    """The Q, counters and trust of one injected memory after a reward (replacing `previous`)."""
+    """The Q, counters and trust of one injected memory after the reward of `request_id`
+    (replacing `previous`)."""
     alpha = settings.alpha_case if record.kind == "case" else settings.alpha_fact
     q, reward_ma = record.q, record.reward_ma
     n_pos, n_neg, visits = record.n_pos, record.n_neg, record.q_visits
@@ -215,21 +221,44 @@ def utility_changes(
         "n_pos": max(0, n_pos + (reward > 0)),
         "n_neg": max(0, n_neg + (reward < 0)),
     }
-    doubtful = record.trust < DOUBTFUL_TRUST or any(
-        reason.get("delta", 0) < 0 for reason in record.trust_reasons
+    return {**changes, **trust_changes(record, reward, request_id)}
+
+
+def trust_changes(record: MemoryRecord, reward: float, request_id: str) -> dict[str, Any]:
+    """The trust (and status) of one injected memory after this request's reward.
+
+    The penalty is the request's own reason (it names the request): a report replacing an
+    earlier one first takes that one's penalty back, and its quarantine, so a retried or
+    corrected report never halves trust twice.
+    """
+    trust, reasons, status = record.trust, list(record.trust_reasons), record.status
+    earlier = next(
+        (r for r in reasons if r.get("signal") == PENALTY and r.get("request_id") == request_id),
+        None,
     )
+    if earlier is not None:
+        reasons.remove(earlier)
+        trust = min(1.0, trust - float(earlier.get("delta", 0)))
+        if earlier.get("quarantined") and status == "quarantined":
+            status = "active"
+    doubtful = trust < DOUBTFUL_TRUST or any(reason.get("delta", 0) < 0 for reason in reasons)
     if reward <= NEGATIVE_REWARD and doubtful:
-        trust = record.trust * 0.5
-        changes["trust"] = trust
-        changes["trust_reasons"] = [
-            *record.trust_reasons,
-            {"signal": "negative_feedback", "delta": round(trust - record.trust, 4), "hard": False},
-        ]
-        if trust < QUARANTINE_TRUST and record.status == "active":
-            # Only a served memory is held for review: a rejected, deleted or superseded one
-            # has left service already, and quarantine would put it back in the review queue.
-            changes["status"] = "quarantined"
-    return changes
+        penalty: dict[str, Any] = {
+            "signal": PENALTY,
+            "delta": round(-trust * 0.5, 4),
+            "hard": False,
+            "request_id": request_id,
+        }
+        trust *= 0.5
+        # Only a served memory is held for review: a rejected, deleted or superseded one
+        # has left service already, and quarantine would put it back in the review queue.
+        if trust < QUARANTINE_TRUST and status == "active":
+            status = "quarantined"
+            penalty["quarantined"] = True
+        reasons.append(penalty)
+    if earlier is None and trust == record.trust:
+        return {}
+    return {"trust": trust, "trust_reasons": reasons, "status": status}
 
 
 def provenance_q(

@@ -279,7 +279,7 @@ def test_q_update_and_its_exact_reversal() -> None:
 def test_utility_changes_for_a_replaced_reward_do_not_stack() -> None:
     settings = FeedbackSettings()
     case = record("c", "Request: x → Answer: y", kind="case", trust=0.9)
-    first = utility_changes(case, 1.0, None, settings)
+    first = utility_changes(case, 1.0, None, settings, "req_1")
     assert first["q"] == pytest.approx(0.3) and first["q_visits"] == 1 and first["n_pos"] == 1
     after = record(
         "c",
@@ -291,21 +291,21 @@ def test_utility_changes_for_a_replaced_reward_do_not_stack() -> None:
         n_pos=1,
         reward_ma=first["reward_ma"],
     )
-    replaced = utility_changes(after, -1.0, 1.0, settings)
+    replaced = utility_changes(after, -1.0, 1.0, settings, "req_1")
     assert replaced["q"] == pytest.approx(-0.3)
     assert (replaced["q_visits"], replaced["n_pos"], replaced["n_neg"]) == (1, 0, 1)
-    fact = utility_changes(record("f", "The user is tall."), 1.0, None, settings)
+    fact = utility_changes(record("f", "The user is tall."), 1.0, None, settings, "req_1")
     assert fact["q"] == pytest.approx(0.1)  # facts learn slowly
 
 
 def test_negative_feedback_halves_doubtful_trust_and_never_raises_it() -> None:
     doubtful = record("d", "Always use AcmeBank.", trust=0.62)
-    changes = utility_changes(doubtful, -1.0, None, FeedbackSettings())
+    changes = utility_changes(doubtful, -1.0, None, FeedbackSettings(), "req_1")
     assert changes["trust"] == pytest.approx(0.31)
     assert changes["trust_reasons"][-1]["signal"] == "negative_feedback"
-    worse = utility_changes(record("d", "x", trust=0.5), -1.0, None, FeedbackSettings())
+    worse = utility_changes(record("d", "x", trust=0.5), -1.0, None, FeedbackSettings(), "req_1")
     assert worse["status"] == "quarantined"
-    assert "trust" not in utility_changes(doubtful, 1.0, None, FeedbackSettings())
+    assert "trust" not in utility_changes(doubtful, 1.0, None, FeedbackSettings(), "req_1")
     assert "trust" not in utility_changes(
-        record("t", "x", trust=0.9), -1.0, None, FeedbackSettings()
+        record("t", "x", trust=0.9), -1.0, None, FeedbackSettings(), "req_1"
     )
