@@ -5,9 +5,10 @@
 with α per kind (cases learn fast, facts slowly: an answer can be bad for reasons that are not
 the fact's fault). One reward counts per (request, source): a repeated report replaces the earlier
 one by reversing its update exactly, so retries never stack. The case the request itself wrote
-records the outcome and starts at Q = 0.3·r. Negative feedback also halves the trust of injected
-memories that were already doubtful, and quarantines them when it falls below 0.3; positive
-feedback never raises trust (a reward must not launder a poisoned memory).
+records the outcome, one update of its Q at α = 0.3 (a new case: Q = 0.3·r). Negative feedback
+also halves the trust of injected memories that were already doubtful, and quarantines them when
+it falls below 0.3; positive feedback never raises trust (a reward must not launder a poisoned
+memory).
 
 Provenance credit (`memory.feedback.provenance_credit`, off by default): a memory written by a call
 was derived from the memories injected into that call (`derived_from_ids`), so part of the credit
@@ -31,7 +32,7 @@ from storage.api import MemoryStore, RequestStore
 from storage.locks import StoreLocks
 from storage.records import MemoryRecord, RequestLog
 
-CASE_INITIAL_Q_WEIGHT = 0.3  # a case's own outcome sets Q = 0.3·r (docs/design.md#learning-rule)
+CASE_INITIAL_Q_WEIGHT = 0.3  # a case's own outcome: Q += 0.3·(r − Q) (docs/design.md#learning-rule)
 DOUBTFUL_TRUST = 0.7
 QUARANTINE_TRUST = 0.3
 NEGATIVE_REWARD = -0.5
@@ -150,7 +151,7 @@ class Learner:
                 await self._credit_provenance(
                     tenant_id, rewarded, skip, (reward, previous), settings, result
                 )
-            result.case_id = await self._record_outcome(entry, reward)
+            result.case_id = await self._record_outcome(entry, reward, previous)
             return result
 
     async def _credit_provenance(
@@ -182,15 +183,20 @@ class Learner:
                     {"memory_id": record.id, "q": round(q, 4), "provenance_depth": depth}
                 )
 
-    async def _record_outcome(self, entry: RequestLog, reward: float) -> str | None:
-        """The request's own case takes the outcome; a case not written yet reads it later."""
+    async def _record_outcome(
+        self, entry: RequestLog, reward: float, previous: float | None
+    ) -> str | None:
+        """The request's own case takes the outcome (replacing `previous`); a case not written
+        yet reads it later."""
         if entry.written_case_id is None:
             return None
         records = await self.memories.get_many(entry.tenant_id, [entry.written_case_id])
         if not records:
             return None
         case = records[0]
-        await self.memories.update(case.scope, case.id, **case_outcome_changes(case, reward))
+        await self.memories.update(
+            case.scope, case.id, **case_outcome_changes(case, reward, previous)
+        )
         return case.id
 
 
@@ -281,15 +287,20 @@ def credit_weight(credit: ProvenanceCredit, depth: int) -> float:
     return float(credit.gamma_lambda**depth)
 
 
-def case_outcome_changes(case: MemoryRecord, reward: float) -> dict[str, Any]:
-    """A case's own outcome: its reward, and Q initialised to 0.3·r."""
+def case_outcome_changes(
+    case: MemoryRecord, reward: float, previous: float | None = None
+) -> dict[str, Any]:
+    """A case's own outcome: its reward, and one update of its Q at the weight 0.3 (from a new
+    case's Q = 0, 0.3·r), the update of the report it replaces (`previous`) reversed first.
+    Q moves rather than restarts: what other calls' rewards taught the case is kept."""
+    q = case.q if previous is None else q_revert(case.q, previous, CASE_INITIAL_Q_WEIGHT)
     return {
         "fields": {
             **case.fields,
             "outcome": "worked" if reward > 0 else "failed",
             "reward": reward,
         },
-        "q": CASE_INITIAL_Q_WEIGHT * reward,
+        "q": max(-1.0, min(1.0, q_update(q, reward, CASE_INITIAL_Q_WEIGHT))),
         "last_reward": reward,
     }
 
