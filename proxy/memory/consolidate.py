@@ -73,7 +73,10 @@ def decide(
         reverse=True,
     )
     if candidate.fields.get("retract"):
-        target = next((n for n in about if n.cosine >= settings.same_topic_cos), None)
+        # "Forget my sister" names the slot it retracts, which its few words rarely resemble.
+        slot = candidate.fields.get("slot")
+        target = next((n for n in about if slot and n.record.fields.get("slot") == slot), None)
+        target = target or next((n for n in about if n.cosine >= settings.same_topic_cos), None)
         if target is None:
             return Consolidation("NOOP", None, "nothing to forget")
         return Consolidation("DELETE", target.record, "user asked to forget it")

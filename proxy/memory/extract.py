@@ -109,8 +109,10 @@ _REMEMBER = re.compile(
     r"^(?:please\s+)?(?:remember|note|keep in mind|don't forget)\s+(?:that\s+)?(?P<x>.+)$", re.I
 )
 _FORGET = re.compile(
-    r"^(?:please\s+)?(?:forget|don't remember|stop remembering)\s+(?:that\s+)?(?P<x>.+)$", re.I
+    r"^(?:please\s+)?(?:forget|don't remember|stop remembering)\s+(?:that\s+|about\s+)?(?P<x>.+)$",
+    re.I,
 )
+_MY_TOPIC = re.compile(r"^my\s+(?P<slot>(?:favou?rite\s+)?[a-z][a-z' -]{0,40}?)$", re.I)
 _MY_SLOT = re.compile(
     r"^(?:also,?\s+|and\s+)?my\s+(?P<slot>(?:favou?rite\s+)?[a-z][a-z' -]{0,40}?)\s+"
     r"(?:is|are)\s+(?:now\s+)?(?P<val>.+)$",
@@ -221,7 +223,9 @@ def statement_candidate(sentence: str, turn: Turn) -> Candidate | None:
 
     if match := _FORGET.match(body):
         inner = match.group("x")
-        forgotten = statement_candidate(inner, turn) or make("fact", third_person(inner))
+        topic = _MY_TOPIC.match(inner.strip())
+        slot = _slot_key(" ".join(topic.group("slot").lower().split())) if topic else None
+        forgotten = statement_candidate(inner, turn) or make("fact", third_person(inner), slot=slot)
         forgotten.evidence = evidence
         forgotten.fields["retract"] = True
         return forgotten
