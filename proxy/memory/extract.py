@@ -104,6 +104,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 CHANGE_WORDS = re.compile(
     r"\b(now|anymore|any more|no longer|these days|nowadays|instead|switched|lately)\b", re.I
 )
+_CHANGE_TAIL = re.compile(r"(?:,?\s+(?:now|these days|nowadays|instead|lately))+$", re.I)
 _HYPOTHETICAL = re.compile(r"^\s*(if|suppose|imagine|what if|would|should|could|can)\b", re.I)
 _REMEMBER = re.compile(
     r"^(?:please\s+)?(?:remember|note|keep in mind|don't forget)\s+(?:that\s+)?(?P<x>.+)$", re.I
@@ -240,7 +241,9 @@ def statement_candidate(sentence: str, turn: Turn) -> Candidate | None:
         slot = " ".join(match.group("slot").lower().split())
         kind = "preference" if slot.startswith(("favorite", "favourite")) else "fact"
         value = third_person(match.group("val"))
-        return make(kind, f"the user's {slot} is {value}", slot=_slot_key(slot), value=value)
+        # "green now" announces a change to green: the value compared is green.
+        key = _CHANGE_TAIL.sub("", value) or value
+        return make(kind, f"the user's {slot} is {value}", slot=_slot_key(slot), value=key)
     if match := _LIVE.search(body):
         place = match.group("x") or match.group("y")
         return make("fact", f"the user lives in {third_person(place)}", slot="lives_in")
