@@ -58,14 +58,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
-    """The request body as a JSON object, refusing bodies over `limit` bytes (413)."""
+CHAT_EXAMPLE = '{"model": "...", "messages": [{"role": "user", "content": "Hi"}]}'
+
+
+async def read_json_body(
+    request: Request, limit: int, *, example: str = CHAT_EXAMPLE
+) -> dict[str, Any]:
+    """The request body as a JSON object, refusing bodies over `limit` bytes (413); an empty
+    body is told to send one like `example` (the route's own)."""
     raw = await read_body(request, limit)
     if not raw.strip():
-        raise bad_request(
-            "The request body is empty. Send a JSON object, e.g. "
-            '{"model": "...", "messages": [{"role": "user", "content": "Hi"}]}.'
-        )
+        raise bad_request(f"The request body is empty. Send a JSON object, e.g. {example}.")
     body = parse_json(raw)
     if not isinstance(body, dict):
         raise bad_request(f"The request body must be a JSON object, not {json_type(body)}.")

@@ -24,18 +24,18 @@ from proxy.validation import read_json_body
 from storage.api import RequestStore
 
 MAX_COMMENT = 2000
+EXAMPLE = '{"request_id": "<the x-request-id of the chat response>", "reward": 1}'
 
 
 async def post_feedback(request: Request) -> Response:
     policy = authenticate(request)
     pipeline = pipeline_of(request)
-    body = await read_json_body(request, policy.limits.max_body_bytes)
-    if not isinstance(body, dict):
-        raise bad_request('Send {"request_id": "...", "reward": 1}.')
+    body = await read_json_body(request, policy.limits.max_body_bytes, example=EXAMPLE)
     request_id = body.get("request_id")
     if not isinstance(request_id, str) or not request_id:
         raise bad_request(
-            "'request_id' is required: the x-request-id header of the chat response.",
+            "'request_id' is required, as a string: the x-request-id header of the chat "
+            "response (req_ and 32 hex digits).",
             param="request_id",
         )
     comment = body.get("comment")

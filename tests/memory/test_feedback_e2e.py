@@ -194,3 +194,17 @@ def test_a_reused_client_request_id_never_moves_another_users_memories(
     with api(proxy) as http:
         listed = http.get("/v1/traces", params={"client_request_id": shared}).json()["data"]
         assert {t["request_id"] for t in listed} == {carol_request, dave_request}
+
+
+def test_a_malformed_feedback_body_is_told_what_feedback_takes(
+    upstream: ScriptedUpstream, memory_proxy: Callable[..., RunningProxy]
+) -> None:
+    proxy = memory_proxy()
+    with api(proxy) as http:
+        empty = http.post("/v1/memory/feedback", content=b"")
+        assert empty.status_code == 400
+        message = empty.json()["error"]["message"]
+        assert "request_id" in message and "messages" not in message  # not a chat call's body
+        typed = http.post("/v1/memory/feedback", json={"request_id": 5, "reward": 1})
+        assert typed.status_code == 400 and typed.json()["error"]["param"] == "request_id"
+        assert "string" in typed.json()["error"]["message"]
