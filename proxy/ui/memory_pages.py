@@ -20,19 +20,12 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from proxy.app_state import memory_store_of
-from proxy.errors import ProxyError
+from proxy.errors import ProxyError, bad_request, unavailable
 from proxy.memory import quarantine
 from proxy.memory.retrieve import retrieve
 from proxy.policy import Policy
 from proxy.shapes import PageRequest, memory_json, memory_page_json
-from proxy.ui.pages import (
-    SECURITY_HEADERS,
-    json_twin,
-    read_form,
-    render,
-    same_origin,
-    ui_policy,
-)
+from proxy.ui.pages import SECURITY_HEADERS, guarded, json_twin, read_form, render, same_origin
 from proxy.validation import user_id
 from storage.api import MemoryStore
 from storage.numbers import parse_whole_number
@@ -50,56 +43,40 @@ SEARCH_LIMIT = 20
 MAX_VERSIONS = 50  # a supersession chain is walked at most this far each way
 
 
-class PageProblem(Exception):
-    """A request the page cannot answer: shown as the error page with this status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 async def memories_page(request: Request) -> Response:
-    return await _guarded(request, _memories)
+    return await guarded(request, _memories)
 
 
 async def memory_page(request: Request) -> Response:
-    return await _guarded(request, _memory)
+    return await guarded(request, _memory)
 
 
 async def quarantine_page(request: Request) -> Response:
-    return await _guarded(request, _quarantine)
+    return await guarded(request, _quarantine)
 
 
 async def review_action(request: Request) -> Response:
-    return await _guarded(request, _review)
+    return await guarded(request, _review)
 
 
-async def _guarded(request: Request, view: Any) -> Response:
-    policy = await ui_policy(request)
-    if policy is None:
-        return RedirectResponse("/ui/", status_code=303, headers=SECURITY_HEADERS)
+def _store(request: Request) -> MemoryStore:
     store = memory_store_of(request)
-    try:
-        if store is None:
-            raise PageProblem(503, "Memory is not running in this proxy process.")
-        response: Response = await view(request, policy, store)
-        return response
-    except (PageProblem, ProxyError) as problem:
-        message = problem.message
-        return render("error.html", status=problem.status, tenant=policy.tenant, message=message)
+    if store is None:
+        raise unavailable("Memory is not running in this proxy process.", code="memory_disabled")
+    return store
 
 
-async def _memories(request: Request, policy: Policy, store: MemoryStore) -> Response:
+async def _memories(request: Request, policy: Policy) -> Response:
+    store = _store(request)
     params = request.query_params
     user = user_id(params.get("user") or None)
     query = (params.get("q") or "").strip()
     kind = params.get("kind") or None
     status = params.get("status") or None
     if kind is not None and kind not in MEMORY_KINDS:
-        raise PageProblem(400, f"Kind must be one of {', '.join(MEMORY_KINDS)}.")
+        raise bad_request(f"Kind must be one of {', '.join(MEMORY_KINDS)}.")
     if status is not None and status not in MEMORY_STATUSES:
-        raise PageProblem(400, f"Status must be one of {', '.join(MEMORY_STATUSES)}.")
+        raise bad_request(f"Status must be one of {', '.join(MEMORY_STATUSES)}.")
     offset = _offset(params.get("offset"))
     context: dict[str, Any] = {
         "tenant": policy.tenant,
@@ -161,11 +138,13 @@ async def _memories(request: Request, policy: Policy, store: MemoryStore) -> Res
     return render("memories.html", **context, rows=rows, searched=False)
 
 
-async def _memory(request: Request, policy: Policy, store: MemoryStore) -> Response:
+async def _memory(request: Request, policy: Policy) -> Response:
+    store = _store(request)
     memory_id = request.path_params["memory_id"]
     record = await _find(store, policy.tenant, memory_id)
     if record is None:
-        raise PageProblem(404, f"No memory '{memory_id}' in tenant {policy.tenant}.")
+        message = f"No memory '{memory_id}' in tenant {policy.tenant}."
+        raise ProxyError(404, message, param="memory_id", code="memory_not_found")
     if (twin := json_twin(request, memory_json(record))) is not None:
         return twin
     return render(
@@ -199,7 +178,8 @@ async def _chain(store: MemoryStore, record: MemoryRecord, link: str) -> list[Me
     return chain
 
 
-async def _quarantine(request: Request, policy: Policy, store: MemoryStore) -> Response:
+async def _quarantine(request: Request, policy: Policy) -> Response:
+    store = _store(request)
     user = user_id(request.query_params.get("user") or None)
     offset = _offset(request.query_params.get("offset"))
     records = await store.list(
@@ -238,12 +218,13 @@ async def _quarantine(request: Request, policy: Policy, store: MemoryStore) -> R
     )
 
 
-async def _review(request: Request, policy: Policy, store: MemoryStore) -> Response:
+async def _review(request: Request, policy: Policy) -> Response:
+    store = _store(request)
     if not same_origin(request):
-        raise PageProblem(403, "Review memories from the quarantine page of this proxy.")
+        raise ProxyError(403, "Review memories from the quarantine page of this proxy.")
     decision = request.path_params["decision"]
     if decision not in ("approve", "reject"):
-        raise PageProblem(404, "A quarantined memory is approved or rejected.")
+        raise ProxyError(404, "A quarantined memory is approved or rejected.")
     memory_id = request.path_params["memory_id"]
     form = await read_form(request)
     try:
@@ -257,7 +238,7 @@ async def _review(request: Request, policy: Policy, store: MemoryStore) -> Respo
             note=form.get("note") or None,
         )
     except quarantine.ReviewError as error:
-        raise PageProblem(error.status, str(error)) from error
+        raise ProxyError(error.status, str(error), code=error.code) from error
     back = _url("/ui/quarantine", user=form.get("user") or None, reviewed=f"{decision}:{memory_id}")
     return RedirectResponse(back, status_code=303, headers=SECURITY_HEADERS)
 
@@ -274,7 +255,7 @@ def _offset(raw: str | None) -> int:
         return 0
     offset = parse_whole_number(raw)
     if offset is None:
-        raise PageProblem(400, f"offset must be a whole number; got {raw!r}.")
+        raise bad_request(f"offset must be a whole number; got {raw!r}.", param="offset")
     return offset
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -32,7 +33,7 @@ from proxy.app_state import memory_store_of, span_store_of
 from proxy.errors import ProxyError
 from proxy.memory.inject import short_id
 from proxy.policy import Policy
-from proxy.routes.traces import parse_limit
+from proxy.routes.traces import parse_limit, trace_not_found
 from proxy.shapes import trace_document, with_memory_texts
 from proxy.tenants import PolicyRegistry
 from proxy.ui import session
@@ -41,6 +42,7 @@ COOKIE = "memento_ui_session"
 COOKIE_PATH = "/ui"
 SESSION_S = 8 * 3600
 MAX_FORM_BYTES = 4096
+View = Callable[[Request, Policy], Awaitable[Response]]
 _HERE = Path(__file__).parent
 _STYLE = _HERE / "static" / "style.css"
 
@@ -87,12 +89,50 @@ def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
     return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
 
+def wants_json(request: Request) -> bool:
+    return request.query_params.get("format") == "json"
+
+
 def json_twin(request: Request, document: dict[str, Any]) -> Response | None:
     """With `?format=json`, a page answers the JSON its `/v1/` twin gives for the same thing,
     under the page's login: a link a browser can follow, where `/v1/` wants a Bearer key."""
-    if request.query_params.get("format") != "json":
+    if not wants_json(request):
         return None
     return JSONResponse(document, headers=SECURITY_HEADERS)
+
+
+def problem(request: Request, error: ProxyError, tenant: str | None) -> Response:
+    """A page's failure: the error page, or under `?format=json` the OpenAI-shaped error its
+    `/v1/` twin answers, with the same status."""
+    if wants_json(request):
+        return JSONResponse(error.body(), status_code=error.status, headers=SECURITY_HEADERS)
+    return render("error.html", status=error.status, tenant=tenant, message=error.message)
+
+
+def logged_out(request: Request) -> Response:
+    """No session: back to the login page, or a 401 for a twin's JSON reader."""
+    if wants_json(request):
+        error = ProxyError(
+            401,
+            "No UI session: log in at /ui/ with a proxy key of the tenant, or call /v1/ with "
+            "the key as a Bearer token.",
+            type="authentication_error",
+            code="not_logged_in",
+        )
+        return JSONResponse(error.body(), status_code=401, headers=SECURITY_HEADERS)
+    return RedirectResponse("/ui/", status_code=303, headers=SECURITY_HEADERS)
+
+
+async def guarded(request: Request, view: View) -> Response:
+    """A page under the login: `view` with the session's tenant, its ProxyErrors shown as
+    `problem` shows them."""
+    policy = await ui_policy(request)
+    if policy is None:
+        return logged_out(request)
+    try:
+        return await view(request, policy)
+    except ProxyError as error:
+        return problem(request, error, policy.tenant)
 
 
 async def ui_policy(request: Request) -> Policy | None:
@@ -127,15 +167,15 @@ async def read_form(request: Request) -> dict[str, str]:
 
 
 async def index(request: Request) -> Response:
-    policy = await ui_policy(request)
-    if policy is None:
+    if not wants_json(request) and await ui_policy(request) is None:
         return render("login.html", error=None)
+    return await guarded(request, _index)
+
+
+async def _index(request: Request, policy: Policy) -> Response:
     user = request.query_params.get("user") or None
     client_id = request.query_params.get("client_request_id") or None
-    try:
-        limit = parse_limit(request.query_params.get("limit"))
-    except ProxyError as exc:
-        return render("error.html", status=400, tenant=policy.tenant, message=exc.message)
+    limit = parse_limit(request.query_params.get("limit"))
     traces = await span_store_of(request).list_traces(
         policy.tenant, limit=limit, user_id=user, client_request_id=client_id
     )
@@ -150,14 +190,14 @@ async def index(request: Request) -> Response:
 
 
 async def request_page(request: Request) -> Response:
-    policy = await ui_policy(request)
-    if policy is None:
-        return RedirectResponse("/ui/", status_code=303, headers=SECURITY_HEADERS)
+    return await guarded(request, _request_page)
+
+
+async def _request_page(request: Request, policy: Policy) -> Response:
     request_id = request.path_params["request_id"]
     rows = await span_store_of(request).get_trace(policy.tenant, request_id)
     if not rows:
-        message = f"No trace for request id '{request_id}' in tenant {policy.tenant}."
-        return render("error.html", status=404, tenant=policy.tenant, message=message)
+        raise trace_not_found(request_id)
     doc = trace_document(request_id, rows)
     await with_memory_texts(doc, memory_store_of(request), policy.tenant, policy.tracing)
     if (twin := json_twin(request, doc)) is not None:

@@ -1,0 +1,75 @@
+"""The `/ui/` pages as an operator's script reads them: each page's `?format=json` twin answers
+as its `/v1/` twin does, failures included, through the real proxy and its store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.harness import RunningProxy, write_tenant
+
+KEY_A = "key-acme-0123456789"
+KEY_B = "key-globex-0123456789"
+ECHO = {"echo": {"model": "echo"}}
+
+
+@pytest.fixture
+def proxy(policies_dir: Path, start_proxy: Callable[..., RunningProxy]) -> Iterator[RunningProxy]:
+    write_tenant(policies_dir, "acme", KEY_A, ECHO)
+    write_tenant(policies_dir, "globex", KEY_B, ECHO)
+    yield start_proxy(policies_dir)
+
+
+def remember(proxy: RunningProxy, key: str, text: str) -> str:
+    response = httpx.post(
+        f"{proxy.base_url}/v1/memories",
+        headers={"authorization": f"Bearer {key}"},
+        json={"kind": "fact", "text": text, "user": "alice"},
+        timeout=120,
+    )
+    assert response.status_code == 201, response.text
+    memory_id: str = response.json()["id"]
+    return memory_id
+
+
+def openai_error(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error: dict[str, Any] = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return error
+
+
+def test_a_json_twin_fails_in_openais_error_shape(proxy: RunningProxy) -> None:
+    # The twins answered their failures with the HTML error page (or a redirect to the login),
+    # so a script following a page's JSON link could not read why.
+    theirs = remember(proxy, KEY_B, "The user lives in Oslo.")
+    with httpx.Client(base_url=proxy.base_url, timeout=120) as browser:
+        for path in (
+            "/ui/memories?format=json",
+            "/ui/requests/req_x?format=json",
+            "/ui/?format=json",
+        ):
+            error = openai_error(browser.get(path), 401)
+            assert error["type"] == "authentication_error"
+            assert "log in at /ui/" in error["message"]
+        assert browser.post("/ui/login", data={"key": KEY_A}).status_code == 303
+        error = openai_error(browser.get(f"/ui/memories/{theirs}?format=json"), 404)
+        assert error["code"] == "memory_not_found" and "Oslo" not in str(error)
+        error = openai_error(browser.get("/ui/requests/req_nope?format=json"), 404)
+        assert error["code"] == "trace_not_found"
+        error = openai_error(browser.get("/ui/memories?offset=-1&format=json"), 400)
+        assert error["param"] == "offset"
+        error = openai_error(browser.get("/ui/quarantine?user=%00&format=json"), 400)
+        assert error["param"] == "user"
+        error = openai_error(browser.get("/ui/?limit=abc&format=json"), 400)
+        assert error["param"] == "limit"
+        # The pages themselves still show the error page, with the same status.
+        page = browser.get(f"/ui/memories/{theirs}")
+        assert page.status_code == 404
+        assert 'class="error"' in page.text and "Oslo" not in page.text
+        assert browser.get("/ui/memories?offset=-1").status_code == 400
