@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -25,7 +24,15 @@ from proxy.memory import quarantine
 from proxy.memory.retrieve import retrieve
 from proxy.policy import Policy
 from proxy.shapes import PageRequest, memory_json, memory_page_json
-from proxy.ui.pages import SECURITY_HEADERS, guarded, json_twin, read_form, render, same_origin
+from proxy.ui.pages import (
+    SECURITY_HEADERS,
+    guarded,
+    json_twin,
+    page_url,
+    read_form,
+    render,
+    same_origin,
+)
 from proxy.validation import user_id
 from storage.api import MemoryStore
 from storage.numbers import parse_whole_number
@@ -121,18 +128,18 @@ async def _memories(request: Request, policy: Policy) -> Response:
         statuses=[status] if status else None,
         all_users=user is None,
     )
-    context["json_url"] = _url("/v1/memories", **query_of, limit=PAGE_SIZE, after=after)
-    context["twin_url"] = _url("/ui/memories", **query_of, offset=offset, format="json")
+    context["json_url"] = page_url("/v1/memories", **query_of, limit=PAGE_SIZE, after=after)
+    context["twin_url"] = page_url("/ui/memories", **query_of, offset=offset, format="json")
     page = PageRequest(PAGE_SIZE, after)
     if (twin := json_twin(request, memory_page_json(records, page))) is not None:
         return twin
     context["next_url"] = (
-        _url("/ui/memories", **query_of, offset=offset + PAGE_SIZE)
+        page_url("/ui/memories", **query_of, offset=offset + PAGE_SIZE)
         if len(records) > PAGE_SIZE
         else None
     )
     context["previous_url"] = (
-        _url("/ui/memories", **query_of, offset=max(0, offset - PAGE_SIZE)) if offset else None
+        page_url("/ui/memories", **query_of, offset=max(0, offset - PAGE_SIZE)) if offset else None
     )
     rows = [{"record": record, "score": None} for record in records[:PAGE_SIZE]]
     return render("memories.html", **context, rows=rows, searched=False)
@@ -208,10 +215,10 @@ async def _quarantine(request: Request, policy: Policy) -> Response:
         user=user or "",
         records=records[:PAGE_SIZE],
         reviewed=request.query_params.get("reviewed") or "",
-        json_url=_url("/v1/memories/quarantine", user=user, limit=PAGE_SIZE, after=after),
-        twin_url=_url("/ui/quarantine", user=user, offset=offset, format="json"),
+        json_url=page_url("/v1/memories/quarantine", user=user, limit=PAGE_SIZE, after=after),
+        twin_url=page_url("/ui/quarantine", user=user, offset=offset, format="json"),
         next_url=(
-            _url("/ui/quarantine", user=user, offset=offset + PAGE_SIZE)
+            page_url("/ui/quarantine", user=user, offset=offset + PAGE_SIZE)
             if len(records) > PAGE_SIZE
             else None
         ),
@@ -239,7 +246,9 @@ async def _review(request: Request, policy: Policy) -> Response:
         )
     except quarantine.ReviewError as error:
         raise ProxyError(error.status, str(error), code=error.code) from error
-    back = _url("/ui/quarantine", user=form.get("user") or None, reviewed=f"{decision}:{memory_id}")
+    back = page_url(
+        "/ui/quarantine", user=form.get("user") or None, reviewed=f"{decision}:{memory_id}"
+    )
     return RedirectResponse(back, status_code=303, headers=SECURITY_HEADERS)
 
 
@@ -276,11 +285,6 @@ async def _cursor(
         scope, kinds=kinds, statuses=statuses, limit=1, offset=offset - 1, all_users=all_users
     )
     return before[0].id if before else None
-
-
-def _url(path: str, **params: Any) -> str:
-    query = urlencode({k: v for k, v in params.items() if v not in (None, "", 0)})
-    return f"{path}?{query}" if query else path
 
 
 def routes() -> list[Route]:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
@@ -87,6 +87,12 @@ _env.filters["signed"] = lambda value: (
 def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
     html = _env.get_template(name).render(**context)
     return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+
+
+def page_url(path: str, **params: Any) -> str:
+    """`path` with the given query parameters, those that are None, "" or 0 left out."""
+    query = urlencode({k: v for k, v in params.items() if v not in (None, "", 0)})
+    return f"{path}?{query}" if query else path
 
 
 def wants_json(request: Request) -> bool:
@@ -179,6 +185,9 @@ async def _index(request: Request, policy: Policy) -> Response:
     traces = await span_store_of(request).list_traces(
         policy.tenant, limit=limit, user_id=user, client_request_id=client_id
     )
+    if (twin := json_twin(request, {"object": "list", "data": traces})) is not None:
+        return twin
+    query = {"user": user, "client_request_id": client_id, "limit": limit}
     return render(
         "list.html",
         tenant=policy.tenant,
@@ -186,6 +195,8 @@ async def _index(request: Request, policy: Policy) -> Response:
         user=user or "",
         client_request_id=client_id or "",
         limit=limit,
+        json_url=page_url("/v1/traces", **query),
+        twin_url=page_url("/ui/", **query, format="json"),
     )
 
 

@@ -3,14 +3,17 @@ as its `/v1/` twin does, failures included, through the real proxy and its store
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from tests.harness import RunningProxy, write_tenant
+from tests.test_support import wait_until
 
 KEY_A = "key-acme-0123456789"
 KEY_B = "key-globex-0123456789"
@@ -73,3 +76,37 @@ def test_a_json_twin_fails_in_openais_error_shape(proxy: RunningProxy) -> None:
         assert page.status_code == 404
         assert 'class="error"' in page.text and "Oslo" not in page.text
         assert browser.get("/ui/memories?offset=-1").status_code == 400
+
+
+def chat(proxy: RunningProxy, key: str, user: str) -> str:
+    client = openai.OpenAI(api_key=key, base_url=f"{proxy.base_url}/v1", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="echo", messages=[{"role": "user", "content": "Hello there."}], user=user
+    )
+    raw.parse()
+    return raw.headers["x-request-id"]
+
+
+def test_the_recent_requests_page_has_a_json_twin_the_api_answers(proxy: RunningProxy) -> None:
+    # The list of requests was the one page without a JSON twin: ?format=json gave its HTML.
+    mine = [chat(proxy, KEY_A, "alice"), chat(proxy, KEY_A, "bob"), chat(proxy, KEY_A, "alice")]
+    theirs = chat(proxy, KEY_B, "alice")
+    api = {"authorization": f"Bearer {KEY_A}"}
+    traces = f"{proxy.base_url}/v1/traces"
+    wait_until(lambda: len(httpx.get(traces, headers=api).json()["data"]) == 3, 60)
+    with httpx.Client(base_url=proxy.base_url, timeout=120) as browser:
+        assert browser.post("/ui/login", data={"key": KEY_A}).status_code == 303
+        page = browser.get("/ui/", params={"user": "alice", "limit": "5"})
+        assert page.status_code == 200
+        shown = [
+            chunk.split('"', 1)[0]
+            for chunk in page.text.split('<a class="request-link" href="/ui/requests/')[1:]
+        ]
+        assert shown == [mine[2], mine[0]] and theirs not in page.text
+        api_twin = page.text.split('<code class="api-twin">GET ', 1)[1].split("<", 1)[0]
+        answer = httpx.get(proxy.base_url + html.unescape(api_twin), headers=api, timeout=120)
+        assert [t["request_id"] for t in answer.json()["data"]] == shown
+        link = page.text.split('class="json-twin" href="', 1)[1].split('"', 1)[0]
+        followed = browser.get(html.unescape(link))
+        assert followed.headers["content-type"].startswith("application/json")
+        assert followed.json() == answer.json()
