@@ -235,7 +235,10 @@ async def page_not_found(request: Request) -> Response:
 async def login(request: Request) -> Response:
     if not same_origin(request):
         return render("login.html", status=403, error="Log in from this page.")
-    key = (await read_form(request)).get("key", "").strip()
+    try:
+        key = (await read_form(request)).get("key", "").strip()
+    except ProxyError as too_large:
+        return render("login.html", status=too_large.status, error=too_large.message)
     registry: PolicyRegistry = request.app.state.policies
     if not key:
         return render("login.html", status=400, error="Enter a proxy key to log in.")

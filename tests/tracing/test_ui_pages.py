@@ -110,3 +110,15 @@ def test_the_recent_requests_page_has_a_json_twin_the_api_answers(proxy: Running
         followed = browser.get(html.unescape(link))
         assert followed.headers["content-type"].startswith("application/json")
         assert followed.json() == answer.json()
+
+
+def test_a_login_form_too_large_is_refused_on_the_login_page(proxy: RunningProxy) -> None:
+    # It was refused with a JSON error body, the one login failure a browser showed as raw JSON.
+    with httpx.Client(base_url=proxy.base_url, timeout=120) as browser:
+        refused = browser.post("/ui/login", data={"key": "k" * 5000})
+        assert refused.status_code == 413
+        assert refused.headers["content-type"].startswith("text/html")
+        assert "The form is larger than 4096 bytes." in refused.text
+        assert 'name="key"' in refused.text and "memento_ui_session" not in refused.headers.get(
+            "set-cookie", ""
+        )
