@@ -47,6 +47,8 @@ from storage.records import (
 
 PAGE_SIZE = 50
 SEARCH_LIMIT = 20
+# An erased memory keeps only its id: the pages show the other statuses.
+SHOWN_STATUSES = tuple(s for s in MEMORY_STATUSES if s != "deleted")
 MAX_VERSIONS = 50  # a supersession chain is walked at most this far each way
 
 
@@ -81,9 +83,13 @@ async def _memories(request: Request, policy: Policy) -> Response:
     kind = params.get("kind") or None
     status = params.get("status") or None
     if kind is not None and kind not in MEMORY_KINDS:
-        raise bad_request(f"Kind must be one of {', '.join(MEMORY_KINDS)}.")
-    if status is not None and status not in MEMORY_STATUSES:
-        raise bad_request(f"Status must be one of {', '.join(MEMORY_STATUSES)}.")
+        raise bad_request(f"Kind must be one of {', '.join(MEMORY_KINDS)}.", param="kind")
+    if status is not None and status not in SHOWN_STATUSES:
+        message = (
+            f"Status must be one of {', '.join(SHOWN_STATUSES)}; erased memories are left out "
+            "here (GET /v1/memories?status=deleted lists what is left of them)."
+        )
+        raise bad_request(message, param="status")
     offset = _offset(params.get("offset"))
     context: dict[str, Any] = {
         "tenant": policy.tenant,
@@ -92,7 +98,7 @@ async def _memories(request: Request, policy: Policy) -> Response:
         "kind": kind or "",
         "status_filter": status or "",
         "kinds": MEMORY_KINDS,
-        "statuses": MEMORY_STATUSES,
+        "statuses": SHOWN_STATUSES,
         "offset": offset,
     }
     if query:
@@ -118,7 +124,6 @@ async def _memories(request: Request, policy: Policy) -> Response:
         offset=offset,
         all_users=user is None,
     )
-    records = [r for r in records if r.status != "deleted"]
     query_of = {"user": user, "kind": kind, "status": status}
     after = await _cursor(
         store,

@@ -122,3 +122,21 @@ def test_a_login_form_too_large_is_refused_on_the_login_page(proxy: RunningProxy
         assert 'name="key"' in refused.text and "memento_ui_session" not in refused.headers.get(
             "set-cookie", ""
         )
+
+
+def test_the_memories_page_refuses_the_erased_status_it_cannot_show(proxy: RunningProxy) -> None:
+    # status=deleted was accepted, then every row dropped: the page and its JSON said "no
+    # memories" while the API it named (GET /v1/memories?status=deleted) listed them.
+    gone = remember(proxy, KEY_A, "The user lives in Porto.")
+    erased = httpx.delete(
+        f"{proxy.base_url}/v1/memories/{gone}", headers={"authorization": f"Bearer {KEY_A}"}
+    )
+    assert erased.status_code == 200, erased.text
+    with httpx.Client(base_url=proxy.base_url, timeout=120) as browser:
+        assert browser.post("/ui/login", data={"key": KEY_A}).status_code == 303
+        error = openai_error(browser.get("/ui/memories?status=deleted&format=json"), 400)
+        assert error["param"] == "status" and "GET /v1/memories?status=deleted" in error["message"]
+        page = browser.get("/ui/memories?status=deleted")
+        assert page.status_code == 400 and "erased memories are left out" in page.text
+        form = browser.get("/ui/memories").text.split('<select id="status"', 1)[1]
+        assert "deleted" not in form.split("</select>", 1)[0]
