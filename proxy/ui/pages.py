@@ -246,6 +246,11 @@ async def login(request: Request) -> Response:
         error = "That key belongs to no tenant. Use a proxy key listed in a tenant's policy file."
         return render("login.html", status=401, error=error)
     response = RedirectResponse("/ui/", status_code=303, headers=SECURITY_HEADERS)
+    # Secure over https, also when a load balancer in front ends it: its X-Forwarded-Proto
+    # counts here even from an address the server does not trust for the request's scheme, as
+    # a client that forges it only makes its own cookie stricter.
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    https = request.url.scheme == "https" or forwarded == "https"
     cookie = session.issue(await session.session_secret(request), key, time.time() + SESSION_S)
     response.set_cookie(
         COOKIE,
@@ -254,7 +259,7 @@ async def login(request: Request) -> Response:
         path=COOKIE_PATH,
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=https,
     )
     return response
 

@@ -140,3 +140,26 @@ def test_the_memories_page_refuses_the_erased_status_it_cannot_show(proxy: Runni
         assert page.status_code == 400 and "erased memories are left out" in page.text
         form = browser.get("/ui/memories").text.split('<select id="status"', 1)[1]
         assert "deleted" not in form.split("</select>", 1)[0]
+
+
+def test_the_session_cookie_is_secure_behind_a_load_balancer_ending_https(
+    policies_dir: Path, start_proxy: Callable[..., RunningProxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The balancer is not at an address the server trusts for X-Forwarded-Proto (uvicorn
+    # trusts 127.0.0.1 alone unless told), so the request looked like http and the cookie of a
+    # browser on https went out without Secure.
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "10.0.0.9")
+    write_tenant(policies_dir, "acme", KEY_A, ECHO)
+    proxy = start_proxy(policies_dir)
+    # What Chromium sends for the page's form: the pages' no-referrer policy makes Origin null.
+    browser = {"origin": "null", "sec-fetch-site": "same-origin"}
+    for scheme, secure in (("https", True), ("http", False)):
+        login = httpx.post(
+            f"{proxy.base_url}/ui/login",
+            data={"key": KEY_A},
+            headers={**browser, "x-forwarded-proto": scheme},
+        )
+        assert login.status_code == 303, login.text
+        flags = [part.strip().lower() for part in login.headers["set-cookie"].split(";")]
+        assert {"httponly", "samesite=strict", "path=/ui"} <= set(flags)
+        assert ("secure" in flags) is secure
