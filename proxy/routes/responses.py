@@ -155,7 +155,9 @@ async def _previous(
     required: bool,
 ) -> StoredResponse | None:
     """The stored response the call continues, if it names one. Translated calls need it; a
-    native upstream keeps its own, so one the proxy does not have is left to it."""
+    native upstream keeps its own, so one the proxy does not have is left to it. One the proxy
+    keeps for another user is refused either way: the upstream, asked with the same provider
+    key for every user, would continue that user's conversation."""
     previous_id = body.get("previous_response_id")
     if previous_id is None:
         return None
@@ -169,11 +171,11 @@ async def _previous(
         )
     await kept(tenant, previous_id)
     stored = await responses.get_response(tenant, previous_id)
-    if stored is not None and stored.user_id == user:
-        return stored
-    if required:
+    if stored is None and not required:
+        return None
+    if stored is None or stored.user_id != user:
         raise not_found(previous_id, param="previous_response_id")
-    return None
+    return stored
 
 
 def _responses_of(request: Request) -> ResponseStore:

@@ -196,6 +196,24 @@ def test_previous_response_id_over_three_turns_then_retrieve_list_and_delete(
         client.responses.delete(third.id)
 
 
+def test_a_relayed_call_cannot_continue_another_users_conversation(
+    upstream: ScriptedUpstream, responses_proxy: Callable[..., RunningProxy]
+) -> None:
+    client = client_for(responses_proxy())
+    alices = client.responses.create(model=NATIVE, input="My PIN is 4321.", user="alice")
+    upstream.reset()
+    with pytest.raises(openai.BadRequestError, match="No response with id") as refused:
+        client.responses.create(  # the upstream would answer with alice's conversation
+            model=NATIVE, input="What is my PIN?", previous_response_id=alices.id, user="bob"
+        )
+    assert refused.value.code == "response_not_found"
+    assert upstream.received == []
+    follow_up = client.responses.create(
+        model=NATIVE, input="And again", previous_response_id=alices.id, user="alice"
+    )
+    assert follow_up.output_text == "native reply to: And again"
+
+
 def test_store_false_keeps_nothing(
     upstream: ScriptedUpstream, responses_proxy: Callable[..., RunningProxy]
 ) -> None:
