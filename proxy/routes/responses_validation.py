@@ -16,8 +16,10 @@ from proxy.validation import check_model, json_type
 
 _ROLES = ("user", "assistant", "system", "developer")
 _ITEM_TYPES = ("message", "function_call", "function_call_output")
-# Items chat has no shape for that a translated call may still carry (they are left out).
-_SKIPPED_ITEM_TYPES = ("reasoning", "item_reference")
+# Items chat has no shape for that a translated call may still carry (they are left out): a
+# model's reasoning, which a client hands back with the output it came with. An item_reference
+# is refused, not skipped: the item it names would silently never reach the model.
+_SKIPPED_ITEM_TYPES = ("reasoning",)
 _CHECKS: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
     ("instructions", str, "a string"),
     ("previous_response_id", str, "a string (the id of an earlier response)"),

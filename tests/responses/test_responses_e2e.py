@@ -337,6 +337,11 @@ def test_native_upstream_gets_the_call_unchanged_but_for_the_model(
             "input[0].content[0]",
             "'input_file' part",
         ),
+        (  # what it refers to would be lost: the model would never see it
+            {"model": TRANSLATED, "input": [{"type": "item_reference", "id": "msg_1"}]},
+            "input[0]",
+            "'item_reference' item",
+        ),
         (
             {"model": TRANSLATED, "input": "x", "previous_response_id": "resp_nope"},
             "previous_response_id",
