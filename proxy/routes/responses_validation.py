@@ -20,6 +20,11 @@ _ITEM_TYPES = ("message", "function_call", "function_call_output")
 # model's reasoning, which a client hands back with the output it came with. An item_reference
 # is refused, not skipped: the item it names would silently never reach the model.
 _SKIPPED_ITEM_TYPES = ("reasoning",)
+# Fields naming what OpenAI keeps server-side, and what a translated call sends instead.
+_OPENAI_STATE = {
+    "conversation": "send the turns as 'input', or continue with 'previous_response_id'",
+    "prompt": "send the prompt's text as 'instructions'",
+}
 _CHECKS: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
     ("instructions", str, "a string"),
     ("previous_response_id", str, "a string (the id of an earlier response)"),
@@ -188,6 +193,14 @@ def check_translatable(body: dict[str, Any], alias: str) -> None:
         f"Model '{alias}' is answered through chat completions; its upstream would need to serve "
         "the Responses API itself (native_apis: [responses] in the tenant's policy)"
     )
+    for name, instead in _OPENAI_STATE.items():
+        if body.get(name) is not None:
+            raise bad_request(
+                f"'{name}' names what OpenAI keeps, which a chat-completions upstream cannot "
+                f"read: {instead}. {native}.",
+                param=name,
+                code="unsupported_parameter",
+            )
     for i, tool in enumerate(body.get("tools") or []):
         if tool["type"] != "function":  # validate_responses checked the function tools' fields
             raise bad_request(

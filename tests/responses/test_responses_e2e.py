@@ -342,6 +342,8 @@ def test_native_upstream_gets_the_call_unchanged_but_for_the_model(
             "input[0]",
             "'item_reference' item",
         ),
+        ({"model": TRANSLATED, "input": "x", "conversation": "conv_1"}, "conversation", "keeps"),
+        ({"model": TRANSLATED, "input": "x", "prompt": {"id": "pmpt_1"}}, "prompt", "keeps"),
         (
             {"model": TRANSLATED, "input": "x", "previous_response_id": "resp_nope"},
             "previous_response_id",
