@@ -33,6 +33,14 @@ _LITELLM_RESERVED: tuple[str, ...] = ("metadata",)
 _LITELLM_DROPPED_FOR_OPENAI = ("user",)
 
 
+def _litellm_api_base(model: str, api_base: str | None) -> str | None:
+    """The route's api_base as litellm takes it. An Anthropic base is written with its `/v1`
+    (the Messages relay asks `{api_base}/messages`); litellm adds `/v1/messages` itself."""
+    if api_base is not None and provider_of(model)[0] == "anthropic":
+        return api_base.rstrip("/").removesuffix("/v1")
+    return api_base
+
+
 class LiteLLMUpstream:
     """Providers that need translation, through litellm."""
 
@@ -61,7 +69,7 @@ class LiteLLMUpstream:
             api_key = "no-key"  # local OpenAI-compatible servers need none; litellm insists
         for name, value in (
             ("api_key", api_key),
-            ("api_base", route.api_base),
+            ("api_base", _litellm_api_base(route.model, route.api_base)),
             ("api_version", route.api_version),
         ):
             if value is not None:

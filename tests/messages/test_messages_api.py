@@ -9,6 +9,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -244,3 +245,17 @@ def test_the_demo_tenant_answers_messages_loading_litellm_on_first_use(tmp_path:
             model="echo", max_tokens=64, messages=[{"role": "user", "content": "Hello!"}]
         )
     assert "last user message: 'Hello!'" in message.content[0].text
+
+
+def test_a_route_relaying_messages_answers_the_other_doors_through_litellm(
+    upstream: ScriptedUpstream, messages_proxy: RunningProxy
+) -> None:
+    # Its api_base is written with its /v1 for the relay; litellm adds /v1/messages itself.
+    client = openai.OpenAI(base_url=messages_proxy.base_url + "/v1", api_key=KEY, max_retries=0)
+    chat = client.chat.completions.create(
+        model=NATIVE, messages=[{"role": "user", "content": "Hi"}]
+    )
+    response = client.responses.create(model=NATIVE, input="Hello")
+    assert [r.path for r in upstream.received] == ["/v1/messages", "/v1/messages"]
+    assert chat.choices[0].message.content == "scripted reply to: Hi"
+    assert response.output_text == "scripted reply to: Hello"
