@@ -167,6 +167,30 @@ def _check_message(item: dict[str, Any], where: str) -> None:
     content = item.get("content")
     if not isinstance(content, str | list):
         raise _wrong(f"{where}.content", content, "a string or a list of content parts")
+    for j, part in enumerate(content if isinstance(content, list) else []):
+        _check_part(part, f"{where}.content[{j}]")
+
+
+def _check_part(part: Any, where: str) -> None:
+    """A content part says its type; a text part carries its text (what memory reads)."""
+    if not isinstance(part, dict):
+        raise _wrong(where, part, 'a content part such as {"type": "input_text", "text": "Hi"}')
+    kind = part.get("type")
+    if not isinstance(kind, str):
+        raise bad_request(
+            f"'{where}.type' must say what kind of part it is (\"input_text\", "
+            f'"input_image"…), got {json_type(kind) if "type" in part else "nothing"}.',
+            param=f"{where}.type",
+            code="missing_required_parameter" if "type" not in part else "invalid_type",
+        )
+    if kind in TEXT_PARTS and "text" not in part:
+        raise bad_request(
+            f"'{where}' is a {kind!r} part without its 'text': send a string.",
+            param=f"{where}.text",
+            code="missing_required_parameter",
+        )
+    if kind in TEXT_PARTS and not isinstance(part["text"], str):
+        raise _wrong(f"{where}.text", part["text"], "a string")
 
 
 def _check_call_item(item: dict[str, Any], where: str, kind: str) -> None:
