@@ -220,14 +220,23 @@ _TRANSLATED_SOURCES = ("base64", "url")
 
 
 def check_translatable(body: dict[str, Any], alias: str) -> None:
-    """Refuse blocks a translated call would lose: a checked body's blocks that litellm's
-    adapter does not turn into chat completions, for their turn's role (only upstreams that
-    serve the Messages API take those)."""
+    """Refuse what a translated call would lose: Anthropic's own tools (bash, computer, web
+    search…), and a checked body's blocks that litellm's adapter does not turn into chat
+    completions, for their turn's role (only upstreams that serve the Messages API take those)."""
     native = (
         f"Model '{alias}' is answered through chat completions; for other blocks its upstream "
         "would need to serve the Messages API itself (native_apis: [messages] in the tenant's "
         "policy)"
     )
+    for i, tool in enumerate(body.get("tools") or []):
+        if tool.get("type") not in (None, "custom"):  # the adapter would pass it on as it is
+            raise bad_request(
+                f"'tools[{i}]' is a {tool['type']!r} tool; model '{alias}' takes custom tools "
+                f"({_TOOL}) only, being answered through chat completions: Anthropic's own "
+                "tools need an upstream that serves the Messages API itself (native_apis: "
+                "[messages] in the tenant's policy).",
+                param=f"tools[{i}]",
+            )
     for i, turn in enumerate(body["messages"]):
         role, content = turn["role"], turn["content"]
         allowed = TRANSLATED_BLOCKS[role]

@@ -235,3 +235,19 @@ def test_a_translated_route_takes_every_block_it_translates(
     assert [m["role"] for m in sent] == ["user", "assistant", "tool", "user"]
     assert [part["type"] for part in sent[0]["content"]] == ["text", "image_url", "file"]
     assert sent[1]["tool_calls"][0]["function"]["name"] == "weather"
+
+
+@pytest.mark.parametrize(
+    "tool",
+    [
+        {"type": "bash_20250124", "name": "bash"},  # would reach chat completions as it is
+        {"type": "computer_20250124", "name": "computer", "display_width_px": 1024},
+        {"type": "web_search_20250305", "name": "web_search"},
+    ],
+)
+def test_a_translated_route_refuses_anthropics_own_tools(
+    upstream: ScriptedUpstream, messages_proxy: RunningProxy, tool: dict[str, Any]
+) -> None:
+    says = _refused(messages_proxy, TRANSLATED, messages=[ASKED], tools=[WEATHER_TOOL, tool])
+    assert says.startswith(f"'tools[1]' is a {tool['type']!r} tool; model '{TRANSLATED}' takes")
+    assert upstream.received == []
