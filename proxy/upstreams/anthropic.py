@@ -84,7 +84,10 @@ class AnthropicMessages:
         translation = await self._translate(body, stream=False)
         reply = await self.chat_upstream(target.route).chat(target, translation.chat)
         litellm = import_litellm()
-        response = litellm.ModelResponse(**json.loads(reply.body))
+        completion = json.loads(reply.body)
+        # usage is optional in a chat completion; the adapter reads it (as zero tokens when none).
+        completion["usage"] = completion.get("usage") or {}
+        response = litellm.ModelResponse(**completion)
         message = translation.adapter.translate_completion_output_params(
             response, translation.tool_names
         )

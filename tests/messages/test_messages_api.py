@@ -101,6 +101,21 @@ def test_create_is_translated_into_a_chat_completion_for_other_upstreams(
     assert "You are terse." in json.dumps(sent.json["messages"][0])
 
 
+def test_a_chat_answer_without_usage_is_translated_with_zero_tokens(
+    upstream: ScriptedUpstream, messages_proxy: RunningProxy
+) -> None:
+    # usage is optional in a chat completion; some OpenAI-compatible servers leave it out.
+    message = {"role": "assistant", "content": "Hi."}
+    choice = {"index": 0, "message": message, "finish_reason": "stop"}
+    answer = {"id": "chatcmpl-1", "object": "chat.completion", "choices": [choice]}
+    upstream.script(Reply(raw=json.dumps(answer).encode()))
+    reply = client_for(messages_proxy).messages.create(
+        model=TRANSLATED, max_tokens=16, messages=[{"role": "user", "content": "Hello"}]
+    )
+    assert reply.content[0].text == "Hi." and reply.stop_reason == "end_turn"  # type: ignore[union-attr]
+    assert (reply.usage.input_tokens, reply.usage.output_tokens) == (0, 0)
+
+
 @pytest.mark.parametrize("model", [NATIVE, TRANSLATED])
 def test_streamed_tool_use_round_trip(
     upstream: ScriptedUpstream, messages_proxy: RunningProxy, model: str
