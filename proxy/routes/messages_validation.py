@@ -40,6 +40,13 @@ def _is_int(value: Any) -> bool:
 
 _TOOL_INPUT = 'an object (the tool\'s arguments, e.g. {"city": "Paris"})'
 _SOURCE = 'an object such as {"type": "base64", "media_type": "image/png", "data": "…"}'
+# The string fields Anthropic requires of each kind of image or document source.
+_SOURCE_FIELDS = {
+    "base64": ("media_type", "data"),
+    "url": ("url",),
+    "text": ("media_type", "data"),
+    "file": ("file_id",),
+}
 # The fields Anthropic requires of each of its block types: name, JSON type, what to send.
 _BLOCK_FIELDS: dict[str, tuple[tuple[str, type, str], ...]] = {
     "text": (("text", str, "a string"),),
@@ -99,8 +106,24 @@ def _check_blocks(where: str, content: Any) -> None:
                 )
             if not isinstance(block[field], wanted):
                 raise _wrong(f"{at}.{field}", shape, block[field])
+        if kind in ("image", "document"):
+            _check_source(f"{at}.source", block["source"])
         if kind == "tool_result" and block.get("content") is not None:
             _check_blocks(f"{at}.content", block["content"])
+
+
+def _check_source(at: str, source: dict[str, Any]) -> None:
+    """An image's or document's `source` carries what its type requires (a translated route
+    would drop one without it); a source type the proxy does not know is the upstream's."""
+    kind = source.get("type")
+    for field in _SOURCE_FIELDS.get(kind, ()) if isinstance(kind, str) else ():
+        if not isinstance(source.get(field), str):
+            if field not in source:
+                raise bad_request(
+                    f"'{at}' is a {kind} source without its '{field}': send a string.",
+                    param=f"{at}.{field}",
+                )
+            raise _wrong(f"{at}.{field}", "a string", source[field])
 
 
 def _check_turns(messages: Any) -> None:

@@ -20,6 +20,8 @@ CALLED = {
     "content": [{"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"c": "P"}}],
 }
 WEATHER_TOOL = {"name": "weather", "input_schema": {"type": "object"}}
+URL = {"type": "url"}
+PDF = {"type": "base64", "media_type": "application/pdf"}
 
 
 def _refused(proxy: RunningProxy, model: str, **body: Any) -> str:
@@ -47,6 +49,14 @@ def _refused(proxy: RunningProxy, model: str, **body: Any) -> str:
         (
             {"messages": [{"role": "user", "content": [{"text": "Hi"}]}]},
             "'messages[0].content[0]' must be a content block with a 'type'",
+        ),
+        (  # a translated route would drop the image without a word
+            {"messages": [{"role": "user", "content": [{"type": "image", "source": URL}]}]},
+            "'messages[0].content[0].source' is a url source without its 'url': send a string.",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "document", "source": PDF}]}]},
+            "'messages[0].content[0].source' is a base64 source without its 'data'",
         ),
         (
             {
