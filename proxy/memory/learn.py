@@ -154,6 +154,21 @@ class Learner:
             result.case_id = await self._record_outcome(entry, reward, previous)
             return result
 
+    async def attach_case(self, tenant_id: str, request_id: str, case: MemoryRecord) -> None:
+        """Tie the case a request wrote to its request; a reward that arrived first becomes
+        its outcome. Under the feedback lock: a report applied meanwhile would otherwise read
+        the request before the case was tied to it, while this read it before the reward was
+        recorded, and the outcome would reach neither."""
+        async with self._lock, self._locks.hold(FEEDBACK_LOCK):
+            entry = await self.requests.get_request(tenant_id, request_id)
+            if entry is None:
+                return
+            await self.requests.set_request(tenant_id, request_id, written_case_id=case.id)
+            if entry.reward is not None:
+                await self.memories.update(
+                    case.scope, case.id, **case_outcome_changes(case, entry.reward)
+                )
+
     async def _credit_provenance(
         self,
         tenant_id: str,

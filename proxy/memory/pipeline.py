@@ -108,7 +108,7 @@ class MemoryPipeline:
             self._store, pending, self._requests, self._slots, shared_queue=self._shared_queue
         )
         self._writes = WritePath(
-            self._store, self.policies, self.upstreams, pending, workers=self._workers
+            self._store, self.policies, self.upstreams, pending, self.learner, workers=self._workers
         )
         self._writes.start()
 

@@ -29,7 +29,7 @@ from proxy.memory.consolidate import (
 from proxy.memory.exchange_job import EXCHANGE_JOB, ExchangeJob
 from proxy.memory.extract import Exchange, build_exchange, extract_with_rules, verify_evidence
 from proxy.memory.extract_model import extract_with_model
-from proxy.memory.learn import case_outcome_changes
+from proxy.memory.learn import Learner
 from proxy.memory.model_call import CallModel, TenantModels
 from proxy.memory.new_memory import memory_from_verdict
 from proxy.memory.pending import PendingWrites, answer_key
@@ -62,10 +62,12 @@ class WritePath:
         policies: PolicySource,
         upstreams: Upstreams,
         pending: PendingWrites,
+        learner: Learner,
         *,
         workers: int = 2,
     ) -> None:
         self.store = store
+        self.learner = learner  # ties a written case to its request, as feedback reads it
         self.policies = policies
         self.upstreams = upstreams  # the tenants' models are asked through them
         self.pending = pending  # exchanges queued here, not yet learned, by user
@@ -255,7 +257,7 @@ class WritePath:
             record_writes(span, decisions, written)
             case = next((r for r in written if r.kind == "case" and r.status == "active"), None)
             if case is not None:
-                await self._attach_case(scope.tenant_id, job.request_id, case)
+                await self.learner.attach_case(scope.tenant_id, job.request_id, case)
         return written
 
     async def _consolidate(
@@ -304,17 +306,6 @@ class WritePath:
         reinforced = int(target.fields.get("reinforced", 0)) + 1
         fields = {**target.fields, "reinforced": reinforced}
         await self.store.memories.update(target.scope, target.id, fields=fields)
-
-    async def _attach_case(self, tenant_id: str, request_id: str, case: MemoryRecord) -> None:
-        """Tie the case to its request; a reward that arrived first becomes its outcome."""
-        entry = await self.store.requests.get_request(tenant_id, request_id)
-        if entry is None:
-            return
-        await self.store.requests.set_request(tenant_id, request_id, written_case_id=case.id)
-        if entry.reward is not None:
-            await self.store.memories.update(
-                case.scope, case.id, **case_outcome_changes(case, entry.reward)
-            )
 
 
 async def _extract(exchange: Exchange, policy: Policy, models: CallModel) -> list[Candidate]:

@@ -1,5 +1,6 @@
 """Feedback through several processes serving one store: rewards sent to two replicas at once
-are applied one after the other, so no utility update is lost or counted twice.
+are applied one after the other, so no utility update is lost or counted twice, and a reward
+that lands while another replica's worker ties its case to the request becomes the case's outcome.
 
 Two stores stand for two processes, each with its own Learner (the feedback route's), as two
 replicas have: on one data folder (SQLite), and on one PostgreSQL database.
@@ -102,3 +103,47 @@ async def test_two_rewards_for_one_request_at_once_leave_the_one_recorded(
     # As if only the reward that stayed had been sent: the other was replaced, not added.
     assert after.q_visits == 1 and after.n_pos + after.n_neg == 1
     assert after.q == pytest.approx(SETTINGS.alpha_fact * logged.reward)
+
+
+class _PausedFeedback:
+    """A store's requests whose recording of a reward waits to be let go: the moment, inside
+    feedback, at which the other replica's worker may tie the case it wrote to the request."""
+
+    def __init__(self, requests: Any) -> None:
+        self._requests = requests
+        self.reached = asyncio.Event()
+        self.go = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._requests, name)
+
+    async def record_feedback(self, *args: Any) -> float | None:
+        self.reached.set()
+        await self.go.wait()
+        return await self._requests.record_feedback(*args)  # type: ignore[no-any-return]
+
+
+async def test_a_reward_sent_while_the_case_is_tied_to_its_request_becomes_its_outcome(
+    pair: tuple[EmbeddedStore, EmbeddedStore],
+) -> None:
+    first, second = pair
+    (case,) = await second.memories.add(
+        SCOPE, [NewMemory(kind="case", text="Plan a rowing week: start with two easy days.")]
+    )
+    await first.requests.log_request(
+        RequestLog("r1", "acme", "ann", None, None, "m", time.time(), injected=[])
+    )
+    paused = _PausedFeedback(first.requests)
+    feedback = asyncio.ensure_future(
+        Learner(first.memories, paused, first.locks).apply("acme", "r1", 1.0, SETTINGS)
+    )
+    await paused.reached.wait()  # feedback has read the request: no case tied to it yet
+    tying = asyncio.ensure_future(_learner(second).attach_case("acme", "r1", case))
+    await asyncio.wait([tying], timeout=0.5)  # its chance to slip in before the reward lands
+    paused.go.set()
+    await asyncio.gather(feedback, tying)
+    after = await first.memories.get(SCOPE, case.id)
+    assert after is not None
+    # Before, neither side saw the other: the case kept no outcome and Q = 0.
+    assert after.fields.get("outcome") == "worked" and after.fields.get("reward") == 1.0
+    assert after.q == pytest.approx(0.3)
