@@ -18,8 +18,9 @@ from proxy.upstreams.base import relayed_headers
 
 # How much of an unexpected upstream body an error message quotes.
 QUOTED_BYTES = 200
-# "litellm.RateLimitError: RateLimitError: OpenAIException - slow down" → "slow down"
-_LITELLM_PREFIXES = re.compile(r"^(?:litellm\.\w+:\s*)?(?:\w+Error:\s*)?(?:\w+Exception\s*-\s*)?")
+# "litellm.RateLimitError: RateLimitError: OpenAIException - slow down" → "slow down", and
+# "litellm.ContextWindowExceededError: litellm.BadRequestError: AnthropicError - {…}" → "{…}"
+_LITELLM_PREFIXES = re.compile(r"^(?:(?:litellm\.)?\w*(?:Error|Exception)(?::|\s+-)\s*)*")
 
 
 def _upstream_failure(
@@ -150,13 +151,37 @@ def stream_broken(alias: str, exc: Exception) -> ProxyError:
 
 def provider_error(exc: Exception) -> dict[str, Any]:
     """The upstream's error object behind a litellm exception: its own fields when it sent
-    OpenAI's error shape, its text when it sent text, else litellm's message without litellm's
-    prefixes."""
+    OpenAI's error shape, or Anthropic's (`{"type": "error", "error": {…}}`, which litellm
+    passes on as the text of its message); its text when it sent other text; else litellm's
+    message without litellm's prefixes."""
     body = getattr(exc, "body", None)
     if isinstance(body, dict) and isinstance(body.get("message"), str) and body["message"]:
-        fields = ("message", "type", "param", "code")
-        return {name: body[name] for name in fields if isinstance(body.get(name), str)}
+        return _error_fields(body)
     if isinstance(body, str) and body.strip():
-        return {"message": body.strip()[:QUOTED_BYTES]}
-    text = str(getattr(exc, "message", None) or exc)
-    return {"message": _LITELLM_PREFIXES.sub("", text, count=1).strip() or type(exc).__name__}
+        text = body.strip()
+    else:
+        text = str(getattr(exc, "message", None) or exc)
+        text = _LITELLM_PREFIXES.sub("", text, count=1).strip()
+    quoted = _quoted_error(text)
+    if quoted is not None:
+        return quoted
+    return {"message": text[:QUOTED_BYTES] or type(exc).__name__}
+
+
+def _quoted_error(text: str) -> dict[str, Any] | None:
+    """The error object of an error document quoted whole in `text`, or None."""
+    if not text.startswith("{"):
+        return None
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return None
+    error = document.get("error") if isinstance(document, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str) and error["message"]:
+        return _error_fields(error)
+    return None
+
+
+def _error_fields(error: dict[str, Any]) -> dict[str, Any]:
+    fields = ("message", "type", "param", "code")
+    return {name: error[name] for name in fields if isinstance(error.get(name), str)}

@@ -88,6 +88,8 @@ class LiteLLMUpstream:
         if isinstance(exc, litellm.APIConnectionError):
             return unreachable(target.alias, exc, error["message"])
         status = getattr(exc, "status_code", None)
+        if status == 500 and error.get("type") == "overloaded_error":
+            status = 529  # litellm reports Anthropic's "overloaded" (529) as a 500
         if isinstance(status, int):
             response = getattr(exc, "response", None)
             headers = dict(getattr(response, "headers", None) or {})

@@ -225,3 +225,32 @@ def test_routes_and_methods_the_door_lacks_answer_in_anthropics_shape(
     assert unknown.json()["error"]["type"] == "not_found_error"
     elsewhere = httpx.get(messages_proxy.base_url + "/v1/nothing", timeout=30)
     assert elsewhere.json()["error"]["code"] == "unknown_url"  # OpenAI's shape off the door
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "message"),
+    [(400, "invalid_request_error", "prompt is too long"), (529, "overloaded_error", "Overloaded")],
+)
+def test_an_anthropic_routes_errors_read_as_openai_errors_on_the_chat_door(
+    upstream: ScriptedUpstream,
+    messages_proxy: RunningProxy,
+    status: int,
+    error_type: str,
+    message: str,
+) -> None:
+    """Through litellm, Anthropic's error document was the whole message ('{"type": "error",
+    …}'), and its 529 a 502 quoting litellm's exception."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{messages_proxy.base_url}/v1", api_key=KEY, max_retries=0)
+    sent = {"type": "error", "error": {"type": error_type, "message": message}}
+    upstream.script(Reply(status=status, raw=json.dumps(sent).encode()))
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model=NATIVE, messages=HELLO)  # type: ignore[arg-type]
+    assert caught.value.status_code == status
+    assert caught.value.body == {
+        "message": message,
+        "type": error_type,
+        "param": None,
+        "code": None,
+    }
