@@ -25,11 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from proxy.memory.budget import unmet_budget_minimum
 from proxy.policy import REMOVED_FIELDS, ModelRoute, Policy, deep_merge
+
+# PolicyFileError and PolicyProblem are re-exported: callers import them from here.
+from proxy.policy_files import PolicyFileError as PolicyFileError
+from proxy.policy_files import PolicyProblem as PolicyProblem
+from proxy.policy_files import read_yaml
 from proxy.upstreams.routing import key_variable, route_problem
 
 log = logging.getLogger("memento.policies")
@@ -59,47 +63,6 @@ def refused_keys(host: str) -> dict[str, str]:
     """The published keys (hash → key) a server bound to `host` must refuse: all of them
     unless it listens on loopback only."""
     return {} if is_loopback(host) else {hash_key(key): key for key in PUBLISHED_KEYS}
-
-
-@dataclass(frozen=True)
-class PolicyProblem:
-    """Why one policy file (or one field of it) was refused."""
-
-    file: str
-    field: str
-    reason: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}: {self.field}" if self.field else self.file
-        return f"{where}: {self.reason}"
-
-
-class PolicyFileError(Exception):
-    """One or more policy files are invalid."""
-
-    def __init__(self, problems: list[PolicyProblem]) -> None:
-        super().__init__("\n".join(str(p) for p in problems))
-        self.problems = problems
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """A policy file's mapping; empty files are `{}`. Raises PolicyFileError with the line."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        reason = f"not valid YAML: {getattr(exc, 'problem', None) or exc}"
-        raise PolicyFileError([PolicyProblem(path.name, where, reason)]) from None
-    except OSError as exc:
-        raise PolicyFileError([PolicyProblem(path.name, "", f"cannot read: {exc}")]) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise PolicyFileError(
-            [PolicyProblem(path.name, "", "must be a mapping of fields (tenant, keys, models…)")]
-        )
-    return data
 
 
 def _validation_problems(file: str, error: ValidationError) -> list[PolicyProblem]:
