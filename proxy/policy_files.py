@@ -65,10 +65,23 @@ _PolicyLoader.add_constructor(
 )
 
 
+def _utf8_text(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        reason = (
+            f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file as UTF-8 "
+            "(an editor's 'encoding' setting, or iconv -f latin1 -t utf-8)"
+        )
+        raise PolicyFileError([PolicyProblem(path.name, f"line {line}", reason)]) from None
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """A policy file's mapping; empty files are `{}`. Raises PolicyFileError with the line."""
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_PolicyLoader)  # noqa: S506
+        data = yaml.load(_utf8_text(path), Loader=_PolicyLoader)  # noqa: S506
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -41,3 +41,20 @@ def test_anchors_and_merge_keys_still_load(policies_dir: Path) -> None:
         "http://127.0.0.1:8000/v1",
         5,
     )
+
+
+def test_a_file_that_is_not_utf8_is_a_problem_at_load_and_on_reload(policies_dir: Path) -> None:
+    path = policies_dir / "acme.yaml"
+    latin1 = f"keys: ['{hash_key('k')}']\n# Café\n".encode("latin-1")
+    path.write_bytes(latin1)
+    assert problems_of(policies_dir) == [
+        "acme.yaml: line 2: not UTF-8 text (byte 0xe9); save the file as UTF-8 "
+        "(an editor's 'encoding' setting, or iconv -f latin1 -t utf-8)"
+    ]
+    # While running, the same edit is reported and the last good version keeps serving.
+    path.write_text(f"keys: ['{hash_key('k')}']\n")
+    registry = PolicyRegistry.load(policies_dir)
+    path.write_bytes(latin1 + b"models: {echo: {model: echo}}\n")
+    registry.refresh(settled_only=False)
+    assert [p.file for p in registry.problems] == ["acme.yaml"]
+    assert registry.policy_for_key("k") is not None
