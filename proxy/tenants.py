@@ -288,21 +288,34 @@ class PolicyRegistry:
             self._problems.pop(DEFAULTS_FILE, None)
 
         tenant_files = [p for p in files if p.name != DEFAULTS_FILE]
-        to_load = tenant_files if reload_all else [p for p in tenant_files if p in changed]
+        # A tenant is its file's stem: a change to acme.yml re-reads acme.yaml too.
+        touched = {p.stem for p in changed | removed}
+        to_load = [p for p in tenant_files if reload_all or p.stem in touched]
         policies = dict(self._snapshot.policies)
         for path in removed:
             if path.name != DEFAULTS_FILE:
-                policies.pop(path.stem, None)
                 self._problems.pop(path.name, None)
                 self._warnings.pop(path.name, None)
-                log.info("tenant %s removed (file deleted)", path.stem)
+                if not any(p.stem == path.stem for p in tenant_files):
+                    policies.pop(path.stem, None)
+                    log.info("tenant %s removed (file deleted)", path.stem)
         for path in to_load:
+            twins = [p.name for p in tenant_files if p.stem == path.stem and p != path]
+            if twins:
+                reason = (
+                    f"tenant {path.stem} is also defined by {', '.join(twins)}; "
+                    "keep one file per tenant and delete the other"
+                )
+                self._report(path.name, [PolicyProblem(path.name, "", reason)])
+                continue
             try:
                 policy = load_policy(path, self._defaults)
             except PolicyFileError as exc:
                 self._report(path.name, exc.problems)
                 continue
-            problem = self._published_key(path, policy) or self._key_clash(policy, policies)
+            problem = self._published_key(path, policy) or self._key_clash(
+                path.name, policy, policies
+            )
             if problem:
                 self._report(path.name, [problem])
                 continue
@@ -330,11 +343,11 @@ class PolicyRegistry:
         return None
 
     @staticmethod
-    def _key_clash(policy: Policy, policies: dict[str, Policy]) -> PolicyProblem | None:
+    def _key_clash(file: str, policy: Policy, policies: dict[str, Policy]) -> PolicyProblem | None:
         for other in policies.values():
             if other.tenant != policy.tenant and set(other.keys) & set(policy.keys):
                 return PolicyProblem(
-                    f"{policy.tenant}.yaml",
+                    file,
                     "keys",
                     f"a key is already used by tenant '{other.tenant}'; "
                     "every proxy key belongs to exactly one tenant",

@@ -58,3 +58,30 @@ def test_a_file_that_is_not_utf8_is_a_problem_at_load_and_on_reload(policies_dir
     registry.refresh(settled_only=False)
     assert [p.file for p in registry.problems] == ["acme.yaml"]
     assert registry.policy_for_key("k") is not None
+
+
+def test_one_tenant_in_two_files_is_a_problem_and_deleting_one_keeps_the_other(
+    policies_dir: Path,
+) -> None:
+    yaml_file, yml_file = policies_dir / "acme.yaml", policies_dir / "acme.yml"
+    yaml_file.write_text(f"keys: ['{hash_key('k-yaml')}']\n")
+    yml_file.write_text(f"keys: ['{hash_key('k-yml')}']\n")
+    assert problems_of(policies_dir) == [
+        "acme.yaml: tenant acme is also defined by acme.yml; keep one file per tenant and "
+        "delete the other",
+        "acme.yml: tenant acme is also defined by acme.yaml; keep one file per tenant and "
+        "delete the other",
+    ]
+    # While running: a second file does not silently replace the tenant's keys...
+    yml_file.unlink()
+    registry = PolicyRegistry.load(policies_dir)
+    yml_file.write_text(f"keys: ['{hash_key('k-yml')}']\n")
+    registry.refresh(settled_only=False)
+    assert [p.file for p in registry.problems] == ["acme.yaml", "acme.yml"]
+    assert registry.policy_for_key("k-yaml") is not None
+    assert registry.policy_for_key("k-yml") is None
+    # ...and deleting it leaves the tenant of the file that remains.
+    yml_file.unlink()
+    registry.refresh(settled_only=False)
+    assert registry.problems == []
+    assert registry.policy_for_key("k-yaml") is not None
