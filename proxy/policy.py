@@ -12,6 +12,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -152,12 +153,21 @@ def _default_lambda() -> dict[MemoryKind, float]:
     return {"case": 0.5, "fact": 0.15, "preference": 0.15, "lesson": 0.0}
 
 
+def _over_defaults(defaults: dict[Any, float]) -> BeforeValidator:
+    """A per-kind or per-source map states only what differs: the keys it leaves out keep
+    their defaults (as a tenant file's mappings merge over default.yaml), rather than
+    silently becoming 0."""
+    return BeforeValidator(
+        lambda value: {**defaults, **value} if isinstance(value, dict) else value
+    )
+
+
 def _all_modes() -> list[MemoryMode]:
     return ["off", "read", "write", "full"]
 
 
 class ScoringSettings(Strict):
-    lambda_: dict[MemoryKind, float] = Field(
+    lambda_: Annotated[dict[MemoryKind, float], _over_defaults(_default_lambda())] = Field(
         default_factory=_default_lambda,
         alias="lambda",
     )
@@ -276,10 +286,27 @@ class RateLimits(Strict):
     per_day: int = Field(default=100, ge=0)
 
 
+# The sources a memory's prior trust is set for; any other (system, guard, admin) has prior 0.
+TRUSTED_SOURCES = ("import", "user", "assistant", "tool")
+
+
+def _trusted_source(name: str) -> str:
+    if name not in TRUSTED_SOURCES:
+        raise ValueError(
+            f"'{name}' is not a source; base_trust is set for {', '.join(TRUSTED_SOURCES)}"
+        )
+    return name
+
+
+def _default_base_trust() -> dict[str, float]:
+    return {"import": 0.9, "user": 0.8, "assistant": 0.6, "tool": 0.3}
+
+
 class SanitizerPolicy(Strict):
-    base_trust: dict[str, float] = Field(
-        default_factory=lambda: {"import": 0.9, "user": 0.8, "assistant": 0.6, "tool": 0.3}
-    )
+    base_trust: Annotated[
+        dict[Annotated[str, AfterValidator(_trusted_source)], Annotated[float, Field(ge=0, le=1)]],
+        _over_defaults(_default_base_trust()),
+    ] = Field(default_factory=_default_base_trust)
     w_heur: float = 0.6
     active_min: float = Field(default=0.6, ge=0, le=1)
     quarantine_min: float = Field(default=0.3, ge=0, le=1)

@@ -1,12 +1,16 @@
-"""What a policy file can get wrong as a file: YAML, text encoding, one file per tenant."""
+"""What a policy file can get wrong: YAML, text encoding, one file per tenant, partial maps."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from proxy.tenants import PolicyFileError, PolicyRegistry, hash_key
+from tests.harness import RunningProxy, write_tenant
+from tests.scripted_upstream import ScriptedUpstream
 
 
 def problems_of(directory: Path) -> list[str]:
@@ -85,3 +89,42 @@ def test_one_tenant_in_two_files_is_a_problem_and_deleting_one_keeps_the_other(
     registry.refresh(settled_only=False)
     assert registry.problems == []
     assert registry.policy_for_key("k-yaml") is not None
+
+
+def test_a_partial_base_trust_keeps_the_other_sources_defaults(
+    policies_dir: Path,
+    upstream: ScriptedUpstream,
+    start_proxy: Callable[..., RunningProxy],
+) -> None:
+    # Raising the user's prior must not zero the import prior (every import was then rejected).
+    models = {"m": {"model": "openai/m", "api_base": upstream.url}}
+    write_tenant(policies_dir, "acme", "k", models, sanitizer={"base_trust": {"user": 0.9}})
+    proxy = start_proxy(policies_dir)
+    created = httpx.post(
+        proxy.base_url + "/v1/memories",
+        headers={"authorization": "Bearer k"},
+        json={"user": "alice", "kind": "fact", "text": "Alice works at the Lisbon office."},
+        timeout=60,
+    )
+    assert created.status_code == 201, created.text
+    assert (created.json()["status"], created.json()["trust"]) == ("active", 0.9)
+
+
+def test_per_source_and_per_kind_maps_name_known_keys_in_range(policies_dir: Path) -> None:
+    (policies_dir / "acme.yaml").write_text(
+        "sanitizer: {base_trust: {usr: 0.8, tool: 1.5}}\nmemory: {scoring: {lambda: {case: 1}}}\n"
+    )
+    assert problems_of(policies_dir) == [
+        "acme.yaml: sanitizer.base_trust.tool: Input should be less than or equal to 1",
+        "acme.yaml: sanitizer.base_trust.usr.[key]: 'usr' is not a source; base_trust is set "
+        "for import, user, assistant, tool",
+    ]
+    (policies_dir / "acme.yaml").write_text("memory: {scoring: {lambda: {case: 1}}}\n")
+    policy = PolicyRegistry.load(policies_dir).get("acme")
+    assert policy is not None
+    assert policy.memory.scoring.lambda_ == {
+        "case": 1.0,
+        "fact": 0.15,
+        "preference": 0.15,
+        "lesson": 0.0,
+    }
