@@ -40,9 +40,10 @@ YamlOff = BeforeValidator(_yaml_off)
 
 
 class Strict(BaseModel):
-    """Unknown keys are errors, so a typo in a policy file is reported instead of ignored."""
+    """Unknown keys are errors, so a typo in a policy file is reported instead of ignored; so
+    are YAML's `.nan` and `.inf` (no bound can hold them: every comparison with NaN is false)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # Client APIs other than chat completions that an upstream may serve natively.
@@ -109,7 +110,10 @@ class RetrievalSettings(Strict):
     k2_cases: int = Field(default=4, ge=0, le=20)
     tau_trust: float = Field(default=0.5, ge=0, le=1)
     delta_sim: float | None = Field(
-        default=None, description="Minimum cosine for cases; None calibrates per embedder."
+        default=None,
+        ge=-1,
+        le=1,
+        description="Minimum cosine for cases; None calibrates per embedder.",
     )
     q_min: float = Field(default=-0.6, ge=-1, le=1)
     epsilon: float = Field(default=0.0, ge=0, le=1)
@@ -171,12 +175,14 @@ class ScoringSettings(Strict):
         default_factory=_default_lambda,
         alias="lambda",
     )
-    beta_recency: float = 0.2
+    beta_recency: float = Field(default=0.2, ge=0)
     recency_days: float = Field(default=30.0, gt=0)
-    eta_trust: float = 0.5
+    eta_trust: float = Field(default=0.5, ge=0)
     z_clip: float = Field(default=3.0, gt=0)
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, populate_by_name=True
+    )
 
 
 class BudgetSettings(Strict):
@@ -205,7 +211,7 @@ class ProvenanceCredit(Strict):
 class FeedbackSettings(Strict):
     alpha_case: float = Field(default=0.3, gt=0, le=1)
     alpha_fact: float = Field(default=0.1, gt=0, le=1)
-    q0: float = 0.0
+    q0: float = Field(default=0.0, ge=-1, le=1)
     provenance_credit: ProvenanceCredit = Field(default_factory=ProvenanceCredit)
 
 
@@ -272,13 +278,13 @@ class MemoryPolicy(Strict):
 
 
 class DBSCANSettings(Strict):
-    eps: float = 0.5
-    min_samples: int = 2
+    eps: float = Field(default=0.5, gt=0)
+    min_samples: int = Field(default=2, ge=1)
 
 
 class SessionBurst(Strict):
-    cos: float = 0.9
-    count: int = 3
+    cos: float = Field(default=0.9, gt=0, le=1)
+    count: int = Field(default=3, ge=2, description="A burst is several writes: one is not.")
 
 
 class RateLimits(Strict):
@@ -307,24 +313,24 @@ class SanitizerPolicy(Strict):
         dict[Annotated[str, AfterValidator(_trusted_source)], Annotated[float, Field(ge=0, le=1)]],
         _over_defaults(_default_base_trust()),
     ] = Field(default_factory=_default_base_trust)
-    w_heur: float = 0.6
+    w_heur: float = Field(default=0.6, ge=0)
     active_min: float = Field(default=0.6, ge=0, le=1)
     quarantine_min: float = Field(default=0.3, ge=0, le=1)
     pii: Literal["redact", "reject", "allow"] = "redact"
     judge_model: str | None = None
-    max_fact_chars: int = 400
-    dup_cos: float = 0.95
+    max_fact_chars: int = Field(default=400, ge=1)
+    dup_cos: float = Field(default=0.95, gt=0, le=1)
     topic_cos: float = Field(
         default=0.75, gt=0, le=1, description="Cosine at which two facts are on the same subject."
     )
-    case_key_cos: float = 0.85
-    lesson_cos_write: float = 0.85
-    lesson_cos_read: float = 0.8
+    case_key_cos: float = Field(default=0.85, gt=0, le=1)
+    lesson_cos_write: float = Field(default=0.85, gt=0, le=1)
+    lesson_cos_read: float = Field(default=0.8, gt=0, le=1)
     dbscan: DBSCANSettings = Field(default_factory=DBSCANSettings)
     session_burst: SessionBurst = Field(default_factory=SessionBurst)
     rate: RateLimits = Field(default_factory=RateLimits)
-    quarantine_ttl_days: float = 30.0
-    shared_min_trust: float = 0.8
+    quarantine_ttl_days: float = Field(default=30.0, gt=0)
+    shared_min_trust: float = Field(default=0.8, ge=0, le=1)
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> SanitizerPolicy:

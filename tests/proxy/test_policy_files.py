@@ -128,3 +128,19 @@ def test_per_source_and_per_kind_maps_name_known_keys_in_range(policies_dir: Pat
         "preference": 0.15,
         "lesson": 0.0,
     }
+
+
+def test_numbers_out_of_their_range_and_nan_are_problems(policies_dir: Path) -> None:
+    # Each was taken silently: NaN passes every bound, a burst of 0 writes quarantined every
+    # write, a negative quarantine TTL rejected every quarantined memory at once.
+    (policies_dir / "acme.yaml").write_text(
+        "sanitizer: {w_heur: .nan, session_burst: {count: 0}, quarantine_ttl_days: -1}\n"
+        "memory: {feedback: {q0: 7}, scoring: {eta_trust: .inf}}\n"
+    )
+    assert problems_of(policies_dir) == [
+        "acme.yaml: memory.scoring.eta_trust: Input should be a finite number",
+        "acme.yaml: memory.feedback.q0: Input should be less than or equal to 1",
+        "acme.yaml: sanitizer.w_heur: Input should be a finite number",
+        "acme.yaml: sanitizer.session_burst.count: Input should be greater than or equal to 2",
+        "acme.yaml: sanitizer.quarantine_ttl_days: Input should be greater than 0",
+    ]
