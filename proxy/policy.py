@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -76,6 +77,18 @@ class ModelRoute(Strict):
         default=None, gt=0, description="Overrides litellm's model info for the token budget."
     )
     extra_headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("api_base")
+    @classmethod
+    def _base_is_a_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            url = urlsplit(value)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError(
+                    f"'{value}' is not an http:// or https:// URL, so no call could reach it; "
+                    "write the upstream's base URL, e.g. http://127.0.0.1:8000/v1"
+                )
+        return value
 
     @field_validator("api_key")
     @classmethod

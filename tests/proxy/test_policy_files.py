@@ -144,3 +144,18 @@ def test_numbers_out_of_their_range_and_nan_are_problems(policies_dir: Path) -> 
         "acme.yaml: sanitizer.session_burst.count: Input should be greater than or equal to 2",
         "acme.yaml: sanitizer.quarantine_ttl_days: Input should be greater than 0",
     ]
+
+
+def test_an_api_base_that_is_not_a_url_is_a_problem(policies_dir: Path) -> None:
+    # Loaded silently before: every call then answered 502 upstream_unreachable.
+    (policies_dir / "acme.yaml").write_text(
+        "models:\n"
+        "  a: {model: openai/llama3, api_base: '127.0.0.1:8000/v1'}\n"
+        "  b: {model: openai/llama3, api_base: 'htp://127.0.0.1:8000/v1'}\n"
+        "  c: {model: openai/llama3, api_base: 'http://127.0.0.1:8000/v1'}\n"
+    )
+    assert problems_of(policies_dir) == [
+        f"acme.yaml: models.{alias}.api_base: '{base}' is not an http:// or https:// URL, so no "
+        "call could reach it; write the upstream's base URL, e.g. http://127.0.0.1:8000/v1"
+        for alias, base in (("a", "127.0.0.1:8000/v1"), ("b", "htp://127.0.0.1:8000/v1"))
+    ]
