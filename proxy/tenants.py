@@ -291,6 +291,9 @@ class PolicyRegistry:
         # A tenant is its file's stem: a change to acme.yml re-reads acme.yaml too.
         touched = {p.stem for p in changed | removed}
         to_load = [p for p in tenant_files if reload_all or p.stem in touched]
+        # A file refused for another's sake (a key that tenant held) may load now: retried last,
+        # after the changes that may have freed it.
+        to_load += [p for p in tenant_files if p not in to_load and p.name in self._problems]
         policies = dict(self._snapshot.policies)
         for path in removed:
             if path.name != DEFAULTS_FILE:

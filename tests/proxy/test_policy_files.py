@@ -159,3 +159,19 @@ def test_an_api_base_that_is_not_a_url_is_a_problem(policies_dir: Path) -> None:
         "call could reach it; write the upstream's base URL, e.g. http://127.0.0.1:8000/v1"
         for alias, base in (("a", "127.0.0.1:8000/v1"), ("b", "htp://127.0.0.1:8000/v1"))
     ]
+
+
+@pytest.mark.parametrize("holder", ["a", "z"])  # before and after the refused file by name
+def test_a_file_refused_for_a_key_clash_loads_once_the_other_tenant_lets_go(
+    policies_dir: Path, holder: str
+) -> None:
+    write_tenant(policies_dir, holder, "shared", {})
+    registry = PolicyRegistry.load(policies_dir)
+    write_tenant(policies_dir, "m", "shared", {})
+    registry.refresh(settled_only=False)
+    assert [p.file for p in registry.problems] == ["m.yaml"]
+    write_tenant(policies_dir, holder, f"{holder}-own", {})  # the holder rotates its key
+    registry.refresh(settled_only=False)
+    assert registry.problems == []
+    policy = registry.policy_for_key("shared")
+    assert policy is not None and policy.tenant == "m"
