@@ -137,9 +137,16 @@ def model_references(policy: Policy) -> list[tuple[str, ModelRoute]]:
 
 
 def policy_warnings(file: str, policy: Policy) -> list[PolicyProblem]:
-    """What may be wrong but leaves the tenant serving: unset provider keys (which may be set
-    by the time a call comes), and a memory budget too small to ever inject a memory."""
+    """What may be wrong but leaves the tenant serving: no proxy keys, unset provider keys
+    (which may be set by the time a call comes), and a memory budget too small to ever inject
+    a memory."""
     warnings = []
+    if not policy.keys:  # an empty file, or keys forgotten: no call can reach the tenant
+        reason = (
+            "no keys, so no client can call this tenant; list the hash of one "
+            "(`memento-proxy keys new` makes a key and prints it)"
+        )
+        warnings.append(PolicyProblem(file, "keys", reason))
     budget = policy.memory.budget.max_tokens
     models = [route.model for route in policy.models.values()]
     minimum = unmet_budget_minimum(budget, models) if policy.memory.enabled else None

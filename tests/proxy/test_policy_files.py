@@ -175,3 +175,13 @@ def test_a_file_refused_for_a_key_clash_loads_once_the_other_tenant_lets_go(
     assert registry.problems == []
     policy = registry.policy_for_key("shared")
     assert policy is not None and policy.tenant == "m"
+
+
+def test_an_empty_file_loads_a_tenant_nobody_can_call_and_says_so(policies_dir: Path) -> None:
+    write_tenant(policies_dir, "acme", "k", {})
+    (policies_dir / "empty.yaml").write_text("")
+    registry = PolicyRegistry.load(policies_dir)
+    assert [str(w) for w in registry.warnings] == [
+        "empty.yaml: keys: no keys, so no client can call this tenant; list the hash of one "
+        "(`memento-proxy keys new` makes a key and prints it)"
+    ]
