@@ -259,9 +259,10 @@ class PolicyRegistry:
 
         A file that fails validation keeps its last good version (if any) and its problems are
         logged and kept in `problems` until a good edit replaces them. With `settled_only`, a
-        file is read only once it looks the same as at the previous poll: an editor that
-        rewrites a file in place leaves it half-written for a moment, and a half-written policy
-        can be valid (a file cut after `tenant:` is a tenant without keys).
+        file is read only once it looks the same as at the previous poll, and removed only once
+        it was missing at two: an editor that rewrites a file in place leaves it half-written
+        for a moment (and a half-written policy can be valid: a file cut after `tenant:` is a
+        tenant without keys), one that deletes and writes it again leaves none.
         """
         try:
             files = {p: _stamp(p) for p in self._policy_files()}
@@ -270,11 +271,14 @@ class PolicyRegistry:
             return False
         seen, self._seen = self._seen, files
         if settled_only:
+            # An editor that saves by deleting and writing again leaves no file for a moment:
+            # a file gone since the last poll is removed only if it is still gone at the next.
+            vanished = {p: self._stamps[p] for p in self._stamps if p in seen and p not in files}
             files = {
                 path: stamp if stamp == seen.get(path) else self._stamps[path]
                 for path, stamp in files.items()
                 if stamp == seen.get(path) or path in self._stamps
-            }
+            } | vanished
         if files == self._stamps:
             return False
         changed = {p for p, s in files.items() if self._stamps.get(p) != s}

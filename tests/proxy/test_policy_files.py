@@ -185,3 +185,21 @@ def test_an_empty_file_loads_a_tenant_nobody_can_call_and_says_so(policies_dir: 
         "empty.yaml: keys: no keys, so no client can call this tenant; list the hash of one "
         "(`memento-proxy keys new` makes a key and prints it)"
     ]
+
+
+def test_a_file_missing_for_one_poll_does_not_drop_its_tenant(policies_dir: Path) -> None:
+    path = write_tenant(policies_dir, "acme", "k", {})
+    registry = PolicyRegistry.load(policies_dir)
+    registry.refresh()
+    saved = path.read_text()
+    path.unlink()  # an editor saving by delete-then-write, caught in between
+    registry.refresh()
+    assert registry.policy_for_key("k") is not None
+    path.write_text(saved + "# saved\n")
+    registry.refresh()
+    registry.refresh()
+    assert registry.policy_for_key("k") is not None
+    path.unlink()  # deleted for good: gone at the next poll but one
+    registry.refresh()
+    registry.refresh()
+    assert registry.get("acme") is None
