@@ -377,11 +377,20 @@ class LoggingPolicy(Strict):
     )
 
 
+def _key_hash(key: str) -> str:
+    if not KEY_HASH.match(key):
+        raise ValueError(
+            "each key must be sha256:<64 lowercase hex digits>; "
+            "`memento-proxy keys hash <key>` prints it"
+        )
+    return key
+
+
 class Policy(Strict):
     """A tenant's whole policy, after `default.yaml` has been merged under its file."""
 
     tenant: str
-    keys: list[str] = Field(default_factory=list)
+    keys: list[Annotated[str, AfterValidator(_key_hash)]] = Field(default_factory=list)
     models: dict[str, ModelRoute] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
     memory: MemoryPolicy = Field(default_factory=MemoryPolicy)
@@ -398,17 +407,6 @@ class Policy(Strict):
                 "tenant must be lowercase letters, digits, '-' or '_' (at most 63 characters)"
             )
         return value
-
-    @field_validator("keys")
-    @classmethod
-    def _hashed_keys(cls, keys: list[str]) -> list[str]:
-        for key in keys:
-            if not KEY_HASH.match(key):
-                raise ValueError(
-                    "each key must be sha256:<64 lowercase hex digits>; "
-                    "`memento-proxy keys hash <key>` prints it"
-                )
-        return keys
 
 
 # Fields a policy file could once set and that no longer exist, with what to do instead: a file

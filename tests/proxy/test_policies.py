@@ -56,7 +56,7 @@ def test_invalid_files_report_file_field_and_reason(policies_dir: Path) -> None:
     (policies_dir / "typo.yaml").write_text(
         "tenant: typo\nmodels:\n  m: {model: echo, tiemout_s: 3}\n"
     )
-    (policies_dir / "badkey.yaml").write_text("keys: [plaintext-key]\n")
+    (policies_dir / "badkey.yaml").write_text(f"keys: ['{hash_key('k-ok')}', plaintext-key]\n")
     (policies_dir / "secret.yaml").write_text(
         "models:\n  m: {model: openai/gpt-4o, api_key: sk-live-123}\n"
     )
@@ -66,7 +66,7 @@ def test_invalid_files_report_file_field_and_reason(policies_dir: Path) -> None:
     problems = problems_of(policies_dir)
     text = "\n".join(problems)
     assert "typo.yaml: models.m.tiemout_s: unknown field" in text
-    assert "badkey.yaml: keys: each key must be sha256:" in text
+    assert "badkey.yaml: keys.1: each key must be sha256:" in text  # the entry, by index
     assert "secret.yaml: models.m.api_key: api_key must reference the server environment" in text
     assert "wrongname.yaml: tenant: 'someone-else' does not match the file name" in text
     assert "broken.yaml: line 2" in text and "not valid YAML" in text
@@ -274,7 +274,7 @@ def test_serve_refuses_to_start_on_invalid_policies(policies_dir: Path, tmp_path
         timeout=120,
     )
     assert result.returncode == 2
-    assert "acme.yaml: keys: each key must be sha256:" in result.stderr
+    assert "acme.yaml: keys.0: each key must be sha256:" in result.stderr
 
 
 def test_unquoted_yaml_off_means_off(policies_dir: Path) -> None:
