@@ -51,10 +51,19 @@ def route_problem(route: ModelRoute) -> str | None:
     """Why no call for this route can work, found without calling anyone; None if one can."""
     if route.model == "echo":
         return None
-    if is_passthrough(route):
-        provider, _ = provider_of(route.model)
-        if route.api_base is None and OPENAI_COMPATIBLE.get(provider) is None:
-            return f"'{route.model}' is relayed directly (passthrough) but has no api_base"
+    provider, _ = provider_of(route.model)
+    relayed = is_passthrough(route)
+    # Relayed, or self-hosted (hosted_vllm): with no api_base there is no address to call, and
+    # litellm would send a hosted_vllm call to OpenAI's.
+    if (relayed or provider in OPENAI_COMPATIBLE) and (
+        route.api_base or OPENAI_COMPATIBLE.get(provider)
+    ) is None:
+        how = "relayed directly (passthrough)" if relayed else "a self-hosted model"
+        return (
+            f"'{route.model}' is {how} but has no api_base; write its server's URL, "
+            "e.g. api_base: http://127.0.0.1:8000/v1"
+        )
+    if relayed:
         return None
     return _unknown_provider(route.model, route.api_base)
 
