@@ -244,6 +244,16 @@ class ConsolidationSettings(Strict):
     dup_cos: float = Field(default=0.95, gt=0, le=1)
     same_topic_cos: float = Field(default=0.75, gt=0, le=1)
 
+    @model_validator(mode="after")
+    def _llm_names_its_model(self) -> ConsolidationSettings:
+        if self.llm and self.model is None:
+            raise ValueError(
+                "llm is true but no model is named, so no LLM would ever be asked; set "
+                "memory.consolidation.model (one of models' aliases or a litellm string), "
+                "or llm: false"
+            )
+        return self
+
 
 class WriteQueueSettings(Strict):
     max_depth: int | None = Field(

@@ -203,3 +203,13 @@ def test_a_file_missing_for_one_poll_does_not_drop_its_tenant(policies_dir: Path
     registry.refresh()
     registry.refresh()
     assert registry.get("acme") is None
+
+
+def test_llm_consolidation_without_a_model_is_a_problem(policies_dir: Path) -> None:
+    # It loaded, and facts were reconciled without any LLM: the switch did nothing.
+    (policies_dir / "acme.yaml").write_text("memory: {consolidation: {llm: true}}\n")
+    assert problems_of(policies_dir) == [
+        "acme.yaml: memory.consolidation: llm is true but no model is named, so no LLM would "
+        "ever be asked; set memory.consolidation.model (one of models' aliases or a litellm "
+        "string), or llm: false"
+    ]
