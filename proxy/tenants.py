@@ -313,6 +313,7 @@ class PolicyRegistry:
                 if not any(p.stem == path.stem for p in tenant_files):
                     policies.pop(path.stem, None)
                     log.info("tenant %s removed (file deleted)", path.stem)
+        clashing: dict[Path, Policy] = {}  # files refused so far only for a key another tenant has
         for path in to_load:
             twins = [p.name for p in tenant_files if p.stem == path.stem and p != path]
             if twins:
@@ -327,21 +328,36 @@ class PolicyRegistry:
             except PolicyFileError as exc:
                 self._report(path.name, exc.problems)
                 continue
-            problem = self._published_key(path, policy) or self._key_clash(
-                path.name, policy, policies
-            )
+            problem = self._published_key(path, policy)
             if problem:
                 self._report(path.name, [problem])
-                continue
-            policies[policy.tenant] = policy
-            self._problems.pop(path.name, None)
-            self._warnings[path.name] = policy_warnings(path.name, policy)
-            if self._loaded:
-                log.info("tenant %s loaded from %s", policy.tenant, path.name)
-                for warning in self._warnings[path.name]:
-                    log.warning("policy %s", warning)
+            elif self._key_clash(path.name, policy, policies):
+                clashing[path] = policy
+            else:
+                self._accept(path, policy, policies)
+        # A key moved from one tenant to another in one edit: the one receiving it may be read
+        # before the one giving it up, so a clash is final only once nothing else loads.
+        loaded_one = True
+        while loaded_one:
+            loaded_one = False
+            for path in list(clashing):  # one at a time: two may want the same freed key
+                if not self._key_clash(path.name, clashing[path], policies):
+                    self._accept(path, clashing.pop(path), policies)
+                    loaded_one = True
+        for path, policy in clashing.items():
+            if clash := self._key_clash(path.name, policy, policies):
+                self._report(path.name, [clash])
         self._snapshot = _Snapshot(policies, self._index_keys(policies.values()))
         return True
+
+    def _accept(self, path: Path, policy: Policy, policies: dict[str, Policy]) -> None:
+        policies[policy.tenant] = policy
+        self._problems.pop(path.name, None)
+        self._warnings[path.name] = policy_warnings(path.name, policy)
+        if self._loaded:
+            log.info("tenant %s loaded from %s", policy.tenant, path.name)
+            for warning in self._warnings[path.name]:
+                log.warning("policy %s", warning)
 
     def _published_key(self, path: Path, policy: Policy) -> PolicyProblem | None:
         for hashed in policy.keys:

@@ -213,3 +213,26 @@ def test_llm_consolidation_without_a_model_is_a_problem(policies_dir: Path) -> N
         "ever be asked; set memory.consolidation.model (one of models' aliases or a litellm "
         "string), or llm: false"
     ]
+
+
+def test_a_key_moved_between_tenants_in_one_edit_loads_whichever_file_is_read_first(
+    policies_dir: Path,
+) -> None:
+    write_tenant(policies_dir, "zeta", "moving", {})
+    write_tenant(policies_dir, "alpha", "alpha-own", {})
+    write_tenant(policies_dir, "beta", "beta-own", {})
+    registry = PolicyRegistry.load(policies_dir)
+    # zeta gives the key up while alpha (read first) and beta both take it: alpha has it,
+    # beta is refused (a key belongs to one tenant).
+    write_tenant(policies_dir, "zeta", "zeta-own", {})
+    for tenant in ("alpha", "beta"):
+        keys = [hash_key(f"{tenant}-own"), hash_key("moving")]
+        (policies_dir / f"{tenant}.yaml").write_text(f"keys: {keys}\n")
+    registry.refresh(settled_only=False)
+    moved = registry.policy_for_key("moving")
+    assert moved is not None and moved.tenant == "alpha"
+    assert [str(p) for p in registry.problems] == [
+        "beta.yaml: keys: a key is already used by tenant 'alpha'; every proxy key belongs to "
+        "exactly one tenant"
+    ]
+    assert registry.policy_for_key("zeta-own") is not None
