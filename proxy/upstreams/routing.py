@@ -53,14 +53,19 @@ def route_problem(route: ModelRoute) -> str | None:
         return None
     provider, _ = provider_of(route.model)
     relayed = is_passthrough(route)
-    # Relayed, or self-hosted (hosted_vllm): with no api_base there is no address to call, and
-    # litellm would send a hosted_vllm call to OpenAI's.
-    if (relayed or provider in OPENAI_COMPATIBLE) and (
+    # Relayed (chat, or the native_apis doors), or self-hosted (hosted_vllm): with no api_base
+    # there is no address to call, and litellm would send a hosted_vllm call to OpenAI's.
+    if (relayed or route.native_apis or provider in OPENAI_COMPATIBLE) and (
         route.api_base or OPENAI_COMPATIBLE.get(provider)
     ) is None:
-        how = "relayed directly (passthrough)" if relayed else "a self-hosted model"
+        if relayed:
+            how = "is relayed directly (passthrough)"
+        elif route.native_apis:
+            how = f"relays {', '.join(route.native_apis)} calls as they come (native_apis)"
+        else:
+            how = "is a self-hosted model"
         return (
-            f"'{route.model}' is {how} but has no api_base; write its server's URL, "
+            f"'{route.model}' {how} but has no api_base; write its server's URL, "
             "e.g. api_base: http://127.0.0.1:8000/v1"
         )
     if relayed:

@@ -306,6 +306,7 @@ def test_models_no_call_could_reach_are_refused(policies_dir: Path) -> None:
             "bare": {"model": "llama3"},
             "relayed": {"model": "notaprovider/x", "passthrough": True},
             "vllm": {"model": "hosted_vllm/llama3"},
+            "native": {"model": "anthropic/claude-3-5-haiku-latest", "native_apis": ["messages"]},
             "fine": {"model": "anthropic/claude-3-5-haiku-latest"},
             "local": {"model": "notaprovider/x", "passthrough": True, "api_base": "http://h/v1"},
         },
@@ -323,6 +324,10 @@ def test_models_no_call_could_reach_are_refused(policies_dir: Path) -> None:
         # litellm would have sent it to OpenAI's API
         "acme.yaml: models.vllm.model: 'hosted_vllm/llama3' is a self-hosted model but has no "
         "api_base; write its server's URL, e.g. api_base: http://127.0.0.1:8000/v1",
+        # its Messages calls were answered 500 upstream_misconfigured
+        "acme.yaml: models.native.model: 'anthropic/claude-3-5-haiku-latest' relays messages "
+        "calls as they come (native_apis) but has no api_base; write its server's URL, e.g. "
+        "api_base: http://127.0.0.1:8000/v1",
         "acme.yaml: memory.extraction.model: litellm knows no provider for 'nope/extractor'; "
         "write it as <provider>/<model>, e.g. openai/gpt-4o-mini, "
         "anthropic/claude-3-5-haiku-latest or ollama/llama3",
