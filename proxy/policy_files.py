@@ -3,7 +3,8 @@
 A problem names the file, the field (or the line) and the reason, so an operator knows what to
 write instead. YAML itself lets a mapping name a key twice and keeps the last silently, which in
 a policy file would drop half of a section without a word (`memory:` written twice, say); here
-that is a problem like any other.
+that is a problem like any other. Every key is read as the name it spells (a model alias `no:` is
+'no', not false).
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def _mapping_without_repeats(loader: _PolicyLoader, node: yaml.MappingNode) -> d
     for key_node, _ in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be overridden
             continue
+        if isinstance(key_node, yaml.ScalarNode):
+            # Every key of a policy is a name (a field, a model alias, a header): `no:` or
+            # `1.5:` is the alias it spells, not YAML's false or a number.
+            key_node.tag = "tag:yaml.org,2002:str"
         key = loader.construct_object(key_node)
         try:
             line = first_line.setdefault(key, key_node.start_mark.line + 1)

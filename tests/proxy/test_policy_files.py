@@ -236,3 +236,13 @@ def test_a_key_moved_between_tenants_in_one_edit_loads_whichever_file_is_read_fi
         "exactly one tenant"
     ]
     assert registry.policy_for_key("zeta-own") is not None
+
+
+def test_every_key_is_the_name_it_spells(policies_dir: Path) -> None:
+    # YAML 1.1 read the alias `no:` as false and `1.5:` as a number: 'models.0.[key]: Input
+    # should be a valid string', for aliases a client may well send.
+    (policies_dir / "acme.yaml").write_text(
+        f"keys: ['{hash_key('k')}']\nmodels:\n  no: {{model: echo}}\n  1.5: {{model: echo}}\n"
+    )
+    policy = PolicyRegistry.load(policies_dir).get("acme")
+    assert policy is not None and set(policy.models) == {"no", "1.5"}
