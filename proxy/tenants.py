@@ -20,6 +20,7 @@ import hashlib
 import ipaddress
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from proxy.memory.budget import unmet_budget_minimum
-from proxy.policy import REMOVED_FIELDS, ModelRoute, Policy, deep_merge
+from proxy.policy import REMOVED_FIELDS, TENANT_ID, ModelRoute, Policy, deep_merge
 
 # PolicyFileError and PolicyProblem are re-exported: callers import them from here.
 from proxy.policy_files import PolicyFileError as PolicyFileError
@@ -93,21 +94,32 @@ def validate_defaults(path: Path) -> dict[str, Any]:
     return data
 
 
+def _tenant_mismatch(tenant: object, path: Path) -> str:
+    if not isinstance(tenant, str):  # tenant: 123 in 123.yaml is the number 123 to YAML
+        kind = "true/false" if isinstance(tenant, bool) else "a number"
+        return (
+            f"YAML reads {tenant!r} as {kind}, not a name; write it in "
+            f"quotes, tenant: '{path.stem}', or leave tenant out (the file name gives it)"
+        )
+    return (
+        f"'{tenant}' does not match the file name; name the file {tenant}{path.suffix} "
+        f"or set tenant: {path.stem}"
+    )
+
+
 def load_policy(path: Path, defaults: dict[str, Any]) -> Policy:
     """One tenant's policy: its file merged over the defaults, validated."""
     data = read_yaml(path)
     tenant = data.setdefault("tenant", path.stem)
     if tenant != path.stem:
-        raise PolicyFileError(
-            [
-                PolicyProblem(
-                    path.name,
-                    "tenant",
-                    f"'{tenant}' does not match the file name; name the file {tenant}.yaml "
-                    f"or set tenant: {path.stem}",
-                )
-            ]
+        raise PolicyFileError([PolicyProblem(path.name, "tenant", _tenant_mismatch(tenant, path))])
+    if not TENANT_ID.match(path.stem):
+        named = re.sub(r"[^a-z0-9_-]+", "-", path.stem.lower()).strip("-_") or "acme"
+        reason = (
+            "the file name is the tenant id, which must be lowercase letters, digits, '-' or '_' "
+            f"(at most 63 characters); rename the file, e.g. {named[:63]}{path.suffix}"
         )
+        raise PolicyFileError([PolicyProblem(path.name, "", reason)])
     try:
         policy = Policy.model_validate(deep_merge(defaults, data))
     except ValidationError as exc:

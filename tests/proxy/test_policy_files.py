@@ -246,3 +246,16 @@ def test_every_key_is_the_name_it_spells(policies_dir: Path) -> None:
     )
     policy = PolicyRegistry.load(policies_dir).get("acme")
     assert policy is not None and set(policy.models) == {"no", "1.5"}
+
+
+def test_a_tenant_id_yaml_reads_otherwise_or_a_file_name_that_is_none_says_what_to_write(
+    policies_dir: Path,
+) -> None:
+    (policies_dir / "123.yaml").write_text("tenant: 123\n")
+    (policies_dir / "Acme Corp.yaml").write_text(f"keys: ['{hash_key('k')}']\n")
+    assert problems_of(policies_dir) == [
+        "123.yaml: tenant: YAML reads 123 as a number, not a name; write it in quotes, "
+        "tenant: '123', or leave tenant out (the file name gives it)",
+        "Acme Corp.yaml: the file name is the tenant id, which must be lowercase letters, "
+        "digits, '-' or '_' (at most 63 characters); rename the file, e.g. acme-corp.yaml",
+    ]
