@@ -327,6 +327,10 @@ class PolicyRegistry:
                     log.info("tenant %s removed (file deleted)", path.stem)
         clashing: dict[Path, Policy] = {}  # files refused so far only for a key another tenant has
         for path in to_load:
+            if path.stem == Path(DEFAULTS_FILE).stem:  # default.yml: meant as the defaults
+                reason = f"the defaults are read from {DEFAULTS_FILE} only; rename this file"
+                self._report(path.name, [PolicyProblem(path.name, "", reason)])
+                continue
             twins = [p.name for p in tenant_files if p.stem == path.stem and p != path]
             if twins:
                 reason = (

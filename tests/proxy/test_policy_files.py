@@ -259,3 +259,12 @@ def test_a_tenant_id_yaml_reads_otherwise_or_a_file_name_that_is_none_says_what_
         "Acme Corp.yaml: the file name is the tenant id, which must be lowercase letters, "
         "digits, '-' or '_' (at most 63 characters); rename the file, e.g. acme-corp.yaml",
     ]
+
+
+def test_defaults_in_default_yml_are_not_taken_for_a_tenant(policies_dir: Path) -> None:
+    # It loaded as a tenant named 'default', and its settings reached no tenant.
+    write_tenant(policies_dir, "acme", "k", {})
+    (policies_dir / "default.yml").write_text("memory: {fail_closed: true}\n")
+    assert problems_of(policies_dir) == [
+        "default.yml: the defaults are read from default.yaml only; rename this file"
+    ]
