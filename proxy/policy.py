@@ -47,6 +47,9 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+# Headers that carry a provider key: api_key (env:NAME) is where one is named.
+CREDENTIAL_HEADERS = {"authorization", "api-key", "x-api-key", "proxy-authorization"}
+
 # Client APIs other than chat completions that an upstream may serve natively.
 NativeApi = Literal["responses", "messages"]
 
@@ -89,6 +92,16 @@ class ModelRoute(Strict):
                     "write the upstream's base URL, e.g. http://127.0.0.1:8000/v1"
                 )
         return value
+
+    @field_validator("extra_headers")
+    @classmethod
+    def _no_credentials(cls, headers: dict[str, str]) -> dict[str, str]:
+        if CREDENTIAL_HEADERS & {name.lower() for name in headers}:
+            raise ValueError(
+                "a provider key is never written into a policy file, headers included; "
+                "name its variable in api_key: env:VARIABLE_NAME instead"
+            )
+        return headers
 
     @field_validator("api_key")
     @classmethod
@@ -417,17 +430,6 @@ class Policy(Strict):
                 "tenant must be lowercase letters, digits, '-' or '_' (at most 63 characters)"
             )
         return value
-
-
-# Fields a policy file could once set and that no longer exist, with what to do instead: a file
-# that still sets one is refused with this reason rather than a bare 'unknown field'.
-REMOVED_FIELDS = {
-    "sanitizer.w_clf": "removed: there is no classifier to weigh; delete the line",
-    "sanitizer.mad_k": "removed: there is no outlier detection it tuned; delete the line",
-    "guard.llm_consensus": "removed: no LLM consensus runs at read time; delete the line "
-    "(sanitizer.judge_model asks an LLM about uncertain memories at write time)",
-    "guard.model": "removed together with guard.llm_consensus; delete the line",
-}
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,17 @@ class PolicyFileError(Exception):
         self.problems = problems
 
 
+# Fields a policy file could once set and that no longer exist, with what to do instead: a file
+# that still sets one is refused with this reason rather than a bare 'unknown field'.
+REMOVED_FIELDS = {
+    "sanitizer.w_clf": "removed: there is no classifier to weigh; delete the line",
+    "sanitizer.mad_k": "removed: there is no outlier detection it tuned; delete the line",
+    "guard.llm_consensus": "removed: no LLM consensus runs at read time; delete the line "
+    "(sanitizer.judge_model asks an LLM about uncertain memories at write time)",
+    "guard.model": "removed together with guard.llm_consensus; delete the line",
+}
+
+
 class _PolicyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, refusing a mapping that names one key twice."""
 

@@ -29,12 +29,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from proxy.memory.budget import unmet_budget_minimum
-from proxy.policy import REMOVED_FIELDS, TENANT_ID, ModelRoute, Policy, deep_merge
+from proxy.policy import TENANT_ID, ModelRoute, Policy, deep_merge
+from proxy.policy_files import REMOVED_FIELDS, read_yaml
 
 # PolicyFileError and PolicyProblem are re-exported: callers import them from here.
 from proxy.policy_files import PolicyFileError as PolicyFileError
 from proxy.policy_files import PolicyProblem as PolicyProblem
-from proxy.policy_files import read_yaml
 from proxy.upstreams.routing import key_variable, route_problem
 
 log = logging.getLogger("memento.policies")

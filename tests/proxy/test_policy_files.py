@@ -268,3 +268,13 @@ def test_defaults_in_default_yml_are_not_taken_for_a_tenant(policies_dir: Path) 
     assert problems_of(policies_dir) == [
         "default.yml: the defaults are read from default.yaml only; rename this file"
     ]
+
+
+def test_a_provider_key_in_a_header_is_refused_like_one_in_api_key(policies_dir: Path) -> None:
+    (policies_dir / "acme.yaml").write_text(
+        "models:\n  m: {model: openai/gpt-4o-mini, extra_headers: {Authorization: 'Bearer sk-1'}}\n"
+    )
+    assert problems_of(policies_dir) == [
+        "acme.yaml: models.m.extra_headers: a provider key is never written into a policy file, "
+        "headers included; name its variable in api_key: env:VARIABLE_NAME instead"
+    ]
