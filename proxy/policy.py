@@ -46,6 +46,11 @@ class Strict(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_section(cls, data: Any) -> Any:
+        return {} if data is None else data  # `memory:` with nothing (or comments) under it
+
 
 # Headers that carry a provider key: api_key (env:NAME) is where one is named.
 CREDENTIAL_HEADERS = {"authorization", "api-key", "x-api-key", "proxy-authorization"}
@@ -433,11 +438,12 @@ class Policy(Strict):
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Merge `override` onto `base`: mappings merge key by key, anything else replaces."""
+    """Merge `override` onto `base`: mappings merge key by key, anything else replaces; an
+    empty section (`memory:` with nothing under it) changes nothing."""
     merged = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
+        if isinstance(merged.get(key), dict) and (value is None or isinstance(value, dict)):
+            merged[key] = deep_merge(merged[key], value or {})
         else:
             merged[key] = value
     return merged

@@ -278,3 +278,15 @@ def test_a_provider_key_in_a_header_is_refused_like_one_in_api_key(policies_dir:
         "acme.yaml: models.m.extra_headers: a provider key is never written into a policy file, "
         "headers included; name its variable in api_key: env:VARIABLE_NAME instead"
     ]
+
+
+def test_an_empty_section_changes_nothing(policies_dir: Path) -> None:
+    # `memory:` whose lines are commented out is null to YAML: it was refused as 'Input should
+    # be a valid dictionary or instance of MemoryPolicy' (and would have replaced the defaults).
+    (policies_dir / "default.yaml").write_text("memory: {fail_closed: true}\n")
+    (policies_dir / "acme.yaml").write_text(
+        f"keys: ['{hash_key('k')}']\nmemory:\n#  enabled: false\ntracing:\n"
+    )
+    policy = PolicyRegistry.load(policies_dir).get("acme")
+    assert policy is not None
+    assert (policy.memory.enabled, policy.memory.fail_closed) == (True, True)
