@@ -11,13 +11,11 @@ from proxy.tenants import PolicyRegistry
 
 def presented_key(request: Request) -> str | None:
     """The proxy key from `Authorization: Bearer <key>`, or Azure-style `api-key`, or
-    Anthropic-style `x-api-key` (what the anthropic SDKs send)."""
-    header = request.headers.get("authorization")
-    if header:
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() == "bearer" and key.strip():
-            return key.strip()
-        return None
+    Anthropic-style `x-api-key` (what the anthropic SDKs send). An Authorization header of
+    another scheme (a gateway's Basic credentials, say) does not hide the other two."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and key.strip():
+        return key.strip()
     return request.headers.get("api-key") or request.headers.get("x-api-key") or None
 
 
@@ -27,8 +25,12 @@ def authenticate(request: Request) -> Policy:
     registry: PolicyRegistry = request.app.state.policies
     key = presented_key(request)
     if key is None:
+        scheme = request.headers.get("authorization", "").strip().partition(" ")[0]
+        sent = (
+            f" (the Authorization header sent is not 'Bearer <key>': {scheme!r})" if scheme else ""
+        )
         raise unauthorized(
-            "No proxy key provided. Send it as 'Authorization: Bearer <key>' or "
+            f"No proxy key provided{sent}. Send it as 'Authorization: Bearer <key>' or "
             "'x-api-key: <key>' (the openai and anthropic SDKs do this with api_key=...)."
         )
     policy = registry.policy_for_key(key)

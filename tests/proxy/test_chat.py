@@ -408,6 +408,20 @@ def test_unknown_or_missing_key_is_401(proxy: RunningProxy) -> None:
     response = httpx.get(proxy.base_url + "/v1/models")
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "invalid_api_key"
+    response = httpx.get(proxy.base_url + "/v1/models", headers={"authorization": "Basic eDp5"})
+    assert response.status_code == 401
+    assert "not 'Bearer <key>': 'Basic'" in response.json()["error"]["message"]
+
+
+def test_a_gateways_basic_credentials_do_not_hide_the_x_api_key(
+    proxy: RunningProxy, client: openai.OpenAI
+) -> None:
+    """An Authorization header of another scheme hid the key sent as x-api-key: 'No proxy key
+    provided'."""
+    key = client.api_key
+    headers = {"authorization": "Basic eDp5", "x-api-key": key}
+    response = httpx.get(proxy.base_url + "/v1/models", headers=headers)
+    assert response.status_code == 200, response.text
 
 
 def test_model_not_allowed_is_404(client: openai.OpenAI, upstream: ScriptedUpstream) -> None:
