@@ -279,13 +279,21 @@ async def ui_root(request: Request) -> Response:
     return RedirectResponse("/ui/", status_code=308)
 
 
+async def to_pages(request: Request) -> Response:
+    """A login or logout address opened in the browser (a bookmark, a typed URL): the pages,
+    whose first one shows the login form when there is no session. Both act only on POST."""
+    return RedirectResponse("/ui/", status_code=303)
+
+
 def routes() -> list[Route]:
     """The trace pages and the login (the memory pages: proxy/ui/memory_pages.py)."""
     return [
         Route("/ui", ui_root, methods=["GET"]),
         Route("/ui/", index, methods=["GET"]),
         Route("/ui/login", login, methods=["POST"]),
+        Route("/ui/login", to_pages, methods=["GET"]),
         Route("/ui/logout", logout, methods=["POST"]),
+        Route("/ui/logout", to_pages, methods=["GET"]),
         Route("/ui/requests/{request_id}", request_page, methods=["GET"]),
         Route("/ui/static/style.css", style, methods=["GET"]),
     ]

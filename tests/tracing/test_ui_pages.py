@@ -124,6 +124,18 @@ def test_a_login_form_too_large_is_refused_on_the_login_page(proxy: RunningProxy
         )
 
 
+def test_the_login_and_logout_addresses_opened_in_a_browser_lead_to_the_pages(
+    proxy: RunningProxy,
+) -> None:
+    # They answered a JSON 405: the login form is on the pages, and both act only on POST.
+    with httpx.Client(base_url=proxy.base_url, timeout=120, follow_redirects=True) as browser:
+        for address in ("/ui/login", "/ui/logout"):
+            page = browser.get(address)
+            assert page.status_code == 200 and page.url.path == "/ui/", address
+            assert page.headers["content-type"].startswith("text/html")
+            assert 'name="key"' in page.text
+
+
 def test_the_memories_page_refuses_the_erased_status_it_cannot_show(proxy: RunningProxy) -> None:
     # status=deleted was accepted, then every row dropped: the page and its JSON said "no
     # memories" while the API it named (GET /v1/memories?status=deleted) listed them.
