@@ -35,7 +35,7 @@ from proxy.ui.pages import (
 )
 from proxy.validation import user_id
 from storage.api import MemoryStore
-from storage.numbers import parse_whole_number
+from storage.numbers import INT64_MAX, parse_whole_number
 from storage.records import (
     MEMORY_KINDS,
     MEMORY_STATUSES,
@@ -269,7 +269,9 @@ def _offset(raw: str | None) -> int:
         return 0
     offset = parse_whole_number(raw)
     if offset is None:
-        raise bad_request(f"offset must be a whole number; got {raw!r}.", param="offset")
+        raise bad_request(
+            f"offset must be a whole number from 0 to {INT64_MAX}; got {raw!r}.", param="offset"
+        )
     return offset
 
 
