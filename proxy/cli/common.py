@@ -95,6 +95,19 @@ def data_folder(args: argparse.Namespace, *required: str) -> Path:
     return folder
 
 
+def create_data_folder(folder: Path) -> None:
+    """The data folder `serve` and `migrate` write, created if missing; one that cannot be
+    (a file in its place, a parent that cannot be written) is an error that names it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CommandError(
+            f"cannot create the data folder {folder.absolute()}: {error.strerror or error}; "
+            "pass a --data-dir (MEMENTO_DATA_DIR) that can be created and written",
+            EXIT_UNREACHABLE,
+        ) from None
+
+
 def read_input(path: str) -> bytes:
     """A file's bytes, or stdin's for `-`."""
     if path == "-":

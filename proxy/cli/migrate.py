@@ -15,7 +15,7 @@ import asyncio
 from typing import Any
 
 from proxy.cli.arguments import JSON, Command, data_dir
-from proxy.cli.common import print_result, settings_from_env
+from proxy.cli.common import create_data_folder, print_result, settings_from_env
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -31,6 +31,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         from storage.store import DB_FILE
 
         folder = settings_from_env(data_dir=getattr(args, "data_dir", None)).data_dir
+        create_data_folder(folder)
         path = folder / DB_FILE
         version = asyncio.run(_migrate_sqlite(path))
         where = f"sqlite: {path}"

@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 from proxy.cli.arguments import Command, option
-from proxy.cli.common import EXIT_USAGE, print_problems, settings_from_env
+from proxy.cli.common import EXIT_USAGE, create_data_folder, print_problems, settings_from_env
 from proxy.tenants import PolicyFileError
 from storage.errors import whole_number
 
@@ -30,7 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except PolicyFileError as exc:
         print_problems(exc)
         return EXIT_USAGE
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    create_data_folder(settings.data_dir)
     return serve(settings)
 
 

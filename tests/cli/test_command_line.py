@@ -155,6 +155,19 @@ def test_reading_a_missing_data_folder_fails_and_creates_nothing(tmp_path: Path)
     assert list(empty.iterdir()) == []
 
 
+def test_a_data_folder_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
+    # serve and migrate create the folder; a file in its way was a FileExistsError traceback.
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder")
+    write_tenant(tmp_path / "policies", "acme", KEY, {"echo": {"model": "echo"}})
+    policies = ["--policies", str(tmp_path / "policies")]
+    for folder in (blocker, blocker / "data"):
+        migrate = run_cli("migrate", "--data-dir", str(folder))
+        one_line_failure(migrate, 3, f"cannot create the data folder {folder}", "--data-dir")
+        serve = run_cli("serve", "--port", str(free_port()), *policies, "--data-dir", str(folder))
+        one_line_failure(serve, 3, f"cannot create the data folder {folder}", "--data-dir")
+
+
 def test_memories_and_jobs_against_a_running_proxy(proxy: RunningProxy, tmp_path: Path) -> None:
     server = ["--url", proxy.base_url, "--key", KEY]
     added = as_json(
