@@ -1,7 +1,8 @@
 """`memento-proxy policy check [DIR]` and `memento-proxy policy schema`: the tenant policy files.
 
-`check` validates a policies directory as `serve` loads it: exit 2 with one `file: field: reason`
-line per problem, else a line per tenant (and warnings, such as keys whose variable is unset).
+`check` validates a policies directory (DIR, else MEMENTO_POLICIES, else ./policies: the one
+`serve` reads) as `serve` loads it: exit 2 with one `file: field: reason` line per problem, else
+a line per tenant (and warnings, such as keys whose variable is unset).
 `schema` prints the JSON Schema of a policy file, for editors and CI.
 """
 
@@ -10,17 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from proxy.cli.arguments import JSON, Command, Group, option
-from proxy.cli.common import EXIT_USAGE, print_json, print_problems, wants_json
+from proxy.cli.common import EXIT_USAGE, print_json, print_problems, settings_from_env, wants_json
 from proxy.policy import Policy
 from proxy.tenants import PolicyFileError, PolicyRegistry
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
     try:
-        registry = PolicyRegistry.load(Path(args.policies))
+        registry = PolicyRegistry.load(settings_from_env(policies_dir=args.policies).policies_dir)
     except PolicyFileError as exc:
         print_problems(exc)
         return EXIT_USAGE
@@ -59,7 +59,15 @@ COMMAND = Group(
             "check",
             "validate a policies directory",
             cmd_policy_check,
-            options=(option("policies", nargs="?", default="policies"), JSON),
+            options=(
+                option(
+                    "policies",
+                    nargs="?",
+                    help="policies directory (MEMENTO_POLICIES, default ./policies: the one "
+                    "`serve` uses)",
+                ),
+                JSON,
+            ),
         ),
         Command("schema", "print the policy JSON Schema", cmd_policy_schema),
     ),

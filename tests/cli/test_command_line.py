@@ -124,6 +124,15 @@ def test_keys_hash_refuses_a_key_no_request_can_send() -> None:
     assert hashed.returncode == 0 and hashed.stdout.startswith("sha256:"), hashed.stderr
 
 
+def test_policy_check_reads_the_policies_serve_reads(tmp_path: Path) -> None:
+    # Without DIR it checked ./policies whatever MEMENTO_POLICIES said: "does not exist".
+    write_tenant(tmp_path / "mine", "acme", KEY, {"echo": {"model": "echo"}})
+    done = run_cli(
+        "policy", "check", cwd=tmp_path, env={"MEMENTO_POLICIES": str(tmp_path / "mine")}
+    )
+    assert done.returncode == 0 and done.stdout.startswith("acme: 1 key(s)"), done.stderr
+
+
 def test_a_missing_input_file_is_one_line(tmp_path: Path) -> None:
     missing = str(tmp_path / "nope.jsonl")
     done = run_cli("memories", "import", missing, "--key", KEY, "--url", "http://127.0.0.1:9")
