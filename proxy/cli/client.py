@@ -21,9 +21,10 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
+from yarl import URL
 
 from proxy.cli.common import (
     EXIT_FAILED,
@@ -70,6 +71,16 @@ def check_url(url: str) -> None:
         )
 
 
+def path_segment(value: str, what: str) -> str:
+    """`value` as one segment of a path the client sends as it is (`ProxyClient.call`): every
+    character but letters, digits, '-', '_' and '~' percent-encoded, dots included, so that '.'
+    and '..' name a user or memory instead of moving up the path. An empty value names nothing:
+    a usage error (exit 2), before anything is asked."""
+    if not value:
+        raise CommandError(f"the {what} is empty: pass one", EXIT_USAGE)
+    return quote(value, safe="").replace(".", "%2E")
+
+
 class ProxyClient:
     """The proxy's JSON API as the tenant of `--key` sees it; every failure a CommandError."""
 
@@ -100,11 +111,16 @@ class ProxyClient:
         """`handle` each line of a streamed reply's text, as it arrives (JSONL exports)."""
         asyncio.run(self._lines(path, handle, params))
 
+    def _address(self, path: str) -> URL:
+        """The proxy's URL with `path` (already percent-encoded) appended, sent unchanged."""
+        base = URL(self.url)
+        return base.with_path(base.raw_path.rstrip("/") + path, encoded=True)
+
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         with self._reaching():
             async with (
                 self._session() as http,
-                http.request(method, self.url + path, **kwargs) as reply,
+                http.request(method, self._address(path), **kwargs) as reply,
             ):
                 return self._body(reply, await reply.read())
 
@@ -112,7 +128,7 @@ class ProxyClient:
         with self._reaching():
             async with (
                 self._session() as http,
-                http.get(self.url + path, params=params) as reply,
+                http.get(self._address(path), params=params) as reply,
             ):
                 if reply.status >= 400:
                     self._body(reply, await reply.read())

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Any
-from urllib.parse import quote
 
 from proxy.cli.arguments import (
     JSON,
@@ -31,7 +30,7 @@ from proxy.cli.arguments import (
     option,
     whole_number_in,
 )
-from proxy.cli.client import ProxyClient
+from proxy.cli.client import ProxyClient, path_segment
 from proxy.cli.common import (
     print_fields,
     print_json,
@@ -119,17 +118,23 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _get(args: argparse.Namespace) -> int:
-    memory = ProxyClient(args).call("GET", f"/v1/memories/{_segment(args.memory_id)}")
+    memory = ProxyClient(args).call(
+        "GET", f"/v1/memories/{path_segment(args.memory_id, 'memory id')}"
+    )
     return _print_memory(memory, args)
 
 
 def _delete(args: argparse.Namespace) -> int:
-    reply = ProxyClient(args).call("DELETE", f"/v1/memories/{_segment(args.memory_id)}")
+    reply = ProxyClient(args).call(
+        "DELETE", f"/v1/memories/{path_segment(args.memory_id, 'memory id')}"
+    )
     return print_result(args, reply, f"deleted {reply.get('id', args.memory_id)}")
 
 
 def _forget_user(args: argparse.Namespace) -> int:
-    reply = ProxyClient(args).call("DELETE", f"/v1/users/{_segment(args.user)}/memories")
+    reply = ProxyClient(args).call(
+        "DELETE", f"/v1/users/{path_segment(args.user, 'user')}/memories"
+    )
     count = reply.get("deleted")
     text = f"deleted {count} {'memory' if count == 1 else 'memories'} of user {args.user}"
     return print_result(args, reply, text)
@@ -156,11 +161,6 @@ def _import(args: argparse.Namespace) -> int:
     for skipped in outcome.get("skipped_lines") or []:
         print(f"  line {skipped.get('line')}: skipped, {skipped.get('reason')}")
     return 0
-
-
-def _segment(value: str) -> str:
-    """Any id is one path segment: '/', '?', '#' and '%' included."""
-    return quote(value, safe="")
 
 
 def _action(name: str, run: Run, summary: str, *options: Option, json: bool = True) -> Command:

@@ -247,6 +247,22 @@ def test_memories_and_jobs_against_a_running_proxy(proxy: RunningProxy, tmp_path
     )
 
 
+def test_ids_are_one_path_segment_whatever_they_hold(proxy: RunningProxy) -> None:
+    server = ["--url", proxy.base_url, "--key", KEY]
+    # '.' and '..' were dot segments the URL lost: forget-user could not erase users the API
+    # accepts (404 unknown route), and `get .` printed the memory list as an empty memory, exit 0.
+    for user in (".", "..", "a/b", "x?y#%2F"):
+        add = ["memories", "add", "--user", user, "--kind", "fact", "I like oboes.", *server]
+        assert run_cli(*add).returncode == 0
+        forgotten = as_json(run_cli("memories", "forget-user", user, "--json", *server))
+        assert (forgotten["user"], forgotten["deleted"]) == (user, 1)
+    for memory_id in (".", ".."):
+        done = run_cli("memories", "get", memory_id, *server)
+        one_line_failure(done, 1, "404", "memory_not_found", f"No memory '{memory_id}'")
+    one_line_failure(run_cli("memories", "get", "", *server), 2, "the memory id is empty")
+    one_line_failure(run_cli("memories", "forget-user", "", *server), 2, "the user is empty")
+
+
 def test_data_folder_commands_print_json(tmp_path: Path) -> None:
     policies, data = tmp_path / "policies", tmp_path / "data"
     with serving(policies, data) as running:
