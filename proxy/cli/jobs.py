@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import Any, get_args
 
-from proxy.cli.arguments import JSON, SERVER, Command, Group, option
+from proxy.cli.arguments import JSON, SERVER, Command, Group, option, whole_number_in
 from proxy.cli.client import ProxyClient
 from proxy.cli.common import print_json, print_result, print_table, shorten, wants_json, when
 from storage.records import JobState
@@ -70,7 +70,12 @@ COMMAND = Group(
             _list,
             options=(
                 option("--state", choices=STATES),
-                option("--limit", type=int, default=50, help="at most this many (50)"),
+                option(
+                    "--limit",
+                    type=whole_number_in(1, 1000),
+                    default=50,
+                    help="at most this many (50)",
+                ),
                 *SERVER,
                 JSON,
             ),

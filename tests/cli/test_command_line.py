@@ -99,7 +99,9 @@ def test_usage_errors_exit_2() -> None:
     # A page size the API would refuse is refused here, before the proxy is asked.
     zero = run_cli("memories", "list", "--key", KEY, "--limit", "0")
     too_many = run_cli("memories", "search", "--key", KEY, "--user", "a", "--limit", "201", "tea")
-    for done in (zero, too_many):
+    # jobs list asked the proxy and exited 1 with its 400, which points at an after= the CLI lacks.
+    negative = run_cli("jobs", "list", "--key", KEY, "--limit", "-5")
+    for done in (zero, too_many, negative):
         assert done.returncode == 2 and "must be a whole number from 1 to" in done.stderr
     # "²" passed str.isdigit(), then int() failed with a traceback.
     two = run_cli("memories", "list", "--key", KEY, "--limit", "\u00b2")
