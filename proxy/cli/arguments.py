@@ -60,7 +60,7 @@ class Group:
     actions: Sequence[Command]
     options: Sequence[Option] = ()
     description: str | None = None
-    metavar: str | None = "ACTION"
+    metavar: str | None = "ACTION"  # None: the actions' names, {a,b} (argparse's own default)
 
 
 URL = option(
@@ -113,8 +113,13 @@ def register(commands: Any, *specs: Command | Group) -> None:
         if isinstance(spec, Command):
             parser.set_defaults(run=spec.run, **spec.defaults)
             continue
+        # A metavar always: argparse names a missing action by its metavar, else by its dest
+        # ("the following arguments are required: keys_command").
+        names = "{" + ",".join(action.name for action in spec.actions) + "}"
         actions = parser.add_subparsers(
-            dest=f"{spec.name.replace('-', '_')}_command", required=True, metavar=spec.metavar
+            dest=f"{spec.name.replace('-', '_')}_command",
+            required=True,
+            metavar=spec.metavar or names,
         )
         for action in spec.actions:
             child = _parser(actions, action.name, action.help, action.description, action.options)

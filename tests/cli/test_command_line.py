@@ -108,6 +108,13 @@ def test_usage_errors_exit_2() -> None:
     assert two.returncode == 2 and "must be a whole number from 1 to" in two.stderr
 
 
+def test_a_missing_action_is_named_as_help_names_it() -> None:
+    # keys and policy said "the following arguments are required: keys_command" (a dest name).
+    for group, actions in (("keys", "{hash,new}"), ("policy", "{check,schema}")):
+        done = run_cli(group)
+        assert done.returncode == 2 and f"are required: {actions}" in done.stderr, done.stderr
+
+
 def test_a_malformed_url_is_a_usage_error() -> None:
     # It was "cannot reach the proxy" (exit 3), as if a proxy could answer at such an address.
     for url in ("notaurl", "ftp://127.0.0.1:9", "http://127.0.0.1:port", "http://"):
