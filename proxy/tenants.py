@@ -221,9 +221,12 @@ class PolicyRegistry:
         """
         registry = cls(directory, refused_keys=refused_keys)
         if not directory.is_dir():
-            raise PolicyFileError(
-                [PolicyProblem(str(directory), "", "policies directory does not exist")]
+            reason = (
+                "is a file, not a directory: pass the directory that holds the <tenant>.yaml files"
+                if directory.exists()
+                else "policies directory does not exist"
             )
+            raise PolicyFileError([PolicyProblem(str(directory), "", reason)])
         registry.refresh(settled_only=False)
         problems = registry.problems
         if problems:

@@ -140,6 +140,9 @@ def test_policy_check_reads_the_policies_serve_reads(tmp_path: Path) -> None:
         "policy", "check", cwd=tmp_path, env={"MEMENTO_POLICIES": str(tmp_path / "mine")}
     )
     assert done.returncode == 0 and done.stdout.startswith("acme: 1 key(s)"), done.stderr
+    # A policy file given for the directory "does not exist", which it plainly does.
+    done = run_cli("policy", "check", str(tmp_path / "mine" / "acme.yaml"))
+    assert done.returncode == 2 and "acme.yaml: is a file, not a directory" in done.stderr
 
 
 def test_a_missing_input_file_is_one_line(tmp_path: Path) -> None:
