@@ -85,11 +85,19 @@ class ProxyClient:
     """The proxy's JSON API as the tenant of `--key` sees it; every failure a CommandError."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        key = getattr(args, "key", None) or os.environ.get("MEMENTO_KEY")
+        # The proxy strips what follows "Bearer ", so spaces around the key (a key file's line
+        # end, "\r" of one written on Windows included) change nothing; one inside cannot be sent.
+        key = (getattr(args, "key", None) or os.environ.get("MEMENTO_KEY") or "").strip()
         if not key:
             raise CommandError(
                 "give the tenant key with --key or MEMENTO_KEY (the key an application sends "
                 "as its API key; the demo tenant's is memento-demo-key)",
+                EXIT_USAGE,
+            )
+        if not key.isprintable():
+            raise CommandError(
+                "the key holds a control character (a line break?): pass the key alone, "
+                "with --key or MEMENTO_KEY",
                 EXIT_USAGE,
             )
         self.url = server_url(args)

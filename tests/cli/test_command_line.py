@@ -89,6 +89,11 @@ def test_no_server_is_one_line_and_exit_3() -> None:
 def test_usage_errors_exit_2() -> None:
     no_key = run_cli("memories", "list", "--url", "http://127.0.0.1:9")
     one_line_failure(no_key, 2, "--key", "MEMENTO_KEY")
+    blank = run_cli("memories", "list", "--url", "http://127.0.0.1:9", "--key", "  ")
+    one_line_failure(blank, 2, "give the tenant key", "MEMENTO_KEY")
+    # A line break inside the key was an aiohttp ValueError traceback ("header injection").
+    broken = run_cli("jobs", "list", "--url", "http://127.0.0.1:9", "--key", "mp-a\r\nX-B: 1")
+    one_line_failure(broken, 2, "control character", "--key")
     no_kind = run_cli("memories", "add", "--key", KEY, "Likes jazz.")
     assert no_kind.returncode == 2 and "--kind" in no_kind.stderr
     bad_kind = run_cli("memories", "add", "--key", KEY, "--kind", "fun", "Likes jazz.")
@@ -214,6 +219,9 @@ def test_memories_and_jobs_against_a_running_proxy(proxy: RunningProxy, tmp_path
     assert row.startswith(added["id"]) and row.endswith("Likes jazz.")
 
     listed = as_json(run_cli("memories", "list", "--user", "sam", "--json", *server))
+    # A key read from a file keeps its line end ("\r" of a Windows one): the proxy ignores it.
+    crlf = ["--url", proxy.base_url, "--key", KEY + "\r\n"]
+    assert as_json(run_cli("memories", "list", "--user", "sam", "--json", *crlf)) == listed
     assert [m["id"] for m in listed["data"]] == [added["id"]]
     # The base URL an OpenAI SDK is given names the same proxy.
     sdk_url = ["--url", proxy.base_url + "/v1/", "--key", KEY]
