@@ -56,11 +56,14 @@ def server_url(args: argparse.Namespace) -> str:
 
 def check_url(url: str) -> None:
     """A usage error (exit 2), before anything is asked, for --url or MEMENTO_URL that is not
-    an http(s) URL with a host: no proxy can answer at it, so "cannot reach" would mislead."""
+    an http(s) URL with a host: no proxy can answer at it, so "cannot reach" would mislead. A
+    user:password@ (the tenant key is the credential, sent as a header) or a ?query (the API's
+    paths are appended to the URL) cannot be part of the proxy's address either."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (reading it checks the port: "host:abc" raises ValueError)
         valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        valid = valid and "@" not in parts.netloc and not parts.query
     except ValueError:
         valid = False
     if not valid:

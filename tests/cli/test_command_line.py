@@ -122,7 +122,16 @@ def test_a_missing_action_is_named_as_help_names_it() -> None:
 
 def test_a_malformed_url_is_a_usage_error() -> None:
     # It was "cannot reach the proxy" (exit 3), as if a proxy could answer at such an address.
-    for url in ("notaurl", "ftp://127.0.0.1:9", "http://127.0.0.1:port", "http://"):
+    # With user:password@ it was aiohttp's "Cannot combine AUTHORIZATION header" traceback; with
+    # ?query the paths went after it ("/v1?x=1" + "/v1/memories").
+    for url in (
+        "notaurl",
+        "ftp://127.0.0.1:9",
+        "http://127.0.0.1:port",
+        "http://",
+        "http://user:pw@127.0.0.1:9",
+        "http://127.0.0.1:9/v1?x=1",
+    ):
         done = run_cli("memories", "list", "--url", url, "--key", KEY)
         one_line_failure(done, 2, f"--url {url!r} is not a URL", "http://HOST:PORT")
     done = run_cli("jobs", "list", "--key", KEY, env={"MEMENTO_URL": "notaurl"})
