@@ -68,7 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its exit status (see proxy/cli/common.py for what each means)."""
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    undecodable = next((each for each in arguments if not _is_text(each)), None)
+    if undecodable is not None:
+        # Bytes the locale cannot decode arrive as lone surrogates, which no id, name or text
+        # can hold: every command would fail on them later, most with a UnicodeEncodeError.
+        shown = undecodable.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        print(
+            f"memento-proxy: the argument {shown!r} is not valid text in this terminal's "
+            f"encoding ({sys.getfilesystemencoding()}): pass it in that encoding",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    args = build_parser().parse_args(arguments)
     run: Run = args.run
     name = " ".join(_command_words(args))
     try:
@@ -88,6 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         return 130
+
+
+def _is_text(argument: str) -> bool:
+    try:
+        argument.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _command_words(args: argparse.Namespace) -> list[str]:

@@ -120,6 +120,22 @@ def test_a_missing_action_is_named_as_help_names_it() -> None:
         assert done.returncode == 2 and f"are required: {actions}" in done.stderr, done.stderr
 
 
+def test_an_argument_that_is_not_text_is_a_usage_error(tmp_path: Path) -> None:
+    # Latin-1 bytes in a UTF-8 terminal: `trace`, `memories get`, `keys hash`, `quarantine`…
+    # printed a UnicodeEncodeError traceback; `memories list --user` asked for a blank user.
+    latin = os.fsdecode("café".encode("latin-1"))
+    for command in (
+        ["trace", latin, "--data-dir", str(tmp_path)],
+        ["keys", "hash", latin],
+        ["memories", "list", "--user", latin, "--key", KEY, "--url", "http://127.0.0.1:9"],
+    ):
+        done = run_cli(*command)
+        assert done.returncode == 2 and done.stderr.splitlines() == [
+            "memento-proxy: the argument 'caf\ufffd' is not valid text in this terminal's "
+            "encoding (utf-8): pass it in that encoding"
+        ]
+
+
 def test_a_malformed_url_is_a_usage_error() -> None:
     # It was "cannot reach the proxy" (exit 3), as if a proxy could answer at such an address.
     # With user:password@ it was aiohttp's "Cannot combine AUTHORIZATION header" traceback; with
