@@ -64,6 +64,9 @@ def check_url(url: str) -> None:
         parts.port  # noqa: B018 (reading it checks the port: "host:abc" raises ValueError)
         valid = parts.scheme in ("http", "https") and bool(parts.hostname)
         valid = valid and "@" not in parts.netloc and not parts.query
+        # A host name the resolver cannot encode ("a..b", a label over 63 characters) raised
+        # UnicodeError (a ValueError) deep in the connection, under a traceback.
+        (parts.hostname or "").encode("idna")
     except ValueError:
         valid = False
     if not valid:

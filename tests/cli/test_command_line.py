@@ -147,6 +147,8 @@ def test_a_malformed_url_is_a_usage_error() -> None:
         "http://",
         "http://user:pw@127.0.0.1:9",
         "http://127.0.0.1:9/v1?x=1",
+        "http://a..b:9",
+        "http://" + "a" * 64 + ".example:9",
     ):
         done = run_cli("memories", "list", "--url", url, "--key", KEY)
         one_line_failure(done, 2, f"--url {url!r} is not a URL", "http://HOST:PORT")
