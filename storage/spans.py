@@ -23,6 +23,7 @@ from typing import Any, NamedTuple, cast
 
 import aiosqlite
 
+from storage.errors import SetupError, unreadable_database
 from storage.locks import held_once
 from storage.records import SpanRow
 from storage.span_rows import (
@@ -331,25 +332,37 @@ class _SQLiteWriter:
             raise SpanStoreUnavailable(str(exc)) from exc
 
 
-async def open_sqlite_spans(path: Path) -> SpanTable:
-    """The span store in the SQLite file at `path` (created if needed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = await aiosqlite.connect(path)
-    db.row_factory = aiosqlite.Row
+async def _prepare_spans(db: aiosqlite.Connection, path: Path) -> None:
+    """Bring the span file to this release's schema; a SetupError for a newer one."""
     await db.execute("PRAGMA busy_timeout=5000")
     # Processes opening a new file at once take turns (switching it to WAL does not wait).
     async with held_once(path.parent, SCHEMA_LOCK):
         await db.execute("PRAGMA journal_mode=WAL")
         version = await _user_version(db)
         if version > _SCHEMA_VERSION:
-            await db.close()
-            raise RuntimeError(
+            raise SetupError(
                 f"{path} was written by a newer memento-proxy (span schema {version}); "
                 "upgrade memento-proxy or point --data-dir elsewhere"
             )
         await db.executescript(_SCHEMA)
         await db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         await db.commit()
+
+
+async def open_sqlite_spans(path: Path) -> SpanTable:
+    """The span store in the SQLite file at `path` (created if needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = await aiosqlite.connect(path)
+    db.row_factory = aiosqlite.Row
+    try:  # else the connection's thread, left open, keeps the process from exiting
+        await _prepare_spans(db, path)
+    except BaseException as error:
+        await db.close()
+        if isinstance(error, sqlite3.DatabaseError):
+            unreadable = unreadable_database(path, error)
+            if unreadable is not None:
+                raise unreadable from None
+        raise
     await db.execute("PRAGMA synchronous=NORMAL")
     writer = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     writer.execute("PRAGMA synchronous=NORMAL")

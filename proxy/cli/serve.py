@@ -15,6 +15,7 @@ from storage.errors import whole_number
 def cmd_serve(args: argparse.Namespace) -> int:
     from proxy.server import configure_logging, serve
     from proxy.tenants import PolicyRegistry, refused_keys
+    from storage.postgres.url import database_url
 
     settings = settings_from_env(
         host=args.host,
@@ -31,6 +32,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print_problems(exc)
         return EXIT_USAGE
     create_data_folder(settings.data_dir)
+    if database_url() is None:
+        asyncio.run(_open_sqlite_files(settings.data_dir))
     return serve(settings)
 
 
@@ -41,7 +44,7 @@ def check_storage_settings(data_dir: Path, embedder: str) -> None:
     precision of the local model (the upgrade to the int8 default), and a PostgreSQL database
     (MEMENTO_DATABASE_URL) that cannot be reached or is newer than this release; its pending
     schema steps are applied here, under the migration lock. Raises `SetupError`, reported as
-    one line."""
+    one line. (The data folder's SQLite files are opened once the folder exists.)"""
     from storage.embedders import check_embedder_spec, embed_threads
     from storage.index_location import IndexLocation
     from storage.index_settings import MaintenanceSettings
@@ -64,6 +67,17 @@ def check_storage_settings(data_dir: Path, embedder: str) -> None:
 
     asyncio.run(migrate_database(url))
     check_local_embedder(data_dir, embedder, asyncio.run(meta_and_memories(url, EMBEDDER_META)))
+
+
+async def _open_sqlite_files(data_dir: Path) -> None:
+    """Open (creating or migrating) the folder's database and span store, as each serving
+    process will: a SetupError for a file that is newer than this release or not SQLite."""
+    from storage import open_span_store
+    from storage.sqlite import Database
+    from storage.store import DB_FILE
+
+    await (await Database.open(data_dir / DB_FILE)).close()
+    await (await open_span_store(data_dir)).close()
 
 
 COMMAND = Command(

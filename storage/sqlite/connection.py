@@ -17,6 +17,7 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
+from storage.errors import unreadable_database
 from storage.locks import FileLocks, held_once
 from storage.relational import Dialect, SQLConnection, Transaction
 from storage.sqlite.migrations import MIGRATIONS, Migration, migrate
@@ -70,8 +71,12 @@ class Connection(SQLConnection):
             await writer.execute("PRAGMA synchronous = FULL")
             # Deleted content is overwritten on disk, not left in free pages.
             await writer.execute("PRAGMA secure_delete = ON")
-        except BaseException:
+        except BaseException as error:
             await writer.close()
+            if isinstance(error, sqlite3.DatabaseError):
+                unreadable = unreadable_database(path, error)
+                if unreadable is not None:
+                    raise unreadable from None
             raise
         return cls(path, writer, await _reader(path))
 

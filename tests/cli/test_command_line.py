@@ -221,6 +221,30 @@ def test_a_data_folder_that_cannot_be_created_is_one_line(tmp_path: Path) -> Non
         one_line_failure(serve, 3, f"cannot create the data folder {folder}", "--data-dir")
 
 
+def test_a_data_folder_whose_files_are_not_sqlite_is_one_line(tmp_path: Path) -> None:
+    # Each printed sqlite3's "file is not a database" traceback; trace then hung, its span
+    # store's connection thread left open, and serve failed in the middle of start-up.
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("memento.db", "traces.db"):
+        (data / name).write_text("not a database")
+    write_tenant(tmp_path / "policies", "acme", KEY, {"echo": {"model": "echo"}})
+    policies = ["--policies", str(tmp_path / "policies")]
+    candidates = tmp_path / "candidates.jsonl"
+    candidates.write_text('{"text": "I like tea.", "source": "user"}\n')
+    folder = ["--data-dir", str(data)]
+    for command, file in (
+        (["trace", "req_1"], "traces.db"),
+        (["quarantine", "list", "--tenant", "acme", *policies], "memento.db"),
+        (["reindex"], "memento.db"),
+        (["sanitize", str(candidates)], "memento.db"),
+        (["migrate"], "memento.db"),
+        (["serve", "--port", str(free_port()), *policies], "memento.db"),
+    ):
+        done = run_cli(*command, *folder)
+        one_line_failure(done, 2, f"{data / file} is not a readable SQLite database", "--data-dir")
+
+
 def test_memories_and_jobs_against_a_running_proxy(proxy: RunningProxy, tmp_path: Path) -> None:
     server = ["--url", proxy.base_url, "--key", KEY]
     added = as_json(
