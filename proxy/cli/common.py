@@ -131,16 +131,31 @@ def print_table(headings: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         print("  ".join([*padded, row[-1]]).rstrip())
 
 
+# Every control character but tab and newline, shown as \xNN: memories, traces and reasons
+# hold what end users sent, and an escape sequence printed raw is obeyed by the operator's
+# terminal (colours, a hidden or rewritten line in a quarantine review, a new window title).
+_CONTROLS = {
+    code: f"\\x{code:02x}"
+    for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))
+    if chr(code) not in "\t\n"
+}
+
+
+def for_terminal(text: str) -> str:
+    """`text` as a terminal may show it: control characters escaped, tab and newline kept."""
+    return text.translate(_CONTROLS)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.2f}"
-    return " ".join(str(value).split())  # one line per row, whatever the text holds
+    return for_terminal(" ".join(str(value).split()))  # one line per row, whatever it holds
 
 
 def shorten(text: str, width: int = 80) -> str:
-    text = " ".join(text.split())
+    text = for_terminal(" ".join(text.split()))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -155,7 +170,8 @@ def print_fields(pairs: Sequence[tuple[str, Any]]) -> None:
     """`name  value` lines, names aligned."""
     width = max(len(name) for name, _ in pairs)
     for name, value in pairs:
-        print(f"{name.ljust(width)}  {_cell(value) if not isinstance(value, str) else value}")
+        shown = _cell(value) if not isinstance(value, str) else for_terminal(value)
+        print(f"{name.ljust(width)}  {shown}")
 
 
 def reasons_text(reasons: Any) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import sys
 import time
@@ -22,6 +23,7 @@ from proxy.cli.arguments import JSON, Command, data_dir, option
 from proxy.cli.common import (
     CommandError,
     data_folder,
+    for_terminal,
     print_json,
     settings_from_env,
     wants_json,
@@ -54,7 +56,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if docs[0][1]["request_id"] != args.request_id:
         print(f"client request id {args.request_id} names {len(docs)} request(s):")
     for tenant_id, doc in docs:
-        print_tree(tenant_id, doc, sys.stdout, full=args.full)
+        tree = io.StringIO()
+        print_tree(tenant_id, doc, tree, full=args.full)
+        sys.stdout.write(for_terminal(tree.getvalue()))
     return 0
 
 
