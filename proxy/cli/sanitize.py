@@ -108,7 +108,7 @@ def _as_a_line(message: str) -> str:
 def cmd_sanitize(args: argparse.Namespace) -> int:
     policy = tenant_policy(args)
     try:
-        text = read_input(args.file).decode("utf-8")
+        text = read_input(args.file).decode("utf-8-sig")  # a byte order mark is not text
     except UnicodeDecodeError as error:
         raise CommandError(f"{args.file} is not UTF-8 text ({error.reason})") from None
     rows = list(read_candidates(text.splitlines()))

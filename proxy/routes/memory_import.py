@@ -25,6 +25,7 @@ connection can learn what happened; sending the same file again is always safe.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import time
 import uuid
 from collections.abc import Sequence
@@ -182,7 +183,7 @@ def parse_lines(raw: bytes, policy: Policy) -> list[ImportLine]:
     """Every non-empty line as a checked record; the first bad line refuses the whole file."""
     lines = []
     now = time.time()
-    for number, data in enumerate(raw.split(b"\n"), 1):
+    for number, data in enumerate(raw.removeprefix(codecs.BOM_UTF8).split(b"\n"), 1):
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:

@@ -195,6 +195,10 @@ def test_a_bad_line_refuses_the_whole_import_and_says_which(
         outcomes = http.get("/v1/memories/imports").json()["data"]
         assert [o["status"] for o in outcomes] == ["refused"] * len(files)
         assert outcomes[0]["message"].startswith("Line 3")
+        # A byte order mark ahead of the first line (Windows editors write one) is not text:
+        # it was 'Line 1 is not valid JSON'.
+        saved = http.post("/v1/memories/import", content=b"\xef\xbb\xbf" + good + b"\n")
+        assert saved.status_code == 200 and saved.json()["imported"] == 1, saved.text
 
 
 def test_a_new_memory_with_a_field_it_cannot_take_is_refused_not_trimmed(

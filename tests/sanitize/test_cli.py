@@ -54,6 +54,10 @@ def test_sanitize_reports_the_bad_line(tmp_path: Path) -> None:
         "memento-proxy sanitize: line 2: 'source' must be one of user, assistant, tool, "
         "import; got 'web'.\n"
     )
+    path.write_bytes(b'\xef\xbb\xbf{"text": "I like tea.", "source": "user"}\n')
+    done = cli("sanitize", str(path), "--json")  # a byte order mark (Windows editors) is not text
+    assert done.returncode == 0, done.stderr
+    assert [r["verdict"] for r in json.loads(done.stdout)["data"]] == ["accept"]
     path.write_text('["I like tea."]\n')
     done = cli("sanitize", str(path))
     assert done.stderr == (
