@@ -189,7 +189,17 @@ class ProxyClient:
                 EXIT_UNREACHABLE if reply.status < 500 else EXIT_FAILED,
             )
         code = f" ({error['code']})" if error.get("code") else ""
-        raise CommandError(f"the proxy answered {reply.status}{code}: {error['message']}")
+        raise ProxyRefused(
+            f"the proxy answered {reply.status}{code}: {error['message']}", reply.status
+        )
+
+
+class ProxyRefused(CommandError):
+    """The proxy refused the request with an error of its own (`http_status`)."""
+
+    def __init__(self, message: str, http_status: int) -> None:
+        super().__init__(message)
+        self.http_status = http_status
 
 
 def _reason(error: aiohttp.ClientError, url: str) -> str:

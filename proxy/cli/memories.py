@@ -12,12 +12,20 @@ Output is a table or readable text; `--json` prints the API's reply instead.
     memento-proxy memories forget-user alice
     memento-proxy memories export [--user alice] > alice.jsonl    # JSONL, the import format
     memento-proxy memories import alice.jsonl
+
+An import goes to the proxy in parts of at most 1 MiB, smaller ones if the tenant's
+`limits.max_body_bytes` refuses that (the API takes a body of 4 MiB by default, which an export of
+a few thousand memories passes), each imported whole or not at all. Should one be refused, the
+parts before it stay imported; importing the file again is safe, as lines already imported are
+skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from collections import Counter, deque
 from typing import Any
 
 from proxy.cli.arguments import (
@@ -30,8 +38,9 @@ from proxy.cli.arguments import (
     option,
     whole_number_in,
 )
-from proxy.cli.client import ProxyClient, path_segment
+from proxy.cli.client import ProxyClient, ProxyRefused, path_segment
 from proxy.cli.common import (
+    CommandError,
     print_fields,
     print_json,
     print_result,
@@ -44,6 +53,8 @@ from proxy.cli.common import (
 )
 from proxy.shapes import CLIENT_KINDS
 from storage.records import MEMORY_KINDS, MEMORY_STATUSES
+
+IMPORT_PART_BYTES = 1 << 20  # the most of a file one import request carries
 
 
 def memory_rows(memories: list[dict[str, Any]]) -> None:
@@ -147,20 +158,74 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    data = read_input(args.file)
-    outcome = ProxyClient(args).call("POST", "/v1/memories/import", data=data)
+    client = ProxyClient(args)
+    outcomes: list[dict[str, Any]] = []
+    parts = deque(import_parts(read_input(args.file)))
+    while parts:
+        before, part = parts.popleft()
+        try:
+            outcome = client.call("POST", "/v1/memories/import", data=part)
+        except ProxyRefused as error:
+            halves = import_parts(part, len(part) // 2)
+            if error.http_status == 413 and len(halves) > 1:
+                # Past the tenant's limits.max_body_bytes: nothing was read, send it in halves.
+                parts.extendleft(reversed([(before + n, half) for n, half in halves]))
+                continue
+            raise _refused_part(error, before, outcomes) from None
+        for skipped in outcome.get("skipped_lines") or []:
+            skipped["line"] = skipped.get("line", 0) + before  # of the file, not of the part
+        outcomes.append(outcome)
     if wants_json(args):
-        print_json(outcome)
+        print_json(outcomes[0] if len(outcomes) == 1 else {"object": "list", "data": outcomes})
         return 0
-    statuses = ", ".join(f"{n} {status}" for status, n in (outcome.get("statuses") or {}).items())
+    statuses: Counter[str] = Counter()
+    for outcome in outcomes:
+        statuses.update(outcome.get("statuses") or {})
+    listed = ", ".join(f"{n} {status}" for status, n in statuses.items())
     print(
-        f"imported {outcome.get('imported', 0)} of {outcome.get('lines', 0)} lines"
-        + (f" ({statuses})" if statuses else "")
-        + f", skipped {outcome.get('skipped', 0)}; import {outcome.get('id')}"
+        f"imported {sum(o.get('imported', 0) for o in outcomes)} of "
+        f"{sum(o.get('lines', 0) for o in outcomes)} lines"
+        + (f" ({listed})" if listed else "")
+        + f", skipped {sum(o.get('skipped', 0) for o in outcomes)}; "
+        + ("import " if len(outcomes) == 1 else "imports ")
+        + ", ".join(str(o.get("id")) for o in outcomes)
     )
-    for skipped in outcome.get("skipped_lines") or []:
-        print(f"  line {skipped.get('line')}: skipped, {skipped.get('reason')}")
+    for outcome in outcomes:
+        for skipped in outcome.get("skipped_lines") or []:
+            print(f"  line {skipped.get('line')}: skipped, {skipped.get('reason')}")
     return 0
+
+
+def import_parts(data: bytes, limit: int = IMPORT_PART_BYTES) -> list[tuple[int, bytes]]:
+    """`data` cut at line ends into parts of at most `limit` bytes (a longer line is a part of
+    its own), each with the number of lines of the file before it."""
+    lines = data.split(b"\n")
+    ends = [line + b"\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+    parts: list[tuple[int, bytes]] = []
+    first, size = 0, 0
+    for number, line in enumerate(ends):
+        if number > first and size + len(line) > limit:
+            parts.append((first, b"".join(ends[first:number])))
+            first, size = number, 0
+        size += len(line)
+    parts.append((first, b"".join(ends[first:])))
+    return parts
+
+
+def _refused_part(error: CommandError, before: int, done: list[dict[str, Any]]) -> CommandError:
+    """The refusal of the part after `before` lines, its line numbers the file's, saying what
+    the parts before it imported."""
+    message = re.sub(
+        r"\bLine (\d+)", lambda m: f"Line {int(m[1]) + before}", error.message, count=1
+    )
+    if done:
+        imported = sum(o.get("imported", 0) for o in done)
+        message += (
+            f" (the file went in parts: lines 1-{before} were imported before it, {imported} "
+            "memories; import the file again once it is fixed: lines already imported are "
+            "skipped)"
+        )
+    return CommandError(message, error.status)
 
 
 def _action(name: str, run: Run, summary: str, *options: Option, json: bool = True) -> Command:

@@ -415,3 +415,38 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path: Path) -> None:
     assert done.stdout.splitlines()[:2] == ["{", '  "object": "list",'], done.stdout
     assert "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr
     assert done.stdout.splitlines()[-1] == "status=141"
+
+
+def test_an_export_larger_than_the_body_limit_imports_in_parts(tmp_path: Path) -> None:
+    """An export past the tenant's limits.max_body_bytes could not be imported back (413): the
+    CLI now sends a file in parts the proxy takes, each whole or not at all."""
+    policies = tmp_path / "policies"
+    write_tenant(policies, "globex", "globex-key", {"echo": {"model": "echo"}})
+    write_tenant(policies, "acme", KEY, {}, limits={"max_body_bytes": 8192})
+    facts = [
+        {"kind": "fact", "user": "sam", "text": f"Sam keeps note {n} of the long rowing diary."}
+        for n in range(120)
+    ]
+    source = tmp_path / "facts.jsonl"
+    source.write_text("".join(json.dumps(fact) + "\n" for fact in facts))
+    with RunningProxy(policies, tmp_path / "data") as proxy:
+        globex = ["--url", proxy.base_url, "--key", "globex-key"]
+        acme = ["--url", proxy.base_url, "--key", KEY]
+        assert run_cli("memories", "import", str(source), *globex).returncode == 0
+        exported = run_cli("memories", "export", *globex)
+        dump = tmp_path / "globex.jsonl"
+        dump.write_text(exported.stdout)
+        assert len(exported.stdout.encode()) > 10 * 8192  # ids, times, trust, provenance
+
+        done = run_cli("memories", "import", str(dump), *acme)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("imported 120 of 120 lines"), done.stdout
+        listed = as_json(run_cli("memories", "list", "--limit", "1000", "--json", *acme))
+        assert sorted(m["text"] for m in listed["data"]) == sorted(f["text"] for f in facts)
+
+        # A bad line is named by its place in the file, and what went before is said.
+        bad = [*facts[:100], {"kind": "belief", "user": "sam", "text": "x"}]
+        source.write_text("".join(json.dumps(fact) + "\n" for fact in bad))
+        refused = run_cli("memories", "import", str(source), *acme)
+        message = one_line_failure(refused, 1, "Line 101: 'kind' must be one of")
+        assert "lines 1-" in message and "import the file again once it is fixed" in message
