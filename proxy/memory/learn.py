@@ -312,7 +312,7 @@ def case_outcome_changes(
     return {
         "fields": {
             **case.fields,
-            "outcome": "worked" if reward > 0 else "failed",
+            "outcome": _outcome(reward),
             "reward": reward,
         },
         "q": max(-1.0, min(1.0, q_update(q, reward, CASE_INITIAL_Q_WEIGHT))),

@@ -48,3 +48,6 @@ def test_the_case_s_own_late_outcome_keeps_what_other_calls_taught_it(
         # Corrected, the own report is replaced like any other: reversed, then applied.
         assert feedback(http, wrote, 1.0).json()["replaced"] == -1.0
         assert http.get(f"/v1/memories/{case['id']}").json()["q"] == pytest.approx(0.51)
+        # A reward of 0 says the request neither worked nor failed (it was recorded 'failed').
+        assert feedback(http, wrote, 0.0).status_code == 200
+        assert http.get(f"/v1/memories/{case['id']}").json()["fields"]["outcome"] == "neutral"
