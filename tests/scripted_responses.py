@@ -1,10 +1,12 @@
-"""The scripted upstream's Responses API (`POST /v1/responses`), for the relay path's tests.
+"""The scripted upstream's Responses API (`POST /v1/responses`, `/v1/responses/input_tokens`),
+for the relay path's tests.
 
 Written from OpenAI's documented shapes, independently of the proxy's own translation, so the
 relay is tested against an upstream that speaks the API natively: a response object with a
 `message` item (or `function_call` items for a reply's tool calls), or the same streamed as typed
 events with `event:` lines and sequence numbers. It keeps no state: `previous_response_id` is
-the proxy's business in these tests.
+the proxy's business in these tests. input_tokens answers `COUNTED_TOKENS`, a number no offline
+count would give.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import json
 import time
 from typing import Any
+
+COUNTED_TOKENS = 8642
 
 
 def _last_user_text(body: dict[str, Any]) -> str:
@@ -113,8 +117,14 @@ def stream_events(body: dict[str, Any], reply: Any) -> list[dict[str, Any]]:
     return [{**event, "sequence_number": i} for i, event in enumerate(events)]
 
 
-async def answer(body: dict[str, Any], reply: Any, send: Any) -> None:
-    """Answer `POST /v1/responses`, streamed when the body asks."""
+async def answer(path: str, body: dict[str, Any], reply: Any, send: Any) -> None:
+    """Answer `POST /v1/responses` (streamed when the body asks) or its input_tokens."""
+    if path == "/responses/input_tokens":
+        counted = {"object": "response.input_tokens", "input_tokens": COUNTED_TOKENS}
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": json.dumps(counted).encode()})
+        return
     if not body.get("stream"):
         data = json.dumps(response_object(body, reply, "completed")).encode()
         headers = [(b"content-type", b"application/json")]

@@ -163,8 +163,8 @@ class ScriptedUpstream:
             await self._stream(body, reply, receive, send)
         elif path == "/chat/completions" and isinstance(body, dict):
             await _send_json(send, 200, self._completion(body, reply), reply.headers)
-        elif path == "/responses" and isinstance(body, dict):
-            await scripted_responses.answer(body, reply, send)
+        elif path.startswith("/responses") and isinstance(body, dict):
+            await scripted_responses.answer(path, body, reply, send)
         elif path == "/embeddings" and isinstance(body, dict):
             await _send_json(send, 200, _embeddings(body), reply.headers)
         elif path == "/models":

@@ -5,11 +5,13 @@ serves the Responses API natively, translated to chat completions for any other)
 it continues (`previous_response_id`) is read from the store and handed to the door, and the
 answer is kept for the next call (`proxy.routes.responses_state`). Everything else (auth, memory
 before and after, the upstream call, streaming, spans) is the shared flow of `proxy.routes.flow`.
-`GET` and `DELETE /v1/responses/{id}` and `GET /v1/responses/{id}/input_items` read the store.
+`GET` and `DELETE /v1/responses/{id}` and `GET /v1/responses/{id}/input_items` read the store;
+`POST /v1/responses/input_tokens` counts a request's input, as its native upstream or tiktoken does.
 """
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 from typing import Any
 
@@ -22,20 +24,23 @@ from proxy.app_state import store_of
 from proxy.auth import authenticate
 from proxy.doors.responses import ResponsesDoor, items_as_messages
 from proxy.errors import bad_request, unavailable
+from proxy.memory.budget import encoding_name_for, prompt_tokens
 from proxy.policy import Policy
 from proxy.routes.flow import CallFlow, DoorCall, OpenStream, Send, resolve
 from proxy.routes.responses_state import ResponseKeeper, history_items, kept, not_found
 from proxy.routes.responses_validation import check_translatable, validate_responses
 from proxy.tracing import EndSpansAfter
+from proxy.upstreams.base import Target
 from proxy.upstreams.registry import Upstreams
 from proxy.upstreams.responses_translate import ResponseDraft
 from proxy.upstreams.routing import serves_natively
-from proxy.validation import call_user_id
+from proxy.validation import call_user_id, read_json_body
 from storage.api import ResponseStore
 from storage.numbers import parse_whole_number
 from storage.records import StoredResponse
 
 MAX_ITEMS_PAGE = 100
+COUNT_EXAMPLE = '{"model": "...", "input": "Hello!"}'
 
 
 class ResponsesRoutes:
@@ -48,6 +53,7 @@ class ResponsesRoutes:
     def routes(self) -> list[Route]:
         return [
             Route("/v1/responses", self.create, methods=["POST"]),
+            Route("/v1/responses/input_tokens", self.input_tokens, methods=["POST"]),
             Route("/v1/responses/{id}", self.retrieve, methods=["GET"]),
             Route("/v1/responses/{id}", self.delete, methods=["DELETE"]),
             Route("/v1/responses/{id}/input_items", self.input_items, methods=["GET"]),
@@ -99,6 +105,29 @@ class ResponsesRoutes:
             open_stream=open_stream,
             passthrough=native,
         )
+
+    async def input_tokens(self, request: Request) -> Response:
+        """`POST /v1/responses/input_tokens`: what the request's input takes, counted by a
+        native upstream, else here with tiktoken in the route's encoding (the conversation it
+        continues included; never the memory block a call would add)."""
+        policy = authenticate(request)
+        body = await read_json_body(request, policy.limits.max_body_bytes, example=COUNT_EXAMPLE)
+        alias = validate_responses(body)
+        route = resolve(policy, alias)
+        if serves_natively(route, "responses"):
+            target = Target(alias, route, policy.limits.connect_timeout_s)
+            reply = await self.upstreams.responses.count_input_tokens(target, body)
+            return Response(reply.body, reply.status, headers=reply.headers)
+        check_translatable(body, alias)
+        store = store_of(request)
+        user = call_user_id(body.get("user"), request.headers, param="user")
+        previous = await _previous(
+            store.responses if store else None, policy.tenant, user, body, required=True
+        )
+        door = ResponsesDoor(items_as_messages(history_items(previous)))
+        encoding = encoding_name_for(route.model)
+        tokens = await asyncio.to_thread(prompt_tokens, door.conversation(body), body, encoding)
+        return JSONResponse({"object": "response.input_tokens", "input_tokens": tokens})
 
     async def retrieve(self, request: Request) -> Response:
         stored = await _stored(request)

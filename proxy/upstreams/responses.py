@@ -38,6 +38,9 @@ class ResponsesUpstream:
     async def relay(self, target: Target, body: dict[str, Any]) -> UpstreamReply:
         return await self.direct.complete(target, "/responses", body)
 
+    async def count_input_tokens(self, target: Target, body: dict[str, Any]) -> UpstreamReply:
+        return await self.direct.complete(target, "/responses/input_tokens", body)
+
     async def relay_stream(self, target: Target, body: dict[str, Any]) -> UpstreamStream:
         return await self.direct.stream(target, "/responses", body)
 

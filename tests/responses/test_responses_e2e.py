@@ -432,3 +432,41 @@ def test_an_upstream_error_reaches_the_client_in_openai_shape(
     with pytest.raises(openai.BadRequestError, match="bad tool schema") as raised:
         client.responses.create(model=model, input="Hi")
     assert raised.value.param == "tools"
+
+
+def test_input_tokens_are_counted_by_a_native_upstream_or_here(
+    upstream: ScriptedUpstream, responses_proxy: Callable[..., RunningProxy]
+) -> None:
+    """client.responses.input_tokens.count() answered 405 'Method POST is not allowed' (it
+    matched /v1/responses/{id})."""
+    from tests.scripted_responses import COUNTED_TOKENS
+
+    proxy = responses_proxy()
+    client = client_for(proxy)
+    first = client.responses.create(model=TRANSLATED, input="My name is Ada.", user="ada")
+    sent = len(upstream.received)
+
+    alone = client.responses.input_tokens.count(model=TRANSLATED, input="Who am I?")
+    assert alone.object == "response.input_tokens" and 5 < alone.input_tokens < 40
+    continued = client.responses.input_tokens.count(
+        model=TRANSLATED,
+        input="Who am I?",
+        instructions="Answer in French.",
+        previous_response_id=first.id,
+        extra_headers={"X-Memento-User": "ada"},
+    )
+    # The earlier turn and the instructions count; nothing was asked of the chat upstream.
+    assert continued.input_tokens > alone.input_tokens + 10
+    assert len(upstream.received) == sent
+
+    relayed = client.responses.input_tokens.count(model=NATIVE, input="Who am I?")
+    assert relayed.input_tokens == COUNTED_TOKENS
+    assert upstream.last().path == "/v1/responses/input_tokens"
+    assert upstream.last().json["model"] == "gpt-4o"
+
+    with pytest.raises(openai.BadRequestError, match="model"):
+        client.responses.input_tokens.count(input="Who am I?")
+    with pytest.raises(openai.BadRequestError, match="No response with id"):
+        client.responses.input_tokens.count(
+            model=TRANSLATED, input="And me?", previous_response_id=first.id
+        )
