@@ -20,7 +20,12 @@ from storage.index import MemoryIndex
 from storage.index_sync import EMBEDDER_META, IndexSync, embedder_tag, stop_if_cancelled
 from storage.locks import LockHeld, StoreLocks
 from storage.sqlite import Database
-from storage.sqlite.outbox import INDEX_BUILD_META, OUTBOX_KEEP_S
+from storage.sqlite.outbox import (
+    INDEX_BUILD_META,
+    MIXED_VECTORS_META,
+    OUTBOX_KEEP_S,
+    IndexSource,
+)
 
 log = logging.getLogger("memento.storage")
 
@@ -98,6 +103,7 @@ class IndexMaintenance:
         if sync.repair_wanted:
             await self._repair()
         await self._forget_dead_rebuild()
+        await self._restore_mixed_vectors()
         done: dict[str, Any] = {}
         if sync.index.needs_maintenance:  # some tenant's table changed
             async with sync.writer():
@@ -139,6 +145,31 @@ class IndexMaintenance:
                 log.warning("an index rebuild in %s ended without finishing", self._sync.data_dir)
                 await self._db.outbox.end_index_build()
 
+    async def _restore_mixed_vectors(self, batch: int = 512) -> None:
+        """A rebuild to another embedder that died or was stopped left the records it had
+        re-embedded with that embedder's vectors, which the store's searches do not read: they
+        dropped out of in-process search. Embed them again with the store's own embedder (when
+        it is this process's; no rebuild may be running)."""
+        connection, sync = self._db.connection, self._sync
+        if await connection.get_meta(MIXED_VECTORS_META) is None:
+            return
+        if await connection.get_meta(EMBEDDER_META) != embedder_tag(sync.embedder):
+            return  # the store's embedder is another process's to restore
+        with contextlib.suppress(ReindexRunningError):
+            async with _rebuild_lock(sync.locks, sync.data_dir):
+                restored = 0
+                async for sources in self._db.outbox.iter_index_sources(batch):
+                    restored += (await self._embedded(sources))[1]
+                await connection.delete_meta(MIXED_VECTORS_META)
+                async with sync.switching():
+                    sync.vector_cache.clear()  # scopes reload from SQLite, every record in
+                log.warning(
+                    "a rebuild to another embedder did not finish; %d memories it had "
+                    "re-embedded are embedded again with %s",
+                    restored,
+                    sync.embedder.model_id,
+                )
+
     async def reindex(self, *, batch: int = 512) -> dict[str, Any]:
         """Rebuild the index from SQLite as a new generation, re-embedding records made by
         another embedder, and serve it once complete; safe while other processes serve.
@@ -151,6 +182,9 @@ class IndexMaintenance:
             async with sync.switching():
                 await sync.follow_generation()
             started_after = await outbox.begin_index_build()
+            connection, tag = self._db.connection, embedder_tag(sync.embedder)
+            if await connection.get_meta(EMBEDDER_META) != tag:
+                await connection.set_meta(MIXED_VECTORS_META, tag)  # gone at the switch
             try:
                 fresh = await sync.index.new_generation(sync.index.generation + 1)
                 records, reembedded = await self._fill(fresh, batch)
@@ -181,23 +215,28 @@ class IndexMaintenance:
 
     async def _fill(self, index: MemoryIndex, batch: int) -> tuple[int, int]:
         """Every live record into `index`; returns (records, re-embedded)."""
-        model_id = self._sync.embedder.model_id
-        outbox = self._db.outbox
         records = reembedded = 0
-        async for sources in outbox.iter_index_sources(batch):
-            stale = [s for s in sources if s.embedding is None or s.embedding_model != model_id]
-            if stale:
-                blobs = await self._sync.embed([s.embed_text for s in stale])
-                await outbox.set_embeddings(
-                    [(s.id, blob) for s, blob in zip(stale, blobs, strict=True)], model_id
-                )
-                fresh = await outbox.index_sources([s.id for s in stale])
-                sources = [fresh.get(s.id, s) for s in sources]
-                reembedded += len(stale)
+        async for sources in self._db.outbox.iter_index_sources(batch):
+            sources, embedded = await self._embedded(sources)
             rows = [row for row in map(self._sync.index_row, sources) if row is not None]
             await index.append(rows)
             records += len(rows)
+            reembedded += embedded
         return records, reembedded
+
+    async def _embedded(self, sources: list[IndexSource]) -> tuple[list[IndexSource], int]:
+        """`sources`, each with a vector of this process's embedder: those without one
+        embedded (and stored) anew; and how many were."""
+        model_id, outbox = self._sync.embedder.model_id, self._db.outbox
+        stale = [s for s in sources if s.embedding is None or s.embedding_model != model_id]
+        if not stale:
+            return sources, 0
+        blobs = await self._sync.embed([s.embed_text for s in stale])
+        await outbox.set_embeddings(
+            [(s.id, blob) for s, blob in zip(stale, blobs, strict=True)], model_id
+        )
+        fresh = await outbox.index_sources([s.id for s in stale])
+        return [fresh.get(s.id, s) for s in sources], len(stale)
 
     async def _catch_up(self, index: MemoryIndex, after: int) -> int:
         """Apply the outbox entries after sequence number `after` to `index`; returns the last

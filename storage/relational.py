@@ -161,6 +161,10 @@ class SQLConnection:
         async with self.transaction() as db:
             await db.execute(META_UPSERT, (key, value))
 
+    async def delete_meta(self, key: str) -> None:
+        async with self.transaction() as db:
+            await db.execute("DELETE FROM store_meta WHERE key = ?", (key,))
+
     # -- a full disk ---------------------------------------------------------------------------
 
     def attach_health(self, health: HealthReporter) -> None:

@@ -32,6 +32,9 @@ from storage.sqlite.rows import fill_missing, placeholders
 # sequence number the rebuild started after.
 INDEX_GENERATION_META = "index_generation"
 INDEX_BUILD_META = "index_build_from"
+# Set by a rebuild that re-embeds with another embedder, gone when it switches: until then the
+# records it re-embedded carry vectors the served index and searches do not read.
+MIXED_VECTORS_META = "index_reembedding_to"
 # The outbox entries applied to the served generation, and those pruned, by sequence number.
 INDEX_APPLIED_META = "index_applied_seq"
 OUTBOX_PRUNED_META = "outbox_pruned_seq"
@@ -172,12 +175,13 @@ class IndexOutbox:
         self, generation: int, applied_up_to: int, meta: dict[str, str]
     ) -> None:
         """Serve index generation `generation` from now on, in one transaction: the pointer,
-        `meta` (which embedder built it), the rebuild marker gone, and the outbox entries the
+        `meta` (which embedder built it), the rebuild's markers gone, and the outbox entries the
         new generation already holds (up to `applied_up_to`) recorded as applied."""
         async with self._connection.transaction() as db:
             for key, value in {INDEX_GENERATION_META: str(generation), **meta}.items():
                 await db.execute(META_UPSERT, (key, value))
-            await db.execute("DELETE FROM store_meta WHERE key = ?", (INDEX_BUILD_META,))
+            for key in (INDEX_BUILD_META, MIXED_VECTORS_META):
+                await db.execute("DELETE FROM store_meta WHERE key = ?", (key,))
             await db.execute(META_UPSERT, (INDEX_APPLIED_META, str(applied_up_to)))
 
     async def index_generation(self) -> int:
