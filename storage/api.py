@@ -248,13 +248,17 @@ class RequestStore(Protocol):
 
 class ResponseStore(Protocol):
     """Answers of the Responses API, by tenant: what `previous_response_id` and `GET
-    /v1/responses/{id}` read. Never read across tenants."""
+    /v1/responses/{id}` read. Never read across tenants (`held_by_another_tenant` only asks)."""
 
     async def put_response(self, stored: StoredResponse) -> None:
         """Keep one response (a response id stored again replaces the earlier one)."""
         ...
 
     async def get_response(self, tenant_id: str, response_id: str) -> StoredResponse | None: ...
+
+    async def held_by_another_tenant(self, tenant_id: str, response_id: str) -> bool:
+        """Whether a tenant other than `tenant_id` keeps a response of that id."""
+        ...
 
     async def delete_response(self, tenant_id: str, response_id: str) -> bool:
         """Forget one response; False when the tenant has none of that id."""

@@ -185,8 +185,8 @@ async def _previous(
 ) -> StoredResponse | None:
     """The stored response the call continues, if it names one. Translated calls need it; a
     native upstream keeps its own, so one the proxy does not have is left to it. One the proxy
-    keeps for another user is refused either way: the upstream, asked with the same provider
-    key for every user, would continue that user's conversation."""
+    keeps for another user, or another tenant, is refused either way: the upstream, asked with
+    the same provider key for every user (and maybe every tenant), would continue it."""
     previous_id = body.get("previous_response_id")
     if previous_id is None:
         return None
@@ -201,6 +201,9 @@ async def _previous(
     await kept(tenant, previous_id)
     stored = await responses.get_response(tenant, previous_id)
     if stored is None and not required:
+        # Another tenant's, asked of an upstream the tenants may share a provider key with.
+        if await responses.held_by_another_tenant(tenant, previous_id):
+            raise not_found(previous_id, param="previous_response_id")
         return None
     if stored is None or stored.user_id != user:
         raise not_found(previous_id, param="previous_response_id")

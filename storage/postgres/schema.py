@@ -22,6 +22,7 @@ from storage.span_rows import CLIENT_REQUEST_ID_ATTR, REQUEST_SPAN
 from storage.sqlite.migrations import (
     JOBS_USER,
     MEMORY_SEARCH_TEXT,
+    RESPONSES_BY_ID,
     Migration,
     SchemaTooNewError,
     statements,
@@ -204,6 +205,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("jobs_user", JOBS_USER),
     # 4: each record's BM25 document, made when the record is written (SQLite's step 8).
     Migration("memory_search_text", MEMORY_SEARCH_TEXT),
+    # 5: a response id found whatever its tenant (SQLite's step 9).
+    Migration("responses_by_id", RESPONSES_BY_ID),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -39,6 +39,8 @@ JOBS_USER = """
         WHERE state IN ('queued', 'running')
 """
 MEMORY_SEARCH_TEXT = "ALTER TABLE memories ADD COLUMN search_text TEXT"
+# Stored responses by id alone: whether another tenant holds an id a relayed call names.
+RESPONSES_BY_ID = "CREATE INDEX responses_id ON responses (response_id)"
 
 MIGRATIONS: tuple[Migration, ...] = (
     # 1: memories, audit, requests, feedback, write queue, index outbox.
@@ -214,6 +216,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     # record is written, so loading a scope's copy or an index batch does not make it again.
     # Records written before get theirs when the store opens (`IndexOutbox.fill_search_texts`).
     Migration("memory_search_text", MEMORY_SEARCH_TEXT),
+    # 9: a response id found whatever its tenant, so that a call relayed to a native upstream
+    # does not continue another tenant's conversation (`ResponseStore.held_by_another_tenant`).
+    Migration("responses_by_id", RESPONSES_BY_ID),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,7 +1,8 @@
 """Stored answers of the Responses API: the `responses` table.
 
-Implements `ResponseStore`. Every statement names the tenant: a response id of one tenant is
-unknown to every other. A user's responses go with the user's erasure.
+Implements `ResponseStore`. Every statement names the tenant: a response of one tenant is never
+read for another, which may only learn that an id is held elsewhere. A user's responses go with
+the user's erasure.
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ class SQLiteResponseStore:
             (tenant_id, response_id),
         )
         return _stored(rows[0]) if rows else None
+
+    async def held_by_another_tenant(self, tenant_id: str, response_id: str) -> bool:
+        rows = await self._connection.fetchall(
+            "SELECT 1 FROM responses WHERE response_id = ? AND tenant_id != ? LIMIT 1",
+            (response_id, tenant_id),
+        )
+        return bool(rows)
 
     async def delete_response(self, tenant_id: str, response_id: str) -> bool:
         async with self._connection.transaction() as db:

@@ -199,7 +199,8 @@ def test_previous_response_id_over_three_turns_then_retrieve_list_and_delete(
 def test_a_relayed_call_cannot_continue_another_users_conversation(
     upstream: ScriptedUpstream, responses_proxy: Callable[..., RunningProxy]
 ) -> None:
-    client = client_for(responses_proxy())
+    proxy = responses_proxy()
+    client = client_for(proxy)
     alices = client.responses.create(model=NATIVE, input="My PIN is 4321.", user="alice")
     upstream.reset()
     with pytest.raises(openai.BadRequestError, match="No response with id") as refused:
@@ -208,10 +209,22 @@ def test_a_relayed_call_cannot_continue_another_users_conversation(
         )
     assert refused.value.code == "response_not_found"
     assert upstream.received == []
+    # Nor another tenant's, whose calls go to the same upstream (they answered 200).
+    with pytest.raises(openai.BadRequestError, match="No response with id") as refused:
+        client_for(proxy, OTHER_KEY).responses.create(
+            model=NATIVE, input="What is my PIN?", previous_response_id=alices.id, user="alice"
+        )
+    assert refused.value.code == "response_not_found"
+    assert upstream.received == []
     follow_up = client.responses.create(
         model=NATIVE, input="And again", previous_response_id=alices.id, user="alice"
     )
     assert follow_up.output_text == "native reply to: And again"
+    # An id the proxy keeps for no tenant is the upstream's to know.
+    unknown = client_for(proxy, OTHER_KEY).responses.create(
+        model=NATIVE, input="Go on", previous_response_id="resp_made_elsewhere", user="alice"
+    )
+    assert unknown.output_text == "native reply to: Go on"
 
 
 def test_store_false_keeps_nothing(
