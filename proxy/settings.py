@@ -13,6 +13,11 @@ from typing import Any
 
 from storage.numbers import parse_whole_number
 
+# Each serving process loads the embedder and keeps caches of its own (about 220 MB idle): more
+# than a few per CPU only divide the same cores, and `--processes 5000` exhausted the memory of
+# a 24 GB machine (the kernel killing every process on it) before any of them served.
+PROCESSES_PER_CPU = 4
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"MEMENTO_{name}", default)
@@ -121,8 +126,12 @@ class Settings:
             if key in given:
                 given[key] = Path(given[key])
         settings = replace(base, **given)
-        if settings.processes < 1:
-            raise ValueError(f"MEMENTO_PROCESSES must be at least 1, got {settings.processes}")
+        most = PROCESSES_PER_CPU * (os.cpu_count() or 1)
+        if not 1 <= settings.processes <= most:
+            raise ValueError(
+                f"MEMENTO_PROCESSES (serve --processes) must be from 1 to {most} "
+                f"({PROCESSES_PER_CPU} per CPU here), got {settings.processes}"
+            )
         if settings.retrieval_slots < 1:
             raise ValueError("MEMENTO_RETRIEVAL_SLOTS must be at least 1, got 0")
         if settings.max_header_bytes < MIN_HEADER_BYTES:
