@@ -8,15 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.tenants import PolicyFileError, PolicyRegistry, hash_key
+from proxy.tenants import PolicyRegistry, hash_key
 from tests.harness import RunningProxy, write_tenant
+from tests.proxy.test_policies import problems_of
 from tests.scripted_upstream import ScriptedUpstream
-
-
-def problems_of(directory: Path) -> list[str]:
-    with pytest.raises(PolicyFileError) as caught:
-        PolicyRegistry.load(directory)
-    return [str(p) for p in caught.value.problems]
 
 
 def test_a_section_written_twice_is_a_problem_not_a_silent_last_wins(policies_dir: Path) -> None:
