@@ -109,24 +109,19 @@ class ResponsesRoutes:
     async def input_tokens(self, request: Request) -> Response:
         """`POST /v1/responses/input_tokens`: what the request's input takes, counted by a
         native upstream, else here with tiktoken in the route's encoding (the conversation it
-        continues included; never the memory block a call would add)."""
+        continues included; never the memory block a call would add). The body is read as a
+        call's would be, its previous_response_id checked alike."""
         policy = authenticate(request)
         body = await read_json_body(request, policy.limits.max_body_bytes, example=COUNT_EXAMPLE)
-        alias = validate_responses(body)
-        route = resolve(policy, alias)
-        if serves_natively(route, "responses"):
-            target = Target(alias, route, policy.limits.connect_timeout_s)
+        store = store_of(request)
+        call = await self.read(store.responses if store else None, policy, body, request.headers)
+        if call.passthrough:
+            target = Target(call.alias, call.route, policy.limits.connect_timeout_s)
             reply = await self.upstreams.responses.count_input_tokens(target, body)
             return Response(reply.body, reply.status, headers=reply.headers)
-        check_translatable(body, alias)
-        store = store_of(request)
-        user = call_user_id(body.get("user"), request.headers, param="user")
-        previous = await _previous(
-            store.responses if store else None, policy.tenant, user, body, required=True
-        )
-        door = ResponsesDoor(items_as_messages(history_items(previous)))
-        encoding = encoding_name_for(route.model)
-        tokens = await asyncio.to_thread(prompt_tokens, door.conversation(body), body, encoding)
+        conversation = call.door.conversation(body)
+        encoding = encoding_name_for(call.route.model)
+        tokens = await asyncio.to_thread(prompt_tokens, conversation, body, encoding)
         return JSONResponse({"object": "response.input_tokens", "input_tokens": tokens})
 
     async def retrieve(self, request: Request) -> Response:
